@@ -1,0 +1,105 @@
+// perch/core/tensor.h — a dense, row-major, typed n-d array.
+//
+// Storage is a shared, 64-byte-aligned buffer: copying a Tensor shares the data (cheap, used by the
+// executor for Identity/Reshape), clone() copies it. Kernels always write into tensors they created.
+// Shapes are int64 as in ONNX; element counts are checked for overflow and refused above
+// kMaxElements before anything is allocated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "perch/core/error.h"
+
+namespace perch {
+
+enum class DType : uint8_t { kFloat32, kFloat64, kInt8, kUInt8, kInt16, kUInt16, kInt32, kInt64, kBool };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+
+template <typename T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::kFloat32; }
+template <> constexpr DType dtype_of<double>() { return DType::kFloat64; }
+template <> constexpr DType dtype_of<int8_t>() { return DType::kInt8; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::kUInt8; }
+template <> constexpr DType dtype_of<int16_t>() { return DType::kInt16; }
+template <> constexpr DType dtype_of<uint16_t>() { return DType::kUInt16; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::kInt64; }
+template <> constexpr DType dtype_of<bool>() { return DType::kBool; }
+
+using Shape = std::vector<int64_t>;
+
+// Largest tensor perch will allocate: 2^34 elements (64 GiB of float) — larger requests are refused
+// with an error before allocation instead of failing (or succeeding lazily) inside the allocator.
+inline constexpr int64_t kMaxElements = int64_t{1} << 34;
+
+// Number of elements of `shape`; throws if a dim is negative or the product overflows / exceeds
+// kMaxElements. `what` names the tensor in the message.
+int64_t checked_numel(const Shape& shape, const std::string& what = "tensor");
+std::string shape_str(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(DType dtype, Shape shape);  // zero-initialized
+  static Tensor scalar_f32(float v);
+
+  template <typename T>
+  static Tensor from(Shape shape, std::span<const T> values) {
+    Tensor t(dtype_of<T>(), std::move(shape));
+    PERCH_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "Tensor::from: ", values.size(),
+                " values for shape ", shape_str(t.shape()));
+    std::copy(values.begin(), values.end(), t.data<T>());
+    return t;
+  }
+  template <typename T>
+  static Tensor from(Shape shape, const std::vector<T>& values) {
+    return from<T>(std::move(shape), std::span<const T>(values));
+  }
+
+  bool empty() const { return !buf_; }
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  int64_t rank() const { return static_cast<int64_t>(shape_.size()); }
+  int64_t dim(int64_t i) const;  // negative i counts from the end
+  int64_t numel() const { return numel_; }
+  size_t nbytes() const { return static_cast<size_t>(numel_) * dtype_size(dtype_); }
+
+  template <typename T> T* data() {
+    check_type(dtype_of<T>());
+    return reinterpret_cast<T*>(buf_.get());
+  }
+  template <typename T> const T* data() const {
+    check_type(dtype_of<T>());
+    return reinterpret_cast<const T*>(buf_.get());
+  }
+  template <typename T> std::span<T> span() { return {data<T>(), static_cast<size_t>(numel_)}; }
+  template <typename T> std::span<const T> span() const { return {data<T>(), static_cast<size_t>(numel_)}; }
+  void* raw() { return buf_.get(); }
+  const void* raw() const { return buf_.get(); }
+
+  // Same data, new shape (element count must match). Shares storage.
+  Tensor reshaped(Shape shape) const;
+  Tensor clone() const;
+  // Converts any numeric dtype to float32 / int64 (new storage unless already that type).
+  Tensor to_f32() const;
+  std::vector<int64_t> to_i64_vector() const;
+
+ private:
+  void check_type(DType want) const;
+  DType dtype_ = DType::kFloat32;
+  Shape shape_;
+  int64_t numel_ = 0;
+  std::shared_ptr<std::byte[]> buf_;
+};
+
+// Normalizes an axis in [-rank, rank) to [0, rank); throws naming `what` otherwise.
+int64_t normalize_axis(int64_t axis, int64_t rank, const std::string& what);
+
+}  // namespace perch

@@ -1,0 +1,143 @@
+#include "perch/core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <sstream>
+
+namespace perch {
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat64: return 8;
+    case DType::kInt8: return 1;
+    case DType::kUInt8: return 1;
+    case DType::kInt16: return 2;
+    case DType::kUInt16: return 2;
+    case DType::kInt32: return 4;
+    case DType::kInt64: return 8;
+    case DType::kBool: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+    case DType::kInt8: return "int8";
+    case DType::kUInt8: return "uint8";
+    case DType::kInt16: return "int16";
+    case DType::kUInt16: return "uint16";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kBool: return "bool";
+  }
+  return "?";
+}
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+int64_t checked_numel(const Shape& shape, const std::string& what) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    PERCH_CHECK(d >= 0, what, ": negative dimension in shape ", shape_str(shape));
+    if (d == 0) return 0;
+    PERCH_CHECK(n <= kMaxElements / d, what, ": shape ", shape_str(shape), " has more than 2^34 elements (refused before allocation)");
+    n *= d;
+  }
+  return n;
+}
+
+namespace {
+std::shared_ptr<std::byte[]> allocate(size_t bytes) {
+  size_t rounded = ((bytes + 63) / 64) * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) PERCH_FAIL("out of memory allocating ", bytes, " bytes");
+  std::memset(p, 0, rounded);
+  return std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+}
+}  // namespace
+
+Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
+  numel_ = checked_numel(shape_);
+  buf_ = allocate(nbytes());
+}
+
+Tensor Tensor::scalar_f32(float v) {
+  Tensor t(DType::kFloat32, {});
+  t.data<float>()[0] = v;
+  return t;
+}
+
+int64_t Tensor::dim(int64_t i) const { return shape_[static_cast<size_t>(normalize_axis(i, rank(), "Tensor::dim"))]; }
+
+void Tensor::check_type(DType want) const {
+  PERCH_CHECK(want == dtype_, "tensor of type ", dtype_name(dtype_), " accessed as ", dtype_name(want));
+}
+
+Tensor Tensor::reshaped(Shape shape) const {
+  PERCH_CHECK(checked_numel(shape) == numel_, "cannot reshape ", shape_str(shape_), " to ", shape_str(shape));
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  Tensor t(dtype_, shape_);
+  if (nbytes()) std::memcpy(t.raw(), raw(), nbytes());
+  return t;
+}
+
+namespace {
+template <typename Dst, typename Src>
+void convert(const Tensor& in, Tensor& out) {
+  const Src* s = in.data<Src>();
+  Dst* d = out.data<Dst>();
+  for (int64_t i = 0; i < in.numel(); ++i) d[i] = static_cast<Dst>(s[i]);
+}
+template <typename Dst>
+Tensor convert_to(const Tensor& in) {
+  Tensor out(dtype_of<Dst>(), in.shape());
+  switch (in.dtype()) {
+    case DType::kFloat32: convert<Dst, float>(in, out); break;
+    case DType::kFloat64: convert<Dst, double>(in, out); break;
+    case DType::kInt8: convert<Dst, int8_t>(in, out); break;
+    case DType::kUInt8: convert<Dst, uint8_t>(in, out); break;
+    case DType::kInt16: convert<Dst, int16_t>(in, out); break;
+    case DType::kUInt16: convert<Dst, uint16_t>(in, out); break;
+    case DType::kInt32: convert<Dst, int32_t>(in, out); break;
+    case DType::kInt64: convert<Dst, int64_t>(in, out); break;
+    case DType::kBool: convert<Dst, bool>(in, out); break;
+  }
+  return out;
+}
+}  // namespace
+
+Tensor Tensor::to_f32() const {
+  if (dtype_ == DType::kFloat32) return *this;
+  return convert_to<float>(*this);
+}
+
+std::vector<int64_t> Tensor::to_i64_vector() const {
+  Tensor t = dtype_ == DType::kInt64 ? *this : convert_to<int64_t>(*this);
+  auto s = t.span<int64_t>();
+  return {s.begin(), s.end()};
+}
+
+int64_t normalize_axis(int64_t axis, int64_t rank, const std::string& what) {
+  PERCH_CHECK(axis >= -rank && axis < rank || (rank == 0 && (axis == 0 || axis == -1)), what, ": axis ", axis,
+              " out of range for rank ", rank);
+  if (rank == 0) return 0;
+  return axis < 0 ? axis + rank : axis;
+}
+
+}  // namespace perch

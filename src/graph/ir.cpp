@@ -1,0 +1,166 @@
+#include "perch/graph/ir.h"
+
+#include <algorithm>
+#include <set>
+#include <unordered_map>
+
+namespace perch::graph {
+
+namespace {
+template <typename T>
+const T* get_attr(const Node& n, const std::string& key) {
+  auto it = n.attrs.find(key);
+  if (it == n.attrs.end()) return nullptr;
+  const T* v = std::get_if<T>(&it->second);
+  PERCH_CHECK(v, n.describe(), ": attribute '", key, "' has an unexpected type");
+  return v;
+}
+}  // namespace
+
+int64_t Node::attr_int(const std::string& key, int64_t dflt) const {
+  const auto* v = get_attr<int64_t>(*this, key);
+  return v ? *v : dflt;
+}
+float Node::attr_float(const std::string& key, float dflt) const {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) return dflt;
+  if (const auto* i = std::get_if<int64_t>(&it->second)) return static_cast<float>(*i);
+  const auto* v = get_attr<float>(*this, key);
+  return *v;
+}
+std::string Node::attr_string(const std::string& key, const std::string& dflt) const {
+  const auto* v = get_attr<std::string>(*this, key);
+  return v ? *v : dflt;
+}
+std::vector<int64_t> Node::attr_ints(const std::string& key, const std::vector<int64_t>& dflt) const {
+  const auto* v = get_attr<std::vector<int64_t>>(*this, key);
+  return v ? *v : dflt;
+}
+std::vector<float> Node::attr_floats(const std::string& key, const std::vector<float>& dflt) const {
+  const auto* v = get_attr<std::vector<float>>(*this, key);
+  return v ? *v : dflt;
+}
+const Tensor* Node::attr_tensor(const std::string& key) const { return get_attr<Tensor>(*this, key); }
+
+std::string Node::describe() const {
+  return op_type + " node '" + (name.empty() ? (outputs.empty() ? std::string("?") : "->" + outputs[0]) : name) + "'";
+}
+
+const std::string& Node::input(size_t i) const {
+  static const std::string kEmpty;
+  return i < inputs.size() ? inputs[i] : kEmpty;
+}
+
+const Tensor* Graph::initializer(const std::string& v) const {
+  auto it = initializers.find(v);
+  return it == initializers.end() ? nullptr : &it->second;
+}
+
+int64_t Graph::producer(const std::string& v) const {
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (const auto& o : nodes[i].outputs)
+      if (o == v) return static_cast<int64_t>(i);
+  return -1;
+}
+
+std::vector<size_t> Graph::consumers(const std::string& v) const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (std::find(nodes[i].inputs.begin(), nodes[i].inputs.end(), v) != nodes[i].inputs.end()) out.push_back(i);
+  return out;
+}
+
+bool Graph::is_graph_output(const std::string& v) const {
+  return std::any_of(outputs.begin(), outputs.end(), [&](const ValueInfo& o) { return o.name == v; });
+}
+
+void Graph::toposort() {
+  // Kahn's algorithm, stable: among ready nodes the earliest in the current order goes first.
+  std::unordered_map<std::string, size_t> producer_of;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (const auto& o : nodes[i].outputs) {
+      if (o.empty()) continue;
+      PERCH_CHECK(!producer_of.count(o), "graph '", name, "': value '", o, "' is produced by two nodes (",
+                  nodes[producer_of[o]].describe(), " and ", nodes[i].describe(), ")");
+      producer_of[o] = i;
+    }
+  std::set<std::string> available;
+  for (const auto& in : inputs) available.insert(in.name);
+  for (const auto& [k, v] : initializers) available.insert(k);
+  std::vector<int> missing(nodes.size(), 0);
+  std::vector<std::vector<size_t>> users(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    for (const auto& in : nodes[i].inputs) {
+      if (in.empty() || available.count(in)) continue;
+      auto it = producer_of.find(in);
+      PERCH_CHECK(it != producer_of.end(), "graph '", name, "': ", nodes[i].describe(), " reads '", in,
+                  "', which is neither a graph input, an initializer nor produced by any node");
+      ++missing[i];
+      users[it->second].push_back(i);
+    }
+  }
+  std::set<size_t> ready;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (missing[i] == 0) ready.insert(i);
+  std::vector<size_t> order;
+  while (!ready.empty()) {
+    size_t i = *ready.begin();
+    ready.erase(ready.begin());
+    order.push_back(i);
+    for (size_t u : users[i])
+      if (--missing[u] == 0) ready.insert(u);
+  }
+  if (order.size() != nodes.size()) {
+    for (size_t i = 0; i < nodes.size(); ++i)
+      if (missing[i] > 0) PERCH_FAIL("graph '", name, "' has a cycle through ", nodes[i].describe());
+  }
+  std::vector<Node> sorted;
+  sorted.reserve(nodes.size());
+  for (size_t i : order) sorted.push_back(std::move(nodes[i]));
+  nodes = std::move(sorted);
+}
+
+std::string Graph::unique_name(const std::string& base) const {
+  std::set<std::string> used;
+  for (const auto& n : nodes) {
+    used.insert(n.name);
+    used.insert(n.inputs.begin(), n.inputs.end());
+    used.insert(n.outputs.begin(), n.outputs.end());
+  }
+  for (const auto& i : inputs) used.insert(i.name);
+  for (const auto& [k, v] : initializers) used.insert(k);
+  if (!used.count(base)) return base;
+  for (int i = 1;; ++i) {
+    std::string c = base + "_" + std::to_string(i);
+    if (!used.count(c)) return c;
+  }
+}
+
+void Graph::prune_unused_initializers() {
+  std::set<std::string> used;
+  for (const auto& n : nodes) used.insert(n.inputs.begin(), n.inputs.end());
+  for (const auto& o : outputs) used.insert(o.name);
+  for (auto it = initializers.begin(); it != initializers.end();) {
+    if (!used.count(it->first))
+      it = initializers.erase(it);
+    else
+      ++it;
+  }
+}
+
+int64_t Model::opset() const {
+  for (const auto& o : opsets)
+    if (o.domain.empty() || o.domain == "ai.onnx") return o.version;
+  return 0;
+}
+
+void Model::set_opset(int64_t version) {
+  for (auto& o : opsets)
+    if (o.domain.empty() || o.domain == "ai.onnx") {
+      o.version = version;
+      return;
+    }
+  opsets.push_back({"", version});
+}
+
+}  // namespace perch::graph

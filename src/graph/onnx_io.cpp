@@ -1,0 +1,319 @@
+// ONNX protobuf <-> perch IR.
+#include "perch/graph/onnx_io.h"
+
+#include <onnx/onnx_pb.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "perch/core/file_io.h"
+
+namespace perch::graph {
+
+namespace {
+
+using onnx::TensorProto;
+
+DType dtype_from_onnx(int32_t t, const std::string& what) {
+  switch (t) {
+    case TensorProto::FLOAT: return DType::kFloat32;
+    case TensorProto::DOUBLE: return DType::kFloat64;
+    case TensorProto::INT8: return DType::kInt8;
+    case TensorProto::UINT8: return DType::kUInt8;
+    case TensorProto::INT16: return DType::kInt16;
+    case TensorProto::UINT16: return DType::kUInt16;
+    case TensorProto::INT32: return DType::kInt32;
+    case TensorProto::INT64: return DType::kInt64;
+    case TensorProto::BOOL: return DType::kBool;
+    default: break;
+  }
+  const char* name = TensorProto::DataType_IsValid(t) ? TensorProto::DataType_Name(static_cast<TensorProto::DataType>(t)).c_str() : "invalid";
+  PERCH_FAIL(what, ": element type ", name, " (", t, ") is not supported by perch");
+}
+
+int32_t dtype_to_onnx(DType t) {
+  switch (t) {
+    case DType::kFloat32: return TensorProto::FLOAT;
+    case DType::kFloat64: return TensorProto::DOUBLE;
+    case DType::kInt8: return TensorProto::INT8;
+    case DType::kUInt8: return TensorProto::UINT8;
+    case DType::kInt16: return TensorProto::INT16;
+    case DType::kUInt16: return TensorProto::UINT16;
+    case DType::kInt32: return TensorProto::INT32;
+    case DType::kInt64: return TensorProto::INT64;
+    case DType::kBool: return TensorProto::BOOL;
+  }
+  return TensorProto::UNDEFINED;
+}
+
+template <typename T, typename Field>
+void copy_field(const Field& field, Tensor& t, const std::string& what) {
+  PERCH_CHECK(static_cast<int64_t>(field.size()) == t.numel(), what, ": holds ", field.size(), " values but its shape ",
+              shape_str(t.shape()), " needs ", t.numel());
+  T* d = t.data<T>();
+  for (int64_t i = 0; i < t.numel(); ++i) d[i] = static_cast<T>(field.Get(static_cast<int>(i)));
+}
+
+Tensor tensor_from_proto(const TensorProto& p, const std::string& what_in) {
+  const std::string what = what_in + (p.name().empty() ? "" : " '" + p.name() + "'");
+  PERCH_CHECK(p.data_location() != TensorProto::EXTERNAL && p.external_data_size() == 0, what,
+              ": stored as external data, which perch does not read yet (models > 2 GiB or saved with "
+              "save_as_external_data); convert it to a single file");
+  PERCH_CHECK(!p.has_segment(), what, ": segmented tensors are not supported");
+  Shape shape(p.dims().begin(), p.dims().end());
+  DType dt = dtype_from_onnx(p.data_type(), what);
+  checked_numel(shape, what);
+  Tensor t(dt, shape);
+  if (p.has_raw_data()) {
+    PERCH_CHECK(p.raw_data().size() == t.nbytes(), what, ": raw_data has ", p.raw_data().size(),
+                " bytes but shape ", shape_str(shape), " of ", dtype_name(dt), " needs ", t.nbytes());
+    if (t.nbytes()) std::memcpy(t.raw(), p.raw_data().data(), t.nbytes());  // little-endian host
+    return t;
+  }
+  switch (dt) {
+    case DType::kFloat32: copy_field<float>(p.float_data(), t, what); break;
+    case DType::kFloat64: copy_field<double>(p.double_data(), t, what); break;
+    case DType::kInt64: copy_field<int64_t>(p.int64_data(), t, what); break;
+    case DType::kInt8: copy_field<int8_t>(p.int32_data(), t, what); break;
+    case DType::kUInt8: copy_field<uint8_t>(p.int32_data(), t, what); break;
+    case DType::kInt16: copy_field<int16_t>(p.int32_data(), t, what); break;
+    case DType::kUInt16: copy_field<uint16_t>(p.int32_data(), t, what); break;
+    case DType::kInt32: copy_field<int32_t>(p.int32_data(), t, what); break;
+    case DType::kBool: copy_field<bool>(p.int32_data(), t, what); break;
+  }
+  return t;
+}
+
+void tensor_to_proto(const Tensor& t, const std::string& name, TensorProto* p) {
+  p->set_name(name);
+  p->set_data_type(dtype_to_onnx(t.dtype()));
+  for (int64_t d : t.shape()) p->add_dims(d);
+  p->set_raw_data(std::string(static_cast<const char*>(t.raw()), t.nbytes()));
+}
+
+void value_info_from_proto(const onnx::ValueInfoProto& p, ValueInfo& v, const std::string& what) {
+  v.name = p.name();
+  if (!p.has_type()) return;
+  PERCH_CHECK(p.type().has_tensor_type(), what, ": value '", p.name(), "' is not a tensor (sequences/maps are not supported)");
+  const auto& tt = p.type().tensor_type();
+  if (tt.elem_type() != 0) {
+    try {
+      v.dtype = dtype_from_onnx(tt.elem_type(), what + ": value '" + p.name() + "'");
+    } catch (const Error&) {
+      v.dtype = DType::kFloat32;  // unsupported types surface when a kernel touches them
+      if (tt.elem_type() != TensorProto::FLOAT16 && tt.elem_type() != TensorProto::STRING) throw;
+    }
+  }
+  if (tt.has_shape()) {
+    v.has_shape = true;
+    for (const auto& d : tt.shape().dim()) {
+      v.shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+      v.dim_names.push_back(d.has_dim_param() ? d.dim_param() : "");
+    }
+  }
+}
+
+void value_info_to_proto(const ValueInfo& v, onnx::ValueInfoProto* p) {
+  p->set_name(v.name);
+  auto* tt = p->mutable_type()->mutable_tensor_type();
+  tt->set_elem_type(dtype_to_onnx(v.dtype));
+  if (!v.has_shape) return;
+  auto* sh = tt->mutable_shape();
+  for (size_t i = 0; i < v.shape.size(); ++i) {
+    auto* d = sh->add_dim();
+    if (i < v.dim_names.size() && !v.dim_names[i].empty())
+      d->set_dim_param(v.dim_names[i]);
+    else if (v.shape[i] >= 0)
+      d->set_dim_value(v.shape[i]);
+  }
+}
+
+Node node_from_proto(const onnx::NodeProto& p, const std::string& what) {
+  Node n;
+  n.name = p.name();
+  n.op_type = p.op_type();
+  n.domain = p.domain() == "ai.onnx" ? "" : p.domain();
+  n.inputs.assign(p.input().begin(), p.input().end());
+  n.outputs.assign(p.output().begin(), p.output().end());
+  for (const auto& a : p.attribute()) {
+    const std::string where = what + ": " + n.describe() + " attribute '" + a.name() + "'";
+    PERCH_CHECK(a.ref_attr_name().empty(), where, ": attribute references (functions) are not supported");
+    switch (a.type()) {
+      case onnx::AttributeProto::INT: n.attrs[a.name()] = static_cast<int64_t>(a.i()); break;
+      case onnx::AttributeProto::FLOAT: n.attrs[a.name()] = a.f(); break;
+      case onnx::AttributeProto::STRING: n.attrs[a.name()] = a.s(); break;
+      case onnx::AttributeProto::INTS: n.attrs[a.name()] = std::vector<int64_t>(a.ints().begin(), a.ints().end()); break;
+      case onnx::AttributeProto::FLOATS: n.attrs[a.name()] = std::vector<float>(a.floats().begin(), a.floats().end()); break;
+      case onnx::AttributeProto::STRINGS: n.attrs[a.name()] = std::vector<std::string>(a.strings().begin(), a.strings().end()); break;
+      case onnx::AttributeProto::TENSOR: n.attrs[a.name()] = tensor_from_proto(a.t(), where); break;
+      case onnx::AttributeProto::GRAPH:
+      case onnx::AttributeProto::GRAPHS:
+        PERCH_FAIL(where, ": subgraphs (If/Loop/Scan bodies) are not supported");
+      default:
+        PERCH_FAIL(where, ": attribute type ", static_cast<int>(a.type()), " is not supported");
+    }
+  }
+  return n;
+}
+
+void node_to_proto(const Node& n, onnx::NodeProto* p) {
+  p->set_name(n.name);
+  p->set_op_type(n.op_type);
+  if (!n.domain.empty()) p->set_domain(n.domain);
+  for (const auto& i : n.inputs) p->add_input(i);
+  for (const auto& o : n.outputs) p->add_output(o);
+  for (const auto& [key, val] : n.attrs) {
+    auto* a = p->add_attribute();
+    a->set_name(key);
+    std::visit(
+        [&](const auto& v) {
+          using V = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<V, int64_t>) {
+            a->set_type(onnx::AttributeProto::INT);
+            a->set_i(v);
+          } else if constexpr (std::is_same_v<V, float>) {
+            a->set_type(onnx::AttributeProto::FLOAT);
+            a->set_f(v);
+          } else if constexpr (std::is_same_v<V, std::string>) {
+            a->set_type(onnx::AttributeProto::STRING);
+            a->set_s(v);
+          } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
+            a->set_type(onnx::AttributeProto::INTS);
+            for (auto x : v) a->add_ints(x);
+          } else if constexpr (std::is_same_v<V, std::vector<float>>) {
+            a->set_type(onnx::AttributeProto::FLOATS);
+            for (auto x : v) a->add_floats(x);
+          } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+            a->set_type(onnx::AttributeProto::STRINGS);
+            for (const auto& x : v) a->add_strings(x);
+          } else {
+            a->set_type(onnx::AttributeProto::TENSOR);
+            tensor_to_proto(v, "", a->mutable_t());
+          }
+        },
+        val);
+  }
+}
+
+}  // namespace
+
+Model model_from_bytes(const std::string& bytes, const std::string& what) {
+  onnx::ModelProto mp;
+  PERCH_CHECK(bytes.size() < (size_t{1} << 31), what, ": ", bytes.size(),
+              " bytes exceeds protobuf's 2 GiB limit; models this large need external data, which perch does not read yet");
+  PERCH_CHECK(mp.ParseFromString(bytes), what, ": not a valid ONNX model (protobuf parse failed: truncated or corrupt file?)");
+  PERCH_CHECK(mp.has_graph(), what, ": ONNX model has no graph");
+  Model m;
+  m.source = what;
+  m.ir_version = mp.ir_version();
+  for (const auto& o : mp.opset_import()) m.opsets.push_back({o.domain() == "ai.onnx" ? "" : o.domain(), o.version()});
+  if (m.opsets.empty()) m.opsets.push_back({"", 1});  // ONNX: no opset_import means opset 1
+  m.producer_name = mp.producer_name();
+  m.producer_version = mp.producer_version();
+  m.domain = mp.domain();
+  m.model_version = mp.model_version();
+  m.doc_string = mp.doc_string();
+  for (const auto& kv : mp.metadata_props()) m.metadata.emplace_back(kv.key(), kv.value());
+  PERCH_CHECK(mp.functions_size() == 0, what, ": model-local functions are not supported");
+
+  const auto& gp = mp.graph();
+  Graph& g = m.graph;
+  g.name = gp.name();
+  PERCH_CHECK(gp.sparse_initializer_size() == 0, what, ": sparse initializers are not supported");
+  for (const auto& t : gp.initializer()) {
+    PERCH_CHECK(!t.name().empty(), what, ": an initializer has no name");
+    g.initializers[t.name()] = tensor_from_proto(t, what + ": initializer");
+  }
+  for (const auto& vi : gp.input()) {
+    if (g.initializers.count(vi.name())) continue;  // IR < 4 lists initializers as inputs too
+    ValueInfo v;
+    value_info_from_proto(vi, v, what);
+    g.inputs.push_back(std::move(v));
+  }
+  for (const auto& vi : gp.output()) {
+    ValueInfo v;
+    value_info_from_proto(vi, v, what);
+    g.outputs.push_back(std::move(v));
+  }
+  for (const auto& vi : gp.value_info()) {
+    ValueInfo v;
+    value_info_from_proto(vi, v, what);
+    g.value_info.push_back(std::move(v));
+  }
+  for (const auto& np : gp.node()) g.nodes.push_back(node_from_proto(np, what));
+  // Constant nodes are kept as nodes (round trip keeps the graph as written); the executor folds them.
+  try {
+    g.toposort();
+  } catch (const Error& e) {
+    PERCH_FAIL(what, ": ", e.what());
+  }
+  return m;
+}
+
+std::string model_to_bytes(const Model& m) {
+  onnx::ModelProto mp;
+  mp.set_ir_version(m.ir_version);
+  for (const auto& o : m.opsets) {
+    auto* op = mp.add_opset_import();
+    op->set_domain(o.domain);
+    op->set_version(o.version);
+  }
+  mp.set_producer_name(m.producer_name);
+  mp.set_producer_version(m.producer_version);
+  if (!m.domain.empty()) mp.set_domain(m.domain);
+  if (m.model_version) mp.set_model_version(m.model_version);
+  if (!m.doc_string.empty()) mp.set_doc_string(m.doc_string);
+  for (const auto& [k, v] : m.metadata) {
+    auto* kv = mp.add_metadata_props();
+    kv->set_key(k);
+    kv->set_value(v);
+  }
+  auto* gp = mp.mutable_graph();
+  gp->set_name(m.graph.name);
+  for (const auto& n : m.graph.nodes) node_to_proto(n, gp->add_node());
+  for (const auto& [name, t] : m.graph.initializers) tensor_to_proto(t, name, gp->add_initializer());
+  for (const auto& v : m.graph.inputs) value_info_to_proto(v, gp->add_input());
+  for (const auto& v : m.graph.outputs) value_info_to_proto(v, gp->add_output());
+  for (const auto& v : m.graph.value_info) value_info_to_proto(v, gp->add_value_info());
+  std::string bytes;
+  PERCH_CHECK(mp.SerializeToString(&bytes), "serializing model '", m.graph.name, "' failed (larger than 2 GiB?)");
+  return bytes;
+}
+
+namespace {
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  PERCH_CHECK(f, path.string(), ": cannot open for reading");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  PERCH_CHECK(!f.bad(), path.string(), ": read error");
+  return ss.str();
+}
+}  // namespace
+
+Model load_model(const std::filesystem::path& path) {
+  PERCH_CHECK(std::filesystem::is_regular_file(path), path.string(), ": no such model file");
+  auto size = std::filesystem::file_size(path);
+  PERCH_CHECK(size < (uintmax_t{1} << 31), path.string(), ": ", size,
+              " bytes exceeds protobuf's 2 GiB limit (external data is not supported yet)");
+  return model_from_bytes(read_file(path), path.string());
+}
+
+void save_model(const Model& model, const std::filesystem::path& path) {
+  write_file_atomic(path, model_to_bytes(model));
+}
+
+Tensor read_tensor_pb(const std::filesystem::path& path) {
+  TensorProto p;
+  PERCH_CHECK(p.ParseFromString(read_file(path)), path.string(), ": not a valid TensorProto");
+  return tensor_from_proto(p, path.string());
+}
+
+void write_tensor_pb(const std::filesystem::path& path, const Tensor& t, const std::string& name) {
+  TensorProto p;
+  tensor_to_proto(t, name, &p);
+  write_file_atomic(path, p.SerializeAsString());
+}
+
+}  // namespace perch::graph

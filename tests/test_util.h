@@ -1,0 +1,26 @@
+// Shared helpers for perch's tests: where the shared models and the ONNX test data live, and a visible
+// skip when they are absent (a user's machine has no ../shared).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+namespace perch::test {
+
+// ../shared next to the source tree, or $PERCH_SHARED_DIR; empty path if neither exists.
+std::filesystem::path shared_dir();
+// shared_dir()/models/<name>; calls GTEST_SKIP-compatible logic through the macro below.
+std::filesystem::path shared_model(const std::string& name);
+// Debian libonnx-testdata's node test folder (/usr/share/libonnx-testdata/data/node).
+std::filesystem::path onnx_node_test_dir();
+std::filesystem::path source_dir();
+std::filesystem::path binary_dir();
+
+}  // namespace perch::test
+
+// Skips the current test (visibly, with the reason) when ../shared/models/<name> is absent.
+#define PERCH_REQUIRE_SHARED_MODEL(var, name)                                              \
+  const std::filesystem::path var = ::perch::test::shared_model(name);                      \
+  if (var.empty()) GTEST_SKIP() << "../shared/models/" << (name) << " not present (user machine)"
