@@ -1,0 +1,55 @@
+// perch/data/dataset.h — the data specs every perch command shares.
+//
+//   fashion-mnist:train | fashion-mnist:test
+//       Debian's dataset-fashion-mnist files in /usr/share/datasets/fashion-mnist (override the folder with
+//       env PERCH_FASHION_MNIST_DIR): {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz.
+//   idx:IMAGES,LABELS
+//       any uint8 IDX image file ([N,H,W] or [N,C,H,W], plain or .gz) plus its IDX label file.
+//   npy:FILE  |  npy:FILE,LABELS.npy
+//       an already preprocessed float32 (or float64, converted) batch [N,...]; optional integer labels [N].
+//
+// Pixel sources (fashion-mnist, idx) are normalized as x = (pixel/255 - mean)/std, by default mean 0.2860,
+// std 0.3530 (Fashion-MNIST's training statistics; the reference models expect them). npy data is used as is.
+// Images are kept in memory as float32 [N,C,H,W] ([N,H,W] IDX images get C = 1).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "perch/core/tensor.h"
+
+namespace perch {
+
+inline constexpr float kFashionMnistMean = 0.2860f;
+inline constexpr float kFashionMnistStd = 0.3530f;
+
+struct Dataset {
+  Tensor images;                // float32 [N, ...] ([N,C,H,W] for pixel sources)
+  std::vector<int64_t> labels;  // empty, or one per image
+  std::string name;             // the spec (and the range, for take/sample)
+
+  int64_t size() const { return images.empty() || images.rank() == 0 ? 0 : images.dim(0); }
+  bool has_labels() const { return !labels.empty(); }
+  // A copy of rows [begin, begin + count); throws naming the dataset if out of range.
+  Tensor batch(int64_t begin, int64_t count) const;
+};
+
+struct DataOptions {
+  std::optional<float> mean;  // default kFashionMnistMean
+  std::optional<float> std;   // default kFashionMnistStd; must be > 0
+};
+
+Dataset load_dataset(const std::string& spec, const DataOptions& options = {});
+
+// Rows [offset, offset + count) (copied); throws if out of range.
+Dataset take(const Dataset& ds, int64_t offset, int64_t count);
+// `count` distinct rows chosen uniformly at random (without replacement), in random order; the same seed
+// gives the same rows on every platform (perch's own PRNG, no std:: distributions).
+Dataset sample(const Dataset& ds, int64_t count, uint64_t seed);
+
+// The folder load_dataset reads fashion-mnist:* from ($PERCH_FASHION_MNIST_DIR or the Debian path).
+std::string fashion_mnist_dir();
+
+}  // namespace perch
