@@ -5,12 +5,14 @@
 // Representation (the only one in perch):  M = multiplier * 2^(shift - 31),  multiplier in [2^30, 2^31).
 // `shift` > 0 means a left shift, `shift` < 0 a right shift. M == 0 is {0, 0}.
 //
-// multiply_by_quantized_multiplier(x, m) =
-//     rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x * 2^max(shift,0), multiplier),
-//                            max(-shift, 0))
-// i.e. two roundings (the TFLite reference's "double rounding"): the result is within 1 of the exactly
-// rounded x * M, and equal to the two-step exact reference the tests compute in 128-bit arithmetic.
-// If x * 2^shift does not fit int32 (only possible for M >= 1), it saturates before the multiplication.
+// multiply_by_quantized_multiplier(x, m):
+//   shift <= 0 (M < 1):  rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), -shift)
+//                        two roundings, as the TFLite reference does ("double rounding"): within 1 of
+//                        the exactly rounded x * M.
+//   shift > 0  (M >= 1): saturating_rounding_doubling_high_mul(x * 2^shift, multiplier), computed in 64
+//                        bits so x * 2^shift never overflows: one rounding (ties toward +inf) of the exact
+//                        x * M, saturated to int32.
+// Both are compared bit for bit with exact long-double references in tests/quant/fixed_point_test.cpp.
 #pragma once
 
 #include <cassert>
@@ -51,15 +53,27 @@ inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
 }
 
 inline int32_t multiply_by_quantized_multiplier(int32_t x, FixedPointMultiplier m) {
-  const int left = m.shift > 0 ? m.shift : 0;
-  const int right = m.shift > 0 ? 0 : -m.shift;
-  int64_t shifted = int64_t{x} * (int64_t{1} << (left < 32 ? left : 32));
-  if (shifted > std::numeric_limits<int32_t>::max()) shifted = std::numeric_limits<int32_t>::max();
-  if (shifted < std::numeric_limits<int32_t>::min()) shifted = std::numeric_limits<int32_t>::min();
-  const int32_t high = saturating_rounding_doubling_high_mul(static_cast<int32_t>(shifted), m.multiplier);
-  if (right <= 31) return rounding_divide_by_pot(high, right);
-  // |high| <= 2^31, so dividing by 2^32 or more rounds to 0 — except -2^31 / 2^32 = -0.5 -> -1.
-  return (right == 32 && high == std::numeric_limits<int32_t>::min()) ? -1 : 0;
+  if (m.shift <= 0) {
+    const int32_t high = saturating_rounding_doubling_high_mul(x, m.multiplier);
+    // multiplier < 2^31 makes |high| < 2^31, so dividing by 2^32 or more rounds to 0.
+    return -m.shift <= 31 ? rounding_divide_by_pot(high, -m.shift) : 0;
+  }
+  // Left shift: round(x * multiplier * 2^(shift - 31)), ties toward +inf, in 64 bits. This is
+  // floor((x * 2^shift * multiplier + 2^30) / 2^31) = SRDHM(x * 2^shift, multiplier) written without
+  // forming x * 2^shift, so it equals the 32-bit formula whenever x * 2^shift fits int32 and saturates
+  // correctly when the *result* does not fit.
+  const int64_t prod = int64_t{x} * m.multiplier;  // |prod| < 2^62
+  int64_t r;
+  if (m.shift < 31) {
+    r = (prod + (int64_t{1} << (30 - m.shift))) >> (31 - m.shift);
+  } else if (m.shift == 31 || prod == 0) {
+    r = prod;
+  } else {  // |prod| >= 2^30 and shift >= 32: |result| >= 2^31
+    r = prod > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+  }
+  if (r > std::numeric_limits<int32_t>::max()) return std::numeric_limits<int32_t>::max();
+  if (r < std::numeric_limits<int32_t>::min()) return std::numeric_limits<int32_t>::min();
+  return static_cast<int32_t>(r);
 }
 
 }  // namespace perch::quant
