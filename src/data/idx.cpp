@@ -76,16 +76,29 @@ size_t read_full(const ReadFn& read, void* dst, size_t n) {
   return got;
 }
 
-// The common reader. `known_size` is the total (uncompressed) size when known up front (plain files,
-// memory): then a short or oversized input is refused before anything is allocated. Otherwise (gzip)
-// the payload is read in chunks, so memory grows only with data that really exists.
-Tensor read_idx_stream(const ReadFn& read, const std::string& what, std::optional<uint64_t> known_size) {
+// Deflate cannot expand data by more than about 1032:1, so a gzip file of C bytes holds at most this many.
+uint64_t max_gunzipped_bytes(uint64_t compressed) { return compressed * 1032 + (1 << 16); }
+
+// Byte-swaps `n` elements of size `elem` in place (big-endian file -> little-endian host).
+void swap_in_place(std::byte* p, size_t n, size_t elem) {
+  if (elem == 1 || std::endian::native == std::endian::big) return;
+  for (size_t i = 0; i < n; ++i) std::reverse(p + i * elem, p + (i + 1) * elem);
+}
+
+// How the input's size is known: `exact` (plain file, memory) = its total size, checked before allocating;
+// `gzip_compressed` = the compressed file size, which bounds the uncompressed size (see above), so that
+// absurd dims in a small gzip file are refused before allocation too.
+struct SizeInfo {
+  std::optional<uint64_t> exact;
+  std::optional<uint64_t> gzip_compressed;
+};
+
+Tensor read_idx_stream(const ReadFn& read, const std::string& what, const SizeInfo& size) {
   unsigned char magic[4];
   size_t got = read_full(read, magic, 4);
   PERCH_CHECK(got == 4, what, ": not an IDX file: only ", got, " bytes, the 4-byte magic number is missing");
   PERCH_CHECK(magic[0] == 0 && magic[1] == 0, what, ": not an IDX file: magic number starts with bytes ",
-              int(magic[0]), ",", int(magic[1]), " instead of 0,0",
-              (magic[0] == 0x1f && magic[1] == 0x8b ? " (it looks gzip-compressed but could not be decompressed)" : ""));
+              int(magic[0]), ",", int(magic[1]), " instead of 0,0");
   const DType dtype = idx_dtype(magic[2], what);
   const size_t ndims = magic[3];
   PERCH_CHECK(ndims > 0, what, ": IDX magic number declares 0 dimensions");
@@ -100,41 +113,33 @@ Tensor read_idx_stream(const ReadFn& read, const std::string& what, std::optiona
   const size_t elem = dtype_size(dtype);
   const uint64_t header_bytes = 4 + 4 * ndims;
   const uint64_t data_bytes = static_cast<uint64_t>(numel) * elem;
+  const uint64_t expected = header_bytes + data_bytes;
+  auto need = [&] {
+    return detail::concat("dims ", shape_str(shape), " of ", dtype_name(dtype), " need ", expected, " bytes (",
+                          header_bytes, " header + ", data_bytes, " data)");
+  };
 
-  if (known_size) {
-    const uint64_t expected = header_bytes + data_bytes;
-    PERCH_CHECK(*known_size >= expected, what, ": truncated IDX file: dims ", shape_str(shape), " of ",
-                dtype_name(dtype), " need ", expected, " bytes (", header_bytes, " header + ", data_bytes,
-                " data), the file has ", *known_size);
-    PERCH_CHECK(*known_size == expected, what, ": IDX file has ", *known_size - expected,
-                " trailing bytes after the data (dims ", shape_str(shape), " of ", dtype_name(dtype), " need ",
-                expected, " bytes, the file has ", *known_size, ")");
+  if (size.exact) {
+    PERCH_CHECK(*size.exact >= expected, what, ": truncated IDX file: ", need(), ", the file has ", *size.exact);
+    PERCH_CHECK(*size.exact == expected, what, ": IDX file has ", *size.exact - expected, " trailing bytes after the data (",
+                need(), ", the file has ", *size.exact, ")");
   }
-
-  // Read the payload in chunks (bounded by what the input really holds), then convert into the tensor.
-  std::vector<unsigned char> payload;
-  constexpr size_t kChunk = size_t{1} << 22;
-  while (payload.size() < data_bytes) {
-    size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, data_bytes - payload.size()));
-    size_t old = payload.size();
-    payload.resize(old + want);
-    size_t r = read_full(read, payload.data() + old, want);
-    payload.resize(old + r);
-    if (r < want) break;
-  }
-  PERCH_CHECK(payload.size() == data_bytes, what, ": truncated IDX file: dims ", shape_str(shape), " of ",
-              dtype_name(dtype), " need ", header_bytes + data_bytes, " bytes (", header_bytes, " header + ",
-              data_bytes, " data), got only ", header_bytes + payload.size(),
-              known_size ? "" : " (uncompressed)");
-  if (!known_size) {
-    unsigned char extra[64];
-    size_t more = read_full(read, extra, sizeof extra);
-    PERCH_CHECK(more == 0, what, ": IDX file has trailing bytes after the data (dims ", shape_str(shape), " of ",
-                dtype_name(dtype), " need ", header_bytes + data_bytes, " uncompressed bytes)");
+  if (size.gzip_compressed) {
+    PERCH_CHECK(expected <= max_gunzipped_bytes(*size.gzip_compressed), what, ": truncated or corrupt IDX file: ",
+                need(), " uncompressed, more than a ", *size.gzip_compressed, "-byte gzip file can hold");
   }
 
   Tensor t(dtype, shape);
-  if (numel > 0) copy_from_big_endian(payload.data(), static_cast<std::byte*>(t.raw()), static_cast<size_t>(numel), elem);
+  auto* data = static_cast<std::byte*>(t.raw());
+  got = data_bytes ? read_full(read, data, data_bytes) : 0;
+  PERCH_CHECK(got == data_bytes, what, ": truncated IDX file: ", need(), ", got only ", header_bytes + got,
+              size.exact ? "" : " (uncompressed)");
+  if (!size.exact) {
+    unsigned char extra[64];
+    PERCH_CHECK(read_full(read, extra, sizeof extra) == 0, what, ": IDX file has trailing bytes after the data (",
+                need(), " uncompressed)");
+  }
+  swap_in_place(data, static_cast<size_t>(numel), elem);
   return t;
 }
 
@@ -155,7 +160,7 @@ Tensor parse_idx(std::string_view bytes, const std::string& what) {
     pos += k;
     return k;
   };
-  return read_idx_stream(read, what, bytes.size());
+  return read_idx_stream(read, what, SizeInfo{bytes.size(), std::nullopt});
 }
 
 Tensor read_idx(const std::filesystem::path& path) {
@@ -193,7 +198,7 @@ Tensor read_idx(const std::filesystem::path& path) {
   const char* cut_note = " (the gzip stream ends early: the file is truncated)";
   Tensor t;
   try {
-    t = read_idx_stream(read, what, direct ? std::optional<uint64_t>(file_size) : std::nullopt);
+    t = read_idx_stream(read, what, direct ? SizeInfo{file_size, std::nullopt} : SizeInfo{std::nullopt, file_size});
   } catch (const Error& e) {
     if (stream_cut) throw Error(std::string(e.what()) + cut_note);
     throw;
