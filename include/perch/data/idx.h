@@ -6,7 +6,9 @@
 //
 // Every defect throws perch::Error naming the file: bad magic, unknown type, zero dims, shapes above
 // kMaxElements (refused before allocation), a file shorter than its header promises (with expected and
-// actual byte counts), trailing bytes after the data, corrupt gzip streams.
+// actual byte counts), trailing bytes after the data, corrupt or cut gzip streams. Before allocating, a
+// plain file's size must match the dims exactly, and a gzip file must be large enough to possibly hold
+// them (deflate expands at most ~1032:1), so a tiny file with huge dims never causes a huge allocation.
 #pragma once
 
 #include <cstdint>
