@@ -1,0 +1,209 @@
+// QAT gradients. Finite differences run in double on a double reimplementation of each forward, at
+// points kept away from rounding and clipping boundaries (where the forward is piecewise linear, so a
+// central difference is exact up to rounding; tolerance 1e-6 relative).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/quant/fake_quant.h"
+
+namespace perch::quant {
+namespace {
+
+TEST(SteBackward, MasksOutsideClipRange) {
+  QuantSpec spec;  // int8: clip range [-128 s, 127 s]
+  spec.is_signed = false;
+  spec.symmetric = false;
+  const QuantParams p = make_params(spec, {6}, {0.5f}, {10});  // range [(0-10)*0.5, (255-10)*0.5] = [-5, 122.5]
+  const Tensor x = Tensor::from<float>({6}, {-5.0f, -5.1f, 0.0f, 122.5f, 122.6f, 60.3f});
+  const Tensor dy = Tensor::from<float>({6}, {1, 2, 3, 4, 5, 6});
+  const Tensor dx = fake_quant_ste_backward(dy, x, p);
+  const std::vector<float> want{1, 0, 3, 4, 0, 6};
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(dx.span<float>()[i], want[i]) << i;
+  EXPECT_THROW(fake_quant_ste_backward(Tensor(DType::kFloat32, {5}), x, p), Error);
+}
+
+TEST(FakeQuantMinMax, NudgingAndGrid) {
+  // min = -0.1, max = 1.0: zero point from min is 23.18 -> 23, so the range shifts slightly.
+  const NudgedRange r = nudge_minmax(-0.1f, 1.0f, 0, 255);
+  EXPECT_FLOAT_EQ(r.scale, 1.1f / 255.0f);
+  EXPECT_FLOAT_EQ(r.min, -23.0f * r.scale);
+  EXPECT_FLOAT_EQ(r.max, 232.0f * r.scale);
+  // min > 0: zero point clamps to qmin, nudged min is exactly 0.
+  EXPECT_EQ(nudge_minmax(0.5f, 2.0f, 0, 255).min, 0.0f);
+  EXPECT_EQ(nudge_minmax(-2.0f, -0.5f, 1, 255).max, 0.0f);
+  EXPECT_THROW(nudge_minmax(1.0f, 1.0f, 0, 255), Error);
+
+  std::mt19937_64 rng(2);
+  for (int bits : {2, 4, 8, 16}) {
+    for (bool narrow : {false, true}) {
+      Tensor x(DType::kFloat32, {3, 50});
+      std::uniform_real_distribution<float> ud(-3.0f, 3.0f);
+      for (float& v : x.span<float>()) v = ud(rng);
+      x.span<float>()[0] = 0.0f;
+      const std::vector<float> mins{-1.0f, 0.2f, -2.5f}, maxs{2.0f, 1.0f, -0.3f};
+      const Tensor y = fake_quant_minmax(x, mins, maxs, bits, narrow, 0);
+      EXPECT_EQ(y.span<float>()[0], 0.0f);  // 0 is exact after nudging
+      const int32_t qmin = narrow ? 1 : 0, qmax = (1 << bits) - 1;
+      for (int64_t c = 0; c < 3; ++c) {
+        const NudgedRange nr = nudge_minmax(mins[c], maxs[c], qmin, qmax);
+        for (int64_t i = 0; i < 50; ++i) {
+          const float xv = x.span<float>()[c * 50 + i], yv = y.span<float>()[c * 50 + i];
+          const double k = (static_cast<double>(yv) - nr.min) / nr.scale;
+          // On the grid, up to float rounding of y (which matters at 16 bits, k up to 65535).
+          const double tol = 1e-3 + (std::fabs(yv) + std::fabs(nr.min)) / nr.scale * std::ldexp(1.0, -22);
+          EXPECT_NEAR(k, std::round(k), tol) << "output on the grid";
+          EXPECT_GE(yv, nr.min - 1e-6f);
+          EXPECT_LE(yv, nr.max + 1e-6f);
+          const double c_x = std::min<double>(std::max<double>(xv, nr.min), nr.max);
+          EXPECT_LE(std::fabs(yv - c_x), 0.5 * nr.scale * (1 + 1e-4)) << bits;
+        }
+      }
+      // Per-tensor (axis -1) equals per-channel with equal ranges.
+      const std::vector<float> m1{-1.0f}, M1{2.0f}, m3(3, -1.0f), M3(3, 2.0f);
+      const Tensor a = fake_quant_minmax(x, m1, M1, bits, narrow, -1);
+      const Tensor b = fake_quant_minmax(x, m3, M3, bits, narrow, 0);
+      for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(a.span<float>()[i], b.span<float>()[i]);
+    }
+  }
+  const std::vector<float> m1{-1.0f}, M1{2.0f};
+  EXPECT_THROW(fake_quant_minmax(Tensor(DType::kFloat32, {2, 2}), m1, M1, 8, false, -2), Error);
+  EXPECT_THROW(fake_quant_minmax(Tensor(DType::kFloat32, {2, 2}), m1, M1, 1, false, -1), Error);
+  EXPECT_THROW(fake_quant_minmax(Tensor(DType::kFloat32, {2, 2}), m1, M1, 8, false, 1), Error);
+}
+
+// Clip surrogate h = sum dy * clamp(x, min_c, max_c), the function TF's gradient is the derivative of.
+double clip_objective(const std::vector<double>& x, const std::vector<double>& dy, const std::vector<double>& mins,
+                      const std::vector<double>& maxs, int64_t inner, int64_t C) {
+  double h = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const size_t c = static_cast<size_t>((static_cast<int64_t>(i) / inner) % C);
+    h += dy[i] * std::min(std::max(x[i], mins[c]), maxs[c]);
+  }
+  return h;
+}
+
+TEST(FakeQuantMinMax, GradientMatchesFiniteDifferences) {
+  std::mt19937_64 rng(8);
+  const int64_t C = 4, inner = 30;
+  const Shape shape{2, C, inner};
+  const std::vector<float> mins{-1.0f, -0.5f, 0.0f, -3.0f}, maxs{1.0f, 2.0f, 0.7f, -1.0f};
+  const int bits = 8;
+  std::vector<NudgedRange> nr;
+  for (int64_t c = 0; c < C; ++c) nr.push_back(nudge_minmax(mins[c], maxs[c], 0, 255));
+  Tensor x(DType::kFloat32, shape), dy(DType::kFloat32, shape);
+  std::uniform_real_distribution<float> ud(-4.0f, 3.0f), gd(-1.0f, 1.0f);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const auto c = static_cast<size_t>((i / inner) % C);
+    float v;
+    do {  // away from both the nudged and the given ends
+      v = ud(rng);
+    } while (std::fabs(v - nr[c].min) < 0.02f || std::fabs(v - nr[c].max) < 0.02f ||
+             std::fabs(v - mins[c]) < 0.02f || std::fabs(v - maxs[c]) < 0.02f ||
+             ((v < mins[c]) != (v < nr[c].min)) || ((v > maxs[c]) != (v > nr[c].max)));
+    x.span<float>()[static_cast<size_t>(i)] = v;
+    dy.span<float>()[static_cast<size_t>(i)] = gd(rng);
+  }
+  const MinMaxGrad g = fake_quant_minmax_backward(dy, x, mins, maxs, bits, false, 1);
+  std::vector<double> xd(x.span<float>().begin(), x.span<float>().end());
+  std::vector<double> dyd(dy.span<float>().begin(), dy.span<float>().end());
+  std::vector<double> mn(mins.begin(), mins.end()), mx(maxs.begin(), maxs.end());
+  const double h = 1e-6;
+  for (int64_t c = 0; c < C; ++c) {
+    auto mp = mn, mm = mn;
+    mp[c] += h, mm[c] -= h;
+    const double dmin = (clip_objective(xd, dyd, mp, mx, inner, C) - clip_objective(xd, dyd, mm, mx, inner, C)) / (2 * h);
+    auto Mp = mx, Mm = mx;
+    Mp[c] += h, Mm[c] -= h;
+    const double dmax = (clip_objective(xd, dyd, mn, Mp, inner, C) - clip_objective(xd, dyd, mn, Mm, inner, C)) / (2 * h);
+    EXPECT_NEAR(g.dmin[c], dmin, 1e-6 * (1 + std::fabs(dmin))) << c;
+    EXPECT_NEAR(g.dmax[c], dmax, 1e-6 * (1 + std::fabs(dmax))) << c;
+  }
+  for (int i = 0; i < 40; ++i) {  // dx on a sample of elements
+    const auto k = static_cast<size_t>(rng() % static_cast<uint64_t>(x.numel()));
+    auto xp = xd, xm = xd;
+    xp[k] += h, xm[k] -= h;
+    const double dx = (clip_objective(xp, dyd, mn, mx, inner, C) - clip_objective(xm, dyd, mn, mx, inner, C)) / (2 * h);
+    EXPECT_NEAR(g.dx.span<float>()[k], dx, 1e-6 * (1 + std::fabs(dx))) << k;
+  }
+}
+
+// Double forward of perch's fake quant for one slot.
+double fq_double(double x, double s, int32_t zp, int32_t qmin, int32_t qmax) {
+  double q = std::nearbyint(x / s) + zp;
+  q = std::min<double>(std::max<double>(q, qmin), qmax);
+  return (q - zp) * s;
+}
+
+TEST(Lsq, GradientMatchesFiniteDifferences) {
+  std::mt19937_64 rng(13);
+  for (bool sym : {true, false}) {
+    QuantSpec spec;
+    spec.bits = 4;
+    spec.symmetric = sym;
+    spec.is_signed = sym;
+    spec.granularity = Granularity::kPerChannel;
+    spec.axis = 0;
+    const int64_t C = 3, n = 200;
+    const std::vector<float> scales{0.1f, 0.25f, 0.05f};
+    const std::vector<int32_t> zps = sym ? std::vector<int32_t>{0, 0, 0} : std::vector<int32_t>{3, 0, 9};
+    const QuantParams p = make_params(spec, {C, n}, scales, zps);
+    const int32_t qmin = spec.qmin(), qmax = spec.qmax();
+    Tensor x(DType::kFloat32, {C, n}), dy(DType::kFloat32, {C, n});
+    std::uniform_real_distribution<double> ud(-1.0, 1.0);
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t i = 0; i < n; ++i) {
+        double u;
+        do {  // u = x / s away from .5 (rounding) and from the clip ends
+          u = ud(rng) * 12.0;
+        } while (std::fabs(u - std::floor(u) - 0.5) < 0.05 || std::fabs(u - (qmin - zps[c])) < 0.05 ||
+                 std::fabs(u - (qmax - zps[c])) < 0.05);
+        x.span<float>()[c * n + i] = static_cast<float>(u * scales[c]);
+        dy.span<float>()[c * n + i] = static_cast<float>(ud(rng));
+      }
+    }
+    const LsqGrad g = lsq_backward(dy, x, p, 1.0);
+    const LsqGrad gd = lsq_backward(dy, x, p, 0.0);  // default scale
+    for (int64_t c = 0; c < C; ++c) {
+      const double s = scales[c];
+      auto objective = [&](double sv) {
+        double f = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          f += dy.span<float>()[c * n + i] * fq_double(x.span<float>()[c * n + i], sv, zps[c], qmin, qmax);
+        }
+        return f;
+      };
+      const double h = 1e-7 * s;
+      const double numeric = (objective(s + h) - objective(s - h)) / (2 * h);
+      // The true derivative of round(x/s)*s inside the range is round(u); LSQ's STE adds -u there.
+      double ste_term = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double u = static_cast<double>(x.span<float>()[c * n + i]) / s;
+        if (u >= qmin - zps[c] && u <= qmax - zps[c]) ste_term -= dy.span<float>()[c * n + i] * u;
+      }
+      EXPECT_NEAR(g.dscale[c], numeric + ste_term, 1e-4 * (1 + std::fabs(numeric))) << c << " sym=" << sym;
+      EXPECT_NEAR(gd.dscale[c], g.dscale[c] / std::sqrt(static_cast<double>(n) * qmax), 1e-6) << c;
+      for (int64_t i = 0; i < n; ++i) {
+        const double u = static_cast<double>(x.span<float>()[c * n + i]) / s;
+        const bool inside = u >= qmin - zps[c] && u <= qmax - zps[c];
+        ASSERT_EQ(g.dx.span<float>()[c * n + i], inside ? dy.span<float>()[c * n + i] : 0.0f);
+      }
+    }
+  }
+}
+
+TEST(Lsq, PaperFormWithZeroPointZero) {
+  QuantSpec spec;  // int8 symmetric: Qn = 128, Qp = 127
+  const QuantParams p = make_params(spec, {3}, {1.0f}, {0});
+  const Tensor x = Tensor::from<float>({3}, {2.3f, 200.0f, -300.0f});
+  const Tensor dy = Tensor::from<float>({3}, {1.0f, 1.0f, 1.0f});
+  const LsqGrad g = lsq_backward(dy, x, p, 1.0);
+  EXPECT_NEAR(g.dscale[0], (2.0 - 2.3) + 127.0 - 128.0, 1e-6);
+  EXPECT_EQ(g.dx.span<float>()[0], 1.0f);
+  EXPECT_EQ(g.dx.span<float>()[1], 0.0f);
+  EXPECT_EQ(g.dx.span<float>()[2], 0.0f);
+}
+
+}  // namespace
+}  // namespace perch::quant
