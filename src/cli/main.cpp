@@ -1,1 +1,296 @@
-int main(){}
+// perch — command-line front end. Every command: errors go to stderr with what they concern and exit
+// code 1 (2 for usage errors); progress goes to stderr unless --quiet or --json; --json prints one JSON
+// object on stdout.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+
+#include "perch/core/progress.h"
+#include "perch/data/dataset.h"
+#include "perch/data/npy.h"
+#include "perch/graph/onnx_io.h"
+#include "perch/graph/passes.h"
+#include "perch/ptq/evaluate.h"
+#include "perch/ptq/quantize.h"
+#include "perch/runtime/executor.h"
+
+using namespace perch;
+using json = nlohmann::json;
+
+namespace {
+
+struct DataFlags {
+  std::optional<float> mean, std;
+  DataOptions options() const { return DataOptions{mean, std}; }
+  void add(CLI::App* app) {
+    app->add_option("--mean", mean, "normalization mean for pixel datasets (default 0.2860)");
+    app->add_option("--std", std, "normalization std for pixel datasets (default 0.3530)");
+  }
+};
+
+// "per-channel" | "per-tensor" | "per-group:G"
+void parse_granularity(const std::string& s, ptq::WeightOptions& w) {
+  if (s == "per-channel") {
+    w.granularity = quant::Granularity::kPerChannel;
+  } else if (s == "per-tensor") {
+    w.granularity = quant::Granularity::kPerTensor;
+  } else if (s.rfind("per-group:", 0) == 0) {
+    w.granularity = quant::Granularity::kPerGroup;
+    try {
+      w.group_size = std::stoll(s.substr(10));
+    } catch (...) {
+      w.group_size = 0;
+    }
+    PERCH_CHECK(w.group_size > 0, "--weights ", s, ": group size must be a positive integer");
+  } else {
+    PERCH_FAIL("--weights '", s, "': expected per-channel, per-tensor or per-group:G");
+  }
+}
+
+std::string fmt_acc(double a) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4f", a);
+  return b;
+}
+
+json layers_json(const std::vector<ptq::LayerReport>& layers) {
+  json arr = json::array();
+  for (const auto& l : layers)
+    arr.push_back({{"node", l.node}, {"op", l.op_type}, {"weight", l.weight}, {"shape", l.weight_shape},
+                   {"axis", l.axis}, {"granularity", l.granularity}, {"bits", l.bits},
+                   {"spread", std::isfinite(l.spread) ? json(l.spread) : json("inf")},
+                   {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? json(l.weight_sqnr_db) : json("inf")},
+                   {"bias_clamped", l.bias_clamped}});
+  return arr;
+}
+
+int cmd_quantize(const std::string& model_path, const std::string& out_path, const std::string& calib_spec,
+                 int64_t calib_count, uint64_t seed, const std::string& weights, int wbits, int abits,
+                 const std::string& act_est, const std::string& w_est, bool act_signed, double percentile,
+                 const std::string& eval_spec, bool compare, bool as_json, const DataFlags& df) {
+  graph::Model model = graph::load_model(model_path);
+  ptq::PtqOptions opt;
+  parse_granularity(weights, opt.weights);
+  opt.weights.bits = wbits;
+  opt.weights.estimator.kind = quant::parse_estimator(w_est);
+  opt.activations.bits = abits;
+  opt.activations.is_signed = act_signed;
+  opt.activations.estimator.kind = quant::parse_estimator(act_est);
+  opt.activations.estimator.percentile = percentile;
+
+  Dataset calib_all = load_dataset(calib_spec, df.options());
+  PERCH_CHECK(calib_count > 0, "--calib-count must be positive");
+  if (calib_count > calib_all.size() && !quiet())
+    std::fprintf(stderr, "warning: %s has %lld images, fewer than --calib-count %lld; using all of them\n",
+                 calib_all.name.c_str(), static_cast<long long>(calib_all.size()), static_cast<long long>(calib_count));
+  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, seed);
+
+  ptq::PtqResult res = ptq::quantize_model(model, calib, opt);
+  if (!out_path.empty()) graph::save_model(res.model, out_path);
+
+  json j = {{"model", model_path}, {"output", out_path}, {"calibration", {{"data", calib.name}, {"images", res.calibration_images}, {"seconds", res.calibration_seconds}}},
+            {"weights", weights}, {"weight_bits", wbits}, {"act_bits", abits}, {"act_estimator", act_est},
+            {"activations_quantized", res.activations_quantized}, {"quantize_seconds", res.total_seconds},
+            {"layers", layers_json(res.layers)}};
+  if (!as_json && !quiet()) {
+    std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
+                 weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
+                 res.canonicalize_summary.c_str());
+    if (!out_path.empty()) std::fprintf(stderr, "wrote %s\n", out_path.c_str());
+  }
+
+  if (!eval_spec.empty()) {
+    Dataset test = load_dataset(eval_spec, df.options());
+    struct Row { std::string name; double acc; };
+    std::vector<Row> rows;
+    graph::Model fp = model;
+    graph::canonicalize(fp);
+    auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 500, "eval fp32");
+    rows.push_back({"fp32", fp32.accuracy()});
+    if (compare) {
+      for (const std::string g : {"per-tensor", "per-channel"}) {
+        if (g == weights) continue;
+        ptq::PtqOptions o2 = opt;
+        parse_granularity(g, o2.weights);
+        auto r2 = ptq::quantize_model(model, calib, o2);
+        auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 500, "eval " + g);
+        rows.push_back({"W" + std::to_string(wbits) + "A" + std::to_string(abits) + " " + g, e2.accuracy()});
+      }
+    }
+    auto q = ptq::evaluate(runtime::Executor(res.model), test, 500, "eval " + weights);
+    rows.push_back({"W" + std::to_string(wbits) + "A" + std::to_string(abits) + " " + weights, q.accuracy()});
+    json acc = json::object();
+    for (const auto& r : rows) acc[r.name] = r.acc;
+    j["accuracy"] = acc;
+    j["eval"] = {{"data", test.name}, {"count", test.size()}};
+    if (!as_json) {
+      std::printf("%s on %s (%lld images), calibration %lld images of %s\n", model_path.c_str(), test.name.c_str(),
+                  static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_all.name.c_str());
+      std::printf("  %-28s %8s %8s\n", "configuration", "top-1", "vs fp32");
+      for (const auto& r : rows)
+        std::printf("  %-28s %8s %+7.2f pt\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()));
+    }
+  }
+  if (as_json) std::cout << j.dump(2) << "\n";
+  return 0;
+}
+
+int cmd_eval(const std::string& model_path, const std::string& spec, int64_t batch, bool as_json, const DataFlags& df) {
+  graph::Model model = graph::load_model(model_path);
+  graph::canonicalize(model);
+  runtime::Executor exec(model);
+  Dataset data = load_dataset(spec, df.options());
+  auto r = ptq::evaluate(exec, data, batch);
+  if (as_json) {
+    std::cout << json{{"model", model_path}, {"data", data.name}, {"accuracy", r.accuracy()}, {"count", r.count},
+                      {"correct", r.correct}, {"seconds", r.seconds}}.dump()
+              << "\n";
+  } else {
+    std::printf("%s on %s: top-1 %s (%lld/%lld) in %.2fs\n", model_path.c_str(), data.name.c_str(),
+                fmt_acc(r.accuracy()).c_str(), static_cast<long long>(r.correct), static_cast<long long>(r.count), r.seconds);
+  }
+  return 0;
+}
+
+int cmd_run(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& out_dir, bool as_json) {
+  graph::Model model = graph::load_model(model_path);
+  runtime::Executor exec(model);
+  runtime::TensorMap in;
+  for (const auto& spec : inputs) {
+    const auto eq = spec.find('=');
+    PERCH_CHECK(eq != std::string::npos, "--input '", spec, "': expected NAME=FILE.npy");
+    in[spec.substr(0, eq)] = read_npy(spec.substr(eq + 1));
+  }
+  if (inputs.size() == 1 && in.count(exec.input_name()) == 0 && model.graph.inputs.size() == 1)
+    PERCH_FAIL(model_path, ": input '", in.begin()->first, "' is not a graph input (the model's input is '",
+               exec.input_name(), "')");
+  auto out = exec.run(in);
+  std::filesystem::create_directories(out_dir);
+  json j = json::object();
+  for (const auto& o : model.graph.outputs) {
+    std::string fname = o.name;
+    for (char& c : fname)
+      if (c == '/' || c == '\\' || c == ':') c = '_';
+    const auto path = std::filesystem::path(out_dir) / (fname + ".npy");
+    write_npy(path, out.at(o.name));
+    j[o.name] = {{"file", path.string()}, {"shape", out.at(o.name).shape()}, {"dtype", dtype_name(out.at(o.name).dtype())}};
+    if (!as_json) std::printf("%s %s -> %s\n", o.name.c_str(), shape_str(out.at(o.name).shape()).c_str(), path.string().c_str());
+  }
+  if (as_json) std::cout << j.dump() << "\n";
+  return 0;
+}
+
+int cmd_inspect(const std::string& model_path, bool as_json) {
+  graph::Model model = graph::load_model(model_path);
+  const std::string summary = graph::canonicalize(model);
+  const auto& g = model.graph;
+  json layers = json::array();
+  if (!as_json) {
+    std::printf("%s: opset %lld, %zu nodes, %zu initializers (%s)\n", model_path.c_str(),
+                static_cast<long long>(model.opset()), g.nodes.size(), g.initializers.size(), summary.c_str());
+    for (const auto& i : g.inputs) std::printf("  input  %s %s %s\n", i.name.c_str(), dtype_name(i.dtype), shape_str(i.shape).c_str());
+    for (const auto& o : g.outputs) std::printf("  output %s %s %s\n", o.name.c_str(), dtype_name(o.dtype), shape_str(o.shape).c_str());
+    std::printf("  %-24s %-8s %-18s %5s %10s  %s\n", "layer", "op", "weight shape", "axis", "spread", "note");
+  }
+  for (const auto& n : g.nodes) {
+    if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+    const Tensor* w = g.initializer(n.input(1));
+    if (!w || w->dtype() != DType::kFloat32) continue;
+    const int64_t axis = ptq::weight_channel_axis(n, w->rank());
+    const double spread = ptq::channel_spread(*w, axis);
+    std::string note;
+    if (n.op_type == "Conv" && n.attr_int("group", 1) > 1)
+      note = n.attr_int("group", 1) == w->dim(0) ? "depthwise" : "grouped(" + std::to_string(n.attr_int("group", 1)) + ")";
+    if (spread > 10) note += std::string(note.empty() ? "" : ", ") + "per-tensor risky";
+    layers.push_back({{"node", n.name}, {"op", n.op_type}, {"shape", w->shape()}, {"axis", axis},
+                      {"spread", std::isfinite(spread) ? json(spread) : json("inf")}, {"note", note}});
+    if (!as_json)
+      std::printf("  %-24s %-8s %-18s %5lld %10.2f  %s\n", n.name.c_str(), n.op_type.c_str(), shape_str(w->shape()).c_str(),
+                  static_cast<long long>(axis), spread, note.c_str());
+  }
+  if (as_json) {
+    std::cout << json{{"model", model_path}, {"opset", model.opset()}, {"nodes", g.nodes.size()}, {"layers", layers}}.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"perch — per-channel-first quantization of ONNX models"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --quiet works before or after the subcommand
+  bool quiet_flag = false, as_json = false;
+  app.add_flag("--quiet,-q", quiet_flag, "no progress or notes on stderr");
+
+  DataFlags df;
+  // quantize
+  auto* q = app.add_subcommand("quantize", "calibrate and quantize a float ONNX model to a QDQ ONNX model");
+  std::string model_path, out_path, calib_spec = "fashion-mnist:train", weights = "per-channel", act_est = "minmax",
+                                    w_est = "minmax", eval_spec;
+  int64_t calib_count = 1024;
+  uint64_t seed = 0;
+  int wbits = 8, abits = 8;
+  bool act_signed = false, compare = false;
+  double percentile = 99.99;
+  q->add_option("model", model_path, "float ONNX model")->required();
+  q->add_option("-o,--output", out_path, "QDQ ONNX model to write");
+  q->add_option("--calib", calib_spec, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")->capture_default_str();
+  q->add_option("--calib-count", calib_count, "calibration images (a seeded random sample)")->capture_default_str();
+  q->add_option("--seed", seed, "seed of the calibration sample")->capture_default_str();
+  q->add_option("--weights", weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
+  q->add_option("--weight-bits", wbits, "weight bits (2..8)")->capture_default_str();
+  q->add_option("--act-bits", abits, "activation bits (2..8 or 16)")->capture_default_str();
+  q->add_flag("--act-signed", act_signed, "int8 activations instead of uint8");
+  q->add_option("--act-estimator", act_est, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
+  q->add_option("--weight-estimator", w_est, "minmax|percentile|mse|entropy")->capture_default_str();
+  q->add_option("--percentile", percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  q->add_option("--eval", eval_spec, "evaluate fp32 and quantized accuracy on this data spec");
+  q->add_flag("--compare", compare, "with --eval: also quantize and evaluate per-tensor and per-channel weights");
+  q->add_flag("--json", as_json, "print a JSON report on stdout");
+  df.add(q);
+
+  // eval
+  auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
+  std::string data_spec = "fashion-mnist:test";
+  int64_t batch = 500;
+  e->add_option("model", model_path, "ONNX model")->required();
+  e->add_option("--data", data_spec, "data spec")->capture_default_str();
+  e->add_option("--batch", batch, "batch size")->capture_default_str();
+  e->add_flag("--json", as_json, "print {\"accuracy\", \"count\", ...} on stdout");
+  df.add(e);
+
+  // run
+  auto* r = app.add_subcommand("run", "run a model on .npy inputs, write each output as DIR/<name>.npy");
+  std::vector<std::string> inputs;
+  std::string out_dir;
+  r->add_option("model", model_path, "ONNX model")->required();
+  r->add_option("--input,-i", inputs, "NAME=FILE.npy (repeatable)")->required();
+  r->add_option("-o,--output", out_dir, "output folder")->required();
+  r->add_flag("--json", as_json, "print a JSON summary");
+
+  // inspect
+  auto* ins = app.add_subcommand("inspect", "list weight layers with shapes and per-channel range spread");
+  ins->add_option("model", model_path, "ONNX model")->required();
+  ins->add_flag("--json", as_json, "JSON output");
+
+  CLI11_PARSE(app, argc, argv);
+  set_quiet(quiet_flag || as_json);
+  try {
+    if (q->parsed())
+      return cmd_quantize(model_path, out_path, calib_spec, calib_count, seed, weights, wbits, abits, act_est, w_est,
+                          act_signed, percentile, eval_spec, compare, as_json, df);
+    if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
+    if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
+    if (ins->parsed()) return cmd_inspect(model_path, as_json);
+  } catch (const std::exception& ex) {
+    std::fprintf(stderr, "perch: error: %s\n", ex.what());
+    return 1;
+  }
+  return 0;
+}

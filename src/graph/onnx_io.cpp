@@ -281,16 +281,6 @@ std::string model_to_bytes(const Model& m) {
   return bytes;
 }
 
-namespace {
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  PERCH_CHECK(f, path.string(), ": cannot open for reading");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  PERCH_CHECK(!f.bad(), path.string(), ": read error");
-  return ss.str();
-}
-}  // namespace
 
 Model load_model(const std::filesystem::path& path) {
   PERCH_CHECK(std::filesystem::is_regular_file(path), path.string(), ": no such model file");

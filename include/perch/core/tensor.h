@@ -48,6 +48,8 @@ class Tensor {
  public:
   Tensor() = default;
   Tensor(DType dtype, Shape shape);  // zero-initialized
+  // Contents unspecified: for kernels that overwrite every element (skips a memset per activation).
+  static Tensor uninitialized(DType dtype, Shape shape);
   static Tensor scalar_f32(float v);
 
   template <typename T>

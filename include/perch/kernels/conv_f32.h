@@ -1,0 +1,31 @@
+// perch/kernels/conv_f32.h — float 2-D convolution (NCHW), reference and optimized twins.
+//
+// y[n, m, oh, ow] = bias[m] + sum_{c in group(m), kh, kw} x[n, c, ih, iw] * w[m, c - c0(m), kh, kw]
+//   ih = oh*stride_h - pad_top + kh*dil_h,  iw = ow*stride_w - pad_left + kw*dil_w  (out-of-range = 0)
+//   group(m) = input channels [g*C/G, (g+1)*C/G) with g = m / (M/G).
+// Weight layout [M, C/G, KH, KW] (ONNX). 1-D convs are run as H = 1.
+#pragma once
+
+#include <cstdint>
+
+namespace perch::kernels {
+
+struct Conv2dShape {
+  int64_t batch = 1, in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, kernel_h = 1, kernel_w = 1;
+  int64_t group = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  int64_t dil_h = 1, dil_w = 1;
+  int64_t out_h() const { return (in_h + pad_top + pad_bottom - dil_h * (kernel_h - 1) - 1) / stride_h + 1; }
+  int64_t out_w() const { return (in_w + pad_left + pad_right - dil_w * (kernel_w - 1) - 1) / stride_w + 1; }
+  bool is_depthwise() const { return group == in_channels && group > 1 && out_channels % group == 0; }
+};
+
+// Plain loops, double accumulation order as written; the twin every optimized path is tested against.
+void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
+// im2col + BLAS sgemm per group (1x1 stride-1 convs skip im2col); depthwise convs use a direct
+// row-blocked loop. Picks the reference twin when PERCH_PATHS=reference.
+void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
+
+}  // namespace perch::kernels

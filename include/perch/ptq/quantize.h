@@ -1,0 +1,83 @@
+// perch/ptq/quantize.h — post-training quantization: float ONNX model + calibration data -> QDQ model.
+//
+// Scheme (docs/QUANTIZATION.md):
+// - Weights of Conv, Gemm and MatMul: symmetric, signed, narrow range ([-127, 127] at 8 bits,
+//   [-7, 7] at 4), stored as int8 initializers behind a DequantizeLinear. Granularity per-tensor,
+//   per-channel along the op's output-channel axis (Conv: 0 — depthwise and grouped included —,
+//   Gemm: 0 if transB else 1, MatMul: last) or per-group (groups of G along the input-channel axis:
+//   Conv 1, Gemm 1 if transB else 0, MatMul: second-to-last; written as opset-21 blocked DQ).
+// - Biases: int32, scale = input scale * weight scale (per output channel), zero point 0.
+// - Activations: per-tensor, asymmetric uint8 by default (int8 optional), ranges from a RangeEstimator
+//   fed by running the float model on the calibration set. Every float activation that feeds a node gets
+//   a QuantizeLinear -> DequantizeLinear pair, except a Conv/Gemm/MatMul/Add output whose only reader
+//   is a Relu/Clip (fused: the activation's output is quantized instead) and the graph outputs (kept
+//   float; the last layer's int32 accumulator is dequantized directly). Ops that only move values
+//   (MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity) reuse their input's parameters.
+// - Opset: raised to 13 when per-channel axes are needed, 21 for per-group, never a silent fallback.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "perch/data/dataset.h"
+#include "perch/graph/ir.h"
+#include "perch/quant/estimators.h"
+#include "perch/quant/params.h"
+
+namespace perch::ptq {
+
+struct WeightOptions {
+  quant::Granularity granularity = quant::Granularity::kPerChannel;
+  int64_t group_size = 0;  // per-group
+  int bits = 8;
+  quant::EstimatorOptions estimator;  // kMinMax by default (the exact max|w|)
+};
+
+struct ActivationOptions {
+  int bits = 8;
+  bool is_signed = false;  // uint8 (ONNX Runtime's default) or int8
+  quant::EstimatorOptions estimator;
+};
+
+struct PtqOptions {
+  WeightOptions weights;
+  ActivationOptions activations;
+  int64_t batch = 256;                  // calibration batch size
+  bool quantize_outputs = false;        // also QDQ the graph outputs
+  std::set<std::string> float_nodes;    // node names whose weights (and inputs) stay float
+};
+
+// What happened to one weight layer.
+struct LayerReport {
+  std::string node, op_type, weight;
+  Shape weight_shape;
+  int64_t axis = 0;            // weight axis of the parameters
+  std::string granularity;     // "per-channel", "per-tensor", "per-group:G", "float"
+  int bits = 8;
+  double spread = 0;           // max channel range / min channel range (output channels)
+  double weight_sqnr_db = 0;   // 10 log10(|w|^2 / |w - fq(w)|^2)
+  int64_t bias_clamped = 0;    // int32 bias values clamped
+};
+
+struct PtqResult {
+  graph::Model model;
+  std::vector<LayerReport> layers;
+  int64_t activations_quantized = 0;
+  int64_t calibration_images = 0;
+  double calibration_seconds = 0;
+  double total_seconds = 0;
+  std::string canonicalize_summary;
+};
+
+// Quantizes `model` (not modified). `calib` must hold inputs for the model's first graph input.
+PtqResult quantize_model(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
+
+// Output-channel axis of a weight (see above) for Conv/Gemm/MatMul node `n` with weight rank `rank`.
+int64_t weight_channel_axis(const graph::Node& n, int64_t rank);
+// Per-output-channel range spread of a weight: max(max_c - min_c) / min(max_c - min_c) over channels
+// with nonzero range (infinite if a channel is all-equal and another is not).
+double channel_spread(const Tensor& w, int64_t axis);
+
+}  // namespace perch::ptq

@@ -1,0 +1,67 @@
+// perch/runtime/executor.h — the float executor: runs a Model node by node over a registry of op kernels.
+//
+// QuantizeLinear/DequantizeLinear run as the ONNX spec defines them, so a QDQ model executed here is
+// perch's *simulation* of that quantized model (fake-quant in float). Construction checks every node
+// against the registry and names all unsupported ops at once. Intermediate values are freed after their
+// last consumer; graph inputs may have any batch size.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "perch/graph/ir.h"
+
+namespace perch::runtime {
+
+using TensorMap = std::unordered_map<std::string, Tensor>;
+
+// inputs[i] is nullptr for an omitted optional input.
+using OpKernel = std::function<std::vector<Tensor>(const graph::Node& node, const std::vector<const Tensor*>& inputs,
+                                                   int64_t opset)>;
+
+class OpRegistry {
+ public:
+  static OpRegistry& global();
+  void add(const std::string& op_type, int64_t min_opset, OpKernel fn);
+  // Kernel for op_type in the default domain at `opset`, or nullptr.
+  const OpKernel* find(const std::string& op_type, const std::string& domain, int64_t opset) const;
+  std::vector<std::string> op_types() const;
+
+ private:
+  struct Entry {
+    int64_t min_opset;
+    OpKernel fn;
+  };
+  std::unordered_map<std::string, Entry> entries_;
+};
+
+class Executor {
+ public:
+  using Observer = std::function<void(const std::string& value, const Tensor& t)>;
+
+  explicit Executor(graph::Model model);
+
+  // Runs the graph on named inputs; returns the graph outputs (and `extra_outputs`, if any) by name.
+  // `observer` is called for every value a node produces, in execution order.
+  TensorMap run(const TensorMap& inputs, const Observer& observer = nullptr,
+                const std::vector<std::string>& extra_outputs = {}) const;
+  // Single-input convenience: runs with the first graph input, returns the first graph output.
+  Tensor run1(const Tensor& input) const;
+
+  const graph::Model& model() const { return model_; }
+  const std::string& input_name() const { return model_.graph.inputs.at(0).name; }
+  const std::string& output_name() const { return model_.graph.outputs.at(0).name; }
+
+ private:
+  graph::Model model_;
+  std::vector<const OpKernel*> kernels_;
+  std::unordered_map<std::string, size_t> last_use_;  // value -> index of the last node reading it
+  TensorMap constants_;                                // initializers + folded Constant nodes
+};
+
+// Ops perch's executor does not support in `model` (op_type and count), empty if none.
+std::vector<std::string> unsupported_ops(const graph::Model& model);
+
+}  // namespace perch::runtime

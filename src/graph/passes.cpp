@@ -1,0 +1,101 @@
+#include "perch/graph/passes.h"
+
+#include <cmath>
+
+namespace perch::graph {
+
+int fold_constant_nodes(Model& model) {
+  Graph& g = model.graph;
+  int folded = 0;
+  for (size_t i = 0; i < g.nodes.size();) {
+    Node& n = g.nodes[i];
+    const Tensor* t = n.op_type == "Constant" ? n.attr_tensor("value") : nullptr;
+    if (t && n.outputs.size() == 1 && !g.is_graph_output(n.outputs[0])) {
+      g.initializers[n.outputs[0]] = *t;
+      g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(i));
+      ++folded;
+    } else {
+      ++i;
+    }
+  }
+  return folded;
+}
+
+int fold_batchnorm(Model& model) {
+  Graph& g = model.graph;
+  int folded = 0;
+  for (size_t bi = 0; bi < g.nodes.size(); ++bi) {
+    Node& bn = g.nodes[bi];
+    if (bn.op_type != "BatchNormalization" || bn.outputs.size() != 1 || bn.attr_int("training_mode", 0)) continue;
+    const int64_t pi = g.producer(bn.inputs[0]);
+    if (pi < 0) continue;
+    Node& conv = g.nodes[pi];
+    if (conv.op_type != "Conv" || g.consumers(conv.outputs[0]).size() != 1 || g.is_graph_output(conv.outputs[0])) continue;
+    const Tensor* w = g.initializer(conv.input(1));
+    if (!w || w->dtype() != DType::kFloat32) continue;
+    const Tensor* scale = g.initializer(bn.input(1));
+    const Tensor* beta = g.initializer(bn.input(2));
+    const Tensor* mean = g.initializer(bn.input(3));
+    const Tensor* var = g.initializer(bn.input(4));
+    const Tensor* bias = conv.input(2).empty() ? nullptr : g.initializer(conv.input(2));
+    if (!scale || !beta || !mean || !var || (!conv.input(2).empty() && !bias)) continue;
+    const int64_t m = w->dim(0);
+    if (scale->numel() != m || beta->numel() != m || mean->numel() != m || var->numel() != m) continue;
+    // Weights shared with another node cannot be rescaled in place.
+    if (g.consumers(conv.input(1)).size() != 1) continue;
+    const double eps = bn.attr_float("epsilon", 1e-5f);
+    Tensor nw = w->clone();
+    Tensor nb(DType::kFloat32, {m});
+    const Tensor sf = scale->to_f32(), bf = beta->to_f32(), mf = mean->to_f32(), vf = var->to_f32();
+    const int64_t per = w->numel() / m;
+    for (int64_t c = 0; c < m; ++c) {
+      const double k = sf.data<float>()[c] / std::sqrt(static_cast<double>(vf.data<float>()[c]) + eps);
+      for (int64_t j = 0; j < per; ++j) nw.data<float>()[c * per + j] = static_cast<float>(w->data<float>()[c * per + j] * k);
+      const double b0 = bias ? bias->to_f32().data<float>()[c] : 0.0;
+      nb.data<float>()[c] = static_cast<float>((b0 - mf.data<float>()[c]) * k + bf.data<float>()[c]);
+    }
+    const std::string wname = g.unique_name(conv.input(1) + "_bnfold");
+    const std::string bname = g.unique_name(conv.name.empty() ? "conv_bias_bnfold" : conv.name + "_bias_bnfold");
+    g.initializers[wname] = nw;
+    g.initializers[bname] = nb;
+    conv.inputs.resize(3);
+    conv.inputs[1] = wname;
+    conv.inputs[2] = bname;
+    conv.outputs[0] = bn.outputs[0];
+    g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(bi));
+    --bi;
+    ++folded;
+  }
+  if (folded) g.prune_unused_initializers();
+  return folded;
+}
+
+int remove_identities(Model& model) {
+  Graph& g = model.graph;
+  int removed = 0;
+  for (size_t i = 0; i < g.nodes.size();) {
+    Node& n = g.nodes[i];
+    if (n.op_type != "Identity" || g.is_graph_output(n.outputs[0])) {
+      ++i;
+      continue;
+    }
+    const std::string from = n.outputs[0], to = n.inputs[0];
+    g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(i));
+    for (auto& m : g.nodes)
+      for (auto& in : m.inputs)
+        if (in == from) in = to;
+    ++removed;
+  }
+  return removed;
+}
+
+std::string canonicalize(Model& model) {
+  const int c = fold_constant_nodes(model);
+  const int b = fold_batchnorm(model);
+  const int id = remove_identities(model);
+  model.graph.toposort();
+  return "folded " + std::to_string(b) + " BatchNormalization, " + std::to_string(c) + " Constant; removed " +
+         std::to_string(id) + " Identity";
+}
+
+}  // namespace perch::graph

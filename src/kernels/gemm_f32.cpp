@@ -1,0 +1,31 @@
+#include "perch/kernels/gemm_f32.h"
+
+#include <cblas.h>
+
+#include "perch/core/cpu.h"
+
+namespace perch::kernels {
+
+void gemm_f32_reference(const GemmF32Args& g) {
+  for (int64_t i = 0; i < g.m; ++i)
+    for (int64_t j = 0; j < g.n; ++j) {
+      double acc = 0.0;
+      for (int64_t p = 0; p < g.k; ++p) {
+        const float a = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
+        const float b = g.trans_b ? g.b[j * g.ldb + p] : g.b[p * g.ldb + j];
+        acc += static_cast<double>(a) * b;
+      }
+      float& c = g.c[i * g.ldc + j];
+      c = static_cast<float>(g.alpha * acc + (g.beta == 0.0f ? 0.0 : static_cast<double>(g.beta) * c));
+    }
+}
+
+void gemm_f32(const GemmF32Args& g) {
+  if (g.m == 0 || g.n == 0) return;
+  if (!has_path(active_paths(), Path::kOptimized)) return gemm_f32_reference(g);
+  cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), g.alpha, g.a,
+              static_cast<int>(g.lda), g.b, static_cast<int>(g.ldb), g.beta, g.c, static_cast<int>(g.ldc));
+}
+
+}  // namespace perch::kernels

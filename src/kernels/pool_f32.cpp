@@ -1,0 +1,71 @@
+#include "perch/kernels/pool_f32.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace perch::kernels {
+
+namespace {
+int64_t pooled(int64_t in, int64_t k, int64_t stride, int64_t pad_a, int64_t pad_b, int64_t dil, bool ceil_mode) {
+  const int64_t span = in + pad_a + pad_b - dil * (k - 1) - 1;
+  int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  // With ceil_mode the last window must start inside the input or the left padding.
+  if (ceil_mode && (out - 1) * stride >= in + pad_a) --out;
+  return out;
+}
+}  // namespace
+
+int64_t Pool2dShape::out_h() const { return pooled(in_h, kernel_h, stride_h, pad_top, pad_bottom, dil_h, ceil_mode); }
+int64_t Pool2dShape::out_w() const { return pooled(in_w, kernel_w, stride_w, pad_left, pad_right, dil_w, ceil_mode); }
+
+void maxpool2d_f32(const Pool2dShape& s, const float* x, float* y) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+  for (int64_t nc = 0; nc < s.batch * s.channels; ++nc) {
+    const float* xc = x + nc * s.in_h * s.in_w;
+    float* yc = y + nc * oh_n * ow_n;
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow) {
+        float best = -std::numeric_limits<float>::infinity();
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          if (ih < 0 || ih >= s.in_h) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+            if (iw < 0 || iw >= s.in_w) continue;
+            best = std::max(best, xc[ih * s.in_w + iw]);
+          }
+        }
+        yc[oh * ow_n + ow] = best;
+      }
+  }
+}
+
+void avgpool2d_f32(const Pool2dShape& s, const float* x, float* y) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+  for (int64_t nc = 0; nc < s.batch * s.channels; ++nc) {
+    const float* xc = x + nc * s.in_h * s.in_w;
+    float* yc = y + nc * oh_n * ow_n;
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow) {
+        double sum = 0.0;
+        int64_t inside = 0, padded = 0;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+            const bool in_h = ih >= 0 && ih < s.in_h, in_w = iw >= 0 && iw < s.in_w;
+            if (in_h && in_w) {
+              sum += xc[ih * s.in_w + iw];
+              ++inside;
+            }
+            // padded cells: inside the padded extent but outside the input
+            if (ih >= -s.pad_top && ih < s.in_h + s.pad_bottom && iw >= -s.pad_left && iw < s.in_w + s.pad_right) ++padded;
+          }
+        }
+        const int64_t div = s.count_include_pad ? padded : inside;
+        yc[oh * ow_n + ow] = div > 0 ? static_cast<float>(sum / static_cast<double>(div)) : 0.0f;
+      }
+  }
+}
+
+}  // namespace perch::kernels

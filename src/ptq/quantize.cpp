@@ -1,0 +1,442 @@
+#include "perch/ptq/quantize.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
+
+#include "perch/core/progress.h"
+#include "perch/graph/passes.h"
+#include "perch/runtime/executor.h"
+
+namespace perch::ptq {
+
+using graph::Graph;
+using graph::Model;
+using graph::Node;
+
+namespace {
+
+bool is_weight_op(const std::string& op) { return op == "Conv" || op == "Gemm" || op == "MatMul"; }
+bool is_fusable_activation(const Node& n) { return n.op_type == "Relu" || n.op_type == "Clip"; }
+// Ops whose output values are a subset/rearrangement of their input's: the output reuses the input's
+// quantization parameters (so the integer runtime runs them on the integers directly).
+bool is_passthrough(const std::string& op) {
+  return op == "MaxPool" || op == "Reshape" || op == "Flatten" || op == "Transpose" || op == "Squeeze" ||
+         op == "Unsqueeze" || op == "Identity" || op == "GlobalMaxPool";
+}
+
+// Input positions of `n` that carry float activations worth quantizing.
+std::vector<size_t> data_inputs(const Node& n, const Graph& g) {
+  const std::string& op = n.op_type;
+  std::vector<size_t> out;
+  auto add_if_activation = [&](size_t i) {
+    if (i < n.inputs.size() && !n.inputs[i].empty() && !g.is_initializer(n.inputs[i])) out.push_back(i);
+  };
+  if (op == "Conv" || op == "Gemm") {
+    add_if_activation(0);
+    add_if_activation(1);
+  } else if (op == "MatMul" || op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Concat" ||
+             op == "Max" || op == "Min") {
+    for (size_t i = 0; i < n.inputs.size(); ++i) add_if_activation(i);
+  } else if (op == "Relu" || op == "Clip" || op == "LeakyRelu" || op == "Sigmoid" || op == "HardSigmoid" ||
+             op == "HardSwish" || op == "MaxPool" || op == "AveragePool" || op == "GlobalAveragePool" ||
+             op == "GlobalMaxPool" || op == "Flatten" || op == "Reshape" || op == "Transpose" || op == "Squeeze" ||
+             op == "Unsqueeze" || op == "Softmax" || op == "Identity" || op == "Tanh") {
+    add_if_activation(0);
+  }
+  return out;
+}
+
+quant::QuantSpec activation_spec(const ActivationOptions& o) {
+  quant::QuantSpec s;
+  s.bits = o.bits;
+  s.is_signed = o.is_signed;
+  s.symmetric = false;
+  s.granularity = quant::Granularity::kPerTensor;
+  s.validate();
+  return s;
+}
+
+// Input-channel axis (the axis groups run along) for per-group weights.
+int64_t weight_group_axis(const Node& n, int64_t rank) {
+  if (n.op_type == "Conv") return 1;
+  if (n.op_type == "Gemm") return n.attr_int("transB", 0) ? 1 : 0;
+  return rank - 2;  // MatMul: K
+}
+
+Tensor scale_tensor(const quant::QuantParams& p) {
+  return Tensor::from<float>(p.param_shape, p.scale);
+}
+
+Tensor zero_point_tensor(const quant::QuantParams& p, DType dt) {
+  Tensor z(dt, p.param_shape);
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    switch (dt) {
+      case DType::kInt8: z.data<int8_t>()[i] = static_cast<int8_t>(p.zero_point[i]); break;
+      case DType::kUInt8: z.data<uint8_t>()[i] = static_cast<uint8_t>(p.zero_point[i]); break;
+      case DType::kInt16: z.data<int16_t>()[i] = static_cast<int16_t>(p.zero_point[i]); break;
+      case DType::kUInt16: z.data<uint16_t>()[i] = static_cast<uint16_t>(p.zero_point[i]); break;
+      case DType::kInt32: z.data<int32_t>()[i] = p.zero_point[i]; break;
+      default: PERCH_FAIL("zero point type ", dtype_name(dt), " not supported");
+    }
+  }
+  return z;
+}
+
+// Adds a DequantizeLinear reading `qname` with `p`'s parameters; returns its output name.
+std::string add_dequantize(Graph& g, const std::string& base, const std::string& qname, const quant::QuantParams& p,
+                           DType zp_type) {
+  const std::string s = g.unique_name(base + "_scale"), z = g.unique_name(base + "_zero_point");
+  g.initializers[s] = scale_tensor(p);
+  g.initializers[z] = zero_point_tensor(p, zp_type);
+  Node dq;
+  dq.op_type = "DequantizeLinear";
+  dq.name = g.unique_name(base + "_DequantizeLinear");
+  dq.inputs = {qname, s, z};
+  dq.outputs = {g.unique_name(base + "_dequantized")};
+  if (p.spec.granularity != quant::Granularity::kPerTensor) dq.attrs["axis"] = p.axis;
+  if (p.spec.granularity == quant::Granularity::kPerGroup) dq.attrs["block_size"] = p.spec.group_size;
+  g.nodes.push_back(dq);
+  return dq.outputs[0];
+}
+
+double sqnr_db(const Tensor& w, const Tensor& fq) {
+  double sig = 0, err = 0;
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    const double a = w.data<float>()[i], b = fq.data<float>()[i];
+    sig += a * a;
+    err += (a - b) * (a - b);
+  }
+  if (err == 0) return std::numeric_limits<double>::infinity();
+  return 10.0 * std::log10(sig / err);
+}
+
+// Ops whose semantics are identical from their introduction up to opset 21 for the attributes perch
+// reads — raising the opset of a model made only of these (plus the ones converted below) is exact.
+bool opset_stable(const std::string& op) {
+  static const std::set<std::string> ok = {
+      "Conv", "Gemm", "MatMul", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
+      "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
+      "Concat", "Identity", "Constant", "Transpose", "Shape", "Gather", "Tanh", "Exp", "Sqrt", "Abs", "Neg",
+      "QuantizeLinear", "DequantizeLinear", "Max", "Min", "Reciprocal"};
+  return ok.count(op) != 0;
+}
+
+// Raises the default-domain opset to `target`, converting the ops whose form changed: Clip (<11: min/max
+// attributes -> inputs), Squeeze/Unsqueeze (<13: axes attribute -> input), Reshape (<5: shape attribute
+// -> input). Softmax below 13 coerces to 2-D; it is kept only when its axis is the last one of a 2-D
+// input, where both definitions agree. Anything else is refused with the op named.
+void raise_opset(Model& m, int64_t target) {
+  const int64_t from = m.opset();
+  if (from >= target) return;
+  Graph& g = m.graph;
+  for (auto& n : g.nodes) {
+    if (!n.domain.empty()) PERCH_FAIL(m.source, ": cannot raise opset: ", n.describe(), " is in domain '", n.domain, "'");
+    if (n.op_type == "Clip" && from < 11) {
+      n.inputs.resize(1);
+      for (const char* key : {"min", "max"}) {
+        if (n.has_attr(key)) {
+          const std::string name = g.unique_name(n.name + "_" + key);
+          g.initializers[name] = Tensor::scalar_f32(n.attr_float(key, 0));
+          n.inputs.push_back(name);
+        } else {
+          n.inputs.push_back("");
+        }
+        n.attrs.erase(key);
+      }
+      while (!n.inputs.empty() && n.inputs.back().empty()) n.inputs.pop_back();
+    } else if ((n.op_type == "Squeeze" || n.op_type == "Unsqueeze") && from < 13) {
+      if (n.has_attr("axes")) {
+        auto axes = n.attr_ints("axes");
+        const std::string name = g.unique_name(n.name + "_axes");
+        g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(axes.size())}, axes);
+        n.inputs.push_back(name);
+        n.attrs.erase("axes");
+      }
+    } else if (n.op_type == "Reshape" && from < 5) {
+      auto shape = n.attr_ints("shape");
+      const std::string name = g.unique_name(n.name + "_shape");
+      g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(shape.size())}, shape);
+      n.inputs.push_back(name);
+      n.attrs.erase("shape");
+    } else if (n.op_type == "Reshape" || n.op_type == "Clip" || n.op_type == "Squeeze" || n.op_type == "Unsqueeze") {
+      // already in the newer form
+    } else if (n.op_type == "Softmax" && from < 13) {
+      const int64_t axis = n.attr_int("axis", 1);
+      if (axis != 1 && axis != -1)
+        PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
+                   " uses the pre-13 coercing axis semantics with axis ", axis);
+      n.attrs["axis"] = int64_t{-1};  // correct for the 2-D logits case this covers
+    } else if (!opset_stable(n.op_type) && n.op_type != "Softmax") {
+      PERCH_FAIL(m.source, ": per-channel/per-group QDQ needs opset >= ", target, " but the model is opset ", from,
+                 " and perch does not know how to convert ", n.describe(), " yet");
+    }
+  }
+  m.set_opset(target);
+}
+
+}  // namespace
+
+int64_t weight_channel_axis(const Node& n, int64_t rank) {
+  if (n.op_type == "Conv") return 0;
+  if (n.op_type == "Gemm") return n.attr_int("transB", 0) ? 0 : 1;
+  return rank - 1;  // MatMul: N
+}
+
+double channel_spread(const Tensor& w, int64_t axis) {
+  quant::QuantSpec spec;
+  spec.granularity = quant::Granularity::kPerChannel;
+  spec.axis = axis;
+  const auto layout = quant::SlotLayout::make(spec, w.shape());
+  std::vector<float> lo(layout.slots, std::numeric_limits<float>::infinity()), hi(layout.slots, -std::numeric_limits<float>::infinity());
+  const float* d = w.data<float>();
+  layout.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      lo[s] = std::min(lo[s], d[b + k]);
+      hi[s] = std::max(hi[s], d[b + k]);
+    }
+  });
+  double mx = 0, mn = std::numeric_limits<double>::infinity();
+  for (int64_t s = 0; s < layout.slots; ++s) {
+    const double r = static_cast<double>(hi[s]) - lo[s];
+    mx = std::max(mx, r);
+    if (r > 0) mn = std::min(mn, r);
+  }
+  if (mx == 0) return 1.0;
+  return mx / mn;
+}
+
+PtqResult quantize_model(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
+  const auto t_start = std::chrono::steady_clock::now();
+  PtqResult res;
+  Model m = input_model;
+  res.canonicalize_summary = graph::canonicalize(m);
+  Graph& g = m.graph;
+  PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
+  PERCH_CHECK(calib.size() > 0, calib.name, ": calibration set is empty");
+
+  // ---- 1. Which activations get Q/DQ, and which share their input's parameters.
+  std::map<std::string, std::string> shares;  // value -> value whose parameters it reuses
+  std::vector<std::string> targets;           // in graph order
+  std::set<std::string> target_set;
+  auto consider = [&](const std::string& v) {
+    if (target_set.count(v) || g.is_initializer(v)) return;
+    if (g.is_graph_output(v) && !opt.quantize_outputs) return;
+    const auto cons = g.consumers(v);
+    bool read_as_data = false;
+    for (size_t c : cons) {
+      const Node& cn = g.nodes[c];
+      if (opt.float_nodes.count(cn.name) && is_weight_op(cn.op_type)) continue;
+      auto di = data_inputs(cn, g);
+      for (size_t i : di)
+        if (cn.inputs[i] == v) read_as_data = true;
+    }
+    if (!read_as_data && !(g.is_graph_output(v) && opt.quantize_outputs)) return;
+    const int64_t p = g.producer(v);
+    if (p >= 0) {
+      const Node& pn = g.nodes[p];
+      const bool fusable_producer = is_weight_op(pn.op_type) || pn.op_type == "Add";
+      if (fusable_producer && cons.size() == 1 && is_fusable_activation(g.nodes[cons[0]]) && !g.is_graph_output(v)) return;
+      if (is_passthrough(pn.op_type) && target_set.count(pn.inputs[0])) shares[v] = pn.inputs[0];
+    }
+    targets.push_back(v);
+    target_set.insert(v);
+  };
+  for (const auto& in : g.inputs) consider(in.name);
+  for (const auto& n : g.nodes)
+    for (const auto& o : n.outputs)
+      if (!o.empty()) consider(o);
+  auto root = [&](std::string v) {
+    while (shares.count(v)) v = shares[v];
+    return v;
+  };
+
+  // ---- 2. Calibrate: run the float model, feed each (root) target's estimator.
+  const quant::QuantSpec aspec = activation_spec(opt.activations);
+  std::map<std::string, quant::RangeEstimator> est;
+  for (const auto& v : targets)
+    if (!shares.count(v)) est.emplace(v, quant::RangeEstimator(aspec, opt.activations.estimator));
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    runtime::Executor exec(m);
+    Progress progress("calibrating", calib.size());
+    const std::string in_name = g.inputs[0].name;
+    for (int64_t b = 0; b < calib.size(); b += opt.batch) {
+      const int64_t n = std::min(opt.batch, calib.size() - b);
+      Tensor x = calib.batch(b, n);
+      auto observe = [&](const std::string& name, const Tensor& t) {
+        auto it = est.find(name);
+        if (it == est.end()) return;
+        PERCH_CHECK(t.dtype() == DType::kFloat32, m.source, ": activation '", name, "' is ", dtype_name(t.dtype()),
+                    ", not float32; it cannot be quantized");
+        try {
+          it->second.observe(t);
+        } catch (const Error& e) {
+          PERCH_FAIL(m.source, ": calibrating activation '", name, "' on ", calib.name, " images ", b, "..", b + n - 1,
+                     ": ", e.what());
+        }
+      };
+      observe(in_name, x);
+      exec.run({{in_name, x}}, observe);
+      progress.update(b + n);
+    }
+    progress.finish();
+    res.calibration_images = calib.size();
+    res.calibration_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::map<std::string, quant::QuantParams> aparams;
+  for (const auto& v : targets) {
+    const std::string r = root(v);
+    auto it = est.find(r);
+    PERCH_CHECK(it != est.end() && !it->second.empty(), m.source, ": activation '", r,
+                "' was never computed during calibration (dead branch?)");
+    aparams[v] = it->second.params();
+  }
+
+  // ---- 3. Weights (and biases) of Conv/Gemm/MatMul.
+  const DType act_type = aspec.storage_type();
+  std::map<std::string, std::pair<std::string, quant::QuantParams>> done_weights;  // weight -> (dq output, params)
+  bool need_13 = false, need_21 = false;
+  const size_t original_nodes = g.nodes.size();
+  for (size_t ni = 0; ni < original_nodes; ++ni) {
+    Node n = g.nodes[ni];  // copy: add_dequantize appends to g.nodes
+    if (!is_weight_op(n.op_type)) continue;
+    const std::string wname = n.input(1);
+    const Tensor* w = g.initializer(wname);
+    LayerReport rep;
+    rep.node = n.name;
+    rep.op_type = n.op_type;
+    rep.weight = wname;
+    if (!w || w->dtype() != DType::kFloat32) continue;  // activation x activation MatMul: handled as activations
+    rep.weight_shape = w->shape();
+    rep.axis = weight_channel_axis(n, w->rank());
+    rep.spread = channel_spread(*w, rep.axis);
+    if (opt.float_nodes.count(n.name)) {
+      rep.granularity = "float";
+      res.layers.push_back(rep);
+      continue;
+    }
+    quant::QuantSpec ws;
+    ws.bits = opt.weights.bits;
+    ws.is_signed = true;
+    ws.symmetric = true;
+    ws.narrow_range = true;
+    ws.granularity = opt.weights.granularity;
+    if (ws.granularity == quant::Granularity::kPerChannel) ws.axis = rep.axis;
+    if (ws.granularity == quant::Granularity::kPerGroup) {
+      ws.axis = weight_group_axis(n, w->rank());
+      ws.group_size = opt.weights.group_size;
+    }
+    ws.validate();
+    auto it = done_weights.find(wname);
+    if (it == done_weights.end()) {
+      quant::RangeEstimator we(ws, opt.weights.estimator);
+      we.observe(*w);
+      const quant::QuantParams wp = we.params();
+      Tensor q = quant::quantize(*w, wp);
+      const std::string qname = g.unique_name(wname + "_quantized");
+      g.initializers[qname] = q;
+      const std::string dq = add_dequantize(g, wname, qname, wp, DType::kInt8);
+      it = done_weights.emplace(wname, std::make_pair(dq, wp)).first;
+    }
+    const quant::QuantParams& wp = it->second.second;
+    rep.axis = wp.axis;
+    rep.granularity = ws.granularity == quant::Granularity::kPerChannel ? "per-channel"
+                      : ws.granularity == quant::Granularity::kPerGroup ? "per-group:" + std::to_string(ws.group_size)
+                                                                        : "per-tensor";
+    rep.bits = ws.bits;
+    rep.weight_sqnr_db = sqnr_db(*w, quant::fake_quant(*w, wp));
+    need_13 |= ws.granularity != quant::Granularity::kPerTensor;
+    need_21 |= ws.granularity == quant::Granularity::kPerGroup;
+    g.nodes[ni].inputs[1] = it->second.first;
+
+    // Bias: int32 with scale s_in * s_w[c], zero point 0. Needs the input's activation scale and one
+    // weight scale per output channel (per-group weights keep a float bias).
+    const std::string bname = n.input(2);
+    const Tensor* bias = bname.empty() ? nullptr : g.initializer(bname);
+    const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
+    auto ain = aparams.find(n.input(0));
+    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && ain != aparams.end() &&
+        ws.granularity != quant::Granularity::kPerGroup) {
+      const int64_t channels = bias->numel();
+      const bool per_channel = wp.count() > 1;
+      PERCH_CHECK(!per_channel || wp.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,
+                  " values for ", wp.count(), " weight channels");
+      const float s_in = ain->second.scale[0];
+      quant::QuantParams bp;
+      bp.spec.granularity = per_channel ? quant::Granularity::kPerChannel : quant::Granularity::kPerTensor;
+      bp.spec.bits = 16;  // layout only: bias storage is int32
+      bp.axis = 0;
+      bp.param_shape = per_channel ? Shape{channels} : Shape{};
+      Tensor bq(DType::kInt32, bias->shape());
+      for (int64_t c = 0; c < (per_channel ? channels : 1); ++c) {
+        bp.scale.push_back(s_in * wp.scale[c]);  // float product, as ONNX Runtime's quantizer computes it
+        bp.zero_point.push_back(0);
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        const double s = bp.scale[per_channel ? c : 0];
+        double r = std::nearbyint(static_cast<double>(bias->data<float>()[c]) / s);
+        if (r > INT32_MAX || r < INT32_MIN) {
+          ++rep.bias_clamped;
+          r = std::clamp(r, static_cast<double>(INT32_MIN), static_cast<double>(INT32_MAX));
+        }
+        bq.data<int32_t>()[c] = static_cast<int32_t>(r);
+      }
+      const std::string qname = g.unique_name(bname + "_quantized");
+      g.initializers[qname] = bq;
+      g.nodes[ni].inputs[2] = add_dequantize(g, bname, qname, bp, DType::kInt32);
+      if (rep.bias_clamped && !quiet())
+        std::fprintf(stderr, "warning: %s: %lld bias values clamped to int32\n", n.describe().c_str(),
+                     static_cast<long long>(rep.bias_clamped));
+    }
+    res.layers.push_back(rep);
+  }
+
+  // ---- 4. Activation Q/DQ pairs.
+  for (const auto& v : targets) {
+    const quant::QuantParams& p = aparams[v];
+    const std::string s = g.unique_name(v + "_scale"), z = g.unique_name(v + "_zero_point");
+    g.initializers[s] = scale_tensor(p);
+    g.initializers[z] = zero_point_tensor(p, act_type);
+    Node q;
+    q.op_type = "QuantizeLinear";
+    q.name = g.unique_name(v + "_QuantizeLinear");
+    q.inputs = {v, s, z};
+    q.outputs = {g.unique_name(v + "_quantized")};
+    Node dq;
+    dq.op_type = "DequantizeLinear";
+    dq.name = g.unique_name(v + "_DequantizeLinear");
+    dq.inputs = {q.outputs[0], s, z};
+    dq.outputs = {g.unique_name(v + "_dequantized")};
+    for (auto& n : g.nodes)
+      for (auto& in : n.inputs)
+        if (in == v) in = dq.outputs[0];
+    g.nodes.push_back(q);
+    g.nodes.push_back(dq);
+  }
+  res.activations_quantized = static_cast<int64_t>(targets.size());
+
+  // ---- 5. Opset and metadata.
+  if (need_21) {
+    raise_opset(m, 21);
+    m.ir_version = std::max<int64_t>(m.ir_version, 10);
+  } else if (need_13) {
+    raise_opset(m, 13);
+    m.ir_version = std::max<int64_t>(m.ir_version, 7);
+  } else if (m.opset() < 10) {
+    raise_opset(m, 10);
+  }
+  g.prune_unused_initializers();
+  g.toposort();
+  m.producer_name = "perch";
+  m.producer_version = "0.1.0";
+  res.model = std::move(m);
+  res.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return res;
+}
+
+}  // namespace perch::ptq

@@ -1,0 +1,157 @@
+#include "perch/runtime/executor.h"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+namespace perch::runtime {
+
+OpRegistry& OpRegistry::global() {
+  static OpRegistry r;
+  return r;
+}
+
+void OpRegistry::add(const std::string& op_type, int64_t min_opset, OpKernel fn) {
+  entries_[op_type] = Entry{min_opset, std::move(fn)};
+}
+
+const OpKernel* OpRegistry::find(const std::string& op_type, const std::string& domain, int64_t opset) const {
+  if (!domain.empty() && domain != "ai.onnx") return nullptr;
+  auto it = entries_.find(op_type);
+  if (it == entries_.end() || opset < it->second.min_opset) return nullptr;
+  return &it->second.fn;
+}
+
+std::vector<std::string> OpRegistry::op_types() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : entries_) out.push_back(k);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void register_builtin_ops(OpRegistry& r);  // ops.cpp
+
+namespace {
+const OpRegistry& registry() {
+  static const bool once = [] {
+    register_builtin_ops(OpRegistry::global());
+    return true;
+  }();
+  (void)once;
+  return OpRegistry::global();
+}
+}  // namespace
+
+std::vector<std::string> unsupported_ops(const graph::Model& model) {
+  std::map<std::string, int> missing;
+  const int64_t opset = model.opset();
+  for (const auto& n : model.graph.nodes)
+    if (!registry().find(n.op_type, n.domain, opset))
+      ++missing[(n.domain.empty() ? "" : n.domain + "::") + n.op_type];
+  std::vector<std::string> out;
+  for (const auto& [op, count] : missing) out.push_back(op + " (x" + std::to_string(count) + ")");
+  return out;
+}
+
+Executor::Executor(graph::Model model) : model_(std::move(model)) {
+  auto missing = unsupported_ops(model_);
+  if (!missing.empty()) {
+    std::ostringstream os;
+    for (size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : "") << missing[i];
+    PERCH_FAIL(model_.source, ": unsupported ops at opset ", model_.opset(), ": ", os.str());
+  }
+  PERCH_CHECK(!model_.graph.inputs.empty(), model_.source, ": the graph has no inputs");
+  PERCH_CHECK(!model_.graph.outputs.empty(), model_.source, ": the graph has no outputs");
+  const int64_t opset = model_.opset();
+  for (const auto& [name, t] : model_.graph.initializers) constants_[name] = t;
+  for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
+    const auto& n = model_.graph.nodes[i];
+    kernels_.push_back(registry().find(n.op_type, n.domain, opset));
+    for (const auto& in : n.inputs)
+      if (!in.empty()) last_use_[in] = i;
+  }
+  for (const auto& o : model_.graph.outputs) last_use_[o.name] = model_.graph.nodes.size();
+}
+
+TensorMap Executor::run(const TensorMap& inputs, const Observer& observer,
+                        const std::vector<std::string>& extra_outputs) const {
+  TensorMap values;
+  for (const auto& in : model_.graph.inputs) {
+    auto it = inputs.find(in.name);
+    PERCH_CHECK(it != inputs.end(), model_.source, ": input '", in.name, "' was not given");
+    const Tensor& t = it->second;
+    PERCH_CHECK(t.dtype() == in.dtype, model_.source, ": input '", in.name, "' must be ", dtype_name(in.dtype),
+                ", got ", dtype_name(t.dtype()));
+    if (in.has_shape) {
+      bool ok = t.rank() == static_cast<int64_t>(in.shape.size());
+      for (size_t d = 0; ok && d < in.shape.size(); ++d) ok = in.shape[d] < 0 || in.shape[d] == t.shape()[d];
+      PERCH_CHECK(ok, model_.source, ": input '", in.name, "' has shape ", shape_str(t.shape()),
+                  " but the model expects ", shape_str(in.shape), " (-1 = any)");
+    }
+    values[in.name] = t;
+  }
+  const int64_t opset = model_.opset();
+  std::vector<const Tensor*> args;
+  for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
+    const auto& n = model_.graph.nodes[i];
+    args.clear();
+    for (const auto& in : n.inputs) {
+      if (in.empty()) {
+        args.push_back(nullptr);
+        continue;
+      }
+      auto it = values.find(in);
+      if (it != values.end()) {
+        args.push_back(&it->second);
+        continue;
+      }
+      auto c = constants_.find(in);
+      PERCH_CHECK(c != constants_.end(), model_.source, ": ", n.describe(), " input '", in, "' is not available");
+      args.push_back(&c->second);
+    }
+    std::vector<Tensor> outs;
+    try {
+      outs = (*kernels_[i])(n, args, opset);
+    } catch (const Error& e) {
+      PERCH_FAIL(model_.source, ": ", n.describe(), ": ", e.what());
+    }
+    PERCH_CHECK(static_cast<std::ptrdiff_t>(outs.size()) >= std::count_if(n.outputs.begin(), n.outputs.end(), [](auto& o) { return !o.empty(); }),
+                model_.source, ": ", n.describe(), " produced too few outputs");
+    for (size_t o = 0; o < n.outputs.size() && o < outs.size(); ++o) {
+      if (n.outputs[o].empty()) continue;
+      if (observer) observer(n.outputs[o], outs[o]);
+      values[n.outputs[o]] = std::move(outs[o]);
+    }
+    // Free values whose last reader was this node (graph outputs and extras are kept).
+    for (const auto& in : n.inputs) {
+      auto lu = last_use_.find(in);
+      if (lu != last_use_.end() && lu->second == i &&
+          std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
+        values.erase(in);
+    }
+  }
+  TensorMap out;
+  for (const auto& o : model_.graph.outputs) {
+    auto it = values.find(o.name);
+    if (it == values.end()) {
+      auto c = constants_.find(o.name);
+      PERCH_CHECK(c != constants_.end(), model_.source, ": output '", o.name, "' was never produced");
+      out[o.name] = c->second;
+    } else {
+      out[o.name] = it->second;
+    }
+  }
+  for (const auto& e : extra_outputs) {
+    auto it = values.find(e);
+    PERCH_CHECK(it != values.end(), model_.source, ": value '", e, "' was not produced");
+    out[e] = it->second;
+  }
+  return out;
+}
+
+Tensor Executor::run1(const Tensor& input) const {
+  TensorMap in{{input_name(), input}};
+  return run(in).at(output_name());
+}
+
+}  // namespace perch::runtime

@@ -1,0 +1,223 @@
+// Conv, Gemm, MatMul, BatchNormalization and pooling for the float executor.
+#include <cmath>
+
+#include "ops_common.h"
+#include "perch/kernels/conv_f32.h"
+#include "perch/kernels/gemm_f32.h"
+#include "perch/kernels/pool_f32.h"
+#include "perch/runtime/executor.h"
+
+namespace perch::runtime {
+
+using detail::has;
+using detail::in;
+using graph::Node;
+using Args = std::vector<const Tensor*>;
+
+namespace {
+
+// Views a rank-3 (1-D spatial) or rank-4 tensor as NCHW.
+void spatial_dims(const Tensor& x, const Node& n, int64_t& h, int64_t& w) {
+  PERCH_CHECK(x.rank() == 3 || x.rank() == 4, n.describe(), ": only 1-D and 2-D spatial inputs are supported, got shape ",
+              shape_str(x.shape()));
+  h = x.rank() == 4 ? x.dim(2) : 1;
+  w = x.dim(-1);
+}
+
+std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
+  const Tensor x = in(n, a, 0).to_f32();
+  const Tensor w = in(n, a, 1).to_f32();
+  PERCH_CHECK(w.rank() == x.rank(), n.describe(), ": weight rank ", w.rank(), " != input rank ", x.rank());
+  kernels::Conv2dShape s;
+  s.batch = x.dim(0);
+  s.in_channels = x.dim(1);
+  spatial_dims(x, n, s.in_h, s.in_w);
+  s.out_channels = w.dim(0);
+  s.group = n.attr_int("group", 1);
+  PERCH_CHECK(s.group > 0 && s.in_channels % s.group == 0 && s.out_channels % s.group == 0, n.describe(), ": group ",
+              s.group, " does not divide channels ", s.in_channels, " -> ", s.out_channels);
+  PERCH_CHECK(w.dim(1) * s.group == s.in_channels, n.describe(), ": weight ", shape_str(w.shape()), " with group ",
+              s.group, " does not match ", s.in_channels, " input channels");
+  s.kernel_h = w.rank() == 4 ? w.dim(2) : 1;
+  s.kernel_w = w.dim(-1);
+  std::vector<int64_t> in_sp, k_sp;
+  if (x.rank() == 4) in_sp = {s.in_h, s.in_w}, k_sp = {s.kernel_h, s.kernel_w};
+  else in_sp = {s.in_w}, k_sp = {s.kernel_w};
+  auto ks = n.attr_ints("kernel_shape", k_sp);
+  PERCH_CHECK(ks == k_sp, n.describe(), ": kernel_shape attribute disagrees with the weight shape");
+  auto g = detail::geometry(n, in_sp, k_sp, false);
+  if (x.rank() == 4) {
+    s.stride_h = g.strides[0], s.stride_w = g.strides[1], s.dil_h = g.dilations[0], s.dil_w = g.dilations[1];
+    s.pad_top = g.pads_begin[0], s.pad_left = g.pads_begin[1], s.pad_bottom = g.pads_end[0], s.pad_right = g.pads_end[1];
+  } else {
+    s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
+  }
+  PERCH_CHECK(s.out_h() > 0 && s.out_w() > 0, n.describe(), ": input ", shape_str(x.shape()), " is too small for the kernel");
+  Tensor bias;
+  if (has(a, 2)) {
+    bias = a[2]->to_f32();
+    PERCH_CHECK(bias.numel() == s.out_channels, n.describe(), ": bias has ", bias.numel(), " values for ",
+                s.out_channels, " output channels");
+  }
+  Shape ys = x.rank() == 4 ? Shape{s.batch, s.out_channels, s.out_h(), s.out_w()} : Shape{s.batch, s.out_channels, s.out_w()};
+  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+  kernels::conv2d_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>());
+  return {y};
+}
+
+std::vector<Tensor> gemm(const Node& n, const Args& a, int64_t) {
+  const Tensor A = in(n, a, 0).to_f32(), B = in(n, a, 1).to_f32();
+  PERCH_CHECK(A.rank() == 2 && B.rank() == 2, n.describe(), ": Gemm needs 2-D inputs, got ", shape_str(A.shape()), " and ",
+              shape_str(B.shape()));
+  kernels::GemmF32Args g;
+  g.trans_a = n.attr_int("transA", 0) != 0;
+  g.trans_b = n.attr_int("transB", 0) != 0;
+  g.m = g.trans_a ? A.dim(1) : A.dim(0);
+  g.k = g.trans_a ? A.dim(0) : A.dim(1);
+  const int64_t kb = g.trans_b ? B.dim(1) : B.dim(0);
+  g.n = g.trans_b ? B.dim(0) : B.dim(1);
+  PERCH_CHECK(kb == g.k, n.describe(), ": inner dimensions differ: A ", shape_str(A.shape()), ", B ", shape_str(B.shape()));
+  g.alpha = n.attr_float("alpha", 1.0f);
+  const float beta = n.attr_float("beta", 1.0f);
+  Tensor y = Tensor::uninitialized(DType::kFloat32, {g.m, g.n});
+  if (has(a, 2) && beta != 0.0f) {
+    const Tensor C = a[2]->to_f32();
+    Shape out{g.m, g.n};
+    PERCH_CHECK(detail::broadcast_shape(C.shape(), out, n) == out, n.describe(), ": C ", shape_str(C.shape()),
+                " does not broadcast to ", shape_str(out));
+    auto st = detail::broadcast_strides(C.shape(), out);
+    float* yd = y.data<float>();
+    const float* cd = C.data<float>();
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < g.n; ++j) yd[i * g.n + j] = cd[i * st[0] + j * st[1]];
+    g.beta = beta;
+  }
+  g.a = A.data<float>(), g.lda = A.dim(1), g.b = B.data<float>(), g.ldb = B.dim(1), g.c = y.data<float>(), g.ldc = g.n;
+  kernels::gemm_f32(g);
+  return {y};
+}
+
+std::vector<Tensor> matmul(const Node& n, const Args& a, int64_t) {
+  Tensor A = in(n, a, 0).to_f32(), B = in(n, a, 1).to_f32();
+  PERCH_CHECK(A.rank() >= 1 && B.rank() >= 1, n.describe(), ": MatMul inputs must have rank >= 1");
+  const bool a1 = A.rank() == 1, b1 = B.rank() == 1;
+  if (a1) A = A.reshaped({1, A.dim(0)});
+  if (b1) B = B.reshaped({B.dim(0), 1});
+  const int64_t M = A.dim(-2), K = A.dim(-1), N = B.dim(-1);
+  PERCH_CHECK(B.dim(-2) == K, n.describe(), ": inner dimensions differ: ", shape_str(A.shape()), " x ", shape_str(B.shape()));
+  Shape ab(A.shape().begin(), A.shape().end() - 2), bb(B.shape().begin(), B.shape().end() - 2);
+  Shape batch = detail::broadcast_shape(ab, bb, n);
+  auto sa = detail::broadcast_strides(ab, batch), sb = detail::broadcast_strides(bb, batch);
+  Shape ys = batch;
+  if (!a1) ys.push_back(M);
+  if (!b1) ys.push_back(N);
+  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+  const int64_t nb = checked_numel(batch);
+  std::vector<int64_t> idx(batch.size(), 0);
+  for (int64_t b = 0; b < nb; ++b) {
+    int64_t oa = 0, ob = 0;
+    for (size_t d = 0; d < batch.size(); ++d) oa += idx[d] * sa[d], ob += idx[d] * sb[d];
+    kernels::GemmF32Args g;
+    g.m = M, g.n = N, g.k = K;
+    g.a = A.data<float>() + oa * M * K, g.lda = K;
+    g.b = B.data<float>() + ob * K * N, g.ldb = N;
+    g.c = y.data<float>() + b * M * N, g.ldc = N;
+    kernels::gemm_f32(g);
+    for (int64_t d = static_cast<int64_t>(batch.size()) - 1; d >= 0; --d) {
+      if (++idx[d] < batch[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return {y};
+}
+
+std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t) {
+  PERCH_CHECK(n.attr_int("training_mode", 0) == 0 && n.outputs.size() == 1, n.describe(),
+              ": training-mode BatchNormalization is not supported by the inference executor");
+  const Tensor x = in(n, a, 0).to_f32();
+  const Tensor sc = in(n, a, 1).to_f32(), b = in(n, a, 2).to_f32(), mean = in(n, a, 3).to_f32(), var = in(n, a, 4).to_f32();
+  const float eps = n.attr_float("epsilon", 1e-5f);
+  PERCH_CHECK(x.rank() >= 2, n.describe(), ": input must have rank >= 2");
+  const int64_t N = x.dim(0), C = x.dim(1), inner = x.numel() / std::max<int64_t>(1, N * C);
+  for (const Tensor* t : {&sc, &b, &mean, &var})
+    PERCH_CHECK(t->numel() == C, n.describe(), ": parameter has ", t->numel(), " values for ", C, " channels");
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
+  const float* xd = x.data<float>();
+  float* yd = y.data<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    // y = (x - mean) / sqrt(var + eps) * scale + B, computed as x * k + (B - mean * k)
+    const float k = sc.data<float>()[c] / std::sqrt(var.data<float>()[c] + eps);
+    const float off = b.data<float>()[c] - mean.data<float>()[c] * k;
+    for (int64_t i = 0; i < N; ++i) {
+      const float* xp = xd + (i * C + c) * inner;
+      float* yp = yd + (i * C + c) * inner;
+      for (int64_t j = 0; j < inner; ++j) yp[j] = xp[j] * k + off;
+    }
+  }
+  return {y};
+}
+
+std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
+  PERCH_CHECK(n.outputs.size() == 1 || n.outputs[1].empty(), n.describe(), ": the Indices output of MaxPool is not supported");
+  const Tensor x = in(n, a, 0).to_f32();
+  kernels::Pool2dShape s;
+  s.batch = x.dim(0);
+  s.channels = x.dim(1);
+  spatial_dims(x, n, s.in_h, s.in_w);
+  auto ks = n.attr_ints("kernel_shape");
+  PERCH_CHECK(static_cast<int64_t>(ks.size()) == x.rank() - 2, n.describe(), ": kernel_shape must have ", x.rank() - 2, " values");
+  s.ceil_mode = n.attr_int("ceil_mode", 0) != 0;
+  s.count_include_pad = n.attr_int("count_include_pad", 0) != 0;
+  std::vector<int64_t> in_sp = x.rank() == 4 ? std::vector<int64_t>{s.in_h, s.in_w} : std::vector<int64_t>{s.in_w};
+  auto g = detail::geometry(n, in_sp, ks, s.ceil_mode);
+  if (x.rank() == 4) {
+    s.kernel_h = ks[0], s.kernel_w = ks[1];
+    s.stride_h = g.strides[0], s.stride_w = g.strides[1], s.dil_h = g.dilations[0], s.dil_w = g.dilations[1];
+    s.pad_top = g.pads_begin[0], s.pad_left = g.pads_begin[1], s.pad_bottom = g.pads_end[0], s.pad_right = g.pads_end[1];
+  } else {
+    s.kernel_w = ks[0], s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
+  }
+  PERCH_CHECK(s.out_h() > 0 && s.out_w() > 0, n.describe(), ": input ", shape_str(x.shape()), " is too small for the window");
+  Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
+  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+  (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());
+  return {y};
+}
+
+std::vector<Tensor> global_pool(const Node& n, const Args& a, bool is_max) {
+  const Tensor x = in(n, a, 0).to_f32();
+  PERCH_CHECK(x.rank() >= 3, n.describe(), ": input must have rank >= 3");
+  const int64_t nc = x.dim(0) * x.dim(1), inner = x.numel() / std::max<int64_t>(nc, 1);
+  Shape ys(x.rank(), 1);
+  ys[0] = x.dim(0), ys[1] = x.dim(1);
+  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+  const float* xd = x.data<float>();
+  for (int64_t i = 0; i < nc; ++i) {
+    const float* p = xd + i * inner;
+    if (is_max) {
+      float m = p[0];
+      for (int64_t j = 1; j < inner; ++j) m = std::max(m, p[j]);
+      y.data<float>()[i] = m;
+    } else {
+      double s = 0;
+      for (int64_t j = 0; j < inner; ++j) s += p[j];
+      y.data<float>()[i] = static_cast<float>(s / static_cast<double>(inner));
+    }
+  }
+  return {y};
+}
+
+}  // namespace
+
+void register_nn_ops(OpRegistry& r) {
+  r.add("Conv", 1, conv);
+  r.add("Gemm", 1, gemm);
+  r.add("MatMul", 1, matmul);
+  r.add("BatchNormalization", 1, batchnorm);
+  r.add("MaxPool", 1, [](const Node& n, const Args& a, int64_t) { return pool(n, a, true); });
+  r.add("AveragePool", 1, [](const Node& n, const Args& a, int64_t) { return pool(n, a, false); });
+  r.add("GlobalAveragePool", 1, [](const Node& n, const Args& a, int64_t) { return global_pool(n, a, false); });
+  r.add("GlobalMaxPool", 1, [](const Node& n, const Args& a, int64_t) { return global_pool(n, a, true); });
+}
+
+}  // namespace perch::runtime
