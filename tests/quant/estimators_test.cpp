@@ -178,7 +178,7 @@ TEST(Estimators, NonFinite) {
     EXPECT_EQ(ok.nonfinite_count(), 2);
     EXPECT_EQ(ok.observed_count(), 4);
     const auto [lo, hi] = ok.range();
-    EXPECT_LE(hi[1], 2.0f + 1e-6f) << estimator_name(k);  // channel 1 saw only 2 finite value
+    EXPECT_LE(hi[1], 2.0f + 1e-6f) << estimator_name(k);  // channel 1 saw only the finite value 2
     EXPECT_GE(hi[1], 0.0f);
   }
 }
