@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -174,8 +175,8 @@ int cmd_run(const std::string& model_path, const std::vector<std::string>& input
   json j = json::object();
   for (const auto& o : model.graph.outputs) {
     std::string fname = o.name;
-    for (char& c : fname)
-      if (c == '/' || c == '\\' || c == ':') c = '_';
+    for (char& c : fname)  // same rule as tools/ort/run.js: anything but [A-Za-z0-9._-] becomes '_'
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
     const auto path = std::filesystem::path(out_dir) / (fname + ".npy");
     write_npy(path, out.at(o.name));
     j[o.name] = {{"file", path.string()}, {"shape", out.at(o.name).shape()}, {"dtype", dtype_name(out.at(o.name).dtype())}};
