@@ -60,7 +60,6 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
     for (size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : "") << missing[i];
     PERCH_FAIL(model_.source, ": unsupported ops at opset ", model_.opset(), ": ", os.str());
   }
-  PERCH_CHECK(!model_.graph.inputs.empty(), model_.source, ": the graph has no inputs");
   PERCH_CHECK(!model_.graph.outputs.empty(), model_.source, ": the graph has no outputs");
   const int64_t opset = model_.opset();
   for (const auto& [name, t] : model_.graph.initializers) constants_[name] = t;
@@ -150,6 +149,8 @@ TensorMap Executor::run(const TensorMap& inputs, const Observer& observer,
 }
 
 Tensor Executor::run1(const Tensor& input) const {
+  // A graph without inputs (only constants) is valid ONNX; run() handles it, run1 needs one input.
+  PERCH_CHECK(!model_.graph.inputs.empty(), model_.source, ": run1 needs a graph input, the graph has none");
   TensorMap in{{input_name(), input}};
   return run(in).at(output_name());
 }

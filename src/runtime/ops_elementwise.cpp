@@ -27,7 +27,39 @@ OpKernel unary(F f) {
   };
 }
 
+template <typename T>
+Tensor clip_typed(const Tensor& x, const Tensor* lo_t, const Tensor* hi_t) {
+  T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
+  if constexpr (std::is_floating_point_v<T>) lo = -std::numeric_limits<T>::infinity(), hi = std::numeric_limits<T>::infinity();
+  if (lo_t) lo = lo_t->data<T>()[0];
+  if (hi_t) hi = hi_t->data<T>()[0];
+  Tensor y = Tensor::uninitialized(x.dtype(), x.shape());
+  const T* xd = x.data<T>();
+  T* yd = y.data<T>();
+  for (int64_t i = 0; i < x.numel(); ++i) yd[i] = std::min(std::max(xd[i], lo), hi);
+  return y;
+}
+
+// Clip keeps its input's type (opset 12 added integer types); min/max default to the type's full range.
 std::vector<Tensor> clip(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x0 = in(n, a, 0);
+  if (opset >= 12 && x0.dtype() != DType::kFloat32) {
+    const Tensor* lo = has(a, 1) ? a[1] : nullptr;
+    const Tensor* hi = has(a, 2) ? a[2] : nullptr;
+    for (const Tensor* t : {lo, hi})
+      PERCH_CHECK(!t || (t->dtype() == x0.dtype() && t->numel() == 1), n.describe(), ": min/max must be ",
+                  dtype_name(x0.dtype()), " scalars");
+    switch (x0.dtype()) {
+      case DType::kFloat64: return {clip_typed<double>(x0, lo, hi)};
+      case DType::kInt8: return {clip_typed<int8_t>(x0, lo, hi)};
+      case DType::kUInt8: return {clip_typed<uint8_t>(x0, lo, hi)};
+      case DType::kInt16: return {clip_typed<int16_t>(x0, lo, hi)};
+      case DType::kUInt16: return {clip_typed<uint16_t>(x0, lo, hi)};
+      case DType::kInt32: return {clip_typed<int32_t>(x0, lo, hi)};
+      case DType::kInt64: return {clip_typed<int64_t>(x0, lo, hi)};
+      default: PERCH_FAIL(n.describe(), ": Clip does not support ", dtype_name(x0.dtype()));
+    }
+  }
   float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
   if (opset < 11) {
     lo = n.attr_float("min", lo);
@@ -36,7 +68,7 @@ std::vector<Tensor> clip(const Node& n, const Args& a, int64_t opset) {
     if (has(a, 1)) lo = a[1]->to_f32().data<float>()[0];
     if (has(a, 2)) hi = a[2]->to_f32().data<float>()[0];
   }
-  const Tensor x = in(n, a, 0).to_f32();
+  const Tensor x = x0.to_f32();
   Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
   for (int64_t i = 0; i < x.numel(); ++i) y.data<float>()[i] = std::min(std::max(x.data<float>()[i], lo), hi);
   return {y};
@@ -74,24 +106,46 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
   }
 }
 
+template <typename Op, typename T>
+Tensor binary_typed(const Tensor& A, const Tensor& B, const Shape& ys) {
+  Tensor y = Tensor::uninitialized(dtype_of<T>(), ys);
+  broadcast_apply<T>(A, B, y, [](T x, T z) { return Op::template apply<T>(x, z); });
+  return y;
+}
+
+// Both inputs of one type: the output has that type (ONNX's T for Add/Sub/Mul/Div/Max/Min). Narrow
+// integers wrap like numpy (the result of the promoted int arithmetic is converted back modulo 2^bits).
+// Mixed types (not valid ONNX, but tolerated) are computed in float32.
+template <typename Op>
+Tensor binary_tensors(const Node& n, const Tensor& A0, const Tensor& B0) {
+  Shape ys = detail::broadcast_shape(A0.shape(), B0.shape(), n);
+  if (A0.dtype() == B0.dtype()) {
+    switch (A0.dtype()) {
+      case DType::kFloat32: return binary_typed<Op, float>(A0, B0, ys);
+      case DType::kFloat64: return binary_typed<Op, double>(A0, B0, ys);
+      case DType::kInt8: return binary_typed<Op, int8_t>(A0, B0, ys);
+      case DType::kUInt8: return binary_typed<Op, uint8_t>(A0, B0, ys);
+      case DType::kInt16: return binary_typed<Op, int16_t>(A0, B0, ys);
+      case DType::kUInt16: return binary_typed<Op, uint16_t>(A0, B0, ys);
+      case DType::kInt32: return binary_typed<Op, int32_t>(A0, B0, ys);
+      case DType::kInt64: return binary_typed<Op, int64_t>(A0, B0, ys);
+      case DType::kBool: PERCH_FAIL(n.describe(), ": bool inputs are not supported");
+    }
+  }
+  return binary_typed<Op, float>(A0.to_f32(), B0.to_f32(), ys);
+}
+
 template <typename Op>
 std::vector<Tensor> binary(const Node& n, const Args& a, int64_t) {
-  const Tensor& A0 = in(n, a, 0);
-  const Tensor& B0 = in(n, a, 1);
-  Shape ys = detail::broadcast_shape(A0.shape(), B0.shape(), n);
-  if (A0.dtype() == DType::kInt64 && B0.dtype() == DType::kInt64) {
-    Tensor y(DType::kInt64, ys);
-    broadcast_apply<int64_t>(A0, B0, y, [](int64_t x, int64_t z) { return Op::template apply<int64_t>(x, z); });
-    return {y};
-  }
-  if (A0.dtype() == DType::kInt32 && B0.dtype() == DType::kInt32) {
-    Tensor y(DType::kInt32, ys);
-    broadcast_apply<int32_t>(A0, B0, y, [](int32_t x, int32_t z) { return Op::template apply<int32_t>(x, z); });
-    return {y};
-  }
-  const Tensor A = A0.to_f32(), B = B0.to_f32();
-  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-  broadcast_apply<float>(A, B, y, [](float x, float z) { return Op::template apply<float>(x, z); });
+  return {binary_tensors<Op>(n, in(n, a, 0), in(n, a, 1))};
+}
+
+// Max/Min take 1..N inputs (opset 8+), broadcast together.
+template <typename Op>
+std::vector<Tensor> variadic(const Node& n, const Args& a, int64_t) {
+  Tensor y = in(n, a, 0);
+  if (a.size() == 1) return {y.clone()};
+  for (size_t i = 1; i < a.size(); ++i) y = binary_tensors<Op>(n, y, in(n, a, i));
   return {y};
 }
 
@@ -133,8 +187,8 @@ void register_elementwise_ops(OpRegistry& r) {
   r.add("Sub", 7, binary<SubOp>);
   r.add("Mul", 7, binary<MulOp>);
   r.add("Div", 7, binary<DivOp>);
-  r.add("Max", 8, binary<MaxOp>);
-  r.add("Min", 8, binary<MinOp>);
+  r.add("Max", 8, variadic<MaxOp>);
+  r.add("Min", 8, variadic<MinOp>);
 }
 
 }  // namespace perch::runtime

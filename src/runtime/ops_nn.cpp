@@ -181,6 +181,17 @@ std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
   (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());
+  // MaxPool keeps int8/uint8 inputs' type (opset 12); the maxima are input values, exact in float.
+  const DType xt = in(n, a, 0).dtype();
+  if (is_max && (xt == DType::kInt8 || xt == DType::kUInt8)) {
+    Tensor yq(xt, y.shape());
+    const float* yd = y.data<float>();
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      if (xt == DType::kInt8) yq.data<int8_t>()[i] = static_cast<int8_t>(yd[i]);
+      else yq.data<uint8_t>()[i] = static_cast<uint8_t>(yd[i]);
+    }
+    return {yq};
+  }
   return {y};
 }
 
