@@ -111,8 +111,27 @@ void Graph::toposort() {
       if (--missing[u] == 0) ready.insert(u);
   }
   if (order.size() != nodes.size()) {
-    for (size_t i = 0; i < nodes.size(); ++i)
-      if (missing[i] > 0) PERCH_FAIL("graph '", name, "' has a cycle through ", nodes[i].describe());
+    // Some nodes are blocked. A blocked node may only sit downstream of a cycle, so walk from one to a
+    // blocked producer of one of its inputs (every blocked node has one) until a node repeats: that node is
+    // on a cycle, and the walk from its first visit is the cycle itself.
+    size_t i = 0;
+    while (missing[i] == 0) ++i;
+    std::vector<size_t> path;
+    std::vector<int64_t> pos(nodes.size(), -1);
+    while (pos[i] < 0) {
+      pos[i] = static_cast<int64_t>(path.size());
+      path.push_back(i);
+      for (const auto& in : nodes[i].inputs) {
+        auto it = in.empty() || available.count(in) ? producer_of.end() : producer_of.find(in);
+        if (it != producer_of.end() && missing[it->second] > 0) {
+          i = it->second;
+          break;
+        }
+      }
+    }
+    std::string cycle;
+    for (size_t k = static_cast<size_t>(pos[i]); k < path.size(); ++k) cycle += nodes[path[k]].describe() + " -> ";
+    PERCH_FAIL("graph '", name, "' has a cycle through ", nodes[i].describe(), " (", cycle, nodes[i].describe(), ")");
   }
   std::vector<Node> sorted;
   sorted.reserve(nodes.size());
