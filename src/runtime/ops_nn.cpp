@@ -24,6 +24,10 @@ void spatial_dims(const Tensor& x, const Node& n, int64_t& h, int64_t& w) {
   w = x.dim(-1);
 }
 
+// The dilated kernel must fit in the padded input. Checked here, not via out_h() > 0: the kernels' extent
+// formulas divide a negative span with C++ truncation and would report 1 output for a kernel that does not fit.
+bool kernel_fits(int64_t in, int64_t pa, int64_t pb, int64_t k, int64_t dil) { return in + pa + pb >= dil * (k - 1) + 1; }
+
 std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor w = in(n, a, 1).to_f32();
@@ -52,7 +56,9 @@ std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
   } else {
     s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
   }
-  PERCH_CHECK(s.out_h() > 0 && s.out_w() > 0, n.describe(), ": input ", shape_str(x.shape()), " is too small for the kernel");
+  PERCH_CHECK(kernel_fits(s.in_h, s.pad_top, s.pad_bottom, s.kernel_h, s.dil_h) &&
+                  kernel_fits(s.in_w, s.pad_left, s.pad_right, s.kernel_w, s.dil_w) && s.out_h() > 0 && s.out_w() > 0,
+              n.describe(), ": input ", shape_str(x.shape()), " is too small for the kernel");
   Tensor bias;
   if (has(a, 2)) {
     bias = a[2]->to_f32();
@@ -177,7 +183,9 @@ std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
   } else {
     s.kernel_w = ks[0], s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
   }
-  PERCH_CHECK(s.out_h() > 0 && s.out_w() > 0, n.describe(), ": input ", shape_str(x.shape()), " is too small for the window");
+  PERCH_CHECK(kernel_fits(s.in_h, s.pad_top, s.pad_bottom, s.kernel_h, s.dil_h) &&
+                  kernel_fits(s.in_w, s.pad_left, s.pad_right, s.kernel_w, s.dil_w) && s.out_h() > 0 && s.out_w() > 0,
+              n.describe(), ": input ", shape_str(x.shape()), " is too small for the window");
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
   (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());
