@@ -1,0 +1,171 @@
+// maxpool2d_f32 / avgpool2d_f32 against double loops written here: output sizes (floor and ceil_mode, with
+// the "last window starts inside the input or the left padding" rule), asymmetric pads, dilations,
+// count_include_pad. Max is exact; the average accumulates in double and rounds once (kernel_test_util.h).
+// The pool kernels have no optimized twin, so there is no path dispatch to cover here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "perch/kernels/pool_f32.h"
+
+namespace perch::kernels {
+namespace {
+
+using test::Rng;
+
+std::string describe(const Pool2dShape& s) {
+  std::ostringstream os;
+  os << "N" << s.batch << " C" << s.channels << " " << s.in_h << "x" << s.in_w << " k" << s.kernel_h << "x" << s.kernel_w
+     << " stride " << s.stride_h << "," << s.stride_w << " pads t" << s.pad_top << " l" << s.pad_left << " b" << s.pad_bottom
+     << " r" << s.pad_right << " dil " << s.dil_h << "," << s.dil_w << (s.ceil_mode ? " ceil" : " floor")
+     << (s.count_include_pad ? " include_pad" : "");
+  return os.str();
+}
+
+// ONNX/PyTorch: floor or ceil of (in + pads - dil*(k-1) - 1)/stride, + 1; with ceil_mode a last window that
+// would start at or beyond in + pad_begin (entirely in the end padding) is dropped.
+int64_t pooled_extent(int64_t in, int64_t k, int64_t stride, int64_t pa, int64_t pb, int64_t dil, bool ceil_mode) {
+  const double span = static_cast<double>(in + pa + pb - dil * (k - 1) - 1) / static_cast<double>(stride);
+  int64_t out = static_cast<int64_t>(ceil_mode ? std::ceil(span) : std::floor(span)) + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pa) --out;
+  return out;
+}
+
+struct PoolExact {
+  std::vector<double> max, avg, abs_mean;
+  std::vector<int64_t> taps;  // taps summed (inside the input)
+  bool every_window_sees_input = true;
+};
+
+PoolExact exact_pool(const Pool2dShape& s, const std::vector<float>& x) {
+  const int64_t OH = pooled_extent(s.in_h, s.kernel_h, s.stride_h, s.pad_top, s.pad_bottom, s.dil_h, s.ceil_mode);
+  const int64_t OW = pooled_extent(s.in_w, s.kernel_w, s.stride_w, s.pad_left, s.pad_right, s.dil_w, s.ceil_mode);
+  PoolExact e;
+  for (int64_t nc = 0; nc < s.batch * s.channels; ++nc)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        double mx = -INFINITY, sum = 0, abs_sum = 0;
+        int64_t inside = 0, in_padded_extent = 0;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h, iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+            if (ih >= -s.pad_top && ih < s.in_h + s.pad_bottom && iw >= -s.pad_left && iw < s.in_w + s.pad_right)
+              ++in_padded_extent;
+            if (ih < 0 || ih >= s.in_h || iw < 0 || iw >= s.in_w) continue;
+            const double v = x[static_cast<size_t>((nc * s.in_h + ih) * s.in_w + iw)];
+            mx = std::max(mx, v);
+            sum += v;
+            abs_sum += std::fabs(v);
+            ++inside;
+          }
+        if (inside == 0) e.every_window_sees_input = false;
+        const int64_t div = s.count_include_pad ? in_padded_extent : inside;
+        e.max.push_back(mx);
+        e.avg.push_back(div ? sum / static_cast<double>(div) : 0.0);
+        e.abs_mean.push_back(div ? abs_sum / static_cast<double>(div) : 0.0);
+        e.taps.push_back(inside);
+      }
+  return e;
+}
+
+void check_pool(const Pool2dShape& s, uint64_t seed) {
+  SCOPED_TRACE(describe(s));
+  ASSERT_EQ(s.out_h(), pooled_extent(s.in_h, s.kernel_h, s.stride_h, s.pad_top, s.pad_bottom, s.dil_h, s.ceil_mode));
+  ASSERT_EQ(s.out_w(), pooled_extent(s.in_w, s.kernel_w, s.stride_w, s.pad_left, s.pad_right, s.dil_w, s.ceil_mode));
+  Rng rng(seed);
+  const auto x = rng.vec(static_cast<size_t>(s.batch * s.channels * s.in_h * s.in_w), -4.0f, 4.0f);
+  const PoolExact e = exact_pool(s, x);
+  const size_t ny = e.max.size();
+  std::vector<float> ymax(ny, std::numeric_limits<float>::quiet_NaN()), yavg = ymax;
+  maxpool2d_f32(s, x.data(), ymax.data());
+  avgpool2d_f32(s, x.data(), yavg.data());
+  for (size_t i = 0; i < ny; ++i) {
+    ASSERT_EQ(ymax[i], static_cast<float>(e.max[i])) << "max at " << i;
+    ASSERT_LE(std::fabs(yavg[i] - e.avg[i]), test::double_acc_bound(e.avg[i], e.abs_mean[i], e.taps[i] + 1))
+        << "avg at " << i << ": " << yavg[i] << " vs " << e.avg[i];
+  }
+}
+
+Pool2dShape pool(int64_t h, int64_t w, int64_t k, int64_t stride) {
+  Pool2dShape s;
+  s.batch = 1, s.channels = 2, s.in_h = h, s.in_w = w, s.kernel_h = s.kernel_w = k, s.stride_h = s.stride_w = stride;
+  return s;
+}
+
+TEST(PoolF32, OutputExtentsKnownValues) {
+  // Hand-computed: 5 wide, k2 s2: floor 2, ceil 3 (last window [4,5) starts inside the input).
+  EXPECT_EQ(pooled_extent(5, 2, 2, 0, 0, 1, false), 2);
+  EXPECT_EQ(pooled_extent(5, 2, 2, 0, 0, 1, true), 3);
+  // 32 wide, k3 s2 pad 1/1 (ResNet stem): span 31 -> floor 16, ceil 17 (last window starts at 32 < 33).
+  EXPECT_EQ(pooled_extent(32, 3, 2, 1, 1, 1, false), 16);
+  EXPECT_EQ(pooled_extent(32, 3, 2, 1, 1, 1, true), 17);
+  EXPECT_EQ(pool(32, 32, 3, 2).out_h(), 15);
+  // ceil would start a window at 6 = in + pad_begin (all end padding): dropped, 3 not 4.
+  EXPECT_EQ(pooled_extent(6, 2, 2, 0, 1, 1, true), 3);
+  EXPECT_EQ(pool(5, 5, 2, 2).out_h(), 2);
+}
+
+TEST(PoolF32, CeilModeAndCountIncludePad) {
+  for (bool ceil_mode : {false, true})
+    for (bool include : {false, true}) {
+      Pool2dShape s = pool(5, 6, 3, 2);
+      s.pad_top = 1, s.pad_left = 2, s.pad_bottom = 0, s.pad_right = 1;
+      s.ceil_mode = ceil_mode, s.count_include_pad = include;
+      check_pool(s, 1);
+      Pool2dShape t = pool(7, 7, 2, 3);  // ceil adds a partial window that overhangs the input
+      t.ceil_mode = ceil_mode, t.count_include_pad = include;
+      check_pool(t, 2);
+    }
+}
+
+TEST(PoolF32, AverageDivisorKnownValues) {
+  // 2x2 input [1 2; 3 4], 2x2 window, stride 1, pad 1 on every side: the corner window sees only x[0,0].
+  Pool2dShape s = pool(2, 2, 2, 1);
+  s.channels = 1;
+  s.pad_top = s.pad_left = s.pad_bottom = s.pad_right = 1;
+  const std::vector<float> x = {1, 2, 3, 4};
+  std::vector<float> y(9);
+  avgpool2d_f32(s, x.data(), y.data());
+  EXPECT_EQ(y[0], 1.0f);          // excluded padding: 1 / 1
+  EXPECT_EQ(y[4], 2.5f);          // centre: (1+2+3+4) / 4
+  s.count_include_pad = true;
+  avgpool2d_f32(s, x.data(), y.data());
+  EXPECT_EQ(y[0], 0.25f);         // 1 / 4
+  EXPECT_EQ(y[1], 0.75f);         // (1+2) / 4
+  maxpool2d_f32(s, x.data(), y.data());
+  EXPECT_EQ(y, (std::vector<float>{1, 2, 2, 3, 4, 4, 3, 4, 4}));
+}
+
+TEST(PoolF32, RandomizedShapes) {
+  Rng rng(777);
+  int ran = 0;
+  for (int iter = 0; ran < 300; ++iter) {
+    ASSERT_LT(iter, 20000);
+    Pool2dShape s;
+    s.batch = rng.range(1, 2), s.channels = rng.range(1, 3);
+    s.in_h = rng.range(1, 10), s.in_w = rng.range(1, 10);
+    s.kernel_h = rng.range(1, 4), s.kernel_w = rng.range(1, 4);
+    s.stride_h = rng.range(1, 3), s.stride_w = rng.range(1, 3);
+    s.dil_h = rng.range(1, 2), s.dil_w = rng.range(1, 2);
+    // Pads smaller than the dilated kernel, as ONNX requires.
+    const int64_t eh = s.dil_h * (s.kernel_h - 1) + 1, ew = s.dil_w * (s.kernel_w - 1) + 1;
+    s.pad_top = rng.range(0, eh - 1), s.pad_bottom = rng.range(0, eh - 1);
+    s.pad_left = rng.range(0, ew - 1), s.pad_right = rng.range(0, ew - 1);
+    s.ceil_mode = rng.range(0, 1) == 1, s.count_include_pad = rng.range(0, 1) == 1;
+    // Precondition of the kernels (the executor checks it): the dilated window fits in the padded input.
+    // Outside it Pool2dShape::out_h() divides a negative span with truncation and reports 1, not 0.
+    if (s.in_h + s.pad_top + s.pad_bottom < eh || s.in_w + s.pad_left + s.pad_right < ew) continue;
+    std::vector<float> probe(static_cast<size_t>(s.batch * s.channels * s.in_h * s.in_w));
+    if (!exact_pool(s, probe).every_window_sees_input) continue;  // all-padding windows: no defined value
+    check_pool(s, rng.next());
+    if (HasFatalFailure()) return;
+    ++ran;
+  }
+}
+
+}  // namespace
+}  // namespace perch::kernels
