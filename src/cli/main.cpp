@@ -66,14 +66,15 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
                    {"axis", l.axis}, {"granularity", l.granularity}, {"bits", l.bits},
                    {"spread", std::isfinite(l.spread) ? json(l.spread) : json("inf")},
                    {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? json(l.weight_sqnr_db) : json("inf")},
-                   {"bias_clamped", l.bias_clamped}});
+                   {"bias_clamped", l.bias_clamped}, {"bias_correction_max", l.bias_correction_max}});
   return arr;
 }
 
 int cmd_quantize(const std::string& model_path, const std::string& out_path, const std::string& calib_spec,
                  int64_t calib_count, uint64_t seed, const std::string& weights, int wbits, int abits,
                  const std::string& act_est, const std::string& w_est, bool act_signed, double percentile,
-                 const std::string& eval_spec, bool compare, bool as_json, const DataFlags& df) {
+                 const std::string& eval_spec, bool compare, bool no_equalize, bool no_bias_correction, bool as_json,
+                 const DataFlags& df) {
   graph::Model model = graph::load_model(model_path);
   ptq::PtqOptions opt;
   parse_granularity(weights, opt.weights);
@@ -83,6 +84,8 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
   opt.activations.is_signed = act_signed;
   opt.activations.estimator.kind = quant::parse_estimator(act_est);
   opt.activations.estimator.percentile = percentile;
+  opt.equalize = !no_equalize;
+  opt.bias_correction = !no_bias_correction;
 
   Dataset calib_all = load_dataset(calib_spec, df.options());
   PERCH_CHECK(calib_count > 0, "--calib-count must be positive");
@@ -96,35 +99,50 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
 
   json j = {{"model", model_path}, {"output", out_path}, {"calibration", {{"data", calib.name}, {"images", res.calibration_images}, {"seconds", res.calibration_seconds}}},
             {"weights", weights}, {"weight_bits", wbits}, {"act_bits", abits}, {"act_estimator", act_est},
-            {"activations_quantized", res.activations_quantized}, {"quantize_seconds", res.total_seconds},
+            {"activations_quantized", res.activations_quantized},
+            {"equalization", {{"pairs", res.equalization.pairs}, {"sweeps", res.equalization.sweeps},
+                              {"max_spread_before", res.equalization.max_spread_before},
+                              {"max_spread_after", res.equalization.max_spread_after}}}, {"quantize_seconds", res.total_seconds},
             {"layers", layers_json(res.layers)}};
   if (!as_json && !quiet()) {
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
                  res.canonicalize_summary.c_str());
+    if (res.equalization.pairs)
+      std::fprintf(stderr, "cross-layer equalization: %d layer pairs, %d sweeps, max channel spread %.1f -> %.1f\n",
+                   res.equalization.pairs, res.equalization.sweeps, res.equalization.max_spread_before,
+                   res.equalization.max_spread_after);
     if (!out_path.empty()) std::fprintf(stderr, "wrote %s\n", out_path.c_str());
   }
 
   if (!eval_spec.empty()) {
     Dataset test = load_dataset(eval_spec, df.options());
-    struct Row { std::string name; double acc; };
+    struct Row { std::string name; double acc; bool output; };
     std::vector<Row> rows;
     graph::Model fp = model;
     graph::canonicalize(fp);
     auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 500, "eval fp32");
-    rows.push_back({"fp32", fp32.accuracy()});
+    rows.push_back({"fp32", fp32.accuracy(), false});
+    const std::string bits = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ";
+    auto label = [&](const std::string& g, bool eq) { return bits + g + (eq ? " +CLE" : ""); };
     if (compare) {
-      for (const std::string g : {"per-tensor", "per-channel"}) {
-        if (g == weights) continue;
-        ptq::PtqOptions o2 = opt;
-        parse_granularity(g, o2.weights);
-        auto r2 = ptq::quantize_model(model, calib, o2);
-        auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 500, "eval " + g);
-        rows.push_back({"W" + std::to_string(wbits) + "A" + std::to_string(abits) + " " + g, e2.accuracy()});
-      }
+      // The textbook comparison first (no equalization): what per-tensor weights cost and per-channel
+      // recovers; then both with cross-layer equalization. The written model is the last row.
+      for (bool eq : {false, true})
+        for (const std::string g : {"per-tensor", "per-channel"}) {
+          if (g == weights && eq == opt.equalize) continue;
+          ptq::PtqOptions o2 = opt;
+          parse_granularity(g, o2.weights);
+          o2.equalize = eq;
+          auto r2 = ptq::quantize_model(model, calib, o2);
+          auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 500, "eval " + label(g, eq));
+          rows.push_back({label(g, eq), e2.accuracy(), false});
+        }
     }
-    auto q = ptq::evaluate(runtime::Executor(res.model), test, 500, "eval " + weights);
-    rows.push_back({"W" + std::to_string(wbits) + "A" + std::to_string(abits) + " " + weights, q.accuracy()});
+    auto q = ptq::evaluate(runtime::Executor(res.model), test, 500, "eval " + label(weights, opt.equalize));
+    rows.push_back({label(weights, opt.equalize), q.accuracy(), true});
+    j["quantized_label"] = label(weights, opt.equalize);
+    j["quantized_accuracy"] = q.accuracy();
     json acc = json::object();
     for (const auto& r : rows) acc[r.name] = r.acc;
     j["accuracy"] = acc;
@@ -134,7 +152,8 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
                   static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_all.name.c_str());
       std::printf("  %-28s %8s %8s\n", "configuration", "top-1", "vs fp32");
       for (const auto& r : rows)
-        std::printf("  %-28s %8s %+7.2f pt\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()));
+        std::printf("  %-28s %8s %+7.2f pt%s\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
+                    r.output && !out_path.empty() ? "   <- written" : "");
     }
   }
   if (as_json) std::cout << j.dump(2) << "\n";
@@ -237,7 +256,7 @@ int main(int argc, char** argv) {
   int64_t calib_count = 1024;
   uint64_t seed = 0;
   int wbits = 8, abits = 8;
-  bool act_signed = false, compare = false;
+  bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
   double percentile = 99.99;
   q->add_option("model", model_path, "float ONNX model")->required();
   q->add_option("-o,--output", out_path, "QDQ ONNX model to write");
@@ -253,6 +272,8 @@ int main(int argc, char** argv) {
   q->add_option("--percentile", percentile, "percentile for --act-estimator percentile")->capture_default_str();
   q->add_option("--eval", eval_spec, "evaluate fp32 and quantized accuracy on this data spec");
   q->add_flag("--compare", compare, "with --eval: also quantize and evaluate per-tensor and per-channel weights");
+  q->add_flag("--no-equalize", no_equalize, "skip cross-layer equalization");
+  q->add_flag("--no-bias-correction", no_bias_correction, "skip bias correction of weight rounding");
   q->add_flag("--json", as_json, "print a JSON report on stdout");
   df.add(q);
 
@@ -285,7 +306,7 @@ int main(int argc, char** argv) {
   try {
     if (q->parsed())
       return cmd_quantize(model_path, out_path, calib_spec, calib_count, seed, weights, wbits, abits, act_est, w_est,
-                          act_signed, percentile, eval_spec, compare, as_json, df);
+                          act_signed, percentile, eval_spec, compare, no_equalize, no_bias_correction, as_json, df);
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);

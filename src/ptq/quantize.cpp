@@ -210,11 +210,49 @@ double channel_spread(const Tensor& w, int64_t axis) {
   return mx / mn;
 }
 
+namespace {
+
+// The quantized form of one weight tensor, planned before calibration (weights do not depend on data).
+struct WeightPlan {
+  quant::QuantSpec spec;
+  quant::QuantParams params;
+  Tensor q;        // int8 storage
+  Tensor delta;    // fake_quant(w) - w, float: the error bias correction measures
+  std::string dq;  // DequantizeLinear output, once written
+};
+
+quant::QuantSpec weight_spec(const WeightOptions& o, const Node& n, const Tensor& w) {
+  quant::QuantSpec ws;
+  ws.bits = o.bits;
+  ws.is_signed = true;
+  ws.symmetric = true;
+  ws.narrow_range = true;
+  ws.granularity = o.granularity;
+  if (ws.granularity == quant::Granularity::kPerChannel) ws.axis = weight_channel_axis(n, w.rank());
+  if (ws.granularity == quant::Granularity::kPerGroup) {
+    ws.axis = weight_group_axis(n, w.rank());
+    ws.group_size = o.group_size;
+  }
+  ws.validate();
+  return ws;
+}
+
+std::string granularity_label(const quant::QuantSpec& s) {
+  switch (s.granularity) {
+    case quant::Granularity::kPerChannel: return "per-channel";
+    case quant::Granularity::kPerGroup: return "per-group:" + std::to_string(s.group_size);
+    default: return "per-tensor";
+  }
+}
+
+}  // namespace
+
 PtqResult quantize_model(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   PtqResult res;
   Model m = input_model;
   res.canonicalize_summary = graph::canonicalize(m);
+  if (opt.equalize) res.equalization = equalize(m);
   Graph& g = m.graph;
   PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
   PERCH_CHECK(calib.size() > 0, calib.name, ": calibration set is empty");
@@ -231,8 +269,7 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     for (size_t c : cons) {
       const Node& cn = g.nodes[c];
       if (opt.float_nodes.count(cn.name) && is_weight_op(cn.op_type)) continue;
-      auto di = data_inputs(cn, g);
-      for (size_t i : di)
+      for (size_t i : data_inputs(cn, g))
         if (cn.inputs[i] == v) read_as_data = true;
     }
     if (!read_as_data && !(g.is_graph_output(v) && opt.quantize_outputs)) return;
@@ -255,7 +292,49 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     return v;
   };
 
-  // ---- 2. Calibrate: run the float model, feed each (root) target's estimator.
+  // ---- 2. Plan the weights of Conv/Gemm/MatMul (independent of the data).
+  std::map<std::string, WeightPlan> plans;  // by weight initializer name
+  std::vector<size_t> weight_nodes;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
+    if (!is_weight_op(n.op_type)) continue;
+    const Tensor* w = g.initializer(n.input(1));
+    if (!w || w->dtype() != DType::kFloat32) continue;  // activation x activation MatMul stays float
+    weight_nodes.push_back(ni);
+    if (opt.float_nodes.count(n.name) || plans.count(n.input(1))) continue;
+    WeightPlan wp;
+    wp.spec = weight_spec(opt.weights, n, *w);
+    quant::RangeEstimator we(wp.spec, opt.weights.estimator);
+    we.observe(*w);
+    wp.params = we.params();
+    wp.q = quant::quantize(*w, wp.params);
+    wp.delta = quant::dequantize(wp.q, wp.params);
+    for (int64_t i = 0; i < w->numel(); ++i) wp.delta.data<float>()[i] -= w->data<float>()[i];
+    plans.emplace(n.input(1), std::move(wp));
+  }
+
+  // Bias correction: E[op(x, W_q - W)] per output channel over the calibration set, with x the layer's
+  // float input; subtracting it from the bias removes the mean output shift weight rounding causes.
+  struct Correction {
+    std::vector<double> sum;
+    int64_t count = 0;  // outputs per channel accumulated
+  };
+  std::map<size_t, Correction> corrections;  // by node index
+  std::map<std::string, std::vector<size_t>> corrected_by_input;
+  if (opt.bias_correction)
+    for (size_t ni : weight_nodes) {
+      const Node& n = g.nodes[ni];
+      if (opt.float_nodes.count(n.name) || n.op_type == "MatMul") continue;
+      if (n.op_type == "Gemm" && (n.attr_float("beta", 1.0f) != 1.0f || n.attr_int("transA", 0) != 0)) continue;
+      if (!n.input(2).empty()) {
+        const Tensor* b = g.initializer(n.input(2));
+        if (!b || b->dtype() != DType::kFloat32 || b->rank() != 1) continue;
+      }
+      corrections[ni] = Correction{};
+      corrected_by_input[n.input(0)].push_back(ni);
+    }
+
+  // ---- 3. Calibrate: run the float model, feed each (root) target's estimator and the corrections.
   const quant::QuantSpec aspec = activation_spec(opt.activations);
   std::map<std::string, quant::RangeEstimator> est;
   for (const auto& v : targets)
@@ -263,22 +342,41 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
   {
     const auto t0 = std::chrono::steady_clock::now();
     runtime::Executor exec(m);
+    const auto& registry = runtime::OpRegistry::global();
     Progress progress("calibrating", calib.size());
     const std::string in_name = g.inputs[0].name;
     for (int64_t b = 0; b < calib.size(); b += opt.batch) {
       const int64_t n = std::min(opt.batch, calib.size() - b);
       Tensor x = calib.batch(b, n);
       auto observe = [&](const std::string& name, const Tensor& t) {
-        auto it = est.find(name);
-        if (it == est.end()) return;
-        PERCH_CHECK(t.dtype() == DType::kFloat32, m.source, ": activation '", name, "' is ", dtype_name(t.dtype()),
-                    ", not float32; it cannot be quantized");
-        try {
-          it->second.observe(t);
-        } catch (const Error& e) {
-          PERCH_FAIL(m.source, ": calibrating activation '", name, "' on ", calib.name, " images ", b, "..", b + n - 1,
-                     ": ", e.what());
+        if (auto it = est.find(name); it != est.end()) {
+          PERCH_CHECK(t.dtype() == DType::kFloat32, m.source, ": activation '", name, "' is ", dtype_name(t.dtype()),
+                      ", not float32; it cannot be quantized");
+          try {
+            it->second.observe(t);
+          } catch (const Error& e) {
+            PERCH_FAIL(m.source, ": calibrating activation '", name, "' on ", calib.name, " images ", b, "..",
+                       b + n - 1, ": ", e.what());
+          }
         }
+        if (auto it = corrected_by_input.find(name); it != corrected_by_input.end())
+          for (size_t ni : it->second) {
+            Node probe = g.nodes[ni];  // the same op without its bias, applied to the weight error
+            probe.inputs.resize(2);
+            const WeightPlan& wp = plans.at(probe.inputs[1]);
+            const Tensor dy = (*registry.find(probe.op_type, probe.domain, m.opset()))(probe, {&t, &wp.delta}, m.opset())[0];
+            Correction& c = corrections[ni];
+            const int64_t channels = dy.dim(1), inner = dy.numel() / (dy.dim(0) * channels);
+            if (c.sum.empty()) c.sum.assign(static_cast<size_t>(channels), 0.0);
+            const float* d = dy.data<float>();
+            for (int64_t i = 0; i < dy.dim(0); ++i)
+              for (int64_t ch = 0; ch < channels; ++ch) {
+                double acc = 0;
+                for (int64_t k = 0; k < inner; ++k) acc += d[(i * channels + ch) * inner + k];
+                c.sum[ch] += acc;
+              }
+            c.count += dy.dim(0) * inner;
+          }
       };
       observe(in_name, x);
       exec.run({{in_name, x}}, observe);
@@ -297,75 +395,71 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     aparams[v] = it->second.params();
   }
 
-  // ---- 3. Weights (and biases) of Conv/Gemm/MatMul.
+  // ---- 4. Write weights and biases.
   const DType act_type = aspec.storage_type();
-  std::map<std::string, std::pair<std::string, quant::QuantParams>> done_weights;  // weight -> (dq output, params)
   bool need_13 = false, need_21 = false;
-  const size_t original_nodes = g.nodes.size();
-  for (size_t ni = 0; ni < original_nodes; ++ni) {
-    Node n = g.nodes[ni];  // copy: add_dequantize appends to g.nodes
-    if (!is_weight_op(n.op_type)) continue;
+  for (size_t ni : weight_nodes) {
+    const Node n = g.nodes[ni];  // copy: add_dequantize appends to g.nodes
     const std::string wname = n.input(1);
-    const Tensor* w = g.initializer(wname);
+    const Tensor& w = *g.initializer(wname);
     LayerReport rep;
     rep.node = n.name;
     rep.op_type = n.op_type;
     rep.weight = wname;
-    if (!w || w->dtype() != DType::kFloat32) continue;  // activation x activation MatMul: handled as activations
-    rep.weight_shape = w->shape();
-    rep.axis = weight_channel_axis(n, w->rank());
-    rep.spread = channel_spread(*w, rep.axis);
+    rep.weight_shape = w.shape();
+    rep.axis = weight_channel_axis(n, w.rank());
+    rep.spread = channel_spread(w, rep.axis);
     if (opt.float_nodes.count(n.name)) {
       rep.granularity = "float";
       res.layers.push_back(rep);
       continue;
     }
-    quant::QuantSpec ws;
-    ws.bits = opt.weights.bits;
-    ws.is_signed = true;
-    ws.symmetric = true;
-    ws.narrow_range = true;
-    ws.granularity = opt.weights.granularity;
-    if (ws.granularity == quant::Granularity::kPerChannel) ws.axis = rep.axis;
-    if (ws.granularity == quant::Granularity::kPerGroup) {
-      ws.axis = weight_group_axis(n, w->rank());
-      ws.group_size = opt.weights.group_size;
-    }
-    ws.validate();
-    auto it = done_weights.find(wname);
-    if (it == done_weights.end()) {
-      quant::RangeEstimator we(ws, opt.weights.estimator);
-      we.observe(*w);
-      const quant::QuantParams wp = we.params();
-      Tensor q = quant::quantize(*w, wp);
+    WeightPlan& wp = plans.at(wname);
+    if (wp.dq.empty()) {
       const std::string qname = g.unique_name(wname + "_quantized");
-      g.initializers[qname] = q;
-      const std::string dq = add_dequantize(g, wname, qname, wp, DType::kInt8);
-      it = done_weights.emplace(wname, std::make_pair(dq, wp)).first;
+      g.initializers[qname] = wp.q;
+      wp.dq = add_dequantize(g, wname, qname, wp.params, DType::kInt8);
     }
-    const quant::QuantParams& wp = it->second.second;
-    rep.axis = wp.axis;
-    rep.granularity = ws.granularity == quant::Granularity::kPerChannel ? "per-channel"
-                      : ws.granularity == quant::Granularity::kPerGroup ? "per-group:" + std::to_string(ws.group_size)
-                                                                        : "per-tensor";
-    rep.bits = ws.bits;
-    rep.weight_sqnr_db = sqnr_db(*w, quant::fake_quant(*w, wp));
-    need_13 |= ws.granularity != quant::Granularity::kPerTensor;
-    need_21 |= ws.granularity == quant::Granularity::kPerGroup;
-    g.nodes[ni].inputs[1] = it->second.first;
+    rep.axis = wp.params.axis;
+    rep.granularity = granularity_label(wp.spec);
+    rep.bits = wp.spec.bits;
+    {
+      Tensor fq = w.clone();
+      for (int64_t i = 0; i < fq.numel(); ++i) fq.data<float>()[i] += wp.delta.data<float>()[i];
+      rep.weight_sqnr_db = sqnr_db(w, fq);
+    }
+    need_13 |= wp.spec.granularity != quant::Granularity::kPerTensor;
+    need_21 |= wp.spec.granularity == quant::Granularity::kPerGroup;
+    g.nodes[ni].inputs[1] = wp.dq;
 
-    // Bias: int32 with scale s_in * s_w[c], zero point 0. Needs the input's activation scale and one
-    // weight scale per output channel (per-group weights keep a float bias).
-    const std::string bname = n.input(2);
+    // The float bias, bias-corrected.
+    std::string bname = n.input(2);
     const Tensor* bias = bname.empty() ? nullptr : g.initializer(bname);
+    if (auto c = corrections.find(ni); c != corrections.end() && c->second.count > 0) {
+      const int64_t channels = static_cast<int64_t>(c->second.sum.size());
+      Tensor nb(DType::kFloat32, {channels});
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const double shift = c->second.sum[ch] / static_cast<double>(c->second.count);
+        rep.bias_correction_max = std::max(rep.bias_correction_max, std::fabs(shift));
+        nb.data<float>()[ch] = static_cast<float>((bias ? bias->data<float>()[ch] : 0.0) - shift);
+      }
+      bname = g.unique_name((bname.empty() ? n.name + "_bias" : bname) + "_corrected");
+      g.initializers[bname] = nb;
+      g.nodes[ni].inputs.resize(3);
+      g.nodes[ni].inputs[2] = bname;
+      bias = g.initializer(bname);
+    }
+
+    // Bias as int32, scale s_in * s_w[c], zero point 0. Needs the input's activation scale and one weight
+    // scale per output channel (per-group weights keep a float bias).
     const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
     auto ain = aparams.find(n.input(0));
     if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && ain != aparams.end() &&
-        ws.granularity != quant::Granularity::kPerGroup) {
+        wp.spec.granularity != quant::Granularity::kPerGroup) {
       const int64_t channels = bias->numel();
-      const bool per_channel = wp.count() > 1;
-      PERCH_CHECK(!per_channel || wp.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,
-                  " values for ", wp.count(), " weight channels");
+      const bool per_channel = wp.params.count() > 1;
+      PERCH_CHECK(!per_channel || wp.params.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,
+                  " values for ", wp.params.count(), " weight channels");
       const float s_in = ain->second.scale[0];
       quant::QuantParams bp;
       bp.spec.granularity = per_channel ? quant::Granularity::kPerChannel : quant::Granularity::kPerTensor;
@@ -374,12 +468,12 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
       bp.param_shape = per_channel ? Shape{channels} : Shape{};
       Tensor bq(DType::kInt32, bias->shape());
       for (int64_t c = 0; c < (per_channel ? channels : 1); ++c) {
-        bp.scale.push_back(s_in * wp.scale[c]);  // float product, as ONNX Runtime's quantizer computes it
+        bp.scale.push_back(s_in * wp.params.scale[c]);  // float product, as ONNX Runtime's quantizer computes it
         bp.zero_point.push_back(0);
       }
       for (int64_t c = 0; c < channels; ++c) {
-        const double s = bp.scale[per_channel ? c : 0];
-        double r = std::nearbyint(static_cast<double>(bias->data<float>()[c]) / s);
+        const double sc = bp.scale[per_channel ? c : 0];
+        double r = std::nearbyint(static_cast<double>(bias->data<float>()[c]) / sc);
         if (r > INT32_MAX || r < INT32_MIN) {
           ++rep.bias_clamped;
           r = std::clamp(r, static_cast<double>(INT32_MIN), static_cast<double>(INT32_MAX));
@@ -396,7 +490,7 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     res.layers.push_back(rep);
   }
 
-  // ---- 4. Activation Q/DQ pairs.
+  // ---- 5. Activation Q/DQ pairs.
   for (const auto& v : targets) {
     const quant::QuantParams& p = aparams[v];
     const std::string s = g.unique_name(v + "_scale"), z = g.unique_name(v + "_zero_point");
@@ -420,7 +514,7 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
   }
   res.activations_quantized = static_cast<int64_t>(targets.size());
 
-  // ---- 5. Opset and metadata.
+  // ---- 6. Opset and metadata.
   if (need_21) {
     raise_opset(m, 21);
     m.ir_version = std::max<int64_t>(m.ir_version, 10);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "perch/data/dataset.h"
+#include "perch/ptq/equalize.h"
 #include "perch/graph/ir.h"
 #include "perch/quant/estimators.h"
 #include "perch/quant/params.h"
@@ -46,6 +47,8 @@ struct PtqOptions {
   ActivationOptions activations;
   int64_t batch = 256;                  // calibration batch size
   bool quantize_outputs = false;        // also QDQ the graph outputs
+  bool equalize = true;                 // cross-layer equalization first (ptq/equalize.h)
+  bool bias_correction = true;          // subtract the mean output shift of weight rounding (empirical)
   std::set<std::string> float_nodes;    // node names whose weights (and inputs) stay float
 };
 
@@ -59,6 +62,7 @@ struct LayerReport {
   double spread = 0;           // max channel range / min channel range (output channels)
   double weight_sqnr_db = 0;   // 10 log10(|w|^2 / |w - fq(w)|^2)
   int64_t bias_clamped = 0;    // int32 bias values clamped
+  double bias_correction_max = 0;  // largest |mean output shift| removed from the bias
 };
 
 struct PtqResult {
@@ -69,6 +73,7 @@ struct PtqResult {
   double calibration_seconds = 0;
   double total_seconds = 0;
   std::string canonicalize_summary;
+  EqualizeReport equalization;
 };
 
 // Quantizes `model` (not modified). `calib` must hold inputs for the model's first graph input.
