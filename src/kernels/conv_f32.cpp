@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "f32_avx512.h"
 #include "perch/core/cpu.h"
+#include "perch/core/threads.h"
 #include "perch/kernels/gemm_f32.h"
 
 namespace perch::kernels {
@@ -35,7 +37,16 @@ void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, 
 
 namespace {
 
+// Output columns [lo, hi) whose input column ow*stride + off lies inside [0, in_w).
+void valid_range(int64_t off, int64_t stride, int64_t in_w, int64_t ow_n, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = in_w - 1 - off < 0 ? 0 : (in_w - 1 - off) / stride + 1;
+  hi = std::min(hi, ow_n);
+  lo = std::min(lo, hi);
+}
+
 // col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 outside) for the cg channels starting at x.
+// The valid column range of each (kh, kw) is computed once; stride-1 rows are plain copies.
 void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
   for (int64_t c = 0; c < cg; ++c)
@@ -43,6 +54,9 @@ void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
         float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * oh_n * ow_n;
         const float* xc = x + c * s.in_h * s.in_w;
+        const int64_t off = kw * s.dil_w - s.pad_left;
+        int64_t lo, hi;
+        valid_range(off, s.stride_w, s.in_w, ow_n, lo, hi);
         for (int64_t oh = 0; oh < oh_n; ++oh) {
           const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
           float* r = row + oh * ow_n;
@@ -50,50 +64,77 @@ void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
             std::fill(r, r + ow_n, 0.0f);
             continue;
           }
-          const float* xr = xc + ih * s.in_w;
-          for (int64_t ow = 0; ow < ow_n; ++ow) {
-            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
-            r[ow] = (iw >= 0 && iw < s.in_w) ? xr[iw] : 0.0f;
-          }
+          const float* xr = xc + ih * s.in_w + off;
+          std::fill(r, r + lo, 0.0f);
+          if (s.stride_w == 1) std::copy(xr + lo, xr + hi, r + lo);
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s.stride_w];
+          std::fill(r + hi, r + ow_n, 0.0f);
         }
       }
 }
 
-// Depthwise (group == C): each output channel m reads input channel m / (M/C). Direct loops with the
-// interior (no bounds checks) separated from the border.
+// Copies input plane xc (in_h x in_w) into the ph x pw plane xp at (pad_top, pad_left), zeros elsewhere.
+void pad_plane(const Conv2dShape& s, const float* xc, int64_t ph, int64_t pw, float* xp) {
+  float* row = xp;
+  for (int64_t r = 0; r < s.pad_top; ++r, row += pw) std::fill(row, row + pw, 0.0f);
+  for (int64_t ih = 0; ih < s.in_h; ++ih, row += pw) {
+    std::fill(row, row + s.pad_left, 0.0f);
+    std::copy(xc + ih * s.in_w, xc + (ih + 1) * s.in_w, row + s.pad_left);
+    std::fill(row + s.pad_left + s.in_w, row + pw, 0.0f);
+  }
+  for (int64_t r = s.pad_top + s.in_h; r < ph; ++r, row += pw) std::fill(row, row + pw, 0.0f);
+}
+
+// Portable twin of avx512::depthwise_plane (same formula and summation order; the compiler vectorizes the
+// stride-1 rows).
+void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, int64_t kh_n, int64_t kw_n, int64_t sh,
+                     int64_t sw, int64_t dh, int64_t dw, const float* w, float bias, float* y) {
+  for (int64_t oh = 0; oh < oh_n; ++oh) {
+    float* yr = y + oh * ow_n;
+    std::fill(yr, yr + ow_n, bias);
+    for (int64_t kh = 0; kh < kh_n; ++kh) {
+      const float* xr = xp + (oh * sh + kh * dh) * pw;
+      for (int64_t kw = 0; kw < kw_n; ++kw) {
+        const float wv = w[kh * kw_n + kw];
+        const float* p = xr + kw * dw;
+        if (sw == 1)
+          for (int64_t ow = 0; ow < ow_n; ++ow) yr[ow] += wv * p[ow];
+        else
+          for (int64_t ow = 0; ow < ow_n; ++ow) yr[ow] += wv * p[ow * sw];
+      }
+    }
+  }
+}
+
+// Depthwise (group == C): output channel m reads input channel m / (M/C). Each input plane is copied
+// once into a zero-padded scratch plane (so the inner loops have no bounds checks), then every output
+// channel it feeds is computed from it. Planes are spread over the thread pool.
 void depthwise(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
   const int64_t mult = s.out_channels / s.in_channels;
-  for (int64_t n = 0; n < s.batch; ++n)
-    for (int64_t m = 0; m < s.out_channels; ++m) {
-      const float* xc = x + (n * s.in_channels + m / mult) * s.in_h * s.in_w;
-      const float* wm = w + m * s.kernel_h * s.kernel_w;
-      float* yc = y + (n * s.out_channels + m) * oh_n * ow_n;
-      const float b = bias ? bias[m] : 0.0f;
-      for (int64_t oh = 0; oh < oh_n; ++oh) {
-        float* yr = yc + oh * ow_n;
-        std::fill(yr, yr + ow_n, b);
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
-          if (ih < 0 || ih >= s.in_h) continue;
-          const float* xr = xc + ih * s.in_w;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const float wv = wm[kh * s.kernel_w + kw];
-            const int64_t off = kw * s.dil_w - s.pad_left;
-            // ow range with 0 <= ow*stride + off < in_w
-            int64_t lo = off >= 0 ? 0 : (-off + s.stride_w - 1) / s.stride_w;
-            int64_t hi = (s.in_w - 1 - off) < 0 ? -1 : (s.in_w - 1 - off) / s.stride_w;
-            hi = std::min(hi, ow_n - 1);
-            if (s.stride_w == 1) {
-              const float* xp = xr + off;
-              for (int64_t ow = lo; ow <= hi; ++ow) yr[ow] += wv * xp[ow];
-            } else {
-              for (int64_t ow = lo; ow <= hi; ++ow) yr[ow] += wv * xr[ow * s.stride_w + off];
-            }
-          }
-        }
+  // The padded extent, grown to every row/column the windows touch: Conv2dShape::out_h() rounds a
+  // negative span toward zero, so a window may reach past the padding (those taps read zeros).
+  const int64_t ph = std::max(s.in_h + s.pad_top + s.pad_bottom, (oh_n - 1) * s.stride_h + (s.kernel_h - 1) * s.dil_h + 1);
+  const int64_t pw = std::max(s.in_w + s.pad_left + s.pad_right, (ow_n - 1) * s.stride_w + (s.kernel_w - 1) * s.dil_w + 1);
+  const bool avx512 = has_path(active_paths(), Path::kAvx512Vnni) && avx512::compiled();
+  auto plane_fn = avx512 ? avx512::depthwise_plane : depthwise_plane;
+  const int64_t planes = s.batch * s.in_channels;
+  const int64_t work = std::max<int64_t>(1, mult * oh_n * ow_n * s.kernel_h * s.kernel_w);
+  parallel_for(0, planes, [&](int64_t lo, int64_t hi) {
+    thread_local std::vector<float> xp;
+    const size_t need = static_cast<size_t>(ph * pw + 32);  // +32: vector reads past the last row
+    if (xp.size() < need) xp.assign(need, 0.0f);
+    for (int64_t nc = lo; nc < hi; ++nc) {
+      const int64_t n = nc / s.in_channels, c = nc % s.in_channels;
+      pad_plane(s, x + nc * s.in_h * s.in_w, ph, pw, xp.data());
+      for (int64_t j = 0; j < mult; ++j) {
+        const int64_t m = c * mult + j;
+        plane_fn(xp.data(), pw, oh_n, ow_n, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dil_h, s.dil_w,
+                 w + m * s.kernel_h * s.kernel_w, bias ? bias[m] : 0.0f, y + (n * s.out_channels + m) * oh_n * ow_n);
       }
     }
+  }, std::max<int64_t>(1, 32768 / work));
 }
 
 }  // namespace
@@ -106,24 +147,39 @@ void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const floa
   const int64_t kdim = cg * s.kernel_h * s.kernel_w;
   const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
                       s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0;
-  // im2col scratch, reused across calls on this thread (no allocation/page faults per image).
-  thread_local std::vector<float> col;
-  if (!direct && col.size() < static_cast<size_t>(kdim * hw)) col.resize(static_cast<size_t>(kdim * hw));
-  for (int64_t n = 0; n < s.batch; ++n)
-    for (int64_t g = 0; g < s.group; ++g) {
+  // Units of work: (image, group, block of output channels). Output channels are split only when there
+  // are fewer (image, group) pairs than threads (small batches), in blocks of 8 (the GEMM tile height).
+  const int64_t pairs = s.batch * s.group;
+  const int64_t threads = num_threads();
+  int64_t mblocks = pairs >= threads ? 1 : std::min((threads + pairs - 1) / pairs, (mg + 7) / 8);
+  // Splitting tiny convs costs more than it saves.
+  if (mg * kdim * hw < 200000) mblocks = 1;
+  const int64_t mb = ((mg + mblocks - 1) / mblocks + 7) / 8 * 8;
+  mblocks = (mg + mb - 1) / mb;
+  const int64_t flops = std::max<int64_t>(1, mb * kdim * hw);
+  parallel_for(0, pairs * mblocks, [&](int64_t lo, int64_t hi) {
+    // im2col scratch, reused across calls on this thread (no allocation/page faults per image).
+    thread_local std::vector<float> col;
+    if (!direct && col.size() < static_cast<size_t>(kdim * hw)) col.resize(static_cast<size_t>(kdim * hw));
+    int64_t last_pair = -1;
+    for (int64_t u = lo; u < hi; ++u) {
+      const int64_t pair = u / mblocks, m0 = (u % mblocks) * mb, m1 = std::min(mg, m0 + mb);
+      const int64_t n = pair / s.group, g = pair % s.group;
       const float* xg = x + (n * s.in_channels + g * cg) * s.in_h * s.in_w;
       float* yg = y + (n * s.out_channels + g * mg) * hw;
       const float* b_mat = xg;
       if (!direct) {
-        im2col(s, cg, xg, col.data());
+        if (pair != last_pair) im2col(s, cg, xg, col.data());
         b_mat = col.data();
       }
-      for (int64_t m = 0; m < mg; ++m) std::fill(yg + m * hw, yg + (m + 1) * hw, bias ? bias[g * mg + m] : 0.0f);
+      last_pair = pair;
+      for (int64_t m = m0; m < m1; ++m) std::fill(yg + m * hw, yg + (m + 1) * hw, bias ? bias[g * mg + m] : 0.0f);
       GemmF32Args a;
-      a.m = mg, a.n = hw, a.k = kdim, a.alpha = 1.0f, a.beta = 1.0f;
-      a.a = w + g * mg * kdim, a.lda = kdim, a.b = b_mat, a.ldb = hw, a.c = yg, a.ldc = hw;
+      a.m = m1 - m0, a.n = hw, a.k = kdim, a.alpha = 1.0f, a.beta = 1.0f;
+      a.a = w + (g * mg + m0) * kdim, a.lda = kdim, a.b = b_mat, a.ldb = hw, a.c = yg + m0 * hw, a.ldc = hw;
       gemm_f32(a);
     }
+  }, std::max<int64_t>(1, 65536 / flops));
 }
 
 }  // namespace perch::kernels

@@ -2,9 +2,22 @@
 
 #include <cblas.h>
 
+#include "f32_avx512.h"
 #include "perch/core/cpu.h"
 
+// OpenBLAS's own threads spin in sched_yield and cost more than they give on the small matrices of
+// perch's models; perch parallelizes above BLAS (perch/core/threads.h), so BLAS runs single-threaded.
+// Weak: other BLAS implementations do not have this function.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
 namespace perch::kernels {
+
+namespace {
+const bool g_blas_single_threaded = [] {
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
+  return true;
+}();
+}  // namespace
 
 void gemm_f32_reference(const GemmF32Args& g) {
   for (int64_t i = 0; i < g.m; ++i)
@@ -22,7 +35,12 @@ void gemm_f32_reference(const GemmF32Args& g) {
 
 void gemm_f32(const GemmF32Args& g) {
   if (g.m == 0 || g.n == 0) return;
-  if (!has_path(active_paths(), Path::kOptimized)) return gemm_f32_reference(g);
+  const uint32_t paths = active_paths();
+  if (!has_path(paths, Path::kOptimized)) return gemm_f32_reference(g);
+  (void)g_blas_single_threaded;
+  // Small-K, untransposed products (convolutions) go to the AVX-512 tiles: no packing, no call overhead.
+  if (!g.trans_a && !g.trans_b && g.k <= 1024 && has_path(paths, Path::kAvx512Vnni) && avx512::compiled())
+    return avx512::gemm_nn(g);
   cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), g.alpha, g.a,
               static_cast<int>(g.lda), g.b, static_cast<int>(g.ldb), g.beta, g.c, static_cast<int>(g.ldc));

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "perch/core/threads.h"
+
 namespace perch::kernels {
 
 namespace {
@@ -20,24 +22,47 @@ int64_t Pool2dShape::out_w() const { return pooled(in_w, kernel_w, stride_w, pad
 
 void maxpool2d_f32(const Pool2dShape& s, const float* x, float* y) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
-  for (int64_t nc = 0; nc < s.batch * s.channels; ++nc) {
-    const float* xc = x + nc * s.in_h * s.in_w;
-    float* yc = y + nc * oh_n * ow_n;
-    for (int64_t oh = 0; oh < oh_n; ++oh)
-      for (int64_t ow = 0; ow < ow_n; ++ow) {
-        float best = -std::numeric_limits<float>::infinity();
+  // Output columns [lo, hi) whose whole window lies inside the input columns: no bounds checks there.
+  int64_t lo = 0;
+  while (lo < ow_n && lo * s.stride_w - s.pad_left < 0) ++lo;
+  int64_t hi = ow_n;
+  while (hi > lo && (hi - 1) * s.stride_w - s.pad_left + (s.kernel_w - 1) * s.dil_w >= s.in_w) --hi;
+  parallel_for(0, s.batch * s.channels, [&](int64_t nc0, int64_t nc1) {
+    for (int64_t nc = nc0; nc < nc1; ++nc) {
+      const float* xc = x + nc * s.in_h * s.in_w;
+      float* yc = y + nc * oh_n * ow_n;
+      for (int64_t oh = 0; oh < oh_n; ++oh) {
+        float* yr = yc + oh * ow_n;
+        auto edge = [&](int64_t ow) {
+          float best = -std::numeric_limits<float>::infinity();
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+            if (ih < 0 || ih >= s.in_h) continue;
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+              if (iw < 0 || iw >= s.in_w) continue;
+              best = std::max(best, xc[ih * s.in_w + iw]);
+            }
+          }
+          yr[ow] = best;
+        };
+        for (int64_t ow = 0; ow < lo; ++ow) edge(ow);
+        for (int64_t ow = hi; ow < ow_n; ++ow) edge(ow);
+        if (lo >= hi) continue;
+        // Interior: same comparisons in the same order as edge(), rows outside the input skipped.
+        std::fill(yr + lo, yr + hi, -std::numeric_limits<float>::infinity());
         for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
           const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
           if (ih < 0 || ih >= s.in_h) continue;
+          const float* xr = xc + ih * s.in_w - s.pad_left;
           for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
-            if (iw < 0 || iw >= s.in_w) continue;
-            best = std::max(best, xc[ih * s.in_w + iw]);
+            const float* p = xr + kw * s.dil_w;
+            for (int64_t ow = lo; ow < hi; ++ow) yr[ow] = std::max(yr[ow], p[ow * s.stride_w]);
           }
         }
-        yc[oh * ow_n + ow] = best;
       }
-  }
+    }
+  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, oh_n * ow_n * s.kernel_h * s.kernel_w)));
 }
 
 void avgpool2d_f32(const Pool2dShape& s, const float* x, float* y) {

@@ -70,7 +70,9 @@ std::vector<Tensor> clip(const Node& n, const Args& a, int64_t opset) {
   }
   const Tensor x = x0.to_f32();
   Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) y.data<float>()[i] = std::min(std::max(x.data<float>()[i], lo), hi);
+  const float* xd = x.data<float>();  // hoisted: data<T>() checks the dtype on every call
+  float* yd = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) yd[i] = std::min(std::max(xd[i], lo), hi);
   return {y};
 }
 

@@ -24,8 +24,10 @@ struct Conv2dShape {
 
 // Plain loops, double accumulation order as written; the twin every optimized path is tested against.
 void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
-// im2col + BLAS sgemm per group (1x1 stride-1 convs skip im2col); depthwise convs use a direct
-// row-blocked loop. Picks the reference twin when PERCH_PATHS=reference.
+// im2col + GEMM per (image, group) (1x1 stride-1 convs skip im2col); the GEMM is AVX-512 tiles when
+// that path is active, else BLAS sgemm. Depthwise convs run per zero-padded input plane (AVX-512 or
+// portable loops). Work is spread over perch's thread pool (perch/core/threads.h) by image, group and,
+// for small batches, blocks of output channels. Picks the reference twin when PERCH_PATHS=reference.
 void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
 
 }  // namespace perch::kernels
