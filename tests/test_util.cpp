@@ -1,6 +1,9 @@
 #include "test_util.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <map>
+#include <random>
 
 namespace perch::test {
 
@@ -24,5 +27,54 @@ std::filesystem::path shared_model(const std::string& name) {
 }
 
 std::filesystem::path onnx_node_test_dir() { return "/usr/share/libonnx-testdata/data/node"; }
+
+graph::Model tiny_cnn(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto tensor = [&](Shape s, float scale, bool spread) {
+    Tensor t(DType::kFloat32, s);
+    const int64_t per = t.numel() / s[0];
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const float ch = spread ? std::pow(100.0f, static_cast<float>(i / per) / static_cast<float>(s[0] - 1)) / 100.0f : 1.0f;
+      t.data<float>()[i] = nd(rng) * scale * ch;
+    }
+    return t;
+  };
+  graph::Model m;
+  m.opsets = {{"", 13}};
+  m.ir_version = 7;
+  auto& g = m.graph;
+  g.name = "tiny";
+  g.inputs.push_back({"x", DType::kFloat32, {-1, 1, 8, 8}, {"N", "", "", ""}, true});
+  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
+  g.initializers["w1"] = tensor({8, 1, 3, 3}, 0.5f, true);
+  g.initializers["b1"] = tensor({8}, 0.1f, false);
+  g.initializers["w2"] = tensor({8, 1, 3, 3}, 0.5f, false);
+  g.initializers["b2"] = tensor({8}, 0.1f, false);
+  g.initializers["w3"] = tensor({3, 8}, 1.0f, false);
+  g.initializers["b3"] = tensor({3}, 0.1f, false);
+  g.initializers["lo"] = Tensor::scalar_f32(0.0f);
+  g.initializers["hi"] = Tensor::scalar_f32(6.0f);
+  auto node = [&](std::string op, std::vector<std::string> in, std::vector<std::string> out,
+                  std::map<std::string, graph::AttrValue> attrs = {}) {
+    graph::Node n;
+    n.op_type = op;
+    n.name = op + "_" + out[0];
+    n.inputs = std::move(in);
+    n.outputs = std::move(out);
+    n.attrs = std::move(attrs);
+    g.nodes.push_back(n);
+  };
+  node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
+  node("Relu", {"c1"}, {"r1"});
+  node("MaxPool", {"r1"}, {"p1"}, {{"kernel_shape", std::vector<int64_t>{2, 2}}, {"strides", std::vector<int64_t>{2, 2}}});
+  node("Conv", {"p1", "w2", "b2"}, {"c2"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}, {"group", int64_t{8}}});
+  node("Clip", {"c2", "lo", "hi"}, {"r2"});
+  node("Add", {"r2", "p1"}, {"a"});
+  node("GlobalAveragePool", {"a"}, {"gp"});
+  node("Flatten", {"gp"}, {"f"});
+  node("Gemm", {"f", "w3", "b3"}, {"y"}, {{"transB", int64_t{1}}});
+  return m;
+}
 
 }  // namespace perch::test

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <string>
 
+#include "perch/graph/ir.h"
+
 namespace perch::test {
 
 // ../shared next to the source tree, or $PERCH_SHARED_DIR; empty path if neither exists.
@@ -17,6 +19,11 @@ std::filesystem::path shared_model(const std::string& name);
 std::filesystem::path onnx_node_test_dir();
 std::filesystem::path source_dir();
 std::filesystem::path binary_dir();
+
+// A small CNN with the patterns perch must handle: Conv+Relu, MaxPool, depthwise Conv+Clip (ReLU6),
+// residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
+// The first Conv's output channels get weight ranges spread x0.01 .. x1 (where per-tensor fails).
+graph::Model tiny_cnn(uint32_t seed);
 
 }  // namespace perch::test
 

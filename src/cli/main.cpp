@@ -121,27 +121,32 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
     std::vector<Row> rows;
     graph::Model fp = model;
     graph::canonicalize(fp);
-    auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 500, "eval fp32");
+    auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 64, "eval fp32");
     rows.push_back({"fp32", fp32.accuracy(), false});
     const std::string bits = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ";
-    auto label = [&](const std::string& g, bool eq) { return bits + g + (eq ? " +CLE" : ""); };
+    auto label = [&](const std::string& g, bool eq, bool bc) {
+      return bits + g + (eq ? " +CLE" : "") + (bc ? " +BC" : "");
+    };
     if (compare) {
-      // The textbook comparison first (no equalization): what per-tensor weights cost and per-channel
-      // recovers; then both with cross-layer equalization. The written model is the last row.
-      for (bool eq : {false, true})
+      // The textbook comparison first (plain min/max PTQ: no equalization, no bias correction): what
+      // per-tensor weights cost and per-channel recovers; then both with perch's full pipeline. The
+      // written model is the last row.
+      for (bool tuned : {false, true})
         for (const std::string g : {"per-tensor", "per-channel"}) {
-          if (g == weights && eq == opt.equalize) continue;
+          if (g == weights && tuned == opt.equalize && tuned == opt.bias_correction) continue;
           ptq::PtqOptions o2 = opt;
           parse_granularity(g, o2.weights);
-          o2.equalize = eq;
+          o2.equalize = o2.bias_correction = tuned;
           auto r2 = ptq::quantize_model(model, calib, o2);
-          auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 500, "eval " + label(g, eq));
-          rows.push_back({label(g, eq), e2.accuracy(), false});
+          const std::string name = label(g, tuned, tuned);
+          auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 64, "eval " + name);
+          rows.push_back({name, e2.accuracy(), false});
         }
     }
-    auto q = ptq::evaluate(runtime::Executor(res.model), test, 500, "eval " + label(weights, opt.equalize));
-    rows.push_back({label(weights, opt.equalize), q.accuracy(), true});
-    j["quantized_label"] = label(weights, opt.equalize);
+    const std::string name = label(weights, opt.equalize, opt.bias_correction);
+    auto q = ptq::evaluate(runtime::Executor(res.model), test, 64, "eval " + name);
+    rows.push_back({name, q.accuracy(), true});
+    j["quantized_label"] = name;
     j["quantized_accuracy"] = q.accuracy();
     json acc = json::object();
     for (const auto& r : rows) acc[r.name] = r.acc;
@@ -280,7 +285,7 @@ int main(int argc, char** argv) {
   // eval
   auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
   std::string data_spec = "fashion-mnist:test";
-  int64_t batch = 500;
+  int64_t batch = 64;
   e->add_option("model", model_path, "ONNX model")->required();
   e->add_option("--data", data_spec, "data spec")->capture_default_str();
   e->add_option("--batch", batch, "batch size")->capture_default_str();

@@ -63,7 +63,7 @@ namespace {
 // its memory in anew. Raising the mmap threshold keeps freed blocks in the heap for reuse (measured:
 // page faults were half of the float executor's time before this).
 const bool g_malloc_tuned = [] {
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc ignores values above its 32 MiB maximum
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   return true;
 }();

@@ -60,58 +60,6 @@ fs::path scratch(const std::string& name) {
   return d;
 }
 
-// A small CNN with the patterns perch must handle: Conv+Relu, MaxPool, depthwise Conv+Clip (ReLU6),
-// residual Add, GlobalAveragePool, Flatten, Gemm(transB=1). Output channels get very different weight
-// ranges (x1 .. x100), the situation where per-tensor weights fail.
-graph::Model tiny_model(uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto tensor = [&](Shape s, float scale, bool spread) {
-    Tensor t(DType::kFloat32, s);
-    const int64_t per = t.numel() / s[0];
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      const float ch = spread ? std::pow(100.0f, static_cast<float>(i / per) / static_cast<float>(s[0] - 1)) / 100.0f : 1.0f;
-      t.data<float>()[i] = nd(rng) * scale * ch;
-    }
-    return t;
-  };
-  graph::Model m;
-  m.opsets = {{"", 13}};
-  m.ir_version = 7;
-  auto& g = m.graph;
-  g.name = "tiny";
-  g.inputs.push_back({"x", DType::kFloat32, {-1, 1, 8, 8}, {"N", "", "", ""}, true});
-  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
-  g.initializers["w1"] = tensor({8, 1, 3, 3}, 0.5f, true);
-  g.initializers["b1"] = tensor({8}, 0.1f, false);
-  g.initializers["w2"] = tensor({8, 1, 3, 3}, 0.5f, false);
-  g.initializers["b2"] = tensor({8}, 0.1f, false);
-  g.initializers["w3"] = tensor({3, 8}, 1.0f, false);
-  g.initializers["b3"] = tensor({3}, 0.1f, false);
-  g.initializers["lo"] = Tensor::scalar_f32(0.0f);
-  g.initializers["hi"] = Tensor::scalar_f32(6.0f);
-  auto node = [&](std::string op, std::vector<std::string> in, std::vector<std::string> out,
-                  std::map<std::string, graph::AttrValue> attrs = {}) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out[0];
-    n.inputs = std::move(in);
-    n.outputs = std::move(out);
-    n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
-  node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
-  node("Relu", {"c1"}, {"r1"});
-  node("MaxPool", {"r1"}, {"p1"}, {{"kernel_shape", std::vector<int64_t>{2, 2}}, {"strides", std::vector<int64_t>{2, 2}}});
-  node("Conv", {"p1", "w2", "b2"}, {"c2"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}, {"group", int64_t{8}}});
-  node("Clip", {"c2", "lo", "hi"}, {"r2"});
-  node("Add", {"r2", "p1"}, {"a"});
-  node("GlobalAveragePool", {"a"}, {"gp"});
-  node("Flatten", {"gp"}, {"f"});
-  node("Gemm", {"f", "w3", "b3"}, {"y"}, {{"transB", int64_t{1}}});
-  return m;
-}
-
 // Writes inputs x.npy ([n,1,8,8] float) and labels.npy (the fp32 model's own argmax) into `dir`.
 void write_tiny_data(const graph::Model& m, const fs::path& dir, int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -161,7 +109,7 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   for (char& c : tag)
     if (c == ':') c = '_';
   const fs::path d = scratch("tiny_" + tag);
-  const graph::Model m = tiny_model(7);
+  const graph::Model m = test::tiny_cnn(7);
   graph::save_model(m, d / "tiny.onnx");
   write_tiny_data(m, d, 256, 11);
   const std::string data = "npy:" + (d / "x.npy").string() + "," + (d / "labels.npy").string();
@@ -225,13 +173,13 @@ TEST_P(SharedModelPtq, PerChannelW8A8BeatsPyTorchAndMatchesOrt) {
   ASSERT_EQ(r.code, 0) << r.err;
   const json j = json::parse(r.out);
   const double fp32 = j["accuracy"]["fp32"], pc = j["quantized_accuracy"];
-  EXPECT_EQ(j["quantized_label"], "W8A8 per-channel +CLE");
+  EXPECT_EQ(j["quantized_label"], "W8A8 per-channel +CLE +BC");
   EXPECT_NEAR(fp32, sc.fp32, 5e-5);
   EXPECT_GE(pc, sc.pytorch_per_channel) << "perch per-channel W8A8 below PyTorch FX PTQ";
   // Within 0.2 pt of fp32 — on the hard model too, thanks to cross-layer equalization.
   EXPECT_GE(pc, fp32 - 0.002) << "more than 0.2 pt below fp32";
   if (sc.hard) {
-    // Without equalization the textbook picture: per-tensor weights lose visibly, per-channel recovers.
+    // Plain min/max PTQ (no equalization, no bias correction) shows the textbook picture: per-tensor weights lose visibly, per-channel recovers.
     const double pt = j["accuracy"]["W8A8 per-tensor"], pc_plain = j["accuracy"]["W8A8 per-channel"];
     EXPECT_GE(pc_plain - pt, 0.05) << "per-tensor should be visibly worse on the hard model";
     EXPECT_GE(pc_plain, sc.pytorch_per_channel);
@@ -255,7 +203,7 @@ INSTANTIATE_TEST_SUITE_P(Anchors, SharedModelPtq,
 
 TEST(Cli, EvalJsonHasAccuracyAndCount) {
   const fs::path d = scratch("eval_json");
-  const graph::Model m = tiny_model(3);
+  const graph::Model m = test::tiny_cnn(3);
   graph::save_model(m, d / "tiny.onnx");
   write_tiny_data(m, d, 64, 5);
   auto r = run_cmd(perch_bin() + " eval " + q(d / "tiny.onnx") + " --data " +
@@ -280,7 +228,7 @@ TEST(Cli, ErrorsNameWhatIsWrong) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("garbage.onnx"), std::string::npos) << r.err;
 
-  graph::save_model(tiny_model(1), d / "tiny.onnx");
+  graph::save_model(test::tiny_cnn(1), d / "tiny.onnx");
   r = run_cmd(perch_bin() + " quantize " + q(d / "tiny.onnx") + " --weights per-row");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("per-row"), std::string::npos) << r.err;
@@ -292,7 +240,7 @@ TEST(Cli, ErrorsNameWhatIsWrong) {
 
 TEST(Cli, InspectReportsChannelSpread) {
   const fs::path d = scratch("inspect");
-  graph::save_model(tiny_model(1), d / "tiny.onnx");
+  graph::save_model(test::tiny_cnn(1), d / "tiny.onnx");
   auto r = run_cmd(perch_bin() + " inspect " + q(d / "tiny.onnx") + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const json j = json::parse(r.out);
@@ -306,8 +254,8 @@ TEST(Cli, InspectReportsChannelSpread) {
 
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {
   const fs::path d = scratch("atomic");
-  graph::save_model(tiny_model(2), d / "tiny.onnx");
-  write_tiny_data(tiny_model(2), d, 32, 1);
+  graph::save_model(test::tiny_cnn(2), d / "tiny.onnx");
+  write_tiny_data(test::tiny_cnn(2), d, 32, 1);
   {
     std::ofstream(d / "out.onnx") << "previous";
   }

@@ -32,7 +32,9 @@ TEST(Threads, GrainAndNesting) {
   set_num_threads(2);
   std::atomic<int64_t> total{0};
   parallel_for(0, 100, [&](int64_t lo, int64_t hi) {
-    if (hi != 100) EXPECT_GE(hi - lo, 30);  // only the last chunk may be short
+    if (hi != 100) {
+      EXPECT_GE(hi - lo, 30);  // only the last chunk may be short
+    }
     parallel_for(lo, hi, [&](int64_t a, int64_t b) { total += b - a; });  // runs inline
   }, 30);
   EXPECT_EQ(total.load(), 100);

@@ -18,7 +18,7 @@ struct EvalResult {
 
 // Runs `exec` over `data` in batches; the first output's argmax over its last axis is the prediction
 // (ties go to the lowest index, as numpy.argmax). Shows progress labelled `label` unless quiet.
-EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch = 500,
+EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch = 64,
                     const std::string& label = "evaluating");
 
 }  // namespace perch::ptq

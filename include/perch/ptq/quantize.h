@@ -45,7 +45,7 @@ struct ActivationOptions {
 struct PtqOptions {
   WeightOptions weights;
   ActivationOptions activations;
-  int64_t batch = 256;                  // calibration batch size
+  int64_t batch = 64;                   // calibration batch size (cache-sized activations)
   bool quantize_outputs = false;        // also QDQ the graph outputs
   bool equalize = true;                 // cross-layer equalization first (ptq/equalize.h)
   bool bias_correction = true;          // subtract the mean output shift of weight rounding (empirical)

@@ -1,0 +1,365 @@
+// PTQ: the QDQ model perch writes — axes, integer ranges, bias scales, opsets — checked on small
+// hand-built models against independent double-precision computations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/graph/passes.h"
+#include "perch/ptq/equalize.h"
+#include "perch/ptq/quantize.h"
+#include "perch/runtime/executor.h"
+#include "test_util.h"
+
+using namespace perch;
+using graph::Model;
+using graph::Node;
+
+namespace {
+
+Dataset random_data(const Shape& shape, uint32_t seed, float lo = -1.0f, float hi = 2.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  Dataset d;
+  d.images = Tensor(DType::kFloat32, shape);
+  for (auto& v : d.images.span<float>()) v = u(rng);
+  d.name = "random";
+  return d;
+}
+
+Tensor random_tensor(const Shape& s, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  Tensor t(DType::kFloat32, s);
+  for (auto& v : t.span<float>()) v = nd(rng);
+  return t;
+}
+
+// x [N,K] -> op -> y, one weight layer.
+Model single_layer(const std::string& op, const Shape& w_shape, std::map<std::string, graph::AttrValue> attrs,
+                   const Shape& x_shape, bool bias) {
+  Model m;
+  m.opsets = {{"", 13}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, x_shape, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  m.graph.initializers["w"] = random_tensor(w_shape, 1);
+  Node n;
+  n.op_type = op;
+  n.name = "layer";
+  n.inputs = {"x", "w"};
+  if (bias) {
+    const int64_t channels = op == "Conv" ? w_shape[0] : (std::get<int64_t>(attrs.count("transB") ? attrs["transB"] : graph::AttrValue(int64_t{0})) ? w_shape[0] : w_shape[1]);
+    m.graph.initializers["b"] = random_tensor({channels}, 2, 0.5f);
+    n.inputs.push_back("b");
+  }
+  n.outputs = {"y"};
+  n.attrs = std::move(attrs);
+  m.graph.nodes.push_back(n);
+  return m;
+}
+
+const Node* find_dq_reading(const Model& m, const std::string& prefix) {
+  for (const auto& n : m.graph.nodes)
+    if (n.op_type == "DequantizeLinear" && n.inputs[0].rfind(prefix, 0) == 0) return &n;
+  return nullptr;
+}
+
+ptq::PtqOptions plain_options() {
+  ptq::PtqOptions o;
+  o.equalize = false;
+  o.bias_correction = false;
+  return o;
+}
+
+struct AxisCase {
+  std::string op;
+  Shape w_shape;
+  std::map<std::string, graph::AttrValue> attrs;
+  Shape x_shape;
+  int64_t axis, channels;
+};
+
+class WeightAxis : public ::testing::TestWithParam<int> {};
+
+TEST(PtqWeights, PerChannelAxisIsTheOutputChannelOfEachOp) {
+  const std::vector<AxisCase> cases = {
+      {"Conv", {6, 3, 3, 3}, {}, {2, 3, 5, 5}, 0, 6},
+      {"Conv", {6, 1, 3, 3}, {{"group", int64_t{6}}}, {2, 6, 5, 5}, 0, 6},   // depthwise
+      {"Conv", {12, 1, 3, 3}, {{"group", int64_t{6}}}, {2, 6, 5, 5}, 0, 12}, // depthwise, multiplier 2
+      {"Conv", {6, 2, 1, 1}, {{"group", int64_t{3}}}, {2, 6, 5, 5}, 0, 6},   // grouped
+      {"Gemm", {4, 7}, {{"transB", int64_t{0}}}, {2, 4}, 1, 7},
+      {"Gemm", {7, 4}, {{"transB", int64_t{1}}}, {2, 4}, 0, 7},
+      {"MatMul", {4, 7}, {}, {2, 4}, 1, 7},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.op + " " + shape_str(c.w_shape));
+    const Model m = single_layer(c.op, c.w_shape, c.attrs, c.x_shape, c.op != "MatMul");
+    const auto res = ptq::quantize_model(m, random_data(c.x_shape, 3), plain_options());
+    const Node* dq = find_dq_reading(res.model, "w");
+    ASSERT_NE(dq, nullptr);
+    EXPECT_EQ(dq->attr_int("axis", -99), c.axis);
+    const Tensor& scale = *res.model.graph.initializer(dq->inputs[1]);
+    EXPECT_EQ(scale.numel(), c.channels);
+    const Tensor& q = *res.model.graph.initializer(dq->inputs[0]);
+    ASSERT_EQ(q.dtype(), DType::kInt8);
+    // Narrow range, and every channel reaches +-127 at its max |w| (symmetric min/max weights).
+    const Tensor& w = *m.graph.initializer("w");
+    std::vector<int> reach(static_cast<size_t>(c.channels), 0);
+    std::vector<double> wmax(static_cast<size_t>(c.channels), 0.0);
+    const int64_t inner = c.axis == 0 ? q.numel() / c.channels : 1;
+    for (int64_t i = 0; i < q.numel(); ++i) {
+      const int64_t ch = c.axis == 0 ? i / inner : i % c.channels;
+      const int v = q.data<int8_t>()[i];
+      EXPECT_GE(v, -127);
+      reach[ch] = std::max(reach[ch], std::abs(v));
+      wmax[ch] = std::max(wmax[ch], static_cast<double>(std::fabs(w.data<float>()[i])));
+    }
+    for (int64_t ch = 0; ch < c.channels; ++ch) {
+      EXPECT_EQ(reach[ch], 127) << "channel " << ch;
+      EXPECT_NEAR(scale.data<float>()[ch], wmax[ch] / 127.0, 1e-7 * wmax[ch]);
+    }
+    EXPECT_GE(res.model.opset(), 13);
+  }
+}
+
+TEST(PtqWeights, FourBitWeightsStayInMinus7To7) {
+  const Model m = single_layer("Conv", {8, 4, 3, 3}, {}, {2, 4, 6, 6}, true);
+  auto o = plain_options();
+  o.weights.bits = 4;
+  const auto res = ptq::quantize_model(m, random_data({2, 4, 6, 6}, 4), o);
+  const Node* dq = find_dq_reading(res.model, "w");
+  ASSERT_NE(dq, nullptr);
+  const Tensor& q = *res.model.graph.initializer(dq->inputs[0]);
+  int lo = 0, hi = 0;
+  for (auto v : q.span<int8_t>()) lo = std::min<int>(lo, v), hi = std::max<int>(hi, v);
+  EXPECT_EQ(lo, -7);
+  EXPECT_EQ(hi, 7);
+}
+
+TEST(PtqWeights, PerGroupWritesBlockedDequantizeAtOpset21) {
+  const Model m = single_layer("Gemm", {6, 16}, {{"transB", int64_t{1}}}, {3, 16}, true);
+  auto o = plain_options();
+  o.weights.granularity = quant::Granularity::kPerGroup;
+  o.weights.group_size = 4;
+  const auto res = ptq::quantize_model(m, random_data({3, 16}, 5), o);
+  const Node* dq = find_dq_reading(res.model, "w");
+  ASSERT_NE(dq, nullptr);
+  EXPECT_EQ(dq->attr_int("block_size", 0), 4);
+  EXPECT_EQ(dq->attr_int("axis", -1), 1);  // groups run along K (input features)
+  EXPECT_EQ(res.model.graph.initializer(dq->inputs[1])->shape(), (Shape{6, 4}));
+  EXPECT_EQ(res.model.opset(), 21);
+  EXPECT_GE(res.model.ir_version, 10);
+}
+
+// Bias: int32, scale = s_in * s_w[c] (the float product), value = round_half_even(b / scale).
+TEST(PtqBias, Int32WithInputTimesWeightScale) {
+  const Model m = single_layer("Conv", {5, 2, 3, 3}, {}, {4, 2, 6, 6}, true);
+  const auto res = ptq::quantize_model(m, random_data({4, 2, 6, 6}, 6), plain_options());
+  const auto& g = res.model.graph;
+  const Node* wdq = find_dq_reading(res.model, "w");
+  const Node* bdq = find_dq_reading(res.model, "b");
+  const Node* xdq = find_dq_reading(res.model, "x");
+  ASSERT_TRUE(wdq && bdq && xdq);
+  const float s_in = g.initializer(xdq->inputs[1])->data<float>()[0];
+  const Tensor& sw = *g.initializer(wdq->inputs[1]);
+  const Tensor& sb = *g.initializer(bdq->inputs[1]);
+  const Tensor& qb = *g.initializer(bdq->inputs[0]);
+  const Tensor& b = *m.graph.initializer("b");
+  ASSERT_EQ(qb.dtype(), DType::kInt32);
+  EXPECT_EQ(bdq->attr_int("axis", -1), 0);
+  for (int64_t c = 0; c < 5; ++c) {
+    EXPECT_EQ(sb.data<float>()[c], s_in * sw.data<float>()[c]);
+    EXPECT_EQ(qb.data<int32_t>()[c], static_cast<int32_t>(std::nearbyint(static_cast<double>(b.data<float>()[c]) / sb.data<float>()[c])));
+  }
+}
+
+// The QDQ model executed by perch equals an independent double-precision simulation of the same
+// quantized layer: fake-quant input, fake-quant weights, int32 bias, conv, in double.
+TEST(PtqSimulation, SingleConvMatchesDoublePrecisionSimulation) {
+  const Shape xs{3, 2, 7, 7};
+  Model m = single_layer("Conv", {4, 2, 3, 3}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}}, xs, true);
+  const Dataset data = random_data(xs, 7);
+  const auto res = ptq::quantize_model(m, data, plain_options());
+  const auto& g = res.model.graph;
+  const Node* xdq = find_dq_reading(res.model, "x");
+  const Node* wdq = find_dq_reading(res.model, "w");
+  const Node* bdq = find_dq_reading(res.model, "b");
+  const double s_x = g.initializer(xdq->inputs[1])->data<float>()[0];
+  const int zx = g.initializer(xdq->inputs[2])->data<uint8_t>()[0];
+  const Tensor& wq = *g.initializer(wdq->inputs[0]);
+  const Tensor& sw = *g.initializer(wdq->inputs[1]);
+  const Tensor& bq = *g.initializer(bdq->inputs[0]);
+  const Tensor& sb = *g.initializer(bdq->inputs[1]);
+  // Calibrated range must be the data's min/max widened to include 0.
+  float lo = 0, hi = 0;
+  for (float v : data.images.span<float>()) lo = std::min(lo, v), hi = std::max(hi, v);
+  EXPECT_NEAR(s_x, (static_cast<double>(hi) - lo) / 255.0, 1e-6 * s_x * 255);
+
+  const Tensor y = runtime::Executor(res.model).run1(data.images);
+  const Tensor& x = data.images;
+  double max_err = 0, max_y = 0;
+  for (int64_t n = 0; n < 3; ++n)
+    for (int64_t o = 0; o < 4; ++o)
+      for (int64_t i = 0; i < 7; ++i)
+        for (int64_t j = 0; j < 7; ++j) {
+          double acc = static_cast<double>(bq.data<int32_t>()[o]) * sb.data<float>()[o];
+          for (int64_t c = 0; c < 2; ++c)
+            for (int64_t ki = 0; ki < 3; ++ki)
+              for (int64_t kj = 0; kj < 3; ++kj) {
+                const int64_t ii = i + ki - 1, jj = j + kj - 1;
+                if (ii < 0 || ii >= 7 || jj < 0 || jj >= 7) continue;
+                const float xv = x.data<float>()[((n * 2 + c) * 7 + ii) * 7 + jj];
+                const double q = std::clamp(static_cast<double>(std::nearbyint(xv / static_cast<float>(s_x))) + zx, 0.0, 255.0);
+                const double xf = (q - zx) * s_x;
+                const double wf = wq.data<int8_t>()[((o * 2 + c) * 3 + ki) * 3 + kj] * static_cast<double>(sw.data<float>()[o]);
+                acc += xf * wf;
+              }
+          const double got = y.data<float>()[((n * 4 + o) * 7 + i) * 7 + j];
+          max_err = std::max(max_err, std::fabs(got - acc));
+          max_y = std::max(max_y, std::fabs(acc));
+        }
+  // The executor rounds each dequantized value and accumulates in float: error << one output LSB.
+  EXPECT_LE(max_err, 1e-5 * max_y);
+}
+
+// Which activations get Q/DQ: fused Conv->Relu quantizes only the Relu output; MaxPool reuses its
+// input's parameters; the graph output stays float.
+TEST(PtqActivations, FusionSharingAndFloatOutput) {
+  const Model m = test::tiny_cnn(3);
+  const auto res = ptq::quantize_model(m, random_data({16, 1, 8, 8}, 8), plain_options());
+  const auto& g = res.model.graph;
+  std::map<std::string, const Node*> q_of;  // quantized value -> QuantizeLinear
+  for (const auto& n : g.nodes)
+    if (n.op_type == "QuantizeLinear") q_of[n.inputs[0]] = &n;
+  EXPECT_FALSE(q_of.count("c1")) << "Conv output feeding only a Relu must be fused, not quantized";
+  EXPECT_FALSE(q_of.count("c2")) << "Conv output feeding only a Clip must be fused";
+  EXPECT_TRUE(q_of.count("x"));
+  EXPECT_TRUE(q_of.count("r1"));
+  EXPECT_TRUE(q_of.count("p1"));
+  EXPECT_TRUE(q_of.count("a"));
+  EXPECT_FALSE(q_of.count("y")) << "graph outputs stay float by default";
+  ASSERT_TRUE(q_of.count("r1") && q_of.count("p1"));
+  EXPECT_EQ(g.initializer(q_of["r1"]->inputs[1])->data<float>()[0], g.initializer(q_of["p1"]->inputs[1])->data<float>()[0]);
+  EXPECT_EQ(g.initializer(q_of["r1"]->inputs[2])->data<uint8_t>()[0], g.initializer(q_of["p1"]->inputs[2])->data<uint8_t>()[0]);
+  EXPECT_EQ(res.activations_quantized, static_cast<int64_t>(q_of.size()));
+}
+
+// An opset-10 model (Clip with min/max attributes) is raised to 13 for per-channel axes, and computes
+// the same function.
+TEST(PtqOpset, RaisesOpset10ModelWithClipAttributes) {
+  Model m = single_layer("Conv", {4, 1, 3, 3}, {}, {2, 1, 6, 6}, true);
+  m.set_opset(10);
+  m.graph.nodes[0].outputs = {"c"};
+  Node clip;
+  clip.op_type = "Clip";
+  clip.name = "clip";
+  clip.inputs = {"c"};
+  clip.outputs = {"y"};
+  clip.attrs["min"] = 0.0f;
+  clip.attrs["max"] = 0.5f;
+  m.graph.nodes.push_back(clip);
+  const Dataset data = random_data({2, 1, 6, 6}, 9);
+  const auto res = ptq::quantize_model(m, data, plain_options());
+  EXPECT_EQ(res.model.opset(), 13);
+  const Tensor y = runtime::Executor(res.model).run1(data.images);
+  float mx = 0;
+  for (float v : y.span<float>()) mx = std::max(mx, v);
+  EXPECT_LE(mx, 0.5f) << "Clip's max survived the conversion";
+  EXPECT_GT(mx, 0.4f);
+}
+
+TEST(PtqOpset, RefusesWhatItCannotConvertNamingTheOp) {
+  Model m = single_layer("Conv", {4, 1, 3, 3}, {}, {2, 1, 6, 6}, true);
+  m.set_opset(9);
+  m.graph.nodes[0].outputs = {"c"};
+  Node up;
+  up.op_type = "Upsample";
+  up.name = "up";
+  up.inputs = {"c"};
+  up.outputs = {"y"};
+  m.graph.nodes.push_back(up);
+  try {
+    ptq::quantize_model(m, random_data({2, 1, 6, 6}, 1), plain_options());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Upsample"), std::string::npos) << e.what();
+  }
+}
+
+// Cross-layer equalization preserves the function and pulls channel ranges together.
+TEST(PtqEqualize, PreservesOutputsAndReducesSpread) {
+  Model m = test::tiny_cnn(5);
+  // Give tiny_cnn a second dense pair to equalize: conv1 -> relu -> maxpool feeds conv2 (depthwise,
+  // blocked) and Add; so build a plain chain instead.
+  Model chain;
+  chain.opsets = {{"", 13}};
+  chain.graph.inputs.push_back({"x", DType::kFloat32, {-1, 2, 6, 6}, {}, true});
+  chain.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  Tensor w1 = random_tensor({6, 2, 3, 3}, 11);
+  for (int64_t i = 0; i < w1.numel(); ++i) w1.data<float>()[i] *= std::pow(10.0f, static_cast<float>(i / 18) - 3.0f);
+  chain.graph.initializers["w1"] = w1;
+  chain.graph.initializers["b1"] = random_tensor({6}, 12, 0.1f);
+  chain.graph.initializers["w2"] = random_tensor({4, 6, 3, 3}, 13);
+  chain.graph.initializers["w3"] = random_tensor({3, 4 * 2 * 2}, 14);
+  auto add = [&](std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> a = {}) {
+    Node n;
+    n.op_type = op, n.name = out, n.inputs = std::move(in), n.outputs = {out}, n.attrs = std::move(a);
+    chain.graph.nodes.push_back(n);
+  };
+  add("Conv", {"x", "w1", "b1"}, "c1");
+  add("Relu", {"c1"}, "r1");
+  add("Conv", {"r1", "w2"}, "c2");
+  add("Relu", {"c2"}, "r2");
+  add("Flatten", {"r2"}, "f");
+  add("Gemm", {"f", "w3"}, "y", {{"transB", int64_t{1}}});
+  const Dataset data = random_data({4, 2, 6, 6}, 15);
+  const Tensor before = runtime::Executor(chain).run1(data.images);
+  Model eq = chain;
+  const auto rep = ptq::equalize(eq);
+  EXPECT_EQ(rep.pairs, 2);
+  EXPECT_GT(rep.max_spread_before, 100.0);
+  EXPECT_LT(rep.max_spread_after, rep.max_spread_before / 10);
+  const Tensor after = runtime::Executor(eq).run1(data.images);
+  double max_diff = 0, max_ref = 0;
+  for (int64_t i = 0; i < before.numel(); ++i) {
+    max_diff = std::max(max_diff, static_cast<double>(std::fabs(before.data<float>()[i] - after.data<float>()[i])));
+    max_ref = std::max(max_ref, static_cast<double>(std::fabs(before.data<float>()[i])));
+  }
+  EXPECT_LE(max_diff, 1e-5 * max_ref);
+  // The caller's model is untouched (weights were copied before rescaling).
+  EXPECT_EQ(chain.graph.initializer("w1")->data<float>()[0], w1.data<float>()[0]);
+  (void)m;
+}
+
+// Bias correction removes the mean output shift caused by weight rounding (measured with 16-bit
+// activations so that weight rounding dominates).
+TEST(PtqBias, CorrectionReducesMeanOutputShift) {
+  const Shape xs{64, 4, 6, 6};
+  const Model m = single_layer("Conv", {8, 4, 3, 3}, {}, xs, true);
+  const Dataset data = random_data(xs, 21, 0.0f, 1.0f);  // positive inputs: rounding errors do not average out
+  auto o = plain_options();
+  o.weights.bits = 4;
+  o.activations.bits = 16;
+  const Tensor ref = runtime::Executor(m).run1(data.images);
+  auto mean_shift = [&](bool correct) {
+    o.bias_correction = correct;
+    const Tensor y = runtime::Executor(ptq::quantize_model(m, data, o).model).run1(data.images);
+    EXPECT_EQ(y.shape(), (Shape{64, 8, 4, 4}));
+    const int64_t per = 4 * 4;  // 3x3 valid conv of 6x6
+    double worst = 0;
+    for (int64_t c = 0; c < 8; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < 64; ++n)
+        for (int64_t k = 0; k < per; ++k) {
+          const int64_t i = (n * 8 + c) * per + k;
+          s += y.data<float>()[i] - ref.data<float>()[i];
+        }
+      worst = std::max(worst, std::fabs(s / (64.0 * per)));
+    }
+    return worst;
+  };
+  const double without = mean_shift(false), with = mean_shift(true);
+  EXPECT_LT(with, without / 5) << "without " << without << ", with " << with;
+}
+
+}  // namespace
