@@ -1,0 +1,62 @@
+// perch/kernels/dwconv_s8.h — 8-bit depthwise convolution (group == channels, one filter per channel), NHWC.
+//
+//   y[n, oh, ow, c] = output_stage(bias[c] + sum_{kh, kw} (x[n, ih, iw, c] - zx) * w[c, kh, kw])
+//   ih = oh * stride_h - pad_top + kh * dilation_h,  iw = ow * stride_w - pad_left + kw * dilation_w
+// Taps outside the input are the zero point (they add exactly 0: ONNX QLinearConv / ConvInteger padding).
+// Weights are int8, symmetric (no weight zero point). Output stage: perch/kernels/output_stage_s8.h.
+//
+// Why NHWC: a depthwise conv has no reduction over channels, so the vector dimension is the channel; NHWC
+// makes the C channels of a pixel contiguous, so each tap is one (masked) load of 64 channels and nothing has
+// to be transposed or gathered. Per output pixel the AVX-512 VNNI path interleaves the bytes of 4 taps with
+// VPUNPCK{L,H}{BW,WD} and does one VPDPBUSD per 16 channels per 4 taps; the AVX2 path widens to int16 and
+// uses VPMADDWD on tap pairs (exact; never VPMADDUBSW). The packs that turn int32 back to bytes undo the
+// unpacks' lane interleaving, so the permutation costs nothing at the store.
+//
+// Overflow bound: |x - zx| <= 255, |w| <= 128: |sum| <= 32640 * KH * KW < 2^31 for KH * KW <= 65793 (checked).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "perch/kernels/output_stage_s8.h"
+
+namespace perch::kernels {
+
+struct PackedDepthwiseS8 {
+  int64_t channels = 0, kh = 0, kw = 0;
+  std::vector<int8_t> plain;   // [C][KH*KW], as given (the reference reads this)
+  std::vector<int32_t> w_sum;  // [C]: sum over taps
+  // AVX-512 VNNI layout: per block of 64 channels, per group of 4 taps, 4 vectors of 64 bytes; vector j, byte
+  // 16 l + 4 i + t holds w[64 b + 16 l + 4 j + i][4 g + t] (the order VPUNPCK leaves the input in).
+  std::vector<int8_t> vnni;
+  // AVX2 layout: per block of 16 channels, per pair of taps, 2 vectors of 16 int16; vector h, element
+  // 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][2 p + t].
+  std::vector<int16_t> avx2;
+};
+
+// w: [C][KH][KW] (ONNX weight [C, 1, KH, KW]).
+PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t kh, int64_t kw);
+
+struct DepthwiseS8Args {
+  int64_t batch = 0, in_h = 0, in_w = 0, channels = 0;  // x: [batch, in_h, in_w, channels]
+  const void* x = nullptr;
+  Act8 x_type = Act8::kUInt8;
+  int32_t x_zero_point = 0;
+  const PackedDepthwiseS8* w = nullptr;
+  int64_t stride_h = 1, stride_w = 1, dilation_h = 1, dilation_w = 1;
+  int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  const int32_t* bias = nullptr;  // [C] or null
+  OutputStageS8 out;
+  void* y = nullptr;  // [batch, out_h, out_w, channels] of out.type
+
+  int64_t out_h() const { return (in_h + pad_top + pad_bottom - dilation_h * (w->kh - 1) - 1) / stride_h + 1; }
+  int64_t out_w() const { return (in_w + pad_left + pad_right - dilation_w * (w->kw - 1) - 1) / stride_w + 1; }
+};
+
+void validate(const DepthwiseS8Args& d);
+void depthwise_s8_reference(const DepthwiseS8Args& d);
+// Best active path, output rows split over the thread pool.
+void depthwise_s8(const DepthwiseS8Args& d);
+
+}  // namespace perch::kernels

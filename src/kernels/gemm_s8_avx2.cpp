@@ -1,0 +1,156 @@
+// gemm_s8 on AVX2 (compiled with -mavx2 -mfma; see CMakeLists.txt). Exact without VPMADDUBSW: its u8 x s8
+// pair sums saturate in int16 (255 * 127 * 2 > 32767), so both operands are widened to int16 and multiplied
+// with VPMADDWD (two int16 products summed into int32 — exact).
+//
+// Tile: up to 6 rows x 8 columns (half of a 16-column weight panel, same packed layout as the VNNI path).
+// Per group of 4 k, the 32 weight bytes of 8 columns are sign-extended into two ymm of int16 (columns 0-3
+// and 4-7, 4 k each); A is packed per tile as int16 [k_group][6 rows][4], one 8-byte broadcast per row.
+// VPMADDWD then leaves two partial sums per column (k pairs 0-1 and 2-3) that are added once, at the end
+// (VPHADDD + a lane permute). 12 accumulators + 2 weight registers + 1 broadcast = 15 ymm.
+#include "s8_internal.h"
+
+#if defined(__AVX2__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "s8_simd.h"
+
+// GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized (a known
+// false positive of avx512fintrin.h); nothing in this file reads uninitialized data.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace perch::kernels::s8 {
+
+bool avx2_compiled() { return true; }
+
+namespace {
+
+constexpr int kMR = 6;
+
+void pack_a_tile16(const uint8_t* a, int64_t lda, int rows, int64_t k, int64_t kg, bool flip, int16_t* out) {
+  const uint8_t x = flip ? 0x80 : 0;
+  for (int r = 0; r < kMR; ++r) {
+    int16_t* o = out + r * 4;
+    const uint8_t* src = a + r * lda;
+    for (int64_t g = 0; g < kg; ++g)
+      for (int t = 0; t < 4; ++t) {
+        const int64_t kk = 4 * g + t;
+        o[g * kMR * 4 + t] = (r < rows && kk < k) ? static_cast<int16_t>(static_cast<uint8_t>(src[kk] ^ x)) : 0;
+      }
+  }
+}
+
+struct TileOut {
+  const GemmPlan* p;
+  int64_t m0, j0;
+  int rows;
+  int64_t cols;  // valid columns from j0, <= 8
+};
+
+template <int MR>
+void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
+  __m256i acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < kg; ++g) {
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + g * 64)));
+    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + g * 64 + 16)));
+    for (int r = 0; r < MR; ++r) {
+      int64_t v;
+      std::memcpy(&v, ap + (g * kMR + r) * 4, 8);
+      const __m256i av = _mm256_set1_epi64x(v);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, b0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, b1));
+    }
+  }
+  const GemmPlan& p = *t.p;
+  const GemmS8Args& g = *p.g;
+  const bool has_zw = !p.zw.empty();
+  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.col_off.data() + t.j0));
+  const __m256i zw =
+      has_zw ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zw.data() + t.j0)) : _mm256_setzero_si256();
+  const bool is32 = g.out.type == OutputType::kInt32;
+  alignas(32) int32_t buf[8];
+  for (int r = 0; r < t.rows && r < MR; ++r) {
+    // acc[r][0] = [c0 k01, c0 k23, c1.., c1.. | c2.., c2.., c3.., c3..]; hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7].
+    __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+    v = _mm256_add_epi32(v, off);
+    if (has_zw) v = _mm256_sub_epi32(v, _mm256_mullo_epi32(zw, _mm256_set1_epi32(p.row_term[t.m0 + r])));
+    const int64_t row = t.m0 + r;
+    if (is32) {
+      int32_t* c = static_cast<int32_t*>(g.c) + row * g.ldc + t.j0;
+      if (t.cols == 8) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), v);
+      } else {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(buf), v);
+        std::memcpy(c, buf, static_cast<size_t>(t.cols) * 4);
+      }
+    } else {
+      v = Rq8(p.rq, t.j0).apply(v);
+      // In [qmin, qmax] already: the saturating packs are exact. packs_epi32 -> 16 x int16 (lanes interleave
+      // [v0-3, v0-3 | v4-7, v4-7]); the 8-bit pack keeps the order within each 128-bit lane.
+      const __m256i s16 = _mm256_packs_epi32(v, v);
+      const __m256i s8 = g.out.type == OutputType::kUInt8 ? _mm256_packus_epi16(s16, s16) : _mm256_packs_epi16(s16, s16);
+      // bytes 0-3 of lane 0 are v0-3, bytes 0-3 of lane 1 are v4-7.
+      const uint32_t lo4 = static_cast<uint32_t>(_mm256_extract_epi32(s8, 0));
+      const uint32_t hi4 = static_cast<uint32_t>(_mm256_extract_epi32(s8, 4));
+      const uint64_t bytes = uint64_t{lo4} | (uint64_t{hi4} << 32);
+      uint8_t* c = static_cast<uint8_t*>(g.c) + row * g.ldc + t.j0;
+      std::memcpy(c, &bytes, static_cast<size_t>(t.cols));
+    }
+  }
+}
+
+void tile_rows(int rows, const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
+  switch (rows) {
+    case 1: return tile<1>(ap, bp, kg, t);
+    case 2: return tile<2>(ap, bp, kg, t);
+    case 3: return tile<3>(ap, bp, kg, t);
+    case 4: return tile<4>(ap, bp, kg, t);
+    case 5: return tile<5>(ap, bp, kg, t);
+    default: return tile<6>(ap, bp, kg, t);
+  }
+}
+
+}  // namespace
+
+void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const GemmS8Args& g = *p.g;
+  const PackedWeightsS8& w = *p.w;
+  const int64_t kg = w.k_groups;
+  const uint8_t* a = static_cast<const uint8_t*>(g.a);
+  const int64_t tile_elems = kg * kMR * 4;
+  const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / (tile_elems * 2));
+  thread_local std::vector<int16_t> abuf;
+  for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
+    const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
+    const int64_t ntiles = (me - mb + kMR - 1) / kMR;
+    abuf.resize(static_cast<size_t>(ntiles * tile_elems));
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
+      pack_a_tile16(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_elems);
+    }
+    for (int64_t j = n0; j < n1; j += 8) {
+      const int64_t cols = std::min<int64_t>(8, n1 - j);
+      const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride + (j % 16) * 4;
+      for (int64_t t = 0; t < ntiles; ++t) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
+        tile_rows(rows, abuf.data() + t * tile_elems, bp, kg, TileOut{&p, mb + t * kMR, j, rows, cols});
+      }
+    }
+  }
+}
+
+}  // namespace perch::kernels::s8
+
+#else  // the compiler cannot target AVX2: stubs, never called (compiled() is false)
+
+namespace perch::kernels::s8 {
+bool avx2_compiled() { return false; }
+void gemm_block_avx2(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
+}  // namespace perch::kernels::s8
+
+#endif

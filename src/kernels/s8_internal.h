@@ -1,0 +1,53 @@
+// Internal to the int8 kernels (gemm_s8*.cpp, dwconv_s8*.cpp): per-call constants resolved once at the
+// front, and the entry points of the ISA-specific files. Each ISA file is compiled with its own flags
+// (top-level CMakeLists.txt) and compiles to stubs that report compiled() == false when the compiler cannot
+// target its instruction set; callers check the active path and compiled() before calling.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "perch/kernels/dwconv_s8.h"
+#include "perch/kernels/gemm_s8.h"
+
+namespace perch::kernels::s8 {
+
+// The output stage per channel, in the form the SIMD code consumes. For channel j with FixedPointMultiplier
+// {mult, shift}: L = max(shift, 0), R = max(-shift, 0);
+//   r   = clamp_int32((acc * mult + 2^(30 - L)) >> (31 - L))   (64-bit, arithmetic shift)
+//   out = rounding_divide_by_pot(r, R)
+// which is multiply_by_quantized_multiplier for shift in [-31, 30] (L = 0: SRDHM then the rounding divide;
+// R = 0: the 64-bit left-shift formula). Then out = min(max(out, lo), hi) + zp.
+struct RequantTables {
+  bool simd_ok = true;          // every shift in [-31, 30]
+  std::vector<int32_t> mult;    // [padded channels]
+  std::vector<int32_t> sh64;    // 31 - L, in [1, 31]
+  std::vector<int32_t> rsh;     // R, in [0, 31]
+  std::vector<int32_t> rmask;   // 2^R - 1
+  int32_t lo = 0, hi = 0, zp = 0;  // lo = qmin - zp, hi = qmax - zp
+};
+RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, int64_t padded);
+
+// Scalar output stage, the definition (used by the reference twins and the scalar tails).
+inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const OutputStageS8& o) {
+  const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc, m)} + o.zero_point;
+  return static_cast<int32_t>(v < o.qmin ? o.qmin : (v > o.qmax ? o.qmax : v));
+}
+
+struct GemmPlan {
+  const GemmS8Args* g = nullptr;
+  const PackedWeightsS8* w = nullptr;
+  bool flip = false;             // int8 activations: the kernels read a ^ 0x80
+  std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding
+  std::vector<int32_t> zw;       // [panels * 16] weight zero points, or empty
+  std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when zw is not empty
+  RequantTables rq;              // empty for kInt32
+};
+GemmPlan make_gemm_plan(const GemmS8Args& g);
+
+bool avx512vnni_compiled();
+bool avx2_compiled();
+void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
+}  // namespace perch::kernels::s8
