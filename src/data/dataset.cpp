@@ -47,7 +47,7 @@ Tensor normalize_pixels(const Tensor& raw, const std::string& what, const DataOp
   PERCH_CHECK(std::isfinite(stdv) && stdv > 0, what, ": normalization std must be > 0, got ", stdv);
   Shape shape = raw.shape();
   if (shape.size() == 3) shape.insert(shape.begin() + 1, 1);
-  Tensor out(DType::kFloat32, shape);
+  Tensor out = Tensor::uninitialized(DType::kFloat32, shape);  // every element written below
   // A lookup table: every uint8 value maps to exactly the same float, computed the way the formula reads.
   float lut[256];
   for (int v = 0; v < 256; ++v) lut[v] = (static_cast<float>(v) / 255.0f - mean) / stdv;

@@ -129,7 +129,7 @@ Tensor read_idx_stream(const ReadFn& read, const std::string& what, const SizeIn
                 need(), " uncompressed, more than a ", *size.gzip_compressed, "-byte gzip file can hold");
   }
 
-  Tensor t(dtype, shape);
+  Tensor t = Tensor::uninitialized(dtype, shape);  // filled by the read below (or refused)
   auto* data = static_cast<std::byte*>(t.raw());
   got = data_bytes ? read_full(read, data, data_bytes) : 0;
   PERCH_CHECK(got == data_bytes, what, ": truncated IDX file: ", need(), ", got only ", header_bytes + got,
