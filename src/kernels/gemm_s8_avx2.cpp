@@ -2,11 +2,11 @@
 // pair sums saturate in int16 (255 * 127 * 2 > 32767), so both operands are widened to int16 and multiplied
 // with VPMADDWD (two int16 products summed into int32 — exact).
 //
-// Tile: up to 6 rows x 8 columns (half of a 16-column weight panel, same packed layout as the VNNI path).
+// Tile: up to 4 rows x 8 columns (half of a 16-column weight panel, same packed layout as the VNNI path).
 // Per group of 4 k, the 32 weight bytes of 8 columns are sign-extended into two ymm of int16 (columns 0-3
-// and 4-7, 4 k each); A is packed per tile as int16 [k_group][6 rows][4], one 8-byte broadcast per row.
+// and 4-7, 4 k each); A is packed per tile as int16 [k_group][4 rows][4], one 8-byte broadcast per row.
 // VPMADDWD then leaves two partial sums per column (k pairs 0-1 and 2-3) that are added once, at the end
-// (VPHADDD + a lane permute). 12 accumulators + 2 weight registers + 1 broadcast = 15 ymm.
+// (VPHADDD + a lane permute). 8 accumulators + 2 weight registers + broadcasts.
 #include "s8_internal.h"
 
 #if defined(__AVX2__)
@@ -29,7 +29,7 @@ bool avx2_compiled() { return true; }
 
 namespace {
 
-constexpr int kMR = 6;
+constexpr int kMR = 4;  // 6 rows (12 accumulators) made GCC spill: 15 of 16 ymm leave it no room
 
 void pack_a_tile16(const uint8_t* a, int64_t lda, int rows, int64_t k, int64_t kg, bool flip, int16_t* out) {
   const uint8_t x = flip ? 0x80 : 0;
@@ -53,11 +53,14 @@ struct TileOut {
 
 template <int MR>
 void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
+  // Loops over r are unrolled (MR is a constant): a run-time index would keep acc in memory.
   __m256i acc[MR][2];
+#pragma GCC unroll 4
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   for (int64_t g = 0; g < kg; ++g) {
     const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + g * 64)));
     const __m256i b1 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + g * 64 + 16)));
+#pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {
       int64_t v;
       std::memcpy(&v, ap + (g * kMR + r) * 4, 8);
@@ -74,7 +77,8 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
       has_zw ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zw.data() + t.j0)) : _mm256_setzero_si256();
   const bool is32 = g.out.type == OutputType::kInt32;
   alignas(32) int32_t buf[8];
-  for (int r = 0; r < t.rows && r < MR; ++r) {
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
     // acc[r][0] = [c0 k01, c0 k23, c1.., c1.. | c2.., c2.., c3.., c3..]; hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7].
     __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
     v = _mm256_add_epi32(v, off);
@@ -109,9 +113,7 @@ void tile_rows(int rows, const int16_t* ap, const int8_t* bp, int64_t kg, const 
     case 1: return tile<1>(ap, bp, kg, t);
     case 2: return tile<2>(ap, bp, kg, t);
     case 3: return tile<3>(ap, bp, kg, t);
-    case 4: return tile<4>(ap, bp, kg, t);
-    case 5: return tile<5>(ap, bp, kg, t);
-    default: return tile<6>(ap, bp, kg, t);
+    default: return tile<4>(ap, bp, kg, t);
   }
 }
 

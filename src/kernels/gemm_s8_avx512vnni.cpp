@@ -67,16 +67,23 @@ struct TileOut {
 template <int MR, int NP>
 __attribute__((always_inline)) inline void tile(const uint8_t* ap, const int8_t* bp, int64_t pstride, int64_t kg,
                                                 const TileOut& t) {
+  // Every loop over r and q is unrolled (MR, NP are constants): indexing acc with a run-time value would
+  // keep the accumulators in memory.
   __m512i acc[MR][NP];
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_si512();
   for (int64_t g = 0; g < kg; ++g) {
     __m512i b[NP];
+#pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) b[q] = _mm512_load_si512(bp + q * pstride + g * 64);
+#pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       int32_t v;
       std::memcpy(&v, ap + g * kMR * 4 + r * 4, 4);
       const __m512i av = _mm512_set1_epi32(v);
+#pragma GCC unroll 2
       for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], av, b[q]);
     }
   }
@@ -84,15 +91,17 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, const int8_t*
   const GemmPlan& p = *t.p;
   const GemmS8Args& g = *p.g;
   const bool has_zw = !p.zw.empty();
+#pragma GCC unroll 2
   for (int q = 0; q < NP; ++q) {
     const int64_t j = t.j0 + 16 * q;
     const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
-    if (valid <= 0) break;
+    if (valid <= 0) continue;
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
     const __m512i off = _mm512_loadu_si512(p.col_off.data() + j);
     const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
     if (g.out.type == OutputType::kInt32) {
-      for (int r = 0; r < t.rows && r < MR; ++r) {
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) {
         __m512i v = _mm512_add_epi32(acc[r][q], off);
         if (has_zw)
           v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
@@ -100,7 +109,8 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, const int8_t*
       }
     } else {
       const Rq16 rq(p.rq, j);
-      for (int r = 0; r < t.rows && r < MR; ++r) {
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) {
         __m512i v = _mm512_add_epi32(acc[r][q], off);
         if (has_zw)
           v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));

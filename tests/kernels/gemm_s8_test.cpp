@@ -295,8 +295,8 @@ TEST(GemmS8, ReferenceMatchesInt64Formula) {
   }
 }
 
-// Shapes around the tiles: VNNI 12 x 32 (panels of 16, k groups of 4), AVX2 6 x 8.
-const int64_t kMs[] = {1, 2, 5, 6, 7, 11, 12, 13, 23, 24, 25, 37};
+// Shapes around the tiles: VNNI 12 x 32 (panels of 16, k groups of 4), AVX2 4 x 8.
+const int64_t kMs[] = {1, 2, 3, 4, 5, 7, 11, 12, 13, 23, 24, 25, 37};
 const int64_t kNs[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65};
 const int64_t kKs[] = {1, 2, 3, 4, 5, 8, 9, 63, 64, 65, 288};
 

@@ -15,7 +15,7 @@
 // K <= kMaxK = 33025. bias is added with int32 wrap-around (exact while bias + sum fits int32).
 //
 // Paths (perch/core/cpu.h): kReference (gemm_s8_reference, plain loops over the packed weights), kAvx2
-// (VPMADDWD on sign-extended int16 pairs, 6 x 8 tiles), kAvx512Vnni (VPDPBUSD, 12 x 32 tiles). Results are
+// (VPMADDWD on sign-extended int16 pairs, 4 x 8 tiles), kAvx512Vnni (VPDPBUSD, 12 x 32 tiles). Results are
 // identical bit for bit on every path.
 #pragma once
 
