@@ -102,12 +102,14 @@ void register_quant_ops(OpRegistry& r) {
 void register_nn_ops(OpRegistry& r);
 void register_elementwise_ops(OpRegistry& r);
 void register_shape_ops(OpRegistry& r);
+void register_coverage_ops(OpRegistry& r);  // ops_tensor.cpp
 
 void register_builtin_ops(OpRegistry& r) {
   register_nn_ops(r);
   register_elementwise_ops(r);
   register_shape_ops(r);
   register_quant_ops(r);
+  register_coverage_ops(r);
 }
 
 }  // namespace perch::runtime
