@@ -468,10 +468,12 @@ void register_tensor_ops(OpRegistry& r) {
   r.add("SpaceToDepth", 1, space_to_depth);
 }
 
+void register_reduce_ops(OpRegistry& r);
 
 // Everything added for real-world model coverage (called from register_builtin_ops).
 void register_coverage_ops(OpRegistry& r) {
   register_tensor_ops(r);
+  register_reduce_ops(r);
 }
 
 }  // namespace perch::runtime
