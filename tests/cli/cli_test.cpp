@@ -160,6 +160,9 @@ struct SharedCase {
   bool hard;
 };
 
+// Readable test names in CTest (instead of the parameter's bytes).
+void PrintTo(const SharedCase& c, std::ostream* os) { *os << c.model; }
+
 class SharedModelPtq : public ::testing::TestWithParam<SharedCase> {};
 
 TEST_P(SharedModelPtq, PerChannelW8A8BeatsPyTorchAndMatchesOrt) {
