@@ -45,9 +45,24 @@ struct GemmPlan {
 };
 GemmPlan make_gemm_plan(const GemmS8Args& g);
 
+// Per-call state of a depthwise_s8 call. Channel tables are in the order the chosen path's accumulators hold
+// channels (see dwconv_s8.h's weight layouts): VNNI index 64 b + 16 j + 4 l + i is channel 64 b + 16 l + 4 j + i;
+// AVX2 index 16 b + 8 h + 4 l + i is channel 16 b + 8 l + 4 h + i.
+struct DwPlan {
+  const DepthwiseS8Args* d = nullptr;
+  bool flip = false;
+  int64_t oh = 0, ow = 0;
+  std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
+  std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
+  RequantTables rq;              // permuted; empty for kInt32
+};
+
 bool avx512vnni_compiled();
 bool avx2_compiled();
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// Output rows [r0, r1) of the flattened (batch, out_h) index.
+void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1);
+void dw_rows_avx2(const DwPlan& p, int64_t r0, int64_t r1);
 
 }  // namespace perch::kernels::s8

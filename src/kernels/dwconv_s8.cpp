@@ -1,0 +1,195 @@
+// depthwise_s8: packing, validation, the reference twin, the per-call plan and the dispatch (dwconv_s8.h).
+#include <algorithm>
+#include <cstring>
+
+#include "perch/core/cpu.h"
+#include "perch/core/error.h"
+#include "perch/core/threads.h"
+#include "perch/kernels/dwconv_s8.h"
+#include "s8_internal.h"
+
+namespace perch::kernels {
+
+PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t kh, int64_t kw) {
+  PERCH_CHECK(channels >= 1 && kh >= 1 && kw >= 1, "pack_depthwise_s8: channels=", channels, " kernel ", kh, "x", kw);
+  PERCH_CHECK(kh * kw <= 65793, "pack_depthwise_s8: ", kh, "x", kw, " taps exceed the int32 bound (32640 * taps < 2^31)");
+  PERCH_CHECK(w != nullptr, "pack_depthwise_s8: null weights");
+  PackedDepthwiseS8 p;
+  p.channels = channels;
+  p.kh = kh;
+  p.kw = kw;
+  const int64_t taps = kh * kw;
+  p.plain.assign(w, w + channels * taps);
+  p.w_sum.assign(static_cast<size_t>(channels), 0);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t t = 0; t < taps; ++t) p.w_sum[static_cast<size_t>(c)] += w[c * taps + t];
+  auto wt = [&](int64_t c, int64_t t) -> int8_t { return (c < channels && t < taps) ? w[c * taps + t] : 0; };
+  // VNNI: 64-channel blocks, 4-tap groups, 4 vectors; byte 16 l + 4 i + t of vector j = w[64 b + 16 l + 4 j + i][4 g + t].
+  const int64_t blocks64 = (channels + 63) / 64, groups = (taps + 3) / 4;
+  p.vnni.assign(static_cast<size_t>(blocks64 * groups * 4 * 64), 0);
+  for (int64_t b = 0; b < blocks64; ++b)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t j = 0; j < 4; ++j)
+        for (int64_t l = 0; l < 4; ++l)
+          for (int64_t i = 0; i < 4; ++i)
+            for (int64_t t = 0; t < 4; ++t)
+              p.vnni[static_cast<size_t>(((b * groups + g) * 4 + j) * 64 + 16 * l + 4 * i + t)] =
+                  wt(64 * b + 16 * l + 4 * j + i, 4 * g + t);
+  // AVX2: 16-channel blocks, tap pairs, 2 vectors; element 8 l + 2 i + t of vector h = w[16 b + 8 l + 4 h + i][2 p + t].
+  const int64_t blocks16 = (channels + 15) / 16, pairs = (taps + 1) / 2;
+  p.avx2.assign(static_cast<size_t>(blocks16 * pairs * 2 * 16), 0);
+  for (int64_t b = 0; b < blocks16; ++b)
+    for (int64_t q = 0; q < pairs; ++q)
+      for (int64_t h = 0; h < 2; ++h)
+        for (int64_t l = 0; l < 2; ++l)
+          for (int64_t i = 0; i < 4; ++i)
+            for (int64_t t = 0; t < 2; ++t)
+              p.avx2[static_cast<size_t>(((b * pairs + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
+                  wt(16 * b + 8 * l + 4 * h + i, 2 * q + t);
+  return p;
+}
+
+void validate(const DepthwiseS8Args& d) {
+  PERCH_CHECK(d.w != nullptr && !d.w->plain.empty(), "depthwise_s8: no packed weights");
+  PERCH_CHECK(d.channels == d.w->channels, "depthwise_s8: input has ", d.channels, " channels, weights ", d.w->channels);
+  PERCH_CHECK(d.batch >= 0 && d.in_h >= 1 && d.in_w >= 1, "depthwise_s8: bad input shape ", d.batch, "x", d.in_h, "x",
+              d.in_w);
+  PERCH_CHECK(d.stride_h >= 1 && d.stride_w >= 1 && d.dilation_h >= 1 && d.dilation_w >= 1,
+              "depthwise_s8: strides and dilations must be >= 1");
+  PERCH_CHECK(d.pad_top >= 0 && d.pad_left >= 0 && d.pad_bottom >= 0 && d.pad_right >= 0,
+              "depthwise_s8: negative padding");
+  PERCH_CHECK(d.out_h() >= 1 && d.out_w() >= 1, "depthwise_s8: the dilated ", d.w->kh, "x", d.w->kw,
+              " kernel does not fit the padded ", d.in_h, "x", d.in_w, " input");
+  PERCH_CHECK(d.batch == 0 || (d.x != nullptr && d.y != nullptr), "depthwise_s8: null input or output");
+  const int32_t alo = d.x_type == Act8::kUInt8 ? 0 : -128;
+  PERCH_CHECK(d.x_zero_point >= alo && d.x_zero_point <= alo + 255, "depthwise_s8: input zero point ",
+              d.x_zero_point, " outside the input type's range");
+  const OutputStageS8& o = d.out;
+  if (o.type == OutputType::kInt32) return;
+  PERCH_CHECK(o.multipliers != nullptr && (o.num_multipliers == 1 || o.num_multipliers == d.channels),
+              "depthwise_s8: ", o.num_multipliers, " multipliers for ", d.channels, " channels (need 1 or C)");
+  for (int64_t j = 0; j < o.num_multipliers; ++j) {
+    const auto m = o.multipliers[j];
+    PERCH_CHECK((m.multiplier == 0 && m.shift == 0) || m.multiplier >= (1 << 30), "depthwise_s8: multiplier ", j,
+                " = ", m.multiplier, " is not in [2^30, 2^31) (nor {0, 0})");
+  }
+  const int32_t lo = o.type == OutputType::kUInt8 ? 0 : -128, hi = lo + 255;
+  PERCH_CHECK(o.qmin >= lo && o.qmin <= o.qmax && o.qmax <= hi, "depthwise_s8: clamp [", o.qmin, ", ", o.qmax,
+              "] is empty or outside the output type's range");
+  PERCH_CHECK(o.zero_point >= lo && o.zero_point <= hi, "depthwise_s8: output zero point ", o.zero_point,
+              " outside the output type's range");
+}
+
+namespace {
+
+void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
+  const PackedDepthwiseS8& w = *d.w;
+  const int64_t oh_n = d.out_h(), ow_n = d.out_w(), c_n = d.channels, taps = w.kh * w.kw;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / oh_n, oh = r % oh_n;
+    for (int64_t ow = 0; ow < ow_n; ++ow)
+      for (int64_t c = 0; c < c_n; ++c) {
+        // |x - zx| <= 255, |w| <= 128, taps <= 65793: the sum fits int32.
+        int64_t acc = 0;
+        for (int64_t kh = 0; kh < w.kh; ++kh)
+          for (int64_t kw = 0; kw < w.kw; ++kw) {
+            const int64_t ih = oh * d.stride_h - d.pad_top + kh * d.dilation_h;
+            const int64_t iw = ow * d.stride_w - d.pad_left + kw * d.dilation_w;
+            if (ih < 0 || ih >= d.in_h || iw < 0 || iw >= d.in_w) continue;  // padding: x == zx adds 0
+            const int64_t at = ((n * d.in_h + ih) * d.in_w + iw) * c_n + c;
+            const int64_t x = d.x_type == Act8::kUInt8 ? int64_t{static_cast<const uint8_t*>(d.x)[at]}
+                                                       : int64_t{static_cast<const int8_t*>(d.x)[at]};
+            acc += (x - d.x_zero_point) * w.plain[static_cast<size_t>(c * taps + kh * w.kw + kw)];
+          }
+        const uint32_t b = d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u;
+        const int32_t v = static_cast<int32_t>(b + static_cast<uint32_t>(acc));
+        const int64_t out = ((n * oh_n + oh) * ow_n + ow) * c_n + c;
+        const OutputStageS8& o = d.out;
+        if (o.type == OutputType::kInt32) {
+          static_cast<int32_t*>(d.y)[out] = v;
+        } else {
+          const int32_t q = s8::requantize_one(v, o.multipliers[o.num_multipliers == 1 ? 0 : c], o);
+          if (o.type == OutputType::kUInt8)
+            static_cast<uint8_t*>(d.y)[out] = static_cast<uint8_t>(q);
+          else
+            static_cast<int8_t*>(d.y)[out] = static_cast<int8_t>(q);
+        }
+      }
+  }
+}
+
+enum class DwKernel { kReference, kAvx2, kAvx512Vnni };
+
+// Permutes per-channel tables into the accumulator order of `k`.
+template <typename T>
+std::vector<T> permute(const std::vector<T>& v, DwKernel k) {
+  std::vector<T> out(v.size());
+  for (size_t p = 0; p < v.size(); ++p) {
+    size_t c;
+    if (k == DwKernel::kAvx512Vnni) {
+      const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
+      c = 64 * b + 16 * l + 4 * j + i;
+    } else {
+      const size_t b = p / 16, pp = p % 16, h = pp / 8, l = (pp % 8) / 4, i = pp % 4;
+      c = 16 * b + 8 * l + 4 * h + i;
+    }
+    out[p] = v[c];
+  }
+  return out;
+}
+
+}  // namespace
+
+void depthwise_s8_reference(const DepthwiseS8Args& d) {
+  validate(d);
+  reference_rows(d, 0, d.batch * d.out_h());
+}
+
+void depthwise_s8(const DepthwiseS8Args& d) {
+  validate(d);
+  const int64_t rows = d.batch * d.out_h();
+  if (rows == 0) return;
+  const uint32_t paths = active_paths();
+  DwKernel k = DwKernel::kReference;
+  s8::DwPlan p;
+  p.d = &d;
+  const int64_t padded = (d.channels + 63) / 64 * 64;
+  if (d.out.type != OutputType::kInt32) p.rq = s8::make_requant_tables(d.out, d.channels, padded);
+  const bool rq_ok = d.out.type == OutputType::kInt32 || p.rq.simd_ok;
+  if (rq_ok && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled())
+    k = DwKernel::kAvx512Vnni;
+  else if (rq_ok && has_path(paths, Path::kAvx2) && s8::avx2_compiled())
+    k = DwKernel::kAvx2;
+  const int64_t ops = rows * d.out_w() * d.channels * d.w->kh * d.w->kw;
+  const int threads = ops < (int64_t{1} << 16) ? 1 : num_threads();
+  if (k == DwKernel::kReference) {
+    if (threads <= 1) return reference_rows(d, 0, rows);
+    return parallel_for(0, rows, [&](int64_t lo, int64_t hi) { reference_rows(d, lo, hi); });
+  }
+  p.flip = d.x_type == Act8::kInt8;
+  p.oh = d.out_h();
+  p.ow = d.out_w();
+  p.zrow.assign(static_cast<size_t>(padded + 64), static_cast<uint8_t>(d.x_zero_point));
+  const uint32_t za = static_cast<uint32_t>(d.x_zero_point + (p.flip ? 128 : 0));
+  std::vector<int32_t> off(static_cast<size_t>(padded), 0);
+  for (int64_t c = 0; c < d.channels; ++c)
+    off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
+                                                       za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
+  p.off = permute(off, k);
+  if (d.out.type != OutputType::kInt32) {
+    p.rq.mult = permute(p.rq.mult, k);
+    p.rq.sh64 = permute(p.rq.sh64, k);
+    p.rq.rsh = permute(p.rq.rsh, k);
+    p.rq.rmask = permute(p.rq.rmask, k);
+  }
+  auto body = [&](int64_t lo, int64_t hi) {
+    if (k == DwKernel::kAvx512Vnni)
+      s8::dw_rows_avx512vnni(p, lo, hi);
+    else
+      s8::dw_rows_avx2(p, lo, hi);
+  };
+  if (threads <= 1) return body(0, rows);
+  parallel_for(0, rows, body);
+}
+
+}  // namespace perch::kernels

@@ -1,0 +1,312 @@
+// depthwise_s8: the reference twin against an independent int64 formula, and every compiled SIMD path
+// against the reference, bit-exact (tolerance 0), over channel counts around the 16/64-channel blocks, kernel
+// sizes with tap counts around the 2/4-tap groups, strides, dilations, asymmetric padding and extreme zero
+// points and weights.
+#include "perch/kernels/dwconv_s8.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/kernel_test_util.h"
+#include "perch/core/cpu.h"
+#include "perch/core/error.h"
+#include "perch/core/threads.h"
+
+namespace perch::kernels {
+namespace {
+
+using test::PathGuard;
+using test::Rng;
+
+struct IsaPath {
+  const char* name;
+  uint32_t paths;
+  Path needs;
+};
+std::vector<IsaPath> isa_paths() {
+  return {{"avx2", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx2), Path::kAvx2},
+          {"avx512vnni", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx512Vnni),
+           Path::kAvx512Vnni}};
+}
+
+struct DwCase {
+  DepthwiseS8Args args;  // pointers set by bind()
+  std::vector<uint8_t> x;
+  std::vector<int8_t> w;
+  std::vector<int32_t> bias;
+  PackedDepthwiseS8 packed;
+  int64_t kh = 3, kw = 3;
+
+  void bind() {
+    args.x = x.data();
+    args.w = &packed;
+    args.bias = bias.empty() ? nullptr : bias.data();
+  }
+  std::string describe() const {
+    const auto& a = args;
+    return "N=" + std::to_string(a.batch) + " H=" + std::to_string(a.in_h) + " W=" + std::to_string(a.in_w) +
+           " C=" + std::to_string(a.channels) + " k=" + std::to_string(kh) + "x" + std::to_string(kw) +
+           " s=" + std::to_string(a.stride_h) + "," + std::to_string(a.stride_w) + " d=" + std::to_string(a.dilation_h) +
+           "," + std::to_string(a.dilation_w) + " pad=" + std::to_string(a.pad_top) + "," + std::to_string(a.pad_left) +
+           "," + std::to_string(a.pad_bottom) + "," + std::to_string(a.pad_right) +
+           (a.x_type == Act8::kUInt8 ? " u8" : " s8") + " zx=" + std::to_string(a.x_zero_point);
+  }
+};
+
+DwCase make_case(Rng& rng, int64_t channels, int64_t kh, int64_t kw) {
+  DwCase c;
+  c.kh = kh;
+  c.kw = kw;
+  auto& a = c.args;
+  a.channels = channels;
+  a.batch = rng.range(1, 2);
+  a.stride_h = rng.range(1, 2);
+  a.stride_w = rng.range(1, 2);
+  a.dilation_h = rng.range(0, 3) == 0 ? 2 : 1;
+  a.dilation_w = rng.range(0, 3) == 0 ? 2 : 1;
+  a.pad_top = rng.range(0, 2);
+  a.pad_left = rng.range(0, 2);
+  a.pad_bottom = rng.range(0, 2);
+  a.pad_right = rng.range(0, 2);
+  const int64_t min_h = std::max<int64_t>(1, a.dilation_h * (kh - 1) + 1 - a.pad_top - a.pad_bottom);
+  const int64_t min_w = std::max<int64_t>(1, a.dilation_w * (kw - 1) + 1 - a.pad_left - a.pad_right);
+  a.in_h = min_h + rng.range(0, 6);
+  a.in_w = min_w + rng.range(0, 9);
+  a.x_type = rng.range(0, 1) ? Act8::kUInt8 : Act8::kInt8;
+  static const int32_t zu[] = {0, 255, 128, 9}, zs[] = {-128, 127, 0, -3};
+  a.x_zero_point = a.x_type == Act8::kUInt8 ? zu[rng.range(0, 3)] : zs[rng.range(0, 3)];
+  c.x.resize(static_cast<size_t>(a.batch * a.in_h * a.in_w * channels));
+  for (auto& v : c.x) {
+    const int64_t r = rng.range(0, 9);
+    v = static_cast<uint8_t>(r == 0 ? 0 : (r == 1 ? 255 : rng.range(0, 255)));
+  }
+  c.w.resize(static_cast<size_t>(channels * kh * kw));
+  for (auto& v : c.w) {
+    const int64_t r = rng.range(0, 9);
+    v = static_cast<int8_t>(r == 0 ? -128 : (r == 1 ? -127 : (r == 2 ? 127 : rng.range(-128, 127))));
+  }
+  if (rng.range(0, 2)) {
+    c.bias.resize(static_cast<size_t>(channels));
+    for (auto& b : c.bias) b = static_cast<int32_t>(rng.range(-50000, 50000));
+  }
+  c.packed = pack_depthwise_s8(c.w.data(), channels, kh, kw);
+  c.bind();
+  return c;
+}
+
+// Independent int64 formula on the unpacked weights; padding taps skipped (they are the zero point).
+std::vector<int64_t> exact(const DwCase& c) {
+  const auto& a = c.args;
+  const int64_t oh_n = a.out_h(), ow_n = a.out_w(), cn = a.channels;
+  std::vector<int64_t> out(static_cast<size_t>(a.batch * oh_n * ow_n * cn));
+  for (int64_t n = 0; n < a.batch; ++n)
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow)
+        for (int64_t ch = 0; ch < cn; ++ch) {
+          int64_t s = c.bias.empty() ? 0 : c.bias[static_cast<size_t>(ch)];
+          for (int64_t i = 0; i < c.kh; ++i)
+            for (int64_t j = 0; j < c.kw; ++j) {
+              const int64_t ih = oh * a.stride_h - a.pad_top + i * a.dilation_h;
+              const int64_t iw = ow * a.stride_w - a.pad_left + j * a.dilation_w;
+              if (ih < 0 || ih >= a.in_h || iw < 0 || iw >= a.in_w) continue;
+              const uint8_t b = c.x[static_cast<size_t>(((n * a.in_h + ih) * a.in_w + iw) * cn + ch)];
+              const int64_t xv = a.x_type == Act8::kUInt8 ? int64_t{b} : int64_t{static_cast<int8_t>(b)};
+              s += (xv - a.x_zero_point) * c.w[static_cast<size_t>((ch * c.kh + i) * c.kw + j)];
+            }
+          out[static_cast<size_t>(((n * oh_n + oh) * ow_n + ow) * cn + ch)] = s;
+        }
+  return out;
+}
+
+std::vector<uint8_t> run(DwCase& c, OutputStageS8 st, bool reference_twin) {
+  const size_t elems = static_cast<size_t>(c.args.batch * c.args.out_h() * c.args.out_w() * c.args.channels);
+  std::vector<uint8_t> y(elems * (st.type == OutputType::kInt32 ? 4 : 1) + 64, 0xCD);
+  c.args.out = st;
+  c.args.y = y.data();
+  if (reference_twin)
+    depthwise_s8_reference(c.args);
+  else
+    depthwise_s8(c.args);
+  for (size_t i = y.size() - 64; i < y.size(); ++i) EXPECT_EQ(y[i], 0xCD) << "wrote past the output";
+  return y;
+}
+
+std::vector<quant::FixedPointMultiplier> pick_multipliers(Rng& rng, const DwCase& c, const std::vector<int64_t>& acc,
+                                                          bool per_channel) {
+  const int64_t cn = c.args.channels;
+  std::vector<int64_t> mx(static_cast<size_t>(cn), 1);
+  for (size_t i = 0; i < acc.size(); ++i)
+    mx[i % static_cast<size_t>(cn)] = std::max<int64_t>(mx[i % static_cast<size_t>(cn)], std::llabs(acc[i]));
+  std::vector<quant::FixedPointMultiplier> ms;
+  for (int64_t ch = 0; ch < (per_channel ? cn : 1); ++ch)
+    ms.push_back(quant::quantize_multiplier(127.0 / static_cast<double>(mx[static_cast<size_t>(ch)]) *
+                                            (0.6 + 0.8 * rng.uniform(0, 1))));
+  return ms;
+}
+
+TEST(DepthwiseS8, PackLayouts) {
+  Rng rng(1);
+  const int64_t cn = 70, kh = 3, kw = 3;
+  std::vector<int8_t> w(static_cast<size_t>(cn * kh * kw));
+  for (auto& v : w) v = static_cast<int8_t>(rng.range(-128, 127));
+  const auto p = pack_depthwise_s8(w.data(), cn, kh, kw);
+  for (int64_t ch = 0; ch < cn; ++ch) {
+    int32_t s = 0;
+    for (int64_t t = 0; t < 9; ++t) s += w[static_cast<size_t>(ch * 9 + t)];
+    EXPECT_EQ(p.w_sum[static_cast<size_t>(ch)], s);
+  }
+  // Channel 37, tap 6: VNNI block 0, group 1, j = (37 % 16) / 4 = 1, l = 2, i = 1, t = 2.
+  EXPECT_EQ(p.vnni[static_cast<size_t>((1 * 4 + 1) * 64 + 16 * 2 + 4 * 1 + 2)], w[37 * 9 + 6]);
+  // AVX2: channel 37 = 16 * 2 + 5: block 2, l = 0, h = 1, i = 1; tap 6 = pair 3, t = 0.
+  EXPECT_EQ(p.avx2[static_cast<size_t>(((2 * 5 + 3) * 2 + 1) * 16 + 0 + 2 * 1 + 0)], w[37 * 9 + 6]);
+  EXPECT_THROW(pack_depthwise_s8(w.data(), 0, 3, 3), Error);
+}
+
+TEST(DepthwiseS8, ValidateRejectsBadArguments) {
+  Rng rng(2);
+  DwCase c = make_case(rng, 8, 3, 3);
+  const quant::FixedPointMultiplier m{1 << 30, -8};
+  c.args.out.multipliers = &m;
+  c.args.out.num_multipliers = 1;
+  std::vector<uint8_t> y(1 << 16);
+  c.args.y = y.data();
+  EXPECT_NO_THROW(validate(c.args));
+  auto bad = c.args;
+  bad.channels = 9;
+  EXPECT_THROW(validate(bad), Error);
+  bad = c.args;
+  bad.stride_h = 0;
+  EXPECT_THROW(validate(bad), Error);
+  bad = c.args;
+  bad.in_h = 1;
+  bad.pad_top = bad.pad_bottom = 0;
+  EXPECT_THROW(validate(bad), Error);  // the 3x3 kernel does not fit
+  bad = c.args;
+  bad.out.num_multipliers = 3;
+  EXPECT_THROW(validate(bad), Error);
+}
+
+TEST(DepthwiseS8, ReferenceMatchesInt64Formula) {
+  Rng rng(3);
+  for (int it = 0; it < 30; ++it) {
+    DwCase c = make_case(rng, rng.range(1, 20), rng.range(1, 4), rng.range(1, 4));
+    const auto want = exact(c);
+    OutputStageS8 raw;
+    raw.type = OutputType::kInt32;
+    const auto got = run(c, raw, true);
+    for (size_t i = 0; i < want.size(); ++i) {
+      int32_t v;
+      std::memcpy(&v, got.data() + i * 4, 4);
+      ASSERT_EQ(v, want[i]) << c.describe() << " at " << i;
+    }
+    OutputStageS8 st;
+    st.type = OutputType::kUInt8;
+    st.zero_point = 120;
+    st.qmin = 0;
+    st.qmax = 255;
+    const auto ms = pick_multipliers(rng, c, want, true);
+    st.multipliers = ms.data();
+    st.num_multipliers = static_cast<int64_t>(ms.size());
+    const auto q = run(c, st, true);
+    for (size_t i = 0; i < want.size(); ++i) {
+      const auto m = ms[i % ms.size()];
+      const int64_t e = std::clamp<int64_t>(
+          int64_t{quant::multiply_by_quantized_multiplier(static_cast<int32_t>(want[i]), m)} + 120, 0, 255);
+      ASSERT_EQ(int{q[i]}, e) << c.describe();
+    }
+  }
+}
+
+TEST(DepthwiseS8, EveryPathMatchesReference) {
+  const int64_t channels[] = {1, 3, 15, 16, 17, 31, 32, 48, 63, 64, 65, 100, 144};
+  const std::pair<int64_t, int64_t> kernels[] = {{3, 3}, {1, 1}, {2, 2}, {1, 3}, {3, 1}, {5, 5}, {2, 3}, {1, 5}, {3, 3}};
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) {
+      std::cout << "[  SKIPPED ] " << isa.name << ": this CPU lacks it\n";
+      continue;
+    }
+    Rng rng(10);
+    int64_t outputs = 0, inside = 0;
+    for (int64_t cn : channels)
+      for (auto [kh, kw] : kernels) {
+        DwCase c = make_case(rng, cn, kh, kw);
+        const auto ex = exact(c);
+        OutputStageS8 raw;
+        raw.type = OutputType::kInt32;
+        {
+          PathGuard guard(isa.paths);
+          const auto got = run(c, raw, false);
+          for (size_t i = 0; i < ex.size(); ++i) {
+            int32_t v;
+            std::memcpy(&v, got.data() + i * 4, 4);
+            ASSERT_EQ(v, ex[i]) << isa.name << " " << c.describe() << " at " << i;
+          }
+        }
+        for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
+          OutputStageS8 st;
+          st.type = type;
+          const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
+          st.zero_point = lo + static_cast<int32_t>(rng.range(100, 155));
+          st.qmin = rng.range(0, 3) == 0 ? st.zero_point : lo;  // fused ReLU
+          st.qmax = lo + 255;
+          const auto ms = pick_multipliers(rng, c, ex, rng.range(0, 3) != 0);
+          st.multipliers = ms.data();
+          st.num_multipliers = static_cast<int64_t>(ms.size());
+          const auto want = run(c, st, true);
+          std::vector<uint8_t> got;
+          {
+            PathGuard guard(isa.paths);
+            got = run(c, st, false);
+          }
+          ASSERT_EQ(got, want) << isa.name << " " << c.describe();
+          for (size_t i = 0; i < ex.size(); ++i) {
+            const int v = type == OutputType::kUInt8 ? int{got[i]} : int{static_cast<int8_t>(got[i])};
+            ++outputs;
+            inside += (v > st.qmin && v < st.qmax) ? 1 : 0;
+          }
+        }
+      }
+    EXPECT_GT(inside * 10, outputs * 3) << isa.name << ": only " << inside << " of " << outputs
+                                        << " outputs strictly inside (qmin, qmax)";
+  }
+}
+
+// The MobileNetV2 shape, split over two threads; left-shift multipliers (M >= 1) included.
+TEST(DepthwiseS8, LargeThreadedAndLeftShifts) {
+  Rng rng(4);
+  const int saved = num_threads();
+  set_num_threads(2);
+  DwCase c = make_case(rng, 144, 3, 3);
+  c.args.batch = 1;
+  c.args.in_h = c.args.in_w = 28;
+  c.args.stride_h = c.args.stride_w = 1;
+  c.args.dilation_h = c.args.dilation_w = 1;
+  c.args.pad_top = c.args.pad_left = c.args.pad_bottom = c.args.pad_right = 1;
+  c.x.resize(static_cast<size_t>(28 * 28 * 144));
+  for (auto& v : c.x) v = static_cast<uint8_t>(rng.range(0, 255));
+  c.bind();
+  std::vector<quant::FixedPointMultiplier> ms(144);
+  for (auto& m : ms) {
+    m.multiplier = static_cast<int32_t>(rng.range(int64_t{1} << 30, (int64_t{1} << 31) - 1));
+    m.shift = static_cast<int32_t>(rng.range(-20, 3));
+  }
+  OutputStageS8 st;
+  st.type = OutputType::kInt8;
+  st.qmin = -128;
+  st.qmax = 127;
+  st.multipliers = ms.data();
+  st.num_multipliers = 144;
+  const auto want = run(c, st, true);
+  for (const auto& ps : test::path_sets()) {
+    PathGuard guard(ps.paths);
+    EXPECT_EQ(run(c, st, false), want) << ps.name;
+  }
+  set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace perch::kernels
