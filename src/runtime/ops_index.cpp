@@ -1,0 +1,272 @@
+// Index-driven ops for the float executor: GatherElements, ScatterElements, GatherND, ScatterND, Compress,
+// NonZero, OneHot, Trilu, EyeLike. Data keeps its element type; indices may be negative (counted from the
+// end) and out-of-range indices are errors.
+#include <algorithm>
+#include <cstring>
+
+#include "ops_typed.h"
+#include "perch/runtime/executor.h"
+
+namespace perch::runtime {
+
+using detail::has;
+using detail::in;
+using detail::strides_of;
+using detail::Walker;
+using graph::Node;
+using Args = std::vector<const Tensor*>;
+
+namespace {
+
+int64_t wrap_index(int64_t i, int64_t dim) {
+  PERCH_CHECK(i >= -dim && i < dim, "index ", i, " out of range [", -dim, ", ", dim, ")");
+  return i < 0 ? i + dim : i;
+}
+
+// Offsets into `data` of every element of `indices` (same rank): the index replaces the coordinate on `axis`.
+std::vector<int64_t> element_offsets(const Tensor& data, const Tensor& indices, int64_t axis) {
+  PERCH_CHECK(indices.rank() == data.rank(), "indices rank ", indices.rank(), " differs from data rank ", data.rank());
+  for (int64_t d = 0; d < data.rank(); ++d)
+    PERCH_CHECK(d == axis || indices.dim(d) <= data.dim(d), "indices shape ", shape_str(indices.shape()),
+                " exceeds data shape ", shape_str(data.shape()), " off the axis");
+  auto ds = strides_of(data.shape());
+  const int64_t axis_stride = ds[axis];
+  ds[axis] = 0;
+  const auto idx = indices.to_i64_vector();
+  std::vector<int64_t> off;
+  off.reserve(idx.size());
+  size_t i = 0;
+  for (Walker w(indices.shape(), {ds}); w.valid(); w.next(), ++i)
+    off.push_back(w.offset(0) + wrap_index(idx[i], data.dim(axis)) * axis_stride);
+  return off;
+}
+
+std::vector<Tensor> gather_elements(const Node& n, const Args& a, int64_t) {
+  const Tensor &data = in(n, a, 0), &indices = in(n, a, 1);
+  const int64_t axis = normalize_axis(n.attr_int("axis", 0), data.rank(), "axis");
+  const auto off = element_offsets(data, indices, axis);
+  Tensor y = Tensor::uninitialized(data.dtype(), indices.shape());
+  const size_t es = dtype_size(data.dtype());
+  for (size_t i = 0; i < off.size(); ++i)
+    std::memcpy(static_cast<char*>(y.raw()) + i * es, static_cast<const char*>(data.raw()) + off[i] * es, es);
+  return {y};
+}
+
+// Applies updates to y at offsets with the `reduction` attribute (none, add, mul, max, min).
+void scatter_apply(const Node& n, Tensor& y, const Tensor& updates, const std::vector<int64_t>& off, int64_t slice) {
+  PERCH_CHECK(updates.dtype() == y.dtype(), "updates have type ", dtype_name(updates.dtype()), ", data ", dtype_name(y.dtype()));
+  const std::string red = n.attr_string("reduction", "none");
+  detail::visit_dtype(y.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* yd = y.data<T>();
+    const T* ud = updates.data<T>();
+    for (size_t i = 0; i < off.size(); ++i)
+      for (int64_t j = 0; j < slice; ++j) {
+        T& t = yd[off[i] + j];
+        const T u = ud[static_cast<int64_t>(i) * slice + j];
+        if (red == "none") t = u;
+        else if constexpr (std::is_same_v<T, bool>) PERCH_FAIL("reduction '", red, "' on bool data");
+        else if (red == "add") t = static_cast<T>(t + u);
+        else if (red == "mul") t = static_cast<T>(t * u);
+        else if (red == "max") t = std::max(t, u);
+        else if (red == "min") t = std::min(t, u);
+        else PERCH_FAIL("unknown reduction '", red, "'");
+      }
+  });
+}
+
+std::vector<Tensor> scatter_elements(const Node& n, const Args& a, int64_t) {
+  const Tensor &data = in(n, a, 0), &indices = in(n, a, 1), &updates = in(n, a, 2);
+  PERCH_CHECK(updates.shape() == indices.shape(), "updates ", shape_str(updates.shape()), " and indices ",
+              shape_str(indices.shape()), " differ in shape");
+  const int64_t axis = normalize_axis(n.attr_int("axis", 0), data.rank(), "axis");
+  Tensor y = data.clone();
+  scatter_apply(n, y, updates, element_offsets(data, indices, axis), 1);
+  return {y};
+}
+
+// GatherND/ScatterND addressing: offsets (in elements of data) of the slices selected by `indices`
+// [b..., q..., k] with `batch_dims` leading batch dims; `slice` = elements per selected slice.
+std::vector<int64_t> nd_offsets(const Tensor& data, const Tensor& indices, int64_t batch_dims, int64_t& slice,
+                                Shape& out_shape) {
+  const int64_t r = data.rank(), q = indices.rank();
+  PERCH_CHECK(q >= 1 && batch_dims >= 0 && batch_dims < std::min(r, q), "batch_dims ", batch_dims, " invalid for data rank ",
+              r, " and indices rank ", q);
+  const int64_t k = indices.dim(-1);
+  PERCH_CHECK(k >= 1 && k <= r - batch_dims, "indices' last dim ", k, " exceeds data rank ", r, " - batch_dims ", batch_dims);
+  for (int64_t d = 0; d < batch_dims; ++d)
+    PERCH_CHECK(data.dim(d) == indices.dim(d), "batch dim ", d, " differs (", data.dim(d), " vs ", indices.dim(d), ")");
+  const auto ds = strides_of(data.shape());
+  slice = 1;
+  for (int64_t d = batch_dims + k; d < r; ++d) slice *= data.dim(d);
+  int64_t batch = 1;
+  for (int64_t d = 0; d < batch_dims; ++d) batch *= data.dim(d);
+  const int64_t batch_stride = batch_dims ? ds[batch_dims - 1] : 0;
+  out_shape.assign(indices.shape().begin(), indices.shape().end() - 1);
+  out_shape.insert(out_shape.end(), data.shape().begin() + batch_dims + k, data.shape().end());
+  const auto idx = indices.to_i64_vector();
+  const int64_t tuples = static_cast<int64_t>(idx.size()) / k, per_batch = tuples / std::max<int64_t>(batch, 1);
+  std::vector<int64_t> off;
+  for (int64_t t = 0; t < tuples; ++t) {
+    int64_t o = (t / std::max<int64_t>(per_batch, 1)) * batch_stride;
+    for (int64_t j = 0; j < k; ++j) o += wrap_index(idx[t * k + j], data.dim(batch_dims + j)) * ds[batch_dims + j];
+    off.push_back(o);
+  }
+  return off;
+}
+
+std::vector<Tensor> gather_nd(const Node& n, const Args& a, int64_t opset) {
+  const Tensor &data = in(n, a, 0), &indices = in(n, a, 1);
+  int64_t slice;
+  Shape ys;
+  const auto off = nd_offsets(data, indices, opset >= 12 ? n.attr_int("batch_dims", 0) : 0, slice, ys);
+  Tensor y = Tensor::uninitialized(data.dtype(), ys);
+  const size_t es = dtype_size(data.dtype());
+  for (size_t i = 0; i < off.size(); ++i)
+    std::memcpy(static_cast<char*>(y.raw()) + i * slice * es, static_cast<const char*>(data.raw()) + off[i] * es, slice * es);
+  return {y};
+}
+
+std::vector<Tensor> scatter_nd(const Node& n, const Args& a, int64_t) {
+  const Tensor &data = in(n, a, 0), &indices = in(n, a, 1), &updates = in(n, a, 2);
+  int64_t slice;
+  Shape us;
+  const auto off = nd_offsets(data, indices, 0, slice, us);
+  PERCH_CHECK(updates.shape() == us, "updates have shape ", shape_str(updates.shape()), ", expected ", shape_str(us));
+  Tensor y = data.clone();
+  scatter_apply(n, y, updates, off, slice);
+  return {y};
+}
+
+std::vector<Tensor> compress(const Node& n, const Args& a, int64_t) {
+  const Tensor &x0 = in(n, a, 0), &cond = in(n, a, 1);
+  PERCH_CHECK(cond.rank() == 1, "condition must be 1-D, got ", shape_str(cond.shape()));
+  const auto c = cond.to_i64_vector();
+  const bool flat = !n.has_attr("axis");
+  const Tensor x = flat ? x0.reshaped({x0.numel()}) : x0;
+  const int64_t axis = flat ? 0 : normalize_axis(n.attr_int("axis", 0), x.rank(), "axis");
+  const int64_t dim = x.dim(axis);
+  PERCH_CHECK(static_cast<int64_t>(c.size()) <= dim, "condition has ", c.size(), " values for an axis of ", dim);
+  std::vector<int64_t> keep;
+  for (size_t i = 0; i < c.size(); ++i)
+    if (c[i]) keep.push_back(static_cast<int64_t>(i));
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= x.dim(d);
+  for (int64_t d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
+  Shape ys = x.shape();
+  ys[axis] = static_cast<int64_t>(keep.size());
+  Tensor y = Tensor::uninitialized(x.dtype(), ys);
+  const size_t es = dtype_size(x.dtype());
+  for (int64_t o = 0; o < outer; ++o)
+    for (size_t j = 0; j < keep.size(); ++j)
+      std::memcpy(static_cast<char*>(y.raw()) + ((o * static_cast<int64_t>(keep.size()) + static_cast<int64_t>(j)) * inner) * es,
+                  static_cast<const char*>(x.raw()) + ((o * dim + keep[j]) * inner) * es, inner * es);
+  return {y};
+}
+
+std::vector<Tensor> nonzero(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  const Tensor xb = x.rank() == 0 ? x.reshaped({1}) : x;
+  std::vector<std::vector<int64_t>> hits;
+  detail::visit_dtype(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* d = xb.data<T>();
+    int64_t i = 0;
+    for (Walker w(xb.shape(), {}); w.valid(); w.next(), ++i)
+      if (d[i] != T(0)) hits.push_back(w.index());
+  });
+  const int64_t r = x.rank(), m = static_cast<int64_t>(hits.size());
+  Tensor y(DType::kInt64, {r, m});
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t d = 0; d < r; ++d) y.data<int64_t>()[d * m + j] = hits[j][d];
+  return {y};
+}
+
+std::vector<Tensor> one_hot(const Node& n, const Args& a, int64_t) {
+  const Tensor &indices = in(n, a, 0), &values = in(n, a, 2);
+  const int64_t depth = static_cast<int64_t>(detail::scalar_value(in(n, a, 1), "depth"));
+  PERCH_CHECK(depth > 0, "depth must be positive, got ", depth);
+  PERCH_CHECK(values.numel() == 2, "values must hold [off_value, on_value], got shape ", shape_str(values.shape()));
+  const int64_t r = indices.rank() + 1;
+  const int64_t axis = normalize_axis(n.attr_int("axis", -1), r, "axis");
+  Shape ys = indices.shape();
+  ys.insert(ys.begin() + axis, depth);
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= ys[d];
+  for (int64_t d = axis + 1; d < r; ++d) inner *= ys[d];
+  const auto idx = indices.to_i64_vector();
+  Tensor y = Tensor::uninitialized(values.dtype(), ys);
+  const size_t es = dtype_size(values.dtype());
+  const char* off_v = static_cast<const char*>(values.raw());
+  const char* on_v = off_v + es;
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t j = 0; j < depth; ++j)
+      for (int64_t i = 0; i < inner; ++i) {
+        int64_t v = idx[o * inner + i];
+        if (v < 0) v += depth;  // out-of-range indices select nothing (all off_value)
+        std::memcpy(static_cast<char*>(y.raw()) + ((o * depth + j) * inner + i) * es, v == j ? on_v : off_v, es);
+      }
+  return {y};
+}
+
+std::vector<Tensor> trilu(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  PERCH_CHECK(x.rank() >= 2, "input must have rank >= 2, got ", shape_str(x.shape()));
+  const int64_t k = has(a, 1) ? static_cast<int64_t>(detail::scalar_value(*a[1], "k")) : 0;
+  const bool upper = n.attr_int("upper", 1) != 0;
+  const int64_t R = x.dim(-2), C = x.dim(-1), mats = x.numel() / std::max<int64_t>(1, R * C);
+  Tensor y(x.dtype(), x.shape());  // zero-filled
+  const size_t es = dtype_size(x.dtype());
+  for (int64_t m = 0; m < mats; ++m)
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t j = 0; j < C; ++j)
+        if (upper ? j - i >= k : j - i <= k) {
+          const int64_t at = (m * R + i) * C + j;
+          std::memcpy(static_cast<char*>(y.raw()) + at * es, static_cast<const char*>(x.raw()) + at * es, es);
+        }
+  return {y};
+}
+
+std::vector<Tensor> eye_like(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  PERCH_CHECK(x.rank() == 2, "input must be 2-D, got ", shape_str(x.shape()));
+  DType dt = x.dtype();
+  if (n.has_attr("dtype")) {
+    switch (n.attr_int("dtype", 1)) {
+      case 1: dt = DType::kFloat32; break;
+      case 2: dt = DType::kUInt8; break;
+      case 3: dt = DType::kInt8; break;
+      case 4: dt = DType::kUInt16; break;
+      case 5: dt = DType::kInt16; break;
+      case 6: dt = DType::kInt32; break;
+      case 7: dt = DType::kInt64; break;
+      case 9: dt = DType::kBool; break;
+      case 11: dt = DType::kFloat64; break;
+      default: PERCH_FAIL("dtype ", n.attr_int("dtype", 1), " is not supported");
+    }
+  }
+  const int64_t k = n.attr_int("k", 0);
+  Tensor y(dt, x.shape());
+  detail::visit_dtype(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for (int64_t i = 0; i < x.dim(0); ++i)
+      if (i + k >= 0 && i + k < x.dim(1)) y.data<T>()[i * x.dim(1) + i + k] = T(1);
+  });
+  return {y};
+}
+
+}  // namespace
+
+void register_index_ops(OpRegistry& r) {
+  r.add("GatherElements", 11, gather_elements);
+  r.add("ScatterElements", 11, scatter_elements);
+  r.add("GatherND", 11, gather_nd);
+  r.add("ScatterND", 11, scatter_nd);
+  r.add("Compress", 9, compress);
+  r.add("NonZero", 9, nonzero);
+  r.add("OneHot", 9, one_hot);
+  r.add("Trilu", 14, trilu);
+  r.add("EyeLike", 9, eye_like);
+}
+
+}  // namespace perch::runtime
