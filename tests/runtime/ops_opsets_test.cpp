@@ -1,0 +1,157 @@
+// Opset-dependent forms of the coverage ops that ONNX's node tests (libonnx-testdata 1.12: opsets 11-17)
+// do not exercise: attribute forms before the move to inputs (Slice-1, Pad-2, Reduce*-1, Split-2,
+// Upsample-7), Resize-10's legacy nearest rounding, and that both forms give the same result.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "perch/runtime/executor.h"
+
+namespace perch::runtime {
+namespace {
+
+using graph::Model;
+using graph::Node;
+using graph::ValueInfo;
+
+Node node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out) {
+  Node n;
+  n.op_type = op;
+  n.name = op + "_under_test";
+  n.inputs = std::move(in);
+  n.outputs = std::move(out);
+  return n;
+}
+
+// Runs a one-node model at `opset` on x (float32) plus integer/float initializers; returns output 0.
+Tensor run_one(Node n, int64_t opset, const Tensor& x, const std::map<std::string, Tensor>& inits = {},
+               size_t outputs = 1, size_t which = 0) {
+  Model m;
+  m.source = "opset_test.onnx";
+  ValueInfo in;
+  in.name = "x";
+  in.dtype = x.dtype();
+  m.graph.inputs = {in};
+  for (size_t i = 0; i < outputs; ++i) {
+    ValueInfo o;
+    o.name = n.outputs.at(i);
+    m.graph.outputs.push_back(o);
+  }
+  m.graph.initializers = inits;
+  m.graph.nodes = {std::move(n)};
+  m.set_opset(opset);
+  Executor e(m);
+  return e.run({{"x", x}}).at(m.graph.outputs.at(which).name);
+}
+
+Tensor iota(Shape s) {
+  Tensor t(DType::kFloat32, s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = static_cast<float>(i);
+  return t;
+}
+
+Tensor ints(std::vector<int64_t> v) { return Tensor::from<int64_t>({static_cast<int64_t>(v.size())}, v); }
+
+std::vector<float> values(const Tensor& t) {
+  auto s = t.span<float>();
+  return {s.begin(), s.end()};
+}
+
+TEST(OpsetForms, SliceAttributesBefore10MatchInputsFrom10) {
+  const Tensor x = iota({3, 4});
+  Node a = node("Slice", {"x"}, {"y"});
+  a.attrs["starts"] = std::vector<int64_t>{1, -3};
+  a.attrs["ends"] = std::vector<int64_t>{1000, -1};
+  a.attrs["axes"] = std::vector<int64_t>{0, 1};
+  const Tensor y1 = run_one(a, 9, x);
+  EXPECT_EQ(y1.shape(), (Shape{2, 2}));
+  EXPECT_EQ(values(y1), (std::vector<float>{5, 6, 9, 10}));
+  const Tensor y10 = run_one(node("Slice", {"x", "s", "e", "a"}, {"y"}), 10, x,
+                             {{"s", ints({1, -3})}, {"e", ints({1000, -1})}, {"a", ints({0, 1})}});
+  EXPECT_EQ(values(y10), values(y1));
+  // Negative steps (10+): reverse a row.
+  const Tensor r = run_one(node("Slice", {"x", "s", "e", "a", "st"}, {"y"}), 13, x,
+                           {{"s", ints({-1})}, {"e", ints({-1000})}, {"a", ints({1})}, {"st", ints({-1})}});
+  EXPECT_EQ(values(r), (std::vector<float>{3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8}));
+}
+
+TEST(OpsetForms, PadAttributesBefore11MatchInputsFrom11) {
+  const Tensor x = iota({1, 3});
+  Node a = node("Pad", {"x"}, {"y"});
+  a.attrs["pads"] = std::vector<int64_t>{0, 2, 0, 1};
+  a.attrs["mode"] = std::string("reflect");
+  const Tensor y2 = run_one(a, 2, x);
+  EXPECT_EQ(values(y2), (std::vector<float>{2, 1, 0, 1, 2, 1}));
+  Node b = node("Pad", {"x", "p"}, {"y"});
+  b.attrs["mode"] = std::string("reflect");
+  EXPECT_EQ(values(run_one(b, 11, x, {{"p", ints({0, 2, 0, 1})}})), values(y2));
+  Node c = node("Pad", {"x"}, {"y"});
+  c.attrs["pads"] = std::vector<int64_t>{0, 1, 0, 1};
+  c.attrs["value"] = 7.0f;
+  EXPECT_EQ(values(run_one(c, 2, x)), (std::vector<float>{7, 0, 1, 2, 7}));
+}
+
+TEST(OpsetForms, ReduceAxesAttributeAndInput) {
+  const Tensor x = iota({2, 3});
+  Node a = node("ReduceMean", {"x"}, {"y"});
+  a.attrs["axes"] = std::vector<int64_t>{-1};
+  a.attrs["keepdims"] = int64_t{0};
+  EXPECT_EQ(values(run_one(a, 9, x)), (std::vector<float>{1, 4}));
+  // ReduceSum takes axes as an input from 13; noop_with_empty_axes keeps the input.
+  Node s = node("ReduceSum", {"x", "ax"}, {"y"});
+  EXPECT_EQ(values(run_one(s, 13, x, {{"ax", ints({0})}})), (std::vector<float>{3, 5, 7}));
+  Node noop = node("ReduceSum", {"x"}, {"y"});
+  noop.attrs["noop_with_empty_axes"] = int64_t{1};
+  EXPECT_EQ(values(run_one(noop, 13, x)), values(x));
+  // ReduceMean keeps the attribute until 18.
+  EXPECT_EQ(values(run_one(a, 17, x)), (std::vector<float>{1, 4}));
+  Node m18 = node("ReduceMean", {"x", "ax"}, {"y"});
+  m18.attrs["keepdims"] = int64_t{0};
+  EXPECT_EQ(values(run_one(m18, 18, x, {{"ax", ints({1})}})), (std::vector<float>{1, 4}));
+}
+
+TEST(OpsetForms, SplitAttributeInputAndNumOutputs) {
+  const Tensor x = iota({5});
+  Node a = node("Split", {"x"}, {"a", "b"});
+  a.attrs["split"] = std::vector<int64_t>{2, 3};
+  EXPECT_EQ(values(run_one(a, 2, x, {}, 2, 1)), (std::vector<float>{2, 3, 4}));
+  EXPECT_EQ(values(run_one(node("Split", {"x", "s"}, {"a", "b"}), 13, x, {{"s", ints({2, 3})}}, 2, 1)),
+            (std::vector<float>{2, 3, 4}));
+  Node c = node("Split", {"x"}, {"a", "b"});
+  c.attrs["num_outputs"] = int64_t{2};  // ceil(5 / 2) = 3, then the rest
+  EXPECT_EQ(values(run_one(c, 18, x, {}, 2, 0)), (std::vector<float>{0, 1, 2}));
+}
+
+TEST(OpsetForms, UpsampleAndResize10UseAsymmetricNearest) {
+  const Tensor x = iota({1, 1, 2, 2});
+  Node u = node("Upsample", {"x"}, {"y"});
+  u.attrs["scales"] = std::vector<float>{1, 1, 2, 2};
+  const Tensor y7 = run_one(u, 7, x);
+  EXPECT_EQ(y7.shape(), (Shape{1, 1, 4, 4}));
+  EXPECT_EQ(values(y7), (std::vector<float>{0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3}));
+  const Tensor sc = Tensor::from<float>({4}, std::vector<float>{1, 1, 2, 2});
+  EXPECT_EQ(values(run_one(node("Upsample", {"x", "s"}, {"y"}), 9, x, {{"s", sc}})), values(y7));
+  EXPECT_EQ(values(run_one(node("Resize", {"x", "s"}, {"y"}), 10, x, {{"s", sc}})), values(y7));
+  // Opset 11's default (half_pixel, round_prefer_floor) gives the same picture for an exact 2x.
+  EXPECT_EQ(values(run_one(node("Resize", {"x", "", "s"}, {"y"}), 13, x, {{"s", sc}})), values(y7));
+  // Linear Upsample is asymmetric: the last column repeats the edge.
+  Node l = node("Upsample", {"x"}, {"y"});
+  l.attrs["scales"] = std::vector<float>{1, 1, 1, 2};
+  l.attrs["mode"] = std::string("linear");
+  EXPECT_EQ(values(run_one(l, 7, x)), (std::vector<float>{0, 0.5f, 1, 1, 2, 2.5f, 3, 3}));
+}
+
+TEST(OpsetForms, KernelErrorsNameTheNode) {
+  Node a = node("Slice", {"x", "s", "e", "a", "st"}, {"y"});
+  try {
+    run_one(a, 13, iota({3}), {{"s", ints({0})}, {"e", ints({3})}, {"a", ints({0})}, {"st", ints({0})}});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Slice_under_test"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("step of axis 0 is 0"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace perch::runtime
