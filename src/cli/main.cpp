@@ -70,36 +70,51 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
   return arr;
 }
 
-int cmd_quantize(const std::string& model_path, const std::string& out_path, const std::string& calib_spec,
-                 int64_t calib_count, uint64_t seed, const std::string& weights, int wbits, int abits,
-                 const std::string& act_est, const std::string& w_est, bool act_signed, double percentile,
-                 const std::string& eval_spec, bool compare, bool no_equalize, bool no_bias_correction, bool as_json,
-                 const DataFlags& df) {
+// Flags of `perch quantize`, bound by CLI11 directly.
+struct QuantizeFlags {
+  std::string model, output, calib = "fashion-mnist:train", weights = "per-channel";
+  std::string act_estimator = "minmax", weight_estimator = "minmax", eval;
+  int64_t calib_count = 1024;
+  uint64_t seed = 0;
+  int weight_bits = 8, act_bits = 8;
+  bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
+  bool ignore_nonfinite = false;
+  double percentile = 99.99;
+};
+
+int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
+  const std::string& model_path = f.model;
+  const std::string& out_path = f.output;
+  const std::string& weights = f.weights;
+  const int wbits = f.weight_bits, abits = f.act_bits;
   graph::Model model = graph::load_model(model_path);
   ptq::PtqOptions opt;
   parse_granularity(weights, opt.weights);
   opt.weights.bits = wbits;
-  opt.weights.estimator.kind = quant::parse_estimator(w_est);
+  opt.weights.estimator.kind = quant::parse_estimator(f.weight_estimator);
   opt.activations.bits = abits;
-  opt.activations.is_signed = act_signed;
-  opt.activations.estimator.kind = quant::parse_estimator(act_est);
-  opt.activations.estimator.percentile = percentile;
-  opt.equalize = !no_equalize;
-  opt.bias_correction = !no_bias_correction;
+  opt.activations.is_signed = f.act_signed;
+  opt.activations.estimator.kind = quant::parse_estimator(f.act_estimator);
+  opt.activations.estimator.percentile = f.percentile;
+  opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
+  opt.equalize = !f.no_equalize;
+  opt.bias_correction = !f.no_bias_correction;
 
-  Dataset calib_all = load_dataset(calib_spec, df.options());
+  Dataset calib_all = load_dataset(f.calib, df.options());
+  const int64_t calib_count = f.calib_count;
   PERCH_CHECK(calib_count > 0, "--calib-count must be positive");
   if (calib_count > calib_all.size() && !quiet())
     std::fprintf(stderr, "warning: %s has %lld images, fewer than --calib-count %lld; using all of them\n",
                  calib_all.name.c_str(), static_cast<long long>(calib_all.size()), static_cast<long long>(calib_count));
-  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, seed);
+  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, f.seed);
 
   ptq::PtqResult res = ptq::quantize_model(model, calib, opt);
   if (!out_path.empty()) graph::save_model(res.model, out_path);
 
   json j = {{"model", model_path}, {"output", out_path}, {"calibration", {{"data", calib.name}, {"images", res.calibration_images}, {"seconds", res.calibration_seconds}}},
-            {"weights", weights}, {"weight_bits", wbits}, {"act_bits", abits}, {"act_estimator", act_est},
+            {"weights", weights}, {"weight_bits", wbits}, {"act_bits", abits}, {"act_estimator", f.act_estimator},
             {"activations_quantized", res.activations_quantized},
+            {"nonfinite_values_skipped", res.nonfinite_values},
             {"equalization", {{"pairs", res.equalization.pairs}, {"sweeps", res.equalization.sweeps},
                               {"max_spread_before", res.equalization.max_spread_before},
                               {"max_spread_after", res.equalization.max_spread_after}}}, {"quantize_seconds", res.total_seconds},
@@ -108,6 +123,9 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
                  res.canonicalize_summary.c_str());
+    if (res.nonfinite_values)
+      std::fprintf(stderr, "warning: %lld NaN/Inf activation values were skipped during calibration\n",
+                   static_cast<long long>(res.nonfinite_values));
     if (res.equalization.pairs)
       std::fprintf(stderr, "cross-layer equalization: %d layer pairs, %d sweeps, max channel spread %.1f -> %.1f\n",
                    res.equalization.pairs, res.equalization.sweeps, res.equalization.max_spread_before,
@@ -115,8 +133,8 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
     if (!out_path.empty()) std::fprintf(stderr, "wrote %s\n", out_path.c_str());
   }
 
-  if (!eval_spec.empty()) {
-    Dataset test = load_dataset(eval_spec, df.options());
+  if (!f.eval.empty()) {
+    Dataset test = load_dataset(f.eval, df.options());
     struct Row { std::string name; double acc; bool output; };
     std::vector<Row> rows;
     graph::Model fp = model;
@@ -127,7 +145,7 @@ int cmd_quantize(const std::string& model_path, const std::string& out_path, con
     auto label = [&](const std::string& g, bool eq, bool bc) {
       return bits + g + (eq ? " +CLE" : "") + (bc ? " +BC" : "");
     };
-    if (compare) {
+    if (f.compare) {
       // The textbook comparison first (plain min/max PTQ: no equalization, no bias correction): what
       // per-tensor weights cost and per-channel recovers; then both with perch's full pipeline. The
       // written model is the last row.
@@ -256,35 +274,32 @@ int main(int argc, char** argv) {
   DataFlags df;
   // quantize
   auto* q = app.add_subcommand("quantize", "calibrate and quantize a float ONNX model to a QDQ ONNX model");
-  std::string model_path, out_path, calib_spec = "fashion-mnist:train", weights = "per-channel", act_est = "minmax",
-                                    w_est = "minmax", eval_spec;
-  int64_t calib_count = 1024;
-  uint64_t seed = 0;
-  int wbits = 8, abits = 8;
-  bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
-  double percentile = 99.99;
-  q->add_option("model", model_path, "float ONNX model")->required();
-  q->add_option("-o,--output", out_path, "QDQ ONNX model to write");
-  q->add_option("--calib", calib_spec, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")->capture_default_str();
-  q->add_option("--calib-count", calib_count, "calibration images (a seeded random sample)")->capture_default_str();
-  q->add_option("--seed", seed, "seed of the calibration sample")->capture_default_str();
-  q->add_option("--weights", weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
-  q->add_option("--weight-bits", wbits, "weight bits (2..8)")->capture_default_str();
-  q->add_option("--act-bits", abits, "activation bits (2..8 or 16)")->capture_default_str();
-  q->add_flag("--act-signed", act_signed, "int8 activations instead of uint8");
-  q->add_option("--act-estimator", act_est, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
-  q->add_option("--weight-estimator", w_est, "minmax|percentile|mse|entropy")->capture_default_str();
-  q->add_option("--percentile", percentile, "percentile for --act-estimator percentile")->capture_default_str();
-  q->add_option("--eval", eval_spec, "evaluate fp32 and quantized accuracy on this data spec");
-  q->add_flag("--compare", compare, "with --eval: also quantize and evaluate per-tensor and per-channel weights");
-  q->add_flag("--no-equalize", no_equalize, "skip cross-layer equalization");
-  q->add_flag("--no-bias-correction", no_bias_correction, "skip bias correction of weight rounding");
+  QuantizeFlags qf;
+  q->add_option("model", qf.model, "float ONNX model")->required();
+  q->add_option("-o,--output", qf.output, "QDQ ONNX model to write");
+  q->add_option("--calib", qf.calib, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")
+      ->capture_default_str();
+  q->add_option("--calib-count", qf.calib_count, "calibration images (a seeded random sample)")->capture_default_str();
+  q->add_option("--seed", qf.seed, "seed of the calibration sample")->capture_default_str();
+  q->add_option("--weights", qf.weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
+  q->add_option("--weight-bits", qf.weight_bits, "weight bits (2..8)")->capture_default_str();
+  q->add_option("--act-bits", qf.act_bits, "activation bits (2..8 or 16)")->capture_default_str();
+  q->add_flag("--act-signed", qf.act_signed, "int8 activations instead of uint8");
+  q->add_option("--act-estimator", qf.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
+  q->add_option("--weight-estimator", qf.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
+  q->add_option("--percentile", qf.percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  q->add_option("--eval", qf.eval, "evaluate fp32 and quantized accuracy on this data spec");
+  q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
+  q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
+  q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction of weight rounding");
+  q->add_flag("--ignore-nonfinite", qf.ignore_nonfinite,
+              "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
   q->add_flag("--json", as_json, "print a JSON report on stdout");
   df.add(q);
 
   // eval
   auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
-  std::string data_spec = "fashion-mnist:test";
+  std::string model_path, data_spec = "fashion-mnist:test";
   int64_t batch = 64;
   e->add_option("model", model_path, "ONNX model")->required();
   e->add_option("--data", data_spec, "data spec")->capture_default_str();
@@ -310,8 +325,7 @@ int main(int argc, char** argv) {
   set_quiet(quiet_flag || as_json);
   try {
     if (q->parsed())
-      return cmd_quantize(model_path, out_path, calib_spec, calib_count, seed, weights, wbits, abits, act_est, w_est,
-                          act_signed, percentile, eval_spec, compare, no_equalize, no_bias_correction, as_json, df);
+      return cmd_quantize(qf, as_json, df);
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);

@@ -86,7 +86,9 @@ void set_paths_for_testing(uint32_t paths) { g_override.store(paths); }
 std::string paths_string(uint32_t paths) {
   std::string s;
   auto add = [&](Path p, const char* n) {
-    if (has_path(paths, p)) s += (s.empty() ? "" : ",") + std::string(n);
+    if (!has_path(paths, p)) return;
+    if (!s.empty()) s += ',';
+    s += n;
   };
   add(Path::kReference, "reference");
   add(Path::kOptimized, "optimized");

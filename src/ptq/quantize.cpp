@@ -394,6 +394,7 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
                 "' was never computed during calibration (dead branch?)");
     aparams[v] = it->second.params();
   }
+  for (const auto& [name, e] : est) res.nonfinite_values += e.nonfinite_count();
 
   // ---- 4. Write weights and biases.
   const DType act_type = aspec.storage_type();

@@ -69,6 +69,7 @@ struct PtqResult {
   graph::Model model;
   std::vector<LayerReport> layers;
   int64_t activations_quantized = 0;
+  int64_t nonfinite_values = 0;  // NaN/Inf activation values skipped (only with estimator.ignore_nonfinite)
   int64_t calibration_images = 0;
   double calibration_seconds = 0;
   double total_seconds = 0;
