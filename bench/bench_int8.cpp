@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "perch/core/threads.h"
+#include "perch/kernels/dwconv_s8.h"
 #include "perch/kernels/gemm_s8.h"
 
 namespace {
@@ -101,6 +102,120 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_GemmS8_perch, s32, false)->Apply(gemm_shapes);
 BENCHMARK_CAPTURE(BM_GemmS8_perch, u8_requant, true)->Apply(gemm_shapes);
 BENCHMARK(BM_GemmS8_onednn)->Apply(gemm_shapes);
+
+// Depthwise 3x3, pad 1, uint8 -> uint8 with per-channel requantization. args: channels, size, stride.
+void BM_Depthwise3x3_perch(benchmark::State& state) {
+  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2);
+  const auto x = random_u8(static_cast<size_t>(hw * hw * c), 3);
+  const auto w = random_s8(static_cast<size_t>(c * 9), 4);
+  const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), c, 3, 3);
+  std::vector<int32_t> bias(static_cast<size_t>(c), 100);
+  std::vector<perch::quant::FixedPointMultiplier> ms(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j) ms[static_cast<size_t>(j)] = perch::quant::quantize_multiplier(1.0 / (2000.0 + j));
+  DepthwiseS8Args d;
+  d.batch = 1;
+  d.in_h = d.in_w = hw;
+  d.channels = c;
+  d.x = x.data();
+  d.x_zero_point = 128;
+  d.w = &pw;
+  d.stride_h = d.stride_w = stride;
+  d.pad_top = d.pad_left = d.pad_bottom = d.pad_right = 1;
+  d.bias = bias.data();
+  d.out.type = OutputType::kUInt8;
+  d.out.multipliers = ms.data();
+  d.out.num_multipliers = c;
+  d.out.zero_point = 128;
+  std::vector<uint8_t> y(static_cast<size_t>(d.out_h() * d.out_w() * c));
+  d.y = y.data();
+  for (auto _ : state) {
+    depthwise_s8(d);
+    benchmark::ClobberMemory();
+  }
+  set_gops(state, 2.0 * 9 * c * static_cast<double>(d.out_h() * d.out_w()));
+  state.counters["threads"] = perch::num_threads();
+}
+
+#define DNNL_OK(call)                                         \
+  do {                                                        \
+    if ((call) != dnnl_success) {                             \
+      state.SkipWithError("oneDNN call failed: " #call);      \
+      return;                                                 \
+    }                                                         \
+  } while (0)
+
+// oneDNN's int8 grouped convolution as a depthwise conv: NHWC u8 source, s8 weights reordered once into the
+// primitive's preferred layout, s32 bias, u8 destination, per-channel output scales (its requantization).
+// No source zero point (perch's cost does not depend on it; oneDNN's would only grow).
+void BM_Depthwise3x3_onednn(benchmark::State& state) {
+  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2);
+  const int64_t out = (hw + 2 - 3) / stride + 1;
+  const auto x = random_u8(static_cast<size_t>(hw * hw * c), 3);
+  const auto w = random_s8(static_cast<size_t>(c * 9), 4);
+  std::vector<int32_t> bias(static_cast<size_t>(c), 100);
+  std::vector<uint8_t> y(static_cast<size_t>(out * out * c));
+  std::vector<float> scales(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j) scales[static_cast<size_t>(j)] = 1.0f / (2000.0f + j);
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  DNNL_OK(dnnl_engine_create(&engine, dnnl_cpu, 0));
+  DNNL_OK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+  const dnnl_dims_t src_dims = {1, c, hw, hw}, dst_dims = {1, c, out, out}, wei_dims = {c, 1, 1, 3, 3},
+                    bias_dims = {c}, strides = {stride, stride}, dil = {0, 0}, pad = {1, 1};
+  dnnl_memory_desc_t src_md, dst_md, wei_any, wei_user, bias_md;
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_u8, dnnl_nhwc));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_u8, dnnl_nhwc));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&wei_any, 5, wei_dims, dnnl_s8, dnnl_format_tag_any));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&wei_user, 5, wei_dims, dnnl_s8, dnnl_goihw));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_s32, dnnl_a));
+  dnnl_convolution_desc_t cd;
+  DNNL_OK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src_md,
+                                                     &wei_any, &bias_md, &dst_md, strides, dil, pad, pad));
+  dnnl_primitive_attr_t attr;
+  DNNL_OK(dnnl_primitive_attr_create(&attr));
+  DNNL_OK(dnnl_primitive_attr_set_output_scales(attr, c, 1 << 1, scales.data()));
+  dnnl_primitive_desc_t pd;
+  DNNL_OK(dnnl_primitive_desc_create(&pd, &cd, attr, engine, nullptr));
+  const dnnl_memory_desc_t* wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  dnnl_memory_t src_m, dst_m, wuser_m, wei_m, bias_m;
+  DNNL_OK(dnnl_memory_create(&src_m, &src_md, engine, const_cast<uint8_t*>(x.data())));
+  DNNL_OK(dnnl_memory_create(&dst_m, &dst_md, engine, y.data()));
+  DNNL_OK(dnnl_memory_create(&wuser_m, &wei_user, engine, const_cast<int8_t*>(w.data())));
+  DNNL_OK(dnnl_memory_create(&wei_m, wei_md, engine, DNNL_MEMORY_ALLOCATE));
+  DNNL_OK(dnnl_memory_create(&bias_m, &bias_md, engine, bias.data()));
+  dnnl_primitive_desc_t rpd;
+  dnnl_primitive_t reorder, conv;
+  DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &wei_user, engine, wei_md, engine, nullptr));
+  DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, wuser_m}, {DNNL_ARG_TO, wei_m}};
+  DNNL_OK(dnnl_primitive_execute(reorder, stream, 2, rargs));
+  DNNL_OK(dnnl_stream_wait(stream));
+  DNNL_OK(dnnl_primitive_create(&conv, pd));
+  const char* impl = nullptr;
+  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+  state.SetLabel(impl ? impl : "?");
+  dnnl_exec_arg_t args[4] = {
+      {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_BIAS, bias_m}, {DNNL_ARG_DST, dst_m}};
+  for (auto _ : state) {
+    DNNL_OK(dnnl_primitive_execute(conv, stream, 4, args));
+    DNNL_OK(dnnl_stream_wait(stream));
+  }
+  set_gops(state, 2.0 * 9 * c * static_cast<double>(out * out));
+  dnnl_primitive_destroy(conv);
+  dnnl_primitive_destroy(reorder);
+  dnnl_primitive_desc_destroy(rpd);
+  dnnl_primitive_desc_destroy(pd);
+  dnnl_primitive_attr_destroy(attr);
+  for (dnnl_memory_t m : {src_m, dst_m, wuser_m, wei_m, bias_m}) dnnl_memory_destroy(m);
+  dnnl_stream_destroy(stream);
+  dnnl_engine_destroy(engine);
+}
+
+void dw_shapes(benchmark::internal::Benchmark* b) {
+  b->Args({144, 56, 1})->Args({144, 56, 2})->ArgNames({"C", "HW", "stride"})->Unit(benchmark::kMicrosecond);
+}
+BENCHMARK(BM_Depthwise3x3_perch)->Apply(dw_shapes);
+BENCHMARK(BM_Depthwise3x3_onednn)->Apply(dw_shapes);
 
 }  // namespace
 
