@@ -50,6 +50,39 @@ std::vector<size_t> data_inputs(const Node& n, const Graph& g) {
   return out;
 }
 
+// Values that hold float32 at run time, by forward propagation of element types from the graph inputs and
+// initializers: shape arithmetic (Shape -> Gather/Slice -> Cast -> Concat -> Reshape, as exporters write
+// dynamic reshapes) carries int64/bool values through ops that otherwise read activations, and those are
+// not quantized. Ops not listed keep their first input's type.
+std::set<std::string> float_values(const Graph& g) {
+  std::map<std::string, bool> is_float;
+  for (const auto& in : g.inputs) is_float[in.name] = in.dtype == DType::kFloat32;
+  for (const auto& [name, t] : g.initializers) is_float[name] = t.dtype() == DType::kFloat32;
+  auto input_float = [&](const Node& n, size_t i) {
+    if (i >= n.inputs.size() || n.inputs[i].empty()) return false;
+    auto it = is_float.find(n.inputs[i]);
+    return it == is_float.end() || it->second;
+  };
+  static const std::set<std::string> integer_ops = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Less",
+      "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"};
+  for (const Node& n : g.nodes) {
+    bool f;
+    if (integer_ops.count(n.op_type)) f = false;
+    else if (n.op_type == "Cast") f = n.attr_int("to", 1) == 1;  // TensorProto FLOAT
+    else if (n.op_type == "ConstantOfShape") {
+      const Tensor* v = n.attr_tensor("value");
+      f = !v || v->dtype() == DType::kFloat32;
+    } else if (n.op_type == "Where") f = input_float(n, 1);
+    else f = input_float(n, 0);
+    for (size_t i = 0; i < n.outputs.size(); ++i)
+      if (!n.outputs[i].empty()) is_float[n.outputs[i]] = f && (i == 0 || n.op_type != "TopK");
+  }
+  std::set<std::string> out;
+  for (const auto& [name, f] : is_float)
+    if (f) out.insert(name);
+  return out;
+}
+
 quant::QuantSpec activation_spec(const ActivationOptions& o) {
   quant::QuantSpec s;
   s.bits = o.bits;
@@ -116,26 +149,63 @@ double sqnr_db(const Tensor& w, const Tensor& fq) {
 
 // Ops whose semantics are identical from their introduction up to opset 21 for the attributes perch
 // reads — raising the opset of a model made only of these (plus the ones converted below) is exact.
+// (Cast: later versions only add types and the float8 `saturate`; Pow: types; ConvTranspose, HardSigmoid,
+// Sqrt, Erf...: types only.)
 bool opset_stable(const std::string& op) {
   static const std::set<std::string> ok = {
       "Conv", "Gemm", "MatMul", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
       "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
       "Concat", "Identity", "Constant", "Transpose", "Shape", "Gather", "Tanh", "Exp", "Sqrt", "Abs", "Neg",
-      "QuantizeLinear", "DequantizeLinear", "Max", "Min", "Reciprocal"};
+      "QuantizeLinear", "DequantizeLinear", "Max", "Min", "Reciprocal", "Cast", "Pow", "ConvTranspose", "Erf",
+      "Log", "Floor", "Ceil", "Sin", "Cos", "Tile", "Expand", "Where", "Equal", "Less", "Greater", "Not", "Range",
+      "ConstantOfShape", "Size", "PRelu", "Elu", "Selu", "Softplus", "Softsign", "InstanceNormalization"};
   return ok.count(op) != 0;
 }
 
-// Raises the default-domain opset to `target`, converting the ops whose form changed: Clip (<11: min/max
-// attributes -> inputs), Squeeze/Unsqueeze (<13: axes attribute -> input), Reshape (<5: shape attribute
-// -> input). Softmax below 13 coerces to 2-D; it is kept only when its axis is the last one of a 2-D
-// input, where both definitions agree. Anything else is refused with the op named.
+bool is_reduce(const std::string& op) {
+  return op == "ReduceSum" || op == "ReduceMean" || op == "ReduceMax" || op == "ReduceMin" || op == "ReduceProd" ||
+         op == "ReduceL1" || op == "ReduceL2" || op == "ReduceLogSum" || op == "ReduceLogSumExp" ||
+         op == "ReduceSumSquare";
+}
+
+// Moves an ints attribute `key` of `n` into a new int64 initializer input (appended); "" when absent.
+void attribute_to_input(Graph& g, Node& n, const std::string& key) {
+  if (!n.has_attr(key)) {
+    n.inputs.push_back("");
+    return;
+  }
+  const auto v = n.attr_ints(key);
+  const std::string name = g.unique_name(n.name + "_" + key);
+  g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(v.size())}, v);
+  n.inputs.push_back(name);
+  n.attrs.erase(key);
+}
+
+// Rank of value `v` where the model declares its shape (inputs, outputs, value_info), else -1.
+int64_t declared_rank(const Graph& g, const std::string& v) {
+  for (const auto* list : {&g.inputs, &g.outputs, &g.value_info})
+    for (const auto& vi : *list)
+      if (vi.name == v && vi.has_shape) return static_cast<int64_t>(vi.shape.size());
+  return -1;
+}
+
+// Raises the default-domain opset to `target`, converting the ops whose form changed on the way (a form
+// change at version V applies when from < V <= target): Clip (11: min/max
+// attributes -> inputs), Squeeze/Unsqueeze (13: axes attribute -> input), Reshape (5: shape attribute
+// -> input), Slice (10: starts/ends/axes attributes -> inputs), ReduceSum (13) and the other Reduce*
+// (18: axes attribute -> input). Softmax/LogSoftmax/Hardmax below 13 coerce the
+// input to 2-D at `axis` (default 1): kept as they are when that axis is the last one (axis -1, or
+// rank-1 where the rank is declared) — both definitions agree there —, otherwise rewritten exactly as
+// Flatten(axis) -> op(axis -1) -> Reshape(Shape(x)). Resize from 11 is kept unless it uses
+// tf_half_pixel_for_nn (gone in 13). Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
   Graph& g = m.graph;
+  std::vector<Node> added;
   for (auto& n : g.nodes) {
     if (!n.domain.empty()) PERCH_FAIL(m.source, ": cannot raise opset: ", n.describe(), " is in domain '", n.domain, "'");
-    if (n.op_type == "Clip" && from < 11) {
+    if (n.op_type == "Clip" && from < 11 && target >= 11) {
       n.inputs.resize(1);
       for (const char* key : {"min", "max"}) {
         if (n.has_attr(key)) {
@@ -148,33 +218,66 @@ void raise_opset(Model& m, int64_t target) {
         n.attrs.erase(key);
       }
       while (!n.inputs.empty() && n.inputs.back().empty()) n.inputs.pop_back();
-    } else if ((n.op_type == "Squeeze" || n.op_type == "Unsqueeze") && from < 13) {
-      if (n.has_attr("axes")) {
-        auto axes = n.attr_ints("axes");
-        const std::string name = g.unique_name(n.name + "_axes");
-        g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(axes.size())}, axes);
-        n.inputs.push_back(name);
-        n.attrs.erase("axes");
-      }
-    } else if (n.op_type == "Reshape" && from < 5) {
+    } else if ((n.op_type == "Squeeze" || n.op_type == "Unsqueeze") && from < 13 && target >= 13) {
+      if (n.has_attr("axes")) attribute_to_input(g, n, "axes");
+    } else if (n.op_type == "Reshape" && from < 5 && target >= 5) {
       auto shape = n.attr_ints("shape");
       const std::string name = g.unique_name(n.name + "_shape");
       g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(shape.size())}, shape);
       n.inputs.push_back(name);
       n.attrs.erase("shape");
-    } else if (n.op_type == "Reshape" || n.op_type == "Clip" || n.op_type == "Squeeze" || n.op_type == "Unsqueeze") {
+    } else if (n.op_type == "Slice" && from < 10 && target >= 10) {
+      n.inputs.resize(1);
+      for (const char* key : {"starts", "ends", "axes"}) attribute_to_input(g, n, key);
+      while (!n.inputs.empty() && n.inputs.back().empty()) n.inputs.pop_back();
+    } else if (is_reduce(n.op_type)) {
+      const int64_t moved = n.op_type == "ReduceSum" ? 13 : 18;
+      if (from < moved && target >= moved) {
+        n.inputs.resize(1);
+        if (n.has_attr("axes")) attribute_to_input(g, n, "axes");
+      }
+    } else if (n.op_type == "Reshape" || n.op_type == "Clip" || n.op_type == "Squeeze" || n.op_type == "Unsqueeze" ||
+               n.op_type == "Slice") {
       // already in the newer form
-    } else if (n.op_type == "Softmax" && from < 13) {
-      const int64_t axis = n.attr_int("axis", 1);
-      if (axis != 1 && axis != -1)
+    } else if (n.op_type == "Resize") {
+      if ((from < 11 && target >= 11) || (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn"))
         PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
-                   " uses the pre-13 coercing axis semantics with axis ", axis);
-      n.attrs["axis"] = int64_t{-1};  // correct for the 2-D logits case this covers
-    } else if (!opset_stable(n.op_type) && n.op_type != "Softmax") {
+                   from < 11 ? " has the opset-10 form" : " uses tf_half_pixel_for_nn, which opset 13 dropped");
+    } else if ((n.op_type == "Softmax" || n.op_type == "LogSoftmax" || n.op_type == "Hardmax") && from < 13 && target >= 13) {
+      int64_t axis = n.attr_int("axis", 1);
+      const int64_t rank = declared_rank(g, n.inputs[0]) >= 0 ? declared_rank(g, n.inputs[0]) : declared_rank(g, n.outputs[0]);
+      if (axis < 0 && rank >= 0) axis += rank;
+      if (axis == -1 || (rank >= 0 && axis == rank - 1)) {
+        n.attrs["axis"] = int64_t{-1};
+        continue;
+      }
+      Node shape, flat, reshape;
+      shape.op_type = "Shape";
+      shape.name = g.unique_name(n.name + "_shape");
+      shape.inputs = {n.inputs[0]};
+      shape.outputs = {g.unique_name(n.name + "_input_shape")};
+      flat.op_type = "Flatten";
+      flat.name = g.unique_name(n.name + "_flatten");
+      flat.attrs["axis"] = axis;
+      flat.inputs = {n.inputs[0]};
+      flat.outputs = {g.unique_name(n.name + "_2d")};
+      reshape.op_type = "Reshape";
+      reshape.name = g.unique_name(n.name + "_reshape");
+      reshape.outputs = {n.outputs[0]};
+      n.outputs[0] = g.unique_name(n.name + "_2d_out");
+      reshape.inputs = {n.outputs[0], shape.outputs[0]};
+      n.inputs[0] = flat.outputs[0];
+      n.attrs["axis"] = int64_t{-1};
+      added.push_back(shape);
+      added.push_back(flat);
+      added.push_back(reshape);
+    } else if (!opset_stable(n.op_type) && n.op_type != "Softmax" && n.op_type != "LogSoftmax" && n.op_type != "Hardmax") {
       PERCH_FAIL(m.source, ": per-channel/per-group QDQ needs opset >= ", target, " but the model is opset ", from,
                  " and perch does not know how to convert ", n.describe(), " yet");
     }
   }
+  for (auto& n : added) g.nodes.push_back(std::move(n));
+  if (!added.empty()) g.toposort();
   m.set_opset(target);
 }
 
@@ -261,8 +364,9 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
   std::map<std::string, std::string> shares;  // value -> value whose parameters it reuses
   std::vector<std::string> targets;           // in graph order
   std::set<std::string> target_set;
+  const std::set<std::string> floats = float_values(g);
   auto consider = [&](const std::string& v) {
-    if (target_set.count(v) || g.is_initializer(v)) return;
+    if (target_set.count(v) || g.is_initializer(v) || !floats.count(v)) return;
     if (g.is_graph_output(v) && !opt.quantize_outputs) return;
     const auto cons = g.consumers(v);
     bool read_as_data = false;

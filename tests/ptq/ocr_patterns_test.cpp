@@ -1,0 +1,242 @@
+// PTQ on the patterns of PaddleOCR's exported models (opset 9/11): dynamic reshapes computed from Shape
+// (int64 values through Slice/Cast/Concat), Slice with attributes, Softmax with pre-13 axis semantics,
+// LayerNorm written as ReduceMean/Sub/Pow/Sqrt/Div around a MatMul with an initializer B, Resize-11, and
+// a per-tensor model that stays below opset 11.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/ptq/quantize.h"
+#include "perch/runtime/executor.h"
+#include "test_util.h"
+
+using namespace perch;
+using graph::Model;
+using graph::Node;
+
+namespace {
+
+Dataset uniform_data(const Shape& shape, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Dataset d;
+  d.images = Tensor(DType::kFloat32, shape);
+  for (auto& v : d.images.span<float>()) v = u(rng);
+  d.name = "uniform";
+  return d;
+}
+
+Tensor normal_tensor(const Shape& s, uint32_t seed, float scale = 0.5f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  Tensor t(DType::kFloat32, s);
+  for (auto& v : t.span<float>()) v = nd(rng);
+  return t;
+}
+
+Node make(const std::string& op, const std::string& name, std::vector<std::string> in, std::vector<std::string> out) {
+  Node n;
+  n.op_type = op;
+  n.name = name;
+  n.inputs = std::move(in);
+  n.outputs = std::move(out);
+  return n;
+}
+
+// x [N,3,4,4] -> Conv(4 out, 1x1) -> c; the model author appends the rest.
+Model conv_model(int64_t opset) {
+  Model m;
+  m.opsets = {{"", opset}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 3, 4, 4}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  m.graph.initializers["w"] = normal_tensor({4, 3, 1, 1}, 1);
+  m.graph.initializers["b"] = normal_tensor({4}, 2, 0.1f);
+  m.graph.nodes.push_back(make("Conv", "conv", {"x", "w", "b"}, {"c"}));
+  return m;
+}
+
+ptq::PtqOptions plain() {
+  ptq::PtqOptions o;
+  o.equalize = false;
+  o.bias_correction = false;
+  return o;
+}
+
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double d = 0, r = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    d = std::max(d, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+    r = std::max(r, std::fabs(static_cast<double>(b.data<float>()[i])));
+  }
+  return d / r;
+}
+
+int count_op(const Model& m, const std::string& op) {
+  int c = 0;
+  for (const auto& n : m.graph.nodes) c += n.op_type == op;
+  return c;
+}
+
+}  // namespace
+
+// Shape -> Slice(attrs, opset 9) -> Cast(int64) -> Concat -> Reshape: the int64 values are not quantized
+// (calibration used to fail on them), the Slice is converted to its opset-10 input form, and the model
+// computes the float function up to quantization error.
+TEST(PtqOcrPatterns, DynamicReshapeFromShapeIsNotQuantized) {
+  Model m = conv_model(9);
+  Node slice = make("Slice", "slice", {"s"}, {"s2"});
+  slice.attrs["starts"] = std::vector<int64_t>{0};
+  slice.attrs["ends"] = std::vector<int64_t>{1};
+  slice.attrs["axes"] = std::vector<int64_t>{0};
+  Node cast = make("Cast", "cast", {"s2"}, {"s3"});
+  cast.attrs["to"] = int64_t{7};
+  m.graph.initializers["minus1"] = Tensor::from<int64_t>({1}, {-1});
+  Node concat = make("Concat", "concat", {"s3", "minus1"}, {"shape"});
+  concat.attrs["axis"] = int64_t{0};
+  m.graph.nodes.push_back(make("Shape", "shape_of", {"c"}, {"s"}));
+  m.graph.nodes.push_back(slice);
+  m.graph.nodes.push_back(cast);
+  m.graph.nodes.push_back(concat);
+  m.graph.nodes.push_back(make("Reshape", "reshape", {"c", "shape"}, {"r"}));
+  m.graph.nodes.push_back(make("Sigmoid", "sigmoid", {"r"}, {"y"}));
+  const Dataset data = uniform_data({3, 3, 4, 4}, 3);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  for (const auto& n : res.model.graph.nodes) {
+    if (n.op_type == "QuantizeLinear")
+      for (const char* v : {"s", "s2", "s3", "shape"}) EXPECT_NE(n.inputs[0], v) << "int64 value quantized";
+    if (n.op_type == "Slice") {
+      EXPECT_FALSE(n.has_attr("starts"));
+      EXPECT_EQ(n.inputs.size(), 4u);
+    }
+  }
+  const Tensor got = runtime::Executor(res.model).run1(data.images);
+  EXPECT_EQ(got.shape(), (Shape{3, 64}));
+  EXPECT_LT(max_rel_diff(got, want), 0.05);
+}
+
+// Softmax before 13 coerces its input to 2-D at `axis`. Axis 1 of a 4-D input is a softmax over C*H*W:
+// raising the opset must keep that (Flatten -> Softmax -> Reshape), not turn it into a channel softmax.
+TEST(PtqOcrPatterns, PreOpset13SoftmaxKeepsItsCoercingSemantics) {
+  Model m = conv_model(9);
+  Node sm = make("Softmax", "softmax", {"c"}, {"y"});
+  sm.attrs["axis"] = int64_t{1};
+  m.graph.nodes.push_back(sm);
+  const Dataset data = uniform_data({2, 3, 4, 4}, 4);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  EXPECT_EQ(count_op(res.model, "Flatten"), 1);
+  const Tensor got = runtime::Executor(res.model).run1(data.images);
+  ASSERT_EQ(got.shape(), (Shape{2, 4, 4, 4}));
+  for (int64_t n = 0; n < 2; ++n) {
+    double sum = 0;
+    for (int64_t i = 0; i < 64; ++i) sum += got.data<float>()[n * 64 + i];
+    EXPECT_NEAR(sum, 1.0, 1e-4) << "softmax over C*H*W of image " << n;
+  }
+  EXPECT_LT(max_rel_diff(got, want), 0.05);
+}
+
+// A softmax on the last axis (SVTR's attention: axis 3 of 4-D, declared here as -1) stays one Softmax.
+TEST(PtqOcrPatterns, LastAxisSoftmaxStaysOneNode) {
+  Model m = conv_model(9);
+  Node sm = make("Softmax", "softmax", {"c"}, {"y"});
+  sm.attrs["axis"] = int64_t{-1};
+  m.graph.nodes.push_back(sm);
+  const Dataset data = uniform_data({2, 3, 4, 4}, 5);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(count_op(res.model, "Flatten"), 0);
+  EXPECT_EQ(count_op(res.model, "Softmax"), 1);
+  EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+}
+
+// SVTR's layer norm: ReduceMean(axes attr) / Sub / Pow / ReduceMean / Add / Sqrt / Div / Mul / Add, then a
+// MatMul with an initializer B (per-channel along its last axis), at opset 9 raised to 13.
+TEST(PtqOcrPatterns, LayerNormPiecesAndMatMulWithInitializerB) {
+  Model m;
+  m.opsets = {{"", 9}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 5, 8}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  auto& init = m.graph.initializers;
+  init["two"] = Tensor::scalar_f32(2.0f);
+  init["eps"] = Tensor::scalar_f32(1e-5f);
+  init["gamma"] = normal_tensor({8}, 6, 1.0f);
+  init["beta"] = normal_tensor({8}, 7, 0.2f);
+  init["B"] = normal_tensor({8, 6}, 8);
+  init["bias"] = normal_tensor({6}, 9, 0.1f);
+  Node mean = make("ReduceMean", "mean", {"x"}, {"mu"});
+  mean.attrs["axes"] = std::vector<int64_t>{-1};
+  Node var = make("ReduceMean", "var", {"sq"}, {"v"});
+  var.attrs["axes"] = std::vector<int64_t>{-1};
+  m.graph.nodes = {mean,
+                   make("Sub", "sub", {"x", "mu"}, {"d"}),
+                   make("Pow", "pow", {"d", "two"}, {"sq"}),
+                   var,
+                   make("Add", "add_eps", {"v", "eps"}, {"ve"}),
+                   make("Sqrt", "sqrt", {"ve"}, {"sd"}),
+                   make("Div", "div", {"d", "sd"}, {"n"}),
+                   make("Mul", "scale", {"n", "gamma"}, {"ng"}),
+                   make("Add", "shift", {"ng", "beta"}, {"ln"}),
+                   make("MatMul", "fc", {"ln", "B"}, {"mm"}),
+                   make("Add", "fc_bias", {"mm", "bias"}, {"y"})};
+  const Dataset data = uniform_data({4, 5, 8}, 10);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  ASSERT_EQ(res.layers.size(), 1u);
+  EXPECT_EQ(res.layers[0].granularity, "per-channel");
+  EXPECT_EQ(res.layers[0].axis, 1);
+  EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+}
+
+// DBNet's neck: Resize-11 (nearest, asymmetric, scales input) survives the raise to 13; the
+// tf_half_pixel_for_nn mode, gone in 13, is refused by name.
+TEST(PtqOcrPatterns, Resize11IsRaisedTfHalfPixelForNnRefused) {
+  for (const std::string mode : {"asymmetric", "tf_half_pixel_for_nn"}) {
+    Model m = conv_model(11);
+    m.graph.initializers["roi"] = Tensor(DType::kFloat32, {0});
+    m.graph.initializers["scales"] = Tensor::from<float>({4}, {1, 1, 2, 2});
+    Node rs = make("Resize", "resize", {"c", "roi", "scales"}, {"y"});
+    rs.attrs["mode"] = std::string("nearest");
+    rs.attrs["coordinate_transformation_mode"] = mode;
+    rs.attrs["nearest_mode"] = std::string("floor");
+    m.graph.nodes.push_back(rs);
+    const Dataset data = uniform_data({2, 3, 4, 4}, 11);
+    if (mode == "asymmetric") {
+      const Tensor want = runtime::Executor(m).run1(data.images);
+      const auto res = ptq::quantize_model(m, data, plain());
+      EXPECT_EQ(res.model.opset(), 13);
+      EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+    } else {
+      try {
+        ptq::quantize_model(m, data, plain());
+        FAIL() << "expected an error";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("tf_half_pixel_for_nn"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
+// Per-tensor weights need no axis: an opset-9 model goes to 10 only, and its Clip keeps the attribute
+// form of Clip-6 (ONNX Runtime rejects Clip-6 with min/max inputs).
+TEST(PtqOcrPatterns, PerTensorStaysBelow11WithAttributeClip) {
+  Model m = conv_model(9);
+  Node clip = make("Clip", "clip", {"c"}, {"y"});
+  clip.attrs["min"] = 0.0f;
+  clip.attrs["max"] = 6.0f;
+  m.graph.nodes.push_back(clip);
+  auto opt = plain();
+  opt.weights.granularity = quant::Granularity::kPerTensor;
+  const auto res = ptq::quantize_model(m, uniform_data({2, 3, 4, 4}, 12), opt);
+  EXPECT_EQ(res.model.opset(), 10);
+  for (const auto& n : res.model.graph.nodes)
+    if (n.op_type == "Clip") {
+      EXPECT_EQ(n.inputs.size(), 1u);
+      EXPECT_TRUE(n.has_attr("min"));
+    }
+}
