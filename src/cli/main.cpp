@@ -80,6 +80,7 @@ struct QuantizeFlags {
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
+  std::string float_nodes;  // comma-separated weight-layer node names left float
 };
 
 int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
@@ -99,6 +100,11 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
   opt.equalize = !f.no_equalize;
   opt.bias_correction = !f.no_bias_correction;
+  for (size_t at = 0; at < f.float_nodes.size();) {
+    const size_t comma = std::min(f.float_nodes.find(',', at), f.float_nodes.size());
+    if (comma > at) opt.float_nodes.insert(f.float_nodes.substr(at, comma - at));
+    at = comma + 1;
+  }
 
   Dataset calib_all = load_dataset(f.calib, df.options());
   const int64_t calib_count = f.calib_count;
@@ -292,6 +298,8 @@ int main(int argc, char** argv) {
   q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
   q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
   q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction of weight rounding");
+  q->add_option("--float-nodes", qf.float_nodes,
+                 "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");
   q->add_flag("--ignore-nonfinite", qf.ignore_nonfinite,
               "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
   q->add_flag("--json", as_json, "print a JSON report on stdout");
