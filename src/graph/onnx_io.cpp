@@ -63,11 +63,24 @@ Tensor tensor_from_proto(const TensorProto& p, const std::string& what_in) {
   PERCH_CHECK(!p.has_segment(), what, ": segmented tensors are not supported");
   Shape shape(p.dims().begin(), p.dims().end());
   DType dt = dtype_from_onnx(p.data_type(), what);
-  checked_numel(shape, what);
+  const int64_t numel = checked_numel(shape, what);
+  // The data must be in the file before anything is allocated: a few bytes of dims must not buy gigabytes.
+  if (p.has_raw_data()) {
+    const auto need = static_cast<uint64_t>(numel) * dtype_size(dt);
+    PERCH_CHECK(p.raw_data().size() == need, what, ": raw_data has ", p.raw_data().size(), " bytes but shape ",
+                shape_str(shape), " of ", dtype_name(dt), " needs ", need);
+  } else {
+    int64_t held = 0;
+    switch (dt) {
+      case DType::kFloat32: held = p.float_data_size(); break;
+      case DType::kFloat64: held = p.double_data_size(); break;
+      case DType::kInt64: held = p.int64_data_size(); break;
+      default: held = p.int32_data_size(); break;
+    }
+    PERCH_CHECK(held == numel, what, ": holds ", held, " values but its shape ", shape_str(shape), " needs ", numel);
+  }
   Tensor t(dt, shape);
   if (p.has_raw_data()) {
-    PERCH_CHECK(p.raw_data().size() == t.nbytes(), what, ": raw_data has ", p.raw_data().size(),
-                " bytes but shape ", shape_str(shape), " of ", dtype_name(dt), " needs ", t.nbytes());
     if (t.nbytes()) std::memcpy(t.raw(), p.raw_data().data(), t.nbytes());  // little-endian host
     return t;
   }
