@@ -54,6 +54,8 @@ std::vector<std::string> unsupported_ops(const graph::Model& model) {
 }
 
 Executor::Executor(graph::Model model) : model_(std::move(model)) {
+  PERCH_CHECK(model_.opset() >= 0 && model_.opset() <= kMaxOpset, model_.source, ": default-domain opset ",
+              model_.opset(), " is not supported (perch runs ai.onnx opsets 1 to ", kMaxOpset, ")");
   auto missing = unsupported_ops(model_);
   if (!missing.empty()) {
     std::ostringstream os;

@@ -17,6 +17,11 @@ namespace perch::runtime {
 
 using TensorMap = std::unordered_map<std::string, Tensor>;
 
+// Highest default-domain (ai.onnx) opset the executor implements: a model declaring a higher one is refused
+// at construction (its ops may mean something perch does not implement); below an op's first version, the
+// op is reported as unsupported.
+inline constexpr int64_t kMaxOpset = 21;
+
 // inputs[i] is nullptr for an omitted optional input.
 using OpKernel = std::function<std::vector<Tensor>(const graph::Node& node, const std::vector<const Tensor*>& inputs,
                                                    int64_t opset)>;
