@@ -1,6 +1,7 @@
 #include "perch/core/file_io.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -30,6 +31,32 @@ struct TempFile {
   }
 };
 
+// Temporary names are ".<target name>.tmp.<pid>.<counter>.<salt>". A process killed between creating
+// one and renaming it (SIGKILL, power loss) leaves it behind; the next write of the same target removes
+// those whose pid no longer runs. A live pid (ours, another perch's, or a reused one) is left alone.
+void remove_stale_temporaries(const std::filesystem::path& dir, const std::string& target_name) {
+  const std::string prefix = "." + target_name + ".tmp.";
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t dot = name.find('.', prefix.size());
+    if (dot == std::string::npos || dot == prefix.size()) continue;
+    long long pid = 0;
+    bool digits = true;
+    for (size_t i = prefix.size(); i < dot && digits; ++i) {
+      digits = name[i] >= '0' && name[i] <= '9';
+      pid = pid * 10 + (name[i] - '0');
+      if (pid > (1LL << 31)) digits = false;
+    }
+    if (!digits || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running (or not ours)
+    std::error_code rm;
+    std::filesystem::remove(it->path(), rm);  // best effort: a failure here must not fail the write
+  }
+}
+
 }  // namespace
 
 void write_file_atomic(const std::filesystem::path& path, std::string_view bytes) {
@@ -38,6 +65,8 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view bytes
   std::error_code ec;
   PERCH_CHECK(std::filesystem::is_directory(dir, ec), path.string(), ": cannot write: folder ", dir.string(),
               " does not exist");
+
+  remove_stale_temporaries(dir, path.filename().string());
 
   // A unique hidden name next to the target; O_EXCL guarantees we never clobber someone else's file, and
   // mode 0666 lets the umask decide permissions as for any new file (mkstemp would force 0600).

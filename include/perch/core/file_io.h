@@ -4,6 +4,10 @@
 // `path`, so a reader never sees a half-written file (rename(2) is atomic within one file system). It does
 // not fsync: a crash may lose the new file, but never leaves a torn one under `path`. The temporary file is
 // removed if anything fails. Errors throw perch::Error naming the path and the OS reason.
+//
+// Temporary files are named ".<name>.tmp.<pid>.<n>.<salt>" (hidden, next to <name>). If the process is
+// killed before the rename, that file stays behind; the next write_file_atomic of the same <name> deletes
+// every such file whose <pid> is no longer running.
 #pragma once
 
 #include <filesystem>
