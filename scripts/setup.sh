@@ -10,7 +10,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 packages=(cmake g++ make libgtest-dev libgmock-dev libbenchmark-dev libonnx-dev libprotobuf-dev
   protobuf-compiler libopenblas-dev libcli11-dev nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
-  libonnx-testdata nodejs npm libdnnl-dev imagemagick fonts-dejavu-core)
+  libonnx-testdata nodejs npm libdnnl-dev imagemagick fonts-dejavu-core chromium)
 
 die() {
   echo "setup.sh: error: $*" >&2

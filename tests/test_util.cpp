@@ -1,6 +1,12 @@
 #include "test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <cstdlib>
 #include <map>
 #include <random>
@@ -24,6 +30,23 @@ std::filesystem::path shared_model(const std::string& name) {
   if (s.empty()) return {};
   auto p = s / "models" / name;
   return std::filesystem::exists(p) ? p : std::filesystem::path{};
+}
+
+CmdResult run_cmd(const std::string& cmd) {
+  const auto err_file =
+      std::filesystem::temp_directory_path() / ("perch_test_" + std::to_string(::getpid()) + ".err");
+  CmdResult r;
+  FILE* p = ::popen((cmd + " 2>" + err_file.string()).c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream e(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  std::filesystem::remove(err_file);
+  return r;
 }
 
 std::filesystem::path onnx_node_test_dir() { return "/usr/share/libonnx-testdata/data/node"; }

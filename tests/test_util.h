@@ -20,6 +20,13 @@ std::filesystem::path onnx_node_test_dir();
 std::filesystem::path source_dir();
 std::filesystem::path binary_dir();
 
+// Runs `cmd` through the shell, capturing stdout and stderr separately.
+struct CmdResult {
+  int code = -1;
+  std::string out, err;
+};
+CmdResult run_cmd(const std::string& cmd);
+
 // A small CNN with the patterns perch must handle: Conv+Relu, MaxPool, depthwise Conv+Clip (ReLU6),
 // residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
 // The first Conv's output channels get weight ranges spread x0.01 .. x1 (where per-tensor fails).

@@ -18,6 +18,11 @@
 #include "perch/graph/passes.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/ptq/quantize.h"
+#include "perch/ptq/report.h"
+#include "perch/ptq/sensitivity.h"
+#include "perch/core/file_io.h"
+#include <fstream>
+#include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
 
 using namespace perch;
@@ -81,7 +86,50 @@ struct QuantizeFlags {
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
+  // Selective quantization.
+  bool auto_select = false;
+  double max_drop = 0.5;  // points of top-1
+  std::string prefer = "per-tensor", data = "fashion-mnist:test", config, save_config, report;
+  int64_t group_size = 16;
 };
+
+// The saved/re-applied configuration: versioned JSON naming every weight layer's choice and the
+// activations left float.
+constexpr const char* kConfigSchema = "perch.quantization-config";
+constexpr int kConfigVersion = 1;
+
+json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
+  json layers = json::array();
+  for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
+  return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
+          {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
+          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"group_size", f.group_size},
+          {"layers", layers}, {"float_activations", sel.float_activations},
+          {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"fp32_select", sel.fp32_select},
+                         {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
+                         {"quant_verify", sel.quant_verify}, {"int4_byte_fraction", sel.int4_byte_fraction},
+                         {"per_tensor_layer_fraction", sel.per_tensor_layer_fraction}, {"steps", sel.steps}}}};
+}
+
+ptq::Selection selection_from_json(const std::string& path) {
+  std::ifstream in(path);
+  PERCH_CHECK(in, path, ": cannot open configuration");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const std::exception& e) {
+    PERCH_FAIL(path, ": not valid JSON: ", e.what());
+  }
+  PERCH_CHECK(j.value("schema", "") == kConfigSchema, path, ": not a perch quantization config (schema '",
+              j.value("schema", ""), "')");
+  PERCH_CHECK(j.value("version", 0) == kConfigVersion, path, ": config version ", j.value("version", 0),
+              " is not supported (this perch reads version ", kConfigVersion, ")");
+  ptq::Selection sel;
+  const int64_t group = j.value("group_size", int64_t{16});
+  for (const auto& l : j.at("layers")) sel.weights[l.at("node").get<std::string>()] = ptq::WeightChoice::parse(l.at("weights"), group);
+  for (const auto& a : j.value("float_activations", json::array())) sel.float_activations.insert(a.get<std::string>());
+  return sel;
+}
 
 int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   const std::string& model_path = f.model;
@@ -89,6 +137,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   const std::string& weights = f.weights;
   const int wbits = f.weight_bits, abits = f.act_bits;
   graph::Model model = graph::load_model(model_path);
+  ptq::check_finite_weights(model);  // NaN/Inf weights: refused, naming the tensor (ptq/validate.h)
   ptq::PtqOptions opt;
   parse_granularity(weights, opt.weights);
   opt.weights.bits = wbits;
@@ -106,6 +155,18 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     at = comma + 1;
   }
 
+  std::optional<ptq::Selection> selection;
+  json selection_report;
+  if (!f.config.empty()) {  // checked before the (slow) calibration
+    PERCH_CHECK(!f.auto_select, "--config and --auto exclude each other");
+    selection = selection_from_json(f.config);
+    for (const auto& [node, c] : selection->weights) {
+      bool found = false;
+      for (const auto& n : model.graph.nodes) found |= n.name == node;
+      PERCH_CHECK(found, f.config, ": layer '", node, "' is not in ", model_path);
+    }
+    opt = ptq::apply_selection(opt, *selection);
+  }
   Dataset calib_all = load_dataset(f.calib, df.options());
   const int64_t calib_count = f.calib_count;
   PERCH_CHECK(calib_count > 0, "--calib-count must be positive");
@@ -114,7 +175,28 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
                  calib_all.name.c_str(), static_cast<long long>(calib_all.size()), static_cast<long long>(calib_count));
   Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, f.seed);
 
-  ptq::PtqResult res = ptq::quantize_model(model, calib, opt);
+  ptq::Calibration cal = ptq::calibrate(model, calib, opt);
+  if (f.auto_select) {
+    Dataset data = load_dataset(f.data, df.options());
+    PERCH_CHECK(data.size() >= 2, f.data, ": need at least 2 images to split into selection and verification parts");
+    const int64_t half = data.size() / 2;
+    const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
+    selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
+                                   f.group_size);
+    opt = ptq::apply_selection(opt, *selection);
+    selection_report = selection_json(*selection, f);
+    if (!as_json && !quiet()) {
+      for (const auto& line : selection->log) std::fprintf(stderr, "auto: %s\n", line.c_str());
+      std::fprintf(stderr,
+                   "auto (--prefer %s, --max-drop %.2f pt): selection split drop %.2f pt, verification split drop %.2f pt; "
+                   "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%\n",
+                   f.prefer.c_str(), f.max_drop, 100 * (selection->fp32_select - selection->quant_select),
+                   100 * (selection->fp32_verify - selection->quant_verify), 100 * selection->int4_byte_fraction,
+                   100 * selection->per_tensor_layer_fraction);
+    }
+    if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
+  }
+  ptq::PtqResult res = ptq::build_quantized(cal, opt);
   if (!out_path.empty()) graph::save_model(res.model, out_path);
 
   json j = {{"model", model_path}, {"output", out_path}, {"calibration", {{"data", calib.name}, {"images", res.calibration_images}, {"seconds", res.calibration_seconds}}},
@@ -125,6 +207,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
                               {"max_spread_before", res.equalization.max_spread_before},
                               {"max_spread_after", res.equalization.max_spread_after}}}, {"quantize_seconds", res.total_seconds},
             {"layers", layers_json(res.layers)}};
+  if (!selection_report.is_null()) j["auto"] = selection_report;
   if (!as_json && !quiet()) {
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
@@ -185,7 +268,89 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
                     r.output && !out_path.empty() ? "   <- written" : "");
     }
   }
+  if (!f.report.empty()) {
+    ptq::ReportInput ri;
+    ri.title = "perch quantization report: " + model_path;
+    ri.model = &cal.model;
+    ri.selection = selection ? &*selection : nullptr;
+    if (j.contains("accuracy"))
+      for (const auto& [k, v] : j["accuracy"].items()) ri.accuracy.emplace_back(k, v.get<double>());
+    if (selection) {
+      ri.accuracy.emplace_back("fp32 (verification split)", selection->fp32_verify);
+      ri.accuracy.emplace_back("chosen (verification split)", selection->quant_verify);
+    }
+    if (ri.accuracy.empty()) ri.accuracy.emplace_back("(no evaluation: pass --eval)", 0.0);
+    write_file_atomic(f.report, ptq::render_report_html(ri));
+  }
   if (as_json) std::cout << j.dump(2) << "\n";
+  return 0;
+}
+
+int cmd_sensitivity(const std::string& model_path, const std::string& calib_spec, const std::string& data_spec,
+                    int64_t calib_count, int64_t eval_count, int64_t group_size, const std::string& report,
+                    bool as_json, const DataFlags& df) {
+  graph::Model model = graph::load_model(model_path);
+  ptq::PtqOptions opt;
+  Dataset calib_all = load_dataset(calib_spec, df.options());
+  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, 0);
+  Dataset data = load_dataset(data_spec, df.options());
+  if (eval_count > 0 && eval_count < data.size()) data = take(data, 0, eval_count);
+  const ptq::Calibration cal = ptq::calibrate(model, calib, opt);
+  const auto rep = ptq::sensitivity(cal, data, opt, ptq::default_candidates(group_size));
+  json layers = json::array();
+  for (const auto& l : rep.layers) {
+    json cfg = json::object();
+    for (size_t i = 0; i < l.configs.size(); ++i)
+      cfg[l.configs[i]] = {{"alone", {{"accuracy_drop_pt", 100 * l.alone[i].accuracy_drop}, {"sqnr_db", l.alone[i].sqnr_db}}},
+                           {"all_but", {{"accuracy_drop_pt", 100 * l.all_but[i].accuracy_drop}, {"sqnr_db", l.all_but[i].sqnr_db}}}};
+    json e = {{"name", l.name}, {"kind", l.kind}, {"configs", cfg}};
+    if (l.kind == "weights") {
+      e["op"] = l.op_type;
+      e["shape"] = l.weight_shape;
+      e["spread"] = std::isfinite(l.spread) ? json(l.spread) : json("inf");
+    }
+    layers.push_back(e);
+  }
+  json all = json::object();
+  for (size_t i = 0; i < rep.configs.size(); ++i)
+    all[rep.configs[i]] = {{"accuracy_drop_pt", 100 * rep.all_quantized[i].accuracy_drop}, {"sqnr_db", rep.all_quantized[i].sqnr_db}};
+  json j = {{"model", model_path}, {"data", data.name}, {"images", rep.eval_images}, {"fp32_accuracy", rep.fp32_accuracy},
+            {"all_quantized", all}, {"layers", layers}, {"variants", rep.variants}, {"node_runs", rep.node_runs},
+            {"node_runs_without_cache", rep.node_runs_without_cache}, {"seconds", rep.seconds}};
+  if (!report.empty()) {
+    ptq::ReportInput ri;
+    ri.title = "perch sensitivity: " + model_path;
+    ri.model = &cal.model;
+    ri.sensitivity = &rep;
+    ri.accuracy.emplace_back("fp32", rep.fp32_accuracy);
+    for (size_t i = 0; i < rep.configs.size(); ++i)
+      ri.accuracy.emplace_back("all layers " + rep.configs[i], rep.fp32_accuracy - rep.all_quantized[i].accuracy_drop);
+    write_file_atomic(report, ptq::render_report_html(ri));
+  }
+  if (as_json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%s: %lld images of %s, fp32 top-1 %.4f; %lld variants, %lld node runs (%lld without prefix caching) in %.1fs\n",
+              model_path.c_str(), static_cast<long long>(rep.eval_images), data.name.c_str(), rep.fp32_accuracy,
+              static_cast<long long>(rep.variants), static_cast<long long>(rep.node_runs),
+              static_cast<long long>(rep.node_runs_without_cache), rep.seconds);
+  std::printf("accuracy drop in points, quantizing only this layer (alone) / all but this layer (all-but)\n");
+  std::printf("  %-28s %-10s %8s", "layer", "kind", "spread");
+  for (const auto& c : rep.configs) std::printf(" %20s", c.c_str());
+  std::printf("\n  %-28s %-10s %8s", "(every layer)", "", "");
+  for (const auto& m : rep.all_quantized) std::printf(" %20.2f", 100 * m.accuracy_drop);
+  std::printf("\n");
+  for (const auto& l : rep.layers) {
+    std::printf("  %-28s %-10s %8s", l.name.substr(0, 28).c_str(), l.kind.c_str(),
+                l.kind == "weights" ? fmt_acc(l.spread).substr(0, 8).c_str() : "");
+    for (size_t i = 0; i < l.configs.size(); ++i) {
+      char cell[32];
+      std::snprintf(cell, sizeof cell, "%.2f / %.2f", 100 * l.alone[i].accuracy_drop, 100 * l.all_but[i].accuracy_drop);
+      std::printf(" %20s", cell);
+    }
+    std::printf("\n");
+  }
   return 0;
 }
 
@@ -302,8 +467,31 @@ int main(int argc, char** argv) {
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");
   q->add_flag("--ignore-nonfinite", qf.ignore_nonfinite,
               "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
+  q->add_flag("--auto", qf.auto_select, "choose per layer among fp32/int8/int4 weights under --max-drop");
+  q->add_option("--max-drop", qf.max_drop, "with --auto: largest accepted top-1 drop, in points")->capture_default_str();
+  q->add_option("--prefer", qf.prefer, "with --auto: per-tensor | small | fast")->capture_default_str();
+  q->add_option("--data", qf.data, "with --auto: labelled data, split into selection and verification halves")
+      ->capture_default_str();
+  q->add_option("--group-size", qf.group_size, "group size of int4 per-group candidates")->capture_default_str();
+  q->add_option("--save-config", qf.save_config, "with --auto: write the chosen configuration (JSON)");
+  q->add_option("--config", qf.config, "apply a configuration saved by --save-config");
+  q->add_option("--report", qf.report, "write a self-contained HTML report");
   q->add_flag("--json", as_json, "print a JSON report on stdout");
   df.add(q);
+
+  // sensitivity
+  auto* sens = app.add_subcommand("sensitivity", "per-layer sensitivity to int8/int4 per-tensor/per-channel/per-group");
+  std::string s_model, s_calib = "fashion-mnist:train", s_data = "fashion-mnist:test", s_report;
+  int64_t s_calib_count = 1024, s_eval_count = 2000, s_group = 16;
+  sens->add_option("model", s_model, "float ONNX model")->required();
+  sens->add_option("--calib", s_calib, "calibration data spec")->capture_default_str();
+  sens->add_option("--calib-count", s_calib_count, "calibration images")->capture_default_str();
+  sens->add_option("--data", s_data, "labelled evaluation data spec")->capture_default_str();
+  sens->add_option("--eval-count", s_eval_count, "evaluation images (first N; 0 = all)")->capture_default_str();
+  sens->add_option("--group-size", s_group, "group size of the int4 per-group candidate")->capture_default_str();
+  sens->add_option("--report", s_report, "write a self-contained HTML report");
+  sens->add_flag("--json", as_json, "JSON output");
+  df.add(sens);
 
   // eval
   auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
@@ -334,6 +522,8 @@ int main(int argc, char** argv) {
   try {
     if (q->parsed())
       return cmd_quantize(qf, as_json, df);
+    if (sens->parsed())
+      return cmd_sensitivity(s_model, s_calib, s_data, s_calib_count, s_eval_count, s_group, s_report, as_json, df);
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);

@@ -315,15 +315,6 @@ double channel_spread(const Tensor& w, int64_t axis) {
 
 namespace {
 
-// The quantized form of one weight tensor, planned before calibration (weights do not depend on data).
-struct WeightPlan {
-  quant::QuantSpec spec;
-  quant::QuantParams params;
-  Tensor q;        // int8 storage
-  Tensor delta;    // fake_quant(w) - w, float: the error bias correction measures
-  std::string dq;  // DequantizeLinear output, once written
-};
-
 quant::QuantSpec weight_spec(const WeightOptions& o, const Node& n, const Tensor& w) {
   quant::QuantSpec ws;
   ws.bits = o.bits;
@@ -350,19 +341,18 @@ std::string granularity_label(const quant::QuantSpec& s) {
 
 }  // namespace
 
-PtqResult quantize_model(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
+Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
-  PtqResult res;
-  Model m = input_model;
-  res.canonicalize_summary = graph::canonicalize(m);
-  if (opt.equalize) res.equalization = equalize(m);
+  Calibration cal;
+  cal.model = input_model;
+  Model& m = cal.model;
+  cal.canonicalize_summary = graph::canonicalize(m);
+  if (opt.equalize) cal.equalization = equalize(m);
   Graph& g = m.graph;
   PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
   PERCH_CHECK(calib.size() > 0, calib.name, ": calibration set is empty");
 
-  // ---- 1. Which activations get Q/DQ, and which share their input's parameters.
-  std::map<std::string, std::string> shares;  // value -> value whose parameters it reuses
-  std::vector<std::string> targets;           // in graph order
+  // ---- 1. Which activations get Q/DQ (when quantized), and which share their input's parameters.
   std::set<std::string> target_set;
   const std::set<std::string> floats = float_values(g);
   auto consider = [&](const std::string& v) {
@@ -370,79 +360,72 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     if (g.is_graph_output(v) && !opt.quantize_outputs) return;
     const auto cons = g.consumers(v);
     bool read_as_data = false;
-    for (size_t c : cons) {
-      const Node& cn = g.nodes[c];
-      if (opt.float_nodes.count(cn.name) && is_weight_op(cn.op_type)) continue;
-      for (size_t i : data_inputs(cn, g))
-        if (cn.inputs[i] == v) read_as_data = true;
-    }
+    for (size_t c : cons)
+      for (size_t i : data_inputs(g.nodes[c], g))
+        if (g.nodes[c].inputs[i] == v) read_as_data = true;
     if (!read_as_data && !(g.is_graph_output(v) && opt.quantize_outputs)) return;
     const int64_t p = g.producer(v);
     if (p >= 0) {
       const Node& pn = g.nodes[p];
       const bool fusable_producer = is_weight_op(pn.op_type) || pn.op_type == "Add";
       if (fusable_producer && cons.size() == 1 && is_fusable_activation(g.nodes[cons[0]]) && !g.is_graph_output(v)) return;
-      if (is_passthrough(pn.op_type) && target_set.count(pn.inputs[0])) shares[v] = pn.inputs[0];
+      if (is_passthrough(pn.op_type) && target_set.count(pn.inputs[0])) cal.shares[v] = pn.inputs[0];
     }
-    targets.push_back(v);
+    cal.targets.push_back(v);
     target_set.insert(v);
   };
   for (const auto& in : g.inputs) consider(in.name);
   for (const auto& n : g.nodes)
     for (const auto& o : n.outputs)
       if (!o.empty()) consider(o);
-  auto root = [&](std::string v) {
-    while (shares.count(v)) v = shares[v];
-    return v;
-  };
 
-  // ---- 2. Plan the weights of Conv/Gemm/MatMul (independent of the data).
-  std::map<std::string, WeightPlan> plans;  // by weight initializer name
-  std::vector<size_t> weight_nodes;
+  // ---- 2. Bias-correction statistics. The mean output shift of a weight error dW is linear in dW:
+  //   E[conv(x, dW)][c] = sum_k dW[c, k] * E[patch_k]   (patch = the im2col column, zeros in padding)
+  //   E[x B + C][n]     = sum_k E[x_k] * dB[k, n]
+  // so perch records E[patch] (Conv) or E[x] (Gemm) once and corrects any weight choice later. E[patch]
+  // comes from running the node itself with one-hot weights (same pads/strides/dilations/groups).
+  struct PatchProbe {
+    Node node;       // the layer's op with one-hot weights, no bias
+    Tensor onehot;
+    int64_t groups = 1, per_group = 1;
+  };
+  std::map<std::string, std::vector<size_t>> probes_by_input;  // input value -> weight node indices
+  std::map<size_t, PatchProbe> probes;
+  std::map<size_t, std::pair<std::vector<double>, int64_t>> sums;  // node -> (sum, count)
   for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
     const Node& n = g.nodes[ni];
-    if (!is_weight_op(n.op_type)) continue;
+    if (n.op_type != "Conv" && n.op_type != "Gemm") continue;
     const Tensor* w = g.initializer(n.input(1));
-    if (!w || w->dtype() != DType::kFloat32) continue;  // activation x activation MatMul stays float
-    weight_nodes.push_back(ni);
-    if (opt.float_nodes.count(n.name) || plans.count(n.input(1))) continue;
-    WeightPlan wp;
-    wp.spec = weight_spec(opt.weights, n, *w);
-    quant::RangeEstimator we(wp.spec, opt.weights.estimator);
-    we.observe(*w);
-    wp.params = we.params();
-    wp.q = quant::quantize(*w, wp.params);
-    wp.delta = quant::dequantize(wp.q, wp.params);
-    for (int64_t i = 0; i < w->numel(); ++i) wp.delta.data<float>()[i] -= w->data<float>()[i];
-    plans.emplace(n.input(1), std::move(wp));
+    if (!w || w->dtype() != DType::kFloat32) continue;
+    if (n.op_type == "Gemm" && (n.attr_int("transA", 0) != 0 || n.attr_float("beta", 1.0f) != 1.0f)) continue;
+    if (!n.input(2).empty()) {
+      const Tensor* b = g.initializer(n.input(2));
+      if (!b || b->dtype() != DType::kFloat32 || b->rank() != 1) continue;
+    }
+    PatchProbe pr;
+    if (n.op_type == "Conv") {
+      const int64_t groups = n.attr_int("group", 1), cg = w->dim(1), kk = w->numel() / (w->dim(0) * cg);
+      pr.groups = groups;
+      pr.per_group = cg * kk;
+      Shape ws = w->shape();
+      ws[0] = groups * pr.per_group;
+      pr.onehot = Tensor(DType::kFloat32, ws);
+      // Output channel g*P + j of group g picks element j of that group's patch.
+      for (int64_t j = 0; j < groups * pr.per_group; ++j) pr.onehot.data<float>()[j * pr.per_group + j % pr.per_group] = 1.0f;
+      pr.node = n;
+      pr.node.inputs = {n.inputs[0], "onehot"};
+    } else {
+      pr.per_group = n.attr_int("transB", 0) ? w->dim(1) : w->dim(0);  // K
+    }
+    probes_by_input[n.input(0)].push_back(ni);
+    probes.emplace(ni, std::move(pr));
   }
 
-  // Bias correction: E[op(x, W_q - W)] per output channel over the calibration set, with x the layer's
-  // float input; subtracting it from the bias removes the mean output shift weight rounding causes.
-  struct Correction {
-    std::vector<double> sum;
-    int64_t count = 0;  // outputs per channel accumulated
-  };
-  std::map<size_t, Correction> corrections;  // by node index
-  std::map<std::string, std::vector<size_t>> corrected_by_input;
-  if (opt.bias_correction)
-    for (size_t ni : weight_nodes) {
-      const Node& n = g.nodes[ni];
-      if (opt.float_nodes.count(n.name) || n.op_type == "MatMul") continue;
-      if (n.op_type == "Gemm" && (n.attr_float("beta", 1.0f) != 1.0f || n.attr_int("transA", 0) != 0)) continue;
-      if (!n.input(2).empty()) {
-        const Tensor* b = g.initializer(n.input(2));
-        if (!b || b->dtype() != DType::kFloat32 || b->rank() != 1) continue;
-      }
-      corrections[ni] = Correction{};
-      corrected_by_input[n.input(0)].push_back(ni);
-    }
-
-  // ---- 3. Calibrate: run the float model, feed each (root) target's estimator and the corrections.
+  // ---- 3. Calibrate: run the float model, feed each (root) target's estimator and the statistics.
   const quant::QuantSpec aspec = activation_spec(opt.activations);
   std::map<std::string, quant::RangeEstimator> est;
-  for (const auto& v : targets)
-    if (!shares.count(v)) est.emplace(v, quant::RangeEstimator(aspec, opt.activations.estimator));
+  for (const auto& v : cal.targets)
+    if (!cal.shares.count(v)) est.emplace(v, quant::RangeEstimator(aspec, opt.activations.estimator));
   {
     const auto t0 = std::chrono::steady_clock::now();
     runtime::Executor exec(m);
@@ -463,50 +446,96 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
                        b + n - 1, ": ", e.what());
           }
         }
-        if (auto it = corrected_by_input.find(name); it != corrected_by_input.end())
-          for (size_t ni : it->second) {
-            Node probe = g.nodes[ni];  // the same op without its bias, applied to the weight error
-            probe.inputs.resize(2);
-            const WeightPlan& wp = plans.at(probe.inputs[1]);
-            const Tensor dy = (*registry.find(probe.op_type, probe.domain, m.opset()))(probe, {&t, &wp.delta}, m.opset())[0];
-            Correction& c = corrections[ni];
-            const int64_t channels = dy.dim(1), inner = dy.numel() / (dy.dim(0) * channels);
-            if (c.sum.empty()) c.sum.assign(static_cast<size_t>(channels), 0.0);
-            const float* d = dy.data<float>();
-            for (int64_t i = 0; i < dy.dim(0); ++i)
-              for (int64_t ch = 0; ch < channels; ++ch) {
+        if (!opt.bias_correction) return;
+        auto it = probes_by_input.find(name);
+        if (it == probes_by_input.end()) return;
+        for (size_t ni : it->second) {
+          const PatchProbe& pr = probes.at(ni);
+          auto& [sum, count] = sums[ni];
+          if (sum.empty()) sum.assign(static_cast<size_t>(pr.groups * pr.per_group), 0.0);
+          if (pr.node.op_type.empty()) {  // Gemm: mean input row
+            const Tensor x2 = t.rank() == 2 ? t : t.reshaped({t.dim(0), t.numel() / t.dim(0)});
+            const int64_t rows = x2.dim(0), k = x2.dim(1);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t j = 0; j < k; ++j) sum[j] += x2.data<float>()[r * k + j];
+            count += rows;
+          } else {
+            const Tensor patches =
+                (*registry.find(pr.node.op_type, pr.node.domain, m.opset()))(pr.node, {&t, &pr.onehot}, m.opset())[0];
+            const int64_t ch = patches.dim(1), inner = patches.numel() / (patches.dim(0) * ch);
+            const float* d = patches.data<float>();
+            for (int64_t i = 0; i < patches.dim(0); ++i)
+              for (int64_t c = 0; c < ch; ++c) {
                 double acc = 0;
-                for (int64_t k = 0; k < inner; ++k) acc += d[(i * channels + ch) * inner + k];
-                c.sum[ch] += acc;
+                for (int64_t k = 0; k < inner; ++k) acc += d[(i * ch + c) * inner + k];
+                sum[c] += acc;
               }
-            c.count += dy.dim(0) * inner;
+            count += patches.dim(0) * inner;
           }
+        }
       };
       observe(in_name, x);
       exec.run({{in_name, x}}, observe);
       progress.update(b + n);
     }
     progress.finish();
-    res.calibration_images = calib.size();
-    res.calibration_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cal.images = calib.size();
+    cal.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  std::map<std::string, quant::QuantParams> aparams;
-  for (const auto& v : targets) {
-    const std::string r = root(v);
+  for (const auto& v : cal.targets) {
+    std::string r = v;
+    while (cal.shares.count(r)) r = cal.shares.at(r);
     auto it = est.find(r);
     PERCH_CHECK(it != est.end() && !it->second.empty(), m.source, ": activation '", r,
                 "' was never computed during calibration (dead branch?)");
-    aparams[v] = it->second.params();
+    cal.activation_params[v] = it->second.params();
   }
-  for (const auto& [name, e] : est) res.nonfinite_values += e.nonfinite_count();
+  for (const auto& [name, e] : est) cal.nonfinite_values += e.nonfinite_count();
+  for (auto& [ni, sc] : sums) {
+    if (sc.second == 0) continue;
+    std::vector<double> mean(sc.first.size());
+    for (size_t k = 0; k < mean.size(); ++k) mean[k] = sc.first[k] / static_cast<double>(sc.second);
+    cal.input_means[g.nodes[ni].name] = {std::move(mean), probes.at(ni).groups};
+  }
+  cal.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return cal;
+}
 
-  // ---- 4. Write weights and biases.
+PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
+  const auto t_start = std::chrono::steady_clock::now();
+  PtqResult res;
+  res.canonicalize_summary = cal.canonicalize_summary;
+  res.equalization = cal.equalization;
+  res.calibration_images = cal.images;
+  res.calibration_seconds = cal.seconds;
+  res.nonfinite_values = cal.nonfinite_values;
+  Model m = cal.model;
+  Graph& g = m.graph;
+  const quant::QuantSpec aspec = activation_spec(opt.activations);
   const DType act_type = aspec.storage_type();
+
+  // Activations actually quantized: calibrated targets minus those the caller keeps float.
+  std::map<std::string, quant::QuantParams> aparams;
+  for (const auto& v : cal.targets)
+    if (!opt.float_activations.count(v)) aparams[v] = cal.activation_params.at(v);
+
+  // ---- Weights and biases.
+  struct Written {
+    std::string dq;
+    quant::QuantParams params;
+    Tensor delta;
+    quant::QuantSpec spec;
+  };
+  std::map<std::string, Written> written;  // weight name -> its DequantizeLinear (shared weights once)
   bool need_13 = false, need_21 = false;
-  for (size_t ni : weight_nodes) {
-    const Node n = g.nodes[ni];  // copy: add_dequantize appends to g.nodes
+  const size_t original_nodes = g.nodes.size();
+  for (size_t ni = 0; ni < original_nodes; ++ni) {
+    const Node n = g.nodes[ni];  // copy: new nodes are appended to g.nodes
+    if (!is_weight_op(n.op_type)) continue;
     const std::string wname = n.input(1);
-    const Tensor& w = *g.initializer(wname);
+    const Tensor* wp_ = g.initializer(wname);
+    if (!wp_ || wp_->dtype() != DType::kFloat32) continue;  // activation x activation MatMul stays float
+    const Tensor w = *wp_;
     LayerReport rep;
     rep.node = n.name;
     rep.op_type = n.op_type;
@@ -516,37 +545,67 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     rep.spread = channel_spread(w, rep.axis);
     if (opt.float_nodes.count(n.name)) {
       rep.granularity = "float";
+      rep.bits = 32;
       res.layers.push_back(rep);
       continue;
     }
-    WeightPlan& wp = plans.at(wname);
-    if (wp.dq.empty()) {
+    const WeightOptions& wo = opt.layer_weights.count(n.name) ? opt.layer_weights.at(n.name) : opt.weights;
+    auto it = written.find(wname);
+    if (it == written.end()) {
+      Written wr;
+      wr.spec = weight_spec(wo, n, w);
+      quant::RangeEstimator we(wr.spec, wo.estimator);
+      we.observe(w);
+      wr.params = we.params();
+      const Tensor q = quant::quantize(w, wr.params);
+      wr.delta = quant::dequantize(q, wr.params);
+      for (int64_t i = 0; i < w.numel(); ++i) wr.delta.data<float>()[i] -= w.data<float>()[i];
       const std::string qname = g.unique_name(wname + "_quantized");
-      g.initializers[qname] = wp.q;
-      wp.dq = add_dequantize(g, wname, qname, wp.params, DType::kInt8);
+      g.initializers[qname] = q;
+      wr.dq = add_dequantize(g, wname, qname, wr.params, DType::kInt8);
+      it = written.emplace(wname, std::move(wr)).first;
     }
-    rep.axis = wp.params.axis;
-    rep.granularity = granularity_label(wp.spec);
-    rep.bits = wp.spec.bits;
+    const Written& wr = it->second;
+    rep.axis = wr.params.axis;
+    rep.granularity = granularity_label(wr.spec);
+    rep.bits = wr.spec.bits;
     {
       Tensor fq = w.clone();
-      for (int64_t i = 0; i < fq.numel(); ++i) fq.data<float>()[i] += wp.delta.data<float>()[i];
+      for (int64_t i = 0; i < fq.numel(); ++i) fq.data<float>()[i] += wr.delta.data<float>()[i];
       rep.weight_sqnr_db = sqnr_db(w, fq);
     }
-    need_13 |= wp.spec.granularity != quant::Granularity::kPerTensor;
-    need_21 |= wp.spec.granularity == quant::Granularity::kPerGroup;
-    g.nodes[ni].inputs[1] = wp.dq;
+    need_13 |= wr.spec.granularity != quant::Granularity::kPerTensor;
+    need_21 |= wr.spec.granularity == quant::Granularity::kPerGroup;
+    g.nodes[ni].inputs[1] = wr.dq;
 
-    // The float bias, bias-corrected.
+    // Bias correction: subtract E[op(x, W_q - W)] (see calibrate()).
     std::string bname = n.input(2);
     const Tensor* bias = bname.empty() ? nullptr : g.initializer(bname);
-    if (auto c = corrections.find(ni); c != corrections.end() && c->second.count > 0) {
-      const int64_t channels = static_cast<int64_t>(c->second.sum.size());
+    auto mi = cal.input_means.find(n.name);
+    if (opt.bias_correction && mi != cal.input_means.end()) {
+      const auto& [mean, groups] = mi->second;
+      int64_t channels = 0;
+      std::vector<double> shift;
+      if (n.op_type == "Conv") {
+        channels = w.dim(0);
+        const int64_t per = w.numel() / channels, mg = channels / groups;
+        shift.assign(static_cast<size_t>(channels), 0.0);
+        for (int64_t c = 0; c < channels; ++c)
+          for (int64_t k = 0; k < per; ++k)
+            shift[c] += wr.delta.data<float>()[c * per + k] * mean[(c / mg) * per + k];
+      } else {  // Gemm
+        const bool tb = n.attr_int("transB", 0) != 0;
+        channels = tb ? w.dim(0) : w.dim(1);
+        const int64_t k_dim = tb ? w.dim(1) : w.dim(0);
+        shift.assign(static_cast<size_t>(channels), 0.0);
+        for (int64_t c = 0; c < channels; ++c)
+          for (int64_t k = 0; k < k_dim; ++k)
+            shift[c] += (tb ? wr.delta.data<float>()[c * k_dim + k] : wr.delta.data<float>()[k * channels + c]) * mean[k];
+      }
       Tensor nb(DType::kFloat32, {channels});
-      for (int64_t ch = 0; ch < channels; ++ch) {
-        const double shift = c->second.sum[ch] / static_cast<double>(c->second.count);
-        rep.bias_correction_max = std::max(rep.bias_correction_max, std::fabs(shift));
-        nb.data<float>()[ch] = static_cast<float>((bias ? bias->data<float>()[ch] : 0.0) - shift);
+      for (int64_t c = 0; c < channels; ++c) {
+        rep.bias_correction_max = std::max(rep.bias_correction_max, std::fabs(shift[c]));
+        nb.data<float>()[c] = static_cast<float>((bias ? bias->data<float>()[c] : 0.0) - shift[c]);
       }
       bname = g.unique_name((bname.empty() ? n.name + "_bias" : bname) + "_corrected");
       g.initializers[bname] = nb;
@@ -560,11 +619,11 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
     auto ain = aparams.find(n.input(0));
     if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && ain != aparams.end() &&
-        wp.spec.granularity != quant::Granularity::kPerGroup) {
+        wr.spec.granularity != quant::Granularity::kPerGroup) {
       const int64_t channels = bias->numel();
-      const bool per_channel = wp.params.count() > 1;
-      PERCH_CHECK(!per_channel || wp.params.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,
-                  " values for ", wp.params.count(), " weight channels");
+      const bool per_channel = wr.params.count() > 1;
+      PERCH_CHECK(!per_channel || wr.params.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,
+                  " values for ", wr.params.count(), " weight channels");
       const float s_in = ain->second.scale[0];
       quant::QuantParams bp;
       bp.spec.granularity = per_channel ? quant::Granularity::kPerChannel : quant::Granularity::kPerTensor;
@@ -573,7 +632,7 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
       bp.param_shape = per_channel ? Shape{channels} : Shape{};
       Tensor bq(DType::kInt32, bias->shape());
       for (int64_t c = 0; c < (per_channel ? channels : 1); ++c) {
-        bp.scale.push_back(s_in * wp.params.scale[c]);  // float product, as ONNX Runtime's quantizer computes it
+        bp.scale.push_back(s_in * wr.params.scale[c]);  // float product, as ONNX Runtime's quantizer computes it
         bp.zero_point.push_back(0);
       }
       for (int64_t c = 0; c < channels; ++c) {
@@ -595,9 +654,11 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
     res.layers.push_back(rep);
   }
 
-  // ---- 5. Activation Q/DQ pairs.
-  for (const auto& v : targets) {
-    const quant::QuantParams& p = aparams[v];
+  // ---- Activation Q/DQ pairs.
+  for (const auto& v : cal.targets) {
+    auto pit = aparams.find(v);
+    if (pit == aparams.end()) continue;
+    const quant::QuantParams& p = pit->second;
     const std::string s = g.unique_name(v + "_scale"), z = g.unique_name(v + "_zero_point");
     g.initializers[s] = scale_tensor(p);
     g.initializers[z] = zero_point_tensor(p, act_type);
@@ -616,10 +677,10 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
         if (in == v) in = dq.outputs[0];
     g.nodes.push_back(q);
     g.nodes.push_back(dq);
+    ++res.activations_quantized;
   }
-  res.activations_quantized = static_cast<int64_t>(targets.size());
 
-  // ---- 6. Opset and metadata.
+  // ---- Opset and metadata.
   if (need_21) {
     raise_opset(m, 21);
     m.ir_version = std::max<int64_t>(m.ir_version, 10);
@@ -634,8 +695,12 @@ PtqResult quantize_model(const Model& input_model, const Dataset& calib, const P
   m.producer_name = "perch";
   m.producer_version = "0.1.0";
   res.model = std::move(m);
-  res.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  res.total_seconds = cal.total_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return res;
+}
+
+PtqResult quantize_model(const Model& model, const Dataset& calib, const PtqOptions& options) {
+  return build_quantized(calibrate(model, calib, options), options);
 }
 
 }  // namespace perch::ptq

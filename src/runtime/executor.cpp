@@ -76,6 +76,15 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
 
 TensorMap Executor::run(const TensorMap& inputs, const Observer& observer,
                         const std::vector<std::string>& extra_outputs) const {
+  return run_impl(inputs, nullptr, observer, extra_outputs);
+}
+
+TensorMap Executor::run_cached(const TensorMap& inputs, const TensorMap& known, const Observer& observer) const {
+  return run_impl(inputs, &known, observer, {});
+}
+
+TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
+                             const std::vector<std::string>& extra_outputs) const {
   TensorMap values;
   for (const auto& in : model_.graph.inputs) {
     auto it = inputs.find(in.name);
@@ -95,6 +104,12 @@ TensorMap Executor::run(const TensorMap& inputs, const Observer& observer,
   std::vector<const Tensor*> args;
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
+    if (known && !n.outputs.empty() &&
+        std::all_of(n.outputs.begin(), n.outputs.end(), [&](const std::string& o) { return o.empty() || known->count(o); })) {
+      for (const auto& o : n.outputs)
+        if (!o.empty()) values[o] = known->at(o);
+      continue;
+    }
     args.clear();
     for (const auto& in : n.inputs) {
       if (in.empty()) {

@@ -21,27 +21,8 @@ using namespace perch;
 
 namespace {
 
-struct CmdResult {
-  int code = -1;
-  std::string out, err;
-};
-
-// Runs `cmd` through the shell, capturing stdout and stderr separately.
-CmdResult run_cmd(const std::string& cmd) {
-  const fs::path err_file = fs::temp_directory_path() / ("perch_cli_test_" + std::to_string(::getpid()) + ".err");
-  CmdResult r;
-  FILE* p = ::popen((cmd + " 2>" + err_file.string()).c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  fs::remove(err_file);
-  return r;
-}
+using test::CmdResult;
+using test::run_cmd;
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 std::string perch_bin() { return q(test::binary_dir() / "perch"); }

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,7 +50,9 @@ struct PtqOptions {
   bool quantize_outputs = false;        // also QDQ the graph outputs
   bool equalize = true;                 // cross-layer equalization first (ptq/equalize.h)
   bool bias_correction = true;          // subtract the mean output shift of weight rounding (empirical)
-  std::set<std::string> float_nodes;    // node names whose weights (and inputs) stay float
+  std::set<std::string> float_nodes;    // node names whose weights stay float
+  std::map<std::string, WeightOptions> layer_weights;  // per-node override of `weights` (selective quantization)
+  std::set<std::string> float_activations;             // activation values left float
 };
 
 // What happened to one weight layer.
@@ -78,7 +81,30 @@ struct PtqResult {
 };
 
 // Quantizes `model` (not modified). `calib` must hold inputs for the model's first graph input.
+// = build_quantized(calibrate(model, calib, options), options).
 PtqResult quantize_model(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
+
+// What calibration learns, independent of the per-layer weight choices: the canonical (equalized) model,
+// the activations that can be quantized and their parameters, and the statistics bias correction needs
+// for any weight choice. Calibrate once, then build many candidate models cheaply (selective
+// quantization, sensitivity analysis).
+struct Calibration {
+  graph::Model model;
+  std::vector<std::string> targets;                  // quantizable activations, graph order
+  std::map<std::string, std::string> shares;         // pass-through value -> value whose parameters it reuses
+  std::map<std::string, quant::QuantParams> activation_params;
+  // Weight node -> (E[patch] per group, concatenated (Conv) or E[x] (Gemm), groups).
+  std::map<std::string, std::pair<std::vector<double>, int64_t>> input_means;
+  std::string canonicalize_summary;
+  EqualizeReport equalization;
+  int64_t images = 0, nonfinite_values = 0;
+  double seconds = 0, total_seconds = 0;
+};
+
+// Uses options.activations, equalize, bias_correction, batch, quantize_outputs.
+Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
+// Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
+PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
 
 // Output-channel axis of a weight (see above) for Conv/Gemm/MatMul node `n` with weight rank `rank`.
 int64_t weight_channel_axis(const graph::Node& n, int64_t rank);

@@ -52,6 +52,10 @@ class Executor {
   // `observer` is called for every value a node produces, in execution order.
   TensorMap run(const TensorMap& inputs, const Observer& observer = nullptr,
                 const std::vector<std::string>& extra_outputs = {}) const;
+  // Like run(), but nodes whose outputs are all present in `known` are skipped and those values used
+  // instead: the caller's cache of an unchanged prefix (see ptq/sensitivity.cpp). `known` must hold
+  // values these exact nodes would compute.
+  TensorMap run_cached(const TensorMap& inputs, const TensorMap& known, const Observer& observer = nullptr) const;
   // Single-input convenience: runs with the first graph input, returns the first graph output.
   Tensor run1(const Tensor& input) const;
 
@@ -64,6 +68,9 @@ class Executor {
   std::vector<const OpKernel*> kernels_;
   std::unordered_map<std::string, size_t> last_use_;  // value -> index of the last node reading it
   TensorMap constants_;                                // initializers + folded Constant nodes
+
+  TensorMap run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
+                     const std::vector<std::string>& extra_outputs) const;
 };
 
 // Ops perch's executor does not support in `model` (op_type and count), empty if none.

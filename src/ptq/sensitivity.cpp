@@ -1,0 +1,463 @@
+#include "perch/ptq/sensitivity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "perch/core/progress.h"
+#include "perch/runtime/executor.h"
+
+namespace perch::ptq {
+
+using graph::Model;
+using graph::Node;
+
+std::string WeightChoice::label() const {
+  if (is_float) return "fp32";
+  std::string g = granularity == quant::Granularity::kPerTensor    ? "per-tensor"
+                  : granularity == quant::Granularity::kPerChannel ? "per-channel"
+                                                                   : "per-group";
+  return "int" + std::to_string(bits) + " " + g;
+}
+
+WeightChoice WeightChoice::parse(const std::string& label, int64_t default_group) {
+  WeightChoice c;
+  if (label == "fp32") {
+    c.is_float = true;
+    return c;
+  }
+  const auto sp = label.find(' ');
+  PERCH_CHECK(label.rfind("int", 0) == 0 && sp != std::string::npos, "weight configuration '", label,
+              "': expected fp32 or intB per-tensor|per-channel|per-group[:G]");
+  c.bits = std::stoi(label.substr(3, sp - 3));
+  const std::string g = label.substr(sp + 1);
+  if (g == "per-tensor") c.granularity = quant::Granularity::kPerTensor;
+  else if (g == "per-channel") c.granularity = quant::Granularity::kPerChannel;
+  else if (g.rfind("per-group", 0) == 0) {
+    c.granularity = quant::Granularity::kPerGroup;
+    c.group_size = g.size() > 10 ? std::stoll(g.substr(10)) : default_group;
+  } else {
+    PERCH_FAIL("weight configuration '", label, "': unknown granularity '", g, "'");
+  }
+  return c;
+}
+
+WeightOptions WeightChoice::options() const {
+  WeightOptions o;
+  o.bits = bits;
+  o.granularity = granularity;
+  o.group_size = group_size;
+  return o;
+}
+
+double WeightChoice::bytes(const Shape& s, int64_t channel_axis, int64_t group_axis) const {
+  const double n = static_cast<double>(checked_numel(s));
+  if (is_float) return 4.0 * n;
+  double scales = 1;
+  if (granularity == quant::Granularity::kPerChannel) scales = static_cast<double>(s[channel_axis]);
+  if (granularity == quant::Granularity::kPerGroup)
+    scales = n / static_cast<double>(s[group_axis]) * static_cast<double>((s[group_axis] + group_size - 1) / group_size);
+  return n * bits / 8.0 + 4.0 * scales;
+}
+
+std::vector<WeightChoice> default_candidates(int64_t group_size) {
+  std::vector<WeightChoice> v;
+  for (const char* l : {"int8 per-tensor", "int8 per-channel", "int4 per-channel", "int4 per-group"})
+    v.push_back(WeightChoice::parse(l, group_size));
+  return v;
+}
+
+Preference parse_preference(const std::string& s) {
+  if (s == "per-tensor") return Preference::kPerTensor;
+  if (s == "small") return Preference::kSmall;
+  if (s == "fast") return Preference::kFast;
+  PERCH_FAIL("--prefer '", s, "': expected per-tensor, small or fast");
+}
+
+const char* preference_name(Preference p) {
+  switch (p) {
+    case Preference::kPerTensor: return "per-tensor";
+    case Preference::kSmall: return "small";
+    case Preference::kFast: return "fast";
+  }
+  return "?";
+}
+
+namespace {
+
+struct WeightLayer {
+  std::string node, op_type;
+  Shape shape;
+  int64_t channel_axis = 0, group_axis = 0;
+  double spread = 0;
+};
+
+std::vector<WeightLayer> weight_layers(const Model& m) {
+  std::vector<WeightLayer> out;
+  for (const auto& n : m.graph.nodes) {
+    if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+    const Tensor* w = m.graph.initializer(n.input(1));
+    if (!w || w->dtype() != DType::kFloat32) continue;
+    WeightLayer l;
+    l.node = n.name;
+    l.op_type = n.op_type;
+    l.shape = w->shape();
+    l.channel_axis = weight_channel_axis(n, w->rank());
+    l.group_axis = n.op_type == "Conv" ? 1 : n.op_type == "Gemm" ? (n.attr_int("transB", 0) ? 1 : 0) : w->rank() - 2;
+    l.spread = channel_spread(*w, l.channel_axis);
+    out.push_back(l);
+  }
+  return out;
+}
+
+bool same_tensor(const Tensor& a, const Tensor& b) {
+  if (a.raw() == b.raw() && a.shape() == b.shape()) return true;
+  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+bool same_attrs(const Node& a, const Node& b) {
+  if (a.attrs.size() != b.attrs.size()) return false;
+  for (const auto& [k, v] : a.attrs) {
+    auto it = b.attrs.find(k);
+    if (it == b.attrs.end() || it->second.index() != v.index()) return false;
+    const bool same = std::visit(
+        [&](const auto& x) {
+          using T = std::decay_t<decltype(x)>;
+          const T& y = std::get<T>(it->second);
+          if constexpr (std::is_same_v<T, Tensor>) return same_tensor(x, y);
+          else return x == y;
+        },
+        v);
+    if (!same) return false;
+  }
+  return true;
+}
+
+// Output names of `variant`'s nodes that compute exactly what `base`'s nodes of the same outputs compute:
+// same op, attributes and inputs, every input itself clean (a graph input, an identical initializer, or
+// a clean node's output).
+std::vector<std::string> clean_outputs(const Model& base, const Model& variant) {
+  std::map<std::string, const Node*> base_by_output;
+  for (const auto& n : base.graph.nodes)
+    for (const auto& o : n.outputs) base_by_output[o] = &n;
+  std::set<std::string> clean;
+  for (const auto& in : variant.graph.inputs) clean.insert(in.name);
+  std::vector<std::string> out;
+  for (const auto& n : variant.graph.nodes) {
+    auto it = n.outputs.empty() ? base_by_output.end() : base_by_output.find(n.outputs[0]);
+    if (it == base_by_output.end()) continue;
+    const Node& b = *it->second;
+    if (b.op_type != n.op_type || b.inputs != n.inputs || b.outputs != n.outputs || !same_attrs(b, n)) continue;
+    bool ok = true;
+    for (const auto& in : n.inputs) {
+      if (in.empty() || clean.count(in)) continue;
+      const Tensor* tv = variant.graph.initializer(in);
+      const Tensor* tb = base.graph.initializer(in);
+      if (tv && tb && same_tensor(*tv, *tb)) continue;
+      ok = false;
+      break;
+    }
+    if (!ok) continue;
+    for (const auto& o : n.outputs)
+      if (!o.empty()) {
+        clean.insert(o);
+        out.push_back(o);
+      }
+  }
+  return out;
+}
+
+struct Accum {
+  int64_t correct = 0, count = 0;
+  double ref2 = 0, err2 = 0;
+  void add(const Tensor& y, const Tensor& ref, const std::vector<int64_t>& labels, int64_t offset) {
+    const int64_t n = y.dim(0), k = y.numel() / n;
+    const float* yd = y.data<float>();
+    const float* rd = ref.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < k; ++c)
+        if (yd[i * k + c] > yd[i * k + best]) best = c;
+      correct += best == labels[offset + i];
+      for (int64_t c = 0; c < k; ++c) {
+        const double r = rd[i * k + c], e = yd[i * k + c] - r;
+        ref2 += r * r;
+        err2 += e * e;
+      }
+    }
+    count += n;
+  }
+  double accuracy() const { return count ? static_cast<double>(correct) / static_cast<double>(count) : 0; }
+  double sqnr() const { return err2 == 0 ? 200.0 : 10.0 * std::log10(ref2 / err2); }
+};
+
+struct Variant {
+  size_t base;  // index into bases
+  runtime::Executor exec;
+  std::vector<std::string> clean;
+  Accum acc;
+  size_t dirty_nodes = 0;
+};
+
+// Runs `m` on a batch, keeping every value (the cache a variant reads its unchanged prefix from).
+runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, const Tensor& x) {
+  runtime::TensorMap all{{in, x}};
+  auto out = e.run({{in, x}}, [&](const std::string& name, const Tensor& t) { all[name] = t; });
+  for (auto& [k, v] : out) all[k] = v;
+  return all;
+}
+
+}  // namespace
+
+SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const PtqOptions& base_opt,
+                              const std::vector<WeightChoice>& candidates, int64_t batch, SensitivityScope scope) {
+  const auto t0 = std::chrono::steady_clock::now();
+  PERCH_CHECK(eval.has_labels(), eval.name, ": sensitivity needs labelled evaluation data");
+  SensitivityReport rep;
+  const auto layers = weight_layers(cal.model);
+  std::set<std::string> all_weight_nodes, all_acts(cal.targets.begin(), cal.targets.end());
+  for (const auto& l : layers) all_weight_nodes.insert(l.node);
+
+  // Base models: float, then all-quantized per candidate.
+  std::vector<Model> bases;
+  bases.push_back(cal.model);
+  for (const auto& c : candidates) {
+    PtqOptions o = base_opt;
+    o.weights = c.options();
+    o.layer_weights.clear();
+    o.float_nodes.clear();
+    o.float_activations.clear();
+    bases.push_back(build_quantized(cal, o).model);
+    rep.configs.push_back(c.label());
+  }
+  std::vector<runtime::Executor> base_exec;
+  for (const auto& b : bases) base_exec.emplace_back(b);
+
+  std::vector<Variant> variants;
+  auto add_variant = [&](size_t base, const PtqOptions& o) {
+    Model vm = build_quantized(cal, o).model;
+    auto clean = clean_outputs(bases[base], vm);
+    const size_t dirty = vm.graph.nodes.size() - std::min(vm.graph.nodes.size(), clean.size());
+    variants.push_back(Variant{base, runtime::Executor(std::move(vm)), std::move(clean), {}, dirty});
+  };
+  // Layer sensitivities (weights x candidates x {alone, all-but}, then activations).
+  for (const auto& l : layers) {
+    LayerSensitivity ls;
+    ls.name = l.node;
+    ls.kind = "weights";
+    ls.op_type = l.op_type;
+    ls.weight_shape = l.shape;
+    ls.spread = l.spread;
+    for (size_t ci = 0; ci < candidates.size(); ++ci) {
+      ls.configs.push_back(candidates[ci].label());
+      PtqOptions alone = base_opt;
+      alone.weights = candidates[ci].options();
+      alone.float_nodes = all_weight_nodes;
+      alone.float_nodes.erase(l.node);
+      alone.float_activations = all_acts;
+      add_variant(0, alone);
+      if (!scope.all_but) continue;
+      PtqOptions all_but = base_opt;
+      all_but.weights = candidates[ci].options();
+      all_but.float_nodes = {l.node};
+      all_but.float_activations.clear();
+      add_variant(1 + ci, all_but);
+    }
+    rep.layers.push_back(ls);
+  }
+  if (scope.activations) {
+  // Activations: uint8 per-tensor, against the int8 per-channel all-quantized base when present.
+  size_t act_base = 1;
+  for (size_t ci = 0; ci < candidates.size(); ++ci)
+    if (candidates[ci].label() == "int8 per-channel") act_base = 1 + ci;
+  for (const auto& a : cal.targets) {
+    LayerSensitivity ls;
+    ls.name = a;
+    ls.kind = "activation";
+    ls.configs = {"uint" + std::to_string(base_opt.activations.bits) + " per-tensor"};
+    PtqOptions alone = base_opt;
+    alone.float_nodes = all_weight_nodes;
+    alone.float_activations = all_acts;
+    alone.float_activations.erase(a);
+    add_variant(0, alone);
+    PtqOptions all_but = base_opt;
+    all_but.weights = candidates.empty() ? base_opt.weights : candidates[act_base - 1].options();
+    all_but.float_nodes.clear();
+    all_but.float_activations = {a};
+    add_variant(act_base, all_but);
+    rep.layers.push_back(ls);
+  }
+  }
+  rep.variants = static_cast<int64_t>(variants.size());
+
+  // Evaluate.
+  const std::string in_name = cal.model.graph.inputs.at(0).name;
+  const std::string out_name = cal.model.graph.outputs.at(0).name;
+  std::vector<Accum> base_acc(bases.size());
+  Progress progress("sensitivity", eval.size());
+  for (int64_t b = 0; b < eval.size(); b += batch) {
+    const int64_t n = std::min(batch, eval.size() - b);
+    const Tensor x = eval.batch(b, n);
+    std::vector<runtime::TensorMap> cache;
+    for (size_t i = 0; i < bases.size(); ++i) {
+      cache.push_back(run_all(base_exec[i], in_name, x));
+      base_acc[i].add(cache[i].at(out_name), cache[0].at(out_name), eval.labels, b);
+    }
+    for (auto& v : variants) {
+      runtime::TensorMap known;
+      for (const auto& o : v.clean) known[o] = cache[v.base].at(o);
+      const Tensor y = v.exec.run_cached({{in_name, x}}, known).at(out_name);
+      v.acc.add(y, cache[0].at(out_name), eval.labels, b);
+      rep.node_runs += static_cast<int64_t>(v.dirty_nodes);
+      rep.node_runs_without_cache += static_cast<int64_t>(v.exec.model().graph.nodes.size());
+    }
+    progress.update(b + n);
+  }
+  progress.finish();
+  rep.fp32_accuracy = base_acc[0].accuracy();
+  rep.eval_images = eval.size();
+  for (size_t i = 1; i < bases.size(); ++i)
+    rep.all_quantized.push_back({rep.fp32_accuracy - base_acc[i].accuracy(), base_acc[i].sqnr()});
+  size_t vi = 0;
+  for (auto& ls : rep.layers) {
+    for (size_t c = 0; c < ls.configs.size(); ++c) {
+      const Accum& a = variants[vi++].acc;
+      ls.alone.push_back({rep.fp32_accuracy - a.accuracy(), a.sqnr()});
+      if (ls.kind == "activation" || scope.all_but) {
+        const Accum& ab = variants[vi++].acc;
+        ls.all_but.push_back({rep.fp32_accuracy - ab.accuracy(), ab.sqnr()});
+      }
+    }
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+PtqOptions apply_selection(const PtqOptions& base, const Selection& s) {
+  PtqOptions o = base;
+  o.layer_weights.clear();
+  o.float_nodes.clear();
+  for (const auto& [node, c] : s.weights) {
+    if (c.is_float) o.float_nodes.insert(node);
+    else o.layer_weights[node] = c.options();
+  }
+  o.float_activations = s.float_activations;
+  return o;
+}
+
+Selection select_config(const Calibration& cal, const Dataset& select, const Dataset& verify, const PtqOptions& base,
+                        Preference prefer, double max_drop, int64_t group_size) {
+  std::vector<WeightChoice> ladder;
+  switch (prefer) {
+    case Preference::kPerTensor:
+      for (const char* l : {"int8 per-tensor", "int8 per-channel", "fp32"}) ladder.push_back(WeightChoice::parse(l, group_size));
+      break;
+    case Preference::kSmall:
+      for (const char* l : {"int4 per-channel", "int4 per-group", "int8 per-channel", "fp32"})
+        ladder.push_back(WeightChoice::parse(l, group_size));
+      break;
+    case Preference::kFast:
+      for (const char* l : {"int8 per-channel", "fp32"}) ladder.push_back(WeightChoice::parse(l, group_size));
+      break;
+  }
+  const auto layers = weight_layers(cal.model);
+  // How much each rung hurts on its own (SQNR of "alone"), measured on first need.
+  std::map<std::string, std::vector<double>> alone_sqnr;
+  auto rank = [&] {
+    const std::vector<WeightChoice> quantized_rungs(ladder.begin(), ladder.end() - 1);
+    const Dataset part = take(select, 0, std::min<int64_t>(select.size(), 1000));
+    const SensitivityReport sens = sensitivity(cal, part, base, quantized_rungs, 64, SensitivityScope{false, false});
+    for (const auto& ls : sens.layers)
+      for (const auto& m : ls.alone) alone_sqnr[ls.name].push_back(m.sqnr_db);
+  };
+
+  Selection sel;
+  std::map<std::string, size_t> rung;
+  for (const auto& l : layers) rung[l.node] = 0;
+  auto evaluate_on = [&](const Dataset& d) {
+    for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
+    const Model qm = build_quantized(cal, apply_selection(base, sel)).model;
+    runtime::Executor e(qm);
+    int64_t correct = 0;
+    for (int64_t b = 0; b < d.size(); b += 64) {
+      const int64_t n = std::min<int64_t>(64, d.size() - b);
+      const Tensor y = e.run1(d.batch(b, n));
+      const int64_t k = y.numel() / n;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* r = y.data<float>() + i * k;
+        correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
+      }
+    }
+    return static_cast<double>(correct) / static_cast<double>(d.size());
+  };
+  auto fp32_on = [&](const Dataset& d) {
+    runtime::Executor e(cal.model);
+    int64_t correct = 0;
+    for (int64_t b = 0; b < d.size(); b += 64) {
+      const int64_t n = std::min<int64_t>(64, d.size() - b);
+      const Tensor y = e.run1(d.batch(b, n));
+      const int64_t k = y.numel() / n;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* r = y.data<float>() + i * k;
+        correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
+      }
+    }
+    return static_cast<double>(correct) / static_cast<double>(d.size());
+  };
+  sel.fp32_select = fp32_on(select);
+  sel.quant_select = evaluate_on(select);
+  {
+    char line[160];
+    std::snprintf(line, sizeof line, "start: every layer %s, drop %.2f pt", ladder[0].label().c_str(),
+                  100 * (sel.fp32_select - sel.quant_select));
+    sel.log.push_back(line);
+  }
+  const int max_steps = static_cast<int>(layers.size() * ladder.size());
+  while (sel.fp32_select - sel.quant_select > max_drop && sel.steps < max_steps) {
+    if (alone_sqnr.empty()) rank();
+    // The layer whose current (quantized) rung is worst on its own moves up one rung.
+    std::string worst;
+    double worst_sqnr = std::numeric_limits<double>::infinity();
+    for (const auto& l : layers) {
+      const size_t r = rung[l.node];
+      if (r + 1 >= ladder.size()) continue;
+      const double s = alone_sqnr[l.node][r];
+      if (s < worst_sqnr) worst_sqnr = s, worst = l.node;
+    }
+    if (worst.empty()) break;
+    ++rung[worst];
+    ++sel.steps;
+    sel.quant_select = evaluate_on(select);
+    char line[256];
+    std::snprintf(line, sizeof line, "step %d: %s -> %s (its alone SQNR %.1f dB), drop %.2f pt", sel.steps, worst.c_str(),
+                  ladder[rung[worst]].label().c_str(), worst_sqnr, 100 * (sel.fp32_select - sel.quant_select));
+    sel.log.push_back(line);
+  }
+  if (sel.fp32_select - sel.quant_select > max_drop) {
+    char line[200];
+    std::snprintf(line, sizeof line,
+                  "budget not met: %.2f pt > %.2f pt with every weight layer on its last rung; the remaining loss "
+                  "comes from the activations",
+                  100 * (sel.fp32_select - sel.quant_select), 100 * max_drop);
+    sel.log.push_back(line);
+  }
+  for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
+  sel.fp32_verify = fp32_on(verify);
+  sel.quant_verify = evaluate_on(verify);
+  double int4 = 0, pt = 0;
+  for (const auto& l : layers) {
+    const WeightChoice& c = sel.weights[l.node];
+    const double bytes = c.bytes(l.shape, l.channel_axis, l.group_axis);
+    sel.weight_bytes += bytes;
+    sel.fp32_weight_bytes += 4.0 * static_cast<double>(checked_numel(l.shape));
+    if (!c.is_float && c.bits == 4) int4 += bytes;
+    if (!c.is_float && c.granularity == quant::Granularity::kPerTensor) pt += 1;
+  }
+  sel.int4_byte_fraction = sel.weight_bytes > 0 ? int4 / sel.weight_bytes : 0;
+  sel.per_tensor_layer_fraction = layers.empty() ? 0 : pt / static_cast<double>(layers.size());
+  return sel;
+}
+
+}  // namespace perch::ptq

@@ -1,0 +1,114 @@
+// `perch quantize --auto`, `--config`, `perch sensitivity` and the HTML report, end to end.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "perch/graph/onnx_io.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace perch;
+
+namespace {
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string perch_bin() { return q(test::binary_dir() / "perch"); }
+
+fs::path scratch(const std::string& name) {
+  fs::path d = test::binary_dir() / "test_scratch" / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+struct AutoCase {
+  const char* model;
+  const char* prefer;
+  double max_drop_pt;
+};
+void PrintTo(const AutoCase& c, std::ostream* os) { *os << c.model << " --prefer " << c.prefer; }
+
+class AutoOnSharedModels : public ::testing::TestWithParam<AutoCase> {};
+
+// The issue's targets: convnet_hard --prefer per-tensor --max-drop 0.3 keeps <= 0.3 pt on the disjoint
+// verification half with at least half the weight layers per-tensor; mbv2 --prefer small --max-drop 0.5
+// keeps <= 0.5 pt with at least 40 % of the weight bytes in int4.
+TEST_P(AutoOnSharedModels, MeetsTheBudgetOnTheVerificationSplit) {
+  const AutoCase c = GetParam();
+  PERCH_REQUIRE_SHARED_MODEL(model, c.model);
+  const fs::path d = scratch(std::string("auto_") + c.prefer);
+  auto r = test::run_cmd(perch_bin() + " quantize " + q(model) + " -o " + q(d / "q.onnx") + " --auto --prefer " + c.prefer +
+                         " --max-drop " + std::to_string(c.max_drop_pt) + " --data fashion-mnist:test --save-config " +
+                         q(d / "chosen.json") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  const json& s = j["auto"]["selection"];
+  const double verify_drop = 100 * (s["fp32_verify"].get<double>() - s["quant_verify"].get<double>());
+  const double select_drop = 100 * (s["fp32_select"].get<double>() - s["quant_select"].get<double>());
+  EXPECT_LE(select_drop, c.max_drop_pt + 1e-9);
+  EXPECT_LE(verify_drop, c.max_drop_pt) << "selection split drop " << select_drop;
+  if (std::string(c.prefer) == "per-tensor") {
+    EXPECT_GE(s["per_tensor_layer_fraction"].get<double>(), 0.5);
+  } else {
+    EXPECT_GE(s["int4_byte_fraction"].get<double>(), 0.4);
+  }
+  // Re-applying the saved configuration reproduces the same model, byte for byte.
+  r = test::run_cmd(perch_bin() + " -q quantize " + q(model) + " -o " + q(d / "again.onnx") + " --config " + q(d / "chosen.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream a(d / "q.onnx", std::ios::binary), b(d / "again.onnx", std::ios::binary);
+  const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_EQ(sa, sb);
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, AutoOnSharedModels,
+                         ::testing::Values(AutoCase{"fmnist_convnet_hard.onnx", "per-tensor", 0.3},
+                                           AutoCase{"fmnist_mbv2.onnx", "small", 0.5}),
+                         [](const auto& info) { return std::string(info.param.prefer) == "small" ? "mbv2_small" : "hard_per_tensor"; });
+
+TEST(Config, RejectsForeignSchemaAndUnknownLayers) {
+  const fs::path d = scratch("config_errors");
+  graph::save_model(test::tiny_cnn(1), d / "tiny.onnx");
+  {
+    std::ofstream(d / "bad.json") << R"({"schema": "something-else", "version": 1})";
+    std::ofstream(d / "v9.json") << R"({"schema": "perch.quantization-config", "version": 9, "layers": []})";
+    std::ofstream(d / "layer.json")
+        << R"({"schema": "perch.quantization-config", "version": 1, "layers": [{"node": "nope", "weights": "fp32"}]})";
+  }
+  const std::string base = perch_bin() + " quantize " + q(d / "tiny.onnx") + " --calib-count 8 --config ";
+  auto r = test::run_cmd(base + q(d / "bad.json"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("schema"), std::string::npos) << r.err;
+  r = test::run_cmd(base + q(d / "v9.json"));
+  EXPECT_NE(r.err.find("version 9"), std::string::npos) << r.err;
+  r = test::run_cmd(base + q(d / "layer.json"));
+  EXPECT_NE(r.err.find("'nope'"), std::string::npos) << r.err;
+}
+
+// The HTML report renders in headless Chromium: a non-blank page with every section.
+TEST(Report, RendersInHeadlessChromium) {
+  PERCH_REQUIRE_SHARED_MODEL(model, "fmnist_convnet_hard.onnx");
+  ASSERT_TRUE(fs::exists("/usr/bin/chromium")) << "chromium missing: run scripts/setup.sh";
+  const fs::path d = scratch("report");
+  auto r = test::run_cmd(perch_bin() + " -q sensitivity " + q(model) + " --eval-count 300 --calib-count 256 --report " +
+                         q(d / "report.html"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string chrome = "/usr/bin/chromium --headless --no-sandbox --disable-gpu --disable-background-networking "
+                             "--disable-component-update --disable-sync --no-first-run --user-data-dir=" +
+                             q(d / "profile") + " ";
+  r = test::run_cmd(chrome + "--dump-dom " + q("file://" + (d / "report.html").string()));
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* id : {"id=\"summary\"", "id=\"ranges\"", "id=\"sensitivity\"", "<svg"})
+    EXPECT_NE(r.out.find(id), std::string::npos) << id << " missing from the rendered DOM";
+  r = test::run_cmd(chrome + "--window-size=1200,1600 --screenshot=" + q(d / "report.png") + " " +
+                    q("file://" + (d / "report.html").string()));
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(d / "report.png"));
+  // Non-blank: the pixel standard deviation of a white page is 0.
+  r = test::run_cmd("/usr/bin/convert " + q(d / "report.png") + " -colorspace Gray -format '%[fx:standard_deviation]' info:");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_GT(std::stod(r.out), 0.05) << "the screenshot is (nearly) blank";
+}
+
+}  // namespace

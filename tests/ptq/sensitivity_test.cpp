@@ -1,0 +1,161 @@
+// Sensitivity analysis and selective quantization on a small CNN, against independent full evaluations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/ptq/report.h"
+#include "perch/ptq/sensitivity.h"
+#include "perch/runtime/executor.h"
+#include "test_util.h"
+
+using namespace perch;
+
+namespace {
+
+// Random inputs labelled with the float model's own predictions (so fp32 accuracy is 1).
+Dataset labelled(const graph::Model& m, int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+  Dataset d;
+  d.name = "random";
+  d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
+  for (auto& v : d.images.span<float>()) v = u(rng);
+  const Tensor y = runtime::Executor(m).run1(d.images);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = y.data<float>() + i * 3;
+    d.labels.push_back(std::max_element(r, r + 3) - r);
+  }
+  return d;
+}
+
+struct Direct {
+  double accuracy, sqnr;
+};
+
+// The metric of one variant computed the plain way: build the model, run it whole.
+Direct evaluate_directly(const ptq::Calibration& cal, const ptq::PtqOptions& o, const Dataset& d) {
+  const Tensor ref = runtime::Executor(cal.model).run1(d.images);
+  const Tensor y = runtime::Executor(ptq::build_quantized(cal, o).model).run1(d.images);
+  int64_t correct = 0;
+  double r2 = 0, e2 = 0;
+  for (int64_t i = 0; i < d.size(); ++i) {
+    const float* r = y.data<float>() + i * 3;
+    correct += (std::max_element(r, r + 3) - r) == d.labels[i];
+    for (int c = 0; c < 3; ++c) {
+      const double a = ref.data<float>()[i * 3 + c], e = y.data<float>()[i * 3 + c] - a;
+      r2 += a * a, e2 += e * e;
+    }
+  }
+  return {static_cast<double>(correct) / static_cast<double>(d.size()), e2 == 0 ? 200.0 : 10 * std::log10(r2 / e2)};
+}
+
+TEST(Sensitivity, CachedPrefixesGiveTheSameNumbersAsWholeRuns) {
+  const graph::Model m = test::tiny_cnn(4);
+  const Dataset calib = labelled(m, 64, 1), eval = labelled(m, 96, 2);
+  ptq::PtqOptions base;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const auto cands = ptq::default_candidates(4);
+  const auto rep = ptq::sensitivity(cal, eval, base, cands, 32);
+  ASSERT_EQ(rep.configs.size(), 4u);
+  EXPECT_DOUBLE_EQ(rep.fp32_accuracy, 1.0);
+  EXPECT_LT(rep.node_runs, rep.node_runs_without_cache) << "the cache must save work";
+
+  std::set<std::string> weights, acts(cal.targets.begin(), cal.targets.end());
+  for (const auto& l : rep.layers)
+    if (l.kind == "weights") weights.insert(l.name);
+  ASSERT_EQ(weights.size(), 3u);
+  ASSERT_EQ(rep.layers.size(), 3u + cal.targets.size());
+  for (const auto& l : rep.layers) {
+    for (size_t c = 0; c < l.configs.size(); ++c) {
+      SCOPED_TRACE(l.name + " " + l.configs[c]);
+      ptq::PtqOptions alone = base, all_but = base;
+      if (l.kind == "weights") {
+        alone.weights = all_but.weights = cands[c].options();
+        alone.float_nodes = weights;
+        alone.float_nodes.erase(l.name);
+        alone.float_activations = acts;
+        all_but.float_nodes = {l.name};
+      } else {
+        alone.float_nodes = weights;
+        alone.float_activations = acts;
+        alone.float_activations.erase(l.name);
+        all_but.weights = cands[1].options();  // int8 per-channel
+        all_but.float_activations = {l.name};
+      }
+      const Direct a = evaluate_directly(cal, alone, eval), b = evaluate_directly(cal, all_but, eval);
+      EXPECT_NEAR(l.alone[c].accuracy_drop, 1.0 - a.accuracy, 1e-12);
+      EXPECT_NEAR(l.all_but[c].accuracy_drop, 1.0 - b.accuracy, 1e-12);
+      // Batching differs (32 vs all), float sums differ in the last bits only.
+      EXPECT_NEAR(l.alone[c].sqnr_db, a.sqnr, 1e-3);
+      EXPECT_NEAR(l.all_but[c].sqnr_db, b.sqnr, 1e-3);
+    }
+  }
+  // The first conv's channels were spread 100x: per-tensor int8 must hurt it more than per-channel.
+  const auto& conv1 = rep.layers[0];
+  EXPECT_EQ(conv1.name, "Conv_c1");
+  EXPECT_LT(conv1.alone[0].sqnr_db + 3.0, conv1.alone[1].sqnr_db);
+}
+
+TEST(Selection, ClimbsTheLadderUntilTheBudgetHoldsAndReportsBothSplits) {
+  const graph::Model m = test::tiny_cnn(6);
+  const Dataset calib = labelled(m, 64, 3), sel_data = labelled(m, 200, 4), ver_data = labelled(m, 200, 5);
+  ptq::PtqOptions base;
+  base.equalize = false;
+  base.bias_correction = false;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kSmall, 0.0, 4);
+  ASSERT_EQ(sel.weights.size(), 3u);
+  EXPECT_DOUBLE_EQ(sel.fp32_select, 1.0);
+  EXPECT_DOUBLE_EQ(sel.fp32_verify, 1.0);
+  // Budget 0: either met exactly, or every weight layer ended in fp32 (activations cost the rest).
+  bool all_float = true;
+  for (const auto& [n, c] : sel.weights) all_float &= c.is_float;
+  EXPECT_TRUE(sel.quant_select >= 1.0 || all_float) << sel.quant_select;
+  // The reported verification accuracy is what the chosen configuration really gets.
+  const Direct v = evaluate_directly(cal, ptq::apply_selection(base, sel), ver_data);
+  EXPECT_DOUBLE_EQ(sel.quant_verify, v.accuracy);
+  EXPECT_EQ(sel.steps + 1, static_cast<int>(sel.log.size()) - (sel.quant_select < 1.0 ? 1 : 0));
+}
+
+TEST(Selection, WeightBytesFollowTheChoice) {
+  const ptq::WeightChoice i8 = ptq::WeightChoice::parse("int8 per-channel"), i4g = ptq::WeightChoice::parse("int4 per-group", 4),
+                          f = ptq::WeightChoice::parse("fp32");
+  const Shape s{8, 16, 3, 3};  // 1152 weights
+  EXPECT_DOUBLE_EQ(f.bytes(s, 0, 1), 4608);
+  EXPECT_DOUBLE_EQ(i8.bytes(s, 0, 1), 1152 + 4 * 8);
+  EXPECT_DOUBLE_EQ(i4g.bytes(s, 0, 1), 576 + 4 * (8 * 4 * 9));  // scales [8, 16/4, 3, 3]
+  EXPECT_EQ(ptq::WeightChoice::parse("int4 per-group:32").group_size, 32);
+  EXPECT_THROW(ptq::WeightChoice::parse("int8 per-row"), Error);
+}
+
+TEST(Report, HasEverySectionAndEscapesNames) {
+  graph::Model m = test::tiny_cnn(2);
+  m.graph.nodes[0].name = "conv<1>";
+  ptq::Selection sel;
+  sel.weights["conv<1>"] = ptq::WeightChoice::parse("int8 per-tensor");
+  ptq::SensitivityReport s;
+  s.configs = {"int8 per-tensor"};
+  s.all_quantized = {{0.01, 30}};
+  ptq::LayerSensitivity l;
+  l.name = "conv<1>";
+  l.kind = "weights";
+  l.configs = {"int8 per-tensor"};
+  l.alone = {{0.02, 25}};
+  l.all_but = {{0.0, 40}};
+  s.layers = {l};
+  ptq::ReportInput in;
+  in.title = "t";
+  in.model = &m;
+  in.sensitivity = &s;
+  in.selection = &sel;
+  in.accuracy = {{"fp32", 0.9}, {"q", 0.89}};
+  const std::string html = ptq::render_report_html(in);
+  for (const char* id : {"id=\"summary\"", "id=\"ranges\"", "id=\"sensitivity\"", "id=\"choice\""})
+    EXPECT_NE(html.find(id), std::string::npos) << id;
+  EXPECT_EQ(html.find("conv<1>"), std::string::npos);
+  EXPECT_NE(html.find("conv&lt;1&gt;"), std::string::npos);
+  EXPECT_EQ(html.find("http"), html.find("http://www.w3.org/2000/svg")) << "no network references besides the SVG namespace";
+}
+
+}  // namespace
