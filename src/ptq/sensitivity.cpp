@@ -201,6 +201,21 @@ struct Variant {
   size_t dirty_nodes = 0;
 };
 
+// Top-1 accuracy, quietly (selection evaluates many candidates; one progress bar each would drown the log).
+double top1(const runtime::Executor& e, const Dataset& d) {
+  int64_t correct = 0;
+  for (int64_t b = 0; b < d.size(); b += 64) {
+    const int64_t n = std::min<int64_t>(64, d.size() - b);
+    const Tensor y = e.run1(d.batch(b, n));
+    const int64_t k = y.numel() / n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* r = y.data<float>() + i * k;
+      correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
+    }
+  }
+  return d.size() ? static_cast<double>(correct) / static_cast<double>(d.size()) : 0.0;
+}
+
 // Runs `m` on a batch, keeping every value (the cache a variant reads its unchanged prefix from).
 runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, const Tensor& x) {
   runtime::TensorMap all{{in, x}};
@@ -378,34 +393,9 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   for (const auto& l : layers) rung[l.node] = 0;
   auto evaluate_on = [&](const Dataset& d) {
     for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
-    const Model qm = build_quantized(cal, apply_selection(base, sel)).model;
-    runtime::Executor e(qm);
-    int64_t correct = 0;
-    for (int64_t b = 0; b < d.size(); b += 64) {
-      const int64_t n = std::min<int64_t>(64, d.size() - b);
-      const Tensor y = e.run1(d.batch(b, n));
-      const int64_t k = y.numel() / n;
-      for (int64_t i = 0; i < n; ++i) {
-        const float* r = y.data<float>() + i * k;
-        correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
-      }
-    }
-    return static_cast<double>(correct) / static_cast<double>(d.size());
+    return top1(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model), d);
   };
-  auto fp32_on = [&](const Dataset& d) {
-    runtime::Executor e(cal.model);
-    int64_t correct = 0;
-    for (int64_t b = 0; b < d.size(); b += 64) {
-      const int64_t n = std::min<int64_t>(64, d.size() - b);
-      const Tensor y = e.run1(d.batch(b, n));
-      const int64_t k = y.numel() / n;
-      for (int64_t i = 0; i < n; ++i) {
-        const float* r = y.data<float>() + i * k;
-        correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
-      }
-    }
-    return static_cast<double>(correct) / static_cast<double>(d.size());
-  };
+  auto fp32_on = [&](const Dataset& d) { return top1(runtime::Executor(cal.model), d); };
   sel.fp32_select = fp32_on(select);
   sel.quant_select = evaluate_on(select);
   {
