@@ -1,0 +1,19 @@
+// perch/ptq/validate.h — checks a float model must pass before perch quantizes it.
+//
+// Policy for non-finite weights: perch refuses to quantize a model whose Conv/Gemm/MatMul weights or
+// biases, or BatchNormalization parameters (folded into those weights), hold NaN or ±Inf. There is no
+// meaningful int8 scale for them and any replacement value would be a silent guess; the error names the
+// model, the node, the tensor, the count and the first bad element's coordinates so the user can fix the
+// export. (Other initializers may hold ±Inf legitimately — attention masks, Clip bounds — and are not
+// checked.) Non-finite *activations* are handled by the calibration estimators: an error by default,
+// skipped and counted with ignore_nonfinite (`perch quantize --ignore-nonfinite`).
+#pragma once
+
+#include "perch/graph/ir.h"
+
+namespace perch::ptq {
+
+// Throws perch::Error on the first weight-like initializer holding NaN/Inf (see above).
+void check_finite_weights(const graph::Model& model);
+
+}  // namespace perch::ptq
