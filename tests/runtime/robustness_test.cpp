@@ -1,0 +1,154 @@
+// Hostile graphs at run time: unsupported ops, inconsistent shapes, and shape-computing ops asked for
+// absurd sizes must end in a perch::Error naming the model and the node — before anything is allocated.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "perch/core/error.h"
+#include "perch/runtime/executor.h"
+
+using namespace perch;
+using namespace perch::graph;
+
+namespace {
+
+std::string perch_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected perch::Error, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected perch::Error, nothing thrown";
+  return "";
+}
+
+void expect_contains(const std::string& s, const std::vector<std::string>& parts) {
+  for (const auto& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
+}
+
+Node node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out, const std::string& name,
+          std::map<std::string, AttrValue> attrs = {}) {
+  Node n;
+  n.op_type = op;
+  n.name = name;
+  n.inputs = std::move(in);
+  n.outputs = std::move(out);
+  n.attrs = std::move(attrs);
+  return n;
+}
+
+// A model "m.onnx" at opset 17 with a float input x of `shape` and output y.
+Model model_with(std::vector<Node> nodes, Shape x_shape = {-1}) {
+  Model m;
+  m.source = "m.onnx";
+  m.opsets = {{"", 17}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, x_shape, std::vector<std::string>(x_shape.size()), true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  m.graph.nodes = std::move(nodes);
+  return m;
+}
+
+Tensor i64(std::vector<int64_t> v) { return Tensor::from<int64_t>({static_cast<int64_t>(v.size())}, v); }
+
+TEST(RuntimeRobustness, AllUnsupportedOpsAreNamedAtOnce) {
+  Model m = model_with({node("FancyOp", {"x"}, {"a"}, "f1"), node("Relu", {"a"}, {"b"}, "r"),
+                        node("FancyOp", {"b"}, {"c"}, "f2"), node("OtherOp", {"c"}, {"d"}, "o"),
+                        node("Gelu", {"d"}, {"y"}, "custom_gelu")});
+  m.graph.nodes.back().domain = "com.example";
+  const std::string e = perch_error([&] { runtime::Executor exec(m); });
+  expect_contains(e, {"m.onnx: ", "FancyOp (x2)", "OtherOp (x1)", "com.example::Gelu (x1)"});
+  EXPECT_EQ(e.find("Relu"), std::string::npos) << e;
+}
+
+TEST(RuntimeRobustness, ShapeMismatchNamesTheNode) {
+  Model m = model_with({node("Add", {"x", "k"}, {"y"}, "bad_add")}, {2, 3});
+  m.graph.initializers["k"] = Tensor(DType::kFloat32, {4, 5});
+  runtime::Executor exec(m);
+  std::string e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {2, 3})); });
+  expect_contains(e, {"m.onnx: ", "Add node 'bad_add'"});
+
+  Model mm = model_with({node("MatMul", {"x", "k"}, {"y"}, "bad_matmul")}, {2, 3});
+  mm.graph.initializers["k"] = Tensor(DType::kFloat32, {4, 5});
+  runtime::Executor exec2(mm);
+  e = perch_error([&] { (void)exec2.run1(Tensor(DType::kFloat32, {2, 3})); });
+  expect_contains(e, {"m.onnx: ", "MatMul node 'bad_matmul'"});
+}
+
+// Sizes computed at run time from tensors (not from the file): ConstantOfShape, Expand, Reshape, Tile,
+// Range asked for 2^40 elements are refused by the size check, never handed to the allocator.
+TEST(RuntimeRobustness, RunTimeShapesOf2To40ElementsAreRefused) {
+  const int64_t big = int64_t{1} << 20;  // [2^20, 2^20] = 2^40
+  struct Case {
+    std::string name;
+    Model m;
+  };
+  std::vector<Case> cases;
+  {
+    Model m = model_with({node("ConstantOfShape", {"s"}, {"c"}, "cos"), node("Add", {"c", "x"}, {"y"}, "add")});
+    m.graph.initializers["s"] = i64({big, big});
+    cases.push_back({"ConstantOfShape node 'cos'", m});
+  }
+  {
+    Model m = model_with({node("Expand", {"x", "s"}, {"y"}, "exp")});
+    m.graph.initializers["s"] = i64({big, big});
+    cases.push_back({"Expand node 'exp'", m});
+  }
+  {
+    Model m = model_with({node("Reshape", {"x", "s"}, {"y"}, "resh")});
+    m.graph.initializers["s"] = i64({big, big});
+    cases.push_back({"Reshape node 'resh'", m});
+  }
+  {
+    Model m = model_with({node("Tile", {"x", "s"}, {"y"}, "tile")});
+    m.graph.initializers["s"] = i64({int64_t{1} << 40});
+    cases.push_back({"Tile node 'tile'", m});
+  }
+  {
+    Model m = model_with({node("Range", {"a", "b", "d"}, {"r"}, "range"), node("Add", {"r", "x"}, {"y"}, "add")});
+    m.graph.initializers["a"] = Tensor::scalar_f32(0.0f);
+    m.graph.initializers["b"] = Tensor::scalar_f32(1.0e12f);
+    m.graph.initializers["d"] = Tensor::scalar_f32(0.5f);
+    cases.push_back({"Range node 'range'", m});
+  }
+  {
+    // Shape computed from the input itself: Concat of the input's shape with a huge constant.
+    Model m = model_with({node("Shape", {"x"}, {"sx"}, "shape"), node("Concat", {"sx", "s"}, {"full"}, "cat", {{"axis", int64_t{0}}}),
+                          node("ConstantOfShape", {"full"}, {"y"}, "cos2")});
+    m.graph.initializers["s"] = i64({big, big});
+    cases.push_back({"ConstantOfShape node 'cos2'", m});
+  }
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    runtime::Executor exec(c.m);
+    const std::string e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {1})); });
+    expect_contains(e, {"m.onnx: ", c.name});
+  }
+}
+
+TEST(RuntimeRobustness, NegativeAndOverflowingShapeTensorsAreRefused) {
+  Model m = model_with({node("ConstantOfShape", {"s"}, {"c"}, "cos"), node("Add", {"c", "x"}, {"y"}, "add")});
+  const int64_t h = int64_t{1} << 32;
+  for (const auto& s : {std::vector<int64_t>{h, h, h}, std::vector<int64_t>{4, -3}, std::vector<int64_t>{INT64_MAX, 2}}) {
+    m.graph.initializers["s"] = i64(s);
+    runtime::Executor exec(m);
+    const std::string e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {1})); });
+    expect_contains(e, {"m.onnx: ", "ConstantOfShape node 'cos'"});
+  }
+}
+
+TEST(RuntimeRobustness, WrongInputShapeAndDtypeNameTheInput) {
+  Model m = model_with({node("Relu", {"x"}, {"y"}, "r")}, {-1, 3});
+  runtime::Executor exec(m);
+  std::string e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {2, 4})); });
+  expect_contains(e, {"m.onnx: ", "'x'", "[2,4]"});
+  e = perch_error([&] { (void)exec.run1(Tensor(DType::kInt32, {2, 3})); });
+  expect_contains(e, {"m.onnx: ", "'x'", "int32"});
+  e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {2, 3, 1})); });
+  expect_contains(e, {"m.onnx: ", "'x'"});
+}
+
+}  // namespace
