@@ -1,5 +1,7 @@
 #include "perch/ptq/quantize.h"
 
+#include "perch/ptq/validate.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -343,6 +345,7 @@ std::string granularity_label(const quant::QuantSpec& s) {
 
 Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
+  check_finite_weights(input_model);  // NaN/Inf weights are refused, naming the tensor (ptq/validate.h)
   Calibration cal;
   cal.model = input_model;
   Model& m = cal.model;
@@ -495,6 +498,9 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     if (sc.second == 0) continue;
     std::vector<double> mean(sc.first.size());
     for (size_t k = 0; k < mean.size(); ++k) mean[k] = sc.first[k] / static_cast<double>(sc.second);
+    // NaN/Inf inputs (calibrating with ignore_nonfinite) poison the means: no bias correction for that layer
+    // rather than a NaN bias (whose int32 conversion is undefined).
+    if (!std::all_of(mean.begin(), mean.end(), [](double v) { return std::isfinite(v); })) continue;
     cal.input_means[g.nodes[ni].name] = {std::move(mean), probes.at(ni).groups};
   }
   cal.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
