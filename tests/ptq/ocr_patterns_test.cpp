@@ -106,8 +106,9 @@ TEST(PtqOcrPatterns, DynamicReshapeFromShapeIsNotQuantized) {
   const auto res = ptq::quantize_model(m, data, plain());
   EXPECT_EQ(res.model.opset(), 13);
   for (const auto& n : res.model.graph.nodes) {
-    if (n.op_type == "QuantizeLinear")
+    if (n.op_type == "QuantizeLinear") {
       for (const char* v : {"s", "s2", "s3", "shape"}) EXPECT_NE(n.inputs[0], v) << "int64 value quantized";
+    }
     if (n.op_type == "Slice") {
       EXPECT_FALSE(n.has_attr("starts"));
       EXPECT_EQ(n.inputs.size(), 4u);

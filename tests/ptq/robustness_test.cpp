@@ -148,7 +148,9 @@ TEST(PtqRobustness, BiasBeyondInt32IsClampedAndCounted) {
   const ptq::PtqResult r = ptq::quantize_model(m, calib_data(64, 8), o);
   int64_t clamped = 0;
   for (const auto& l : r.layers) {
-    if (l.node == "Conv_c1") EXPECT_EQ(l.bias_clamped, 2);
+    if (l.node == "Conv_c1") {
+      EXPECT_EQ(l.bias_clamped, 2);
+    }
     clamped += l.bias_clamped;
   }
   EXPECT_EQ(clamped, 2);
