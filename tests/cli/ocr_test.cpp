@@ -89,8 +89,9 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
     for (const auto& [k, v] : pv.items())
       if (k.rfind("fp32", 0) == 0) {
         ++fp32_files;
-        if (!known(std::string(m) + ": perch fp32 vs ORT on " + k))
+        if (!known(std::string(m) + ": perch fp32 vs ORT on " + k)) {
           EXPECT_LE(v.at("rel").get<double>(), 1e-4) << m << " " << k;
+        }
       }
     EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
   }
