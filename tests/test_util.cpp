@@ -32,6 +32,13 @@ std::filesystem::path shared_model(const std::string& name) {
   return std::filesystem::exists(p) ? p : std::filesystem::path{};
 }
 
+std::string shell_quote(const std::filesystem::path& p) {
+  std::string s(1, '\'');  // built with += : GCC 12 warns (falsely, -Wrestrict) on "'" + string
+  s += p.string();
+  s += '\'';
+  return s;
+}
+
 CmdResult run_cmd(const std::string& cmd) {
   const auto err_file =
       std::filesystem::temp_directory_path() / ("perch_test_" + std::to_string(::getpid()) + ".err");

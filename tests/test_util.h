@@ -26,6 +26,8 @@ struct CmdResult {
   std::string out, err;
 };
 CmdResult run_cmd(const std::string& cmd);
+// 'path' for a shell command line.
+std::string shell_quote(const std::filesystem::path& p);
 
 // A small CNN with the patterns perch must handle: Conv+Relu, MaxPool, depthwise Conv+Clip (ReLU6),
 // residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
