@@ -13,7 +13,7 @@ using namespace perch;
 
 namespace {
 
-std::string q(const fs::path& p) { return test::shell_quote(p); }
+std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
 std::string perch_bin() { return q(test::binary_dir() / "perch"); }
 
 fs::path scratch(const std::string& name) {

@@ -24,7 +24,7 @@ namespace {
 using test::CmdResult;
 using test::run_cmd;
 
-std::string q(const fs::path& p) { return test::shell_quote(p); }
+std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
 std::string perch_bin() { return q(test::binary_dir() / "perch"); }
 fs::path ort_dir() { return test::source_dir() / "tools" / "ort"; }
 

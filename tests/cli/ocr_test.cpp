@@ -33,7 +33,7 @@ bool known(const std::string& miss) {
   return false;
 }
 
-std::string q(const fs::path& p) { return test::shell_quote(p); }
+std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
 
 int run(const std::string& cmd, std::string& out) {
   FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
