@@ -2,10 +2,13 @@
 
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <sstream>
+#include <type_traits>
 
 namespace perch {
 
@@ -119,11 +122,31 @@ Tensor Tensor::clone() const {
 }
 
 namespace {
+// Float -> integer conversion of NaN or an out-of-range value is undefined behaviour in C++ (ONNX leaves
+// the result unspecified): it saturates here, NaN giving 0, so hostile Cast inputs or float shape / zero-point
+// tensors can never trigger UB.
+template <typename Dst, typename Src>
+Dst convert_value(Src v) {
+  if constexpr (std::is_floating_point_v<Src> && std::is_integral_v<Dst> && !std::is_same_v<Dst, bool>) {
+    if (std::isnan(v)) return Dst{0};
+    // Compare in the float type: the integer limits round to exactly representable powers of two (+1).
+    constexpr Src lo = static_cast<Src>(std::numeric_limits<Dst>::min());
+    constexpr Src hi = static_cast<Src>(std::numeric_limits<Dst>::max());
+    if (v <= lo) return std::numeric_limits<Dst>::min();
+    if (v >= hi) return std::numeric_limits<Dst>::max();
+    return static_cast<Dst>(v);
+  } else if constexpr (std::is_same_v<Src, double> && std::is_same_v<Dst, float>) {
+    return static_cast<float>(v);  // out of range -> ±inf (IEEE, defined under GCC/Clang)
+  } else {
+    return static_cast<Dst>(v);
+  }
+}
+
 template <typename Dst, typename Src>
 void convert(const Tensor& in, Tensor& out) {
   const Src* s = in.data<Src>();
   Dst* d = out.data<Dst>();
-  for (int64_t i = 0; i < in.numel(); ++i) d[i] = static_cast<Dst>(s[i]);
+  for (int64_t i = 0; i < in.numel(); ++i) d[i] = convert_value<Dst>(s[i]);
 }
 template <typename Dst>
 Tensor convert_to(const Tensor& in) {

@@ -47,6 +47,8 @@ quant::QuantParams qdq_params(const Node& n, const Args& a, const Shape& x_shape
   std::vector<int32_t> zp(static_cast<size_t>(scale.numel()), 0);
   if (has(a, 2)) {
     const Tensor& z = *a[2];
+    PERCH_CHECK(z.dtype() != DType::kFloat32 && z.dtype() != DType::kFloat64 && z.dtype() != DType::kBool, n.describe(),
+                ": zero point must be an integer tensor, got ", dtype_name(z.dtype()));
     PERCH_CHECK(z.numel() == scale.numel(), n.describe(), ": zero point has ", z.numel(), " values, scale has ", scale.numel());
     auto v = z.to_i64_vector();
     std::copy(v.begin(), v.end(), zp.begin());
