@@ -1,0 +1,105 @@
+// Writes the seed corpora of the fuzz targets into <out>/<target>/: ONNX node-test models (Debian
+// libonnx-testdata) and a small CNN for fuzz_onnx_load, perch-encoded .npy / .idx tensors of every type
+// and a few shapes, and short byte strings for fuzz_qdq (FuzzedDataProvider input).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "perch/core/file_io.h"
+#include "perch/data/idx.h"
+#include "perch/data/npy.h"
+#include "perch/graph/onnx_io.h"
+
+namespace fs = std::filesystem;
+using namespace perch;
+
+namespace {
+
+Tensor numbered(DType dt, Shape shape) {
+  Tensor t(dt, std::move(shape));
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    switch (dt) {
+      case DType::kFloat32: t.data<float>()[i] = 0.5f * static_cast<float>(i) - 1.0f; break;
+      case DType::kFloat64: t.data<double>()[i] = 0.25 * static_cast<double>(i); break;
+      case DType::kInt8: t.data<int8_t>()[i] = static_cast<int8_t>(i - 3); break;
+      case DType::kUInt8: t.data<uint8_t>()[i] = static_cast<uint8_t>(i * 7); break;
+      case DType::kInt16: t.data<int16_t>()[i] = static_cast<int16_t>(i * 100); break;
+      case DType::kUInt16: t.data<uint16_t>()[i] = static_cast<uint16_t>(i * 300); break;
+      case DType::kInt32: t.data<int32_t>()[i] = static_cast<int32_t>(i * 100000); break;
+      case DType::kInt64: t.data<int64_t>()[i] = i - 2; break;
+      case DType::kBool: t.data<bool>()[i] = i % 2; break;
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
+    return 2;
+  }
+  const fs::path out = argv[1];
+  for (const char* t : {"fuzz_onnx_load", "fuzz_npy", "fuzz_idx", "fuzz_qdq"}) fs::create_directories(out / t);
+  int onnx = 0, npy = 0, idx = 0, qdq = 0;
+
+  // ONNX: node-test models up to 4 KiB (hundreds of ops, opsets and attribute forms).
+  const fs::path node_dir = "/usr/share/libonnx-testdata/data/node";
+  std::error_code ec;
+  if (fs::is_directory(node_dir, ec))
+    for (const auto& e : fs::directory_iterator(node_dir)) {
+      const fs::path model = e.path() / "model.onnx";
+      if (!fs::exists(model) || fs::file_size(model) > 4096) continue;
+      fs::copy_file(model, out / "fuzz_onnx_load" / (e.path().filename().string() + ".onnx"),
+                    fs::copy_options::overwrite_existing);
+      ++onnx;
+    }
+  {
+    // A small Conv -> Relu -> Gemm model of perch's own (initializers, attributes, value infos).
+    graph::Model m;
+    m.opsets = {{"", 13}};
+    auto& g = m.graph;
+    g.inputs.push_back({"x", DType::kFloat32, {-1, 1, 4, 4}, {"N", "", "", ""}, true});
+    g.outputs.push_back({"y", DType::kFloat32, {-1, 2}, {"N", ""}, true});
+    g.initializers["w"] = numbered(DType::kFloat32, {2, 1, 3, 3});
+    g.initializers["b"] = numbered(DType::kFloat32, {2});
+    g.initializers["w2"] = numbered(DType::kFloat32, {2, 8});
+    graph::Node c{"conv", "Conv", "", {"x", "w", "b"}, {"c"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}}};
+    graph::Node r{"relu", "Relu", "", {"c"}, {"r"}, {}};
+    graph::Node p{"pool", "MaxPool", "", {"r"}, {"p"}, {{"kernel_shape", std::vector<int64_t>{2, 2}}, {"strides", std::vector<int64_t>{2, 2}}}};
+    graph::Node f{"flat", "Flatten", "", {"p"}, {"f"}, {}};
+    graph::Node gm{"gemm", "Gemm", "", {"f", "w2"}, {"y"}, {{"transB", int64_t{1}}}};
+    g.nodes = {c, r, p, f, gm};
+    write_file_atomic(out / "fuzz_onnx_load" / "perch_cnn.onnx", graph::model_to_bytes(m));
+    ++onnx;
+  }
+
+  // npy / idx: every type, scalar to rank 3.
+  const DType types[] = {DType::kFloat32, DType::kFloat64, DType::kInt8, DType::kUInt8, DType::kInt16,
+                         DType::kUInt16, DType::kInt32, DType::kInt64, DType::kBool};
+  const Shape shapes[] = {{}, {3}, {2, 3}, {2, 1, 2}, {0, 4}};
+  for (DType dt : types)
+    for (const Shape& s : shapes) {
+      const std::string name = std::string(dtype_name(dt)) + "_r" + std::to_string(s.size()) + (s.empty() || s[0] ? "" : "_empty");
+      write_file_atomic(out / "fuzz_npy" / (name + ".npy"), encode_npy(numbered(dt, s)));
+      ++npy;
+      if (s.empty() || dt == DType::kInt64 || dt == DType::kBool || dt == DType::kUInt16) continue;
+      write_file_atomic(out / "fuzz_idx" / (name + ".idx"), encode_idx(numbered(dt, s)));
+      ++idx;
+    }
+
+  // qdq: random byte strings of a few lengths (the target decodes structure from them).
+  std::mt19937 rng(7);
+  for (int i = 0; i < 32; ++i) {
+    std::string b(static_cast<size_t>(8 + 8 * i), '\0');
+    for (auto& c : b) c = static_cast<char>(rng() & 0xff);
+    write_file_atomic(out / "fuzz_qdq" / ("seed" + std::to_string(i)), b);
+    ++qdq;
+  }
+  std::printf("seeds: fuzz_onnx_load %d, fuzz_npy %d, fuzz_idx %d, fuzz_qdq %d in %s\n", onnx, npy, idx, qdq,
+              out.string().c_str());
+  return 0;
+}
