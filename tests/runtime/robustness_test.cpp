@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "perch/core/error.h"
@@ -149,6 +150,35 @@ TEST(RuntimeRobustness, WrongInputShapeAndDtypeNameTheInput) {
   expect_contains(e, {"m.onnx: ", "'x'", "int32"});
   e = perch_error([&] { (void)exec.run1(Tensor(DType::kFloat32, {2, 3, 1})); });
   expect_contains(e, {"m.onnx: ", "'x'"});
+}
+
+// ---- fuzzing regressions (fuzz/fuzz_qdq) ---------------------------------------------------------------
+
+// A float32 zero point of 7.5e36 made qdq_params convert it to int64: undefined behaviour (UBSan
+// float-cast-overflow in Tensor::to_i64_vector). Zero points must be integers: refused, naming the node.
+TEST(RuntimeRobustness, FloatZeroPointIsRefusedNamingTheNode) {
+  Model m = model_with({node("DequantizeLinear", {"x", "s", "z"}, {"y"}, "dql")}, {4});
+  m.graph.inputs[0].dtype = DType::kInt8;
+  m.graph.initializers["s"] = Tensor::scalar_f32(0.5f);
+  m.graph.initializers["z"] = Tensor::scalar_f32(7.5e36f);
+  runtime::Executor exec(m);
+  std::string e = perch_error([&] { (void)exec.run1(Tensor(DType::kInt8, {4})); });
+  expect_contains(e, {"m.onnx: ", "DequantizeLinear node 'dql'", "zero point", "float32"});
+  // QuantizeLinear takes its output type from the zero point: a float one is an unsupported type.
+  Model q = model_with({node("QuantizeLinear", {"x", "s", "z"}, {"y"}, "ql")}, {4});
+  q.graph.initializers = m.graph.initializers;
+  runtime::Executor exec_q(q);
+  e = perch_error([&] { (void)exec_q.run1(Tensor(DType::kFloat32, {4})); });
+  expect_contains(e, {"m.onnx: ", "QuantizeLinear node 'ql'", "float32"});
+}
+
+// Float -> integer tensor conversions saturate (NaN -> 0) instead of being undefined.
+TEST(RuntimeRobustness, FloatToIntegerConversionsSaturate) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Tensor f = Tensor::from<float>({6}, std::vector<float>{7.5e36f, -7.5e36f, nan, inf, -inf, -3.75f});
+  EXPECT_EQ(f.to_i64_vector(), (std::vector<int64_t>{INT64_MAX, INT64_MIN, 0, INT64_MAX, INT64_MIN, -3}));
+  const Tensor d = Tensor::from<double>({3}, std::vector<double>{9.3e18, -9.3e18, 2.5});
+  EXPECT_EQ(d.to_i64_vector(), (std::vector<int64_t>{INT64_MAX, INT64_MIN, 2}));
 }
 
 }  // namespace
