@@ -296,15 +296,9 @@ double channel_spread(const Tensor& w, int64_t axis) {
   spec.granularity = quant::Granularity::kPerChannel;
   spec.axis = axis;
   const auto layout = quant::SlotLayout::make(spec, w.shape());
-  std::vector<float> lo(layout.slots, std::numeric_limits<float>::infinity()), hi(layout.slots, -std::numeric_limits<float>::infinity());
-  const float* d = w.data<float>();
-  layout.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      lo[s] = std::min(lo[s], d[b + k]);
-      hi[s] = std::max(hi[s], d[b + k]);
-    }
-  });
+  const auto r = quant::slot_ranges(layout, w.data<float>());
+  const std::vector<float>& lo = r.min;
+  const std::vector<float>& hi = r.max;
   double mx = 0, mn = std::numeric_limits<double>::infinity();
   for (int64_t s = 0; s < layout.slots; ++s) {
     const double r = static_cast<double>(hi[s]) - lo[s];

@@ -38,14 +38,9 @@ std::string channel_range_svg(const Tensor& w, int64_t axis) {
   spec.granularity = quant::Granularity::kPerChannel;
   spec.axis = axis;
   const auto l = quant::SlotLayout::make(spec, w.shape());
-  std::vector<float> lo(l.slots, 0.0f), hi(l.slots, 0.0f);
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      lo[s] = std::min(lo[s], w.data<float>()[b + k]);
-      hi[s] = std::max(hi[s], w.data<float>()[b + k]);
-    }
-  });
+  const auto r = quant::slot_ranges(l, w.data<float>());
+  std::vector<float> lo(r.min), hi(r.max);
+  for (int64_t s = 0; s < l.slots; ++s) lo[s] = std::min(lo[s], 0.0f), hi[s] = std::max(hi[s], 0.0f);  // bars from 0
   float m = 1e-30f;
   for (int64_t s = 0; s < l.slots; ++s) m = std::max({m, -lo[s], hi[s]});
   const int W = 420, H = 90;

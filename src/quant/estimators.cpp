@@ -366,21 +366,10 @@ void RangeEstimator::observe(const Tensor& x) {
   }
   const float* xs = x.data<float>();
   // Pass 1: count non-finite values, per-slot batch min / max.
-  std::vector<float> bmn(static_cast<size_t>(l.slots), std::numeric_limits<float>::infinity());
-  std::vector<float> bmx(static_cast<size_t>(l.slots), -std::numeric_limits<float>::infinity());
-  int64_t bad = 0, first_bad = -1;
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    for (int64_t k = 0; k < n; ++k) {
-      const float v = xs[b + k];
-      if (!std::isfinite(v)) {
-        if (bad++ == 0) first_bad = b + k;
-        continue;
-      }
-      const auto s = static_cast<size_t>(s0 + k * step);
-      bmn[s] = std::min(bmn[s], v);
-      bmx[s] = std::max(bmx[s], v);
-    }
-  });
+  SlotRanges batch = slot_ranges(l, xs);
+  const int64_t bad = batch.nonfinite, first_bad = batch.first_nonfinite;
+  std::vector<float>& bmn = batch.min;
+  std::vector<float>& bmx = batch.max;
   if (bad && !opts_.ignore_nonfinite) {
     PERCH_FAIL(who, ": ", bad, " non-finite value(s) (NaN/Inf) of ", x.numel(), " in tensor of shape ",
                shape_str(x.shape()), ", first at flat index ", first_bad, " (coordinates ", coords(x.shape(), first_bad),

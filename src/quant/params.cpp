@@ -152,25 +152,32 @@ QuantParams choose_params(const QuantSpec& spec, const Shape& x_shape, std::span
   return p;
 }
 
-QuantParams params_from_tensor(const QuantSpec& spec, const Tensor& x) {
-  PERCH_CHECK(x.dtype() == DType::kFloat32, "params_from_tensor: expected float32, got ", dtype_name(x.dtype()));
-  const SlotLayout l = SlotLayout::make(spec, x.shape());
-  std::vector<float> mn(static_cast<size_t>(l.slots), std::numeric_limits<float>::infinity());
-  std::vector<float> mx(static_cast<size_t>(l.slots), -std::numeric_limits<float>::infinity());
-  const float* xs = x.data<float>();
-  int64_t bad = 0, first_bad = -1;
+SlotRanges slot_ranges(const SlotLayout& l, const float* xs) {
+  SlotRanges r;
+  r.min.assign(static_cast<size_t>(l.slots), std::numeric_limits<float>::infinity());
+  r.max.assign(static_cast<size_t>(l.slots), -std::numeric_limits<float>::infinity());
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
     for (int64_t k = 0; k < n; ++k) {
       const float v = xs[b + k];
       if (!std::isfinite(v)) {
-        if (bad++ == 0) first_bad = b + k;
+        if (r.nonfinite++ == 0) r.first_nonfinite = b + k;
         continue;
       }
       const auto s = static_cast<size_t>(s0 + k * step);
-      mn[s] = std::min(mn[s], v);
-      mx[s] = std::max(mx[s], v);
+      r.min[s] = std::min(r.min[s], v);
+      r.max[s] = std::max(r.max[s], v);
     }
   });
+  return r;
+}
+
+QuantParams params_from_tensor(const QuantSpec& spec, const Tensor& x) {
+  PERCH_CHECK(x.dtype() == DType::kFloat32, "params_from_tensor: expected float32, got ", dtype_name(x.dtype()));
+  const SlotLayout l = SlotLayout::make(spec, x.shape());
+  SlotRanges r = slot_ranges(l, x.data<float>());
+  const int64_t bad = r.nonfinite, first_bad = r.first_nonfinite;
+  std::vector<float>& mn = r.min;
+  std::vector<float>& mx = r.max;
   PERCH_CHECK(bad == 0, "params_from_tensor: ", bad, " non-finite value(s) in tensor of shape ", shape_str(x.shape()),
               ", first at flat index ", first_bad);
   for (size_t s = 0; s < mn.size(); ++s) {

@@ -110,6 +110,15 @@ struct SlotLayout {
   }
 };
 
+// Per-slot [min, max] of the finite values of a float tensor laid out by `l` (+inf / -inf for a slot
+// with no finite value), with the count and first flat index of non-finite values. The one loop behind
+// params_from_tensor, the estimators and the per-channel range statistics.
+struct SlotRanges {
+  std::vector<float> min, max;
+  int64_t nonfinite = 0, first_nonfinite = -1;
+};
+SlotRanges slot_ranges(const SlotLayout& l, const float* x);
+
 // Chooses (scale, zero_point) per slot from observed ranges [mins[k], maxs[k]] (k over slots of
 // SlotLayout::make(spec, x_shape)). All arithmetic is float32, as ONNX DynamicQuantizeLinear's reference
 // does it, so perch reproduces it bit for bit:
