@@ -271,7 +271,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   if (!f.report.empty()) {
     ptq::ReportInput ri;
     ri.title = "perch quantization report: " + model_path;
-    ri.model = &cal.model;
+    graph::Model as_given = model;  // ranges as the user's model has them (BN folded, not equalized)
+    graph::canonicalize(as_given);
+    ri.model = &as_given;
     ri.selection = selection ? &*selection : nullptr;
     if (j.contains("accuracy"))
       for (const auto& [k, v] : j["accuracy"].items()) ri.accuracy.emplace_back(k, v.get<double>());
@@ -320,7 +322,9 @@ int cmd_sensitivity(const std::string& model_path, const std::string& calib_spec
   if (!report.empty()) {
     ptq::ReportInput ri;
     ri.title = "perch sensitivity: " + model_path;
-    ri.model = &cal.model;
+    graph::Model as_given = model;  // ranges as the user's model has them (BN folded, not equalized)
+    graph::canonicalize(as_given);
+    ri.model = &as_given;
     ri.sensitivity = &rep;
     ri.accuracy.emplace_back("fp32", rep.fp32_accuracy);
     for (size_t i = 0; i < rep.configs.size(); ++i)

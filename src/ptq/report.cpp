@@ -84,7 +84,8 @@ std::string render_report_html(const ReportInput& in) {
 
   if (in.model) {
     os << "<section id=\"ranges\"><h2>Per-channel weight ranges</h2><p>Each bar is one output channel's [min, max]; "
-          "a per-tensor scale must cover the tallest bar, leaving the short ones few integer levels.</p><table>"
+          "a per-tensor scale must cover the tallest bar, leaving the short ones few integer levels. Shown as the "
+          "model was given (BatchNormalization folded), before cross-layer equalization.</p><table>"
        << "<tr><th>layer</th><th>op</th><th>shape</th><th>spread</th><th>output channels</th></tr>";
     for (const auto& n : in.model->graph.nodes) {
       if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
