@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "perch/core/error.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +32,23 @@ std::filesystem::path shared_model(const std::string& name) {
   if (s.empty()) return {};
   auto p = s / "models" / name;
   return std::filesystem::exists(p) ? p : std::filesystem::path{};
+}
+
+std::string perch_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected perch::Error, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected perch::Error, nothing thrown";
+  return "";
+}
+
+void expect_contains(const std::string& s, const std::vector<std::string>& parts) {
+  for (const auto& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
 }
 
 std::string shell_quote(const std::filesystem::path& p) {

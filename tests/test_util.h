@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
+#include <vector>
 #include <string>
 
 #include "perch/graph/ir.h"
@@ -26,6 +28,11 @@ struct CmdResult {
   std::string out, err;
 };
 CmdResult run_cmd(const std::string& cmd);
+// Runs f; returns the perch::Error message it throws (a test failure if it throws anything else or nothing).
+std::string perch_error(const std::function<void()>& f);
+// Expects every part to occur in s.
+void expect_contains(const std::string& s, const std::vector<std::string>& parts);
+
 // 'path' for a shell command line.
 std::string shell_quote(const std::filesystem::path& p);
 

@@ -19,22 +19,8 @@ using namespace perch::graph;
 namespace {
 
 // The message of the perch::Error `f` throws; fails the test if it throws nothing or something else.
-std::string perch_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected perch::Error, got " << typeid(e).name() << ": " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected perch::Error, nothing thrown";
-  return "";
-}
-
-void expect_contains(const std::string& s, const std::vector<std::string>& parts) {
-  for (const auto& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
-}
+using perch::test::expect_contains;
+using perch::test::perch_error;
 
 onnx::ModelProto tiny_proto() {
   onnx::ModelProto mp;

@@ -18,22 +18,8 @@ using namespace perch;
 
 namespace {
 
-std::string perch_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected perch::Error, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected perch::Error, nothing thrown";
-  return "";
-}
-
-void expect_contains(const std::string& s, const std::vector<std::string>& parts) {
-  for (const auto& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
-}
+using perch::test::expect_contains;
+using perch::test::perch_error;
 
 Dataset calib_data(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);

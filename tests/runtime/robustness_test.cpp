@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "test_util.h"
 #include "perch/core/error.h"
 #include "perch/runtime/executor.h"
 
@@ -14,22 +15,8 @@ using namespace perch::graph;
 
 namespace {
 
-std::string perch_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected perch::Error, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected perch::Error, nothing thrown";
-  return "";
-}
-
-void expect_contains(const std::string& s, const std::vector<std::string>& parts) {
-  for (const auto& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
-}
+using perch::test::expect_contains;
+using perch::test::perch_error;
 
 Node node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out, const std::string& name,
           std::map<std::string, AttrValue> attrs = {}) {
