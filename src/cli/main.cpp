@@ -24,6 +24,7 @@
 #include <fstream>
 #include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
+#include "cmd_bench.h"  // perch bench, perch eval --engine
 
 using namespace perch;
 using json = nlohmann::json;
@@ -499,13 +500,15 @@ int main(int argc, char** argv) {
 
   // eval
   auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
-  std::string model_path, data_spec = "fashion-mnist:test";
+  std::string model_path, data_spec = "fashion-mnist:test", engine = "sim";
   int64_t batch = 64;
   e->add_option("model", model_path, "ONNX model")->required();
   e->add_option("--data", data_spec, "data spec")->capture_default_str();
   e->add_option("--batch", batch, "batch size")->capture_default_str();
   e->add_flag("--json", as_json, "print {\"accuracy\", \"count\", ...} on stdout");
+  e->add_option("--engine", engine, "int8 (integer executor) | sim | fp32 (float executor; sim on a QDQ model)");
   df.add(e);
+  perch::cli::BenchCommand bench(app);
 
   // run
   auto* r = app.add_subcommand("run", "run a model on .npy inputs, write each output as DIR/<name>.npy");
@@ -528,7 +531,9 @@ int main(int argc, char** argv) {
       return cmd_quantize(qf, as_json, df);
     if (sens->parsed())
       return cmd_sensitivity(s_model, s_calib, s_data, s_calib_count, s_eval_count, s_group, s_report, as_json, df);
+    if (e->parsed() && e->count("--engine")) return perch::cli::cmd_eval_engine(model_path, engine, data_spec, batch, as_json, df.options());
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
+    if (bench.sub->parsed()) return bench.run();
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);
   } catch (const std::exception& ex) {

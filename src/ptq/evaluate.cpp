@@ -7,6 +7,11 @@
 namespace perch::ptq {
 
 EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch, const std::string& label) {
+  return evaluate([&](const Tensor& x) { return exec.run1(x); }, exec.model().source, data, batch, label);
+}
+
+EvalResult evaluate(const std::function<Tensor(const Tensor&)>& run, const std::string& source, const Dataset& data,
+                    int64_t batch, const std::string& label) {
   PERCH_CHECK(data.has_labels(), data.name, ": evaluation needs labels");
   PERCH_CHECK(static_cast<int64_t>(data.labels.size()) == data.size(), data.name, ": ", data.size(), " images but ",
               data.labels.size(), " labels");
@@ -15,8 +20,8 @@ EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t 
   Progress progress(label, data.size());
   for (int64_t b = 0; b < data.size(); b += batch) {
     const int64_t n = std::min(batch, data.size() - b);
-    const Tensor out = exec.run1(data.batch(b, n)).to_f32();
-    PERCH_CHECK(out.rank() >= 1 && out.dim(0) == n, exec.model().source, ": output shape ", shape_str(out.shape()),
+    const Tensor out = run(data.batch(b, n)).to_f32();
+    PERCH_CHECK(out.rank() >= 1 && out.dim(0) == n, source, ": output shape ", shape_str(out.shape()),
                 " does not have the batch size ", n, " in front");
     const int64_t classes = out.numel() / n;
     const float* o = out.data<float>();

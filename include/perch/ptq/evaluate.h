@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "perch/data/dataset.h"
@@ -20,5 +21,9 @@ struct EvalResult {
 // (ties go to the lowest index, as numpy.argmax). Shows progress labelled `label` unless quiet.
 EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch = 64,
                     const std::string& label = "evaluating");
+// The same over any engine: `run` maps a batch of inputs to the first output (e.g. Int8Executor::run1);
+// `source` names the model in errors.
+EvalResult evaluate(const std::function<Tensor(const Tensor&)>& run, const std::string& source, const Dataset& data,
+                    int64_t batch = 64, const std::string& label = "evaluating");
 
 }  // namespace perch::ptq

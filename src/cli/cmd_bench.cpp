@@ -1,0 +1,159 @@
+// perch bench, and perch eval --engine: the engines side by side (fp32/sim executor, integer executor).
+//
+//   perch eval MODEL.onnx --engine int8|sim|fp32   top-1 accuracy with the chosen engine
+//   perch bench MODEL.onnx [--batch B] [--threads T] [--engine int8|fp32|sim] [--iters N] [--warmup W] [--json]
+// bench times run() alone on a fixed random input (made once, outside the timing), like tools/ort/bench.js:
+// median / p10 / p90 latency in ms and images per second at the median.
+#include "cmd_bench.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "perch/core/progress.h"
+#include "perch/core/threads.h"
+#include "perch/data/dataset.h"
+#include "perch/graph/onnx_io.h"
+#include "perch/graph/passes.h"
+#include "perch/ptq/evaluate.h"
+#include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
+
+namespace perch::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+// One engine behind a single-input run function. fp32 and sim are the same float executor: on a QDQ model
+// it is perch's simulation, on a float model the float network; the name says what the user means.
+struct Engine {
+  std::function<Tensor(const Tensor&)> run;
+  std::string source, input_name;
+  Shape input_shape;  // as declared (-1 for dynamic dims)
+  std::string lowering;  // int8: Int8Report::summary()
+  int64_t float_nodes = 0;
+};
+
+bool has_qdq(const graph::Model& m) {
+  return std::any_of(m.graph.nodes.begin(), m.graph.nodes.end(),
+                     [](const graph::Node& n) { return n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear"; });
+}
+
+Engine make_engine(const std::string& model_path, const std::string& engine) {
+  PERCH_CHECK(engine == "int8" || engine == "sim" || engine == "fp32", "--engine '", engine,
+              "': expected int8, sim or fp32");
+  graph::Model model = graph::load_model(model_path);
+  graph::canonicalize(model);
+  PERCH_CHECK(!model.graph.inputs.empty(), model_path, ": the model has no graph input");
+  Engine e;
+  e.source = model_path;
+  e.input_name = model.graph.inputs[0].name;
+  e.input_shape = model.graph.inputs[0].shape;
+  if (engine == "int8") {
+    PERCH_CHECK(has_qdq(model), model_path, ": --engine int8 needs a quantized (QDQ) model; this one has no ",
+                "QuantizeLinear/DequantizeLinear (quantize it with `perch quantize`)");
+    auto ex = std::make_shared<runtime::Int8Executor>(std::move(model));
+    e.lowering = ex->report().summary();
+    e.float_nodes = ex->report().float_nodes();
+    e.run = [ex](const Tensor& x) { return ex->run1(x); };
+  } else {
+    if (engine == "sim")
+      PERCH_CHECK(has_qdq(model), model_path, ": --engine sim simulates a quantized (QDQ) model; this one has no ",
+                  "QuantizeLinear/DequantizeLinear (use --engine fp32)");
+    auto ex = std::make_shared<runtime::Executor>(std::move(model));
+    e.run = [ex](const Tensor& x) { return ex->run1(x); };
+  }
+  return e;
+}
+
+double quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double pos = (static_cast<double>(v.size()) - 1) * q;
+  const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+}
+
+}  // namespace
+
+int cmd_eval_engine(const std::string& model_path, const std::string& engine, const std::string& spec, int64_t batch,
+                    bool as_json, const DataOptions& data_options) {
+  Engine e = make_engine(model_path, engine);
+  if (!e.lowering.empty() && e.float_nodes > 0) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
+  Dataset data = load_dataset(spec, data_options);
+  PERCH_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
+  auto r = ptq::evaluate(e.run, e.source, data, batch, "evaluating (" + engine + ")");
+  if (as_json) {
+    json j{{"model", model_path}, {"engine", engine}, {"data", data.name}, {"accuracy", r.accuracy()},
+           {"count", r.count}, {"correct", r.correct}, {"seconds", r.seconds}};
+    if (engine == "int8") j["float_nodes"] = e.float_nodes;
+    std::cout << j.dump() << "\n";
+  } else {
+    std::printf("%s on %s (%s engine): top-1 %.4f (%lld/%lld) in %.2fs\n", model_path.c_str(), data.name.c_str(),
+                engine.c_str(), r.accuracy(), static_cast<long long>(r.correct), static_cast<long long>(r.count), r.seconds);
+  }
+  return 0;
+}
+
+BenchCommand::BenchCommand(CLI::App& app) {
+  sub = app.add_subcommand("bench", "median latency and throughput of a model on random input (int8 or fp32 engine)");
+  sub->add_option("model", model, "ONNX model (QDQ for --engine int8/sim)")->required();
+  sub->add_option("--batch", batch, "batch size")->capture_default_str();
+  sub->add_option("--threads", threads, "threads (0: PERCH_NUM_THREADS or all hardware threads)")->capture_default_str();
+  sub->add_option("--engine", engine, "int8 | fp32 | sim")->capture_default_str();
+  sub->add_option("--iters", iters, "timed runs")->capture_default_str();
+  sub->add_option("--warmup", warmup, "untimed runs first")->capture_default_str();
+  sub->add_option("--seed", seed, "seed of the random input")->capture_default_str();
+  sub->add_flag("--json", as_json, "print one JSON object on stdout");
+}
+
+int BenchCommand::run() const {
+  PERCH_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
+  PERCH_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
+  PERCH_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
+  PERCH_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
+  set_num_threads(threads);
+  Engine e = make_engine(model, engine);
+  if (!e.lowering.empty() && e.float_nodes > 0 && !as_json) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
+  Shape shape = e.input_shape;
+  PERCH_CHECK(!shape.empty(), model, ": input '", e.input_name, "' has no shape (bench needs one)");
+  shape[0] = batch;
+  for (size_t d = 1; d < shape.size(); ++d)
+    PERCH_CHECK(shape[d] > 0, model, ": input '", e.input_name, "' has a dynamic dim ", d, " (", shape_str(e.input_shape),
+                "): bench needs static dims after the batch");
+  // Uniform [-2, 2): the range of normalized pixels (like tools/ort/bench.js).
+  Tensor x(DType::kFloat32, shape);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (float& v : x.span<float>()) v = u(rng);
+  for (int64_t i = 0; i < warmup; ++i) (void)e.run(x);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor y = e.run(x);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const double med = quantile(ms, 0.5), p10 = quantile(ms, 0.1), p90 = quantile(ms, 0.9);
+  const double ips = static_cast<double>(batch) / (med / 1000.0);
+  if (as_json) {
+    json j{{"model", model}, {"engine", engine}, {"batch", batch}, {"threads", num_threads()}, {"iters", iters},
+           {"median_ms", med}, {"p10_ms", p10}, {"p90_ms", p90}, {"images_per_second", ips}};
+    if (engine == "int8") j["float_nodes"] = e.float_nodes;
+    std::cout << j.dump() << "\n";
+  } else {
+    std::printf("%s (%s, batch %lld, %d thread%s): median %.4f ms (p10 %.4f, p90 %.4f), %.0f images/s\n", model.c_str(),
+                engine.c_str(), static_cast<long long>(batch), num_threads(), num_threads() == 1 ? "" : "s", med, p10,
+                p90, ips);
+  }
+  return 0;
+}
+
+}  // namespace perch::cli

@@ -1,0 +1,29 @@
+// perch bench / perch eval --engine (cmd_bench.cpp): declarations for main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "perch/data/dataset.h"
+
+namespace perch::cli {
+
+// perch eval MODEL --engine int8|sim|fp32.
+int cmd_eval_engine(const std::string& model_path, const std::string& engine, const std::string& spec, int64_t batch,
+                    bool as_json, const DataOptions& data_options);
+
+// perch bench: registers the subcommand and its flags on construction; run() when sub->parsed().
+struct BenchCommand {
+  explicit BenchCommand(CLI::App& app);
+  int run() const;
+
+  CLI::App* sub = nullptr;
+  std::string model, engine = "int8";
+  int64_t batch = 1, iters = 100, warmup = 10, seed = 1;
+  int threads = 0;
+  bool as_json = false;
+};
+
+}  // namespace perch::cli

@@ -1,0 +1,176 @@
+// Small integer kernels of the int8 executor (header: int8_kernels.h).
+#include "int8_kernels.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "perch/core/threads.h"
+
+namespace perch::runtime::int8 {
+
+namespace {
+
+void check_byte(const Tensor& x, const char* what) {
+  PERCH_CHECK(x.dtype() == DType::kUInt8 || x.dtype() == DType::kInt8, what, ": expected an 8-bit tensor, got ",
+              dtype_name(x.dtype()));
+  PERCH_CHECK(x.rank() == 4, what, ": expected a rank-4 tensor, got ", shape_str(x.shape()));
+}
+
+const uint8_t* bytes(const Tensor& t) { return static_cast<const uint8_t*>(t.raw()); }
+uint8_t* bytes(Tensor& t) { return static_cast<uint8_t*>(t.raw()); }
+
+}  // namespace
+
+Tensor nchw_to_nhwc(const Tensor& x) {
+  check_byte(x, "nchw_to_nhwc");
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), HW = H * W;
+  Tensor y = Tensor::uninitialized(x.dtype(), {N, H, W, C});
+  const uint8_t* s = bytes(x);
+  uint8_t* d = bytes(y);
+  if (C == 1 || HW == 1) {
+    std::memcpy(d, s, x.nbytes());
+    return y;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const uint8_t* sp = s + (n * C + c) * HW;
+      uint8_t* dp = d + n * HW * C + c;
+      for (int64_t p = 0; p < HW; ++p) dp[p * C] = sp[p];
+    }
+  return y;
+}
+
+Tensor nhwc_to_nchw(const Tensor& x) {
+  check_byte(x, "nhwc_to_nchw");
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), HW = H * W;
+  Tensor y = Tensor::uninitialized(x.dtype(), {N, C, H, W});
+  const uint8_t* s = bytes(x);
+  uint8_t* d = bytes(y);
+  if (C == 1 || HW == 1) {
+    std::memcpy(d, s, x.nbytes());
+    return y;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < HW; ++p) {
+      const uint8_t* sp = s + (n * HW + p) * C;
+      uint8_t* dp = d + n * C * HW + p;
+      for (int64_t c = 0; c < C; ++c) dp[c * HW] = sp[c];
+    }
+  return y;
+}
+
+namespace {
+
+template <typename T>
+void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
+  const int64_t OH = s.out_h(), OW = s.out_w(), C = s.channels;
+  parallel_for(0, s.batch * OH, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        T* yp = y + ((n * OH + oh) * OW + ow) * C;
+        bool first = true;
+        for (int64_t i = 0; i < s.kernel_h; ++i) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + i * s.dil_h;
+          if (ih < 0 || ih >= s.in_h) continue;
+          for (int64_t j = 0; j < s.kernel_w; ++j) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + j * s.dil_w;
+            if (iw < 0 || iw >= s.in_w) continue;
+            const T* xp = x + ((n * s.in_h + ih) * s.in_w + iw) * C;
+            if (first) {
+              std::memcpy(yp, xp, static_cast<size_t>(C) * sizeof(T));
+              first = false;
+            } else {
+              for (int64_t c = 0; c < C; ++c) yp[c] = std::max(yp[c], xp[c]);
+            }
+          }
+        }
+        PERCH_CHECK(!first, "maxpool: an output window lies entirely in the padding");
+      }
+    }
+  });
+}
+
+template <typename T>
+void avgpool_impl(const kernels::Pool2dShape& s, const T* x, int32_t zp_x, const quant::FixedPointMultiplier* mult,
+                  int32_t zp_y, int32_t qmin, int32_t qmax, T* y) {
+  const int64_t OH = s.out_h(), OW = s.out_w(), C = s.channels;
+  parallel_for(0, s.batch * OH, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> acc(static_cast<size_t>(C));
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        std::fill(acc.begin(), acc.end(), 0);
+        int64_t inside = 0, window = 0;
+        for (int64_t i = 0; i < s.kernel_h; ++i) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + i * s.dil_h;
+          for (int64_t j = 0; j < s.kernel_w; ++j) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + j * s.dil_w;
+            // ceil_mode windows may overhang the padded input: those cells never count (as ONNX Runtime).
+            const bool in_padded = ih >= -s.pad_top && ih < s.in_h + s.pad_bottom && iw >= -s.pad_left &&
+                                   iw < s.in_w + s.pad_right;
+            window += in_padded;
+            if (ih < 0 || ih >= s.in_h || iw < 0 || iw >= s.in_w) continue;
+            ++inside;
+            const T* xp = x + ((n * s.in_h + ih) * s.in_w + iw) * C;
+            for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += xp[c];
+          }
+        }
+        const int64_t d = s.count_include_pad ? window : inside;
+        PERCH_CHECK(inside > 0 && d > 0, "avgpool: an output window lies entirely in the padding");
+        // sum (q - zp) = sum q - inside * zp: padded cells are zeros of the real input (q = zp), adding 0.
+        const int32_t off = static_cast<int32_t>(inside) * zp_x;
+        T* yp = y + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const int32_t v = quant::multiply_by_quantized_multiplier(acc[static_cast<size_t>(c)] - off, mult[d]);
+          // |v| <= 255: adding zp_y cannot overflow.
+          yp[c] = static_cast<T>(std::clamp(v + zp_y, qmin, qmax));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void maxpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, Tensor& y) {
+  if (x.dtype() == DType::kUInt8) maxpool_impl(s, x.data<uint8_t>(), y.data<uint8_t>());
+  else maxpool_impl(s, x.data<int8_t>(), y.data<int8_t>());
+}
+
+void avgpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, int32_t zp_x, const quant::FixedPointMultiplier* multipliers,
+                  int32_t zp_y, int32_t qmin, int32_t qmax, Tensor& y) {
+  if (x.dtype() == DType::kUInt8)
+    avgpool_impl(s, x.data<uint8_t>(), zp_x, multipliers, zp_y, qmin, qmax, y.data<uint8_t>());
+  else
+    avgpool_impl(s, x.data<int8_t>(), zp_x, multipliers, zp_y, qmin, qmax, y.data<int8_t>());
+}
+
+void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out) {
+  const int64_t C = g.channels, K = g.kh * g.kw * C;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t n = r / (g.out_h * g.out_w), rem = r % (g.out_h * g.out_w);
+    const int64_t oh = rem / g.out_w, ow = rem % g.out_w;
+    uint8_t* o = out + (r - row_begin) * K;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
+      for (int64_t j = 0; j < g.kw; ++j, o += C) {
+        const int64_t iw = ow * g.stride_w - g.pad_left + j * g.dil_w;
+        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w)
+          std::memset(o, pad_value, static_cast<size_t>(C));
+        else
+          std::memcpy(o, x + ((n * g.in_h + ih) * g.in_w + iw) * C, static_cast<size_t>(C));
+      }
+    }
+  }
+}
+
+void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = table[x[i]];
+}
+
+void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = table[(size_t{a[i]} << 8) | b[i]];
+}
+
+}  // namespace perch::runtime::int8

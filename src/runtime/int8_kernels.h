@@ -1,0 +1,44 @@
+// Small integer kernels of the int8 executor (not a public header): layout changes, NHWC pooling, im2col,
+// table lookups. All on 8-bit activations; formulas and rounding beside each (docs/INTEGER.md).
+#pragma once
+
+#include <cstdint>
+
+#include "perch/core/tensor.h"
+#include "perch/kernels/pool_f32.h"
+#include "perch/quant/fixed_point.h"
+
+namespace perch::runtime::int8 {
+
+// [N, C, H, W] <-> [N, H, W, C] for 1-byte elements (the dtype is kept). Shapes are given in the ONNX (NCHW)
+// order; the NHWC tensor is stored with shape [N, H, W, C].
+Tensor nchw_to_nhwc(const Tensor& x);
+Tensor nhwc_to_nchw(const Tensor& x);
+
+// Max pooling on NHWC 8-bit data: the max of stored values (exact, zero point irrelevant). Padded cells are
+// skipped (ONNX: padding never wins a max). y: [N, out_h, out_w, C] of the same dtype.
+void maxpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, Tensor& y);
+
+// Average pooling on NHWC 8-bit data, requantized from (s_x, zp_x) to (s_y, zp_y):
+//   sum   = sum over the window's counted cells of (q_x - zp_x)                   (int32: |sum| <= 255 * cells)
+//   q_y   = clamp(zp_y + multiply_by_quantized_multiplier(sum, M_d), qmin, qmax),  M_d = s_x / (s_y * d)
+// d = the divisor (window size, or the cells inside the input when !count_include_pad); multipliers[d] holds
+// M_d for every d in [1, kernel_h * kernel_w]. Padded cells are never summed: with count_include_pad they
+// count in d as zeros (the ONNX meaning: zero-padding of the real input, i.e. q = zp_x).
+void avgpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, int32_t zp_x, const quant::FixedPointMultiplier* multipliers,
+                  int32_t zp_y, int32_t qmin, int32_t qmax, Tensor& y);
+
+// im2col for a 2-D convolution on NHWC 8-bit data: rows [row_begin, row_end) of the [N*OH*OW, KH*KW*C]
+// patch matrix; out-of-input taps are filled with `pad_value` (the zero point: (pad - zp) * w = 0).
+struct Im2Col {
+  int64_t batch, in_h, in_w, channels, kh, kw;
+  int64_t stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+  int64_t out_h, out_w;
+};
+void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out);
+
+// y[i] = table[x[i]] (256 entries) and y[i] = table[a[i] * 256 + b[i]] (65536 entries), on raw bytes.
+void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y);
+void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y);
+
+}  // namespace perch::runtime::int8
