@@ -33,8 +33,11 @@ using json = nlohmann::json;
 
 namespace {
 
-// One engine behind a single-input run function. fp32 and sim are the same float executor: on a QDQ model
-// it is perch's simulation, on a float model the float network; the name says what the user means.
+// One engine behind a single-input run function:
+//   int8  the integer executor (runtime/int8_executor.h, Int8Mode::kInteger)
+//   sim   its exact simulation (Int8Mode::kSimulate: float kernels over integer values; bit-identical to int8)
+//   fp32  the float executor: the float network, or on a QDQ model the classic fake-quant simulation
+//         (float conv then QuantizeLinear, as ONNX defines QDQ; differs from int8 by rounding, docs/INTEGER.md)
 struct Engine {
   std::function<Tensor(const Tensor&)> run;
   std::string source, input_name;
@@ -58,17 +61,15 @@ Engine make_engine(const std::string& model_path, const std::string& engine) {
   e.source = model_path;
   e.input_name = model.graph.inputs[0].name;
   e.input_shape = model.graph.inputs[0].shape;
-  if (engine == "int8") {
-    PERCH_CHECK(has_qdq(model), model_path, ": --engine int8 needs a quantized (QDQ) model; this one has no ",
-                "QuantizeLinear/DequantizeLinear (quantize it with `perch quantize`)");
-    auto ex = std::make_shared<runtime::Int8Executor>(std::move(model));
+  if (engine == "int8" || engine == "sim") {
+    PERCH_CHECK(has_qdq(model), model_path, ": --engine ", engine, " needs a quantized (QDQ) model; this one has no ",
+                "QuantizeLinear/DequantizeLinear (quantize it with `perch quantize`, or use --engine fp32)");
+    auto ex = std::make_shared<runtime::Int8Executor>(
+        std::move(model), engine == "int8" ? runtime::Int8Mode::kInteger : runtime::Int8Mode::kSimulate);
     e.lowering = ex->report().summary();
     e.float_nodes = ex->report().float_nodes();
     e.run = [ex](const Tensor& x) { return ex->run1(x); };
   } else {
-    if (engine == "sim")
-      PERCH_CHECK(has_qdq(model), model_path, ": --engine sim simulates a quantized (QDQ) model; this one has no ",
-                  "QuantizeLinear/DequantizeLinear (use --engine fp32)");
     auto ex = std::make_shared<runtime::Executor>(std::move(model));
     e.run = [ex](const Tensor& x) { return ex->run1(x); };
   }

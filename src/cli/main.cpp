@@ -500,13 +500,13 @@ int main(int argc, char** argv) {
 
   // eval
   auto* e = app.add_subcommand("eval", "top-1 accuracy of a float or QDQ model");
-  std::string model_path, data_spec = "fashion-mnist:test", engine = "sim";
+  std::string model_path, data_spec = "fashion-mnist:test", engine = "fp32";
   int64_t batch = 64;
   e->add_option("model", model_path, "ONNX model")->required();
   e->add_option("--data", data_spec, "data spec")->capture_default_str();
   e->add_option("--batch", batch, "batch size")->capture_default_str();
   e->add_flag("--json", as_json, "print {\"accuracy\", \"count\", ...} on stdout");
-  e->add_option("--engine", engine, "int8 (integer executor) | sim | fp32 (float executor; sim on a QDQ model)");
+  e->add_option("--engine", engine, "int8 (integer executor) | sim (its exact float simulation) | fp32 (float executor)");
   df.add(e);
   perch::cli::BenchCommand bench(app);
 

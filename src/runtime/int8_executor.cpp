@@ -17,7 +17,9 @@
 #include "int8_kernels.h"
 #include "ops_common.h"
 #include "perch/core/threads.h"
+#include "perch/kernels/conv_f32.h"
 #include "perch/kernels/dwconv_s8.h"
+#include "perch/kernels/gemm_f32.h"
 #include "perch/kernels/gemm_s8.h"
 #include "perch/kernels/pool_f32.h"
 #include "perch/quant/fixed_point.h"
@@ -95,10 +97,19 @@ Shape onnx_shape(const Slot& s) {
   return {s.t.dim(0), s.t.dim(3), s.t.dim(1), s.t.dim(2)};
 }
 
+struct WeightInfo {
+  Tensor q;                        // int8 or uint8 initializer
+  std::vector<float> scale;        // 1 or per output channel
+  std::vector<int32_t> zero_point; // empty when all 0
+  int64_t axis = -1;               // per-channel axis, -1 per-tensor
+};
+
+
 }  // namespace
 
 struct Int8Executor::Impl {
   graph::Model model;
+  Int8Mode mode = Int8Mode::kInteger;
   Int8Report report;
   TensorMap constants;
   std::vector<Step> steps;
@@ -108,7 +119,7 @@ struct Int8Executor::Impl {
   std::vector<size_t> absorbed;                      // node indices handled by an earlier step
   const OpRegistry* registry = nullptr;
 
-  explicit Impl(graph::Model m);
+  Impl(graph::Model m, Int8Mode md);
   void lower();
 
   // --- plan-time helpers ---
@@ -145,6 +156,11 @@ struct Int8Executor::Impl {
 
   // --- lowering rules; each returns false to leave the node to the float fallback (why in *reason) ---
   bool lower_conv_like(const Node& n, std::string* reason);
+  void add_sim_conv_step(const Node& n, const WeightInfo& w, int64_t K, int64_t N, int64_t group, bool depthwise,
+                         std::shared_ptr<std::vector<int32_t>> bias,
+                         std::shared_ptr<std::vector<quant::FixedPointMultiplier>> mults,
+                         std::shared_ptr<std::vector<float>> fscale, const kernels::OutputStageS8& stage,
+                         const std::string& xq, const QParams& xp, const std::string& out_name);
   bool lower_maxpool(const Node& n, std::string* reason);
   bool lower_avgpool(const Node& n, std::string* reason);
   bool lower_reshape(const Node& n, std::string* reason);
@@ -322,16 +338,6 @@ void Int8Executor::Impl::add_float_step(const Node& n) {
 // ---------------------------------------------------------------------------------------------------------
 // Conv / Gemm / MatMul
 
-namespace {
-
-struct WeightInfo {
-  Tensor q;                        // int8 or uint8 initializer
-  std::vector<float> scale;        // 1 or per output channel
-  std::vector<int32_t> zero_point; // empty when all 0
-  int64_t axis = -1;               // per-channel axis, -1 per-tensor
-};
-
-}  // namespace
 
 bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   const std::string& op = n.op_type;
@@ -469,6 +475,13 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   const std::string fused = oq && oq->act ? ", fused " + oq->act->op_type : "";
   const std::string req = oq ? (N > 1 && w.scale.size() > 1 ? ", requant per-channel" : ", requant per-tensor")
                              : ", int32 -> float output";
+
+  if (mode == Int8Mode::kSimulate) {
+    add_sim_conv_step(n, w, K, N, group, depthwise, bias, mults, fscale, stage, xq, xp, out_name);
+    how << "sim: " << op << (depthwise ? " (depthwise)" : "") << " accumulated in float over integer values" << req << fused;
+    report.nodes.push_back({n.describe(), true, how.str()});
+    return true;
+  }
 
   if (op == "Conv" && depthwise) {
     auto packed = std::make_shared<kernels::PackedDepthwiseS8>(
@@ -647,6 +660,125 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   });
   report.nodes.push_back({n.describe(), true, how.str()});
   return true;
+}
+
+// The exact simulation of an integer Conv/Gemm/MatMul step (Int8Mode::kSimulate): the same lowering, but the
+// accumulation runs on the float kernels over integer-valued tensors (q - zp_x) and (w - zp_w). Every
+// partial sum of a dot product is bounded by B[c] = max|q - zp_x| * sum_k |w[c][k] - zp_w[c]|; while
+// B[c] < 2^24 float addition of these integers is exact in any order (BLAS, SIMD), so the accumulator is the
+// exact integer. A layer with a larger bound uses double accumulation (exact below 2^53). Then bias (int32)
+// and the output stage of output_stage_s8.h, written out here on its own.
+void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, int64_t K, int64_t N, int64_t group,
+                                           bool depthwise, std::shared_ptr<std::vector<int32_t>> bias,
+                                           std::shared_ptr<std::vector<quant::FixedPointMultiplier>> mults,
+                                           std::shared_ptr<std::vector<float>> fscale,
+                                           const kernels::OutputStageS8& stage, const std::string& xq, const QParams& xp,
+                                           const std::string& out_name) {
+  (void)depthwise;
+  const std::string op = n.op_type;
+  // Integer-valued float weights, ONNX layout.
+  auto wf = std::make_shared<Tensor>(DType::kFloat32, w.q.shape());
+  const auto wv = w.q.to_i64_vector();
+  const int64_t per = w.q.numel() / (w.axis >= 0 ? w.q.dim(w.axis) : 1);
+  std::vector<double> bound(static_cast<size_t>(N), 0.0);
+  const double xmax = std::max(xp.zero_point - xp.qmin(), xp.qmax() - xp.zero_point);
+  for (int64_t i = 0; i < w.q.numel(); ++i) {
+    // Output channel of flat index i: axis 0 (Conv, Gemm transB) or the last axis (Gemm, MatMul).
+    const bool last = op != "Conv" && !(op == "Gemm" && n.attr_int("transB", 0) != 0);
+    const int64_t c = last ? i % N : i / (w.q.numel() / N);
+    const int32_t zw = w.zero_point.empty() ? 0 : w.zero_point[w.zero_point.size() == 1 ? 0 : static_cast<size_t>(c)];
+    const double v = static_cast<double>(wv[static_cast<size_t>(i)] - zw);
+    wf->data<float>()[i] = static_cast<float>(v);
+    bound[static_cast<size_t>(c)] += std::fabs(v) * xmax;
+  }
+  (void)per;
+  const bool exact_f32 = *std::max_element(bound.begin(), bound.end()) < 16777216.0;  // 2^24
+  const bool trans_b = op == "Gemm" && n.attr_int("transB", 0) != 0;
+  steps.push_back([this, &n, wf, K, N, group, bias, mults, fscale, stage, xq, xp, out_name, exact_f32, trans_b, op](Ctx& c) {
+    const Slot& xs = slot(c, xq);
+    const Tensor xq_plain = to_layout(xs, Layout::kPlain);
+    // (q - zp_x) as float: exact (|q - zp| <= 255).
+    Tensor x(DType::kFloat32, xq_plain.shape());
+    {
+      const auto v = xq_plain.to_i64_vector();
+      float* d = x.data<float>();
+      for (size_t i = 0; i < v.size(); ++i) d[i] = static_cast<float>(v[i] - xp.zero_point);
+    }
+    Tensor acc;      // float, integer-valued
+    Shape out_shape;
+    try {
+      if (op == "Conv") {
+        PERCH_CHECK(x.rank() == 4, "input must be 4-D, got ", shape_str(x.shape()));
+        kernels::Conv2dShape s;
+        s.batch = x.dim(0), s.in_channels = x.dim(1), s.in_h = x.dim(2), s.in_w = x.dim(3);
+        s.out_channels = N, s.kernel_h = wf->dim(2), s.kernel_w = wf->dim(3), s.group = group;
+        PERCH_CHECK(s.in_channels == wf->dim(1) * group, "input has ", s.in_channels, " channels, the weight ",
+                    wf->dim(1) * group);
+        const auto g = detail::geometry(n, {s.in_h, s.in_w}, {s.kernel_h, s.kernel_w}, false);
+        s.stride_h = g.strides[0], s.stride_w = g.strides[1], s.dil_h = g.dilations[0], s.dil_w = g.dilations[1];
+        s.pad_top = g.pads_begin[0], s.pad_left = g.pads_begin[1], s.pad_bottom = g.pads_end[0], s.pad_right = g.pads_end[1];
+        PERCH_CHECK(s.out_h() > 0 && s.out_w() > 0, "input ", shape_str(x.shape()), " is too small for the kernel");
+        out_shape = {s.batch, N, s.out_h(), s.out_w()};
+        acc = Tensor(DType::kFloat32, out_shape);
+        // Zero padding of (q - zp) is the ONNX padding of the real input.
+        (exact_f32 ? kernels::conv2d_f32 : kernels::conv2d_f32_reference)(s, x.data<float>(), wf->data<float>(), nullptr,
+                                                                           acc.data<float>());
+      } else {
+        PERCH_CHECK(x.rank() >= 2 && x.dim(-1) == K, "input ", shape_str(x.shape()), " does not end in K = ", K);
+        const int64_t M = x.numel() / K;
+        out_shape = x.shape();
+        out_shape.back() = N;
+        acc = Tensor(DType::kFloat32, out_shape);
+        if (exact_f32) {
+          kernels::GemmF32Args g;
+          g.trans_b = trans_b;
+          g.m = M, g.n = N, g.k = K;
+          g.a = x.data<float>(), g.lda = K;
+          g.b = wf->data<float>(), g.ldb = trans_b ? K : N;
+          g.c = acc.data<float>(), g.ldc = N;
+          kernels::gemm_f32(g);
+        } else {
+          const float* a = x.data<float>();
+          const float* b = wf->data<float>();
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double sum = 0;
+              for (int64_t k = 0; k < K; ++k) sum += double{a[i * K + k]} * double{trans_b ? b[j * K + k] : b[k * N + j]};
+              acc.data<float>()[i * N + j] = static_cast<float>(sum);  // |sum| < 2^24 after all, or rounded
+            }
+        }
+      }
+    } catch (const Error& e) {
+      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+    }
+    // Channel of flat output index i: NCHW (Conv) or last axis.
+    const int64_t inner = op == "Conv" ? out_shape[2] * out_shape[3] : 1;
+    const float* a = acc.data<float>();
+    auto channel = [&](int64_t i) { return op == "Conv" ? (i / inner) % N : i % N; };
+    auto acc_at = [&](int64_t i) {
+      // The exact integer sum, plus the bias with int32 wrap-around (as the kernels).
+      const int64_t v = std::llround(a[i]);
+      const int64_t b = bias->empty() ? 0 : (*bias)[static_cast<size_t>(channel(i))];
+      return static_cast<int32_t>(static_cast<uint32_t>(v + b));
+    };
+    if (stage.type == OutputType::kInt32) {
+      Tensor f(DType::kFloat32, out_shape);
+      for (int64_t i = 0; i < f.numel(); ++i)
+        f.data<float>()[i] = static_cast<float>(acc_at(i)) * (*fscale)[static_cast<size_t>(channel(i))];
+      c.values[out_name] = Slot{std::move(f), Layout::kPlain};
+      return;
+    }
+    // q = clamp(multiply_by_quantized_multiplier(acc, M[c]) + zp_y, qmin, qmax)   (output_stage_s8.h)
+    Tensor y(stage.type == OutputType::kUInt8 ? DType::kUInt8 : DType::kInt8, out_shape);
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc_at(i), (*mults)[static_cast<size_t>(channel(i))])} +
+                        stage.zero_point;
+      const int64_t q = std::clamp<int64_t>(v, stage.qmin, stage.qmax);
+      if (y.dtype() == DType::kUInt8) y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
+      else y.data<int8_t>()[i] = static_cast<int8_t>(q);
+    }
+    c.values[out_name] = Slot{std::move(y), Layout::kPlain};
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -884,7 +1016,7 @@ void Int8Executor::Impl::lower_requant_table(const Node& qn, const Alias& a, con
 // ---------------------------------------------------------------------------------------------------------
 // Lowering driver
 
-Int8Executor::Impl::Impl(graph::Model m) : model(std::move(m)) {
+Int8Executor::Impl::Impl(graph::Model m, Int8Mode md) : model(std::move(m)), mode(md) {
   // Executor's checks (opset range, every op supported by the float kernels the fallback needs).
   { Executor check(model); }
   registry = &OpRegistry::global();
@@ -994,7 +1126,7 @@ void Int8Executor::Impl::lower() {
 
 // ---------------------------------------------------------------------------------------------------------
 
-Int8Executor::Int8Executor(graph::Model model) : impl_(std::make_unique<Impl>(std::move(model))) {}
+Int8Executor::Int8Executor(graph::Model model, Int8Mode mode) : impl_(std::make_unique<Impl>(std::move(model), mode)) {}
 Int8Executor::~Int8Executor() = default;
 Int8Executor::Int8Executor(Int8Executor&&) noexcept = default;
 Int8Executor& Int8Executor::operator=(Int8Executor&&) noexcept = default;
@@ -1004,7 +1136,7 @@ const graph::Model& Int8Executor::model() const { return impl_->model; }
 const std::string& Int8Executor::input_name() const { return impl_->model.graph.inputs.at(0).name; }
 const std::string& Int8Executor::output_name() const { return impl_->model.graph.outputs.at(0).name; }
 
-TensorMap Int8Executor::run(const TensorMap& inputs) const {
+TensorMap Int8Executor::run(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const {
   const Impl& m = *impl_;
   Ctx c;
   for (const auto& in : m.model.graph.inputs) {
@@ -1023,12 +1155,14 @@ TensorMap Int8Executor::run(const TensorMap& inputs) const {
   }
   for (const auto& s : m.steps) s(c);
   TensorMap out;
-  for (const auto& o : m.model.graph.outputs) {
-    const std::string r = m.resolve(o.name);
-    // An 8-bit graph output (a Q output) is returned as 8-bit; a float one as float.
-    if (m.qvalues.count(r) && !m.alias_of(r)) out[o.name] = to_layout(m.slot(c, r), Layout::kPlain);
-    else out[o.name] = m.float_value(c, r);
-  }
+  auto get = [&](const std::string& name) {
+    const std::string r = m.resolve(name);
+    // An 8-bit value (a Q output) is returned as 8-bit; a float one as float.
+    if (m.qvalues.count(r) && !m.alias_of(r)) return to_layout(m.slot(c, r), Layout::kPlain);
+    return m.float_value(c, r);
+  };
+  for (const auto& o : m.model.graph.outputs) out[o.name] = get(o.name);
+  for (const auto& e : extra_outputs) out[e] = get(e);
   return out;
 }
 

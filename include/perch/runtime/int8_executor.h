@@ -42,15 +42,24 @@ struct Int8Report {
   std::string summary() const;
 };
 
+// kInteger: the int8 kernels (gemm_s8.h, dwconv_s8.h). kSimulate: perch's exact simulation of them — the same
+// lowering, but Conv/Gemm/MatMul accumulate on the float kernels (conv_f32.h, gemm_f32.h) over the
+// integer-valued tensors (q - zp), exact by the bound in docs/INTEGER.md, then the same bias and fixed-point
+// output stage. The two give bit-identical results; the float executor (executor.h) on the same QDQ file is
+// the classic fake-quant simulation (float conv, then QuantizeLinear), which differs by rounding.
+enum class Int8Mode : uint8_t { kInteger, kSimulate };
+
 class Int8Executor {
  public:
-  explicit Int8Executor(graph::Model model);
+  explicit Int8Executor(graph::Model model, Int8Mode mode = Int8Mode::kInteger);
   ~Int8Executor();
   Int8Executor(Int8Executor&&) noexcept;
   Int8Executor& operator=(Int8Executor&&) noexcept;
 
-  // Graph inputs by name (float, as the QDQ model declares them); returns the graph outputs by name.
-  TensorMap run(const TensorMap& inputs) const;
+  // Graph inputs by name (float, as the QDQ model declares them); returns the graph outputs by name, and the
+  // values named in `extra_outputs` (8-bit values — QuantizeLinear outputs — as 8-bit tensors in the ONNX
+  // layout, float values as float), e.g. to compare every quantized activation with the simulation's.
+  TensorMap run(const TensorMap& inputs, const std::vector<std::string>& extra_outputs = {}) const;
   Tensor run1(const Tensor& input) const;
 
   const Int8Report& report() const;

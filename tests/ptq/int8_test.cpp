@@ -1,0 +1,177 @@
+// The integer executor against perch's simulation (the float executor on the same QDQ model) on the shared
+// models quantized W8A8 per-channel, as `perch quantize` does by default: every 8-bit activation compared
+// value by value, the logits, top-1 agreement and accuracy on the full Fashion-MNIST test set.
+// The contract measured here is documented in docs/INTEGER.md. Skips visibly without ../shared or the data.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include "perch/core/progress.h"
+#include "perch/data/dataset.h"
+#include "perch/graph/onnx_io.h"
+#include "perch/graph/passes.h"
+#include "perch/ptq/evaluate.h"
+#include "perch/ptq/quantize.h"
+#include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
+#include "test_util.h"
+
+namespace perch::ptq {
+namespace {
+
+using runtime::TensorMap;
+
+bool have_fashion_mnist() {
+  return std::filesystem::exists(std::filesystem::path(fashion_mnist_dir()) / "t10k-images-idx3-ubyte.gz");
+}
+
+// `perch quantize MODEL` with its defaults: W8A8 per-channel, 1024 seeded calibration images, CLE + BC.
+graph::Model quantize_default(const std::filesystem::path& path) {
+  set_quiet(true);
+  graph::Model m = graph::load_model(path);
+  const Dataset train = load_dataset("fashion-mnist:train");
+  const Dataset calib = sample(train, 1024, 0);
+  PtqOptions opt;
+  return quantize_model(m, calib, opt).model;
+}
+
+struct Compare {
+  int64_t images = 0, top1_agree = 0;
+  double max_logit_diff = 0, max_logit = 0;
+  // per QuantizeLinear output: values compared, values differing, largest |difference| in quantization steps
+  struct Layer {
+    std::string value;
+    int64_t count = 0, differ = 0;
+    int max_steps = 0;
+  };
+  std::vector<Layer> layers;
+};
+
+// a: the reference engine's values (every QuantizeLinear output and the graph output), b: the int8 engine's.
+Compare compare_values(const graph::Model& qdq, const TensorMap& a, const TensorMap& b) {
+  std::vector<std::string> qs;
+  for (const auto& n : qdq.graph.nodes)
+    if (n.op_type == "QuantizeLinear") qs.push_back(n.outputs[0]);
+  const std::string out = qdq.graph.outputs[0].name;
+  Compare c;
+  for (const auto& q : qs) {
+    const Tensor& ta = a.at(q);
+    const Tensor& tb = b.at(q);
+    EXPECT_EQ(ta.dtype(), tb.dtype()) << q;
+    EXPECT_EQ(ta.shape(), tb.shape()) << q;
+    if (ta.shape() != tb.shape() || ta.dtype() != tb.dtype()) continue;
+    const auto va = ta.to_i64_vector(), vb = tb.to_i64_vector();
+    Compare::Layer l{q, static_cast<int64_t>(va.size()), 0, 0};
+    for (size_t i = 0; i < va.size(); ++i) {
+      const int d = static_cast<int>(std::llabs(va[i] - vb[i]));
+      l.differ += d != 0;
+      l.max_steps = std::max(l.max_steps, d);
+    }
+    c.layers.push_back(l);
+  }
+  const Tensor la = a.at(out).to_f32(), lb = b.at(out).to_f32();
+  EXPECT_EQ(la.shape(), lb.shape());
+  c.images = la.dim(0);
+  const int64_t classes = la.numel() / c.images;
+  for (int64_t i = 0; i < c.images; ++i) {
+    const float* pa = la.data<float>() + i * classes;
+    const float* pb = lb.data<float>() + i * classes;
+    c.top1_agree += std::max_element(pa, pa + classes) - pa == std::max_element(pb, pb + classes) - pb;
+    for (int64_t k = 0; k < classes; ++k) {
+      c.max_logit_diff = std::max(c.max_logit_diff, static_cast<double>(std::fabs(pa[k] - pb[k])));
+      c.max_logit = std::max(c.max_logit, static_cast<double>(std::fabs(pa[k])));
+    }
+  }
+  return c;
+}
+
+std::vector<std::string> q_outputs(const graph::Model& m) {
+  std::vector<std::string> qs;
+  for (const auto& n : m.graph.nodes)
+    if (n.op_type == "QuantizeLinear") qs.push_back(n.outputs[0]);
+  return qs;
+}
+
+void print(const char* what, const Compare& c) {
+  std::printf("  %s:\n", what);
+  for (const auto& l : c.layers)
+    std::printf("    %-40s %9lld values, %8lld differ (%.4f%%), max %d step(s)\n", l.value.c_str(),
+                static_cast<long long>(l.count), static_cast<long long>(l.differ),
+                100.0 * static_cast<double>(l.differ) / static_cast<double>(l.count), l.max_steps);
+  std::printf("    logits: max |difference| %.6g (max |logit| %.3g), top-1 agreement %lld / %lld\n", c.max_logit_diff,
+              c.max_logit, static_cast<long long>(c.top1_agree), static_cast<long long>(c.images));
+}
+
+std::filesystem::path ort_dir() { return test::source_dir() / "tools" / "ort"; }
+
+class Int8Shared : public testing::TestWithParam<const char*> {};
+
+// int8 vs the exact simulation: every 8-bit activation and every logit identical (the contract).
+// int8 vs the classic fake-quant simulation (float executor): rounding differences, bounded loosely.
+// Accuracy on the 10 000 test images: int8 == exact sim, |int8 - ONNX Runtime| <= 0.001 on the same file.
+TEST_P(Int8Shared, MatchesSimulationAndOnnxRuntime) {
+  PERCH_REQUIRE_SHARED_MODEL(path, GetParam());
+  if (!have_fashion_mnist()) GTEST_SKIP() << "Fashion-MNIST not found in " << fashion_mnist_dir();
+  const graph::Model qdq = quantize_default(path);
+  const runtime::Int8Executor i8(qdq);
+  const runtime::Int8Executor sim(qdq, runtime::Int8Mode::kSimulate);
+  const runtime::Executor fq(qdq);
+  std::printf("%s: %s\n", GetParam(), i8.report().summary().c_str());
+  EXPECT_EQ(i8.report().float_nodes(), 0) << i8.report().summary();
+
+  const Dataset test = load_dataset("fashion-mnist:test");
+  const Tensor x = test.batch(0, 500);
+  const auto qs = q_outputs(qdq);
+  const TensorMap r_i8 = i8.run({{i8.input_name(), x}}, qs);
+  const Compare exact = compare_values(qdq, sim.run({{sim.input_name(), x}}, qs), r_i8);
+  print("int8 vs exact simulation", exact);
+  for (const auto& l : exact.layers) EXPECT_EQ(l.differ, 0) << l.value;
+  EXPECT_EQ(exact.max_logit_diff, 0.0);
+  EXPECT_EQ(exact.top1_agree, exact.images);
+
+  const Compare classic = compare_values(qdq, fq.run({{fq.input_name(), x}}, nullptr, qs), r_i8);
+  print("int8 vs fake-quant float simulation", classic);
+  // The first quantized layer sees identical inputs: float rounding of the simulation moves a value by at
+  // most one step. Later layers inherit and amplify such differences (docs/INTEGER.md).
+  ASSERT_GE(classic.layers.size(), 2u);
+  EXPECT_LE(classic.layers[1].max_steps, 1) << classic.layers[1].value;
+  EXPECT_LE(static_cast<double>(classic.layers[1].differ), 0.002 * static_cast<double>(classic.layers[1].count));
+  EXPECT_GE(static_cast<double>(classic.top1_agree), 0.99 * static_cast<double>(classic.images));
+
+  // Accuracy, full test set.
+  const auto acc_i8 = evaluate([&](const Tensor& b) { return i8.run1(b); }, "int8", test, 250);
+  const auto acc_sim = evaluate([&](const Tensor& b) { return sim.run1(b); }, "sim", test, 250);
+  std::printf("  accuracy: int8 %.4f, exact sim %.4f\n", acc_i8.accuracy(), acc_sim.accuracy());
+  EXPECT_EQ(acc_i8.correct, acc_sim.correct);
+  if (!std::filesystem::exists(ort_dir() / "node_modules" / "onnxruntime-node")) {
+    GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh): ORT comparison skipped";
+  }
+  const std::filesystem::path dir = test::binary_dir() / "test_scratch" / (std::string("int8_") + GetParam());
+  std::filesystem::create_directories(dir);
+  graph::save_model(qdq, dir / "q.onnx");
+  const std::string mnist = fashion_mnist_dir() + "/";
+  const auto r = test::run_cmd("node " + test::shell_quote(ort_dir() / "eval.js") + " " + test::shell_quote(dir / "q.onnx") +
+                               " --images " + mnist + "t10k-images-idx3-ubyte.gz --labels " + mnist +
+                               "t10k-labels-idx1-ubyte.gz --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto pos = r.out.find("\"accuracy\":");
+  ASSERT_NE(pos, std::string::npos) << r.out;
+  const double ort = std::stod(r.out.substr(pos + 11));
+  std::printf("  accuracy: ONNX Runtime %.4f\n", ort);
+  EXPECT_NEAR(acc_i8.accuracy(), ort, 0.001) << "int8 engine vs ONNX Runtime on the same QDQ file";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, Int8Shared,
+                         testing::Values("fmnist_convnet.onnx", "fmnist_convnet_hard.onnx", "fmnist_mbv2.onnx"),
+                         [](const testing::TestParamInfo<const char*>& i) {
+                           std::string s = i.param;
+                           s = s.substr(0, s.find('.'));
+                           return s;
+                         });
+
+}  // namespace
+}  // namespace perch::ptq
