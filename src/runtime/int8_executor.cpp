@@ -698,11 +698,17 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
     const Slot& xs = slot(c, xq);
     const Tensor xq_plain = to_layout(xs, Layout::kPlain);
     // (q - zp_x) as float: exact (|q - zp| <= 255).
-    Tensor x(DType::kFloat32, xq_plain.shape());
+    Tensor x = Tensor::uninitialized(DType::kFloat32, xq_plain.shape());
     {
-      const auto v = xq_plain.to_i64_vector();
       float* d = x.data<float>();
-      for (size_t i = 0; i < v.size(); ++i) d[i] = static_cast<float>(v[i] - xp.zero_point);
+      const int64_t cnt = x.numel();
+      if (xq_plain.dtype() == DType::kUInt8) {
+        const uint8_t* q = xq_plain.data<uint8_t>();
+        for (int64_t i = 0; i < cnt; ++i) d[i] = static_cast<float>(int32_t{q[i]} - xp.zero_point);
+      } else {
+        const int8_t* q = xq_plain.data<int8_t>();
+        for (int64_t i = 0; i < cnt; ++i) d[i] = static_cast<float>(int32_t{q[i]} - xp.zero_point);
+      }
     }
     Tensor acc;      // float, integer-valued
     Shape out_shape;
@@ -751,32 +757,40 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
     } catch (const Error& e) {
       PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
     }
-    // Channel of flat output index i: NCHW (Conv) or last axis.
+    // Walk the output as (outer, channel, inner): NCHW for Conv (inner = OH*OW), [.., N] otherwise (inner = 1).
     const int64_t inner = op == "Conv" ? out_shape[2] * out_shape[3] : 1;
+    const int64_t outer = acc.numel() / (N * inner);
     const float* a = acc.data<float>();
-    auto channel = [&](int64_t i) { return op == "Conv" ? (i / inner) % N : i % N; };
-    auto acc_at = [&](int64_t i) {
-      // The exact integer sum, plus the bias with int32 wrap-around (as the kernels).
-      const int64_t v = std::llround(a[i]);
-      const int64_t b = bias->empty() ? 0 : (*bias)[static_cast<size_t>(channel(i))];
-      return static_cast<int32_t>(static_cast<uint32_t>(v + b));
+    // The exact integer sum (an integer-valued float: the conversion is exact), plus the bias with int32
+    // wrap-around as the int8 kernels add it.
+    auto acc_at = [&](int64_t i, int64_t ch) {
+      const int64_t v = static_cast<int64_t>(a[i]) + (bias->empty() ? 0 : (*bias)[static_cast<size_t>(ch)]);
+      return static_cast<int32_t>(static_cast<uint32_t>(v));
     };
     if (stage.type == OutputType::kInt32) {
-      Tensor f(DType::kFloat32, out_shape);
-      for (int64_t i = 0; i < f.numel(); ++i)
-        f.data<float>()[i] = static_cast<float>(acc_at(i)) * (*fscale)[static_cast<size_t>(channel(i))];
+      Tensor f = Tensor::uninitialized(DType::kFloat32, out_shape);
+      float* fo = f.data<float>();
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t ch = 0; ch < N; ++ch)
+          for (int64_t p = 0; p < inner; ++p) {
+            const int64_t i = (o * N + ch) * inner + p;
+            fo[i] = static_cast<float>(acc_at(i, ch)) * (*fscale)[static_cast<size_t>(ch)];
+          }
       c.values[out_name] = Slot{std::move(f), Layout::kPlain};
       return;
     }
     // q = clamp(multiply_by_quantized_multiplier(acc, M[c]) + zp_y, qmin, qmax)   (output_stage_s8.h)
-    Tensor y(stage.type == OutputType::kUInt8 ? DType::kUInt8 : DType::kInt8, out_shape);
-    for (int64_t i = 0; i < y.numel(); ++i) {
-      const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc_at(i), (*mults)[static_cast<size_t>(channel(i))])} +
-                        stage.zero_point;
-      const int64_t q = std::clamp<int64_t>(v, stage.qmin, stage.qmax);
-      if (y.dtype() == DType::kUInt8) y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
-      else y.data<int8_t>()[i] = static_cast<int8_t>(q);
-    }
+    Tensor y = Tensor::uninitialized(stage.type == OutputType::kUInt8 ? DType::kUInt8 : DType::kInt8, out_shape);
+    auto* yo = static_cast<uint8_t*>(y.raw());  // raw bytes: int8 is stored as its two's complement byte
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t ch = 0; ch < N; ++ch) {
+        const quant::FixedPointMultiplier m = (*mults)[static_cast<size_t>(ch)];
+        for (int64_t p = 0; p < inner; ++p) {
+          const int64_t i = (o * N + ch) * inner + p;
+          const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc_at(i, ch), m)} + stage.zero_point;
+          yo[i] = static_cast<uint8_t>(static_cast<int32_t>(std::clamp<int64_t>(v, stage.qmin, stage.qmax)));
+        }
+      }
     c.values[out_name] = Slot{std::move(y), Layout::kPlain};
   });
 }

@@ -61,6 +61,13 @@ Tensor nhwc_to_nchw(const Tensor& x) {
 
 namespace {
 
+// y = max(y, x) over n bytes; unsigned, or signed via the order-preserving flip x ^ 0x80 done by the caller's
+// type (the loop is written for T so the compiler emits PMAXUB / PMAXSB).
+template <typename T>
+inline void max_into(T* __restrict y, const T* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] = y[c] < x[c] ? x[c] : y[c];
+}
+
 template <typename T>
 void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
   const int64_t OH = s.out_h(), OW = s.out_w(), C = s.channels;
@@ -78,17 +85,17 @@ void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
             if (iw < 0 || iw >= s.in_w) continue;
             const T* xp = x + ((n * s.in_h + ih) * s.in_w + iw) * C;
             if (first) {
-              std::memcpy(yp, xp, static_cast<size_t>(C) * sizeof(T));
+              for (int64_t c = 0; c < C; ++c) yp[c] = xp[c];
               first = false;
             } else {
-              for (int64_t c = 0; c < C; ++c) yp[c] = std::max(yp[c], xp[c]);
+              max_into(yp, xp, C);
             }
           }
         }
         PERCH_CHECK(!first, "maxpool: an output window lies entirely in the padding");
       }
     }
-  });
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, OW * C)));
 }
 
 template <typename T>
@@ -152,14 +159,28 @@ void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t r
     const int64_t n = r / (g.out_h * g.out_w), rem = r % (g.out_h * g.out_w);
     const int64_t oh = rem / g.out_w, ow = rem % g.out_w;
     uint8_t* o = out + (r - row_begin) * K;
+    const uint8_t* img = x + n * g.in_h * g.in_w * C;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
+      const bool row_in = ih >= 0 && ih < g.in_h;
+      const int64_t iw0 = ow * g.stride_w - g.pad_left;
+      if (row_in && g.dil_w == 1 && iw0 >= 0 && iw0 + g.kw <= g.in_w) {
+        // The kw taps of this kernel row are kw * C contiguous input bytes (NHWC, unit dilation).
+        const uint8_t* src = img + (ih * g.in_w + iw0) * C;
+        const int64_t len = g.kw * C;
+        if (len >= 32) std::memcpy(o, src, static_cast<size_t>(len));
+        else for (int64_t b = 0; b < len; ++b) o[b] = src[b];
+        o += len;
+        continue;
+      }
       for (int64_t j = 0; j < g.kw; ++j, o += C) {
-        const int64_t iw = ow * g.stride_w - g.pad_left + j * g.dil_w;
-        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w)
-          std::memset(o, pad_value, static_cast<size_t>(C));
-        else
-          std::memcpy(o, x + ((n * g.in_h + ih) * g.in_w + iw) * C, static_cast<size_t>(C));
+        const int64_t iw = iw0 + j * g.dil_w;
+        if (!row_in || iw < 0 || iw >= g.in_w) {
+          for (int64_t b = 0; b < C; ++b) o[b] = pad_value;
+        } else {
+          const uint8_t* src = img + (ih * g.in_w + iw) * C;
+          for (int64_t b = 0; b < C; ++b) o[b] = src[b];
+        }
       }
     }
   }

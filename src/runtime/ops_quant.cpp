@@ -105,6 +105,7 @@ void register_nn_ops(OpRegistry& r);
 void register_elementwise_ops(OpRegistry& r);
 void register_shape_ops(OpRegistry& r);
 void register_coverage_ops(OpRegistry& r);  // ops_tensor.cpp
+void register_qlinear_ops(OpRegistry& r);   // ops_qlinear.cpp
 
 void register_builtin_ops(OpRegistry& r) {
   register_nn_ops(r);
@@ -112,6 +113,7 @@ void register_builtin_ops(OpRegistry& r) {
   register_shape_ops(r);
   register_quant_ops(r);
   register_coverage_ops(r);
+  register_qlinear_ops(r);
 }
 
 }  // namespace perch::runtime
