@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <random>
 
 #include "perch/core/progress.h"
 #include "perch/data/dataset.h"
@@ -107,6 +108,61 @@ void print(const char* what, const Compare& c) {
 }
 
 std::filesystem::path ort_dir() { return test::source_dir() / "tools" / "ort"; }
+
+Tensor random_input(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+  Tensor x(DType::kFloat32, {n, 1, 8, 8});
+  for (auto& v : x.span<float>()) v = u(rng);
+  return x;
+}
+
+struct TinyCase {
+  const char* name;
+  bool act_signed;
+  quant::Granularity weights;
+};
+
+class Int8Tiny : public testing::TestWithParam<TinyCase> {};
+
+// test::tiny_cnn has every lowered pattern (Conv+Relu, MaxPool, depthwise Conv+Clip, residual Add, GAP,
+// Flatten, Gemm to a float output). Quantized with uint8 or int8 activations, per-channel or per-tensor
+// weights: everything lowers; int8 == exact simulation bit for bit; the fake-quant simulation agrees up to
+// rounding (first layer within one step, logits within a few output steps).
+TEST_P(Int8Tiny, LowersEverythingAndMatchesSimulation) {
+  const TinyCase tc = GetParam();
+  set_quiet(true);
+  const graph::Model m = test::tiny_cnn(7);
+  Dataset calib{random_input(256, 1), {}, "random"};
+  PtqOptions opt;
+  opt.activations.is_signed = tc.act_signed;
+  opt.weights.granularity = tc.weights;
+  const graph::Model qdq = quantize_model(m, calib, opt).model;
+  const runtime::Int8Executor i8(qdq);
+  const runtime::Int8Executor sim(qdq, runtime::Int8Mode::kSimulate);
+  const runtime::Executor fq(qdq);
+  EXPECT_EQ(i8.report().float_nodes(), 0) << i8.report().summary();
+  const Tensor x = random_input(64, 2);
+  const auto qs = q_outputs(qdq);
+  ASSERT_GE(qs.size(), 4u);
+  const TensorMap r = i8.run({{"x", x}}, qs);
+  // The 8-bit activations have the type asked for.
+  EXPECT_EQ(r.at(qs[1]).dtype(), tc.act_signed ? DType::kInt8 : DType::kUInt8);
+  const Compare exact = compare_values(qdq, sim.run({{"x", x}}, qs), r);
+  for (const auto& l : exact.layers) EXPECT_EQ(l.differ, 0) << l.value;
+  EXPECT_EQ(exact.max_logit_diff, 0.0);
+  const Compare classic = compare_values(qdq, fq.run({{"x", x}}, nullptr, qs), r);
+  print("int8 vs fake-quant float simulation", classic);
+  EXPECT_LE(classic.layers[1].max_steps, 1) << classic.layers[1].value;
+  EXPECT_GE(static_cast<double>(classic.top1_agree), 0.95 * static_cast<double>(classic.images));
+  EXPECT_LE(classic.max_logit_diff, 0.05 * classic.max_logit);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, Int8Tiny,
+                         testing::Values(TinyCase{"u8_per_channel", false, quant::Granularity::kPerChannel},
+                                         TinyCase{"s8_per_channel", true, quant::Granularity::kPerChannel},
+                                         TinyCase{"u8_per_tensor", false, quant::Granularity::kPerTensor}),
+                         [](const testing::TestParamInfo<TinyCase>& i) { return std::string(i.param.name); });
 
 class Int8Shared : public testing::TestWithParam<const char*> {};
 
