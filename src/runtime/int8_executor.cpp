@@ -1128,6 +1128,17 @@ void Int8Executor::Impl::lower() {
       } else {
         done = lower_reshape(n, &reason);
       }
+    } else if (op == "QLinearConv" || op == "QLinearMatMul" || op == "ConvInteger" || op == "MatMulInteger") {
+      // ONNX's integer ops: run by their own integer kernels (ops_qlinear.cpp) on the 8-bit tensors as they
+      // are; QLinear* outputs are 8-bit values later DequantizeLinear nodes can read directly.
+      add_float_step(n);
+      if (op.rfind("QLinear", 0) == 0) {
+        const Tensor* z = n.input(7).empty() ? nullptr : constant(n.input(7));
+        if (z && (z->dtype() == DType::kUInt8 || z->dtype() == DType::kInt8)) qvalues[n.outputs.at(0)] = z->dtype();
+      }
+      report.nodes.push_back({n.describe(), true, "ONNX integer op, exact integer loops (ops_qlinear.cpp), not repacked"});
+      done = true;
+      continue;
     } else {
       done = lower_table(n, &reason);
     }

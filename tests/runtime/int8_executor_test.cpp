@@ -1,0 +1,209 @@
+// The integer executor on hand-built QDQ graphs in the style other tools write (int8 activations, unfused
+// activations, uint8 weights with a zero point, float ops in between), against its exact simulation
+// (Int8Mode::kSimulate), the float executor, and double-precision references. The shared models and perch's
+// own quantizer's output are covered in tests/ptq/int8_test.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "perch/graph/onnx_io.h"
+#include "perch/quant/fixed_point.h"
+#include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
+#include "test_util.h"
+
+namespace perch::runtime {
+namespace {
+
+struct Builder {
+  graph::Model m;
+  Builder() { m.set_opset(13); }
+  void node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out,
+            std::map<std::string, graph::AttrValue> attrs = {}) {
+    graph::Node n;
+    n.op_type = op;
+    n.name = op + "_" + out[0];
+    n.inputs = std::move(in);
+    n.outputs = std::move(out);
+    n.attrs = std::move(attrs);
+    m.graph.nodes.push_back(n);
+  }
+  template <typename T>
+  void init(const std::string& name, Shape s, std::vector<T> v) {
+    m.graph.initializers[name] = Tensor::from<T>(std::move(s), v);
+  }
+  // Q -> DQ pair on `v` with per-tensor (scale, zp of type T); returns the DQ output name.
+  template <typename T>
+  std::string qdq(const std::string& v, float scale, T zp) {
+    init<float>(v + "_s", {}, {scale});
+    init<T>(v + "_z", {}, {zp});
+    node("QuantizeLinear", {v, v + "_s", v + "_z"}, {v + "_q"});
+    node("DequantizeLinear", {v + "_q", v + "_s", v + "_z"}, {v + "_dq"});
+    return v + "_dq";
+  }
+};
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// x [N,3,6,6] -Q(int8)-> Conv 3x3 (int8 weights per-channel, int32 bias) -> Relu (unfused: its own Q/DQ)
+// -> Flatten -> MatMul (uint8 weights, per-tensor zero point 120) -> Q(uint8) -> DQ -> "y2";
+// and the Conv's dequantized output -> Sigmoid -> "y1" (float: not followed by a Q).
+graph::Model foreign_model() {
+  Builder b;
+  auto& g = b.m.graph;
+  g.inputs.push_back({"x", DType::kFloat32, {-1, 3, 6, 6}, {"N", "", "", ""}, true});
+  g.outputs.push_back({"y1", DType::kFloat32, {-1, 4, 6, 6}, {}, true});
+  g.outputs.push_back({"y2", DType::kFloat32, {-1, 5}, {}, true});
+  const float xs = 0.02f;
+  const std::string x = b.qdq<int8_t>("x", xs, int8_t{-3});
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> wq(-127, 127), bq(-2000, 2000), uq(0, 255);
+  std::vector<int8_t> w(4 * 3 * 3 * 3);
+  for (auto& v : w) v = static_cast<int8_t>(wq(rng));
+  const std::vector<float> ws = {0.004f, 0.0011f, 0.0063f, 0.002f};
+  b.init<int8_t>("w", {4, 3, 3, 3}, w);
+  b.init<float>("w_s", {4}, ws);
+  b.init<int8_t>("w_z", {4}, {0, 0, 0, 0});
+  b.node("DequantizeLinear", {"w", "w_s", "w_z"}, {"w_dq"}, {{"axis", int64_t{0}}});
+  std::vector<int32_t> bias(4);
+  std::vector<float> bs(4);
+  for (int c = 0; c < 4; ++c) bias[c] = bq(rng), bs[c] = xs * ws[c];
+  b.init<int32_t>("b", {4}, bias);
+  b.init<float>("b_s", {4}, bs);
+  b.node("DequantizeLinear", {"b", "b_s"}, {"b_dq"}, {{"axis", int64_t{0}}});
+  b.node("Conv", {x, "w_dq", "b_dq"}, {"c"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
+  const std::string c = b.qdq<int8_t>("c", 0.05f, int8_t{10});
+  b.node("Sigmoid", {c}, {"y1"});
+  b.node("Relu", {c}, {"r"});
+  const std::string r = b.qdq<int8_t>("r", 0.03f, int8_t{-128});
+  b.node("Flatten", {r}, {"f"});
+  std::vector<uint8_t> wm(4 * 6 * 6 * 5);
+  for (auto& v : wm) v = static_cast<uint8_t>(uq(rng));
+  b.init<uint8_t>("wm", {144, 5}, wm);
+  b.init<float>("wm_s", {}, {0.001f});
+  b.init<uint8_t>("wm_z", {}, {120});
+  b.node("DequantizeLinear", {"wm", "wm_s", "wm_z"}, {"wm_dq"});
+  b.node("MatMul", {"f", "wm_dq"}, {"mm"});
+  b.init<float>("mm_s", {}, {0.04f});
+  b.init<uint8_t>("mm_z", {}, {128});
+  b.node("QuantizeLinear", {"mm", "mm_s", "mm_z"}, {"mm_q"});
+  b.node("DequantizeLinear", {"mm_q", "mm_s", "mm_z"}, {"y2"});
+  return b.m;
+}
+
+Tensor input(int64_t n, uint32_t seed) {
+  auto v = randn(static_cast<size_t>(n * 3 * 36), seed, 1.0f);
+  return Tensor::from<float>({n, 3, 6, 6}, v);
+}
+
+TEST(Int8Executor, ForeignQdqLowersAndReportsTheFloatNode) {
+  const graph::Model m = foreign_model();
+  const Int8Executor i8(m);
+  const auto& rep = i8.report();
+  // Sigmoid's output is a float graph output (no Q after it): the one float node, named with the reason.
+  EXPECT_EQ(rep.float_nodes(), 1) << rep.summary();
+  for (const auto& e : rep.nodes)
+    if (!e.integer) {
+      EXPECT_NE(e.node.find("Sigmoid"), std::string::npos) << e.node;
+      EXPECT_NE(e.how.find("QuantizeLinear"), std::string::npos) << e.how;
+    }
+  EXPECT_NE(rep.summary().find("Sigmoid"), std::string::npos);
+  int lowered = 0;
+  for (const auto& e : rep.nodes) {
+    std::printf("  %-45s %s\n", e.node.c_str(), e.how.c_str());
+    if ((e.node.rfind("Conv ", 0) == 0 || e.node.rfind("MatMul ", 0) == 0 || e.node.rfind("Relu ", 0) == 0) &&
+        e.how.rfind("int8 ", 0) == 0)
+      ++lowered;
+  }
+  EXPECT_EQ(lowered, 3) << "Conv, Relu (table) and MatMul must run as integer ops";
+  const Tensor x = input(8, 3);
+  const TensorMap a = i8.run({{"x", x}}, {"c_q", "r_q", "mm_q"});
+  const TensorMap s = Int8Executor(m, Int8Mode::kSimulate).run({{"x", x}}, {"c_q", "r_q", "mm_q"});
+  for (const char* v : {"c_q", "r_q", "mm_q", "y1", "y2"}) {
+    ASSERT_EQ(a.at(v).dtype(), s.at(v).dtype()) << v;
+    ASSERT_EQ(a.at(v).shape(), s.at(v).shape()) << v;
+    EXPECT_EQ(std::memcmp(a.at(v).raw(), s.at(v).raw(), a.at(v).nbytes()), 0) << v << " differs from the exact simulation";
+  }
+  EXPECT_EQ(a.at("c_q").dtype(), DType::kInt8);
+  EXPECT_EQ(a.at("mm_q").dtype(), DType::kUInt8);
+}
+
+// The Conv's quantized output against a double-precision reference of the integer formula:
+// q = clamp(round((acc + bias) * s_x s_w[c] / s_y) + zp): the fixed-point requantization is within one step
+// of the exactly rounded value (docs/INTEGER.md), and equal to it away from ties.
+TEST(Int8Executor, ConvRequantizationWithinOneStepOfExactRounding) {
+  const graph::Model m = foreign_model();
+  const Int8Executor i8(m);
+  const Tensor x = input(4, 9);
+  const Tensor cq = i8.run({{"x", x}}, {"c_q"}).at("c_q");
+  const Tensor& w = m.graph.initializers.at("w");
+  const Tensor& b = m.graph.initializers.at("b");
+  const auto ws = m.graph.initializers.at("w_s").span<float>();
+  // Quantize x as the model does (float division, ties to even), then convolve exactly in int64.
+  std::vector<int32_t> xq(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < x.numel(); ++i)
+    xq[static_cast<size_t>(i)] =
+        static_cast<int32_t>(std::clamp(std::nearbyint(x.data<float>()[i] / 0.02f) + -3.0f, -128.0f, 127.0f));
+  int64_t exact = 0, total = 0;
+  for (int64_t n = 0; n < 4; ++n)
+    for (int64_t c = 0; c < 4; ++c)
+      for (int64_t oh = 0; oh < 6; ++oh)
+        for (int64_t ow = 0; ow < 6; ++ow) {
+          int64_t acc = b.data<int32_t>()[c];
+          for (int64_t ci = 0; ci < 3; ++ci)
+            for (int64_t i = 0; i < 3; ++i)
+              for (int64_t j = 0; j < 3; ++j) {
+                const int64_t ih = oh - 1 + i, iw = ow - 1 + j;
+                if (ih < 0 || ih >= 6 || iw < 0 || iw >= 6) continue;
+                acc += int64_t{xq[static_cast<size_t>(((n * 3 + ci) * 6 + ih) * 6 + iw)] + 3} *
+                       w.data<int8_t>()[((c * 3 + ci) * 3 + i) * 3 + j];
+              }
+          const double real = static_cast<double>(acc) * (double{0.02f} * double{ws[static_cast<size_t>(c)]} / double{0.05f});
+          const double want = std::clamp(std::nearbyint(real) + 10.0, -128.0, 127.0);
+          const double got = cq.data<int8_t>()[((n * 4 + c) * 6 + oh) * 6 + ow];
+          EXPECT_LE(std::fabs(got - want), 1.0) << "n=" << n << " c=" << c << " acc=" << acc;
+          exact += got == want;
+          ++total;
+        }
+  // Ties and the 31-bit multiplier are rare: nearly all values equal the exactly rounded ones.
+  EXPECT_GE(exact, total - total / 100);
+}
+
+TEST(Int8Executor, AgreesWithFloatExecutorUpToRounding) {
+  const graph::Model m = foreign_model();
+  const Tensor x = input(8, 4);
+  const TensorMap a = Int8Executor(m).run({{"x", x}}, {"c_q"});
+  const TensorMap f = Executor(m).run({{"x", x}}, nullptr, {"c_q"});
+  const auto va = a.at("c_q").to_i64_vector(), vf = f.at("c_q").to_i64_vector();
+  ASSERT_EQ(va.size(), vf.size());
+  for (size_t i = 0; i < va.size(); ++i) ASSERT_LE(std::llabs(va[i] - vf[i]), 1) << i;
+}
+
+TEST(Int8Executor, BadInputNamesTheTensor) {
+  const Int8Executor i8(foreign_model());
+  const std::string e = test::perch_error([&] { i8.run({{"x", Tensor(DType::kFloat32, {1, 3, 5, 6})}}); });
+  test::expect_contains(e, {"'x'", "[1,3,5,6]"});
+  const std::string e2 = test::perch_error([&] { i8.run({}); });
+  test::expect_contains(e2, {"'x'", "not given"});
+}
+
+TEST(Int8Executor, ModelWithoutQdqRunsInFloatAndSaysSo) {
+  graph::Model m = test::tiny_cnn(1);
+  const Int8Executor i8(m);
+  EXPECT_GT(i8.report().float_nodes(), 0);
+  const Tensor x = Tensor::from<float>({2, 1, 8, 8}, randn(128, 1, 1.0f));
+  const Tensor a = i8.run1(x), b = Executor(m).run1(x);
+  ASSERT_EQ(a.shape(), b.shape());
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_EQ(a.data<float>()[i], b.data<float>()[i]);
+}
+
+}  // namespace
+}  // namespace perch::runtime
