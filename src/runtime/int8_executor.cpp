@@ -1100,9 +1100,19 @@ void Int8Executor::Impl::lower() {
         lower_requant_table(n, *a, *p);
         done = true;
       } else if (p) {
-        // Float -> 8-bit boundary (e.g. the graph input): the simulation's QuantizeLinear itself.
-        add_float_step(n);
-        qvalues[n.outputs.at(0)] = p->type;
+        // Float -> 8-bit boundary (e.g. the graph input): QuantizeLinear's formula (int8::quantize_f32).
+        const QParams qp = *p;
+        const std::string in_name = n.input(0), out = n.outputs.at(0);
+        steps.push_back([this, qp, in_name, out](Ctx& c) {
+          const Tensor x = float_value(c, in_name);
+          PERCH_CHECK(x.dtype() == DType::kFloat32, model.source, ": QuantizeLinear input '", in_name, "' is ",
+                      dtype_name(x.dtype()), ", expected float32");
+          Tensor y = Tensor::uninitialized(qp.type, x.shape());
+          int8::quantize_f32(x.data<float>(), x.numel(), qp.scale, qp.zero_point, qp.qmin(), qp.qmax(),
+                             static_cast<uint8_t*>(y.raw()));
+          c.values[out] = Slot{std::move(y), Layout::kPlain};
+        });
+        qvalues[out] = p->type;
         report.nodes.push_back({n.describe(), true, "quantize the float input (boundary)"});
         done = true;
       } else {

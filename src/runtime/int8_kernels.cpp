@@ -71,8 +71,25 @@ inline void max_into(T* __restrict y, const T* __restrict x, int64_t n) {
 template <typename T>
 void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
   const int64_t OH = s.out_h(), OW = s.out_w(), C = s.channels;
+  // 2x2 stride 2 windows that never touch padding (the CNN case): four rows of C bytes per output pixel.
+  const bool k2s2 = s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.dil_h == 1 &&
+                    s.dil_w == 1 && s.pad_top == 0 && s.pad_left == 0 && 2 * OH <= s.in_h && 2 * OW <= s.in_w;
   parallel_for(0, s.batch * OH, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
+    for (int64_t r = lo; r < hi && k2s2; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const T* a = x + ((n * s.in_h + 2 * oh) * s.in_w + 2 * ow) * C;
+        const T* b = a + C;
+        const T* c = a + s.in_w * C;
+        const T* d = c + C;
+        T* __restrict yp = y + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t k = 0; k < C; ++k) {
+          const T ab = a[k] < b[k] ? b[k] : a[k], cd = c[k] < d[k] ? d[k] : c[k];
+          yp[k] = ab < cd ? cd : ab;
+        }
+      }
+    }
+    for (int64_t r = lo; r < hi && !k2s2; ++r) {
       const int64_t n = r / OH, oh = r % OH;
       for (int64_t ow = 0; ow < OW; ++ow) {
         T* yp = y + ((n * OH + oh) * OW + ow) * C;
@@ -153,36 +170,59 @@ void avgpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, int32_t zp_x, 
     avgpool_impl(s, x.data<int8_t>(), zp_x, multipliers, zp_y, qmin, qmax, y.data<int8_t>());
 }
 
+namespace {
+// n bytes from src to dst; short runs (the first layer's C = 1, 3) without a library call.
+inline void copy_bytes(uint8_t* __restrict dst, const uint8_t* __restrict src, int64_t n) {
+  if (n >= 32) {
+    std::memcpy(dst, src, static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t b = 0; b < n; ++b) dst[b] = src[b];
+}
+}  // namespace
+
 void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out) {
-  const int64_t C = g.channels, K = g.kh * g.kw * C;
+  const int64_t C = g.channels, K = g.kh * g.kw * C, kwc = g.kw * C;
+  // Row r = output pixel (n, oh, ow); walked incrementally (no division per row).
+  int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const int64_t n = r / (g.out_h * g.out_w), rem = r % (g.out_h * g.out_w);
-    const int64_t oh = rem / g.out_w, ow = rem % g.out_w;
     uint8_t* o = out + (r - row_begin) * K;
     const uint8_t* img = x + n * g.in_h * g.in_w * C;
+    const int64_t iw0 = ow * g.stride_w - g.pad_left;
+    const bool cols_in = g.dil_w == 1 && iw0 >= 0 && iw0 + g.kw <= g.in_w;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
       const bool row_in = ih >= 0 && ih < g.in_h;
-      const int64_t iw0 = ow * g.stride_w - g.pad_left;
-      if (row_in && g.dil_w == 1 && iw0 >= 0 && iw0 + g.kw <= g.in_w) {
+      if (row_in && cols_in) {
         // The kw taps of this kernel row are kw * C contiguous input bytes (NHWC, unit dilation).
-        const uint8_t* src = img + (ih * g.in_w + iw0) * C;
-        const int64_t len = g.kw * C;
-        if (len >= 32) std::memcpy(o, src, static_cast<size_t>(len));
-        else for (int64_t b = 0; b < len; ++b) o[b] = src[b];
-        o += len;
+        copy_bytes(o, img + (ih * g.in_w + iw0) * C, kwc);
+        o += kwc;
         continue;
       }
       for (int64_t j = 0; j < g.kw; ++j, o += C) {
         const int64_t iw = iw0 + j * g.dil_w;
-        if (!row_in || iw < 0 || iw >= g.in_w) {
-          for (int64_t b = 0; b < C; ++b) o[b] = pad_value;
-        } else {
-          const uint8_t* src = img + (ih * g.in_w + iw) * C;
-          for (int64_t b = 0; b < C; ++b) o[b] = src[b];
-        }
+        if (!row_in || iw < 0 || iw >= g.in_w) std::memset(o, pad_value, static_cast<size_t>(C));
+        else copy_bytes(o, img + (ih * g.in_w + iw) * C, C);
       }
     }
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++n;
+    }
+  }
+}
+
+void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y) {
+  const float lo = static_cast<float>(qmin - zero_point), hi = static_cast<float>(qmax - zero_point);
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] / scale;   // float division, as QuantizeLinear
+    v = v == v ? v : 0.0f;    // NaN -> zero point
+    v = v < lo ? lo : v;      // clamping before rounding to the integer bounds [lo, hi] commutes with
+    v = v > hi ? hi : v;      // rounding (and sends +-inf to qmax / qmin)
+    // Round half to even: |v| <= 510 < 2^22, so adding 1.5 * 2^23 leaves no fraction bits and the float
+    // addition rounds to nearest, ties to even; subtracting it back is exact.
+    const float r = (v + 12582912.0f) - 12582912.0f;
+    y[i] = static_cast<uint8_t>(static_cast<int32_t>(r) + zero_point);
   }
 }
 

@@ -37,6 +37,10 @@ struct Im2Col {
 };
 void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out);
 
+// QuantizeLinear per tensor, exactly quant::quantize_value (q = clamp(round_half_even(x / s) + zp)), written
+// so the compiler vectorizes it; y holds the raw bytes (int8 as two's complement).
+void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y);
+
 // y[i] = table[x[i]] (256 entries) and y[i] = table[a[i] * 256 + b[i]] (65536 entries), on raw bytes.
 void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y);
 void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y);

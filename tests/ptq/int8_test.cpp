@@ -153,6 +153,7 @@ TEST_P(Int8Tiny, LowersEverythingAndMatchesSimulation) {
   EXPECT_EQ(exact.max_logit_diff, 0.0);
   const Compare classic = compare_values(qdq, fq.run({{"x", x}}, nullptr, qs), r);
   print("int8 vs fake-quant float simulation", classic);
+  EXPECT_EQ(classic.layers[0].differ, 0) << "the input's QuantizeLinear must be the simulation's exactly";
   EXPECT_LE(classic.layers[1].max_steps, 1) << classic.layers[1].value;
   EXPECT_GE(static_cast<double>(classic.top1_agree), 0.95 * static_cast<double>(classic.images));
   EXPECT_LE(classic.max_logit_diff, 0.05 * classic.max_logit);
@@ -194,6 +195,7 @@ TEST_P(Int8Shared, MatchesSimulationAndOnnxRuntime) {
   // The first quantized layer sees identical inputs: float rounding of the simulation moves a value by at
   // most one step. Later layers inherit and amplify such differences (docs/INTEGER.md).
   ASSERT_GE(classic.layers.size(), 2u);
+  EXPECT_EQ(classic.layers[0].differ, 0) << "the input's QuantizeLinear must be the simulation's exactly";
   EXPECT_LE(classic.layers[1].max_steps, 1) << classic.layers[1].value;
   EXPECT_LE(static_cast<double>(classic.layers[1].differ), 0.002 * static_cast<double>(classic.layers[1].count));
   EXPECT_GE(static_cast<double>(classic.top1_agree), 0.99 * static_cast<double>(classic.images));

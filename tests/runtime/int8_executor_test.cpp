@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "perch/graph/onnx_io.h"
@@ -185,6 +186,28 @@ TEST(Int8Executor, AgreesWithFloatExecutorUpToRounding) {
   const auto va = a.at("c_q").to_i64_vector(), vf = f.at("c_q").to_i64_vector();
   ASSERT_EQ(va.size(), vf.size());
   for (size_t i = 0; i < va.size(); ++i) ASSERT_LE(std::llabs(va[i] - vf[i]), 1) << i;
+}
+
+// The float -> 8-bit boundary is QuantizeLinear exactly: ties to even, NaN -> zero point, +-inf and huge
+// values clamp, for uint8 and int8 — compared with the float executor's QuantizeLinear value by value.
+TEST(Int8Executor, InputQuantizationIsQuantizeLinearExactly) {
+  for (bool is_signed : {false, true}) {
+    Builder b;
+    b.m.graph.inputs.push_back({"x", DType::kFloat32, {-1}, {"N"}, true});
+    b.m.graph.outputs.push_back({"y", DType::kFloat32, {-1}, {}, true});
+    const float s = 0.1f;
+    const std::string dq = is_signed ? b.qdq<int8_t>("x", s, int8_t{-5}) : b.qdq<uint8_t>("x", s, uint8_t{7});
+    b.node("Identity", {dq}, {"y"});
+    std::vector<float> v = {0.05f, 0.15f, 0.25f, -0.05f, -0.15f, -0.25f, 12.75f, -12.75f, 1e30f, -1e30f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(), 0.0f, -0.0f, 25.45f, -13.35f};
+    for (int k = -300; k <= 300; ++k) v.push_back((static_cast<float>(k) + 0.5f) * s);  // ties of x / s (near)
+    const Tensor x = Tensor::from<float>({static_cast<int64_t>(v.size())}, v);
+    const Tensor a = Int8Executor(b.m).run({{"x", x}}, {"x_q"}).at("x_q");
+    const Tensor f = Executor(b.m).run({{"x", x}}, nullptr, {"x_q"}).at("x_q");
+    ASSERT_EQ(a.dtype(), f.dtype());
+    EXPECT_EQ(std::memcmp(a.raw(), f.raw(), a.nbytes()), 0) << (is_signed ? "int8" : "uint8");
+  }
 }
 
 TEST(Int8Executor, BadInputNamesTheTensor) {

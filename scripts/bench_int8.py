@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""End-to-end int8 benchmark: perch int8 engine vs perch fp32 (the float model) vs ONNX Runtime on the same
+QDQ model, same thread count, batch 1 and 64. Each configuration is run in interleaved rounds (int8, fp32,
+ORT, int8, ...) so the three see the same machine load; the figure is the median over rounds of each run's
+median latency. Prints a Markdown table (and --json).
+
+usage: scripts/bench_int8.py --perch build/release/perch --models DIR_WITH_FLOAT_MODELS --qdq DIR_WITH_Q_MODELS
+                             [--threads 1] [--rounds 3] [--json]
+The QDQ file for MODEL.onnx is QDQ_DIR/MODEL.q.onnx (perch quantize MODEL.onnx -o MODEL.q.onnx).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--perch", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--qdq", required=True)
+    ap.add_argument("--names", default="fmnist_convnet,fmnist_convnet_hard,fmnist_mbv2")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    rows = []
+    for name in a.names.split(","):
+        f32 = os.path.join(a.models, name + ".onnx")
+        q = os.path.join(a.qdq, name + ".q.onnx")
+        for batch in (1, 64):
+            iters = "200" if batch == 1 else "30"
+            t = {"int8": [], "fp32": [], "ort": []}
+            for _ in range(a.rounds):
+                common = ["--batch", str(batch), "--threads", str(a.threads), "--iters", iters, "--json"]
+                t["int8"].append(run_json([a.perch, "bench", q, "--engine", "int8"] + common)["median_ms"])
+                t["fp32"].append(run_json([a.perch, "bench", f32, "--engine", "fp32"] + common)["median_ms"])
+                t["ort"].append(run_json(["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q] + common)["median_ms"])
+            m = {k: statistics.median(v) for k, v in t.items()}
+            rows.append({"model": name, "batch": batch, "threads": a.threads, **{k + "_ms": v for k, v in m.items()},
+                         "int8_vs_fp32": m["fp32"] / m["int8"], "int8_vs_ort": m["ort"] / m["int8"]})
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print(f"| model | batch | perch int8 ms | perch fp32 ms | ORT (QDQ) ms | int8 speed-up vs fp32 | vs ORT |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['int8_ms']:.3f} | {r['fp32_ms']:.3f} | {r['ort_ms']:.3f} | "
+              f"{r['int8_vs_fp32']:.2f}× | {r['int8_vs_ort']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
