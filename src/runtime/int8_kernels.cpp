@@ -65,7 +65,13 @@ namespace {
 // type (the loop is written for T so the compiler emits PMAXUB / PMAXSB).
 template <typename T>
 inline void max_into(T* __restrict y, const T* __restrict x, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) y[c] = y[c] < x[c] ? x[c] : y[c];
+  for (int64_t c = 0; c < n; ++c) y[c] = std::max(y[c], x[c]);
+}
+
+template <typename T>
+inline void max4(const T* __restrict a, const T* __restrict b, const T* __restrict c, const T* __restrict d,
+                 T* __restrict y, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] = std::max(std::max(a[k], b[k]), std::max(c[k], d[k]));
 }
 
 template <typename T>
@@ -77,16 +83,10 @@ void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
   parallel_for(0, s.batch * OH, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi && k2s2; ++r) {
       const int64_t n = r / OH, oh = r % OH;
+      const int64_t in_w = s.in_w, in_h = s.in_h;
       for (int64_t ow = 0; ow < OW; ++ow) {
-        const T* a = x + ((n * s.in_h + 2 * oh) * s.in_w + 2 * ow) * C;
-        const T* b = a + C;
-        const T* c = a + s.in_w * C;
-        const T* d = c + C;
-        T* __restrict yp = y + ((n * OH + oh) * OW + ow) * C;
-        for (int64_t k = 0; k < C; ++k) {
-          const T ab = a[k] < b[k] ? b[k] : a[k], cd = c[k] < d[k] ? d[k] : c[k];
-          yp[k] = ab < cd ? cd : ab;
-        }
+        const T* a = x + ((n * in_h + 2 * oh) * in_w + 2 * ow) * C;
+        max4(a, a + C, a + in_w * C, a + in_w * C + C, y + ((n * OH + oh) * OW + ow) * C, C);
       }
     }
     for (int64_t r = lo; r < hi && !k2s2; ++r) {
