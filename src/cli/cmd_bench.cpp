@@ -88,7 +88,8 @@ double quantile(std::vector<double> v, double q) {
 int cmd_eval_engine(const std::string& model_path, const std::string& engine, const std::string& spec, int64_t batch,
                     bool as_json, const DataOptions& data_options) {
   Engine e = make_engine(model_path, engine);
-  if (!e.lowering.empty() && e.float_nodes > 0) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
+  // Float fallbacks are never silent: listed on stderr, and counted in --json ("float_nodes").
+  if (e.float_nodes > 0 && !quiet()) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
   Dataset data = load_dataset(spec, data_options);
   PERCH_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
   auto r = ptq::evaluate(e.run, e.source, data, batch, "evaluating (" + engine + ")");
@@ -123,7 +124,7 @@ int BenchCommand::run() const {
   PERCH_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   set_num_threads(threads);
   Engine e = make_engine(model, engine);
-  if (!e.lowering.empty() && e.float_nodes > 0 && !as_json) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
+  if (e.float_nodes > 0 && !as_json && !quiet()) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
   Shape shape = e.input_shape;
   PERCH_CHECK(!shape.empty(), model, ": input '", e.input_name, "' has no shape (bench needs one)");
   shape[0] = batch;

@@ -1042,7 +1042,11 @@ void Int8Executor::Impl::lower() {
   const auto& nodes = model.graph.nodes;
   const int64_t opset = model.opset();
   std::set<std::string> graph_inputs;
-  for (const auto& v : model.graph.inputs) graph_inputs.insert(v.name);
+  for (const auto& v : model.graph.inputs) {
+    graph_inputs.insert(v.name);
+    // An 8-bit graph input is an 8-bit value a DequantizeLinear can hand to integer ops directly.
+    if (v.dtype == DType::kUInt8 || v.dtype == DType::kInt8) qvalues[v.name] = v.dtype;
+  }
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& n = nodes[i];
     if (std::find(absorbed.begin(), absorbed.end(), i) != absorbed.end()) {

@@ -210,6 +210,52 @@ TEST(Int8Executor, InputQuantizationIsQuantizeLinearExactly) {
   }
 }
 
+// Pools with padding, strides and ceil_mode: MaxPool is exact (max commutes with the increasing DQ), the
+// average within one step of the float executor (fixed-point vs float-mean rounding, docs/INTEGER.md).
+TEST(Int8Executor, PoolsMatchTheFloatExecutor) {
+  struct Case {
+    std::vector<int64_t> k, s, pads;
+    int64_t ceil, include_pad;
+  };
+  for (const Case& pc : {Case{{3, 3}, {2, 2}, {1, 1, 1, 1}, 0, 0}, Case{{3, 3}, {2, 2}, {1, 1, 1, 1}, 0, 1},
+                         Case{{2, 2}, {2, 2}, {0, 0, 0, 0}, 1, 0}, Case{{3, 2}, {1, 2}, {0, 1, 1, 0}, 1, 1},
+                         Case{{2, 2}, {2, 2}, {0, 0, 0, 0}, 0, 0}}) {
+    Builder b;
+    b.m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 5, 7, 7}, {}, true});
+    b.m.graph.outputs.push_back({"mp", DType::kFloat32, {}, {}, false});
+    b.m.graph.outputs.push_back({"ap", DType::kFloat32, {}, {}, false});
+    const std::string x = b.qdq<uint8_t>("x", 0.03f, uint8_t{100});
+    std::map<std::string, graph::AttrValue> attrs = {{"kernel_shape", pc.k}, {"strides", pc.s}, {"pads", pc.pads},
+                                                    {"ceil_mode", pc.ceil}};
+    b.node("MaxPool", {x}, {"m"}, attrs);
+    b.qdq<uint8_t>("m", 0.03f, uint8_t{100});
+    b.node("Identity", {"m_dq"}, {"mp"});
+    attrs["count_include_pad"] = pc.include_pad;
+    b.node("AveragePool", {x}, {"a"}, attrs);
+    b.qdq<uint8_t>("a", 0.0217f, uint8_t{90});  // s_x / s_y not a small rational: no exact ties by design
+    b.node("Identity", {"a_dq"}, {"ap"});
+    const Int8Executor i8(b.m);
+    EXPECT_EQ(i8.report().float_nodes(), 0) << i8.report().summary();
+    const Tensor in = Tensor::from<float>({2, 5, 7, 7}, randn(2 * 5 * 49, 8, 1.0f));
+    const TensorMap a = i8.run({{"x", in}}, {"m_q", "a_q"});
+    const TensorMap f = Executor(b.m).run({{"x", in}}, nullptr, {"m_q", "a_q"});
+    const TensorMap s = Int8Executor(b.m, Int8Mode::kSimulate).run({{"x", in}}, {"m_q", "a_q"});
+    ASSERT_EQ(a.at("m_q").shape(), f.at("m_q").shape());
+    ASSERT_EQ(a.at("a_q").shape(), f.at("a_q").shape());
+    EXPECT_EQ(std::memcmp(a.at("m_q").raw(), f.at("m_q").raw(), a.at("m_q").nbytes()), 0) << "MaxPool must be exact";
+    EXPECT_EQ(std::memcmp(a.at("a_q").raw(), s.at("a_q").raw(), a.at("a_q").nbytes()), 0);
+    const auto va = a.at("a_q").to_i64_vector(), vf = f.at("a_q").to_i64_vector();
+    int64_t differ = 0;
+    for (size_t i = 0; i < va.size(); ++i) {
+      ASSERT_LE(std::llabs(va[i] - vf[i]), 1) << "AveragePool value " << i << " (case k" << pc.k[0] << pc.k[1]
+                                               << " ceil " << pc.ceil << " include_pad " << pc.include_pad << ")";
+      differ += va[i] != vf[i];
+    }
+    // Only near-ties of the real average can round differently (single fixed-point rounding vs float mean).
+    EXPECT_LE(differ, static_cast<int64_t>(va.size()) / 100) << differ << " of " << va.size();
+  }
+}
+
 TEST(Int8Executor, BadInputNamesTheTensor) {
   const Int8Executor i8(foreign_model());
   const std::string e = test::perch_error([&] { i8.run({{"x", Tensor(DType::kFloat32, {1, 3, 5, 6})}}); });
