@@ -24,6 +24,7 @@
 #include <fstream>
 #include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
+#include "cmd_train.h"
 
 using namespace perch;
 using json = nlohmann::json;
@@ -521,6 +522,8 @@ int main(int argc, char** argv) {
   ins->add_option("model", model_path, "ONNX model")->required();
   ins->add_flag("--json", as_json, "JSON output");
 
+  auto run_train = cli::add_train_commands(app, as_json);
+
   CLI11_PARSE(app, argc, argv);
   set_quiet(quiet_flag || as_json);
   try {
@@ -531,6 +534,7 @@ int main(int argc, char** argv) {
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);
+    if (auto rc = run_train()) return *rc;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "perch: error: %s\n", ex.what());
     return 1;
