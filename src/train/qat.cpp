@@ -139,6 +139,33 @@ std::vector<Tensor> fq_act_backward(const GradArgs& a) {
   return out;
 }
 
+// FakeQuantBias(b, w, act_scale [, step]): the bias as the export stores it — int32 with scale
+// s_in * s_w[c] (a float product, as ptq::build_quantized computes it), rounded half-to-even in double —
+// dequantized again. s_w comes from the weight exactly as FakeQuantWeight computes it. Gradient: STE to b.
+std::vector<Tensor> fq_bias_forward(const Node& n, const Args& a, int64_t, ForwardContext&) {
+  PERCH_CHECK(a.size() >= 3 && a[0] && a[1] && a[2], n.describe(), ": FakeQuantBias needs (b, w, act_scale)");
+  const Tensor& b = *a[0];
+  const quant::QuantParams wp = weight_params(n, *a[1], a.size() > 3 ? a[3] : nullptr);
+  const float s_in = step_value(a[2]->data<float>()[0]);
+  const bool per_channel = wp.count() > 1;
+  PERCH_CHECK(!per_channel || wp.count() == b.numel(), n.describe(), ": bias has ", b.numel(), " values for ", wp.count(),
+              " weight channels");
+  Tensor y = Tensor::uninitialized(DType::kFloat32, b.shape());
+  for (int64_t c = 0; c < b.numel(); ++c) {
+    const float sc = s_in * wp.scale[static_cast<size_t>(per_channel ? c : 0)];
+    double r = std::nearbyint(static_cast<double>(b.data<float>()[c]) / sc);
+    r = std::clamp(r, static_cast<double>(INT32_MIN), static_cast<double>(INT32_MAX));
+    y.data<float>()[c] = quant::dequantize_value(static_cast<int32_t>(r), sc, 0);
+  }
+  return {y};
+}
+
+std::vector<Tensor> fq_bias_backward(const GradArgs& a) {
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = *a.grad_outputs.at(0);
+  return out;
+}
+
 bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t == "MatMul"; }
 
 }  // namespace
@@ -146,6 +173,7 @@ bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t
 void register_qat_ops(GradRegistry& r) {
   r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {}});
   r.add("FakeQuantAct", kDomain, GradOp{fq_act_backward, fq_act_forward, {2, 3, 4}});
+  r.add("FakeQuantBias", kDomain, GradOp{fq_bias_backward, fq_bias_forward, {1, 2, 3}});
 }
 
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,
@@ -167,6 +195,48 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
   for (auto& [name, t] : tm.graph.initializers) t = t.clone();
   auto& g = tm.graph;
   std::vector<std::string> params = default_parameters(tm);
+  // Activations first. A pass-through value (MaxPool, Reshape... of a quantized value) shares its root's
+  // parameters, as in the export: its fake-quant node reads the root's state and never updates it.
+  std::map<std::string, std::string> act_fq;     // activation -> the FakeQuantAct node whose state it uses
+  std::map<std::string, std::string> act_state;  // fake-quant output -> the same
+  const quant::QuantSpec aspec = ptq::activation_spec(popt.activations);
+  for (const auto& v : cal.targets) {
+    if (popt.float_activations.count(v) || g.is_graph_output(v)) continue;
+    std::string root = v;
+    while (cal.shares.count(root)) root = cal.shares.at(root);
+    Node fq;
+    fq.name = g.unique_name(v + "_fakequant");
+    fq.op_type = "FakeQuantAct";
+    fq.domain = kDomain;
+    set_spec_attrs(fq, aspec);
+    fq.attrs["momentum"] = o.ema_momentum;
+    fq.attrs["learn"] = int64_t{o.learn_scales};
+    std::string base;
+    if (root != v && act_fq.count(root)) {
+      base = act_fq.at(root);
+      fq.attrs["frozen"] = int64_t{1};  // the root's node moves the range
+      fq.attrs["learn"] = int64_t{0};
+    } else {
+      const quant::QuantParams& p = cal.activation_params.at(v);
+      const float lo = static_cast<float>(aspec.qmin() - p.zero_point[0]) * p.scale[0];
+      const float hi = static_cast<float>(aspec.qmax() - p.zero_point[0]) * p.scale[0];
+      base = fq.name;
+      g.initializers[base + ".scale"] = Tensor::from<float>({1}, std::vector<float>{p.scale[0]});
+      g.initializers[base + ".zero_point"] =
+          Tensor::from<float>({1}, std::vector<float>{static_cast<float>(p.zero_point[0])});
+      g.initializers[base + ".lo"] = Tensor::from<float>({1}, std::vector<float>{lo});
+      g.initializers[base + ".hi"] = Tensor::from<float>({1}, std::vector<float>{hi});
+      if (o.learn_scales) params.push_back(base + ".scale");
+    }
+    fq.inputs = {v, base + ".scale", base + ".zero_point", base + ".lo", base + ".hi"};
+    fq.outputs = {g.unique_name(v + "_fq")};
+    for (size_t i : g.consumers(v))
+      for (auto& in : g.nodes[i].inputs)
+        if (in == v) in = fq.outputs[0];
+    g.nodes.push_back(fq);
+    act_fq[v] = base;
+    act_state[fq.outputs[0]] = base;
+  }
   std::map<std::string, std::string> weight_fq;  // weight -> its fake-quant output
   const size_t original = g.nodes.size();
   for (size_t i = 0; i < original; ++i) {
@@ -196,34 +266,24 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
       it = weight_fq.emplace(wname, fq.outputs[0]).first;
     }
     g.nodes[i].inputs[1] = it->second;
-  }
-  std::map<std::string, std::string> act_fq;  // activation -> its FakeQuantAct node name
-  for (const auto& v : cal.targets) {
-    if (popt.float_activations.count(v) || g.is_graph_output(v)) continue;
-    const quant::QuantParams& p = cal.activation_params.at(v);
-    const quant::QuantSpec spec = ptq::activation_spec(popt.activations);
-    const float lo = static_cast<float>(spec.qmin() - p.zero_point[0]) * p.scale[0];
-    const float hi = static_cast<float>(spec.qmax() - p.zero_point[0]) * p.scale[0];
-    Node fq;
-    fq.name = g.unique_name(v + "_fakequant");
-    fq.op_type = "FakeQuantAct";
-    fq.domain = kDomain;
-    set_spec_attrs(fq, spec);
-    fq.attrs["momentum"] = o.ema_momentum;
-    fq.attrs["learn"] = int64_t{o.learn_scales};
-    const std::string base = fq.name;
-    g.initializers[base + ".scale"] = Tensor::from<float>({1}, std::vector<float>{p.scale[0]});
-    g.initializers[base + ".zero_point"] = Tensor::from<float>({1}, std::vector<float>{static_cast<float>(p.zero_point[0])});
-    g.initializers[base + ".lo"] = Tensor::from<float>({1}, std::vector<float>{lo});
-    g.initializers[base + ".hi"] = Tensor::from<float>({1}, std::vector<float>{hi});
-    fq.inputs = {v, base + ".scale", base + ".zero_point", base + ".lo", base + ".hi"};
-    fq.outputs = {g.unique_name(v + "_fq")};
-    for (size_t i : g.consumers(v))
-      for (auto& in : g.nodes[i].inputs)
-        if (in == v) in = fq.outputs[0];
-    g.nodes.push_back(fq);
-    act_fq[v] = fq.name;
-    if (o.learn_scales) params.push_back(base + ".scale");
+    // The bias as the export stores it (int32 at s_in * s_w), when the export quantizes it.
+    const std::string in0 = n.input(0), bname = n.input(2);
+    const Tensor* bias = bname.empty() ? nullptr : g.initializer(bname);
+    const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
+    const Node& wfq = *std::find_if(g.nodes.begin(), g.nodes.end(), [&](const Node& x) { return x.outputs[0] == it->second; });
+    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && act_state.count(in0) &&
+        wfq.attr_string("granularity", "") != "per-group") {
+      Node fb;
+      fb.name = g.unique_name(bname + "_fakequant");
+      fb.op_type = "FakeQuantBias";
+      fb.domain = kDomain;
+      fb.attrs = wfq.attrs;
+      fb.inputs = {bname, wname, act_state.at(in0) + ".scale"};
+      if (wfq.inputs.size() > 1) fb.inputs.push_back(wfq.inputs[1]);
+      fb.outputs = {g.unique_name(bname + "_fq")};
+      g.nodes[i].inputs[2] = fb.outputs[0];
+      g.nodes.push_back(fb);
+    }
   }
   g.toposort();
   tm.source = model.source + " (QAT)";
