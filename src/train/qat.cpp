@@ -176,28 +176,23 @@ void register_qat_ops(GradRegistry& r) {
   r.add("FakeQuantBias", kDomain, GradOp{fq_bias_backward, fq_bias_forward, {1, 2, 3}});
 }
 
-QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,
-                                      const Dataset* eval) {
-  PERCH_CHECK(train_data.has_labels(), train_data.name, ": QAT needs labelled training data");
-  QatResult res;
-  ptq::PtqOptions popt = o.ptq;
-  popt.bias_correction = false;
-  const int64_t ncal = std::min(o.calib_images, train_data.size());
-  const Dataset calib = sample(train_data, ncal, o.train.seed);
-  ptq::Calibration cal = ptq::calibrate(model, calib, popt);
-  if (eval) {
-    const runtime::Executor before(ptq::build_quantized(cal, popt).model);
-    res.ptq_accuracy = ptq::evaluate(before, *eval, 256, "PTQ (before QAT)").accuracy();
-  }
-
+QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& o) {
+  QatGraph q;
+  q.ptq = o.ptq;
+  q.ptq.bias_correction = false;
+  const ptq::PtqOptions& popt = q.ptq;
+  q.calibration = ptq::calibrate(model, calib, popt);
+  const ptq::Calibration& cal = q.calibration;
   // ---- The training graph: the canonical model plus fake-quant nodes where the export puts Q/DQ.
-  graph::Model tm = cal.model;
+  q.model = cal.model;
+  graph::Model& tm = q.model;
   for (auto& [name, t] : tm.graph.initializers) t = t.clone();
   auto& g = tm.graph;
-  std::vector<std::string> params = default_parameters(tm);
+  std::vector<std::string>& params = q.params;
+  params = default_parameters(tm);
   // Activations first. A pass-through value (MaxPool, Reshape... of a quantized value) shares its root's
   // parameters, as in the export: its fake-quant node reads the root's state and never updates it.
-  std::map<std::string, std::string> act_fq;     // activation -> the FakeQuantAct node whose state it uses
+  std::map<std::string, std::string>& act_fq = q.act_state;  // activation -> the FakeQuantAct node whose state it uses
   std::map<std::string, std::string> act_state;  // fake-quant output -> the same
   const quant::QuantSpec aspec = ptq::activation_spec(popt.activations);
   for (const auto& v : cal.targets) {
@@ -288,7 +283,39 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
   g.toposort();
   tm.source = model.source + " (QAT)";
 
-  Tape tape(tm, params);
+  return q;
+}
+
+ptq::PtqResult export_qat(const QatGraph& q) {
+  const auto& g = q.model.graph;
+  ptq::PtqOptions popt = q.ptq;
+  // ---- Export: trained weights and final parameters into the calibration, then the QDQ build.
+  ptq::Calibration out = q.calibration;
+  for (auto& [name, t] : out.model.graph.initializers)
+    if (auto it = g.initializers.find(name); it != g.initializers.end()) t = it->second.clone();
+  for (const auto& [v, node] : q.act_state) {
+    const float s = step_value(g.initializers.at(node + ".scale").data<float>()[0]);
+    const auto zp = static_cast<int32_t>(std::lrint(g.initializers.at(node + ".zero_point").data<float>()[0]));
+    out.activation_params[v] = quant::make_params(ptq::activation_spec(popt.activations), {}, {s}, {zp});
+  }
+  for (const auto& n : g.nodes)
+    if (n.op_type == "FakeQuantWeight" && n.inputs.size() > 1)
+      popt.weight_params[n.inputs[0]] = weight_params(n, g.initializers.at(n.inputs[0]), &g.initializers.at(n.inputs[1]));
+  return ptq::build_quantized(out, popt);
+}
+
+QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,
+                                      const Dataset* eval) {
+  PERCH_CHECK(train_data.has_labels(), train_data.name, ": QAT needs labelled training data");
+  QatResult res;
+  const int64_t ncal = std::min(o.calib_images, train_data.size());
+  QatGraph q = prepare_qat(model, sample(train_data, ncal, o.train.seed), o);
+  if (eval) {
+    const runtime::Executor before(ptq::build_quantized(q.calibration, q.ptq).model);
+    res.ptq_accuracy = ptq::evaluate(before, *eval, 256, "PTQ (before QAT)").accuracy();
+  }
+  auto& g = q.model.graph;
+  Tape tape(q.model, q.params);
   TrainOptions to = o.train;
   to.label = "QAT";
   const auto user_step = to.on_step;
@@ -301,21 +328,8 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
   res.logs = fit(tape, train_data, to);
   if (eval) res.fq_accuracy = accuracy(tape, *eval, 256, "fake-quant model");
 
-  // ---- Export: trained weights and final parameters into the calibration, then the QDQ build.
-  ptq::Calibration out = cal;
-  for (auto& [name, t] : out.model.graph.initializers)
-    if (auto it = g.initializers.find(name); it != g.initializers.end()) t = it->second.clone();
-  for (const auto& [v, node] : act_fq) {
-    const float s = step_value(g.initializers.at(node + ".scale").data<float>()[0]);
-    const auto zp = static_cast<int32_t>(std::lrint(g.initializers.at(node + ".zero_point").data<float>()[0]));
-    out.activation_params[v] = quant::make_params(ptq::activation_spec(popt.activations), {}, {s}, {zp});
-  }
-  if (o.learn_scales)
-    for (const auto& n : g.nodes)
-      if (n.op_type == "FakeQuantWeight" && n.inputs.size() > 1)
-        popt.weight_params[n.inputs[0]] = weight_params(n, g.initializers.at(n.inputs[0]), &g.initializers.at(n.inputs[1]));
-  res.exported = ptq::build_quantized(out, popt);
-  res.fake_quant = tm;
+  res.exported = export_qat(q);
+  res.fake_quant = q.model;
   return res;
 }
 

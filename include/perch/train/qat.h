@@ -23,7 +23,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "perch/data/dataset.h"
 #include "perch/graph/ir.h"
@@ -48,6 +50,18 @@ struct QatResult {
   double ptq_accuracy = -1;      // QDQ export before training (same options, no bias correction), if evaluated
   double fq_accuracy = -1;       // the fake-quant model after training, if evaluated
 };
+
+// The pieces, for callers that drive training themselves (benchmarks, custom loops):
+struct QatGraph {
+  ptq::Calibration calibration;                // what PTQ learned (canonical, equalized model)
+  ptq::PtqOptions ptq;                         // options of the export (bias correction off)
+  graph::Model model;                          // the training graph (perch FakeQuant nodes inserted)
+  std::vector<std::string> params;             // what training updates
+  std::map<std::string, std::string> act_state;  // quantized activation -> FakeQuantAct state prefix
+};
+QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& options);
+// The QDQ model of the current state of `q` (weights, ranges, learned step sizes).
+ptq::PtqResult export_qat(const QatGraph& q);
 
 // `eval`: optional labelled data for the accuracies above (evaluated before and after training).
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& options,
