@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # The main job: set up, build, then quantize a model W8A8 and print fp32 / per-tensor / per-channel
 # top-1 accuracy on the Fashion-MNIST test set.
-#   scripts/main.sh MODEL.onnx [more perch quantize flags]
-# Until perch ships its own demo model, MODEL defaults to ../shared/models/fmnist_convnet_hard.onnx when
-# that exists (the team's shared folder).
+#   scripts/main.sh [MODEL.onnx [more perch quantize flags]]
+# MODEL defaults to perch's own demo model, models/demo/fmnist_mbv2_perch.onnx: a MobileNetV2-style net
+# that `perch train` trained on Fashion-MNIST (models/demo/README.md has the command that regenerates it).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-model="${1:-}"
+model="${1:-$here/models/demo/fmnist_mbv2_perch.onnx}"
 [ $# -gt 0 ] && shift
-if [ -z "$model" ]; then
-  model="$here/../shared/models/fmnist_convnet_hard.onnx"
-  [ -f "$model" ] || { echo "usage: scripts/main.sh MODEL.onnx [perch quantize flags]" >&2; exit 2; }
-fi
+[ -f "$model" ] || { echo "scripts/main.sh: $model: no such model" >&2; exit 2; }
 "$here/scripts/setup.sh"
 "$here/scripts/build.sh" >/dev/null
 out="$here/build/$(basename "${model%.onnx}")_w8a8.onnx"

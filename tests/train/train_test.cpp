@@ -159,9 +159,21 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
     fit(tape, train, o);
   }
   const graph::Model fp32 = export_inference(m);
-  for (bool learn : {false, true}) {
+  struct Config {
+    const char* name;
+    quant::Granularity granularity;
+    int bits;
+    bool learn;
+  };
+  for (const Config& cfg : {Config{"W4 per-channel EMA", quant::Granularity::kPerChannel, 4, false},
+                            Config{"W4 per-channel LSQ", quant::Granularity::kPerChannel, 4, true},
+                            Config{"W4 per-group:8 EMA", quant::Granularity::kPerGroup, 4, false},
+                            Config{"W8 per-tensor LSQ", quant::Granularity::kPerTensor, 8, true}}) {
+    const bool learn = cfg.learn;
     QatOptions q;
-    q.ptq.weights.bits = 4;
+    q.ptq.weights.bits = cfg.bits;
+    q.ptq.weights.granularity = cfg.granularity;
+    if (cfg.granularity == quant::Granularity::kPerGroup) q.ptq.weights.group_size = 8;
     q.calib_images = 256;
     q.learn_scales = learn;
     q.train.epochs = 1;
@@ -188,8 +200,8 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
     }
     // Same weights, same parameters, biases fake-quantized exactly as the export stores them, same kernels:
     // the two graphs compute the same floats.
-    EXPECT_EQ(agree, total) << (learn ? "LSQ" : "EMA");
-    EXPECT_EQ(worst, 0.0) << (learn ? "LSQ" : "EMA");
+    EXPECT_EQ(agree, total) << cfg.name;
+    EXPECT_EQ(worst, 0.0) << cfg.name;
     EXPECT_GE(r.fq_accuracy, 0.0);
     // The exported model has the QDQ structure (int8 weights, uint8 activations) and no perch-domain op.
     int64_t dq = 0;
