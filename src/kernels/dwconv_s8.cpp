@@ -46,6 +46,29 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
             for (int64_t t = 0; t < 2; ++t)
               p.avx2[static_cast<size_t>(((b * pairs + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
                   wt(16 * b + 8 * l + 4 * h + i, 2 * q + t);
+  if (kw <= 4) {
+    auto wr = [&](int64_t c, int64_t r, int64_t t) -> int8_t { return (c < channels && t < kw) ? w[(c * kh + r) * kw + t] : 0; };
+    p.vnni_rows.assign(static_cast<size_t>(blocks64 * kh * 256), 0);
+    for (int64_t b = 0; b < blocks64; ++b)
+      for (int64_t r = 0; r < kh; ++r)
+        for (int64_t j = 0; j < 4; ++j)
+          for (int64_t l = 0; l < 4; ++l)
+            for (int64_t i = 0; i < 4; ++i)
+              for (int64_t t = 0; t < 4; ++t)
+                p.vnni_rows[static_cast<size_t>(((b * kh + r) * 4 + j) * 64 + 16 * l + 4 * i + t)] =
+                    wr(64 * b + 16 * l + 4 * j + i, r, t);
+    const int64_t rp = (kw + 1) / 2;
+    p.avx2_rows.assign(static_cast<size_t>(blocks16 * kh * rp * 32), 0);
+    for (int64_t b = 0; b < blocks16; ++b)
+      for (int64_t r = 0; r < kh; ++r)
+        for (int64_t q = 0; q < rp; ++q)
+          for (int64_t h = 0; h < 2; ++h)
+            for (int64_t l = 0; l < 2; ++l)
+              for (int64_t i = 0; i < 4; ++i)
+                for (int64_t t = 0; t < 2; ++t)
+                  p.avx2_rows[static_cast<size_t>((((b * kh + r) * rp + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
+                      wr(16 * b + 8 * l + 4 * h + i, r, 2 * q + t);
+  }
   return p;
 }
 
@@ -118,6 +141,37 @@ void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
   }
 }
 
+}  // namespace
+
+namespace s8 {
+void make_dw_fast_requant(DwPlan& p, int g) {
+  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2);
+  p.rqf.assign(n / static_cast<size_t>(g) * 8 * half, 0);
+  p.rqf_clamp64 = false;
+  for (size_t c = 0; c < n; ++c) {
+    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.rsh[c];
+    int64_t rnd, adj = 0, sh;
+    if (L > 0) {
+      rnd = int64_t{1} << (30 - L);
+      sh = 31 - L;
+      p.rqf_clamp64 = true;
+    } else {
+      rnd = (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
+      adj = R > 0 ? int64_t{1} << 31 : 0;
+      sh = 31 + R;
+    }
+    const size_t grp = c / static_cast<size_t>(g), k = (c % static_cast<size_t>(g)) / 2, odd = c % 2;
+    int64_t* t = p.rqf.data() + grp * 8 * half;
+    t[(0 + odd) * half + k] = p.rq.mult[c];
+    t[(2 + odd) * half + k] = rnd;
+    t[(4 + odd) * half + k] = adj;
+    t[(6 + odd) * half + k] = sh;
+  }
+}
+}  // namespace s8
+
+namespace {
+
 enum class DwKernel { kReference, kAvx2, kAvx512Vnni };
 
 // Permutes per-channel tables into the accumulator order of `k`.
@@ -181,6 +235,7 @@ void depthwise_s8(const DepthwiseS8Args& d) {
     p.rq.sh64 = permute(p.rq.sh64, k);
     p.rq.rsh = permute(p.rq.rsh, k);
     p.rq.rmask = permute(p.rq.rmask, k);
+    if (d.w->kw <= 4) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
   }
   auto body = [&](int64_t lo, int64_t hi) {
     if (k == DwKernel::kAvx512Vnni)

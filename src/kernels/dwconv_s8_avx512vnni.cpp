@@ -23,7 +23,10 @@
 
 namespace perch::kernels::s8 {
 
-void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
+namespace {
+
+// Any kernel width: per output pixel, the taps in groups of 4 interleaved from 4 loads (the header comment).
+void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
   const DepthwiseS8Args& d = *p.d;
   const PackedDepthwiseS8& w = *d.w;
   const int64_t c_n = d.channels, taps = w.kh * w.kw, groups = (taps + 3) / 4, tp = groups * 4;
@@ -103,6 +106,196 @@ void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
   }
 }
 
+
+// ---- Row-cached kernel, kw <= 4 (every 3x3 depthwise conv) ----
+//
+// Quad rows. For input row ih, channel block c0 (64 channels) and output column ow, the quad row holds
+//   Q[ow] = 4 vectors of 64 bytes; vector j, byte 16 l + 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + 16 l + 4 j + i]
+// (t < kw; x_u = x ^ 0x80 for int8 inputs, the zero point for columns in the padding; slot t >= kw is 0 and meets
+// a zero weight). That is VPUNPCK{L,H}BW + VPUNPCK{L,H}WD of the kw tap loads, the byte order of
+// PackedDepthwiseS8::vnni_rows. Then one output pixel is, per kernel row r and per j, one VPDPBUSD:
+//   acc_j += Q_{ih(r)}[ow].vector j  .  vnni_rows[b][r][j]        (u8 x s8, 4 products summed, exact in int32)
+// with acc_j starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
+// padding read a 256-byte quad of zero points with column step 0. A quad row is built once per (block, input
+// row) and reused by every output row that reads it (3 at stride 1): a direct-mapped cache of kh * dilation_h
+// slots indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input
+// rows are kh multiples of dilation_h apart). One slot is ow_n * 256 bytes: 14 KB at 56 columns, so the 3 rows
+// of a 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch;
+// the interior build loop and the whole compute loop have none.
+// Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
+template <int KW>
+void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
+                 __mmask64 mask, __m512i flip, uint8_t* q) {
+  const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w, pl = d.pad_left;
+  // Interior columns: ow * sw - pl >= 0 and ow * sw - pl + (KW - 1) * dw <= in_w - 1.
+  int64_t lo = (pl + sw - 1) / sw, hi = (d.in_w - 1 - (KW - 1) * dw + pl) >= 0 ? (d.in_w - 1 - (KW - 1) * dw + pl) / sw + 1 : 0;
+  lo = std::min(lo, ow_n);
+  hi = std::clamp(hi, lo, ow_n);
+  auto one = [&](int64_t ow, bool border) {
+    const int64_t iw0 = ow * sw - pl;
+    __m512i x[4];
+    for (int t = 0; t < 4; ++t) {
+      if (t >= KW) {
+        x[t] = _mm512_setzero_si512();
+        continue;
+      }
+      const int64_t iw = iw0 + t * dw;
+      const uint8_t* src = (!border || (iw >= 0 && iw < d.in_w)) ? row + iw * c_n + c0 : zrow;
+      x[t] = _mm512_maskz_loadu_epi8(mask, src);
+    }
+    const __m512i t01l = _mm512_unpacklo_epi8(x[0], x[1]), t01h = _mm512_unpackhi_epi8(x[0], x[1]);
+    const __m512i t23l = _mm512_unpacklo_epi8(x[2], x[3]), t23h = _mm512_unpackhi_epi8(x[2], x[3]);
+    uint8_t* o = q + ow * 256;
+    _mm512_store_si512(o, _mm512_xor_si512(_mm512_unpacklo_epi16(t01l, t23l), flip));
+    _mm512_store_si512(o + 64, _mm512_xor_si512(_mm512_unpackhi_epi16(t01l, t23l), flip));
+    _mm512_store_si512(o + 128, _mm512_xor_si512(_mm512_unpacklo_epi16(t01h, t23h), flip));
+    _mm512_store_si512(o + 192, _mm512_xor_si512(_mm512_unpackhi_epi16(t01h, t23h), flip));
+  };
+  for (int64_t ow = 0; ow < lo; ++ow) one(ow, true);
+  for (int64_t ow = lo; ow < hi; ++ow) one(ow, false);
+  for (int64_t ow = hi; ow < ow_n; ++ow) one(ow, true);
+}
+
+// Compute loop for one output row and one channel block; KH > 0 fixes the kernel height at compile time.
+template <int KH, bool kClamp64>
+void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+            int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
+  const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
+  const __m512i off0 = _mm512_loadu_si512(p.off.data() + c0), off1 = _mm512_loadu_si512(p.off.data() + c0 + 16);
+  const __m512i off2 = _mm512_loadu_si512(p.off.data() + c0 + 32), off3 = _mm512_loadu_si512(p.off.data() + c0 + 48);
+  const int64_t* t = p.rqf.data() + (c0 / 16) * 64;
+  const RqF16 rq0(t), rq1(t + 64), rq2(t + 128), rq3(t + 192);
+  const __m512i lo64 = _mm512_set1_epi64(p.rq.lo), hi64 = _mm512_set1_epi64(p.rq.hi);
+  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.lo));
+  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.hi));
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.zp));
+  for (int64_t ow = 0; ow < p.ow; ++ow) {
+    __m512i a0 = off0, a1 = off1, a2 = off2, a3 = off3;
+    for (int64_t r = 0; r < kn; ++r) {
+      const uint8_t* q = qb[r] + ow * qs[r];
+      const int8_t* wr = wb + r * 256;
+      a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(q), _mm512_load_si512(wr));
+      a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(q + 64), _mm512_load_si512(wr + 64));
+      a2 = _mm512_dpbusd_epi32(a2, _mm512_load_si512(q + 128), _mm512_load_si512(wr + 128));
+      a3 = _mm512_dpbusd_epi32(a3, _mm512_load_si512(q + 192), _mm512_load_si512(wr + 192));
+    }
+    __m512i s01 = _mm512_packs_epi32(rq0.apply<kClamp64>(a0, lo64, hi64), rq1.apply<kClamp64>(a1, lo64, hi64));
+    __m512i s23 = _mm512_packs_epi32(rq2.apply<kClamp64>(a2, lo64, hi64), rq3.apply<kClamp64>(a3, lo64, hi64));
+    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
+    s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
+    s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
+    // The packs are exact (values in the output type) and undo the unpacks' channel order.
+    const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
+    _mm512_mask_storeu_epi8(y + ow * c_n + c0, mask, o);
+  }
+}
+
+void row_i32(const DwPlan& p, int64_t kn, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb, int64_t c0,
+             int64_t valid, int32_t* y) {
+  const int64_t c_n = p.d->channels;
+  for (int64_t ow = 0; ow < p.ow; ++ow) {
+    __m512i acc[4];
+    for (int j = 0; j < 4; ++j) acc[j] = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
+    for (int64_t r = 0; r < kn; ++r)
+      for (int j = 0; j < 4; ++j)
+        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_load_si512(qb[r] + ow * qs[r] + 64 * j),
+                                     _mm512_load_si512(wb + r * 256 + 64 * j));
+    // acc[j], 128-bit lane l holds channels 16 l + 4 j .. + 3.
+    int32_t* yo = y + ow * c_n + c0;
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 4; ++j) {
+        const int64_t first = 16 * l + 4 * j;
+        if (first >= valid) continue;
+        const __mmask8 m4 = static_cast<__mmask8>(valid - first >= 4 ? 0xf : (1u << (valid - first)) - 1);
+        const __m128i v = l == 0   ? _mm512_castsi512_si128(acc[j])
+                          : l == 1 ? _mm512_extracti32x4_epi32(acc[j], 1)
+                          : l == 2 ? _mm512_extracti32x4_epi32(acc[j], 2)
+                                   : _mm512_extracti32x4_epi32(acc[j], 3);
+        _mm_mask_storeu_epi32(yo + first, m4, v);
+      }
+  }
+}
+
+template <typename T>
+T* aligned64(std::vector<uint8_t>& buf, size_t bytes) {
+  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
+  const auto a = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t{63});
+}
+
+void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
+  const DepthwiseS8Args& d = *p.d;
+  const PackedDepthwiseS8& w = *d.w;
+  const int64_t c_n = d.channels, kh_n = w.kh, blocks = (c_n + 63) / 64;
+  const int64_t slots = kh_n * d.dilation_h, row_bytes = p.ow * 256;
+  const uint8_t* x = static_cast<const uint8_t*>(d.x);
+  const __m512i flip = _mm512_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
+  // Thread-local: [slots quad rows][one quad of zero points (256 bytes)]; tags[slot] = n * in_h + ih.
+  thread_local std::vector<uint8_t> buf;
+  thread_local std::vector<int64_t> tags;
+  uint8_t* qbuf = aligned64<uint8_t>(buf, static_cast<size_t>(slots * row_bytes + 256));
+  uint8_t* zquad = qbuf + slots * row_bytes;
+  _mm512_store_si512(zquad, _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.zrow[0])), flip));
+  for (int j = 1; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, _mm512_load_si512(zquad));
+  tags.assign(static_cast<size_t>(slots), -1);
+  std::vector<const uint8_t*> qb(static_cast<size_t>(kh_n));
+  std::vector<int64_t> qs(static_cast<size_t>(kh_n));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * 64, valid = std::min<int64_t>(64, c_n - c0);
+    const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
+    const int8_t* wb = w.vnni_rows.data() + b * kh_n * 256;
+    std::fill(tags.begin(), tags.end(), -1);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.oh, oh = r % p.oh;
+      for (int64_t k = 0; k < kh_n; ++k) {
+        const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
+        if (ih < 0 || ih >= d.in_h) {
+          qb[static_cast<size_t>(k)] = zquad;
+          qs[static_cast<size_t>(k)] = 0;
+          continue;
+        }
+        const int64_t slot = ih % slots, tag = n * d.in_h + ih;
+        uint8_t* q = qbuf + slot * row_bytes;
+        if (tags[static_cast<size_t>(slot)] != tag) {
+          const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
+          switch (w.kw) {
+            case 1: build_quads<1>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
+            case 2: build_quads<2>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
+            case 3: build_quads<3>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
+            default: build_quads<4>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
+          }
+          tags[static_cast<size_t>(slot)] = tag;
+        }
+        qb[static_cast<size_t>(k)] = q;
+        qs[static_cast<size_t>(k)] = 256;
+      }
+      const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
+      if (is32) {
+        row_i32(p, kh_n, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
+        continue;
+      }
+      uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
+      if (kh_n == 3 && !p.rqf_clamp64)
+        row_u8<3, false>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
+      else if (kh_n == 3)
+        row_u8<3, true>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
+      else if (!p.rqf_clamp64)
+        row_u8<0, false>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
+      else
+        row_u8<0, true>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
+    }
+  }
+}
+
+}  // namespace
+
+void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
+  if (p.d->w->kw <= 4 && !p.d->w->vnni_rows.empty())
+    dw_rows_cached(p, r0, r1);
+  else
+    dw_rows_generic(p, r0, r1);
+}
 }  // namespace perch::kernels::s8
 
 #else  // the compiler cannot target AVX-512 VNNI: a stub, never called (avx512vnni_compiled() is false)

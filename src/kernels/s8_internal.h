@@ -55,7 +55,23 @@ struct DwPlan {
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
+  // The output stage with one rounding, for the row-cached kernels (kw <= 4). Per channel, with L, R as in
+  // RequantTables and p = acc * mult (exact, 64-bit):
+  //   L > 0:  out = clamp((p + 2^(30 - L)) >> (31 - L), lo, hi)               (rsh == 0; as RequantTables)
+  //   L == 0: out = clamp((p + 2^30 + c) >> (31 + R), lo, hi),  c = 0 if R == 0, else 2^(30 + R) - 2^31 [p < -2^30]
+  // The L == 0 line is SRDHM followed by rounding_divide_by_pot merged exactly: with h = floor((p + 2^30) / 2^31)
+  // (SRDHM; h < 0 iff p < -2^30), rounding_divide_by_pot(h, R) = floor((h + 2^(R-1) - [h < 0]) / 2^R) for R >= 1,
+  // and floor((floor(A / 2^31) + k) / 2^R) = floor((A + k 2^31) / 2^(31 + R)) for integer k. |p| <= 2^62, so
+  // p + 2^30 + 2^61 fits int64; the result fits int32 (it is rounding_divide_by_pot of an int32). With L > 0 the
+  // shifted value can exceed int32 (the scalar code saturates): clamping it straight to [lo, hi] is the same.
+  // Layout: per group of G channels (G = 16 for AVX-512, 8 for AVX2; accumulator order), 8 arrays of G / 2 int64
+  // for the even and odd channels of the group: mult_e, mult_o, rnd_e, rnd_o, adj_e, adj_o, sh_e, sh_o
+  // (rnd = 2^(30-L) or 2^30 + [R > 0] 2^(30+R); adj = [L == 0 && R > 0] 2^31; sh = 31 - L or 31 + R, in [1, 62]).
+  std::vector<int64_t> rqf;
+  bool rqf_clamp64 = false;      // some channel has L > 0: clamp in 64 bits before narrowing
 };
+// Fills p.rqf / p.rqf_clamp64 from the (permuted) p.rq for groups of g channels.
+void make_dw_fast_requant(DwPlan& p, int g);
 
 bool avx512vnni_compiled();
 bool avx2_compiled();
