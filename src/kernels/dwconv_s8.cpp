@@ -48,15 +48,17 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
                   wt(16 * b + 8 * l + 4 * h + i, 2 * q + t);
   if (kw <= 4) {
     auto wr = [&](int64_t c, int64_t r, int64_t t) -> int8_t { return (c < channels && t < kw) ? w[(c * kh + r) * kw + t] : 0; };
-    p.vnni_rows.assign(static_cast<size_t>(blocks64 * kh * 256), 0);
-    for (int64_t b = 0; b < blocks64; ++b)
+    p.vnni_rows.assign(static_cast<size_t>((channels + 15) / 16 * kh * 64), 0);
+    for (int64_t b = 0; b < blocks64; ++b) {
+      const int64_t g = std::min<int64_t>(4, (channels - 64 * b + 15) / 16);  // vectors in this block
+      const bool full = 64 * b + 64 <= channels;
       for (int64_t r = 0; r < kh; ++r)
-        for (int64_t j = 0; j < 4; ++j)
-          for (int64_t l = 0; l < 4; ++l)
-            for (int64_t i = 0; i < 4; ++i)
-              for (int64_t t = 0; t < 4; ++t)
-                p.vnni_rows[static_cast<size_t>(((b * kh + r) * 4 + j) * 64 + 16 * l + 4 * i + t)] =
-                    wr(64 * b + 16 * l + 4 * j + i, r, t);
+        for (int64_t j = 0; j < g; ++j)
+          for (int64_t i = 0; i < 16; ++i)  // byte 4 i + t of vector j
+            for (int64_t t = 0; t < 4; ++t)
+              p.vnni_rows[static_cast<size_t>(256 * b * kh + (r * g + j) * 64 + 4 * i + t)] =
+                  wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 64 * b + 16 * j + i, r, t);
+    }
     const int64_t rp = (kw + 1) / 2;
     p.avx2_rows.assign(static_cast<size_t>(blocks16 * kh * rp * 32), 0);
     for (int64_t b = 0; b < blocks16; ++b)
@@ -172,15 +174,18 @@ void make_dw_fast_requant(DwPlan& p, int g) {
 
 namespace {
 
-enum class DwKernel { kReference, kAvx2, kAvx512Vnni };
+enum class DwKernel { kReference, kAvx2, kAvx512Vnni, kAvx512VnniRows };
 
 // Permutes per-channel tables into the accumulator order of `k`.
 template <typename T>
-std::vector<T> permute(const std::vector<T>& v, DwKernel k) {
+std::vector<T> permute(const std::vector<T>& v, DwKernel k, int64_t channels) {
   std::vector<T> out(v.size());
   for (size_t p = 0; p < v.size(); ++p) {
     size_t c;
-    if (k == DwKernel::kAvx512Vnni) {
+    if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
+      const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
+      c = static_cast<int64_t>(64 * b + 64) <= channels ? 64 * b + 16 * l + 4 * j + i : p;
+    } else if (k == DwKernel::kAvx512Vnni) {
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
       c = 64 * b + 16 * l + 4 * j + i;
     } else {
@@ -229,12 +234,14 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   for (int64_t c = 0; c < d.channels; ++c)
     off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
                                                        za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
-  p.off = permute(off, k);
+  // The VNNI row-cached kernel (kw <= 4) keeps channels in natural order; the others permute (see s8_internal.h).
+  const DwKernel order = k == DwKernel::kAvx512Vnni && d.w->kw <= 4 ? DwKernel::kAvx512VnniRows : k;
+  p.off = permute(off, order, d.channels);
   if (d.out.type != OutputType::kInt32) {
-    p.rq.mult = permute(p.rq.mult, k);
-    p.rq.sh64 = permute(p.rq.sh64, k);
-    p.rq.rsh = permute(p.rq.rsh, k);
-    p.rq.rmask = permute(p.rq.rmask, k);
+    p.rq.mult = permute(p.rq.mult, order, d.channels);
+    p.rq.sh64 = permute(p.rq.sh64, order, d.channels);
+    p.rq.rsh = permute(p.rq.rsh, order, d.channels);
+    p.rq.rmask = permute(p.rq.rmask, order, d.channels);
     if (d.w->kw <= 4) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
   }
   auto body = [&](int64_t lo, int64_t hi) {

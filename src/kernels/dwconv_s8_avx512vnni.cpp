@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "s8_simd.h"
@@ -20,6 +21,7 @@
 // GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized (a known
 // false positive of avx512fintrin.h); nothing in this file reads uninitialized data.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same, for _mm512_shuffle_i64x2
 
 namespace perch::kernels::s8 {
 
@@ -109,28 +111,36 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 
 // ---- Row-cached kernel, kw <= 4 (every 3x3 depthwise conv) ----
 //
-// Quad rows. For input row ih, channel block c0 (64 channels) and output column ow, the quad row holds
-//   Q[ow] = 4 vectors of 64 bytes; vector j, byte 16 l + 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + 16 l + 4 j + i]
-// (t < kw; x_u = x ^ 0x80 for int8 inputs, the zero point for columns in the padding; slot t >= kw is 0 and meets
-// a zero weight). That is VPUNPCK{L,H}BW + VPUNPCK{L,H}WD of the kw tap loads, the byte order of
-// PackedDepthwiseS8::vnni_rows. Then one output pixel is, per kernel row r and per j, one VPDPBUSD:
-//   acc_j += Q_{ih(r)}[ow].vector j  .  vnni_rows[b][r][j]        (u8 x s8, 4 products summed, exact in int32)
-// with acc_j starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
-// padding read a 256-byte quad of zero points with column step 0. A quad row is built once per (block, input
-// row) and reused by every output row that reads it (3 at stride 1): a direct-mapped cache of kh * dilation_h
-// slots indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input
-// rows are kh multiples of dilation_h apart). One slot is ow_n * 256 bytes: 14 KB at 56 columns, so the 3 rows
-// of a 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch;
-// the interior build loop and the whole compute loop have none.
+// Channels in natural order, 16 per vector, each channel's 4 taps in its 4 bytes (the VPDPBUSD group).
+// Quad rows. For input row ih, channel block c0 (up to 64 channels: g = ceil(valid / 16) vectors) and output
+// column ow, the quad row holds
+//   Q[ow] = g vectors of 64 bytes; vector J, byte 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + 16 J + i]
+// (t < kw; x_u = x ^ 0x80 for int8 inputs; the zero point for columns in the padding; slot t >= kw is 0 and meets
+// a zero weight). Built from the kw tap loads by VPUNPCK{L,H}BW + VPUNPCK{L,H}WD (which leave channel
+// 16 l + 4 j + i in lane l of vector j) and a 4x4 transpose of 128-bit lanes (VSHUFI64X2) back to natural order.
+// PackedDepthwiseS8::vnni_rows holds the weights in the same order. One output pixel is, per kernel row r and
+// vector J, one VPDPBUSD:
+//   acc_J += Q_{ih(r)}[ow].J  .  vnni_rows[b][r][J]        (u8 x s8, 4 products summed, exact in int32)
+// with acc_J starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
+// padding read one quad of zero points with column step 0. A quad row is built once per (block, input row) and
+// reused by every output row that reads it (3 at stride 1): a direct-mapped cache of kh * dilation_h slots
+// indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input rows are
+// kh multiples of dilation_h apart). One slot is ow_n * g * 64 bytes: 14 KB at 56 columns, so the 3 rows of a
+// 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch; the
+// interior build loop and the whole compute loop have none.
+// Output: the one-rounding output stage (RqF16, s8_internal.h), VPACKSSDW / VPACKUSWB (exact: values already
+// in the output type after the int16 clamp), and one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
 template <int KW>
 void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
-                 __mmask64 mask, __m512i flip, uint8_t* q) {
+                 __mmask64 mask, int g, __m512i flip, uint8_t* q) {
   const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w, pl = d.pad_left;
   // Interior columns: ow * sw - pl >= 0 and ow * sw - pl + (KW - 1) * dw <= in_w - 1.
-  int64_t lo = (pl + sw - 1) / sw, hi = (d.in_w - 1 - (KW - 1) * dw + pl) >= 0 ? (d.in_w - 1 - (KW - 1) * dw + pl) / sw + 1 : 0;
+  const int64_t e = d.in_w - 1 - (KW - 1) * dw + pl;
+  int64_t lo = (pl + sw - 1) / sw, hi = e >= 0 ? e / sw + 1 : 0;
   lo = std::min(lo, ow_n);
   hi = std::clamp(hi, lo, ow_n);
+  const int64_t step = g * 64;
   auto one = [&](int64_t ow, bool border) {
     const int64_t iw0 = ow * sw - pl;
     __m512i x[4];
@@ -141,86 +151,131 @@ void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zr
       }
       const int64_t iw = iw0 + t * dw;
       const uint8_t* src = (!border || (iw >= 0 && iw < d.in_w)) ? row + iw * c_n + c0 : zrow;
-      x[t] = _mm512_maskz_loadu_epi8(mask, src);
+      x[t] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src), flip);
     }
     const __m512i t01l = _mm512_unpacklo_epi8(x[0], x[1]), t01h = _mm512_unpackhi_epi8(x[0], x[1]);
     const __m512i t23l = _mm512_unpacklo_epi8(x[2], x[3]), t23h = _mm512_unpackhi_epi8(x[2], x[3]);
-    uint8_t* o = q + ow * 256;
-    _mm512_store_si512(o, _mm512_xor_si512(_mm512_unpacklo_epi16(t01l, t23l), flip));
-    _mm512_store_si512(o + 64, _mm512_xor_si512(_mm512_unpackhi_epi16(t01l, t23l), flip));
-    _mm512_store_si512(o + 128, _mm512_xor_si512(_mm512_unpacklo_epi16(t01h, t23h), flip));
-    _mm512_store_si512(o + 192, _mm512_xor_si512(_mm512_unpackhi_epi16(t01h, t23h), flip));
+    // u_j, lane l: channels 16 l + 4 j + 0..3, 4 taps each.
+    const __m512i u0 = _mm512_unpacklo_epi16(t01l, t23l), u1 = _mm512_unpackhi_epi16(t01l, t23l);
+    const __m512i u2 = _mm512_unpacklo_epi16(t01h, t23h), u3 = _mm512_unpackhi_epi16(t01h, t23h);
+    if (mask == ~__mmask64{0}) {  // full block: keep the unpacks' order (the output packs undo it)
+      uint8_t* o = q + ow * step;
+      _mm512_store_si512(o, u0);
+      _mm512_store_si512(o + 64, u1);
+      _mm512_store_si512(o + 128, u2);
+      _mm512_store_si512(o + 192, u3);
+      return;
+    }
+    const __m512i v0 = _mm512_shuffle_i64x2(u0, u1, 0x44), v1 = _mm512_shuffle_i64x2(u0, u1, 0xEE);
+    const __m512i v2 = _mm512_shuffle_i64x2(u2, u3, 0x44), v3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
+    uint8_t* o = q + ow * step;
+    _mm512_store_si512(o, _mm512_shuffle_i64x2(v0, v2, 0x88));  // lane J of u_0..u_3: channels 16 J + 0..15
+    if (g > 1) _mm512_store_si512(o + 64, _mm512_shuffle_i64x2(v0, v2, 0xDD));
+    if (g > 2) _mm512_store_si512(o + 128, _mm512_shuffle_i64x2(v1, v3, 0x88));
+    if (g > 3) _mm512_store_si512(o + 192, _mm512_shuffle_i64x2(v1, v3, 0xDD));
   };
   for (int64_t ow = 0; ow < lo; ++ow) one(ow, true);
   for (int64_t ow = lo; ow < hi; ++ow) one(ow, false);
   for (int64_t ow = hi; ow < ow_n; ++ow) one(ow, true);
 }
 
-// Compute loop for one output row and one channel block; KH > 0 fixes the kernel height at compile time.
-template <int KH, bool kClamp64>
+// Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
+template <int G, int KH, bool kClamp64>
 void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
             int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
   const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
-  const __m512i off0 = _mm512_loadu_si512(p.off.data() + c0), off1 = _mm512_loadu_si512(p.off.data() + c0 + 16);
-  const __m512i off2 = _mm512_loadu_si512(p.off.data() + c0 + 32), off3 = _mm512_loadu_si512(p.off.data() + c0 + 48);
+  __m512i off[G];
+  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
   const int64_t* t = p.rqf.data() + (c0 / 16) * 64;
-  const RqF16 rq0(t), rq1(t + 64), rq2(t + 128), rq3(t + 192);
+  const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
   const __m512i lo64 = _mm512_set1_epi64(p.rq.lo), hi64 = _mm512_set1_epi64(p.rq.hi);
   const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.lo));
   const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.hi));
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.zp));
-  for (int64_t ow = 0; ow < p.ow; ++ow) {
-    __m512i a0 = off0, a1 = off1, a2 = off2, a3 = off3;
+  // After VPACKSSDW (0,1), (2,3) and VPACKUSWB, lane l dword k holds channels 16 k + 4 l + 0..3.
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i zero = _mm512_setzero_si512();
+  const bool full = mask == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo
+  // Two output pixels per step: every weight and output-stage constant loaded once serves both.
+  auto finish = [&](const __m512i* a, uint8_t* yo) {
+    const __m512i r0 = rq0.apply<kClamp64>(a[0], lo64, hi64);
+    const __m512i r1 = G > 1 ? rq1.apply<kClamp64>(a[G > 1 ? 1 : 0], lo64, hi64) : zero;
+    const __m512i r2 = G > 2 ? rq2.apply<kClamp64>(a[G > 2 ? 2 : 0], lo64, hi64) : zero;
+    const __m512i r3 = G > 3 ? rq3.apply<kClamp64>(a[G > 3 ? 3 : 0], lo64, hi64) : zero;
+    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
+    __m512i s01 = _mm512_packs_epi32(r0, r1);
+    s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
+    __m512i s23 = zero;
+    if (G > 2) {
+      s23 = _mm512_packs_epi32(r2, r3);
+      s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
+    }
+    const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
+    _mm512_mask_storeu_epi8(yo, mask, full ? o : _mm512_permutexvar_epi32(perm, o));
+  };
+  int64_t ow = 0;
+  for (; ow + 2 <= p.ow; ow += 2) {
+    __m512i a[G], b[G];
+    for (int j = 0; j < G; ++j) a[j] = b[j] = off[j];
     for (int64_t r = 0; r < kn; ++r) {
       const uint8_t* q = qb[r] + ow * qs[r];
-      const int8_t* wr = wb + r * 256;
-      a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(q), _mm512_load_si512(wr));
-      a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(q + 64), _mm512_load_si512(wr + 64));
-      a2 = _mm512_dpbusd_epi32(a2, _mm512_load_si512(q + 128), _mm512_load_si512(wr + 128));
-      a3 = _mm512_dpbusd_epi32(a3, _mm512_load_si512(q + 192), _mm512_load_si512(wr + 192));
+      const int64_t s = qs[r];
+      const int8_t* wr = wb + r * G * 64;
+      for (int j = 0; j < G; ++j) {
+        const __m512i wv = _mm512_loadu_si512(wr + 64 * j);
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), wv);
+        b[j] = _mm512_dpbusd_epi32(b[j], _mm512_load_si512(q + s + 64 * j), wv);
+      }
     }
-    __m512i s01 = _mm512_packs_epi32(rq0.apply<kClamp64>(a0, lo64, hi64), rq1.apply<kClamp64>(a1, lo64, hi64));
-    __m512i s23 = _mm512_packs_epi32(rq2.apply<kClamp64>(a2, lo64, hi64), rq3.apply<kClamp64>(a3, lo64, hi64));
-    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
-    s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
-    s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
-    // The packs are exact (values in the output type) and undo the unpacks' channel order.
-    const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
-    _mm512_mask_storeu_epi8(y + ow * c_n + c0, mask, o);
+    finish(a, y + ow * c_n + c0);
+    finish(b, y + (ow + 1) * c_n + c0);
+  }
+  if (ow < p.ow) {
+    __m512i a[G];
+    for (int j = 0; j < G; ++j) a[j] = off[j];
+    for (int64_t r = 0; r < kn; ++r) {
+      const uint8_t* q = qb[r] + ow * qs[r];
+      const int8_t* wr = wb + r * G * 64;
+      for (int j = 0; j < G; ++j)
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), _mm512_loadu_si512(wr + 64 * j));
+    }
+    finish(a, y + ow * c_n + c0);
   }
 }
 
-void row_i32(const DwPlan& p, int64_t kn, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb, int64_t c0,
-             int64_t valid, int32_t* y) {
+void row_i32(const DwPlan& p, int64_t kn, int g, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+             int64_t c0, int64_t valid, int32_t* y) {
   const int64_t c_n = p.d->channels;
   for (int64_t ow = 0; ow < p.ow; ++ow) {
-    __m512i acc[4];
-    for (int j = 0; j < 4; ++j) acc[j] = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
-    for (int64_t r = 0; r < kn; ++r)
-      for (int j = 0; j < 4; ++j)
-        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_load_si512(qb[r] + ow * qs[r] + 64 * j),
-                                     _mm512_load_si512(wb + r * 256 + 64 * j));
-    // acc[j], 128-bit lane l holds channels 16 l + 4 j .. + 3.
-    int32_t* yo = y + ow * c_n + c0;
-    for (int l = 0; l < 4; ++l)
-      for (int j = 0; j < 4; ++j) {
-        const int64_t first = 16 * l + 4 * j;
-        if (first >= valid) continue;
-        const __mmask8 m4 = static_cast<__mmask8>(valid - first >= 4 ? 0xf : (1u << (valid - first)) - 1);
-        const __m128i v = l == 0   ? _mm512_castsi512_si128(acc[j])
-                          : l == 1 ? _mm512_extracti32x4_epi32(acc[j], 1)
-                          : l == 2 ? _mm512_extracti32x4_epi32(acc[j], 2)
-                                   : _mm512_extracti32x4_epi32(acc[j], 3);
-        _mm_mask_storeu_epi32(yo + first, m4, v);
+    for (int j = 0; j < g; ++j) {
+      __m512i acc = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
+      for (int64_t r = 0; r < kn; ++r)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(qb[r] + ow * qs[r] + 64 * j),
+                                  _mm512_loadu_si512(wb + r * g * 64 + 64 * j));
+      if (valid == 64) {  // full block, unpack order: lane l of vector j holds channels 16 l + 4 j + 0..3
+        alignas(64) int32_t v[16];
+        _mm512_store_si512(v, acc);
+        for (int l = 0; l < 4; ++l) std::memcpy(y + ow * c_n + c0 + 16 * l + 4 * j, v + 4 * l, 16);
+        continue;
       }
+      const int64_t left = valid - 16 * j;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_epi32(y + ow * c_n + c0 + 16 * j, m, acc);
+    }
   }
 }
 
-template <typename T>
-T* aligned64(std::vector<uint8_t>& buf, size_t bytes) {
-  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
-  const auto a = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<T*>((a + 63) & ~uintptr_t{63});
+template <int G>
+void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+                int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
+  if (kh_n == 3 && !p.rqf_clamp64)
+    row_u8<G, 3, false>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (kh_n == 3)
+    row_u8<G, 3, true>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (!p.rqf_clamp64)
+    row_u8<G, 0, false>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else
+    row_u8<G, 0, true>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
 }
 
 void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
@@ -234,17 +289,20 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   // Thread-local: [slots quad rows][one quad of zero points (256 bytes)]; tags[slot] = n * in_h + ih.
   thread_local std::vector<uint8_t> buf;
   thread_local std::vector<int64_t> tags;
-  uint8_t* qbuf = aligned64<uint8_t>(buf, static_cast<size_t>(slots * row_bytes + 256));
+  const size_t need = static_cast<size_t>(slots * row_bytes + 256 + 64);
+  if (buf.size() < need) buf.resize(need);
+  uint8_t* qbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
   uint8_t* zquad = qbuf + slots * row_bytes;
-  _mm512_store_si512(zquad, _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.zrow[0])), flip));
-  for (int j = 1; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, _mm512_load_si512(zquad));
+  const __m512i zq = _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.zrow[0])), flip);
+  for (int j = 0; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, zq);
   tags.assign(static_cast<size_t>(slots), -1);
   std::vector<const uint8_t*> qb(static_cast<size_t>(kh_n));
   std::vector<int64_t> qs(static_cast<size_t>(kh_n));
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * 64, valid = std::min<int64_t>(64, c_n - c0);
+    const int g = static_cast<int>((valid + 15) / 16);
     const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
-    const int8_t* wb = w.vnni_rows.data() + b * kh_n * 256;
+    const int8_t* wb = w.vnni_rows.data() + c0 * kh_n * 4;  // block b: kh_n rows of g vectors
     std::fill(tags.begin(), tags.end(), -1);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / p.oh, oh = r % p.oh;
@@ -260,30 +318,28 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
         if (tags[static_cast<size_t>(slot)] != tag) {
           const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
           switch (w.kw) {
-            case 1: build_quads<1>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
-            case 2: build_quads<2>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
-            case 3: build_quads<3>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
-            default: build_quads<4>(d, row, p.zrow.data(), p.ow, c0, mask, flip, q); break;
+            case 1: build_quads<1>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
+            case 2: build_quads<2>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
+            case 3: build_quads<3>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
+            default: build_quads<4>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
           }
           tags[static_cast<size_t>(slot)] = tag;
         }
         qb[static_cast<size_t>(k)] = q;
-        qs[static_cast<size_t>(k)] = 256;
+        qs[static_cast<size_t>(k)] = g * 64;
       }
       const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
       if (is32) {
-        row_i32(p, kh_n, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
+        row_i32(p, kh_n, g, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
         continue;
       }
       uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
-      if (kh_n == 3 && !p.rqf_clamp64)
-        row_u8<3, false>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
-      else if (kh_n == 3)
-        row_u8<3, true>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
-      else if (!p.rqf_clamp64)
-        row_u8<0, false>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
-      else
-        row_u8<0, true>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y);
+      switch (g) {
+        case 1: row_u8_any<1>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 2: row_u8_any<2>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 3: row_u8_any<3>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        default: row_u8_any<4>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+      }
     }
   }
 }

@@ -35,8 +35,9 @@ struct PackedDepthwiseS8 {
   std::vector<int16_t> avx2;
   // Row layouts of the row-cached kernels (kw <= 4; dwconv_s8_avx512vnni.cpp / dwconv_s8_avx2.cpp): the taps of
   // one kernel row side by side, padded with zero weights to 4 (VNNI) or to pairs (AVX2).
-  // vnni_rows: per block b of 64 channels, per kernel row r, 4 vectors of 64 bytes; vector j, byte 16 l + 4 i + t
-  //   holds w[64 b + 16 l + 4 j + i][r][t] (t < kw, else 0).
+  // vnni_rows: per block b of 64 channels (at byte 256 b * kh), per kernel row r, g_b = min(4, ceil((C - 64 b) / 16))
+  //   vectors of 64 bytes (natural channel order); vector j of row r, byte 4 i + t holds w[64 b + 16 j + i][r][t]
+  //   (t < kw and channel < C, else 0).
   std::vector<int8_t> vnni_rows;
   // avx2_rows: per block b of 16 channels, per kernel row r, per tap pair q < (kw + 1) / 2, 2 vectors of 16 int16;
   //   vector h, element 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][r][2 q + t] (2 q + t < kw, else 0).
