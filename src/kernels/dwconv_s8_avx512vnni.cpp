@@ -131,7 +131,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // Output: the one-rounding output stage (RqF16, s8_internal.h), VPACKSSDW / VPACKUSWB (exact: values already
 // in the output type after the int16 clamp), and one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
-template <int KW>
+template <int KW, bool kFlip>
 void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
                  __mmask64 mask, int g, __m512i flip, uint8_t* q) {
   const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w, pl = d.pad_left;
@@ -141,25 +141,22 @@ void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zr
   lo = std::min(lo, ow_n);
   hi = std::clamp(hi, lo, ow_n);
   const int64_t step = g * 64;
-  auto one = [&](int64_t ow, bool border) {
-    const int64_t iw0 = ow * sw - pl;
-    __m512i x[4];
-    for (int t = 0; t < 4; ++t) {
-      if (t >= KW) {
-        x[t] = _mm512_setzero_si512();
-        continue;
-      }
-      const int64_t iw = iw0 + t * dw;
-      const uint8_t* src = (!border || (iw >= 0 && iw < d.in_w)) ? row + iw * c_n + c0 : zrow;
-      x[t] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src), flip);
-    }
-    const __m512i t01l = _mm512_unpacklo_epi8(x[0], x[1]), t01h = _mm512_unpackhi_epi8(x[0], x[1]);
-    const __m512i t23l = _mm512_unpacklo_epi8(x[2], x[3]), t23h = _mm512_unpackhi_epi8(x[2], x[3]);
+  const bool full = mask == ~__mmask64{0};
+  auto load = [&](const uint8_t* src) __attribute__((always_inline)) {
+    const __m512i v = _mm512_maskz_loadu_epi8(mask, src);
+    return kFlip ? _mm512_xor_si512(v, flip) : v;
+  };
+  auto emit = [&](int64_t ow, const __m512i* x) __attribute__((always_inline)) {
+    const __m512i x3 = KW > 3 ? x[KW > 3 ? 3 : 0] : _mm512_setzero_si512();
+    const __m512i x2 = KW > 2 ? x[KW > 2 ? 2 : 0] : _mm512_setzero_si512();
+    const __m512i x1 = KW > 1 ? x[KW > 1 ? 1 : 0] : _mm512_setzero_si512();
+    const __m512i t01l = _mm512_unpacklo_epi8(x[0], x1), t01h = _mm512_unpackhi_epi8(x[0], x1);
+    const __m512i t23l = _mm512_unpacklo_epi8(x2, x3), t23h = _mm512_unpackhi_epi8(x2, x3);
     // u_j, lane l: channels 16 l + 4 j + 0..3, 4 taps each.
     const __m512i u0 = _mm512_unpacklo_epi16(t01l, t23l), u1 = _mm512_unpackhi_epi16(t01l, t23l);
     const __m512i u2 = _mm512_unpacklo_epi16(t01h, t23h), u3 = _mm512_unpackhi_epi16(t01h, t23h);
-    if (mask == ~__mmask64{0}) {  // full block: keep the unpacks' order (the output packs undo it)
-      uint8_t* o = q + ow * step;
+    uint8_t* o = q + ow * step;
+    if (full) {  // full block: keep the unpacks' order (the output packs undo it)
       _mm512_store_si512(o, u0);
       _mm512_store_si512(o + 64, u1);
       _mm512_store_si512(o + 128, u2);
@@ -168,15 +165,36 @@ void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zr
     }
     const __m512i v0 = _mm512_shuffle_i64x2(u0, u1, 0x44), v1 = _mm512_shuffle_i64x2(u0, u1, 0xEE);
     const __m512i v2 = _mm512_shuffle_i64x2(u2, u3, 0x44), v3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
-    uint8_t* o = q + ow * step;
     _mm512_store_si512(o, _mm512_shuffle_i64x2(v0, v2, 0x88));  // lane J of u_0..u_3: channels 16 J + 0..15
     if (g > 1) _mm512_store_si512(o + 64, _mm512_shuffle_i64x2(v0, v2, 0xDD));
     if (g > 2) _mm512_store_si512(o + 128, _mm512_shuffle_i64x2(v1, v3, 0x88));
     if (g > 3) _mm512_store_si512(o + 192, _mm512_shuffle_i64x2(v1, v3, 0xDD));
   };
-  for (int64_t ow = 0; ow < lo; ++ow) one(ow, true);
-  for (int64_t ow = lo; ow < hi; ++ow) one(ow, false);
-  for (int64_t ow = hi; ow < ow_n; ++ow) one(ow, true);
+  auto border = [&](int64_t ow) __attribute__((always_inline)) {
+    __m512i x[KW];
+    for (int t = 0; t < KW; ++t) {
+      const int64_t iw = ow * sw - pl + t * dw;
+      x[t] = load(iw >= 0 && iw < d.in_w ? row + iw * c_n + c0 : zrow);
+    }
+    emit(ow, x);
+  };
+  for (int64_t ow = 0; ow < lo; ++ow) border(ow);
+  if (sw == 1 && dw == 1) {  // sliding window: one load per column
+    __m512i x[KW];
+    for (int t = 0; t + 1 < KW && lo < hi; ++t) x[t] = load(row + (lo - pl + t) * c_n + c0);
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      x[KW - 1] = load(row + (ow - pl + KW - 1) * c_n + c0);
+      emit(ow, x);
+      for (int t = 0; t + 1 < KW; ++t) x[t] = x[t + 1];
+    }
+  } else {
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      __m512i x[KW];
+      for (int t = 0; t < KW; ++t) x[t] = load(row + (ow * sw - pl + t * dw) * c_n + c0);
+      emit(ow, x);
+    }
+  }
+  for (int64_t ow = hi; ow < ow_n; ++ow) border(ow);
 }
 
 // Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
@@ -196,23 +214,22 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
   const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i zero = _mm512_setzero_si512();
   const bool full = mask == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo
-  // Two output pixels per step: every weight and output-stage constant loaded once serves both.
-  auto finish = [&](const __m512i* a, uint8_t* yo) {
-    const __m512i r0 = rq0.apply<kClamp64>(a[0], lo64, hi64);
-    const __m512i r1 = G > 1 ? rq1.apply<kClamp64>(a[G > 1 ? 1 : 0], lo64, hi64) : zero;
-    const __m512i r2 = G > 2 ? rq2.apply<kClamp64>(a[G > 2 ? 2 : 0], lo64, hi64) : zero;
-    const __m512i r3 = G > 3 ? rq3.apply<kClamp64>(a[G > 3 ? 3 : 0], lo64, hi64) : zero;
+  const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
+  // Packs 4 requantized vectors (G used) to bytes and stores them.
+  auto store = [&](const __m512i* r, uint8_t* yo) {
     // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
-    __m512i s01 = _mm512_packs_epi32(r0, r1);
+    __m512i s01 = _mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero);
     s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
     __m512i s23 = zero;
     if (G > 2) {
-      s23 = _mm512_packs_epi32(r2, r3);
+      s23 = _mm512_packs_epi32(r[G > 2 ? 2 : 0], G > 3 ? r[G > 3 ? 3 : 0] : zero);
       s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
     }
     const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
     _mm512_mask_storeu_epi8(yo, mask, full ? o : _mm512_permutexvar_epi32(perm, o));
   };
+  // Two output pixels per step: every weight and output-stage constant loaded once serves both (the output
+  // stage runs per channel vector j over both pixels, so its 8 constants stay in registers).
   int64_t ow = 0;
   for (; ow + 2 <= p.ow; ow += 2) {
     __m512i a[G], b[G];
@@ -227,8 +244,12 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
         b[j] = _mm512_dpbusd_epi32(b[j], _mm512_load_si512(q + s + 64 * j), wv);
       }
     }
-    finish(a, y + ow * c_n + c0);
-    finish(b, y + (ow + 1) * c_n + c0);
+    for (int j = 0; j < G; ++j) {
+      a[j] = rq[j]->apply<kClamp64>(a[j], lo64, hi64);
+      b[j] = rq[j]->apply<kClamp64>(b[j], lo64, hi64);
+    }
+    store(a, y + ow * c_n + c0);
+    store(b, y + (ow + 1) * c_n + c0);
   }
   if (ow < p.ow) {
     __m512i a[G];
@@ -239,7 +260,8 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
       for (int j = 0; j < G; ++j)
         a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), _mm512_loadu_si512(wr + 64 * j));
     }
-    finish(a, y + ow * c_n + c0);
+    for (int j = 0; j < G; ++j) a[j] = rq[j]->apply<kClamp64>(a[j], lo64, hi64);
+    store(a, y + ow * c_n + c0);
   }
 }
 
@@ -317,11 +339,16 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
         uint8_t* q = qbuf + slot * row_bytes;
         if (tags[static_cast<size_t>(slot)] != tag) {
           const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
-          switch (w.kw) {
-            case 1: build_quads<1>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
-            case 2: build_quads<2>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
-            case 3: build_quads<3>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
-            default: build_quads<4>(d, row, p.zrow.data(), p.ow, c0, mask, g, flip, q); break;
+          const uint8_t* z = p.zrow.data();
+          switch (w.kw * 2 + (p.flip ? 1 : 0)) {
+            case 2: build_quads<1, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 3: build_quads<1, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 4: build_quads<2, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 5: build_quads<2, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 6: build_quads<3, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 7: build_quads<3, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 8: build_quads<4, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            default: build_quads<4, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
           }
           tags[static_cast<size_t>(slot)] = tag;
         }
