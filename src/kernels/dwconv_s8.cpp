@@ -234,15 +234,19 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   for (int64_t c = 0; c < d.channels; ++c)
     off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
                                                        za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
-  // The VNNI row-cached kernel (kw <= 4) keeps channels in natural order; the others permute (see s8_internal.h).
-  const DwKernel order = k == DwKernel::kAvx512Vnni && d.w->kw <= 4 ? DwKernel::kAvx512VnniRows : k;
+  // Row-cached kernels for kw <= 4 while their row cache (kh * dilation_h rows) stays within 8 MB; the VNNI one
+  // keeps the last partial 64-channel block in natural order (s8_internal.h, DwPlan::cached).
+  const int64_t row_bytes = k == DwKernel::kAvx512Vnni ? p.ow * 256 : p.ow * ((d.w->kw + 1) / 2) * 64;
+  p.cached = d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
+             !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
+  const DwKernel order = k == DwKernel::kAvx512Vnni && p.cached ? DwKernel::kAvx512VnniRows : k;
   p.off = permute(off, order, d.channels);
   if (d.out.type != OutputType::kInt32) {
     p.rq.mult = permute(p.rq.mult, order, d.channels);
     p.rq.sh64 = permute(p.rq.sh64, order, d.channels);
     p.rq.rsh = permute(p.rq.rsh, order, d.channels);
     p.rq.rmask = permute(p.rq.rmask, order, d.channels);
-    if (d.w->kw <= 4) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
+    if (p.cached) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
   }
   auto body = [&](int64_t lo, int64_t hi) {
     if (k == DwKernel::kAvx512Vnni)

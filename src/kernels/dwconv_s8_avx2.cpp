@@ -275,7 +275,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
 }  // namespace
 
 void dw_rows_avx2(const DwPlan& p, int64_t r0, int64_t r1) {
-  if (p.d->w->kw <= 4 && !p.d->w->avx2_rows.empty())
+  if (p.cached)  // chosen by depthwise_s8 (dwconv_s8.cpp)
     dw_rows_cached(p, r0, r1);
   else
     dw_rows_generic(p, r0, r1);

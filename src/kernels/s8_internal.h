@@ -69,6 +69,10 @@ struct DwPlan {
   // (rnd = 2^(30-L) or 2^30 + [R > 0] 2^(30+R); adj = [L == 0 && R > 0] 2^31; sh = 31 - L or 31 + R, in [1, 62]).
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false;      // some channel has L > 0: clamp in 64 bits before narrowing
+  // Row-cached kernel (kw <= 4 and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
+  // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order
+  // above, the last partial block in natural order.
+  bool cached = false;
 };
 // Fills p.rqf / p.rqf_clamp64 from the (permuted) p.rq for groups of g channels.
 void make_dw_fast_requant(DwPlan& p, int g);
