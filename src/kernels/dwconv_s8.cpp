@@ -150,8 +150,11 @@ void make_dw_fast_requant(DwPlan& p, int g) {
   const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2);
   p.rqf.assign(n / static_cast<size_t>(g) * 8 * half, 0);
   p.rqf_clamp64 = false;
+  p.rqf_hi32 = true;
   for (size_t c = 0; c < n; ++c) {
-    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.rsh[c];
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps rqf_hi32.
+    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.mult[c] == 0 ? 1 : p.rq.rsh[c];
+    if (L > 0 || R == 0) p.rqf_hi32 = false;
     int64_t rnd, adj = 0, sh;
     if (L > 0) {
       rnd = int64_t{1} << (30 - L);
@@ -169,6 +172,16 @@ void make_dw_fast_requant(DwPlan& p, int g) {
     t[(4 + odd) * half + k] = adj;
     t[(6 + odd) * half + k] = sh;
   }
+  // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
+  // channel of the group in accumulator order.
+  if (p.rqf_hi32)
+    for (size_t grp = 0; grp < n / static_cast<size_t>(g); ++grp) {
+      int64_t* t = p.rqf.data() + grp * 8 * half;
+      std::vector<int32_t> s32(static_cast<size_t>(g));
+      for (size_t k = 0; k < static_cast<size_t>(g); ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
+      std::memcpy(t + 6 * half, s32.data(), s32.size() * 4);  // g int32 = the half int64 of sh_e
+      std::memset(t + 7 * half, 0, half * 8);                  // sh_o is not read
+    }
 }
 }  // namespace s8
 

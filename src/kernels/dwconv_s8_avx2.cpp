@@ -164,7 +164,7 @@ inline void accumulate(int64_t kh_n, int64_t rp_n, const int16_t* const* qb, con
   }
 }
 
-template <int KH, int RP, bool kClamp64>
+template <int KH, int RP, int kMode>
 void row_u8(const DwPlan& p, int64_t kh_n, int64_t rp_n, const int16_t* const* qb, const int64_t* qs,
             const int16_t* wb, int64_t c0, int64_t valid, bool is_u8, uint8_t* y) {
   const int64_t c_n = p.d->channels;
@@ -181,7 +181,7 @@ void row_u8(const DwPlan& p, int64_t kh_n, int64_t rp_n, const int16_t* const* q
     accumulate<KH, RP>(kh_n, rp_n, qb, qs, wb, ow, lo, hi);
     // lo lane l: channels 8 l + 0..3; hi lane l: 8 l + 4..7. VPACKSSDW puts lane l in channel order 8 l + 0..7;
     // int16 saturation then [lo, hi] is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
-    __m256i s16 = _mm256_packs_epi32(rq_lo.apply<kClamp64>(lo, lo64, hi64), rq_hi.apply<kClamp64>(hi, lo64, hi64));
+    __m256i s16 = _mm256_packs_epi32(rq_lo.apply<kMode>(lo, lo64, hi64), rq_hi.apply<kMode>(hi, lo64, hi64));
     s16 = _mm256_add_epi16(_mm256_min_epi16(_mm256_max_epi16(s16, lo16), hi16), zp16);
     const __m256i s8 = is_u8 ? _mm256_packus_epi16(s16, s16) : _mm256_packs_epi16(s16, s16);
     const __m128i o = _mm256_castsi256_si128(_mm256_permute4x64_epi64(s8, 0x08));
@@ -260,14 +260,19 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
       }
       uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
       const bool k33 = kh_n == 3 && rp == 2;
-      if (k33 && !p.rqf_clamp64)
-        row_u8<3, 2, false>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+      const int mode = p.rqf_hi32 ? 2 : p.rqf_clamp64 ? 1 : 0;
+      if (k33 && mode == 2)
+        row_u8<3, 2, 2>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+      else if (k33 && mode == 1)
+        row_u8<3, 2, 1>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
       else if (k33)
-        row_u8<3, 2, true>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
-      else if (!p.rqf_clamp64)
-        row_u8<0, 0, false>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+        row_u8<3, 2, 0>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+      else if (mode == 2)
+        row_u8<0, 0, 2>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+      else if (mode == 1)
+        row_u8<0, 0, 1>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
       else
-        row_u8<0, 0, true>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
+        row_u8<0, 0, 0>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
     }
   }
 }

@@ -198,7 +198,7 @@ void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zr
 }
 
 // Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
-template <int G, int KH, bool kClamp64>
+template <int G, int KH, int kMode>
 void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
             int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
   const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
@@ -245,8 +245,8 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
       }
     }
     for (int j = 0; j < G; ++j) {
-      a[j] = rq[j]->apply<kClamp64>(a[j], lo64, hi64);
-      b[j] = rq[j]->apply<kClamp64>(b[j], lo64, hi64);
+      a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
+      b[j] = rq[j]->apply<kMode>(b[j], lo64, hi64);
     }
     store(a, y + ow * c_n + c0);
     store(b, y + (ow + 1) * c_n + c0);
@@ -260,7 +260,7 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
       for (int j = 0; j < G; ++j)
         a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), _mm512_loadu_si512(wr + 64 * j));
     }
-    for (int j = 0; j < G; ++j) a[j] = rq[j]->apply<kClamp64>(a[j], lo64, hi64);
+    for (int j = 0; j < G; ++j) a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
     store(a, y + ow * c_n + c0);
   }
 }
@@ -290,14 +290,19 @@ void row_i32(const DwPlan& p, int64_t kn, int g, const uint8_t* const* qb, const
 template <int G>
 void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
                 int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
-  if (kh_n == 3 && !p.rqf_clamp64)
-    row_u8<G, 3, false>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  const int mode = p.rqf_hi32 ? 2 : p.rqf_clamp64 ? 1 : 0;
+  if (kh_n == 3 && mode == 2)
+    row_u8<G, 3, 2>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (kh_n == 3 && mode == 1)
+    row_u8<G, 3, 1>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
   else if (kh_n == 3)
-    row_u8<G, 3, true>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
-  else if (!p.rqf_clamp64)
-    row_u8<G, 0, false>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+    row_u8<G, 3, 0>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (mode == 2)
+    row_u8<G, 0, 2>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (mode == 1)
+    row_u8<G, 0, 1>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
   else
-    row_u8<G, 0, true>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+    row_u8<G, 0, 0>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
 }
 
 void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {

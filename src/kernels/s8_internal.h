@@ -69,6 +69,10 @@ struct DwPlan {
   // (rnd = 2^(30-L) or 2^30 + [R > 0] 2^(30+R); adj = [L == 0 && R > 0] 2^31; sh = 31 - L or 31 + R, in [1, 62]).
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false;      // some channel has L > 0: clamp in 64 bits before narrowing
+  // Every channel has L == 0 and R >= 1 (sh >= 32; M == 0 counts as R = 1): floor(X / 2^sh) is taken as the high
+  // 32 bits of X, then a 32-bit arithmetic shift by sh - 32 (floor of a floor is the floor of the quotient), so the
+  // even and odd halves share one 32-bit shift. rqf's sh_e array then holds the G int32 counts sh - 32.
+  bool rqf_hi32 = false;
   // Row-cached kernel (kw <= 4 and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
   // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order
   // above, the last partial block in natural order.

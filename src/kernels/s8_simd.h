@@ -63,7 +63,8 @@ struct RqF16 {
     ae = _mm512_loadu_si512(t + 32), ao = _mm512_loadu_si512(t + 40);
     se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);
   }
-  template <bool kClamp64>
+  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwPlan::rqf_hi32; se holds 16 int32 counts sh - 32).
+  template <int kMode>
   __m512i apply(__m512i acc, __m512i lo64, __m512i hi64) const {
     const __m512i thr = _mm512_set1_epi64(-(int64_t{1} << 30));
     __m512i pe = _mm512_mul_epi32(acc, me);
@@ -71,6 +72,13 @@ struct RqF16 {
     const __mmask8 ne = _mm512_cmpgt_epi64_mask(thr, pe), no = _mm512_cmpgt_epi64_mask(thr, po);
     pe = _mm512_add_epi64(pe, re);
     po = _mm512_add_epi64(po, ro);
+    if constexpr (kMode == 2) {
+      pe = _mm512_mask_sub_epi64(pe, ne, pe, ae);
+      po = _mm512_mask_sub_epi64(po, no, po, ao);
+      // even int32 lanes take pe's high halves, odd lanes keep po's: floor(X / 2^32), then >> (sh - 32).
+      return _mm512_srav_epi32(_mm512_mask_shuffle_epi32(po, 0x5555, pe, _MM_PERM_CDAB), se);
+    }
+    constexpr bool kClamp64 = kMode == 1;
     pe = _mm512_srav_epi64(_mm512_mask_sub_epi64(pe, ne, pe, ae), se);
     po = _mm512_srav_epi64(_mm512_mask_sub_epi64(po, no, po, ao), so);
     if constexpr (kClamp64) {
@@ -136,7 +144,8 @@ struct RqF8 {
     me = ld(t), mo = ld(t + 4), re = ld(t + 8), ro = ld(t + 12), ae = ld(t + 16), ao = ld(t + 20), se = ld(t + 24),
     so = ld(t + 28);
   }
-  template <bool kClamp64>
+  // kMode as RqF16's (hi32: se holds 8 int32 counts sh - 32).
+  template <int kMode>
   __m256i apply(__m256i acc, __m256i lo64, __m256i hi64) const {
     const __m256i thr = _mm256_set1_epi64x(-(int64_t{1} << 30));
     __m256i pe = _mm256_mul_epi32(acc, me);
@@ -144,6 +153,9 @@ struct RqF8 {
     const __m256i ne = _mm256_cmpgt_epi64(thr, pe), no = _mm256_cmpgt_epi64(thr, po);
     pe = _mm256_sub_epi64(_mm256_add_epi64(pe, re), _mm256_and_si256(ne, ae));
     po = _mm256_sub_epi64(_mm256_add_epi64(po, ro), _mm256_and_si256(no, ao));
+    if constexpr (kMode == 2)  // even lanes: pe's high halves; odd lanes: po's (in place); then >> (sh - 32)
+      return _mm256_srav_epi32(_mm256_blend_epi32(_mm256_shuffle_epi32(pe, 0xB1), po, 0xAA), se);
+    constexpr bool kClamp64 = kMode == 1;
     pe = srav_epi64_avx2(pe, se);
     po = srav_epi64_avx2(po, so);
     if constexpr (kClamp64) {
