@@ -147,26 +147,19 @@ void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
 
 namespace s8 {
 void make_dw_fast_requant(DwPlan& p, int g) {
-  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2);
-  p.rqf.assign(n / static_cast<size_t>(g) * 8 * half, 0);
+  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
+  p.rqf.assign(n / gs * 8 * half, 0);
   p.rqf_clamp64 = false;
   p.rqf_hi32 = true;
   for (size_t c = 0; c < n; ++c) {
     // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps rqf_hi32.
     const int64_t L = 31 - p.rq.sh64[c], R = p.rq.mult[c] == 0 ? 1 : p.rq.rsh[c];
     if (L > 0 || R == 0) p.rqf_hi32 = false;
-    int64_t rnd, adj = 0, sh;
-    if (L > 0) {
-      rnd = int64_t{1} << (30 - L);
-      sh = 31 - L;
-      p.rqf_clamp64 = true;
-    } else {
-      rnd = (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
-      adj = R > 0 ? int64_t{1} << 31 : 0;
-      sh = 31 + R;
-    }
-    const size_t grp = c / static_cast<size_t>(g), k = (c % static_cast<size_t>(g)) / 2, odd = c % 2;
-    int64_t* t = p.rqf.data() + grp * 8 * half;
+    if (L > 0) p.rqf_clamp64 = true;
+    const int64_t rnd = L > 0 ? int64_t{1} << (30 - L) : (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
+    const int64_t adj = L == 0 && R > 0 ? int64_t{1} << 31 : 0, sh = L > 0 ? 31 - L : 31 + R;
+    const size_t k = (c % gs) / 2, odd = c % 2;
+    int64_t* t = p.rqf.data() + c / gs * 8 * half;
     t[(0 + odd) * half + k] = p.rq.mult[c];
     t[(2 + odd) * half + k] = rnd;
     t[(4 + odd) * half + k] = adj;
@@ -175,12 +168,12 @@ void make_dw_fast_requant(DwPlan& p, int g) {
   // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
   // channel of the group in accumulator order.
   if (p.rqf_hi32)
-    for (size_t grp = 0; grp < n / static_cast<size_t>(g); ++grp) {
+    for (size_t grp = 0; grp < n / gs; ++grp) {
       int64_t* t = p.rqf.data() + grp * 8 * half;
-      std::vector<int32_t> s32(static_cast<size_t>(g));
-      for (size_t k = 0; k < static_cast<size_t>(g); ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
-      std::memcpy(t + 6 * half, s32.data(), s32.size() * 4);  // g int32 = the half int64 of sh_e
-      std::memset(t + 7 * half, 0, half * 8);                  // sh_o is not read
+      int32_t s32[16];
+      for (size_t k = 0; k < gs; ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
+      std::memcpy(t + 6 * half, s32, gs * 4);  // g int32 = the half int64 of sh_e
+      std::memset(t + 7 * half, 0, half * 8);  // sh_o is not read
     }
 }
 }  // namespace s8
@@ -189,11 +182,10 @@ namespace {
 
 enum class DwKernel { kReference, kAvx2, kAvx512Vnni, kAvx512VnniRows };
 
-// Permutes per-channel tables into the accumulator order of `k`.
-template <typename T>
-std::vector<T> permute(const std::vector<T>& v, DwKernel k, int64_t channels) {
-  std::vector<T> out(v.size());
-  for (size_t p = 0; p < v.size(); ++p) {
+// Index map into the accumulator order of `k`: position p holds channel order[p] (see s8_internal.h, DwPlan).
+std::vector<int32_t> channel_order(size_t padded, DwKernel k, int64_t channels) {
+  std::vector<int32_t> out(padded);
+  for (size_t p = 0; p < padded; ++p) {
     size_t c;
     if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
@@ -205,9 +197,16 @@ std::vector<T> permute(const std::vector<T>& v, DwKernel k, int64_t channels) {
       const size_t b = p / 16, pp = p % 16, h = pp / 8, l = (pp % 8) / 4, i = pp % 4;
       c = 16 * b + 8 * l + 4 * h + i;
     }
-    out[p] = v[c];
+    out[p] = static_cast<int32_t>(c);
   }
   return out;
+}
+
+template <typename T>
+void permute(std::vector<T>& v, const std::vector<int32_t>& order) {
+  std::vector<T> out(v.size());
+  for (size_t p = 0; p < v.size(); ++p) out[p] = v[static_cast<size_t>(order[p])];
+  v.swap(out);
 }
 
 }  // namespace
@@ -253,13 +252,17 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   p.cached = d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
              !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
   const DwKernel order = k == DwKernel::kAvx512Vnni && p.cached ? DwKernel::kAvx512VnniRows : k;
-  p.off = permute(off, order, d.channels);
+  const std::vector<int32_t> ord = channel_order(static_cast<size_t>(padded), order, d.channels);
+  permute(off, ord);
+  p.off = std::move(off);
   if (d.out.type != OutputType::kInt32) {
-    p.rq.mult = permute(p.rq.mult, order, d.channels);
-    p.rq.sh64 = permute(p.rq.sh64, order, d.channels);
-    p.rq.rsh = permute(p.rq.rsh, order, d.channels);
-    p.rq.rmask = permute(p.rq.rmask, order, d.channels);
-    if (p.cached) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
+    permute(p.rq.mult, ord);
+    permute(p.rq.sh64, ord);
+    permute(p.rq.rsh, ord);
+    if (p.cached)
+      s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
+    else
+      permute(p.rq.rmask, ord);  // the row-cached kernels do not read it
   }
   auto body = [&](int64_t lo, int64_t hi) {
     if (k == DwKernel::kAvx512Vnni)
