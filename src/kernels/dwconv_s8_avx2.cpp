@@ -1,4 +1,5 @@
-// depthwise_s8 on AVX2 (compiled with -mavx2 -mfma; CMakeLists.txt). Exact, without VPMADDUBSW: per block
+// depthwise_s8 on AVX2 (compiled with -mavx2 -mfma; CMakeLists.txt). kw <= 4: the row-cached kernel at the end
+// of this file. Otherwise, the per-pixel kernel, exact, without VPMADDUBSW: per block
 // of 16 channels and each pair of taps, the two 16-byte inputs are widened to int16 (VPMOVZXBW), interleaved
 // (VPUNPCK{L,H}WD: [x_t0, x_t1] per channel) and multiplied with VPMADDWD against weights packed in that
 // order — two int16 products summed into int32. Tap pointers per output pixel as in the VNNI file; channel

@@ -1,4 +1,5 @@
 // depthwise_s8 on AVX-512 VNNI (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; CMakeLists.txt).
+// kw <= 4: the row-cached kernel further down (layout, formula, bounds there). Otherwise, the per-pixel kernel:
 //
 // NHWC, per output row: the tap pointers of every output pixel are built once (a pointer into the input, or
 // to a pixel of zero points for taps in the padding), then for each block of 64 channels and each pixel:
@@ -111,15 +112,17 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 
 // ---- Row-cached kernel, kw <= 4 (every 3x3 depthwise conv) ----
 //
-// Channels in natural order, 16 per vector, each channel's 4 taps in its 4 bytes (the VPDPBUSD group).
-// Quad rows. For input row ih, channel block c0 (up to 64 channels: g = ceil(valid / 16) vectors) and output
-// column ow, the quad row holds
-//   Q[ow] = g vectors of 64 bytes; vector J, byte 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + 16 J + i]
+// 16 channels per vector, each channel's 4 taps in its 4 bytes (the VPDPBUSD group). Channel order inside a
+// block of 64: a full block keeps the order VPUNPCK{L,H}BW + VPUNPCK{L,H}WD leave (vector j, 128-bit lane l,
+// dword i = channel 16 l + 4 j + i), which the output packs undo for free; the last block, if partial (valid < 64
+// channels, g = ceil(valid / 16) vectors), is transposed back to natural order (vector J, dword i = channel
+// 16 J + i) by a 4x4 transpose of 128-bit lanes (VSHUFI64X2), so it costs g vectors, not 4, per pixel. Write
+// ch(J, i) for the channel in vector J, dword i. The per-channel tables (p.off, p.rqf) are in the same order
+// (dwconv_s8.cpp, channel_order), and so is PackedDepthwiseS8::vnni_rows.
+// Quad rows. For input row ih, channel block c0 and output column ow, the quad row holds
+//   Q[ow] = g vectors of 64 bytes; vector J, byte 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + ch(J, i)]
 // (t < kw; x_u = x ^ 0x80 for int8 inputs; the zero point for columns in the padding; slot t >= kw is 0 and meets
-// a zero weight). Built from the kw tap loads by VPUNPCK{L,H}BW + VPUNPCK{L,H}WD (which leave channel
-// 16 l + 4 j + i in lane l of vector j) and a 4x4 transpose of 128-bit lanes (VSHUFI64X2) back to natural order.
-// PackedDepthwiseS8::vnni_rows holds the weights in the same order. One output pixel is, per kernel row r and
-// vector J, one VPDPBUSD:
+// a zero weight). One output pixel is, per kernel row r and vector J, one VPDPBUSD:
 //   acc_J += Q_{ih(r)}[ow].J  .  vnni_rows[b][r][J]        (u8 x s8, 4 products summed, exact in int32)
 // with acc_J starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
 // padding read one quad of zero points with column step 0. A quad row is built once per (block, input row) and
@@ -127,9 +130,11 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input rows are
 // kh multiples of dilation_h apart). One slot is ow_n * g * 64 bytes: 14 KB at 56 columns, so the 3 rows of a
 // 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch; the
-// interior build loop and the whole compute loop have none.
-// Output: the one-rounding output stage (RqF16, s8_internal.h), VPACKSSDW / VPACKUSWB (exact: values already
-// in the output type after the int16 clamp), and one VPERMD to undo the packs' lane interleave.
+// interior build loop (a sliding window at stride 1: one load per column) and the compute loop have none.
+// Two output pixels per step share every weight and output-stage constant.
+// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwPlan::rqf), VPACKSSDW, the clamp to
+// [lo, hi] and + zp on int16, VPACKUSWB / VPACKSSWB (exact: values already in the output type), and for a
+// partial block one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
 template <int KW, bool kFlip>
 void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
