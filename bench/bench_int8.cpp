@@ -9,7 +9,8 @@
 // requantized uint8 output stage (per-channel multipliers), to show the output stage's cost.
 // Shapes: 256^3, 1024^3 and the convolutions of fmnist_convnet as im2col GEMMs (M = batch * pixels,
 // K = Cin * 9, N = Cout): conv2 14x14, 32 -> 64 and conv3 7x7, 64 -> 128, at batch 1 and 64.
-// Depthwise 3x3, 144 channels at 56x56, stride 1, pad 1 (MobileNetV2), uint8 in/out per-channel requantized:
+// Depthwise 3x3, 144 channels at 56x56, stride 1 and 2, pad 1 (MobileNetV2; also its 96 ch 112^2 stride 2,
+// 192 ch 28^2 and 384 ch 14^2 layers), uint8 in/out per-channel requantized:
 // perch NHWC vs a oneDNN convolution primitive (u8 src, s8 weights, groups = 144, u8 dst, per-channel
 // output scales, NHWC memory ("acdb"), weights in the primitive's preferred layout, reordered once).
 #include <benchmark/benchmark.h>
@@ -212,7 +213,9 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
 }
 
 void dw_shapes(benchmark::internal::Benchmark* b) {
-  b->Args({144, 56, 1})->Args({144, 56, 2})->ArgNames({"C", "HW", "stride"})->Unit(benchmark::kMicrosecond);
+  b->Args({144, 56, 1})->Args({144, 56, 2});
+  b->Args({96, 112, 2})->Args({192, 28, 1})->Args({384, 14, 1});  // other MobileNetV2 depthwise layers
+  b->ArgNames({"C", "HW", "stride"})->Unit(benchmark::kMicrosecond);
 }
 BENCHMARK(BM_Depthwise3x3_perch)->Apply(dw_shapes);
 BENCHMARK(BM_Depthwise3x3_onednn)->Apply(dw_shapes);

@@ -24,6 +24,7 @@
 #include <fstream>
 #include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
+#include "cmd_train.h"
 #include "cmd_bench.h"  // perch bench, perch eval --engine
 
 using namespace perch;
@@ -524,6 +525,8 @@ int main(int argc, char** argv) {
   ins->add_option("model", model_path, "ONNX model")->required();
   ins->add_flag("--json", as_json, "JSON output");
 
+  auto run_train = cli::add_train_commands(app, as_json);
+
   CLI11_PARSE(app, argc, argv);
   set_quiet(quiet_flag || as_json);
   try {
@@ -536,6 +539,7 @@ int main(int argc, char** argv) {
     if (bench.sub->parsed()) return bench.run();
     if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);
+    if (auto rc = run_train()) return *rc;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "perch: error: %s\n", ex.what());
     return 1;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "conv_internal.h"
 #include "f32_avx512.h"
 #include "perch/core/cpu.h"
 #include "perch/core/threads.h"
@@ -35,7 +36,7 @@ void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, 
     }
 }
 
-namespace {
+namespace detail {
 
 // Output columns [lo, hi) whose input column ow*stride + off lies inside [0, in_w).
 void valid_range(int64_t off, int64_t stride, int64_t in_w, int64_t ow_n, int64_t& lo, int64_t& hi) {
@@ -85,6 +86,13 @@ void pad_plane(const Conv2dShape& s, const float* xc, int64_t ph, int64_t pw, fl
   }
   for (int64_t r = s.pad_top + s.in_h; r < ph; ++r, row += pw) std::fill(row, row + pw, 0.0f);
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::im2col;
+using detail::pad_plane;
 
 // Portable twin of avx512::depthwise_plane (same formula and summation order; the compiler vectorizes the
 // stride-1 rows).

@@ -46,6 +46,31 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
             for (int64_t t = 0; t < 2; ++t)
               p.avx2[static_cast<size_t>(((b * pairs + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
                   wt(16 * b + 8 * l + 4 * h + i, 2 * q + t);
+  if (kw <= 4) {
+    auto wr = [&](int64_t c, int64_t r, int64_t t) -> int8_t { return (c < channels && t < kw) ? w[(c * kh + r) * kw + t] : 0; };
+    p.vnni_rows.assign(static_cast<size_t>((channels + 15) / 16 * kh * 64), 0);
+    for (int64_t b = 0; b < blocks64; ++b) {
+      const int64_t g = std::min<int64_t>(4, (channels - 64 * b + 15) / 16);  // vectors in this block
+      const bool full = 64 * b + 64 <= channels;
+      for (int64_t r = 0; r < kh; ++r)
+        for (int64_t j = 0; j < g; ++j)
+          for (int64_t i = 0; i < 16; ++i)  // byte 4 i + t of vector j
+            for (int64_t t = 0; t < 4; ++t)
+              p.vnni_rows[static_cast<size_t>(256 * b * kh + (r * g + j) * 64 + 4 * i + t)] =
+                  wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 64 * b + 16 * j + i, r, t);
+    }
+    const int64_t rp = (kw + 1) / 2;
+    p.avx2_rows.assign(static_cast<size_t>(blocks16 * kh * rp * 32), 0);
+    for (int64_t b = 0; b < blocks16; ++b)
+      for (int64_t r = 0; r < kh; ++r)
+        for (int64_t q = 0; q < rp; ++q)
+          for (int64_t h = 0; h < 2; ++h)
+            for (int64_t l = 0; l < 2; ++l)
+              for (int64_t i = 0; i < 4; ++i)
+                for (int64_t t = 0; t < 2; ++t)
+                  p.avx2_rows[static_cast<size_t>((((b * kh + r) * rp + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
+                      wr(16 * b + 8 * l + 4 * h + i, r, 2 * q + t);
+  }
   return p;
 }
 
@@ -118,24 +143,70 @@ void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
   }
 }
 
-enum class DwKernel { kReference, kAvx2, kAvx512Vnni };
+}  // namespace
 
-// Permutes per-channel tables into the accumulator order of `k`.
-template <typename T>
-std::vector<T> permute(const std::vector<T>& v, DwKernel k) {
-  std::vector<T> out(v.size());
-  for (size_t p = 0; p < v.size(); ++p) {
+namespace s8 {
+void make_dw_fast_requant(DwPlan& p, int g) {
+  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
+  p.rqf.assign(n / gs * 8 * half, 0);
+  p.rqf_clamp64 = false;
+  p.rqf_hi32 = true;
+  for (size_t c = 0; c < n; ++c) {
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps rqf_hi32.
+    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.mult[c] == 0 ? 1 : p.rq.rsh[c];
+    if (L > 0 || R == 0) p.rqf_hi32 = false;
+    if (L > 0) p.rqf_clamp64 = true;
+    const int64_t rnd = L > 0 ? int64_t{1} << (30 - L) : (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
+    const int64_t adj = L == 0 && R > 0 ? int64_t{1} << 31 : 0, sh = L > 0 ? 31 - L : 31 + R;
+    const size_t k = (c % gs) / 2, odd = c % 2;
+    int64_t* t = p.rqf.data() + c / gs * 8 * half;
+    t[(0 + odd) * half + k] = p.rq.mult[c];
+    t[(2 + odd) * half + k] = rnd;
+    t[(4 + odd) * half + k] = adj;
+    t[(6 + odd) * half + k] = sh;
+  }
+  // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
+  // channel of the group in accumulator order.
+  if (p.rqf_hi32)
+    for (size_t grp = 0; grp < n / gs; ++grp) {
+      int64_t* t = p.rqf.data() + grp * 8 * half;
+      int32_t s32[16];
+      for (size_t k = 0; k < gs; ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
+      std::memcpy(t + 6 * half, s32, gs * 4);  // g int32 = the half int64 of sh_e
+      std::memset(t + 7 * half, 0, half * 8);  // sh_o is not read
+    }
+}
+}  // namespace s8
+
+namespace {
+
+enum class DwKernel { kReference, kAvx2, kAvx512Vnni, kAvx512VnniRows };
+
+// Index map into the accumulator order of `k`: position p holds channel order[p] (see s8_internal.h, DwPlan).
+std::vector<int32_t> channel_order(size_t padded, DwKernel k, int64_t channels) {
+  std::vector<int32_t> out(padded);
+  for (size_t p = 0; p < padded; ++p) {
     size_t c;
-    if (k == DwKernel::kAvx512Vnni) {
+    if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
+      const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
+      c = static_cast<int64_t>(64 * b + 64) <= channels ? 64 * b + 16 * l + 4 * j + i : p;
+    } else if (k == DwKernel::kAvx512Vnni) {
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
       c = 64 * b + 16 * l + 4 * j + i;
     } else {
       const size_t b = p / 16, pp = p % 16, h = pp / 8, l = (pp % 8) / 4, i = pp % 4;
       c = 16 * b + 8 * l + 4 * h + i;
     }
-    out[p] = v[c];
+    out[p] = static_cast<int32_t>(c);
   }
   return out;
+}
+
+template <typename T>
+void permute(std::vector<T>& v, const std::vector<int32_t>& order) {
+  std::vector<T> out(v.size());
+  for (size_t p = 0; p < v.size(); ++p) out[p] = v[static_cast<size_t>(order[p])];
+  v.swap(out);
 }
 
 }  // namespace
@@ -175,12 +246,23 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   for (int64_t c = 0; c < d.channels; ++c)
     off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
                                                        za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
-  p.off = permute(off, k);
+  // Row-cached kernels for kw <= 4 while their row cache (kh * dilation_h rows) stays within 8 MB; the VNNI one
+  // keeps the last partial 64-channel block in natural order (s8_internal.h, DwPlan::cached).
+  const int64_t row_bytes = k == DwKernel::kAvx512Vnni ? p.ow * 256 : p.ow * ((d.w->kw + 1) / 2) * 64;
+  p.cached = d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
+             !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
+  const DwKernel order = k == DwKernel::kAvx512Vnni && p.cached ? DwKernel::kAvx512VnniRows : k;
+  const std::vector<int32_t> ord = channel_order(static_cast<size_t>(padded), order, d.channels);
+  permute(off, ord);
+  p.off = std::move(off);
   if (d.out.type != OutputType::kInt32) {
-    p.rq.mult = permute(p.rq.mult, k);
-    p.rq.sh64 = permute(p.rq.sh64, k);
-    p.rq.rsh = permute(p.rq.rsh, k);
-    p.rq.rmask = permute(p.rq.rmask, k);
+    permute(p.rq.mult, ord);
+    permute(p.rq.sh64, ord);
+    permute(p.rq.rsh, ord);
+    if (p.cached)
+      s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
+    else
+      permute(p.rq.rmask, ord);  // the row-cached kernels do not read it
   }
   auto body = [&](int64_t lo, int64_t hi) {
     if (k == DwKernel::kAvx512Vnni)

@@ -1,4 +1,5 @@
 // depthwise_s8 on AVX-512 VNNI (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; CMakeLists.txt).
+// kw <= 4: the row-cached kernel further down (layout, formula, bounds there). Otherwise, the per-pixel kernel:
 //
 // NHWC, per output row: the tap pointers of every output pixel are built once (a pointer into the input, or
 // to a pixel of zero points for taps in the padding), then for each block of 64 channels and each pixel:
@@ -13,6 +14,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "s8_simd.h"
@@ -20,10 +22,14 @@
 // GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized (a known
 // false positive of avx512fintrin.h); nothing in this file reads uninitialized data.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same, for _mm512_shuffle_i64x2
 
 namespace perch::kernels::s8 {
 
-void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
+namespace {
+
+// Any kernel width: per output pixel, the taps in groups of 4 interleaved from 4 loads (the header comment).
+void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
   const DepthwiseS8Args& d = *p.d;
   const PackedDepthwiseS8& w = *d.w;
   const int64_t c_n = d.channels, taps = w.kh * w.kw, groups = (taps + 3) / 4, tp = groups * 4;
@@ -103,6 +109,286 @@ void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
   }
 }
 
+
+// ---- Row-cached kernel, kw <= 4 (every 3x3 depthwise conv) ----
+//
+// 16 channels per vector, each channel's 4 taps in its 4 bytes (the VPDPBUSD group). Channel order inside a
+// block of 64: a full block keeps the order VPUNPCK{L,H}BW + VPUNPCK{L,H}WD leave (vector j, 128-bit lane l,
+// dword i = channel 16 l + 4 j + i), which the output packs undo for free; the last block, if partial (valid < 64
+// channels, g = ceil(valid / 16) vectors), is transposed back to natural order (vector J, dword i = channel
+// 16 J + i) by a 4x4 transpose of 128-bit lanes (VSHUFI64X2), so it costs g vectors, not 4, per pixel. Write
+// ch(J, i) for the channel in vector J, dword i. The per-channel tables (p.off, p.rqf) are in the same order
+// (dwconv_s8.cpp, channel_order), and so is PackedDepthwiseS8::vnni_rows.
+// Quad rows. For input row ih, channel block c0 and output column ow, the quad row holds
+//   Q[ow] = g vectors of 64 bytes; vector J, byte 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + ch(J, i)]
+// (t < kw; x_u = x ^ 0x80 for int8 inputs; the zero point for columns in the padding; slot t >= kw is 0 and meets
+// a zero weight). One output pixel is, per kernel row r and vector J, one VPDPBUSD:
+//   acc_J += Q_{ih(r)}[ow].J  .  vnni_rows[b][r][J]        (u8 x s8, 4 products summed, exact in int32)
+// with acc_J starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
+// padding read one quad of zero points with column step 0. A quad row is built once per (block, input row) and
+// reused by every output row that reads it (3 at stride 1): a direct-mapped cache of kh * dilation_h slots
+// indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input rows are
+// kh multiples of dilation_h apart). One slot is ow_n * g * 64 bytes: 14 KB at 56 columns, so the 3 rows of a
+// 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch; the
+// interior build loop (a sliding window at stride 1: one load per column) and the compute loop have none.
+// Two output pixels per step share every weight and output-stage constant.
+// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwPlan::rqf), VPACKSSDW, the clamp to
+// [lo, hi] and + zp on int16, VPACKUSWB / VPACKSSWB (exact: values already in the output type), and for a
+// partial block one VPERMD to undo the packs' lane interleave.
+// Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
+template <int KW, bool kFlip>
+void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
+                 __mmask64 mask, int g, __m512i flip, uint8_t* q) {
+  const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w, pl = d.pad_left;
+  // Interior columns: ow * sw - pl >= 0 and ow * sw - pl + (KW - 1) * dw <= in_w - 1.
+  const int64_t e = d.in_w - 1 - (KW - 1) * dw + pl;
+  int64_t lo = (pl + sw - 1) / sw, hi = e >= 0 ? e / sw + 1 : 0;
+  lo = std::min(lo, ow_n);
+  hi = std::clamp(hi, lo, ow_n);
+  const int64_t step = g * 64;
+  const bool full = mask == ~__mmask64{0};
+  auto load = [&](const uint8_t* src) __attribute__((always_inline)) {
+    const __m512i v = _mm512_maskz_loadu_epi8(mask, src);
+    return kFlip ? _mm512_xor_si512(v, flip) : v;
+  };
+  auto emit = [&](int64_t ow, const __m512i* x) __attribute__((always_inline)) {
+    const __m512i x3 = KW > 3 ? x[KW > 3 ? 3 : 0] : _mm512_setzero_si512();
+    const __m512i x2 = KW > 2 ? x[KW > 2 ? 2 : 0] : _mm512_setzero_si512();
+    const __m512i x1 = KW > 1 ? x[KW > 1 ? 1 : 0] : _mm512_setzero_si512();
+    const __m512i t01l = _mm512_unpacklo_epi8(x[0], x1), t01h = _mm512_unpackhi_epi8(x[0], x1);
+    const __m512i t23l = _mm512_unpacklo_epi8(x2, x3), t23h = _mm512_unpackhi_epi8(x2, x3);
+    // u_j, lane l: channels 16 l + 4 j + 0..3, 4 taps each.
+    const __m512i u0 = _mm512_unpacklo_epi16(t01l, t23l), u1 = _mm512_unpackhi_epi16(t01l, t23l);
+    const __m512i u2 = _mm512_unpacklo_epi16(t01h, t23h), u3 = _mm512_unpackhi_epi16(t01h, t23h);
+    uint8_t* o = q + ow * step;
+    if (full) {  // full block: keep the unpacks' order (the output packs undo it)
+      _mm512_store_si512(o, u0);
+      _mm512_store_si512(o + 64, u1);
+      _mm512_store_si512(o + 128, u2);
+      _mm512_store_si512(o + 192, u3);
+      return;
+    }
+    const __m512i v0 = _mm512_shuffle_i64x2(u0, u1, 0x44), v1 = _mm512_shuffle_i64x2(u0, u1, 0xEE);
+    const __m512i v2 = _mm512_shuffle_i64x2(u2, u3, 0x44), v3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
+    _mm512_store_si512(o, _mm512_shuffle_i64x2(v0, v2, 0x88));  // lane J of u_0..u_3: channels 16 J + 0..15
+    if (g > 1) _mm512_store_si512(o + 64, _mm512_shuffle_i64x2(v0, v2, 0xDD));
+    if (g > 2) _mm512_store_si512(o + 128, _mm512_shuffle_i64x2(v1, v3, 0x88));
+    if (g > 3) _mm512_store_si512(o + 192, _mm512_shuffle_i64x2(v1, v3, 0xDD));
+  };
+  auto border = [&](int64_t ow) __attribute__((always_inline)) {
+    __m512i x[KW];
+    for (int t = 0; t < KW; ++t) {
+      const int64_t iw = ow * sw - pl + t * dw;
+      x[t] = load(iw >= 0 && iw < d.in_w ? row + iw * c_n + c0 : zrow);
+    }
+    emit(ow, x);
+  };
+  for (int64_t ow = 0; ow < lo; ++ow) border(ow);
+  if (sw == 1 && dw == 1) {  // sliding window: one load per column
+    __m512i x[KW];
+    for (int t = 0; t + 1 < KW && lo < hi; ++t) x[t] = load(row + (lo - pl + t) * c_n + c0);
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      x[KW - 1] = load(row + (ow - pl + KW - 1) * c_n + c0);
+      emit(ow, x);
+      for (int t = 0; t + 1 < KW; ++t) x[t] = x[t + 1];
+    }
+  } else {
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      __m512i x[KW];
+      for (int t = 0; t < KW; ++t) x[t] = load(row + (ow * sw - pl + t * dw) * c_n + c0);
+      emit(ow, x);
+    }
+  }
+  for (int64_t ow = hi; ow < ow_n; ++ow) border(ow);
+}
+
+// Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
+template <int G, int KH, int kMode>
+void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+            int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
+  const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
+  __m512i off[G];
+  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
+  const int64_t* t = p.rqf.data() + (c0 / 16) * 64;
+  const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
+  const __m512i lo64 = _mm512_set1_epi64(p.rq.lo), hi64 = _mm512_set1_epi64(p.rq.hi);
+  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.lo));
+  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.hi));
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.zp));
+  // After VPACKSSDW (0,1), (2,3) and VPACKUSWB, lane l dword k holds channels 16 k + 4 l + 0..3.
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i zero = _mm512_setzero_si512();
+  const bool full = mask == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo
+  const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
+  // Packs 4 requantized vectors (G used) to bytes and stores them.
+  auto store = [&](const __m512i* r, uint8_t* yo) {
+    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
+    __m512i s01 = _mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero);
+    s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
+    __m512i s23 = zero;
+    if (G > 2) {
+      s23 = _mm512_packs_epi32(r[G > 2 ? 2 : 0], G > 3 ? r[G > 3 ? 3 : 0] : zero);
+      s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
+    }
+    const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
+    _mm512_mask_storeu_epi8(yo, mask, full ? o : _mm512_permutexvar_epi32(perm, o));
+  };
+  // Two output pixels per step: every weight and output-stage constant loaded once serves both (the output
+  // stage runs per channel vector j over both pixels, so its 8 constants stay in registers).
+  int64_t ow = 0;
+  for (; ow + 2 <= p.ow; ow += 2) {
+    __m512i a[G], b[G];
+    for (int j = 0; j < G; ++j) a[j] = b[j] = off[j];
+    for (int64_t r = 0; r < kn; ++r) {
+      const uint8_t* q = qb[r] + ow * qs[r];
+      const int64_t s = qs[r];
+      const int8_t* wr = wb + r * G * 64;
+      for (int j = 0; j < G; ++j) {
+        const __m512i wv = _mm512_loadu_si512(wr + 64 * j);
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), wv);
+        b[j] = _mm512_dpbusd_epi32(b[j], _mm512_load_si512(q + s + 64 * j), wv);
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
+      b[j] = rq[j]->apply<kMode>(b[j], lo64, hi64);
+    }
+    store(a, y + ow * c_n + c0);
+    store(b, y + (ow + 1) * c_n + c0);
+  }
+  if (ow < p.ow) {
+    __m512i a[G];
+    for (int j = 0; j < G; ++j) a[j] = off[j];
+    for (int64_t r = 0; r < kn; ++r) {
+      const uint8_t* q = qb[r] + ow * qs[r];
+      const int8_t* wr = wb + r * G * 64;
+      for (int j = 0; j < G; ++j)
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_load_si512(q + 64 * j), _mm512_loadu_si512(wr + 64 * j));
+    }
+    for (int j = 0; j < G; ++j) a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
+    store(a, y + ow * c_n + c0);
+  }
+}
+
+void row_i32(const DwPlan& p, int64_t kn, int g, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+             int64_t c0, int64_t valid, int32_t* y) {
+  const int64_t c_n = p.d->channels;
+  for (int64_t ow = 0; ow < p.ow; ++ow) {
+    for (int j = 0; j < g; ++j) {
+      __m512i acc = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
+      for (int64_t r = 0; r < kn; ++r)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(qb[r] + ow * qs[r] + 64 * j),
+                                  _mm512_loadu_si512(wb + r * g * 64 + 64 * j));
+      if (valid == 64) {  // full block, unpack order: lane l of vector j holds channels 16 l + 4 j + 0..3
+        alignas(64) int32_t v[16];
+        _mm512_store_si512(v, acc);
+        for (int l = 0; l < 4; ++l) std::memcpy(y + ow * c_n + c0 + 16 * l + 4 * j, v + 4 * l, 16);
+        continue;
+      }
+      const int64_t left = valid - 16 * j;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_epi32(y + ow * c_n + c0 + 16 * j, m, acc);
+    }
+  }
+}
+
+template <int G>
+void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+                int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
+  const int mode = p.rqf_hi32 ? 2 : p.rqf_clamp64 ? 1 : 0;
+  if (kh_n == 3 && mode == 2)
+    row_u8<G, 3, 2>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (kh_n == 3 && mode == 1)
+    row_u8<G, 3, 1>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (kh_n == 3)
+    row_u8<G, 3, 0>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (mode == 2)
+    row_u8<G, 0, 2>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else if (mode == 1)
+    row_u8<G, 0, 1>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+  else
+    row_u8<G, 0, 0>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+}
+
+void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
+  const DepthwiseS8Args& d = *p.d;
+  const PackedDepthwiseS8& w = *d.w;
+  const int64_t c_n = d.channels, kh_n = w.kh, blocks = (c_n + 63) / 64;
+  const int64_t slots = kh_n * d.dilation_h, row_bytes = p.ow * 256;
+  const uint8_t* x = static_cast<const uint8_t*>(d.x);
+  const __m512i flip = _mm512_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
+  // Thread-local: [slots quad rows][one quad of zero points (256 bytes)]; tags[slot] = n * in_h + ih.
+  thread_local std::vector<uint8_t> buf;
+  thread_local std::vector<int64_t> tags;
+  const size_t need = static_cast<size_t>(slots * row_bytes + 256 + 64);
+  if (buf.size() < need) buf.resize(need);
+  uint8_t* qbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+  uint8_t* zquad = qbuf + slots * row_bytes;
+  const __m512i zq = _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.zrow[0])), flip);
+  for (int j = 0; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, zq);
+  tags.assign(static_cast<size_t>(slots), -1);
+  std::vector<const uint8_t*> qb(static_cast<size_t>(kh_n));
+  std::vector<int64_t> qs(static_cast<size_t>(kh_n));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * 64, valid = std::min<int64_t>(64, c_n - c0);
+    const int g = static_cast<int>((valid + 15) / 16);
+    const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
+    const int8_t* wb = w.vnni_rows.data() + c0 * kh_n * 4;  // block b: kh_n rows of g vectors
+    std::fill(tags.begin(), tags.end(), -1);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.oh, oh = r % p.oh;
+      for (int64_t k = 0; k < kh_n; ++k) {
+        const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
+        if (ih < 0 || ih >= d.in_h) {
+          qb[static_cast<size_t>(k)] = zquad;
+          qs[static_cast<size_t>(k)] = 0;
+          continue;
+        }
+        const int64_t slot = ih % slots, tag = n * d.in_h + ih;
+        uint8_t* q = qbuf + slot * row_bytes;
+        if (tags[static_cast<size_t>(slot)] != tag) {
+          const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
+          const uint8_t* z = p.zrow.data();
+          switch (w.kw * 2 + (p.flip ? 1 : 0)) {
+            case 2: build_quads<1, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 3: build_quads<1, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 4: build_quads<2, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 5: build_quads<2, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 6: build_quads<3, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 7: build_quads<3, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            case 8: build_quads<4, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+            default: build_quads<4, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+          }
+          tags[static_cast<size_t>(slot)] = tag;
+        }
+        qb[static_cast<size_t>(k)] = q;
+        qs[static_cast<size_t>(k)] = g * 64;
+      }
+      const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
+      if (is32) {
+        row_i32(p, kh_n, g, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
+        continue;
+      }
+      uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
+      switch (g) {
+        case 1: row_u8_any<1>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 2: row_u8_any<2>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 3: row_u8_any<3>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        default: row_u8_any<4>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
+  if (p.cached)  // chosen by depthwise_s8 (dwconv_s8.cpp), which orders the channel tables to match
+    dw_rows_cached(p, r0, r1);
+  else
+    dw_rows_generic(p, r0, r1);
+}
 }  // namespace perch::kernels::s8
 
 #else  // the compiler cannot target AVX-512 VNNI: a stub, never called (avx512vnni_compiled() is false)

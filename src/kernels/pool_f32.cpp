@@ -93,4 +93,66 @@ void avgpool2d_f32(const Pool2dShape& s, const float* x, float* y) {
   }
 }
 
+void maxpool2d_backward_f32(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), in_hw = s.in_h * s.in_w;
+  parallel_for(0, s.batch * s.channels, [&](int64_t lo, int64_t hi) {
+    for (int64_t nc = lo; nc < hi; ++nc) {
+      const float* xc = x + nc * in_hw;
+      const float* g = dy + nc * oh_n * ow_n;
+      float* d = dx + nc * in_hw;
+      std::fill(d, d + in_hw, 0.0f);
+      for (int64_t oh = 0; oh < oh_n; ++oh)
+        for (int64_t ow = 0; ow < ow_n; ++ow) {
+          int64_t best = -1;
+          float bv = 0.0f;
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+            if (ih < 0 || ih >= s.in_h) continue;
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+              if (iw < 0 || iw >= s.in_w) continue;
+              const float v = xc[ih * s.in_w + iw];
+              if (best < 0 || v > bv) best = ih * s.in_w + iw, bv = v;
+            }
+          }
+          if (best >= 0) d[best] += g[oh * ow_n + ow];
+        }
+    }
+  });
+}
+
+void avgpool2d_backward_f32(const Pool2dShape& s, const float* dy, float* dx) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), in_hw = s.in_h * s.in_w;
+  parallel_for(0, s.batch * s.channels, [&](int64_t lo, int64_t hi) {
+    for (int64_t nc = lo; nc < hi; ++nc) {
+      const float* g = dy + nc * oh_n * ow_n;
+      float* d = dx + nc * in_hw;
+      std::fill(d, d + in_hw, 0.0f);
+      for (int64_t oh = 0; oh < oh_n; ++oh)
+        for (int64_t ow = 0; ow < ow_n; ++ow) {
+          int64_t inside = 0, padded = 0;
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+              if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) ++inside;
+              if (ih >= -s.pad_top && ih < s.in_h + s.pad_bottom && iw >= -s.pad_left && iw < s.in_w + s.pad_right) ++padded;
+            }
+          }
+          const int64_t div = s.count_include_pad ? padded : inside;
+          if (div == 0) continue;
+          const float v = g[oh * ow_n + ow] / static_cast<float>(div);
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+            if (ih < 0 || ih >= s.in_h) continue;
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+              if (iw >= 0 && iw < s.in_w) d[ih * s.in_w + iw] += v;
+            }
+          }
+        }
+    }
+  });
+}
+
 }  // namespace perch::kernels

@@ -55,7 +55,31 @@ struct DwPlan {
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
+  // The output stage with one rounding, for the row-cached kernels (kw <= 4). Per channel, with L, R as in
+  // RequantTables and p = acc * mult (exact, 64-bit):
+  //   L > 0:  out = clamp((p + 2^(30 - L)) >> (31 - L), lo, hi)               (rsh == 0; as RequantTables)
+  //   L == 0: out = clamp((p + 2^30 + c) >> (31 + R), lo, hi),  c = 0 if R == 0, else 2^(30 + R) - 2^31 [p < -2^30]
+  // The L == 0 line is SRDHM followed by rounding_divide_by_pot merged exactly: with h = floor((p + 2^30) / 2^31)
+  // (SRDHM; h < 0 iff p < -2^30), rounding_divide_by_pot(h, R) = floor((h + 2^(R-1) - [h < 0]) / 2^R) for R >= 1,
+  // and floor((floor(A / 2^31) + k) / 2^R) = floor((A + k 2^31) / 2^(31 + R)) for integer k. |p| <= 2^62, so
+  // p + 2^30 + 2^61 fits int64; the result fits int32 (it is rounding_divide_by_pot of an int32). With L > 0 the
+  // shifted value can exceed int32 (the scalar code saturates): clamping it straight to [lo, hi] is the same.
+  // Layout: per group of G channels (G = 16 for AVX-512, 8 for AVX2; accumulator order), 8 arrays of G / 2 int64
+  // for the even and odd channels of the group: mult_e, mult_o, rnd_e, rnd_o, adj_e, adj_o, sh_e, sh_o
+  // (rnd = 2^(30-L) or 2^30 + [R > 0] 2^(30+R); adj = [L == 0 && R > 0] 2^31; sh = 31 - L or 31 + R, in [1, 62]).
+  std::vector<int64_t> rqf;
+  bool rqf_clamp64 = false;      // some channel has L > 0: clamp in 64 bits before narrowing
+  // Every channel has L == 0 and R >= 1 (sh >= 32; M == 0 counts as R = 1): floor(X / 2^sh) is taken as the high
+  // 32 bits of X, then a 32-bit arithmetic shift by sh - 32 (floor of a floor is the floor of the quotient), so the
+  // even and odd halves share one 32-bit shift. rqf's sh_e array then holds the G int32 counts sh - 32.
+  bool rqf_hi32 = false;
+  // Row-cached kernel (kw <= 4 and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
+  // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order
+  // above, the last partial block in natural order.
+  bool cached = false;
 };
+// Fills p.rqf / p.rqf_clamp64 from the (permuted) p.rq for groups of g channels.
+void make_dw_fast_requant(DwPlan& p, int g);
 
 bool avx512vnni_compiled();
 bool avx2_compiled();

@@ -51,6 +51,44 @@ struct Rq16 {
     return _mm512_add_epi32(q, zp);
   }
 };
+
+// DwPlan::rqf for 16 channels (one accumulator vector): the one-rounding output stage (formula in s8_internal.h).
+// Returns the int32 result before the clamp to [lo, hi] (applied later on int16, after VPACKSSDW, which is exact:
+// [lo, hi] lies inside int16); with kClamp64 the 64-bit result is clamped to [lo, hi] first, as it may not fit.
+struct RqF16 {
+  __m512i me, mo, re, ro, ae, ao, se, so;
+  explicit RqF16(const int64_t* t) {
+    me = _mm512_loadu_si512(t), mo = _mm512_loadu_si512(t + 8);
+    re = _mm512_loadu_si512(t + 16), ro = _mm512_loadu_si512(t + 24);
+    ae = _mm512_loadu_si512(t + 32), ao = _mm512_loadu_si512(t + 40);
+    se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);
+  }
+  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwPlan::rqf_hi32; se holds 16 int32 counts sh - 32).
+  template <int kMode>
+  __m512i apply(__m512i acc, __m512i lo64, __m512i hi64) const {
+    const __m512i thr = _mm512_set1_epi64(-(int64_t{1} << 30));
+    __m512i pe = _mm512_mul_epi32(acc, me);
+    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), mo);
+    const __mmask8 ne = _mm512_cmpgt_epi64_mask(thr, pe), no = _mm512_cmpgt_epi64_mask(thr, po);
+    pe = _mm512_add_epi64(pe, re);
+    po = _mm512_add_epi64(po, ro);
+    if constexpr (kMode == 2) {
+      pe = _mm512_mask_sub_epi64(pe, ne, pe, ae);
+      po = _mm512_mask_sub_epi64(po, no, po, ao);
+      // even int32 lanes take pe's high halves, odd lanes keep po's: floor(X / 2^32), then >> (sh - 32).
+      return _mm512_srav_epi32(_mm512_mask_shuffle_epi32(po, 0x5555, pe, _MM_PERM_CDAB), se);
+    }
+    constexpr bool kClamp64 = kMode == 1;
+    pe = _mm512_srav_epi64(_mm512_mask_sub_epi64(pe, ne, pe, ae), se);
+    po = _mm512_srav_epi64(_mm512_mask_sub_epi64(po, no, po, ao), so);
+    if constexpr (kClamp64) {
+      pe = _mm512_min_epi64(_mm512_max_epi64(pe, lo64), hi64);
+      po = _mm512_min_epi64(_mm512_max_epi64(po, lo64), hi64);
+    }
+    // odd int32 lanes take po's low halves
+    return _mm512_mask_shuffle_epi32(pe, 0xAAAA, po, _MM_PERM_CDAB);
+  }
+};
 #endif
 
 #if defined(__AVX2__)
@@ -95,6 +133,38 @@ struct Rq8 {
     q = _mm256_sub_epi32(q, _mm256_cmpgt_epi32(rem, thr));  // true lanes are -1: adds 1
     q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
     return _mm256_add_epi32(q, zp);
+  }
+};
+
+// DwPlan::rqf for 8 channels (one accumulator vector), as RqF16 (formula in s8_internal.h).
+struct RqF8 {
+  __m256i me, mo, re, ro, ae, ao, se, so;
+  explicit RqF8(const int64_t* t) {
+    auto ld = [](const int64_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
+    me = ld(t), mo = ld(t + 4), re = ld(t + 8), ro = ld(t + 12), ae = ld(t + 16), ao = ld(t + 20), se = ld(t + 24),
+    so = ld(t + 28);
+  }
+  // kMode as RqF16's (hi32: se holds 8 int32 counts sh - 32).
+  template <int kMode>
+  __m256i apply(__m256i acc, __m256i lo64, __m256i hi64) const {
+    const __m256i thr = _mm256_set1_epi64x(-(int64_t{1} << 30));
+    __m256i pe = _mm256_mul_epi32(acc, me);
+    __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo);
+    const __m256i ne = _mm256_cmpgt_epi64(thr, pe), no = _mm256_cmpgt_epi64(thr, po);
+    pe = _mm256_sub_epi64(_mm256_add_epi64(pe, re), _mm256_and_si256(ne, ae));
+    po = _mm256_sub_epi64(_mm256_add_epi64(po, ro), _mm256_and_si256(no, ao));
+    if constexpr (kMode == 2)  // even lanes: pe's high halves; odd lanes: po's (in place); then >> (sh - 32)
+      return _mm256_srav_epi32(_mm256_blend_epi32(_mm256_shuffle_epi32(pe, 0xB1), po, 0xAA), se);
+    constexpr bool kClamp64 = kMode == 1;
+    pe = srav_epi64_avx2(pe, se);
+    po = srav_epi64_avx2(po, so);
+    if constexpr (kClamp64) {
+      pe = _mm256_blendv_epi8(pe, lo64, _mm256_cmpgt_epi64(lo64, pe));
+      pe = _mm256_blendv_epi8(pe, hi64, _mm256_cmpgt_epi64(pe, hi64));
+      po = _mm256_blendv_epi8(po, lo64, _mm256_cmpgt_epi64(lo64, po));
+      po = _mm256_blendv_epi8(po, hi64, _mm256_cmpgt_epi64(po, hi64));
+    }
+    return _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
   }
 };
 #endif

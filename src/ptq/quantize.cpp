@@ -85,7 +85,7 @@ std::set<std::string> float_values(const Graph& g) {
   return out;
 }
 
-quant::QuantSpec activation_spec(const ActivationOptions& o) {
+quant::QuantSpec activation_spec_impl(const ActivationOptions& o) {
   quant::QuantSpec s;
   s.bits = o.bits;
   s.is_signed = o.is_signed;
@@ -311,7 +311,7 @@ double channel_spread(const Tensor& w, int64_t axis) {
 
 namespace {
 
-quant::QuantSpec weight_spec(const WeightOptions& o, const Node& n, const Tensor& w) {
+quant::QuantSpec weight_spec_impl(const WeightOptions& o, const Node& n, const Tensor& w) {
   quant::QuantSpec ws;
   ws.bits = o.bits;
   ws.is_signed = true;
@@ -419,7 +419,7 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   }
 
   // ---- 3. Calibrate: run the float model, feed each (root) target's estimator and the statistics.
-  const quant::QuantSpec aspec = activation_spec(opt.activations);
+  const quant::QuantSpec aspec = activation_spec_impl(opt.activations);
   std::map<std::string, quant::RangeEstimator> est;
   for (const auto& v : cal.targets)
     if (!cal.shares.count(v)) est.emplace(v, quant::RangeEstimator(aspec, opt.activations.estimator));
@@ -501,6 +501,11 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   return cal;
 }
 
+quant::QuantSpec activation_spec(const ActivationOptions& o) { return activation_spec_impl(o); }
+quant::QuantSpec weight_spec(const WeightOptions& o, const graph::Node& n, const Tensor& w) {
+  return weight_spec_impl(o, n, w);
+}
+
 PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   PtqResult res;
@@ -511,7 +516,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   res.nonfinite_values = cal.nonfinite_values;
   Model m = cal.model;
   Graph& g = m.graph;
-  const quant::QuantSpec aspec = activation_spec(opt.activations);
+  const quant::QuantSpec aspec = activation_spec_impl(opt.activations);
   const DType act_type = aspec.storage_type();
 
   // Activations actually quantized: calibrated targets minus those the caller keeps float.
@@ -553,10 +558,17 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     auto it = written.find(wname);
     if (it == written.end()) {
       Written wr;
-      wr.spec = weight_spec(wo, n, w);
-      quant::RangeEstimator we(wr.spec, wo.estimator);
-      we.observe(w);
-      wr.params = we.params();
+      wr.spec = weight_spec_impl(wo, n, w);
+      if (auto ov = opt.weight_params.find(wname); ov != opt.weight_params.end()) {
+        wr.params = ov->second;
+        PERCH_CHECK(wr.params.spec.granularity == wr.spec.granularity && wr.params.count() == quant::SlotLayout::make(wr.spec, w.shape()).slots,
+                    m.source, ": ", n.describe(), ": the given parameters of weight '", wname, "' do not fit its ",
+                    granularity_label(wr.spec), " layout");
+      } else {
+        quant::RangeEstimator we(wr.spec, wo.estimator);
+        we.observe(w);
+        wr.params = we.params();
+      }
       const Tensor q = quant::quantize(w, wr.params);
       wr.delta = quant::dequantize(q, wr.params);
       for (int64_t i = 0; i < w.numel(); ++i) wr.delta.data<float>()[i] -= w.data<float>()[i];

@@ -42,6 +42,8 @@ const OpRegistry& registry() {
 }
 }  // namespace
 
+const OpRegistry& builtin_registry() { return registry(); }
+
 std::vector<std::string> unsupported_ops(const graph::Model& model) {
   std::map<std::string, int> missing;
   const int64_t opset = model.opset();

@@ -6,6 +6,7 @@
 #include "perch/kernels/gemm_f32.h"
 #include "perch/kernels/pool_f32.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/op_geometry.h"
 
 namespace perch::runtime {
 
@@ -16,49 +17,10 @@ using Args = std::vector<const Tensor*>;
 
 namespace {
 
-// Views a rank-3 (1-D spatial) or rank-4 tensor as NCHW.
-void spatial_dims(const Tensor& x, const Node& n, int64_t& h, int64_t& w) {
-  PERCH_CHECK(x.rank() == 3 || x.rank() == 4, n.describe(), ": only 1-D and 2-D spatial inputs are supported, got shape ",
-              shape_str(x.shape()));
-  h = x.rank() == 4 ? x.dim(2) : 1;
-  w = x.dim(-1);
-}
-
-// The dilated kernel must fit in the padded input. Checked here, not via out_h() > 0: the kernels' extent
-// formulas divide a negative span with C++ truncation and would report 1 output for a kernel that does not fit.
-bool kernel_fits(int64_t in, int64_t pa, int64_t pb, int64_t k, int64_t dil) { return in + pa + pb >= dil * (k - 1) + 1; }
-
 std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor w = in(n, a, 1).to_f32();
-  PERCH_CHECK(w.rank() == x.rank(), n.describe(), ": weight rank ", w.rank(), " != input rank ", x.rank());
-  kernels::Conv2dShape s;
-  s.batch = x.dim(0);
-  s.in_channels = x.dim(1);
-  spatial_dims(x, n, s.in_h, s.in_w);
-  s.out_channels = w.dim(0);
-  s.group = n.attr_int("group", 1);
-  PERCH_CHECK(s.group > 0 && s.in_channels % s.group == 0 && s.out_channels % s.group == 0, n.describe(), ": group ",
-              s.group, " does not divide channels ", s.in_channels, " -> ", s.out_channels);
-  PERCH_CHECK(w.dim(1) * s.group == s.in_channels, n.describe(), ": weight ", shape_str(w.shape()), " with group ",
-              s.group, " does not match ", s.in_channels, " input channels");
-  s.kernel_h = w.rank() == 4 ? w.dim(2) : 1;
-  s.kernel_w = w.dim(-1);
-  std::vector<int64_t> in_sp, k_sp;
-  if (x.rank() == 4) in_sp = {s.in_h, s.in_w}, k_sp = {s.kernel_h, s.kernel_w};
-  else in_sp = {s.in_w}, k_sp = {s.kernel_w};
-  auto ks = n.attr_ints("kernel_shape", k_sp);
-  PERCH_CHECK(ks == k_sp, n.describe(), ": kernel_shape attribute disagrees with the weight shape");
-  auto g = detail::geometry(n, in_sp, k_sp, false);
-  if (x.rank() == 4) {
-    s.stride_h = g.strides[0], s.stride_w = g.strides[1], s.dil_h = g.dilations[0], s.dil_w = g.dilations[1];
-    s.pad_top = g.pads_begin[0], s.pad_left = g.pads_begin[1], s.pad_bottom = g.pads_end[0], s.pad_right = g.pads_end[1];
-  } else {
-    s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
-  }
-  PERCH_CHECK(kernel_fits(s.in_h, s.pad_top, s.pad_bottom, s.kernel_h, s.dil_h) &&
-                  kernel_fits(s.in_w, s.pad_left, s.pad_right, s.kernel_w, s.dil_w) && s.out_h() > 0 && s.out_w() > 0,
-              n.describe(), ": input ", shape_str(x.shape()), " is too small for the kernel");
+  const kernels::Conv2dShape s = conv2d_shape(n, x.shape(), w.shape());
   Tensor bias;
   if (has(a, 2)) {
     bias = a[2]->to_f32();
@@ -166,26 +128,7 @@ std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t) {
 std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
   PERCH_CHECK(n.outputs.size() == 1 || n.outputs[1].empty(), n.describe(), ": the Indices output of MaxPool is not supported");
   const Tensor x = in(n, a, 0).to_f32();
-  kernels::Pool2dShape s;
-  s.batch = x.dim(0);
-  s.channels = x.dim(1);
-  spatial_dims(x, n, s.in_h, s.in_w);
-  auto ks = n.attr_ints("kernel_shape");
-  PERCH_CHECK(static_cast<int64_t>(ks.size()) == x.rank() - 2, n.describe(), ": kernel_shape must have ", x.rank() - 2, " values");
-  s.ceil_mode = n.attr_int("ceil_mode", 0) != 0;
-  s.count_include_pad = n.attr_int("count_include_pad", 0) != 0;
-  std::vector<int64_t> in_sp = x.rank() == 4 ? std::vector<int64_t>{s.in_h, s.in_w} : std::vector<int64_t>{s.in_w};
-  auto g = detail::geometry(n, in_sp, ks, s.ceil_mode);
-  if (x.rank() == 4) {
-    s.kernel_h = ks[0], s.kernel_w = ks[1];
-    s.stride_h = g.strides[0], s.stride_w = g.strides[1], s.dil_h = g.dilations[0], s.dil_w = g.dilations[1];
-    s.pad_top = g.pads_begin[0], s.pad_left = g.pads_begin[1], s.pad_bottom = g.pads_end[0], s.pad_right = g.pads_end[1];
-  } else {
-    s.kernel_w = ks[0], s.stride_w = g.strides[0], s.dil_w = g.dilations[0], s.pad_left = g.pads_begin[0], s.pad_right = g.pads_end[0];
-  }
-  PERCH_CHECK(kernel_fits(s.in_h, s.pad_top, s.pad_bottom, s.kernel_h, s.dil_h) &&
-                  kernel_fits(s.in_w, s.pad_left, s.pad_right, s.kernel_w, s.dil_w) && s.out_h() > 0 && s.out_w() > 0,
-              n.describe(), ": input ", shape_str(x.shape()), " is too small for the window");
+  const kernels::Pool2dShape s = pool2d_shape(n, x.shape());
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
   (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());

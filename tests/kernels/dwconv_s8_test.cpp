@@ -308,5 +308,170 @@ TEST(DepthwiseS8, LargeThreadedAndLeftShifts) {
   set_num_threads(saved);
 }
 
+
+// The row-cached kernels (kw <= 4): channel counts around their 16-channel vectors and 64-channel blocks (full
+// blocks keep the unpack order, a partial last block is in natural order), widths around the 2-pixel step and
+// the border/interior split of the row build, kernel heights and dilations around the row-cache slots, strides
+// 1-3 (the sliding-window build is stride 1), both input types, and multipliers of every kind: right shifts
+// (R >= 1), M in [0.5, 1) (R = 0), left shifts (the 64-bit clamp), and 0.
+TEST(DepthwiseS8, RowCachedTileBoundaries) {
+  const int64_t channels[] = {1, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 113, 127, 128, 129, 144, 192, 200};
+  const int64_t widths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) continue;
+    Rng rng(77);
+    for (int64_t cn : channels)
+      for (int rep = 0; rep < 3; ++rep) {
+        const int64_t kh = rng.range(1, 4) == 4 ? 5 : rng.range(1, 3), kw = rng.range(1, 4);
+        DwCase c = make_case(rng, cn, kh, kw);
+        auto& a = c.args;
+        a.stride_w = rng.range(1, 3);
+        a.stride_h = rng.range(1, 3);
+        a.dilation_h = rng.range(1, 3);
+        a.dilation_w = rng.range(0, 2) == 0 ? 2 : 1;
+        const int64_t min_w = std::max<int64_t>(1, a.dilation_w * (kw - 1) + 1 - a.pad_left - a.pad_right);
+        const int64_t min_h = std::max<int64_t>(1, a.dilation_h * (kh - 1) + 1 - a.pad_top - a.pad_bottom);
+        a.in_w = std::max(min_w, widths[rng.range(0, 10)] * a.stride_w);
+        a.in_h = min_h + rng.range(0, 5);
+        c.x.resize(static_cast<size_t>(a.batch * a.in_h * a.in_w * cn));
+        for (auto& v : c.x) v = static_cast<uint8_t>(rng.range(0, 255));
+        c.bind();
+        const auto ex = exact(c);
+        OutputStageS8 raw;
+        raw.type = OutputType::kInt32;
+        {
+          PathGuard guard(isa.paths);
+          const auto got = run(c, raw, false);
+          for (size_t i = 0; i < ex.size(); ++i) {
+            int32_t v;
+            std::memcpy(&v, got.data() + i * 4, 4);
+            ASSERT_EQ(v, ex[i]) << isa.name << " " << c.describe() << " at " << i;
+          }
+        }
+        for (int kind = 0; kind < 3; ++kind) {
+          OutputStageS8 st;
+          st.type = rng.range(0, 1) ? OutputType::kUInt8 : OutputType::kInt8;
+          const int32_t lo = st.type == OutputType::kUInt8 ? 0 : -128;
+          st.zero_point = lo + static_cast<int32_t>(rng.range(0, 255));
+          st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;
+          st.qmax = lo + 255;
+          auto ms = pick_multipliers(rng, c, ex, true);
+          for (auto& m : ms) {
+            const int64_t r = rng.range(0, 9);
+            if (kind == 1 && r < 3) m.shift = 0;                                   // M in [0.5, 1)
+            if (kind == 2 && r < 3) m.shift = static_cast<int32_t>(rng.range(1, 8));  // left shifts
+            if (r == 9) m = {0, 0};
+          }
+          st.multipliers = ms.data();
+          st.num_multipliers = static_cast<int64_t>(ms.size());
+          const auto want = run(c, st, true);
+          std::vector<uint8_t> got;
+          {
+            PathGuard guard(isa.paths);
+            got = run(c, st, false);
+          }
+          ASSERT_EQ(got, want) << isa.name << " kind " << kind << " " << c.describe();
+        }
+      }
+  }
+}
+
+// The one-rounding output stage of the row-cached kernels against multiply_by_quantized_multiplier over the
+// whole int32 range: a 1x1 kernel with the input at its zero point gives acc = bias, so the biases choose the
+// accumulators (extremes, 0, +-1, +-2^30, random), and each channel has its own multiplier (every shift the SIMD
+// paths take, multipliers 2^30, 2^30 + 1, 2^31 - 1 and random, and 0; every other iteration right shifts only).
+TEST(DepthwiseS8, OutputStageOverInt32Range) {
+  Rng rng(99);
+  const int64_t cn = 80, pixels = 7;  // one full 64-channel block and a 16-channel tail
+  const int8_t one = 1;
+  std::vector<int8_t> w(static_cast<size_t>(cn));
+  for (int it = 0; it < 60; ++it) {
+    for (auto& v : w) v = rng.range(0, 1) ? one : static_cast<int8_t>(-1);
+    const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), cn, 1, 1);
+    std::vector<uint8_t> x(static_cast<size_t>(pixels * cn));
+    std::vector<int32_t> bias(static_cast<size_t>(cn));
+    static const int64_t special[] = {INT32_MIN, INT32_MIN + 1, -(int64_t{1} << 30) - 1, -(int64_t{1} << 30), -2, -1, 0,
+                                      1, 2, int64_t{1} << 30, (int64_t{1} << 30) + 1, INT32_MAX - 1, INT32_MAX};
+    for (auto& b : bias) {
+      const int64_t r = rng.range(0, 3);
+      b = static_cast<int32_t>(r == 0 ? special[rng.range(0, 12)] : r == 1 ? rng.range(-1000, 1000)
+                                                                          : rng.range(INT32_MIN, INT32_MAX));
+    }
+    const int32_t zx = static_cast<int32_t>(rng.range(0, 255));
+    // Pixel 0 sits at the zero point (acc = bias); the others move acc by up to +-255 around it.
+    for (int64_t i = 0; i < pixels * cn; ++i) x[static_cast<size_t>(i)] = static_cast<uint8_t>(i < cn ? zx : rng.range(0, 255));
+    std::vector<quant::FixedPointMultiplier> ms(static_cast<size_t>(cn));
+    for (auto& m : ms) {
+      const int64_t r = rng.range(0, 4);
+      m.multiplier = static_cast<int32_t>(r == 0   ? int64_t{1} << 30
+                                          : r == 1 ? (int64_t{1} << 30) + 1
+                                          : r == 2 ? (int64_t{1} << 31) - 1
+                                                   : rng.range(int64_t{1} << 30, (int64_t{1} << 31) - 1));
+      // Odd iterations: right shifts only (every M < 1/2, the kernels' 32-bit-shift mode).
+      m.shift = static_cast<int32_t>(it % 2 ? rng.range(-31, -1) : rng.range(-31, 30));
+      if (rng.range(0, 20) == 0) m = {0, 0};
+    }
+    DepthwiseS8Args d;
+    d.batch = 1;
+    d.in_h = 1;
+    d.in_w = pixels;
+    d.channels = cn;
+    d.x = x.data();
+    d.x_zero_point = zx;
+    d.w = &pw;
+    d.bias = bias.data();
+    d.out.type = rng.range(0, 1) ? OutputType::kUInt8 : OutputType::kInt8;
+    const int32_t lo = d.out.type == OutputType::kUInt8 ? 0 : -128;
+    d.out.zero_point = lo + static_cast<int32_t>(rng.range(0, 255));
+    d.out.qmin = lo;
+    d.out.qmax = lo + 255;
+    d.out.multipliers = ms.data();
+    d.out.num_multipliers = cn;
+    std::vector<uint8_t> want(static_cast<size_t>(pixels * cn)), got(want.size());
+    d.y = want.data();
+    depthwise_s8_reference(d);
+    for (const IsaPath& isa : isa_paths()) {
+      if (!has_path(supported_paths(), isa.needs)) continue;
+      PathGuard guard(isa.paths);
+      d.y = got.data();
+      depthwise_s8(d);
+      ASSERT_EQ(got, want) << isa.name << " iteration " << it;
+    }
+  }
+}
+
+
+// A dilation so large that the row cache (kh * dilation_h rows) would pass 8 MB: the per-pixel kernels run, with
+// the channel order they expect.
+TEST(DepthwiseS8, HugeDilationUsesPerPixelKernel) {
+  Rng rng(5);
+  DwCase c = make_case(rng, 70, 3, 3);
+  auto& a = c.args;
+  a.batch = 1;
+  a.stride_h = a.stride_w = 1;
+  a.dilation_h = 40;
+  a.dilation_w = 1;
+  a.pad_top = a.pad_bottom = a.pad_left = a.pad_right = 1;
+  a.in_h = 80;
+  a.in_w = 320;
+  c.x.resize(static_cast<size_t>(a.in_h * a.in_w * 70));
+  for (auto& v : c.x) v = static_cast<uint8_t>(rng.range(0, 255));
+  c.bind();
+  const auto ex = exact(c);
+  OutputStageS8 st;
+  st.type = OutputType::kUInt8;
+  st.zero_point = 128;
+  st.qmax = 255;
+  const auto ms = pick_multipliers(rng, c, ex, true);
+  st.multipliers = ms.data();
+  st.num_multipliers = static_cast<int64_t>(ms.size());
+  const auto want = run(c, st, true);
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) continue;
+    PathGuard guard(isa.paths);
+    EXPECT_EQ(run(c, st, false), want) << isa.name;
+  }
+}
+
 }  // namespace
 }  // namespace perch::kernels

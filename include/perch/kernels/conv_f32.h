@@ -30,4 +30,18 @@ void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, 
 // for small batches, blocks of output channels. Picks the reference twin when PERCH_PATHS=reference.
 void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
 
+// Gradients (training, perch/train). With y = conv(x, w) + bias as above and dy = dL/dy:
+//   dx[n, c, ih, iw] = sum over (m in the group of c, kh, kw, oh, ow) with ih = oh*sh - pt + kh*dh and
+//                      iw = ow*sw - pl + kw*dw of dy[n, m, oh, ow] * w[m, c - c0(m), kh, kw]
+//   dw[m, c, kh, kw] = sum over (n, oh, ow) of dy[n, m, oh, ow] * x[n, c0(m) + c, ih, iw]   (0 outside)
+//   dbias[m]         = sum over (n, oh, ow) of dy[n, m, oh, ow]
+// Every output is overwritten (not accumulated); dbias may be null. The reference twins loop in double.
+// Optimized: per (image, group) GEMMs against im2col / col2im (BLAS sgemm), 1x1 stride-1 convs without
+// im2col, and depthwise convs as direct loops on zero-padded planes; images (dw: per-thread partial sums,
+// added in a fixed order so results do not depend on the thread count) and planes over the thread pool.
+void conv2d_backward_data_reference(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+void conv2d_backward_weight_reference(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias);
+void conv2d_backward_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias);
+
 }  // namespace perch::kernels

@@ -7,10 +7,18 @@
 //
 // Why NHWC: a depthwise conv has no reduction over channels, so the vector dimension is the channel; NHWC
 // makes the C channels of a pixel contiguous, so each tap is one (masked) load of 64 channels and nothing has
-// to be transposed or gathered. Per output pixel the AVX-512 VNNI path interleaves the bytes of 4 taps with
-// VPUNPCK{L,H}{BW,WD} and does one VPDPBUSD per 16 channels per 4 taps; the AVX2 path widens to int16 and
-// uses VPMADDWD on tap pairs (exact; never VPMADDUBSW). The packs that turn int32 back to bytes undo the
-// unpacks' lane interleaving, so the permutation costs nothing at the store.
+// to be transposed or gathered.
+// Kernels of width kw <= 4 (every 3x3) run row-cached: each input row is transformed once per channel block
+// into a row of tap groups — for each output column, the kw horizontal taps of each channel side by side
+// (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
+// VPMADDUBSW) — and reused by the kh output rows that read it; an output pixel is then kh VPDPBUSD per 16
+// channels (AVX2: kh * ceil(kw / 2) VPMADDWD per 8), with the zero point folded into the accumulators'
+// start value, and an output stage with a single 64-bit rounding (s8_internal.h, DwPlan::rqf) that equals
+// multiply_by_quantized_multiplier bit for bit. Layouts, formulas and bounds: dwconv_s8_avx512vnni.cpp,
+// dwconv_s8_avx2.cpp. Wider kernels use the per-pixel kernels: per output pixel the VNNI path interleaves the
+// bytes of 4 taps with VPUNPCK{L,H}{BW,WD} and does one VPDPBUSD per 16 channels per 4 taps; the AVX2 path
+// widens to int16 and uses VPMADDWD on tap pairs. The packs that turn int32 back to bytes undo the unpacks'
+// lane interleaving, so the permutation costs nothing at the store.
 //
 // Overflow bound: |x - zx| <= 255, |w| <= 128: |sum| <= 32640 * KH * KW < 2^31 for KH * KW <= 65793 (checked).
 #pragma once
@@ -33,6 +41,15 @@ struct PackedDepthwiseS8 {
   // AVX2 layout: per block of 16 channels, per pair of taps, 2 vectors of 16 int16; vector h, element
   // 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][2 p + t].
   std::vector<int16_t> avx2;
+  // Row layouts of the row-cached kernels (kw <= 4; dwconv_s8_avx512vnni.cpp / dwconv_s8_avx2.cpp): the taps of
+  // one kernel row side by side, padded with zero weights to 4 (VNNI) or to pairs (AVX2).
+  // vnni_rows: per block b of 64 channels (at byte 256 b * kh), per kernel row r, g_b = min(4, ceil((C - 64 b) / 16))
+  //   vectors of 64 bytes; vector j of row r, byte 4 i + t holds w[64 b + ch][r][t] (t < kw and channel < C, else
+  //   0), ch = 16 (i / 4) + 4 j + i % 4 in a full block (the VPUNPCK order), ch = 16 j + i in a partial last one.
+  std::vector<int8_t> vnni_rows;
+  // avx2_rows: per block b of 16 channels, per kernel row r, per tap pair q < (kw + 1) / 2, 2 vectors of 16 int16;
+  //   vector h, element 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][r][2 q + t] (2 q + t < kw, else 0).
+  std::vector<int16_t> avx2_rows;
 };
 
 // w: [C][KH][KW] (ONNX weight [C, 1, KH, KW]).

@@ -21,4 +21,10 @@ struct Pool2dShape {
 void maxpool2d_f32(const Pool2dShape& s, const float* x, float* y);
 void avgpool2d_f32(const Pool2dShape& s, const float* x, float* y);
 
+// Gradients (training). dx is overwritten.
+//   max: dy[n,c,oh,ow] goes to the first cell (row-major window order) holding the window's maximum;
+//   average: dy / divisor goes to every cell of the window inside the input (divisor as in the forward).
+void maxpool2d_backward_f32(const Pool2dShape& s, const float* x, const float* dy, float* dx);
+void avgpool2d_backward_f32(const Pool2dShape& s, const float* dy, float* dx);
+
 }  // namespace perch::kernels

@@ -53,6 +53,9 @@ struct PtqOptions {
   std::set<std::string> float_nodes;    // node names whose weights stay float
   std::map<std::string, WeightOptions> layer_weights;  // per-node override of `weights` (selective quantization)
   std::set<std::string> float_activations;             // activation values left float
+  // Weight initializer -> parameters to use instead of the estimator's (QAT's learned step sizes). Must have
+  // the layout `weights` / `layer_weights` give that weight.
+  std::map<std::string, quant::QuantParams> weight_params;
 };
 
 // What happened to one weight layer.
@@ -105,6 +108,11 @@ struct Calibration {
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
 // Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
 PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
+
+// The quantization spec perch uses for activations with options `o` (per-tensor, asymmetric), and for the
+// weight `w` of Conv/Gemm/MatMul node `n` (symmetric, narrow range, the node's axis).
+quant::QuantSpec activation_spec(const ActivationOptions& o);
+quant::QuantSpec weight_spec(const WeightOptions& o, const graph::Node& n, const Tensor& w);
 
 // Output-channel axis of a weight (see above) for Conv/Gemm/MatMul node `n` with weight rank `rank`.
 int64_t weight_channel_axis(const graph::Node& n, int64_t rank);

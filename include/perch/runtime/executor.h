@@ -73,6 +73,9 @@ class Executor {
                      const std::vector<std::string>& extra_outputs) const;
 };
 
+// The registry with every built-in op kernel registered (what Executor uses).
+const OpRegistry& builtin_registry();
+
 // Ops perch's executor does not support in `model` (op_type and count), empty if none.
 std::vector<std::string> unsupported_ops(const graph::Model& model);
 

@@ -1,0 +1,70 @@
+// perch/train/qat.h — quantization-aware training (QAT) on the ONNX graph, exported as QDQ.
+//
+// Flow: calibrate as PTQ does (ptq::calibrate: canonical model — BN folded, cross-layer equalization —,
+// the activations PTQ would quantize and their initial ranges), insert fake-quant nodes exactly where the
+// QDQ export will put QuantizeLinear/DequantizeLinear, fine-tune, then export with ptq::build_quantized
+// using the trained weights and the final activation parameters — so the exported QDQ model computes what
+// the fake-quant model computed while training (bias correction is off: training does its job).
+//
+// Fake-quant ops (domain "perch", only inside the training graph; conventions of quant/params.h):
+//   FakeQuantWeight(w [, step])   weight spec of ptq::weight_spec (symmetric, narrow range, the op's axis).
+//       Parameters from the current weights each step (max |w| per channel / qmax, the export's estimator),
+//       or, with learned scales, the step-size input (LSQ, Esser et al. 2020). Gradient: STE for w (quant/
+//       fake_quant.h), LSQ for the step.
+//   FakeQuantAct(x, scale, zero_point, lo, hi)   activation spec of ptq::activation_spec (per-tensor,
+//       asymmetric). Training: the range [lo, hi] follows the batches' min/max as an exponential moving
+//       average, lo = m lo + (1 - m) min(x) (m = ema_momentum), and (scale, zero_point) are re-derived from it
+//       with quant::choose_params; once ranges are frozen (after `freeze_ranges` of the steps) they stay. With
+//       learned scales the scale is a parameter (LSQ gradient) and the zero point stays at its calibrated value.
+//       Gradient to x: STE inside the clip range.
+// BatchNormalization: the canonical model has BN folded into the convolutions before training, i.e. the
+// running statistics are frozen from the first step (the "frozen statistics" phase of Krishnamoorthi 2018,
+// Sec. 3.2, used from the start); the trained weights are the folded weights the deployment runs.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "perch/data/dataset.h"
+#include "perch/graph/ir.h"
+#include "perch/ptq/quantize.h"
+#include "perch/train/trainer.h"
+
+namespace perch::train {
+
+struct QatOptions {
+  ptq::PtqOptions ptq;           // weights, activations, equalize (bias_correction is ignored: off)
+  int64_t calib_images = 1024;   // calibration sample from the training data
+  TrainOptions train;            // epochs, batch, optimizer (default: SGD-free AdamW, small lr)
+  bool learn_scales = false;     // LSQ step sizes for weights and activations
+  float ema_momentum = 0.99f;    // activation range EMA
+  float freeze_ranges = 0.8f;    // fraction of the steps after which activation ranges stop moving
+};
+
+struct QatResult {
+  ptq::PtqResult exported;       // the QDQ model and its layer report
+  graph::Model fake_quant;       // the training graph (with perch FakeQuant nodes) after training
+  std::vector<EpochLog> logs;
+  double ptq_accuracy = -1;      // QDQ export before training (same options, no bias correction), if evaluated
+  double fq_accuracy = -1;       // the fake-quant model after training, if evaluated
+};
+
+// The pieces, for callers that drive training themselves (benchmarks, custom loops):
+struct QatGraph {
+  ptq::Calibration calibration;                // what PTQ learned (canonical, equalized model)
+  ptq::PtqOptions ptq;                         // options of the export (bias correction off)
+  graph::Model model;                          // the training graph (perch FakeQuant nodes inserted)
+  std::vector<std::string> params;             // what training updates
+  std::map<std::string, std::string> act_state;  // quantized activation -> FakeQuantAct state prefix
+};
+QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& options);
+// The QDQ model of the current state of `q` (weights, ranges, learned step sizes).
+ptq::PtqResult export_qat(const QatGraph& q);
+
+// `eval`: optional labelled data for the accuracies above (evaluated before and after training).
+QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& options,
+                                      const Dataset* eval = nullptr);
+
+}  // namespace perch::train

@@ -1,0 +1,203 @@
+// `perch train` and `perch qat`: training from scratch and quantization-aware training (perch/train).
+#include "cmd_train.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "perch/core/error.h"
+#include "perch/core/threads.h"
+#include "perch/data/dataset.h"
+#include "perch/graph/onnx_io.h"
+#include "perch/graph/passes.h"
+#include "perch/ptq/evaluate.h"
+#include "perch/train/arch.h"
+#include "perch/train/qat.h"
+
+namespace perch::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct CommonTrainFlags {
+  std::string data = "fashion-mnist:train", eval = "fashion-mnist:test", output;
+  int64_t epochs = 1, batch = 128, max_steps = 0, shift = 0;
+  float lr = 0, weight_decay = -1, label_smoothing = 0;
+  std::string optimizer = "adamw", schedule = "onecycle";
+  bool no_flip = false;
+  uint64_t seed = 1;
+  int threads = 0;
+
+  void add(CLI::App* c) {
+    c->add_option("-o,--output", output, "ONNX model to write")->required();
+    c->add_option("--data", data, "labelled training data spec")->capture_default_str();
+    c->add_option("--eval", eval, "labelled evaluation data spec ('' to skip)")->capture_default_str();
+    c->add_option("--epochs", epochs, "passes over the training data")->capture_default_str();
+    c->add_option("--batch", batch, "mini-batch size")->capture_default_str();
+    c->add_option("--max-steps", max_steps, "stop after this many steps (0: no limit)")->capture_default_str();
+    c->add_option("--optimizer", optimizer, "adamw | sgd")->capture_default_str();
+    c->add_option("--lr", lr, "peak learning rate (default: 2e-3 adamw / 0.05 sgd for train, a tenth for qat)");
+    c->add_option("--weight-decay", weight_decay, "weight decay (default 5e-4 sgd, 0.05 adamw)");
+    c->add_option("--schedule", schedule, "onecycle | cosine | constant")->capture_default_str();
+    c->add_option("--label-smoothing", label_smoothing, "label smoothing of the loss")->capture_default_str();
+    c->add_flag("--no-flip", no_flip, "no horizontal-flip augmentation");
+    c->add_option("--shift", shift, "random shifts of up to this many pixels (augmentation)")->capture_default_str();
+    c->add_option("--seed", seed, "seed of initialization, shuffling and augmentation")->capture_default_str();
+    c->add_option("--threads", threads, "worker threads (default: all the process may use)");
+  }
+
+  train::TrainOptions options(float default_lr_scale) const {
+    train::TrainOptions o;
+    o.epochs = epochs, o.batch = batch, o.max_steps = max_steps, o.seed = seed;
+    o.flip = !no_flip, o.shift = shift, o.label_smoothing = label_smoothing;
+    o.optimizer.kind = optimizer;
+    const bool sgd = optimizer == "sgd";
+    o.optimizer.lr = lr > 0 ? lr : (sgd ? 0.05f : 2e-3f) * default_lr_scale;
+    o.optimizer.weight_decay = weight_decay >= 0 ? weight_decay : (sgd ? 5e-4f : 0.05f);
+    o.optimizer.nesterov = sgd;
+    o.schedule.kind = schedule;
+    return o;
+  }
+};
+
+json logs_json(const std::vector<train::EpochLog>& logs) {
+  json a = json::array();
+  for (const auto& l : logs)
+    a.push_back({{"epoch", l.epoch}, {"steps", l.steps}, {"loss", l.loss}, {"train_accuracy", l.train_accuracy},
+                 {"seconds", l.seconds}, {"eval_accuracy", l.eval_accuracy}});
+  return a;
+}
+
+double eval_model(const graph::Model& m, const Dataset& data, const std::string& label) {
+  return ptq::evaluate(runtime::Executor(m), data, 256, label).accuracy();
+}
+
+}  // namespace
+
+std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_json) {
+  // train
+  auto* t = app.add_subcommand("train", "train a built-in architecture from scratch, write ONNX (BN folded)");
+  auto tf = std::make_shared<CommonTrainFlags>();
+  auto arch = std::make_shared<std::string>("mbv2");
+  auto width = std::make_shared<float>(1.0f);
+  t->add_option("--arch", *arch, "convnet | mbv2")->capture_default_str();
+  t->add_option("--width", *width, "channel width multiplier")->capture_default_str();
+  tf->add(t);
+  t->add_flag("--json", as_json, "print a JSON summary on stdout");
+
+  // qat
+  auto* q = app.add_subcommand("qat", "quantization-aware training of a float ONNX model, export QDQ");
+  auto qf = std::make_shared<CommonTrainFlags>();
+  auto model = std::make_shared<std::string>();
+  auto weights = std::make_shared<std::string>("per-channel");
+  auto wbits = std::make_shared<int>(8), abits = std::make_shared<int>(8);
+  auto learn = std::make_shared<bool>(false), no_eq = std::make_shared<bool>(false);
+  auto calib = std::make_shared<int64_t>(1024);
+  auto group = std::make_shared<int64_t>(16);
+  q->add_option("model", *model, "float ONNX model")->required();
+  q->add_option("--weights", *weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
+  q->add_option("--weight-bits", *wbits, "weight bits (2..8)")->capture_default_str();
+  q->add_option("--act-bits", *abits, "activation bits (2..8)")->capture_default_str();
+  q->add_flag("--learn-scales", *learn, "learn weight and activation step sizes (LSQ)");
+  q->add_flag("--no-equalize", *no_eq, "skip cross-layer equalization before training");
+  q->add_option("--calib-count", *calib, "images calibrating the initial ranges")->capture_default_str();
+  qf->add(q);
+  q->add_flag("--json", as_json, "print a JSON summary on stdout");
+
+  return [=, &as_json]() -> std::optional<int> {
+    if (t->parsed()) {
+      if (tf->threads > 0) set_num_threads(tf->threads);
+      const Dataset data = load_dataset(tf->data);
+      train::ArchOptions ao;
+      PERCH_CHECK(data.images.rank() == 4, data.name, ": training needs images [N, C, H, W]");
+      ao.in_channels = data.images.dim(1), ao.height = data.images.dim(2), ao.width = data.images.dim(3);
+      ao.classes = 1 + *std::max_element(data.labels.begin(), data.labels.end());
+      ao.width_mult = *width;
+      ao.seed = tf->seed;
+      graph::Model m = train::build_arch(*arch, ao);
+      m.source = "perch train --arch " + *arch;
+      std::optional<Dataset> ev;
+      if (!tf->eval.empty()) ev = load_dataset(tf->eval);
+      train::Tape tape(m, train::default_parameters(m));
+      auto logs = train::fit(tape, data, tf->options(1.0f), [&]() {
+        return ev ? train::accuracy(tape, *ev, 256, "eval") : -1.0;
+      });
+      graph::Model out = train::export_inference(m);
+      out.doc_string = "trained by perch: perch train --arch " + *arch + " --epochs " + std::to_string(tf->epochs) +
+                       " --seed " + std::to_string(tf->seed);
+      graph::save_model(out, tf->output);
+      double exported = -1;
+      if (ev) exported = eval_model(out, *ev, "exported model");
+      if (as_json) {
+        std::cout << json{{"arch", *arch}, {"output", tf->output}, {"epochs", logs_json(logs)},
+                          {"exported_accuracy", exported}}.dump(2)
+                  << "\n";
+      } else {
+        for (const auto& l : logs)
+          std::printf("epoch %lld: loss %.4f  train %.4f  eval %.4f  (%.1f s, %.3f s/step)\n",
+                      static_cast<long long>(l.epoch), l.loss, l.train_accuracy, l.eval_accuracy, l.seconds,
+                      l.seconds / static_cast<double>(std::max<int64_t>(1, l.steps)));
+        if (ev) std::printf("wrote %s: top-1 %.4f on %s (BN folded)\n", tf->output.c_str(), exported, ev->name.c_str());
+        else std::printf("wrote %s\n", tf->output.c_str());
+      }
+      return 0;
+    }
+    if (q->parsed()) {
+      if (qf->threads > 0) set_num_threads(qf->threads);
+      graph::Model m = graph::load_model(*model);
+      const Dataset data = load_dataset(qf->data);
+      std::optional<Dataset> ev;
+      if (!qf->eval.empty()) ev = load_dataset(qf->eval);
+      train::QatOptions o;
+      ptq::WeightOptions& w = o.ptq.weights;
+      if (*weights == "per-channel") w.granularity = quant::Granularity::kPerChannel;
+      else if (*weights == "per-tensor") w.granularity = quant::Granularity::kPerTensor;
+      else if (weights->rfind("per-group:", 0) == 0) {
+        w.granularity = quant::Granularity::kPerGroup;
+        try {
+          w.group_size = std::stoll(weights->substr(10));
+        } catch (...) {
+          w.group_size = 0;
+        }
+        PERCH_CHECK(w.group_size > 0, "--weights ", *weights, ": group size must be a positive integer");
+      } else {
+        PERCH_FAIL("--weights '", *weights, "': expected per-channel, per-tensor or per-group:G");
+      }
+      w.bits = *wbits;
+      o.ptq.activations.bits = *abits;
+      o.ptq.equalize = !*no_eq;
+      o.calib_images = *calib;
+      o.learn_scales = *learn;
+      o.train = qf->options(0.1f);
+      double fp32 = -1;
+      if (ev) {
+        graph::Model c = m;
+        graph::canonicalize(c);
+        fp32 = eval_model(c, *ev, "fp32");
+      }
+      train::QatResult r = train::quantization_aware_training(m, data, o, ev ? &*ev : nullptr);
+      r.exported.model.doc_string = "QAT by perch from " + *model;
+      graph::save_model(r.exported.model, qf->output);
+      double exported = -1;
+      if (ev) exported = eval_model(r.exported.model, *ev, "exported QDQ");
+      if (as_json) {
+        std::cout << json{{"model", *model}, {"output", qf->output}, {"fp32_accuracy", fp32},
+                          {"ptq_accuracy", r.ptq_accuracy}, {"fake_quant_accuracy", r.fq_accuracy},
+                          {"qdq_accuracy", exported}, {"epochs", logs_json(r.logs)}}.dump(2)
+                  << "\n";
+      } else {
+        std::printf("  %-34s %s\n", "configuration", "top-1");
+        std::printf("  %-34s %.4f\n", "fp32", fp32);
+        std::printf("  %-34s %.4f\n", "PTQ (same scheme, before QAT)", r.ptq_accuracy);
+        std::printf("  %-34s %.4f\n", "QAT fake-quant model", r.fq_accuracy);
+        std::printf("  %-34s %.4f   <- written to %s\n", "QAT exported QDQ (perch sim)", exported, qf->output.c_str());
+      }
+      return 0;
+    }
+    return std::nullopt;
+  };
+}
+
+}  // namespace perch::cli

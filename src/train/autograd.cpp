@@ -1,0 +1,298 @@
+#include "perch/train/autograd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "perch/core/error.h"
+
+namespace perch::train {
+
+void register_grad_ops(GradRegistry& r);  // grad_ops.cpp
+void register_qat_ops(GradRegistry& r);   // qat.cpp
+
+GradRegistry& GradRegistry::global() {
+  static GradRegistry* r = [] {
+    auto* g = new GradRegistry;
+    register_grad_ops(*g);
+    register_qat_ops(*g);
+    return g;
+  }();
+  return *r;
+}
+
+void GradRegistry::add(const std::string& op_type, const std::string& domain, GradOp op) {
+  ops_[(domain == "ai.onnx" ? "" : domain) + "::" + op_type] = std::move(op);
+}
+
+const GradOp* GradRegistry::find(const std::string& op_type, const std::string& domain) const {
+  auto it = ops_.find((domain == "ai.onnx" ? "" : domain) + "::" + op_type);
+  return it == ops_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> GradRegistry::op_types() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : ops_) out.push_back(k.rfind("::", 0) == 0 ? k.substr(2) : k);
+  return out;
+}
+
+std::vector<std::string> default_parameters(const graph::Model& model) {
+  const auto& g = model.graph;
+  std::set<std::string> seen;
+  std::vector<std::string> out;
+  auto take = [&](const std::string& v) {
+    const Tensor* t = g.initializer(v);
+    if (!t || t->dtype() != DType::kFloat32 || t->numel() == 0 || !seen.insert(v).second) return;
+    out.push_back(v);
+  };
+  for (const auto& n : g.nodes) {
+    if (!n.domain.empty() && n.domain != "ai.onnx") continue;
+    if (n.op_type == "Conv" || n.op_type == "Gemm") take(n.input(1)), take(n.input(2));
+    else if (n.op_type == "MatMul" || n.op_type == "Add" || n.op_type == "Mul") take(n.input(0)), take(n.input(1));
+    else if (n.op_type == "BatchNormalization") take(n.input(1)), take(n.input(2));
+    else if (n.op_type == "PRelu") take(n.input(1));
+  }
+  return out;
+}
+
+Tape::Tape(graph::Model& model, std::vector<std::string> params) : model_(model), params_(std::move(params)) {
+  for (const auto& p : params_) {
+    const Tensor* t = model_.graph.initializer(p);
+    PERCH_CHECK(t, model_.source, ": parameter '", p, "' is not an initializer of the model");
+    PERCH_CHECK(t->dtype() == DType::kFloat32, model_.source, ": parameter '", p, "' is ", dtype_name(t->dtype()),
+                ", only float32 initializers can be trained");
+  }
+  plan();
+}
+
+void Tape::plan() {
+  const auto& g = model_.graph;
+  const auto& ops = runtime::builtin_registry();
+  const int64_t opset = model_.opset();
+  value_needs_.clear();
+  for (const auto& p : params_) value_needs_[p] = true;
+  for (const auto& k : keep_) value_needs_[k] = true;
+  kernels_.assign(g.nodes.size(), nullptr);
+  grads_.assign(g.nodes.size(), nullptr);
+  node_needs_.assign(g.nodes.size(), false);
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const auto& n = g.nodes[i];
+    grads_[i] = GradRegistry::global().find(n.op_type, n.domain);
+    kernels_[i] = ops.find(n.op_type, n.domain, opset);
+    if (!kernels_[i] && !(grads_[i] && grads_[i]->forward))
+      PERCH_FAIL(model_.source, ": ", n.describe(), ": op not supported by the executor");
+    bool needs = false;
+    for (size_t j = 0; j < n.inputs.size(); ++j) {
+      if (n.inputs[j].empty()) continue;
+      auto it = value_needs_.find(n.inputs[j]);
+      if (it == value_needs_.end() || !it->second) continue;
+      if (grads_[i] && std::count(grads_[i]->non_differentiable.begin(), grads_[i]->non_differentiable.end(), j))
+        continue;
+      needs = true;
+    }
+    node_needs_[i] = needs;
+    if (needs && !grads_[i]) missing.push_back(n.describe());
+    for (const auto& o : n.outputs)
+      if (!o.empty()) value_needs_[o] = needs;
+  }
+  if (!missing.empty()) {
+    std::ostringstream os;
+    for (size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : "") << missing[i];
+    PERCH_FAIL(model_.source, ": no gradient for ", missing.size(), " node(s) between the parameters and the outputs: ",
+               os.str());
+  }
+}
+
+Tensor& Tape::param(const std::string& name) {
+  auto it = model_.graph.initializers.find(name);
+  PERCH_CHECK(it != model_.graph.initializers.end(), "no parameter '", name, "'");
+  return it->second;
+}
+
+TensorMap Tape::forward(const TensorMap& inputs, bool training) {
+  if (!keep_.empty()) {
+    // keep_gradients_of() may name graph inputs: re-plan so their consumers are marked.
+    bool stale = false;
+    for (const auto& k : keep_) stale |= value_needs_.count(k) == 0 || !value_needs_[k];
+    if (stale) plan();
+  }
+  auto& g = model_.graph;
+  const int64_t opset = model_.opset();
+  values_.clear();
+  saved_.assign(g.nodes.size(), {});
+  for (const auto& in : g.inputs) {
+    auto it = inputs.find(in.name);
+    PERCH_CHECK(it != inputs.end(), model_.source, ": no value given for graph input '", in.name, "'");
+    values_[in.name] = it->second;
+  }
+  std::vector<const Tensor*> args;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const auto& n = g.nodes[i];
+    args.clear();
+    for (const auto& v : n.inputs) {
+      if (v.empty()) {
+        args.push_back(nullptr);
+        continue;
+      }
+      auto it = values_.find(v);
+      if (it != values_.end()) {
+        args.push_back(&it->second);
+        continue;
+      }
+      const Tensor* t = g.initializer(v);
+      PERCH_CHECK(t, model_.source, ": ", n.describe(), " reads '", v, "', which nothing produces");
+      args.push_back(t);
+    }
+    std::vector<Tensor> outs;
+    if (grads_[i] && grads_[i]->forward) {
+      ForwardContext ctx;
+      ctx.training = training;
+      outs = grads_[i]->forward(n, args, opset, ctx);
+      saved_[i] = std::move(ctx.saved);
+      for (auto& [name, t] : ctx.updates) {
+        Tensor* dst = &g.initializers.at(name);
+        PERCH_CHECK(dst->numel() == t.numel(), n.describe(), ": state update of '", name, "' changes its size");
+        std::copy(t.data<float>(), t.data<float>() + t.numel(), dst->data<float>());
+      }
+    } else {
+      outs = (*kernels_[i])(n, args, opset);
+    }
+    PERCH_CHECK(outs.size() >= n.outputs.size() || outs.size() == 1, n.describe(), ": kernel returned ", outs.size(),
+                " outputs");
+    for (size_t j = 0; j < n.outputs.size() && j < outs.size(); ++j)
+      if (!n.outputs[j].empty()) values_[n.outputs[j]] = std::move(outs[j]);
+  }
+  last_training_ = training;
+  TensorMap out;
+  for (const auto& o : g.outputs) {
+    auto it = values_.find(o.name);
+    if (it != values_.end()) out[o.name] = it->second;
+    else if (const Tensor* t = g.initializer(o.name)) out[o.name] = *t;
+  }
+  return out;
+}
+
+namespace {
+
+// grads[name] += g. A first gradient is stored as given (it may share storage with another gradient or a
+// forward value, e.g. from Reshape or Identity); it is copied once, before the first addition into it.
+void accumulate(TensorMap& grads, std::set<std::string>& owned, const std::string& name, Tensor g, const graph::Node& n) {
+  auto it = grads.find(name);
+  if (it == grads.end()) {
+    grads.emplace(name, std::move(g));
+    return;
+  }
+  Tensor& acc = it->second;
+  PERCH_CHECK(acc.numel() == g.numel(), n.describe(), ": gradient of '", name, "' has ", g.numel(), " values, expected ",
+              acc.numel());
+  if (owned.insert(name).second) acc = acc.clone();
+  float* a = acc.data<float>();
+  const float* b = g.data<float>();
+  for (int64_t i = 0; i < acc.numel(); ++i) a[i] += b[i];
+}
+
+}  // namespace
+
+void Tape::backward(const TensorMap& grad_outputs) {
+  auto& g = model_.graph;
+  grad_.clear();
+  for (const auto& [name, t] : grad_outputs) {
+    PERCH_CHECK(g.is_graph_output(name), model_.source, ": backward() given a gradient for '", name,
+                "', which is not a graph output");
+    auto it = values_.find(name);
+    PERCH_CHECK(it != values_.end(), "backward() before forward()");
+    PERCH_CHECK(it->second.shape() == t.shape(), model_.source, ": gradient of output '", name, "' has shape ",
+                shape_str(t.shape()), ", the output ", shape_str(it->second.shape()));
+    grad_[name] = t;
+  }
+  const std::set<std::string> keep(keep_.begin(), keep_.end());
+  const std::set<std::string> params(params_.begin(), params_.end());
+  std::set<std::string> owned;
+  std::vector<const Tensor*> ins, outs, gouts;
+  for (size_t ii = g.nodes.size(); ii-- > 0;) {
+    if (!node_needs_[ii]) continue;
+    const auto& n = g.nodes[ii];
+    gouts.clear();
+    outs.clear();
+    bool any = false;
+    for (const auto& o : n.outputs) {
+      auto it = o.empty() ? grad_.end() : grad_.find(o);
+      gouts.push_back(it == grad_.end() ? nullptr : &it->second);
+      any |= it != grad_.end();
+      auto vt = o.empty() ? values_.end() : values_.find(o);
+      outs.push_back(vt == values_.end() ? nullptr : &vt->second);
+    }
+    if (!any) continue;
+    ins.clear();
+    std::vector<bool> needs;
+    for (size_t j = 0; j < n.inputs.size(); ++j) {
+      const auto& v = n.inputs[j];
+      if (v.empty()) {
+        ins.push_back(nullptr);
+        needs.push_back(false);
+        continue;
+      }
+      auto it = values_.find(v);
+      ins.push_back(it != values_.end() ? &it->second : g.initializer(v));
+      auto nt = value_needs_.find(v);
+      const bool nd = std::count(grads_[ii]->non_differentiable.begin(), grads_[ii]->non_differentiable.end(), j) != 0;
+      needs.push_back(!nd && nt != value_needs_.end() && nt->second);
+    }
+    GradArgs args{n, model_.opset(), ins, outs, gouts, saved_[ii], needs, last_training_};
+    std::vector<Tensor> res = grads_[ii]->backward(args);
+    // The node's output gradients are no longer needed (each value has one producer).
+    for (const auto& o : n.outputs)
+      if (!o.empty() && !keep.count(o) && !params.count(o)) grad_.erase(o);
+    for (size_t j = 0; j < n.inputs.size() && j < res.size(); ++j) {
+      if (!needs[j] || res[j].empty()) continue;
+      PERCH_CHECK(res[j].numel() == ins[j]->numel(), n.describe(), ": gradient of input ", j, " has ", res[j].numel(),
+                  " values for ", shape_str(ins[j]->shape()));
+      accumulate(grad_, owned, n.inputs[j], res[j].shape() == ins[j]->shape() ? res[j] : res[j].reshaped(ins[j]->shape()), n);
+    }
+  }
+  for (const auto& p : params_)
+    if (!grad_.count(p)) grad_[p] = Tensor(DType::kFloat32, g.initializers.at(p).shape());
+}
+
+const Tensor& Tape::grad(const std::string& name) const {
+  auto it = grad_.find(name);
+  PERCH_CHECK(it != grad_.end(), "no gradient for '", name, "' (not a parameter, or not kept)");
+  return it->second;
+}
+
+double softmax_cross_entropy(const Tensor& logits, std::span<const int64_t> labels, Tensor* dlogits,
+                             float label_smoothing) {
+  PERCH_CHECK(logits.rank() == 2, "softmax_cross_entropy: logits must be [N, C], got ", shape_str(logits.shape()));
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  PERCH_CHECK(static_cast<int64_t>(labels.size()) == n, "softmax_cross_entropy: ", labels.size(), " labels for ", n,
+              " rows of logits");
+  PERCH_CHECK(label_smoothing >= 0.0f && label_smoothing < 1.0f, "label smoothing must be in [0, 1)");
+  const Tensor l = logits.to_f32();
+  const float* x = l.data<float>();
+  if (dlogits) *dlogits = Tensor::uninitialized(DType::kFloat32, {n, c});
+  double total = 0.0;
+  std::vector<double> p(static_cast<size_t>(c));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = labels[static_cast<size_t>(i)];
+    PERCH_CHECK(y >= 0 && y < c, "softmax_cross_entropy: label ", y, " of row ", i, " is outside [0, ", c, ")");
+    const float* r = x + i * c;
+    double mx = r[0];
+    for (int64_t j = 1; j < c; ++j) mx = std::max(mx, static_cast<double>(r[j]));
+    double z = 0.0;
+    for (int64_t j = 0; j < c; ++j) z += p[static_cast<size_t>(j)] = std::exp(r[j] - mx);
+    const double logz = std::log(z) + mx;
+    double loss = 0.0;
+    for (int64_t j = 0; j < c; ++j) {
+      const double t = (j == y ? 1.0 - label_smoothing : 0.0) + label_smoothing / static_cast<double>(c);
+      loss -= t * (r[j] - logz);
+      if (dlogits)
+        dlogits->data<float>()[i * c + j] = static_cast<float>((p[static_cast<size_t>(j)] / z - t) / static_cast<double>(n));
+    }
+    total += loss;
+  }
+  return n > 0 ? total / static_cast<double>(n) : 0.0;
+}
+
+}  // namespace perch::train

@@ -1,0 +1,168 @@
+#include "perch/train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "perch/core/error.h"
+#include "perch/core/progress.h"
+#include "perch/graph/passes.h"
+
+namespace perch::train {
+
+namespace {
+
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  uint64_t below(uint64_t n) { return next() % n; }  // bias < n / 2^64: irrelevant here
+};
+
+// Copies image `src` into batch row `dst`, flipped horizontally and/or shifted by (dy, dx) pixels; cells
+// shifted in take `fill` (the normalized value of a black pixel).
+void augment_copy(const float* src, float* dst, int64_t c, int64_t h, int64_t w, bool flip, int64_t dy, int64_t dx,
+                  float fill) {
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t sy = y - dy, sx0 = x - dx;
+        float v = fill;
+        if (sy >= 0 && sy < h && sx0 >= 0 && sx0 < w) {
+          const int64_t sx = flip ? w - 1 - sx0 : sx0;
+          v = src[(ch * h + sy) * w + sx];
+        }
+        dst[(ch * h + y) * w + x] = v;
+      }
+}
+
+}  // namespace
+
+std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o, const std::function<double()>& evaluate) {
+  PERCH_CHECK(data.has_labels(), data.name, ": training needs labels");
+  PERCH_CHECK(o.batch > 1, "batch size must be > 1 (BatchNormalization needs batch statistics)");
+  PERCH_CHECK(o.epochs > 0, "epochs must be positive");
+  const auto& g = tape.model().graph;
+  PERCH_CHECK(!g.inputs.empty() && !g.outputs.empty(), tape.model().source, ": model has no input or output");
+  const std::string in_name = g.inputs[0].name, out_name = g.outputs[0].name;
+  const Tensor& images = data.images;
+  const int64_t n = data.size();
+  PERCH_CHECK(n >= 2, data.name, ": ", n, " images are too few to train on");
+  const int64_t row = images.numel() / n;
+  const bool spatial = images.rank() == 4;
+  const int64_t c = spatial ? images.dim(1) : 1, h = spatial ? images.dim(2) : 1, w = spatial ? images.dim(3) : row;
+  // Normalized value of a black pixel for shifted-in cells: the minimum of the data (0 before normalizing).
+  float fill = 0.0f;
+  if (o.shift > 0) {
+    fill = images.data<float>()[0];
+    for (float v : images.span<float>()) fill = std::min(fill, v);
+  }
+  const int64_t per_epoch = n / o.batch + (n % o.batch >= o.batch / 2 ? 1 : 0);
+  int64_t total = per_epoch * o.epochs;
+  if (o.max_steps > 0) total = std::min(total, o.max_steps);
+  Optimizer opt(o.optimizer);
+  Rng rng{o.seed * 0x9E3779B97F4A7C15ull + 1};
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::vector<EpochLog> logs;
+  int64_t step = 0;
+  Shape in_shape = images.shape();
+  for (int64_t epoch = 1; epoch <= o.epochs && step < total; ++epoch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+    for (int64_t i = n - 1; i > 0; --i) std::swap(order[static_cast<size_t>(i)], order[rng.below(static_cast<uint64_t>(i + 1))]);
+    const int64_t steps = std::min(per_epoch, total - step);
+    Progress bar(o.label + " epoch " + std::to_string(epoch) + "/" + std::to_string(o.epochs), steps);
+    double loss_sum = 0.0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t s = 0; s < steps; ++s, ++step) {
+      const int64_t b0 = s * o.batch, bn = std::min(o.batch, n - b0);
+      in_shape[0] = bn;
+      Tensor x = Tensor::uninitialized(DType::kFloat32, in_shape);
+      std::vector<int64_t> labels(static_cast<size_t>(bn));
+      for (int64_t i = 0; i < bn; ++i) {
+        const int64_t idx = order[static_cast<size_t>(b0 + i)];
+        labels[static_cast<size_t>(i)] = data.labels[static_cast<size_t>(idx)];
+        const bool flip = o.flip && spatial && (rng.next() & 1);
+        int64_t dy = 0, dx = 0;
+        if (o.shift > 0 && spatial) {
+          dy = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * o.shift + 1))) - o.shift;
+          dx = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * o.shift + 1))) - o.shift;
+        }
+        augment_copy(images.data<float>() + idx * row, x.data<float>() + i * row, c, h, w, flip, dy, dx, fill);
+      }
+      TensorMap out = tape.forward({{in_name, x}}, true);
+      const Tensor& logits = out.at(out_name);
+      Tensor dl;
+      const double loss = softmax_cross_entropy(logits, labels, &dl, o.label_smoothing);
+      PERCH_CHECK(std::isfinite(loss), o.label, ": the loss became ", loss, " at step ", step + 1,
+                  " (learning rate too high?)");
+      tape.backward({{out_name, dl}});
+      opt.step(tape, o.schedule.at(o.optimizer.lr, step, total));
+      if (o.on_step) o.on_step(step, total);
+      loss_sum += loss * static_cast<double>(bn);
+      const float* ld = logits.data<float>();
+      const int64_t k = logits.dim(1);
+      for (int64_t i = 0; i < bn; ++i)
+        correct += std::max_element(ld + i * k, ld + (i + 1) * k) - (ld + i * k) == labels[static_cast<size_t>(i)];
+      seen += bn;
+      char extra[96];
+      std::snprintf(extra, sizeof extra, "loss %.4f acc %.4f", loss_sum / static_cast<double>(seen),
+                    static_cast<double>(correct) / static_cast<double>(seen));
+      bar.update(s + 1, extra);
+    }
+    EpochLog log;
+    log.epoch = epoch;
+    log.steps = steps;
+    log.loss = seen ? loss_sum / static_cast<double>(seen) : 0.0;
+    log.train_accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0.0;
+    log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    char extra[128];
+    std::snprintf(extra, sizeof extra, "loss %.4f acc %.4f, %.1f s", log.loss, log.train_accuracy, log.seconds);
+    bar.finish(extra);
+    if (evaluate) log.eval_accuracy = evaluate();
+    logs.push_back(log);
+  }
+  return logs;
+}
+
+double accuracy(Tape& tape, const Dataset& data, int64_t batch, const std::string& label) {
+  PERCH_CHECK(data.has_labels(), data.name, ": accuracy needs labels");
+  const auto& g = tape.model().graph;
+  const std::string in_name = g.inputs.at(0).name, out_name = g.outputs.at(0).name;
+  const int64_t n = data.size();
+  int64_t correct = 0;
+  Progress bar(label, n);
+  for (int64_t b0 = 0; b0 < n; b0 += batch) {
+    const int64_t bn = std::min(batch, n - b0);
+    TensorMap out = tape.forward({{in_name, data.batch(b0, bn)}}, false);
+    const Tensor& logits = out.at(out_name);
+    const float* ld = logits.data<float>();
+    const int64_t k = logits.dim(1);
+    for (int64_t i = 0; i < bn; ++i)
+      correct += std::max_element(ld + i * k, ld + (i + 1) * k) - (ld + i * k) == data.labels[static_cast<size_t>(b0 + i)];
+    bar.update(b0 + bn);
+  }
+  const double acc = n ? static_cast<double>(correct) / static_cast<double>(n) : 0.0;
+  char extra[32];
+  std::snprintf(extra, sizeof extra, "top-1 %.4f", acc);
+  bar.finish(extra);
+  return acc;
+}
+
+graph::Model export_inference(const graph::Model& trained) {
+  graph::Model m = trained;
+  // Deep-copy initializers: the trained model keeps training (QAT) while the export is saved.
+  for (auto& [name, t] : m.graph.initializers) t = t.clone();
+  graph::canonicalize(m);
+  for (const auto& n : m.graph.nodes)
+    PERCH_CHECK(n.op_type != "BatchNormalization", trained.source, ": ", n.describe(),
+                " could not be folded into a preceding convolution");
+  return m;
+}
+
+}  // namespace perch::train

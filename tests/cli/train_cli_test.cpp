@@ -1,0 +1,72 @@
+// `perch train` and `perch qat` end to end: the written models run in ONNX Runtime with perch's accuracy.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+using perch::test::run_cmd;
+
+std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
+std::string perch_bin() { return q(perch::test::binary_dir() / "perch"); }
+fs::path ort_dir() { return perch::test::source_dir() / "tools" / "ort"; }
+
+fs::path scratch(const std::string& name) {
+  fs::path d = perch::test::binary_dir() / "test_scratch" / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+double ort_accuracy(const fs::path& model) {
+  const std::string mnist = "/usr/share/datasets/fashion-mnist/";
+  auto r = run_cmd("node " + q(ort_dir() / "eval.js") + " " + q(model) + " --images " + mnist +
+                   "t10k-images-idx3-ubyte.gz --labels " + mnist + "t10k-labels-idx1-ubyte.gz --json");
+  EXPECT_EQ(r.code, 0) << r.err;
+  return r.code == 0 ? json::parse(r.out)["accuracy"].get<double>() : -1.0;
+}
+
+TEST(TrainCli, TrainThenQatBothRunInOnnxRuntimeWithPerchsAccuracy) {
+  ASSERT_TRUE(fs::exists(ort_dir() / "node_modules" / "onnxruntime-node"))
+      << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
+  const fs::path d = scratch("train_cli");
+  auto r = run_cmd(perch_bin() + " train --arch convnet --width 0.5 --max-steps 60 --batch 64 -o " + q(d / "m.onnx") +
+                   " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  const double perch_fp32 = j["exported_accuracy"];
+  const double tape_fp32 = j["epochs"][0]["eval_accuracy"];
+  EXPECT_EQ(perch_fp32, tape_fp32) << "BN folding changed the predictions";
+  EXPECT_GT(perch_fp32, 0.6);  // 60 steps (measured 0.7+); chance is 0.1
+  EXPECT_NEAR(ort_accuracy(d / "m.onnx"), perch_fp32, 0.001) << "ONNX Runtime disagrees on the trained model";
+
+  r = run_cmd(perch_bin() + " qat " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") +
+              " --weight-bits 4 --max-steps 20 --batch 64 --calib-count 256 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = json::parse(r.out);
+  const double fq = j["fake_quant_accuracy"], qdq = j["qdq_accuracy"];
+  EXPECT_EQ(fq, qdq) << "the exported QDQ model must compute what the fake-quant model computed";
+  EXPECT_NEAR(ort_accuracy(d / "q.onnx"), qdq, 0.001) << "ONNX Runtime disagrees with perch on the QAT export";
+}
+
+TEST(TrainCli, BadArgumentsAreNamed) {
+  const fs::path d = scratch("train_cli_bad");
+  auto r = run_cmd(perch_bin() + " train --arch resnet --max-steps 1 -o " + q(d / "m.onnx"));
+  EXPECT_EQ(r.code, 1);
+  perch::test::expect_contains(r.err, {"resnet", "convnet", "mbv2"});
+  r = run_cmd(perch_bin() + " train --arch convnet --optimizer lamb --max-steps 1 --eval '' -o " + q(d / "m.onnx"));
+  EXPECT_EQ(r.code, 1);
+  perch::test::expect_contains(r.err, {"lamb", "sgd", "adamw"});
+  EXPECT_FALSE(fs::exists(d / "m.onnx"));
+  r = run_cmd(perch_bin() + " qat " + q(d / "missing.onnx") + " -o " + q(d / "q.onnx") + " --max-steps 1");
+  EXPECT_EQ(r.code, 1);
+  perch::test::expect_contains(r.err, {"missing.onnx"});
+}
+
+}  // namespace

@@ -1,0 +1,414 @@
+// Every op gradient against central finite differences of the forward pass.
+//
+// The loss is L = sum(out * R) for a fixed random R, so dL/dout = R. The forward runs in float32 (the
+// executor's kernels); L is accumulated and the difference quotient (L(x+h) - L(x-h)) / 2h taken in
+// double. Inputs of piecewise-linear ops are kept away from the break points by more than h, so the
+// difference quotient sees one piece.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/core/cpu.h"
+#include "perch/train/autograd.h"
+#include "test_util.h"
+
+namespace perch::train {
+namespace {
+
+using graph::Model;
+using graph::Node;
+
+struct Case {
+  Model model;
+  TensorMap inputs;                 // graph inputs (gradients checked too)
+  std::vector<std::string> params;  // initializers whose gradients are checked
+  bool training = true;
+};
+
+Tensor random_tensor(Shape s, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  Tensor t(DType::kFloat32, std::move(s));
+  std::uniform_real_distribution<float> u(lo, hi);
+  for (auto& v : t.span<float>()) v = u(rng);
+  return t;
+}
+
+// Moves values within `gap` of any break point to gap away from it.
+void avoid(Tensor& t, std::vector<float> breaks, float gap) {
+  for (auto& v : t.span<float>())
+    for (float b : breaks)
+      if (std::fabs(v - b) < gap) v = v < b ? b - gap : b + gap;
+}
+
+struct Builder {
+  Model m;
+  Case c;
+  explicit Builder(int64_t opset = 13) { m.set_opset(opset); }
+  std::string input(const std::string& name, Tensor t) {
+    graph::ValueInfo vi;
+    vi.name = name;
+    vi.shape = t.shape();
+    vi.has_shape = true;
+    m.graph.inputs.push_back(vi);
+    c.inputs[name] = t;
+    return name;
+  }
+  std::string param(const std::string& name, Tensor t, bool trained = true) {
+    m.graph.initializers[name] = t;
+    if (trained) c.params.push_back(name);
+    return name;
+  }
+  Node& node(const std::string& op, std::vector<std::string> ins) {
+    Node n;
+    n.name = op + std::to_string(m.graph.nodes.size());
+    n.op_type = op;
+    n.inputs = std::move(ins);
+    n.outputs = {n.name + "_out"};
+    m.graph.nodes.push_back(n);
+    return m.graph.nodes.back();
+  }
+  Case finish() {
+    graph::ValueInfo out;
+    out.name = m.graph.nodes.back().outputs[0];
+    m.graph.outputs.push_back(out);
+    m.source = "gradcheck";
+    c.model = m;
+    return c;
+  }
+};
+
+double loss_of(Tape& tape, const TensorMap& inputs, const Tensor& r, bool training) {
+  TensorMap out = tape.forward(inputs, training);
+  const Tensor& y = out.begin()->second;
+  double l = 0.0;
+  for (int64_t i = 0; i < y.numel(); ++i) l += static_cast<double>(y.data<float>()[i]) * r.data<float>()[i];
+  return l;
+}
+
+// Checks every checked value's gradient at up to `max_points` positions.
+void gradcheck(Case c, double h = 1e-2, double rtol = 2e-2, int max_points = 48) {
+  std::mt19937 rng(7);
+  Model& m = c.model;
+  Tape tape(m, c.params);
+  std::vector<std::string> inputs;
+  for (const auto& [k, v] : c.inputs) inputs.push_back(k);
+  tape.keep_gradients_of(inputs);
+  TensorMap out = tape.forward(c.inputs, c.training);
+  ASSERT_EQ(out.size(), 1u);
+  const Tensor r = random_tensor(out.begin()->second.shape(), rng);
+  tape.backward({{out.begin()->first, r}});
+  // Analytic gradients, copied (the numeric passes below re-run forward/backward state).
+  std::map<std::string, Tensor> analytic;
+  for (const auto& p : c.params) analytic[p] = tape.grad(p).clone();
+  for (const auto& k : inputs) analytic[k] = tape.grad(k).clone();
+  // BN running statistics change in training forwards: restore them so every pass sees the same model.
+  std::map<std::string, Tensor> snapshot;
+  for (const auto& [k, v] : m.graph.initializers) snapshot[k] = v.clone();
+  auto restore = [&](const std::string& except) {
+    for (auto& [k, v] : m.graph.initializers)
+      if (k != except && v.dtype() == DType::kFloat32)
+        std::copy(snapshot[k].data<float>(), snapshot[k].data<float>() + v.numel(), v.data<float>());
+  };
+  for (const auto& [name, ga] : analytic) {
+    Tensor* target = m.graph.initializers.count(name) ? &m.graph.initializers.at(name) : &c.inputs.at(name);
+    const int64_t n = target->numel();
+    double scale = 1e-3;
+    for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(static_cast<double>(ga.data<float>()[i])));
+    const int64_t stride = std::max<int64_t>(1, n / max_points);
+    for (int64_t i = 0; i < n; i += stride) {
+      float* p = target->data<float>() + i;
+      const float orig = *p;
+      *p = orig + static_cast<float>(h);
+      restore(name);
+      const double lp = loss_of(tape, c.inputs, r, c.training);
+      *p = orig - static_cast<float>(h);
+      restore(name);
+      const double lm = loss_of(tape, c.inputs, r, c.training);
+      *p = orig;
+      const double num = (lp - lm) / (2.0 * h);
+      const double ana = ga.data<float>()[i];
+      EXPECT_NEAR(ana, num, rtol * scale) << "d/d " << name << "[" << i << "] of " << m.graph.nodes.back().describe();
+    }
+  }
+  restore("");
+}
+
+TEST(Gradients, ConvAllShapes) {
+  std::mt19937 rng(1);
+  struct Geo {
+    int64_t n, c, h, w, m, k, stride, pad, group, dil;
+  };
+  for (const Geo& g : {Geo{2, 3, 7, 6, 4, 3, 1, 1, 1, 1}, Geo{2, 4, 8, 8, 6, 3, 2, 1, 2, 1}, Geo{2, 4, 7, 7, 4, 3, 1, 1, 4, 1},
+                       Geo{2, 3, 9, 8, 6, 3, 2, 1, 3, 1}, Geo{1, 5, 6, 6, 7, 1, 1, 0, 1, 1}, Geo{2, 2, 9, 9, 3, 3, 1, 2, 1, 2},
+                       Geo{3, 8, 5, 5, 8, 5, 1, 2, 8, 1}}) {
+    Builder b;
+    b.input("x", random_tensor({g.n, g.c, g.h, g.w}, rng));
+    b.param("w", random_tensor({g.m, g.c / g.group, g.k, g.k}, rng));
+    b.param("b", random_tensor({g.m}, rng));
+    Node& n = b.node("Conv", {"x", "w", "b"});
+    n.attrs["strides"] = std::vector<int64_t>{g.stride, g.stride};
+    n.attrs["pads"] = std::vector<int64_t>{g.pad, g.pad, g.pad, g.pad};
+    n.attrs["group"] = g.group;
+    n.attrs["dilations"] = std::vector<int64_t>{g.dil, g.dil};
+    SCOPED_TRACE("group " + std::to_string(g.group) + " k " + std::to_string(g.k));
+    gradcheck(b.finish());
+  }
+}
+
+TEST(Gradients, ConvReferencePath) {
+  // The same check through the reference kernels (PERCH_PATHS=reference).
+  set_paths_for_testing(static_cast<uint32_t>(Path::kReference));
+  std::mt19937 rng(2);
+  Builder b;
+  b.input("x", random_tensor({2, 4, 6, 6}, rng));
+  b.param("w", random_tensor({4, 1, 3, 3}, rng));
+  Node& n = b.node("Conv", {"x", "w"});
+  n.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  n.attrs["group"] = int64_t{4};
+  gradcheck(b.finish());
+  set_paths_for_testing(0);
+}
+
+TEST(Gradients, GemmTransposesAlphaBeta) {
+  std::mt19937 rng(3);
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (bool c_row : {true, false}) {
+        const int64_t M = 3, K = 5, N = 4;
+        Builder b;
+        b.input("a", random_tensor(ta ? Shape{K, M} : Shape{M, K}, rng));
+        b.param("b", random_tensor(tb ? Shape{N, K} : Shape{K, N}, rng));
+        b.param("c", random_tensor(c_row ? Shape{N} : Shape{M, N}, rng));
+        Node& n = b.node("Gemm", {"a", "b", "c"});
+        n.attrs["transA"] = int64_t{ta};
+        n.attrs["transB"] = int64_t{tb};
+        n.attrs["alpha"] = 0.7f;
+        n.attrs["beta"] = 1.3f;
+        SCOPED_TRACE("transA " + std::to_string(ta) + " transB " + std::to_string(tb));
+        gradcheck(b.finish());
+      }
+}
+
+TEST(Gradients, MatMulBatched) {
+  std::mt19937 rng(4);
+  for (bool batched_b : {false, true}) {
+    Builder b;
+    b.input("a", random_tensor({2, 3, 4}, rng));
+    b.param("b", random_tensor(batched_b ? Shape{2, 4, 5} : Shape{4, 5}, rng));
+    b.node("MatMul", {"a", "b"});
+    gradcheck(b.finish());
+  }
+}
+
+TEST(Gradients, BatchNormTrainingAndFrozen) {
+  std::mt19937 rng(5);
+  for (bool training : {true, false}) {
+    Builder b;
+    b.input("x", random_tensor({4, 3, 3, 2}, rng, -2.0f, 3.0f));
+    b.param("scale", random_tensor({3}, rng, 0.5f, 1.5f));
+    b.param("bias", random_tensor({3}, rng));
+    b.param("mean", random_tensor({3}, rng), false);
+    b.param("var", random_tensor({3}, rng, 0.5f, 2.0f), false);
+    b.node("BatchNormalization", {"x", "scale", "bias", "mean", "var"});
+    Case c = b.finish();
+    c.training = training;
+    SCOPED_TRACE(training ? "batch statistics" : "running statistics");
+    gradcheck(c, 1e-2, 3e-2);
+  }
+}
+
+TEST(Gradients, BatchNormUpdatesRunningStatistics) {
+  std::mt19937 rng(6);
+  Builder b;
+  Tensor x = random_tensor({8, 2, 3, 3}, rng, 0.0f, 4.0f);
+  b.input("x", x);
+  b.param("scale", Tensor::from<float>({2}, std::vector<float>{1, 1}));
+  b.param("bias", Tensor::from<float>({2}, std::vector<float>{0, 0}));
+  b.param("mean", Tensor::from<float>({2}, std::vector<float>{1, -1}), false);
+  b.param("var", Tensor::from<float>({2}, std::vector<float>{2, 3}), false);
+  b.node("BatchNormalization", {"x", "scale", "bias", "mean", "var"}).attrs["momentum"] = 0.75f;
+  Case c = b.finish();
+  Tape tape(c.model, c.params);
+  tape.forward(c.inputs, true);
+  for (int64_t ch = 0; ch < 2; ++ch) {
+    double s = 0, s2 = 0;
+    const int64_t cnt = 8 * 9;
+    for (int64_t i = 0; i < 8; ++i)
+      for (int64_t j = 0; j < 9; ++j) s += x.data<float>()[(i * 2 + ch) * 9 + j];
+    const double mu = s / cnt;
+    for (int64_t i = 0; i < 8; ++i)
+      for (int64_t j = 0; j < 9; ++j) s2 += std::pow(x.data<float>()[(i * 2 + ch) * 9 + j] - mu, 2);
+    const double unbiased = s2 / (cnt - 1);
+    EXPECT_NEAR(c.model.graph.initializers.at("mean").data<float>()[ch], 0.75 * (ch ? -1 : 1) + 0.25 * mu, 1e-5);
+    EXPECT_NEAR(c.model.graph.initializers.at("var").data<float>()[ch], 0.75 * (ch ? 3 : 2) + 0.25 * unbiased, 1e-5);
+  }
+}
+
+TEST(Gradients, Activations) {
+  std::mt19937 rng(8);
+  struct Act {
+    std::string op;
+    std::vector<float> breaks;
+    int64_t opset;
+  };
+  for (const Act& a : {Act{"Relu", {0}, 13}, Act{"LeakyRelu", {0}, 13}, Act{"Sigmoid", {}, 13}, Act{"Tanh", {}, 13},
+                       Act{"HardSigmoid", {-2.5f, 2.5f}, 13}, Act{"HardSwish", {-3, 3}, 14}, Act{"Clip", {-0.5f, 1.5f}, 13},
+                       Act{"Clip", {0, 6}, 6}}) {
+    Builder b(a.opset);
+    Tensor x = random_tensor({2, 3, 4, 5}, rng, -5.0f, 7.0f);
+    avoid(x, a.breaks, 0.05f);
+    b.input("x", x);
+    std::vector<std::string> ins{"x"};
+    if (a.op == "Clip" && a.opset >= 11) {
+      b.param("lo", Tensor::scalar_f32(-0.5f), false);
+      b.param("hi", Tensor::scalar_f32(1.5f), false);
+      ins = {"x", "lo", "hi"};
+    }
+    Node& n = b.node(a.op, ins);
+    if (a.op == "Clip" && a.opset < 11) n.attrs["min"] = 0.0f, n.attrs["max"] = 6.0f;
+    if (a.op == "LeakyRelu") n.attrs["alpha"] = 0.1f;
+    SCOPED_TRACE(a.op + " opset " + std::to_string(a.opset));
+    gradcheck(b.finish(), 1e-2);
+  }
+}
+
+TEST(Gradients, BroadcastingArithmetic) {
+  std::mt19937 rng(9);
+  for (const char* op : {"Add", "Sub", "Mul", "Div"}) {
+    for (const Shape& bs : {Shape{2, 3, 4}, Shape{1, 3, 1}, Shape{4}, Shape{3, 1}}) {
+      Builder b;
+      b.input("a", random_tensor({2, 3, 4}, rng));
+      b.param("b", random_tensor(bs, rng, 0.5f, 2.0f));  // away from 0 for Div
+      b.node(op, {"a", "b"});
+      SCOPED_TRACE(std::string(op) + " with " + shape_str(bs));
+      gradcheck(b.finish(), 1e-3);
+    }
+  }
+}
+
+TEST(Gradients, Pooling) {
+  std::mt19937 rng(10);
+  for (const char* op : {"MaxPool", "AveragePool"})
+    for (int64_t cip = 0; cip < 2; ++cip) {
+      Builder b;
+      // Distinct values 0.05 apart: the maximum of a window is unique by more than 2h.
+      Tensor x(DType::kFloat32, {2, 3, 7, 6});
+      std::vector<float> vals(static_cast<size_t>(x.numel()));
+      for (size_t i = 0; i < vals.size(); ++i) vals[i] = 0.05f * static_cast<float>(i) - 6.0f;
+      std::shuffle(vals.begin(), vals.end(), rng);
+      std::copy(vals.begin(), vals.end(), x.data<float>());
+      b.input("x", x);
+      Node& n = b.node(op, {"x"});
+      n.attrs["kernel_shape"] = std::vector<int64_t>{3, 2};
+      n.attrs["strides"] = std::vector<int64_t>{2, 2};
+      n.attrs["pads"] = std::vector<int64_t>{1, 0, 1, 1};
+      if (std::string(op) == "AveragePool") n.attrs["count_include_pad"] = cip;
+      gradcheck(b.finish(), 1e-2);
+    }
+  Builder b;
+  b.input("x", random_tensor({2, 3, 4, 5}, rng));
+  b.node("GlobalAveragePool", {"x"});
+  gradcheck(b.finish());
+}
+
+TEST(Gradients, ShapeOps) {
+  std::mt19937 rng(11);
+  {
+    Builder b;
+    b.input("x", random_tensor({2, 3, 4}, rng));
+    b.node("Flatten", {"x"});
+    gradcheck(b.finish());
+  }
+  {
+    Builder b;
+    b.input("x", random_tensor({2, 3, 4}, rng));
+    b.param("shape", Tensor::from<int64_t>({2}, std::vector<int64_t>{4, 6}), false);
+    b.node("Reshape", {"x", "shape"});
+    gradcheck(b.finish());
+  }
+  {
+    Builder b;
+    b.input("x", random_tensor({2, 3, 4}, rng));
+    b.node("Transpose", {"x"}).attrs["perm"] = std::vector<int64_t>{2, 0, 1};
+    gradcheck(b.finish());
+  }
+  {
+    Builder b;
+    b.input("x", random_tensor({2, 3, 4}, rng));
+    b.input("y", random_tensor({2, 2, 4}, rng));
+    b.node("Concat", {"x", "y"}).attrs["axis"] = int64_t{1};
+    gradcheck(b.finish());
+  }
+}
+
+TEST(Gradients, SoftmaxAxisSemanticsBeforeAndAfter13) {
+  std::mt19937 rng(12);
+  for (int64_t opset : {11, 13})
+    for (const char* op : {"Softmax", "LogSoftmax"}) {
+      Builder b(opset);
+      b.input("x", random_tensor({2, 3, 4}, rng, -2.0f, 2.0f));
+      b.node(op, {"x"}).attrs["axis"] = int64_t{1};
+      SCOPED_TRACE(std::string(op) + " opset " + std::to_string(opset));
+      gradcheck(b.finish(), 1e-3);
+    }
+}
+
+TEST(Gradients, SharedWeightAccumulates) {
+  // y = (x W) W: both uses of W contribute.
+  std::mt19937 rng(13);
+  Builder b;
+  b.input("x", random_tensor({3, 4}, rng));
+  b.param("w", random_tensor({4, 4}, rng));
+  b.node("MatMul", {"x", "w"});
+  b.node("MatMul", {b.m.graph.nodes.back().outputs[0], "w"});
+  gradcheck(b.finish(), 1e-3);
+}
+
+TEST(Gradients, SoftmaxCrossEntropyMatchesFiniteDifferences) {
+  std::mt19937 rng(14);
+  Tensor logits = random_tensor({5, 7}, rng, -3.0f, 3.0f);
+  std::vector<int64_t> labels{0, 6, 3, 3, 1};
+  for (float eps : {0.0f, 0.1f}) {
+    Tensor d;
+    softmax_cross_entropy(logits, labels, &d, eps);
+    for (int64_t i = 0; i < logits.numel(); ++i) {
+      Tensor p = logits.clone(), m = logits.clone();
+      p.data<float>()[i] += 1e-2f;
+      m.data<float>()[i] -= 1e-2f;
+      const double num = (softmax_cross_entropy(p, labels, nullptr, eps) - softmax_cross_entropy(m, labels, nullptr, eps)) / 2e-2;
+      EXPECT_NEAR(d.data<float>()[i], num, 1e-4);
+    }
+  }
+  // The loss itself against a direct double-precision formula.
+  double expect = 0;
+  for (int64_t i = 0; i < 5; ++i) {
+    double z = 0;
+    for (int64_t j = 0; j < 7; ++j) z += std::exp(static_cast<double>(logits.data<float>()[i * 7 + j]));
+    expect += std::log(z) - logits.data<float>()[i * 7 + labels[static_cast<size_t>(i)]];
+  }
+  EXPECT_NEAR(softmax_cross_entropy(logits, labels, nullptr), expect / 5, 1e-9);
+}
+
+TEST(Tape, RefusesNodesWithoutGradientNamingThem) {
+  Builder b;
+  std::mt19937 rng(15);
+  b.input("x", random_tensor({2, 3}, rng));
+  b.param("w", random_tensor({3, 3}, rng));
+  b.node("MatMul", {"x", "w"});
+  b.node("Floor", {b.m.graph.nodes.back().outputs[0]});
+  Case c = b.finish();
+  const std::string err = test::perch_error([&] { Tape t(c.model, c.params); });
+  test::expect_contains(err, {"no gradient", "Floor"});
+}
+
+TEST(Tape, UnknownParameterIsNamed) {
+  Builder b;
+  std::mt19937 rng(16);
+  b.input("x", random_tensor({2, 3}, rng));
+  b.node("Relu", {"x"});
+  Case c = b.finish();
+  test::expect_contains(test::perch_error([&] { Tape t(c.model, {"nope"}); }), {"nope", "not an initializer"});
+}
+
+}  // namespace
+}  // namespace perch::train
