@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up, build, then quantize a model W8A8 and print fp32 / per-tensor / per-channel
-# top-1 accuracy on the Fashion-MNIST test set.
+# The main job: set up, build, then quantize a model W8A8 and W4A8 and print fp32 / per-tensor /
+# per-channel top-1 accuracy on the Fashion-MNIST test set.
 #   scripts/main.sh [MODEL.onnx [more perch quantize flags]]
 # MODEL defaults to perch's own demo model, models/demo/fmnist_mbv2_perch.onnx: a MobileNetV2-style net
 # that `perch train` trained on Fashion-MNIST (models/demo/README.md has the command that regenerates it).
@@ -17,6 +17,11 @@ if [ "$model" = "$demo" ] && [ ! -f "$demo" ]; then
   "$here/build/release/perch" train --arch mbv2 --epochs 12 --shift 2 --seed 1 -o "$demo"
 fi
 [ -f "$model" ] || { echo "scripts/main.sh: $model: no such model" >&2; exit 2; }
-out="$here/build/$(basename "${model%.onnx}")_w8a8.onnx"
-"$here/build/release/perch" quantize "$model" -o "$out" --calib fashion-mnist:train \
-  --eval fashion-mnist:test --compare "$@"
+# W8A8, then W4A8 (where one scale per weight tensor breaks down), each: fp32 / plain per-tensor / plain
+# per-channel / perch's pipeline (+ cross-layer equalization + bias correction) in both granularities.
+for bits in 8 4; do
+  out="$here/build/$(basename "${model%.onnx}")_w${bits}a8.onnx"
+  "$here/build/release/perch" quantize "$model" -o "$out" --calib fashion-mnist:train \
+    --eval fashion-mnist:test --compare --weight-bits "$bits" "$@"
+  echo
+done
