@@ -5,6 +5,8 @@
 #include <limits>
 #include <sstream>
 
+#include "perch/core/threads.h"
+
 namespace perch::quant {
 
 const char* granularity_name(Granularity g) {
@@ -276,16 +278,21 @@ Tensor fake_quant(const Tensor& x, const QuantParams& p) {
   PERCH_CHECK(x.dtype() == DType::kFloat32, "fake_quant: expected a float32 tensor, got ", dtype_name(x.dtype()));
   check_params(p, x.shape());
   const SlotLayout l = SlotLayout::make(p.spec, x.shape());
-  Tensor y(DType::kFloat32, x.shape());
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
   const float* xs = x.data<float>();
   float* ys = y.data<float>();
   const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  // Elementwise: long runs (per-tensor activations) are split over the thread pool; same result.
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      const int32_t q = quantize_value(xs[b + k], p.scale[s], p.zero_point[s], qmin, qmax);
-      ys[b + k] = dequantize_value(q, p.scale[s], p.zero_point[s]);
-    }
+    auto body = [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        const auto s = static_cast<size_t>(s0 + k * step);
+        const int32_t q = quantize_value(xs[b + k], p.scale[s], p.zero_point[s], qmin, qmax);
+        ys[b + k] = dequantize_value(q, p.scale[s], p.zero_point[s]);
+      }
+    };
+    if (n < 65536) body(0, n);
+    else parallel_for(0, n, body, 32768);
   });
   return y;
 }
