@@ -1,5 +1,7 @@
 #include "perch/data/dataset.h"
 
+#include "perch/core/random.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -82,24 +84,6 @@ Dataset load_idx_pair(const fs::path& images, const fs::path& labels, const std:
   return ds;
 }
 
-// splitmix64: tiny, well-mixed, and identical everywhere.
-struct SplitMix64 {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n), n > 0, without modulo bias (rejection).
-  uint64_t below(uint64_t n) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do x = next();
-    while (x >= limit);
-    return x % n;
-  }
-};
 
 Dataset gather(const Dataset& ds, const std::vector<int64_t>& rows, std::string name) {
   PERCH_CHECK(!ds.images.empty() && ds.images.rank() >= 1, "dataset '", ds.name, "' has no images");

@@ -4,23 +4,13 @@
 #include <numbers>
 
 #include "perch/core/error.h"
+#include "perch/core/random.h"
 
 namespace perch::train {
 
 namespace {
 
-// splitmix64 + Box-Muller: the same numbers on every platform.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * std::numbers::pi * uniform()); }
-};
+using Rng = SplitMix64;  // perch/core/random.h: the same numbers on every platform
 
 class Builder {
  public:

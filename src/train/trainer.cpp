@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "perch/core/error.h"
+#include "perch/core/random.h"
 #include "perch/core/progress.h"
 #include "perch/graph/passes.h"
 
@@ -13,16 +14,7 @@ namespace perch::train {
 
 namespace {
 
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  uint64_t below(uint64_t n) { return next() % n; }  // bias < n / 2^64: irrelevant here
-};
+using Rng = SplitMix64;  // perch/core/random.h
 
 // Copies image `src` into batch row `dst`, flipped horizontally and/or shifted by (dy, dx) pixels; cells
 // shifted in take `fill` (the normalized value of a black pixel).
