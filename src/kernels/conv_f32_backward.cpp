@@ -42,6 +42,17 @@ float dot_lanes(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// t (cols x rows) = a^T for a (rows x cols), row-major; blocked so both sides stay in cache.
+void transpose(const float* a, int64_t rows, int64_t cols, float* t) {
+  constexpr int64_t B = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += B)
+    for (int64_t c0 = 0; c0 < cols; c0 += B) {
+      const int64_t r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) t[c * rows + r] = a[r * cols + c];
+    }
+}
+
 bool is_direct(const Conv2dShape& s) {
   return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
          s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0;
@@ -215,6 +226,10 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   const int64_t cg = s.in_channels / s.group, mg = s.out_channels / s.group;
   const int64_t kdim = cg * s.kernel_h * s.kernel_w;
   const bool direct = is_direct(s);
+  // W_g^T (K x Mg) per group, transposed once per call: the GEMMs below are then untransposed, which
+  // perch's AVX-512 tiles take (BLAS otherwise).
+  std::vector<float> wt(static_cast<size_t>(s.group * kdim * mg));
+  for (int64_t g = 0; g < s.group; ++g) transpose(w + g * mg * kdim, mg, kdim, wt.data() + g * kdim * mg);
   parallel_for(0, s.batch * s.group, [&](int64_t lo, int64_t hi) {
     std::vector<float> col(direct ? 0 : static_cast<size_t>(kdim * hw));
     for (int64_t u = lo; u < hi; ++u) {
@@ -222,9 +237,8 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
       float* dxg = dx + (n * s.in_channels + g * cg) * in_hw;
       // col (K x P) = W_g^T (K x Mg) * dY_g (Mg x P)
       GemmF32Args a;
-      a.trans_a = true;
       a.m = kdim, a.n = hw, a.k = mg;
-      a.a = w + g * mg * kdim, a.lda = kdim;
+      a.a = wt.data() + g * kdim * mg, a.lda = mg;
       a.b = dy + (n * s.out_channels + g * mg) * hw, a.ldb = hw;
       a.c = direct ? dxg : col.data(), a.ldc = hw;
       gemm_f32(a);
@@ -255,7 +269,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* x, const float* d
   const int64_t chunks = std::min<int64_t>(s.batch, 4);
   std::vector<float> partial(static_cast<size_t>(chunks * wsize));
   parallel_for(0, chunks, [&](int64_t lo, int64_t hi) {
-    std::vector<float> col(direct ? 0 : static_cast<size_t>(kdim * hw));
+    std::vector<float> col(direct ? 0 : static_cast<size_t>(kdim * hw)), colt(static_cast<size_t>(kdim * hw));
     for (int64_t ch = lo; ch < hi; ++ch) {
       float* acc = partial.data() + ch * wsize;
       const int64_t n0 = s.batch * ch / chunks, n1 = s.batch * (ch + 1) / chunks;
@@ -263,13 +277,13 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* x, const float* d
         for (int64_t g = 0; g < s.group; ++g) {
           const float* xg = x + (n * s.in_channels + g * cg) * in_hw;
           if (!direct) detail::im2col(s, cg, xg, col.data());
-          // dW_g (Mg x K) += dY_g (Mg x P) * col^T (P x K)
+          // dW_g (Mg x K) += dY_g (Mg x P) * col^T (P x K), with col^T materialized (untransposed GEMM).
+          transpose(direct ? xg : col.data(), kdim, hw, colt.data());
           GemmF32Args a;
-          a.trans_b = true;
           a.m = mg, a.n = kdim, a.k = hw;
           a.beta = n == n0 ? 0.0f : 1.0f;
           a.a = dy + (n * s.out_channels + g * mg) * hw, a.lda = hw;
-          a.b = direct ? xg : col.data(), a.ldb = hw;
+          a.b = colt.data(), a.ldb = kdim;
           a.c = acc + g * mg * kdim, a.ldc = kdim;
           gemm_f32(a);
         }

@@ -95,12 +95,33 @@ void avgpool2d_f32(const Pool2dShape& s, const float* x, float* y) {
 
 void maxpool2d_backward_f32(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w(), in_hw = s.in_h * s.in_w;
+  // 2x2 windows, stride 2, no padding or dilation (every window inside the input): the same rule (first
+  // maximum in row-major window order) without bounds checks.
+  const bool fast = s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.dil_h == 1 &&
+                    s.dil_w == 1 && s.pad_top == 0 && s.pad_left == 0 && 2 * oh_n <= s.in_h && 2 * ow_n <= s.in_w;
   parallel_for(0, s.batch * s.channels, [&](int64_t lo, int64_t hi) {
     for (int64_t nc = lo; nc < hi; ++nc) {
       const float* xc = x + nc * in_hw;
       const float* g = dy + nc * oh_n * ow_n;
       float* d = dx + nc * in_hw;
       std::fill(d, d + in_hw, 0.0f);
+      if (fast) {
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const float* r0 = xc + 2 * oh * s.in_w;
+          const float* r1 = r0 + s.in_w;
+          float* d0 = d + 2 * oh * s.in_w;
+          for (int64_t ow = 0; ow < ow_n; ++ow) {
+            const int64_t c = 2 * ow;
+            int64_t best = c;
+            float bv = r0[c];
+            if (r0[c + 1] > bv) best = c + 1, bv = r0[c + 1];
+            if (r1[c] > bv) best = s.in_w + c, bv = r1[c];
+            if (r1[c + 1] > bv) best = s.in_w + c + 1;
+            d0[best] += g[oh * ow_n + ow];
+          }
+        }
+        continue;
+      }
       for (int64_t oh = 0; oh < oh_n; ++oh)
         for (int64_t ow = 0; ow < ow_n; ++ow) {
           int64_t best = -1;

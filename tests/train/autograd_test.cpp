@@ -305,6 +305,20 @@ TEST(Gradients, Pooling) {
       if (std::string(op) == "AveragePool") n.attrs["count_include_pad"] = cip;
       gradcheck(b.finish(), 1e-2);
     }
+  // 2x2 stride 2 without padding (the common case, a separate loop in the kernel), odd and even extents.
+  for (int64_t w : {6, 7}) {
+    Builder b;
+    Tensor x(DType::kFloat32, {2, 3, 5, w});
+    std::vector<float> vals(static_cast<size_t>(x.numel()));
+    for (size_t i = 0; i < vals.size(); ++i) vals[i] = 0.05f * static_cast<float>(i) - 4.0f;
+    std::shuffle(vals.begin(), vals.end(), rng);
+    std::copy(vals.begin(), vals.end(), x.data<float>());
+    b.input("x", x);
+    Node& n = b.node("MaxPool", {"x"});
+    n.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+    n.attrs["strides"] = std::vector<int64_t>{2, 2};
+    gradcheck(b.finish(), 1e-2);
+  }
   Builder b;
   b.input("x", random_tensor({2, 3, 4, 5}, rng));
   b.node("GlobalAveragePool", {"x"});
