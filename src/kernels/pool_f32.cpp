@@ -111,13 +111,13 @@ void maxpool2d_backward_f32(const Pool2dShape& s, const float* x, const float* d
           const float* r1 = r0 + s.in_w;
           float* d0 = d + 2 * oh * s.in_w;
           for (int64_t ow = 0; ow < ow_n; ++ow) {
+            // Branch-free (the maximum's position is data-dependent): the first maximum of each row, then
+            // row 1 only if strictly greater — the same row-major first-maximum rule.
             const int64_t c = 2 * ow;
-            int64_t best = c;
-            float bv = r0[c];
-            if (r0[c + 1] > bv) best = c + 1, bv = r0[c + 1];
-            if (r1[c] > bv) best = s.in_w + c, bv = r1[c];
-            if (r1[c + 1] > bv) best = s.in_w + c + 1;
-            d0[best] += g[oh * ow_n + ow];
+            const float a = r0[c], b = r0[c + 1], e = r1[c], f = r1[c + 1];
+            const int64_t i0 = b > a ? c + 1 : c, i1 = f > e ? s.in_w + c + 1 : s.in_w + c;
+            const float m0 = b > a ? b : a, m1 = f > e ? f : e;
+            d0[m1 > m0 ? i1 : i0] += g[oh * ow_n + ow];
           }
         }
         continue;
