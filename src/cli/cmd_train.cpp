@@ -1,6 +1,8 @@
 // `perch train` and `perch qat`: training from scratch and quantization-aware training (perch/train).
 #include "cmd_train.h"
 
+#include "cli_common.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -152,19 +154,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       if (!qf->eval.empty()) ev = load_dataset(qf->eval);
       train::QatOptions o;
       ptq::WeightOptions& w = o.ptq.weights;
-      if (*weights == "per-channel") w.granularity = quant::Granularity::kPerChannel;
-      else if (*weights == "per-tensor") w.granularity = quant::Granularity::kPerTensor;
-      else if (weights->rfind("per-group:", 0) == 0) {
-        w.granularity = quant::Granularity::kPerGroup;
-        try {
-          w.group_size = std::stoll(weights->substr(10));
-        } catch (...) {
-          w.group_size = 0;
-        }
-        PERCH_CHECK(w.group_size > 0, "--weights ", *weights, ": group size must be a positive integer");
-      } else {
-        PERCH_FAIL("--weights '", *weights, "': expected per-channel, per-tensor or per-group:G");
-      }
+      parse_granularity(*weights, w);
       w.bits = *wbits;
       o.ptq.activations.bits = *abits;
       o.ptq.equalize = !*no_eq;

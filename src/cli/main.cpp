@@ -24,6 +24,7 @@
 #include <fstream>
 #include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
+#include "cli_common.h"
 #include "cmd_train.h"
 #include "cmd_bench.h"  // perch bench, perch eval --engine
 
@@ -41,24 +42,7 @@ struct DataFlags {
   }
 };
 
-// "per-channel" | "per-tensor" | "per-group:G"
-void parse_granularity(const std::string& s, ptq::WeightOptions& w) {
-  if (s == "per-channel") {
-    w.granularity = quant::Granularity::kPerChannel;
-  } else if (s == "per-tensor") {
-    w.granularity = quant::Granularity::kPerTensor;
-  } else if (s.rfind("per-group:", 0) == 0) {
-    w.granularity = quant::Granularity::kPerGroup;
-    try {
-      w.group_size = std::stoll(s.substr(10));
-    } catch (...) {
-      w.group_size = 0;
-    }
-    PERCH_CHECK(w.group_size > 0, "--weights ", s, ": group size must be a positive integer");
-  } else {
-    PERCH_FAIL("--weights '", s, "': expected per-channel, per-tensor or per-group:G");
-  }
-}
+using cli::parse_granularity;
 
 std::string fmt_acc(double a) {
   char b[32];

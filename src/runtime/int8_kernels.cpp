@@ -21,42 +21,38 @@ uint8_t* bytes(Tensor& t) { return static_cast<uint8_t*>(t.raw()); }
 
 }  // namespace
 
+namespace {
+
+// d[n][c][r] = s[n][r][c] for n < images: each image's rows x cols byte matrix transposed.
+void transpose_images(const uint8_t* s, uint8_t* d, int64_t images, int64_t rows, int64_t cols) {
+  for (int64_t n = 0; n < images; ++n)
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* sp = s + (n * rows + r) * cols;
+      uint8_t* dp = d + n * rows * cols + r;
+      for (int64_t c = 0; c < cols; ++c) dp[c * rows] = sp[c];
+    }
+}
+
+// Layout change that is a per-image transpose; a plain copy when either side is 1.
+Tensor relayout(const Tensor& x, Shape out, int64_t rows, int64_t cols) {
+  Tensor y = Tensor::uninitialized(x.dtype(), std::move(out));
+  if (rows == 1 || cols == 1) std::memcpy(bytes(y), bytes(x), x.nbytes());
+  else transpose_images(bytes(x), bytes(y), x.dim(0), rows, cols);
+  return y;
+}
+
+}  // namespace
+
 Tensor nchw_to_nhwc(const Tensor& x) {
   check_byte(x, "nchw_to_nhwc");
-  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), HW = H * W;
-  Tensor y = Tensor::uninitialized(x.dtype(), {N, H, W, C});
-  const uint8_t* s = bytes(x);
-  uint8_t* d = bytes(y);
-  if (C == 1 || HW == 1) {
-    std::memcpy(d, s, x.nbytes());
-    return y;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const uint8_t* sp = s + (n * C + c) * HW;
-      uint8_t* dp = d + n * HW * C + c;
-      for (int64_t p = 0; p < HW; ++p) dp[p * C] = sp[p];
-    }
-  return y;
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  return relayout(x, {N, H, W, C}, C, H * W);
 }
 
 Tensor nhwc_to_nchw(const Tensor& x) {
   check_byte(x, "nhwc_to_nchw");
-  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), HW = H * W;
-  Tensor y = Tensor::uninitialized(x.dtype(), {N, C, H, W});
-  const uint8_t* s = bytes(x);
-  uint8_t* d = bytes(y);
-  if (C == 1 || HW == 1) {
-    std::memcpy(d, s, x.nbytes());
-    return y;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t p = 0; p < HW; ++p) {
-      const uint8_t* sp = s + (n * HW + p) * C;
-      uint8_t* dp = d + n * C * HW + p;
-      for (int64_t c = 0; c < C; ++c) dp[c * HW] = sp[c];
-    }
-  return y;
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  return relayout(x, {N, C, H, W}, H * W, C);
 }
 
 namespace {

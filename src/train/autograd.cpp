@@ -112,12 +112,6 @@ Tensor& Tape::param(const std::string& name) {
 }
 
 TensorMap Tape::forward(const TensorMap& inputs, bool training) {
-  if (!keep_.empty()) {
-    // keep_gradients_of() may name graph inputs: re-plan so their consumers are marked.
-    bool stale = false;
-    for (const auto& k : keep_) stale |= value_needs_.count(k) == 0 || !value_needs_[k];
-    if (stale) plan();
-  }
   auto& g = model_.graph;
   const int64_t opset = model_.opset();
   values_.clear();

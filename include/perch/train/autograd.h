@@ -99,7 +99,10 @@ class Tape {
   const std::vector<std::string>& params() const { return params_; }
   Tensor& param(const std::string& name);
   // Also keep the gradient of these non-parameter values (e.g. graph inputs) in backward().
-  void keep_gradients_of(std::vector<std::string> values) { keep_ = std::move(values); }
+  void keep_gradients_of(std::vector<std::string> values) {
+    keep_ = std::move(values);
+    plan();
+  }
 
   graph::Model& model() { return model_; }
 
