@@ -2,6 +2,8 @@
 // stubs when the compiler lacks AVX-512 so the library still links.
 #include "f32_avx512.h"
 
+#include <algorithm>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -104,6 +106,45 @@ void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, in
   }
 }
 
+void maxpool2x2_backward_plane(const float* x, const float* g, float* dx, int64_t in_w, int64_t oh_n, int64_t ow_n) {
+  // 16 windows per step: even/odd columns of each row de-interleaved, four masked gradients, re-interleaved.
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oh = 0; oh < oh_n; ++oh) {
+    const float* r0 = x + 2 * oh * in_w;
+    const float* r1 = r0 + in_w;
+    float* d0 = dx + 2 * oh * in_w;
+    float* d1 = d0 + in_w;
+    const float* gr = g + oh * ow_n;
+    for (int64_t ow = 0; ow < ow_n; ow += 16) {
+      const int64_t n = std::min<int64_t>(16, ow_n - ow);
+      const __mmask16 m = tail_mask(n);
+      // Row pairs as two masked 16-float loads (2n floats: the window columns only).
+      const __mmask16 ma = tail_mask(std::min<int64_t>(16, 2 * n)), mb = tail_mask(std::max<int64_t>(0, 2 * n - 16));
+      const int64_t c = 2 * ow;
+      const __m512 x0a = _mm512_maskz_loadu_ps(ma, r0 + c), x0b = _mm512_maskz_loadu_ps(mb, r0 + c + 16);
+      const __m512 x1a = _mm512_maskz_loadu_ps(ma, r1 + c), x1b = _mm512_maskz_loadu_ps(mb, r1 + c + 16);
+      const __m512 a = _mm512_permutex2var_ps(x0a, even, x0b), b = _mm512_permutex2var_ps(x0a, odd, x0b);
+      const __m512 e = _mm512_permutex2var_ps(x1a, even, x1b), f = _mm512_permutex2var_ps(x1a, odd, x1b);
+      const __mmask16 right0 = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ), right1 = _mm512_cmp_ps_mask(f, e, _CMP_GT_OQ);
+      const __m512 m0 = _mm512_mask_blend_ps(right0, a, b), m1 = _mm512_mask_blend_ps(right1, e, f);
+      const __mmask16 row1 = _mm512_cmp_ps_mask(m1, m0, _CMP_GT_OQ);
+      const __m512 gv = _mm512_add_ps(_mm512_maskz_loadu_ps(m, gr + ow), zero);  // -0 -> +0, as g + 0.0f
+      const __m512 da = _mm512_maskz_mov_ps(static_cast<__mmask16>(~row1 & ~right0), gv);
+      const __m512 db = _mm512_maskz_mov_ps(static_cast<__mmask16>(~row1 & right0), gv);
+      const __m512 de = _mm512_maskz_mov_ps(static_cast<__mmask16>(row1 & ~right1), gv);
+      const __m512 df = _mm512_maskz_mov_ps(static_cast<__mmask16>(row1 & right1), gv);
+      _mm512_mask_storeu_ps(d0 + c, ma, _mm512_permutex2var_ps(da, lo, db));
+      _mm512_mask_storeu_ps(d0 + c + 16, mb, _mm512_permutex2var_ps(da, hi, db));
+      _mm512_mask_storeu_ps(d1 + c, ma, _mm512_permutex2var_ps(de, lo, df));
+      _mm512_mask_storeu_ps(d1 + c + 16, mb, _mm512_permutex2var_ps(de, hi, df));
+    }
+  }
+}
+
 }  // namespace perch::kernels::avx512
 
 #else  // no AVX-512 in this compiler: stubs, never dispatched to (compiled() is false)
@@ -113,6 +154,7 @@ bool compiled() { return false; }
 void gemm_nn(const GemmF32Args&) {}
 void depthwise_plane(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                      const float*, float, float*) {}
+void maxpool2x2_backward_plane(const float*, const float*, float*, int64_t, int64_t, int64_t) {}
 }  // namespace perch::kernels::avx512
 
 #endif

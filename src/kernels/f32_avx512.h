@@ -22,4 +22,10 @@ void gemm_nn(const GemmF32Args& g);
 void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, int64_t kh_n, int64_t kw_n, int64_t sh,
                      int64_t sw, int64_t dh, int64_t dw, const float* w, float bias, float* y);
 
+// Max-pool backward for one plane, 2x2 windows, stride 2, no padding (pool_f32.cpp's maxpool2x2_backward_plane
+// is the portable twin, same contract): every input element of rows [0, 2*oh_n) and columns [0, 2*ow_n) gets
+// its window's gradient if it is the window's first maximum (row-major; row 1 only if strictly greater),
+// else +0; gradients are written as g + 0.0f. Other rows/columns of the plane are left to the caller.
+void maxpool2x2_backward_plane(const float* x, const float* g, float* dx, int64_t in_w, int64_t oh_n, int64_t ow_n);
+
 }  // namespace perch::kernels::avx512

@@ -1,6 +1,7 @@
 #include "perch/quant/fake_quant.h"
 
 #include "perch/core/threads.h"
+#include "fake_quant_runs.h"
 
 #include <algorithm>
 #include <cmath>
@@ -110,17 +111,24 @@ Tensor fake_quant_ste_backward(const Tensor& dy, const Tensor& x, const QuantPar
   const float* dys = dy.data<float>();
   float* out = dx.data<float>();
   const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  const detail::SteRunFn run = detail::ste_run();
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    auto body = [&](int64_t lo, int64_t hi) {
-      for (int64_t k = lo; k < hi; ++k) {
-        const auto s = static_cast<size_t>(s0 + k * step);
-        const float u = xs[b + k] / p.scale[s];
-        const bool inside = u >= static_cast<float>(qmin - p.zero_point[s]) && u <= static_cast<float>(qmax - p.zero_point[s]);
-        out[b + k] = inside ? dys[b + k] : 0.0f;
-      }
-    };
-    if (n < 65536) body(0, n);
-    else parallel_for(0, n, body, 32768);
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) {
+        run(dys + b + lo, xs + b + lo, out + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
+      };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      const float u = xs[b + k] / p.scale[s];
+      const bool inside =
+          u >= static_cast<float>(qmin - p.zero_point[s]) && u <= static_cast<float>(qmax - p.zero_point[s]);
+      out[b + k] = inside ? dys[b + k] : 0.0f;
+    }
   });
   return dx;
 }

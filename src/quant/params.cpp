@@ -1,5 +1,7 @@
 #include "perch/quant/params.h"
 
+#include "fake_quant_runs.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -282,17 +284,25 @@ Tensor fake_quant(const Tensor& x, const QuantParams& p) {
   const float* xs = x.data<float>();
   float* ys = y.data<float>();
   const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
-  // Elementwise: long runs (per-tensor activations) are split over the thread pool; same result.
+  // Elementwise: runs sharing one (scale, zero point) go through the dispatched run kernel
+  // (fake_quant_runs.h); long runs (per-tensor activations) are split over the thread pool. Same result
+  // on every path and thread count.
+  const detail::FakeQuantRunFn run = detail::fake_quant_run();
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    auto body = [&](int64_t lo, int64_t hi) {
-      for (int64_t k = lo; k < hi; ++k) {
-        const auto s = static_cast<size_t>(s0 + k * step);
-        const int32_t q = quantize_value(xs[b + k], p.scale[s], p.zero_point[s], qmin, qmax);
-        ys[b + k] = dequantize_value(q, p.scale[s], p.zero_point[s]);
-      }
-    };
-    if (n < 65536) body(0, n);
-    else parallel_for(0, n, body, 32768);
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) {
+        run(xs + b + lo, ys + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
+      };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      const int32_t q = quantize_value(xs[b + k], p.scale[s], p.zero_point[s], qmin, qmax);
+      ys[b + k] = dequantize_value(q, p.scale[s], p.zero_point[s]);
+    }
   });
   return y;
 }

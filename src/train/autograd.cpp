@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -66,19 +67,63 @@ Tape::Tape(graph::Model& model, std::vector<std::string> params) : model_(model)
   plan();
 }
 
+namespace {
+
+bool is_onnx(const graph::Node& n, const char* op) {
+  return n.op_type == op && (n.domain.empty() || n.domain == "ai.onnx");
+}
+
+// The execution order of the Tape. One rewrite: Relu(x) -> v -> MaxPool(v) -> w, where v feeds nothing
+// else, is not a graph output and not a kept value, runs as MaxPool(x) -> t -> Relu(t) -> w.
+// Exact in value and in gradient: max and relu commute (relu is monotone; max of floats is exact); both
+// orders send the gradient to the window's first maximum when it is > 0 and nowhere when it is <= 0
+// (Relu's derivative is 0 at x <= 0, ties go to the first maximum in both). Padding (-inf) never wins
+// in either order. It saves the Relu's forward and backward pass over the un-pooled tensor (4x the
+// pooled one for 2x2 pools) and the memory that keeps it for backward.
+std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vector<std::string>& keep) {
+  std::vector<graph::Node> nodes = g.nodes;
+  std::map<std::string, int> uses;
+  for (const auto& n : nodes)
+    for (const auto& v : n.inputs)
+      if (!v.empty()) ++uses[v];
+  std::map<std::string, size_t> consumer;
+  for (size_t j = 0; j < nodes.size(); ++j)
+    for (const auto& v : nodes[j].inputs)
+      if (!v.empty()) consumer[v] = j;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    graph::Node& relu = nodes[i];
+    if (!is_onnx(relu, "Relu") || relu.inputs.size() != 1 || relu.outputs.size() != 1) continue;
+    const std::string v = relu.outputs[0];
+    if (uses[v] != 1 || g.is_graph_output(v) || std::count(keep.begin(), keep.end(), v)) continue;
+    graph::Node& pool = nodes[consumer.at(v)];
+    if (!is_onnx(pool, "MaxPool") || pool.inputs.size() != 1 || pool.inputs[0] != v) continue;
+    if (pool.outputs.size() != 1 || pool.outputs[0].empty()) continue;  // no Indices output
+    const std::string x = relu.inputs[0], w = pool.outputs[0], t = v + "#pooled_before_relu";
+    pool.inputs[0] = x;
+    pool.outputs[0] = t;
+    relu.inputs[0] = t;
+    relu.outputs[0] = w;
+    std::swap(relu, pool);  // the pool now runs at the Relu's place, the Relu at the pool's
+  }
+  return nodes;
+}
+
+}  // namespace
+
 void Tape::plan() {
   const auto& g = model_.graph;
   const auto& ops = runtime::builtin_registry();
   const int64_t opset = model_.opset();
+  nodes_ = execution_nodes(g, keep_);
   value_needs_.clear();
   for (const auto& p : params_) value_needs_[p] = true;
   for (const auto& k : keep_) value_needs_[k] = true;
-  kernels_.assign(g.nodes.size(), nullptr);
-  grads_.assign(g.nodes.size(), nullptr);
-  node_needs_.assign(g.nodes.size(), false);
+  kernels_.assign(nodes_.size(), nullptr);
+  grads_.assign(nodes_.size(), nullptr);
+  node_needs_.assign(nodes_.size(), false);
   std::vector<std::string> missing;
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    const auto& n = g.nodes[i];
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const auto& n = nodes_[i];
     grads_[i] = GradRegistry::global().find(n.op_type, n.domain);
     kernels_[i] = ops.find(n.op_type, n.domain, opset);
     if (!kernels_[i] && !(grads_[i] && grads_[i]->forward))
@@ -115,15 +160,15 @@ TensorMap Tape::forward(const TensorMap& inputs, bool training) {
   auto& g = model_.graph;
   const int64_t opset = model_.opset();
   values_.clear();
-  saved_.assign(g.nodes.size(), {});
+  saved_.assign(nodes_.size(), {});
   for (const auto& in : g.inputs) {
     auto it = inputs.find(in.name);
     PERCH_CHECK(it != inputs.end(), model_.source, ": no value given for graph input '", in.name, "'");
     values_[in.name] = it->second;
   }
   std::vector<const Tensor*> args;
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    const auto& n = g.nodes[i];
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const auto& n = nodes_[i];
     args.clear();
     for (const auto& v : n.inputs) {
       if (v.empty()) {
@@ -205,9 +250,9 @@ void Tape::backward(const TensorMap& grad_outputs) {
   const std::set<std::string> params(params_.begin(), params_.end());
   std::set<std::string> owned;
   std::vector<const Tensor*> ins, outs, gouts;
-  for (size_t ii = g.nodes.size(); ii-- > 0;) {
+  for (size_t ii = nodes_.size(); ii-- > 0;) {
     if (!node_needs_[ii]) continue;
-    const auto& n = g.nodes[ii];
+    const auto& n = nodes_[ii];
     gouts.clear();
     outs.clear();
     bool any = false;

@@ -138,7 +138,12 @@ std::vector<Tensor> unary(const GradArgs& a, F&& f) {
   Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
   const float *xd = x.data<float>(), *yd = y.data<float>(), *gd = g.data<float>();
   float* d = dx.data<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) d[i] = f(xd[i], yd[i], gd[i]);
+  // Elementwise, so splitting long tensors over the thread pool gives the same result.
+  auto body = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) d[i] = f(xd[i], yd[i], gd[i]);
+  };
+  if (x.numel() < 65536) body(0, x.numel());
+  else parallel_for(0, x.numel(), body, 32768);
   std::vector<Tensor> out(a.inputs.size());
   out[0] = dx;
   return out;

@@ -1,9 +1,10 @@
 // maxpool2d_f32 / avgpool2d_f32 against double loops written here: output sizes (floor and ceil_mode, with
 // the "last window starts inside the input or the left padding" rule), asymmetric pads, dilations,
 // count_include_pad. Max is exact; the average accumulates in double and rounds once (kernel_test_util.h).
-// The pool kernels have no optimized twin, so there is no path dispatch to cover here.
+// Max-pool backward has an AVX-512 twin for 2x2 stride-2 windows: checked on every path.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -164,6 +165,50 @@ TEST(PoolF32, RandomizedShapes) {
     check_pool(s, rng.next());
     if (HasFatalFailure()) return;
     ++ran;
+  }
+}
+
+// maxpool2d_backward_f32 (2x2 stride-2 fast path and the general loop) against a scatter written here: each
+// window's gradient goes to its first maximum in row-major order (strictly greater replaces), added to 0.0f.
+// Values come from a 5-value set so ties are frequent; odd extents leave unused rows/columns (must be 0).
+TEST(PoolF32, MaxPoolBackwardRoutesToTheFirstMaximum) {
+  Rng rng(4242);
+  for (int iter = 0; iter < 200; ++iter) {
+    Pool2dShape s;
+    s.batch = rng.range(1, 2), s.channels = rng.range(1, 3);
+    s.in_h = rng.range(2, 9), s.in_w = rng.range(2, 35);
+    const bool two_by_two = iter % 2 == 0;
+    s.kernel_h = two_by_two ? 2 : rng.range(1, 3), s.kernel_w = two_by_two ? 2 : rng.range(1, 3);
+    s.stride_h = two_by_two ? 2 : rng.range(1, 2), s.stride_w = two_by_two ? 2 : rng.range(1, 2);
+    if (!two_by_two) s.pad_top = rng.range(0, s.kernel_h - 1), s.pad_left = rng.range(0, s.kernel_w - 1);
+    if (s.in_h + s.pad_top < s.kernel_h || s.in_w + s.pad_left < s.kernel_w) continue;
+    SCOPED_TRACE(describe(s));
+    const int64_t oh_n = s.out_h(), ow_n = s.out_w(), in_hw = s.in_h * s.in_w;
+    std::vector<float> x(static_cast<size_t>(s.batch * s.channels * in_hw));
+    for (float& v : x) v = static_cast<float>(rng.range(-2, 2));
+    auto g = rng.vec(static_cast<size_t>(s.batch * s.channels * oh_n * ow_n), -1.0f, 1.0f);
+    if (!g.empty()) g[0] = -0.0f;
+    std::vector<float> want(x.size(), 0.0f), got(x.size(), std::numeric_limits<float>::quiet_NaN());
+    for (int64_t nc = 0; nc < s.batch * s.channels; ++nc)
+      for (int64_t oh = 0; oh < oh_n; ++oh)
+        for (int64_t ow = 0; ow < ow_n; ++ow) {
+          int64_t best = -1;
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const int64_t ih = oh * s.stride_h - s.pad_top + kh, iw = ow * s.stride_w - s.pad_left + kw;
+              if (ih < 0 || ih >= s.in_h || iw < 0 || iw >= s.in_w) continue;
+              const int64_t at = nc * in_hw + ih * s.in_w + iw;
+              if (best < 0 || x[static_cast<size_t>(at)] > x[static_cast<size_t>(best)]) best = at;
+            }
+          if (best >= 0) want[static_cast<size_t>(best)] += g[static_cast<size_t>((nc * oh_n + oh) * ow_n + ow)];
+        }
+    for (const auto& ps : test::path_sets()) {
+      test::PathGuard guard(ps.paths);
+      std::fill(got.begin(), got.end(), std::numeric_limits<float>::quiet_NaN());
+      maxpool2d_backward_f32(s, x.data(), g.data(), got.data());
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << ps.name << ": dx at " << i;
+    }
   }
 }
 

@@ -3,10 +3,13 @@
 // central difference is exact up to rounding; tolerance 1e-6 relative).
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <random>
 
+#include "perch/core/cpu.h"
 #include "perch/quant/fake_quant.h"
+#include "perch/quant/params.h"
 
 namespace perch::quant {
 namespace {
@@ -22,6 +25,82 @@ TEST(SteBackward, MasksOutsideClipRange) {
   const std::vector<float> want{1, 0, 3, 4, 0, 6};
   for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(dx.span<float>()[i], want[i]) << i;
   EXPECT_THROW(fake_quant_ste_backward(Tensor(DType::kFloat32, {5}), x, p), Error);
+}
+
+// fake_quant and the STE mask on every path (reference, AVX-512) against an independent formulation in
+// double: u = float(x / s) (ONNX divides in float), q = clamp(nearbyint(u) + zp), y = float((q - zp) * s).
+// Inputs straddle the 16-lane vectors (lengths 1..40 and a 70 001-element run split over threads), include
+// exact ties (k + 0.5) * s, values just beside them, the clamp edges, +-0, +-Inf, NaN and 1e30.
+TEST(FakeQuantPaths, EveryPathMatchesADoubleReference) {
+  std::mt19937_64 rng(11);
+  struct Case { bool is_signed, symmetric; int bits; Granularity g; Shape shape; };
+  const std::vector<Case> cases = {
+      {false, false, 8, Granularity::kPerTensor, {70001}},
+      {true, true, 8, Granularity::kPerTensor, {3, 13}},
+      {true, true, 4, Granularity::kPerChannel, {5, 17}},
+      {false, false, 4, Granularity::kPerChannel, {7, 40}},
+      {true, true, 2, Granularity::kPerChannel, {3, 1}},
+      {false, false, 8, Granularity::kPerChannel, {2, 16}},
+  };
+  int checked = 0;
+  for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+    set_paths_for_testing(paths);
+    for (const Case& c : cases) {
+      QuantSpec spec;
+      spec.bits = c.bits;
+      spec.is_signed = c.is_signed;
+      spec.symmetric = c.symmetric;
+      spec.granularity = c.g;
+      const int64_t slots = c.g == Granularity::kPerTensor ? 1 : c.shape[0];
+      std::uniform_real_distribution<float> sd(0.01f, 0.3f);
+      std::vector<float> scale;
+      std::vector<int32_t> zp;
+      for (int64_t k = 0; k < slots; ++k) {
+        scale.push_back(sd(rng));
+        zp.push_back(c.symmetric ? 0 : spec.qmin() + static_cast<int32_t>(rng() % (spec.qmax() - spec.qmin() + 1)));
+      }
+      const QuantParams p = make_params(spec, c.shape, scale, zp);
+      Tensor x(DType::kFloat32, c.shape);
+      auto xs = x.span<float>();
+      const int64_t inner = static_cast<int64_t>(xs.size()) / slots;
+      const int32_t qmin = spec.qmin(), qmax = spec.qmax();
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const size_t s = c.g == Granularity::kPerTensor ? 0 : i / static_cast<size_t>(inner);
+        const float sc = scale[s];
+        const int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(qmax - qmin + 8)) + qmin - 4 - zp[s];
+        switch (rng() % 8) {
+          case 0: xs[i] = (static_cast<float>(k) + 0.5f) * sc; break;                       // tie (or nearly)
+          case 1: xs[i] = std::nextafter((static_cast<float>(k) + 0.5f) * sc, 1e9f); break;
+          case 2: xs[i] = static_cast<float>(k) * sc; break;
+          case 3: {
+            const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e30f, -1e30f,
+                                      static_cast<float>(qmax - zp[s]) * sc, static_cast<float>(qmin - zp[s]) * sc};
+            xs[i] = specials[rng() % 9];
+            break;
+          }
+          default: xs[i] = std::uniform_real_distribution<float>(-1.2f, 1.2f)(rng) * sc * (qmax - qmin);
+        }
+      }
+      Tensor dy(DType::kFloat32, c.shape);
+      for (float& v : dy.span<float>()) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+      const Tensor y = fake_quant(x, p);
+      const Tensor dx = fake_quant_ste_backward(dy, x, p);
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const size_t s = c.g == Granularity::kPerTensor ? 0 : i / static_cast<size_t>(inner);
+        const float u = xs[i] / scale[s];
+        double q = std::isnan(u) ? zp[s] : std::nearbyint(static_cast<double>(u)) + zp[s];
+        q = std::min<double>(std::max<double>(q, qmin), qmax);
+        const float want = static_cast<float>((q - zp[s]) * static_cast<double>(scale[s]));
+        ASSERT_EQ(std::bit_cast<uint32_t>(y.span<float>()[i]), std::bit_cast<uint32_t>(want))
+            << "paths " << paths_string(paths) << " shape " << shape_str(c.shape) << " i " << i << " x " << xs[i];
+        const bool inside = u >= static_cast<float>(qmin - zp[s]) && u <= static_cast<float>(qmax - zp[s]);
+        ASSERT_EQ(dx.span<float>()[i], inside ? dy.span<float>()[i] : 0.0f) << "STE, i " << i << " x " << xs[i];
+        ++checked;
+      }
+    }
+  }
+  set_paths_for_testing(0);
+  EXPECT_GT(checked, 140000);
 }
 
 TEST(FakeQuantMinMax, NudgingAndGrid) {

@@ -325,6 +325,47 @@ TEST(Gradients, Pooling) {
   gradcheck(b.finish());
 }
 
+// The Tape runs Relu -> MaxPool as MaxPool -> Relu (autograd.cpp, execution_nodes). Outputs and
+// gradients must equal the model's own order bit for bit — keeping the Relu's output (keep_gradients_of)
+// disables the rewrite, which gives the reference — including windows whose maximum is <= 0, ties at 0,
+// and padding; and the rewritten chain passes the finite-difference check.
+TEST(Gradients, ReluMaxPoolRunsPooledFirstWithIdenticalResults) {
+  std::mt19937 rng(21);
+  for (int variant = 0; variant < 2; ++variant) {
+    Builder b;
+    Tensor x = random_tensor({2, 3, 7, 6}, rng);
+    avoid(x, {0.0f}, 0.02f);
+    if (variant == 1) std::fill(x.data<float>(), x.data<float>() + 20, 0.0f);  // ties at 0
+    b.input("x", x);
+    const std::string w = b.param("w", random_tensor({4, 3, 1, 1}, rng));
+    Node& conv = b.node("Conv", {"x", w});
+    const std::string c = conv.outputs[0];
+    const std::string r = b.node("Relu", {c}).outputs[0];
+    Node& pool = b.node("MaxPool", {r});
+    pool.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+    pool.attrs["strides"] = std::vector<int64_t>{2, 2};
+    if (variant == 1) pool.attrs["pads"] = std::vector<int64_t>{1, 1, 0, 0};
+    Case cs = b.finish();
+    if (variant == 0) gradcheck(cs, 1e-3);
+
+    Model m1 = cs.model, m2 = cs.model;
+    Tape swapped(m1, cs.params), plain(m2, cs.params);
+    swapped.keep_gradients_of({"x"});
+    plain.keep_gradients_of({"x", r});
+    const TensorMap y1 = swapped.forward(cs.inputs, true), y2 = plain.forward(cs.inputs, true);
+    const std::string out = y1.begin()->first;
+    const Tensor g = random_tensor(y1.at(out).shape(), rng);
+    swapped.backward({{out, g}});
+    plain.backward({{out, g}});
+    for (int64_t i = 0; i < y1.at(out).numel(); ++i)
+      ASSERT_EQ(y1.at(out).data<float>()[i], y2.at(out).data<float>()[i]) << "output " << i;
+    for (const std::string v : {std::string("x"), std::string("w")})
+      for (int64_t i = 0; i < swapped.grad(v).numel(); ++i)
+        ASSERT_EQ(swapped.grad(v).data<float>()[i], plain.grad(v).data<float>()[i]) << "d/d" << v << "[" << i << "]";
+    EXPECT_THROW(swapped.grad(r), Error);  // the Relu's own output no longer exists in the rewritten order
+  }
+}
+
 TEST(Gradients, ShapeOps) {
   std::mt19937 rng(11);
   {

@@ -109,6 +109,8 @@ class Tape {
  private:
   graph::Model& model_;
   std::vector<std::string> params_;
+  // The nodes as executed: the model's, with Relu -> MaxPool pairs run as MaxPool -> Relu (see plan()).
+  std::vector<graph::Node> nodes_;
   std::vector<std::string> keep_;
   std::vector<const runtime::OpKernel*> kernels_;
   std::vector<const GradOp*> grads_;

@@ -1,0 +1,54 @@
+// AVX-512 twins of fake_quant_runs.h (compiled with -mavx512f; see the math there). 16 floats per step,
+// masked tail; the same division, rounding and clamps as the reference, so results are bit-identical.
+#include "fake_quant_runs.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+// GCC 12 warns inside its own _mm512_max_ps/_mm512_min_ps (an undefined pass-through operand).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace perch::quant::detail {
+
+bool avx512_runs_compiled() { return true; }
+
+void fake_quant_run_avx512(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                           int32_t qmax) {
+  const __m512 s = _mm512_set1_ps(scale), zp = _mm512_set1_ps(static_cast<float>(zero_point));
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
+    const __m512 u = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), s);
+    const __m512 r = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // max/min return their second operand when the first is NaN: NaN lanes become lo, then are reset.
+    __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+    q = _mm512_mask_mov_ps(q, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), zp);
+    _mm512_mask_storeu_ps(y + k, m, _mm512_mul_ps(_mm512_sub_ps(q, zp), s));
+  }
+}
+
+void ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                    int32_t qmin, int32_t qmax) {
+  const __m512 s = _mm512_set1_ps(scale);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin - zero_point));
+  const __m512 hi = _mm512_set1_ps(static_cast<float>(qmax - zero_point));
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
+    const __m512 u = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), s);
+    // Ordered compares: NaN is outside.
+    const __mmask16 in = _mm512_cmp_ps_mask(u, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(u, hi, _CMP_LE_OQ) & m;
+    _mm512_mask_storeu_ps(dx + k, m, _mm512_maskz_loadu_ps(in, dy + k));
+  }
+}
+
+}  // namespace perch::quant::detail
+
+#else
+
+namespace perch::quant::detail {
+bool avx512_runs_compiled() { return false; }
+void fake_quant_run_avx512(const float*, float*, int64_t, float, int32_t, int32_t, int32_t) {}
+void ste_run_avx512(const float*, const float*, float*, int64_t, float, int32_t, int32_t, int32_t) {}
+}  // namespace perch::quant::detail
+
+#endif

@@ -1,0 +1,33 @@
+#include "fake_quant_runs.h"
+
+#include "perch/core/cpu.h"
+#include "perch/quant/params.h"
+
+namespace perch::quant::detail {
+
+void fake_quant_run_reference(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                              int32_t qmax) {
+  for (int64_t k = 0; k < n; ++k)
+    y[k] = dequantize_value(quantize_value(x[k], scale, zero_point, qmin, qmax), scale, zero_point);
+}
+
+void ste_run_reference(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                       int32_t qmin, int32_t qmax) {
+  const float lo = static_cast<float>(qmin - zero_point), hi = static_cast<float>(qmax - zero_point);
+  for (int64_t k = 0; k < n; ++k) {
+    const float u = x[k] / scale;
+    dx[k] = (u >= lo && u <= hi) ? dy[k] : 0.0f;
+  }
+}
+
+FakeQuantRunFn fake_quant_run() {
+  if (avx512_runs_compiled() && has_path(active_paths(), Path::kAvx512Vnni)) return fake_quant_run_avx512;
+  return fake_quant_run_reference;
+}
+
+SteRunFn ste_run() {
+  if (avx512_runs_compiled() && has_path(active_paths(), Path::kAvx512Vnni)) return ste_run_avx512;
+  return ste_run_reference;
+}
+
+}  // namespace perch::quant::detail

@@ -1,0 +1,42 @@
+// Internal: the elementwise loops behind quant::fake_quant and quant::fake_quant_ste_backward for a run of
+// elements that share one (scale, zero_point) — a per-tensor activation, or one output channel of
+// per-channel weights on axis 0. A reference twin and an AVX-512 twin with the same signature; the
+// dispatching entry points pick the AVX-512 one when Path::kAvx512Vnni is active (core/cpu.h, PERCH_PATHS).
+//
+// Math (identical, bit for bit, on every path; ONNX QuantizeLinear/DequantizeLinear):
+//   u = x / s                      float32 division (not x * (1/s): that differs in the last bit)
+//   r = round_half_even(u)         NaN stays NaN
+//   q = clamp(r + zp, qmin, qmax)  NaN -> zp. In float: r + zp is exact for |r| < 2^24 - 2^16; beyond it
+//                                  the clamp's outcome cannot change (|zp| <= 2^16, qmax - qmin < 2^16)
+//   y = (q - zp) * s               float32 product: |q - zp| < 2^17 has 17 significant bits, so the product
+//                                  has at most 41 and one rounding to float equals the double product
+//                                  rounded to float (quant::dequantize_value).
+// STE mask: dx = dy where qmin - zp <= u <= qmax - zp (float compares of the same u), else 0; NaN -> 0.
+#pragma once
+
+#include <cstdint>
+
+namespace perch::quant::detail {
+
+using FakeQuantRunFn = void (*)(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                                int32_t qmax);
+using SteRunFn = void (*)(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                          int32_t qmin, int32_t qmax);
+
+void fake_quant_run_reference(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                              int32_t qmax);
+void ste_run_reference(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                       int32_t qmin, int32_t qmax);
+
+// False when the compiler could not build the AVX-512 file; then the twins below must not be called.
+bool avx512_runs_compiled();
+void fake_quant_run_avx512(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                           int32_t qmax);
+void ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                    int32_t qmin, int32_t qmax);
+
+// The best twin for the active paths (decided per call from active_paths(), which is detected once).
+FakeQuantRunFn fake_quant_run();
+SteRunFn ste_run();
+
+}  // namespace perch::quant::detail
