@@ -36,8 +36,9 @@ run() {
   export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
   # -rss_limit_mb / -malloc_limit_mb: perch must refuse absurd sizes before allocating, so a 1 GiB malloc is
-  # already a finding. -timeout: one input taking 10 s is a hang.
-  "$b/fuzz/$t" ${PERCH_FUZZ_SEED:+-seed=$PERCH_FUZZ_SEED} -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 \
+  # already a finding. -timeout: one input taking 10 s is a hang (PERCH_FUZZ_TIMEOUT raises it on a loaded
+  # machine, where a starved process can spend 10 s of wall time on a 0.1 s input).
+  "$b/fuzz/$t" ${PERCH_FUZZ_SEED:+-seed=$PERCH_FUZZ_SEED} -max_total_time="$secs" -timeout="${PERCH_FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 \
     -artifact_prefix="$b/artifacts/$t/" "$b/corpus/$t" "$b/seeds/$t" \
     $( [ -d "$here/fuzz/regressions/$t" ] && echo "$here/fuzz/regressions/$t" )
 }

@@ -49,6 +49,8 @@ void valid_range(int64_t off, int64_t stride, int64_t in_w, int64_t ow_n, int64_
 // col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 outside) for the cg channels starting at x.
 // The valid column range of each (kh, kw) is computed once; stride-1 rows are plain copies.
 void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
+  if (s.stride_w == 1 && has_path(active_paths(), Path::kAvx512Vnni) && avx512::compiled())
+    return avx512::im2col_stride1(s, cg, x, col);
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)

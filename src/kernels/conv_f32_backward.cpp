@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "conv_internal.h"
+#include "f32_avx512.h"
 #include "perch/core/cpu.h"
 #include "perch/core/threads.h"
 #include "perch/kernels/conv_f32.h"
@@ -66,6 +67,8 @@ void padded_extent(const Conv2dShape& s, int64_t& ph, int64_t& pw) {
 
 // dx[c, ih, iw] += col[(c*KH + kh)*KW + kw, oh*OW + ow]: the adjoint of im2col, for cg channels.
 void col2im_add(const Conv2dShape& s, int64_t cg, const float* col, float* dx) {
+  if (s.stride_w == 1 && has_path(active_paths(), Path::kAvx512Vnni) && avx512::compiled())
+    return avx512::col2im_add_stride1(s, cg, col, dx);
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
@@ -264,45 +267,74 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* x, const float* d
     return;
   }
   // The batch is cut into a fixed number of chunks (not one per thread): each chunk sums its images into
-  // its own partial gradient, and the partials are added in chunk order, so the result is the same for any
-  // thread count.
+  // its own partial gradients, and the partials are added in chunk order, so the result is the same for any
+  // thread count. Per image and group, whichever operand is smaller is transposed so that the GEMM is
+  // untransposed (perch's AVX-512 tiles):
+  //   K <= Mg:  dW_g   (Mg x K) += dY_g (Mg x P) * col^T (P x K)     (col^T materialized; e.g. a first layer)
+  //   K >  Mg:  dW_g^T (K x Mg) += col  (K x P)  * dY_g^T (P x Mg)   (dY_g^T materialized; dW transposed back
+  //                                                                  once at the end)
+  // with K = cg*KH*KW, P = OH*OW. The bias partials are the dY rows, each summed in 8 float lanes, images
+  // added in double.
+  const bool transpose_dy = kdim > mg;
   const int64_t chunks = std::min<int64_t>(s.batch, 4);
   std::vector<float> partial(static_cast<size_t>(chunks * wsize));
+  std::vector<double> bias_partial(dbias ? static_cast<size_t>(chunks * s.out_channels) : 0);
   parallel_for(0, chunks, [&](int64_t lo, int64_t hi) {
-    std::vector<float> col(direct ? 0 : static_cast<size_t>(kdim * hw)), colt(static_cast<size_t>(kdim * hw));
+    std::vector<float> col(direct ? 0 : static_cast<size_t>(kdim * hw));
+    std::vector<float> t(static_cast<size_t>(hw * (transpose_dy ? mg : kdim)));
     for (int64_t ch = lo; ch < hi; ++ch) {
       float* acc = partial.data() + ch * wsize;
       const int64_t n0 = s.batch * ch / chunks, n1 = s.batch * (ch + 1) / chunks;
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t g = 0; g < s.group; ++g) {
           const float* xg = x + (n * s.in_channels + g * cg) * in_hw;
+          const float* dyg = dy + (n * s.out_channels + g * mg) * hw;
           if (!direct) detail::im2col(s, cg, xg, col.data());
-          // dW_g (Mg x K) += dY_g (Mg x P) * col^T (P x K), with col^T materialized (untransposed GEMM).
-          transpose(direct ? xg : col.data(), kdim, hw, colt.data());
+          const float* cg_mat = direct ? xg : col.data();
           GemmF32Args a;
-          a.m = mg, a.n = kdim, a.k = hw;
           a.beta = n == n0 ? 0.0f : 1.0f;
-          a.a = dy + (n * s.out_channels + g * mg) * hw, a.lda = hw;
-          a.b = colt.data(), a.ldb = kdim;
-          a.c = acc + g * mg * kdim, a.ldc = kdim;
+          if (transpose_dy) {
+            transpose(dyg, mg, hw, t.data());
+            a.m = kdim, a.n = mg, a.k = hw;
+            a.a = cg_mat, a.lda = hw;
+            a.b = t.data(), a.ldb = mg;
+            a.c = acc + g * kdim * mg, a.ldc = mg;
+          } else {
+            transpose(cg_mat, kdim, hw, t.data());
+            a.m = mg, a.n = kdim, a.k = hw;
+            a.a = dyg, a.lda = hw;
+            a.b = t.data(), a.ldb = kdim;
+            a.c = acc + g * mg * kdim, a.ldc = kdim;
+          }
           gemm_f32(a);
+          if (dbias)
+            for (int64_t m = 0; m < mg; ++m) {
+              const float* r = dyg + m * hw;
+              float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              int64_t i = 0;
+              for (; i + 8 <= hw; i += 8)
+                for (int k = 0; k < 8; ++k) lanes[k] += r[i + k];
+              float sum = 0.0f;
+              for (; i < hw; ++i) sum += r[i];
+              for (int k = 0; k < 8; ++k) sum += lanes[k];
+              bias_partial[static_cast<size_t>(ch * s.out_channels + g * mg + m)] += sum;
+            }
         }
     }
   }, 1);
-  for (int64_t i = 0; i < wsize; ++i) {
-    float v = partial[static_cast<size_t>(i)];
-    for (int64_t ch = 1; ch < chunks; ++ch) v += partial[static_cast<size_t>(ch * wsize + i)];
-    dw[i] = v;
-  }
+  // Sum the partials in chunk order (transposing K x Mg blocks back to Mg x K).
+  for (int64_t g = 0; g < s.group; ++g)
+    for (int64_t m = 0; m < mg; ++m)
+      for (int64_t k = 0; k < kdim; ++k) {
+        const int64_t i = g * kdim * mg + (transpose_dy ? k * mg + m : m * kdim + k);
+        float v = partial[static_cast<size_t>(i)];
+        for (int64_t ch = 1; ch < chunks; ++ch) v += partial[static_cast<size_t>(ch * wsize + i)];
+        dw[(g * mg + m) * kdim + k] = v;
+      }
   if (dbias)
     for (int64_t m = 0; m < s.out_channels; ++m) {
       double b = 0.0;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        const float* g = dy + (n * s.out_channels + m) * hw;
-        float r = 0.0f;
-        for (int64_t i = 0; i < hw; ++i) r += g[i];
-        b += r;
-      }
+      for (int64_t ch = 0; ch < chunks; ++ch) b += bias_partial[static_cast<size_t>(ch * s.out_channels + m)];
       dbias[m] = static_cast<float>(b);
     }
 }

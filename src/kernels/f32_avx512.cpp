@@ -1,6 +1,7 @@
 // AVX-512 float kernels (see f32_avx512.h). Built with its own ISA flags (CMakeLists.txt); compiles to
 // stubs when the compiler lacks AVX-512 so the library still links.
 #include "f32_avx512.h"
+#include "conv_internal.h"
 
 #include <algorithm>
 
@@ -106,6 +107,62 @@ void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, in
   }
 }
 
+namespace {
+// Lanes [lo - base, hi - base) of a 16-lane block starting at column `base`, clipped to [0, 16).
+inline __mmask16 range_mask(int64_t base, int64_t lo, int64_t hi) {
+  const int64_t a = std::max<int64_t>(lo - base, 0), b = std::min<int64_t>(hi - base, 16);
+  return b <= a ? __mmask16(0) : static_cast<__mmask16>(tail_mask(b) & ~tail_mask(a));
+}
+}  // namespace
+
+void im2col_stride1(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * oh_n * ow_n;
+        const float* xc = x + c * s.in_h * s.in_w;
+        const int64_t off = kw * s.dil_w - s.pad_left;
+        int64_t lo, hi;
+        detail::valid_range(off, 1, s.in_w, ow_n, lo, hi);
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          float* r = row + oh * ow_n;
+          const bool inside = ih >= 0 && ih < s.in_h;
+          const float* xr = xc + ih * s.in_w + off;  // only dereferenced through the valid lanes
+          for (int64_t ow = 0; ow < ow_n; ow += 16) {
+            const __mmask16 store = tail_mask(ow_n - ow);
+            const __mmask16 load = inside ? range_mask(ow, lo, hi) : __mmask16(0);
+            _mm512_mask_storeu_ps(r + ow, store, load ? _mm512_maskz_loadu_ps(load, xr + ow) : zero);
+          }
+        }
+      }
+}
+
+void col2im_add_stride1(const Conv2dShape& s, int64_t cg, const float* col, float* dx) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        const float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * oh_n * ow_n;
+        float* dc = dx + c * s.in_h * s.in_w;
+        const int64_t off = kw * s.dil_w - s.pad_left;
+        int64_t lo, hi;
+        detail::valid_range(off, 1, s.in_w, ow_n, lo, hi);
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          if (ih < 0 || ih >= s.in_h) continue;
+          float* dr = dc + ih * s.in_w + off;
+          const float* r = row + oh * ow_n;
+          for (int64_t ow = lo; ow < hi; ow += 16) {
+            const __mmask16 m = tail_mask(hi - ow);
+            _mm512_mask_storeu_ps(dr + ow, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dr + ow), _mm512_maskz_loadu_ps(m, r + ow)));
+          }
+        }
+      }
+}
+
 void maxpool2x2_backward_plane(const float* x, const float* g, float* dx, int64_t in_w, int64_t oh_n, int64_t ow_n) {
   // 16 windows per step: even/odd columns of each row de-interleaved, four masked gradients, re-interleaved.
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -155,6 +212,8 @@ void gemm_nn(const GemmF32Args&) {}
 void depthwise_plane(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                      const float*, float, float*) {}
 void maxpool2x2_backward_plane(const float*, const float*, float*, int64_t, int64_t, int64_t) {}
+void im2col_stride1(const Conv2dShape&, int64_t, const float*, float*) {}
+void col2im_add_stride1(const Conv2dShape&, int64_t, const float*, float*) {}
 }  // namespace perch::kernels::avx512
 
 #endif

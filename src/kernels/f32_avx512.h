@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "perch/kernels/conv_f32.h"
 #include "perch/kernels/gemm_f32.h"
 
 namespace perch::kernels::avx512 {
@@ -21,6 +22,13 @@ void gemm_nn(const GemmF32Args& g);
 // touches (stride-2 rows are read as pairs of vectors).
 void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, int64_t kh_n, int64_t kw_n, int64_t sh,
                      int64_t sw, int64_t dh, int64_t dw, const float* w, float bias, float* y);
+
+// detail::im2col (conv_internal.h) for stride_w == 1, same result: each output row is one or two masked
+// loads and stores (lanes outside the valid column range [lo, hi) are zero and never read).
+void im2col_stride1(const Conv2dShape& s, int64_t cg, const float* x, float* col);
+// The adjoint, dx[c, ih, iw] += col[(c*KH + kh)*KW + kw, oh*OW + ow] for stride_w == 1 (conv_f32_backward.cpp's
+// col2im_add is the twin; the same additions in the same order, so the same result).
+void col2im_add_stride1(const Conv2dShape& s, int64_t cg, const float* col, float* dx);
 
 // Max-pool backward for one plane, 2x2 windows, stride 2, no padding (pool_f32.cpp's maxpool2x2_backward_plane
 // is the portable twin, same contract): every input element of rows [0, 2*oh_n) and columns [0, 2*ow_n) gets
