@@ -41,6 +41,29 @@ void ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float
   }
 }
 
+RunRange range_run_avx512(const float* x, int64_t n) {
+  const __m512 big = _mm512_set1_ps(3.40282347e38f);
+  const __m512i abs_bits = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512 mn = _mm512_set1_ps(__builtin_inff()), mx = _mm512_set1_ps(-__builtin_inff());
+  RunRange r{0, 0, 0, -1};
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_bits));
+    const __mmask16 finite = _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ) & m;  // NaN compares false
+    const __mmask16 bad = static_cast<__mmask16>(~finite & m);
+    if (bad) {
+      if (r.nonfinite == 0) r.first_nonfinite = k + __builtin_ctz(bad);
+      r.nonfinite += __builtin_popcount(bad);
+    }
+    mn = _mm512_mask_min_ps(mn, finite, mn, v);
+    mx = _mm512_mask_max_ps(mx, finite, mx, v);
+  }
+  r.min = _mm512_reduce_min_ps(mn) + 0.0f;  // min/max are exact in any order up to the sign of zero
+  r.max = _mm512_reduce_max_ps(mx) + 0.0f;
+  return r;
+}
+
 }  // namespace perch::quant::detail
 
 #else
@@ -49,6 +72,7 @@ namespace perch::quant::detail {
 bool avx512_runs_compiled() { return false; }
 void fake_quant_run_avx512(const float*, float*, int64_t, float, int32_t, int32_t, int32_t) {}
 void ste_run_avx512(const float*, const float*, float*, int64_t, float, int32_t, int32_t, int32_t) {}
+RunRange range_run_avx512(const float*, int64_t) { return {}; }
 }  // namespace perch::quant::detail
 
 #endif

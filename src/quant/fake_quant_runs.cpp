@@ -1,5 +1,9 @@
 #include "fake_quant_runs.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include "perch/core/cpu.h"
 #include "perch/quant/params.h"
 
@@ -18,6 +22,27 @@ void ste_run_reference(const float* dy, const float* x, float* dx, int64_t n, fl
     const float u = x[k] / scale;
     dx[k] = (u >= lo && u <= hi) ? dy[k] : 0.0f;
   }
+}
+
+RunRange range_run_reference(const float* x, int64_t n) {
+  RunRange r{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 0, -1};
+  for (int64_t k = 0; k < n; ++k) {
+    const float v = x[k];
+    if (!std::isfinite(v)) {
+      if (r.nonfinite++ == 0) r.first_nonfinite = k;
+      continue;
+    }
+    r.min = std::min(r.min, v);
+    r.max = std::max(r.max, v);
+  }
+  r.min += 0.0f;  // -0 -> +0
+  r.max += 0.0f;
+  return r;
+}
+
+RangeRunFn range_run() {
+  if (avx512_runs_compiled() && has_path(active_paths(), Path::kAvx512Vnni)) return range_run_avx512;
+  return range_run_reference;
 }
 
 FakeQuantRunFn fake_quant_run() {

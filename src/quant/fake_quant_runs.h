@@ -35,8 +35,20 @@ void fake_quant_run_avx512(const float* x, float* y, int64_t n, float scale, int
 void ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                     int32_t qmin, int32_t qmax);
 
+// Range of a run for quant::slot_ranges: min/max over the finite values (left as +inf / -inf when there is
+// none; a result of -0 is returned as +0 so the sign of zero cannot depend on the order of comparisons),
+// the number of non-finite values and the offset of the first one (-1 if none).
+struct RunRange {
+  float min, max;
+  int64_t nonfinite, first_nonfinite;
+};
+using RangeRunFn = RunRange (*)(const float* x, int64_t n);
+RunRange range_run_reference(const float* x, int64_t n);
+RunRange range_run_avx512(const float* x, int64_t n);
+
 // The best twin for the active paths (decided per call from active_paths(), which is detected once).
 FakeQuantRunFn fake_quant_run();
 SteRunFn ste_run();
+RangeRunFn range_run();
 
 }  // namespace perch::quant::detail

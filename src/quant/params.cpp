@@ -160,7 +160,31 @@ SlotRanges slot_ranges(const SlotLayout& l, const float* xs) {
   SlotRanges r;
   r.min.assign(static_cast<size_t>(l.slots), std::numeric_limits<float>::infinity());
   r.max.assign(static_cast<size_t>(l.slots), -std::numeric_limits<float>::infinity());
+  auto merge = [&](size_t s, const detail::RunRange& q, int64_t begin) {
+    r.min[s] = std::min(r.min[s], q.min);
+    r.max[s] = std::max(r.max[s], q.max);
+    if (q.nonfinite > 0 && r.nonfinite == 0) r.first_nonfinite = begin + q.first_nonfinite;
+    r.nonfinite += q.nonfinite;
+  };
+  const detail::RangeRunFn run = detail::range_run();
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      // Long runs (per-tensor activations) in fixed chunks over the thread pool, merged in order: min/max
+      // are exact in any order (zeros come back as +0), so the result does not depend on the threads.
+      constexpr int64_t kChunk = 65536;
+      const int64_t chunks = (n + kChunk - 1) / kChunk;
+      if (chunks <= 1) {
+        merge(static_cast<size_t>(s0), run(xs + b, n), b);
+        return;
+      }
+      std::vector<detail::RunRange> part(static_cast<size_t>(chunks));
+      parallel_for(0, chunks, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c)
+          part[static_cast<size_t>(c)] = run(xs + b + c * kChunk, std::min(kChunk, n - c * kChunk));
+      }, 1);
+      for (int64_t c = 0; c < chunks; ++c) merge(static_cast<size_t>(s0), part[static_cast<size_t>(c)], b + c * kChunk);
+      return;
+    }
     for (int64_t k = 0; k < n; ++k) {
       const float v = xs[b + k];
       if (!std::isfinite(v)) {
@@ -172,6 +196,7 @@ SlotRanges slot_ranges(const SlotLayout& l, const float* xs) {
       r.max[s] = std::max(r.max[s], v);
     }
   });
+  for (size_t s = 0; s < r.min.size(); ++s) r.min[s] += 0.0f, r.max[s] += 0.0f;  // -0 -> +0 on every path
   return r;
 }
 

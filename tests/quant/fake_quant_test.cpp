@@ -103,6 +103,47 @@ TEST(FakeQuantPaths, EveryPathMatchesADoubleReference) {
   EXPECT_GT(checked, 140000);
 }
 
+// slot_ranges (the range observers' loop) on every path: per-tensor runs longer than one 65 536-value
+// chunk, per-channel runs straddling 16 lanes, NaN/+-Inf at chosen places (counted, first index reported,
+// never in min/max), all-non-finite slots (+inf / -inf), and zeros of both signs (reported as +0).
+TEST(FakeQuantPaths, SlotRangesEveryPathMatchesAPlainScan) {
+  std::mt19937_64 rng(5);
+  for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+    set_paths_for_testing(paths);
+    for (const Shape& shape : {Shape{200003}, Shape{9, 17}, Shape{4, 1}, Shape{3, 33}, Shape{2, 70000}}) {
+      QuantSpec spec;
+      if (shape.size() > 1) spec.granularity = Granularity::kPerChannel;
+      const SlotLayout l = SlotLayout::make(spec, shape);
+      std::vector<float> x(static_cast<size_t>(l.numel));
+      for (float& v : x) v = std::uniform_real_distribution<float>(-3, 3)(rng);
+      for (int k = 0; k < 6; ++k) x[rng() % x.size()] = k % 2 ? -0.0f : 0.0f;
+      const float bad[] = {NAN, INFINITY, -INFINITY};
+      for (int k = 0; k < 5; ++k) x[rng() % x.size()] = bad[k % 3];
+      if (shape[0] == 4) x[2] = NAN;  // a slot with nothing finite
+      const SlotRanges r = slot_ranges(l, x.data());
+      const int64_t inner = l.numel / l.slots;
+      int64_t nonfinite = 0, first = -1;
+      for (int64_t s = 0; s < l.slots; ++s) {
+        double mn = INFINITY, mx = -INFINITY;
+        for (int64_t i = s * inner; i < (s + 1) * inner; ++i) {
+          const double v = x[static_cast<size_t>(i)];
+          if (!std::isfinite(v)) continue;
+          mn = std::min(mn, v), mx = std::max(mx, v);
+        }
+        ASSERT_EQ(std::bit_cast<uint32_t>(r.min[static_cast<size_t>(s)]), std::bit_cast<uint32_t>(static_cast<float>(mn) + 0.0f))
+            << paths_string(paths) << " " << shape_str(shape) << " slot " << s;
+        ASSERT_EQ(std::bit_cast<uint32_t>(r.max[static_cast<size_t>(s)]), std::bit_cast<uint32_t>(static_cast<float>(mx) + 0.0f))
+            << paths_string(paths) << " " << shape_str(shape) << " slot " << s;
+      }
+      for (size_t i = 0; i < x.size(); ++i)
+        if (!std::isfinite(x[i]) && nonfinite++ == 0) first = static_cast<int64_t>(i);
+      EXPECT_EQ(r.nonfinite, nonfinite);
+      EXPECT_EQ(r.first_nonfinite, first);
+    }
+  }
+  set_paths_for_testing(0);
+}
+
 TEST(FakeQuantMinMax, NudgingAndGrid) {
   // min = -0.1, max = 1.0: zero point from min is 23.18 -> 23, so the range shifts slightly.
   const NudgedRange r = nudge_minmax(-0.1f, 1.0f, 0, 255);
