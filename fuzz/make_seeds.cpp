@@ -1,6 +1,7 @@
 // Writes the seed corpora of the fuzz targets into <out>/<target>/: ONNX node-test models (Debian
 // libonnx-testdata) and a small CNN for fuzz_onnx_load, perch-encoded .npy / .idx tensors of every type
-// and a few shapes, and short byte strings for fuzz_qdq (FuzzedDataProvider input).
+// and a few shapes, short byte strings for fuzz_qdq (FuzzedDataProvider input), and QDQ models for
+// fuzz_int8_lower (the integer-op node tests and the small CNN quantized by perch four ways).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -8,9 +9,12 @@
 #include <string>
 
 #include "perch/core/file_io.h"
+#include "perch/core/progress.h"
+#include "perch/data/dataset.h"
 #include "perch/data/idx.h"
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
+#include "perch/ptq/quantize.h"
 
 namespace fs = std::filesystem;
 using namespace perch;
@@ -43,8 +47,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path out = argv[1];
-  for (const char* t : {"fuzz_onnx_load", "fuzz_npy", "fuzz_idx", "fuzz_qdq"}) fs::create_directories(out / t);
-  int onnx = 0, npy = 0, idx = 0, qdq = 0;
+  for (const char* t : {"fuzz_onnx_load", "fuzz_npy", "fuzz_idx", "fuzz_qdq", "fuzz_int8_lower"})
+    fs::create_directories(out / t);
+  int onnx = 0, npy = 0, idx = 0, qdq = 0, lower = 0;
 
   // ONNX: node-test models up to 4 KiB (hundreds of ops, opsets and attribute forms).
   const fs::path node_dir = "/usr/share/libonnx-testdata/data/node";
@@ -56,6 +61,14 @@ int main(int argc, char** argv) {
       fs::copy_file(model, out / "fuzz_onnx_load" / (e.path().filename().string() + ".onnx"),
                     fs::copy_options::overwrite_existing);
       ++onnx;
+      // The integer ops and Q/DQ tests also seed the lowering target.
+      const std::string name = e.path().filename().string();
+      for (const char* key : {"qlinear", "integer", "quantizelinear", "uint8", "int8"})
+        if (name.find(key) != std::string::npos) {
+          fs::copy_file(model, out / "fuzz_int8_lower" / (name + ".onnx"), fs::copy_options::overwrite_existing);
+          ++lower;
+          break;
+        }
     }
   {
     // A small Conv -> Relu -> Gemm model of perch's own (initializers, attributes, value infos).
@@ -75,6 +88,24 @@ int main(int argc, char** argv) {
     g.nodes = {c, r, p, f, gm};
     write_file_atomic(out / "fuzz_onnx_load" / "perch_cnn.onnx", graph::model_to_bytes(m));
     ++onnx;
+    // The same model quantized by perch (QDQ): per-channel and per-tensor weights, uint8 and int8
+    // activations, the patterns the integer runtime lowers.
+    Dataset calib;
+    calib.images = Tensor(DType::kFloat32, {8, 1, 4, 4});
+    std::mt19937 img_rng(3);
+    for (float& v : calib.images.span<float>()) v = std::uniform_real_distribution<float>(-1, 1)(img_rng);
+    calib.name = "seed images";
+    g.inputs[0].shape = {1, 1, 4, 4};
+    for (int variant = 0; variant < 4; ++variant) {
+      ptq::PtqOptions o;
+      o.weights.granularity = variant % 2 ? quant::Granularity::kPerTensor : quant::Granularity::kPerChannel;
+      o.activations.is_signed = variant >= 2;
+      set_quiet(true);
+      const ptq::PtqResult q = ptq::quantize_model(m, calib, o);
+      write_file_atomic(out / "fuzz_int8_lower" / ("perch_cnn_qdq" + std::to_string(variant) + ".onnx"),
+                        graph::model_to_bytes(q.model));
+      ++lower;
+    }
   }
 
   // npy / idx: every type, scalar to rank 3.
@@ -99,7 +130,7 @@ int main(int argc, char** argv) {
     write_file_atomic(out / "fuzz_qdq" / ("seed" + std::to_string(i)), b);
     ++qdq;
   }
-  std::printf("seeds: fuzz_onnx_load %d, fuzz_npy %d, fuzz_idx %d, fuzz_qdq %d in %s\n", onnx, npy, idx, qdq,
-              out.string().c_str());
+  std::printf("seeds: fuzz_onnx_load %d, fuzz_npy %d, fuzz_idx %d, fuzz_qdq %d, fuzz_int8_lower %d in %s\n", onnx, npy,
+              idx, qdq, lower, out.string().c_str());
   return 0;
 }

@@ -6,14 +6,14 @@
 #   scripts/fuzz.sh run TARGET SECONDS       fuzz one target; corpus build/fuzz/corpus/<target>, crashes in
 #                                            build/fuzz/artifacts/<target>/ (exit 1 if one is found); the
 #                                            inputs of fuzz/regressions/<target>/ (past crashes) run first
-#   scripts/fuzz.sh bounded [SECONDS]        build, seeds, every target for SECONDS (default 25; <= 2 min in all)
+#   scripts/fuzz.sh bounded [SECONDS]        build, seeds, every target for SECONDS (default 22; <= 2 min in all)
 #   scripts/fuzz.sh campaign SECONDS         every target for SECONDS each, one after another, log per target
 #
 # Exit code 77 (CTest: skipped) when clang++ or its libFuzzer runtime is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 b="$here/build/fuzz"
-targets=(fuzz_onnx_load fuzz_npy fuzz_idx fuzz_qdq)
+targets=(fuzz_onnx_load fuzz_npy fuzz_idx fuzz_qdq fuzz_int8_lower)
 
 have_libfuzzer() {
   command -v clang++ >/dev/null 2>&1 || return 1
@@ -48,7 +48,7 @@ case "${1:-}" in
   seeds) seeds ;;
   run) run "$2" "$3" ;;
   bounded)
-    secs="${2:-25}"
+    secs="${2:-22}"
     export PERCH_FUZZ_SEED="${PERCH_FUZZ_SEED:-1}"  # reproducible in CI; set another seed to explore
     build >/dev/null
     seeds
