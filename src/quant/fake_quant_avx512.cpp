@@ -6,7 +6,9 @@
 #include <immintrin.h>
 
 // GCC 12 warns inside its own _mm512_max_ps/_mm512_min_ps (an undefined pass-through operand).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace perch::quant::detail {
 
