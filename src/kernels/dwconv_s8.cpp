@@ -146,36 +146,37 @@ void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
 }  // namespace
 
 namespace s8 {
-void make_dw_fast_requant(DwPlan& p, int g) {
-  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
-  p.rqf.assign(n / gs * 8 * half, 0);
-  p.rqf_clamp64 = false;
-  p.rqf_hi32 = true;
+void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32) {
+  const size_t n = rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
+  rqf.assign(n / gs * 8 * half, 0);
+  clamp64 = false;
+  hi32 = true;
   for (size_t c = 0; c < n; ++c) {
-    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps rqf_hi32.
-    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.mult[c] == 0 ? 1 : p.rq.rsh[c];
-    if (L > 0 || R == 0) p.rqf_hi32 = false;
-    if (L > 0) p.rqf_clamp64 = true;
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps hi32.
+    const int64_t L = 31 - rq.sh64[c], R = rq.mult[c] == 0 ? 1 : rq.rsh[c];
+    if (L > 0 || R == 0) hi32 = false;
+    if (L > 0) clamp64 = true;
     const int64_t rnd = L > 0 ? int64_t{1} << (30 - L) : (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
     const int64_t adj = L == 0 && R > 0 ? int64_t{1} << 31 : 0, sh = L > 0 ? 31 - L : 31 + R;
     const size_t k = (c % gs) / 2, odd = c % 2;
-    int64_t* t = p.rqf.data() + c / gs * 8 * half;
-    t[(0 + odd) * half + k] = p.rq.mult[c];
+    int64_t* t = rqf.data() + c / gs * 8 * half;
+    t[(0 + odd) * half + k] = rq.mult[c];
     t[(2 + odd) * half + k] = rnd;
     t[(4 + odd) * half + k] = adj;
     t[(6 + odd) * half + k] = sh;
   }
   // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
   // channel of the group in accumulator order.
-  if (p.rqf_hi32)
+  if (hi32)
     for (size_t grp = 0; grp < n / gs; ++grp) {
-      int64_t* t = p.rqf.data() + grp * 8 * half;
+      int64_t* t = rqf.data() + grp * 8 * half;
       int32_t s32[16];
       for (size_t k = 0; k < gs; ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
       std::memcpy(t + 6 * half, s32, gs * 4);  // g int32 = the half int64 of sh_e
       std::memset(t + 7 * half, 0, half * 8);  // sh_o is not read
     }
 }
+void make_dw_fast_requant(DwPlan& p, int g) { make_fast_requant(p.rq, g, p.rqf, p.rqf_clamp64, p.rqf_hi32); }
 }  // namespace s8
 
 namespace {

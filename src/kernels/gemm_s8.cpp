@@ -214,18 +214,28 @@ void run_block(Kernel kern, const s8::GemmPlan& p, int64_t m0, int64_t m1, int64
   reference_block(*p.g, m0, m1, n0, n1);
 }
 
+// The plan and the path; the AVX-512 VNNI path also gets the one-rounding output stage tables.
+Kernel plan_for(const GemmS8Args& g, s8::GemmPlan& p) {
+  p = s8::make_gemm_plan(g);
+  const Kernel k = pick(p);
+  if (k == Kernel::kAvx512Vnni && g.out.type != OutputType::kInt32)
+    s8::make_fast_requant(p.rq, 16, p.rqf, p.rqf_clamp64, p.rqf_hi32);
+  return k;
+}
+
 }  // namespace
 
 void gemm_s8_block(const GemmS8Args& g, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-  const s8::GemmPlan p = s8::make_gemm_plan(g);
-  run_block(pick(p), p, m_begin, m_end, n_begin, n_end);
+  s8::GemmPlan p;
+  const Kernel k = plan_for(g, p);
+  run_block(k, p, m_begin, m_end, n_begin, n_end);
 }
 
 void gemm_s8(const GemmS8Args& g) {
   validate(g);
   if (g.m == 0) return;
-  const s8::GemmPlan p = s8::make_gemm_plan(g);
-  const Kernel kern = pick(p);
+  s8::GemmPlan p;
+  const Kernel kern = plan_for(g, p);
   const int64_t n = g.w->n, m = g.m;
   // Work items: blocks of 48 rows x 64 columns at most, split so every thread gets some. Row blocks first
   // (each item re-packs only its own rows of A), column blocks when M alone cannot feed the pool.

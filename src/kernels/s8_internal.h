@@ -42,6 +42,10 @@ struct GemmPlan {
   std::vector<int32_t> zw;       // [panels * 16] weight zero points, or empty
   std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when zw is not empty
   RequantTables rq;              // empty for kInt32
+  // The one-rounding output stage (DwPlan::rqf's formula and layout, groups of 16 columns in natural order), for
+  // the AVX-512 VNNI path (gemm_s8.cpp fills it when that path runs); bit-identical to rq.
+  std::vector<int64_t> rqf;
+  bool rqf_clamp64 = false, rqf_hi32 = false;
 };
 GemmPlan make_gemm_plan(const GemmS8Args& g);
 
@@ -78,7 +82,10 @@ struct DwPlan {
   // above, the last partial block in natural order.
   bool cached = false;
 };
-// Fills p.rqf / p.rqf_clamp64 from the (permuted) p.rq for groups of g channels.
+// The one-rounding output stage tables (layout and formula: DwPlan::rqf) for groups of g channels of `rq` (in the
+// order rq holds them), with the clamp64 / hi32 flags.
+void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32);
+// Fills p.rqf / p.rqf_clamp64 / p.rqf_hi32 from the (permuted) p.rq for groups of g channels.
 void make_dw_fast_requant(DwPlan& p, int g);
 
 bool avx512vnni_compiled();
