@@ -5,7 +5,8 @@
 // summed into each int32 lane — exact: no intermediate narrower than int32). A is first packed per block of
 // rows into [k_group][12 rows][4 bytes] (int8 activations flipped to uint8 there, K padded with zeros), so the
 // inner loop reads A from one pointer at constant offsets; uint8 activations with K a multiple of 4 (every 1x1
-// convolution of a usual net) are read in place instead. Loop order: row block (A block fits L2) ->
+// convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
+// place instead. Loop order: row block (A block fits L2) ->
 // panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
 // output stage (s8_internal.h, DwPlan::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
 // bytes two rows at a time.
@@ -75,11 +76,16 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
                                                 int64_t kg, const TileOut& t) {
   // Every loop over r and q is unrolled (MR, NP are constants): indexing acc with a run-time value would
   // keep the accumulators in memory.
+  // The accumulators start at col_off (bias - za colsum), so the output stage does not add it.
+  const GemmPlan& p = *t.p;
+  __m512i start[NP];
+#pragma GCC unroll 2
+  for (int q = 0; q < NP; ++q) start[q] = _mm512_loadu_si512(p.col_off.data() + t.j0 + 16 * q);
   __m512i acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_si512();
+    for (int q = 0; q < NP; ++q) acc[r][q] = start[q];
   const uint8_t* arow[MR];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) arow[r] = kInPlace ? ap + r * lda : ap + r * 4;
@@ -98,14 +104,12 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
     }
   }
   // Output stage.
-  const GemmPlan& p = *t.p;
   const GemmS8Args& g = *p.g;
   const bool has_zw = !p.zw.empty();
-  // acc + col_off (bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
-  auto finish = [&](__m512i a, int r, const __m512i& off, const __m512i& zw) __attribute__((always_inline)) {
-    __m512i v = _mm512_add_epi32(a, off);
-    if (has_zw) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
-    return v;
+  // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
+  auto finish = [&](__m512i a, int r, const __m512i& zw) __attribute__((always_inline)) {
+    if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
+    return a;
   };
   if (g.out.type == OutputType::kInt32) {
 #pragma GCC unroll 2
@@ -114,11 +118,10 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
       const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
       if (valid <= 0) continue;
       const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      const __m512i off = _mm512_loadu_si512(p.col_off.data() + j);
       const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
 #pragma GCC unroll 12
       for (int r = 0; r < MR; ++r)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, off, zw));
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, zw));
     }
     return;
   }
@@ -145,14 +148,13 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   uint8_t* c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;
   const int64_t ldc = g.ldc;
   if constexpr (NP == 2) {
-    const __m512i off0 = _mm512_loadu_si512(p.col_off.data() + j), off1 = _mm512_loadu_si512(p.col_off.data() + j + 16);
     const __m512i zw0 = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
     const __m512i zw1 = has_zw ? _mm512_loadu_si512(p.zw.data() + j + 16) : _mm512_setzero_si512();
     const RqF16 rq0(p.rqf.data() + (j / 16) * 64), rq1(p.rqf.data() + (j / 16 + 1) * 64);
     const __mmask32 mask = t.cols >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << t.cols) - 1);
     auto row16 = [&](int r) __attribute__((always_inline)) {
-      const __m512i v0 = rq0.apply<kMode>(finish(acc[r][0], r, off0, zw0), lo64, hi64);
-      const __m512i v1 = rq1.apply<kMode>(finish(acc[r][1], r, off1, zw1), lo64, hi64);
+      const __m512i v0 = rq0.apply<kMode>(finish(acc[r][0], r, zw0), lo64, hi64);
+      const __m512i v1 = rq1.apply<kMode>(finish(acc[r][1], r, zw1), lo64, hi64);
       return clamp16(_mm512_packs_epi32(v0, v1));
     };
 #pragma GCC unroll 6
@@ -166,11 +168,10 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
       _mm256_mask_storeu_epi8(c0 + (MR - 1) * ldc, mask, _mm512_castsi512_si256(o));
     }
   } else {
-    const __m512i off = _mm512_loadu_si512(p.col_off.data() + j);
     const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
     const RqF16 rq(p.rqf.data() + (j / 16) * 64);
     const __mmask16 mask = t.cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << t.cols) - 1);
-    auto one = [&](int r) __attribute__((always_inline)) { return rq.apply<kMode>(finish(acc[r][0], r, off, zw), lo64, hi64); };
+    auto one = [&](int r) __attribute__((always_inline)) { return rq.apply<kMode>(finish(acc[r][0], r, zw), lo64, hi64); };
     // VPACKSSDW(row r, row r + 1), two such per VPACKUSWB: 4 rows, 16 bytes each, in dword order 4 rows x 4 lanes.
 #pragma GCC unroll 3
     for (int r = 0; r + 3 < MR; r += 4) {
@@ -212,8 +213,9 @@ void tile_rows(int rows, const uint8_t* ap, int64_t lda, const int8_t* bp, int64
   }
 }
 
-template <int kMode, bool kInPlace>
-void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+// in_place: uint8 A read where it lies (see gemm_block_avx512vnni); else every tile packed.
+template <int kMode>
+void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bool in_place) {
   const GemmS8Args& g = *p.g;
   const PackedWeightsS8& w = *p.w;
   const int64_t kg = w.k_groups;
@@ -221,16 +223,19 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   // Row block: as many 12-row tiles as fit ~256 KiB of A (the B panel pair is reused across them).
   const int64_t tile_bytes = kg * kMR * 4;
   const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / tile_bytes);
+  // K not a multiple of 4: the last k-group reads up to 3 bytes past K, inside the row while lda >= 4 kg, but past
+  // the end of A on its last row: the tile holding row M - 1 is packed.
+  const bool tail_packed = w.k % 4 != 0;
   thread_local std::vector<uint8_t> abuf;
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
     const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
     const int64_t ntiles = (me - mb + kMR - 1) / kMR;
-    if (!kInPlace) {
-      abuf.resize(static_cast<size_t>(ntiles * tile_bytes));
-      for (int64_t t = 0; t < ntiles; ++t) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-        pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_bytes);
-      }
+    auto packed_tile = [&](int64_t t) { return !in_place || (tail_packed && mb + t * kMR + kMR >= g.m); };
+    abuf.resize(static_cast<size_t>(ntiles * tile_bytes));
+    for (int64_t t = 0; t < ntiles; ++t) {
+      if (!packed_tile(t)) continue;
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
+      pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_bytes);
     }
     for (int64_t j = n0; j < n1; j += 32) {
       const int64_t cols = std::min<int64_t>(32, n1 - j);
@@ -238,11 +243,19 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       for (int64_t t = 0; t < ntiles; ++t) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
         const TileOut to{&p, mb + t * kMR, j, rows, cols};
-        const uint8_t* ap = kInPlace ? a + (mb + t * kMR) * g.lda : abuf.data() + t * tile_bytes;
-        if (cols > 16)
-          tile_rows<2, kMode, kInPlace>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
-        else
-          tile_rows<1, kMode, kInPlace>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+        if (packed_tile(t)) {
+          const uint8_t* ap = abuf.data() + t * tile_bytes;
+          if (cols > 16)
+            tile_rows<2, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+          else
+            tile_rows<1, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+        } else {
+          const uint8_t* ap = a + (mb + t * kMR) * g.lda;
+          if (cols > 16)
+            tile_rows<2, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+          else
+            tile_rows<1, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+        }
       }
     }
   }
@@ -251,15 +264,14 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 }  // namespace
 
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  // In place: uint8 activations and K a multiple of 4 (every 4-byte group of a row lies inside the row). Otherwise
-  // A is packed per tile (flipping int8 to uint8, zero-padding K).
-  const bool in_place = !p.flip && p.w->k % 4 == 0;
+  // In place: uint8 activations whose rows hold every k-group the tile reads (K a multiple of 4, or lda >= 4 kg:
+  // the bytes past K meet zero weights, so their values do not matter). Otherwise A is packed per tile (flipping
+  // int8 to uint8, zero-padding K).
+  const bool in_place = !p.flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
   // Mode 2 (hi32) when every column allows it, else the 64-bit form with the clamp (exact for every shift the
   // SIMD paths take); int32 output ignores the mode.
-  const bool hi32 = p.g->out.type != OutputType::kInt32 && p.rqf_hi32;
-  if (hi32)
-    return in_place ? block<2, true>(p, m0, m1, n0, n1) : block<2, false>(p, m0, m1, n0, n1);
-  return in_place ? block<1, true>(p, m0, m1, n0, n1) : block<1, false>(p, m0, m1, n0, n1);
+  if (p.g->out.type != OutputType::kInt32 && p.rqf_hi32) return block<2>(p, m0, m1, n0, n1, in_place);
+  return block<1>(p, m0, m1, n0, n1, in_place);
 }
 
 }  // namespace perch::kernels::s8

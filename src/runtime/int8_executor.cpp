@@ -603,17 +603,18 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         } else {
           // Row blocks of the patch matrix, one im2col buffer per block (L2-sized), blocks over the threads.
           const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
-          g.lda = K;
+          // Rows padded to a multiple of 4 bytes: the AVX-512 VNNI GEMM then reads them in place (gemm_s8.h).
+          g.lda = (K + 3) / 4 * 4;
           g.a = x.raw();  // for validate(); each block points at its own buffer
           g.c = y.raw();
           kernels::validate(g);
           const size_t esz = dtype_size(yt);
           const uint8_t pad = static_cast<uint8_t>(xp.zero_point);  // raw byte of the zero point (int8 too)
           parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
-            std::vector<uint8_t> buf(static_cast<size_t>(rows * K));
+            std::vector<uint8_t> buf(static_cast<size_t>(rows * g.lda));
             for (int64_t b = b0; b < b1; ++b) {
               const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-              int8::im2col_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data());
+              int8::im2col_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data(), g.lda);
               kernels::GemmS8Args gb = g;
               gb.m = r1 - r0;
               gb.a = buf.data();
@@ -978,9 +979,21 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
   if (f.numel() != codes) return *reason = "op changes the element count", false;
   auto table = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(f.raw()),
                                                       static_cast<const uint8_t*>(f.raw()) + codes);
+  // Binary ops: the float formula in SIMD (int8::Binary8) when it reproduces the table for every code pair on
+  // every path (checked here, exhaustively); otherwise the table lookup.
+  std::shared_ptr<int8::Binary8> formula;
+  if (is_binary) {
+    auto fm = std::make_shared<int8::Binary8>();
+    fm->op = n.op_type == "Add" ? int8::Binary8::Op::kAdd : n.op_type == "Sub" ? int8::Binary8::Op::kSub : int8::Binary8::Op::kMul;
+    fm->a_signed = a->params.type == DType::kInt8, fm->b_signed = b->params.type == DType::kInt8;
+    fm->za = a->params.zero_point, fm->zb = b->params.zero_point, fm->zy = oq->params.zero_point;
+    fm->qmin = oq->qmin, fm->qmax = oq->qmax;
+    fm->sa = a->params.scale, fm->sb = b->params.scale, fm->sy = oq->params.scale;
+    if (int8::binary8_matches(*fm, table->data())) formula = fm;
+  }
   const std::string aq = a->q, bq = b ? b->q : std::string();
   const std::string out = claim_output(*oq);
-  steps.push_back([this, &n, table, aq, bq, is_binary, out](Ctx& c) {
+  steps.push_back([this, &n, table, formula, aq, bq, is_binary, out](Ctx& c) {
     const Slot& as = slot(c, aq);
     if (!is_binary) {
       Tensor y = Tensor::uninitialized(as.t.dtype(), as.t.shape());
@@ -994,13 +1007,19 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
     const Layout l = as.layout;
     const Tensor ta = as.t, tb = to_layout(bs, l);
     Tensor y = Tensor::uninitialized(ta.dtype(), ta.shape());
-    int8::lut2(static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(), table->data(),
-               static_cast<uint8_t*>(y.raw()));
+    if (formula)
+      int8::binary8(*formula, static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(),
+                    static_cast<uint8_t*>(y.raw()));
+    else
+      int8::lut2(static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(),
+                 table->data(), static_cast<uint8_t*>(y.raw()));
     c.values[out] = Slot{std::move(y), l};
   });
   report.nodes.push_back({n.describe(), true,
-                          std::string("int8 ") + n.op_type + (oq->act ? " + " + oq->act->op_type : "") + " as a " +
-                              std::to_string(codes) + "-entry table of the simulation's result"});
+                          std::string("int8 ") + n.op_type + (oq->act ? " + " + oq->act->op_type : "") +
+                              (formula ? " by the simulation's float formula (equal to its " + std::to_string(codes) +
+                                             "-entry table, checked for every code pair)"
+                                       : " as a " + std::to_string(codes) + "-entry table of the simulation's result")});
   return true;
 }
 
