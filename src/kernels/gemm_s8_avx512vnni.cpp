@@ -80,7 +80,7 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   const GemmPlan& p = *t.p;
   __m512i start[NP];
 #pragma GCC unroll 2
-  for (int q = 0; q < NP; ++q) start[q] = _mm512_loadu_si512(p.col_off.data() + t.j0 + 16 * q);
+  for (int q = 0; q < NP; ++q) start[q] = _mm512_loadu_si512(p.k->col_off.data() + t.j0 + 16 * q);
   __m512i acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -105,7 +105,7 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   }
   // Output stage.
   const GemmS8Args& g = *p.g;
-  const bool has_zw = !p.zw.empty();
+  const bool has_zw = !p.k->zw.empty();
   // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
   auto finish = [&](__m512i a, int r, const __m512i& zw) __attribute__((always_inline)) {
     if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
@@ -118,7 +118,7 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
       const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
       if (valid <= 0) continue;
       const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
+      const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
 #pragma GCC unroll 12
       for (int r = 0; r < MR; ++r)
         _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, zw));
@@ -131,10 +131,10 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   // the packs' per-lane interleave. NP == 2: one row's two vectors per VPACKSSDW, two rows per VPACKUSWB; NP == 1:
   // two rows' vectors per VPACKSSDW.
   const bool is_u8 = g.out.type == OutputType::kUInt8;
-  const __m512i lo64 = _mm512_set1_epi64(p.rq.lo), hi64 = _mm512_set1_epi64(p.rq.hi);
-  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.lo));
-  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.hi));
-  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.zp));
+  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
+  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
+  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
   // After VPACKSSDW(x, y) and VPACKUSWB(s, s'), lane l holds dwords [x 4l.., y 4l.., x' 4l.., y' 4l..] (4 bytes
   // each): gather dword 4l + d of every lane l for d = 0, 1, 2, 3.
   const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -148,9 +148,9 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   uint8_t* c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;
   const int64_t ldc = g.ldc;
   if constexpr (NP == 2) {
-    const __m512i zw0 = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
-    const __m512i zw1 = has_zw ? _mm512_loadu_si512(p.zw.data() + j + 16) : _mm512_setzero_si512();
-    const RqF16 rq0(p.rqf.data() + (j / 16) * 64), rq1(p.rqf.data() + (j / 16 + 1) * 64);
+    const __m512i zw0 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+    const __m512i zw1 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j + 16) : _mm512_setzero_si512();
+    const RqF16 rq0(p.k->rqf.data() + (j / 16) * 64), rq1(p.k->rqf.data() + (j / 16 + 1) * 64);
     const __mmask32 mask = t.cols >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << t.cols) - 1);
     const bool full = t.cols >= 32;
     // Plain stores when all 32 columns are written (masked byte stores are several times slower on Zen 4/5).
@@ -176,8 +176,8 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
       store32(c0 + (MR - 1) * ldc, _mm512_castsi512_si256(o));
     }
   } else {
-    const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
-    const RqF16 rq(p.rqf.data() + (j / 16) * 64);
+    const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+    const RqF16 rq(p.k->rqf.data() + (j / 16) * 64);
     const __mmask16 mask = t.cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << t.cols) - 1);
     const bool full = t.cols >= 16;
     auto store16 = [&](uint8_t* dst, __m128i v) __attribute__((always_inline)) {
@@ -250,7 +250,7 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
     for (int64_t t = 0; t < ntiles; ++t) {
       if (!packed_tile(t)) continue;
       const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-      pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_bytes);
+      pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_bytes);
     }
     for (int64_t j = n0; j < n1; j += 32) {
       const int64_t cols = std::min<int64_t>(32, n1 - j);
@@ -282,10 +282,10 @@ void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0
   // In place: uint8 activations whose rows hold every k-group the tile reads (K a multiple of 4, or lda >= 4 kg:
   // the bytes past K meet zero weights, so their values do not matter). Otherwise A is packed per tile (flipping
   // int8 to uint8, zero-padding K).
-  const bool in_place = !p.flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
+  const bool in_place = !p.k->flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
   // Mode 2 (hi32) when every column allows it, else the 64-bit form with the clamp (exact for every shift the
   // SIMD paths take); int32 output ignores the mode.
-  if (p.g->out.type != OutputType::kInt32 && p.rqf_hi32) return block<2>(p, m0, m1, n0, n1, in_place);
+  if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return block<2>(p, m0, m1, n0, n1, in_place);
   return block<1>(p, m0, m1, n0, n1, in_place);
 }
 

@@ -34,20 +34,28 @@ inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const 
   return static_cast<int32_t>(v < o.qmin ? o.qmin : (v > o.qmax ? o.qmax : v));
 }
 
-struct GemmPlan {
-  const GemmS8Args* g = nullptr;
-  const PackedWeightsS8* w = nullptr;
+// The constants of a gemm_s8 call that depend only on the weights, bias, activation type / zero point and output
+// stage: built per call by gemm_s8(g), or once by prepare_gemm_s8 (GemmS8Prepared holds one).
+struct GemmConst {
   bool flip = false;             // int8 activations: the kernels read a ^ 0x80
   std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding
   std::vector<int32_t> zw;       // [panels * 16] weight zero points, or empty
-  std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when zw is not empty
   RequantTables rq;              // empty for kInt32
   // The one-rounding output stage (DwPlan::rqf's formula and layout, groups of 16 columns in natural order), for
-  // the AVX-512 VNNI path (gemm_s8.cpp fills it when that path runs); bit-identical to rq.
+  // the AVX-512 VNNI path; bit-identical to rq. Empty when that path cannot run.
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false, rqf_hi32 = false;
 };
-GemmPlan make_gemm_plan(const GemmS8Args& g);
+GemmConst make_gemm_const(const GemmS8Args& g);
+
+struct GemmPlan {
+  const GemmS8Args* g = nullptr;
+  const PackedWeightsS8* w = nullptr;
+  const GemmConst* k = nullptr;
+  std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when k->zw is not empty
+};
+// The per-call plan over constants k (which must outlive it).
+GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k);
 
 // Per-call state of a depthwise_s8 call. Channel tables are in the order the chosen path's accumulators hold
 // channels (see dwconv_s8.h's weight layouts): VNNI index 64 b + 16 j + 4 l + i is channel 64 b + 16 l + 4 j + i;

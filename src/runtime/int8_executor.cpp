@@ -557,13 +557,25 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   } catch (const Error& e) {
     return *reason = std::string("weight packing: ") + e.what(), false;
   }
+  // The GEMM's per-call constants (zero-point terms, output-stage tables), built once here.
+  std::shared_ptr<const kernels::GemmS8Prepared> prep;
+  {
+    kernels::GemmS8Args proto;
+    proto.a_type = xp.act();
+    proto.a_zero_point = xp.zero_point;
+    proto.w = packed.get();
+    proto.bias = bias->empty() ? nullptr : bias->data();
+    proto.out = stage;
+    proto.out.multipliers = mults->empty() ? nullptr : mults->data();
+    prep = kernels::prepare_gemm_s8(proto);
+  }
   const bool pointwise = op == "Conv" && kh == 1 && kw == 1;
   if (op == "Conv")
     how << "int8 conv " << kh << "x" << kw << (pointwise ? " (GEMM; im2col only if strided/padded)" : " im2col+GEMM") << req << fused;
   else
     how << "int8 " << op << " GEMM" << req << fused;
 
-  steps.push_back([this, &n, packed, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op](Ctx& c) {
+  steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op](Ctx& c) {
     const Slot& xs = slot(c, xq);
     kernels::GemmS8Args g;
     g.a_type = xp.act();
@@ -599,7 +611,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
           g.a = x.raw();
           g.lda = cin;
           g.c = y.raw();
-          kernels::gemm_s8(g);
+          kernels::gemm_s8(g, *prep);
         } else {
           // Row blocks of the patch matrix, one im2col buffer per block (L2-sized), blocks over the threads.
           const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
@@ -619,7 +631,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
               gb.m = r1 - r0;
               gb.a = buf.data();
               gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
-              kernels::gemm_s8_block(gb, 0, gb.m, 0, N);
+              kernels::gemm_s8_block(gb, *prep, 0, gb.m, 0, N);
             }
           });
         }
@@ -632,7 +644,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         ys.back() = N;
         y = Tensor::uninitialized(yt, ys);
         g.m = M, g.a = x.raw(), g.lda = K, g.c = y.raw(), g.ldc = N;
-        kernels::gemm_s8(g);
+        kernels::gemm_s8(g, *prep);
       }
     } catch (const Error& e) {
       PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());

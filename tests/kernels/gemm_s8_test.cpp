@@ -464,6 +464,51 @@ TEST(GemmS8, InPlaceAndPackedAOutputStageModesAroundTiles) {
   }
 }
 
+// prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
+// changing M / A / C (the executor's use), and a mismatched call is refused.
+TEST(GemmS8, PreparedConstantsGiveTheSameResults) {
+  Rng rng(22);
+  for (int it = 0; it < 30; ++it) {
+    const Case c = make_case(rng, rng.range(1, 40), rng.range(1, 70), rng.range(1, 100));
+    const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
+    const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
+    OutputStageS8 st;
+    st.type = it % 3 == 0 ? OutputType::kInt32 : (it % 3 == 1 ? OutputType::kUInt8 : OutputType::kInt8);
+    const int32_t lo = st.type == OutputType::kInt8 ? -128 : 0;
+    st.zero_point = lo + 128;
+    st.qmin = lo;
+    st.qmax = lo + 255;
+    const auto ms = pick_multipliers(rng, c, exact_acc(c), lo, lo + 255, true);
+    st.multipliers = ms.data();
+    st.num_multipliers = c.n;
+    const size_t elem = st.type == OutputType::kInt32 ? 4 : 1;
+    const GemmS8Args proto = args_for(c, pw, nullptr, st);
+    const auto prep = prepare_gemm_s8(proto);
+    const auto want = run(c, pw, st, true);
+    for (const auto& ps : test::path_sets()) {
+      PathGuard guard(ps.paths);
+      std::vector<uint8_t> got(want.size(), 0xCD);
+      gemm_s8(args_for(c, pw, got.data(), st), *prep);
+      ASSERT_EQ(got, want) << ps.name << " " << describe(c);
+      // Rows in two blocks through gemm_s8_block (the executor's im2col blocks).
+      std::vector<uint8_t> got2(want.size(), 0xCD);
+      const int64_t split = c.m / 2;
+      for (auto [m0, m1] : {std::pair<int64_t, int64_t>{0, split}, {split, c.m}}) {
+        GemmS8Args gb = args_for(c, pw, nullptr, st);
+        gb.m = m1 - m0;
+        gb.a = c.a_bytes.data() + m0 * c.lda;
+        gb.c = got2.data() + static_cast<size_t>(m0 * c.ldc) * elem;
+        if (gb.m > 0) gemm_s8_block(gb, *prep, 0, gb.m, 0, c.n);
+      }
+      ASSERT_EQ(got2, want) << ps.name << " blocks " << describe(c);
+    }
+    std::vector<uint8_t> buf(want.size());
+    GemmS8Args other = args_for(c, pw, buf.data(), st);
+    other.a_zero_point = c.za == 0 ? 1 : 0;  // valid for both types, but not what was prepared
+    EXPECT_THROW(gemm_s8(other, *prep), Error);
+  }
+}
+
 // Large enough to be split over the thread pool (row blocks and column chunks); the blocks must tile C exactly.
 TEST(GemmS8, ThreadedSplitMatchesReference) {
   Rng rng(7);

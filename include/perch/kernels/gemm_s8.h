@@ -88,4 +88,16 @@ void gemm_s8(const GemmS8Args& g);
 // best active path. n_begin must be a multiple of 16 (a panel boundary). No validation (call validate once).
 void gemm_s8_block(const GemmS8Args& g, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end);
 
+// The per-call constants of gemm_s8 (zero-point column terms bias - za * colsum, the output stage's tables) for
+// fixed weights, bias, activation type / zero point and output stage, built once: a caller that runs the same
+// layer many times (the int8 executor's steps) prepares them at load time and passes them with args that agree
+// in those fields — w, bias (contents), a_type, a_zero_point, out (contents, multipliers included); m, a, lda, c,
+// ldc may change. w, a_type, a_zero_point and out.type are checked; the rest is the caller's promise. Same
+// results as the calls without it, on every path.
+struct GemmS8Prepared;
+std::shared_ptr<const GemmS8Prepared> prepare_gemm_s8(const GemmS8Args& g);
+void gemm_s8(const GemmS8Args& g, const GemmS8Prepared& prep);
+void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                   int64_t n_end);
+
 }  // namespace perch::kernels
