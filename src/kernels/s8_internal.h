@@ -60,10 +60,10 @@ GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k);
 // Per-call state of a depthwise_s8 call. Channel tables are in the order the chosen path's accumulators hold
 // channels (see dwconv_s8.h's weight layouts): VNNI index 64 b + 16 j + 4 l + i is channel 64 b + 16 l + 4 j + i;
 // AVX2 index 16 b + 8 h + 4 l + i is channel 16 b + 8 l + 4 h + i.
-struct DwPlan {
-  const DepthwiseS8Args* d = nullptr;
+// The part that depends only on the weights, bias, input type / zero point, output stage and the path (DwConst),
+// built per call by depthwise_s8(d) or once by prepare_depthwise_s8; DwPlan adds the call's geometry.
+struct DwConst {
   bool flip = false;
-  int64_t oh = 0, ow = 0;
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
@@ -90,11 +90,16 @@ struct DwPlan {
   // above, the last partial block in natural order.
   bool cached = false;
 };
+struct DwPlan {
+  const DepthwiseS8Args* d = nullptr;
+  int64_t oh = 0, ow = 0;
+  const DwConst* k = nullptr;
+};
 // The one-rounding output stage tables (layout and formula: DwPlan::rqf) for groups of g channels of `rq` (in the
 // order rq holds them), with the clamp64 / hi32 flags.
 void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32);
 // Fills p.rqf / p.rqf_clamp64 / p.rqf_hi32 from the (permuted) p.rq for groups of g channels.
-void make_dw_fast_requant(DwPlan& p, int g);
+void make_dw_fast_requant(DwConst& p, int g);
 
 bool avx512vnni_compiled();
 bool avx2_compiled();

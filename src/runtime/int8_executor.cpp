@@ -488,7 +488,20 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         kernels::pack_depthwise_s8(w.q.data<int8_t>(), N, w.q.dim(2), w.q.dim(3)));
     const int64_t kh = w.q.dim(2), kw = w.q.dim(3);
     how << "int8 depthwise conv " << kh << "x" << kw << req << fused;
-    steps.push_back([this, &n, packed, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, N](Ctx& c) {
+    // The kernel's per-call constants (offsets, output-stage tables per path), built once here.
+    std::shared_ptr<const kernels::DepthwiseS8Prepared> prep;
+    {
+      kernels::DepthwiseS8Args proto;
+      proto.channels = N;
+      proto.x_type = xp.act();
+      proto.x_zero_point = xp.zero_point;
+      proto.w = packed.get();
+      proto.bias = bias->empty() ? nullptr : bias->data();
+      proto.out = stage;
+      proto.out.multipliers = mults->empty() ? nullptr : mults->data();
+      prep = kernels::prepare_depthwise_s8(proto);
+    }
+    steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, N](Ctx& c) {
       const Slot& xs = slot(c, xq);
       PERCH_CHECK(xs.t.rank() == 4, model.source, ": ", n.describe(), ": input must be 4-D, got ", shape_str(onnx_shape(xs)));
       const Tensor x = to_layout(xs, Layout::kNHWC);
@@ -511,7 +524,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
       Tensor y = Tensor::uninitialized(yt, {d.batch, oh, ow, N});
       d.y = y.raw();
       try {
-        kernels::depthwise_s8(d);
+        kernels::depthwise_s8(d, *prep);
       } catch (const Error& e) {
         PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
       }

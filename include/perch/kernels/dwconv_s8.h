@@ -76,4 +76,12 @@ void depthwise_s8_reference(const DepthwiseS8Args& d);
 // Best active path, output rows split over the thread pool.
 void depthwise_s8(const DepthwiseS8Args& d);
 
+// The per-call constants of depthwise_s8 (zero-point offsets, output-stage tables in each path's channel order)
+// built once, as prepare_gemm_s8 (gemm_s8.h): pass them with args that agree in w, bias (contents), x_type,
+// x_zero_point and out (contents); the geometry and the tensors may change. w, x_type, x_zero_point and out.type
+// are checked. Same results as depthwise_s8(d) on every path.
+struct DepthwiseS8Prepared;
+std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS8Args& d);
+void depthwise_s8(const DepthwiseS8Args& d, const DepthwiseS8Prepared& prep);
+
 }  // namespace perch::kernels
