@@ -121,6 +121,12 @@ struct Int8Executor::Impl {
 
   Impl(graph::Model m, Int8Mode md);
   void lower();
+  // Every node treats axis 0 as independent samples (checked after lowering): run() may then split a large
+  // batch into sub-batches of kSubBatch images, whose activations stay in the L2 cache between steps.
+  bool per_sample = false;
+  static constexpr int64_t kSubBatch = 8;
+  void check_per_sample();
+  TensorMap run_whole(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const;
 
   // --- plan-time helpers ---
   std::string resolve(const std::string& v) const {
@@ -1080,6 +1086,51 @@ Int8Executor::Impl::Impl(graph::Model m, Int8Mode md) : model(std::move(m)), mod
   registry = &OpRegistry::global();
   for (const auto& [name, t] : model.graph.initializers) constants[name] = t;
   lower();
+  check_per_sample();
+}
+
+// Per-sample ops: elementwise and activation ops, Q/DQ (per-axis only along axis >= 1), convolutions and pools
+// (NCHW: axis 0 is the batch), Flatten with axis >= 1, Gemm/MatMul/integer variants whose only non-constant input
+// is A (its rows are the samples). Constant inputs of elementwise ops must not have a leading axis other than 1
+// (a rank-1 constant broadcasts along the last axis). Nodes whose inputs are all constant were folded at load.
+void Int8Executor::Impl::check_per_sample() {
+  static const std::set<std::string> elementwise = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
+                                                    "HardSwish", "Identity", "Dropout", "Add", "Sub", "Mul"};
+  static const std::set<std::string> spatial = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"};
+  static const std::set<std::string> weighted = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul",
+                                                 "MatMulInteger", "QLinearMatMul"};
+  for (const Node& n : model.graph.nodes) {
+    bool all_const = true;
+    for (const auto& in : n.inputs)
+      if (!in.empty() && !constant(resolve(in)) && !constant(in)) all_const = false;
+    if (all_const) continue;
+    auto is_const = [&](size_t i) { return n.input(i).empty() || constant(n.input(i)) || constant(resolve(n.input(i))); };
+    if (elementwise.count(n.op_type)) {
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        if (n.inputs[i].empty() || !is_const(i)) continue;
+        const Tensor* t = constant(n.input(i)) ? constant(n.input(i)) : constant(resolve(n.input(i)));
+        if (t->rank() >= 2 && t->dim(0) != 1) return;
+      }
+    } else if (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
+      for (size_t i = 1; i < n.inputs.size(); ++i)
+        if (!is_const(i)) return;
+      const Tensor* sc = constant(n.input(1));
+      if (sc && sc->numel() > 1 && n.attr_int("axis", 1) < 1) return;
+    } else if (spatial.count(n.op_type)) {
+      // per image
+    } else if (n.op_type == "Flatten") {
+      if (n.attr_int("axis", 1) < 1) return;
+    } else if (weighted.count(n.op_type)) {
+      if (n.op_type == "Gemm" && n.attr_int("transA", 0) != 0) return;
+      if (is_const(0)) return;
+      for (size_t i = 1; i < n.inputs.size(); ++i)
+        if (!is_const(i)) return;
+    } else {
+      return;
+    }
+  }
+  per_sample = true;
+  report.sub_batch = kSubBatch;
 }
 
 void Int8Executor::Impl::lower() {
@@ -1221,6 +1272,57 @@ const std::string& Int8Executor::output_name() const { return impl_->model.graph
 
 TensorMap Int8Executor::run(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const {
   const Impl& m = *impl_;
+  // Sub-batches: every graph input split along axis 0, the graph run per slice, every output concatenated back.
+  // Each output element depends on its own sample only (check_per_sample), and every integer kernel computes each
+  // element by itself, so the result equals the whole-batch run's (the float fallback kernels, if any, may round
+  // differently with another M). Falls back to one run when the inputs or outputs are not batch-shaped alike.
+  int64_t batch = -1;
+  bool split = m.per_sample && !inputs.empty() && inputs.size() == m.model.graph.inputs.size();
+  for (const auto& [name, t] : inputs) {
+    if (!split) break;
+    if (t.rank() < 1 || (batch >= 0 && t.dim(0) != batch)) split = false;
+    else batch = t.dim(0);
+  }
+  if (!split || batch <= Impl::kSubBatch) return m.run_whole(inputs, extra_outputs);
+  std::vector<TensorMap> parts;
+  for (int64_t b0 = 0; b0 < batch; b0 += Impl::kSubBatch) {
+    const int64_t nb = std::min(Impl::kSubBatch, batch - b0);
+    TensorMap slice;
+    for (const auto& [name, t] : inputs) {
+      Shape sh = t.shape();
+      sh[0] = nb;
+      Tensor part = Tensor::uninitialized(t.dtype(), sh);
+      const size_t row = static_cast<size_t>(t.numel() / batch) * dtype_size(t.dtype());
+      std::memcpy(part.raw(), static_cast<const char*>(t.raw()) + static_cast<size_t>(b0) * row, row * static_cast<size_t>(nb));
+      slice[name] = std::move(part);
+    }
+    parts.push_back(m.run_whole(slice, extra_outputs));
+    for (const auto& [name, t] : parts.back()) {
+      if (t.rank() < 1 || t.dim(0) != nb) return m.run_whole(inputs, extra_outputs);
+      const Tensor& f = parts[0].at(name);
+      if (f.dtype() != t.dtype() || !std::equal(f.shape().begin() + 1, f.shape().end(), t.shape().begin() + 1, t.shape().end()))
+        return m.run_whole(inputs, extra_outputs);
+    }
+  }
+  TensorMap out;
+  for (const auto& [name, first] : parts[0]) {
+    Shape sh = first.shape();
+    sh[0] = batch;
+    Tensor whole = Tensor::uninitialized(first.dtype(), sh);
+    size_t at = 0;
+    for (const auto& p : parts) {
+      const Tensor& t = p.at(name);
+      const size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype());
+      std::memcpy(static_cast<char*>(whole.raw()) + at, t.raw(), bytes);
+      at += bytes;
+    }
+    out[name] = std::move(whole);
+  }
+  return out;
+}
+
+TensorMap Int8Executor::Impl::run_whole(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const {
+  const Impl& m = *this;
   Ctx c;
   for (const auto& in : m.model.graph.inputs) {
     auto it = inputs.find(in.name);
