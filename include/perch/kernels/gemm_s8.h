@@ -16,7 +16,9 @@
 //
 // Paths (perch/core/cpu.h): kReference (gemm_s8_reference, plain loops over the packed weights), kAvx2
 // (VPMADDWD on sign-extended int16 pairs, 4 x 8 tiles), kAvx512Vnni (VPDPBUSD, 12 x 32 tiles). Results are
-// identical bit for bit on every path.
+// identical bit for bit on every path. The AVX-512 VNNI path reads uint8 A in place when every 4-byte k-group
+// of a row lies inside the row (K % 4 == 0, or lda >= 4 ceil(K / 4): the bytes past K meet zero weights and may
+// hold anything; the tile holding the last row is then packed, so nothing past A is read), else packs A per tile.
 #pragma once
 
 #include <cstddef>
