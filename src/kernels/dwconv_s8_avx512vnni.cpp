@@ -132,7 +132,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch; the
 // interior build loop (a sliding window at stride 1: one load per column) and the compute loop have none.
 // Two output pixels per step share every weight and output-stage constant.
-// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwPlan::rqf), VPACKSSDW, the clamp to
+// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwConst::rqf), VPACKSSDW, the clamp to
 // [lo, hi] and + zp on int16, VPACKUSWB / VPACKSSWB (exact: values already in the output type), and for a
 // partial block one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.

@@ -8,7 +8,7 @@
 // convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
 // place instead. Loop order: row block (A block fits L2) ->
 // panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
-// output stage (s8_internal.h, DwPlan::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
+// output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
 // bytes two rows at a time.
 #include "s8_internal.h"
 

@@ -41,7 +41,7 @@ struct GemmConst {
   std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding
   std::vector<int32_t> zw;       // [panels * 16] weight zero points, or empty
   RequantTables rq;              // empty for kInt32
-  // The one-rounding output stage (DwPlan::rqf's formula and layout, groups of 16 columns in natural order), for
+  // The one-rounding output stage (DwConst::rqf's formula and layout, groups of 16 columns in natural order), for
   // the AVX-512 VNNI path; bit-identical to rq. Empty when that path cannot run.
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false, rqf_hi32 = false;
@@ -95,7 +95,7 @@ struct DwPlan {
   int64_t oh = 0, ow = 0;
   const DwConst* k = nullptr;
 };
-// The one-rounding output stage tables (layout and formula: DwPlan::rqf) for groups of g channels of `rq` (in the
+// The one-rounding output stage tables (layout and formula: DwConst::rqf) for groups of g channels of `rq` (in the
 // order rq holds them), with the clamp64 / hi32 flags.
 void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32);
 // Fills p.rqf / p.rqf_clamp64 / p.rqf_hi32 from the (permuted) p.rq for groups of g channels.
