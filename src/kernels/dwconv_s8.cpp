@@ -146,36 +146,37 @@ void reference_rows(const DepthwiseS8Args& d, int64_t r0, int64_t r1) {
 }  // namespace
 
 namespace s8 {
-void make_dw_fast_requant(DwPlan& p, int g) {
-  const size_t n = p.rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
-  p.rqf.assign(n / gs * 8 * half, 0);
-  p.rqf_clamp64 = false;
-  p.rqf_hi32 = true;
+void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32) {
+  const size_t n = rq.mult.size(), half = static_cast<size_t>(g / 2), gs = static_cast<size_t>(g);
+  rqf.assign(n / gs * 8 * half, 0);
+  clamp64 = false;
+  hi32 = true;
   for (size_t c = 0; c < n; ++c) {
-    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps rqf_hi32.
-    const int64_t L = 31 - p.rq.sh64[c], R = p.rq.mult[c] == 0 ? 1 : p.rq.rsh[c];
-    if (L > 0 || R == 0) p.rqf_hi32 = false;
-    if (L > 0) p.rqf_clamp64 = true;
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps hi32.
+    const int64_t L = 31 - rq.sh64[c], R = rq.mult[c] == 0 ? 1 : rq.rsh[c];
+    if (L > 0 || R == 0) hi32 = false;
+    if (L > 0) clamp64 = true;
     const int64_t rnd = L > 0 ? int64_t{1} << (30 - L) : (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
     const int64_t adj = L == 0 && R > 0 ? int64_t{1} << 31 : 0, sh = L > 0 ? 31 - L : 31 + R;
     const size_t k = (c % gs) / 2, odd = c % 2;
-    int64_t* t = p.rqf.data() + c / gs * 8 * half;
-    t[(0 + odd) * half + k] = p.rq.mult[c];
+    int64_t* t = rqf.data() + c / gs * 8 * half;
+    t[(0 + odd) * half + k] = rq.mult[c];
     t[(2 + odd) * half + k] = rnd;
     t[(4 + odd) * half + k] = adj;
     t[(6 + odd) * half + k] = sh;
   }
   // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
   // channel of the group in accumulator order.
-  if (p.rqf_hi32)
+  if (hi32)
     for (size_t grp = 0; grp < n / gs; ++grp) {
-      int64_t* t = p.rqf.data() + grp * 8 * half;
+      int64_t* t = rqf.data() + grp * 8 * half;
       int32_t s32[16];
       for (size_t k = 0; k < gs; ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
       std::memcpy(t + 6 * half, s32, gs * 4);  // g int32 = the half int64 of sh_e
       std::memset(t + 7 * half, 0, half * 8);  // sh_o is not read
     }
 }
+void make_dw_fast_requant(DwConst& p, int g) { make_fast_requant(p.rq, g, p.rqf, p.rqf_clamp64, p.rqf_hi32); }
 }  // namespace s8
 
 namespace {
@@ -216,42 +217,42 @@ void depthwise_s8_reference(const DepthwiseS8Args& d) {
   reference_rows(d, 0, d.batch * d.out_h());
 }
 
-void depthwise_s8(const DepthwiseS8Args& d) {
-  validate(d);
-  const int64_t rows = d.batch * d.out_h();
-  if (rows == 0) return;
+namespace {
+
+// The path for d under the active path set (kReference, kAvx2 or kAvx512Vnni), given whether the output stage
+// fits the SIMD paths.
+DwKernel pick_dw(const DepthwiseS8Args& d, bool rq_ok) {
   const uint32_t paths = active_paths();
-  DwKernel k = DwKernel::kReference;
-  s8::DwPlan p;
-  p.d = &d;
+  if (rq_ok && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled() && !d.w->vnni.empty())
+    return DwKernel::kAvx512Vnni;
+  if (rq_ok && has_path(paths, Path::kAvx2) && s8::avx2_compiled() && !d.w->avx2.empty()) return DwKernel::kAvx2;
+  return DwKernel::kReference;
+}
+
+// Row-cached kernels for kw <= 4 while their row cache (kh * dilation_h rows) stays within 8 MB (s8_internal.h,
+// DwConst::cached).
+bool use_cached(const DepthwiseS8Args& d, DwKernel k) {
+  const int64_t ow = d.out_w();
+  const int64_t row_bytes = k == DwKernel::kAvx512Vnni ? ow * 256 : ow * ((d.w->kw + 1) / 2) * 64;
+  return d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
+         !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
+}
+
+// The constants of kernel k (kAvx2 or kAvx512Vnni), row-cached or not; the VNNI row-cached kernel keeps the last
+// partial 64-channel block in natural order.
+s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
+  s8::DwConst p;
   const int64_t padded = (d.channels + 63) / 64 * 64;
   if (d.out.type != OutputType::kInt32) p.rq = s8::make_requant_tables(d.out, d.channels, padded);
-  const bool rq_ok = d.out.type == OutputType::kInt32 || p.rq.simd_ok;
-  if (rq_ok && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled())
-    k = DwKernel::kAvx512Vnni;
-  else if (rq_ok && has_path(paths, Path::kAvx2) && s8::avx2_compiled())
-    k = DwKernel::kAvx2;
-  const int64_t ops = rows * d.out_w() * d.channels * d.w->kh * d.w->kw;
-  const int threads = ops < (int64_t{1} << 16) ? 1 : num_threads();
-  if (k == DwKernel::kReference) {
-    if (threads <= 1) return reference_rows(d, 0, rows);
-    return parallel_for(0, rows, [&](int64_t lo, int64_t hi) { reference_rows(d, lo, hi); });
-  }
   p.flip = d.x_type == Act8::kInt8;
-  p.oh = d.out_h();
-  p.ow = d.out_w();
   p.zrow.assign(static_cast<size_t>(padded + 64), static_cast<uint8_t>(d.x_zero_point));
   const uint32_t za = static_cast<uint32_t>(d.x_zero_point + (p.flip ? 128 : 0));
   std::vector<int32_t> off(static_cast<size_t>(padded), 0);
   for (int64_t c = 0; c < d.channels; ++c)
     off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
                                                        za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
-  // Row-cached kernels for kw <= 4 while their row cache (kh * dilation_h rows) stays within 8 MB; the VNNI one
-  // keeps the last partial 64-channel block in natural order (s8_internal.h, DwPlan::cached).
-  const int64_t row_bytes = k == DwKernel::kAvx512Vnni ? p.ow * 256 : p.ow * ((d.w->kw + 1) / 2) * 64;
-  p.cached = d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
-             !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
-  const DwKernel order = k == DwKernel::kAvx512Vnni && p.cached ? DwKernel::kAvx512VnniRows : k;
+  p.cached = cached;
+  const DwKernel order = k == DwKernel::kAvx512Vnni && cached ? DwKernel::kAvx512VnniRows : k;
   const std::vector<int32_t> ord = channel_order(static_cast<size_t>(padded), order, d.channels);
   permute(off, ord);
   p.off = std::move(off);
@@ -259,11 +260,27 @@ void depthwise_s8(const DepthwiseS8Args& d) {
     permute(p.rq.mult, ord);
     permute(p.rq.sh64, ord);
     permute(p.rq.rsh, ord);
-    if (p.cached)
+    if (cached)
       s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
     else
       permute(p.rq.rmask, ord);  // the row-cached kernels do not read it
   }
+  return p;
+}
+
+void dw_run(const DepthwiseS8Args& d, DwKernel k, const s8::DwConst* kc) {
+  const int64_t rows = d.batch * d.out_h();
+  const int64_t ops = rows * d.out_w() * d.channels * d.w->kh * d.w->kw;
+  const int threads = ops < (int64_t{1} << 16) ? 1 : num_threads();
+  if (k == DwKernel::kReference) {
+    if (threads <= 1) return reference_rows(d, 0, rows);
+    return parallel_for(0, rows, [&](int64_t lo, int64_t hi) { reference_rows(d, lo, hi); });
+  }
+  s8::DwPlan p;
+  p.d = &d;
+  p.oh = d.out_h();
+  p.ow = d.out_w();
+  p.k = kc;
   auto body = [&](int64_t lo, int64_t hi) {
     if (k == DwKernel::kAvx512Vnni)
       s8::dw_rows_avx512vnni(p, lo, hi);
@@ -272,6 +289,69 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   };
   if (threads <= 1) return body(0, rows);
   parallel_for(0, rows, body);
+}
+
+bool rq_simd_ok(const DepthwiseS8Args& d) {
+  if (d.out.type == OutputType::kInt32) return true;
+  for (int64_t j = 0; j < d.out.num_multipliers; ++j)
+    if (d.out.multipliers[j].shift < -31 || d.out.multipliers[j].shift > 30) return false;
+  return true;
+}
+
+}  // namespace
+
+void depthwise_s8(const DepthwiseS8Args& d) {
+  validate(d);
+  if (d.batch * d.out_h() == 0) return;
+  const DwKernel k = pick_dw(d, rq_simd_ok(d));
+  if (k == DwKernel::kReference) return dw_run(d, k, nullptr);
+  const s8::DwConst kc = make_dw_const(d, k, use_cached(d, k));
+  dw_run(d, k, &kc);
+}
+
+// Variants by (kernel, cached): [0] VNNI cached, [1] VNNI per-pixel, [2] AVX2 cached, [3] AVX2 per-pixel; built for
+// every path the CPU supports, so a later change of the active paths (PERCH_PATHS in tests) still finds its own.
+struct DepthwiseS8Prepared {
+  s8::DwConst v[4];
+  bool have[4] = {false, false, false, false};
+  bool rq_ok = true;
+  const PackedDepthwiseS8* w = nullptr;
+  Act8 x_type = Act8::kUInt8;
+  int32_t x_zero_point = 0;
+  OutputType out_type = OutputType::kUInt8;
+};
+
+std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS8Args& d) {
+  auto p = std::make_shared<DepthwiseS8Prepared>();
+  p->w = d.w, p->x_type = d.x_type, p->x_zero_point = d.x_zero_point, p->out_type = d.out.type;
+  p->rq_ok = rq_simd_ok(d);
+  const uint32_t sup = supported_paths();
+  for (int i = 0; i < 4; ++i) {
+    const DwKernel k = i < 2 ? DwKernel::kAvx512Vnni : DwKernel::kAvx2;
+    const bool ok = k == DwKernel::kAvx512Vnni
+                        ? has_path(sup, Path::kAvx512Vnni) && s8::avx512vnni_compiled() && !d.w->vnni.empty()
+                        : has_path(sup, Path::kAvx2) && s8::avx2_compiled() && !d.w->avx2.empty();
+    const bool cached = i % 2 == 0;
+    if (!ok || !p->rq_ok) continue;
+    if (cached && (d.w->kw > 4 || (k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty())))
+      continue;
+    p->v[i] = make_dw_const(d, k, cached);
+    p->have[i] = true;
+  }
+  return p;
+}
+
+void depthwise_s8(const DepthwiseS8Args& d, const DepthwiseS8Prepared& prep) {
+  validate(d);
+  PERCH_CHECK(prep.w == d.w && prep.x_type == d.x_type && prep.x_zero_point == d.x_zero_point &&
+                  prep.out_type == d.out.type,
+              "depthwise_s8: the prepared constants were made for other weights, input type/zero point or output type");
+  if (d.batch * d.out_h() == 0) return;
+  const DwKernel k = pick_dw(d, prep.rq_ok);
+  if (k == DwKernel::kReference) return dw_run(d, k, nullptr);
+  const int i = (k == DwKernel::kAvx512Vnni ? 0 : 2) + (use_cached(d, k) ? 0 : 1);
+  if (!prep.have[i]) return depthwise_s8(d);  // not prepared for this path (cannot happen for supported paths)
+  dw_run(d, k, &prep.v[i]);
 }
 
 }  // namespace perch::kernels

@@ -28,7 +28,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
   const int64_t c_n = d.channels, taps = w.kh * w.kw, pairs = (taps + 1) / 2, tp = pairs * 2;
   const int64_t blocks = (c_n + 15) / 16;
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
-  const __m128i flip = _mm_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const __m128i flip = _mm_set1_epi8(p.k->flip ? static_cast<char>(0x80) : 0);
   const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
   thread_local std::vector<const uint8_t*> ptrs;
   ptrs.resize(static_cast<size_t>(p.ow * tp));
@@ -41,15 +41,15 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
         const int64_t ih = oh * d.stride_h - d.pad_top + kh * d.dilation_h;
         const int64_t iw = ow * d.stride_w - d.pad_left + kw * d.dilation_w;
         const bool inside = t < taps && ih >= 0 && ih < d.in_h && iw >= 0 && iw < d.in_w;
-        pp[t] = inside ? x + ((n * d.in_h + ih) * d.in_w + iw) * c_n : p.zrow.data();
+        pp[t] = inside ? x + ((n * d.in_h + ih) * d.in_w + iw) * c_n : p.k->zrow.data();
       }
     }
     const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = b * 16, valid = std::min<int64_t>(16, c_n - c0);
       const int16_t* wb = w.avx2.data() + b * pairs * 32;
-      const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0));
-      const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0 + 8));
+      const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0));
+      const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0 + 8));
       auto load16 = [&](const uint8_t* src) {
         __m128i v;
         if (valid == 16) {
@@ -61,7 +61,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
         }
         return _mm256_cvtepu8_epi16(_mm_xor_si128(v, flip));
       };
-      const RequantTables* rqt = is32 ? nullptr : &p.rq;
+      const RequantTables* rqt = is32 ? nullptr : &p.k->rq;
       for (int64_t ow = 0; ow < p.ow; ++ow) {
         const uint8_t* const* pp = ptrs.data() + ow * tp;
         __m256i lo = off_lo, hi = off_hi;
@@ -169,14 +169,14 @@ template <int KH, int RP, int kMode>
 void row_u8(const DwPlan& p, int64_t kh_n, int64_t rp_n, const int16_t* const* qb, const int64_t* qs,
             const int16_t* wb, int64_t c0, int64_t valid, bool is_u8, uint8_t* y) {
   const int64_t c_n = p.d->channels;
-  const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0));
-  const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0 + 8));
-  const int64_t* t = p.rqf.data() + (c0 / 8) * 32;
+  const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0));
+  const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0 + 8));
+  const int64_t* t = p.k->rqf.data() + (c0 / 8) * 32;
   const RqF8 rq_lo(t), rq_hi(t + 32);
-  const __m256i lo64 = _mm256_set1_epi64x(p.rq.lo), hi64 = _mm256_set1_epi64x(p.rq.hi);
-  const __m256i lo16 = _mm256_set1_epi16(static_cast<int16_t>(p.rq.lo));
-  const __m256i hi16 = _mm256_set1_epi16(static_cast<int16_t>(p.rq.hi));
-  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.rq.zp));
+  const __m256i lo64 = _mm256_set1_epi64x(p.k->rq.lo), hi64 = _mm256_set1_epi64x(p.k->rq.hi);
+  const __m256i lo16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
+  const __m256i hi16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
   for (int64_t ow = 0; ow < p.ow; ++ow) {
     __m256i lo = off_lo, hi = off_hi;
     accumulate<KH, RP>(kh_n, rp_n, qb, qs, wb, ow, lo, hi);
@@ -203,7 +203,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   const int64_t c_n = d.channels, kh_n = w.kh, rp = (w.kw + 1) / 2, blocks = (c_n + 15) / 16;
   const int64_t slots = kh_n * d.dilation_h, row_elems = p.ow * rp * 32;
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
-  const __m128i flip = _mm_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const __m128i flip = _mm_set1_epi8(p.k->flip ? static_cast<char>(0x80) : 0);
   const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
   // Thread-local: [slots pair rows][one pixel's pairs of zero points (rp * 32 int16)]; tags[slot] = n * in_h + ih.
   thread_local std::vector<int16_t> buf;
@@ -212,7 +212,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   if (buf.size() < need) buf.resize(need);
   int16_t* qbuf = reinterpret_cast<int16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t{31});
   int16_t* zpair = qbuf + slots * row_elems;
-  const int16_t za = static_cast<int16_t>(static_cast<uint8_t>(p.zrow[0] ^ (p.flip ? 0x80 : 0)));
+  const int16_t za = static_cast<int16_t>(static_cast<uint8_t>(p.k->zrow[0] ^ (p.k->flip ? 0x80 : 0)));
   for (int64_t i = 0; i < rp * 32; ++i) zpair[i] = za;
   tags.assign(static_cast<size_t>(slots), -1);
   std::vector<const int16_t*> qb(static_cast<size_t>(kh_n));
@@ -235,10 +235,10 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
         if (tags[static_cast<size_t>(slot)] != tag) {
           const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
           switch (w.kw) {
-            case 1: build_pairs<1>(d, row, p.zrow.data(), p.ow, c0, valid, flip, q); break;
-            case 2: build_pairs<2>(d, row, p.zrow.data(), p.ow, c0, valid, flip, q); break;
-            case 3: build_pairs<3>(d, row, p.zrow.data(), p.ow, c0, valid, flip, q); break;
-            default: build_pairs<4>(d, row, p.zrow.data(), p.ow, c0, valid, flip, q); break;
+            case 1: build_pairs<1>(d, row, p.k->zrow.data(), p.ow, c0, valid, flip, q); break;
+            case 2: build_pairs<2>(d, row, p.k->zrow.data(), p.ow, c0, valid, flip, q); break;
+            case 3: build_pairs<3>(d, row, p.k->zrow.data(), p.ow, c0, valid, flip, q); break;
+            default: build_pairs<4>(d, row, p.k->zrow.data(), p.ow, c0, valid, flip, q); break;
           }
           tags[static_cast<size_t>(slot)] = tag;
         }
@@ -247,8 +247,8 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
       }
       const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
       if (is32) {
-        const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0));
-        const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.off.data() + c0 + 8));
+        const __m256i off_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0));
+        const __m256i off_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->off.data() + c0 + 8));
         for (int64_t ow = 0; ow < p.ow; ++ow) {
           __m256i lo = off_lo, hi = off_hi;
           accumulate<0, 0>(kh_n, rp, qb.data(), qs.data(), wb, ow, lo, hi);
@@ -261,7 +261,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
       }
       uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
       const bool k33 = kh_n == 3 && rp == 2;
-      const int mode = p.rqf_hi32 ? 2 : p.rqf_clamp64 ? 1 : 0;
+      const int mode = p.k->rqf_hi32 ? 2 : p.k->rqf_clamp64 ? 1 : 0;
       if (k33 && mode == 2)
         row_u8<3, 2, 2>(p, kh_n, rp, qb.data(), qs.data(), wb, c0, valid, is_u8, y);
       else if (k33 && mode == 1)
@@ -281,7 +281,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
 }  // namespace
 
 void dw_rows_avx2(const DwPlan& p, int64_t r0, int64_t r1) {
-  if (p.cached)  // chosen by depthwise_s8 (dwconv_s8.cpp)
+  if (p.k->cached)  // chosen by depthwise_s8 (dwconv_s8.cpp)
     dw_rows_cached(p, r0, r1);
   else
     dw_rows_generic(p, r0, r1);

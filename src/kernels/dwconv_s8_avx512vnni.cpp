@@ -35,7 +35,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
   const int64_t c_n = d.channels, taps = w.kh * w.kw, groups = (taps + 3) / 4, tp = groups * 4;
   const int64_t blocks = (c_n + 63) / 64;
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
-  const __m512i flip = _mm512_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const __m512i flip = _mm512_set1_epi8(p.k->flip ? static_cast<char>(0x80) : 0);
   const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
   thread_local std::vector<const uint8_t*> ptrs;
   ptrs.resize(static_cast<size_t>(p.ow * tp));
@@ -48,7 +48,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
         const int64_t ih = oh * d.stride_h - d.pad_top + kh * d.dilation_h;
         const int64_t iw = ow * d.stride_w - d.pad_left + kw * d.dilation_w;
         const bool inside = t < taps && ih >= 0 && ih < d.in_h && iw >= 0 && iw < d.in_w;
-        pp[t] = inside ? x + ((n * d.in_h + ih) * d.in_w + iw) * c_n : p.zrow.data();
+        pp[t] = inside ? x + ((n * d.in_h + ih) * d.in_w + iw) * c_n : p.k->zrow.data();
       }
     }
     const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
@@ -56,8 +56,8 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
       const int64_t c0 = b * 64, valid = std::min<int64_t>(64, c_n - c0);
       const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
       const int8_t* wb = w.vnni.data() + b * groups * 256;
-      const __m512i off0 = _mm512_loadu_si512(p.off.data() + c0), off1 = _mm512_loadu_si512(p.off.data() + c0 + 16);
-      const __m512i off2 = _mm512_loadu_si512(p.off.data() + c0 + 32), off3 = _mm512_loadu_si512(p.off.data() + c0 + 48);
+      const __m512i off0 = _mm512_loadu_si512(p.k->off.data() + c0), off1 = _mm512_loadu_si512(p.k->off.data() + c0 + 16);
+      const __m512i off2 = _mm512_loadu_si512(p.k->off.data() + c0 + 32), off3 = _mm512_loadu_si512(p.k->off.data() + c0 + 48);
       auto accumulate = [&](int64_t ow, __m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3) {
         const uint8_t* const* pp = ptrs.data() + ow * tp;
         a0 = off0, a1 = off1, a2 = off2, a3 = off3;
@@ -94,7 +94,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
             }
         }
       } else {
-        const Rq16 rq0(p.rq, c0), rq1(p.rq, c0 + 16), rq2(p.rq, c0 + 32), rq3(p.rq, c0 + 48);
+        const Rq16 rq0(p.k->rq, c0), rq1(p.k->rq, c0 + 16), rq2(p.k->rq, c0 + 32), rq3(p.k->rq, c0 + 48);
         for (int64_t ow = 0; ow < p.ow; ++ow) {
           __m512i a0, a1, a2, a3;
           accumulate(ow, a0, a1, a2, a3);
@@ -117,14 +117,14 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // dword i = channel 16 l + 4 j + i), which the output packs undo for free; the last block, if partial (valid < 64
 // channels, g = ceil(valid / 16) vectors), is transposed back to natural order (vector J, dword i = channel
 // 16 J + i) by a 4x4 transpose of 128-bit lanes (VSHUFI64X2), so it costs g vectors, not 4, per pixel. Write
-// ch(J, i) for the channel in vector J, dword i. The per-channel tables (p.off, p.rqf) are in the same order
+// ch(J, i) for the channel in vector J, dword i. The per-channel tables (p.k->off, p.k->rqf) are in the same order
 // (dwconv_s8.cpp, channel_order), and so is PackedDepthwiseS8::vnni_rows.
 // Quad rows. For input row ih, channel block c0 and output column ow, the quad row holds
 //   Q[ow] = g vectors of 64 bytes; vector J, byte 4 i + t = x_u[ih][ow * sw - pl + t * dw][c0 + ch(J, i)]
 // (t < kw; x_u = x ^ 0x80 for int8 inputs; the zero point for columns in the padding; slot t >= kw is 0 and meets
 // a zero weight). One output pixel is, per kernel row r and vector J, one VPDPBUSD:
 //   acc_J += Q_{ih(r)}[ow].J  .  vnni_rows[b][r][J]        (u8 x s8, 4 products summed, exact in int32)
-// with acc_J starting at bias - za_u * sum(w) (p.off), so the zero point costs nothing per pixel; rows in the
+// with acc_J starting at bias - za_u * sum(w) (p.k->off), so the zero point costs nothing per pixel; rows in the
 // padding read one quad of zero points with column step 0. A quad row is built once per (block, input row) and
 // reused by every output row that reads it (3 at stride 1): a direct-mapped cache of kh * dilation_h slots
 // indexed by ih mod (kh * dilation_h), which never evicts a row the current output row needs (its input rows are
@@ -132,7 +132,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // 3x3 conv stay in L1. Borders: only the columns whose taps leave the input take the per-tap branch; the
 // interior build loop (a sliding window at stride 1: one load per column) and the compute loop have none.
 // Two output pixels per step share every weight and output-stage constant.
-// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwPlan::rqf), VPACKSSDW, the clamp to
+// Output: the one-rounding output stage (RqF16; formula in s8_internal.h, DwConst::rqf), VPACKSSDW, the clamp to
 // [lo, hi] and + zp on int16, VPACKUSWB / VPACKSSWB (exact: values already in the output type), and for a
 // partial block one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
@@ -208,17 +208,18 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
             int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
   const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
   __m512i off[G];
-  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
-  const int64_t* t = p.rqf.data() + (c0 / 16) * 64;
+  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
+  const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
   const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
-  const __m512i lo64 = _mm512_set1_epi64(p.rq.lo), hi64 = _mm512_set1_epi64(p.rq.hi);
-  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.lo));
-  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.hi));
-  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.rq.zp));
+  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
+  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
+  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
   // After VPACKSSDW (0,1), (2,3) and VPACKUSWB, lane l dword k holds channels 16 k + 4 l + 0..3.
   const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i zero = _mm512_setzero_si512();
   const bool full = mask == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo
+  const bool whole16 = mask == (G == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * G)) - 1);  // 16 G channels
   const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
   // Packs 4 requantized vectors (G used) to bytes and stores them.
   auto store = [&](const __m512i* r, uint8_t* yo) {
@@ -231,7 +232,14 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
       s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
     }
     const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
-    _mm512_mask_storeu_epi8(yo, mask, full ? o : _mm512_permutexvar_epi32(perm, o));
+    // Plain stores when the block's channels fill whole 16-byte pieces (masked byte stores are several times
+    // slower on Zen 4/5); the byte mask otherwise.
+    if (full) return _mm512_storeu_si512(yo, o);
+    const __m512i op = _mm512_permutexvar_epi32(perm, o);
+    if (!whole16) return _mm512_mask_storeu_epi8(yo, mask, op);
+    if constexpr (G == 1) _mm_storeu_si128(reinterpret_cast<__m128i*>(yo), _mm512_castsi512_si128(op));
+    if constexpr (G >= 2) _mm256_storeu_si256(reinterpret_cast<__m256i*>(yo), _mm512_castsi512_si256(op));
+    if constexpr (G == 3) _mm_storeu_si128(reinterpret_cast<__m128i*>(yo + 32), _mm512_extracti32x4_epi32(op, 2));
   };
   // Two output pixels per step: every weight and output-stage constant loaded once serves both (the output
   // stage runs per channel vector j over both pixels, so its 8 constants stay in registers).
@@ -275,7 +283,7 @@ void row_i32(const DwPlan& p, int64_t kn, int g, const uint8_t* const* qb, const
   const int64_t c_n = p.d->channels;
   for (int64_t ow = 0; ow < p.ow; ++ow) {
     for (int j = 0; j < g; ++j) {
-      __m512i acc = _mm512_loadu_si512(p.off.data() + c0 + 16 * j);
+      __m512i acc = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
       for (int64_t r = 0; r < kn; ++r)
         acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(qb[r] + ow * qs[r] + 64 * j),
                                   _mm512_loadu_si512(wb + r * g * 64 + 64 * j));
@@ -295,7 +303,7 @@ void row_i32(const DwPlan& p, int64_t kn, int g, const uint8_t* const* qb, const
 template <int G>
 void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
                 int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
-  const int mode = p.rqf_hi32 ? 2 : p.rqf_clamp64 ? 1 : 0;
+  const int mode = p.k->rqf_hi32 ? 2 : p.k->rqf_clamp64 ? 1 : 0;
   if (kh_n == 3 && mode == 2)
     row_u8<G, 3, 2>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
   else if (kh_n == 3 && mode == 1)
@@ -316,7 +324,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   const int64_t c_n = d.channels, kh_n = w.kh, blocks = (c_n + 63) / 64;
   const int64_t slots = kh_n * d.dilation_h, row_bytes = p.ow * 256;
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
-  const __m512i flip = _mm512_set1_epi8(p.flip ? static_cast<char>(0x80) : 0);
+  const __m512i flip = _mm512_set1_epi8(p.k->flip ? static_cast<char>(0x80) : 0);
   const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
   // Thread-local: [slots quad rows][one quad of zero points (256 bytes)]; tags[slot] = n * in_h + ih.
   thread_local std::vector<uint8_t> buf;
@@ -325,7 +333,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   if (buf.size() < need) buf.resize(need);
   uint8_t* qbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
   uint8_t* zquad = qbuf + slots * row_bytes;
-  const __m512i zq = _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.zrow[0])), flip);
+  const __m512i zq = _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.k->zrow[0])), flip);
   for (int j = 0; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, zq);
   tags.assign(static_cast<size_t>(slots), -1);
   std::vector<const uint8_t*> qb(static_cast<size_t>(kh_n));
@@ -349,8 +357,8 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
         uint8_t* q = qbuf + slot * row_bytes;
         if (tags[static_cast<size_t>(slot)] != tag) {
           const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
-          const uint8_t* z = p.zrow.data();
-          switch (w.kw * 2 + (p.flip ? 1 : 0)) {
+          const uint8_t* z = p.k->zrow.data();
+          switch (w.kw * 2 + (p.k->flip ? 1 : 0)) {
             case 2: build_quads<1, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
             case 3: build_quads<1, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
             case 4: build_quads<2, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
@@ -384,7 +392,7 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
 }  // namespace
 
 void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
-  if (p.cached)  // chosen by depthwise_s8 (dwconv_s8.cpp), which orders the channel tables to match
+  if (p.k->cached)  // chosen by depthwise_s8 (dwconv_s8.cpp), which orders the channel tables to match
     dw_rows_cached(p, r0, r1);
   else
     dw_rows_generic(p, r0, r1);

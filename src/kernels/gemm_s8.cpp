@@ -126,10 +126,8 @@ RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, in
   return t;
 }
 
-GemmPlan make_gemm_plan(const GemmS8Args& g) {
-  GemmPlan p;
-  p.g = &g;
-  p.w = g.w;
+GemmConst make_gemm_const(const GemmS8Args& g) {
+  GemmConst p;
   p.flip = g.a_type == Act8::kInt8;
   const PackedWeightsS8& w = *g.w;
   const int64_t np = w.panels * PackedWeightsS8::kPanel;
@@ -142,6 +140,23 @@ GemmPlan make_gemm_plan(const GemmS8Args& g) {
   if (!w.zero_points.empty()) {
     p.zw.assign(static_cast<size_t>(np), 0);
     std::copy(w.zero_points.begin(), w.zero_points.end(), p.zw.begin());
+  }
+  if (g.out.type != OutputType::kInt32) {
+    p.rq = make_requant_tables(g.out, w.n, np);
+    if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx512Vnni) && avx512vnni_compiled())
+      make_fast_requant(p.rq, 16, p.rqf, p.rqf_clamp64, p.rqf_hi32);
+  }
+  return p;
+}
+
+GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k) {
+  GemmPlan p;
+  p.g = &g;
+  p.w = g.w;
+  p.k = &k;
+  const PackedWeightsS8& w = *g.w;
+  if (!k.zw.empty()) {
+    const uint32_t za = static_cast<uint32_t>(za_u(g));
     p.row_term.resize(static_cast<size_t>(g.m));
     for (int64_t i = 0; i < g.m; ++i) {
       int32_t s = 0;
@@ -156,7 +171,6 @@ GemmPlan make_gemm_plan(const GemmS8Args& g) {
       p.row_term[static_cast<size_t>(i)] = s - static_cast<int32_t>(w.k) * static_cast<int32_t>(za);
     }
   }
-  if (g.out.type != OutputType::kInt32) p.rq = make_requant_tables(g.out, w.n, np);
   return p;
 }
 
@@ -199,8 +213,9 @@ enum class Kernel { kReference, kAvx2, kAvx512Vnni };
 
 Kernel pick(const s8::GemmPlan& p) {
   const uint32_t paths = active_paths();
-  const bool rq_ok = p.g->out.type == OutputType::kInt32 || p.rq.simd_ok;
-  if (rq_ok && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
+  const bool rq_ok = p.g->out.type == OutputType::kInt32 || p.k->rq.simd_ok;
+  const bool vnni_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf.empty();
+  if (rq_ok && vnni_rq && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
   if (rq_ok && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;
   return Kernel::kReference;
 }
@@ -216,15 +231,45 @@ void run_block(Kernel kern, const s8::GemmPlan& p, int64_t m0, int64_t m1, int64
 
 }  // namespace
 
+struct GemmS8Prepared {
+  s8::GemmConst k;
+  const PackedWeightsS8* w = nullptr;
+  Act8 a_type = Act8::kUInt8;
+  int32_t a_zero_point = 0;
+  OutputType out_type = OutputType::kUInt8;
+};
+
+std::shared_ptr<const GemmS8Prepared> prepare_gemm_s8(const GemmS8Args& g) {
+  auto p = std::make_shared<GemmS8Prepared>();
+  p->k = s8::make_gemm_const(g);
+  p->w = g.w, p->a_type = g.a_type, p->a_zero_point = g.a_zero_point, p->out_type = g.out.type;
+  return p;
+}
+
+namespace {
+void check_prepared(const GemmS8Args& g, const GemmS8Prepared& prep) {
+  PERCH_CHECK(prep.w == g.w && prep.a_type == g.a_type && prep.a_zero_point == g.a_zero_point &&
+                  prep.out_type == g.out.type,
+              "gemm_s8: the prepared constants were made for other weights, activation type/zero point or output type");
+}
+}  // namespace
+
 void gemm_s8_block(const GemmS8Args& g, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-  const s8::GemmPlan p = s8::make_gemm_plan(g);
+  const s8::GemmConst k = s8::make_gemm_const(g);
+  const s8::GemmPlan p = s8::make_gemm_plan(g, k);
   run_block(pick(p), p, m_begin, m_end, n_begin, n_end);
 }
 
-void gemm_s8(const GemmS8Args& g) {
-  validate(g);
-  if (g.m == 0) return;
-  const s8::GemmPlan p = s8::make_gemm_plan(g);
+void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                   int64_t n_end) {
+  check_prepared(g, prep);
+  const s8::GemmPlan p = s8::make_gemm_plan(g, prep.k);
+  run_block(pick(p), p, m_begin, m_end, n_begin, n_end);
+}
+
+namespace {
+void gemm_run(const GemmS8Args& g, const s8::GemmConst& k) {
+  const s8::GemmPlan p = s8::make_gemm_plan(g, k);
   const Kernel kern = pick(p);
   const int64_t n = g.w->n, m = g.m;
   // Work items: blocks of 48 rows x 64 columns at most, split so every thread gets some. Row blocks first
@@ -245,6 +290,20 @@ void gemm_s8(const GemmS8Args& g) {
       if (n0 < n1) run_block(kern, p, r * rb, std::min(m, (r + 1) * rb), n0, n1);
     }
   });
+}
+}  // namespace
+
+void gemm_s8(const GemmS8Args& g) {
+  validate(g);
+  if (g.m == 0) return;
+  gemm_run(g, s8::make_gemm_const(g));
+}
+
+void gemm_s8(const GemmS8Args& g, const GemmS8Prepared& prep) {
+  validate(g);
+  check_prepared(g, prep);
+  if (g.m == 0) return;
+  gemm_run(g, prep.k);
 }
 
 }  // namespace perch::kernels

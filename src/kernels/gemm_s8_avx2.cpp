@@ -71,10 +71,10 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
   }
   const GemmPlan& p = *t.p;
   const GemmS8Args& g = *p.g;
-  const bool has_zw = !p.zw.empty();
-  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.col_off.data() + t.j0));
+  const bool has_zw = !p.k->zw.empty();
+  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->col_off.data() + t.j0));
   const __m256i zw =
-      has_zw ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zw.data() + t.j0)) : _mm256_setzero_si256();
+      has_zw ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->zw.data() + t.j0)) : _mm256_setzero_si256();
   const bool is32 = g.out.type == OutputType::kInt32;
   alignas(32) int32_t buf[8];
 #pragma GCC unroll 4
@@ -93,7 +93,7 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
         std::memcpy(c, buf, static_cast<size_t>(t.cols) * 4);
       }
     } else {
-      v = Rq8(p.rq, t.j0).apply(v);
+      v = Rq8(p.k->rq, t.j0).apply(v);
       // In [qmin, qmax] already: the saturating packs are exact. packs_epi32 -> 16 x int16 (lanes interleave
       // [v0-3, v0-3 | v4-7, v4-7]); the 8-bit pack keeps the order within each 128-bit lane.
       const __m256i s16 = _mm256_packs_epi32(v, v);
@@ -133,7 +133,7 @@ void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int6
     abuf.resize(static_cast<size_t>(ntiles * tile_elems));
     for (int64_t t = 0; t < ntiles; ++t) {
       const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-      pack_a_tile16(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_elems);
+      pack_a_tile16(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_elems);
     }
     for (int64_t j = n0; j < n1; j += 8) {
       const int64_t cols = std::min<int64_t>(8, n1 - j);

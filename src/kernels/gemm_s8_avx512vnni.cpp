@@ -4,11 +4,15 @@
 // two 64-byte panel loads, then per row one 4-byte broadcast of A and two VPDPBUSD (u8 x s8, four products
 // summed into each int32 lane — exact: no intermediate narrower than int32). A is first packed per block of
 // rows into [k_group][12 rows][4 bytes] (int8 activations flipped to uint8 there, K padded with zeros), so the
-// inner loop reads A from one pointer at constant offsets. Loop order: row block (A block fits L2) ->
-// panel pair (B pair stays in L1 across the row tiles) -> row tile of 12.
+// inner loop reads A from one pointer at constant offsets; uint8 activations with K a multiple of 4 (every 1x1
+// convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
+// place instead. Loop order: row block (A block fits L2) ->
+// panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
+// output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
+// bytes two rows at a time.
 #include "s8_internal.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 
 #include <immintrin.h>
 
@@ -64,16 +68,28 @@ struct TileOut {
   int64_t cols;  // valid columns from j0 (<= 16 * NP)
 };
 
-template <int MR, int NP>
-__attribute__((always_inline)) inline void tile(const uint8_t* ap, const int8_t* bp, int64_t pstride, int64_t kg,
-                                                const TileOut& t) {
+// A is read either from the packed tile (kInPlace false: ap = tile buffer, [k_group][kMR rows][4 bytes]) or in
+// place (kInPlace true: ap = first row of the tile, row stride lda, K a multiple of 4, uint8 activations).
+// kMode: the output stage of RqF16 (s8_simd.h; 1 = 64-bit with clamp, 2 = hi32), for 8-bit outputs.
+template <int MR, int NP, int kMode, bool kInPlace>
+__attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, const int8_t* bp, int64_t pstride,
+                                                int64_t kg, const TileOut& t) {
   // Every loop over r and q is unrolled (MR, NP are constants): indexing acc with a run-time value would
   // keep the accumulators in memory.
+  // The accumulators start at col_off (bias - za colsum), so the output stage does not add it.
+  const GemmPlan& p = *t.p;
+  __m512i start[NP];
+#pragma GCC unroll 2
+  for (int q = 0; q < NP; ++q) start[q] = _mm512_loadu_si512(p.k->col_off.data() + t.j0 + 16 * q);
   __m512i acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_si512();
+    for (int q = 0; q < NP; ++q) acc[r][q] = start[q];
+  const uint8_t* arow[MR];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) arow[r] = kInPlace ? ap + r * lda : ap + r * 4;
+  const int64_t gstep = kInPlace ? 4 : kMR * 4;
   for (int64_t g = 0; g < kg; ++g) {
     __m512i b[NP];
 #pragma GCC unroll 2
@@ -81,83 +97,160 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, const int8_t*
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       int32_t v;
-      std::memcpy(&v, ap + g * kMR * 4 + r * 4, 4);
+      std::memcpy(&v, arow[r] + g * gstep, 4);
       const __m512i av = _mm512_set1_epi32(v);
 #pragma GCC unroll 2
       for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], av, b[q]);
     }
   }
   // Output stage.
-  const GemmPlan& p = *t.p;
   const GemmS8Args& g = *p.g;
-  const bool has_zw = !p.zw.empty();
+  const bool has_zw = !p.k->zw.empty();
+  // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
+  auto finish = [&](__m512i a, int r, const __m512i& zw) __attribute__((always_inline)) {
+    if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
+    return a;
+  };
+  if (g.out.type == OutputType::kInt32) {
 #pragma GCC unroll 2
-  for (int q = 0; q < NP; ++q) {
-    const int64_t j = t.j0 + 16 * q;
-    const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
-    if (valid <= 0) continue;
-    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-    const __m512i off = _mm512_loadu_si512(p.col_off.data() + j);
-    const __m512i zw = has_zw ? _mm512_loadu_si512(p.zw.data() + j) : _mm512_setzero_si512();
-    if (g.out.type == OutputType::kInt32) {
+    for (int q = 0; q < NP; ++q) {
+      const int64_t j = t.j0 + 16 * q;
+      const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
+      if (valid <= 0) continue;
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+      const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
 #pragma GCC unroll 12
-      for (int r = 0; r < MR; ++r) {
-        __m512i v = _mm512_add_epi32(acc[r][q], off);
-        if (has_zw)
-          v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, v);
-      }
-    } else {
-      const Rq16 rq(p.rq, j);
-#pragma GCC unroll 12
-      for (int r = 0; r < MR; ++r) {
-        __m512i v = _mm512_add_epi32(acc[r][q], off);
-        if (has_zw)
-          v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
-        v = rq.apply(v);
-        // Values are in [qmin, qmax], inside the 8-bit range: truncation to bytes is exact for both types.
-        _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, v);
-      }
+      for (int r = 0; r < MR; ++r)
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, zw));
+    }
+    return;
+  }
+  // 8-bit output: the one-rounding output stage (RqF16) per 16 columns, then VPACKSSDW of two vectors, the clamp to
+  // [lo, hi] and + zp on int16 (exact: [lo, hi] lies inside int16, and VPACKSSDW's saturation only moves values
+  // already outside it), VPACKUSWB / VPACKSSWB (exact: the values are in the output type), and one VPERMD to undo
+  // the packs' per-lane interleave. NP == 2: one row's two vectors per VPACKSSDW, two rows per VPACKUSWB; NP == 1:
+  // two rows' vectors per VPACKSSDW.
+  const bool is_u8 = g.out.type == OutputType::kUInt8;
+  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
+  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
+  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
+  // After VPACKSSDW(x, y) and VPACKUSWB(s, s'), lane l holds dwords [x 4l.., y 4l.., x' 4l.., y' 4l..] (4 bytes
+  // each): gather dword 4l + d of every lane l for d = 0, 1, 2, 3.
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  auto clamp16 = [&](__m512i s) __attribute__((always_inline)) {
+    return _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
+  };
+  auto bytes = [&](__m512i s0, __m512i s1) __attribute__((always_inline)) {
+    return _mm512_permutexvar_epi32(perm, is_u8 ? _mm512_packus_epi16(s0, s1) : _mm512_packs_epi16(s0, s1));
+  };
+  const int64_t j = t.j0;
+  uint8_t* c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;
+  const int64_t ldc = g.ldc;
+  if constexpr (NP == 2) {
+    const __m512i zw0 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+    const __m512i zw1 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j + 16) : _mm512_setzero_si512();
+    const RqF16 rq0(p.k->rqf.data() + (j / 16) * 64), rq1(p.k->rqf.data() + (j / 16 + 1) * 64);
+    const __mmask32 mask = t.cols >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << t.cols) - 1);
+    const bool full = t.cols >= 32;
+    // Plain stores when all 32 columns are written (masked byte stores are several times slower on Zen 4/5).
+    auto store32 = [&](uint8_t* dst, __m256i v) __attribute__((always_inline)) {
+      if (full)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+      else
+        _mm256_mask_storeu_epi8(dst, mask, v);
+    };
+    auto row16 = [&](int r) __attribute__((always_inline)) {
+      const __m512i v0 = rq0.apply<kMode>(finish(acc[r][0], r, zw0), lo64, hi64);
+      const __m512i v1 = rq1.apply<kMode>(finish(acc[r][1], r, zw1), lo64, hi64);
+      return clamp16(_mm512_packs_epi32(v0, v1));
+    };
+#pragma GCC unroll 6
+    for (int r = 0; r + 1 < MR; r += 2) {
+      const __m512i o = bytes(row16(r), row16(r + 1));  // row r in the low 256 bits, row r + 1 in the high
+      store32(c0 + r * ldc, _mm512_castsi512_si256(o));
+      store32(c0 + (r + 1) * ldc, _mm512_extracti64x4_epi64(o, 1));
+    }
+    if constexpr (MR % 2 == 1) {
+      const __m512i o = bytes(row16(MR - 1), row16(MR - 1));
+      store32(c0 + (MR - 1) * ldc, _mm512_castsi512_si256(o));
+    }
+  } else {
+    const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+    const RqF16 rq(p.k->rqf.data() + (j / 16) * 64);
+    const __mmask16 mask = t.cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << t.cols) - 1);
+    const bool full = t.cols >= 16;
+    auto store16 = [&](uint8_t* dst, __m128i v) __attribute__((always_inline)) {
+      if (full)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), v);
+      else
+        _mm_mask_storeu_epi8(dst, mask, v);
+    };
+    auto one = [&](int r) __attribute__((always_inline)) { return rq.apply<kMode>(finish(acc[r][0], r, zw), lo64, hi64); };
+    // VPACKSSDW(row r, row r + 1), two such per VPACKUSWB: 4 rows, 16 bytes each, in dword order 4 rows x 4 lanes.
+#pragma GCC unroll 3
+    for (int r = 0; r + 3 < MR; r += 4) {
+      const __m512i o = bytes(clamp16(_mm512_packs_epi32(one(r), one(r + 1))), clamp16(_mm512_packs_epi32(one(r + 2), one(r + 3))));
+      store16(c0 + r * ldc, _mm512_castsi512_si128(o));
+      store16(c0 + (r + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
+      store16(c0 + (r + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
+      store16(c0 + (r + 3) * ldc, _mm512_extracti32x4_epi32(o, 3));
+    }
+    constexpr int kDone = MR / 4 * 4;
+    if constexpr (MR - kDone > 0) {
+      const __m512i a0 = one(kDone);
+      const __m512i a1 = MR - kDone > 1 ? one(kDone + (MR - kDone > 1 ? 1 : 0)) : a0;
+      const __m512i a2 = MR - kDone > 2 ? one(kDone + (MR - kDone > 2 ? 2 : 0)) : a0;
+      const __m512i o = bytes(clamp16(_mm512_packs_epi32(a0, a1)), clamp16(_mm512_packs_epi32(a2, a2)));
+      store16(c0 + kDone * ldc, _mm512_castsi512_si128(o));
+      if (MR - kDone > 1) store16(c0 + (kDone + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
+      if (MR - kDone > 2) store16(c0 + (kDone + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
     }
   }
 }
 
-template <int NP>
-void tile_rows(int rows, const uint8_t* ap, const int8_t* bp, int64_t pstride, int64_t kg, const TileOut& t) {
+template <int NP, int kMode, bool kInPlace>
+void tile_rows(int rows, const uint8_t* ap, int64_t lda, const int8_t* bp, int64_t pstride, int64_t kg,
+               const TileOut& t) {
   switch (rows) {
-    case 1: return tile<1, NP>(ap, bp, pstride, kg, t);
-    case 2: return tile<2, NP>(ap, bp, pstride, kg, t);
-    case 3: return tile<3, NP>(ap, bp, pstride, kg, t);
-    case 4: return tile<4, NP>(ap, bp, pstride, kg, t);
-    case 5: return tile<5, NP>(ap, bp, pstride, kg, t);
-    case 6: return tile<6, NP>(ap, bp, pstride, kg, t);
-    case 7: return tile<7, NP>(ap, bp, pstride, kg, t);
-    case 8: return tile<8, NP>(ap, bp, pstride, kg, t);
-    case 9: return tile<9, NP>(ap, bp, pstride, kg, t);
-    case 10: return tile<10, NP>(ap, bp, pstride, kg, t);
-    case 11: return tile<11, NP>(ap, bp, pstride, kg, t);
-    default: return tile<12, NP>(ap, bp, pstride, kg, t);
+    case 1: return tile<1, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 2: return tile<2, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 3: return tile<3, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 4: return tile<4, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 5: return tile<5, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 6: return tile<6, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 7: return tile<7, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 8: return tile<8, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 9: return tile<9, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 10: return tile<10, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 11: return tile<11, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    default: return tile<12, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
   }
 }
 
-}  // namespace
-
-void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+// in_place: uint8 A read where it lies (see gemm_block_avx512vnni); else every tile packed.
+template <int kMode>
+void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bool in_place) {
   const GemmS8Args& g = *p.g;
   const PackedWeightsS8& w = *p.w;
   const int64_t kg = w.k_groups;
   const uint8_t* a = static_cast<const uint8_t*>(g.a);
-  // Row block: as many 12-row tiles as fit ~256 KiB of packed A (the B panel pair is reused across them).
+  // Row block: as many 12-row tiles as fit ~256 KiB of A (the B panel pair is reused across them).
   const int64_t tile_bytes = kg * kMR * 4;
   const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / tile_bytes);
+  // K not a multiple of 4: the last k-group reads up to 3 bytes past K, inside the row while lda >= 4 kg, but past
+  // the end of A on its last row: the tile holding row M - 1 is packed.
+  const bool tail_packed = w.k % 4 != 0;
   thread_local std::vector<uint8_t> abuf;
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
     const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
     const int64_t ntiles = (me - mb + kMR - 1) / kMR;
+    auto packed_tile = [&](int64_t t) { return !in_place || (tail_packed && mb + t * kMR + kMR >= g.m); };
     abuf.resize(static_cast<size_t>(ntiles * tile_bytes));
     for (int64_t t = 0; t < ntiles; ++t) {
+      if (!packed_tile(t)) continue;
       const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-      pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.flip, abuf.data() + t * tile_bytes);
+      pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_bytes);
     }
     for (int64_t j = n0; j < n1; j += 32) {
       const int64_t cols = std::min<int64_t>(32, n1 - j);
@@ -165,13 +258,35 @@ void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0
       for (int64_t t = 0; t < ntiles; ++t) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
         const TileOut to{&p, mb + t * kMR, j, rows, cols};
-        if (cols > 16)
-          tile_rows<2>(rows, abuf.data() + t * tile_bytes, bp, w.panel_stride, kg, to);
-        else
-          tile_rows<1>(rows, abuf.data() + t * tile_bytes, bp, w.panel_stride, kg, to);
+        if (packed_tile(t)) {
+          const uint8_t* ap = abuf.data() + t * tile_bytes;
+          if (cols > 16)
+            tile_rows<2, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+          else
+            tile_rows<1, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+        } else {
+          const uint8_t* ap = a + (mb + t * kMR) * g.lda;
+          if (cols > 16)
+            tile_rows<2, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+          else
+            tile_rows<1, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+        }
       }
     }
   }
+}
+
+}  // namespace
+
+void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  // In place: uint8 activations whose rows hold every k-group the tile reads (K a multiple of 4, or lda >= 4 kg:
+  // the bytes past K meet zero weights, so their values do not matter). Otherwise A is packed per tile (flipping
+  // int8 to uint8, zero-padding K).
+  const bool in_place = !p.k->flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
+  // Mode 2 (hi32) when every column allows it, else the 64-bit form with the clamp (exact for every shift the
+  // SIMD paths take); int32 output ignores the mode.
+  if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return block<2>(p, m0, m1, n0, n1, in_place);
+  return block<1>(p, m0, m1, n0, n1, in_place);
 }
 
 }  // namespace perch::kernels::s8

@@ -34,24 +34,36 @@ inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const 
   return static_cast<int32_t>(v < o.qmin ? o.qmin : (v > o.qmax ? o.qmax : v));
 }
 
-struct GemmPlan {
-  const GemmS8Args* g = nullptr;
-  const PackedWeightsS8* w = nullptr;
+// The constants of a gemm_s8 call that depend only on the weights, bias, activation type / zero point and output
+// stage: built per call by gemm_s8(g), or once by prepare_gemm_s8 (GemmS8Prepared holds one).
+struct GemmConst {
   bool flip = false;             // int8 activations: the kernels read a ^ 0x80
   std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding
   std::vector<int32_t> zw;       // [panels * 16] weight zero points, or empty
-  std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when zw is not empty
   RequantTables rq;              // empty for kInt32
+  // The one-rounding output stage (DwConst::rqf's formula and layout, groups of 16 columns in natural order), for
+  // the AVX-512 VNNI path; bit-identical to rq. Empty when that path cannot run.
+  std::vector<int64_t> rqf;
+  bool rqf_clamp64 = false, rqf_hi32 = false;
 };
-GemmPlan make_gemm_plan(const GemmS8Args& g);
+GemmConst make_gemm_const(const GemmS8Args& g);
+
+struct GemmPlan {
+  const GemmS8Args* g = nullptr;
+  const PackedWeightsS8* w = nullptr;
+  const GemmConst* k = nullptr;
+  std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when k->zw is not empty
+};
+// The per-call plan over constants k (which must outlive it).
+GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k);
 
 // Per-call state of a depthwise_s8 call. Channel tables are in the order the chosen path's accumulators hold
 // channels (see dwconv_s8.h's weight layouts): VNNI index 64 b + 16 j + 4 l + i is channel 64 b + 16 l + 4 j + i;
 // AVX2 index 16 b + 8 h + 4 l + i is channel 16 b + 8 l + 4 h + i.
-struct DwPlan {
-  const DepthwiseS8Args* d = nullptr;
+// The part that depends only on the weights, bias, input type / zero point, output stage and the path (DwConst),
+// built per call by depthwise_s8(d) or once by prepare_depthwise_s8; DwPlan adds the call's geometry.
+struct DwConst {
   bool flip = false;
-  int64_t oh = 0, ow = 0;
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
@@ -78,8 +90,16 @@ struct DwPlan {
   // above, the last partial block in natural order.
   bool cached = false;
 };
-// Fills p.rqf / p.rqf_clamp64 from the (permuted) p.rq for groups of g channels.
-void make_dw_fast_requant(DwPlan& p, int g);
+struct DwPlan {
+  const DepthwiseS8Args* d = nullptr;
+  int64_t oh = 0, ow = 0;
+  const DwConst* k = nullptr;
+};
+// The one-rounding output stage tables (layout and formula: DwConst::rqf) for groups of g channels of `rq` (in the
+// order rq holds them), with the clamp64 / hi32 flags.
+void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf, bool& clamp64, bool& hi32);
+// Fills p.rqf / p.rqf_clamp64 / p.rqf_hi32 from the (permuted) p.rq for groups of g channels.
+void make_dw_fast_requant(DwConst& p, int g);
 
 bool avx512vnni_compiled();
 bool avx2_compiled();

@@ -52,7 +52,7 @@ struct Rq16 {
   }
 };
 
-// DwPlan::rqf for 16 channels (one accumulator vector): the one-rounding output stage (formula in s8_internal.h).
+// DwConst::rqf for 16 channels (one accumulator vector): the one-rounding output stage (formula in s8_internal.h).
 // Returns the int32 result before the clamp to [lo, hi] (applied later on int16, after VPACKSSDW, which is exact:
 // [lo, hi] lies inside int16); with kClamp64 the 64-bit result is clamped to [lo, hi] first, as it may not fit.
 struct RqF16 {
@@ -63,7 +63,7 @@ struct RqF16 {
     ae = _mm512_loadu_si512(t + 32), ao = _mm512_loadu_si512(t + 40);
     se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);
   }
-  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwPlan::rqf_hi32; se holds 16 int32 counts sh - 32).
+  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwConst::rqf_hi32; se holds 16 int32 counts sh - 32).
   template <int kMode>
   __m512i apply(__m512i acc, __m512i lo64, __m512i hi64) const {
     const __m512i thr = _mm512_set1_epi64(-(int64_t{1} << 30));
@@ -136,7 +136,7 @@ struct Rq8 {
   }
 };
 
-// DwPlan::rqf for 8 channels (one accumulator vector), as RqF16 (formula in s8_internal.h).
+// DwConst::rqf for 8 channels (one accumulator vector), as RqF16 (formula in s8_internal.h).
 struct RqF8 {
   __m256i me, mo, re, ro, ae, ao, se, so;
   explicit RqF8(const int64_t* t) {

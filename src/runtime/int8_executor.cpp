@@ -121,6 +121,12 @@ struct Int8Executor::Impl {
 
   Impl(graph::Model m, Int8Mode md);
   void lower();
+  // Every node treats axis 0 as independent samples (checked after lowering): run() may then split a large
+  // batch into sub-batches of kSubBatch images, whose activations stay in the L2 cache between steps.
+  bool per_sample = false;
+  static constexpr int64_t kSubBatch = 8;
+  void check_per_sample();
+  TensorMap run_whole(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const;
 
   // --- plan-time helpers ---
   std::string resolve(const std::string& v) const {
@@ -488,7 +494,20 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         kernels::pack_depthwise_s8(w.q.data<int8_t>(), N, w.q.dim(2), w.q.dim(3)));
     const int64_t kh = w.q.dim(2), kw = w.q.dim(3);
     how << "int8 depthwise conv " << kh << "x" << kw << req << fused;
-    steps.push_back([this, &n, packed, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, N](Ctx& c) {
+    // The kernel's per-call constants (offsets, output-stage tables per path), built once here.
+    std::shared_ptr<const kernels::DepthwiseS8Prepared> prep;
+    {
+      kernels::DepthwiseS8Args proto;
+      proto.channels = N;
+      proto.x_type = xp.act();
+      proto.x_zero_point = xp.zero_point;
+      proto.w = packed.get();
+      proto.bias = bias->empty() ? nullptr : bias->data();
+      proto.out = stage;
+      proto.out.multipliers = mults->empty() ? nullptr : mults->data();
+      prep = kernels::prepare_depthwise_s8(proto);
+    }
+    steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, N](Ctx& c) {
       const Slot& xs = slot(c, xq);
       PERCH_CHECK(xs.t.rank() == 4, model.source, ": ", n.describe(), ": input must be 4-D, got ", shape_str(onnx_shape(xs)));
       const Tensor x = to_layout(xs, Layout::kNHWC);
@@ -511,7 +530,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
       Tensor y = Tensor::uninitialized(yt, {d.batch, oh, ow, N});
       d.y = y.raw();
       try {
-        kernels::depthwise_s8(d);
+        kernels::depthwise_s8(d, *prep);
       } catch (const Error& e) {
         PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
       }
@@ -557,13 +576,25 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   } catch (const Error& e) {
     return *reason = std::string("weight packing: ") + e.what(), false;
   }
+  // The GEMM's per-call constants (zero-point terms, output-stage tables), built once here.
+  std::shared_ptr<const kernels::GemmS8Prepared> prep;
+  {
+    kernels::GemmS8Args proto;
+    proto.a_type = xp.act();
+    proto.a_zero_point = xp.zero_point;
+    proto.w = packed.get();
+    proto.bias = bias->empty() ? nullptr : bias->data();
+    proto.out = stage;
+    proto.out.multipliers = mults->empty() ? nullptr : mults->data();
+    prep = kernels::prepare_gemm_s8(proto);
+  }
   const bool pointwise = op == "Conv" && kh == 1 && kw == 1;
   if (op == "Conv")
     how << "int8 conv " << kh << "x" << kw << (pointwise ? " (GEMM; im2col only if strided/padded)" : " im2col+GEMM") << req << fused;
   else
     how << "int8 " << op << " GEMM" << req << fused;
 
-  steps.push_back([this, &n, packed, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op](Ctx& c) {
+  steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op](Ctx& c) {
     const Slot& xs = slot(c, xq);
     kernels::GemmS8Args g;
     g.a_type = xp.act();
@@ -599,26 +630,27 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
           g.a = x.raw();
           g.lda = cin;
           g.c = y.raw();
-          kernels::gemm_s8(g);
+          kernels::gemm_s8(g, *prep);
         } else {
           // Row blocks of the patch matrix, one im2col buffer per block (L2-sized), blocks over the threads.
           const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
-          g.lda = K;
+          // Rows padded to a multiple of 4 bytes: the AVX-512 VNNI GEMM then reads them in place (gemm_s8.h).
+          g.lda = (K + 3) / 4 * 4;
           g.a = x.raw();  // for validate(); each block points at its own buffer
           g.c = y.raw();
           kernels::validate(g);
           const size_t esz = dtype_size(yt);
           const uint8_t pad = static_cast<uint8_t>(xp.zero_point);  // raw byte of the zero point (int8 too)
           parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
-            std::vector<uint8_t> buf(static_cast<size_t>(rows * K));
+            std::vector<uint8_t> buf(static_cast<size_t>(rows * g.lda));
             for (int64_t b = b0; b < b1; ++b) {
               const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-              int8::im2col_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data());
+              int8::im2col_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data(), g.lda);
               kernels::GemmS8Args gb = g;
               gb.m = r1 - r0;
               gb.a = buf.data();
               gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
-              kernels::gemm_s8_block(gb, 0, gb.m, 0, N);
+              kernels::gemm_s8_block(gb, *prep, 0, gb.m, 0, N);
             }
           });
         }
@@ -631,7 +663,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         ys.back() = N;
         y = Tensor::uninitialized(yt, ys);
         g.m = M, g.a = x.raw(), g.lda = K, g.c = y.raw(), g.ldc = N;
-        kernels::gemm_s8(g);
+        kernels::gemm_s8(g, *prep);
       }
     } catch (const Error& e) {
       PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
@@ -978,9 +1010,21 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
   if (f.numel() != codes) return *reason = "op changes the element count", false;
   auto table = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(f.raw()),
                                                       static_cast<const uint8_t*>(f.raw()) + codes);
+  // Binary ops: the float formula in SIMD (int8::Binary8) when it reproduces the table for every code pair on
+  // every path (checked here, exhaustively); otherwise the table lookup.
+  std::shared_ptr<int8::Binary8> formula;
+  if (is_binary) {
+    auto fm = std::make_shared<int8::Binary8>();
+    fm->op = n.op_type == "Add" ? int8::Binary8::Op::kAdd : n.op_type == "Sub" ? int8::Binary8::Op::kSub : int8::Binary8::Op::kMul;
+    fm->a_signed = a->params.type == DType::kInt8, fm->b_signed = b->params.type == DType::kInt8;
+    fm->za = a->params.zero_point, fm->zb = b->params.zero_point, fm->zy = oq->params.zero_point;
+    fm->qmin = oq->qmin, fm->qmax = oq->qmax;
+    fm->sa = a->params.scale, fm->sb = b->params.scale, fm->sy = oq->params.scale;
+    if (int8::binary8_matches(*fm, table->data())) formula = fm;
+  }
   const std::string aq = a->q, bq = b ? b->q : std::string();
   const std::string out = claim_output(*oq);
-  steps.push_back([this, &n, table, aq, bq, is_binary, out](Ctx& c) {
+  steps.push_back([this, &n, table, formula, aq, bq, is_binary, out](Ctx& c) {
     const Slot& as = slot(c, aq);
     if (!is_binary) {
       Tensor y = Tensor::uninitialized(as.t.dtype(), as.t.shape());
@@ -994,13 +1038,19 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
     const Layout l = as.layout;
     const Tensor ta = as.t, tb = to_layout(bs, l);
     Tensor y = Tensor::uninitialized(ta.dtype(), ta.shape());
-    int8::lut2(static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(), table->data(),
-               static_cast<uint8_t*>(y.raw()));
+    if (formula)
+      int8::binary8(*formula, static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(),
+                    static_cast<uint8_t*>(y.raw()));
+    else
+      int8::lut2(static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(),
+                 table->data(), static_cast<uint8_t*>(y.raw()));
     c.values[out] = Slot{std::move(y), l};
   });
   report.nodes.push_back({n.describe(), true,
-                          std::string("int8 ") + n.op_type + (oq->act ? " + " + oq->act->op_type : "") + " as a " +
-                              std::to_string(codes) + "-entry table of the simulation's result"});
+                          std::string("int8 ") + n.op_type + (oq->act ? " + " + oq->act->op_type : "") +
+                              (formula ? " by the simulation's float formula (equal to its " + std::to_string(codes) +
+                                             "-entry table, checked for every code pair)"
+                                       : " as a " + std::to_string(codes) + "-entry table of the simulation's result")});
   return true;
 }
 
@@ -1036,6 +1086,51 @@ Int8Executor::Impl::Impl(graph::Model m, Int8Mode md) : model(std::move(m)), mod
   registry = &OpRegistry::global();
   for (const auto& [name, t] : model.graph.initializers) constants[name] = t;
   lower();
+  check_per_sample();
+}
+
+// Per-sample ops: elementwise and activation ops, Q/DQ (per-axis only along axis >= 1), convolutions and pools
+// (NCHW: axis 0 is the batch), Flatten with axis >= 1, Gemm/MatMul/integer variants whose only non-constant input
+// is A (its rows are the samples). Constant inputs of elementwise ops must not have a leading axis other than 1
+// (a rank-1 constant broadcasts along the last axis). Nodes whose inputs are all constant were folded at load.
+void Int8Executor::Impl::check_per_sample() {
+  static const std::set<std::string> elementwise = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
+                                                    "HardSwish", "Identity", "Dropout", "Add", "Sub", "Mul"};
+  static const std::set<std::string> spatial = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"};
+  static const std::set<std::string> weighted = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul",
+                                                 "MatMulInteger", "QLinearMatMul"};
+  for (const Node& n : model.graph.nodes) {
+    bool all_const = true;
+    for (const auto& in : n.inputs)
+      if (!in.empty() && !constant(resolve(in)) && !constant(in)) all_const = false;
+    if (all_const) continue;
+    auto is_const = [&](size_t i) { return n.input(i).empty() || constant(n.input(i)) || constant(resolve(n.input(i))); };
+    if (elementwise.count(n.op_type)) {
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        if (n.inputs[i].empty() || !is_const(i)) continue;
+        const Tensor* t = constant(n.input(i)) ? constant(n.input(i)) : constant(resolve(n.input(i)));
+        if (t->rank() >= 2 && t->dim(0) != 1) return;
+      }
+    } else if (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
+      for (size_t i = 1; i < n.inputs.size(); ++i)
+        if (!is_const(i)) return;
+      const Tensor* sc = constant(n.input(1));
+      if (sc && sc->numel() > 1 && n.attr_int("axis", 1) < 1) return;
+    } else if (spatial.count(n.op_type)) {
+      // per image
+    } else if (n.op_type == "Flatten") {
+      if (n.attr_int("axis", 1) < 1) return;
+    } else if (weighted.count(n.op_type)) {
+      if (n.op_type == "Gemm" && n.attr_int("transA", 0) != 0) return;
+      if (is_const(0)) return;
+      for (size_t i = 1; i < n.inputs.size(); ++i)
+        if (!is_const(i)) return;
+    } else {
+      return;
+    }
+  }
+  per_sample = true;
+  report.sub_batch = kSubBatch;
 }
 
 void Int8Executor::Impl::lower() {
@@ -1177,6 +1272,57 @@ const std::string& Int8Executor::output_name() const { return impl_->model.graph
 
 TensorMap Int8Executor::run(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const {
   const Impl& m = *impl_;
+  // Sub-batches: every graph input split along axis 0, the graph run per slice, every output concatenated back.
+  // Each output element depends on its own sample only (check_per_sample), and every integer kernel computes each
+  // element by itself, so the result equals the whole-batch run's (the float fallback kernels, if any, may round
+  // differently with another M). Falls back to one run when the inputs or outputs are not batch-shaped alike.
+  int64_t batch = -1;
+  bool split = m.per_sample && !inputs.empty() && inputs.size() == m.model.graph.inputs.size();
+  for (const auto& [name, t] : inputs) {
+    if (!split) break;
+    if (t.rank() < 1 || (batch >= 0 && t.dim(0) != batch)) split = false;
+    else batch = t.dim(0);
+  }
+  if (!split || batch <= Impl::kSubBatch) return m.run_whole(inputs, extra_outputs);
+  std::vector<TensorMap> parts;
+  for (int64_t b0 = 0; b0 < batch; b0 += Impl::kSubBatch) {
+    const int64_t nb = std::min(Impl::kSubBatch, batch - b0);
+    TensorMap slice;
+    for (const auto& [name, t] : inputs) {
+      Shape sh = t.shape();
+      sh[0] = nb;
+      Tensor part = Tensor::uninitialized(t.dtype(), sh);
+      const size_t row = static_cast<size_t>(t.numel() / batch) * dtype_size(t.dtype());
+      std::memcpy(part.raw(), static_cast<const char*>(t.raw()) + static_cast<size_t>(b0) * row, row * static_cast<size_t>(nb));
+      slice[name] = std::move(part);
+    }
+    parts.push_back(m.run_whole(slice, extra_outputs));
+    for (const auto& [name, t] : parts.back()) {
+      if (t.rank() < 1 || t.dim(0) != nb) return m.run_whole(inputs, extra_outputs);
+      const Tensor& f = parts[0].at(name);
+      if (f.dtype() != t.dtype() || !std::equal(f.shape().begin() + 1, f.shape().end(), t.shape().begin() + 1, t.shape().end()))
+        return m.run_whole(inputs, extra_outputs);
+    }
+  }
+  TensorMap out;
+  for (const auto& [name, first] : parts[0]) {
+    Shape sh = first.shape();
+    sh[0] = batch;
+    Tensor whole = Tensor::uninitialized(first.dtype(), sh);
+    size_t at = 0;
+    for (const auto& p : parts) {
+      const Tensor& t = p.at(name);
+      const size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype());
+      std::memcpy(static_cast<char*>(whole.raw()) + at, t.raw(), bytes);
+      at += bytes;
+    }
+    out[name] = std::move(whole);
+  }
+  return out;
+}
+
+TensorMap Int8Executor::Impl::run_whole(const TensorMap& inputs, const std::vector<std::string>& extra_outputs) const {
+  const Impl& m = *this;
   Ctx c;
   for (const auto& in : m.model.graph.inputs) {
     auto it = inputs.find(in.name);

@@ -1,9 +1,13 @@
 // Small integer kernels of the int8 executor (header: int8_kernels.h).
 #include "int8_kernels.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "perch/core/cpu.h"
 #include "perch/core/threads.h"
 
 namespace perch::runtime::int8 {
@@ -180,7 +184,8 @@ void avgpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, int32_t zp_x, 
 }
 
 namespace {
-// n bytes from src to dst; short runs (the first layer's C = 1, 3) without a library call.
+// n bytes from src to dst; short runs (the first layer's C = 1, 3) without a library call (im2col_nhwc is compiled
+// without GCC's loop-to-memcpy/memset rewrite, which would call the library for the 3 bytes it moves).
 inline void copy_bytes(uint8_t* __restrict dst, const uint8_t* __restrict src, int64_t n) {
   if (n >= 32) {
     std::memcpy(dst, src, static_cast<size_t>(n));
@@ -188,14 +193,77 @@ inline void copy_bytes(uint8_t* __restrict dst, const uint8_t* __restrict src, i
   }
   for (int64_t b = 0; b < n; ++b) dst[b] = src[b];
 }
+inline void fill_bytes(uint8_t* dst, uint8_t v, int64_t n) {
+  if (n >= 32) {
+    std::memset(dst, v, static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t b = 0; b < n; ++b) dst[b] = v;
+}
 }  // namespace
 
-void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out) {
+namespace {
+// im2col for kernel rows of kw * C = KWC bytes, KWC <= 4 or 9 (first layers: 3x3 on C = 1, or C = 3): one
+// output-image row (n, oh) at a time, kernel row by kernel row, so the per-patch-row work is one KWC-byte copy of
+// constant size (a few moves, no library call) while the taps are inside; output columns [ow0, ow1).
+template <int KWC>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_narrow_row(const Im2Col& g, const uint8_t* img, int64_t oh, int64_t ow0, int64_t ow1, uint8_t pad_value,
+                       uint8_t* out, int64_t ldo) {
+  const int64_t C = g.channels, K = g.kh * KWC;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
+    uint8_t* o = out + i * KWC;
+    if (ih < 0 || ih >= g.in_h) {
+      for (int64_t ow = ow0; ow < ow1; ++ow, o += ldo)
+        for (int t = 0; t < KWC; ++t) o[t] = pad_value;
+      continue;
+    }
+    const uint8_t* src = img + ih * g.in_w * C;
+    for (int64_t ow = ow0; ow < ow1; ++ow, o += ldo) {
+      const int64_t iw0 = ow * g.stride_w - g.pad_left;
+      if (g.dil_w == 1 && iw0 >= 0 && iw0 + g.kw <= g.in_w) {
+        std::memcpy(o, src + iw0 * C, KWC);  // constant size: a few moves
+        continue;
+      }
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = iw0 + j * g.dil_w;
+        for (int64_t c = 0; c < C; ++c) o[j * C + c] = iw < 0 || iw >= g.in_w ? pad_value : src[iw * C + c];
+      }
+    }
+  }
+  if (ldo > K) {
+    uint8_t* o = out + K;
+    for (int64_t ow = ow0; ow < ow1; ++ow, o += ldo)
+      for (int64_t t = 0; t < ldo - K; ++t) o[t] = pad_value;
+  }
+}
+}  // namespace
+
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_nhwc(const Im2Col& g, const uint8_t* x,
+                                                                               uint8_t pad_value, int64_t row_begin,
+                                                                               int64_t row_end, uint8_t* out, int64_t ldo) {
   const int64_t C = g.channels, K = g.kh * g.kw * C, kwc = g.kw * C;
+  if (kwc <= 4 || kwc == 9) {
+    for (int64_t r = row_begin; r < row_end;) {
+      const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow0 = r % g.out_w;
+      const int64_t ow1 = std::min(g.out_w, ow0 + (row_end - r));
+      const uint8_t* img = x + n * g.in_h * g.in_w * C;
+      uint8_t* o = out + (r - row_begin) * ldo;
+      switch (kwc) {
+        case 1: im2col_narrow_row<1>(g, img, oh, ow0, ow1, pad_value, o, ldo); break;
+        case 2: im2col_narrow_row<2>(g, img, oh, ow0, ow1, pad_value, o, ldo); break;
+        case 3: im2col_narrow_row<3>(g, img, oh, ow0, ow1, pad_value, o, ldo); break;
+        case 4: im2col_narrow_row<4>(g, img, oh, ow0, ow1, pad_value, o, ldo); break;
+        default: im2col_narrow_row<9>(g, img, oh, ow0, ow1, pad_value, o, ldo); break;
+      }
+      r += ow1 - ow0;
+    }
+    return;
+  }
   // Row r = output pixel (n, oh, ow); walked incrementally (no division per row).
   int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    uint8_t* o = out + (r - row_begin) * K;
+    uint8_t* o = out + (r - row_begin) * ldo;
     const uint8_t* img = x + n * g.in_h * g.in_w * C;
     const int64_t iw0 = ow * g.stride_w - g.pad_left;
     const bool cols_in = g.dil_w == 1 && iw0 >= 0 && iw0 + g.kw <= g.in_w;
@@ -210,10 +278,11 @@ void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t r
       }
       for (int64_t j = 0; j < g.kw; ++j, o += C) {
         const int64_t iw = iw0 + j * g.dil_w;
-        if (!row_in || iw < 0 || iw >= g.in_w) std::memset(o, pad_value, static_cast<size_t>(C));
+        if (!row_in || iw < 0 || iw >= g.in_w) fill_bytes(o, pad_value, C);
         else copy_bytes(o, img + (ih * g.in_w + iw) * C, C);
       }
     }
+    fill_bytes(o, pad_value, ldo - K);
     if (++ow == g.out_w) {
       ow = 0;
       if (++oh == g.out_h) oh = 0, ++n;
@@ -241,6 +310,90 @@ void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y) {
 
 void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = table[(size_t{a[i]} << 8) | b[i]];
+}
+
+// ---- Binary8 ----
+
+namespace {
+// One element of the Binary8 formula (scalar; the definition both paths follow).
+__attribute__((optimize("fp-contract=off"))) inline uint8_t binary8_one(const Binary8& f, uint8_t ra, uint8_t rb) {
+  const int32_t qa = f.a_signed ? int32_t{static_cast<int8_t>(ra)} : int32_t{ra};
+  const int32_t qb = f.b_signed ? int32_t{static_cast<int8_t>(rb)} : int32_t{rb};
+  const float fa = static_cast<float>(qa - f.za) * f.sa;
+  const float fb = static_cast<float>(qb - f.zb) * f.sb;
+  const float x = f.op == Binary8::Op::kAdd ? fa + fb : (f.op == Binary8::Op::kSub ? fa - fb : fa * fb);
+  // QuantizeLinear as quantize_f32 (exactly quant::quantize_value): divide, NaN -> zero point, clamp to the
+  // integer bounds (commutes with rounding), round half to even with the 1.5 * 2^23 addition.
+  float v = x / f.sy;
+  const float lo = static_cast<float>(f.qmin - f.zy), hi = static_cast<float>(f.qmax - f.zy);
+  v = v == v ? v : 0.0f;
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  const float r = (v + 12582912.0f) - 12582912.0f;
+  return static_cast<uint8_t>(static_cast<int32_t>(r) + f.zy);
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PERCH_BINARY8_AVX512 1
+// 16 elements per step, the same operations in the same order as binary8_one (no FMA: separate VMULPS / VADDPS).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512(const Binary8& f, const uint8_t* a,
+                                                                        const uint8_t* b, int64_t n, uint8_t* y) {
+  const __m512i za = _mm512_set1_epi32(f.za), zb = _mm512_set1_epi32(f.zb), zy = _mm512_set1_epi32(f.zy);
+  const __m512 sa = _mm512_set1_ps(f.sa), sb = _mm512_set1_ps(f.sb), sy = _mm512_set1_ps(f.sy);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(f.qmin - f.zy)), hi = _mm512_set1_ps(static_cast<float>(f.qmax - f.zy));
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m128i ra = _mm_maskz_loadu_epi8(m, a + i), rb = _mm_maskz_loadu_epi8(m, b + i);
+    const __m512i qa = f.a_signed ? _mm512_cvtepi8_epi32(ra) : _mm512_cvtepu8_epi32(ra);
+    const __m512i qb = f.b_signed ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
+    const __m512 fa = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qa, za)), sa);
+    const __m512 fb = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qb, zb)), sb);
+    const __m512 x = f.op == Binary8::Op::kAdd   ? _mm512_add_ps(fa, fb)
+                     : f.op == Binary8::Op::kSub ? _mm512_sub_ps(fa, fb)
+                                                 : _mm512_mul_ps(fa, fb);
+    __m512 v = _mm512_div_ps(x, sy);
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+    const __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(r), zy);  // r is an integer: truncation is exact
+    _mm_mask_storeu_epi8(y + i, m, _mm512_cvtepi32_epi8(q));  // q in [qmin, qmax]: the low byte is the code
+  }
+}
+#endif
+
+bool avx512_active() {
+#ifdef PERCH_BINARY8_AVX512
+  return has_path(active_paths(), Path::kAvx512Vnni);
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+void binary8_reference(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = binary8_one(f, a[i], b[i]);
+}
+
+void binary8(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+#ifdef PERCH_BINARY8_AVX512
+  if (avx512_active()) return binary8_avx512(f, a, b, n, y);
+#endif
+  binary8_reference(f, a, b, n, y);
+}
+
+bool binary8_matches(const Binary8& f, const uint8_t* table) {
+  std::vector<uint8_t> a(65536), b(65536), y(65536);
+  for (size_t i = 0; i < 65536; ++i) a[i] = static_cast<uint8_t>(i >> 8), b[i] = static_cast<uint8_t>(i & 255);
+  binary8_reference(f, a.data(), b.data(), 65536, y.data());
+  if (std::memcmp(y.data(), table, 65536) != 0) return false;
+#ifdef PERCH_BINARY8_AVX512
+  if (has_path(supported_paths(), Path::kAvx512Vnni)) {
+    binary8_avx512(f, a.data(), b.data(), 65536, y.data());
+    if (std::memcmp(y.data(), table, 65536) != 0) return false;
+  }
+#endif
+  return true;
 }
 
 }  // namespace perch::runtime::int8

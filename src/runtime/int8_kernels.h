@@ -29,13 +29,16 @@ void avgpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, int32_t zp_x, 
                   int32_t zp_y, int32_t qmin, int32_t qmax, Tensor& y);
 
 // im2col for a 2-D convolution on NHWC 8-bit data: rows [row_begin, row_end) of the [N*OH*OW, KH*KW*C]
-// patch matrix; out-of-input taps are filled with `pad_value` (the zero point: (pad - zp) * w = 0).
+// patch matrix, row stride ldo >= K (bytes [K, ldo) of a row are set to pad_value too: the GEMM's padded last
+// k-group reads them against zero weights, gemm_s8.h); out-of-input taps are filled with `pad_value` (the zero
+// point: (pad - zp) * w = 0).
 struct Im2Col {
   int64_t batch, in_h, in_w, channels, kh, kw;
   int64_t stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
   int64_t out_h, out_w;
 };
-void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out);
+void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end, uint8_t* out,
+                 int64_t ldo);
 
 // QuantizeLinear per tensor, exactly quant::quantize_value (q = clamp(round_half_even(x / s) + zp)), written
 // so the compiler vectorizes it; y holds the raw bytes (int8 as two's complement).
@@ -44,5 +47,26 @@ void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, in
 // y[i] = table[x[i]] (256 entries) and y[i] = table[a[i] * 256 + b[i]] (65536 entries), on raw bytes.
 void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y);
 void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y);
+
+// Add / Sub / Mul of two 8-bit tensors (per-tensor parameters) into an 8-bit output, by a float formula written to
+// be the simulation's own (DequantizeLinear, the op, QuantizeLinear; a fused Relu/Clip is the clamp [qmin, qmax]):
+//   fa = float(qa - za) * sa,  fb = float(qb - zb) * sb,  f = fa (+|-|*) fb            (each one float rounding)
+//   q  = clamp(round_half_even(f / sy) + zy, qmin, qmax)                              (float division, as Q)
+// No contraction into FMA (each product is rounded before the add). The executor uses it only after checking it
+// against the 65 536-entry table of the simulation's result for every code pair, on both paths (binary8_matches):
+// a mismatch (another kernel's rounding, a different formula) keeps the table.
+struct Binary8 {
+  enum class Op : uint8_t { kAdd, kSub, kMul };
+  Op op = Op::kAdd;
+  bool a_signed = false, b_signed = false;  // int8 codes (raw bytes read as two's complement)
+  int32_t za = 0, zb = 0, zy = 0, qmin = 0, qmax = 255;
+  float sa = 1.0f, sb = 1.0f, sy = 1.0f;
+};
+// The scalar twin, and the best active path (AVX-512 when Path::kAvx512Vnni is active: it implies F/BW/VL).
+void binary8_reference(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y);
+void binary8(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y);
+// True when the scalar twin and the AVX-512 path (when the CPU has it) both give table[qa * 256 + qb] (raw bytes)
+// for all 65 536 code pairs.
+bool binary8_matches(const Binary8& f, const uint8_t* table);
 
 }  // namespace perch::runtime::int8

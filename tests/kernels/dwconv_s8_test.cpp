@@ -122,6 +122,11 @@ std::vector<int64_t> exact(const DwCase& c) {
   return out;
 }
 
+size_t want_size(const DwCase& c, const OutputStageS8& st) {
+  const size_t elems = static_cast<size_t>(c.args.batch * c.args.out_h() * c.args.out_w() * c.args.channels);
+  return elems * (st.type == OutputType::kInt32 ? 4 : 1) + 64;
+}
+
 std::vector<uint8_t> run(DwCase& c, OutputStageS8 st, bool reference_twin) {
   const size_t elems = static_cast<size_t>(c.args.batch * c.args.out_h() * c.args.out_w() * c.args.channels);
   std::vector<uint8_t> y(elems * (st.type == OutputType::kInt32 ? 4 : 1) + 64, 0xCD);
@@ -273,6 +278,52 @@ TEST(DepthwiseS8, EveryPathMatchesReference) {
     EXPECT_GT(inside * 10, outputs * 3) << isa.name << ": only " << inside << " of " << outputs
                                         << " outputs strictly inside (qmin, qmax)";
   }
+}
+
+// prepare_depthwise_s8: constants built once (every path's variant) give the same bytes as per-call ones, on every
+// path set, when the same prepared object serves calls of other geometries (batch, size, stride, padding) — the
+// executor's use; a call with another input zero point is refused.
+TEST(DepthwiseS8, PreparedConstantsGiveTheSameResults) {
+  Rng rng(23);
+  const int64_t channels[] = {1, 16, 17, 48, 64, 65, 144};
+  const std::pair<int64_t, int64_t> kernels[] = {{3, 3}, {5, 5}, {1, 3}};
+  for (int64_t cn : channels)
+    for (auto [kh, kw] : kernels) {
+      DwCase c = make_case(rng, cn, kh, kw);
+      const auto ex = exact(c);
+      for (OutputType type : {OutputType::kInt32, OutputType::kUInt8, OutputType::kInt8}) {
+        OutputStageS8 st;
+        st.type = type;
+        const int32_t lo = type == OutputType::kInt8 ? -128 : 0;
+        st.zero_point = lo + 128;
+        st.qmin = lo;
+        st.qmax = lo + 255;
+        const auto ms = pick_multipliers(rng, c, ex, true);
+        st.multipliers = ms.data();
+        st.num_multipliers = static_cast<int64_t>(ms.size());
+        c.args.out = st;
+        const auto prep = prepare_depthwise_s8(c.args);
+        for (int geo = 0; geo < 2; ++geo) {
+          if (geo == 1) {  // another geometry, same layer constants
+            c.args.stride_h = c.args.stride_h == 1 ? 2 : 1;
+            c.args.pad_top += 1;  // more padding always fits
+          }
+          const auto want = run(c, st, true);
+          for (const auto& ps : test::path_sets()) {
+            PathGuard guard(ps.paths);
+            std::vector<uint8_t> got(want.size(), 0xCD);
+            c.args.y = got.data();
+            depthwise_s8(c.args, *prep);
+            ASSERT_EQ(got, want) << ps.name << " " << c.describe() << " geometry " << geo;
+          }
+        }
+        DepthwiseS8Args other = c.args;
+        std::vector<uint8_t> buf(want_size(c, st));
+        other.y = buf.data();
+        other.x_zero_point = c.args.x_zero_point == 0 ? 1 : 0;  // valid for both types, not what was prepared
+        EXPECT_THROW(depthwise_s8(other, *prep), Error);
+      }
+    }
 }
 
 // The MobileNetV2 shape, split over two threads; left-shift multipliers (M >= 1) included.

@@ -419,6 +419,96 @@ TEST(GemmS8, LeftShiftMultipliersAndReferenceFallback) {
   }
 }
 
+// The AVX-512 VNNI path reads A in place for uint8 activations with K a multiple of 4 (else packs it per tile),
+// and picks its output stage by the multipliers: all below 1/2 (the 32-bit final shift), or any other (the 64-bit
+// form with a clamp). Every row count of a tile, column counts around the 16/32-column tiles, both activation types,
+// K in and out of the in-place case, each multiplier regime; against the reference twin, byte for byte (ldc padding
+// included: nothing may be written past N).
+TEST(GemmS8, InPlaceAndPackedAOutputStageModesAroundTiles) {
+  Rng rng(21);
+  const std::pair<int64_t, int64_t> regimes[] = {{-20, -2}, {-1, 0}, {-20, 2}};  // shift ranges: hi32, R = 0, mixed
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) continue;
+    for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 24, 27})
+      for (int64_t n : {1, 15, 16, 17, 31, 32, 33, 50})
+        for (int64_t k : {4, 16, 24, 9}) {
+          Case c = make_case(rng, m, n, k);
+          c.zw.clear();  // the common symmetric case; zero points are covered above
+          if (rng.range(0, 2) == 0 && c.a_type == Act8::kInt8) {  // mostly uint8: the in-place case
+            c.a_type = Act8::kUInt8;
+            c.za = 128;
+          }
+          const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN);
+          const int64_t regime = rng.range(0, 3);
+          const auto [slo, shi] = regimes[std::min<int64_t>(regime, 2)];
+          std::vector<quant::FixedPointMultiplier> ms(static_cast<size_t>(c.n));
+          for (auto& mm : ms) {
+            mm.multiplier = static_cast<int32_t>(rng.range(int64_t{1} << 30, (int64_t{1} << 31) - 1));
+            mm.shift = static_cast<int32_t>(rng.range(slo, shi));
+          }
+          if (regime == 3) ms = pick_multipliers(rng, c, exact_acc(c), 0, 255, true);  // outputs mostly inside
+          for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
+            OutputStageS8 st;
+            st.type = type;
+            const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
+            st.zero_point = lo + static_cast<int32_t>(rng.range(60, 195));
+            st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;
+            st.qmax = lo + 255;
+            st.multipliers = ms.data();
+            st.num_multipliers = c.n;
+            const auto want = run(c, pw, st, true);
+            PathGuard guard(isa.paths);
+            ASSERT_EQ(run(c, pw, st, false), want) << isa.name << " " << describe(c) << " regime " << regime;
+          }
+        }
+  }
+}
+
+// prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
+// changing M / A / C (the executor's use), and a mismatched call is refused.
+TEST(GemmS8, PreparedConstantsGiveTheSameResults) {
+  Rng rng(22);
+  for (int it = 0; it < 30; ++it) {
+    const Case c = make_case(rng, rng.range(1, 40), rng.range(1, 70), rng.range(1, 100));
+    const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
+    const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
+    OutputStageS8 st;
+    st.type = it % 3 == 0 ? OutputType::kInt32 : (it % 3 == 1 ? OutputType::kUInt8 : OutputType::kInt8);
+    const int32_t lo = st.type == OutputType::kInt8 ? -128 : 0;
+    st.zero_point = lo + 128;
+    st.qmin = lo;
+    st.qmax = lo + 255;
+    const auto ms = pick_multipliers(rng, c, exact_acc(c), lo, lo + 255, true);
+    st.multipliers = ms.data();
+    st.num_multipliers = c.n;
+    const size_t elem = st.type == OutputType::kInt32 ? 4 : 1;
+    const GemmS8Args proto = args_for(c, pw, nullptr, st);
+    const auto prep = prepare_gemm_s8(proto);
+    const auto want = run(c, pw, st, true);
+    for (const auto& ps : test::path_sets()) {
+      PathGuard guard(ps.paths);
+      std::vector<uint8_t> got(want.size(), 0xCD);
+      gemm_s8(args_for(c, pw, got.data(), st), *prep);
+      ASSERT_EQ(got, want) << ps.name << " " << describe(c);
+      // Rows in two blocks through gemm_s8_block (the executor's im2col blocks).
+      std::vector<uint8_t> got2(want.size(), 0xCD);
+      const int64_t split = c.m / 2;
+      for (auto [m0, m1] : {std::pair<int64_t, int64_t>{0, split}, {split, c.m}}) {
+        GemmS8Args gb = args_for(c, pw, nullptr, st);
+        gb.m = m1 - m0;
+        gb.a = c.a_bytes.data() + m0 * c.lda;
+        gb.c = got2.data() + static_cast<size_t>(m0 * c.ldc) * elem;
+        if (gb.m > 0) gemm_s8_block(gb, *prep, 0, gb.m, 0, c.n);
+      }
+      ASSERT_EQ(got2, want) << ps.name << " blocks " << describe(c);
+    }
+    std::vector<uint8_t> buf(want.size());
+    GemmS8Args other = args_for(c, pw, buf.data(), st);
+    other.a_zero_point = c.za == 0 ? 1 : 0;  // valid for both types, but not what was prepared
+    EXPECT_THROW(gemm_s8(other, *prep), Error);
+  }
+}
+
 // Large enough to be split over the thread pool (row blocks and column chunks); the blocks must tile C exactly.
 TEST(GemmS8, ThreadedSplitMatchesReference) {
   Rng rng(7);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -157,6 +158,24 @@ TEST_P(Int8Tiny, LowersEverythingAndMatchesSimulation) {
   EXPECT_LE(classic.layers[1].max_steps, 1) << classic.layers[1].value;
   EXPECT_GE(static_cast<double>(classic.top1_agree), 0.95 * static_cast<double>(classic.images));
   EXPECT_LE(classic.max_logit_diff, 0.05 * classic.max_logit);
+  // A batch larger than the executor's sub-batch runs in slices (tiny_cnn is per-sample): every 8-bit activation
+  // and logit equals the runs of each image alone (batch 1, one slice), byte for byte — 19 images: two full
+  // slices of 8 and a partial one.
+  EXPECT_EQ(i8.report().sub_batch, 8) << "tiny_cnn is per-sample: run() should split large batches";
+  const Tensor x19 = random_input(19, 3);
+  const TensorMap whole = i8.run({{"x", x19}}, qs);
+  for (int64_t i = 0; i < 19; ++i) {
+    Tensor xi(DType::kFloat32, {1, 1, 8, 8});
+    std::memcpy(xi.raw(), x19.data<float>() + i * 64, 64 * sizeof(float));
+    const TensorMap one = i8.run({{"x", xi}}, qs);
+    for (const auto& [name, t] : one) {
+      const Tensor& w = whole.at(name);
+      ASSERT_EQ(w.dim(0), 19) << name;
+      const size_t bytes = t.nbytes();
+      ASSERT_EQ(std::memcmp(static_cast<const char*>(w.raw()) + static_cast<size_t>(i) * bytes, t.raw(), bytes), 0)
+          << name << " image " << i;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Int8Tiny,

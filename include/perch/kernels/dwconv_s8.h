@@ -13,7 +13,7 @@
 // (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
 // VPMADDUBSW) — and reused by the kh output rows that read it; an output pixel is then kh VPDPBUSD per 16
 // channels (AVX2: kh * ceil(kw / 2) VPMADDWD per 8), with the zero point folded into the accumulators'
-// start value, and an output stage with a single 64-bit rounding (s8_internal.h, DwPlan::rqf) that equals
+// start value, and an output stage with a single 64-bit rounding (s8_internal.h, DwConst::rqf) that equals
 // multiply_by_quantized_multiplier bit for bit. Layouts, formulas and bounds: dwconv_s8_avx512vnni.cpp,
 // dwconv_s8_avx2.cpp. Wider kernels use the per-pixel kernels: per output pixel the VNNI path interleaves the
 // bytes of 4 taps with VPUNPCK{L,H}{BW,WD} and does one VPDPBUSD per 16 channels per 4 taps; the AVX2 path
@@ -75,5 +75,13 @@ void validate(const DepthwiseS8Args& d);
 void depthwise_s8_reference(const DepthwiseS8Args& d);
 // Best active path, output rows split over the thread pool.
 void depthwise_s8(const DepthwiseS8Args& d);
+
+// The per-call constants of depthwise_s8 (zero-point offsets, output-stage tables in each path's channel order)
+// built once, as prepare_gemm_s8 (gemm_s8.h): pass them with args that agree in w, bias (contents), x_type,
+// x_zero_point and out (contents); the geometry and the tensors may change. w, x_type, x_zero_point and out.type
+// are checked. Same results as depthwise_s8(d) on every path.
+struct DepthwiseS8Prepared;
+std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS8Args& d);
+void depthwise_s8(const DepthwiseS8Args& d, const DepthwiseS8Prepared& prep);
 
 }  // namespace perch::kernels

@@ -16,7 +16,9 @@
 //
 // Paths (perch/core/cpu.h): kReference (gemm_s8_reference, plain loops over the packed weights), kAvx2
 // (VPMADDWD on sign-extended int16 pairs, 4 x 8 tiles), kAvx512Vnni (VPDPBUSD, 12 x 32 tiles). Results are
-// identical bit for bit on every path.
+// identical bit for bit on every path. The AVX-512 VNNI path reads uint8 A in place when every 4-byte k-group
+// of a row lies inside the row (K % 4 == 0, or lda >= 4 ceil(K / 4): the bytes past K meet zero weights and may
+// hold anything; the tile holding the last row is then packed, so nothing past A is read), else packs A per tile.
 #pragma once
 
 #include <cstddef>
@@ -87,5 +89,17 @@ void gemm_s8(const GemmS8Args& g);
 // The threading hook: output rows [m_begin, m_end) x columns [n_begin, n_end) only, on the calling thread,
 // best active path. n_begin must be a multiple of 16 (a panel boundary). No validation (call validate once).
 void gemm_s8_block(const GemmS8Args& g, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end);
+
+// The per-call constants of gemm_s8 (zero-point column terms bias - za * colsum, the output stage's tables) for
+// fixed weights, bias, activation type / zero point and output stage, built once: a caller that runs the same
+// layer many times (the int8 executor's steps) prepares them at load time and passes them with args that agree
+// in those fields — w, bias (contents), a_type, a_zero_point, out (contents, multipliers included); m, a, lda, c,
+// ldc may change. w, a_type, a_zero_point and out.type are checked; the rest is the caller's promise. Same
+// results as the calls without it, on every path.
+struct GemmS8Prepared;
+std::shared_ptr<const GemmS8Prepared> prepare_gemm_s8(const GemmS8Args& g);
+void gemm_s8(const GemmS8Args& g, const GemmS8Prepared& prep);
+void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                   int64_t n_end);
 
 }  // namespace perch::kernels

@@ -36,6 +36,9 @@ struct Int8Report {
     std::string how;      // e.g. "int8 conv 3x3 im2col+GEMM, requant per-channel, fused Relu", or the float reason
   };
   std::vector<Entry> nodes;  // graph order
+  // Images per slice when run() splits a larger batch (every node is per-sample; the activations of a slice stay
+  // in cache between steps; same results as one run), 0 when it never splits.
+  int64_t sub_batch = 0;
   int64_t integer_nodes() const;
   int64_t float_nodes() const;
   // "12 nodes lowered to integer ops, 1 in float: Softmax 'sm' (input is float: not quantized)".

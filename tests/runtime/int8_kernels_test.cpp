@@ -1,0 +1,112 @@
+// Small kernels of the int8 executor (src/runtime/int8_kernels.h).
+// im2col_nhwc (the patch builder) against a direct formula, over random geometries: every channel count of the narrow-row path (kw * C <= 4 or 9) and wider ones (the generic
+// path), strides, dilations, asymmetric padding, padded row strides (the bytes past K must be the pad value), and
+// row ranges that start and end inside output rows and images.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../src/runtime/int8_kernels.h"
+#include "kernels/kernel_test_util.h"
+#include "perch/core/cpu.h"
+#include "perch/quant/params.h"
+
+namespace perch::runtime::int8 {
+namespace {
+
+TEST(Int8Im2Col, MatchesDirectFormulaOverRandomGeometries) {
+  kernels::test::Rng rng(31);
+  for (int it = 0; it < 400; ++it) {
+    Im2Col g{};
+    g.batch = rng.range(1, 3);
+    g.channels = rng.range(0, 2) == 0 ? rng.range(1, 4) : (rng.range(0, 1) ? 3 : rng.range(5, 20));
+    g.kh = rng.range(1, 4);
+    g.kw = rng.range(0, 3) == 0 ? rng.range(1, 5) : 3;
+    g.stride_h = rng.range(1, 2), g.stride_w = rng.range(1, 3);
+    g.dil_h = rng.range(0, 4) == 0 ? 2 : 1, g.dil_w = rng.range(0, 4) == 0 ? 2 : 1;
+    g.pad_top = rng.range(0, 2), g.pad_left = rng.range(0, 2);
+    const int64_t pad_bottom = rng.range(0, 2), pad_right = rng.range(0, 2);
+    g.in_h = rng.range(g.dil_h * (g.kh - 1) + 1, 12);
+    g.in_w = rng.range(std::max<int64_t>(1, g.dil_w * (g.kw - 1) + 1 - g.pad_left - pad_right), 13);
+    g.out_h = (g.in_h + g.pad_top + pad_bottom - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
+    g.out_w = (g.in_w + g.pad_left + pad_right - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
+    const int64_t K = g.kh * g.kw * g.channels, ldo = K + (rng.range(0, 1) ? (4 - K % 4) % 4 : rng.range(0, 5));
+    std::vector<uint8_t> x(static_cast<size_t>(g.batch * g.in_h * g.in_w * g.channels));
+    for (auto& v : x) v = static_cast<uint8_t>(rng.range(0, 255));
+    const uint8_t pad = static_cast<uint8_t>(rng.range(0, 255));
+    const int64_t rows = g.batch * g.out_h * g.out_w;
+    const int64_t r0 = rng.range(0, rows - 1), r1 = rng.range(r0 + 1, rows);
+    std::vector<uint8_t> got(static_cast<size_t>((r1 - r0) * ldo), 0xEE);
+    im2col_nhwc(g, x.data(), pad, r0, r1, got.data(), ldo);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow = r % g.out_w;
+      for (int64_t col = 0; col < ldo; ++col) {
+        uint8_t want = pad;
+        if (col < K) {
+          const int64_t i = col / (g.kw * g.channels), j = (col / g.channels) % g.kw, c = col % g.channels;
+          const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h, iw = ow * g.stride_w - g.pad_left + j * g.dil_w;
+          if (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w)
+            want = x[static_cast<size_t>(((n * g.in_h + ih) * g.in_w + iw) * g.channels + c)];
+        }
+        ASSERT_EQ(int{got[static_cast<size_t>((r - r0) * ldo + col)]}, int{want})
+            << "it " << it << " C=" << g.channels << " k=" << g.kh << "x" << g.kw << " s=" << g.stride_h << "," << g.stride_w
+            << " d=" << g.dil_h << "," << g.dil_w << " row " << r << " col " << col;
+      }
+    }
+  }
+}
+
+// Binary8 (Add/Sub/Mul by the float formula): against a table built independently from quant::dequantize_value /
+// quantize_value (the simulation's scalar maps) for random parameters, both activation types, clamps; the check
+// must accept those tables and reject a table with one entry changed; every path must equal the scalar twin on
+// lengths around the 16-element vector (tails).
+TEST(Int8Binary8, FormulaMatchesIndependentTableOnEveryPath) {
+  kernels::test::Rng rng(32);
+  int accepted = 0;
+  for (int it = 0; it < 24; ++it) {
+    Binary8 f;
+    f.op = static_cast<Binary8::Op>(it % 3);
+    const bool sgn = rng.range(0, 1) == 1;
+    f.a_signed = f.b_signed = sgn;
+    const int32_t lo = sgn ? -128 : 0;
+    f.za = lo + static_cast<int32_t>(rng.range(0, 255));
+    f.zb = lo + static_cast<int32_t>(rng.range(0, 255));
+    f.zy = lo + static_cast<int32_t>(rng.range(0, 255));
+    f.qmin = rng.range(0, 2) == 0 ? f.zy : lo;  // a fused Relu clamps at the zero point
+    f.qmax = lo + 255;
+    f.sa = static_cast<float>(0.001 + 0.1 * static_cast<double>(rng.range(1, 1000)) / 1000.0);
+    f.sb = static_cast<float>(0.001 + 0.1 * static_cast<double>(rng.range(1, 1000)) / 1000.0);
+    f.sy = static_cast<float>(0.002 + 0.2 * static_cast<double>(rng.range(1, 1000)) / 1000.0);
+    std::vector<uint8_t> table(65536);
+    for (int i = 0; i < 65536; ++i) {
+      const int32_t qa = sgn ? static_cast<int8_t>(i >> 8) : (i >> 8), qb = sgn ? static_cast<int8_t>(i & 255) : (i & 255);
+      const float fa = quant::dequantize_value(qa, f.sa, f.za), fb = quant::dequantize_value(qb, f.sb, f.zb);
+      const float x = f.op == Binary8::Op::kAdd ? fa + fb : f.op == Binary8::Op::kSub ? fa - fb : fa * fb;
+      table[static_cast<size_t>(i)] = static_cast<uint8_t>(quant::quantize_value(x, f.sy, f.zy, f.qmin, f.qmax));
+    }
+    ASSERT_TRUE(binary8_matches(f, table.data())) << "it " << it;
+    ++accepted;
+    table[static_cast<size_t>(rng.range(0, 65535))] ^= 1;
+    EXPECT_FALSE(binary8_matches(f, table.data())) << "it " << it;
+    for (int64_t n : {1, 15, 16, 17, 33, 100}) {
+      std::vector<uint8_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n)), want(static_cast<size_t>(n) + 1, 0xAB);
+      for (auto& v : a) v = static_cast<uint8_t>(rng.range(0, 255));
+      for (auto& v : b) v = static_cast<uint8_t>(rng.range(0, 255));
+      binary8_reference(f, a.data(), b.data(), n, want.data());
+      for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+        set_paths_for_testing(paths);
+        std::vector<uint8_t> got(static_cast<size_t>(n) + 1, 0xAB);  // one guard byte past n
+        binary8(f, a.data(), b.data(), n, got.data());
+        set_paths_for_testing(0);
+        ASSERT_EQ(got, want) << "it " << it << " n " << n << " paths " << paths_string(paths);
+      }
+    }
+  }
+  EXPECT_EQ(accepted, 24);
+}
+
+}  // namespace
+}  // namespace perch::runtime::int8
