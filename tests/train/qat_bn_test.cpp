@@ -258,6 +258,38 @@ TEST(QatBatchNorm, FreezeStopsStatisticsExportEqualsFakeQuantAndQatBeatsPtq) {
   EXPECT_GE(qat_acc, ptq_acc);
 }
 
+// MobileNetV2 (residual Adds read the projection convs' BN outputs, which are quantized activations): every
+// Conv -> BN pair is kept, and a few batch-statistics steps later the export still equals the fake-quant model.
+TEST(QatBatchNorm, EveryMbv2PairIsKeptAndExportEqualsFakeQuant) {
+  const Dataset train = sample(load_dataset("fashion-mnist:train"), 256, 8);
+  ArchOptions ao;
+  ao.width_mult = 0.5f;
+  const Model m = build_arch("mbv2", ao);
+  int64_t bns = 0;
+  for (const auto& n : m.graph.nodes) bns += n.op_type == "BatchNormalization";
+  QatOptions o;
+  o.ptq.weights.bits = 4;
+  o.calib_images = 64;
+  o.freeze_bn = 1.0f;  // batch statistics on every step
+  QatGraph q = prepare_qat(m, sample(train, 64, 9), o);
+  EXPECT_EQ(q.bn_kept, bns);
+  Tape tape(q.model, q.params);
+  TrainOptions to;
+  to.batch = 32;
+  to.max_steps = 3;
+  to.optimizer.lr = 1e-3f;
+  fit(tape, train, to);
+  const ptq::PtqResult exported = export_qat(q);
+  runtime::Executor qdq(exported.model);
+  const Tensor x = train.batch(0, 32);
+  const Tensor a = tape.forward({{"input", x}}, false).at("logits");
+  const Tensor b = qdq.run1(x);
+  double worst = 0;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+  EXPECT_EQ(worst, 0.0);
+}
+
 // ../shared's models have BN folded already: nothing to keep, the training graph is the folded one.
 TEST(QatBatchNorm, FoldedModelsKeepTheFoldedPath) {
   std::mt19937 rng(3);
