@@ -80,12 +80,14 @@ double eval_model(const graph::Model& m, const Dataset& data, const std::string&
 
 std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_json) {
   // train
-  auto* t = app.add_subcommand("train", "train a built-in architecture from scratch, write ONNX (BN folded)");
+  auto* t = app.add_subcommand("train", "train a built-in architecture from scratch, write ONNX (BN folded unless --keep-bn)");
   auto tf = std::make_shared<CommonTrainFlags>();
   auto arch = std::make_shared<std::string>("mbv2");
   auto width = std::make_shared<float>(1.0f);
+  auto keep_bn = std::make_shared<bool>(false);
   t->add_option("--arch", *arch, "convnet | mbv2")->capture_default_str();
   t->add_option("--width", *width, "channel width multiplier")->capture_default_str();
+  t->add_flag("--keep-bn", *keep_bn, "write BatchNormalization unfolded (e.g. for perch qat's batch-statistics phase)");
   tf->add(t);
   t->add_flag("--json", as_json, "print a JSON summary on stdout");
 
@@ -98,6 +100,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
   auto learn = std::make_shared<bool>(false), no_eq = std::make_shared<bool>(false);
   auto calib = std::make_shared<int64_t>(1024);
   auto group = std::make_shared<int64_t>(16);
+  auto freeze_bn = std::make_shared<float>(0.5f);
   q->add_option("model", *model, "float ONNX model")->required();
   q->add_option("--weights", *weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
   q->add_option("--weight-bits", *wbits, "weight bits (2..8)")->capture_default_str();
@@ -105,6 +108,10 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
   q->add_flag("--learn-scales", *learn, "learn weight and activation step sizes (LSQ)");
   q->add_flag("--no-equalize", *no_eq, "skip cross-layer equalization before training");
   q->add_option("--calib-count", *calib, "images calibrating the initial ranges")->capture_default_str();
+  q->add_option("--freeze-bn", *freeze_bn,
+                "fraction of the steps that use BN batch statistics (Conv->BN pairs of the model); then running "
+                "statistics, frozen. 0: BN folded before training")
+      ->capture_default_str();
   qf->add(q);
   q->add_flag("--json", as_json, "print a JSON summary on stdout");
 
@@ -126,7 +133,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       auto logs = train::fit(tape, data, tf->options(1.0f), [&]() {
         return ev ? train::accuracy(tape, *ev, 256, "eval") : -1.0;
       });
-      graph::Model out = train::export_inference(m);
+      graph::Model out = *keep_bn ? m : train::export_inference(m);
       out.doc_string = "trained by perch: perch train --arch " + *arch + " --epochs " + std::to_string(tf->epochs) +
                        " --seed " + std::to_string(tf->seed);
       graph::save_model(out, tf->output);
@@ -141,7 +148,9 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
           std::printf("epoch %lld: loss %.4f  train %.4f  eval %.4f  (%.1f s, %.3f s/step)\n",
                       static_cast<long long>(l.epoch), l.loss, l.train_accuracy, l.eval_accuracy, l.seconds,
                       l.seconds / static_cast<double>(std::max<int64_t>(1, l.steps)));
-        if (ev) std::printf("wrote %s: top-1 %.4f on %s (BN folded)\n", tf->output.c_str(), exported, ev->name.c_str());
+        if (ev)
+          std::printf("wrote %s: top-1 %.4f on %s (BN %s)\n", tf->output.c_str(), exported, ev->name.c_str(),
+                      *keep_bn ? "kept" : "folded");
         else std::printf("wrote %s\n", tf->output.c_str());
       }
       return 0;
@@ -160,6 +169,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       o.ptq.equalize = !*no_eq;
       o.calib_images = *calib;
       o.learn_scales = *learn;
+      o.freeze_bn = *freeze_bn;
       o.train = qf->options(0.1f);
       double fp32 = -1;
       if (ev) {

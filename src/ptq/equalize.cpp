@@ -144,6 +144,12 @@ EqualizeReport equalize(graph::Model& model, int max_sweeps) {
         if (ra[c] > 0 && rb[c] > 0) s[c] = std::sqrt(ra[c] / rb[c]);
         worst = std::max(worst, std::fabs(std::log(s[c])));
       }
+      auto& so = rep.out_scales.try_emplace(a.outputs[0], std::vector<double>(static_cast<size_t>(channels), 1.0)).first->second;
+      for (int64_t c = 0; c < channels; ++c) so[static_cast<size_t>(c)] *= s[c];
+      if (b.op_type == "Conv") {
+        auto& si = rep.in_scales.try_emplace(b.outputs[0], std::vector<double>(static_cast<size_t>(channels), 1.0)).first->second;
+        for (int64_t c = 0; c < channels; ++c) si[static_cast<size_t>(c)] *= s[c];
+      }
       for_out_channels(a, wa, [&](float& x, int64_t c) { x = static_cast<float>(x / s[c]); });
       for_in_channels(b, wb, p.features, [&](float& x, int64_t c) { x = static_cast<float>(x * s[c]); });
       if (!a.input(2).empty()) {

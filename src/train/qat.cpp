@@ -6,6 +6,8 @@
 
 #include "perch/core/error.h"
 #include "perch/core/progress.h"
+#include "perch/core/threads.h"
+#include "perch/graph/passes.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/quant/estimators.h"
 #include "perch/quant/fake_quant.h"
@@ -166,6 +168,348 @@ std::vector<Tensor> fq_bias_backward(const GradArgs& a) {
   return out;
 }
 
+// ---- BatchNormalization kept for QAT (the batch-statistics phase) ----
+// A Conv -> BN pair of the input model trains in the unfolded parameterization (conv weight w, BN scale
+// gamma and shift beta; running mean mu and variance v are state), while the convolution always runs with
+// the folded, fake-quantized weights the deployment will see. Per output channel c (e_c: the cross-layer
+// equalization factor of the canonical model, W_canonical = W_folded / e_c; 1 without equalization;
+// mu is the running mean minus the original conv bias, so the conv itself has none):
+//   sigma_c = sqrt(v_c + eps),  k_c = gamma_c / (sigma_c e_c)
+//   BnFoldWeight:  W[c, i, ...] = w[c, i, ...] k_c s_i         (the canonical weight; fake-quantized after;
+//                  s_i: equalization of the input channels, when the previous layer was equalized with this)
+//   BnFoldBias:    b_c = (beta_c - mu_c gamma_c / sigma_c) / e_c   (the canonical bias; fake-quantized after)
+//   y = Conv(x, FQ(W), FQ(b))   — exactly the frozen-statistics (deployment) form, and then
+//   BnBatchCorrection(y, FQ(b), gamma, beta, mu, v, e):
+//     frozen, or evaluation: y unchanged (identity: the running statistics are what the fold used).
+//     batch phase (training): with u = y - FQ(b) = conv(x, FQ(W)) and z = u / k_c the unfolded conv output
+//     (the one a float BN would see), normalize z with the batch's statistics and undo the equalization:
+//       out = (gamma (z - mean_B z) / sqrt(var_B z + eps) + beta) / e
+//           = t_c (u - mean_B u) + beta_c / e_c,   t_c = sigma_c |k_c| / D_c,   D_c = sqrt(var_B u + eps k_c^2)
+//     (var_B: population variance over N x H x W; in z-space, var_B z = var_B u / k^2, i.e. the conv output is
+//     rescaled by sigma_running / sigma_batch: Jacob et al. 2018 Sec. 3.2, Krishnamoorthi 2018 Sec. 3.2).
+//     Running statistics: mu = m mu + (1 - m) mean_B(u) / k, v = m v + (1 - m) var_B(u) / k^2 * n / (n - 1)
+//     (m = the BN's momentum, ONNX convention; unbiased variance as the BatchNormalization training forward).
+// Gradients (g = dL/dout, sums over the channel's n = N H W values, u^ = u - mean_B u):
+//   d out/du_i:  t (g_i - mean(g) - u^_i mean(g u^) / D^2)
+//   dL/dbeta = sum(g) / e,   dL/dgamma = sign(k) var_B(u) / (e D^3) sum(g u^)   (t depends on gamma via k)
+//   BnFoldWeight:  dw = dW k s_i,  dgamma = sum_j dW[c, j] w[c, j] s_i / (sigma e)
+//   BnFoldBias:    dbeta = db / e,  dgamma = -db mu / (sigma e)
+// FQ(b) enters the correction only through the running mean (u^ does not depend on it): no gradient.
+
+struct BnChannel {
+  double sigma, k;  // sqrt(v + eps), gamma / (sigma e)
+};
+
+BnChannel bn_channel(const Tensor& gamma, const Tensor& var, const Tensor& eq, int64_t c, double eps) {
+  const double sigma = std::sqrt(static_cast<double>(var.data<float>()[c]) + eps);
+  return {sigma, static_cast<double>(gamma.data<float>()[c]) / (sigma * static_cast<double>(eq.data<float>()[c]))};
+}
+
+// The running statistics are updated in place after BnBatchCorrection runs, i.e. before the backward pass:
+// the fold ops save what their gradients need (saved = {k, 1 / (sigma e)} resp. {mean / (sigma e), 1 / e}).
+// BnFoldWeight(w, gamma, var, eq, in_scale): W[o, i, ...] = w[o, i, ...] k_o s_i, rounded once to float
+// (o: output channel, axis 0; s: the equalization scales of the input channels when this Conv is the second
+// layer of an equalized pair — its input is the previous layer's output divided by s — else 1).
+std::vector<Tensor> bn_fold_weight_forward(const Node& n, const Args& a, int64_t, ForwardContext& ctx) {
+  PERCH_CHECK(a.size() == 5 && a[0] && a[0]->rank() >= 2, n.describe(),
+              ": BnFoldWeight needs (w, gamma, var, eq, in_scale)");
+  const Tensor& w = *a[0];
+  const int64_t m = w.dim(0), per = w.numel() / std::max<int64_t>(1, m), cin = w.dim(1), hw = per / std::max<int64_t>(1, cin);
+  for (size_t i = 1; i < 4; ++i)
+    PERCH_CHECK(a[i] && a[i]->numel() == m, n.describe(), ": input ", i, " needs ", m, " values");
+  PERCH_CHECK(a[4] && a[4]->numel() == cin, n.describe(), ": in_scale needs ", cin, " values");
+  const float* in_scale = a[4]->data<float>();
+  const double eps = n.attr_float("epsilon", 1e-5f);
+  Tensor out = Tensor::uninitialized(DType::kFloat32, w.shape());
+  Tensor kt(DType::kFloat32, {m}), gt(DType::kFloat32, {m});
+  for (int64_t c = 0; c < m; ++c) {
+    const BnChannel ch = bn_channel(*a[1], *a[2], *a[3], c, eps);
+    kt.data<float>()[c] = static_cast<float>(ch.k);
+    gt.data<float>()[c] = static_cast<float>(1.0 / (ch.sigma * a[3]->data<float>()[c]));
+    for (int64_t j = 0; j < per; ++j)
+      out.data<float>()[c * per + j] =
+          static_cast<float>(static_cast<double>(w.data<float>()[c * per + j]) * ch.k * in_scale[j / hw]);
+  }
+  ctx.saved = {kt, gt};
+  return {out};
+}
+
+std::vector<Tensor> bn_fold_weight_backward(const GradArgs& a) {
+  const Tensor &w = *a.inputs[0], &gamma = *a.inputs[1];
+  const Tensor& dW = *a.grad_outputs.at(0);
+  PERCH_CHECK(a.saved.size() == 2, a.node.describe(), ": backward without its forward state");
+  const int64_t m = w.dim(0), per = w.numel() / std::max<int64_t>(1, m), hw = per / std::max<int64_t>(1, w.dim(1));
+  const float* in_scale = a.inputs[4]->data<float>();
+  std::vector<Tensor> out(a.inputs.size());
+  Tensor dw = Tensor::uninitialized(DType::kFloat32, w.shape()), dg(DType::kFloat32, gamma.shape());
+  for (int64_t c = 0; c < m; ++c) {
+    const double k = a.saved[0].data<float>()[c], ginv = a.saved[1].data<float>()[c];
+    double s = 0;
+    for (int64_t j = 0; j < per; ++j) {
+      const double d = dW.data<float>()[c * per + j] * static_cast<double>(in_scale[j / hw]);
+      dw.data<float>()[c * per + j] = static_cast<float>(d * k);
+      s += d * w.data<float>()[c * per + j];
+    }
+    dg.data<float>()[c] = static_cast<float>(s * ginv);
+  }
+  out[0] = dw;
+  out[1] = dg;
+  return out;
+}
+
+// BnFoldBias(gamma, beta, mean, var, eq): b = (beta - mean gamma / sigma) / e.
+std::vector<Tensor> bn_fold_bias_forward(const Node& n, const Args& a, int64_t, ForwardContext& ctx) {
+  PERCH_CHECK(a.size() == 5 && a[0], n.describe(), ": BnFoldBias needs (gamma, beta, mean, var, eq)");
+  const int64_t m = a[0]->numel();
+  for (size_t i = 1; i < 5; ++i) PERCH_CHECK(a[i] && a[i]->numel() == m, n.describe(), ": input ", i, " needs ", m, " values");
+  const double eps = n.attr_float("epsilon", 1e-5f);
+  Tensor out = Tensor::uninitialized(DType::kFloat32, {m});
+  Tensor gt(DType::kFloat32, {m}), bt(DType::kFloat32, {m});
+  for (int64_t c = 0; c < m; ++c) {
+    const BnChannel ch = bn_channel(*a[0], *a[3], *a[4], c, eps);
+    const double e = a[4]->data<float>()[c], mu = a[2]->data<float>()[c];
+    out.data<float>()[c] = static_cast<float>((static_cast<double>(a[1]->data<float>()[c]) - mu * ch.k * e) / e);
+    gt.data<float>()[c] = static_cast<float>(mu / (ch.sigma * e));
+    bt.data<float>()[c] = static_cast<float>(1.0 / e);
+  }
+  ctx.saved = {gt, bt};
+  return {out};
+}
+
+std::vector<Tensor> bn_fold_bias_backward(const GradArgs& a) {
+  const Tensor& gamma = *a.inputs[0];
+  const Tensor& db = *a.grad_outputs.at(0);
+  PERCH_CHECK(a.saved.size() == 2, a.node.describe(), ": backward without its forward state");
+  const int64_t m = gamma.numel();
+  Tensor dg(DType::kFloat32, gamma.shape()), dbeta(DType::kFloat32, gamma.shape());
+  for (int64_t c = 0; c < m; ++c) {
+    const double d = db.data<float>()[c];
+    dbeta.data<float>()[c] = static_cast<float>(d * a.saved[1].data<float>()[c]);
+    dg.data<float>()[c] = static_cast<float>(-d * a.saved[0].data<float>()[c]);
+  }
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = dg;
+  out[1] = dbeta;
+  return out;
+}
+
+// BnBatchCorrection(y, bias, gamma, beta, mean, var, eq). saved (batch phase) = {mean_B y, t, 1 / D^2, dgamma
+// coefficient sign(k) var_B(u) / (e D^3)} per channel; empty when it ran as the identity.
+std::vector<Tensor> bn_correction_forward(const Node& n, const Args& a, int64_t, ForwardContext& ctx) {
+  PERCH_CHECK(a.size() == 7 && a[0] && a[0]->rank() >= 2, n.describe(),
+              ": BnBatchCorrection needs (y, bias, gamma, beta, mean, var, eq)");
+  const Tensor& y = *a[0];
+  const int64_t N = y.dim(0), C = y.dim(1), inner = y.numel() / std::max<int64_t>(1, N * C);
+  for (size_t i = 1; i < 7; ++i) PERCH_CHECK(a[i] && a[i]->numel() == C, n.describe(), ": input ", i, " needs ", C, " values");
+  if (!ctx.training || n.attr_int("frozen", 0) != 0) return {y};
+  const int64_t cnt = N * inner;
+  PERCH_CHECK(cnt > 1, n.describe(), ": batch statistics need more than one value per channel");
+  const double eps = n.attr_float("epsilon", 1e-5f);
+  const float mom = n.attr_float("momentum", 0.9f);
+  const Tensor &bias = *a[1], &gamma = *a[2], &beta = *a[3], &rm = *a[4], &rv = *a[5], &eq = *a[6];
+  Tensor mean_y(DType::kFloat32, {C}), t(DType::kFloat32, {C}), inv_d2(DType::kFloat32, {C}), gcoef(DType::kFloat32, {C});
+  Tensor nrm = rm.clone(), nrv = rv.clone();
+  Tensor out = Tensor::uninitialized(DType::kFloat32, y.shape());
+  const float* yd = y.data<float>();
+  parallel_for(0, C, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s = 0, s2 = 0;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) s += yd[(i * C + c) * inner + j];
+      const double mu = s / static_cast<double>(cnt);
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) {
+          const double d = yd[(i * C + c) * inner + j] - mu;
+          s2 += d * d;
+        }
+      const double var_u = s2 / static_cast<double>(cnt);
+      const BnChannel ch = bn_channel(gamma, rv, eq, c, eps);
+      const double e = eq.data<float>()[c];
+      const double d2 = var_u + eps * ch.k * ch.k;
+      const double tc = d2 > 0 ? ch.sigma * std::fabs(ch.k) / std::sqrt(d2) : 0.0;
+      const double sign = ch.k > 0 ? 1.0 : ch.k < 0 ? -1.0 : 0.0;
+      mean_y.data<float>()[c] = static_cast<float>(mu);
+      t.data<float>()[c] = static_cast<float>(tc);
+      inv_d2.data<float>()[c] = d2 > 0 ? static_cast<float>(1.0 / d2) : 0.0f;
+      gcoef.data<float>()[c] = d2 > 0 ? static_cast<float>(sign * var_u / (e * d2 * std::sqrt(d2))) : 0.0f;
+      const float off = static_cast<float>(beta.data<float>()[c] / e);
+      const auto tf = static_cast<float>(tc), muf = static_cast<float>(mu);
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) {
+          const int64_t p = (i * C + c) * inner + j;
+          out.data<float>()[p] = tf * (yd[p] - muf) + off;
+        }
+      if (ch.k != 0) {  // statistics of z = u / k (u = y - bias)
+        const double mz = (mu - bias.data<float>()[c]) / ch.k, vz = var_u / (ch.k * ch.k);
+        nrm.data<float>()[c] = mom * rm.data<float>()[c] + (1.0f - mom) * static_cast<float>(mz);
+        nrv.data<float>()[c] = mom * rv.data<float>()[c] +
+                               (1.0f - mom) * static_cast<float>(vz * static_cast<double>(cnt) / static_cast<double>(cnt - 1));
+      }
+    }
+  });
+  ctx.updates.emplace_back(n.input(4), nrm);
+  ctx.updates.emplace_back(n.input(5), nrv);
+  ctx.saved = {mean_y, t, inv_d2, gcoef};
+  return {out};
+}
+
+std::vector<Tensor> bn_correction_backward(const GradArgs& a) {
+  std::vector<Tensor> out(a.inputs.size());
+  const Tensor& g = *a.grad_outputs.at(0);
+  if (a.saved.empty()) {  // identity
+    out[0] = g;
+    return out;
+  }
+  const Tensor& y = *a.inputs[0];
+  const Tensor& eq = *a.inputs[6];
+  const int64_t N = y.dim(0), C = y.dim(1), inner = y.numel() / std::max<int64_t>(1, N * C);
+  const double cnt = static_cast<double>(N * inner);
+  Tensor dy = Tensor::uninitialized(DType::kFloat32, y.shape());
+  Tensor dgamma(DType::kFloat32, a.inputs[2]->shape()), dbeta(DType::kFloat32, a.inputs[3]->shape());
+  const float *yd = y.data<float>(), *gd = g.data<float>();
+  parallel_for(0, C, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double mu = a.saved[0].data<float>()[c], tc = a.saved[1].data<float>()[c];
+      const double id2 = a.saved[2].data<float>()[c], gc = a.saved[3].data<float>()[c];
+      double sg = 0, sgu = 0;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) {
+          const int64_t p = (i * C + c) * inner + j;
+          sg += gd[p];
+          sgu += gd[p] * (yd[p] - mu);
+        }
+      dbeta.data<float>()[c] = static_cast<float>(sg / eq.data<float>()[c]);
+      dgamma.data<float>()[c] = static_cast<float>(gc * sgu);
+      const double mg = sg / cnt, mgu = sgu / cnt * id2;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) {
+          const int64_t p = (i * C + c) * inner + j;
+          dy.data<float>()[p] = static_cast<float>(tc * (gd[p] - mg - (yd[p] - mu) * mgu));
+        }
+    }
+  });
+  out[0] = dy;
+  out[2] = dgamma;
+  out[3] = dbeta;
+  return out;
+}
+
+// A Conv -> BatchNormalization pair of the input model that graph::fold_batchnorm folds (same conditions),
+// named by the BN's output — the canonical Conv's output after folding.
+struct BnPair {
+  std::string output;
+  Tensor w, conv_bias, gamma, beta, mean, var;  // float32 copies; conv_bias empty if the Conv has none
+  float eps = 1e-5f, momentum = 0.9f;
+};
+
+std::vector<BnPair> find_bn_pairs(const graph::Model& input) {
+  graph::Model m = input;
+  graph::fold_constant_nodes(m);
+  const graph::Graph& g = m.graph;
+  std::vector<BnPair> pairs;
+  for (const Node& bn : g.nodes) {
+    if (bn.op_type != "BatchNormalization" || bn.outputs.size() != 1 || bn.attr_int("training_mode", 0)) continue;
+    const int64_t pi = g.producer(bn.inputs[0]);
+    if (pi < 0) continue;
+    const Node& conv = g.nodes[static_cast<size_t>(pi)];
+    if (conv.op_type != "Conv" || g.consumers(conv.outputs[0]).size() != 1 || g.is_graph_output(conv.outputs[0])) continue;
+    const Tensor* w = g.initializer(conv.input(1));
+    if (!w || w->dtype() != DType::kFloat32 || g.consumers(conv.input(1)).size() != 1) continue;
+    const Tensor *scale = g.initializer(bn.input(1)), *beta = g.initializer(bn.input(2)), *mean = g.initializer(bn.input(3)),
+                 *var = g.initializer(bn.input(4));
+    const Tensor* bias = conv.input(2).empty() ? nullptr : g.initializer(conv.input(2));
+    if (!scale || !beta || !mean || !var || (!conv.input(2).empty() && !bias)) continue;
+    const int64_t c = w->dim(0);
+    if (scale->numel() != c || beta->numel() != c || mean->numel() != c || var->numel() != c || (bias && bias->numel() != c))
+      continue;
+    BnPair p;
+    p.output = bn.outputs[0];
+    p.w = w->clone();
+    if (bias) p.conv_bias = bias->to_f32().reshaped({c});
+    p.gamma = scale->to_f32().reshaped({c}).clone();
+    p.beta = beta->to_f32().reshaped({c}).clone();
+    p.mean = mean->to_f32().reshaped({c}).clone();
+    p.var = var->to_f32().reshaped({c}).clone();
+    p.eps = bn.attr_float("epsilon", 1e-5f);
+    p.momentum = bn.attr_float("momentum", 0.9f);
+    pairs.push_back(std::move(p));
+  }
+  return pairs;
+}
+
+// Rewrites the canonical Conv producing `p.output` in the training graph `g` (fake-quant nodes already
+// inserted) into the kept-BN form described above: its weight and bias initializers become the outputs of
+// BnFoldWeight / BnFoldBias, and BnBatchCorrection follows the Conv. `params` trades the folded weight and
+// bias for w, gamma, beta. Returns false (graph unchanged) if the Conv is not there as expected.
+bool keep_batchnorm(graph::Graph& g, const BnPair& p, const ptq::EqualizeReport& eqr, std::vector<std::string>& params) {
+  const int64_t ci = g.producer(p.output);
+  if (ci < 0 || g.nodes[static_cast<size_t>(ci)].op_type != "Conv") return false;
+  // The Conv's weight and bias, possibly behind their fake-quant nodes.
+  auto source = [&](const std::string& v) {
+    const int64_t pi = g.producer(v);
+    return pi >= 0 && g.nodes[static_cast<size_t>(pi)].domain == kDomain ? g.nodes[static_cast<size_t>(pi)].inputs[0] : v;
+  };
+  const Node& conv0 = g.nodes[static_cast<size_t>(ci)];
+  const std::string wname = source(conv0.input(1)), bname = conv0.input(2).empty() ? "" : source(conv0.input(2));
+  const Tensor* wc = g.initializer(wname);
+  const Tensor* bc = bname.empty() ? nullptr : g.initializer(bname);
+  if (!wc || !bc || wc->shape() != p.w.shape() || bc->numel() != p.w.dim(0)) return false;
+  const int64_t m = p.w.dim(0);
+  // Cross-layer equalization of the canonical model (ptq/equalize.h): W_canonical[o, i] = W_folded[o, i]
+  // s_in[i] / e[o], b_canonical = b_folded / e.
+  auto scales = [&](const std::map<std::string, std::vector<double>>& from, int64_t n) {
+    Tensor t = Tensor::from<float>({n}, std::vector<float>(static_cast<size_t>(n), 1.0f));
+    if (auto it = from.find(p.output); it != from.end() && static_cast<int64_t>(it->second.size()) == n)
+      for (int64_t c = 0; c < n; ++c) t.data<float>()[c] = static_cast<float>(it->second[static_cast<size_t>(c)]);
+    return t;
+  };
+  const Tensor eq = scales(eqr.out_scales, m), in_scale = scales(eqr.in_scales, p.w.dim(1));
+  const std::string base = g.unique_name(p.output + "_bn");
+  const std::string w_unf = base + ".weight", gamma = base + ".scale", beta = base + ".bias", mean = base + ".mean",
+                    var = base + ".var", eqn = base + ".equalization", inn = base + ".input_equalization";
+  g.initializers[w_unf] = p.w.clone();
+  g.initializers[gamma] = p.gamma.clone();
+  g.initializers[beta] = p.beta.clone();
+  Tensor mu = p.mean.clone();  // the running mean of the conv output without its bias
+  if (!p.conv_bias.empty())
+    for (int64_t c = 0; c < m; ++c) mu.data<float>()[c] -= p.conv_bias.data<float>()[c];
+  g.initializers[mean] = mu;
+  g.initializers[var] = p.var.clone();
+  g.initializers[eqn] = eq;
+  g.initializers[inn] = in_scale;
+  g.initializers.erase(wname);
+  g.initializers.erase(bname);
+  std::erase_if(params, [&](const std::string& s) { return s == wname || s == bname; });
+  for (const auto& s : {w_unf, gamma, beta}) params.push_back(s);
+  Node fw;
+  fw.name = g.unique_name(wname + "_bnfold");
+  fw.op_type = "BnFoldWeight", fw.domain = kDomain;
+  fw.attrs["epsilon"] = p.eps;
+  fw.inputs = {w_unf, gamma, var, eqn, inn};
+  fw.outputs = {wname};
+  Node fb;
+  fb.name = g.unique_name(bname + "_bnfold");
+  fb.op_type = "BnFoldBias", fb.domain = kDomain;
+  fb.attrs["epsilon"] = p.eps;
+  fb.inputs = {gamma, beta, mean, var, eqn};
+  fb.outputs = {bname};
+  Node bc_node;
+  bc_node.name = g.unique_name(base + "_correction");
+  bc_node.op_type = "BnBatchCorrection", bc_node.domain = kDomain;
+  bc_node.attrs["epsilon"] = p.eps;
+  bc_node.attrs["momentum"] = p.momentum;
+  bc_node.attrs["frozen"] = int64_t{0};
+  const std::string conv_out = g.unique_name(p.output + "_conv");
+  Node& conv = g.nodes[static_cast<size_t>(ci)];
+  bc_node.inputs = {conv_out, conv.input(2), gamma, beta, mean, var, eqn};
+  bc_node.outputs = {p.output};
+  conv.outputs[0] = conv_out;
+  g.nodes.push_back(fw);
+  g.nodes.push_back(fb);
+  g.nodes.push_back(bc_node);
+  return true;
+}
+
 bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t == "MatMul"; }
 
 }  // namespace
@@ -174,6 +518,9 @@ void register_qat_ops(GradRegistry& r) {
   r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {}});
   r.add("FakeQuantAct", kDomain, GradOp{fq_act_backward, fq_act_forward, {2, 3, 4}});
   r.add("FakeQuantBias", kDomain, GradOp{fq_bias_backward, fq_bias_forward, {1, 2, 3}});
+  r.add("BnFoldWeight", kDomain, GradOp{bn_fold_weight_backward, bn_fold_weight_forward, {2, 3, 4}});
+  r.add("BnFoldBias", kDomain, GradOp{bn_fold_bias_backward, bn_fold_bias_forward, {2, 3, 4}});
+  r.add("BnBatchCorrection", kDomain, GradOp{bn_correction_backward, bn_correction_forward, {1, 4, 5, 6}});
 }
 
 QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& o) {
@@ -280,6 +627,9 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
       g.nodes.push_back(fb);
     }
   }
+  // BatchNormalization kept for the batch-statistics phase (see above), when the input model has it.
+  if (o.freeze_bn > 0)
+    for (const BnPair& p : find_bn_pairs(model)) q.bn_kept += keep_batchnorm(g, p, cal.equalization, params) ? 1 : 0;
   g.toposort();
   tm.source = model.source + " (QAT)";
 
@@ -291,8 +641,23 @@ ptq::PtqResult export_qat(const QatGraph& q) {
   ptq::PtqOptions popt = q.ptq;
   // ---- Export: trained weights and final parameters into the calibration, then the QDQ build.
   ptq::Calibration out = q.calibration;
+  // Kept BN: the canonical weights and biases are computed values of the training graph — evaluate them
+  // with the same functions the graph ran (frozen statistics: what the last forward folded with).
+  std::map<std::string, Tensor> folded;
+  for (const auto& n : g.nodes) {
+    if (n.domain != kDomain || (n.op_type != "BnFoldWeight" && n.op_type != "BnFoldBias")) continue;
+    Args a;
+    for (const auto& in : n.inputs) a.push_back(&g.initializers.at(in));
+    ForwardContext ctx;
+    folded[n.outputs[0]] = (n.op_type == "BnFoldWeight" ? bn_fold_weight_forward : bn_fold_bias_forward)(n, a, 0, ctx)[0];
+  }
+  auto value = [&](const std::string& name) -> const Tensor& {
+    auto it = folded.find(name);
+    return it != folded.end() ? it->second : g.initializers.at(name);
+  };
   for (auto& [name, t] : out.model.graph.initializers)
-    if (auto it = g.initializers.find(name); it != g.initializers.end()) t = it->second.clone();
+    if (auto it = folded.find(name); it != folded.end()) t = it->second;
+    else if (auto it2 = g.initializers.find(name); it2 != g.initializers.end()) t = it2->second.clone();
   for (const auto& [v, node] : q.act_state) {
     const float s = step_value(g.initializers.at(node + ".scale").data<float>()[0]);
     const auto zp = static_cast<int32_t>(std::lrint(g.initializers.at(node + ".zero_point").data<float>()[0]));
@@ -300,8 +665,19 @@ ptq::PtqResult export_qat(const QatGraph& q) {
   }
   for (const auto& n : g.nodes)
     if (n.op_type == "FakeQuantWeight" && n.inputs.size() > 1)
-      popt.weight_params[n.inputs[0]] = weight_params(n, g.initializers.at(n.inputs[0]), &g.initializers.at(n.inputs[1]));
+      popt.weight_params[n.inputs[0]] = weight_params(n, value(n.inputs[0]), &g.initializers.at(n.inputs[1]));
   return ptq::build_quantized(out, popt);
+}
+
+void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t total) {
+  auto& g = q.model.graph;
+  if (o.freeze_ranges < 1.0f && step + 1 == static_cast<int64_t>(static_cast<double>(total) * o.freeze_ranges))
+    for (auto& n : g.nodes)
+      if (n.op_type == "FakeQuantAct") n.attrs["frozen"] = int64_t{1};
+  // BN statistics: the batch's for the first freeze_bn of the steps (at least one), then the running ones.
+  if (q.bn_kept > 0 && step + 1 >= std::llround(static_cast<double>(total) * o.freeze_bn))
+    for (auto& n : g.nodes)
+      if (n.op_type == "BnBatchCorrection") n.attrs["frozen"] = int64_t{1};
 }
 
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,
@@ -314,15 +690,12 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
     const runtime::Executor before(ptq::build_quantized(q.calibration, q.ptq).model);
     res.ptq_accuracy = ptq::evaluate(before, *eval, 256, "PTQ (before QAT)").accuracy();
   }
-  auto& g = q.model.graph;
   Tape tape(q.model, q.params);
   TrainOptions to = o.train;
   to.label = "QAT";
   const auto user_step = to.on_step;
   to.on_step = [&](int64_t step, int64_t total) {
-    if (o.freeze_ranges < 1.0f && step + 1 == static_cast<int64_t>(static_cast<double>(total) * o.freeze_ranges))
-      for (auto& n : g.nodes)
-        if (n.op_type == "FakeQuantAct") n.attrs["frozen"] = int64_t{1};
+    qat_step_schedule(q, o, step, total);
     if (user_step) user_step(step, total);
   };
   res.logs = fit(tape, train_data, to);

@@ -55,6 +55,28 @@ TEST(TrainCli, TrainThenQatBothRunInOnnxRuntimeWithPerchsAccuracy) {
   EXPECT_NEAR(ort_accuracy(d / "q.onnx"), qdq, 0.001) << "ONNX Runtime disagrees with perch on the QAT export";
 }
 
+// BN kept (`train --keep-bn`): the written model runs in ONNX Runtime, and QAT's batch-statistics phase
+// (`qat --freeze-bn`) still exports a QDQ model equal to its fake-quant model, which ORT agrees with.
+TEST(TrainCli, KeptBatchNormTrainsWithBatchStatisticsInQat) {
+  ASSERT_TRUE(fs::exists(ort_dir() / "node_modules" / "onnxruntime-node"))
+      << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
+  const fs::path d = scratch("train_cli_bn");
+  auto r = run_cmd(perch_bin() + " train --arch convnet --width 0.5 --max-steps 40 --batch 64 --keep-bn -o " +
+                   q(d / "m.onnx") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  const double perch_fp32 = j["exported_accuracy"];
+  EXPECT_EQ(perch_fp32, j["epochs"][0]["eval_accuracy"].get<double>());
+  EXPECT_NEAR(ort_accuracy(d / "m.onnx"), perch_fp32, 0.001) << "ONNX Runtime disagrees on the BN-kept model";
+  r = run_cmd(perch_bin() + " qat " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") +
+              " --weight-bits 4 --freeze-bn 0.5 --max-steps 12 --batch 64 --calib-count 256 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = json::parse(r.out);
+  const double fq = j["fake_quant_accuracy"], qdq = j["qdq_accuracy"];
+  EXPECT_EQ(fq, qdq) << "the exported QDQ model must compute what the fake-quant model computed";
+  EXPECT_NEAR(ort_accuracy(d / "q.onnx"), qdq, 0.001) << "ONNX Runtime disagrees with perch on the QAT export";
+}
+
 TEST(TrainCli, BadArgumentsAreNamed) {
   const fs::path d = scratch("train_cli_bad");
   auto r = run_cmd(perch_bin() + " train --arch resnet --max-steps 1 -o " + q(d / "m.onnx"));

@@ -217,6 +217,46 @@ TEST(Gradients, BatchNormTrainingAndFrozen) {
   }
 }
 
+// QAT with BatchNormalization kept (perch/train/qat.h): the folded weight and bias from the unfolded
+// parameters (w, gamma, beta; running statistics and equalization factors are state), the convolution, and
+// the batch-statistics correction after it — batch phase and frozen phase (the correction is the identity).
+// No fake quantization in between (its straight-through gradient is not a derivative).
+TEST(Gradients, QatBatchNormComposition) {
+  std::mt19937 rng(15);
+  for (int frozen : {0, 1}) {
+    Builder b;
+    b.input("x", random_tensor({3, 3, 5, 5}, rng, -1.0f, 2.0f));
+    b.param("w", random_tensor({4, 3, 3, 3}, rng, -0.5f, 0.5f));
+    Tensor gamma = random_tensor({4}, rng, 0.5f, 1.5f);
+    gamma.data<float>()[1] = -0.7f;
+    b.param("gamma", gamma);
+    b.param("beta", random_tensor({4}, rng));
+    b.param("mean", random_tensor({4}, rng, -0.3f, 0.3f), false);
+    b.param("var", random_tensor({4}, rng, 0.2f, 1.0f), false);
+    b.param("eq", random_tensor({4}, rng, 0.5f, 2.0f), false);
+    b.param("in_scale", random_tensor({3}, rng, 0.5f, 2.0f), false);
+    // A large epsilon so that its terms (D^2 = var_B(u) + eps k^2) matter in the gradient.
+    Node& fw = b.node("BnFoldWeight", {"w", "gamma", "var", "eq", "in_scale"});
+    fw.domain = "perch";
+    fw.attrs["epsilon"] = 0.3f;
+    const std::string W = fw.outputs[0];
+    Node& fb = b.node("BnFoldBias", {"gamma", "beta", "mean", "var", "eq"});
+    fb.domain = "perch";
+    fb.attrs["epsilon"] = 0.3f;
+    const std::string B = fb.outputs[0];
+    Node& conv = b.node("Conv", {"x", W, B});
+    conv.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+    const std::string Y = conv.outputs[0];
+    Node& corr = b.node("BnBatchCorrection", {Y, B, "gamma", "beta", "mean", "var", "eq"});
+    corr.domain = "perch";
+    corr.attrs["epsilon"] = 0.3f;
+    corr.attrs["momentum"] = 0.9f;
+    corr.attrs["frozen"] = int64_t{frozen};
+    SCOPED_TRACE(frozen ? "frozen statistics" : "batch statistics");
+    gradcheck(b.finish(), 1e-2, 2e-2);
+  }
+}
+
 TEST(Gradients, BatchNormUpdatesRunningStatistics) {
   std::mt19937 rng(6);
   Builder b;

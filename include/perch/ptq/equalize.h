@@ -11,7 +11,9 @@
 // groups, shared weights and values read by more than one node.
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "perch/graph/ir.h"
 
@@ -21,6 +23,10 @@ struct EqualizeReport {
   int pairs = 0;          // layer pairs equalized
   int sweeps = 0;         // passes over all pairs until the scales converged
   double max_spread_before = 0, max_spread_after = 0;  // largest per-channel weight range spread
+  // The accumulated scales s_i (product over the sweeps) by the equalized layer's output value: output
+  // channels of A (W_A[i, :] was divided by s_i) and, for a Conv B, its input channels (W_B[:, i] multiplied).
+  // QAT with BN kept (train/qat.h) re-applies them to the weights it folds.
+  std::map<std::string, std::vector<double>> out_scales, in_scales;
 };
 
 // Equalizes in place; the model must be canonical (BatchNormalization folded, no Identity).

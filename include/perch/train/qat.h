@@ -17,9 +17,19 @@
 //       with quant::choose_params; once ranges are frozen (after `freeze_ranges` of the steps) they stay. With
 //       learned scales the scale is a parameter (LSQ gradient) and the zero point stays at its calibrated value.
 //       Gradient to x: STE inside the clip range.
-// BatchNormalization: the canonical model has BN folded into the convolutions before training, i.e. the
-// running statistics are frozen from the first step (the "frozen statistics" phase of Krishnamoorthi 2018,
-// Sec. 3.2, used from the start); the trained weights are the folded weights the deployment runs.
+// BatchNormalization (Jacob et al. 2018 Sec. 3.2, Krishnamoorthi 2018 Sec. 3.2). The convolution always runs
+// with the folded weights the deployment runs, fake-quantized. A Conv -> BN pair of the input model (the pairs
+// graph::fold_batchnorm folds) is trained in two phases:
+//   batch statistics (the first `freeze_bn` of the steps): parameters are the unfolded conv weight w and
+//       BN's gamma, beta; the weight is folded with the RUNNING statistics, W = w gamma / sqrt(var + eps)
+//       (BnFoldWeight), fake-quantized per channel, and the conv output is rescaled so that the network sees
+//       BN with the BATCH statistics (BnBatchCorrection: sigma_running / sigma_batch, and the batch mean);
+//       the running statistics follow the batches (BN's momentum).
+//   frozen statistics (the rest): running statistics stop; the correction is the identity, so the graph is
+//       exactly the folded conv (W, b = beta - mean gamma / sigma) the export writes.
+// Evaluation always uses the frozen form. Formulas and gradients: qat.cpp. freeze_bn <= 0, or a model with
+// BN already folded (as ../shared's models): the canonical folded weights are the parameters from the first
+// step (frozen statistics throughout).
 #pragma once
 
 #include <cstdint>
@@ -41,6 +51,9 @@ struct QatOptions {
   bool learn_scales = false;     // LSQ step sizes for weights and activations
   float ema_momentum = 0.99f;    // activation range EMA
   float freeze_ranges = 0.8f;    // fraction of the steps after which activation ranges stop moving
+  // Fraction of the steps trained with BN batch statistics (models with unfolded Conv -> BN; at least one
+  // step when > 0); <= 0: BN folded before training.
+  float freeze_bn = 0.5f;
 };
 
 struct QatResult {
@@ -58,10 +71,14 @@ struct QatGraph {
   graph::Model model;                          // the training graph (perch FakeQuant nodes inserted)
   std::vector<std::string> params;             // what training updates
   std::map<std::string, std::string> act_state;  // quantized activation -> FakeQuantAct state prefix
+  int bn_kept = 0;                             // Conv -> BN pairs trained with the batch-statistics phase
 };
 QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& options);
 // The QDQ model of the current state of `q` (weights, ranges, learned step sizes).
 ptq::PtqResult export_qat(const QatGraph& q);
+// The freezes, to call after optimizer step `step` (0-based) of `total`: activation ranges stop after
+// freeze_ranges of the steps, BN statistics after freeze_bn of them (BnBatchCorrection nodes become the identity).
+void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t total);
 
 // `eval`: optional labelled data for the accuracies above (evaluated before and after training).
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& options,
