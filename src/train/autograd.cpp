@@ -80,8 +80,11 @@ bool is_onnx(const graph::Node& n, const char* op) {
 // (Relu's derivative is 0 at x <= 0, ties go to the first maximum in both). Padding (-inf) never wins
 // in either order. It saves the Relu's forward and backward pass over the un-pooled tensor (4x the
 // pooled one for 2x2 pools) and the memory that keeps it for backward.
-std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vector<std::string>& keep) {
+std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vector<std::string>& keep,
+                                        std::vector<size_t>& origin) {
   std::vector<graph::Node> nodes = g.nodes;
+  origin.resize(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) origin[i] = i;
   std::map<std::string, int> uses;
   for (const auto& n : nodes)
     for (const auto& v : n.inputs)
@@ -103,7 +106,9 @@ std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vecto
     pool.outputs[0] = t;
     relu.inputs[0] = t;
     relu.outputs[0] = w;
+    const size_t j = consumer.at(v);
     std::swap(relu, pool);  // the pool now runs at the Relu's place, the Relu at the pool's
+    std::swap(origin[i], origin[j]);
   }
   return nodes;
 }
@@ -114,7 +119,7 @@ void Tape::plan() {
   const auto& g = model_.graph;
   const auto& ops = runtime::builtin_registry();
   const int64_t opset = model_.opset();
-  nodes_ = execution_nodes(g, keep_);
+  nodes_ = execution_nodes(g, keep_, origin_);
   value_needs_.clear();
   for (const auto& p : params_) value_needs_[p] = true;
   for (const auto& k : keep_) value_needs_[k] = true;
@@ -161,6 +166,9 @@ TensorMap Tape::forward(const TensorMap& inputs, bool training) {
   const int64_t opset = model_.opset();
   values_.clear();
   saved_.assign(nodes_.size(), {});
+  // Attributes are read from the model at every forward: training schedules change them between steps
+  // (e.g. qat_step_schedule freezes ranges and BN statistics).
+  for (size_t i = 0; i < nodes_.size(); ++i) nodes_[i].attrs = g.nodes[origin_[i]].attrs;
   for (const auto& in : g.inputs) {
     auto it = inputs.find(in.name);
     PERCH_CHECK(it != inputs.end(), model_.source, ": no value given for graph input '", in.name, "'");

@@ -111,6 +111,7 @@ class Tape {
   std::vector<std::string> params_;
   // The nodes as executed: the model's, with Relu -> MaxPool pairs run as MaxPool -> Relu (see plan()).
   std::vector<graph::Node> nodes_;
+  std::vector<size_t> origin_;  // nodes_[i] is the model's node origin_[i] (attributes re-read each forward)
   std::vector<std::string> keep_;
   std::vector<const runtime::OpKernel*> kernels_;
   std::vector<const GradOp*> grads_;
