@@ -12,6 +12,7 @@
 #include "perch/core/progress.h"
 #include "perch/graph/passes.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/op_geometry.h"
 
 namespace perch::ptq {
 
@@ -335,6 +336,44 @@ std::string granularity_label(const quant::QuantSpec& s) {
   }
 }
 
+// Adds, for Conv geometry `s` and input x [N, C, H, W], the patch sums bias correction needs:
+//   sum[g*P + (c - g*cg)*KH*KW + kh*KW + kw] += sum over n and output positions (oh, ow) of
+//       x[n, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw]        (0 where that lies in the padding)
+// with P = cg*KH*KW, the layout of the one-hot probe (output channel j of group g picks element j of its
+// patch). The double sum factorises: R[kh, iw] = sum over valid oh of x[n, c, ih(oh, kh), iw], then
+// sum over valid ow of R[kh, iw(ow, kw)] — O(KH*H*W) per channel instead of the O(KH*KW*OH*OW) one-hot
+// convolution output (which for a 3x3 conv on C channels is 9*C full-resolution channels).
+// Returns the number of output positions added (N*OH*OW), the mean's denominator.
+int64_t add_patch_sums(const kernels::Conv2dShape& s, const float* x, std::vector<double>& sum) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), cg = s.in_channels / s.group;
+  const int64_t kk = s.kernel_h * s.kernel_w;
+  std::vector<double> rows(static_cast<size_t>(s.kernel_h * s.in_w));
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t c = 0; c < s.in_channels; ++c) {
+      const float* xc = x + (n * s.in_channels + c) * s.in_h * s.in_w;
+      std::fill(rows.begin(), rows.end(), 0.0);
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        double* r = rows.data() + kh * s.in_w;
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          if (ih < 0 || ih >= s.in_h) continue;
+          for (int64_t iw = 0; iw < s.in_w; ++iw) r[iw] += xc[ih * s.in_w + iw];
+        }
+      }
+      double* out = sum.data() + (c / cg) * cg * kk + (c % cg) * kk;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          double acc = 0;
+          for (int64_t ow = 0; ow < ow_n; ++ow) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+            if (iw >= 0 && iw < s.in_w) acc += rows[kh * s.in_w + iw];
+          }
+          out[kh * s.kernel_w + kw] += acc;
+        }
+    }
+  return s.batch * oh_n * ow_n;
+}
+
 }  // namespace
 
 Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
@@ -380,7 +419,8 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   //   E[conv(x, dW)][c] = sum_k dW[c, k] * E[patch_k]   (patch = the im2col column, zeros in padding)
   //   E[x B + C][n]     = sum_k E[x_k] * dB[k, n]
   // so perch records E[patch] (Conv) or E[x] (Gemm) once and corrects any weight choice later. E[patch]
-  // comes from running the node itself with one-hot weights (same pads/strides/dilations/groups).
+  // comes from add_patch_sums for 1-D/2-D convs, else from running the node itself with one-hot weights
+  // (same pads/strides/dilations/groups).
   struct PatchProbe {
     Node node;       // the layer's op with one-hot weights, no bias
     Tensor onehot;
@@ -456,6 +496,9 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t j = 0; j < k; ++j) sum[j] += x2.data<float>()[r * k + j];
             count += rows;
+          } else if (t.rank() == 4 || t.rank() == 3) {  // 1-D/2-D convs: the sums directly (add_patch_sums)
+            const Tensor* w = g.initializer(g.nodes[ni].input(1));  // probes are built for initializer weights only
+            count += add_patch_sums(runtime::conv2d_shape(pr.node, t.shape(), w->shape()), t.data<float>(), sum);
           } else {
             const Tensor patches =
                 (*registry.find(pr.node.op_type, pr.node.domain, m.opset()))(pr.node, {&t, &pr.onehot}, m.opset())[0];
