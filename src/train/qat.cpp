@@ -481,22 +481,20 @@ bool keep_batchnorm(graph::Graph& g, const BnPair& p, const ptq::EqualizeReport&
   g.initializers.erase(bname);
   std::erase_if(params, [&](const std::string& s) { return s == wname || s == bname; });
   for (const auto& s : {w_unf, gamma, beta}) params.push_back(s);
-  Node fw;
-  fw.name = g.unique_name(wname + "_bnfold");
-  fw.op_type = "BnFoldWeight", fw.domain = kDomain;
-  fw.attrs["epsilon"] = p.eps;
-  fw.inputs = {w_unf, gamma, var, eqn, inn};
-  fw.outputs = {wname};
-  Node fb;
-  fb.name = g.unique_name(bname + "_bnfold");
-  fb.op_type = "BnFoldBias", fb.domain = kDomain;
-  fb.attrs["epsilon"] = p.eps;
-  fb.inputs = {gamma, beta, mean, var, eqn};
-  fb.outputs = {bname};
-  Node bc_node;
-  bc_node.name = g.unique_name(base + "_correction");
-  bc_node.op_type = "BnBatchCorrection", bc_node.domain = kDomain;
-  bc_node.attrs["epsilon"] = p.eps;
+  // The three perch-domain nodes of the pair, each with BN's epsilon.
+  auto bn_node = [&](const std::string& name, const char* op, std::vector<std::string> ins,
+                     std::vector<std::string> outs) {
+    Node n;
+    n.name = g.unique_name(name);
+    n.op_type = op, n.domain = kDomain;
+    n.attrs["epsilon"] = p.eps;
+    n.inputs = std::move(ins);
+    n.outputs = std::move(outs);
+    return n;
+  };
+  Node fw = bn_node(wname + "_bnfold", "BnFoldWeight", {w_unf, gamma, var, eqn, inn}, {wname});
+  Node fb = bn_node(bname + "_bnfold", "BnFoldBias", {gamma, beta, mean, var, eqn}, {bname});
+  Node bc_node = bn_node(base + "_correction", "BnBatchCorrection", {}, {});
   bc_node.attrs["momentum"] = p.momentum;
   bc_node.attrs["frozen"] = int64_t{0};
   const std::string conv_out = g.unique_name(p.output + "_conv");
