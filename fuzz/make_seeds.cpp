@@ -95,9 +95,9 @@ int main(int argc, char** argv) {
     std::mt19937 img_rng(3);
     for (float& v : calib.images.span<float>()) v = std::uniform_real_distribution<float>(-1, 1)(img_rng);
     calib.name = "seed images";
-    g.inputs[0].shape = {1, 1, 4, 4};
     for (int variant = 0; variant < 4; ++variant) {
       ptq::PtqOptions o;
+      o.bias_correction = variant % 2 == 0;
       o.weights.granularity = variant % 2 ? quant::Granularity::kPerTensor : quant::Granularity::kPerChannel;
       o.activations.is_signed = variant >= 2;
       set_quiet(true);
