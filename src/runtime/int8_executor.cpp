@@ -1169,7 +1169,10 @@ void Int8Executor::Impl::lower() {
     std::string reason;
     bool done = false;
     const std::string& op = n.op_type;
-    if (op == "DequantizeLinear") {
+    // Every lowering writes the node's first output (a hostile file can declare none: fuzz_int8_lower).
+    if (n.outputs.empty() || n.outputs[0].empty()) {
+      reason = "the node has no first output";
+    } else if (op == "DequantizeLinear") {
       const std::string src = resolve(n.input(0));
       auto qt = qvalues.find(src);
       std::optional<QParams> p;
