@@ -43,6 +43,18 @@ float dot_lanes(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// sum a[i] in the same 8-lane order as dot_lanes.
+float sum_lanes(const float* a, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += a[i + k];
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i];
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  return s;
+}
+
 // t (cols x rows) = a^T for a (rows x cols), row-major; blocked so both sides stay in cache.
 void transpose(const float* a, int64_t rows, int64_t cols, float* t) {
   constexpr int64_t B = 32;
@@ -309,15 +321,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* x, const float* d
           gemm_f32(a);
           if (dbias)
             for (int64_t m = 0; m < mg; ++m) {
-              const float* r = dyg + m * hw;
-              float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-              int64_t i = 0;
-              for (; i + 8 <= hw; i += 8)
-                for (int k = 0; k < 8; ++k) lanes[k] += r[i + k];
-              float sum = 0.0f;
-              for (; i < hw; ++i) sum += r[i];
-              for (int k = 0; k < 8; ++k) sum += lanes[k];
-              bias_partial[static_cast<size_t>(ch * s.out_channels + g * mg + m)] += sum;
+              bias_partial[static_cast<size_t>(ch * s.out_channels + g * mg + m)] += sum_lanes(dyg + m * hw, hw);
             }
         }
     }
