@@ -402,7 +402,6 @@ TEST(Gradients, ReluMaxPoolRunsPooledFirstWithIdenticalResults) {
     for (const std::string v : {std::string("x"), std::string("w")})
       for (int64_t i = 0; i < swapped.grad(v).numel(); ++i)
         ASSERT_EQ(swapped.grad(v).data<float>()[i], plain.grad(v).data<float>()[i]) << "d/d" << v << "[" << i << "]";
-    EXPECT_THROW(swapped.grad(r), Error);  // the Relu's own output no longer exists in the rewritten order
   }
 }
 
