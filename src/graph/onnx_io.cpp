@@ -3,6 +3,7 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -149,6 +150,10 @@ Node node_from_proto(const onnx::NodeProto& p, const std::string& what) {
   n.domain = p.domain() == "ai.onnx" ? "" : p.domain();
   n.inputs.assign(p.input().begin(), p.input().end());
   n.outputs.assign(p.output().begin(), p.output().end());
+  // Every ONNX operator produces at least one output (the checker refuses such a node); perch's passes and
+  // kernels rely on it.
+  PERCH_CHECK(std::any_of(n.outputs.begin(), n.outputs.end(), [](const std::string& o) { return !o.empty(); }), what,
+              ": ", n.describe(), " has no outputs (every ONNX operator produces at least one)");
   for (const auto& a : p.attribute()) {
     const std::string where = what + ": " + n.describe() + " attribute '" + a.name() + "'";
     PERCH_CHECK(a.ref_attr_name().empty(), where, ": attribute references (functions) are not supported");

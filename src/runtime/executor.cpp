@@ -69,6 +69,8 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
   for (const auto& [name, t] : model_.graph.initializers) constants_[name] = t;
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
+    PERCH_CHECK(std::any_of(n.outputs.begin(), n.outputs.end(), [](const std::string& o) { return !o.empty(); }),
+                model_.source, ": ", n.describe(), " has no outputs (every ONNX operator produces at least one)");
     kernels_.push_back(registry().find(n.op_type, n.domain, opset));
     for (const auto& in : n.inputs)
       if (!in.empty()) last_use_[in] = i;

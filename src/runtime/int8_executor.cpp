@@ -1148,6 +1148,10 @@ void Int8Executor::Impl::lower() {
       report.nodes.push_back({n.describe(), true, "fused into the integer op before it"});
       continue;
     }
+    // A node without outputs is refused before anything runs it (the constant folding below would, for a
+    // node with no inputs: fuzz_int8_lower, finding 7 in docs/RELIABILITY.md).
+    PERCH_CHECK(std::any_of(n.outputs.begin(), n.outputs.end(), [](const std::string& o) { return !o.empty(); }),
+                model.source, ": ", n.describe(), " has no outputs (every ONNX operator produces at least one)");
     // Constant subgraphs (weight DequantizeLinear, shape arithmetic): folded once, here.
     const bool all_const = std::all_of(n.inputs.begin(), n.inputs.end(), [&](const std::string& v) {
       return v.empty() || (constant(v) && !graph_inputs.count(v));

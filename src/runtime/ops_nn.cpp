@@ -126,7 +126,7 @@ std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t) {
 }
 
 std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
-  PERCH_CHECK(n.outputs.size() == 1 || n.outputs[1].empty(), n.describe(), ": the Indices output of MaxPool is not supported");
+  PERCH_CHECK(n.outputs.size() < 2 || n.outputs[1].empty(), n.describe(), ": the Indices output of MaxPool is not supported");
   const Tensor x = in(n, a, 0).to_f32();
   const kernels::Pool2dShape s = pool2d_shape(n, x.shape());
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};

@@ -94,6 +94,15 @@ TEST(OnnxRobustness, MissingInitializerNamesNodeAndInput) {
   expect_contains(e, {"no_w2.onnx: ", "'w2'", "Conv_c2"});
 }
 
+TEST(OnnxRobustness, NodeWithoutOutputsIsRefusedNamingIt) {
+  // fuzz_int8_lower's finding 7: a MaxPool declaring no output reached a kernel that read outputs[1].
+  onnx::ModelProto mp = tiny_proto();
+  for (auto& n : *mp.mutable_graph()->mutable_node())
+    if (n.op_type() == "MaxPool") n.clear_output();
+  const std::string e = perch_error([&] { (void)model_from_bytes(mp.SerializeAsString(), "mute.onnx"); });
+  expect_contains(e, {"mute.onnx: ", "MaxPool_p1", "no outputs"});
+}
+
 TEST(OnnxRobustness, CyclicGraphNamesANodeOnTheCycle) {
   onnx::ModelProto mp = tiny_proto();
   // Relu_r1 reads the Add's output instead of c1: r1 -> p1 -> c2 -> r2 -> a -> r1.

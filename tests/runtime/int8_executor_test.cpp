@@ -304,6 +304,29 @@ TEST(Int8Executor, NodeWithoutOutputsIsNotLoweredAndDoesNotCrash) {
     if (n.op_type == "Conv") n.outputs.clear(), cleared = true;
   ASSERT_TRUE(cleared);
   builds_or_refuses(m, "Conv without outputs");
+  // Finding 7: a node with neither inputs nor outputs looked "all inputs constant" to the lowering, which ran
+  // its float kernel at load. Both executors now refuse it, naming it.
+  graph::Model mute = foreign_model();
+  graph::Node pool;
+  pool.op_type = "MaxPool";
+  pool.name = "mute_pool";
+  pool.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+  mute.graph.nodes.insert(mute.graph.nodes.begin(), pool);
+  for (Int8Mode mode : {Int8Mode::kInteger, Int8Mode::kSimulate}) {
+    try {
+      Int8Executor e(mute, mode);
+      ADD_FAILURE() << "a node without outputs was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("mute_pool"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("no outputs"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    Executor e(mute);
+    ADD_FAILURE() << "the float executor accepted a node without outputs";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mute_pool"), std::string::npos) << e.what();
+  }
   // The fuzzer's input itself (fuzz/regressions/fuzz_int8_lower/).
   const std::string dir = std::string(PERCH_SOURCE_DIR) + "/fuzz/regressions/fuzz_int8_lower";
   int replayed = 0;
