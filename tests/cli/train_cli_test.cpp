@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <fstream>
 
 #include "test_util.h"
 
@@ -75,6 +76,38 @@ TEST(TrainCli, KeptBatchNormTrainsWithBatchStatisticsInQat) {
   const double fq = j["fake_quant_accuracy"], qdq = j["qdq_accuracy"];
   EXPECT_EQ(fq, qdq) << "the exported QDQ model must compute what the fake-quant model computed";
   EXPECT_NEAR(ort_accuracy(d / "q.onnx"), qdq, 0.001) << "ONNX Runtime disagrees with perch on the QAT export";
+}
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// Determinism (issue 7): training and QAT give the same bytes with 1 or 2 worker threads.
+// The weight-gradient sums use fixed chunks and the per-channel loops do not depend on the split, so the
+// thread count must not reach the result; a reduction split by thread count would fail here.
+TEST(TrainCli, TrainAndQatAreBitIdenticalAcrossThreadCounts) {
+  const fs::path d = scratch("train_cli_threads");
+  std::string first_train, first_qat;
+  int run = 0;
+  for (const char* threads : {"1", "2"}) {
+    const std::string tag = std::to_string(run++);
+    const fs::path m = d / ("m" + tag + ".onnx"), qm = d / ("q" + tag + ".onnx");
+    auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 8 --batch 64 --eval '' --threads " +
+                     threads + " -o " + q(m));
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run_cmd(perch_bin() + " --quiet qat " + q(d / "m0.onnx") + " -o " + q(qm) + " --weight-bits 4 --max-steps 6 --batch 64" +
+                " --calib-count 128 --eval '' --threads " + threads);
+    ASSERT_EQ(r.code, 0) << r.err;
+    if (first_train.empty()) {
+      first_train = file_bytes(m), first_qat = file_bytes(qm);
+      ASSERT_FALSE(first_train.empty());
+      ASSERT_FALSE(first_qat.empty());
+      continue;
+    }
+    EXPECT_TRUE(file_bytes(m) == first_train) << "perch train with " << threads << " thread(s) wrote different bytes";
+    EXPECT_TRUE(file_bytes(qm) == first_qat) << "perch qat with " << threads << " thread(s) wrote different bytes";
+  }
 }
 
 TEST(TrainCli, BadArgumentsAreNamed) {
