@@ -8,9 +8,11 @@
 #include "perch/core/progress.h"
 #include "perch/core/threads.h"
 #include "perch/graph/passes.h"
+#include "perch/kernels/pool_f32.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/quant/estimators.h"
 #include "perch/quant/fake_quant.h"
+#include "perch/runtime/op_geometry.h"
 #include "perch/train/autograd.h"
 
 namespace perch::train {
@@ -138,6 +140,138 @@ std::vector<Tensor> fq_act_backward(const GradArgs& a) {
   } else {
     out[0] = quant::fake_quant_ste_backward(dy, x, p);
   }
+  return out;
+}
+
+// ReluFakeQuantAct(x, scale, zero_point, lo, hi): FakeQuantAct(Relu(x), ...) as one node. The training tape
+// (autograd.cpp) forms it from Relu -> FakeQuantAct when the Relu's output feeds nothing else; it never
+// appears in a model. Same values, same state updates and same gradients, bit for bit, as the two nodes:
+//   range:    Relu is monotone and maps finite values to finite values, so over an all-finite x the range of
+//             Relu(x) is [Relu(min x), Relu(max x)] (min/max are exact; Relu(-0) = +0 as slot_ranges reports
+//             it). When x has a non-finite value (Relu maps -inf and NaN to the finite +0) the range is taken
+//             from the materialized Relu(x) instead, i.e. the unfused path.
+//   forward:  quant::fake_quant_relu (= fake_quant(Relu(x))); backward: quant::fake_quant_relu_ste_backward
+//             (= Relu's mask of the STE mask); learned scales (LSQ) go through the unfused ops on Relu(x).
+// It saves the Relu's output tensor, its forward pass and its backward pass.
+Tensor relu_of(const Tensor& x) {
+  Tensor r = Tensor::uninitialized(DType::kFloat32, x.shape());
+  const float* xs = x.data<float>();
+  float* rs = r.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) rs[i] = xs[i] > 0.0f ? xs[i] : 0.0f;  // the runtime's Relu
+  return r;
+}
+
+std::vector<Tensor> relu_fq_act_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+  PERCH_CHECK(a.size() == 5 && a[0] && a[1] && a[2] && a[3] && a[4], n.describe(),
+              ": ReluFakeQuantAct needs (x, scale, zero_point, lo, hi)");
+  PERCH_CHECK(a[0]->dtype() == DType::kFloat32, n.describe(), ": expected a float32 input");
+  const Tensor& x = *a[0];
+  const bool learn = n.attr_int("learn", 0) != 0, frozen = n.attr_int("frozen", 0) != 0;
+  if (ctx.training && !learn && !frozen && x.numel() > 0) {
+    const quant::SlotRanges br = quant::slot_ranges(quant::SlotLayout::make(quant::QuantSpec{}, x.shape()), x.data<float>());
+    if (br.nonfinite > 0) {  // the unfused path (see above)
+      const Tensor r = relu_of(x);
+      Args ra = a;
+      ra[0] = &r;
+      return fq_act_forward(n, ra, opset, ctx);
+    }
+    const float m = n.attr_float("momentum", 0.99f);
+    const float bmin = br.min[0] > 0.0f ? br.min[0] : 0.0f, bmax = br.max[0] > 0.0f ? br.max[0] : 0.0f;
+    const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
+    const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
+    const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
+    ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
+    ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
+    ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
+    ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
+    return {quant::fake_quant_relu(x, p)};
+  }
+  return {quant::fake_quant_relu(x, act_params(n, x, a))};
+}
+
+std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
+  const Tensor& x = *a.inputs[0];
+  if (a.needs.size() > 1 && a.needs[1]) {  // LSQ: the unfused ops on Relu(x), then Relu's backward
+    const Tensor r = relu_of(x);
+    std::vector<const Tensor*> ins = a.inputs;
+    ins[0] = &r;
+    GradArgs ra{a.node, a.opset, ins, a.outputs, a.grad_outputs, a.saved, a.needs, a.training};
+    std::vector<Tensor> out = fq_act_backward(ra);
+    if (!out[0].empty()) {
+      float* d = out[0].data<float>();
+      const float* xs = x.data<float>();
+      for (int64_t i = 0; i < x.numel(); ++i) d[i] = xs[i] > 0.0f ? d[i] : 0.0f;
+    }
+    return out;
+  }
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = quant::fake_quant_relu_ste_backward(*a.grad_outputs.at(0), x, act_params(a.node, x, a.inputs));
+  return out;
+}
+
+// ReluFakeQuantActMaxPool(x, scale, zero_point, lo, hi): MaxPool(ReluFakeQuantAct(x, ...)) as one node, formed
+// by the tape when the fake-quant output feeds only the MaxPool (autograd.cpp). The MaxPool's attributes
+// come as "pool.<name>". Forward: y = ReluFakeQuantAct(x) (above; range updates included), p = MaxPool(y)
+// with the runtime's kernel; y is saved. Backward, per block of kBlock (n, c) planes while they are in cache:
+// d = MaxPool's backward of dp (kernels::maxpool2d_backward_f32, the same call the MaxPool gradient makes),
+// then dx = the Relu/STE mask of d in place (quant::fake_quant_relu_ste_run). Both are per element / per
+// plane, so blocking changes nothing; the full-size d is never written to memory and read back. Learned
+// scales, and inputs that are not 4-D, take the unfused computation.
+graph::Node pool_node(const Node& n) {
+  Node p;
+  p.name = n.name;
+  p.op_type = "MaxPool";
+  p.inputs = {n.inputs.at(0)};
+  p.outputs = n.outputs;
+  for (const auto& [k, v] : n.attrs)
+    if (k.rfind("pool.", 0) == 0) p.attrs[k.substr(5)] = v;
+  return p;
+}
+
+std::vector<Tensor> relu_fq_act_pool_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+  Tensor y = relu_fq_act_forward(n, a, opset, ctx).at(0);
+  const Node pn = pool_node(n);
+  const runtime::OpKernel* k = runtime::builtin_registry().find("MaxPool", "", opset);
+  PERCH_CHECK(k, "MaxPool kernel missing");
+  std::vector<Tensor> p = (*k)(pn, {&y}, opset);
+  ctx.saved = {y};
+  return {p.at(0)};
+}
+
+std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
+  PERCH_CHECK(a.saved.size() == 1, a.node.describe(), ": backward without its forward state");
+  const Tensor &x = *a.inputs[0], &y = a.saved[0], &dp = *a.grad_outputs.at(0);
+  const Node pn = pool_node(a.node);
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, y.shape());
+  const bool lsq = a.needs.size() > 1 && a.needs[1];
+  if (lsq || x.rank() != 4) {
+    Tensor d = Tensor::uninitialized(DType::kFloat32, y.shape());
+    kernels::maxpool2d_backward_f32(s, y.data<float>(), dp.data<float>(), d.data<float>());
+    std::vector<const Tensor*> gouts = {&d};
+    GradArgs ra{a.node, a.opset, a.inputs, {&y}, gouts, a.saved, a.needs, a.training};
+    return relu_fq_act_backward(ra);
+  }
+  const quant::QuantParams p = act_params(a.node, x, a.inputs);
+  const int64_t planes = s.batch * s.channels, in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
+  PERCH_CHECK(dp.numel() == planes * out_hw, a.node.describe(), ": output gradient has ", dp.numel(), " values for ",
+              shape_str(y.shape()), " pooled");
+  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
+  const float *xs = x.data<float>(), *ys = y.data<float>(), *g = dp.data<float>();
+  float* d = dx.data<float>();
+  constexpr int64_t kBlock = 8;
+  parallel_for(0, (planes + kBlock - 1) / kBlock, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * kBlock, nb = std::min(kBlock, planes - c0);
+      kernels::Pool2dShape sb = s;
+      sb.batch = 1;
+      sb.channels = nb;
+      kernels::maxpool2d_backward_f32(sb, ys + c0 * in_hw, g + c0 * out_hw, d + c0 * in_hw);
+      quant::fake_quant_relu_ste_run(d + c0 * in_hw, xs + c0 * in_hw, d + c0 * in_hw, nb * in_hw, p.scale[0],
+                                     p.zero_point[0], p.spec);
+    }
+  });
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = dx;
   return out;
 }
 
@@ -515,6 +649,8 @@ bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t
 void register_qat_ops(GradRegistry& r) {
   r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {}});
   r.add("FakeQuantAct", kDomain, GradOp{fq_act_backward, fq_act_forward, {2, 3, 4}});
+  r.add("ReluFakeQuantAct", kDomain, GradOp{relu_fq_act_backward, relu_fq_act_forward, {2, 3, 4}});
+  r.add("ReluFakeQuantActMaxPool", kDomain, GradOp{relu_fq_act_pool_backward, relu_fq_act_pool_forward, {2, 3, 4}});
   r.add("FakeQuantBias", kDomain, GradOp{fq_bias_backward, fq_bias_forward, {1, 2, 3}});
   r.add("BnFoldWeight", kDomain, GradOp{bn_fold_weight_backward, bn_fold_weight_forward, {2, 3, 4}});
   r.add("BnFoldBias", kDomain, GradOp{bn_fold_bias_backward, bn_fold_bias_forward, {2, 3, 4}});
