@@ -191,6 +191,10 @@ Tensor fake_quant_relu_ste_backward(const Tensor& dy, const Tensor& x, const Qua
   return dx;
 }
 
+void fake_quant_relu_run(const float* x, float* y, int64_t n, float scale, int32_t zero_point, const QuantSpec& spec) {
+  detail::relu_fake_quant_run()(x, y, n, scale, zero_point, spec.qmin(), spec.qmax());
+}
+
 void fake_quant_relu_ste_run(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                              const QuantSpec& spec) {
   detail::relu_ste_run()(dy, x, dx, n, scale, zero_point, spec.qmin(), spec.qmax());

@@ -41,10 +41,23 @@ inline void fake_quant_body(const float* x, float* y, int64_t n, float scale, in
 template <bool kRelu>
 inline void ste_body(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                      int32_t qmin, int32_t qmax) {
+  const __m512 zero = _mm512_setzero_ps();
+  float t_lo = 0, t_hi = 0;
+  if (ste_thresholds(scale, zero_point, qmin, qmax, &t_lo, &t_hi)) {
+    // qmin - zp <= x / s <= qmax - zp  <=>  t_lo <= x <= t_hi (fake_quant_runs.h); ordered: NaN is outside.
+    const __m512 lo = _mm512_set1_ps(t_lo), hi = _mm512_set1_ps(t_hi);
+    for (int64_t k = 0; k < n; k += 16) {
+      const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+      __mmask16 in = _mm512_cmp_ps_mask(v, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, hi, _CMP_LE_OQ) & m;
+      if constexpr (kRelu) in &= _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ);
+      _mm512_mask_storeu_ps(dx + k, m, _mm512_maskz_loadu_ps(in, dy + k));
+    }
+    return;
+  }
   const __m512 s = _mm512_set1_ps(scale);
   const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin - zero_point));
   const __m512 hi = _mm512_set1_ps(static_cast<float>(qmax - zero_point));
-  const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + k);

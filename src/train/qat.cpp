@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "perch/core/error.h"
@@ -161,32 +162,41 @@ Tensor relu_of(const Tensor& x) {
   return r;
 }
 
-std::vector<Tensor> relu_fq_act_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+// The parameters ReluFakeQuantAct quantizes with (after this batch's EMA update, pushed to ctx.updates), or
+// nullopt when the range needs the materialized Relu(x) (x has a non-finite value): then *y is the output,
+// computed by the unfused FakeQuantAct on Relu(x).
+std::optional<quant::QuantParams> relu_fq_act_params(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx,
+                                                     Tensor* y) {
   PERCH_CHECK(a.size() == 5 && a[0] && a[1] && a[2] && a[3] && a[4], n.describe(),
               ": ReluFakeQuantAct needs (x, scale, zero_point, lo, hi)");
   PERCH_CHECK(a[0]->dtype() == DType::kFloat32, n.describe(), ": expected a float32 input");
   const Tensor& x = *a[0];
   const bool learn = n.attr_int("learn", 0) != 0, frozen = n.attr_int("frozen", 0) != 0;
-  if (ctx.training && !learn && !frozen && x.numel() > 0) {
-    const quant::SlotRanges br = quant::slot_ranges(quant::SlotLayout::make(quant::QuantSpec{}, x.shape()), x.data<float>());
-    if (br.nonfinite > 0) {  // the unfused path (see above)
-      const Tensor r = relu_of(x);
-      Args ra = a;
-      ra[0] = &r;
-      return fq_act_forward(n, ra, opset, ctx);
-    }
-    const float m = n.attr_float("momentum", 0.99f);
-    const float bmin = br.min[0] > 0.0f ? br.min[0] : 0.0f, bmax = br.max[0] > 0.0f ? br.max[0] : 0.0f;
-    const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
-    const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
-    const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
-    ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
-    ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
-    ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
-    ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
-    return {quant::fake_quant_relu(x, p)};
+  if (!ctx.training || learn || frozen || x.numel() == 0) return act_params(n, x, a);
+  const quant::SlotRanges br = quant::slot_ranges(quant::SlotLayout::make(quant::QuantSpec{}, x.shape()), x.data<float>());
+  if (br.nonfinite > 0) {  // the unfused path (see above)
+    const Tensor r = relu_of(x);
+    Args ra = a;
+    ra[0] = &r;
+    *y = fq_act_forward(n, ra, opset, ctx).at(0);
+    return std::nullopt;
   }
-  return {quant::fake_quant_relu(x, act_params(n, x, a))};
+  const float m = n.attr_float("momentum", 0.99f);
+  const float bmin = br.min[0] > 0.0f ? br.min[0] : 0.0f, bmax = br.max[0] > 0.0f ? br.max[0] : 0.0f;
+  const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
+  const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
+  const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
+  ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
+  ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
+  ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
+  ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
+  return p;
+}
+
+std::vector<Tensor> relu_fq_act_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+  Tensor y;
+  const std::optional<quant::QuantParams> p = relu_fq_act_params(n, a, opset, ctx, &y);
+  return {p ? quant::fake_quant_relu(*a[0], *p) : y};
 }
 
 std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
@@ -211,12 +221,15 @@ std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
 
 // ReluFakeQuantActMaxPool(x, scale, zero_point, lo, hi): MaxPool(ReluFakeQuantAct(x, ...)) as one node, formed
 // by the tape when the fake-quant output feeds only the MaxPool (autograd.cpp). The MaxPool's attributes
-// come as "pool.<name>". Forward: y = ReluFakeQuantAct(x) (above; range updates included), p = MaxPool(y)
-// with the runtime's kernel; y is saved. Backward, per block of kBlock (n, c) planes while they are in cache:
+// come as "pool.<name>". Forward: the range update of ReluFakeQuantAct (above), then per block of kPoolBlock
+// (n, c) planes y = fake_quant(Relu(x)) and p = MaxPool(y) with the runtime's kernel while the block is in
+// cache; y is saved. Backward, per block of planes:
 // d = MaxPool's backward of dp (kernels::maxpool2d_backward_f32, the same call the MaxPool gradient makes),
 // then dx = the Relu/STE mask of d in place (quant::fake_quant_relu_ste_run). Both are per element / per
 // plane, so blocking changes nothing; the full-size d is never written to memory and read back. Learned
 // scales, and inputs that are not 4-D, take the unfused computation.
+constexpr int64_t kPoolBlock = 8;  // planes per block (8 x 28 x 28 floats: 25 KB per tensor)
+
 graph::Node pool_node(const Node& n) {
   Node p;
   p.name = n.name;
@@ -229,13 +242,38 @@ graph::Node pool_node(const Node& n) {
 }
 
 std::vector<Tensor> relu_fq_act_pool_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
-  Tensor y = relu_fq_act_forward(n, a, opset, ctx).at(0);
+  Tensor y;
+  const std::optional<quant::QuantParams> p = relu_fq_act_params(n, a, opset, ctx, &y);
   const Node pn = pool_node(n);
-  const runtime::OpKernel* k = runtime::builtin_registry().find("MaxPool", "", opset);
-  PERCH_CHECK(k, "MaxPool kernel missing");
-  std::vector<Tensor> p = (*k)(pn, {&y}, opset);
+  const Tensor& x = *a[0];
+  if (!p || x.rank() != 4 || p->count() != 1) {
+    if (p) y = quant::fake_quant_relu(x, *p);
+    const runtime::OpKernel* k = runtime::builtin_registry().find("MaxPool", "", opset);
+    PERCH_CHECK(k, "MaxPool kernel missing");
+    std::vector<Tensor> out = (*k)(pn, {&y}, opset);
+    ctx.saved = {y};
+    return {out.at(0)};
+  }
+  // Per block of planes: y = fake_quant(Relu(x)), then the pool of the block while it is in cache (the
+  // runtime MaxPool's kernel, per plane; elementwise and per-plane work, so blocking changes nothing).
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
+  const int64_t planes = s.batch * s.channels, in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
+  y = Tensor::uninitialized(DType::kFloat32, x.shape());
+  Tensor out = Tensor::uninitialized(DType::kFloat32, {s.batch, s.channels, s.out_h(), s.out_w()});
+  const float* xs = x.data<float>();
+  float *ys = y.data<float>(), *ps = out.data<float>();
+  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * kPoolBlock, nb = std::min(kPoolBlock, planes - c0);
+      quant::fake_quant_relu_run(xs + c0 * in_hw, ys + c0 * in_hw, nb * in_hw, p->scale[0], p->zero_point[0], p->spec);
+      kernels::Pool2dShape sb = s;
+      sb.batch = 1;
+      sb.channels = nb;
+      kernels::maxpool2d_f32(sb, ys + c0 * in_hw, ps + c0 * out_hw);
+    }
+  });
   ctx.saved = {y};
-  return {p.at(0)};
+  return {out};
 }
 
 std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
@@ -258,10 +296,9 @@ std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
   Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
   const float *xs = x.data<float>(), *ys = y.data<float>(), *g = dp.data<float>();
   float* d = dx.data<float>();
-  constexpr int64_t kBlock = 8;
-  parallel_for(0, (planes + kBlock - 1) / kBlock, [&](int64_t b0, int64_t b1) {
+  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * kBlock, nb = std::min(kBlock, planes - c0);
+      const int64_t c0 = b * kPoolBlock, nb = std::min(kPoolBlock, planes - c0);
       kernels::Pool2dShape sb = s;
       sb.batch = 1;
       sb.channels = nb;

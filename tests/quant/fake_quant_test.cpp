@@ -176,6 +176,53 @@ TEST(FakeQuantPaths, ReluFusedMatchesReluThenFakeQuantOnEveryPath) {
                Error);
 }
 
+// The AVX-512 STE twins compare x against thresholds instead of dividing (fake_quant_runs.h:
+// ste_thresholds). Probe exactly where that could go wrong: every float within 6 ulps of both clip edges
+// (qmin - zp) s and (qmax - zp) s, for scales from 1e-20 to 3e38 (edges near overflow) and random ones,
+// against the division form in plain C++, on every path, plain and Relu-fused.
+TEST(FakeQuantPaths, SteMaskAtTheClipEdgesMatchesTheDivision) {
+  std::mt19937_64 rng(41);
+  std::vector<float> scales = {1e-20f, 1e-7f, 0.0123f, 0.1f, 1.7f, 3.0f, 1e20f, 3e38f};
+  for (int k = 0; k < 40; ++k) scales.push_back(std::uniform_real_distribution<float>(1e-4f, 10.0f)(rng));
+  int checked = 0;
+  for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+    set_paths_for_testing(paths);
+    for (size_t si = 0; si < scales.size(); ++si) {
+      QuantSpec spec;
+      spec.bits = si % 3 == 1 ? 4 : 8;
+      spec.is_signed = si % 2 == 1;
+      spec.symmetric = spec.is_signed;
+      const int32_t zp = spec.symmetric ? 0 : spec.qmin() + static_cast<int32_t>(rng() % (spec.qmax() - spec.qmin() + 1));
+      const float sc = scales[si];
+      std::vector<float> xs;
+      for (int32_t e : {spec.qmin() - zp, spec.qmax() - zp}) {
+        float c = static_cast<float>(e) * sc;
+        for (int u = 0; u < 6; ++u) c = std::nextafter(c, -INFINITY);
+        for (int u = 0; u < 13; ++u, c = std::nextafter(c, INFINITY)) xs.push_back(c);
+      }
+      xs.push_back(0.0f);
+      const auto n = static_cast<int64_t>(xs.size());
+      const QuantParams p = make_params(spec, {n}, {sc}, {zp});
+      const Tensor x = Tensor::from<float>({n}, xs);
+      Tensor dy(DType::kFloat32, {n});
+      for (float& v : dy.span<float>()) v = std::uniform_real_distribution<float>(0.5f, 1.0f)(rng);
+      const Tensor dx = fake_quant_ste_backward(dy, x, p), dxr = fake_quant_relu_ste_backward(dy, x, p);
+      for (int64_t i = 0; i < n; ++i) {
+        const float u = xs[static_cast<size_t>(i)] / sc;
+        const bool inside = u >= static_cast<float>(spec.qmin() - zp) && u <= static_cast<float>(spec.qmax() - zp);
+        const float want = inside ? dy.span<float>()[static_cast<size_t>(i)] : 0.0f;
+        ASSERT_EQ(dx.span<float>()[static_cast<size_t>(i)], want)
+            << paths_string(paths) << " scale " << sc << " zp " << zp << " x " << xs[static_cast<size_t>(i)];
+        ASSERT_EQ(dxr.span<float>()[static_cast<size_t>(i)], xs[static_cast<size_t>(i)] > 0.0f ? want : 0.0f)
+            << paths_string(paths) << " relu, scale " << sc << " x " << xs[static_cast<size_t>(i)];
+        ++checked;
+      }
+    }
+  }
+  set_paths_for_testing(0);
+  EXPECT_EQ(checked, 2 * 48 * 27);
+}
+
 // slot_ranges (the range observers' loop) on every path: per-tensor runs longer than one 65 536-value
 // chunk, per-channel runs straddling 16 lanes, NaN/+-Inf at chosen places (counted, first index reported,
 // never in min/max), all-non-finite slots (+inf / -inf), and zeros of both signs (reported as +0).

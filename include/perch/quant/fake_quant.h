@@ -51,8 +51,9 @@ Tensor fake_quant_ste_backward(const Tensor& dy, const Tensor& x, const QuantPar
 // qmax - zp, else +0.
 Tensor fake_quant_relu(const Tensor& x, const QuantParams& p);
 Tensor fake_quant_relu_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p);
-// The same mask over one run of n values sharing (scale, zero_point) of `spec`, on the calling thread (the
-// dispatched kernel: AVX-512 or the reference, see core/cpu.h). dx may be dy (in place).
+// The same two over one run of n values sharing (scale, zero_point) of `spec`, on the calling thread (the
+// dispatched kernels: AVX-512 or the reference, see core/cpu.h). dx may be dy (in place).
+void fake_quant_relu_run(const float* x, float* y, int64_t n, float scale, int32_t zero_point, const QuantSpec& spec);
 void fake_quant_relu_ste_run(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                              const QuantSpec& spec);
 
