@@ -222,12 +222,13 @@ std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
 // ReluFakeQuantActMaxPool(x, scale, zero_point, lo, hi): MaxPool(ReluFakeQuantAct(x, ...)) as one node, formed
 // by the tape when the fake-quant output feeds only the MaxPool (autograd.cpp). The MaxPool's attributes
 // come as "pool.<name>". Forward: the range update of ReluFakeQuantAct (above), then per block of kPoolBlock
-// (n, c) planes y = fake_quant(Relu(x)) and p = MaxPool(y) with the runtime's kernel while the block is in
-// cache; y is saved. Backward, per block of planes:
-// d = MaxPool's backward of dp (kernels::maxpool2d_backward_f32, the same call the MaxPool gradient makes),
-// then dx = the Relu/STE mask of d in place (quant::fake_quant_relu_ste_run). Both are per element / per
-// plane, so blocking changes nothing; the full-size d is never written to memory and read back. Learned
-// scales, and inputs that are not 4-D, take the unfused computation.
+// (n, c) planes y = fake_quant(Relu(x)) into a buffer in cache and p = MaxPool(y) from it (the runtime's
+// kernel, per plane). y is never written out: the backward recomputes it per block from x and the saved
+// parameters (the same kernel on the same inputs: the same bits), runs MaxPool's backward from it
+// (kernels::maxpool2d_backward_f32, the call the MaxPool gradient makes) and applies the Relu/STE mask in
+// place (quant::fake_quant_relu_ste_run). All of it is per element or per plane, so blocking changes
+// nothing; the full-size y and dL/dy never go through memory. Learned scales, non-finite x (the unfused
+// range) and inputs that are not 4-D take the unfused computation.
 constexpr int64_t kPoolBlock = 8;  // planes per block (8 x 28 x 28 floats: 25 KB per tensor)
 
 graph::Node pool_node(const Node& n) {
@@ -241,6 +242,33 @@ graph::Node pool_node(const Node& n) {
   return p;
 }
 
+// The blocked passes of ReluFakeQuantActMaxPool over planes [c0, c0 + nb): y = fake_quant(Relu(x)) into a
+// small buffer (in cache), then the pool's forward (out = pooled) or its backward (dp -> dx) from it, and
+// for the backward the Relu/STE mask applied to dx in place.
+void relu_fq_pool_block(const kernels::Pool2dShape& s, const quant::QuantParams& p, const float* x, float* ybuf,
+                        int64_t c0, int64_t nb, float* pooled, const float* dp, float* dx) {
+  const int64_t in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
+  kernels::Pool2dShape sb = s;
+  sb.batch = 1;
+  sb.channels = nb;
+  const float* xb = x + c0 * in_hw;
+  quant::fake_quant_relu_run(xb, ybuf, nb * in_hw, p.scale[0], p.zero_point[0], p.spec);
+  if (pooled) {
+    kernels::maxpool2d_f32(sb, ybuf, pooled + c0 * out_hw);
+    return;
+  }
+  kernels::maxpool2d_backward_f32(sb, ybuf, dp + c0 * out_hw, dx + c0 * in_hw);
+  quant::fake_quant_relu_ste_run(dx + c0 * in_hw, xb, dx + c0 * in_hw, nb * in_hw, p.scale[0], p.zero_point[0], p.spec);
+}
+
+template <typename F>
+void for_plane_blocks(int64_t planes, int64_t in_hw, F&& f) {
+  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
+    std::vector<float> ybuf(static_cast<size_t>(kPoolBlock * in_hw));
+    for (int64_t b = b0; b < b1; ++b) f(b * kPoolBlock, std::min(kPoolBlock, planes - b * kPoolBlock), ybuf.data());
+  });
+}
+
 std::vector<Tensor> relu_fq_act_pool_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
   Tensor y;
   const std::optional<quant::QuantParams> p = relu_fq_act_params(n, a, opset, ctx, &y);
@@ -251,61 +279,42 @@ std::vector<Tensor> relu_fq_act_pool_forward(const Node& n, const Args& a, int64
     const runtime::OpKernel* k = runtime::builtin_registry().find("MaxPool", "", opset);
     PERCH_CHECK(k, "MaxPool kernel missing");
     std::vector<Tensor> out = (*k)(pn, {&y}, opset);
-    ctx.saved = {y};
+    ctx.saved = {y};  // the backward's unfused path
     return {out.at(0)};
   }
-  // Per block of planes: y = fake_quant(Relu(x)), then the pool of the block while it is in cache (the
-  // runtime MaxPool's kernel, per plane; elementwise and per-plane work, so blocking changes nothing).
   const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
-  const int64_t planes = s.batch * s.channels, in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
-  y = Tensor::uninitialized(DType::kFloat32, x.shape());
   Tensor out = Tensor::uninitialized(DType::kFloat32, {s.batch, s.channels, s.out_h(), s.out_w()});
-  const float* xs = x.data<float>();
-  float *ys = y.data<float>(), *ps = out.data<float>();
-  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * kPoolBlock, nb = std::min(kPoolBlock, planes - c0);
-      quant::fake_quant_relu_run(xs + c0 * in_hw, ys + c0 * in_hw, nb * in_hw, p->scale[0], p->zero_point[0], p->spec);
-      kernels::Pool2dShape sb = s;
-      sb.batch = 1;
-      sb.channels = nb;
-      kernels::maxpool2d_f32(sb, ys + c0 * in_hw, ps + c0 * out_hw);
-    }
+  for_plane_blocks(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t c0, int64_t nb, float* ybuf) {
+    relu_fq_pool_block(s, *p, x.data<float>(), ybuf, c0, nb, out.data<float>(), nullptr, nullptr);
   });
-  ctx.saved = {y};
+  // y is not kept: the backward recomputes it block by block from x and these parameters (bit for bit).
+  ctx.saved = {Tensor::scalar_f32(p->scale[0]), Tensor::scalar_f32(static_cast<float>(p->zero_point[0]))};
   return {out};
 }
 
 std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
-  PERCH_CHECK(a.saved.size() == 1, a.node.describe(), ": backward without its forward state");
-  const Tensor &x = *a.inputs[0], &y = a.saved[0], &dp = *a.grad_outputs.at(0);
+  PERCH_CHECK(a.saved.size() == 1 || a.saved.size() == 2, a.node.describe(), ": backward without its forward state");
+  const Tensor &x = *a.inputs[0], &dp = *a.grad_outputs.at(0);
   const Node pn = pool_node(a.node);
-  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, y.shape());
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
   const bool lsq = a.needs.size() > 1 && a.needs[1];
-  if (lsq || x.rank() != 4) {
+  std::optional<quant::QuantParams> p;
+  if (a.saved.size() == 2)
+    p = quant::make_params(spec_from_attrs(a.node), x.shape(), {a.saved[0].data<float>()[0]},
+                           {static_cast<int32_t>(a.saved[1].data<float>()[0])});
+  if (lsq || !p) {  // unfused: the pool's backward over the whole y, then ReluFakeQuantAct's
+    const Tensor y = p ? quant::fake_quant_relu(x, *p) : a.saved[0];
     Tensor d = Tensor::uninitialized(DType::kFloat32, y.shape());
     kernels::maxpool2d_backward_f32(s, y.data<float>(), dp.data<float>(), d.data<float>());
     std::vector<const Tensor*> gouts = {&d};
     GradArgs ra{a.node, a.opset, a.inputs, {&y}, gouts, a.saved, a.needs, a.training};
     return relu_fq_act_backward(ra);
   }
-  const quant::QuantParams p = act_params(a.node, x, a.inputs);
-  const int64_t planes = s.batch * s.channels, in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
-  PERCH_CHECK(dp.numel() == planes * out_hw, a.node.describe(), ": output gradient has ", dp.numel(), " values for ",
-              shape_str(y.shape()), " pooled");
+  PERCH_CHECK(dp.numel() == s.batch * s.channels * s.out_h() * s.out_w(), a.node.describe(), ": output gradient has ",
+              dp.numel(), " values for ", shape_str(x.shape()), " pooled");
   Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
-  const float *xs = x.data<float>(), *ys = y.data<float>(), *g = dp.data<float>();
-  float* d = dx.data<float>();
-  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * kPoolBlock, nb = std::min(kPoolBlock, planes - c0);
-      kernels::Pool2dShape sb = s;
-      sb.batch = 1;
-      sb.channels = nb;
-      kernels::maxpool2d_backward_f32(sb, ys + c0 * in_hw, g + c0 * out_hw, d + c0 * in_hw);
-      quant::fake_quant_relu_ste_run(d + c0 * in_hw, xs + c0 * in_hw, d + c0 * in_hw, nb * in_hw, p.scale[0],
-                                     p.zero_point[0], p.spec);
-    }
+  for_plane_blocks(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t c0, int64_t nb, float* ybuf) {
+    relu_fq_pool_block(s, *p, x.data<float>(), ybuf, c0, nb, nullptr, dp.data<float>(), dx.data<float>());
   });
   std::vector<Tensor> out(a.inputs.size());
   out[0] = dx;
