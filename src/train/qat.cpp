@@ -221,15 +221,15 @@ std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
 
 // ReluFakeQuantActMaxPool(x, scale, zero_point, lo, hi): MaxPool(ReluFakeQuantAct(x, ...)) as one node, formed
 // by the tape when the fake-quant output feeds only the MaxPool (autograd.cpp). The MaxPool's attributes
-// come as "pool.<name>". Forward: the range update of ReluFakeQuantAct (above), then per block of kPoolBlock
-// (n, c) planes y = fake_quant(Relu(x)) into a buffer in cache and p = MaxPool(y) from it (the runtime's
-// kernel, per plane). y is never written out: the backward recomputes it per block from x and the saved
-// parameters (the same kernel on the same inputs: the same bits), runs MaxPool's backward from it
-// (kernels::maxpool2d_backward_f32, the call the MaxPool gradient makes) and applies the Relu/STE mask in
-// place (quant::fake_quant_relu_ste_run). All of it is per element or per plane, so blocking changes
+// come as "pool.<name>". Forward: the range update of ReluFakeQuantAct (above), then per block of (n, c)
+// planes (about kBlockFloats values) y = fake_quant(Relu(x)) into a buffer in cache and p = MaxPool(y) from
+// it (the runtime's kernel, per plane). y is never written out: the backward recomputes it per block from
+// x and the saved parameters (the same kernel on the same inputs: the same bits), runs MaxPool's backward
+// from it (kernels::maxpool2d_backward_f32, the call the MaxPool gradient makes) and applies the Relu/STE
+// mask in place (quant::fake_quant_relu_ste_run). All of it is per element or per plane, so blocking changes
 // nothing; the full-size y and dL/dy never go through memory. Learned scales, non-finite x (the unfused
 // range) and inputs that are not 4-D take the unfused computation.
-constexpr int64_t kPoolBlock = 8;  // planes per block (8 x 28 x 28 floats: 25 KB per tensor)
+constexpr int64_t kBlockFloats = 8192;  // values per block of planes (32 KB per tensor; at least one plane)
 
 graph::Node pool_node(const Node& n) {
   Node p;
@@ -263,9 +263,10 @@ void relu_fq_pool_block(const kernels::Pool2dShape& s, const quant::QuantParams&
 
 template <typename F>
 void for_plane_blocks(int64_t planes, int64_t in_hw, F&& f) {
-  parallel_for(0, (planes + kPoolBlock - 1) / kPoolBlock, [&](int64_t b0, int64_t b1) {
-    std::vector<float> ybuf(static_cast<size_t>(kPoolBlock * in_hw));
-    for (int64_t b = b0; b < b1; ++b) f(b * kPoolBlock, std::min(kPoolBlock, planes - b * kPoolBlock), ybuf.data());
+  const int64_t block = std::max<int64_t>(1, kBlockFloats / std::max<int64_t>(1, in_hw));
+  parallel_for(0, (planes + block - 1) / block, [&](int64_t b0, int64_t b1) {
+    std::vector<float> ybuf(static_cast<size_t>(block * in_hw));
+    for (int64_t b = b0; b < b1; ++b) f(b * block, std::min(block, planes - b * block), ybuf.data());
   });
 }
 
