@@ -43,7 +43,8 @@ inline void ste_body(const float* dy, const float* x, float* dx, int64_t n, floa
                      int32_t qmin, int32_t qmax) {
   const __m512 zero = _mm512_setzero_ps();
   float t_lo = 0, t_hi = 0;
-  if (ste_thresholds(scale, zero_point, qmin, qmax, &t_lo, &t_hi)) {
+  // Short runs (one channel of a depthwise weight: 9 values) divide: the threshold search costs more.
+  if (n >= 64 && ste_thresholds(scale, zero_point, qmin, qmax, &t_lo, &t_hi)) {
     // qmin - zp <= x / s <= qmax - zp  <=>  t_lo <= x <= t_hi (fake_quant_runs.h); ordered: NaN is outside.
     const __m512 lo = _mm512_set1_ps(t_lo), hi = _mm512_set1_ps(t_hi);
     for (int64_t k = 0; k < n; k += 16) {

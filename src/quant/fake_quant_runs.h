@@ -67,7 +67,8 @@ RunRange range_run_avx512(const float* x, int64_t n);
 // fl(x / s) <= qmax - zp  <=>  x <= t_hi  with t_lo the smallest float meeting the first and t_hi the largest
 // meeting the second (NaN fails both forms). Found by stepping ulps from (qmin - zp) * s, (qmax - zp) * s,
 // checking each candidate with the division itself. False if not found within 64 steps (then the caller
-// divides). The AVX-512 STE twins use it; the reference twins divide, and the tests compare them.
+// divides). The AVX-512 STE twins use it on runs of 64 values or more; the reference twins divide, and the
+// tests compare them.
 bool ste_thresholds(float scale, int32_t zero_point, int32_t qmin, int32_t qmax, float* t_lo, float* t_hi);
 
 // The best twin for the active paths (decided per call from active_paths(), which is detected once).

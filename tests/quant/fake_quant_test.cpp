@@ -179,7 +179,8 @@ TEST(FakeQuantPaths, ReluFusedMatchesReluThenFakeQuantOnEveryPath) {
 // The AVX-512 STE twins compare x against thresholds instead of dividing (fake_quant_runs.h:
 // ste_thresholds). Probe exactly where that could go wrong: every float within 6 ulps of both clip edges
 // (qmin - zp) s and (qmax - zp) s, for scales from 1e-20 to 3e38 (edges near overflow) and random ones,
-// against the division form in plain C++, on every path, plain and Relu-fused.
+// against the division form in plain C++, on every path, plain and Relu-fused (runs of 108 values: the
+// thresholds are used from 64 on).
 TEST(FakeQuantPaths, SteMaskAtTheClipEdgesMatchesTheDivision) {
   std::mt19937_64 rng(41);
   std::vector<float> scales = {1e-20f, 1e-7f, 0.0123f, 0.1f, 1.7f, 3.0f, 1e20f, 3e38f};
@@ -201,6 +202,8 @@ TEST(FakeQuantPaths, SteMaskAtTheClipEdgesMatchesTheDivision) {
         for (int u = 0; u < 13; ++u, c = std::nextafter(c, INFINITY)) xs.push_back(c);
       }
       xs.push_back(0.0f);
+      // Four copies (108 values): the threshold form only runs on runs of >= 64 values.
+      for (size_t k = 0, m = xs.size(); k < 3 * m; ++k) xs.push_back(xs[k]);
       const auto n = static_cast<int64_t>(xs.size());
       const QuantParams p = make_params(spec, {n}, {sc}, {zp});
       const Tensor x = Tensor::from<float>({n}, xs);
@@ -220,7 +223,7 @@ TEST(FakeQuantPaths, SteMaskAtTheClipEdgesMatchesTheDivision) {
     }
   }
   set_paths_for_testing(0);
-  EXPECT_EQ(checked, 2 * 48 * 27);
+  EXPECT_EQ(checked, 2 * 48 * 108);
 }
 
 // slot_ranges (the range observers' loop) on every path: per-tensor runs longer than one 65 536-value
