@@ -133,6 +133,73 @@ Tensor fake_quant_ste_backward(const Tensor& dy, const Tensor& x, const QuantPar
   return dx;
 }
 
+// The Relu-fused pair (fake_quant_runs.h): same layout walk as fake_quant / fake_quant_ste_backward; runs
+// sharing one (scale, zero point) go through the dispatched kernel, split over the thread pool when long
+// (elementwise, so the result does not depend on the split); strided runs call the reference per element.
+Tensor fake_quant_relu(const Tensor& x, const QuantParams& p) {
+  PERCH_CHECK(x.dtype() == DType::kFloat32, "fake_quant_relu: expected a float32 tensor, got ", dtype_name(x.dtype()));
+  check_params(p, x.shape());
+  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
+  const float* xs = x.data<float>();
+  float* ys = y.data<float>();
+  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  const detail::FakeQuantRunFn run = detail::relu_fake_quant_run();
+  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) {
+        run(xs + b + lo, ys + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
+      };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      detail::relu_fake_quant_run_reference(xs + b + k, ys + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
+    }
+  });
+  return y;
+}
+
+Tensor fake_quant_relu_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p) {
+  check_same(dy, x, "fake_quant_relu_ste_backward");
+  check_params(p, x.shape());
+  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
+  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
+  const float* xs = x.data<float>();
+  const float* dys = dy.data<float>();
+  float* out = dx.data<float>();
+  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  const detail::SteRunFn run = detail::relu_ste_run();
+  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) {
+        run(dys + b + lo, xs + b + lo, out + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
+      };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      detail::relu_ste_run_reference(dys + b + k, xs + b + k, out + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
+    }
+  });
+  return dx;
+}
+
+void fake_quant_relu_run(const float* x, float* y, int64_t n, float scale, int32_t zero_point, const QuantSpec& spec) {
+  detail::relu_fake_quant_run()(x, y, n, scale, zero_point, spec.qmin(), spec.qmax());
+}
+
+void fake_quant_relu_ste_run(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                             const QuantSpec& spec) {
+  detail::relu_ste_run()(dy, x, dx, n, scale, zero_point, spec.qmin(), spec.qmax());
+}
+
 LsqGrad lsq_backward(const Tensor& dy, const Tensor& x, const QuantParams& p, double grad_scale) {
   check_same(dy, x, "lsq_backward");
   check_params(p, x.shape());

@@ -12,6 +12,14 @@
 //                                  has at most 41 and one rounding to float equals the double product
 //                                  rounded to float (quant::dequantize_value).
 // STE mask: dx = dy where qmin - zp <= u <= qmax - zp (float compares of the same u), else 0; NaN -> 0.
+//
+// Relu fused in front (the training tape runs Relu -> FakeQuantAct as one node, train/autograd.cpp):
+//   relu_fake_quant_run:  y = fake_quant(r) with r = (x > 0 ? x : +0), exactly the runtime Relu's output
+//                         (NaN, -inf, -0 and negatives all give +0), so y equals the unfused pair bit for bit.
+//   relu_ste_run:         dx = dy where x > 0 and qmin - zp <= x / s <= qmax - zp, else +0: the STE mask of
+//                         r composed with Relu's backward (dx = x > 0 ? d : 0). For x > 0, r = x, so u = x / s
+//                         is the same float division; for x <= 0 (or NaN) Relu's backward gives +0 whatever the
+//                         STE did. Same bits as the two passes, in one read of dy and x.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +35,10 @@ void fake_quant_run_reference(const float* x, float* y, int64_t n, float scale, 
                               int32_t qmax);
 void ste_run_reference(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                        int32_t qmin, int32_t qmax);
+void relu_fake_quant_run_reference(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                                   int32_t qmax);
+void relu_ste_run_reference(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                            int32_t qmin, int32_t qmax);
 
 // False when the compiler could not build the AVX-512 file; then the twins below must not be called.
 bool avx512_runs_compiled();
@@ -34,6 +46,10 @@ void fake_quant_run_avx512(const float* x, float* y, int64_t n, float scale, int
                            int32_t qmax);
 void ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
                     int32_t qmin, int32_t qmax);
+void relu_fake_quant_run_avx512(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
+                                int32_t qmax);
+void relu_ste_run_avx512(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                         int32_t qmin, int32_t qmax);
 
 // Range of a run for quant::slot_ranges: min/max over the finite values (left as +inf / -inf when there is
 // none; a result of -0 is returned as +0 so the sign of zero cannot depend on the order of comparisons),
@@ -46,9 +62,20 @@ using RangeRunFn = RunRange (*)(const float* x, int64_t n);
 RunRange range_run_reference(const float* x, int64_t n);
 RunRange range_run_avx512(const float* x, int64_t n);
 
+// The STE mask without the division: fl(x / s) is non-decreasing in x for s > 0 (division by a positive
+// constant and round-to-nearest are both monotone), so  fl(x / s) >= qmin - zp  <=>  x >= t_lo  and
+// fl(x / s) <= qmax - zp  <=>  x <= t_hi  with t_lo the smallest float meeting the first and t_hi the largest
+// meeting the second (NaN fails both forms). Found by stepping ulps from (qmin - zp) * s, (qmax - zp) * s,
+// checking each candidate with the division itself. False if not found within 64 steps (then the caller
+// divides). The AVX-512 STE twins use it on runs of 64 values or more; the reference twins divide, and the
+// tests compare them.
+bool ste_thresholds(float scale, int32_t zero_point, int32_t qmin, int32_t qmax, float* t_lo, float* t_hi);
+
 // The best twin for the active paths (decided per call from active_paths(), which is detected once).
 FakeQuantRunFn fake_quant_run();
 SteRunFn ste_run();
+FakeQuantRunFn relu_fake_quant_run();
+SteRunFn relu_ste_run();
 RangeRunFn range_run();
 
 }  // namespace perch::quant::detail

@@ -69,11 +69,70 @@ Tape::Tape(graph::Model& model, std::vector<std::string> params) : model_(model)
 
 namespace {
 
+constexpr size_t kNoOrigin = static_cast<size_t>(-1);
+
 bool is_onnx(const graph::Node& n, const char* op) {
   return n.op_type == op && (n.domain.empty() || n.domain == "ai.onnx");
 }
 
-// The execution order of the Tape. One rewrite: Relu(x) -> v -> MaxPool(v) -> w, where v feeds nothing
+// Second rewrite (QAT graphs): Relu(x) -> v -> FakeQuantAct(v, scale, zp, lo, hi) -> w, where v feeds nothing
+// else, is not a graph output and not a kept value, runs as one perch-domain ReluFakeQuantAct(x, scale, zp,
+// lo, hi) -> w at the FakeQuantAct's place, taking its attributes (train/qat.cpp: same values, range updates
+// and gradients bit for bit). It saves the Relu's output tensor and one forward and one backward pass over it.
+void fuse_relu_fake_quant(const graph::Graph& g, const std::vector<std::string>& keep, std::vector<graph::Node>& nodes,
+                          std::vector<size_t>& origin, std::vector<size_t>& pool_origin) {
+  pool_origin.assign(nodes.size(), kNoOrigin);
+  std::map<std::string, int> uses;
+  std::map<std::string, size_t> consumer;
+  for (size_t j = 0; j < nodes.size(); ++j)
+    for (const auto& v : nodes[j].inputs)
+      if (!v.empty()) ++uses[v], consumer[v] = j;
+  std::vector<bool> drop(nodes.size(), false);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const graph::Node& relu = nodes[i];
+    if (!is_onnx(relu, "Relu") || relu.inputs.size() != 1 || relu.outputs.size() != 1 || relu.inputs[0].empty()) continue;
+    const std::string& v = relu.outputs[0];
+    if (uses[v] != 1 || g.is_graph_output(v) || std::count(keep.begin(), keep.end(), v)) continue;
+    graph::Node& fq = nodes[consumer.at(v)];
+    if (fq.op_type != "FakeQuantAct" || fq.domain != "perch" || fq.inputs.size() != 5 || fq.inputs[0] != v) continue;
+    if (fq.outputs.size() != 1 || fq.outputs[0].empty()) continue;
+    fq.op_type = "ReluFakeQuantAct";
+    fq.inputs[0] = relu.inputs[0];
+    drop[i] = true;
+  }
+  // Third rewrite: ReluFakeQuantAct(x, ...) -> y -> MaxPool(y) -> p, where y feeds nothing else, is not a
+  // graph output and not kept, and the MaxPool has no Indices output, runs as one ReluFakeQuantActMaxPool
+  // -> p at the fake-quant's place (train/qat.cpp; its backward runs the pool's and the mask's per block of
+  // planes in cache). The MaxPool's attributes are re-read each forward as "pool.<name>" (pool_origin).
+  for (size_t j = 0; j < nodes.size(); ++j)
+    for (const auto& v : nodes[j].inputs)
+      if (!v.empty() && !drop[j]) consumer[v] = j;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    graph::Node& fq = nodes[i];
+    if (drop[i] || fq.op_type != "ReluFakeQuantAct") continue;
+    const std::string& y = fq.outputs[0];
+    if (uses[y] != 1 || g.is_graph_output(y) || std::count(keep.begin(), keep.end(), y)) continue;
+    const size_t j = consumer.at(y);
+    graph::Node& pool = nodes[j];
+    if (!is_onnx(pool, "MaxPool") || pool.inputs.size() != 1 || pool.inputs[0] != y) continue;
+    if (pool.outputs.size() != 1 || pool.outputs[0].empty()) continue;  // no Indices output
+    fq.op_type = "ReluFakeQuantActMaxPool";
+    fq.outputs[0] = pool.outputs[0];
+    pool_origin[i] = origin[j];
+    drop[j] = true;
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (drop[i]) continue;
+    if (k != i) nodes[k] = std::move(nodes[i]), origin[k] = origin[i], pool_origin[k] = pool_origin[i];
+    ++k;
+  }
+  nodes.resize(k);
+  origin.resize(k);
+  pool_origin.resize(k);
+}
+
+// The execution order of the Tape. First rewrite: Relu(x) -> v -> MaxPool(v) -> w, where v feeds nothing
 // else, is not a graph output and not a kept value, runs as MaxPool(x) -> t -> Relu(t) -> w.
 // Exact in value and in gradient: max and relu commute (relu is monotone; max of floats is exact); both
 // orders send the gradient to the window's first maximum when it is > 0 and nowhere when it is <= 0
@@ -81,7 +140,7 @@ bool is_onnx(const graph::Node& n, const char* op) {
 // in either order. It saves the Relu's forward and backward pass over the un-pooled tensor (4x the
 // pooled one for 2x2 pools) and the memory that keeps it for backward.
 std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vector<std::string>& keep,
-                                        std::vector<size_t>& origin) {
+                                        std::vector<size_t>& origin, std::vector<size_t>& pool_origin) {
   std::vector<graph::Node> nodes = g.nodes;
   origin.resize(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) origin[i] = i;
@@ -110,6 +169,7 @@ std::vector<graph::Node> execution_nodes(const graph::Graph& g, const std::vecto
     std::swap(relu, pool);  // the pool now runs at the Relu's place, the Relu at the pool's
     std::swap(origin[i], origin[j]);
   }
+  fuse_relu_fake_quant(g, keep, nodes, origin, pool_origin);
   return nodes;
 }
 
@@ -119,7 +179,7 @@ void Tape::plan() {
   const auto& g = model_.graph;
   const auto& ops = runtime::builtin_registry();
   const int64_t opset = model_.opset();
-  nodes_ = execution_nodes(g, keep_, origin_);
+  nodes_ = execution_nodes(g, keep_, origin_, pool_origin_);
   value_needs_.clear();
   for (const auto& p : params_) value_needs_[p] = true;
   for (const auto& k : keep_) value_needs_[k] = true;
@@ -168,7 +228,11 @@ TensorMap Tape::forward(const TensorMap& inputs, bool training) {
   saved_.assign(nodes_.size(), {});
   // Attributes are read from the model at every forward: training schedules change them between steps
   // (e.g. qat_step_schedule freezes ranges and BN statistics).
-  for (size_t i = 0; i < nodes_.size(); ++i) nodes_[i].attrs = g.nodes[origin_[i]].attrs;
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    nodes_[i].attrs = g.nodes[origin_[i]].attrs;
+    if (pool_origin_[i] != kNoOrigin)
+      for (const auto& [k, v] : g.nodes[pool_origin_[i]].attrs) nodes_[i].attrs["pool." + k] = v;
+  }
   for (const auto& in : g.inputs) {
     auto it = inputs.find(in.name);
     PERCH_CHECK(it != inputs.end(), model_.source, ": no value given for graph input '", in.name, "'");

@@ -2,15 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "perch/core/error.h"
 #include "perch/core/progress.h"
 #include "perch/core/threads.h"
 #include "perch/graph/passes.h"
+#include "perch/kernels/pool_f32.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/quant/estimators.h"
 #include "perch/quant/fake_quant.h"
+#include "perch/runtime/op_geometry.h"
 #include "perch/train/autograd.h"
 
 namespace perch::train {
@@ -138,6 +141,184 @@ std::vector<Tensor> fq_act_backward(const GradArgs& a) {
   } else {
     out[0] = quant::fake_quant_ste_backward(dy, x, p);
   }
+  return out;
+}
+
+// ReluFakeQuantAct(x, scale, zero_point, lo, hi): FakeQuantAct(Relu(x), ...) as one node. The training tape
+// (autograd.cpp) forms it from Relu -> FakeQuantAct when the Relu's output feeds nothing else; it never
+// appears in a model. Same values, same state updates and same gradients, bit for bit, as the two nodes:
+//   range:    Relu is monotone and maps finite values to finite values, so over an all-finite x the range of
+//             Relu(x) is [Relu(min x), Relu(max x)] (min/max are exact; Relu(-0) = +0 as slot_ranges reports
+//             it). When x has a non-finite value (Relu maps -inf and NaN to the finite +0) the range is taken
+//             from the materialized Relu(x) instead, i.e. the unfused path.
+//   forward:  quant::fake_quant_relu (= fake_quant(Relu(x))); backward: quant::fake_quant_relu_ste_backward
+//             (= Relu's mask of the STE mask); learned scales (LSQ) go through the unfused ops on Relu(x).
+// It saves the Relu's output tensor, its forward pass and its backward pass.
+Tensor relu_of(const Tensor& x) {
+  Tensor r = Tensor::uninitialized(DType::kFloat32, x.shape());
+  const float* xs = x.data<float>();
+  float* rs = r.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) rs[i] = xs[i] > 0.0f ? xs[i] : 0.0f;  // the runtime's Relu
+  return r;
+}
+
+// The parameters ReluFakeQuantAct quantizes with (after this batch's EMA update, pushed to ctx.updates), or
+// nullopt when the range needs the materialized Relu(x) (x has a non-finite value): then *y is the output,
+// computed by the unfused FakeQuantAct on Relu(x).
+std::optional<quant::QuantParams> relu_fq_act_params(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx,
+                                                     Tensor* y) {
+  PERCH_CHECK(a.size() == 5 && a[0] && a[1] && a[2] && a[3] && a[4], n.describe(),
+              ": ReluFakeQuantAct needs (x, scale, zero_point, lo, hi)");
+  PERCH_CHECK(a[0]->dtype() == DType::kFloat32, n.describe(), ": expected a float32 input");
+  const Tensor& x = *a[0];
+  const bool learn = n.attr_int("learn", 0) != 0, frozen = n.attr_int("frozen", 0) != 0;
+  if (!ctx.training || learn || frozen || x.numel() == 0) return act_params(n, x, a);
+  const quant::SlotRanges br = quant::slot_ranges(quant::SlotLayout::make(quant::QuantSpec{}, x.shape()), x.data<float>());
+  if (br.nonfinite > 0) {  // the unfused path (see above)
+    const Tensor r = relu_of(x);
+    Args ra = a;
+    ra[0] = &r;
+    *y = fq_act_forward(n, ra, opset, ctx).at(0);
+    return std::nullopt;
+  }
+  const float m = n.attr_float("momentum", 0.99f);
+  const float bmin = br.min[0] > 0.0f ? br.min[0] : 0.0f, bmax = br.max[0] > 0.0f ? br.max[0] : 0.0f;
+  const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
+  const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
+  const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
+  ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
+  ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
+  ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
+  ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
+  return p;
+}
+
+std::vector<Tensor> relu_fq_act_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+  Tensor y;
+  const std::optional<quant::QuantParams> p = relu_fq_act_params(n, a, opset, ctx, &y);
+  return {p ? quant::fake_quant_relu(*a[0], *p) : y};
+}
+
+std::vector<Tensor> relu_fq_act_backward(const GradArgs& a) {
+  const Tensor& x = *a.inputs[0];
+  if (a.needs.size() > 1 && a.needs[1]) {  // LSQ: the unfused ops on Relu(x), then Relu's backward
+    const Tensor r = relu_of(x);
+    std::vector<const Tensor*> ins = a.inputs;
+    ins[0] = &r;
+    GradArgs ra{a.node, a.opset, ins, a.outputs, a.grad_outputs, a.saved, a.needs, a.training};
+    std::vector<Tensor> out = fq_act_backward(ra);
+    if (!out[0].empty()) {
+      float* d = out[0].data<float>();
+      const float* xs = x.data<float>();
+      for (int64_t i = 0; i < x.numel(); ++i) d[i] = xs[i] > 0.0f ? d[i] : 0.0f;
+    }
+    return out;
+  }
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = quant::fake_quant_relu_ste_backward(*a.grad_outputs.at(0), x, act_params(a.node, x, a.inputs));
+  return out;
+}
+
+// ReluFakeQuantActMaxPool(x, scale, zero_point, lo, hi): MaxPool(ReluFakeQuantAct(x, ...)) as one node, formed
+// by the tape when the fake-quant output feeds only the MaxPool (autograd.cpp). The MaxPool's attributes
+// come as "pool.<name>". Forward: the range update of ReluFakeQuantAct (above), then per block of (n, c)
+// planes (about kBlockFloats values) y = fake_quant(Relu(x)) into a buffer in cache and p = MaxPool(y) from
+// it (the runtime's kernel, per plane). y is never written out: the backward recomputes it per block from
+// x and the saved parameters (the same kernel on the same inputs: the same bits), runs MaxPool's backward
+// from it (kernels::maxpool2d_backward_f32, the call the MaxPool gradient makes) and applies the Relu/STE
+// mask in place (quant::fake_quant_relu_ste_run). All of it is per element or per plane, so blocking changes
+// nothing; the full-size y and dL/dy never go through memory. Learned scales, non-finite x (the unfused
+// range) and inputs that are not 4-D take the unfused computation.
+constexpr int64_t kBlockFloats = 8192;  // values per block of planes (32 KB per tensor; at least one plane)
+
+graph::Node pool_node(const Node& n) {
+  Node p;
+  p.name = n.name;
+  p.op_type = "MaxPool";
+  p.inputs = {n.inputs.at(0)};
+  p.outputs = n.outputs;
+  for (const auto& [k, v] : n.attrs)
+    if (k.rfind("pool.", 0) == 0) p.attrs[k.substr(5)] = v;
+  return p;
+}
+
+// The blocked passes of ReluFakeQuantActMaxPool over planes [c0, c0 + nb): y = fake_quant(Relu(x)) into a
+// small buffer (in cache), then the pool's forward (out = pooled) or its backward (dp -> dx) from it, and
+// for the backward the Relu/STE mask applied to dx in place.
+void relu_fq_pool_block(const kernels::Pool2dShape& s, const quant::QuantParams& p, const float* x, float* ybuf,
+                        int64_t c0, int64_t nb, float* pooled, const float* dp, float* dx) {
+  const int64_t in_hw = s.in_h * s.in_w, out_hw = s.out_h() * s.out_w();
+  kernels::Pool2dShape sb = s;
+  sb.batch = 1;
+  sb.channels = nb;
+  const float* xb = x + c0 * in_hw;
+  quant::fake_quant_relu_run(xb, ybuf, nb * in_hw, p.scale[0], p.zero_point[0], p.spec);
+  if (pooled) {
+    kernels::maxpool2d_f32(sb, ybuf, pooled + c0 * out_hw);
+    return;
+  }
+  kernels::maxpool2d_backward_f32(sb, ybuf, dp + c0 * out_hw, dx + c0 * in_hw);
+  quant::fake_quant_relu_ste_run(dx + c0 * in_hw, xb, dx + c0 * in_hw, nb * in_hw, p.scale[0], p.zero_point[0], p.spec);
+}
+
+template <typename F>
+void for_plane_blocks(int64_t planes, int64_t in_hw, F&& f) {
+  const int64_t block = std::max<int64_t>(1, kBlockFloats / std::max<int64_t>(1, in_hw));
+  parallel_for(0, (planes + block - 1) / block, [&](int64_t b0, int64_t b1) {
+    std::vector<float> ybuf(static_cast<size_t>(block * in_hw));
+    for (int64_t b = b0; b < b1; ++b) f(b * block, std::min(block, planes - b * block), ybuf.data());
+  });
+}
+
+std::vector<Tensor> relu_fq_act_pool_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
+  Tensor y;
+  const std::optional<quant::QuantParams> p = relu_fq_act_params(n, a, opset, ctx, &y);
+  const Node pn = pool_node(n);
+  const Tensor& x = *a[0];
+  if (!p || x.rank() != 4 || p->count() != 1) {
+    if (p) y = quant::fake_quant_relu(x, *p);
+    const runtime::OpKernel* k = runtime::builtin_registry().find("MaxPool", "", opset);
+    PERCH_CHECK(k, "MaxPool kernel missing");
+    std::vector<Tensor> out = (*k)(pn, {&y}, opset);
+    ctx.saved = {y};  // the backward's unfused path
+    return {out.at(0)};
+  }
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
+  Tensor out = Tensor::uninitialized(DType::kFloat32, {s.batch, s.channels, s.out_h(), s.out_w()});
+  for_plane_blocks(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t c0, int64_t nb, float* ybuf) {
+    relu_fq_pool_block(s, *p, x.data<float>(), ybuf, c0, nb, out.data<float>(), nullptr, nullptr);
+  });
+  // y is not kept: the backward recomputes it block by block from x and these parameters (bit for bit).
+  ctx.saved = {Tensor::scalar_f32(p->scale[0]), Tensor::scalar_f32(static_cast<float>(p->zero_point[0]))};
+  return {out};
+}
+
+std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
+  PERCH_CHECK(a.saved.size() == 1 || a.saved.size() == 2, a.node.describe(), ": backward without its forward state");
+  const Tensor &x = *a.inputs[0], &dp = *a.grad_outputs.at(0);
+  const Node pn = pool_node(a.node);
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
+  const bool lsq = a.needs.size() > 1 && a.needs[1];
+  std::optional<quant::QuantParams> p;
+  if (a.saved.size() == 2)
+    p = quant::make_params(spec_from_attrs(a.node), x.shape(), {a.saved[0].data<float>()[0]},
+                           {static_cast<int32_t>(a.saved[1].data<float>()[0])});
+  if (lsq || !p) {  // unfused: the pool's backward over the whole y, then ReluFakeQuantAct's
+    const Tensor y = p ? quant::fake_quant_relu(x, *p) : a.saved[0];
+    Tensor d = Tensor::uninitialized(DType::kFloat32, y.shape());
+    kernels::maxpool2d_backward_f32(s, y.data<float>(), dp.data<float>(), d.data<float>());
+    std::vector<const Tensor*> gouts = {&d};
+    GradArgs ra{a.node, a.opset, a.inputs, {&y}, gouts, a.saved, a.needs, a.training};
+    return relu_fq_act_backward(ra);
+  }
+  PERCH_CHECK(dp.numel() == s.batch * s.channels * s.out_h() * s.out_w(), a.node.describe(), ": output gradient has ",
+              dp.numel(), " values for ", shape_str(x.shape()), " pooled");
+  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
+  for_plane_blocks(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t c0, int64_t nb, float* ybuf) {
+    relu_fq_pool_block(s, *p, x.data<float>(), ybuf, c0, nb, nullptr, dp.data<float>(), dx.data<float>());
+  });
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = dx;
   return out;
 }
 
@@ -515,6 +696,8 @@ bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t
 void register_qat_ops(GradRegistry& r) {
   r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {}});
   r.add("FakeQuantAct", kDomain, GradOp{fq_act_backward, fq_act_forward, {2, 3, 4}});
+  r.add("ReluFakeQuantAct", kDomain, GradOp{relu_fq_act_backward, relu_fq_act_forward, {2, 3, 4}});
+  r.add("ReluFakeQuantActMaxPool", kDomain, GradOp{relu_fq_act_pool_backward, relu_fq_act_pool_forward, {2, 3, 4}});
   r.add("FakeQuantBias", kDomain, GradOp{fq_bias_backward, fq_bias_forward, {1, 2, 3}});
   r.add("BnFoldWeight", kDomain, GradOp{bn_fold_weight_backward, bn_fold_weight_forward, {2, 3, 4}});
   r.add("BnFoldBias", kDomain, GradOp{bn_fold_bias_backward, bn_fold_bias_forward, {2, 3, 4}});

@@ -103,6 +103,129 @@ TEST(FakeQuantPaths, EveryPathMatchesADoubleReference) {
   EXPECT_GT(checked, 140000);
 }
 
+// The Relu-fused pair (the training tape's ReluFakeQuantAct) against the two unfused ops on every path,
+// bit for bit: fake_quant_relu(x) == fake_quant(Relu(x)) and fake_quant_relu_ste_backward(dy, x) == Relu's
+// backward (x > 0 ? d : +0) of d = fake_quant_ste_backward(dy, Relu(x)), Relu(x) = x > 0 ? x : +0 computed
+// here. Per-channel shapes [C, L] with random L in 1..40 drive the run kernels over lengths straddling the
+// 16 lanes (each channel one run, masked tails); a 70 001-value per-tensor run is split over the threads.
+// Inputs: ties (k + 0.5) s, grid points, the clip edges and their neighbours, +-0, negatives, +-Inf, NaN;
+// dy includes -0 (a mask must pass it unchanged, not turn it into +0 or back).
+TEST(FakeQuantPaths, ReluFusedMatchesReluThenFakeQuantOnEveryPath) {
+  std::mt19937_64 rng(23);
+  int checked = 0;
+  for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+    set_paths_for_testing(paths);
+    for (int trial = 0; trial < 24; ++trial) {
+      QuantSpec spec;
+      spec.bits = trial % 3 == 2 ? 4 : 8;
+      spec.is_signed = trial % 4 == 3;
+      spec.symmetric = spec.is_signed;
+      const bool per_tensor = trial == 0;
+      spec.granularity = per_tensor ? Granularity::kPerTensor : Granularity::kPerChannel;
+      const Shape shape = per_tensor ? Shape{70001} : Shape{3, 1 + static_cast<int64_t>(rng() % 40)};
+      const int64_t slots = per_tensor ? 1 : shape[0];
+      std::vector<float> scale;
+      std::vector<int32_t> zp;
+      for (int64_t k = 0; k < slots; ++k) {
+        scale.push_back(std::uniform_real_distribution<float>(0.01f, 0.3f)(rng));
+        zp.push_back(spec.symmetric ? 0 : spec.qmin() + static_cast<int32_t>(rng() % (spec.qmax() - spec.qmin() + 1)));
+      }
+      const QuantParams p = make_params(spec, shape, scale, zp);
+      Tensor x(DType::kFloat32, shape), dy(DType::kFloat32, shape);
+      auto xs = x.span<float>();
+      auto dys = dy.span<float>();
+      const int64_t inner = static_cast<int64_t>(xs.size()) / slots;
+      const int32_t qmin = spec.qmin(), qmax = spec.qmax();
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const size_t s = per_tensor ? 0 : i / static_cast<size_t>(inner);
+        const float sc = scale[s];
+        const int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(qmax - qmin + 8)) + qmin - 4 - zp[s];
+        const float edge_hi = static_cast<float>(qmax - zp[s]) * sc, edge_lo = static_cast<float>(qmin - zp[s]) * sc;
+        switch (rng() % 8) {
+          case 0: xs[i] = (static_cast<float>(k) + 0.5f) * sc; break;
+          case 1: xs[i] = std::nextafter((static_cast<float>(k) + 0.5f) * sc, 1e9f); break;
+          case 2: xs[i] = static_cast<float>(k) * sc; break;
+          case 3: {
+            const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e30f, -1e30f, edge_hi, edge_lo,
+                                      std::nextafter(edge_hi, 1e9f), std::nextafter(edge_hi, -1e9f)};
+            xs[i] = specials[rng() % 11];
+            break;
+          }
+          default: xs[i] = std::uniform_real_distribution<float>(-1.2f, 1.2f)(rng) * sc * (qmax - qmin);
+        }
+        dys[i] = rng() % 16 == 0 ? -0.0f : std::uniform_real_distribution<float>(-1, 1)(rng);
+      }
+      Tensor r(DType::kFloat32, shape);
+      for (size_t i = 0; i < xs.size(); ++i) r.span<float>()[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
+      const Tensor y_fused = fake_quant_relu(x, p), y_plain = fake_quant(r, p);
+      const Tensor dx_fused = fake_quant_relu_ste_backward(dy, x, p), d_plain = fake_quant_ste_backward(dy, r, p);
+      for (size_t i = 0; i < xs.size(); ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(y_fused.span<float>()[i]), std::bit_cast<uint32_t>(y_plain.span<float>()[i]))
+            << "paths " << paths_string(paths) << " shape " << shape_str(shape) << " i " << i << " x " << xs[i];
+        const float want = xs[i] > 0.0f ? d_plain.span<float>()[i] : 0.0f;
+        ASSERT_EQ(std::bit_cast<uint32_t>(dx_fused.span<float>()[i]), std::bit_cast<uint32_t>(want))
+            << "STE, paths " << paths_string(paths) << " shape " << shape_str(shape) << " i " << i << " x " << xs[i];
+        ++checked;
+      }
+    }
+  }
+  set_paths_for_testing(0);
+  EXPECT_GT(checked, 140000);
+  EXPECT_THROW(fake_quant_relu_ste_backward(Tensor(DType::kFloat32, {5}), Tensor(DType::kFloat32, {6}),
+                                            make_params(QuantSpec{}, {6}, {0.5f}, {0})),
+               Error);
+}
+
+// The AVX-512 STE twins compare x against thresholds instead of dividing (fake_quant_runs.h:
+// ste_thresholds). Probe exactly where that could go wrong: every float within 6 ulps of both clip edges
+// (qmin - zp) s and (qmax - zp) s, for scales from 1e-20 to 3e38 (edges near overflow) and random ones,
+// against the division form in plain C++, on every path, plain and Relu-fused (runs of 108 values: the
+// thresholds are used from 64 on).
+TEST(FakeQuantPaths, SteMaskAtTheClipEdgesMatchesTheDivision) {
+  std::mt19937_64 rng(41);
+  std::vector<float> scales = {1e-20f, 1e-7f, 0.0123f, 0.1f, 1.7f, 3.0f, 1e20f, 3e38f};
+  for (int k = 0; k < 40; ++k) scales.push_back(std::uniform_real_distribution<float>(1e-4f, 10.0f)(rng));
+  int checked = 0;
+  for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+    set_paths_for_testing(paths);
+    for (size_t si = 0; si < scales.size(); ++si) {
+      QuantSpec spec;
+      spec.bits = si % 3 == 1 ? 4 : 8;
+      spec.is_signed = si % 2 == 1;
+      spec.symmetric = spec.is_signed;
+      const int32_t zp = spec.symmetric ? 0 : spec.qmin() + static_cast<int32_t>(rng() % (spec.qmax() - spec.qmin() + 1));
+      const float sc = scales[si];
+      std::vector<float> xs;
+      for (int32_t e : {spec.qmin() - zp, spec.qmax() - zp}) {
+        float c = static_cast<float>(e) * sc;
+        for (int u = 0; u < 6; ++u) c = std::nextafter(c, -INFINITY);
+        for (int u = 0; u < 13; ++u, c = std::nextafter(c, INFINITY)) xs.push_back(c);
+      }
+      xs.push_back(0.0f);
+      // Four copies (108 values): the threshold form only runs on runs of >= 64 values.
+      for (size_t k = 0, m = xs.size(); k < 3 * m; ++k) xs.push_back(xs[k]);
+      const auto n = static_cast<int64_t>(xs.size());
+      const QuantParams p = make_params(spec, {n}, {sc}, {zp});
+      const Tensor x = Tensor::from<float>({n}, xs);
+      Tensor dy(DType::kFloat32, {n});
+      for (float& v : dy.span<float>()) v = std::uniform_real_distribution<float>(0.5f, 1.0f)(rng);
+      const Tensor dx = fake_quant_ste_backward(dy, x, p), dxr = fake_quant_relu_ste_backward(dy, x, p);
+      for (int64_t i = 0; i < n; ++i) {
+        const float u = xs[static_cast<size_t>(i)] / sc;
+        const bool inside = u >= static_cast<float>(spec.qmin() - zp) && u <= static_cast<float>(spec.qmax() - zp);
+        const float want = inside ? dy.span<float>()[static_cast<size_t>(i)] : 0.0f;
+        ASSERT_EQ(dx.span<float>()[static_cast<size_t>(i)], want)
+            << paths_string(paths) << " scale " << sc << " zp " << zp << " x " << xs[static_cast<size_t>(i)];
+        ASSERT_EQ(dxr.span<float>()[static_cast<size_t>(i)], xs[static_cast<size_t>(i)] > 0.0f ? want : 0.0f)
+            << paths_string(paths) << " relu, scale " << sc << " x " << xs[static_cast<size_t>(i)];
+        ++checked;
+      }
+    }
+  }
+  set_paths_for_testing(0);
+  EXPECT_EQ(checked, 2 * 48 * 108);
+}
+
 // slot_ranges (the range observers' loop) on every path: per-tensor runs longer than one 65 536-value
 // chunk, per-channel runs straddling 16 lanes, NaN/+-Inf at chosen places (counted, first index reported,
 // never in min/max), all-non-finite slots (+inf / -inf), and zeros of both signs (reported as +0).

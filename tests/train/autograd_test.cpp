@@ -6,10 +6,13 @@
 // difference quotient sees one piece.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <random>
 
 #include "perch/core/cpu.h"
+#include "perch/quant/params.h"
 #include "perch/train/autograd.h"
 #include "test_util.h"
 
@@ -402,6 +405,122 @@ TEST(Gradients, ReluMaxPoolRunsPooledFirstWithIdenticalResults) {
     for (const std::string v : {std::string("x"), std::string("w")})
       for (int64_t i = 0; i < swapped.grad(v).numel(); ++i)
         ASSERT_EQ(swapped.grad(v).data<float>()[i], plain.grad(v).data<float>()[i]) << "d/d" << v << "[" << i << "]";
+  }
+}
+
+// Relu -> FakeQuantAct runs as one ReluFakeQuantAct node, and with the MaxPool after it as one
+// ReluFakeQuantActMaxPool (autograd.cpp). Both against the unfused nodes (kept apart by keeping the
+// intermediate values): outputs, the EMA range state written back to the model (scale, zero point, lo, hi)
+// over two steps, and the gradients of x, the conv weight and (LSQ) the learned scale, all bit for bit.
+// Pools: 2x2 stride 2 over odd sizes (the fast plane kernel, an unused last row/column) and 3x3 stride 2
+// with padding (the generic loop). Inputs: ties (k + 0.5) s of the step's own scale, grid points, the clip edge and its neighbours, +-0,
+// negatives, 2x2 pooling windows with equal values; a variant with +-Inf takes the unfused range path.
+// Variants: EMA update with momentum 1 (the scale the forward uses is known, so the ties are real) and 0.5,
+// +-Inf, frozen, learned scale, evaluation mode.
+TEST(Gradients, ReluFakeQuantActFusedEqualsUnfused) {
+  std::mt19937 rng(31);
+  for (int variant = 0; variant < 6; ++variant) {
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    const bool learn = variant == 4, frozen = variant == 3, training = variant != 5;
+    const float momentum = variant == 0 ? 1.0f : 0.5f;
+    Builder b;
+    const float s0 = 0.05f, zp0 = 10.0f;  // uint8: clip range [-0.5, 12.75]
+    quant::QuantSpec spec;                // per-tensor asymmetric uint8, as the QAT activations
+    const float lo0 = (0.0f - zp0) * s0, hi0 = (255.0f - zp0) * s0;
+    // The parameters the first training forward uses with momentum 1 (lo, hi unchanged).
+    const quant::QuantParams p1 = quant::choose_params(spec, {1}, {&lo0, 1}, {&hi0, 1});
+    const float s = variant == 0 ? p1.scale[0] : s0;
+    const int32_t zp = variant == 0 ? p1.zero_point[0] : 10;
+    Tensor x(DType::kFloat32, {2, 3, 7, 9});
+    auto xs = x.span<float>();
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const int64_t k = static_cast<int64_t>(rng() % 270) - 12 - zp;
+      const float edge = static_cast<float>(255 - zp) * s;
+      switch (rng() % 7) {
+        case 0: xs[i] = (static_cast<float>(k) + 0.5f) * s; break;
+        case 1: xs[i] = static_cast<float>(k) * s; break;
+        case 2: {
+          const float sp[] = {0.0f, -0.0f, edge, std::nextafter(edge, 1e9f), std::nextafter(edge, -1e9f), -3.0f, 20.0f};
+          xs[i] = sp[rng() % 7];
+          break;
+        }
+        case 3: xs[i] = i > 0 ? xs[i - 1] : 1.0f; break;  // ties inside pooling windows
+        default: xs[i] = std::uniform_real_distribution<float>(-2.0f, 14.0f)(rng);
+      }
+    }
+    if (variant == 2) xs[5] = INFINITY, xs[17] = -INFINITY;
+    b.input("x", x);
+    const std::string r = b.node("Relu", {"x"}).outputs[0];
+    b.param("fq.scale", Tensor::from<float>({1}, std::vector<float>{s0}), learn);
+    b.param("fq.zp", Tensor::from<float>({1}, std::vector<float>{zp0}), false);
+    b.param("fq.lo", Tensor::from<float>({1}, std::vector<float>{lo0}), false);
+    b.param("fq.hi", Tensor::from<float>({1}, std::vector<float>{hi0}), false);
+    Node& fq = b.node("FakeQuantAct", {r, "fq.scale", "fq.zp", "fq.lo", "fq.hi"});
+    fq.domain = "perch";
+    fq.attrs["bits"] = int64_t{8};
+    fq.attrs["signed"] = int64_t{0};
+    fq.attrs["symmetric"] = int64_t{0};
+    fq.attrs["narrow"] = int64_t{0};
+    fq.attrs["granularity"] = std::string("per-tensor");
+    fq.attrs["axis"] = int64_t{0};
+    fq.attrs["group_size"] = int64_t{0};
+    fq.attrs["momentum"] = momentum;
+    fq.attrs["learn"] = int64_t{learn};
+    fq.attrs["frozen"] = int64_t{frozen};
+    const std::string q = fq.outputs[0];
+    Node& pool = b.node("MaxPool", {q});
+    pool.attrs["kernel_shape"] = std::vector<int64_t>{variant % 2 ? 3 : 2, variant % 2 ? 3 : 2};
+    pool.attrs["strides"] = std::vector<int64_t>{2, 2};
+    if (variant % 2) pool.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+    const std::string w = b.param("w", random_tensor({3, 3, 1, 1}, rng));
+    b.node("Conv", {pool.outputs[0], w});
+    Case cs = b.finish();
+    cs.training = training;
+
+    Model m0 = cs.model, m1 = cs.model, m2 = cs.model;
+    for (Model* m : {&m0, &m1, &m2})  // own copies: the range state is updated in place
+      for (auto& [name, t] : m->graph.initializers) t = t.clone();
+    Tape both(m0, cs.params), fused(m1, cs.params), plain(m2, cs.params);
+    both.keep_gradients_of({"x"});
+    fused.keep_gradients_of({"x", q});  // the pool stays apart
+    plain.keep_gradients_of({"x", r});
+    auto count = [](const Tape& t, const char* op) {
+      return std::count_if(t.executed_nodes().begin(), t.executed_nodes().end(),
+                           [op](const Node& n) { return n.op_type == op; });
+    };
+    ASSERT_EQ(count(both, "ReluFakeQuantActMaxPool"), 1);
+    ASSERT_EQ(count(fused, "ReluFakeQuantAct"), 1);
+    ASSERT_EQ(count(fused, "ReluFakeQuantActMaxPool"), 0);
+    ASSERT_EQ(count(plain, "ReluFakeQuantAct") + count(plain, "ReluFakeQuantActMaxPool"), 0);
+    ASSERT_EQ(both.executed_nodes().size() + 2, plain.executed_nodes().size());
+    auto same = [](const Tensor& a, const Tensor& c, const std::string& what) {
+      ASSERT_EQ(a.numel(), c.numel()) << what;
+      for (int64_t i = 0; i < a.numel(); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(a.data<float>()[i]), std::bit_cast<uint32_t>(c.data<float>()[i]))
+            << what << "[" << i << "]";
+    };
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const TensorMap y2 = plain.forward(cs.inputs, training);
+      const std::string out = y2.begin()->first;
+      const Tensor g = random_tensor(y2.at(out).shape(), rng);
+      plain.backward({{out, g}});
+      for (Tape* t : {&both, &fused}) {
+        SCOPED_TRACE(t == &both ? "relu+fake-quant+pool" : "relu+fake-quant");
+        Model& m = t == &both ? m0 : m1;
+        const TensorMap y1 = t->forward(cs.inputs, training);
+        same(y1.at(out), y2.at(out), "output");
+        for (const char* st : {"fq.scale", "fq.zp", "fq.lo", "fq.hi"})
+          same(m.graph.initializers.at(st), m2.graph.initializers.at(st), st);
+        t->backward({{out, g}});
+        same(t->grad("x"), plain.grad("x"), "dx");
+        for (const auto& p : cs.params) same(t->grad(p), plain.grad(p), "d" + p);
+      }
+    }
+    // The range moved (the update path ran) where it should.
+    const bool moved = m1.graph.initializers.at("fq.lo").data<float>()[0] != lo0 ||
+                       m1.graph.initializers.at("fq.hi").data<float>()[0] != hi0;
+    EXPECT_EQ(moved, training && !frozen && !learn && momentum < 1.0f);
   }
 }
 

@@ -43,6 +43,20 @@ namespace perch::quant {
 
 Tensor fake_quant_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p);
 
+// Relu fused in front of family 1, in one pass each (the training tape's Relu -> FakeQuantAct node):
+//   fake_quant_relu(x, p)                    == fake_quant(Relu(x), p)                       bit for bit
+//   fake_quant_relu_ste_backward(dy, x, p)   == Relu's backward (x > 0 ? d : +0) of
+//                                               d = fake_quant_ste_backward(dy, Relu(x), p)   bit for bit
+// with Relu(x) = x > 0 ? x : +0 (the runtime's; NaN -> +0): dx = dy where x > 0 and qmin - zp <= x / s <=
+// qmax - zp, else +0.
+Tensor fake_quant_relu(const Tensor& x, const QuantParams& p);
+Tensor fake_quant_relu_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p);
+// The same two over one run of n values sharing (scale, zero_point) of `spec`, on the calling thread (the
+// dispatched kernels: AVX-512 or the reference, see core/cpu.h). dx may be dy (in place).
+void fake_quant_relu_run(const float* x, float* y, int64_t n, float scale, int32_t zero_point, const QuantSpec& spec);
+void fake_quant_relu_ste_run(const float* dy, const float* x, float* dx, int64_t n, float scale, int32_t zero_point,
+                             const QuantSpec& spec);
+
 Tensor fake_quant_minmax(const Tensor& x, std::span<const float> mins, std::span<const float> maxs, int bits,
                          bool narrow_range, int64_t axis);
 

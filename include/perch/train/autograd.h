@@ -105,13 +105,18 @@ class Tape {
   }
 
   graph::Model& model() { return model_; }
+  // The nodes as executed, after the rewrites of plan() (for tests and diagnostics).
+  const std::vector<graph::Node>& executed_nodes() const { return nodes_; }
 
  private:
   graph::Model& model_;
   std::vector<std::string> params_;
-  // The nodes as executed: the model's, with Relu -> MaxPool pairs run as MaxPool -> Relu (see plan()).
+  // The nodes as executed: the model's, with Relu -> MaxPool pairs run as MaxPool -> Relu, Relu ->
+  // FakeQuantAct pairs as one ReluFakeQuantAct and that followed by a MaxPool as one ReluFakeQuantActMaxPool
+  // (autograd.cpp, execution_nodes(); see executed_nodes()).
   std::vector<graph::Node> nodes_;
   std::vector<size_t> origin_;  // nodes_[i] is the model's node origin_[i] (attributes re-read each forward)
+  std::vector<size_t> pool_origin_;  // a fused MaxPool's node (attributes as "pool.<name>"), or SIZE_MAX
   std::vector<std::string> keep_;
   std::vector<const runtime::OpKernel*> kernels_;
   std::vector<const GradOp*> grads_;
