@@ -256,7 +256,8 @@ namespace {
 Model lcnet_block(int variant) {
   Model m = conv_model(11);
   auto scalar = [&](const std::string& name, float v) { m.graph.initializers[name] = Tensor::from<float>({1}, {v}); };
-  scalar("s1", 1.3f), scalar("t1", -0.2f), scalar("three", 3.0f), scalar("zero", 0.0f), scalar("six", 6.0f);
+  scalar("s1", 4.0f);  // conv outputs well below -3, where hardswish is 0
+  scalar("t1", -0.2f), scalar("three", 3.0f), scalar("zero", 0.0f), scalar("six", 6.0f);
   scalar("sixth", 1.0f / 6.0f), scalar("s2", 0.8f), scalar("t2", 0.1f);
   auto& n = m.graph.nodes;
   n.push_back(make("Mul", "lab1_mul", {"c", "s1"}, {"a1"}));
@@ -304,10 +305,18 @@ TEST(PtqOcrPatterns, HardswishChainQuantizedAtItsEndsOnly) {
               variant == 3 ? 3 : 5) << "lab1_mul/lab1_add folded into the conv, the rest kept";
     // The graph input, the conv output (now named "hx": the conv took over lab1_add's output) and the chain's end.
     EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "hx", "z"}));
+    // hardswish is 0 below -3: the conv output's grid starts there (calibration clamps what it observes), not
+    // at the smallest value seen. lo = (qmin - zp) * scale, within one step of -3 (the zero point is rounded).
+    const auto lo = [](const quant::QuantParams& q) { return -q.zero_point[0] * q.scale[0]; };
+    const quant::QuantParams& hx = cal.activation_params.at("hx");
+    EXPECT_NEAR(lo(hx), -3.0, hx.scale[0]);
 
-    // Without the chain rule: every value read by an elementwise op, as before (Add+3 -> Clip stays fused).
+    // Without the chain rule: every value read by an elementwise op, as before (Add+3 -> Clip stays fused), and
+    // the conv output's grid spans all it saw.
     o.fuse_chains = false;
-    EXPECT_EQ(ptq::calibrate(m, data, o).targets.size(), variant == 3 ? 6u : 7u);
+    const ptq::Calibration all = ptq::calibrate(m, data, o);
+    EXPECT_EQ(all.targets.size(), variant == 3 ? 6u : 7u);
+    EXPECT_LT(lo(all.activation_params.at("hx")), -4.0);
     o.fold_affine = false;  // and the conv output and lab1_mul's output too
     EXPECT_EQ(ptq::calibrate(m, data, o).targets.size(), variant == 3 ? 8u : 9u);
 
