@@ -69,6 +69,7 @@ struct QuantizeFlags {
   uint64_t seed = 0;
   int weight_bits = 8, act_bits = 8;
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
+  bool no_fold_affine = false, no_fuse_chains = false;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
@@ -135,6 +136,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
   opt.equalize = !f.no_equalize;
   opt.bias_correction = !f.no_bias_correction;
+  opt.fold_affine = !f.no_fold_affine;
+  opt.fuse_chains = !f.no_fuse_chains;
   for (size_t at = 0; at < f.float_nodes.size();) {
     const size_t comma = std::min(f.float_nodes.find(',', at), f.float_nodes.size());
     if (comma > at) opt.float_nodes.insert(f.float_nodes.substr(at, comma - at));
@@ -453,6 +456,9 @@ int main(int argc, char** argv) {
   q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
   q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
   q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction of weight rounding");
+  q->add_flag("--no-fold-affine", qf.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
+  q->add_flag("--no-fuse-chains", qf.no_fuse_chains,
+              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");
   q->add_option("--float-nodes", qf.float_nodes,
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");
   q->add_flag("--ignore-nonfinite", qf.ignore_nonfinite,

@@ -1,6 +1,8 @@
 #include "perch/graph/passes.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace perch::graph {
 
@@ -64,6 +66,86 @@ int fold_batchnorm(Model& model) {
     conv.outputs[0] = bn.outputs[0];
     g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(bi));
     --bi;
+    ++folded;
+  }
+  if (folded) g.prune_unused_initializers();
+  return folded;
+}
+
+namespace {
+
+// Whether constant `c` broadcasts against a Conv output [N, M, d1..dk] (rank r) along the output-channel axis
+// only: right-aligned against the output, every dim is 1 except possibly the one at axis 1, which is 1 or M,
+// and its rank is at most r (a longer constant would broadcast the output to a larger shape). Returns the
+// per-channel values (M of them; a scalar or size-1 constant is repeated), or an empty vector.
+std::vector<double> per_channel_constant(const Tensor& c, int64_t r, int64_t m) {
+  if (c.dtype() != DType::kFloat32 || c.rank() > r) return {};
+  int64_t channel_dim = 1;
+  for (int64_t i = 0; i < c.rank(); ++i) {
+    const int64_t axis = r - c.rank() + i;  // output axis this dim aligns with
+    if (axis == 1) channel_dim = c.dim(i);
+    else if (c.dim(i) != 1) return {};
+  }
+  if (channel_dim != 1 && channel_dim != m) return {};
+  std::vector<double> v(static_cast<size_t>(m));
+  for (int64_t k = 0; k < m; ++k) v[k] = c.data<float>()[channel_dim == 1 ? 0 : k];
+  return v;
+}
+
+}  // namespace
+
+int fold_conv_affine(Model& model) {
+  Graph& g = model.graph;
+  int folded = 0;
+  for (size_t ai = 0; ai < g.nodes.size(); ++ai) {
+    Node& op = g.nodes[ai];
+    if ((op.op_type != "Mul" && op.op_type != "Add") || op.inputs.size() != 2 || op.outputs.size() != 1) continue;
+    // One input a Conv output, the other a constant.
+    size_t xi = 2;
+    for (size_t i = 0; i < 2; ++i)
+      if (!g.is_initializer(op.inputs[i]) && g.is_initializer(op.inputs[1 - i])) xi = i;
+    if (xi == 2) continue;
+    const int64_t pi = g.producer(op.inputs[xi]);
+    if (pi < 0) continue;
+    Node& conv = g.nodes[pi];
+    if (conv.op_type != "Conv" || conv.outputs.size() != 1 || g.consumers(conv.outputs[0]).size() != 1 ||
+        g.is_graph_output(conv.outputs[0]))
+      continue;
+    const Tensor* w = g.initializer(conv.input(1));
+    if (!w || w->dtype() != DType::kFloat32 || w->rank() < 3) continue;
+    const Tensor* bias = conv.input(2).empty() ? nullptr : g.initializer(conv.input(2));
+    if (!conv.input(2).empty() && (!bias || bias->dtype() != DType::kFloat32)) continue;
+    const int64_t m = w->dim(0);
+    if (bias && bias->numel() != m) continue;
+    // Weights shared with another node cannot be rescaled in place (same rule as fold_batchnorm).
+    if (op.op_type == "Mul" && g.consumers(conv.input(1)).size() != 1) continue;
+    const std::vector<double> k = per_channel_constant(*g.initializer(op.inputs[1 - xi]), w->rank(), m);
+    if (k.empty()) continue;
+    const int64_t per = w->numel() / m;
+    Tensor nb(DType::kFloat32, {m});
+    std::string wname = conv.input(1);
+    if (op.op_type == "Mul") {
+      Tensor nw = w->clone();
+      for (int64_t c = 0; c < m; ++c)
+        for (int64_t j = 0; j < per; ++j)
+          nw.data<float>()[c * per + j] = static_cast<float>(w->data<float>()[c * per + j] * k[c]);
+      wname = g.unique_name(conv.input(1) + "_affinefold");
+      g.initializers[wname] = nw;
+    }
+    for (int64_t c = 0; c < m; ++c) {
+      const double b0 = bias ? bias->data<float>()[c] : 0.0;
+      nb.data<float>()[c] = static_cast<float>(op.op_type == "Mul" ? b0 * k[c] : b0 + k[c]);
+    }
+    const std::string bname = g.unique_name(conv.name.empty() ? "conv_bias_affinefold" : conv.name + "_bias_affinefold");
+    g.initializers[bname] = nb;
+    conv.inputs.resize(3);
+    conv.inputs[1] = wname;
+    conv.inputs[2] = bname;
+    conv.outputs[0] = op.outputs[0];
+    g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(ai));
+    // Rescan from the conv (or the erased position): its new reader may fold too (Conv -> Mul -> Add). The
+    // unsigned wrap of 0 - 1 is undone by the loop's ++.
+    ai = std::min(static_cast<size_t>(pi), ai) - 1;
     ++folded;
   }
   if (folded) g.prune_unused_initializers();

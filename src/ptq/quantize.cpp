@@ -86,6 +86,142 @@ std::set<std::string> float_values(const Graph& g) {
   return out;
 }
 
+// Elementwise chains. A node is a chain op when it is elementwise (Add, Sub, Mul, Div, Clip, Relu,
+// LeakyRelu, HardSigmoid, HardSwish, Sigmoid, Tanh, Neg, Abs), its constant inputs are scalars (one element:
+// the op is then the same function on every element, so the whole chain is y = f(x) elementwise), and its
+// other inputs all derive from one root value x: root(v) = x for v made by a chain op from values of root x,
+// root(v) = v otherwise. Hardswish as exporters write it —
+//   x * Clip(x + 3, 0, 6) / 6,  x * (Clip(x + 3, 0, 6) * (1/6)),  x * HardSigmoid(x)
+// — followed by PaddlePaddle's scalar scale/shift (Mul, Add) is one chain of root x (the conv output).
+// A chain value is inside when every reader is a chain op of the same root and it is not a graph output:
+// such values get no Q/DQ; the root (the chain's input) and the values leaving the chain do, as a deployed
+// int8 graph computes f on the 8-bit input and rounds once (ONNX Runtime / TFLite fuse hardswish whole).
+// Per-channel constants end the chain: a chain with them is no single function of x.
+struct Chains {
+  std::map<std::string, std::string> root;  // chain value -> its root
+  std::map<size_t, std::string> node_root;  // chain op node -> its root
+  std::set<std::string> inside;             // chain values that get no Q/DQ
+};
+
+Chains find_chains(const Graph& g) {
+  static const std::set<std::string> chain_ops = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu",
+      "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Neg", "Abs"};
+  Chains ch;
+  auto root_of = [&](const std::string& v) {
+    auto it = ch.root.find(v);
+    return it == ch.root.end() ? v : it->second;
+  };
+  auto chain_root_of = [&](const Node& n) -> std::string {  // "" when n is not a chain op
+    if (!chain_ops.count(n.op_type) || n.outputs.size() != 1 || n.outputs[0].empty()) return "";
+    std::string r;
+    for (const auto& in : n.inputs) {
+      if (in.empty()) continue;
+      if (const Tensor* c = g.initializer(in)) {
+        if (c->numel() != 1 || c->dtype() != DType::kFloat32) return "";
+        continue;
+      }
+      const std::string ri = root_of(in);
+      if (!r.empty() && ri != r) return "";
+      r = ri;
+    }
+    return r;
+  };
+  for (size_t i = 0; i < g.nodes.size(); ++i) {  // toposorted: inputs' roots are known
+    const std::string r = chain_root_of(g.nodes[i]);
+    if (r.empty()) continue;
+    ch.node_root[i] = r;
+    ch.root[g.nodes[i].outputs[0]] = r;
+  }
+  for (const auto& [v, r] : ch.root) {
+    if (g.is_graph_output(v)) continue;
+    const auto cons = g.consumers(v);
+    bool all_in = !cons.empty();
+    for (size_t c : cons) {
+      auto it = ch.node_root.find(c);
+      if (it == ch.node_root.end() || it->second != r) all_in = false;
+    }
+    if (all_in) ch.inside.insert(v);
+  }
+  return ch;
+}
+
+// The range of a chain's root that matters. A chain computes y = f(x) elementwise; where f is constant below
+// some lo (hardswish: f(x) = 0 for x <= -3; Relu: for x <= 0) or above some hi (Clip), every x beyond gives
+// the same y, so the root's 8-bit grid need only span [lo, hi]: calibration clamps the root's observed values
+// to [lo, hi] (the values outside still quantize to the end of the grid, where f has the same value). Without
+// it a conv output feeding hardswish spends most of its 256 levels on negative values hardswish maps to 0.
+// f is evaluated with the executor's own kernels on a grid of x in [-kSpan, kSpan] (step 2^-6), only for
+// chains of piecewise-linear ops (for those, constant over [-kSpan, lo] means constant below -kSpan too); lo
+// is the largest grid point up to which every end of the chain equals its value at -kSpan (so lo is at or
+// below the true breakpoint: clamping there is exact), -inf when f already varies there; hi likewise.
+struct Clamp {
+  float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+};
+
+std::map<std::string, Clamp> chain_root_clamps(const Model& m, const Chains& ch) {
+  static const std::set<std::string> piecewise_linear = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "HardSigmoid",
+                                                         "HardSwish", "Neg"};
+  const Graph& g = m.graph;
+  constexpr float kSpan = 128.0f;
+  constexpr int64_t kPoints = 2 * 128 * 64 + 1;
+  std::map<std::string, std::vector<size_t>> nodes_of;  // root -> its chain's nodes, graph order
+  for (const auto& [ni, r] : ch.node_root) nodes_of[r].push_back(ni);
+  std::map<std::string, Clamp> out;
+  const auto& registry = runtime::builtin_registry();  // registers the kernels on first use
+  for (const auto& [r, nodes] : nodes_of) {
+    // The root must be read by its chain only (another reader would need its whole range).
+    bool only_chain = !g.is_graph_output(r);
+    for (size_t c : g.consumers(r)) {
+      auto it = ch.node_root.find(c);
+      if (it == ch.node_root.end() || it->second != r) only_chain = false;
+    }
+    for (size_t ni : nodes) only_chain &= piecewise_linear.count(g.nodes[ni].op_type) != 0;
+    if (!only_chain) continue;
+    std::map<std::string, Tensor> vals;
+    Tensor grid(DType::kFloat32, {kPoints});
+    for (int64_t i = 0; i < kPoints; ++i) grid.data<float>()[i] = -kSpan + static_cast<float>(i) / 64.0f;
+    vals[r] = grid;
+    bool ok = true;
+    for (size_t ni : nodes) {
+      const Node& n = g.nodes[ni];
+      std::vector<const Tensor*> args;
+      for (const auto& in : n.inputs) {
+        if (in.empty()) args.push_back(nullptr);
+        else if (auto it = vals.find(in); it != vals.end()) args.push_back(&it->second);
+        else args.push_back(g.initializer(in));
+      }
+      const runtime::OpKernel* k = registry.find(n.op_type, n.domain, m.opset());
+      if (!k) {
+        ok = false;
+        break;
+      }
+      try {
+        vals[n.outputs[0]] = (*k)(n, args, m.opset()).at(0);
+      } catch (const Error&) {
+        ok = false;
+        break;
+      }
+      if (vals[n.outputs[0]].numel() != kPoints) ok = false;
+    }
+    if (!ok) continue;
+    int64_t first = kPoints - 1, last = 0;  // f constant on grid [0, first] and [last, kPoints-1]
+    for (const auto& [v, vr] : ch.root) {
+      if (vr != r || ch.inside.count(v)) continue;  // the chain's ends
+      const float* y = vals.at(v).data<float>();
+      int64_t a = 0, b = kPoints - 1;
+      while (a + 1 < kPoints && y[a + 1] == y[0]) ++a;
+      while (b > 0 && y[b - 1] == y[kPoints - 1]) --b;
+      first = std::min(first, a);
+      last = std::max(last, b);
+    }
+    Clamp c;
+    if (first > 0) c.lo = grid.data<float>()[first];
+    if (last < kPoints - 1) c.hi = grid.data<float>()[last];
+    if (c.lo < c.hi && (first > 0 || last < kPoints - 1)) out[r] = c;
+  }
+  return out;
+}
+
 quant::QuantSpec activation_spec_impl(const ActivationOptions& o) {
   quant::QuantSpec s;
   s.bits = o.bits;
@@ -383,6 +519,11 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   cal.model = input_model;
   Model& m = cal.model;
   cal.canonicalize_summary = graph::canonicalize(m);
+  if (opt.fold_affine) {
+    const int folded = graph::fold_conv_affine(m);
+    if (folded) m.graph.toposort();
+    cal.canonicalize_summary += "; folded " + std::to_string(folded) + " Mul/Add into Conv";
+  }
   if (opt.equalize) cal.equalization = equalize(m);
   Graph& g = m.graph;
   PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
@@ -391,8 +532,18 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   // ---- 1. Which activations get Q/DQ (when quantized), and which share their input's parameters.
   std::set<std::string> target_set;
   const std::set<std::string> floats = float_values(g);
+  const Chains chains = opt.fuse_chains ? find_chains(g) : Chains{};
+  const std::set<std::string>& inside = chains.inside;
+  const std::map<std::string, Clamp> clamps = opt.fuse_chains ? chain_root_clamps(m, chains) : std::map<std::string, Clamp>{};
+  if (opt.fuse_chains) {
+    std::set<std::string> roots;
+    for (const auto& [v, r] : chains.root) roots.insert(r);
+    cal.canonicalize_summary += "; " + std::to_string(roots.size()) + " elementwise chains (" +
+                                std::to_string(inside.size()) + " inside values without Q/DQ, " +
+                                std::to_string(clamps.size()) + " input ranges clamped)";
+  }
   auto consider = [&](const std::string& v) {
-    if (target_set.count(v) || g.is_initializer(v) || !floats.count(v)) return;
+    if (target_set.count(v) || g.is_initializer(v) || !floats.count(v) || inside.count(v)) return;
     if (g.is_graph_output(v) && !opt.quantize_outputs) return;
     const auto cons = g.consumers(v);
     bool read_as_data = false;
@@ -477,7 +628,13 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
           PERCH_CHECK(t.dtype() == DType::kFloat32, m.source, ": activation '", name, "' is ", dtype_name(t.dtype()),
                       ", not float32; it cannot be quantized");
           try {
-            it->second.observe(t);
+            if (auto cl = clamps.find(name); cl != clamps.end()) {
+              Tensor c = t.clone();
+              for (float& v : c.span<float>()) v = std::clamp(v, cl->second.lo, cl->second.hi);  // NaN stays NaN
+              it->second.observe(c);
+            } else {
+              it->second.observe(t);
+            }
           } catch (const Error& e) {
             PERCH_FAIL(m.source, ": calibrating activation '", name, "' on ", calib.name, " images ", b, "..",
                        b + n - 1, ": ", e.what());

@@ -21,9 +21,12 @@ namespace {
 
 // Prefixes of accuracy.js's miss messages that are known (docs/ACCURACY.md, "Targets not met").
 const char* const kKnownMisses[] = {
-    "det: per-channel vs fp32",            // mean IoU 0.93 on the full set
-    "rec: per-channel exact match vs fp32",  // 0.66 on the full set: the backbone's activations (and weights: 0.92)
-    "rec: per-channel accuracy",           // 0.745 vs fp32's 0.795
+    // det per-channel meets its target since the Conv affine folding, the elementwise chains and percentile
+    // calibration (mean IoU 0.9585 on the full set, 0.981 here): no longer listed.
+    "rec: per-channel exact match vs fp32",  // 0.803 on the full set (docs/ACCURACY.md), 0.56 here
+    // 0.847 vs fp32's 0.795 on the full set (met there); on this set's 24 calibration crops min/max ranges
+    // leave it at 0.45 vs 0.81.
+    "rec: per-channel accuracy",
     // 1.1e-4 at width 480: ill-conditioned inputs, not an executor defect — on the test set's worst image ONNX
     // Runtime itself is 5.7e-4 from a double-accumulation run, perch 1.7e-4 (docs/ACCURACY.md).
     "rec: perch fp32 vs ORT on fp32 rec_eval_w480",

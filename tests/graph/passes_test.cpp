@@ -179,6 +179,166 @@ TEST(FoldBatchNorm, LeavesUnfoldableBnAlone) {
   }
 }
 
+// fold_conv_affine: y = (conv(x, W) + b) * a + d with a, d per output channel (or scalars), against the same
+// expression in double. Tolerance as fold_batchnorm's: with S = |b| + sum_i |w_i x_i| and T = |a| S + |d|
+// (bounds every intermediate of both computations), the unfused float result has the conv's K+1-term sum
+// (<= gamma_{K+1} S) and two roundings (<= 2 u T); the fused one rounds each a*W and a*b + d once (<= 2 u T in
+// total) before the same sum. Both are within B = (K + 8) u T of exact. A wrong fold (scale on the wrong
+// channel, shift scaled, bias dropped) is off by O(T).
+struct ConvAffineCase {
+  const char* name;
+  int64_t n, c, h, w, m, k, group;
+  bool bias;
+  bool scale;
+  Shape scale_shape;  // of the Mul's constant ({} = scalar)
+  bool shift;
+  Shape shift_shape;  // of the Add's constant
+  bool scale_first;   // Mul(a, conv) instead of Mul(conv, a)
+};
+
+class FoldConvAffine : public testing::TestWithParam<ConvAffineCase> {};
+
+TEST_P(FoldConvAffine, SameOutputsWithinBoundAndNodesRemoved) {
+  const ConvAffineCase p = GetParam();
+  std::mt19937 rng(99);
+  const int64_t cg = p.c / p.group, mg = p.m / p.group, K = cg * p.k * p.k;
+  const auto x = random_vec(rng, static_cast<size_t>(p.n * p.c * p.h * p.w), -2.0f, 2.0f);
+  const auto W = random_vec(rng, static_cast<size_t>(p.m * K), -1.0f, 1.0f);
+  const auto b = random_vec(rng, static_cast<size_t>(p.m), -0.5f, 0.5f);
+  const bool has_scale = p.scale, has_shift = p.shift;
+  auto numel = [](const Shape& s) { int64_t k = 1; for (auto d : s) k *= d; return k; };
+  auto a = random_vec(rng, static_cast<size_t>(numel(p.scale_shape)), 0.3f, 3.0f);
+  a[0] = -a[0];
+  const auto d = random_vec(rng, static_cast<size_t>(numel(p.shift_shape)), -2.0f, 2.0f);
+  auto at = [](const std::vector<float>& v, int64_t c) { return static_cast<double>(v.size() == 1 ? v[0] : v[c]); };
+
+  Model m;
+  m.source = p.name;
+  m.set_opset(13);
+  Graph& g = m.graph;
+  g.inputs = {make_value("x", {-1, p.c, p.h, p.w})};
+  g.initializers["W"] = Tensor::from<float>({p.m, cg, p.k, p.k}, W);
+  if (p.bias) g.initializers["B"] = Tensor::from<float>({p.m}, b);
+  Node conv = make_node("Conv", p.bias ? std::vector<std::string>{"x", "W", "B"} : std::vector<std::string>{"x", "W"},
+                        {"conv_out"}, "conv");
+  conv.attrs["group"] = p.group;
+  const int64_t pad = p.k / 2;  // odd k: "same" output size
+  conv.attrs["pads"] = std::vector<int64_t>{pad, pad, pad, pad};
+  g.nodes = {conv};
+  std::string cur = "conv_out";
+  if (has_scale) {
+    g.initializers["a"] = Tensor::from<float>(p.scale_shape, a);
+    g.nodes.push_back(make_node("Mul", p.scale_first ? std::vector<std::string>{"a", cur} : std::vector<std::string>{cur, "a"},
+                                {"scaled"}, "mul"));
+    cur = "scaled";
+  }
+  if (has_shift) {
+    g.initializers["d"] = Tensor::from<float>(p.shift_shape, d);
+    g.nodes.push_back(make_node("Add", {cur, "d"}, {"shifted"}, "add"));
+    cur = "shifted";
+  }
+  g.outputs = {make_value(cur, {-1, p.m, -1, -1})};
+
+  Model fused = m;
+  ASSERT_EQ(fold_conv_affine(fused), static_cast<int>(has_scale) + static_cast<int>(has_shift));
+  ASSERT_EQ(fused.graph.nodes.size(), 1u);
+  EXPECT_EQ(fused.graph.nodes[0].op_type, "Conv");
+  EXPECT_EQ(fused.graph.nodes[0].outputs[0], cur) << "the conv takes over the last folded node's output name";
+  for (const char* gone : {"a", "d"}) EXPECT_FALSE(fused.graph.is_initializer(gone));
+
+  const Tensor in = Tensor::from<float>({p.n, p.c, p.h, p.w}, x);
+  const Tensor y0 = runtime::Executor(m).run1(in), y1 = runtime::Executor(fused).run1(in);
+  ASSERT_EQ(y0.shape(), (Shape{p.n, p.m, p.h, p.w}));
+  ASSERT_EQ(y1.shape(), y0.shape());
+  const double u = std::ldexp(1.0, -24);
+  for (int64_t n = 0; n < p.n; ++n)
+    for (int64_t o = 0; o < p.m; ++o) {
+      const int64_t c0 = (o / mg) * cg;
+      const double ao = has_scale ? at(a, o) : 1.0, dd = has_shift ? at(d, o) : 0.0;
+      for (int64_t i = 0; i < p.h; ++i)
+        for (int64_t j = 0; j < p.w; ++j) {
+          double acc = p.bias ? b[o] : 0.0, S = std::fabs(acc);
+          for (int64_t c = 0; c < cg; ++c)
+            for (int64_t kh = 0; kh < p.k; ++kh)
+              for (int64_t kw = 0; kw < p.k; ++kw) {
+                const int64_t ih = i - pad + kh, iw = j - pad + kw;
+                if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) continue;
+                const double t = static_cast<double>(x[((n * p.c + c0 + c) * p.h + ih) * p.w + iw]) *
+                                 W[((o * cg + c) * p.k + kh) * p.k + kw];
+                acc += t;
+                S += std::fabs(t);
+              }
+          const double want = acc * ao + dd;
+          const double B = static_cast<double>(K + 8) * u * (std::fabs(ao) * S + std::fabs(dd));
+          const int64_t idx = ((n * p.m + o) * p.h + i) * p.w + j;
+          ASSERT_LE(std::fabs(y0.data<float>()[idx] - want), B) << "unfused at " << idx;
+          ASSERT_LE(std::fabs(y1.data<float>()[idx] - want), B) << "fused at " << idx;
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, FoldConvAffine,
+    testing::Values(ConvAffineCase{"scalar_scale_and_shift", 2, 3, 5, 4, 4, 3, 1, true, true, {}, true, {}, false},
+                    ConvAffineCase{"channel_scale_first", 1, 4, 4, 4, 6, 3, 2, true, true, {1, 6, 1, 1}, true, {6, 1, 1}, true},
+                    ConvAffineCase{"depthwise_scale_nobias", 1, 5, 4, 3, 5, 3, 5, false, true, {5, 1, 1}, false, {}, false},
+                    ConvAffineCase{"shift_only_nobias", 2, 2, 3, 3, 3, 1, 1, false, false, {}, true, {1, 3, 1, 1}, false},
+                    ConvAffineCase{"size1_constants", 1, 3, 4, 4, 2, 3, 1, true, true, {1}, true, {1, 1, 1, 1}, false}),
+    [](const testing::TestParamInfo<ConvAffineCase>& info) { return std::string(info.param.name); });
+
+// Mul/Add that must not be folded: the model is left exactly as it was.
+TEST(FoldConvAffine, LeavesUnfoldableAlone) {
+  auto base = [](const std::string& op, Shape cshape) {
+    Model m;
+    m.set_opset(13);
+    Graph& g = m.graph;
+    g.inputs = {make_value("x", {1, 2, 4, 4})};
+    g.initializers["W"] = Tensor::from<float>({2, 2, 1, 1}, {1, 2, 3, 4});
+    int64_t k = 1;
+    for (auto d : cshape) k *= d;
+    std::vector<float> v(static_cast<size_t>(k));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.5f + static_cast<float>(i);
+    g.initializers["k"] = Tensor::from<float>(cshape, v);
+    g.nodes = {make_node("Conv", {"x", "W"}, {"c"}, "conv"), make_node(op, {"c", "k"}, {"y"}, "op")};
+    g.outputs = {make_value("y", {1, 2, 4, 4})};
+    return m;
+  };
+  auto unchanged = [](Model m, const char* what) {
+    const Model before = m;
+    EXPECT_EQ(fold_conv_affine(m), 0) << what;
+    test::expect_same_model(m, before, what);
+  };
+  unchanged(base("Mul", {1, 1, 1, 4}), "varies along the width");
+  unchanged(base("Add", {2, 1, 1, 1}), "varies along the batch axis");
+  unchanged(base("Mul", {1, 1, 2, 1, 1}), "rank above the output's: would broadcast it");
+  unchanged(base("Add", {3, 1, 1}), "channel count differs");
+  unchanged(base("Div", {}), "Div is not folded");
+  unchanged(base("Sub", {}), "Sub is not folded");
+  {
+    Model m = base("Mul", {});
+    m.graph.nodes.push_back(make_node("Relu", {"c"}, {"r"}, "relu"));
+    m.graph.outputs.push_back(make_value("r", {1, 2, 4, 4}));
+    unchanged(m, "the conv output has another reader");
+  }
+  {
+    Model m = base("Add", {});
+    m.graph.outputs.push_back(make_value("c", {1, 2, 4, 4}));
+    unchanged(m, "the conv output is a graph output");
+  }
+  {
+    Model m = base("Mul", {});
+    m.graph.nodes.push_back(make_node("Conv", {"x", "W"}, {"c2"}, "conv2"));
+    m.graph.outputs.push_back(make_value("c2", {1, 2, 4, 4}));
+    unchanged(m, "the weight feeds a second conv");
+  }
+  {
+    Model m = base("Mul", {});
+    m.graph.initializers.erase("k");
+    m.graph.inputs.push_back(make_value("k", {}));
+    unchanged(m, "the other operand is computed at run time");
+  }
+}
+
 TEST(FoldConstantNodes, TensorConstantsBecomeInitializersOutputsUnchanged) {
   Model m;
   m.set_opset(13);

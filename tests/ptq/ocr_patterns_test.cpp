@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "perch/ptq/quantize.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
 #include "test_util.h"
 
 using namespace perch;
@@ -240,4 +242,107 @@ TEST(PtqOcrPatterns, PerTensorStaysBelow11WithAttributeClip) {
       EXPECT_EQ(n.inputs.size(), 1u);
       EXPECT_TRUE(n.has_attr("min"));
     }
+}
+
+// PP-LCNetV3's conv block: Conv -> Mul(scalar) -> Add(scalar) (PaddlePaddle's LearnableAffineBlock) ->
+// hardswish written out -> Mul(scalar) -> Add(scalar) -> Conv. The first scale/shift folds into the conv
+// (graph::fold_conv_affine); the hardswish and the scale/shift after it are one elementwise chain of the conv
+// output, so only the chain's input (the conv output) and its end (the next conv's input) get Q/DQ. Each
+// hardswish spelling is checked: x*Clip(x+3,0,6)/6, x*(Clip(x+3,0,6)*(1/6)), Clip(x+3,0,6)*x*(1/6), and
+// x*HardSigmoid(x). The model computes the float function up to quantization error, and perch's integer
+// executor runs it bit-identically to its exact simulation.
+namespace {
+
+Model lcnet_block(int variant) {
+  Model m = conv_model(11);
+  auto scalar = [&](const std::string& name, float v) { m.graph.initializers[name] = Tensor::from<float>({1}, {v}); };
+  scalar("s1", 4.0f);  // conv outputs well below -3, where hardswish is 0
+  scalar("t1", -0.2f), scalar("three", 3.0f), scalar("zero", 0.0f), scalar("six", 6.0f);
+  scalar("sixth", 1.0f / 6.0f), scalar("s2", 0.8f), scalar("t2", 0.1f);
+  auto& n = m.graph.nodes;
+  n.push_back(make("Mul", "lab1_mul", {"c", "s1"}, {"a1"}));
+  n.push_back(make("Add", "lab1_add", {"a1", "t1"}, {"hx"}));  // the hardswish input ("x" of the formula)
+  if (variant == 3) {
+    Node hs = make("HardSigmoid", "hsig", {"hx"}, {"g"});
+    hs.attrs["alpha"] = 1.0f / 6.0f;
+    hs.attrs["beta"] = 0.5f;
+    n.push_back(hs);
+    n.push_back(make("Mul", "hswish", {"hx", "g"}, {"h"}));
+  } else {
+    n.push_back(make("Add", "plus3", {"hx", "three"}, {"p"}));
+    n.push_back(make("Clip", "relu6", {"p", "zero", "six"}, {"r6"}));
+    if (variant == 0) {
+      n.push_back(make("Mul", "xr6", {"hx", "r6"}, {"xr"}));
+      n.push_back(make("Div", "div6", {"xr", "six"}, {"h"}));
+    } else if (variant == 1) {
+      n.push_back(make("Mul", "r6_sixth", {"r6", "sixth"}, {"gs"}));
+      n.push_back(make("Mul", "hswish", {"hx", "gs"}, {"h"}));
+    } else {
+      n.push_back(make("Mul", "r6x", {"r6", "hx"}, {"xr"}));
+      n.push_back(make("Mul", "sixth_mul", {"xr", "sixth"}, {"h"}));
+    }
+  }
+  n.push_back(make("Mul", "lab2_mul", {"h", "s2"}, {"a2"}));
+  n.push_back(make("Add", "lab2_add", {"a2", "t2"}, {"z"}));
+  m.graph.initializers["w2"] = normal_tensor({2, 4, 1, 1}, 5);
+  n.push_back(make("Conv", "conv2", {"z", "w2"}, {"y"}));
+  return m;
+}
+
+}  // namespace
+
+TEST(PtqOcrPatterns, HardswishChainQuantizedAtItsEndsOnly) {
+  const Dataset data = uniform_data({8, 3, 4, 4}, 11);
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE("hardswish variant " + std::to_string(variant));
+    const Model m = lcnet_block(variant);
+    const Tensor want = runtime::Executor(m).run1(data.images);
+
+    ptq::PtqOptions o = plain();
+    const ptq::Calibration cal = ptq::calibrate(m, data, o);
+    EXPECT_EQ(count_op(cal.model, "Conv"), 2);
+    EXPECT_EQ(count_op(cal.model, "Mul") + count_op(cal.model, "Add") + count_op(cal.model, "Div"),
+              variant == 3 ? 3 : 5) << "lab1_mul/lab1_add folded into the conv, the rest kept";
+    // The graph input, the conv output (now named "hx": the conv took over lab1_add's output) and the chain's end.
+    EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "hx", "z"}));
+    // hardswish is 0 below -3: the conv output's grid starts there (calibration clamps what it observes), not
+    // at the smallest value seen. lo = (qmin - zp) * scale, within one step of -3 (the zero point is rounded).
+    const auto lo = [](const quant::QuantParams& q) { return -q.zero_point[0] * q.scale[0]; };
+    const quant::QuantParams& hx = cal.activation_params.at("hx");
+    EXPECT_NEAR(lo(hx), -3.0, hx.scale[0]);
+
+    // Without the chain rule: every value read by an elementwise op, as before (Add+3 -> Clip stays fused), and
+    // the conv output's grid spans all it saw.
+    o.fuse_chains = false;
+    const ptq::Calibration all = ptq::calibrate(m, data, o);
+    EXPECT_EQ(all.targets.size(), variant == 3 ? 6u : 7u);
+    EXPECT_LT(lo(all.activation_params.at("hx")), -4.0);
+    o.fold_affine = false;  // and the conv output and lab1_mul's output too
+    EXPECT_EQ(ptq::calibrate(m, data, o).targets.size(), variant == 3 ? 8u : 9u);
+
+    const ptq::PtqResult res = ptq::build_quantized(cal, plain());
+    EXPECT_EQ(count_op(res.model, "QuantizeLinear"), 3);
+    const Tensor got = runtime::Executor(res.model).run1(data.images);
+    EXPECT_LT(max_rel_diff(got, want), 0.05);
+    const Tensor i8 = runtime::Int8Executor(res.model).run({{"x", data.images}}).at("y");
+    const Tensor sim = runtime::Int8Executor(res.model, runtime::Int8Mode::kSimulate).run({{"x", data.images}}).at("y");
+    ASSERT_EQ(i8.shape(), sim.shape());
+    EXPECT_EQ(std::memcmp(i8.raw(), sim.raw(), i8.nbytes()), 0) << "int8 executor differs from its simulation";
+  }
+}
+
+// A chain with a per-channel constant is no single function of its input: it ends there (Q/DQ as before).
+TEST(PtqOcrPatterns, ChainEndsAtPerChannelConstant) {
+  Model m = conv_model(13);
+  m.graph.initializers["k"] = Tensor::from<float>({4, 1, 1}, {0.5f, 1.0f, 1.5f, 2.0f});
+  m.graph.initializers["zero"] = Tensor::from<float>({}, {0.0f});
+  m.graph.initializers["w2"] = normal_tensor({2, 4, 1, 1}, 6);
+  m.graph.nodes.push_back(make("Relu", "relu", {"c"}, {"r"}));
+  m.graph.nodes.push_back(make("Mul", "mul", {"r", "k"}, {"s"}));      // per-channel: a new root
+  m.graph.nodes.push_back(make("Add", "add", {"s", "zero"}, {"t"}));   // scalar: chain of root s
+  m.graph.nodes.push_back(make("Sigmoid", "sig", {"t"}, {"u"}));       // chain of root s
+  m.graph.nodes.push_back(make("Conv", "conv2", {"u", "w2"}, {"y"}));
+  const ptq::Calibration cal = ptq::calibrate(m, uniform_data({4, 3, 4, 4}, 2), plain());
+  // c: fused into Relu (not a target); r read by the per-channel Mul; s the new root; t inside; u the end.
+  EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "r", "s", "u"}));
 }

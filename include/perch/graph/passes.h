@@ -15,6 +15,15 @@ int fold_constant_nodes(Model& model);
 // stay (the executor runs them).
 int fold_batchnorm(Model& model);
 
+// Folds a Mul or Add whose one input is a Conv output (read by nothing else, not a graph output) and whose
+// other input is a constant broadcasting along the output-channel axis only (a scalar, [M], [M,1,1],
+// [1,M,1,1], ...), into that Conv — exact algebra on the real numbers:
+//   Mul by a:  W'[c] = a_c * W[c],  b'_c = a_c * b_c        Add of d:  b'_c = b_c + d_c
+// (PaddlePaddle's LearnableAffineBlock, a scale/shift written as Mul/Add after a conv). Each new value is
+// computed in double and rounded once to float. Repeats along a chain (Conv -> Mul -> Add folds twice). A Mul
+// whose Conv weight is shared with another node is not folded. Returns the number of folded nodes.
+int fold_conv_affine(Model& model);
+
 // Removes Identity nodes (rewiring their consumers), except where the Identity produces a graph output.
 int remove_identities(Model& model);
 

@@ -50,6 +50,12 @@ struct PtqOptions {
   bool quantize_outputs = false;        // also QDQ the graph outputs
   bool equalize = true;                 // cross-layer equalization first (ptq/equalize.h)
   bool bias_correction = true;          // subtract the mean output shift of weight rounding (empirical)
+  // Conv -> Mul/Add by per-channel constants folded into the conv (graph::fold_conv_affine) before calibration.
+  bool fold_affine = true;
+  // Elementwise chains (a unary function of one activation written as several ops with scalar constants, e.g.
+  // hardswish as x * Clip(x + 3, 0, 6) / 6, or a scale/shift after it): Q/DQ only on the chain's input and
+  // where it leaves the chain, not on its inside values (see calibrate()).
+  bool fuse_chains = true;
   std::set<std::string> float_nodes;    // node names whose weights stay float
   std::map<std::string, WeightOptions> layer_weights;  // per-node override of `weights` (selective quantization)
   std::set<std::string> float_activations;             // activation values left float
