@@ -402,7 +402,7 @@ TEST(Gradients, ReluMaxPoolRunsPooledFirstWithIdenticalResults) {
     plain.backward({{out, g}});
     for (int64_t i = 0; i < y1.at(out).numel(); ++i)
       ASSERT_EQ(y1.at(out).data<float>()[i], y2.at(out).data<float>()[i]) << "output " << i;
-    for (const std::string v : {std::string("x"), std::string("w")})
+    for (const std::string& v : {std::string("x"), std::string("w")})
       for (int64_t i = 0; i < swapped.grad(v).numel(); ++i)
         ASSERT_EQ(swapped.grad(v).data<float>()[i], plain.grad(v).data<float>()[i]) << "d/d" << v << "[" << i << "]";
   }
