@@ -105,89 +105,29 @@ MinMaxGrad fake_quant_minmax_backward(const Tensor& dy, const Tensor& x, std::sp
 Tensor fake_quant_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p) {
   check_same(dy, x, "fake_quant_ste_backward");
   check_params(p, x.shape());
-  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
-  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
-  const float* xs = x.data<float>();
-  const float* dys = dy.data<float>();
-  float* out = dx.data<float>();
-  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
-  const detail::SteRunFn run = detail::ste_run();
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    if (step == 0) {
-      const auto s = static_cast<size_t>(s0);
-      auto body = [&](int64_t lo, int64_t hi) {
-        run(dys + b + lo, xs + b + lo, out + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
-      };
-      if (n < 65536) body(0, n);
-      else parallel_for(0, n, body, 32768);
-      return;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      const float u = xs[b + k] / p.scale[s];
-      const bool inside =
-          u >= static_cast<float>(qmin - p.zero_point[s]) && u <= static_cast<float>(qmax - p.zero_point[s]);
-      out[b + k] = inside ? dys[b + k] : 0.0f;
-    }
-  });
+  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written by the walk
+  detail::ste_walk(SlotLayout::make(p.spec, x.shape()), p, dy.data<float>(), x.data<float>(), dx.data<float>(),
+                   detail::ste_run(), detail::ste_run_reference);
   return dx;
 }
 
-// The Relu-fused pair (fake_quant_runs.h): same layout walk as fake_quant / fake_quant_ste_backward; runs
-// sharing one (scale, zero point) go through the dispatched kernel, split over the thread pool when long
-// (elementwise, so the result does not depend on the split); strided runs call the reference per element.
+// The Relu-fused pair (fake_quant_runs.h): the same layout walks as fake_quant / fake_quant_ste_backward,
+// with the Relu-fused run kernels.
 Tensor fake_quant_relu(const Tensor& x, const QuantParams& p) {
   PERCH_CHECK(x.dtype() == DType::kFloat32, "fake_quant_relu: expected a float32 tensor, got ", dtype_name(x.dtype()));
   check_params(p, x.shape());
-  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
-  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
-  const float* xs = x.data<float>();
-  float* ys = y.data<float>();
-  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
-  const detail::FakeQuantRunFn run = detail::relu_fake_quant_run();
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    if (step == 0) {
-      const auto s = static_cast<size_t>(s0);
-      auto body = [&](int64_t lo, int64_t hi) {
-        run(xs + b + lo, ys + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
-      };
-      if (n < 65536) body(0, n);
-      else parallel_for(0, n, body, 32768);
-      return;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      detail::relu_fake_quant_run_reference(xs + b + k, ys + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
-    }
-  });
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written by the walk
+  detail::fake_quant_walk(SlotLayout::make(p.spec, x.shape()), p, x.data<float>(), y.data<float>(),
+                          detail::relu_fake_quant_run(), detail::relu_fake_quant_run_reference);
   return y;
 }
 
 Tensor fake_quant_relu_ste_backward(const Tensor& dy, const Tensor& x, const QuantParams& p) {
   check_same(dy, x, "fake_quant_relu_ste_backward");
   check_params(p, x.shape());
-  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
-  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
-  const float* xs = x.data<float>();
-  const float* dys = dy.data<float>();
-  float* out = dx.data<float>();
-  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
-  const detail::SteRunFn run = detail::relu_ste_run();
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    if (step == 0) {
-      const auto s = static_cast<size_t>(s0);
-      auto body = [&](int64_t lo, int64_t hi) {
-        run(dys + b + lo, xs + b + lo, out + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
-      };
-      if (n < 65536) body(0, n);
-      else parallel_for(0, n, body, 32768);
-      return;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      detail::relu_ste_run_reference(dys + b + k, xs + b + k, out + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
-    }
-  });
+  Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written by the walk
+  detail::ste_walk(SlotLayout::make(p.spec, x.shape()), p, dy.data<float>(), x.data<float>(), dx.data<float>(),
+                   detail::relu_ste_run(), detail::relu_ste_run_reference);
   return dx;
 }
 
@@ -236,5 +176,48 @@ LsqGrad lsq_backward(const Tensor& dy, const Tensor& x, const QuantParams& p, do
   }
   return g;
 }
+
+
+namespace detail {
+
+void fake_quant_walk(const SlotLayout& l, const QuantParams& p, const float* x, float* y, FakeQuantRunFn run,
+                     FakeQuantRunFn ref) {
+  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) { run(x + b + lo, y + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax); };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      ref(x + b + k, y + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
+    }
+  });
+}
+
+void ste_walk(const SlotLayout& l, const QuantParams& p, const float* dy, const float* x, float* dx, SteRunFn run,
+              SteRunFn ref) {
+  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      const auto s = static_cast<size_t>(s0);
+      auto body = [&](int64_t lo, int64_t hi) {
+        run(dy + b + lo, x + b + lo, dx + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
+      };
+      if (n < 65536) body(0, n);
+      else parallel_for(0, n, body, 32768);
+      return;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const auto s = static_cast<size_t>(s0 + k * step);
+      ref(dy + b + k, x + b + k, dx + b + k, 1, p.scale[s], p.zero_point[s], qmin, qmax);
+    }
+  });
+}
+
+}  // namespace detail
 
 }  // namespace perch::quant

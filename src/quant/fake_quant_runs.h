@@ -24,6 +24,8 @@
 
 #include <cstdint>
 
+#include "perch/quant/params.h"
+
 namespace perch::quant::detail {
 
 using FakeQuantRunFn = void (*)(const float* x, float* y, int64_t n, float scale, int32_t zero_point, int32_t qmin,
@@ -70,6 +72,15 @@ RunRange range_run_avx512(const float* x, int64_t n);
 // divides). The AVX-512 STE twins use it on runs of 64 values or more; the reference twins divide, and the
 // tests compare them.
 bool ste_thresholds(float scale, int32_t zero_point, int32_t qmin, int32_t qmax, float* t_lo, float* t_hi);
+
+// The layout walks shared by fake_quant / fake_quant_relu and the two STE backwards (one per kind of run
+// function): runs sharing one (scale, zero point) go through `run`, split over the thread pool when long
+// (elementwise, so the split cannot change the result); strided runs (per-channel on an inner axis) call
+// `ref` one element at a time.
+void fake_quant_walk(const SlotLayout& l, const QuantParams& p, const float* x, float* y, FakeQuantRunFn run,
+                     FakeQuantRunFn ref);
+void ste_walk(const SlotLayout& l, const QuantParams& p, const float* dy, const float* x, float* dx, SteRunFn run,
+              SteRunFn ref);
 
 // The best twin for the active paths (decided per call from active_paths(), which is detected once).
 FakeQuantRunFn fake_quant_run();

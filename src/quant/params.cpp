@@ -304,31 +304,12 @@ Tensor dequantize(const Tensor& q, const QuantParams& p) {
 Tensor fake_quant(const Tensor& x, const QuantParams& p) {
   PERCH_CHECK(x.dtype() == DType::kFloat32, "fake_quant: expected a float32 tensor, got ", dtype_name(x.dtype()));
   check_params(p, x.shape());
-  const SlotLayout l = SlotLayout::make(p.spec, x.shape());
-  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written below
-  const float* xs = x.data<float>();
-  float* ys = y.data<float>();
-  const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());  // every element is written by the walk
   // Elementwise: runs sharing one (scale, zero point) go through the dispatched run kernel
   // (fake_quant_runs.h); long runs (per-tensor activations) are split over the thread pool. Same result
   // on every path and thread count.
-  const detail::FakeQuantRunFn run = detail::fake_quant_run();
-  l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
-    if (step == 0) {
-      const auto s = static_cast<size_t>(s0);
-      auto body = [&](int64_t lo, int64_t hi) {
-        run(xs + b + lo, ys + b + lo, hi - lo, p.scale[s], p.zero_point[s], qmin, qmax);
-      };
-      if (n < 65536) body(0, n);
-      else parallel_for(0, n, body, 32768);
-      return;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      const auto s = static_cast<size_t>(s0 + k * step);
-      const int32_t q = quantize_value(xs[b + k], p.scale[s], p.zero_point[s], qmin, qmax);
-      ys[b + k] = dequantize_value(q, p.scale[s], p.zero_point[s]);
-    }
-  });
+  detail::fake_quant_walk(SlotLayout::make(p.spec, x.shape()), p, x.data<float>(), y.data<float>(),
+                          detail::fake_quant_run(), detail::fake_quant_run_reference);
   return y;
 }
 
