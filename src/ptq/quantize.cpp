@@ -706,6 +706,34 @@ quant::QuantSpec weight_spec(const WeightOptions& o, const graph::Node& n, const
   return weight_spec_impl(o, n, w);
 }
 
+bool ort_requantizes_float_weight(const Graph& g, size_t ni) {
+  const Node& n = g.nodes.at(ni);
+  if (n.op_type != "Conv" && n.op_type != "ConvTranspose" && n.op_type != "Gemm") return false;
+  if (n.inputs.size() < 2 || n.outputs.size() != 1) return false;
+  const Tensor* w = g.initializer(n.input(1));
+  if (!w || w->dtype() != DType::kFloat32) return false;  // a DequantizeLinear weight is quantized already
+  const int64_t p0 = g.producer(n.input(0));
+  if (p0 < 0 || g.nodes[p0].op_type != "DequantizeLinear" || g.nodes[p0].inputs.size() < 2) return false;
+  const Tensor* in_scale = g.initializer(g.nodes[p0].input(1));
+  if (!in_scale || in_scale->numel() != 1) return false;
+  if (!n.input(2).empty()) {
+    const Tensor* b = g.initializer(n.input(2));
+    if (!b || b->rank() != 1) return false;
+  }
+  // Output path: exactly one consuming node at each step (graph outputs are not consumers, as in ORT),
+  // Relu/Clip continue it, QuantizeLinear ends it.
+  std::string v = n.outputs[0];
+  for (size_t step = 0; step <= g.nodes.size(); ++step) {
+    const std::vector<size_t> cons = g.consumers(v);
+    if (cons.size() != 1) return false;
+    const Node& c = g.nodes[cons[0]];
+    if (c.op_type == "QuantizeLinear") return true;
+    if ((c.op_type != "Relu" && c.op_type != "Clip") || c.outputs.size() != 1) return false;
+    v = c.outputs[0];
+  }
+  return false;
+}
+
 PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   PtqResult res;
@@ -891,6 +919,24 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     g.nodes.push_back(dq);
     ++res.activations_quantized;
   }
+
+  // ---- Float layers ONNX Runtime would not run float (LayerReport::ort_requantized).
+  int64_t requantized = 0;
+  for (auto& rep : res.layers) {
+    if (rep.granularity != "float") continue;
+    for (size_t ni = 0; ni < g.nodes.size(); ++ni)
+      if (g.nodes[ni].name == rep.node && ort_requantizes_float_weight(g, ni)) {
+        rep.ort_requantized = true;
+        ++requantized;
+        break;
+      }
+  }
+  if (requantized && !quiet())
+    std::fprintf(stderr,
+                 "note: %lld float weight layer(s) sit between a DequantizeLinear and a QuantizeLinear: ONNX Runtime "
+                 "(graph optimizations basic and up) quantizes their weights to symmetric per-tensor int8; run the "
+                 "model with graph optimizations disabled, or in perch, to run them float\n",
+                 static_cast<long long>(requantized));
 
   // ---- Opset and metadata.
   if (need_21) {

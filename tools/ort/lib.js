@@ -249,7 +249,11 @@ function loadOrt() {
   }
 }
 
-async function createSession(model, threads) {
+// level: ONNX Runtime's graphOptimizationLevel ('disabled' | 'basic' | 'extended' | 'all'). Note that from
+// 'basic' up ONNX Runtime (WeightBiasQuantization) quantizes the float weight of a Conv/ConvTranspose/Gemm whose
+// input comes from a per-tensor DequantizeLinear and whose output goes (through Relu/Clip only) to a
+// QuantizeLinear to symmetric per-tensor int8: a weight layer a QDQ model leaves float is not run float.
+async function createSession(model, threads, level = 'all') {
   if (!model) {
     const e = new UsageError('missing MODEL.onnx');
     e.showUsage = true;
@@ -262,7 +266,7 @@ async function createSession(model, threads) {
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       executionMode: 'sequential',
-      graphOptimizationLevel: 'all',
+      graphOptimizationLevel: level,
     });
     return { ort, session };
   } catch (e) {

@@ -75,6 +75,12 @@ struct LayerReport {
   double weight_sqnr_db = 0;   // 10 log10(|w|^2 / |w - fq(w)|^2)
   int64_t bias_clamped = 0;    // int32 bias values clamped
   double bias_correction_max = 0;  // largest |mean output shift| removed from the bias
+  // A float layer (granularity "float") that ONNX Runtime does not run float: from graph optimization level
+  // basic up, its WeightBiasQuantization pass rewrites a Conv/Gemm whose input comes from a per-tensor
+  // DequantizeLinear and whose output goes (through Relu/Clip only, no branch) to a QuantizeLinear with a
+  // float weight initializer to symmetric per-tensor int8 weights (and int32 bias). See
+  // ort_requantizes_float_weight().
+  bool ort_requantized = false;
 };
 
 struct PtqResult {
@@ -88,6 +94,13 @@ struct PtqResult {
   std::string canonicalize_summary;
   EqualizeReport equalization;
 };
+
+// True when ONNX Runtime's WeightBiasQuantization pass (graph optimization level basic and up, ORT >= 1.21)
+// would quantize the float weight of node `ni` of `g` to symmetric per-tensor int8 (see
+// LayerReport::ort_requantized): a Conv/ConvTranspose/Gemm with a float32 weight initializer, input 0 made
+// by a DequantizeLinear with a scalar scale, a 1-D initializer bias if any, and an output path of single
+// consumers through Relu/Clip only that ends in a QuantizeLinear.
+bool ort_requantizes_float_weight(const graph::Graph& g, size_t ni);
 
 // Quantizes `model` (not modified). `calib` must hold inputs for the model's first graph input.
 // = build_quantized(calibrate(model, calib, options), options).
