@@ -105,26 +105,30 @@ quant::QuantParams act_params(const Node& n, const Tensor& x, const Args& a) {
   return quant::make_params(spec, x.shape(), {s}, {zp});
 }
 
+// EMA range update of a FakeQuantAct from the batch range [bmin, bmax]: lo/hi move by (1 - momentum),
+// the parameters are chosen from them, and all four states are written back as training updates.
+quant::QuantParams ema_update(const Node& n, const Args& a, ForwardContext& ctx, float bmin, float bmax) {
+  const float m = n.attr_float("momentum", 0.99f);
+  const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
+  const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
+  const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), a[0]->shape(), {&lo, 1}, {&hi, 1});
+  ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
+  ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
+  ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
+  ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
+  return p;
+}
+
 std::vector<Tensor> fq_act_forward(const Node& n, const Args& a, int64_t, ForwardContext& ctx) {
   PERCH_CHECK(a.size() == 5 && a[0] && a[1] && a[2] && a[3] && a[4], n.describe(),
               ": FakeQuantAct needs (x, scale, zero_point, lo, hi)");
   const Tensor& x = *a[0];
   const bool learn = n.attr_int("learn", 0) != 0, frozen = n.attr_int("frozen", 0) != 0;
   if (ctx.training && !learn && !frozen && x.numel() > 0) {
-    const float m = n.attr_float("momentum", 0.99f);
     // The batch's range over its finite values (quant::slot_ranges: vectorized, split over the threads).
     const quant::SlotRanges br = quant::slot_ranges(quant::SlotLayout::make(quant::QuantSpec{}, x.shape()), x.data<float>());
     const float bmin = br.min[0], bmax = br.max[0];
-    if (bmin <= bmax) {
-      const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
-      const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
-      const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
-      ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
-      ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
-      ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
-      ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
-      return {quant::fake_quant(x, p)};
-    }
+    if (bmin <= bmax) return {quant::fake_quant(x, ema_update(n, a, ctx, bmin, bmax))};
   }
   return {quant::fake_quant(x, act_params(n, x, a))};
 }
@@ -181,16 +185,8 @@ std::optional<quant::QuantParams> relu_fq_act_params(const Node& n, const Args& 
     *y = fq_act_forward(n, ra, opset, ctx).at(0);
     return std::nullopt;
   }
-  const float m = n.attr_float("momentum", 0.99f);
   const float bmin = br.min[0] > 0.0f ? br.min[0] : 0.0f, bmax = br.max[0] > 0.0f ? br.max[0] : 0.0f;
-  const float lo = m * a[3]->data<float>()[0] + (1.0f - m) * bmin;
-  const float hi = m * a[4]->data<float>()[0] + (1.0f - m) * bmax;
-  const quant::QuantParams p = quant::choose_params(spec_from_attrs(n), x.shape(), {&lo, 1}, {&hi, 1});
-  ctx.updates.emplace_back(n.input(1), Tensor::scalar_f32(p.scale[0]).reshaped(a[1]->shape()));
-  ctx.updates.emplace_back(n.input(2), Tensor::scalar_f32(static_cast<float>(p.zero_point[0])).reshaped(a[2]->shape()));
-  ctx.updates.emplace_back(n.input(3), Tensor::scalar_f32(lo).reshaped(a[3]->shape()));
-  ctx.updates.emplace_back(n.input(4), Tensor::scalar_f32(hi).reshaped(a[4]->shape()));
-  return p;
+  return ema_update(n, a, ctx, bmin, bmax);
 }
 
 std::vector<Tensor> relu_fq_act_forward(const Node& n, const Args& a, int64_t opset, ForwardContext& ctx) {
