@@ -24,6 +24,7 @@ struct BenchCommand {
   int64_t batch = 1, iters = 100, warmup = 10, seed = 1;
   int threads = 0;
   bool as_json = false;
+  bool profile = false;
 };
 
 }  // namespace perch::cli

@@ -1,6 +1,7 @@
 #include "perch/runtime/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <sstream>
 
@@ -78,6 +79,17 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
   for (const auto& o : model_.graph.outputs) last_use_[o.name] = model_.graph.nodes.size();
 }
 
+void Executor::enable_profiling() {
+  std::vector<std::string> nodes, what;
+  for (const auto& n : model_.graph.nodes) {
+    nodes.push_back(n.describe());
+    what.push_back(n.op_type);
+  }
+  profile_ = std::make_shared<StepProfile>(std::move(nodes), std::move(what));
+}
+
+std::vector<StepTime> Executor::profile() const { return profile_ ? profile_->entries() : std::vector<StepTime>{}; }
+
 TensorMap Executor::run(const TensorMap& inputs, const Observer& observer,
                         const std::vector<std::string>& extra_outputs) const {
   return run_impl(inputs, nullptr, observer, extra_outputs);
@@ -131,7 +143,13 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
     }
     std::vector<Tensor> outs;
     try {
-      outs = (*kernels_[i])(n, args, opset);
+      if (profile_) {
+        const auto t0 = std::chrono::steady_clock::now();
+        outs = (*kernels_[i])(n, args, opset);
+        profile_->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+      } else {
+        outs = (*kernels_[i])(n, args, opset);
+      }
     } catch (const Error& e) {
       PERCH_FAIL(model_.source, ": ", n.describe(), ": ", e.what());
     }

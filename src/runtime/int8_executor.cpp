@@ -3,6 +3,7 @@
 #include "perch/runtime/int8_executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -113,6 +114,8 @@ struct Int8Executor::Impl {
   Int8Report report;
   TensorMap constants;
   std::vector<Step> steps;
+  std::vector<std::string> step_node, step_what;  // per step: the node it runs and how (lower(); profiling)
+  std::shared_ptr<StepProfile> profile;           // set by enable_profiling()
   std::unordered_map<std::string, Alias> aliases;    // float value -> DQ(q)
   std::unordered_map<std::string, std::string> renames;  // value -> value it is identical to
   std::map<std::string, DType> qvalues;              // 8-bit values produced by steps, and their type
@@ -1142,8 +1145,22 @@ void Int8Executor::Impl::lower() {
     // An 8-bit graph input is an 8-bit value a DequantizeLinear can hand to integer ops directly.
     if (v.dtype == DType::kUInt8 || v.dtype == DType::kInt8) qvalues[v.name] = v.dtype;
   }
+  // Every step is labelled with the node whose lowering added it and that node's report line (profiling).
+  std::string cur_node, cur_how;
+  size_t cur_report = 0;
+  auto label_steps = [&] {
+    if (report.nodes.size() > cur_report) cur_how = report.nodes.back().how;
+    while (step_node.size() < steps.size()) {
+      step_node.push_back(cur_node);
+      step_what.push_back(cur_how);
+    }
+  };
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& n = nodes[i];
+    label_steps();
+    cur_node = n.describe();
+    cur_how.clear();
+    cur_report = report.nodes.size();
     if (std::find(absorbed.begin(), absorbed.end(), i) != absorbed.end()) {
       report.nodes.push_back({n.describe(), true, "fused into the integer op before it"});
       continue;
@@ -1263,6 +1280,7 @@ void Int8Executor::Impl::lower() {
       report.nodes.push_back({n.describe(), false, "float (" + reason + ")"});
     }
   }
+  label_steps();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1271,6 +1289,16 @@ Int8Executor::Int8Executor(graph::Model model, Int8Mode mode) : impl_(std::make_
 Int8Executor::~Int8Executor() = default;
 Int8Executor::Int8Executor(Int8Executor&&) noexcept = default;
 Int8Executor& Int8Executor::operator=(Int8Executor&&) noexcept = default;
+
+void Int8Executor::enable_profiling() {
+  PERCH_CHECK(impl_->step_node.size() == impl_->steps.size(), "Int8Executor: ", impl_->steps.size(), " steps but ",
+              impl_->step_node.size(), " labels");
+  impl_->profile = std::make_shared<StepProfile>(impl_->step_node, impl_->step_what);
+}
+
+std::vector<StepTime> Int8Executor::profile() const {
+  return impl_->profile ? impl_->profile->entries() : std::vector<StepTime>{};
+}
 
 const Int8Report& Int8Executor::report() const { return impl_->report; }
 const graph::Model& Int8Executor::model() const { return impl_->model; }
@@ -1345,7 +1373,15 @@ TensorMap Int8Executor::Impl::run_whole(const TensorMap& inputs, const std::vect
     }
     c.values[in.name] = Slot{t, Layout::kPlain};
   }
-  for (const auto& s : m.steps) s(c);
+  if (m.profile) {
+    for (size_t i = 0; i < m.steps.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      m.steps[i](c);
+      m.profile->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+    }
+  } else {
+    for (const auto& s : m.steps) s(c);
+  }
   TensorMap out;
   auto get = [&](const std::string& name) {
     const std::string r = m.resolve(name);

@@ -109,4 +109,29 @@ TEST(CliInt8, BenchPrintsLatencyAndThroughput) {
   test::expect_contains(r.err, {"--batch", "0"});
 }
 
+// --profile: where the time goes, per step; the shares sum to 1 and every step ran once per timed run.
+TEST(CliInt8, BenchProfileListsEveryStep) {
+  for (const char* engine : {"int8", "fp32"}) {
+    auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --engine " + engine +
+                           " --batch 3 --threads 1 --iters 4 --warmup 1 --profile --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json j = json::parse(r.out);
+    ASSERT_TRUE(j.contains("profile")) << r.out;
+    ASSERT_GT(j["profile"].size(), 1u) << r.out;
+    double share = 0.0;
+    bool conv = false;
+    for (const auto& s : j["profile"]) {
+      EXPECT_EQ(s["calls_per_run"].get<double>(), 1.0) << s.dump();
+      EXPECT_GE(s["ms_per_run"].get<double>(), 0.0);
+      share += s["share"].get<double>();
+      conv |= s["node"].get<std::string>().rfind("Conv ", 0) == 0;
+    }
+    EXPECT_NEAR(share, 1.0, 1e-9) << engine;
+    EXPECT_TRUE(conv) << engine << ": the Conv has a step";
+  }
+  auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --iters 2 --warmup 0 --profile");
+  ASSERT_EQ(r.code, 0) << r.err;
+  test::expect_contains(r.out, {"ms/run", "share", "Conv ", "all steps"});
+}
+
 }  // namespace

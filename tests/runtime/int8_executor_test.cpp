@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 #include <random>
+#include <set>
 
 #include "perch/graph/onnx_io.h"
 #include "perch/quant/fixed_point.h"
@@ -340,6 +341,70 @@ TEST(Int8Executor, NodeWithoutOutputsIsNotLoweredAndDoesNotCrash) {
     ++replayed;
   }
   EXPECT_GE(replayed, 1);
+}
+
+}  // namespace
+}  // namespace perch::runtime
+
+namespace perch::runtime {
+namespace {
+
+// Per-step profiling (runtime/profile.h): one entry per step, labelled with a node of the graph and the report's
+// description of it; every step counted once per run (once per slice when a batch is split), the outputs unchanged.
+TEST(Int8Executor, ProfilingCountsEveryStepOncePerRunAndChangesNothing) {
+  const graph::Model m = foreign_model();
+  const Int8Executor plain(m);
+  Int8Executor prof(m);
+  EXPECT_TRUE(prof.profile().empty());
+  prof.enable_profiling();
+  const std::vector<StepTime> fresh = prof.profile();
+  ASSERT_FALSE(fresh.empty());
+  for (const auto& s : fresh) EXPECT_EQ(s.calls, 0) << s.node;
+  std::set<std::string> described;
+  for (const auto& n : m.graph.nodes) described.insert(n.describe());
+  const Tensor small = input(5, 11), big = input(19, 12);  // 19 images: three slices of <= 8
+  for (int r = 0; r < 2; ++r) {
+    const TensorMap a = prof.run({{"x", small}}), b = plain.run({{"x", small}});
+    for (const char* v : {"y1", "y2"})
+      EXPECT_EQ(std::memcmp(a.at(v).raw(), b.at(v).raw(), a.at(v).nbytes()), 0) << v;
+  }
+  const TensorMap a = prof.run({{"x", big}}), b = plain.run({{"x", big}});
+  for (const char* v : {"y1", "y2"}) EXPECT_EQ(std::memcmp(a.at(v).raw(), b.at(v).raw(), a.at(v).nbytes()), 0) << v;
+  const int64_t slices = plain.report().sub_batch > 0 ? (19 + plain.report().sub_batch - 1) / plain.report().sub_batch : 1;
+  EXPECT_EQ(slices, 3) << "the foreign model is per-sample: a batch of 19 runs in slices of 8";
+  double total = 0.0;
+  bool conv = false, matmul = false, sigmoid = false;
+  for (const auto& s : prof.profile()) {
+    EXPECT_TRUE(described.count(s.node)) << "'" << s.node << "' is not a node of the graph";
+    EXPECT_EQ(s.calls, 2 + slices) << s.node;
+    EXPECT_GE(s.total_ms, 0.0);
+    total += s.total_ms;
+    conv |= s.node.rfind("Conv ", 0) == 0 && s.what.rfind("int8 conv", 0) == 0;
+    matmul |= s.node.rfind("MatMul ", 0) == 0 && s.what.rfind("int8 MatMul", 0) == 0;
+    sigmoid |= s.node.rfind("Sigmoid ", 0) == 0 && s.what.rfind("float", 0) == 0;
+  }
+  EXPECT_GT(total, 0.0);
+  EXPECT_TRUE(conv && matmul && sigmoid) << "the integer Conv, MatMul and the float Sigmoid each have their step";
+  prof.enable_profiling();  // starts over
+  for (const auto& s : prof.profile()) EXPECT_EQ(s.calls, 0) << s.node;
+}
+
+TEST(Executor, ProfilingTimesEveryNodeOncePerRun) {
+  const graph::Model m = foreign_model();
+  Executor ex(m);
+  EXPECT_TRUE(ex.profile().empty());
+  ex.enable_profiling();
+  const Tensor x = input(4, 13);
+  const TensorMap a = ex.run({{"x", x}}), b = Executor(m).run({{"x", x}});
+  (void)ex.run({{"x", x}});
+  for (const char* v : {"y1", "y2"}) EXPECT_EQ(std::memcmp(a.at(v).raw(), b.at(v).raw(), a.at(v).nbytes()), 0) << v;
+  const auto p = ex.profile();
+  ASSERT_EQ(p.size(), m.graph.nodes.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    EXPECT_EQ(p[i].node, m.graph.nodes[i].describe());
+    EXPECT_EQ(p[i].what, m.graph.nodes[i].op_type);
+    EXPECT_EQ(p[i].calls, 2) << p[i].node;
+  }
 }
 
 }  // namespace

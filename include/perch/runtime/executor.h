@@ -7,11 +7,13 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "perch/graph/ir.h"
+#include "perch/runtime/profile.h"
 
 namespace perch::runtime {
 
@@ -63,8 +65,14 @@ class Executor {
   const std::string& input_name() const { return model_.graph.inputs.at(0).name; }
   const std::string& output_name() const { return model_.graph.outputs.at(0).name; }
 
+  // Per-node timing (runtime/profile.h): after enable_profiling(), every node run() executes adds its time;
+  // profile() returns the sums (empty when profiling is off). Calling enable_profiling() again starts over.
+  void enable_profiling();
+  std::vector<StepTime> profile() const;
+
  private:
   graph::Model model_;
+  std::shared_ptr<StepProfile> profile_;
   std::vector<const OpKernel*> kernels_;
   std::unordered_map<std::string, size_t> last_use_;  // value -> index of the last node reading it
   TensorMap constants_;                                // initializers + folded Constant nodes

@@ -26,6 +26,7 @@
 
 #include "perch/graph/ir.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/profile.h"
 
 namespace perch::runtime {
 
@@ -66,6 +67,10 @@ class Int8Executor {
   Tensor run1(const Tensor& input) const;
 
   const Int8Report& report() const;
+  // Per-step timing (runtime/profile.h): one entry per integer op or float fallback step, labelled with its node
+  // and the report's description; empty until enable_profiling(), which also starts the sums over.
+  void enable_profiling();
+  std::vector<StepTime> profile() const;
   const graph::Model& model() const;
   const std::string& input_name() const;
   const std::string& output_name() const;
