@@ -558,17 +558,29 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
 
   // GEMM-based: weights as K x N. Conv weights [N, C, KH, KW] are reordered to [N][KH][KW][C] (the NHWC patch
   // order of im2col) and packed with layout kNK.
+  // Narrow kernel rows (kw * C < 16 bytes, not a multiple of 4, unit width dilation: first layers on 1 or 3
+  // channels) are packed in kernel-row groups of R = 4 ceil(kw C / 4) bytes, k = i R + j C + c, with the weight zero
+  // point at the other R - kw C positions of each group (int8_kernels.h, im2col_groups): the patch rows are then R-byte
+  // copies from a padded image instead of per-tap copies. K becomes kh * R.
   Tensor wmat = w.q;
-  int64_t kh = 1, kw = 1, cin = K;
+  int64_t kh = 1, kw = 1, cin = K, row_group = 0;
   if (op == "Conv") {
     cin = w.q.dim(1), kh = w.q.dim(2), kw = w.q.dim(3);
+    const auto dil = n.attr_ints("dilations", {1, 1});
+    if ((kw * cin) % 4 != 0 && kw * cin < 16 && !(kh == 1 && kw == 1) && dil.size() == 2 && dil[1] == 1)
+      row_group = (kw * cin + 3) / 4 * 4;
+    const int64_t row = row_group > 0 ? row_group : kw * cin;
+    K = kh * row;
     wmat = Tensor::uninitialized(w.q.dtype(), {N, K});
     const auto* s = static_cast<const uint8_t*>(w.q.raw());
     auto* d = static_cast<uint8_t*>(wmat.raw());
-    for (int64_t o = 0; o < N; ++o)
+    for (int64_t o = 0; o < N; ++o) {
+      const int32_t zw = w.zero_point.empty() ? 0 : w.zero_point[w.zero_point.size() == 1 ? 0 : static_cast<size_t>(o)];
+      std::memset(d + o * K, static_cast<uint8_t>(zw), static_cast<size_t>(K));  // the raw byte of the zero point
       for (int64_t ci = 0; ci < cin; ++ci)
         for (int64_t i = 0; i < kh; ++i)
-          for (int64_t j = 0; j < kw; ++j) d[o * K + (i * kw + j) * cin + ci] = s[((o * cin + ci) * kh + i) * kw + j];
+          for (int64_t j = 0; j < kw; ++j) d[o * K + i * row + j * cin + ci] = s[((o * cin + ci) * kh + i) * kw + j];
+    }
   }
   std::shared_ptr<kernels::PackedWeightsS8> packed;
   try {
@@ -593,11 +605,13 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   }
   const bool pointwise = op == "Conv" && kh == 1 && kw == 1;
   if (op == "Conv")
-    how << "int8 conv " << kh << "x" << kw << (pointwise ? " (GEMM; im2col only if strided/padded)" : " im2col+GEMM") << req << fused;
+    how << "int8 conv " << kh << "x" << kw
+        << (pointwise ? " (GEMM; im2col only if strided/padded)" : row_group > 0 ? " kernel-row-group im2col+GEMM" : " im2col+GEMM")
+        << req << fused;
   else
     how << "int8 " << op << " GEMM" << req << fused;
 
-  steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op](Ctx& c) {
+  steps.push_back([this, &n, packed, prep, bias, mults, fscale, stage, xq, xp, out_name, kh, kw, cin, K, N, op, row_group](Ctx& c) {
     const Slot& xs = slot(c, xq);
     kernels::GemmS8Args g;
     g.a_type = xp.act();
@@ -634,6 +648,32 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
           g.lda = cin;
           g.c = y.raw();
           kernels::gemm_s8(g, *prep);
+        } else if (row_group > 0) {
+          // Kernel-row groups (weights packed so at lowering): the images padded once, then R-byte copies per
+          // kernel row into L2-sized row blocks over the threads.
+          PERCH_CHECK(ic.dil_w == 1, "width dilation changed after lowering");
+          const int8::PaddedImages pi = int8::padded_geometry(ic);
+          std::vector<uint8_t> padded(static_cast<size_t>(batch * pi.bytes_per_image()));
+          int8::pad_images_nhwc(ic, pi, static_cast<const uint8_t*>(x.raw()), static_cast<uint8_t>(xp.zero_point),
+                                padded.data());
+          const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(1024, (64 * 1024) / K));
+          g.lda = K;  // kh * R: a multiple of 4, read in place by the GEMM
+          g.a = padded.data();  // for validate(); each block points at its own buffer
+          g.c = y.raw();
+          kernels::validate(g);
+          const size_t esz = dtype_size(yt);
+          parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
+            std::vector<uint8_t> buf(static_cast<size_t>(rows * K));
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
+              int8::im2col_groups(ic, pi, padded.data(), r0, r1, buf.data(), K);
+              kernels::GemmS8Args gb = g;
+              gb.m = r1 - r0;
+              gb.a = buf.data();
+              gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
+              kernels::gemm_s8_block(gb, *prep, 0, gb.m, 0, N);
+            }
+          });
         } else {
           // Row blocks of the patch matrix, one im2col buffer per block (L2-sized), blocks over the threads.
           const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));

@@ -290,6 +290,59 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_nhwc(c
   }
 }
 
+int64_t group_bytes(const Im2Col& g) { return (g.kw * g.channels + 3) / 4 * 4; }
+
+PaddedImages padded_geometry(const Im2Col& g) {
+  // Rows: every input row after the top padding, and the last patch's last kernel row. Row bytes: every input
+  // pixel after the left padding, and the last patch's R-byte group (its first tap at padded column ow * sw).
+  PaddedImages p;
+  p.rows = std::max(g.pad_top + g.in_h, (g.out_h - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1);
+  p.row_bytes = std::max((g.pad_left + g.in_w) * g.channels, (g.out_w - 1) * g.stride_w * g.channels + group_bytes(g));
+  return p;
+}
+
+void pad_images_nhwc(const Im2Col& g, const PaddedImages& p, const uint8_t* x, uint8_t pad_value, uint8_t* out) {
+  std::memset(out, pad_value, static_cast<size_t>(g.batch * p.bytes_per_image()));
+  const int64_t row = g.in_w * g.channels;
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t ih = 0; ih < g.in_h; ++ih)
+      std::memcpy(out + n * p.bytes_per_image() + (ih + g.pad_top) * p.row_bytes + g.pad_left * g.channels,
+                  x + (n * g.in_h + ih) * row, static_cast<size_t>(row));
+}
+
+namespace {
+template <int R>
+void groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
+                 uint8_t* out, int64_t ldo) {
+  const int64_t step_w = g.stride_w * g.channels, step_i = g.dil_h * p.row_bytes;
+  int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
+  const uint8_t* line = padded + n * p.bytes_per_image() + oh * g.stride_h * p.row_bytes;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    uint8_t* o = out + (r - row_begin) * ldo;
+    const uint8_t* src = line + ow * step_w;
+    for (int64_t i = 0; i < g.kh; ++i) std::memcpy(o + i * R, src + i * step_i, R);  // constant size: R / 4 moves
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++n;
+      line = padded + n * p.bytes_per_image() + oh * g.stride_h * p.row_bytes;
+    }
+  }
+}
+}  // namespace
+
+void im2col_groups(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
+                   uint8_t* out, int64_t ldo) {
+  const int64_t R = group_bytes(g);
+  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups: needs unit width dilation, R = ", R,
+              " <= 16 and ldo = kh * R, got dil_w ", g.dil_w, ", ldo ", ldo);
+  switch (R) {
+    case 4: return groups_rows<4>(g, p, padded, row_begin, row_end, out, ldo);
+    case 8: return groups_rows<8>(g, p, padded, row_begin, row_end, out, ldo);
+    case 12: return groups_rows<12>(g, p, padded, row_begin, row_end, out, ldo);
+    default: return groups_rows<16>(g, p, padded, row_begin, row_end, out, ldo);
+  }
+}
+
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y) {
   const float lo = static_cast<float>(qmin - zero_point), hi = static_cast<float>(qmax - zero_point);
   for (int64_t i = 0; i < n; ++i) {

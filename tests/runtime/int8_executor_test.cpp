@@ -181,6 +181,77 @@ TEST(Int8Executor, ConvRequantizationWithinOneStepOfExactRounding) {
   EXPECT_GE(exact, total - total / 100);
 }
 
+// Narrow first-layer convolutions (kw * C < 16 bytes, not a multiple of 4: the kernel-row-group im2col) with uint8
+// weights and per-channel zero points, strides, asymmetric pads, height dilation: the int32 accumulator (read back
+// from the float output acc * s_x s_w[c], exact for |acc| < 2^20) equals an int64 convolution written here, and the
+// output equals the exact simulation's bit for bit.
+TEST(Int8Executor, NarrowConvolutionsMatchInt64Reference) {
+  std::mt19937 rng(77);
+  struct Geo { int64_t c, kh, kw, sh, sw, dh, pt, pl, pb, pr, h, w; };
+  const std::vector<Geo> geos = {{1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 9, 11}, {1, 5, 5, 2, 2, 1, 2, 1, 0, 2, 12, 13},
+                                 {3, 3, 3, 2, 1, 1, 0, 1, 1, 0, 7, 8},  {2, 1, 3, 1, 3, 1, 0, 0, 0, 1, 5, 10},
+                                 {1, 3, 2, 1, 1, 2, 2, 0, 1, 1, 9, 6},  {3, 5, 1, 1, 1, 1, 2, 0, 2, 0, 6, 4},
+                                 {5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 5, 5}};
+  for (const Geo& G : geos) {
+    SCOPED_TRACE("C=" + std::to_string(G.c) + " k=" + std::to_string(G.kh) + "x" + std::to_string(G.kw));
+    const int64_t N = 5, co = 19;
+    Builder b;
+    b.m.graph.inputs.push_back({"x", DType::kFloat32, {-1, G.c, G.h, G.w}, {}, true});
+    b.m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+    const float xs = 0.03f;
+    const std::string x = b.qdq<uint8_t>("x", xs, uint8_t{121});
+    std::uniform_int_distribution<int> uq(0, 255), zq(90, 160), bq(-5000, 5000);
+    std::vector<uint8_t> w(static_cast<size_t>(co * G.c * G.kh * G.kw));
+    for (auto& v : w) v = static_cast<uint8_t>(uq(rng));
+    std::vector<uint8_t> wz(co);
+    std::vector<float> ws(co), bs(co);
+    std::vector<int32_t> bias(co);
+    for (int64_t c = 0; c < co; ++c)
+      wz[c] = static_cast<uint8_t>(zq(rng)), ws[c] = 0.001f * static_cast<float>(c + 1), bias[c] = bq(rng), bs[c] = xs * ws[c];
+    b.init<uint8_t>("w", {co, G.c, G.kh, G.kw}, w);
+    b.init<float>("w_s", {co}, ws);
+    b.init<uint8_t>("w_z", {co}, wz);
+    b.node("DequantizeLinear", {"w", "w_s", "w_z"}, {"w_dq"}, {{"axis", int64_t{0}}});
+    b.init<int32_t>("b", {co}, bias);
+    b.init<float>("b_s", {co}, bs);
+    b.node("DequantizeLinear", {"b", "b_s"}, {"b_dq"}, {{"axis", int64_t{0}}});
+    b.node("Conv", {x, "w_dq", "b_dq"}, {"y"},
+           {{"pads", std::vector<int64_t>{G.pt, G.pl, G.pb, G.pr}}, {"strides", std::vector<int64_t>{G.sh, G.sw}},
+            {"dilations", std::vector<int64_t>{G.dh, 1}}});
+    const Int8Executor i8(b.m);
+    bool grouped = false;
+    for (const auto& e : i8.report().nodes) grouped |= e.how.find("kernel-row-group") != std::string::npos;
+    EXPECT_EQ(grouped, (G.kw * G.c) % 4 != 0 && G.kw * G.c < 16) << i8.report().summary();
+    const auto xv = randn(static_cast<size_t>(N * G.c * G.h * G.w), 5, 1.5f);
+    const Tensor xt = Tensor::from<float>({N, G.c, G.h, G.w}, xv);
+    const Tensor y = i8.run({{"x", xt}}).at("y");
+    const Tensor ys = Int8Executor(b.m, Int8Mode::kSimulate).run({{"x", xt}}).at("y");
+    ASSERT_EQ(y.shape(), ys.shape());
+    EXPECT_EQ(std::memcmp(y.raw(), ys.raw(), y.nbytes()), 0) << "differs from the exact simulation";
+    const int64_t oh = (G.h + G.pt + G.pb - G.dh * (G.kh - 1) - 1) / G.sh + 1, ow = (G.w + G.pl + G.pr - G.kw) / G.sw + 1;
+    ASSERT_EQ(y.shape(), (Shape{N, co, oh, ow}));
+    std::vector<int32_t> xq(xv.size());
+    for (size_t i = 0; i < xv.size(); ++i)
+      xq[i] = static_cast<int32_t>(std::clamp(std::nearbyint(xv[i] / xs) + 121.0f, 0.0f, 255.0f));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < co; ++c)
+        for (int64_t p = 0; p < oh * ow; ++p) {
+          const int64_t r = p / ow, q = p % ow;
+          int64_t acc = bias[c];
+          for (int64_t ci = 0; ci < G.c; ++ci)
+            for (int64_t i = 0; i < G.kh; ++i)
+              for (int64_t j = 0; j < G.kw; ++j) {
+                const int64_t ih = r * G.sh - G.pt + i * G.dh, iw = q * G.sw - G.pl + j;
+                if (ih < 0 || ih >= G.h || iw < 0 || iw >= G.w) continue;  // padding: q = zp_x, adds 0
+                acc += int64_t{xq[static_cast<size_t>(((n * G.c + ci) * G.h + ih) * G.w + iw)] - 121} *
+                       (int64_t{w[static_cast<size_t>(((c * G.c + ci) * G.kh + i) * G.kw + j)]} - wz[c]);
+              }
+          const double got = y.data<float>()[(n * co + c) * oh * ow + p] / (double{xs} * double{ws[c]});
+          ASSERT_EQ(std::llround(got), acc) << "n=" << n << " c=" << c << " pixel " << p;
+        }
+  }
+}
+
 TEST(Int8Executor, AgreesWithFloatExecutorUpToRounding) {
   const graph::Model m = foreign_model();
   const Tensor x = input(8, 4);

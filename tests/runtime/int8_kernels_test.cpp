@@ -59,6 +59,60 @@ TEST(Int8Im2Col, MatchesDirectFormulaOverRandomGeometries) {
   }
 }
 
+// im2col_groups (kernel-row groups from padded images, for kw * C < 16 not a multiple of 4) against the same direct
+// formula: byte j * C + c < kw * C of group i is the input tap or the pad value; the other bytes of a group are
+// free (zero weights face them) but must be readable, which running under ASan checks.
+TEST(Int8Im2Col, KernelRowGroupsMatchDirectFormulaOverRandomGeometries) {
+  kernels::test::Rng rng(33);
+  int checked = 0;
+  for (int it = 0; it < 400; ++it) {
+    Im2Col g{};
+    g.batch = rng.range(1, 3);
+    g.channels = rng.range(0, 1) ? rng.range(1, 3) : rng.range(5, 7);
+    g.kw = rng.range(1, 5);
+    if ((g.kw * g.channels) % 4 == 0 || g.kw * g.channels >= 16) continue;
+    g.kh = rng.range(1, 5);
+    g.stride_h = rng.range(1, 3), g.stride_w = rng.range(1, 3);
+    g.dil_h = rng.range(0, 3) == 0 ? 2 : 1, g.dil_w = 1;
+    g.pad_top = rng.range(0, 2), g.pad_left = rng.range(0, 2);
+    const int64_t pad_bottom = rng.range(0, 2), pad_right = rng.range(0, 2);
+    g.in_h = rng.range(std::max<int64_t>(1, g.dil_h * (g.kh - 1) + 1 - g.pad_top - pad_bottom), 12);
+    g.in_w = rng.range(std::max<int64_t>(1, g.kw - g.pad_left - pad_right), 13);
+    g.out_h = (g.in_h + g.pad_top + pad_bottom - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
+    g.out_w = (g.in_w + g.pad_left + pad_right - (g.kw - 1) - 1) / g.stride_w + 1;
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
+    const int64_t R = group_bytes(g), ldo = g.kh * R;
+    ASSERT_EQ(R % 4, 0);
+    ASSERT_GE(R, g.kw * g.channels);
+    std::vector<uint8_t> x(static_cast<size_t>(g.batch * g.in_h * g.in_w * g.channels));
+    for (auto& v : x) v = static_cast<uint8_t>(rng.range(0, 255));
+    const uint8_t pad = static_cast<uint8_t>(rng.range(0, 255));
+    const PaddedImages p = padded_geometry(g);
+    std::vector<uint8_t> padded(static_cast<size_t>(g.batch * p.bytes_per_image()));
+    pad_images_nhwc(g, p, x.data(), pad, padded.data());
+    const int64_t rows = g.batch * g.out_h * g.out_w;
+    const int64_t r0 = rng.range(0, rows - 1), r1 = rng.range(r0 + 1, rows);
+    std::vector<uint8_t> got(static_cast<size_t>((r1 - r0) * ldo), 0xEE);
+    im2col_groups(g, p, padded.data(), r0, r1, got.data(), ldo);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow = r % g.out_w;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t b = 0; b < g.kw * g.channels; ++b) {
+          const int64_t j = b / g.channels, c = b % g.channels;
+          const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h, iw = ow * g.stride_w - g.pad_left + j;
+          const uint8_t want = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w
+                                   ? x[static_cast<size_t>(((n * g.in_h + ih) * g.in_w + iw) * g.channels + c)]
+                                   : pad;
+          ASSERT_EQ(int{got[static_cast<size_t>((r - r0) * ldo + i * R + b)]}, int{want})
+              << "it " << it << " C=" << g.channels << " k=" << g.kh << "x" << g.kw << " s=" << g.stride_h << ","
+              << g.stride_w << " d=" << g.dil_h << " row " << r << " group " << i << " byte " << b;
+        }
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 150);
+}
+
 // Binary8 (Add/Sub/Mul by the float formula): against a table built independently from quant::dequantize_value /
 // quantize_value (the simulation's scalar maps) for random parameters, both activation types, clamps; the check
 // must accept those tables and reject a table with one entry changed; every path must equal the scalar twin on
