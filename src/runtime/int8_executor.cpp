@@ -560,8 +560,8 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   // order of im2col) and packed with layout kNK.
   // Narrow kernel rows (kw * C < 16 bytes, not a multiple of 4, unit width dilation: first layers on 1 or 3
   // channels) are packed in kernel-row groups of R = 4 ceil(kw C / 4) bytes, k = i R + j C + c, with the weight zero
-  // point at the other R - kw C positions of each group (int8_kernels.h, im2col_groups): the patch rows are then R-byte
-  // copies from a padded image instead of per-tap copies. K becomes kh * R.
+  // point at the other R - kw C positions of each group (int8_kernels.h, im2col_groups): a patch row is then one R-byte
+  // copy per kernel row instead of one copy per tap. K becomes kh * R.
   Tensor wmat = w.q;
   int64_t kh = 1, kw = 1, cin = K, row_group = 0;
   if (op == "Conv") {
@@ -649,16 +649,23 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
           g.c = y.raw();
           kernels::gemm_s8(g, *prep);
         } else if (row_group > 0) {
-          // Kernel-row groups (weights packed so at lowering): the images padded once, then R-byte copies per
-          // kernel row into L2-sized row blocks over the threads.
+          // Kernel-row groups (weights packed so at lowering): one R-byte copy per kernel row, into L2-sized row
+          // blocks over the threads; from a padded copy of the images (no checks per kernel row) unless the pads and
+          // strides would make that copy large (hostile geometry: then the checked builder).
           PERCH_CHECK(ic.dil_w == 1, "width dilation changed after lowering");
-          const int8::PaddedImages pi = int8::padded_geometry(ic);
-          std::vector<uint8_t> padded(static_cast<size_t>(batch * pi.bytes_per_image()));
-          int8::pad_images_nhwc(ic, pi, static_cast<const uint8_t*>(x.raw()), static_cast<uint8_t>(xp.zero_point),
-                                padded.data());
           const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(1024, (64 * 1024) / K));
+          const uint8_t pad = static_cast<uint8_t>(xp.zero_point);  // raw byte of the zero point (int8 too)
+          const int8::PaddedImages pi = int8::padded_geometry(ic);
+          const int64_t in_bytes = ic.in_h * ic.in_w * cin;
+          const bool use_padded = pi.rows <= 2 * ic.in_h + 64 && pi.row_bytes <= 2 * ic.in_w * cin + 256 &&
+                                  pi.bytes_per_image() <= 4 * in_bytes + 65536;
+          std::vector<uint8_t> padded;
+          if (use_padded) {
+            padded.resize(static_cast<size_t>(batch * pi.bytes_per_image()));
+            int8::pad_images_nhwc(ic, pi, static_cast<const uint8_t*>(x.raw()), pad, padded.data());
+          }
           g.lda = K;  // kh * R: a multiple of 4, read in place by the GEMM
-          g.a = padded.data();  // for validate(); each block points at its own buffer
+          g.a = x.raw();  // for validate(); each block points at its own buffer
           g.c = y.raw();
           kernels::validate(g);
           const size_t esz = dtype_size(yt);
@@ -666,7 +673,8 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
             std::vector<uint8_t> buf(static_cast<size_t>(rows * K));
             for (int64_t b = b0; b < b1; ++b) {
               const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-              int8::im2col_groups(ic, pi, padded.data(), r0, r1, buf.data(), K);
+              if (use_padded) int8::im2col_groups_padded(ic, pi, padded.data(), r0, r1, buf.data(), K);
+              else int8::im2col_groups(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data(), K);
               kernels::GemmS8Args gb = g;
               gb.m = r1 - r0;
               gb.a = buf.data();

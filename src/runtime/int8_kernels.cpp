@@ -292,6 +292,53 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_nhwc(c
 
 int64_t group_bytes(const Im2Col& g) { return (g.kw * g.channels + 3) / 4 * 4; }
 
+namespace {
+template <int R>
+void groups_rows(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
+                 uint8_t* out, int64_t ldo) {
+  const int64_t C = g.channels, kwc = g.kw * C, total = g.batch * g.in_h * g.in_w * C;
+  int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    uint8_t* o = out + (r - row_begin) * ldo;
+    const int64_t iw0 = ow * g.stride_w - g.pad_left;
+    const bool cols_in = iw0 >= 0 && iw0 + g.kw <= g.in_w;
+    for (int64_t i = 0; i < g.kh; ++i, o += R) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
+      if (ih < 0 || ih >= g.in_h) {
+        std::memset(o, pad_value, R);  // constant size
+        continue;
+      }
+      const int64_t at = ((n * g.in_h + ih) * g.in_w + iw0) * C;
+      if (cols_in && at + R <= total) {
+        std::memcpy(o, x + at, R);  // constant size: R / 4 moves
+        continue;
+      }
+      for (int64_t b = 0; b < R; ++b) {
+        const int64_t iw = iw0 + b / C;
+        o[b] = b < kwc && iw >= 0 && iw < g.in_w ? x[at + b] : pad_value;
+      }
+    }
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++n;
+    }
+  }
+}
+}  // namespace
+
+void im2col_groups(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
+                   uint8_t* out, int64_t ldo) {
+  const int64_t R = group_bytes(g);
+  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups: needs unit width dilation, R = ", R,
+              " <= 16 and ldo = kh * R, got dil_w ", g.dil_w, ", ldo ", ldo);
+  switch (R) {
+    case 4: return groups_rows<4>(g, x, pad_value, row_begin, row_end, out, ldo);
+    case 8: return groups_rows<8>(g, x, pad_value, row_begin, row_end, out, ldo);
+    case 12: return groups_rows<12>(g, x, pad_value, row_begin, row_end, out, ldo);
+    default: return groups_rows<16>(g, x, pad_value, row_begin, row_end, out, ldo);
+  }
+}
+
 PaddedImages padded_geometry(const Im2Col& g) {
   // Rows: every input row after the top padding, and the last patch's last kernel row. Row bytes: every input
   // pixel after the left padding, and the last patch's R-byte group (its first tap at padded column ow * sw).
@@ -312,7 +359,7 @@ void pad_images_nhwc(const Im2Col& g, const PaddedImages& p, const uint8_t* x, u
 
 namespace {
 template <int R>
-void groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
+void padded_groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
                  uint8_t* out, int64_t ldo) {
   const int64_t step_w = g.stride_w * g.channels, step_i = g.dil_h * p.row_bytes;
   int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
@@ -330,16 +377,16 @@ void groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, 
 }
 }  // namespace
 
-void im2col_groups(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
+void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
                    uint8_t* out, int64_t ldo) {
   const int64_t R = group_bytes(g);
-  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups: needs unit width dilation, R = ", R,
+  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups_padded: needs unit width dilation, R = ", R,
               " <= 16 and ldo = kh * R, got dil_w ", g.dil_w, ", ldo ", ldo);
   switch (R) {
-    case 4: return groups_rows<4>(g, p, padded, row_begin, row_end, out, ldo);
-    case 8: return groups_rows<8>(g, p, padded, row_begin, row_end, out, ldo);
-    case 12: return groups_rows<12>(g, p, padded, row_begin, row_end, out, ldo);
-    default: return groups_rows<16>(g, p, padded, row_begin, row_end, out, ldo);
+    case 4: return padded_groups_rows<4>(g, p, padded, row_begin, row_end, out, ldo);
+    case 8: return padded_groups_rows<8>(g, p, padded, row_begin, row_end, out, ldo);
+    case 12: return padded_groups_rows<12>(g, p, padded, row_begin, row_end, out, ldo);
+    default: return padded_groups_rows<16>(g, p, padded, row_begin, row_end, out, ldo);
   }
 }
 

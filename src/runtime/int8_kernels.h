@@ -44,22 +44,27 @@ void im2col_nhwc(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t r
 // of 4: first layers on 1 or 3 channels). With unit horizontal dilation, kernel row i of a patch is kw * C contiguous
 // bytes of one image row; padded to a group of R = 4 ceil(kw C / 4) bytes, a patch row is kh groups:
 //   k = i * R + j * C + c   (j < kw, c < C),   K' = kh * R   (vs K = kh kw C of im2col_nhwc)
-// The bytes at j * C + c >= kw * C of a group are whatever follows in the image row: the executor packs the weight
-// zero point (0 for symmetric weights) against them, so they add (a - za)(zw - zw) = 0 — exact for any byte.
-// The groups are copied from a padded copy of the images (`pad_value`, the activation zero point, on every side;
-// rows long enough for the last group's R bytes), so every copy is R bytes without a bounds check.
+// The bytes at j * C + c >= kw * C of a group are free: the executor packs the weight zero point (0 for symmetric
+// weights) against them, so they add (a - za)(zw - zw) = 0 whatever they hold. A kernel row wholly inside the image
+// is therefore one R-byte copy (reading up to R - kw C bytes past it, inside the tensor: checked); a row touching the
+// padding is built tap by tap, with `pad_value` (the activation zero point) for the padding and the free bytes.
+int64_t group_bytes(const Im2Col& g);  // R
+// Rows [row_begin, row_end) of the grouped patch matrix (row stride ldo = kh * R); x holds g.batch NHWC images.
+void im2col_groups(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
+                   uint8_t* out, int64_t ldo);
+// The same rows from a padded copy of the images (pad_value on every side, rows long enough for the last group's
+// R bytes), where every kernel row is one R-byte copy without a check: faster when the copy is small (the executor
+// uses it when the padded images are at most a few times the input; hostile pads/strides take the checked path).
 struct PaddedImages {
   int64_t rows = 0, row_bytes = 0;  // per image: rows x row_bytes bytes, input pixel (ih, iw) at
                                     // (ih + pad_top) * row_bytes + (iw + pad_left) * C
   int64_t bytes_per_image() const { return rows * row_bytes; }
 };
-int64_t group_bytes(const Im2Col& g);  // R
 PaddedImages padded_geometry(const Im2Col& g);
 // Images [0, g.batch) of x into out (g.batch * bytes_per_image() bytes).
 void pad_images_nhwc(const Im2Col& g, const PaddedImages& p, const uint8_t* x, uint8_t pad_value, uint8_t* out);
-// Rows [row_begin, row_end) of the grouped patch matrix (row stride ldo = kh * R) from the padded images.
-void im2col_groups(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
-                   uint8_t* out, int64_t ldo);
+void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin,
+                          int64_t row_end, uint8_t* out, int64_t ldo);
 
 // QuantizeLinear per tensor, exactly quant::quantize_value (q = clamp(round_half_even(x / s) + zp)), written
 // so the compiler vectorizes it; y holds the raw bytes (int8 as two's complement).

@@ -191,7 +191,9 @@ TEST(Int8Executor, NarrowConvolutionsMatchInt64Reference) {
   const std::vector<Geo> geos = {{1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 9, 11}, {1, 5, 5, 2, 2, 1, 2, 1, 0, 2, 12, 13},
                                  {3, 3, 3, 2, 1, 1, 0, 1, 1, 0, 7, 8},  {2, 1, 3, 1, 3, 1, 0, 0, 0, 1, 5, 10},
                                  {1, 3, 2, 1, 1, 2, 2, 0, 1, 1, 9, 6},  {3, 5, 1, 1, 1, 1, 2, 0, 2, 0, 6, 4},
-                                 {5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 5, 5}};
+                                 {5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 5, 5},
+                                 // pads far larger than the image: the checked builder instead of a padded copy
+                                 {1, 3, 3, 30, 1, 1, 70, 1, 9, 1, 5, 9}};
   for (const Geo& G : geos) {
     SCOPED_TRACE("C=" + std::to_string(G.c) + " k=" + std::to_string(G.kh) + "x" + std::to_string(G.kw));
     const int64_t N = 5, co = 19;
