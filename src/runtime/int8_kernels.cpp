@@ -290,6 +290,28 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_nhwc(c
   }
 }
 
+void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
+                           int64_t row_end, const uint8_t** out) {
+  const int64_t C = g.channels;
+  // Row r = output pixel (n, oh, ow), walked incrementally as im2col_nhwc does.
+  int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* img = x + n * g.in_h * g.in_w * C;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h;
+      const bool row_in = ih >= 0 && ih < g.in_h;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = ow * g.stride_w - g.pad_left + j * g.dil_w;
+        *out++ = row_in && iw >= 0 && iw < g.in_w ? img + (ih * g.in_w + iw) * C : pad_row;
+      }
+    }
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++n;
+    }
+  }
+}
+
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y) {
   const float lo = static_cast<float>(qmin - zero_point), hi = static_cast<float>(qmax - zero_point);
   for (int64_t i = 0; i < n; ++i) {
