@@ -6,7 +6,8 @@
 // rows into [k_group][12 rows][4 bytes] (int8 activations flipped to uint8 there, K padded with zeros), so the
 // inner loop reads A from one pointer at constant offsets; uint8 activations with K a multiple of 4 (every 1x1
 // convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
-// place instead. Loop order: row block (A block fits L2) ->
+// place instead. The indirect GEMM (gemm_s8.h, IndirectRowsS8) uses the same tile with A read through a table of
+// row pointers: per kernel tap, the 12 rows' pointers, then C / 4 groups of 4 bytes from each (no copy). Loop order: row block (A block fits L2) ->
 // panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
 // output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
 // bytes two rows at a time.
