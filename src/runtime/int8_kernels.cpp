@@ -290,18 +290,14 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_nhwc(c
   }
 }
 
-void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
-                           int64_t row_end, const uint8_t** out) {
-  const int64_t C = g.channels, taps = g.kh * g.kw;
-  // Tap t = (i, j): its input row / column offsets (i dil_h, j dil_w) and its byte offset from the pixel under
-  // tap (0, 0), (i dil_h in_w + j dil_w) C.
-  std::vector<int64_t> off(static_cast<size_t>(taps)), ti(off.size()), tj(off.size());
-  for (int64_t i = 0; i < g.kh; ++i)
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const size_t t = static_cast<size_t>(i * g.kw + j);
-      ti[t] = i * g.dil_h, tj[t] = j * g.dil_w;
-      off[t] = (ti[t] * g.in_w + tj[t]) * C;
-    }
+namespace {
+// The table rows [row_begin, row_end); kTaps = taps when known at compile time (3x3: the loops over taps unroll and
+// the offsets stay in registers), 0 for any count. ti / tj / off: per tap t = (i, j), its input row and column
+// offsets (i dil_h, j dil_w) and its byte offset from the pixel under tap (0, 0), (i dil_h in_w + j dil_w) C.
+template <int kTaps>
+void indirection_rows(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin, int64_t row_end,
+                      const int64_t* ti, const int64_t* tj, const int64_t* off, const uint8_t** out) {
+  const int64_t C = g.channels, taps = kTaps > 0 ? kTaps : g.kh * g.kw;
   const int64_t ih_span = (g.kh - 1) * g.dil_h, iw_span = (g.kw - 1) * g.dil_w;
   // Row r = output pixel (n, oh, ow), walked incrementally as im2col_nhwc does.
   int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
@@ -311,16 +307,16 @@ void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad
     if (ih0 >= 0 && ih0 + ih_span < g.in_h && iw0 >= 0 && iw0 + iw_span < g.in_w) {
       // Every tap inside the input (the common case): the pixel's base plus the constant offsets.
       const uint8_t* base = img + (ih0 * g.in_w + iw0) * C;
-      for (int64_t t = 0; t < taps; ++t) out[t] = base + off[static_cast<size_t>(t)];
+      for (int64_t t = 0; t < taps; ++t) out[t] = base + off[t];
     } else {
       // Border pixel: per tap, inside the input (unsigned compares) or the zero-point row; branch-free. The
       // address is formed in integers so no out-of-range pointer is ever computed.
       const uintptr_t base = reinterpret_cast<uintptr_t>(img) + static_cast<uintptr_t>((ih0 * g.in_w + iw0) * C);
       const uintptr_t pad = reinterpret_cast<uintptr_t>(pad_row);
       for (int64_t t = 0; t < taps; ++t) {
-        const bool in = static_cast<uint64_t>(ih0 + ti[static_cast<size_t>(t)]) < static_cast<uint64_t>(g.in_h) &&
-                        static_cast<uint64_t>(iw0 + tj[static_cast<size_t>(t)]) < static_cast<uint64_t>(g.in_w);
-        out[t] = reinterpret_cast<const uint8_t*>(in ? base + static_cast<uintptr_t>(off[static_cast<size_t>(t)]) : pad);
+        const bool in = static_cast<uint64_t>(ih0 + ti[t]) < static_cast<uint64_t>(g.in_h) &&
+                        static_cast<uint64_t>(iw0 + tj[t]) < static_cast<uint64_t>(g.in_w);
+        out[t] = reinterpret_cast<const uint8_t*>(in ? base + static_cast<uintptr_t>(off[t]) : pad);
       }
     }
     if (++ow == g.out_w) {
@@ -328,6 +324,25 @@ void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad
       if (++oh == g.out_h) oh = 0, ++n;
     }
   }
+}
+}  // namespace
+
+void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
+                           int64_t row_end, const uint8_t** out) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<int64_t> off(static_cast<size_t>(taps)), ti(off.size()), tj(off.size());
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const size_t t = static_cast<size_t>(i * g.kw + j);
+      ti[t] = i * g.dil_h, tj[t] = j * g.dil_w;
+      off[t] = (ti[t] * g.in_w + tj[t]) * g.channels;
+    }
+  if (taps == 9) {
+    int64_t a[9], b[9], o[9];  // local copies: the compiler keeps them in registers / folds them
+    std::copy(ti.begin(), ti.end(), a), std::copy(tj.begin(), tj.end(), b), std::copy(off.begin(), off.end(), o);
+    return indirection_rows<9>(g, x, pad_row, row_begin, row_end, a, b, o, out);
+  }
+  indirection_rows<0>(g, x, pad_row, row_begin, row_end, ti.data(), tj.data(), off.data(), out);
 }
 
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y) {
