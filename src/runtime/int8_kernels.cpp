@@ -299,30 +299,42 @@ void indirection_rows(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row,
                       const int64_t* ti, const int64_t* tj, const int64_t* off, const uint8_t** out) {
   const int64_t C = g.channels, taps = kTaps > 0 ? kTaps : g.kh * g.kw;
   const int64_t ih_span = (g.kh - 1) * g.dil_h, iw_span = (g.kw - 1) * g.dil_w;
-  // Row r = output pixel (n, oh, ow), walked incrementally as im2col_nhwc does.
-  int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
-  for (int64_t r = row_begin; r < row_end; ++r, out += taps) {
+  // Output columns whose taps all lie inside the input columns: pad_left <= ow sw <= in_w - 1 - iw_span + pad_left.
+  const int64_t ow_lo = (g.pad_left + g.stride_w - 1) / g.stride_w;
+  const int64_t ow_hi = g.in_w - 1 - iw_span + g.pad_left < 0 ? 0 : (g.in_w - 1 - iw_span + g.pad_left) / g.stride_w + 1;
+  // One output-image row (n, oh) at a time: columns [ow0, ow1) of it are rows [r, r + ow1 - ow0) of the table.
+  for (int64_t r = row_begin; r < row_end;) {
+    const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow0 = r % g.out_w;
+    const int64_t ow1 = std::min(g.out_w, ow0 + (row_end - r));
     const uint8_t* img = x + n * g.in_h * g.in_w * C;
-    const int64_t ih0 = oh * g.stride_h - g.pad_top, iw0 = ow * g.stride_w - g.pad_left;
-    if (ih0 >= 0 && ih0 + ih_span < g.in_h && iw0 >= 0 && iw0 + iw_span < g.in_w) {
-      // Every tap inside the input (the common case): the pixel's base plus the constant offsets.
-      const uint8_t* base = img + (ih0 * g.in_w + iw0) * C;
-      for (int64_t t = 0; t < taps; ++t) out[t] = base + off[t];
-    } else {
-      // Border pixel: per tap, inside the input (unsigned compares) or the zero-point row; branch-free. The
-      // address is formed in integers so no out-of-range pointer is ever computed.
+    const int64_t ih0 = oh * g.stride_h - g.pad_top;
+    const bool rows_in = ih0 >= 0 && ih0 + ih_span < g.in_h;
+    const int64_t a = rows_in ? std::clamp(ow_lo, ow0, ow1) : ow1, b = rows_in ? std::clamp(ow_hi, a, ow1) : ow1;
+    // Border pixels: per tap, inside the input (unsigned compares) or the zero-point row; branch-free. The address
+    // is formed in integers so no out-of-range pointer is ever computed.
+    auto border = [&](int64_t ow) {
+      const int64_t iw0 = ow * g.stride_w - g.pad_left;
       const uintptr_t base = reinterpret_cast<uintptr_t>(img) + static_cast<uintptr_t>((ih0 * g.in_w + iw0) * C);
       const uintptr_t pad = reinterpret_cast<uintptr_t>(pad_row);
+      const uint8_t** o = out + (ow - ow0) * taps;
       for (int64_t t = 0; t < taps; ++t) {
         const bool in = static_cast<uint64_t>(ih0 + ti[t]) < static_cast<uint64_t>(g.in_h) &&
                         static_cast<uint64_t>(iw0 + tj[t]) < static_cast<uint64_t>(g.in_w);
-        out[t] = reinterpret_cast<const uint8_t*>(in ? base + static_cast<uintptr_t>(off[t]) : pad);
+        o[t] = reinterpret_cast<const uint8_t*>(in ? base + static_cast<uintptr_t>(off[t]) : pad);
       }
+    };
+    for (int64_t ow = ow0; ow < a; ++ow) border(ow);
+    // Interior pixels (the common case): the pixel's base, stepping by stride_w pixels, plus the constant offsets.
+    if (a < b) {
+      const uint8_t* base = img + (ih0 * g.in_w + a * g.stride_w - g.pad_left) * C;
+      const int64_t step = g.stride_w * C;
+      const uint8_t** o = out + (a - ow0) * taps;
+      for (int64_t ow = a; ow < b; ++ow, base += step, o += taps)
+        for (int64_t t = 0; t < taps; ++t) o[t] = base + off[t];
     }
-    if (++ow == g.out_w) {
-      ow = 0;
-      if (++oh == g.out_h) oh = 0, ++n;
-    }
+    for (int64_t ow = b; ow < ow1; ++ow) border(ow);
+    out += (ow1 - ow0) * taps;
+    r += ow1 - ow0;
   }
 }
 }  // namespace
