@@ -115,7 +115,7 @@ void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_be
 // bit-identical to gemm_s8 on the im2col matrix.
 // Paths: kReference (gemm_s8_indirect_reference); kAvx512Vnni reads the runs in place, 4 bytes per k-group, the
 // k-groups of one tap consecutive (uint8 activations; int8 ones are gathered, below); kAvx2 and int8 activations
-// on AVX-512 gather the rows of each 12..48-row block into a buffer (an im2col from the table) and run the GEMM
+// on AVX-512 gather the rows of each 48-row block into a buffer (an im2col from the table) and run the GEMM
 // path on it.
 struct IndirectRowsS8 {
   const uint8_t* const* rows = nullptr;  // [m * taps]; raw bytes (int8 activations as two's complement)
