@@ -13,9 +13,11 @@
 // 192 ch 28^2 and 384 ch 14^2 layers), uint8 in/out per-channel requantized:
 // perch NHWC vs a oneDNN convolution primitive (u8 src, s8 weights, groups = 144, u8 dst, per-channel
 // output scales, NHWC memory ("acdb"), weights in the primitive's preferred layout, reordered once).
+// Conv 3x3 (convnet conv2 / conv3 on a slice of 8 images): the executor's im2col + GEMM vs its indirect GEMM.
 #include <benchmark/benchmark.h>
 #include <dnnl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -24,6 +26,7 @@
 #include "perch/core/threads.h"
 #include "perch/kernels/dwconv_s8.h"
 #include "perch/kernels/gemm_s8.h"
+#include "../src/runtime/int8_kernels.h"
 
 namespace {
 
@@ -219,6 +222,68 @@ void dw_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_Depthwise3x3_perch)->Apply(dw_shapes);
 BENCHMARK(BM_Depthwise3x3_onednn)->Apply(dw_shapes);
+
+// A 3x3 / pad 1 convolution of the int8 executor, uint8 -> uint8 requantized per channel, on one slice of 8 images
+// (the executor's sub-batch), in its blocks of <= 256 output pixels on one thread: im2col + gemm_s8_block (variant
+// 0, the route for C % 4 != 0) vs conv_indirection_nhwc + gemm_s8_indirect_block (variant 1), and the indirect
+// kernel alone with the whole table built before the timed loop (variant 2: the table's share is 1 vs 2). args:
+// image size, C_in, C_out, variant. GOPS counts the convolution's 2 * M * N * K either way.
+void BM_Conv3x3_perch(benchmark::State& state) {
+  namespace int8 = perch::runtime::int8;
+  const int64_t hw = state.range(0), cin = state.range(1), cout = state.range(2), batch = 8;
+  const int64_t variant = state.range(3);
+  const int64_t K = 9 * cin, M = batch * hw * hw;
+  const auto x = random_u8(static_cast<size_t>(batch * hw * hw * cin), 5);
+  const auto w = random_s8(static_cast<size_t>(cout * K), 6);
+  const PackedWeightsS8 pw = pack_weights_s8(w.data(), K, cout, WeightLayout::kNK);
+  std::vector<perch::quant::FixedPointMultiplier> ms(static_cast<size_t>(cout));
+  for (int64_t j = 0; j < cout; ++j) ms[static_cast<size_t>(j)] = perch::quant::quantize_multiplier(1.0 / (64.0 * K + j));
+  const int32_t za = 3;
+  GemmS8Args g;
+  g.a = x.data();
+  g.lda = (K + 3) / 4 * 4;
+  g.a_zero_point = za;
+  g.w = &pw;
+  g.out.type = OutputType::kUInt8;
+  g.out.multipliers = ms.data();
+  g.out.num_multipliers = cout;
+  g.out.zero_point = 128;
+  g.ldc = cout;
+  std::vector<uint8_t> y(static_cast<size_t>(M * cout));
+  const auto prep = prepare_gemm_s8(g);
+  const int8::Im2Col ic{batch, hw, hw, cin, 3, 3, 1, 1, 1, 1, 1, 1, hw, hw};
+  const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / K));  // as the executor
+  std::vector<uint8_t> buf(static_cast<size_t>(rows * g.lda));
+  std::vector<const uint8_t*> table(static_cast<size_t>(rows * 9));
+  const std::vector<uint8_t> pad_row(static_cast<size_t>(cin), static_cast<uint8_t>(za));
+  std::vector<const uint8_t*> whole(static_cast<size_t>(M * 9));
+  int8::conv_indirection_nhwc(ic, x.data(), pad_row.data(), 0, M, whole.data());
+  for (auto _ : state) {
+    for (int64_t r0 = 0; r0 < M; r0 += rows) {
+      const int64_t r1 = std::min(M, r0 + rows);
+      GemmS8Args gb = g;
+      gb.m = r1 - r0;
+      gb.c = y.data() + r0 * cout;
+      if (variant == 1) {
+        int8::conv_indirection_nhwc(ic, x.data(), pad_row.data(), r0, r1, table.data());
+        gemm_s8_indirect_block(gb, IndirectRowsS8{table.data(), 9, cin}, *prep, 0, gb.m, 0, cout);
+      } else if (variant == 2) {
+        gemm_s8_indirect_block(gb, IndirectRowsS8{whole.data() + r0 * 9, 9, cin}, *prep, 0, gb.m, 0, cout);
+      } else {
+        int8::im2col_nhwc(ic, x.data(), static_cast<uint8_t>(za), r0, r1, buf.data(), g.lda);
+        gb.a = buf.data();
+        gemm_s8_block(gb, *prep, 0, gb.m, 0, cout);
+      }
+    }
+    benchmark::ClobberMemory();
+  }
+  set_gops(state, 2.0 * M * cout * K);
+}
+BENCHMARK(BM_Conv3x3_perch)
+    ->ArgNames({"HW", "Cin", "Cout", "variant"})
+    ->Args({14, 32, 64, 0})->Args({14, 32, 64, 1})->Args({14, 32, 64, 2})  // convnet conv2
+    ->Args({7, 64, 128, 0})->Args({7, 64, 128, 1})->Args({7, 64, 128, 2})  // convnet conv3
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -91,6 +91,26 @@ void reference_block(const GemmS8Args& g, int64_t m0, int64_t m1, int64_t n0, in
     }
 }
 
+// The indirect twin: A[i][kk] = rows[i * taps + kk / C][kk % C] (gemm_s8.h), same loops otherwise.
+void reference_indirect_block(const GemmS8Args& g, const IndirectRowsS8& ind, int64_t m0, int64_t m1, int64_t n0,
+                              int64_t n1) {
+  const PackedWeightsS8& w = *g.w;
+  const int64_t za = za_u(g), C = ind.channels;
+  const bool s = g.a_type == Act8::kInt8;
+  for (int64_t i = m0; i < m1; ++i)
+    for (int64_t j = n0; j < n1; ++j) {
+      const int64_t zw = w.zero_points.empty() ? 0 : w.zero_points[static_cast<size_t>(j)];
+      int64_t acc = 0;
+      for (int64_t kk = 0; kk < w.k; ++kk) {
+        const uint8_t b = ind.rows[i * ind.taps + kk / C][kk % C];
+        const int64_t a = s ? int64_t{static_cast<int8_t>(b)} + 128 : int64_t{b};
+        acc += (a - za) * (w.at(kk, j) - zw);
+      }
+      const uint32_t b = g.bias ? static_cast<uint32_t>(g.bias[j]) : 0u;
+      store_one(g, i, j, static_cast<int32_t>(b + static_cast<uint32_t>(acc)));
+    }
+}
+
 }  // namespace
 
 PackedWeightsS8 pack_weights_s8(const int8_t* w, int64_t k, int64_t n, WeightLayout layout,
@@ -174,6 +194,33 @@ GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k) {
   return p;
 }
 
+GemmPlan make_indirect_plan(const GemmS8Args& g, const IndirectRowsS8& ind, const GemmConst& k) {
+  GemmPlan p;
+  p.g = &g;
+  p.w = g.w;
+  p.k = &k;
+  p.ind = &ind;
+  if (!k.zw.empty()) {
+    // row_term[i] = sum_k a_u[i][k] - K za_u (wrapping int32, as make_gemm_plan; |sum| <= 255 K fits anyway).
+    const uint32_t za = static_cast<uint32_t>(za_u(g));
+    const int64_t K = g.w->k;
+    p.row_term.resize(static_cast<size_t>(g.m));
+    for (int64_t i = 0; i < g.m; ++i) {
+      int32_t s = 0;
+      for (int64_t t = 0; t < ind.taps; ++t) {
+        const uint8_t* r = ind.rows[i * ind.taps + t];
+        if (g.a_type == Act8::kUInt8)
+          for (int64_t c = 0; c < ind.channels; ++c) s += r[c];
+        else
+          for (int64_t c = 0; c < ind.channels; ++c) s += static_cast<int8_t>(r[c]);
+      }
+      if (g.a_type == Act8::kInt8) s += 128 * static_cast<int32_t>(K);
+      p.row_term[static_cast<size_t>(i)] = s - static_cast<int32_t>(K) * static_cast<int32_t>(za);
+    }
+  }
+  return p;
+}
+
 }  // namespace s8
 
 void validate(const GemmS8Args& g) {
@@ -205,6 +252,25 @@ void validate(const GemmS8Args& g) {
 void gemm_s8_reference(const GemmS8Args& g) {
   validate(g);
   reference_block(g, 0, g.m, 0, g.w->n);
+}
+
+void validate_indirect(const GemmS8Args& g, const IndirectRowsS8& ind) {
+  PERCH_CHECK(g.w != nullptr && g.w->data, "gemm_s8_indirect: no packed weights");
+  PERCH_CHECK(ind.channels >= 4 && ind.channels % 4 == 0, "gemm_s8_indirect: channels=", ind.channels,
+              " is not a positive multiple of 4");
+  PERCH_CHECK(ind.taps >= 1 && ind.taps * ind.channels == g.w->k, "gemm_s8_indirect: taps=", ind.taps,
+              " x channels=", ind.channels, " != K=", g.w->k);
+  PERCH_CHECK(g.m == 0 || ind.rows != nullptr, "gemm_s8_indirect: null indirection table");
+  // The rest is gemm_s8's check with A replaced by the table (a and lda are not read).
+  GemmS8Args v = g;
+  v.a = ind.rows;
+  v.lda = g.w->k;
+  validate(v);
+}
+
+void gemm_s8_indirect_reference(const GemmS8Args& g, const IndirectRowsS8& ind) {
+  validate_indirect(g, ind);
+  reference_indirect_block(g, ind, 0, g.m, 0, g.w->n);
 }
 
 namespace {
@@ -265,6 +331,49 @@ void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_be
   check_prepared(g, prep);
   const s8::GemmPlan p = s8::make_gemm_plan(g, prep.k);
   run_block(pick(p), p, m_begin, m_end, n_begin, n_end);
+}
+
+namespace {
+// The indirect GEMM on the chosen path. AVX-512 VNNI with uint8 activations reads through the table; AVX2 (and
+// int8 activations, which the in-place reads would have to flip) gather the rows of each block of 48 into a
+// buffer of K bytes per row — the im2col of that block, from the table — and run the plain GEMM path on it.
+void indirect_run(const GemmS8Args& g, const IndirectRowsS8& ind, const s8::GemmConst& k, int64_t m0, int64_t m1,
+                  int64_t n0, int64_t n1) {
+  const s8::GemmPlan p = s8::make_indirect_plan(g, ind, k);
+  const Kernel kern = pick(p);
+  if (kern == Kernel::kReference) return reference_indirect_block(g, ind, m0, m1, n0, n1);
+  if (kern == Kernel::kAvx512Vnni && !k.flip) return s8::gemm_indirect_block_avx512vnni(p, m0, m1, n0, n1);
+  const int64_t K = g.w->k, C = ind.channels, rb = 48;
+  const size_t esz = g.out.type == OutputType::kInt32 ? 4 : 1;
+  thread_local std::vector<uint8_t> buf;
+  buf.resize(static_cast<size_t>(rb * K));
+  for (int64_t r0 = m0; r0 < m1; r0 += rb) {
+    const int64_t r1 = std::min(m1, r0 + rb);
+    for (int64_t i = r0; i < r1; ++i)
+      for (int64_t t = 0; t < ind.taps; ++t)
+        std::memcpy(buf.data() + (i - r0) * K + t * C, ind.rows[i * ind.taps + t], static_cast<size_t>(C));
+    GemmS8Args gb = g;
+    gb.m = r1 - r0;
+    gb.a = buf.data();
+    gb.lda = K;
+    gb.c = static_cast<char*>(g.c) + static_cast<size_t>(r0 * g.ldc) * esz;
+    const s8::GemmPlan pb = s8::make_gemm_plan(gb, k);
+    run_block(kern, pb, 0, gb.m, n0, n1);
+  }
+}
+}  // namespace
+
+void gemm_s8_indirect(const GemmS8Args& g, const IndirectRowsS8& ind) {
+  validate_indirect(g, ind);
+  if (g.m == 0) return;
+  const s8::GemmConst k = s8::make_gemm_const(g);
+  indirect_run(g, ind, k, 0, g.m, 0, g.w->n);
+}
+
+void gemm_s8_indirect_block(const GemmS8Args& g, const IndirectRowsS8& ind, const GemmS8Prepared& prep,
+                            int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+  check_prepared(g, prep);
+  indirect_run(g, ind, prep.k, m_begin, m_end, n_begin, n_end);
 }
 
 namespace {

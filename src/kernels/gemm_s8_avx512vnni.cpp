@@ -6,7 +6,8 @@
 // rows into [k_group][12 rows][4 bytes] (int8 activations flipped to uint8 there, K padded with zeros), so the
 // inner loop reads A from one pointer at constant offsets; uint8 activations with K a multiple of 4 (every 1x1
 // convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
-// place instead. Loop order: row block (A block fits L2) ->
+// place instead. The indirect GEMM (gemm_s8.h, IndirectRowsS8) uses the same tile with A read through a table of
+// row pointers: per kernel tap, the 12 rows' pointers, then C / 4 groups of 4 bytes from each (no copy). Loop order: row block (A block fits L2) ->
 // panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
 // output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
 // bytes two rows at a time.
@@ -68,12 +69,21 @@ struct TileOut {
   int64_t cols;  // valid columns from j0 (<= 16 * NP)
 };
 
-// A is read either from the packed tile (kInPlace false: ap = tile buffer, [k_group][kMR rows][4 bytes]) or in
-// place (kInPlace true: ap = first row of the tile, row stride lda, K a multiple of 4, uint8 activations).
+// Where a tile reads A: kPacked (ap = tile buffer, [k_group][kMR rows][4 bytes]), kInPlace (ap = first row of the
+// tile, row stride lda, K a multiple of 4, uint8 activations) or kIndirect (ind = the table entries of the tile's
+// first row, [row][tap]; each tap's `cgroups` k-groups are 4-byte steps from its pointer, uint8 activations).
+enum ASrcKind { kPacked, kInPlace, kIndirect };
+struct ASrc {
+  const uint8_t* ap = nullptr;
+  int64_t lda = 0;
+  const uint8_t* const* ind = nullptr;
+  int64_t taps = 0, cgroups = 0;
+};
+
 // kMode: the output stage of RqF16 (s8_simd.h; 1 = 64-bit with clamp, 2 = hi32), for 8-bit outputs.
-template <int MR, int NP, int kMode, bool kInPlace>
-__attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, const int8_t* bp, int64_t pstride,
-                                                int64_t kg, const TileOut& t) {
+template <int MR, int NP, int kMode, int kA>
+__attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp, int64_t pstride, int64_t kg,
+                                                const TileOut& t) {
   // Every loop over r and q is unrolled (MR, NP are constants): indexing acc with a run-time value would
   // keep the accumulators in memory.
   // The accumulators start at col_off (bias - za colsum), so the output stage does not add it.
@@ -86,22 +96,36 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) acc[r][q] = start[q];
-  const uint8_t* arow[MR];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) arow[r] = kInPlace ? ap + r * lda : ap + r * 4;
-  const int64_t gstep = kInPlace ? 4 : kMR * 4;
-  for (int64_t g = 0; g < kg; ++g) {
+  // One k-group: 4 bytes of each row at arow[r] + off against the group of weights at bg (one per panel).
+  auto group = [&](const uint8_t* const* arow, int64_t off, const int8_t* bg) __attribute__((always_inline)) {
     __m512i b[NP];
 #pragma GCC unroll 2
-    for (int q = 0; q < NP; ++q) b[q] = _mm512_load_si512(bp + q * pstride + g * 64);
+    for (int q = 0; q < NP; ++q) b[q] = _mm512_load_si512(bg + q * pstride);
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       int32_t v;
-      std::memcpy(&v, arow[r] + g * gstep, 4);
+      std::memcpy(&v, arow[r] + off, 4);
       const __m512i av = _mm512_set1_epi32(v);
 #pragma GCC unroll 2
       for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], av, b[q]);
     }
+  };
+  if constexpr (kA == kIndirect) {
+    // k = tap * C + c: tap by tap, the tap's C / 4 groups read from the rows' pointers for that tap; the packed
+    // weights' groups run on consecutively (kg = taps * cgroups).
+    const int8_t* bt = bp;
+    for (int64_t tap = 0; tap < a.taps; ++tap) {
+      const uint8_t* arow[MR];
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) arow[r] = a.ind[r * a.taps + tap];
+      for (int64_t c = 0; c < a.cgroups; ++c, bt += 64) group(arow, 4 * c, bt);
+    }
+  } else {
+    const uint8_t* arow[MR];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) arow[r] = kA == kInPlace ? a.ap + r * a.lda : a.ap + r * 4;
+    const int64_t gstep = kA == kInPlace ? 4 : kMR * 4;
+    for (int64_t g = 0; g < kg; ++g) group(arow, g * gstep, bp + g * 64);
   }
   // Output stage.
   const GemmS8Args& g = *p.g;
@@ -209,22 +233,21 @@ __attribute__((always_inline)) inline void tile(const uint8_t* ap, int64_t lda, 
   }
 }
 
-template <int NP, int kMode, bool kInPlace>
-void tile_rows(int rows, const uint8_t* ap, int64_t lda, const int8_t* bp, int64_t pstride, int64_t kg,
-               const TileOut& t) {
+template <int NP, int kMode, int kA>
+void tile_rows(int rows, const ASrc& ap, const int8_t* bp, int64_t pstride, int64_t kg, const TileOut& t) {
   switch (rows) {
-    case 1: return tile<1, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 2: return tile<2, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 3: return tile<3, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 4: return tile<4, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 5: return tile<5, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 6: return tile<6, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 7: return tile<7, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 8: return tile<8, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 9: return tile<9, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 10: return tile<10, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    case 11: return tile<11, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
-    default: return tile<12, NP, kMode, kInPlace>(ap, lda, bp, pstride, kg, t);
+    case 1: return tile<1, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 2: return tile<2, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 3: return tile<3, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 4: return tile<4, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 5: return tile<5, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 6: return tile<6, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 7: return tile<7, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 8: return tile<8, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 9: return tile<9, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 10: return tile<10, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    case 11: return tile<11, NP, kMode, kA>(ap, bp, pstride, kg, t);
+    default: return tile<12, NP, kMode, kA>(ap, bp, pstride, kg, t);
   }
 }
 
@@ -258,25 +281,61 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
       for (int64_t t = 0; t < ntiles; ++t) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
         const TileOut to{&p, mb + t * kMR, j, rows, cols};
+        ASrc src;
         if (packed_tile(t)) {
-          const uint8_t* ap = abuf.data() + t * tile_bytes;
+          src.ap = abuf.data() + t * tile_bytes;
           if (cols > 16)
-            tile_rows<2, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+            tile_rows<2, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
           else
-            tile_rows<1, kMode, false>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+            tile_rows<1, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
         } else {
-          const uint8_t* ap = a + (mb + t * kMR) * g.lda;
+          src.ap = a + (mb + t * kMR) * g.lda;
+          src.lda = g.lda;
           if (cols > 16)
-            tile_rows<2, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+            tile_rows<2, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
           else
-            tile_rows<1, kMode, true>(rows, ap, g.lda, bp, w.panel_stride, kg, to);
+            tile_rows<1, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
         }
       }
     }
   }
 }
 
+// Indirect GEMM: rows [m0, m1) in blocks of tiles (the panel pair stays in L1 across a block's tiles, as in block),
+// A read through the table; nothing is packed or copied.
+template <int kMode>
+void indirect_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const PackedWeightsS8& w = *p.w;
+  const IndirectRowsS8& ind = *p.ind;
+  const int64_t kg = w.k_groups;
+  const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / (kg * kMR * 4));
+  ASrc src;
+  src.taps = ind.taps;
+  src.cgroups = ind.channels / 4;
+  for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
+    const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
+    for (int64_t j = n0; j < n1; j += 32) {
+      const int64_t cols = std::min<int64_t>(32, n1 - j);
+      const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride;
+      for (int64_t r0 = mb; r0 < me; r0 += kMR) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMR, me - r0));
+        const TileOut to{&p, r0, j, rows, cols};
+        src.ind = ind.rows + r0 * ind.taps;
+        if (cols > 16)
+          tile_rows<2, kMode, kIndirect>(rows, src, bp, w.panel_stride, kg, to);
+        else
+          tile_rows<1, kMode, kIndirect>(rows, src, bp, w.panel_stride, kg, to);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void gemm_indirect_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return indirect_block<2>(p, m0, m1, n0, n1);
+  return indirect_block<1>(p, m0, m1, n0, n1);
+}
 
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   // In place: uint8 activations whose rows hold every k-group the tile reads (K a multiple of 4, or lda >= 4 kg:
@@ -296,6 +355,7 @@ void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0
 namespace perch::kernels::s8 {
 bool avx512vnni_compiled() { return false; }
 void gemm_block_avx512vnni(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
+void gemm_indirect_block_avx512vnni(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
 }  // namespace perch::kernels::s8
 
 #endif

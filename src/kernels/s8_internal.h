@@ -53,9 +53,12 @@ struct GemmPlan {
   const PackedWeightsS8* w = nullptr;
   const GemmConst* k = nullptr;
   std::vector<int32_t> row_term; // [m]: rowsum_u(a) - K * za_u, only when k->zw is not empty
+  const IndirectRowsS8* ind = nullptr;  // indirect GEMM: A's rows through this table (g->a unused)
 };
 // The per-call plan over constants k (which must outlive it).
 GemmPlan make_gemm_plan(const GemmS8Args& g, const GemmConst& k);
+// The same for an indirect GEMM: row_term sums each row's bytes through the table.
+GemmPlan make_indirect_plan(const GemmS8Args& g, const IndirectRowsS8& ind, const GemmConst& k);
 
 // Per-call state of a depthwise_s8 call. Channel tables are in the order the chosen path's accumulators hold
 // channels (see dwconv_s8.h's weight layouts): VNNI index 64 b + 16 j + 4 l + i is channel 64 b + 16 l + 4 j + i;
@@ -105,6 +108,8 @@ bool avx512vnni_compiled();
 bool avx2_compiled();
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// Indirect GEMM (p.ind set, uint8 activations: p.k->flip false, channels % 4 == 0).
+void gemm_indirect_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 // Output rows [r0, r1) of the flattened (batch, out_h) index.
 void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1);
 void dw_rows_avx2(const DwPlan& p, int64_t r0, int64_t r1);

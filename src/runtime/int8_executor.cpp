@@ -606,7 +606,8 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
   const bool pointwise = op == "Conv" && kh == 1 && kw == 1;
   if (op == "Conv")
     how << "int8 conv " << kh << "x" << kw
-        << (pointwise ? " (GEMM; im2col only if strided/padded)" : row_group > 0 ? " kernel-row-group im2col+GEMM" : " im2col+GEMM")
+        << (pointwise ? (cin % 4 == 0 ? " (GEMM; indirect GEMM if strided/padded)" : " (GEMM; im2col only if strided/padded)")
+                      : row_group > 0 ? " kernel-row-group im2col+GEMM" : cin % 4 == 0 ? " indirect GEMM" : " im2col+GEMM")
         << req << fused;
   else
     how << "int8 " << op << " GEMM" << req << fused;
@@ -680,6 +681,36 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
               gb.a = buf.data();
               gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
               kernels::gemm_s8_block(gb, *prep, 0, gb.m, 0, N);
+            }
+          });
+        } else if (cin % 4 == 0) {
+          // Indirect GEMM (gemm_s8.h): no patch matrix; per row block (same blocks as below, over the threads) a
+          // table of kh * kw pointers per output pixel into the NHWC input, or to a row of zero points for taps
+          // in the padding. Bit-identical to the im2col route.
+          const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
+          g.a = x.raw();  // for validate_indirect's null check; the kernel reads through the table
+          g.lda = K;
+          g.c = y.raw();
+          const std::vector<uint8_t> pad_row(static_cast<size_t>(cin), static_cast<uint8_t>(xp.zero_point));
+          const kernels::IndirectRowsS8 shape{nullptr, kh * kw, cin};
+          {
+            kernels::IndirectRowsS8 probe = shape;
+            const uint8_t* one = pad_row.data();
+            probe.rows = &one;
+            kernels::validate_indirect(g, probe);
+          }
+          const size_t esz = dtype_size(yt);
+          parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
+            std::vector<const uint8_t*> table(static_cast<size_t>(rows * kh * kw));
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
+              int8::conv_indirection_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad_row.data(), r0, r1, table.data());
+              kernels::GemmS8Args gb = g;
+              gb.m = r1 - r0;
+              gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
+              kernels::IndirectRowsS8 ind = shape;
+              ind.rows = table.data();
+              kernels::gemm_s8_indirect_block(gb, ind, *prep, 0, gb.m, 0, N);
             }
           });
         } else {

@@ -326,6 +326,55 @@ void groups_rows(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t r
 }
 }  // namespace
 
+namespace {
+// The table rows [row_begin, row_end); kTaps = taps when known at compile time (3x3: the loops over taps unroll and
+// the offsets stay in registers), 0 for any count. ti / tj / off: per tap t = (i, j), its input row and column
+// offsets (i dil_h, j dil_w) and its byte offset from the pixel under tap (0, 0), (i dil_h in_w + j dil_w) C.
+template <int kTaps>
+void indirection_rows(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin, int64_t row_end,
+                      const int64_t* ti, const int64_t* tj, const int64_t* off, const uint8_t** out) {
+  const int64_t C = g.channels, taps = kTaps > 0 ? kTaps : g.kh * g.kw;
+  const int64_t ih_span = (g.kh - 1) * g.dil_h, iw_span = (g.kw - 1) * g.dil_w;
+  // Output columns whose taps all lie inside the input columns: pad_left <= ow sw <= in_w - 1 - iw_span + pad_left.
+  const int64_t ow_lo = (g.pad_left + g.stride_w - 1) / g.stride_w;
+  const int64_t ow_hi = g.in_w - 1 - iw_span + g.pad_left < 0 ? 0 : (g.in_w - 1 - iw_span + g.pad_left) / g.stride_w + 1;
+  // One output-image row (n, oh) at a time: columns [ow0, ow1) of it are rows [r, r + ow1 - ow0) of the table.
+  for (int64_t r = row_begin; r < row_end;) {
+    const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow0 = r % g.out_w;
+    const int64_t ow1 = std::min(g.out_w, ow0 + (row_end - r));
+    const uint8_t* img = x + n * g.in_h * g.in_w * C;
+    const int64_t ih0 = oh * g.stride_h - g.pad_top;
+    const bool rows_in = ih0 >= 0 && ih0 + ih_span < g.in_h;
+    const int64_t a = rows_in ? std::clamp(ow_lo, ow0, ow1) : ow1, b = rows_in ? std::clamp(ow_hi, a, ow1) : ow1;
+    // Border pixels: per tap, inside the input (unsigned compares) or the zero-point row; branch-free. The address
+    // is formed in integers so no out-of-range pointer is ever computed.
+    auto border = [&](int64_t ow) {
+      const int64_t iw0 = ow * g.stride_w - g.pad_left;
+      const uintptr_t base = reinterpret_cast<uintptr_t>(img) + static_cast<uintptr_t>((ih0 * g.in_w + iw0) * C);
+      const uintptr_t pad = reinterpret_cast<uintptr_t>(pad_row);
+      const uint8_t** o = out + (ow - ow0) * taps;
+      for (int64_t t = 0; t < taps; ++t) {
+        const bool in = static_cast<uint64_t>(ih0 + ti[t]) < static_cast<uint64_t>(g.in_h) &&
+                        static_cast<uint64_t>(iw0 + tj[t]) < static_cast<uint64_t>(g.in_w);
+        o[t] = reinterpret_cast<const uint8_t*>(in ? base + static_cast<uintptr_t>(off[t]) : pad);
+      }
+    };
+    for (int64_t ow = ow0; ow < a; ++ow) border(ow);
+    // Interior pixels (the common case): the pixel's base, stepping by stride_w pixels, plus the constant offsets.
+    if (a < b) {
+      const uint8_t* base = img + (ih0 * g.in_w + a * g.stride_w - g.pad_left) * C;
+      const int64_t step = g.stride_w * C;
+      const uint8_t** o = out + (a - ow0) * taps;
+      for (int64_t ow = a; ow < b; ++ow, base += step, o += taps)
+        for (int64_t t = 0; t < taps; ++t) o[t] = base + off[t];
+    }
+    for (int64_t ow = b; ow < ow1; ++ow) border(ow);
+    out += (ow1 - ow0) * taps;
+    r += ow1 - ow0;
+  }
+}
+}  // namespace
+
 void im2col_groups(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
                    uint8_t* out, int64_t ldo) {
   const int64_t R = group_bytes(g);
@@ -388,6 +437,24 @@ void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t*
     case 12: return padded_groups_rows<12>(g, p, padded, row_begin, row_end, out, ldo);
     default: return padded_groups_rows<16>(g, p, padded, row_begin, row_end, out, ldo);
   }
+}
+
+void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
+                           int64_t row_end, const uint8_t** out) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<int64_t> off(static_cast<size_t>(taps)), ti(off.size()), tj(off.size());
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const size_t t = static_cast<size_t>(i * g.kw + j);
+      ti[t] = i * g.dil_h, tj[t] = j * g.dil_w;
+      off[t] = (ti[t] * g.in_w + tj[t]) * g.channels;
+    }
+  if (taps == 9) {
+    int64_t a[9], b[9], o[9];  // local copies: the compiler keeps them in registers / folds them
+    std::copy(ti.begin(), ti.end(), a), std::copy(tj.begin(), tj.end(), b), std::copy(off.begin(), off.end(), o);
+    return indirection_rows<9>(g, x, pad_row, row_begin, row_end, a, b, o, out);
+  }
+  indirection_rows<0>(g, x, pad_row, row_begin, row_end, ti.data(), tj.data(), off.data(), out);
 }
 
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y) {

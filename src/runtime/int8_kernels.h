@@ -66,6 +66,12 @@ void pad_images_nhwc(const Im2Col& g, const PaddedImages& p, const uint8_t* x, u
 void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin,
                           int64_t row_end, uint8_t* out, int64_t ldo);
 
+// The indirection table of the same patch matrix (kernels::IndirectRowsS8): for rows [row_begin, row_end) and
+// taps t = i * kw + j, out[(r - row_begin) * kh * kw + t] = the C input bytes under tap (i, j) of output pixel r,
+// or pad_row (C bytes of the zero point) when the tap falls in the padding. Nothing is copied.
+void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
+                           int64_t row_end, const uint8_t** out);
+
 // QuantizeLinear per tensor, exactly quant::quantize_value (q = clamp(round_half_even(x / s) + zp)), written
 // so the compiler vectorizes it; y holds the raw bytes (int8 as two's complement).
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y);

@@ -117,6 +117,47 @@ TEST(Int8Im2Col, KernelRowGroupsMatchDirectFormulaOverRandomGeometries) {
   EXPECT_GT(checked, 150);
 }
 
+// conv_indirection_nhwc (the indirect GEMM's table): every entry against the direct formula — the address of the C
+// input bytes under the tap, or the zero-point row for taps in the padding — over random geometries and row ranges.
+TEST(Int8ConvIndirection, MatchesDirectFormulaOverRandomGeometries) {
+  kernels::test::Rng rng(37);
+  for (int it = 0; it < 300; ++it) {
+    Im2Col g{};
+    g.batch = rng.range(1, 3);
+    g.channels = 4 * rng.range(1, 9);
+    g.kh = rng.range(1, 5);
+    g.kw = rng.range(0, 3) == 0 ? rng.range(1, 5) : 3;
+    g.stride_h = rng.range(1, 2), g.stride_w = rng.range(1, 3);
+    g.dil_h = rng.range(0, 4) == 0 ? 2 : 1, g.dil_w = rng.range(0, 4) == 0 ? 2 : 1;
+    g.pad_top = rng.range(0, 2), g.pad_left = rng.range(0, 2);
+    const int64_t pad_bottom = rng.range(0, 2), pad_right = rng.range(0, 2);
+    g.in_h = rng.range(std::max<int64_t>(1, g.dil_h * (g.kh - 1) + 1 - g.pad_top - pad_bottom), 12);
+    g.in_w = rng.range(std::max<int64_t>(1, g.dil_w * (g.kw - 1) + 1 - g.pad_left - pad_right), 13);
+    g.out_h = (g.in_h + g.pad_top + pad_bottom - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
+    g.out_w = (g.in_w + g.pad_left + pad_right - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
+    const std::vector<uint8_t> x(static_cast<size_t>(g.batch * g.in_h * g.in_w * g.channels));
+    const std::vector<uint8_t> pad_row(static_cast<size_t>(g.channels));
+    const int64_t rows = g.batch * g.out_h * g.out_w, taps = g.kh * g.kw;
+    const int64_t r0 = rng.range(0, rows - 1), r1 = rng.range(r0 + 1, rows);
+    std::vector<const uint8_t*> got(static_cast<size_t>((r1 - r0) * taps), nullptr);
+    conv_indirection_nhwc(g, x.data(), pad_row.data(), r0, r1, got.data());
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / (g.out_h * g.out_w), oh = (r / g.out_w) % g.out_h, ow = r % g.out_w;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t i = t / g.kw, j = t % g.kw;
+        const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dil_h, iw = ow * g.stride_w - g.pad_left + j * g.dil_w;
+        const uint8_t* want = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w
+                                  ? x.data() + ((n * g.in_h + ih) * g.in_w + iw) * g.channels
+                                  : pad_row.data();
+        ASSERT_EQ(got[static_cast<size_t>((r - r0) * taps + t)], want)
+            << "it " << it << " C=" << g.channels << " k=" << g.kh << "x" << g.kw << " s=" << g.stride_h << ","
+            << g.stride_w << " d=" << g.dil_h << "," << g.dil_w << " row " << r << " tap " << t;
+      }
+    }
+  }
+}
+
 // Binary8 (Add/Sub/Mul by the float formula): against a table built independently from quant::dequantize_value /
 // quantize_value (the simulation's scalar maps) for random parameters, both activation types, clamps; the check
 // must accept those tables and reject a table with one entry changed; every path must equal the scalar twin on

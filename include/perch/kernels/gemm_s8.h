@@ -102,4 +102,37 @@ void gemm_s8(const GemmS8Args& g, const GemmS8Prepared& prep);
 void gemm_s8_block(const GemmS8Args& g, const GemmS8Prepared& prep, int64_t m_begin, int64_t m_end, int64_t n_begin,
                    int64_t n_end);
 
+
+// ---------------------------------------------------------------------------------------------------------
+// Indirect GEMM (convolution without im2col). Row i of A is not stored: it is the concatenation, tap by tap,
+// of `taps` runs of `channels` bytes, run t read from rows[i * taps + t]:
+//   A[i][t * channels + c] = rows[i * taps + t][c],   K = taps * channels = w->k,  channels % 4 == 0.
+// For a KxK NHWC convolution, row i is output pixel i, tap t = (kernel row, kernel column) = (t / kw, t % kw),
+// and rows[i * taps + t] points at the C input bytes under that tap, or at C bytes holding the activation zero
+// point for a tap in the padding ((za - za) * w = 0): K is the executor's k = (i * kw + j) * C + c, so the packed
+// weights are the ones of the im2col GEMM. Everything else — zero-point terms (the row term of weight zero points
+// sums the bytes through the table too), bias, output stage, the int32 bound — is gemm_s8's, and the results are
+// bit-identical to gemm_s8 on the im2col matrix.
+// Paths: kReference (gemm_s8_indirect_reference); kAvx512Vnni reads the runs in place, 4 bytes per k-group, the
+// k-groups of one tap consecutive (uint8 activations; int8 ones are gathered, below); kAvx2 and int8 activations
+// on AVX-512 gather the rows of each 48-row block into a buffer (an im2col from the table) and run the GEMM
+// path on it.
+struct IndirectRowsS8 {
+  const uint8_t* const* rows = nullptr;  // [m * taps]; raw bytes (int8 activations as two's complement)
+  int64_t taps = 0;
+  int64_t channels = 0;  // multiple of 4
+};
+
+// g.a and g.lda are not used (g.a may be null). Checks g as validate() does plus the table's shape.
+void validate_indirect(const GemmS8Args& g, const IndirectRowsS8& ind);
+// The reference twin: plain int64 loops reading the table and the packed weights through PackedWeightsS8::at.
+void gemm_s8_indirect_reference(const GemmS8Args& g, const IndirectRowsS8& ind);
+// Best active path, on the calling thread (the executor splits the rows over threads and builds one table per
+// block of rows).
+void gemm_s8_indirect(const GemmS8Args& g, const IndirectRowsS8& ind);
+// With constants from prepare_gemm_s8 (same promise as gemm_s8's), output rows [m_begin, m_end) x columns
+// [n_begin, n_end) (n_begin a multiple of 16), no validation.
+void gemm_s8_indirect_block(const GemmS8Args& g, const IndirectRowsS8& ind, const GemmS8Prepared& prep,
+                            int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end);
+
 }  // namespace perch::kernels
