@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "perch/core/cpu.h"
@@ -375,17 +376,27 @@ void indirection_rows(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row,
 }
 }  // namespace
 
-void im2col_groups(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
-                   uint8_t* out, int64_t ldo) {
+namespace {
+// Checks the kernel-row-group geometry and calls f(std::integral_constant<int, R>) for R = group_bytes(g).
+template <typename F>
+void with_group_bytes(const Im2Col& g, int64_t ldo, const char* who, F&& f) {
   const int64_t R = group_bytes(g);
-  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups: needs unit width dilation, R = ", R,
+  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, who, ": needs unit width dilation, R = ", R,
               " <= 16 and ldo = kh * R, got dil_w ", g.dil_w, ", ldo ", ldo);
   switch (R) {
-    case 4: return groups_rows<4>(g, x, pad_value, row_begin, row_end, out, ldo);
-    case 8: return groups_rows<8>(g, x, pad_value, row_begin, row_end, out, ldo);
-    case 12: return groups_rows<12>(g, x, pad_value, row_begin, row_end, out, ldo);
-    default: return groups_rows<16>(g, x, pad_value, row_begin, row_end, out, ldo);
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 12: return f(std::integral_constant<int, 12>{});
+    default: return f(std::integral_constant<int, 16>{});
   }
+}
+}  // namespace
+
+void im2col_groups(const Im2Col& g, const uint8_t* x, uint8_t pad_value, int64_t row_begin, int64_t row_end,
+                   uint8_t* out, int64_t ldo) {
+  with_group_bytes(g, ldo, "im2col_groups", [&](auto r) {
+    groups_rows<decltype(r)::value>(g, x, pad_value, row_begin, row_end, out, ldo);
+  });
 }
 
 PaddedImages padded_geometry(const Im2Col& g) {
@@ -408,8 +419,8 @@ void pad_images_nhwc(const Im2Col& g, const PaddedImages& p, const uint8_t* x, u
 
 namespace {
 template <int R>
-void padded_groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
-                 uint8_t* out, int64_t ldo) {
+void padded_groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin,
+                        int64_t row_end, uint8_t* out, int64_t ldo) {
   const int64_t step_w = g.stride_w * g.channels, step_i = g.dil_h * p.row_bytes;
   int64_t n = row_begin / (g.out_h * g.out_w), oh = (row_begin / g.out_w) % g.out_h, ow = row_begin % g.out_w;
   const uint8_t* line = padded + n * p.bytes_per_image() + oh * g.stride_h * p.row_bytes;
@@ -426,17 +437,11 @@ void padded_groups_rows(const Im2Col& g, const PaddedImages& p, const uint8_t* p
 }
 }  // namespace
 
-void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin, int64_t row_end,
-                   uint8_t* out, int64_t ldo) {
-  const int64_t R = group_bytes(g);
-  PERCH_CHECK(g.dil_w == 1 && R <= 16 && ldo == g.kh * R, "im2col_groups_padded: needs unit width dilation, R = ", R,
-              " <= 16 and ldo = kh * R, got dil_w ", g.dil_w, ", ldo ", ldo);
-  switch (R) {
-    case 4: return padded_groups_rows<4>(g, p, padded, row_begin, row_end, out, ldo);
-    case 8: return padded_groups_rows<8>(g, p, padded, row_begin, row_end, out, ldo);
-    case 12: return padded_groups_rows<12>(g, p, padded, row_begin, row_end, out, ldo);
-    default: return padded_groups_rows<16>(g, p, padded, row_begin, row_end, out, ldo);
-  }
+void im2col_groups_padded(const Im2Col& g, const PaddedImages& p, const uint8_t* padded, int64_t row_begin,
+                          int64_t row_end, uint8_t* out, int64_t ldo) {
+  with_group_bytes(g, ldo, "im2col_groups_padded", [&](auto r) {
+    padded_groups_rows<decltype(r)::value>(g, p, padded, row_begin, row_end, out, ldo);
+  });
 }
 
 void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad_row, int64_t row_begin,
