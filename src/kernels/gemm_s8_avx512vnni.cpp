@@ -128,24 +128,33 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
     for (int64_t g = 0; g < kg; ++g) group(arow, g * gstep, bp + g * 64);
   }
   // Output stage.
+  // Everything the stores need is read into locals first: the intrinsic stores may alias anything, so a field
+  // read after one (g.c, g.ldc, t.m0, the row terms) would be reloaded from memory for every row.
   const GemmS8Args& g = *p.g;
   const bool has_zw = !p.k->zw.empty();
+  const int32_t* const row_term = has_zw ? p.row_term.data() + t.m0 : nullptr;
   // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
   auto finish = [&](__m512i a, int r, const __m512i& zw) __attribute__((always_inline)) {
-    if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
+    if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(row_term[r])));
     return a;
   };
   if (g.out.type == OutputType::kInt32) {
+    int32_t* const c32 = static_cast<int32_t*>(g.c) + t.m0 * g.ldc + t.j0;
+    const int64_t ldc = g.ldc;
+    const int32_t* const zwp = has_zw ? p.k->zw.data() + t.j0 : nullptr;
 #pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) {
-      const int64_t j = t.j0 + 16 * q;
       const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
       if (valid <= 0) continue;
-      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+      const __m512i zw = has_zw ? _mm512_loadu_si512(zwp + 16 * q) : _mm512_setzero_si512();
+      if (valid == 16) {  // plain stores for whole panels (masked stores cost more on Zen 4)
 #pragma GCC unroll 12
-      for (int r = 0; r < MR; ++r)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, zw));
+        for (int r = 0; r < MR; ++r) _mm512_storeu_si512(c32 + r * ldc + 16 * q, finish(acc[r][q], r, zw));
+      } else {
+        const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+#pragma GCC unroll 12
+        for (int r = 0; r < MR; ++r) _mm512_mask_storeu_epi32(c32 + r * ldc + 16 * q, mask, finish(acc[r][q], r, zw));
+      }
     }
     return;
   }
@@ -264,6 +273,8 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
   // K not a multiple of 4: the last k-group reads up to 3 bytes past K, inside the row while lda >= 4 kg, but past
   // the end of A on its last row: the tile holding row M - 1 is packed.
   const bool tail_packed = w.k % 4 != 0;
+  // The panels [n0, n1) of B fit in half of L1 (16 KiB of 32 on Zen 4): loop over row tiles outside (see below).
+  const bool b_in_l1 = (n1 - n0 + 15) / 16 * w.panel_stride <= (int64_t{16} << 10);
   thread_local std::vector<uint8_t> abuf;
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
     const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
@@ -275,28 +286,35 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
       const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
       pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_bytes);
     }
-    for (int64_t j = n0; j < n1; j += 32) {
+    auto run = [&](int64_t t, int64_t j) {
       const int64_t cols = std::min<int64_t>(32, n1 - j);
       const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride;
-      for (int64_t t = 0; t < ntiles; ++t) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-        const TileOut to{&p, mb + t * kMR, j, rows, cols};
-        ASrc src;
-        if (packed_tile(t)) {
-          src.ap = abuf.data() + t * tile_bytes;
-          if (cols > 16)
-            tile_rows<2, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
-          else
-            tile_rows<1, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
-        } else {
-          src.ap = a + (mb + t * kMR) * g.lda;
-          src.lda = g.lda;
-          if (cols > 16)
-            tile_rows<2, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
-          else
-            tile_rows<1, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
-        }
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
+      const TileOut to{&p, mb + t * kMR, j, rows, cols};
+      ASrc src;
+      if (packed_tile(t)) {
+        src.ap = abuf.data() + t * tile_bytes;
+        if (cols > 16)
+          tile_rows<2, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
+        else
+          tile_rows<1, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
+      } else {
+        src.ap = a + (mb + t * kMR) * g.lda;
+        src.lda = g.lda;
+        if (cols > 16)
+          tile_rows<2, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
+        else
+          tile_rows<1, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
       }
+    };
+    if (b_in_l1) {
+      // Small K x N (every 1x1 convolution of a small net): row tile -> panel pair. The whole B stays in L1 anyway;
+      // this order reads each A tile once and writes C row by row (whole rows, not 32-column stripes of every row).
+      for (int64_t t = 0; t < ntiles; ++t)
+        for (int64_t j = n0; j < n1; j += 32) run(t, j);
+    } else {
+      for (int64_t j = n0; j < n1; j += 32)
+        for (int64_t t = 0; t < ntiles; ++t) run(t, j);
     }
   }
 }
