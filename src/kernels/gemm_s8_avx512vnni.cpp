@@ -10,8 +10,9 @@
 // row pointers: per kernel tap, the 12 rows' pointers, then C / 4 groups of 4 bytes from each (no copy). Loop order: row block (A block fits L2) ->
 // panel pair (B pair stays in L1 across the row tiles) -> row tile of 12; when all panels of the call fit 16 KiB
 // (small K x N: the 1x1 convolutions of small nets) row tile -> panel pair instead, so each A tile is read once and C
-// is written row by row. The 12 x 32 tile stays for small K: a 6 x 64 tile would trade broadcasts (load ports, not
-// the limit) for B loads; what costs at small K is the per-tile epilogue, so the epilogue is kept lean: the weight
+// is written row by row. The 12 x 32 tile is kept for small K (a 6 x 64 one, not tried, would save A broadcasts —
+// load-port work, which the profiles did not show as the limit — for more B loads); at small K the per-tile
+// epilogue is what costs (perf annotate: up to 40 % of the samples in the int32 stores), so it is kept lean: the weight
 // zero-point term is applied to the accumulators once, every pointer the stores need is read into a local first
 // (intrinsic stores may alias anything: fields read after one were reloaded per row), int32 stores are plain for
 // whole panels, and the 8-bit stage is instantiated per (uint8 / int8, whole / partial tile). 8-bit outputs use the
