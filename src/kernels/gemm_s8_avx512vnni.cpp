@@ -8,13 +8,25 @@
 // convolution of a usual net) or rows padded to one (lda >= 4 ceil(K / 4): the int8 executor's im2col) are read in
 // place instead. The indirect GEMM (gemm_s8.h, IndirectRowsS8) uses the same tile with A read through a table of
 // row pointers: per kernel tap, the 12 rows' pointers, then C / 4 groups of 4 bytes from each (no copy). Loop order: row block (A block fits L2) ->
-// panel pair (B pair stays in L1 across the row tiles) -> row tile of 12. 8-bit outputs use the one-rounding
-// output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and are packed to
-// bytes two rows at a time.
+// panel pair (B pair stays in L1 across the row tiles) -> row tile of 12; when all panels of the call fit 16 KiB
+// (small K x N: the 1x1 convolutions of small nets) row tile -> panel pair instead, so each A tile is read once and C
+// is written row by row. The 12 x 32 tile is kept for small K (a 6 x 64 one, not tried, would save A broadcasts —
+// load-port work, which the profiles did not show as the limit — for more B loads); at small K the per-tile
+// epilogue is what costs (perf annotate: up to 40 % of the samples in the int32 stores), so it is kept lean: the weight
+// zero-point term is applied to the accumulators once, every pointer the stores need is read into a local first
+// (intrinsic stores may alias anything: fields read after one were reloaded per row), int32 stores are plain for
+// whole panels, and the 8-bit stage is instantiated per (uint8 / int8, whole / partial tile). 8-bit outputs use the
+// one-rounding output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and
+// are packed to bytes two rows at a time.
 #include "s8_internal.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 
+// GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized (a known false
+// positive of avx512fintrin.h; -Wuninitialized too, inside the output stage's template lambda, hence before the
+// header); nothing in this file reads uninitialized data.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -22,10 +34,6 @@
 #include <vector>
 
 #include "s8_simd.h"
-
-// GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized (a known
-// false positive of avx512fintrin.h); nothing in this file reads uninitialized data.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace perch::kernels::s8 {
 
@@ -128,24 +136,36 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
     for (int64_t g = 0; g < kg; ++g) group(arow, g * gstep, bp + g * 64);
   }
   // Output stage.
+  // Everything the stores need is read into locals first: the intrinsic stores may alias anything, so a field
+  // read after one (g.c, g.ldc, t.m0, the row terms) would be reloaded from memory for every row.
   const GemmS8Args& g = *p.g;
-  const bool has_zw = !p.k->zw.empty();
-  // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h).
-  auto finish = [&](__m512i a, int r, const __m512i& zw) __attribute__((always_inline)) {
-    if (has_zw) a = _mm512_sub_epi32(a, _mm512_mullo_epi32(zw, _mm512_set1_epi32(p.row_term[t.m0 + r])));
-    return a;
-  };
-  if (g.out.type == OutputType::kInt32) {
+  // acc (from col_off = bias - za colsum) - zw * row_term: the exact int32 accumulator (gemm_s8.h), applied to the
+  // accumulators once here so the stores below carry no zero-point test (zw is padded to whole panels).
+  if (!p.k->zw.empty()) {
+    const int32_t* const row_term = p.row_term.data() + t.m0;
+    const int32_t* const zwp = p.k->zw.data() + t.j0;
 #pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) {
-      const int64_t j = t.j0 + 16 * q;
+      const __m512i zw = _mm512_loadu_si512(zwp + 16 * q);
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) acc[r][q] = _mm512_sub_epi32(acc[r][q], _mm512_mullo_epi32(zw, _mm512_set1_epi32(row_term[r])));
+    }
+  }
+  if (g.out.type == OutputType::kInt32) {
+    int32_t* const c32 = static_cast<int32_t*>(g.c) + t.m0 * g.ldc + t.j0;
+    const int64_t ldc = g.ldc;
+#pragma GCC unroll 2
+    for (int q = 0; q < NP; ++q) {
       const int64_t valid = std::min<int64_t>(16, t.cols - 16 * q);
       if (valid <= 0) continue;
-      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-      const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
+      if (valid == 16) {  // plain stores for whole panels (masked stores cost more on Zen 4)
 #pragma GCC unroll 12
-      for (int r = 0; r < MR; ++r)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.c) + (t.m0 + r) * g.ldc + j, mask, finish(acc[r][q], r, zw));
+        for (int r = 0; r < MR; ++r) _mm512_storeu_si512(c32 + r * ldc + 16 * q, acc[r][q]);
+      } else {
+        const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+#pragma GCC unroll 12
+        for (int r = 0; r < MR; ++r) _mm512_mask_storeu_epi32(c32 + r * ldc + 16 * q, mask, acc[r][q]);
+      }
     }
     return;
   }
@@ -153,8 +173,8 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
   // [lo, hi] and + zp on int16 (exact: [lo, hi] lies inside int16, and VPACKSSDW's saturation only moves values
   // already outside it), VPACKUSWB / VPACKSSWB (exact: the values are in the output type), and one VPERMD to undo
   // the packs' per-lane interleave. NP == 2: one row's two vectors per VPACKSSDW, two rows per VPACKUSWB; NP == 1:
-  // two rows' vectors per VPACKSSDW.
-  const bool is_u8 = g.out.type == OutputType::kUInt8;
+  // two rows' vectors per VPACKSSDW. The stage is instantiated per (uint8 / int8 output, all columns / a partial
+  // tile): no per-row tests of either in the unrolled code.
   const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
   const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
   const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
@@ -165,71 +185,82 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
   auto clamp16 = [&](__m512i s) __attribute__((always_inline)) {
     return _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
   };
-  auto bytes = [&](__m512i s0, __m512i s1) __attribute__((always_inline)) {
-    return _mm512_permutexvar_epi32(perm, is_u8 ? _mm512_packus_epi16(s0, s1) : _mm512_packs_epi16(s0, s1));
-  };
   const int64_t j = t.j0;
-  uint8_t* c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;
+  uint8_t* const c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;
   const int64_t ldc = g.ldc;
-  if constexpr (NP == 2) {
-    const __m512i zw0 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
-    const __m512i zw1 = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j + 16) : _mm512_setzero_si512();
-    const RqF16 rq0(p.k->rqf.data() + (j / 16) * 64), rq1(p.k->rqf.data() + (j / 16 + 1) * 64);
-    const __mmask32 mask = t.cols >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << t.cols) - 1);
-    const bool full = t.cols >= 32;
-    // Plain stores when all 32 columns are written (masked byte stores are several times slower on Zen 4/5).
-    auto store32 = [&](uint8_t* dst, __m256i v) __attribute__((always_inline)) {
-      if (full)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
-      else
-        _mm256_mask_storeu_epi8(dst, mask, v);
+  const int64_t cols = t.cols;
+  const int64_t* const rqf = p.k->rqf.data() + (j / 16) * 64;
+  auto stage = [&]<bool kU8, bool kFull>() __attribute__((always_inline)) {
+    auto bytes = [&](__m512i s0, __m512i s1) __attribute__((always_inline)) {
+      return _mm512_permutexvar_epi32(perm, kU8 ? _mm512_packus_epi16(s0, s1) : _mm512_packs_epi16(s0, s1));
     };
-    auto row16 = [&](int r) __attribute__((always_inline)) {
-      const __m512i v0 = rq0.apply<kMode>(finish(acc[r][0], r, zw0), lo64, hi64);
-      const __m512i v1 = rq1.apply<kMode>(finish(acc[r][1], r, zw1), lo64, hi64);
-      return clamp16(_mm512_packs_epi32(v0, v1));
-    };
+    if constexpr (NP == 2) {
+      const RqF16 rq0(rqf), rq1(rqf + 64);
+      const __mmask32 mask = kFull ? ~__mmask32{0} : static_cast<__mmask32>((1u << cols) - 1);
+      // Plain stores when all 32 columns are written (masked byte stores are several times slower on Zen 4/5).
+      auto store32 = [&](uint8_t* dst, __m256i v) __attribute__((always_inline)) {
+        if constexpr (kFull)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+        else
+          _mm256_mask_storeu_epi8(dst, mask, v);
+      };
+      auto row16 = [&](int r) __attribute__((always_inline)) {
+        const __m512i v0 = rq0.apply<kMode>(acc[r][0], lo64, hi64);
+        const __m512i v1 = rq1.apply<kMode>(acc[r][1], lo64, hi64);
+        return clamp16(_mm512_packs_epi32(v0, v1));
+      };
 #pragma GCC unroll 6
-    for (int r = 0; r + 1 < MR; r += 2) {
-      const __m512i o = bytes(row16(r), row16(r + 1));  // row r in the low 256 bits, row r + 1 in the high
-      store32(c0 + r * ldc, _mm512_castsi512_si256(o));
-      store32(c0 + (r + 1) * ldc, _mm512_extracti64x4_epi64(o, 1));
-    }
-    if constexpr (MR % 2 == 1) {
-      const __m512i o = bytes(row16(MR - 1), row16(MR - 1));
-      store32(c0 + (MR - 1) * ldc, _mm512_castsi512_si256(o));
-    }
-  } else {
-    const __m512i zw = has_zw ? _mm512_loadu_si512(p.k->zw.data() + j) : _mm512_setzero_si512();
-    const RqF16 rq(p.k->rqf.data() + (j / 16) * 64);
-    const __mmask16 mask = t.cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << t.cols) - 1);
-    const bool full = t.cols >= 16;
-    auto store16 = [&](uint8_t* dst, __m128i v) __attribute__((always_inline)) {
-      if (full)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), v);
-      else
-        _mm_mask_storeu_epi8(dst, mask, v);
-    };
-    auto one = [&](int r) __attribute__((always_inline)) { return rq.apply<kMode>(finish(acc[r][0], r, zw), lo64, hi64); };
-    // VPACKSSDW(row r, row r + 1), two such per VPACKUSWB: 4 rows, 16 bytes each, in dword order 4 rows x 4 lanes.
+      for (int r = 0; r + 1 < MR; r += 2) {
+        const __m512i o = bytes(row16(r), row16(r + 1));  // row r in the low 256 bits, row r + 1 in the high
+        store32(c0 + r * ldc, _mm512_castsi512_si256(o));
+        store32(c0 + (r + 1) * ldc, _mm512_extracti64x4_epi64(o, 1));
+      }
+      if constexpr (MR % 2 == 1) {
+        const __m512i o = bytes(row16(MR - 1), row16(MR - 1));
+        store32(c0 + (MR - 1) * ldc, _mm512_castsi512_si256(o));
+      }
+    } else {
+      const RqF16 rq(rqf);
+      const __mmask16 mask = kFull ? __mmask16(0xffff) : static_cast<__mmask16>((1u << cols) - 1);
+      auto store16 = [&](uint8_t* dst, __m128i v) __attribute__((always_inline)) {
+        if constexpr (kFull)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), v);
+        else
+          _mm_mask_storeu_epi8(dst, mask, v);
+      };
+      auto one = [&](int r) __attribute__((always_inline)) { return rq.apply<kMode>(acc[r][0], lo64, hi64); };
+      // VPACKSSDW(row r, row r + 1), two such per VPACKUSWB: 4 rows, 16 bytes each, in dword order 4 rows x 4 lanes.
 #pragma GCC unroll 3
-    for (int r = 0; r + 3 < MR; r += 4) {
-      const __m512i o = bytes(clamp16(_mm512_packs_epi32(one(r), one(r + 1))), clamp16(_mm512_packs_epi32(one(r + 2), one(r + 3))));
-      store16(c0 + r * ldc, _mm512_castsi512_si128(o));
-      store16(c0 + (r + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
-      store16(c0 + (r + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
-      store16(c0 + (r + 3) * ldc, _mm512_extracti32x4_epi32(o, 3));
+      for (int r = 0; r + 3 < MR; r += 4) {
+        const __m512i o = bytes(clamp16(_mm512_packs_epi32(one(r), one(r + 1))), clamp16(_mm512_packs_epi32(one(r + 2), one(r + 3))));
+        store16(c0 + r * ldc, _mm512_castsi512_si128(o));
+        store16(c0 + (r + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
+        store16(c0 + (r + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
+        store16(c0 + (r + 3) * ldc, _mm512_extracti32x4_epi32(o, 3));
+      }
+      constexpr int kDone = MR / 4 * 4;
+      if constexpr (MR - kDone > 0) {
+        const __m512i a0 = one(kDone);
+        const __m512i a1 = MR - kDone > 1 ? one(kDone + (MR - kDone > 1 ? 1 : 0)) : a0;
+        const __m512i a2 = MR - kDone > 2 ? one(kDone + (MR - kDone > 2 ? 2 : 0)) : a0;
+        const __m512i o = bytes(clamp16(_mm512_packs_epi32(a0, a1)), clamp16(_mm512_packs_epi32(a2, a2)));
+        store16(c0 + kDone * ldc, _mm512_castsi512_si128(o));
+        if (MR - kDone > 1) store16(c0 + (kDone + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
+        if (MR - kDone > 2) store16(c0 + (kDone + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
+      }
     }
-    constexpr int kDone = MR / 4 * 4;
-    if constexpr (MR - kDone > 0) {
-      const __m512i a0 = one(kDone);
-      const __m512i a1 = MR - kDone > 1 ? one(kDone + (MR - kDone > 1 ? 1 : 0)) : a0;
-      const __m512i a2 = MR - kDone > 2 ? one(kDone + (MR - kDone > 2 ? 2 : 0)) : a0;
-      const __m512i o = bytes(clamp16(_mm512_packs_epi32(a0, a1)), clamp16(_mm512_packs_epi32(a2, a2)));
-      store16(c0 + kDone * ldc, _mm512_castsi512_si128(o));
-      if (MR - kDone > 1) store16(c0 + (kDone + 1) * ldc, _mm512_extracti32x4_epi32(o, 1));
-      if (MR - kDone > 2) store16(c0 + (kDone + 2) * ldc, _mm512_extracti32x4_epi32(o, 2));
-    }
+  };
+  const bool full = cols >= 16 * NP;
+  if (g.out.type == OutputType::kUInt8) {
+    if (full)
+      stage.template operator()<true, true>();
+    else
+      stage.template operator()<true, false>();
+  } else {
+    if (full)
+      stage.template operator()<false, true>();
+    else
+      stage.template operator()<false, false>();
   }
 }
 
@@ -264,6 +295,8 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
   // K not a multiple of 4: the last k-group reads up to 3 bytes past K, inside the row while lda >= 4 kg, but past
   // the end of A on its last row: the tile holding row M - 1 is packed.
   const bool tail_packed = w.k % 4 != 0;
+  // The panels [n0, n1) of B fit in half of L1 (16 KiB of 32 on Zen 4): loop over row tiles outside (see below).
+  const bool b_in_l1 = (n1 - n0 + 15) / 16 * w.panel_stride <= (int64_t{16} << 10);
   thread_local std::vector<uint8_t> abuf;
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
     const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
@@ -275,28 +308,35 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bo
       const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
       pack_a_tile(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_bytes);
     }
-    for (int64_t j = n0; j < n1; j += 32) {
+    auto run = [&](int64_t t, int64_t j) {
       const int64_t cols = std::min<int64_t>(32, n1 - j);
       const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride;
-      for (int64_t t = 0; t < ntiles; ++t) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-        const TileOut to{&p, mb + t * kMR, j, rows, cols};
-        ASrc src;
-        if (packed_tile(t)) {
-          src.ap = abuf.data() + t * tile_bytes;
-          if (cols > 16)
-            tile_rows<2, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
-          else
-            tile_rows<1, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
-        } else {
-          src.ap = a + (mb + t * kMR) * g.lda;
-          src.lda = g.lda;
-          if (cols > 16)
-            tile_rows<2, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
-          else
-            tile_rows<1, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
-        }
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
+      const TileOut to{&p, mb + t * kMR, j, rows, cols};
+      ASrc src;
+      if (packed_tile(t)) {
+        src.ap = abuf.data() + t * tile_bytes;
+        if (cols > 16)
+          tile_rows<2, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
+        else
+          tile_rows<1, kMode, kPacked>(rows, src, bp, w.panel_stride, kg, to);
+      } else {
+        src.ap = a + (mb + t * kMR) * g.lda;
+        src.lda = g.lda;
+        if (cols > 16)
+          tile_rows<2, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
+        else
+          tile_rows<1, kMode, kInPlace>(rows, src, bp, w.panel_stride, kg, to);
       }
+    };
+    if (b_in_l1) {
+      // Small K x N (every 1x1 convolution of a small net): row tile -> panel pair. The whole B stays in L1 anyway;
+      // this order reads each A tile once and writes C row by row (whole rows, not 32-column stripes of every row).
+      for (int64_t t = 0; t < ntiles; ++t)
+        for (int64_t j = n0; j < n1; j += 32) run(t, j);
+    } else {
+      for (int64_t j = n0; j < n1; j += 32)
+        for (int64_t t = 0; t < ntiles; ++t) run(t, j);
     }
   }
 }

@@ -464,6 +464,55 @@ TEST(GemmS8, InPlaceAndPackedAOutputStageModesAroundTiles) {
   }
 }
 
+// The AVX-512 VNNI block loop runs row tile -> panel pair when the panels of B fit in 16 KiB (small K x N: the
+// 1x1 convolutions of small nets) and panel pair -> row tile otherwise; the int32 store is plain for whole panels and
+// masked for a partial one. Rows around the 6 / 12-row tiles, columns around 16 / 32 / 48 / 64 / 96, K from 4 to 200
+// (non-multiples of 4 included; K = 200 with N >= 64 takes the other loop order), all three output types, zero
+// points and int8 activations as make_case draws them; int32 against the int64 formula, 8-bit against the reference.
+TEST(GemmS8, WideNSmallKBothLoopOrders) {
+  Rng rng(31);
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) continue;
+    for (int64_t m : {6, 12, 13, 25})
+      for (int64_t n : {16, 33, 48, 64, 95, 96})
+        for (int64_t k : {4, 7, 24, 64, 128, 200}) {
+          const Case c = make_case(rng, m, n, k);
+          const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
+          const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
+          const auto exact = exact_acc(c);
+          {
+            OutputStageS8 raw;
+            raw.type = OutputType::kInt32;
+            PathGuard guard(isa.paths);
+            const auto got = run(c, pw, raw, false);
+            for (int64_t i = 0; i < c.m; ++i)
+              for (int64_t j = 0; j < c.ldc; ++j) {
+                int32_t v;
+                std::memcpy(&v, got.data() + (i * c.ldc + j) * 4, 4);
+                if (j < c.n)
+                  ASSERT_EQ(int64_t{v}, exact[static_cast<size_t>(i * c.n + j)]) << isa.name << " " << describe(c);
+                else
+                  ASSERT_EQ(static_cast<uint32_t>(v), 0xCDCDCDCDu) << "wrote past N: " << describe(c);
+              }
+          }
+          for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
+            OutputStageS8 st;
+            st.type = type;
+            const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
+            st.zero_point = lo + static_cast<int32_t>(rng.range(100, 155));
+            st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;
+            st.qmax = lo + 255;
+            const auto ms = pick_multipliers(rng, c, exact, lo, lo + 255, rng.range(0, 3) != 0);
+            st.multipliers = ms.data();
+            st.num_multipliers = static_cast<int64_t>(ms.size());
+            const auto want = run(c, pw, st, true);
+            PathGuard guard(isa.paths);
+            ASSERT_EQ(run(c, pw, st, false), want) << isa.name << " " << describe(c);
+          }
+        }
+  }
+}
+
 // prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
 // changing M / A / C (the executor's use), and a mismatched call is refused.
 TEST(GemmS8, PreparedConstantsGiveTheSameResults) {
