@@ -304,62 +304,68 @@ struct Stats {
   int64_t outputs = 0, inside = 0, cases = 0;
 };
 
+// One case on one path: int32 against the int64 formula (and nothing written past N), then uint8 and int8
+// outputs, per channel and per tensor, sometimes with a ReLU-like clamp, against the reference path.
+void check_case(const IsaPath& isa, Rng& rng, const Case& c, Stats& stats) {
+  const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
+  const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
+  const auto exact = exact_acc(c);
+  // Raw int32 against the int64 formula.
+  {
+    OutputStageS8 raw;
+    raw.type = OutputType::kInt32;
+    PathGuard guard(isa.paths);
+    const auto got = run(c, pw, raw, false);
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.ldc; ++j) {
+        int32_t v;
+        std::memcpy(&v, got.data() + (i * c.ldc + j) * 4, 4);
+        if (j < c.n)
+          ASSERT_EQ(v, exact[static_cast<size_t>(i * c.n + j)]) << isa.name << " " << describe(c) << " at " << i << "," << j;
+        else
+          ASSERT_EQ(static_cast<uint32_t>(v), 0xCDCDCDCDu) << "wrote past N: " << describe(c);
+      }
+  }
+  // Requantized, uint8 and int8, per channel and per tensor, sometimes with a ReLU-like clamp.
+  for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
+    OutputStageS8 st;
+    st.type = type;
+    const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
+    st.zero_point = lo + static_cast<int32_t>(rng.range(100, 155));
+    st.qmin = rng.range(0, 3) == 0 ? st.zero_point : lo;  // fused ReLU
+    st.qmax = rng.range(0, 3) == 0 ? std::min(lo + 255, st.zero_point + 90) : lo + 255;  // ReLU6-like cap
+    const bool per_channel = rng.range(0, 3) != 0;
+    const auto ms = pick_multipliers(rng, c, exact, lo, lo + 255, per_channel);
+    st.multipliers = ms.data();
+    st.num_multipliers = static_cast<int64_t>(ms.size());
+    const auto want = run(c, pw, st, true);
+    std::vector<uint8_t> got;
+    {
+      PathGuard guard(isa.paths);
+      got = run(c, pw, st, false);
+    }
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.ldc; ++j) {
+        const size_t at = static_cast<size_t>(i * c.ldc + j);
+        ASSERT_EQ(int{got[at]}, int{want[at]}) << isa.name << " " << describe(c) << " at " << i << "," << j
+                                              << (per_channel ? " per-channel" : " per-tensor");
+        if (j < c.n) {
+          const int v = type == OutputType::kUInt8 ? int{got[at]} : int{static_cast<int8_t>(got[at])};
+          ++stats.outputs;
+          stats.inside += (v > st.qmin && v < st.qmax) ? 1 : 0;
+        }
+      }
+  }
+  ++stats.cases;
+}
+
 void check_paths_against_reference(const IsaPath& isa, uint64_t seed, Stats& stats) {
   Rng rng(seed);
   for (int64_t m : kMs)
     for (int64_t n : kNs) {
       const int64_t k = kKs[rng.range(0, std::size(kKs) - 1)];
-      const Case c = make_case(rng, m, n, k);
-      const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
-      const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
-      const auto exact = exact_acc(c);
-      // Raw int32 against the int64 formula.
-      {
-        OutputStageS8 raw;
-        raw.type = OutputType::kInt32;
-        PathGuard guard(isa.paths);
-        const auto got = run(c, pw, raw, false);
-        for (int64_t i = 0; i < c.m; ++i)
-          for (int64_t j = 0; j < c.ldc; ++j) {
-            int32_t v;
-            std::memcpy(&v, got.data() + (i * c.ldc + j) * 4, 4);
-            if (j < c.n)
-              ASSERT_EQ(v, exact[static_cast<size_t>(i * c.n + j)]) << isa.name << " " << describe(c) << " at " << i << "," << j;
-            else
-              ASSERT_EQ(static_cast<uint32_t>(v), 0xCDCDCDCDu) << "wrote past N: " << describe(c);
-          }
-      }
-      // Requantized, uint8 and int8, per channel and per tensor, sometimes with a ReLU-like clamp.
-      for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
-        OutputStageS8 st;
-        st.type = type;
-        const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
-        st.zero_point = lo + static_cast<int32_t>(rng.range(100, 155));
-        st.qmin = rng.range(0, 3) == 0 ? st.zero_point : lo;  // fused ReLU
-        st.qmax = rng.range(0, 3) == 0 ? std::min(lo + 255, st.zero_point + 90) : lo + 255;  // ReLU6-like cap
-        const bool per_channel = rng.range(0, 3) != 0;
-        const auto ms = pick_multipliers(rng, c, exact, lo, lo + 255, per_channel);
-        st.multipliers = ms.data();
-        st.num_multipliers = static_cast<int64_t>(ms.size());
-        const auto want = run(c, pw, st, true);
-        std::vector<uint8_t> got;
-        {
-          PathGuard guard(isa.paths);
-          got = run(c, pw, st, false);
-        }
-        for (int64_t i = 0; i < c.m; ++i)
-          for (int64_t j = 0; j < c.ldc; ++j) {
-            const size_t at = static_cast<size_t>(i * c.ldc + j);
-            ASSERT_EQ(int{got[at]}, int{want[at]}) << isa.name << " " << describe(c) << " at " << i << "," << j
-                                                  << (per_channel ? " per-channel" : " per-tensor");
-            if (j < c.n) {
-              const int v = type == OutputType::kUInt8 ? int{got[at]} : int{static_cast<int8_t>(got[at])};
-              ++stats.outputs;
-              stats.inside += (v > st.qmin && v < st.qmax) ? 1 : 0;
-            }
-          }
-      }
-      ++stats.cases;
+      check_case(isa, rng, make_case(rng, m, n, k), stats);
+      if (::testing::Test::HasFatalFailure()) return;
     }
 }
 
@@ -471,46 +477,19 @@ TEST(GemmS8, InPlaceAndPackedAOutputStageModesAroundTiles) {
 // points and int8 activations as make_case draws them; int32 against the int64 formula, 8-bit against the reference.
 TEST(GemmS8, WideNSmallKBothLoopOrders) {
   Rng rng(31);
+  Stats stats;
   for (const IsaPath& isa : isa_paths()) {
     if (!has_path(supported_paths(), isa.needs)) continue;
     for (int64_t m : {6, 12, 13, 25})
       for (int64_t n : {16, 33, 48, 64, 95, 96})
         for (int64_t k : {4, 7, 24, 64, 128, 200}) {
-          const Case c = make_case(rng, m, n, k);
-          const std::vector<int32_t> zps(c.zw.begin(), c.zw.end());
-          const auto pw = pack_weights_s8(c.w.data(), c.k, c.n, WeightLayout::kKN, zps);
-          const auto exact = exact_acc(c);
-          {
-            OutputStageS8 raw;
-            raw.type = OutputType::kInt32;
-            PathGuard guard(isa.paths);
-            const auto got = run(c, pw, raw, false);
-            for (int64_t i = 0; i < c.m; ++i)
-              for (int64_t j = 0; j < c.ldc; ++j) {
-                int32_t v;
-                std::memcpy(&v, got.data() + (i * c.ldc + j) * 4, 4);
-                if (j < c.n)
-                  ASSERT_EQ(int64_t{v}, exact[static_cast<size_t>(i * c.n + j)]) << isa.name << " " << describe(c);
-                else
-                  ASSERT_EQ(static_cast<uint32_t>(v), 0xCDCDCDCDu) << "wrote past N: " << describe(c);
-              }
-          }
-          for (OutputType type : {OutputType::kUInt8, OutputType::kInt8}) {
-            OutputStageS8 st;
-            st.type = type;
-            const int32_t lo = type == OutputType::kUInt8 ? 0 : -128;
-            st.zero_point = lo + static_cast<int32_t>(rng.range(100, 155));
-            st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;
-            st.qmax = lo + 255;
-            const auto ms = pick_multipliers(rng, c, exact, lo, lo + 255, rng.range(0, 3) != 0);
-            st.multipliers = ms.data();
-            st.num_multipliers = static_cast<int64_t>(ms.size());
-            const auto want = run(c, pw, st, true);
-            PathGuard guard(isa.paths);
-            ASSERT_EQ(run(c, pw, st, false), want) << isa.name << " " << describe(c);
-          }
+          check_case(isa, rng, make_case(rng, m, n, k), stats);
+          if (HasFatalFailure()) return;
         }
   }
+  // As in EveryPathMatchesReferenceAroundTiles: a test where everything clamps tests nothing.
+  EXPECT_GT(stats.inside * 10, stats.outputs * 3) << "only " << stats.inside << " of " << stats.outputs
+                                                  << " outputs strictly inside (qmin, qmax)";
 }
 
 // prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
