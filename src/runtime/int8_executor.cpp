@@ -649,40 +649,6 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
           g.lda = cin;
           g.c = y.raw();
           kernels::gemm_s8(g, *prep);
-        } else if (row_group > 0) {
-          // Kernel-row groups (weights packed so at lowering): one R-byte copy per kernel row, into L2-sized row
-          // blocks over the threads; from a padded copy of the images (no checks per kernel row) unless the pads and
-          // strides would make that copy large (hostile geometry: then the checked builder).
-          PERCH_CHECK(ic.dil_w == 1, "width dilation changed after lowering");
-          const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(1024, (64 * 1024) / K));
-          const uint8_t pad = static_cast<uint8_t>(xp.zero_point);  // raw byte of the zero point (int8 too)
-          const int8::PaddedImages pi = int8::padded_geometry(ic);
-          const int64_t in_bytes = ic.in_h * ic.in_w * cin;
-          const bool use_padded = pi.rows <= 2 * ic.in_h + 64 && pi.row_bytes <= 2 * ic.in_w * cin + 256 &&
-                                  pi.bytes_per_image() <= 4 * in_bytes + 65536;
-          std::vector<uint8_t> padded;
-          if (use_padded) {
-            padded.resize(static_cast<size_t>(batch * pi.bytes_per_image()));
-            int8::pad_images_nhwc(ic, pi, static_cast<const uint8_t*>(x.raw()), pad, padded.data());
-          }
-          g.lda = K;  // kh * R: a multiple of 4, read in place by the GEMM
-          g.a = x.raw();  // for validate(); each block points at its own buffer
-          g.c = y.raw();
-          kernels::validate(g);
-          const size_t esz = dtype_size(yt);
-          parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
-            std::vector<uint8_t> buf(static_cast<size_t>(rows * K));
-            for (int64_t b = b0; b < b1; ++b) {
-              const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-              if (use_padded) int8::im2col_groups_padded(ic, pi, padded.data(), r0, r1, buf.data(), K);
-              else int8::im2col_groups(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data(), K);
-              kernels::GemmS8Args gb = g;
-              gb.m = r1 - r0;
-              gb.a = buf.data();
-              gb.c = static_cast<char*>(y.raw()) + static_cast<size_t>(r0 * N) * esz;
-              kernels::gemm_s8_block(gb, *prep, 0, gb.m, 0, N);
-            }
-          });
         } else if (cin % 4 == 0) {
           // Indirect GEMM (gemm_s8.h): no patch matrix; per row block (same blocks as below, over the threads) a
           // table of kh * kw pointers per output pixel into the NHWC input, or to a row of zero points for taps
@@ -714,20 +680,40 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
             }
           });
         } else {
-          // Row blocks of the patch matrix, one im2col buffer per block (L2-sized), blocks over the threads.
-          const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
+          // Row blocks of the patch matrix, one buffer per block (L2-sized), blocks over the threads. The rows are
+          // built by im2col (one copy per tap) or, for narrow kernel rows packed in kernel-row groups at lowering,
+          // one R-byte copy per kernel row: from a padded copy of the images (no check per kernel row) unless the
+          // pads and strides would make that copy large (hostile geometry: then the checked builder).
+          const int64_t rows = row_group > 0 ? std::max<int64_t>(16, std::min<int64_t>(1024, (64 * 1024) / K))
+                                             : std::max<int64_t>(16, std::min<int64_t>(256, (256 * 1024) / std::max<int64_t>(K, 1)));
           // Rows padded to a multiple of 4 bytes: the AVX-512 VNNI GEMM then reads them in place (gemm_s8.h).
+          // Kernel-row groups are kh * R bytes, already a multiple of 4.
           g.lda = (K + 3) / 4 * 4;
           g.a = x.raw();  // for validate(); each block points at its own buffer
           g.c = y.raw();
           kernels::validate(g);
           const size_t esz = dtype_size(yt);
           const uint8_t pad = static_cast<uint8_t>(xp.zero_point);  // raw byte of the zero point (int8 too)
+          const auto* xb = static_cast<const uint8_t*>(x.raw());
+          int8::PaddedImages pi;
+          std::vector<uint8_t> padded;
+          if (row_group > 0) {
+            PERCH_CHECK(ic.dil_w == 1, "width dilation changed after lowering");
+            pi = int8::padded_geometry(ic);
+            const int64_t in_bytes = ic.in_h * ic.in_w * cin;
+            if (pi.rows <= 2 * ic.in_h + 64 && pi.row_bytes <= 2 * ic.in_w * cin + 256 &&
+                pi.bytes_per_image() <= 4 * in_bytes + 65536) {
+              padded.resize(static_cast<size_t>(batch * pi.bytes_per_image()));
+              int8::pad_images_nhwc(ic, pi, xb, pad, padded.data());
+            }
+          }
           parallel_for(0, (M + rows - 1) / rows, [&](int64_t b0, int64_t b1) {
             std::vector<uint8_t> buf(static_cast<size_t>(rows * g.lda));
             for (int64_t b = b0; b < b1; ++b) {
               const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-              int8::im2col_nhwc(ic, static_cast<const uint8_t*>(x.raw()), pad, r0, r1, buf.data(), g.lda);
+              if (row_group == 0) int8::im2col_nhwc(ic, xb, pad, r0, r1, buf.data(), g.lda);
+              else if (!padded.empty()) int8::im2col_groups_padded(ic, pi, padded.data(), r0, r1, buf.data(), g.lda);
+              else int8::im2col_groups(ic, xb, pad, r0, r1, buf.data(), g.lda);
               kernels::GemmS8Args gb = g;
               gb.m = r1 - r0;
               gb.a = buf.data();
