@@ -24,6 +24,7 @@
 #include <fstream>
 #include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
 #include "cli_common.h"
 #include "cmd_train.h"
 #include "cmd_bench.h"  // perch bench, perch eval --engine
@@ -365,19 +366,33 @@ int cmd_eval(const std::string& model_path, const std::string& spec, int64_t bat
   return 0;
 }
 
-int cmd_run(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& out_dir, bool as_json) {
+int cmd_run(const std::string& model_path, const std::vector<std::string>& inputs, const std::string& out_dir,
+            const std::string& engine, bool as_json) {
+  PERCH_CHECK(engine == "fp32" || engine == "int8" || engine == "sim", "--engine must be fp32, int8 or sim, got '",
+              engine, "'");
   graph::Model model = graph::load_model(model_path);
-  runtime::Executor exec(model);
   runtime::TensorMap in;
   for (const auto& spec : inputs) {
     const auto eq = spec.find('=');
     PERCH_CHECK(eq != std::string::npos, "--input '", spec, "': expected NAME=FILE.npy");
     in[spec.substr(0, eq)] = read_npy(spec.substr(eq + 1));
   }
-  if (inputs.size() == 1 && in.count(exec.input_name()) == 0 && model.graph.inputs.size() == 1)
-    PERCH_FAIL(model_path, ": input '", in.begin()->first, "' is not a graph input (the model's input is '",
-               exec.input_name(), "')");
-  auto out = exec.run(in);
+  runtime::TensorMap out;
+  auto check_input = [&](const std::string& input_name) {
+    if (inputs.size() == 1 && in.count(input_name) == 0 && model.graph.inputs.size() == 1)
+      PERCH_FAIL(model_path, ": input '", in.begin()->first, "' is not a graph input (the model's input is '",
+                 input_name, "')");
+  };
+  if (engine == "fp32") {
+    runtime::Executor exec(model);
+    check_input(exec.input_name());
+    out = exec.run(in);
+  } else {
+    runtime::Int8Executor exec(model, engine == "int8" ? runtime::Int8Mode::kInteger : runtime::Int8Mode::kSimulate);
+    if (exec.report().float_nodes() > 0 && !quiet()) std::fprintf(stderr, "perch: note: %s\n", exec.report().summary().c_str());
+    check_input(exec.input_name());
+    out = exec.run(in);
+  }
   std::filesystem::create_directories(out_dir);
   json j = json::object();
   for (const auto& o : model.graph.outputs) {
@@ -509,6 +524,9 @@ int main(int argc, char** argv) {
   r->add_option("model", model_path, "ONNX model")->required();
   r->add_option("--input,-i", inputs, "NAME=FILE.npy (repeatable)")->required();
   r->add_option("-o,--output", out_dir, "output folder")->required();
+  std::string run_engine = "fp32";
+  r->add_option("--engine", run_engine, "fp32 (ONNX semantics, float kernels) | int8 (integer runtime) | sim (its exact simulation)")
+      ->capture_default_str();
   r->add_flag("--json", as_json, "print a JSON summary");
 
   // inspect
@@ -528,7 +546,7 @@ int main(int argc, char** argv) {
     if (e->parsed() && e->count("--engine")) return perch::cli::cmd_eval_engine(model_path, engine, data_spec, batch, as_json, df.options());
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (bench.sub->parsed()) return bench.run();
-    if (r->parsed()) return cmd_run(model_path, inputs, out_dir, as_json);
+    if (r->parsed()) return cmd_run(model_path, inputs, out_dir, run_engine, as_json);
     if (ins->parsed()) return cmd_inspect(model_path, as_json);
     if (auto rc = run_train()) return *rc;
   } catch (const std::exception& ex) {

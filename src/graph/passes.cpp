@@ -173,11 +173,12 @@ int remove_identities(Model& model) {
 
 std::string canonicalize(Model& model) {
   const int c = fold_constant_nodes(model);
+  const int q = expand_contrib_qops(model);
   const int b = fold_batchnorm(model);
   const int id = remove_identities(model);
   model.graph.toposort();
   return "folded " + std::to_string(b) + " BatchNormalization, " + std::to_string(c) + " Constant; removed " +
-         std::to_string(id) + " Identity";
+         std::to_string(id) + " Identity" + (q ? "; expanded " + std::to_string(q) + " com.microsoft QLinear*/QGemm to QDQ" : "");
 }
 
 }  // namespace perch::graph

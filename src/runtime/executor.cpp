@@ -5,6 +5,8 @@
 #include <map>
 #include <sstream>
 
+#include "perch/graph/passes.h"
+
 namespace perch::runtime {
 
 OpRegistry& OpRegistry::global() {
@@ -57,6 +59,7 @@ std::vector<std::string> unsupported_ops(const graph::Model& model) {
 }
 
 Executor::Executor(graph::Model model) : model_(std::move(model)) {
+  graph::expand_contrib_qops(model_);  // ONNX Runtime's QLinearAdd, QGemm, ... as the QDQ subgraphs they stand for
   PERCH_CHECK(model_.opset() >= 0 && model_.opset() <= kMaxOpset, model_.source, ": default-domain opset ",
               model_.opset(), " is not supported (perch runs ai.onnx opsets 1 to ", kMaxOpset, ")");
   auto missing = unsupported_ops(model_);

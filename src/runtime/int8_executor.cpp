@@ -18,6 +18,7 @@
 #include "int8_kernels.h"
 #include "ops_common.h"
 #include "perch/core/threads.h"
+#include "perch/graph/passes.h"
 #include "perch/kernels/conv_f32.h"
 #include "perch/kernels/dwconv_s8.h"
 #include "perch/kernels/gemm_f32.h"
@@ -96,6 +97,27 @@ Tensor to_layout(const Slot& s, Layout want) {
 Shape onnx_shape(const Slot& s) {
   if (s.layout == Layout::kPlain || s.t.rank() != 4) return s.t.shape();
   return {s.t.dim(0), s.t.dim(3), s.t.dim(1), s.t.dim(2)};
+}
+
+// `t` (1-byte elements, ONNX layout) broadcast to `out` (NumPy rules; the shapes are compatible).
+Tensor expand_bytes(const Tensor& t, const Shape& out) {
+  Tensor y = Tensor::uninitialized(t.dtype(), out);
+  const std::vector<int64_t> st = detail::broadcast_strides(t.shape(), out);
+  const auto* src = static_cast<const uint8_t*>(t.raw());
+  auto* dst = static_cast<uint8_t*>(y.raw());
+  const size_t r = out.size();
+  std::vector<int64_t> idx(r, 0);
+  int64_t off = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    dst[i] = src[off];
+    for (size_t d = r; d-- > 0;) {  // odometer over the output index, keeping the input offset in step
+      off += st[d];
+      if (++idx[d] < out[d]) break;
+      off -= st[d] * out[d];
+      idx[d] = 0;
+    }
+  }
+  return y;
 }
 
 struct WeightInfo {
@@ -1101,10 +1123,16 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
       return;
     }
     const Slot& bs = slot(c, bq);
-    PERCH_CHECK(onnx_shape(as) == onnx_shape(bs), model.source, ": ", n.describe(), ": input shapes ",
-                shape_str(onnx_shape(as)), " and ", shape_str(onnx_shape(bs)), " differ (broadcasting is not lowered)");
-    const Layout l = as.layout;
-    const Tensor ta = as.t, tb = to_layout(bs, l);
+    Layout l = as.layout;
+    Tensor ta = as.t, tb = to_layout(bs, l);
+    if (onnx_shape(as) != onnx_shape(bs)) {
+      // NumPy broadcasting: the result is an elementwise function of the two codes, so broadcasting the 8-bit
+      // inputs to the output shape first and then applying the table / formula is exact.
+      l = Layout::kPlain;
+      const Tensor pa = to_layout(as, l), pb = to_layout(bs, l);
+      const Shape out_shape = detail::broadcast_shape(pa.shape(), pb.shape(), n);
+      ta = expand_bytes(pa, out_shape), tb = expand_bytes(pb, out_shape);
+    }
     Tensor y = Tensor::uninitialized(ta.dtype(), ta.shape());
     if (formula)
       int8::binary8(*formula, static_cast<const uint8_t*>(ta.raw()), static_cast<const uint8_t*>(tb.raw()), ta.numel(),
@@ -1149,6 +1177,10 @@ void Int8Executor::Impl::lower_requant_table(const Node& qn, const Alias& a, con
 // Lowering driver
 
 Int8Executor::Impl::Impl(graph::Model m, Int8Mode md) : model(std::move(m)), mode(md) {
+  // ONNX Runtime's QLinearAdd, QGemm, ... become DQ -> op -> Q, which the lowering below takes like any QDQ pattern.
+  graph::expand_contrib_qops(model);
+  // ONNX's QLinearConv / QLinearMatMul likewise, so they reach the packed kernels (docs/INTEGER.md, section 2).
+  graph::qlinear_to_qdq(model);
   // Executor's checks (opset range, every op supported by the float kernels the fallback needs).
   { Executor check(model); }
   registry = &OpRegistry::global();

@@ -253,7 +253,7 @@ function loadOrt() {
 // 'basic' up ONNX Runtime (WeightBiasQuantization) quantizes the float weight of a Conv/ConvTranspose/Gemm whose
 // input comes from a per-tensor DequantizeLinear and whose output goes (through Relu/Clip only) to a
 // QuantizeLinear to symmetric per-tensor int8: a weight layer a QDQ model leaves float is not run float.
-async function createSession(model, threads, level = 'all') {
+async function createSession(model, threads, level = 'all', extra = {}) {
   if (!model) {
     const e = new UsageError('missing MODEL.onnx');
     e.showUsage = true;
@@ -267,6 +267,7 @@ async function createSession(model, threads, level = 'all') {
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: level,
+      ...extra,
     });
     return { ort, session };
   } catch (e) {

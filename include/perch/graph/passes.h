@@ -27,6 +27,32 @@ int fold_conv_affine(Model& model);
 // Removes Identity nodes (rewiring their consumers), except where the Identity produces a graph output.
 int remove_identities(Model& model);
 
+// Rewrites ONNX Runtime's quantized contrib operators (domain com.microsoft: the "QOperator" format of
+// onnxruntime.quantization, and what ONNX Runtime writes when it saves an optimized QDQ model) into the QDQ
+// subgraphs that define them, so both executors run them — the float executor as ONNX's DequantizeLinear ->
+// op -> QuantizeLinear, the int8 executor by lowering those patterns to its integer kernels (docs/INTEGER.md):
+//   QLinearAdd / QLinearMul (A, sA, zA, B, sB, zB, sC, zC)  -> Q(Add | Mul(DQ(A), DQ(B)), sC, zC)
+//   QLinearSigmoid / QLinearLeakyRelu (X, sX, zX, sY, zY)    -> Q(Sigmoid | LeakyRelu(DQ(X)), sY, zY)
+//   QLinearGlobalAveragePool / QLinearAveragePool (same)     -> Q(pool(DQ(X)), sY, zY); channels_last = 1:
+//                                                               Transposes to channels-first and back around the pool
+//   QLinearConcat (sY, zY, X0, s0, z0, X1, ...)              -> Q(Concat(DQ(X0), DQ(X1), ...), sY, zY)
+//   QGemm (A, sA, zA, B, sB, zB, C, sY, zY)                  -> [Q](Gemm(DQ(A), DQ(B), DQ(C at scale sA·sB)),
+//                                                               alpha, beta = alpha), i.e.
+//                                                               Y = alpha·(A'B' + sA·sB·C) as ONNX Runtime computes it
+// Omitted zero points are 0 of the node's 8-bit type. Each expansion keeps the contrib node's name on its
+// float op and its output name on the final QuantizeLinear. A node the rewrite cannot express (wrong input
+// count, 16-bit types, channels_last with an unknown rank) is refused naming it. Returns the number rewritten.
+int expand_contrib_qops(Model& model);
+
+// For the int8 executor: ONNX's QLinearConv and QLinearMatMul (with constant per-tensor activation
+// parameters and constant weights, per-tensor or per output channel / column) become their defining QDQ
+// subgraphs, Q(Conv(DQ(x), DQ(W), DQ(B at s_x·s_w)), s_y, z_y) and Q(MatMul(DQ(a), DQ(B)), s_y, z_y), which
+// the int8 lowering packs for its fast kernels (the float executor keeps ONNX's exact integer loops). Then
+// MaxPool / Flatten / Reshape / Squeeze / Unsqueeze / Identity applied to such an 8-bit value q = Q(v, s, zp)
+// become Q(op(DQ(q, s, zp)), s, zp) — exact (they only move or select values; Q(DQ(q)) = q) — so the lowering
+// sees the DQ -> op patterns it handles. Other forms stay as they are. Returns the number of nodes rewritten.
+int qlinear_to_qdq(Model& model);
+
 // All of the above, in order; returns a summary like "folded 3 BatchNormalization, 2 Constant".
 std::string canonicalize(Model& model);
 
