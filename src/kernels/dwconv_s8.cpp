@@ -152,12 +152,11 @@ void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf
   clamp64 = false;
   hi32 = true;
   for (size_t c = 0; c < n; ++c) {
-    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take R = 1, which keeps hi32.
-    const int64_t L = 31 - rq.sh64[c], R = rq.mult[c] == 0 ? 1 : rq.rsh[c];
-    if (L > 0 || R == 0) hi32 = false;
-    if (L > 0) clamp64 = true;
-    const int64_t rnd = L > 0 ? int64_t{1} << (30 - L) : (int64_t{1} << 30) + (R > 0 ? int64_t{1} << (30 + R) : 0);
-    const int64_t adj = L == 0 && R > 0 ? int64_t{1} << 31 : 0, sh = L > 0 ? 31 - L : 31 + R;
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take S = 32, which keeps hi32.
+    const int64_t sh = rq.mult[c] == 0 ? 32 : rq.sh64[c];
+    if (sh < 32) hi32 = false;
+    if (sh < 31) clamp64 = true;
+    const int64_t rnd = int64_t{1} << (sh - 1), adj = 0;
     const size_t k = (c % gs) / 2, odd = c % 2;
     int64_t* t = rqf.data() + c / gs * 8 * half;
     t[(0 + odd) * half + k] = rq.mult[c];
@@ -259,11 +258,7 @@ s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
   if (d.out.type != OutputType::kInt32) {
     permute(p.rq.mult, ord);
     permute(p.rq.sh64, ord);
-    permute(p.rq.rsh, ord);
-    if (cached)
-      s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
-    else
-      permute(p.rq.rmask, ord);  // the row-cached kernels do not read it
+    if (cached) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
   }
   return p;
 }

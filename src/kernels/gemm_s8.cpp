@@ -128,17 +128,12 @@ namespace s8 {
 RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, int64_t padded) {
   RequantTables t;
   t.mult.assign(static_cast<size_t>(padded), 0);
-  t.sh64.assign(static_cast<size_t>(padded), 31);
-  t.rsh.assign(static_cast<size_t>(padded), 0);
-  t.rmask.assign(static_cast<size_t>(padded), 0);
+  t.sh64.assign(static_cast<size_t>(padded), 32);  // padding channels: mult 0, any S gives 0
   for (int64_t j = 0; j < channels; ++j) {
     const auto m = out.multipliers[out.num_multipliers == 1 ? 0 : j];
     if (m.shift < -31 || m.shift > 30) t.simd_ok = false;
-    const int32_t L = std::max(m.shift, 0), R = std::clamp(-m.shift, 0, 31);
     t.mult[static_cast<size_t>(j)] = m.multiplier;
-    t.sh64[static_cast<size_t>(j)] = 31 - std::min(L, 30);
-    t.rsh[static_cast<size_t>(j)] = R;
-    t.rmask[static_cast<size_t>(j)] = static_cast<int32_t>((int64_t{1} << R) - 1);
+    t.sh64[static_cast<size_t>(j)] = std::clamp(31 - m.shift, 1, 62);
   }
   t.zp = out.zero_point;
   t.lo = out.qmin - out.zero_point;

@@ -16,7 +16,7 @@
 // zero-point term is applied to the accumulators once, every pointer the stores need is read into a local first
 // (intrinsic stores may alias anything: fields read after one were reloaded per row), int32 stores are plain for
 // whole panels, and the 8-bit stage is instantiated per (uint8 / int8, whole / partial tile). 8-bit outputs use the
-// one-rounding output stage (s8_internal.h, DwConst::rqf; bit-identical to multiply_by_quantized_multiplier) and
+// one-rounding output stage (s8_internal.h, DwConst::rqf; bit-identical to quant::multiply_round_once) and
 // are packed to bytes two rows at a time.
 #include "s8_internal.h"
 

@@ -13,24 +13,23 @@
 namespace perch::kernels::s8 {
 
 // The output stage per channel, in the form the SIMD code consumes. For channel j with FixedPointMultiplier
-// {mult, shift}: L = max(shift, 0), R = max(-shift, 0);
-//   r   = clamp_int32((acc * mult + 2^(30 - L)) >> (31 - L))   (64-bit, arithmetic shift)
-//   out = rounding_divide_by_pot(r, R)
-// which is multiply_by_quantized_multiplier for shift in [-31, 30] (L = 0: SRDHM then the rounding divide;
-// R = 0: the 64-bit left-shift formula). Then out = min(max(out, lo), hi) + zp.
+// {mult, shift} and S = 31 - shift:
+//   out = clamp((acc * mult + 2^(S - 1)) >> S, lo, hi) + zp      (64-bit product, arithmetic shift = floor)
+// which is quant::multiply_round_once (one rounding of acc * M, ties toward +inf) for shift in [-31, 30], i.e.
+// S in [1, 62]: |acc * mult| < 2^62 and 2^(S - 1) <= 2^61 keep the sum inside int64. With S < 31 (M >= 1) the
+// shifted value can exceed int32: the SIMD code clamps it to int32 first (the scalar code saturates), the same
+// result after the clamp to [lo, hi].
 struct RequantTables {
   bool simd_ok = true;          // every shift in [-31, 30]
   std::vector<int32_t> mult;    // [padded channels]
-  std::vector<int32_t> sh64;    // 31 - L, in [1, 31]
-  std::vector<int32_t> rsh;     // R, in [0, 31]
-  std::vector<int32_t> rmask;   // 2^R - 1
+  std::vector<int32_t> sh64;    // S = 31 - shift, in [1, 62] (62 where simd_ok is false: not read)
   int32_t lo = 0, hi = 0, zp = 0;  // lo = qmin - zp, hi = qmax - zp
 };
 RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, int64_t padded);
 
 // Scalar output stage, the definition (used by the reference twins and the scalar tails).
 inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const OutputStageS8& o) {
-  const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc, m)} + o.zero_point;
+  const int64_t v = int64_t{quant::multiply_round_once(acc, m)} + o.zero_point;
   return static_cast<int32_t>(v < o.qmin ? o.qmin : (v > o.qmax ? o.qmax : v));
 }
 
@@ -70,21 +69,14 @@ struct DwConst {
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
-  // The output stage with one rounding, for the row-cached kernels (kw <= 4). Per channel, with L, R as in
-  // RequantTables and p = acc * mult (exact, 64-bit):
-  //   L > 0:  out = clamp((p + 2^(30 - L)) >> (31 - L), lo, hi)               (rsh == 0; as RequantTables)
-  //   L == 0: out = clamp((p + 2^30 + c) >> (31 + R), lo, hi),  c = 0 if R == 0, else 2^(30 + R) - 2^31 [p < -2^30]
-  // The L == 0 line is SRDHM followed by rounding_divide_by_pot merged exactly: with h = floor((p + 2^30) / 2^31)
-  // (SRDHM; h < 0 iff p < -2^30), rounding_divide_by_pot(h, R) = floor((h + 2^(R-1) - [h < 0]) / 2^R) for R >= 1,
-  // and floor((floor(A / 2^31) + k) / 2^R) = floor((A + k 2^31) / 2^(31 + R)) for integer k. |p| <= 2^62, so
-  // p + 2^30 + 2^61 fits int64; the result fits int32 (it is rounding_divide_by_pot of an int32). With L > 0 the
-  // shifted value can exceed int32 (the scalar code saturates): clamping it straight to [lo, hi] is the same.
+  // The output stage (RequantTables' formula) laid out for the row-cached kernels (kw <= 4), 64-bit lanes:
+  //   out = clamp((p + rnd) >> sh, lo, hi),  p = acc * mult (exact, 64-bit),  rnd = 2^(sh - 1),  sh = S in [1, 62].
   // Layout: per group of G channels (G = 16 for AVX-512, 8 for AVX2; accumulator order), 8 arrays of G / 2 int64
-  // for the even and odd channels of the group: mult_e, mult_o, rnd_e, rnd_o, adj_e, adj_o, sh_e, sh_o
-  // (rnd = 2^(30-L) or 2^30 + [R > 0] 2^(30+R); adj = [L == 0 && R > 0] 2^31; sh = 31 - L or 31 + R, in [1, 62]).
+  // for the even and odd channels of the group: mult_e, mult_o, rnd_e, rnd_o, adj_e, adj_o, sh_e, sh_o (adj is
+  // 0: the slot of the former double-rounding correction, kept so the group stride stays 8 arrays).
   std::vector<int64_t> rqf;
-  bool rqf_clamp64 = false;      // some channel has L > 0: clamp in 64 bits before narrowing
-  // Every channel has L == 0 and R >= 1 (sh >= 32; M == 0 counts as R = 1): floor(X / 2^sh) is taken as the high
+  bool rqf_clamp64 = false;      // some channel has S < 31 (M >= 1): clamp in 64 bits before narrowing
+  // Every channel has S >= 32 (M < 1/2; M == 0 counts as S = 32): floor(X / 2^sh) is taken as the high
   // 32 bits of X, then a 32-bit arithmetic shift by sh - 32 (floor of a floor is the floor of the quotient), so the
   // even and odd halves share one 32-bit shift. rqf's sh_e array then holds the G int32 counts sh - 32.
   bool rqf_hi32 = false;

@@ -14,18 +14,15 @@ namespace perch::kernels::s8 {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 // Per-channel constants for 16 consecutive channels, loaded once per tile.
 struct Rq16 {
-  __m512i mult, sh_e, sh_o, rnd_e, rnd_o, rsh, rmask, rhalf, lo, hi, zp;
+  __m512i mult, sh_e, sh_o, rnd_e, rnd_o, lo, hi, zp;
   Rq16(const RequantTables& t, int64_t j) {
     mult = _mm512_loadu_si512(t.mult.data() + j);
     const __m512i sh = _mm512_loadu_si512(t.sh64.data() + j);
     sh_e = _mm512_and_si512(sh, _mm512_set1_epi64(0xffffffff));
     sh_o = _mm512_srli_epi64(sh, 32);
     const __m512i one = _mm512_set1_epi64(1);
-    rnd_e = _mm512_sllv_epi64(one, _mm512_sub_epi64(sh_e, one));  // 2^(30 - L)
+    rnd_e = _mm512_sllv_epi64(one, _mm512_sub_epi64(sh_e, one));  // 2^(S - 1)
     rnd_o = _mm512_sllv_epi64(one, _mm512_sub_epi64(sh_o, one));
-    rsh = _mm512_loadu_si512(t.rsh.data() + j);
-    rmask = _mm512_loadu_si512(t.rmask.data() + j);
-    rhalf = _mm512_srli_epi32(rmask, 1);
     lo = _mm512_set1_epi32(t.lo);
     hi = _mm512_set1_epi32(t.hi);
     zp = _mm512_set1_epi32(t.zp);
@@ -35,18 +32,11 @@ struct Rq16 {
     const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
     __m512i pe = _mm512_mul_epi32(acc, mult);  // even lanes, exact 64-bit products
     __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_srli_epi64(mult, 32));
-    pe = _mm512_srav_epi64(_mm512_add_epi64(pe, rnd_e), sh_e);
+    pe = _mm512_srav_epi64(_mm512_add_epi64(pe, rnd_e), sh_e);  // floor((p + 2^(S - 1)) / 2^S)
     po = _mm512_srav_epi64(_mm512_add_epi64(po, rnd_o), sh_o);
     pe = _mm512_min_epi64(_mm512_max_epi64(pe, i32min), i32max);
     po = _mm512_min_epi64(_mm512_max_epi64(po, i32min), i32max);
-    const __m512i r = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
-    // rounding_divide_by_pot(r, R): floor(r / 2^R) + (remainder > half - (r < 0 ? 1 : 0) ... written as
-    // remainder > (mask >> 1) + (r < 0)).
-    const __m512i rem = _mm512_and_si512(r, rmask);
-    const __m512i thr = _mm512_sub_epi32(rhalf, _mm512_srai_epi32(r, 31));
-    __m512i q = _mm512_srav_epi32(r, rsh);
-    
-    q = _mm512_mask_sub_epi32(q, _mm512_cmpgt_epi32_mask(rem, thr), q, _mm512_set1_epi32(-1));
+    __m512i q = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
     q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
     return _mm512_add_epi32(q, zp);
   }
@@ -56,31 +46,24 @@ struct Rq16 {
 // Returns the int32 result before the clamp to [lo, hi] (applied later on int16, after VPACKSSDW, which is exact:
 // [lo, hi] lies inside int16); with kClamp64 the 64-bit result is clamped to [lo, hi] first, as it may not fit.
 struct RqF16 {
-  __m512i me, mo, re, ro, ae, ao, se, so;
+  __m512i me, mo, re, ro, se, so;
   explicit RqF16(const int64_t* t) {
     me = _mm512_loadu_si512(t), mo = _mm512_loadu_si512(t + 8);
     re = _mm512_loadu_si512(t + 16), ro = _mm512_loadu_si512(t + 24);
-    ae = _mm512_loadu_si512(t + 32), ao = _mm512_loadu_si512(t + 40);
-    se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);
+    se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);  // t + 32..47: the zero adj slots
   }
   // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwConst::rqf_hi32; se holds 16 int32 counts sh - 32).
   template <int kMode>
   __m512i apply(__m512i acc, __m512i lo64, __m512i hi64) const {
-    const __m512i thr = _mm512_set1_epi64(-(int64_t{1} << 30));
-    __m512i pe = _mm512_mul_epi32(acc, me);
-    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), mo);
-    const __mmask8 ne = _mm512_cmpgt_epi64_mask(thr, pe), no = _mm512_cmpgt_epi64_mask(thr, po);
-    pe = _mm512_add_epi64(pe, re);
-    po = _mm512_add_epi64(po, ro);
+    __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(acc, me), re);
+    __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), mo), ro);
     if constexpr (kMode == 2) {
-      pe = _mm512_mask_sub_epi64(pe, ne, pe, ae);
-      po = _mm512_mask_sub_epi64(po, no, po, ao);
       // even int32 lanes take pe's high halves, odd lanes keep po's: floor(X / 2^32), then >> (sh - 32).
       return _mm512_srav_epi32(_mm512_mask_shuffle_epi32(po, 0x5555, pe, _MM_PERM_CDAB), se);
     }
     constexpr bool kClamp64 = kMode == 1;
-    pe = _mm512_srav_epi64(_mm512_mask_sub_epi64(pe, ne, pe, ae), se);
-    po = _mm512_srav_epi64(_mm512_mask_sub_epi64(po, no, po, ao), so);
+    pe = _mm512_srav_epi64(pe, se);
+    po = _mm512_srav_epi64(po, so);
     if constexpr (kClamp64) {
       pe = _mm512_min_epi64(_mm512_max_epi64(pe, lo64), hi64);
       po = _mm512_min_epi64(_mm512_max_epi64(po, lo64), hi64);
@@ -105,7 +88,7 @@ inline __m256i clamp_i32_epi64_avx2(__m256i x) {
 }
 
 struct Rq8 {
-  __m256i mult, sh_e, sh_o, rnd_e, rnd_o, rsh, rmask, rhalf, lo, hi, zp;
+  __m256i mult, sh_e, sh_o, rnd_e, rnd_o, lo, hi, zp;
   Rq8(const RequantTables& t, int64_t j) {
     mult = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.mult.data() + j));
     const __m256i sh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.sh64.data() + j));
@@ -114,9 +97,6 @@ struct Rq8 {
     const __m256i one = _mm256_set1_epi64x(1);
     rnd_e = _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_e, one));
     rnd_o = _mm256_sllv_epi64(one, _mm256_sub_epi64(sh_o, one));
-    rsh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.rsh.data() + j));
-    rmask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.rmask.data() + j));
-    rhalf = _mm256_srli_epi32(rmask, 1);
     lo = _mm256_set1_epi32(t.lo);
     hi = _mm256_set1_epi32(t.hi);
     zp = _mm256_set1_epi32(t.zp);
@@ -126,11 +106,7 @@ struct Rq8 {
     __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(mult, 32));
     pe = clamp_i32_epi64_avx2(srav_epi64_avx2(_mm256_add_epi64(pe, rnd_e), sh_e));
     po = clamp_i32_epi64_avx2(srav_epi64_avx2(_mm256_add_epi64(po, rnd_o), sh_o));
-    const __m256i r = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
-    const __m256i rem = _mm256_and_si256(r, rmask);
-    const __m256i thr = _mm256_sub_epi32(rhalf, _mm256_srai_epi32(r, 31));
-    __m256i q = _mm256_srav_epi32(r, rsh);
-    q = _mm256_sub_epi32(q, _mm256_cmpgt_epi32(rem, thr));  // true lanes are -1: adds 1
+    __m256i q = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
     q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
     return _mm256_add_epi32(q, zp);
   }
@@ -138,21 +114,16 @@ struct Rq8 {
 
 // DwConst::rqf for 8 channels (one accumulator vector), as RqF16 (formula in s8_internal.h).
 struct RqF8 {
-  __m256i me, mo, re, ro, ae, ao, se, so;
+  __m256i me, mo, re, ro, se, so;
   explicit RqF8(const int64_t* t) {
     auto ld = [](const int64_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
-    me = ld(t), mo = ld(t + 4), re = ld(t + 8), ro = ld(t + 12), ae = ld(t + 16), ao = ld(t + 20), se = ld(t + 24),
-    so = ld(t + 28);
+    me = ld(t), mo = ld(t + 4), re = ld(t + 8), ro = ld(t + 12), se = ld(t + 24), so = ld(t + 28);  // t + 16..23: adj (0)
   }
   // kMode as RqF16's (hi32: se holds 8 int32 counts sh - 32).
   template <int kMode>
   __m256i apply(__m256i acc, __m256i lo64, __m256i hi64) const {
-    const __m256i thr = _mm256_set1_epi64x(-(int64_t{1} << 30));
-    __m256i pe = _mm256_mul_epi32(acc, me);
-    __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo);
-    const __m256i ne = _mm256_cmpgt_epi64(thr, pe), no = _mm256_cmpgt_epi64(thr, po);
-    pe = _mm256_sub_epi64(_mm256_add_epi64(pe, re), _mm256_and_si256(ne, ae));
-    po = _mm256_sub_epi64(_mm256_add_epi64(po, ro), _mm256_and_si256(no, ao));
+    __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(acc, me), re);
+    __m256i po = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo), ro);
     if constexpr (kMode == 2)  // even lanes: pe's high halves; odd lanes: po's (in place); then >> (sh - 32)
       return _mm256_srav_epi32(_mm256_blend_epi32(_mm256_shuffle_epi32(pe, 0xB1), po, 0xAA), se);
     constexpr bool kClamp64 = kMode == 1;

@@ -901,7 +901,7 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
       c.values[out_name] = Slot{std::move(f), Layout::kPlain};
       return;
     }
-    // q = clamp(multiply_by_quantized_multiplier(acc, M[c]) + zp_y, qmin, qmax)   (output_stage_s8.h)
+    // q = clamp(multiply_round_once(acc, M[c]) + zp_y, qmin, qmax)   (output_stage_s8.h)
     Tensor y = Tensor::uninitialized(stage.type == OutputType::kUInt8 ? DType::kUInt8 : DType::kInt8, out_shape);
     auto* yo = static_cast<uint8_t*>(y.raw());  // raw bytes: int8 is stored as its two's complement byte
     for (int64_t o = 0; o < outer; ++o)
@@ -909,7 +909,7 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
         const quant::FixedPointMultiplier m = (*mults)[static_cast<size_t>(ch)];
         for (int64_t p = 0; p < inner; ++p) {
           const int64_t i = (o * N + ch) * inner + p;
-          const int64_t v = int64_t{quant::multiply_by_quantized_multiplier(acc_at(i, ch), m)} + stage.zero_point;
+          const int64_t v = int64_t{quant::multiply_round_once(acc_at(i, ch), m)} + stage.zero_point;
           yo[i] = static_cast<uint8_t>(static_cast<int32_t>(std::clamp<int64_t>(v, stage.qmin, stage.qmax)));
         }
       }

@@ -116,18 +116,10 @@ void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
   }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, OW * C)));
 }
 
-// round(x * M) with ONE rounding (to nearest, ties toward +inf), M = multiplier * 2^(shift - 31):
-// floor((x * multiplier + 2^(30 - shift)) / 2^(31 - shift)) in 64 bits. Pool multipliers s_x / (s_y d) are
-// near 1, where multiply_by_quantized_multiplier's double rounding (a first rounding to units of 2^shift)
-// would move every value whose fraction lies within 2^(shift - 1) below one half — 12 % of them at
-// shift = -2. For shift <= 0 (M < 1): |x| < 2^31 and multiplier < 2^31 keep |product| < 2^62, 31 <= right
-// <= 62, and |result| <= |x| fits int32. M >= 1 (shift > 0) is already a single rounding there.
-inline int32_t mul_round_once(int32_t x, quant::FixedPointMultiplier m) {
-  if (m.shift > 0) return quant::multiply_by_quantized_multiplier(x, m);
-  const int right = 31 - m.shift;
-  const int64_t prod = int64_t{x} * m.multiplier;
-  return static_cast<int32_t>((prod + (int64_t{1} << (right - 1))) >> right);
-}
+// The pools requantize like every integer op: quant::multiply_round_once, one rounding of x * M (ties toward
+// +inf). Pool multipliers s_x / (s_y d) are near 1, where the TFLite double rounding would move every value
+// whose fraction lies within 2^(shift - 1) below one half — 12 % of them at shift = -2.
+inline int32_t mul_round_once(int32_t x, quant::FixedPointMultiplier m) { return quant::multiply_round_once(x, m); }
 
 template <typename T>
 void avgpool_impl(const kernels::Pool2dShape& s, const T* x, int32_t zp_x, const quant::FixedPointMultiplier* mult,

@@ -21,7 +21,7 @@ void maxpool_nhwc(const kernels::Pool2dShape& s, const Tensor& x, Tensor& y);
 
 // Average pooling on NHWC 8-bit data, requantized from (s_x, zp_x) to (s_y, zp_y):
 //   sum   = sum over the window's counted cells of (q_x - zp_x)                   (int32: |sum| <= 255 * cells)
-//   q_y   = clamp(zp_y + multiply_by_quantized_multiplier(sum, M_d), qmin, qmax),  M_d = s_x / (s_y * d)
+//   q_y   = clamp(zp_y + multiply_round_once(sum, M_d), qmin, qmax),  M_d = s_x / (s_y * d)
 // d = the divisor (window size, or the cells inside the input when !count_include_pad); multipliers[d] holds
 // M_d for every d in [1, kernel_h * kernel_w]. Padded cells are never summed: with count_include_pad they
 // count in d as zeros (the ONNX meaning: zero-padding of the real input, i.e. q = zp_x).

@@ -1,6 +1,7 @@
 // perch eval --engine int8|sim|fp32 and perch bench, end to end through the binary, on tiny_cnn quantized by
 // perch quantize (the shared models are in tests/ptq/int8_test.cpp).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -30,7 +31,8 @@ struct Scratch {
 const Scratch& tiny() {
   static const Scratch s = [] {
     Scratch r;
-    r.dir = test::binary_dir() / "test_scratch" / "int8_cli";
+    // One folder per process: CTest runs these tests as concurrent processes, each building the fixture.
+    r.dir = test::binary_dir() / "test_scratch" / ("int8_cli_" + std::to_string(::getpid()));
     fs::remove_all(r.dir);
     fs::create_directories(r.dir);
     const graph::Model m = test::tiny_cnn(7);

@@ -371,4 +371,33 @@ TEST(QOperatorModels, OrtOptimizedTinyModelRunsOnBothEngines) {
   EXPECT_EQ(ex.report().float_nodes(), 0) << ex.report().summary();
 }
 
+// The shared models as ONNX Runtime executes them: perch's W8A8 per-channel QDQ, optimized by ONNX Runtime into
+// QLinearConv / QLinearAdd / QLinearGlobalAveragePool / QGemm (and MaxPool on uint8). perch's int8 engine on
+// that file must give ONNX Runtime's accuracy on the 10 000 test images within 0.001, every node lowered.
+class QOperatorShared : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(QOperatorShared, Int8EngineMatchesOnnxRuntimeOnItsOwnOptimizedModel) {
+  PERCH_REQUIRE_SHARED_MODEL(model, std::string(GetParam()) + ".onnx");
+  require_ort();
+  const fs::path d = scratch(std::string("qop_shared_") + GetParam());
+  auto r = run_cmd(perch_bin() + " quantize " + q(model) + " -o " + q(d / "q.onnx") +
+                   " --calib fashion-mnist:train --calib-count 256 -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "optimize.js") + " " + q(d / "q.onnx") + " -o " + q(d / "qop.onnx"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string mnist = "/usr/share/datasets/fashion-mnist/";
+  r = run_cmd("node " + q(ort_dir() / "eval.js") + " " + q(d / "qop.onnx") + " --images " + mnist +
+              "t10k-images-idx3-ubyte.gz --labels " + mnist + "t10k-labels-idx1-ubyte.gz --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double ort = json::parse(r.out)["accuracy"];
+  r = run_cmd(perch_bin() + " eval " + q(d / "qop.onnx") + " --engine int8 --data fashion-mnist:test --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["float_nodes"], 0);
+  EXPECT_NEAR(j["accuracy"].get<double>(), ort, 0.001) << "perch int8 vs ONNX Runtime on " << GetParam();
+  std::printf("  %s QOperator file: ONNX Runtime %.4f, perch int8 %.4f\n", GetParam(), ort, j["accuracy"].get<double>());
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, QOperatorShared, ::testing::Values("fmnist_convnet", "fmnist_mbv2"));
+
 }  // namespace

@@ -220,7 +220,7 @@ TEST(DepthwiseS8, ReferenceMatchesInt64Formula) {
     for (size_t i = 0; i < want.size(); ++i) {
       const auto m = ms[i % ms.size()];
       const int64_t e = std::clamp<int64_t>(
-          int64_t{quant::multiply_by_quantized_multiplier(static_cast<int32_t>(want[i]), m)} + 120, 0, 255);
+          int64_t{quant::multiply_round_once(static_cast<int32_t>(want[i]), m)} + 120, 0, 255);
       ASSERT_EQ(int{q[i]}, e) << c.describe();
     }
   }
@@ -427,7 +427,7 @@ TEST(DepthwiseS8, RowCachedTileBoundaries) {
   }
 }
 
-// The one-rounding output stage of the row-cached kernels against multiply_by_quantized_multiplier over the
+// The one-rounding output stage of the row-cached kernels against multiply_round_once over the
 // whole int32 range: a 1x1 kernel with the input at its zero point gives acc = bias, so the biases choose the
 // accumulators (extremes, 0, +-1, +-2^30, random), and each channel has its own multiplier (every shift the SIMD
 // paths take, multipliers 2^30, 2^30 + 1, 2^31 - 1 and random, and 0; every other iteration right shifts only).

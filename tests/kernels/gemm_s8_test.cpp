@@ -258,7 +258,7 @@ TEST(GemmS8, ValidateRejectsBadArguments) {
 }
 
 // The reference twin against the independent int64 formula: raw int32 exactly, requantized through
-// multiply_by_quantized_multiplier.
+// multiply_round_once.
 TEST(GemmS8, ReferenceMatchesInt64Formula) {
   Rng rng(2);
   for (int it = 0; it < 60; ++it) {
@@ -286,7 +286,7 @@ TEST(GemmS8, ReferenceMatchesInt64Formula) {
     const auto r8 = run(c, pw, st, true);
     for (int64_t i = 0; i < c.m; ++i)
       for (int64_t j = 0; j < c.n; ++j) {
-        const int64_t q = int64_t{quant::multiply_by_quantized_multiplier(
+        const int64_t q = int64_t{quant::multiply_round_once(
                               static_cast<int32_t>(exact[static_cast<size_t>(i * c.n + j)]), ms[static_cast<size_t>(j)])} +
                           st.zero_point;
         ASSERT_EQ(static_cast<int8_t>(r8[static_cast<size_t>(i * c.ldc + j)]), std::clamp<int64_t>(q, -128, 127))

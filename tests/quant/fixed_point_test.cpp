@@ -162,5 +162,55 @@ TEST(FixedPoint, MultiplyByQuantizedMultiplier) {
   EXPECT_EQ(multiply_by_quantized_multiplier(kMax, {kMax, -40}), 0);
 }
 
+// The runtime's output stage: exactly round(x * M) (ties toward +inf), saturated, against 128-bit integer
+// arithmetic — floor((2 x multiplier + 2^S) / 2^(S + 1)) for S = 31 - shift, or x multiplier 2^(shift - 31) rounded
+// the same way for left shifts.
+int64_t ref_round_once(int32_t x, FixedPointMultiplier m) {
+  const __int128 p = static_cast<__int128>(x) * m.multiplier;
+  __int128 r;
+  const int s = 31 - m.shift;
+  if (s >= 1) {
+    if (s >= 120) return 0;
+    const __int128 num = 2 * p + (static_cast<__int128>(1) << s), den = static_cast<__int128>(1) << (s + 1);
+    r = num >= 0 ? num / den : -((-num + den - 1) / den);  // floor
+  } else {
+    r = -s >= 60 ? (p > 0 ? kMax + int64_t{1} : p < 0 ? kMin - int64_t{1} : 0) : p * (static_cast<__int128>(1) << -s);
+  }
+  if (r > kMax) return kMax;
+  if (r < kMin) return kMin;
+  return static_cast<int64_t>(r);
+}
+
+TEST(FixedPoint, MultiplyRoundOnceIsTheExactlyRoundedProduct) {
+  std::mt19937_64 rng(12);
+  std::uniform_int_distribution<int32_t> any(kMin, kMax);
+  int64_t differs_from_double_rounding = 0;
+  for (int i = 0; i < 2'000'000; ++i) {
+    const double real = std::ldexp(std::uniform_real_distribution<double>(0.5, 1.0)(rng),
+                                   static_cast<int>(rng() % 48) - 39);
+    const FixedPointMultiplier m = quantize_multiplier(real);
+    int32_t x = any(rng);
+    if (i & 1) x >>= 12;  // accumulator-sized values too
+    const int32_t got = multiply_round_once(x, m);
+    ASSERT_EQ(got, ref_round_once(x, m)) << x << " * " << real;
+    differs_from_double_rounding += got != multiply_by_quantized_multiplier(x, m);
+  }
+  // The double rounding of multiply_by_quantized_multiplier is a real difference, not a no-op.
+  EXPECT_GT(differs_from_double_rounding, 0);
+  // Exact ties go up (toward +inf) for both signs: 3 * 0.5 = 1.5 -> 2, -3 * 0.5 = -1.5 -> -1.
+  EXPECT_EQ(multiply_round_once(3, quantize_multiplier(0.5)), 2);
+  EXPECT_EQ(multiply_round_once(-3, quantize_multiplier(0.5)), -1);
+  EXPECT_EQ(multiply_round_once(-5, quantize_multiplier(0.25)), -1);  // -1.25
+  for (int32_t x : edge_values())
+    for (int shift = -40; shift <= 40; ++shift) {
+      const FixedPointMultiplier m{(1 << 30) + 12345, shift};
+      ASSERT_EQ(multiply_round_once(x, m), ref_round_once(x, m)) << x << " shift " << shift;
+    }
+  EXPECT_EQ(multiply_round_once(12345, {}), 0);
+  EXPECT_EQ(multiply_round_once(kMin, {1 << 30, -32}), 0);   // -0.25
+  EXPECT_EQ(multiply_round_once(kMin, {1 << 30, -31}), 0);   // -0.5: the tie goes up, to 0
+  EXPECT_EQ(multiply_round_once(kMin, {1 << 30, -30}), -1);  // exactly -1
+}
+
 }  // namespace
 }  // namespace perch::quant

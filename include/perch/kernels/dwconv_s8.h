@@ -13,8 +13,8 @@
 // (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
 // VPMADDUBSW) — and reused by the kh output rows that read it; an output pixel is then kh VPDPBUSD per 16
 // channels (AVX2: kh * ceil(kw / 2) VPMADDWD per 8), with the zero point folded into the accumulators'
-// start value, and an output stage with a single 64-bit rounding (s8_internal.h, DwConst::rqf) that equals
-// multiply_by_quantized_multiplier bit for bit. Layouts, formulas and bounds: dwconv_s8_avx512vnni.cpp,
+// start value, and the output stage in 64-bit lanes (s8_internal.h, DwConst::rqf) that equals
+// quant::multiply_round_once bit for bit. Layouts, formulas and bounds: dwconv_s8_avx512vnni.cpp,
 // dwconv_s8_avx2.cpp. Wider kernels use the per-pixel kernels: per output pixel the VNNI path interleaves the
 // bytes of 4 taps with VPUNPCK{L,H}{BW,WD} and does one VPDPBUSD per 16 channels per 4 taps; the AVX2 path
 // widens to int16 and uses VPMADDWD on tap pairs. The packs that turn int32 back to bytes undo the unpacks'

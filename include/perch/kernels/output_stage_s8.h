@@ -4,8 +4,8 @@
 // Output stage (one formula for every int8 kernel and every path, reference and SIMD alike):
 //   acc   = bias[n] + sum_k (a - a_zero_point) * (w - w_zero_point[n])     (int32, see each kernel's bound)
 //   kInt32:           out = acc
-//   kUInt8 / kInt8:   out = clamp(multiply_by_quantized_multiplier(acc, multiplier[n]) + zero_point, qmin, qmax)
-// multiply_by_quantized_multiplier is perch/quant/fixed_point.h's (double rounding for M < 1): the SIMD paths
+//   kUInt8 / kInt8:   out = clamp(multiply_round_once(acc, multiplier[n]) + zero_point, qmin, qmax)
+// multiply_round_once is perch/quant/fixed_point.h's (one rounding of acc * M, ties toward +inf): the SIMD paths
 // reproduce it bit for bit. The addition of zero_point is exact (done after clamping to [qmin - zp, qmax - zp],
 // which gives the same value as clamping the exact sum). Fused ReLU / ReLU6 / Clip are the clamp: e.g. ReLU on
 // uint8 with zero point z is qmin = z.

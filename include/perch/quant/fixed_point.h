@@ -12,7 +12,12 @@
 //   shift > 0  (M >= 1): saturating_rounding_doubling_high_mul(x * 2^shift, multiplier), computed in 64
 //                        bits so x * 2^shift never overflows: one rounding (ties toward +inf) of the exact
 //                        x * M, saturated to int32.
-// Both are compared bit for bit with exact long-double references in tests/quant/fixed_point_test.cpp.
+// multiply_round_once(x, m) — what perch's integer runtime requantizes with (docs/INTEGER.md):
+//   round(x * M) with ONE rounding, to nearest, ties toward +inf, saturated to int32:
+//   floor((x * multiplier + 2^(S - 1)) / 2^S),  S = 31 - shift,  in 64 bits (|x * multiplier| < 2^62).
+//   For shift > 0 this is multiply_by_quantized_multiplier; for shift <= 0 it skips the TFLite double rounding
+//   (which moves a value whose exact fraction lies within 2^(shift - 1) below one half up by a step).
+// All three are compared bit for bit with exact references in tests/quant/fixed_point_test.cpp.
 #pragma once
 
 #include <cassert>
@@ -74,6 +79,16 @@ inline int32_t multiply_by_quantized_multiplier(int32_t x, FixedPointMultiplier 
   if (r > std::numeric_limits<int32_t>::max()) return std::numeric_limits<int32_t>::max();
   if (r < std::numeric_limits<int32_t>::min()) return std::numeric_limits<int32_t>::min();
   return static_cast<int32_t>(r);
+}
+
+inline int32_t multiply_round_once(int32_t x, FixedPointMultiplier m) {
+  if (m.shift > 0) return multiply_by_quantized_multiplier(x, m);
+  const int s = 31 - m.shift;  // >= 31
+  // |x * multiplier| < 2^62 <= 2^(s - 1) for s >= 63: x * M lies strictly inside (-1/2, 1/2), the result is 0.
+  if (s >= 63) return 0;
+  const int64_t prod = int64_t{x} * m.multiplier;
+  // |result| <= |x| (M < 1): fits int32.
+  return static_cast<int32_t>((prod + (int64_t{1} << (s - 1))) >> s);
 }
 
 }  // namespace perch::quant
