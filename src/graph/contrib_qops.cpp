@@ -22,9 +22,11 @@ const std::set<std::string>& contrib_qops() {
   return ops;
 }
 
-class Expander {
- public:
-  Expander(Model& m) : m_(m), g_(m.graph) {
+// What both rewrites share: fresh value / node names, and the nodes of the expansion being built (appended in
+// order, so they replace the rewritten node at its place in the topological order).
+class RewriteBase {
+ protected:
+  explicit RewriteBase(Model& m) : m_(m), g_(m.graph) {
     for (const auto& n : g_.nodes) {
       used_.insert(n.name);
       used_.insert(n.inputs.begin(), n.inputs.end());
@@ -33,6 +35,55 @@ class Expander {
     for (const auto& v : g_.inputs) used_.insert(v.name);
     for (const auto& v : g_.outputs) used_.insert(v.name);
     for (const auto& [k, v] : g_.initializers) used_.insert(k);
+  }
+  std::string fresh(const std::string& base) {
+    std::string c = base;
+    for (int i = 1; used_.count(c); ++i) c = base + "_" + std::to_string(i);
+    used_.insert(c);
+    return c;
+  }
+  Node& add(const std::string& op, std::vector<std::string> in, std::vector<std::string> outs, const std::string& name) {
+    Node n;
+    n.op_type = op;
+    n.name = name;
+    while (!in.empty() && in.back().empty()) in.pop_back();
+    n.inputs = std::move(in);
+    n.outputs = std::move(outs);
+    added_.push_back(std::move(n));
+    return added_.back();
+  }
+  // DequantizeLinear(x, s, zp) of node `owner`'s input -> a new float value.
+  std::string dq(const Node& owner, const std::string& x, const std::string& s, const std::string& zp,
+                 const std::string& tag, std::optional<int64_t> axis = std::nullopt) {
+    const std::string y = fresh(x + "_dequantized");
+    Node& n = add("DequantizeLinear", {x, s, zp}, {y}, fresh(owner.name + "/DequantizeLinear_" + tag));
+    if (axis) n.attrs["axis"] = *axis;
+    return y;
+  }
+  // A bias scale s_a * s_b[c] (s_a one value, s_b one or one per channel) as a new float initializer, each product
+  // rounded once in float as ONNX's reference and ONNX Runtime's quantizer compute it.
+  std::string scale_product(const Node& owner, const Tensor& sa, const Tensor& sb) {
+    Tensor s(DType::kFloat32, sb.shape());
+    const Tensor af = sa.to_f32(), bf = sb.to_f32();
+    for (int64_t i = 0; i < sb.numel(); ++i) s.data<float>()[i] = af.data<float>()[0] * bf.data<float>()[i];
+    const std::string name = fresh(owner.name + "/bias_scale");
+    g_.initializers[name] = std::move(s);
+    return name;
+  }
+  // QuantizeLinear(x, s, zp) writing node `owner`'s own output.
+  void q(const Node& owner, const std::string& x, const std::string& s, const std::string& zp) {
+    add("QuantizeLinear", {x, s, zp}, {owner.outputs[0]}, fresh(owner.name + "/QuantizeLinear"));
+  }
+
+  Model& m_;
+  Graph& g_;
+  std::set<std::string> used_;
+  std::vector<Node> added_;
+};
+
+class Expander : RewriteBase {
+ public:
+  explicit Expander(Model& m) : RewriteBase(m) {
     for (size_t i = 0; i < g_.nodes.size(); ++i)
       for (const auto& o : g_.nodes[i].outputs) producer_[o] = i;
   }
@@ -60,13 +111,6 @@ class Expander {
 
  private:
   [[noreturn]] void refuse(const std::string& why) const { PERCH_FAIL(m_.source, ": ", cur_->describe(), ": ", why); }
-
-  std::string fresh(const std::string& base) {
-    std::string c = base;
-    for (int i = 1; used_.count(c); ++i) c = base + "_" + std::to_string(i);
-    used_.insert(c);
-    return c;
-  }
 
   // The element type of value v when it can be told from the graph (initializer, graph input, value_info, or
   // the zero point of the QuantizeLinear / contrib op producing it); nullopt otherwise.
@@ -119,29 +163,11 @@ class Expander {
     return name;
   }
 
-  Node& add(const std::string& op, std::vector<std::string> in, std::vector<std::string> outs, const std::string& name) {
-    Node n;
-    n.op_type = op;
-    n.name = name;
-    while (!in.empty() && in.back().empty()) in.pop_back();
-    n.inputs = std::move(in);
-    n.outputs = std::move(outs);
-    added_.push_back(std::move(n));
-    return added_.back();
-  }
-
-  // DequantizeLinear(x, s, zp) -> new float value.
   std::string dq(const std::string& x, const std::string& s, const std::string& zp, const std::string& tag,
                  std::optional<int64_t> axis = std::nullopt) {
-    const std::string y = fresh(x + "_dequantized");
-    Node& n = add("DequantizeLinear", {x, s, zp}, {y}, fresh(cur_->name + "/DequantizeLinear_" + tag));
-    if (axis) n.attrs["axis"] = *axis;
-    return y;
+    return RewriteBase::dq(*cur_, x, s, zp, tag, axis);
   }
-  // QuantizeLinear(x, s, zp) -> the contrib node's own output.
-  void q(const std::string& x, const std::string& s, const std::string& zp) {
-    add("QuantizeLinear", {x, s, zp}, {cur_->outputs[0]}, fresh(cur_->name + "/QuantizeLinear"));
-  }
+  void q(const std::string& x, const std::string& s, const std::string& zp) { RewriteBase::q(*cur_, x, s, zp); }
 
   void require(size_t lo, size_t hi) const {
     const size_t k = cur_->inputs.size();
@@ -271,11 +297,8 @@ class Expander {
       // C's scale a_scale * b_scale: a constant computed here (float products, the value ONNX Runtime's quantizer
       // writes) when both are initializers, else a Mul node.
       std::string sc;
-      if (sa && sb && sa->dtype() == DType::kFloat32 && sb->dtype() == DType::kFloat32 && sa->numel() == 1) {
-        Tensor s = Tensor(DType::kFloat32, sb->shape());
-        for (int64_t i = 0; i < sb->numel(); ++i) s.data<float>()[i] = sa->data<float>()[0] * sb->data<float>()[i];
-        sc = fresh(n.name + "/bias_scale");
-        g_.initializers[sc] = std::move(s);
+      if (sa && sb && sa->numel() == 1) {
+        sc = scale_product(n, *sa, *sb);
       } else {
         sc = fresh(n.name + "/bias_scale");
         add("Mul", {n.input(1), n.input(4)}, {sc}, fresh(n.name + "/Mul_bias_scale"));
@@ -308,12 +331,8 @@ class Expander {
     }
   }
 
-  Model& m_;
-  Graph& g_;
-  std::set<std::string> used_;
   std::map<std::string, size_t> producer_;
   const Node* cur_ = nullptr;
-  std::vector<Node> added_;
 };
 
 // ---- qlinear_to_qdq ----
@@ -328,17 +347,9 @@ bool channel_const(const Graph& g, const std::string& v, int64_t n) {
   return t && (t->numel() == 1 || (t->rank() == 1 && t->dim(0) == n));
 }
 
-class QLinearRewriter {
+class QLinearRewriter : RewriteBase {
  public:
-  explicit QLinearRewriter(Model& m) : g_(m.graph) {
-    for (const auto& n : g_.nodes) {
-      used_.insert(n.name);
-      used_.insert(n.inputs.begin(), n.inputs.end());
-      used_.insert(n.outputs.begin(), n.outputs.end());
-    }
-    for (const auto& v : g_.inputs) used_.insert(v.name);
-    for (const auto& [k, v] : g_.initializers) used_.insert(k);
-  }
+  explicit QLinearRewriter(Model& m) : RewriteBase(m) {}
 
   int run() {
     std::vector<Node> out;
@@ -370,40 +381,6 @@ class QLinearRewriter {
     static const std::set<std::string> ops = {"MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"};
     return ops;
   }
-  std::string fresh(const std::string& base) {
-    std::string c = base;
-    for (int i = 1; used_.count(c); ++i) c = base + "_" + std::to_string(i);
-    used_.insert(c);
-    return c;
-  }
-  Node& add(const std::string& op, std::vector<std::string> in, std::vector<std::string> outs, const std::string& name) {
-    Node n;
-    n.op_type = op;
-    n.name = name;
-    while (!in.empty() && in.back().empty()) in.pop_back();
-    n.inputs = std::move(in);
-    n.outputs = std::move(outs);
-    added_.push_back(std::move(n));
-    return added_.back();
-  }
-  std::string dq(const Node& n, const std::string& x, const std::string& s, const std::string& zp, const char* tag,
-                 std::optional<int64_t> axis = std::nullopt) {
-    const std::string y = fresh(x + "_dequantized");
-    Node& d = add("DequantizeLinear", {x, s, zp}, {y}, fresh(n.name + "/DequantizeLinear_" + tag));
-    if (axis) d.attrs["axis"] = *axis;
-    return y;
-  }
-  // The bias B (int32, [M]) at scale x_scale * w_scale[m], computed here in float as ONNX's reference does.
-  std::string bias_scale(const Node& n, const std::string& sx, const std::string& sw) {
-    const Tensor& a = *g_.initializer(sx);
-    const Tensor& b = *g_.initializer(sw);
-    Tensor s(DType::kFloat32, b.shape());
-    const Tensor af = a.to_f32(), bf = b.to_f32();
-    for (int64_t i = 0; i < b.numel(); ++i) s.data<float>()[i] = af.data<float>()[0] * bf.data<float>()[i];
-    const std::string name = fresh(n.name + "/bias_scale");
-    g_.initializers[name] = std::move(s);
-    return name;
-  }
   bool io_params_ok(const Node& n) const {
     for (size_t i : {size_t{1}, size_t{6}})
       if (!scalar_const(g_, n.input(i))) return false;
@@ -423,11 +400,11 @@ class QLinearRewriter {
     const std::string x = dq(n, n.input(0), n.input(1), n.input(2), "x");
     const std::string wf = dq(n, n.input(3), n.input(4), n.input(5), "w", per_channel ? std::optional<int64_t>(0) : std::nullopt);
     std::string bf;
-    if (b) bf = dq(n, n.input(8), bias_scale(n, n.input(1), n.input(4)), "", "B", per_channel ? std::optional<int64_t>(0) : std::nullopt);
+    if (b) bf = dq(n, n.input(8), scale_product(n, *g_.initializer(n.input(1)), *g_.initializer(n.input(4))), "", "B", per_channel ? std::optional<int64_t>(0) : std::nullopt);
     const std::string y = fresh(n.outputs[0] + "_float");
     Node& c = add("Conv", {x, wf, bf}, {y}, n.name);
     c.attrs = n.attrs;
-    add("QuantizeLinear", {y, n.input(6), n.input(7)}, {n.outputs[0]}, fresh(n.name + "/QuantizeLinear"));
+    q(n, y, n.input(6), n.input(7));
     return true;
   }
 
@@ -441,7 +418,7 @@ class QLinearRewriter {
     const std::string b = dq(n, n.input(3), n.input(4), n.input(5), "b", per_column ? std::optional<int64_t>(1) : std::nullopt);
     const std::string y = fresh(n.outputs[0] + "_float");
     add("MatMul", {a, b}, {y}, n.name);
-    add("QuantizeLinear", {y, n.input(6), n.input(7)}, {n.outputs[0]}, fresh(n.name + "/QuantizeLinear"));
+    q(n, y, n.input(6), n.input(7));
     return true;
   }
 
@@ -457,14 +434,11 @@ class QLinearRewriter {
     Node& op = add(n.op_type, n.inputs, {y}, n.name);
     op.inputs[0] = x;
     op.attrs = n.attrs;
-    add("QuantizeLinear", {y, s, zp}, {n.outputs[0]}, fresh(n.name + "/QuantizeLinear"));
+    q(n, y, s, zp);
     return true;
   }
 
-  Graph& g_;
-  std::set<std::string> used_;
   std::map<std::string, std::pair<std::string, std::string>> producer_q_;  // 8-bit value -> (scale, zero point)
-  std::vector<Node> added_;
 };
 
 }  // namespace
