@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "perch/core/progress.h"
 #include "perch/graph/passes.h"
@@ -519,6 +520,21 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   cal.model = input_model;
   Model& m = cal.model;
   cal.canonicalize_summary = graph::canonicalize(m);
+  {
+    // A model that is already quantized (QDQ, QOperator, or dynamically quantized) would get a second layer of
+    // Q/DQ on top of the first: refuse it, and say what to do with it instead.
+    static const std::set<std::string> quantized_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                                        "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"};
+    std::map<std::string, int> found;
+    for (const auto& n : m.graph.nodes)
+      if (n.domain.empty() && quantized_ops.count(n.op_type)) ++found[n.op_type];
+    if (!found.empty()) {
+      std::string list;
+      for (const auto& [op, count] : found) list += (list.empty() ? "" : ", ") + std::to_string(count) + " " + op;
+      PERCH_FAIL(m.source, ": the model is already quantized (", list, "); perch quantize takes a float model. ",
+                 "Run a quantized model with perch eval / run / bench --engine int8");
+    }
+  }
   if (opt.fold_affine) {
     const int folded = graph::fold_conv_affine(m);
     if (folded) m.graph.toposort();

@@ -100,6 +100,14 @@ void expect_usable_scales(const graph::Model& m) {
   EXPECT_GT(dq, 0);
 }
 
+// Quantizing a quantized model would stack a second layer of Q/DQ on the first: refused, saying what it found.
+TEST(PtqRobustness, AlreadyQuantizedModelIsRefused) {
+  graph::Model q = ptq::quantize_model(tiny(3), calib_data(32, 6), ptq::PtqOptions{}).model;
+  q.source = "q.onnx";
+  const std::string e = perch_error([&] { (void)ptq::quantize_model(q, calib_data(16, 3), ptq::PtqOptions{}); });
+  test::expect_contains(e, {"q.onnx", "already quantized", "QuantizeLinear", "DequantizeLinear", "--engine int8"});
+}
+
 TEST(PtqRobustness, AllZeroAndConstantWeightChannelsGetUsableScales) {
   for (bool per_tensor : {false, true}) {
     SCOPED_TRACE(per_tensor ? "per-tensor" : "per-channel");
