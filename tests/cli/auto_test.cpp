@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "perch/graph/onnx_io.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -13,15 +14,10 @@ using namespace perch;
 
 namespace {
 
-std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
-std::string perch_bin() { return q(test::binary_dir() / "perch"); }
-
-fs::path scratch(const std::string& name) {
-  fs::path d = test::binary_dir() / "test_scratch" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
 
 struct AutoCase {
   const char* model;

@@ -13,6 +13,7 @@
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
 #include "perch/runtime/executor.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -21,25 +22,13 @@ using namespace perch;
 
 namespace {
 
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
+
 using test::CmdResult;
 using test::run_cmd;
-
-std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
-std::string perch_bin() { return q(test::binary_dir() / "perch"); }
-fs::path ort_dir() { return test::source_dir() / "tools" / "ort"; }
-
-// ONNX Runtime must be there: scripts/setup.sh (part of the README's test command) installs it.
-void require_ort() {
-  ASSERT_TRUE(fs::exists(ort_dir() / "node_modules" / "onnxruntime-node"))
-      << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
-}
-
-fs::path scratch(const std::string& name) {
-  fs::path d = test::binary_dir() / "test_scratch" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 // Writes inputs x.npy ([n,1,8,8] float) and labels.npy (the fp32 model's own argmax) into `dir`.
 void write_tiny_data(const graph::Model& m, const fs::path& dir, int64_t n, uint32_t seed) {
@@ -84,7 +73,7 @@ class TinyInterop : public ::testing::TestWithParam<std::string> {};
 
 // perch quantize -> QDQ model; ONNX Runtime and perch's simulation run it on the same inputs.
 TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
-  require_ort();
+  PERCH_REQUIRE_ORT();
   const std::string weights = GetParam();
   std::string tag = weights;
   for (char& c : tag)
@@ -149,7 +138,7 @@ class SharedModelPtq : public ::testing::TestWithParam<SharedCase> {};
 TEST_P(SharedModelPtq, PerChannelW8A8BeatsPyTorchAndMatchesOrt) {
   const SharedCase sc = GetParam();
   PERCH_REQUIRE_SHARED_MODEL(model, sc.model);
-  require_ort();
+  PERCH_REQUIRE_ORT();
   const fs::path d = scratch(std::string("shared_") + sc.model);
   const std::string compare = sc.hard ? " --compare" : "";
   auto r = run_cmd(perch_bin() + " quantize " + q(model) + " -o " + q(d / "q.onnx") +

@@ -11,6 +11,7 @@
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
 #include "perch/runtime/executor.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -19,8 +20,10 @@ using namespace perch;
 
 namespace {
 
-std::string q(const fs::path& p) { return test::shell_quote(p); }
-std::string perch_bin() { return q(test::binary_dir() / "perch"); }
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
 
 struct Scratch {
   fs::path dir;

@@ -14,6 +14,7 @@
 #include "perch/graph/onnx_io.h"
 #include "perch/graph/passes.h"
 #include "perch/runtime/int8_executor.h"
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -24,23 +25,12 @@ using graph::Node;
 
 namespace {
 
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
+
 using test::run_cmd;
-
-std::string q(const fs::path& p) { return test::shell_quote(p); }
-std::string perch_bin() { return q(test::binary_dir() / "perch"); }
-fs::path ort_dir() { return test::source_dir() / "tools" / "ort"; }
-
-void require_ort() {
-  ASSERT_TRUE(fs::exists(ort_dir() / "node_modules" / "onnxruntime-node"))
-      << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
-}
-
-fs::path scratch(const std::string& name) {
-  fs::path d = test::binary_dir() / "test_scratch" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 Tensor scalar(DType t, double v) {
   Tensor s(t, {});
@@ -252,7 +242,7 @@ class QOperatorOps : public ::testing::TestWithParam<std::tuple<OpCase, DType>> 
 // against ONNX Runtime's kernels. Both compute round(f(dequantized inputs) / s_y) + z_y; they may round a value
 // lying within float error of a .5 boundary differently, so one step is allowed on at most 1 % of the elements.
 TEST_P(QOperatorOps, MatchOnnxRuntime) {
-  require_ort();
+  PERCH_REQUIRE_ORT();
   const auto& [oc, t] = GetParam();
   const std::string tag = oc.name + (t == DType::kUInt8 ? "_u8" : "_s8");
   const fs::path d = scratch("qop_" + tag);
@@ -325,7 +315,7 @@ TEST(QOperatorRefusals, MalformedNodesAreRefusedNamingThem) {
 // Add, GlobalAveragePool, Gemm) to QDQ, ONNX Runtime saves its optimized graph (QLinearConv, QLinearAdd,
 // QLinearGlobalAveragePool, QGemm), and perch runs that file — every node lowered to integer ops on the int8 engine.
 TEST(QOperatorModels, OrtOptimizedTinyModelRunsOnBothEngines) {
-  require_ort();
+  PERCH_REQUIRE_ORT();
   const fs::path d = scratch("qop_tiny");
   const Model m = test::tiny_cnn(7);
   graph::save_model(m, d / "tiny.onnx");
@@ -378,7 +368,7 @@ class QOperatorShared : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(QOperatorShared, Int8EngineMatchesOnnxRuntimeOnItsOwnOptimizedModel) {
   PERCH_REQUIRE_SHARED_MODEL(model, std::string(GetParam()) + ".onnx");
-  require_ort();
+  PERCH_REQUIRE_ORT();
   const fs::path d = scratch(std::string("qop_shared_") + GetParam());
   auto r = run_cmd(perch_bin() + " quantize " + q(model) + " -o " + q(d / "q.onnx") +
                    " --calib fashion-mnist:train --calib-count 256 -q");

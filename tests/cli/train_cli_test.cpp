@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli_test_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -12,18 +13,12 @@ using json = nlohmann::json;
 
 namespace {
 
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
+
 using perch::test::run_cmd;
-
-std::string q(const fs::path& p) { return perch::test::shell_quote(p); }
-std::string perch_bin() { return q(perch::test::binary_dir() / "perch"); }
-fs::path ort_dir() { return perch::test::source_dir() / "tools" / "ort"; }
-
-fs::path scratch(const std::string& name) {
-  fs::path d = perch::test::binary_dir() / "test_scratch" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 double ort_accuracy(const fs::path& model) {
   const std::string mnist = "/usr/share/datasets/fashion-mnist/";
