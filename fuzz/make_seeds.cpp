@@ -108,6 +108,50 @@ int main(int argc, char** argv) {
     }
   }
 
+  // fuzz_int8_lower: an ONNX Runtime "QOperator" graph (QLinearConv, MaxPool on uint8, the com.microsoft ops), which
+  // the int8 executor first rewrites to QDQ (graph::expand_contrib_qops, qlinear_to_qdq).
+  {
+    graph::Model m;
+    m.ir_version = 8;
+    m.opsets = {{"", 13}, {"com.microsoft", 1}};
+    graph::Graph& g = m.graph;
+    graph::ValueInfo in;
+    in.name = "x", in.dtype = DType::kFloat32, in.shape = {1, 4, 4, 4}, in.dim_names = {"", "", "", ""}, in.has_shape = true;
+    g.inputs = {in};
+    graph::ValueInfo outv;
+    outv.name = "y", outv.dtype = DType::kFloat32;
+    g.outputs = {outv};
+    auto scalar_f = [](float v) { Tensor t(DType::kFloat32, {}); t.data<float>()[0] = v; return t; };
+    auto scalar_u8 = [](uint8_t v) { Tensor t(DType::kUInt8, {}); t.data<uint8_t>()[0] = v; return t; };
+    g.initializers["s"] = scalar_f(0.05f);
+    g.initializers["z"] = scalar_u8(128);
+    g.initializers["s2"] = scalar_f(0.1f);
+    g.initializers["z2"] = scalar_u8(3);
+    g.initializers["w"] = numbered(DType::kInt8, {4, 4, 1, 1});
+    Tensor ws(DType::kFloat32, {4});
+    for (int i = 0; i < 4; ++i) ws.data<float>()[i] = 0.01f * static_cast<float>(i + 1);
+    g.initializers["ws"] = ws;
+    g.initializers["wz"] = Tensor(DType::kInt8, {4});
+    g.initializers["b"] = numbered(DType::kInt32, {4});
+    g.initializers["gw"] = numbered(DType::kInt8, {3, 8});
+    g.initializers["gs"] = scalar_f(0.02f);
+    g.initializers["gz"] = Tensor(DType::kInt8, {});
+    const std::string ms = "com.microsoft";
+    g.nodes = {
+        {"q", "QuantizeLinear", "", {"x", "s", "z"}, {"xq"}, {}},
+        {"conv", "QLinearConv", "", {"xq", "s", "z", "w", "ws", "wz", "s2", "z2", "b"}, {"c"}, {}},
+        {"pool", "MaxPool", "", {"c"}, {"p"}, {{"kernel_shape", std::vector<int64_t>{2, 2}}}},
+        {"add", "QLinearAdd", ms, {"p", "s2", "z2", "p", "s2", "z2", "s2", "z2"}, {"a"}, {}},
+        {"sig", "QLinearSigmoid", ms, {"a", "s2", "z2", "s", "z"}, {"g"}, {}},
+        {"cat", "QLinearConcat", ms, {"s", "z", "g", "s", "z", "a", "s2", "z2"}, {"k"}, {{"axis", int64_t{1}}}},
+        {"gap", "QLinearGlobalAveragePool", ms, {"k", "s", "z", "s2", "z2"}, {"m"}, {}},
+        {"flat", "Flatten", "", {"m"}, {"f"}, {}},
+        {"gemm", "QGemm", ms, {"f", "s2", "z2", "gw", "gs", "gz"}, {"y"}, {{"transB", int64_t{1}}}},
+    };
+    write_file_atomic(out / "fuzz_int8_lower" / "qoperator.onnx", graph::model_to_bytes(m));
+    ++lower;
+  }
+
   // npy / idx: every type, scalar to rank 3.
   const DType types[] = {DType::kFloat32, DType::kFloat64, DType::kInt8, DType::kUInt8, DType::kInt16,
                          DType::kUInt16, DType::kInt32, DType::kInt64, DType::kBool};

@@ -357,7 +357,8 @@ class QLinearRewriter : RewriteBase {
     for (const Node& n : g_.nodes) {
       added_.clear();
       bool done = false;
-      if (n.domain.empty() && n.op_type == "QLinearConv") done = conv(n);
+      if (n.outputs.size() != 1 || n.outputs[0].empty()) done = false;  // malformed: left for the loader's checks
+      else if (n.domain.empty() && n.op_type == "QLinearConv") done = conv(n);
       else if (n.domain.empty() && n.op_type == "QLinearMatMul") done = matmul(n);
       else if (n.domain.empty() && passthrough().count(n.op_type)) done = wrap(n);
       if (!done) {
@@ -368,7 +369,7 @@ class QLinearRewriter : RewriteBase {
       }
       for (const auto& o : out.back().outputs) producer_q_.erase(o);
       const Node& last = out.back();
-      if (last.op_type == "QuantizeLinear" && last.domain.empty() && scalar_const(g_, last.input(1)) &&
+      if (last.op_type == "QuantizeLinear" && last.domain.empty() && last.outputs.size() == 1 && scalar_const(g_, last.input(1)) &&
           (last.input(2).empty() || scalar_const(g_, last.input(2))))
         producer_q_[last.outputs[0]] = {last.input(1), last.input(2)};
     }
