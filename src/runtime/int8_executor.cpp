@@ -196,6 +196,7 @@ struct Int8Executor::Impl {
   bool lower_avgpool(const Node& n, std::string* reason);
   bool lower_reshape(const Node& n, std::string* reason);
   bool lower_table(const Node& n, std::string* reason);
+  bool lower_concat(const Node& n, std::string* reason);
   void lower_requant_table(const Node& q, const Alias& a, const QParams& p);
   void add_float_step(const Node& n);
 
@@ -1038,6 +1039,80 @@ bool Int8Executor::Impl::lower_reshape(const Node& n, std::string* reason) {
   return true;
 }
 
+// DQ(a_0), DQ(a_1), ... -> Concat -> Q: Q(Concat(DQ(a_i))) = Concat(Q(DQ(a_i))), so each input's codes go through
+// the 256-entry table of the simulation's own DequantizeLinear -> QuantizeLinear (none when its parameters are the
+// output's: Q(DQ(q)) = q) and the 8-bit results are concatenated in ONNX order. Exact, bit for bit the simulation.
+bool Int8Executor::Impl::lower_concat(const Node& n, std::string* reason) {
+  std::vector<const Alias*> in;
+  for (const auto& v : n.inputs) {
+    const Alias* a = v.empty() ? nullptr : alias_of(v);
+    if (!a) return *reason = "inputs are not per-tensor 8-bit DequantizeLinear outputs", false;
+    in.push_back(a);
+  }
+  if (in.empty()) return *reason = "no inputs", false;
+  const std::optional<OutputQ> oq = output_q(n.outputs[0]);
+  if (!oq || oq->act) return *reason = "output does not feed QuantizeLinear only", false;
+  for (const Alias* a : in)
+    if (a->params.type != oq->params.type) return *reason = "mixed uint8/int8 inputs and output", false;
+  const bool u8 = oq->params.type == DType::kUInt8;
+  const bool full_range = oq->qmin <= (u8 ? 0 : -128) && oq->qmax >= (u8 ? 255 : 127);
+  const Node& qn = *oq->qs[0];
+  std::vector<std::string> qs;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> tables;
+  int requantized = 0;
+  for (const Alias* a : in) {
+    qs.push_back(a->q);
+    if (full_range && a->params.scale == oq->params.scale && a->params.zero_point == oq->params.zero_point) {
+      tables.push_back(nullptr);
+      continue;
+    }
+    Tensor codes(a->params.type, {256});
+    for (int i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
+    quant::QuantSpec spec;
+    spec.bits = 8, spec.is_signed = a->params.type == DType::kInt8, spec.symmetric = false;
+    const Tensor f = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {a->params.scale}, {a->params.zero_point}));
+    std::vector<const Tensor*> args{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
+    Tensor t;
+    try {
+      t = kernel(qn)(qn, args, model.opset()).at(0);
+    } catch (const Error& e) {
+      return *reason = std::string("table construction failed: ") + e.what(), false;
+    }
+    tables.push_back(std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(t.raw()),
+                                                            static_cast<const uint8_t*>(t.raw()) + 256));
+    ++requantized;
+  }
+  const std::string out = claim_output(*oq);
+  const OpKernel* k = &kernel(n);
+  const int64_t opset = model.opset();
+  steps.push_back([this, &n, qs, tables, out, k, opset](Ctx& c) {
+    std::vector<Tensor> parts;
+    parts.reserve(qs.size());
+    for (size_t i = 0; i < qs.size(); ++i) {
+      Tensor x = to_layout(slot(c, qs[i]), Layout::kPlain);
+      if (tables[i]) {
+        Tensor y = Tensor::uninitialized(x.dtype(), x.shape());
+        int8::lut1(static_cast<const uint8_t*>(x.raw()), x.numel(), tables[i]->data(), static_cast<uint8_t*>(y.raw()));
+        x = std::move(y);
+      }
+      parts.push_back(std::move(x));
+    }
+    std::vector<const Tensor*> args;
+    for (const Tensor& t : parts) args.push_back(&t);
+    std::vector<Tensor> outs;
+    try {
+      outs = (*k)(n, args, opset);
+    } catch (const Error& e) {
+      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+    }
+    c.values[out] = Slot{std::move(outs.at(0)), Layout::kPlain};
+  });
+  report.nodes.push_back({n.describe(), true,
+                          "int8 Concat of the 8-bit values (" + std::to_string(requantized) + " of " +
+                              std::to_string(qs.size()) + " inputs requantized by 256-entry tables)"});
+  return true;
+}
+
 // Elementwise ops between DQ inputs and a Q output, as a lookup table of the simulation's own result for
 // every input code: DQ -> op [-> Relu | Clip] -> Q. Unary (256 entries) or binary Add/Sub/Mul without
 // broadcasting (65536 entries). Bit-identical to the simulation by construction.
@@ -1369,6 +1444,8 @@ void Int8Executor::Impl::lower() {
       report.nodes.push_back({n.describe(), true, "ONNX integer op, exact integer loops (ops_qlinear.cpp), not repacked"});
       done = true;
       continue;
+    } else if (op == "Concat") {
+      done = lower_concat(n, &reason);
     } else {
       done = lower_table(n, &reason);
     }
