@@ -197,6 +197,10 @@ struct Int8Executor::Impl {
   bool lower_reshape(const Node& n, std::string* reason);
   bool lower_table(const Node& n, std::string* reason);
   bool lower_concat(const Node& n, std::string* reason);
+  // The 256-entry table of the simulation's own DequantizeLinear (parameters `from`) -> QuantizeLinear `qn`.
+  std::shared_ptr<std::vector<uint8_t>> requant_table(const QParams& from, const Node& qn) const;
+  // Runs kernel k of node n at plan/run time, errors re-raised naming the model and the node.
+  std::vector<Tensor> run_named(const Node& n, const OpKernel& k, const std::vector<const Tensor*>& args) const;
   void lower_requant_table(const Node& q, const Alias& a, const QParams& p);
   void add_float_step(const Node& n);
 
@@ -1022,18 +1026,11 @@ bool Int8Executor::Impl::lower_reshape(const Node& n, std::string* reason) {
   aliases[n.outputs[0]] = Alias{out, xa->params};
   qvalues[out] = xa->params.type;
   const OpKernel* k = &kernel(n);
-  const int64_t opset = model.opset();
-  steps.push_back([this, &n, xq, out, k, opset](Ctx& c) {
+  steps.push_back([this, &n, xq, out, k](Ctx& c) {
     const Tensor x = to_layout(slot(c, xq), Layout::kPlain);
     std::vector<const Tensor*> args{&x};
     for (size_t i = 1; i < n.inputs.size(); ++i) args.push_back(n.inputs[i].empty() ? nullptr : constant(n.inputs[i]));
-    std::vector<Tensor> outs;
-    try {
-      outs = (*k)(n, args, opset);
-    } catch (const Error& e) {
-      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
-    }
-    c.values[out] = Slot{std::move(outs.at(0)), Layout::kPlain};
+    c.values[out] = Slot{std::move(run_named(n, *k, args).at(0)), Layout::kPlain};
   });
   report.nodes.push_back({n.describe(), true, n.op_type + " on the 8-bit values"});
   return true;
@@ -1066,26 +1063,16 @@ bool Int8Executor::Impl::lower_concat(const Node& n, std::string* reason) {
       tables.push_back(nullptr);
       continue;
     }
-    Tensor codes(a->params.type, {256});
-    for (int i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
-    quant::QuantSpec spec;
-    spec.bits = 8, spec.is_signed = a->params.type == DType::kInt8, spec.symmetric = false;
-    const Tensor f = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {a->params.scale}, {a->params.zero_point}));
-    std::vector<const Tensor*> args{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
-    Tensor t;
     try {
-      t = kernel(qn)(qn, args, model.opset()).at(0);
+      tables.push_back(requant_table(a->params, qn));
     } catch (const Error& e) {
       return *reason = std::string("table construction failed: ") + e.what(), false;
     }
-    tables.push_back(std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(t.raw()),
-                                                            static_cast<const uint8_t*>(t.raw()) + 256));
     ++requantized;
   }
   const std::string out = claim_output(*oq);
   const OpKernel* k = &kernel(n);
-  const int64_t opset = model.opset();
-  steps.push_back([this, &n, qs, tables, out, k, opset](Ctx& c) {
+  steps.push_back([this, &n, qs, tables, out, k](Ctx& c) {
     std::vector<Tensor> parts;
     parts.reserve(qs.size());
     for (size_t i = 0; i < qs.size(); ++i) {
@@ -1099,13 +1086,7 @@ bool Int8Executor::Impl::lower_concat(const Node& n, std::string* reason) {
     }
     std::vector<const Tensor*> args;
     for (const Tensor& t : parts) args.push_back(&t);
-    std::vector<Tensor> outs;
-    try {
-      outs = (*k)(n, args, opset);
-    } catch (const Error& e) {
-      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
-    }
-    c.values[out] = Slot{std::move(outs.at(0)), Layout::kPlain};
+    c.values[out] = Slot{std::move(run_named(n, *k, args).at(0)), Layout::kPlain};
   });
   report.nodes.push_back({n.describe(), true,
                           "int8 Concat of the 8-bit values (" + std::to_string(requantized) + " of " +
@@ -1226,16 +1207,29 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
 }
 
 // Q(DQ(q)) with different parameters: requantization, as the 256-entry table of the simulation's result.
-void Int8Executor::Impl::lower_requant_table(const Node& qn, const Alias& a, const QParams& p) {
-  Tensor codes(a.params.type, {256});
+std::shared_ptr<std::vector<uint8_t>> Int8Executor::Impl::requant_table(const QParams& from, const Node& qn) const {
+  Tensor codes(from.type, {256});
   for (int i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
   quant::QuantSpec spec;
-  spec.bits = 8, spec.is_signed = a.params.type == DType::kInt8, spec.symmetric = false;
-  const Tensor f = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {a.params.scale}, {a.params.zero_point}));
+  spec.bits = 8, spec.is_signed = from.type == DType::kInt8, spec.symmetric = false;
+  const Tensor f = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {from.scale}, {from.zero_point}));
   std::vector<const Tensor*> args{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
   const Tensor t = kernel(qn)(qn, args, model.opset()).at(0);
-  auto table = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(t.raw()),
-                                                      static_cast<const uint8_t*>(t.raw()) + 256);
+  return std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(t.raw()),
+                                                static_cast<const uint8_t*>(t.raw()) + 256);
+}
+
+std::vector<Tensor> Int8Executor::Impl::run_named(const Node& n, const OpKernel& k,
+                                                  const std::vector<const Tensor*>& args) const {
+  try {
+    return k(n, args, model.opset());
+  } catch (const Error& e) {
+    PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+  }
+}
+
+void Int8Executor::Impl::lower_requant_table(const Node& qn, const Alias& a, const QParams& p) {
+  auto table = requant_table(a.params, qn);
   const std::string src = a.q, out = qn.outputs.at(0);
   qvalues[out] = p.type;
   const DType yt = p.type;
