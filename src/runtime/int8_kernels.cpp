@@ -119,7 +119,6 @@ void maxpool_impl(const kernels::Pool2dShape& s, const T* x, T* y) {
 // The pools requantize like every integer op: quant::multiply_round_once, one rounding of x * M (ties toward
 // +inf). Pool multipliers s_x / (s_y d) are near 1, where the TFLite double rounding would move every value
 // whose fraction lies within 2^(shift - 1) below one half — 12 % of them at shift = -2.
-inline int32_t mul_round_once(int32_t x, quant::FixedPointMultiplier m) { return quant::multiply_round_once(x, m); }
 
 template <typename T>
 void avgpool_impl(const kernels::Pool2dShape& s, const T* x, int32_t zp_x, const quant::FixedPointMultiplier* mult,
@@ -152,7 +151,7 @@ void avgpool_impl(const kernels::Pool2dShape& s, const T* x, int32_t zp_x, const
         const int32_t off = static_cast<int32_t>(inside) * zp_x;
         T* yp = y + ((n * OH + oh) * OW + ow) * C;
         for (int64_t c = 0; c < C; ++c) {
-          const int32_t v = mul_round_once(acc[static_cast<size_t>(c)] - off, mult[d]);
+          const int32_t v = quant::multiply_round_once(acc[static_cast<size_t>(c)] - off, mult[d]);
           // |v| <= 255: adding zp_y cannot overflow.
           yp[c] = static_cast<T>(std::clamp(v + zp_y, qmin, qmax));
         }
