@@ -196,6 +196,7 @@ struct Int8Executor::Impl {
   bool lower_avgpool(const Node& n, std::string* reason);
   bool lower_reshape(const Node& n, std::string* reason);
   bool lower_table(const Node& n, std::string* reason);
+  bool lower_chain(size_t start, std::string* reason);
   bool lower_concat(const Node& n, std::string* reason);
   // The 256-entry table of the simulation's own DequantizeLinear (parameters `from`) -> QuantizeLinear `qn`.
   std::shared_ptr<std::vector<uint8_t>> requant_table(const QParams& from, const Node& qn) const;
@@ -1206,6 +1207,130 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
   return true;
 }
 
+// A chain of elementwise ops that is a function of one 8-bit value: each node's non-constant inputs are
+// DQ(q) (one 8-bit value q with one set of parameters) or outputs of earlier nodes of the chain, its constant
+// inputs hold one element, the values inside the chain are read by chain nodes only, and its last value feeds
+// QuantizeLinear only (through an optional Relu/Clip). Then y = Q(f(DQ(q))) depends on the code q alone: one
+// 256-entry table of the simulation's own result, built by running the chain's float kernels (in graph order,
+// the constants broadcasting against the 256 dequantized codes) and the QuantizeLinear on every code. Each
+// element of the simulation goes through the same kernels with the same operands, so the table is bit-identical
+// to it by construction. Hardswish written as x * Clip(x + 3, 0, 6) / 6, and the scalar Mul/Add of
+// PaddlePaddle's blocks after it, are such chains (docs/INTEGER.md, "Elementwise chains").
+bool Int8Executor::Impl::lower_chain(size_t start, std::string* reason) {
+  static const std::set<std::string> elementwise = {"Add",  "Sub",         "Mul",       "Div",  "Clip", "Relu",
+                                                    "Max",  "Min",         "LeakyRelu", "Neg",  "Abs",  "Sigmoid",
+                                                    "Tanh", "HardSigmoid", "HardSwish", "Identity"};
+  const auto& nodes = model.graph.nodes;
+  const Alias* root = nullptr;
+  std::set<std::string> made;  // outputs of the chain's nodes
+  // Whether node n can join: every input empty, a one-element constant, the root, or made by the chain.
+  auto joins = [&](const Node& n) {
+    if (!elementwise.count(n.op_type) || n.outputs.size() != 1 || n.outputs[0].empty()) return false;
+    if (std::find(absorbed.begin(), absorbed.end(), index_of(&n)) != absorbed.end()) return false;
+    bool reads_chain = false;
+    for (const auto& v : n.inputs) {
+      if (v.empty()) continue;
+      if (const Tensor* c = constant(v)) {
+        if (c->numel() != 1) return false;
+        continue;
+      }
+      if (made.count(v)) {
+        reads_chain = true;
+        continue;
+      }
+      const Alias* a = alias_of(v);
+      if (!a || (root && (a->q != root->q || !(a->params == root->params)))) return false;
+      if (!root) root = a;
+      reads_chain = true;
+    }
+    return reads_chain;
+  };
+  if (!joins(nodes[start])) return *reason = "not a chain of elementwise ops on one 8-bit value", false;
+  std::vector<size_t> members{start};
+  made.insert(nodes[start].outputs[0]);
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (size_t m = 0; m < members.size(); ++m)
+      for (size_t ci : model.graph.consumers(nodes[members[m]].outputs[0])) {
+        if (std::find(members.begin(), members.end(), ci) != members.end() || !joins(nodes[ci])) continue;
+        members.push_back(ci);
+        made.insert(nodes[ci].outputs[0]);
+        grew = true;
+      }
+  }
+  // The one value read outside the chain is its end; it must feed QuantizeLinear only.
+  std::string end;
+  for (size_t m : members) {
+    const std::string& v = nodes[m].outputs[0];
+    const auto cs = model.graph.consumers(v);
+    const bool inside = !model.graph.is_graph_output(v) && std::all_of(cs.begin(), cs.end(), [&](size_t c) {
+      return std::find(members.begin(), members.end(), c) != members.end();
+    });
+    if (inside) continue;
+    if (!end.empty()) return *reason = "the chain's values are read outside it twice", false;
+    end = v;
+  }
+  if (members.size() < 2 || end.empty()) return *reason = "no chain of two or more ops", false;
+  std::optional<OutputQ> oq = output_q(end);
+  if (!oq) return *reason = "the chain's end does not feed QuantizeLinear only", false;
+  if (oq->params.type != root->params.type) return *reason = "mixed uint8/int8 input and output", false;
+
+  // The table: the chain on the 256 dequantized codes, then the fused Relu/Clip and QuantizeLinear.
+  Tensor codes(root->params.type, {256});
+  for (int64_t i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
+  quant::QuantSpec spec;
+  spec.bits = 8, spec.is_signed = root->params.type == DType::kInt8, spec.symmetric = false;
+  const Tensor fx = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {root->params.scale},
+                                                                 {root->params.zero_point}));
+  std::map<std::string, Tensor> vals;
+  Tensor f;
+  try {
+    for (size_t m : members) {
+      const Node& n = nodes[m];
+      std::vector<const Tensor*> args;
+      for (const auto& v : n.inputs) {
+        if (v.empty()) args.push_back(nullptr);
+        else if (const Tensor* c = constant(v)) args.push_back(c);
+        else if (vals.count(v)) args.push_back(&vals.at(v));
+        else args.push_back(&fx);  // the root (joins() checked it)
+      }
+      vals[n.outputs[0]] = kernel(n)(n, args, model.opset()).at(0);
+    }
+    f = vals.at(end);
+    if (oq->act) {
+      std::vector<const Tensor*> aa{&f};
+      for (size_t i = 1; i < oq->act->inputs.size(); ++i)
+        aa.push_back(oq->act->inputs[i].empty() ? nullptr : constant(oq->act->inputs[i]));
+      f = kernel(*oq->act)(*oq->act, aa, model.opset()).at(0);
+    }
+    const Node& qn = *oq->qs[0];
+    std::vector<const Tensor*> qa{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
+    f = kernel(qn)(qn, qa, model.opset()).at(0);
+  } catch (const Error& e) {
+    return *reason = std::string("chain table construction failed: ") + e.what(), false;
+  }
+  if (f.numel() != 256) return *reason = "the chain changes the element count", false;
+  auto table = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(f.raw()),
+                                                      static_cast<const uint8_t*>(f.raw()) + 256);
+  std::string ops;
+  for (size_t m : members) {
+    ops += (ops.empty() ? "" : ", ") + nodes[m].op_type;
+    if (m != start) absorbed.push_back(m);
+  }
+  const std::string src = root->q, out = claim_output(*oq);
+  steps.push_back([this, table, src, out](Ctx& c) {
+    const Slot& s = slot(c, src);
+    Tensor y = Tensor::uninitialized(s.t.dtype(), s.t.shape());
+    int8::lut1(static_cast<const uint8_t*>(s.t.raw()), s.t.numel(), table->data(), static_cast<uint8_t*>(y.raw()));
+    c.values[out] = Slot{std::move(y), s.layout};
+  });
+  report.nodes.push_back({nodes[start].describe(), true,
+                          "int8 chain of " + std::to_string(members.size()) + " elementwise ops (" + ops +
+                              (oq->act ? ", " + oq->act->op_type : "") +
+                              ") as a 256-entry table of the simulation's result"});
+  return true;
+}
+
 // Q(DQ(q)) with different parameters: requantization, as the 256-entry table of the simulation's result.
 std::shared_ptr<std::vector<uint8_t>> Int8Executor::Impl::requant_table(const QParams& from, const Node& qn) const {
   Tensor codes(from.type, {256});
@@ -1442,6 +1567,8 @@ void Int8Executor::Impl::lower() {
       done = lower_concat(n, &reason);
     } else {
       done = lower_table(n, &reason);
+      std::string chain_reason;
+      if (!done && lower_chain(i, &chain_reason)) done = true;
     }
     if (!done) {
       add_float_step(n);

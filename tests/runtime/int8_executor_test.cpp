@@ -336,6 +336,87 @@ TEST(Int8Executor, PoolsMatchTheFloatExecutor) {
   }
 }
 
+// Elementwise chains on one 8-bit value (hardswish as exporters write it, PaddlePaddle's scalar affine after it,
+// a fused Relu, int8 and uint8) become one 256-entry table: every node integer, and the codes equal to the float
+// executor's run of the same QDQ graph (the simulation) for every input code, bit for bit. Chains that are not a
+// function of one code stay float and still agree: a per-channel constant, an inner value that is a graph output,
+// two different 8-bit roots.
+TEST(Int8Executor, ElementwiseChainIsOneTableOfTheSimulation) {
+  struct Case {
+    const char* name;
+    bool int8;
+    int kind;         // 0 hardswish x*Clip(x+3,0,6)/6, 1 HardSigmoid form, 2 x*(Clip(..)*(1/6)), 3..5 refused
+    bool relu;        // Relu between the chain's end and its Q
+    bool lowered;     // expected: the chain is one integer step
+  };
+  const Case cases[] = {{"hardswish /6 uint8", false, 0, false, true},    {"hardswish /6 int8 + relu", true, 0, true, true},
+                        {"HardSigmoid form int8", true, 1, false, true},   {"*(1/6) form uint8 + relu", false, 2, true, true},
+                        {"per-channel constant", false, 3, false, false},  {"inner value is an output", true, 4, false, false},
+                        {"two roots", false, 5, false, false}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    Builder b;
+    auto& g = b.m.graph;
+    g.inputs.push_back({"x", DType::kFloat32, {-1, 4, 4, 4}, {}, true});
+    g.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+    auto q = [&](const std::string& v, float sc, int zp) {
+      return k.int8 ? b.qdq<int8_t>(v, sc, static_cast<int8_t>(zp - 128)) : b.qdq<uint8_t>(v, sc, static_cast<uint8_t>(zp));
+    };
+    const std::string x = q("x", 0.047f, 150);  // codes cover about [-7, 5]: both hardswish knees
+    b.init<float>("three", {}, {3.0f}), b.init<float>("zero", {}, {0.0f}), b.init<float>("six", {1}, {6.0f});
+    b.init<float>("sixth", {}, {1.0f / 6.0f}), b.init<float>("a", {1, 1, 1, 1}, {0.8f}), b.init<float>("t", {}, {0.1f});
+    b.init<float>("pair", {1, 4, 1, 1}, {0.8f, 0.9f, 1.1f, 0.7f});  // per channel
+    std::string h;
+    if (k.kind == 1) {
+      b.node("HardSigmoid", {x}, {"hs"}, {{"alpha", 1.0f / 6.0f}, {"beta", 0.5f}});
+      b.node("Mul", {x, "hs"}, {"h"});
+    } else {
+      b.node("Add", {x, "three"}, {"p"});
+      b.node("Clip", {"p", "zero", "six"}, {"r6"});
+      if (k.kind == 2) {
+        b.node("Mul", {"r6", "sixth"}, {"gs"});
+        b.node("Mul", {x, "gs"}, {"h"});
+      } else {
+        b.node("Mul", {x, "r6"}, {"xr"});
+        b.node("Div", {"xr", "six"}, {"h"});
+      }
+    }
+    if (k.kind == 5) {  // a second 8-bit value enters the chain
+      b.node("Identity", {x}, {"x2"});
+      const std::string x2 = q("x2", 0.05f, 120);
+      b.node("Mul", {"h", x2}, {"h2"});
+    } else {
+      b.node("Mul", {"h", k.kind == 3 ? "pair" : "a"}, {"h2"});
+    }
+    if (k.kind == 4) g.outputs.push_back({"p", DType::kFloat32, {}, {}, false});
+    b.node("Add", {"h2", "t"}, {"z"});
+    std::string end = "z";
+    if (k.relu) b.node("Relu", {"z"}, {"zr"}), end = "zr";
+    const std::string zq = q(end, 0.021f, 40);
+    b.node("Identity", {zq}, {"y"});
+    // Every code of x: 4 * 4 * 4 * 4 = 256 values spread over the grid, in a shuffled order.
+    std::vector<float> v(256);
+    for (int i = 0; i < 256; ++i) v[static_cast<size_t>(i)] = 0.047f * static_cast<float>(((i * 97) % 256) - 150);
+    const Tensor in = Tensor::from<float>({4, 4, 4, 4}, v);
+    const Int8Executor i8(b.m);
+    const std::string summary = i8.report().summary();
+    bool chain = false;
+    for (const auto& n : i8.report().nodes) chain = chain || n.how.find("chain of") != std::string::npos;
+    EXPECT_EQ(chain, k.lowered) << summary;
+    if (k.lowered) EXPECT_EQ(i8.report().float_nodes(), 0) << summary;
+    const std::string qn = end + "_q";
+    const TensorMap a = i8.run({{"x", in}}, {qn});
+    const TensorMap f = Executor(b.m).run({{"x", in}}, nullptr, {qn});
+    const TensorMap sm = Int8Executor(b.m, Int8Mode::kSimulate).run({{"x", in}}, {qn});
+    ASSERT_EQ(a.at(qn).shape(), f.at(qn).shape());
+    EXPECT_EQ(std::memcmp(a.at(qn).raw(), f.at(qn).raw(), a.at(qn).nbytes()), 0) << "int8 vs the float executor";
+    EXPECT_EQ(std::memcmp(a.at(qn).raw(), sm.at(qn).raw(), a.at(qn).nbytes()), 0) << "int8 vs its simulation";
+    // Not degenerate: the outputs take many codes.
+    const auto codes = a.at(qn).to_i64_vector();
+    EXPECT_GT(std::set<int64_t>(codes.begin(), codes.end()).size(), 40u);
+  }
+}
+
 TEST(Int8Executor, BadInputNamesTheTensor) {
   const Int8Executor i8(foreign_model());
   const std::string e = test::perch_error([&] { i8.run({{"x", Tensor(DType::kFloat32, {1, 3, 5, 6})}}); });
