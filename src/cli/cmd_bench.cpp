@@ -1,7 +1,8 @@
 // perch bench, and perch eval --engine: the engines side by side (fp32/sim executor, integer executor).
 //
 //   perch eval MODEL.onnx --engine int8|sim|fp32   top-1 accuracy with the chosen engine
-//   perch bench MODEL.onnx [--batch B] [--threads T] [--engine int8|fp32|sim] [--iters N] [--warmup W] [--json]
+//   perch bench MODEL.onnx [--batch B | --shape D1,D2,...] [--threads T] [--engine int8|fp32|sim] [--iters N]
+//               [--warmup W] [--json]
 //               [--profile]
 // bench times run() alone on a fixed random input (made once, outside the timing), like tools/ort/bench.js:
 // median / p10 / p90 latency in ms and images per second at the median.
@@ -16,6 +17,7 @@
 #include <iostream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -121,6 +123,9 @@ BenchCommand::BenchCommand(CLI::App& app) {
   sub->add_option("--iters", iters, "timed runs")->capture_default_str();
   sub->add_option("--warmup", warmup, "untimed runs first")->capture_default_str();
   sub->add_option("--seed", seed, "seed of the random input")->capture_default_str();
+  sub->add_option("--shape", shape,
+                  "the input's full shape D1,D2,... (its first dim is the batch; needed when the model leaves dims "
+                  "after the batch dynamic, e.g. 8,3,48,320)");
   sub->add_flag("--json", as_json, "print one JSON object on stdout");
   sub->add_flag("--profile", profile,
                 "also time every step (node or fused integer op) and print where the time goes (adds ~40 ns a step)");
@@ -134,14 +139,35 @@ int BenchCommand::run() const {
   set_num_threads(threads);
   Engine e = make_engine(model, engine);
   if (e.float_nodes > 0 && !as_json && !quiet()) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
-  Shape shape = e.input_shape;
-  PERCH_CHECK(!shape.empty(), model, ": input '", e.input_name, "' has no shape (bench needs one)");
-  shape[0] = batch;
-  for (size_t d = 1; d < shape.size(); ++d)
-    PERCH_CHECK(shape[d] > 0, model, ": input '", e.input_name, "' has a dynamic dim ", d, " (", shape_str(e.input_shape),
-                "): bench needs static dims after the batch");
+  Shape in_shape = e.input_shape;
+  int64_t n = batch;
+  if (!shape.empty()) {  // --shape: every dim given, the first one is the batch
+    in_shape.clear();
+    std::stringstream ss(shape);
+    for (std::string d; std::getline(ss, d, ',');) {
+      char* end = nullptr;
+      const long long v = std::strtoll(d.c_str(), &end, 10);
+      PERCH_CHECK(!d.empty() && end && *end == '\0' && v >= 1, "--shape '", shape, "': dims must be positive integers");
+      in_shape.push_back(v);
+    }
+    PERCH_CHECK(e.input_shape.empty() || in_shape.size() == e.input_shape.size(), "--shape '", shape, "' has ",
+                in_shape.size(), " dims, input '", e.input_name, "' of ", model, " has ", e.input_shape.size(), " (",
+                shape_str(e.input_shape), ")");
+    for (size_t d = 0; d < in_shape.size() && d < e.input_shape.size(); ++d)
+      PERCH_CHECK(e.input_shape[d] < 0 || e.input_shape[d] == in_shape[d] || d == 0, "--shape '", shape, "': dim ", d,
+                  " is ", in_shape[d], ", input '", e.input_name, "' of ", model, " fixes it to ", e.input_shape[d]);
+    PERCH_CHECK(sub->count("--batch") == 0 || batch == in_shape[0], "--batch ", batch, " and --shape '", shape,
+                "' disagree on the batch (--shape's first dim)");
+    n = in_shape[0];
+  }
+  PERCH_CHECK(!in_shape.empty(), model, ": input '", e.input_name, "' has no shape (bench needs one: --shape)");
+  in_shape[0] = n;
+  for (size_t d = 1; d < in_shape.size(); ++d)
+    PERCH_CHECK(in_shape[d] > 0, model, ": input '", e.input_name, "' has a dynamic dim ", d, " (",
+                shape_str(e.input_shape), "): give the full input shape with --shape D1,D2,...");
+  const Shape& shape_used = in_shape;
   // Uniform [-2, 2): the range of normalized pixels (like tools/ort/bench.js).
-  Tensor x(DType::kFloat32, shape);
+  Tensor x(DType::kFloat32, shape_used);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (float& v : x.span<float>()) v = u(rng);
@@ -154,13 +180,13 @@ int BenchCommand::run() const {
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const double med = quantile(ms, 0.5), p10 = quantile(ms, 0.1), p90 = quantile(ms, 0.9);
-  const double ips = static_cast<double>(batch) / (med / 1000.0);
+  const double ips = static_cast<double>(n) / (med / 1000.0);
   // Profile: mean time per run of every step (sum over the timed runs / iters), its share of the steps' total.
   std::vector<runtime::StepTime> steps = profile ? e.profile() : std::vector<runtime::StepTime>{};
   double steps_ms = 0.0;
   for (const auto& s : steps) steps_ms += s.total_ms;
   if (as_json) {
-    json j{{"model", model}, {"engine", engine}, {"batch", batch}, {"threads", num_threads()}, {"iters", iters},
+    json j{{"model", model}, {"engine", engine}, {"batch", n}, {"shape", shape_used}, {"threads", num_threads()}, {"iters", iters},
            {"median_ms", med}, {"p10_ms", p10}, {"p90_ms", p90}, {"images_per_second", ips}};
     if (engine == "int8") j["float_nodes"] = e.float_nodes;
     if (profile) {
@@ -174,7 +200,7 @@ int BenchCommand::run() const {
     std::cout << j.dump() << "\n";
   } else {
     std::printf("%s (%s, batch %lld, %d thread%s): median %.4f ms (p10 %.4f, p90 %.4f), %.0f images/s\n", model.c_str(),
-                engine.c_str(), static_cast<long long>(batch), num_threads(), num_threads() == 1 ? "" : "s", med, p10,
+                engine.c_str(), static_cast<long long>(n), num_threads(), num_threads() == 1 ? "" : "s", med, p10,
                 p90, ips);
     if (profile) {
       // Mean per run (the median above is of whole runs; the steps' sum is their mean plus the timing overhead).

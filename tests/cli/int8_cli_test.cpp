@@ -114,6 +114,32 @@ TEST(CliInt8, BenchPrintsLatencyAndThroughput) {
   test::expect_contains(r.err, {"--batch", "0"});
 }
 
+// Models with dynamic dims after the batch (PaddleOCR's [N,3,H,W]) are benched at the shape --shape gives; without
+// it the error names the dynamic dim and the option, and a --shape that contradicts the model is refused.
+TEST(CliInt8, BenchShapeForDynamicInputs) {
+  graph::Model m = graph::load_model(tiny().dir / "q.onnx");
+  m.graph.inputs.at(0).shape = {-1, 1, -1, -1};
+  const fs::path dyn = tiny().dir / "q_dynamic.onnx";
+  graph::save_model(m, dyn);
+  auto r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --engine int8 --iters 2 --warmup 0 --shape 3,1,8,8 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["batch"], 3);
+  EXPECT_EQ(j["shape"], json::array({3, 1, 8, 8}));
+  r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --iters 2");
+  EXPECT_EQ(r.code, 1);
+  test::expect_contains(r.err, {"q_dynamic.onnx", "dynamic dim 2", "--shape"});
+  r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --iters 2 --shape 3,2,8,8");
+  EXPECT_EQ(r.code, 1);
+  test::expect_contains(r.err, {"--shape", "dim 1", "fixes it to 1"});
+  r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --iters 2 --shape 3,1,8");
+  EXPECT_EQ(r.code, 1);
+  test::expect_contains(r.err, {"--shape", "3 dims", "has 4"});
+  r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --iters 2 --batch 2 --shape 3,1,8,8");
+  EXPECT_EQ(r.code, 1);
+  test::expect_contains(r.err, {"--batch 2", "disagree"});
+}
+
 // --profile: where the time goes, per step; the shares sum to 1 and every step ran once per timed run.
 TEST(CliInt8, BenchProfileListsEveryStep) {
   for (const char* engine : {"int8", "fp32"}) {
