@@ -2,8 +2,11 @@
 // MeanVarianceNormalization for the float executor (float32 and float64; statistics in double).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "ops_typed.h"
+#include "perch/core/cpu.h"
+#include "perch/kernels/conv_f32.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -90,6 +93,41 @@ Tensor conv_transpose_typed(const Node& n, const Tensor& x, const Tensor& w, con
   if (b) PERCH_CHECK(b->numel() == M, "bias has ", b->numel(), " values for ", M, " output channels");
   Shape ys{N, M};
   ys.insert(ys.end(), out_sp.begin(), out_sp.end());
+  if constexpr (std::is_same_v<T, float>) {
+    // 1-D/2-D float32 on the optimized paths: y is the input gradient of the convolution that maps y's space back
+    // to x's — weights [C, M/G, KH, KW] read as that convolution's [out = C, in/G = M/G, KH, KW], its input
+    // position o = i*s - pad_begin + k*d exactly the formula above — so kernels::conv2d_backward_data computes it
+    // (per image and group a GEMM W_g^T X_g, then col2im; float accumulation, tested against its double
+    // reference twin). That convolution's end padding max(0, pad_end - output_padding) gives back x's size; when
+    // it cannot (an output_shape past the full size), the loop below runs. PERCH_PATHS=reference keeps the loop.
+    if ((r == 1 || r == 2) && has_path(active_paths(), Path::kOptimized)) {
+      const auto at = [&](const auto& v, int64_t fill) { return r == 2 ? static_cast<int64_t>(v[0]) : fill; };
+      kernels::Conv2dShape cs;
+      cs.batch = N, cs.in_channels = M, cs.out_channels = C, cs.group = group;
+      cs.in_h = at(out_sp, 1), cs.in_w = out_sp[r - 1];
+      cs.kernel_h = at(k_sp, 1), cs.kernel_w = k_sp[r - 1];
+      cs.stride_h = at(strides, 1), cs.stride_w = strides[r - 1];
+      cs.dil_h = at(dil, 1), cs.dil_w = dil[r - 1];
+      cs.pad_top = at(pb, 0), cs.pad_left = pb[r - 1];
+      cs.pad_bottom = r == 2 ? std::max<int64_t>(0, pe[0] - out_pad[0]) : 0;
+      cs.pad_right = std::max<int64_t>(0, pe[r - 1] - out_pad[r - 1]);
+      if (cs.out_h() == at(in_sp, 1) && cs.out_w() == in_sp[r - 1]) {
+        Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+        float* yd = y.data<float>();
+        if (checked_numel(ys) > 0)
+          kernels::conv2d_backward_data(cs, x.data<float>(), w.data<float>(), yd);
+        if (b) {
+          const Tensor bf = b->to_f32();
+          const int64_t plane = cs.in_h * cs.in_w;
+          for (int64_t i = 0; i < N * M; ++i) {
+            const float bv = bf.data<float>()[i % M];
+            for (int64_t j = 0; j < plane; ++j) yd[i * plane + j] += bv;
+          }
+        }
+        return y;
+      }
+    }
+  }
   std::vector<double> acc(static_cast<size_t>(checked_numel(ys)), 0.0);
   const T* xd = x.data<T>();
   const T* wd = w.data<T>();

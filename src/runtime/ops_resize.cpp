@@ -20,6 +20,7 @@
 // ceil when downsampling.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "ops_typed.h"
@@ -150,12 +151,70 @@ std::vector<double> resize_dim(const std::vector<double>& x, Shape& shape, int64
   return y;
 }
 
+// Nearest mode outside tf_crop_and_resize: every output element is one input element (a single tap of weight
+// 1 per dim, taps_for), so y is a gather of x's elements by per-dim index maps — no arithmetic, any dtype, in
+// x's own type (the separable double path below gives the same values for every type but int64 beyond 2^53).
+// Rows of the last dim whose outer indices map to the source row of the previous output row are copies of it.
+Tensor nearest_gather(const Tensor& x, const Shape& out, const std::vector<double>& scales, const std::vector<double>& roi,
+                      const ResizeAttrs& at) {
+  const int64_t r = x.rank();
+  std::vector<std::vector<int64_t>> idx(static_cast<size_t>(r));
+  for (int64_t d = 0; d < r; ++d) {
+    auto& m = idx[static_cast<size_t>(d)];
+    m.resize(static_cast<size_t>(out[d]));
+    const bool same = out[d] == x.dim(d) && scales[d] == 1.0;  // every mode maps x -> x exactly
+    const double rs = roi.empty() ? 0.0 : roi[d], re = roi.empty() ? 1.0 : roi[d + r];
+    for (int64_t j = 0; j < out[d]; ++j) {
+      if (same) {
+        m[static_cast<size_t>(j)] = j;
+        continue;
+      }
+      PERCH_CHECK(x.dim(d) > 0, "cannot resize an empty dim ", d, " to ", out[d]);
+      m[static_cast<size_t>(j)] = taps_for(at, j, x.dim(d), scales[d], out[d], rs, re).at(0).idx;
+    }
+  }
+  Tensor y = Tensor::uninitialized(x.dtype(), out);
+  if (y.numel() == 0) return y;
+  const size_t es = x.nbytes() / static_cast<size_t>(std::max<int64_t>(x.numel(), 1));
+  std::vector<int64_t> xstr(static_cast<size_t>(r), 1);
+  for (int64_t d = r - 2; d >= 0; --d) xstr[static_cast<size_t>(d)] = xstr[static_cast<size_t>(d) + 1] * x.dim(d + 1);
+  const int64_t row_len = out[r - 1], rows = y.numel() / row_len;
+  const auto& last = idx[static_cast<size_t>(r - 1)];
+  const auto* xb = static_cast<const uint8_t*>(x.raw());
+  auto* yb = static_cast<uint8_t*>(y.raw());
+  std::vector<int64_t> pos(static_cast<size_t>(r), 0);
+  int64_t prev_src = -1;
+  for (int64_t row = 0; row < rows; ++row) {
+    int64_t src = 0;
+    for (int64_t d = 0; d + 1 < r; ++d) src += idx[static_cast<size_t>(d)][static_cast<size_t>(pos[static_cast<size_t>(d)])] * xstr[static_cast<size_t>(d)];
+    uint8_t* yr = yb + static_cast<size_t>(row * row_len) * es;
+    if (src == prev_src) {
+      std::memcpy(yr, yr - static_cast<size_t>(row_len) * es, static_cast<size_t>(row_len) * es);
+    } else if (es == 4) {
+      const auto* s4 = reinterpret_cast<const uint32_t*>(xb) + src;
+      auto* y4 = reinterpret_cast<uint32_t*>(yr);
+      for (int64_t j = 0; j < row_len; ++j) y4[j] = s4[last[static_cast<size_t>(j)]];
+    } else {
+      for (int64_t j = 0; j < row_len; ++j)
+        std::memcpy(yr + static_cast<size_t>(j) * es, xb + static_cast<size_t>(src + last[static_cast<size_t>(j)]) * es, es);
+    }
+    prev_src = src;
+    for (int64_t d = r - 2; d >= 0; --d) {  // next row: odometer over the outer output dims
+      if (++pos[static_cast<size_t>(d)] < out[d]) break;
+      pos[static_cast<size_t>(d)] = 0;
+    }
+  }
+  return y;
+}
+
 // Resizes x to `out` with per-dim `scales` (roi: 2 * rank values, starts then ends, or empty).
 Tensor resize_tensor(const Tensor& x, const Shape& out, const std::vector<double>& scales, const std::vector<double>& roi,
                      const ResizeAttrs& at) {
   const int64_t r = x.rank();
   for (int64_t d = 0; d < r; ++d)
     PERCH_CHECK(scales[d] > 0, "scale of dim ", d, " must be positive, got ", scales[d]);
+  if (at.mode == "nearest" && at.coord != "tf_crop_and_resize" && r >= 1 && x.dtype() != DType::kBool)
+    return nearest_gather(x, out, scales, roi, at);
   std::vector<double> buf(static_cast<size_t>(x.numel()));
   detail::visit_dtype(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -3,9 +3,12 @@
 // hooks the quantizer's calibration relies on see every value.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "perch/core/cpu.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -175,6 +178,120 @@ TEST(Executor, GraphWithoutInputsRunsButRun1Refuses) {
   EXPECT_EQ(out.at("y").data<float>()[1], -2.0f);
   const std::string e = error_of([&] { ex.run1(Tensor(DType::kFloat32, {2})); });
   EXPECT_NE(e.find("unit_test_model.onnx"), std::string::npos) << e;
+}
+
+// ConvTranspose, float32 1-D/2-D: the optimized path (kernels::conv2d_backward_data: GEMM + col2im) against the
+// same node on float64 data (the reference loop, accumulating in double) over random geometry — groups (1, 2,
+// one channel per group), strides, dilations, pads, output_padding, output_shape (also past the full size:
+// the loop's fallback) and auto_pad — within the float accumulation bound terms * 2^-22 * sum |x w| per output;
+// PERCH_PATHS=reference gives the loop on float32 too (compared the same way).
+TEST(Executor, ConvTransposeOptimizedMatchesDoubleReference) {
+  std::mt19937 rng(41);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  int cases = 0;
+  for (int it = 0; it < 60; ++it) {
+    const int r = it % 3 == 0 ? 1 : 2;
+    int64_t group = it % 4 == 1 ? 2 : 1, mg = pick(1, 3);
+    int64_t cg = it % 5 == 2 ? 1 : pick(1, 4);
+    int64_t C = cg * group, M = mg * group;
+    if (it % 7 == 3) C = M = group = pick(2, 5), mg = cg = 1;  // one channel per group (depthwise-like)
+    Node n = node("ConvTranspose", {"x", "w", "b"}, {"y"}, "ct");
+    std::vector<int64_t> k(r), s(r), d(r), op(r), pads(2 * r), in(r);
+    for (int i = 0; i < r; ++i) {
+      k[i] = pick(1, 4), s[i] = pick(1, 3), d[i] = pick(1, 2), in[i] = pick(1, 7);
+      op[i] = pick(0, std::max<int64_t>(s[i], d[i]) - 1);
+      pads[i] = pick(0, 2), pads[i + r] = pick(0, 2);
+    }
+    n.attrs["kernel_shape"] = k, n.attrs["strides"] = s, n.attrs["dilations"] = d, n.attrs["group"] = group;
+    const int form = pick(0, 3);  // 0, 1: pads + output_padding; 2: output_shape; 3: auto_pad SAME_UPPER
+    if (form <= 1) {
+      n.attrs["pads"] = pads, n.attrs["output_padding"] = op;
+    } else if (form == 2) {
+      std::vector<int64_t> os(r);
+      for (int i = 0; i < r; ++i) os[i] = s[i] * (in[i] - 1) + (k[i] - 1) * d[i] + 1 + pick(-2, 2);
+      bool ok = true;
+      for (auto v : os) ok = ok && v > 0;
+      if (!ok) continue;
+      n.attrs["output_shape"] = os;
+    } else {
+      n.attrs["auto_pad"] = std::string("SAME_UPPER");
+    }
+    Shape xs{2, C}, ws{C, mg};
+    for (int i = 0; i < r; ++i) xs.push_back(in[i]), ws.push_back(k[i]);
+    Tensor x(DType::kFloat32, xs), w(DType::kFloat32, ws), b(DType::kFloat32, {M});
+    for (auto& v : x.span<float>()) v = nd(rng);
+    for (auto& v : w.span<float>()) v = nd(rng);
+    for (auto& v : b.span<float>()) v = nd(rng);
+    auto as = [](const Tensor& t, DType dt, bool absolute) {
+      Tensor o(dt, t.shape());
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        const double v = absolute ? std::fabs(t.data<float>()[i]) : t.data<float>()[i];
+        if (dt == DType::kFloat64) o.data<double>()[i] = v;
+        else o.data<float>()[i] = static_cast<float>(v);
+      }
+      return o;
+    };
+    auto run = [&](DType dt, bool absolute) {
+      Model m = model_of({n}, {value("x", xs, dt)}, {value("y", {}, dt)});
+      m.graph.initializers["w"] = as(w, dt, absolute), m.graph.initializers["b"] = as(b, dt, absolute);
+      return Executor(m).run({{"x", as(x, dt, absolute)}}).at("y");
+    };
+    Tensor fast, loop32;
+    try {
+      fast = run(DType::kFloat32, false);
+    } catch (const Error&) {
+      continue;  // a random geometry ONNX does not allow (no output left by the pads)
+    }
+    const Tensor want = run(DType::kFloat64, false), mag = run(DType::kFloat64, true);
+    set_paths_for_testing(static_cast<uint32_t>(Path::kReference));
+    loop32 = run(DType::kFloat32, false);
+    set_paths_for_testing(0);
+    ASSERT_EQ(fast.shape(), want.shape());
+    ASSERT_EQ(loop32.shape(), want.shape());
+    const double terms = static_cast<double>(cg * (r == 2 ? k[0] * k[1] : k[0]) + 1);
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      const double tol = terms * std::ldexp(1.0, -22) * mag.data<double>()[i] + 1e-30;
+      ASSERT_NEAR(fast.data<float>()[i], want.data<double>()[i], tol) << "case " << it << " element " << i;
+      ASSERT_NEAR(loop32.data<float>()[i], want.data<double>()[i], tol) << "case " << it << " (loop) element " << i;
+    }
+    ++cases;
+  }
+  EXPECT_GE(cases, 40);
+}
+
+// Resize in nearest mode is a gather of input elements in the input's own type: int64 values beyond 2^53 and uint8
+// come out exact (2x upsampling, asymmetric / floor: y[n, c, i, j] = x[n, c, i / 2, j / 2]; and 3x along W only).
+TEST(Executor, ResizeNearestIsAnExactGatherForEveryType) {
+  for (DType dt : {DType::kInt64, DType::kUInt8, DType::kFloat32}) {
+    for (int variant = 0; variant < 2; ++variant) {
+      const std::vector<float> sc = variant == 0 ? std::vector<float>{1, 1, 2, 2} : std::vector<float>{1, 1, 1, 3};
+      Node n = node("Resize", {"x", "", "scales"}, {"y"}, "rs");
+      n.attrs["mode"] = std::string("nearest");
+      n.attrs["coordinate_transformation_mode"] = std::string("asymmetric");
+      n.attrs["nearest_mode"] = std::string("floor");
+      Model m = model_of({n}, {value("x", {2, 3, 4, 5}, dt)}, {value("y", {}, dt)});
+      m.graph.initializers["scales"] = Tensor::from<float>({4}, sc);
+      Tensor x(dt, {2, 3, 4, 5});
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        if (dt == DType::kInt64) x.data<int64_t>()[i] = (int64_t{1} << 60) + 2 * i + 1;  // not representable in double
+        else if (dt == DType::kUInt8) x.data<uint8_t>()[i] = static_cast<uint8_t>(i * 37);
+        else x.data<float>()[i] = 0.1f * static_cast<float>(i) - 3.0f;
+      }
+      const Tensor y = Executor(m).run({{"x", x}}).at("y");
+      const int64_t oh = 4 * static_cast<int64_t>(sc[2]), ow = 5 * static_cast<int64_t>(sc[3]);
+      ASSERT_EQ(y.shape(), (Shape{2, 3, oh, ow}));
+      for (int64_t p = 0; p < 6; ++p)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            const int64_t src = p * 20 + (i / static_cast<int64_t>(sc[2])) * 5 + j / static_cast<int64_t>(sc[3]);
+            const int64_t dst = (p * oh + i) * ow + j;
+            if (dt == DType::kInt64) ASSERT_EQ(y.data<int64_t>()[dst], x.data<int64_t>()[src]);
+            else if (dt == DType::kUInt8) ASSERT_EQ(y.data<uint8_t>()[dst], x.data<uint8_t>()[src]);
+            else ASSERT_EQ(y.data<float>()[dst], x.data<float>()[src]);
+          }
+    }
+  }
 }
 
 }  // namespace
