@@ -46,23 +46,24 @@ void valid_range(int64_t off, int64_t stride, int64_t in_w, int64_t ow_n, int64_
   lo = std::min(lo, hi);
 }
 
-// col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 outside) for the cg channels starting at x.
-// The valid column range of each (kh, kw) is computed once; stride-1 rows are plain copies.
-void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
+// col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 outside) for the cg channels starting at x (output rows
+// [oh0, oh1), conv_internal.h). The valid column range of each (kh, kw) is computed once; stride-1 rows are copies.
+void im2col(const Conv2dShape& s, int64_t cg, const float* x, float* col, int64_t oh0, int64_t oh1) {
+  if (oh1 < 0) oh1 = s.out_h();
   if (s.stride_w == 1 && has_path(active_paths(), Path::kAvx512Vnni) && avx512::compiled())
-    return avx512::im2col_stride1(s, cg, x, col);
-  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+    return avx512::im2col_stride1(s, cg, x, col, oh0, oh1);
+  const int64_t ow_n = s.out_w(), rows = oh1 - oh0;
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * oh_n * ow_n;
+        float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * rows * ow_n;
         const float* xc = x + c * s.in_h * s.in_w;
         const int64_t off = kw * s.dil_w - s.pad_left;
         int64_t lo, hi;
         valid_range(off, s.stride_w, s.in_w, ow_n, lo, hi);
-        for (int64_t oh = 0; oh < oh_n; ++oh) {
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
-          float* r = row + oh * ow_n;
+          float* r = row + (oh - oh0) * ow_n;
           if (ih < 0 || ih >= s.in_h) {
             std::fill(r, r + ow_n, 0.0f);
             continue;
@@ -167,27 +168,39 @@ void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const floa
   const int64_t mb = ((mg + mblocks - 1) / mblocks + 7) / 8 * 8;
   mblocks = (mg + mb - 1) / mb;
   const int64_t flops = std::max<int64_t>(1, mb * kdim * hw);
+  // A large im2col (more than kColFloats floats: det's 96-channel 3x3 convs at 80x80 would need 22 MB) is built and
+  // multiplied in blocks of output rows, so the column buffer stays in the L2 cache between im2col and the GEMM.
+  // Each output element's dot product is the same sum either way (the GEMM splits columns, not K).
+  constexpr int64_t kColFloats = int64_t{1} << 17;  // 512 KB
+  const int64_t row_block = direct || kdim * hw <= kColFloats ? oh_n : std::max<int64_t>(1, kColFloats / (kdim * ow_n));
   parallel_for(0, pairs * mblocks, [&](int64_t lo, int64_t hi) {
     // im2col scratch, reused across calls on this thread (no allocation/page faults per image).
     thread_local std::vector<float> col;
-    if (!direct && col.size() < static_cast<size_t>(kdim * hw)) col.resize(static_cast<size_t>(kdim * hw));
+    const size_t col_n = static_cast<size_t>(kdim * std::min(row_block, oh_n) * ow_n);
+    if (!direct && col.size() < col_n) col.resize(col_n);
     int64_t last_pair = -1;
     for (int64_t u = lo; u < hi; ++u) {
       const int64_t pair = u / mblocks, m0 = (u % mblocks) * mb, m1 = std::min(mg, m0 + mb);
       const int64_t n = pair / s.group, g = pair % s.group;
       const float* xg = x + (n * s.in_channels + g * cg) * s.in_h * s.in_w;
       float* yg = y + (n * s.out_channels + g * mg) * hw;
-      const float* b_mat = xg;
-      if (!direct) {
-        if (pair != last_pair) im2col(s, cg, xg, col.data());
-        b_mat = col.data();
+      for (int64_t m = m0; m < m1; ++m) std::fill(yg + m * hw, yg + (m + 1) * hw, bias ? bias[g * mg + m] : 0.0f);
+      for (int64_t oh0 = 0; oh0 < oh_n; oh0 += row_block) {
+        const int64_t oh1 = std::min(oh_n, oh0 + row_block), cols = (oh1 - oh0) * ow_n;
+        const float* b_mat = xg;
+        if (!direct) {
+          // The whole im2col (one block) is kept for the next output-channel block of the same image and group.
+          if (row_block < oh_n || pair != last_pair) im2col(s, cg, xg, col.data(), oh0, oh1);
+          b_mat = col.data();
+        }
+        GemmF32Args a;
+        a.m = m1 - m0, a.n = cols, a.k = kdim, a.alpha = 1.0f, a.beta = 1.0f;
+        a.a = w + (g * mg + m0) * kdim, a.lda = kdim, a.b = b_mat, a.ldb = direct ? hw : cols;
+        a.b = direct ? xg + oh0 * ow_n : b_mat;
+        a.c = yg + m0 * hw + oh0 * ow_n, a.ldc = hw;
+        gemm_f32(a);
       }
       last_pair = pair;
-      for (int64_t m = m0; m < m1; ++m) std::fill(yg + m * hw, yg + (m + 1) * hw, bias ? bias[g * mg + m] : 0.0f);
-      GemmF32Args a;
-      a.m = m1 - m0, a.n = hw, a.k = kdim, a.alpha = 1.0f, a.beta = 1.0f;
-      a.a = w + (g * mg + m0) * kdim, a.lda = kdim, a.b = b_mat, a.ldb = hw, a.c = yg + m0 * hw, a.ldc = hw;
-      gemm_f32(a);
     }
   }, std::max<int64_t>(1, 65536 / flops));
 }

@@ -115,20 +115,20 @@ inline __mmask16 range_mask(int64_t base, int64_t lo, int64_t hi) {
 }
 }  // namespace
 
-void im2col_stride1(const Conv2dShape& s, int64_t cg, const float* x, float* col) {
-  const int64_t oh_n = s.out_h(), ow_n = s.out_w();
+void im2col_stride1(const Conv2dShape& s, int64_t cg, const float* x, float* col, int64_t oh0, int64_t oh1) {
+  const int64_t ow_n = s.out_w(), rows = oh1 - oh0;
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * oh_n * ow_n;
+        float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * rows * ow_n;
         const float* xc = x + c * s.in_h * s.in_w;
         const int64_t off = kw * s.dil_w - s.pad_left;
         int64_t lo, hi;
         detail::valid_range(off, 1, s.in_w, ow_n, lo, hi);
-        for (int64_t oh = 0; oh < oh_n; ++oh) {
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
-          float* r = row + oh * ow_n;
+          float* r = row + (oh - oh0) * ow_n;
           const bool inside = ih >= 0 && ih < s.in_h;
           const float* xr = xc + ih * s.in_w + off;  // only dereferenced through the valid lanes
           for (int64_t ow = 0; ow < ow_n; ow += 16) {
@@ -212,7 +212,7 @@ void gemm_nn(const GemmF32Args&) {}
 void depthwise_plane(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                      const float*, float, float*) {}
 void maxpool2x2_backward_plane(const float*, const float*, float*, int64_t, int64_t, int64_t) {}
-void im2col_stride1(const Conv2dShape&, int64_t, const float*, float*) {}
+void im2col_stride1(const Conv2dShape&, int64_t, const float*, float*, int64_t, int64_t) {}
 void col2im_add_stride1(const Conv2dShape&, int64_t, const float*, float*) {}
 }  // namespace perch::kernels::avx512
 

@@ -89,7 +89,19 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
     for (int64_t i = 0; i < total; ++i) yd[i] = f(ad[i], bd[i]);
     return;
   }
-  // Iterate with the last dim as the inner loop.
+  // One side a single element (a scalar constant): one contiguous loop, which the compiler vectorizes; the same
+  // operation per element as below.
+  if (B.numel() == 1 && A.numel() == total) {
+    const T b0 = bd[0];
+    for (int64_t i = 0; i < total; ++i) yd[i] = f(ad[i], b0);
+    return;
+  }
+  if (A.numel() == 1 && B.numel() == total) {
+    const T a0 = ad[0];
+    for (int64_t i = 0; i < total; ++i) yd[i] = f(a0, bd[i]);
+    return;
+  }
+  // Iterate with the last dim as the inner loop (its strides are 0 or 1: one loop per case, so each vectorizes).
   const size_t r = ys.size();
   if (r == 0) {
     yd[0] = f(ad[0], bd[0]);
@@ -100,7 +112,20 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
   for (int64_t base = 0; base < total; base += inner) {
     int64_t oa = 0, ob = 0;
     for (size_t d = 0; d + 1 < r; ++d) oa += idx[d] * sa[d], ob += idx[d] * sb[d];
-    for (int64_t j = 0; j < inner; ++j) yd[base + j] = f(ad[oa + j * ia], bd[ob + j * ib]);
+    const T* ap = ad + oa;
+    const T* bp = bd + ob;
+    T* yp = yd + base;
+    if (ia == 1 && ib == 0) {
+      const T b0 = *bp;
+      for (int64_t j = 0; j < inner; ++j) yp[j] = f(ap[j], b0);
+    } else if (ia == 0 && ib == 1) {
+      const T a0 = *ap;
+      for (int64_t j = 0; j < inner; ++j) yp[j] = f(a0, bp[j]);
+    } else if (ia == 1 && ib == 1) {
+      for (int64_t j = 0; j < inner; ++j) yp[j] = f(ap[j], bp[j]);
+    } else {
+      for (int64_t j = 0; j < inner; ++j) yp[j] = f(ap[j * ia], bp[j * ib]);
+    }
     for (int64_t d = static_cast<int64_t>(r) - 2; d >= 0; --d) {
       if (++idx[d] < ys[d]) break;
       idx[d] = 0;

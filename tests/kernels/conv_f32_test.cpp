@@ -149,6 +149,14 @@ TEST(ConvF32, LargeEnoughToExerciseBlocking) {
   s.pad_top = s.pad_left = s.pad_bottom = s.pad_right = 1;
   check_conv(s, 30);
   check_conv(shape(1, 3, 5, 5, 4, 3, 3), 31);  // small after big: the im2col scratch is reused, not stale
+  // im2col larger than 2^17 floats: built and multiplied in blocks of output rows (16 + 16 + 8 rows here; the
+  // strided one 7 rows per block with a remainder), batch 2 and a grouped one.
+  auto big = shape(2, 24, 40, 37, 12, 3, 3);
+  big.pad_top = big.pad_left = big.pad_bottom = big.pad_right = 1;
+  check_conv(big, 32);
+  auto strided = shape(1, 40, 61, 45, 10, 3, 5, 2);
+  strided.stride_h = 2, strided.stride_w = 1, strided.pad_top = 2, strided.pad_right = 2, strided.dil_w = 2;
+  check_conv(strided, 33);
 }
 
 // Randomized: dense, grouped, depthwise (with multiplier) and 1x1; strides, dilations, asymmetric pads.
