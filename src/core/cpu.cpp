@@ -33,6 +33,7 @@ CpuFeatures detect() {
   f.avx512bw = zmm_ok && ((b >> 30) & 1);
   f.avx512vl = zmm_ok && ((b >> 31) & 1);
   f.avx512vnni = zmm_ok && ((c >> 11) & 1);
+  f.avx512vbmi = zmm_ok && ((c >> 1) & 1);
 #endif
   return f;
 }

@@ -6,6 +6,8 @@
 #include <algorithm>
 
 #if defined(__AVX512F__)
+
+#include <cmath>
 #include <immintrin.h>
 
 namespace perch::kernels::avx512 {
@@ -202,6 +204,61 @@ void maxpool2x2_backward_plane(const float* x, const float* g, float* dx, int64_
   }
 }
 
+
+// exp(x) for 16 floats, Cephes' expf scheme: n = round(x log2(e)), r = x - n ln2 (ln2 in two parts, so r is
+// exact to float precision), exp(r) = 1 + r + r^2 P(r) with P of degree 5 on |r| <= ln2 / 2, then times 2^n by
+// VSCALEFPS (correct down through the denormals to 0). Max error about 2 ulp. x is clamped below at -104 (where
+// exp underflows to 0) by max(lo, x), which keeps a NaN x (VMAXPS returns its second operand on NaN); the caller
+// passes x <= 0 (softmax), so no overflow.
+namespace {
+__m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, n);
+}
+}  // namespace
+
+void softmax_rows(const float* x, int64_t rows, int64_t len, float* y) {
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* xp = x + row * len;
+    float* yp = y + row * len;
+    // Pass 1: the maximum. (A NaN in the row makes its exp, hence the sum and every y, NaN, as in the reference,
+    // whatever the maximum.)
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < len; j += 16) {
+      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
+      mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, xp + j));
+    }
+    const float m = _mm512_reduce_max_ps(mv);
+    // Pass 2: e = exp(x - m) into y, summed in double.
+    const __m512 mb = _mm512_set1_ps(m);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t j = 0; j < len; j += 16) {
+      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xp + j), mb)));
+      _mm512_mask_storeu_ps(yp + j, k, e);
+      s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+      s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    const double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    // Pass 3: y = e * (1 / s).
+    const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / s));
+    for (int64_t j = 0; j < len; j += 16) {
+      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
+      _mm512_mask_storeu_ps(yp + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, yp + j), inv));
+    }
+  }
+}
 }  // namespace perch::kernels::avx512
 
 #else  // no AVX-512 in this compiler: stubs, never dispatched to (compiled() is false)
@@ -213,6 +270,7 @@ void depthwise_plane(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, 
                      const float*, float, float*) {}
 void maxpool2x2_backward_plane(const float*, const float*, float*, int64_t, int64_t, int64_t) {}
 void im2col_stride1(const Conv2dShape&, int64_t, const float*, float*, int64_t, int64_t) {}
+void softmax_rows(const float*, int64_t, int64_t, float*) {}
 void col2im_add_stride1(const Conv2dShape&, int64_t, const float*, float*) {}
 }  // namespace perch::kernels::avx512
 

@@ -26,6 +26,8 @@ void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, in
 // detail::im2col (conv_internal.h) for stride_w == 1, same result: each output row is one or two masked
 // loads and stores (lanes outside the valid column range [lo, hi) are zero and never read).
 void im2col_stride1(const Conv2dShape& s, int64_t cg, const float* x, float* col, int64_t oh0, int64_t oh1);
+// softmax_rows_f32 (perch/kernels/softmax_f32.h) on `rows` rows of `len` floats.
+void softmax_rows(const float* x, int64_t rows, int64_t len, float* y);
 // The adjoint, dx[c, ih, iw] += col[(c*KH + kh)*KW + kw, oh*OW + ow] for stride_w == 1 (conv_f32_backward.cpp's
 // col2im_add is the twin; the same additions in the same order, so the same result).
 void col2im_add_stride1(const Conv2dShape& s, int64_t cg, const float* col, float* dx);

@@ -467,8 +467,37 @@ void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, in
   }
 }
 
-void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y) {
+void lut1_reference(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = table[x[i]];
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PERCH_LUT1_VBMI 1
+namespace {
+// 64 lookups per step: VPERMI2B picks, for each index byte, entry (idx & 127) of the 128-byte table half formed by
+// two registers; the index's bit 7 (VPMOVB2M) selects which half's result to keep.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void lut1_vbmi(const uint8_t* x, int64_t n,
+                                                                       const uint8_t* table, uint8_t* y) {
+  const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+  const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+  for (int64_t i = 0; i < n; i += 64) {
+    const __mmask64 m = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
+    const __m512i idx = _mm512_maskz_loadu_epi8(m, x + i);
+    const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1), hi = _mm512_permutex2var_epi8(t2, idx, t3);
+    const __m512i v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+    if (n - i >= 64) _mm512_storeu_si512(y + i, v);  // plain stores but for the tail (masked stores cost more)
+    else _mm512_mask_storeu_epi8(y + i, m, v);
+  }
+}
+}  // namespace
+#endif
+
+void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y) {
+#ifdef PERCH_LUT1_VBMI
+  static const bool vbmi = cpu_features().avx512vbmi;
+  if (vbmi && has_path(active_paths(), Path::kAvx512Vnni)) return lut1_vbmi(x, n, table, y);
+#endif
+  lut1_reference(x, n, table, y);
 }
 
 void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y) {

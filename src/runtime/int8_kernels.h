@@ -77,7 +77,11 @@ void conv_indirection_nhwc(const Im2Col& g, const uint8_t* x, const uint8_t* pad
 void quantize_f32(const float* x, int64_t n, float scale, int32_t zero_point, int32_t qmin, int32_t qmax, uint8_t* y);
 
 // y[i] = table[x[i]] (256 entries) and y[i] = table[a[i] * 256 + b[i]] (65536 entries), on raw bytes.
+// lut1: with AVX-512 VBMI (and the AVX-512 VNNI path active) the table sits in four registers and 64 bytes are
+// looked up per step (two VPERMI2B, one per 128-entry half, blended on the index's top bit); lut1_reference is
+// the scalar twin.
 void lut1(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y);
+void lut1_reference(const uint8_t* x, int64_t n, const uint8_t* table, uint8_t* y);
 void lut2(const uint8_t* a, const uint8_t* b, int64_t n, const uint8_t* table, uint8_t* y);
 
 // Add / Sub / Mul of two 8-bit tensors (per-tensor parameters) into an 8-bit output, by a float formula written to

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "ops_common.h"
+#include "perch/kernels/softmax_f32.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -105,7 +106,7 @@ std::vector<Tensor> concat(const Node& n, const Args& a, int64_t) {
 
 std::vector<Tensor> softmax(const Node& n, const Args& a, int64_t opset) {
   const Tensor x = in(n, a, 0).to_f32();
-  Tensor y(DType::kFloat32, x.shape());
+  Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
   const int64_t axis = normalize_axis(n.attr_int("axis", opset < 13 ? 1 : -1), x.rank(), n.describe());
   // Before opset 13 the input is coerced to 2-D [prod(dims < axis), prod(dims >= axis)] and softmax runs
   // over the whole second dim; from 13 on it runs along `axis` alone.
@@ -117,6 +118,10 @@ std::vector<Tensor> softmax(const Node& n, const Args& a, int64_t opset) {
   }
   const float* xd = x.data<float>();
   float* yd = y.data<float>();
+  if (inner == 1) {  // rows along the last axis (every pre-13 Softmax, and axis = -1): the kernel
+    kernels::softmax_rows_f32(xd, outer, len, yd);
+    return {y};
+  }
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < inner; ++i) {
       const float* xp = xd + o * len * inner + i;

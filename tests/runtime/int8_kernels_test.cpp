@@ -158,6 +158,27 @@ TEST(Int8ConvIndirection, MatchesDirectFormulaOverRandomGeometries) {
   }
 }
 
+// lut1 (256-entry table): every path (VBMI register tables when the CPU has them) against the scalar twin, on lengths
+// around the 64-byte step, random tables and inputs covering all 256 indices, with a guard byte past the end.
+TEST(Int8Lut1, EveryPathMatchesTheScalarTwin) {
+  kernels::test::Rng rng(256);
+  for (int64_t n : {0, 1, 63, 64, 65, 127, 256, 1000, 4099}) {
+    std::vector<uint8_t> table(256), x(static_cast<size_t>(n));
+    for (auto& v : table) v = static_cast<uint8_t>(rng.range(0, 255));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint8_t>(i < 256 ? i : rng.range(0, 255));
+    std::vector<uint8_t> want(static_cast<size_t>(n) + 1, 0xAB);
+    lut1_reference(x.data(), n, table.data(), want.data());
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(want[static_cast<size_t>(i)], table[x[static_cast<size_t>(i)]]);
+    for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+      set_paths_for_testing(paths);
+      std::vector<uint8_t> got(static_cast<size_t>(n) + 1, 0xAB);  // one guard byte past n
+      lut1(x.data(), n, table.data(), got.data());
+      set_paths_for_testing(0);
+      ASSERT_EQ(got, want) << "n " << n << " paths " << paths_string(paths);
+    }
+  }
+}
+
 // Binary8 (Add/Sub/Mul by the float formula): against a table built independently from quant::dequantize_value /
 // quantize_value (the simulation's scalar maps) for random parameters, both activation types, clamps; the check
 // must accept those tables and reject a table with one entry changed; every path must equal the scalar twin on

@@ -25,6 +25,7 @@ constexpr bool has_path(uint32_t set, Path p) { return (set & static_cast<uint32
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+  bool avx512vbmi = false;  // VPERMB / VPERMI2B (Ice Lake, Zen 4 and later): byte tables in registers
 };
 
 const CpuFeatures& cpu_features();
