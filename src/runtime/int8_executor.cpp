@@ -99,22 +99,31 @@ Shape onnx_shape(const Slot& s) {
   return {s.t.dim(0), s.t.dim(3), s.t.dim(1), s.t.dim(2)};
 }
 
-// `t` (1-byte elements, ONNX layout) broadcast to `out` (NumPy rules; the shapes are compatible).
+// `t` (1-byte elements, ONNX layout) broadcast to `out` (NumPy rules; the shapes are compatible). Row by row over
+// the last output dim: a row is a copy (input stride 1), a fill (stride 0) or, for an input of the same rank, both.
 Tensor expand_bytes(const Tensor& t, const Shape& out) {
   Tensor y = Tensor::uninitialized(t.dtype(), out);
+  if (y.numel() == 0) return y;
   const std::vector<int64_t> st = detail::broadcast_strides(t.shape(), out);
   const auto* src = static_cast<const uint8_t*>(t.raw());
   auto* dst = static_cast<uint8_t*>(y.raw());
   const size_t r = out.size();
+  if (r == 0) {
+    dst[0] = src[0];
+    return y;
+  }
+  const int64_t inner = out[r - 1], si = st[r - 1], rows = y.numel() / inner;
   std::vector<int64_t> idx(r, 0);
-  int64_t off = 0;
-  for (int64_t i = 0; i < y.numel(); ++i) {
-    dst[i] = src[off];
-    for (size_t d = r; d-- > 0;) {  // odometer over the output index, keeping the input offset in step
-      off += st[d];
-      if (++idx[d] < out[d]) break;
-      off -= st[d] * out[d];
-      idx[d] = 0;
+  int64_t off = 0;  // input offset of the current row's first element
+  for (int64_t row = 0; row < rows; ++row) {
+    uint8_t* d = dst + row * inner;
+    if (si == 0) std::memset(d, src[off], static_cast<size_t>(inner));
+    else std::memcpy(d, src + off, static_cast<size_t>(inner));  // si == 1: the input's last dim equals inner
+    for (size_t k = r - 1; k-- > 0;) {  // odometer over the outer output dims, the input offset in step
+      off += st[k];
+      if (++idx[k] < out[k]) break;
+      off -= st[k] * out[k];
+      idx[k] = 0;
     }
   }
   return y;
@@ -333,11 +342,15 @@ Tensor Int8Executor::Impl::float_value(Ctx& c, const std::string& v) const {
     auto it = c.values.find(r);
     if (it != c.values.end()) return it->second.t;
     const Tensor q = to_layout(slot(c, a->q), Layout::kPlain);
-    const Tensor f = quant::dequantize(q, [&] {
-      quant::QuantSpec spec;
-      spec.bits = 8, spec.is_signed = a->params.type == DType::kInt8, spec.symmetric = false;
-      return quant::make_params(spec, q.shape(), {a->params.scale}, {a->params.zero_point});
-    }());
+    // quant::dequantize_value of each code, through its 256-entry table (the same values, one lookup each).
+    float table[256];
+    for (int code = 0; code < 256; ++code)
+      table[code] = quant::dequantize_value(a->params.type == DType::kInt8 ? static_cast<int8_t>(code) : code,
+                                            a->params.scale, a->params.zero_point);
+    Tensor f = Tensor::uninitialized(DType::kFloat32, q.shape());
+    const auto* qb = static_cast<const uint8_t*>(q.raw());
+    float* fd = f.data<float>();
+    for (int64_t i = 0; i < q.numel(); ++i) fd[i] = table[qb[i]];
     c.values[r] = Slot{f, Layout::kPlain};
     return f;
   }
