@@ -46,19 +46,22 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
             for (int64_t t = 0; t < 2; ++t)
               p.avx2[static_cast<size_t>(((b * pairs + q) * 2 + h) * 16 + 8 * l + 2 * i + t)] =
                   wt(16 * b + 8 * l + 4 * h + i, 2 * q + t);
-  if (kw <= 4) {
-    auto wr = [&](int64_t c, int64_t r, int64_t t) -> int8_t { return (c < channels && t < kw) ? w[(c * kh + r) * kw + t] : 0; };
-    p.vnni_rows.assign(static_cast<size_t>((channels + 15) / 16 * kh * 64), 0);
+  auto wr = [&](int64_t c, int64_t r, int64_t t) -> int8_t { return (c < channels && t < kw) ? w[(c * kh + r) * kw + t] : 0; };
+  if (kw <= 8) {
+    const int64_t qn = (kw + 3) / 4, vr = kh * qn;  // virtual row r * qn + q: taps 4 q .. 4 q + 3 of row r
+    p.vnni_rows.assign(static_cast<size_t>((channels + 15) / 16 * vr * 64), 0);
     for (int64_t b = 0; b < blocks64; ++b) {
       const int64_t g = std::min<int64_t>(4, (channels - 64 * b + 15) / 16);  // vectors in this block
       const bool full = 64 * b + 64 <= channels;
-      for (int64_t r = 0; r < kh; ++r)
+      for (int64_t v = 0; v < vr; ++v)
         for (int64_t j = 0; j < g; ++j)
           for (int64_t i = 0; i < 16; ++i)  // byte 4 i + t of vector j
             for (int64_t t = 0; t < 4; ++t)
-              p.vnni_rows[static_cast<size_t>(256 * b * kh + (r * g + j) * 64 + 4 * i + t)] =
-                  wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 64 * b + 16 * j + i, r, t);
+              p.vnni_rows[static_cast<size_t>(256 * b * vr + (v * g + j) * 64 + 4 * i + t)] =
+                  wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 64 * b + 16 * j + i, v / qn, 4 * (v % qn) + t);
     }
+  }
+  if (kw <= 4) {
     const int64_t rp = (kw + 1) / 2;
     p.avx2_rows.assign(static_cast<size_t>(blocks16 * kh * rp * 32), 0);
     for (int64_t b = 0; b < blocks16; ++b)
@@ -228,13 +231,15 @@ DwKernel pick_dw(const DepthwiseS8Args& d, bool rq_ok) {
   return DwKernel::kReference;
 }
 
-// Row-cached kernels for kw <= 4 while their row cache (kh * dilation_h rows) stays within 8 MB (s8_internal.h,
+// Row-cached kernels for kw <= 8 (VNNI) / kw <= 4 (AVX2) while their row cache (kh * dilation_h input rows, each
+// transformed into ceil(kw / 4) quad rows on VNNI) stays within 8 MB (s8_internal.h,
 // DwConst::cached).
 bool use_cached(const DepthwiseS8Args& d, DwKernel k) {
   const int64_t ow = d.out_w();
-  const int64_t row_bytes = k == DwKernel::kAvx512Vnni ? ow * 256 : ow * ((d.w->kw + 1) / 2) * 64;
-  return d.w->kw <= 4 && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
-         !(k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
+  const bool vnni = k == DwKernel::kAvx512Vnni;
+  const int64_t row_bytes = vnni ? ow * 256 * ((d.w->kw + 3) / 4) : ow * ((d.w->kw + 1) / 2) * 64;
+  return d.w->kw <= (vnni ? 8 : 4) && d.w->kh * d.dilation_h * row_bytes <= (int64_t{8} << 20) &&
+         !(vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
 }
 
 // The constants of kernel k (kAvx2 or kAvx512Vnni), row-cached or not; the VNNI row-cached kernel keeps the last
@@ -328,7 +333,8 @@ std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS
                         : has_path(sup, Path::kAvx2) && s8::avx2_compiled() && !d.w->avx2.empty();
     const bool cached = i % 2 == 0;
     if (!ok || !p->rq_ok) continue;
-    if (cached && (d.w->kw > 4 || (k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty())))
+    if (cached && (d.w->kw > (k == DwKernel::kAvx512Vnni ? 8 : 4) ||
+                   (k == DwKernel::kAvx512Vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty())))
       continue;
     p->v[i] = make_dw_const(d, k, cached);
     p->have[i] = true;

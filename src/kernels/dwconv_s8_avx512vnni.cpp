@@ -1,5 +1,5 @@
 // depthwise_s8 on AVX-512 VNNI (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; CMakeLists.txt).
-// kw <= 4: the row-cached kernel further down (layout, formula, bounds there). Otherwise, the per-pixel kernel:
+// kw <= 8: the row-cached kernel further down (layout, formula, bounds there). Otherwise, the per-pixel kernel:
 //
 // NHWC, per output row: the tap pointers of every output pixel are built once (a pointer into the input, or
 // to a pixel of zero points for taps in the padding), then for each block of 64 channels and each pixel:
@@ -110,7 +110,7 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 }
 
 
-// ---- Row-cached kernel, kw <= 4 (every 3x3 depthwise conv) ----
+// ---- Row-cached kernel, kw <= 8 (every 3x3 and 5x5 depthwise conv; kw > 4 as two quads per kernel row) ----
 //
 // 16 channels per vector, each channel's 4 taps in its 4 bytes (the VPDPBUSD group). Channel order inside a
 // block of 64: a full block keeps the order VPUNPCK{L,H}BW + VPUNPCK{L,H}WD leave (vector j, 128-bit lane l,
@@ -136,13 +136,15 @@ void dw_rows_generic(const DwPlan& p, int64_t r0, int64_t r1) {
 // [lo, hi] and + zp on int16, VPACKUSWB / VPACKSSWB (exact: values already in the output type), and for a
 // partial block one VPERMD to undo the packs' lane interleave.
 // Overflow: |acc - bias| <= 255 * 128 * taps < 2^31 (the PackedDepthwiseS8 check); bias wraps as in the reference.
+// pl: the quad's left padding — d.pad_left for taps 0..3, d.pad_left - 4 q dw for the taps 4 q.. of a wider kernel
+// (negative when those taps start right of the output column).
 template <int KW, bool kFlip>
-void build_quads(const DepthwiseS8Args& d, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
+void build_quads(const DepthwiseS8Args& d, int64_t pl, const uint8_t* row, const uint8_t* zrow, int64_t ow_n, int64_t c0,
                  __mmask64 mask, int g, __m512i flip, uint8_t* q) {
-  const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w, pl = d.pad_left;
+  const int64_t c_n = d.channels, sw = d.stride_w, dw = d.dilation_w;
   // Interior columns: ow * sw - pl >= 0 and ow * sw - pl + (KW - 1) * dw <= in_w - 1.
   const int64_t e = d.in_w - 1 - (KW - 1) * dw + pl;
-  int64_t lo = (pl + sw - 1) / sw, hi = e >= 0 ? e / sw + 1 : 0;
+  int64_t lo = pl <= 0 ? 0 : (pl + sw - 1) / sw, hi = e >= 0 ? e / sw + 1 : 0;
   lo = std::min(lo, ow_n);
   hi = std::clamp(hi, lo, ow_n);
   const int64_t step = g * 64;
@@ -322,7 +324,10 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   const DepthwiseS8Args& d = *p.d;
   const PackedDepthwiseS8& w = *d.w;
   const int64_t c_n = d.channels, kh_n = w.kh, blocks = (c_n + 63) / 64;
-  const int64_t slots = kh_n * d.dilation_h, row_bytes = p.ow * 256;
+  // kw > 4: qn quads per input row (taps 4 q .. 4 q + 3), each its own cache slot and its own virtual kernel row
+  // v = r * qn + q of the weights (PackedDepthwiseS8::vnni_rows): the compute loop sees vr = kh * qn rows.
+  const int64_t qn = (w.kw + 3) / 4, vr = kh_n * qn, span = kh_n * d.dilation_h;
+  const int64_t slots = span * qn, row_bytes = p.ow * 256;
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
   const __m512i flip = _mm512_set1_epi8(p.k->flip ? static_cast<char>(0x80) : 0);
   const bool is32 = d.out.type == OutputType::kInt32, is_u8 = d.out.type == OutputType::kUInt8;
@@ -336,54 +341,59 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
   const __m512i zq = _mm512_xor_si512(_mm512_set1_epi8(static_cast<char>(p.k->zrow[0])), flip);
   for (int j = 0; j < 4; ++j) _mm512_store_si512(zquad + 64 * j, zq);
   tags.assign(static_cast<size_t>(slots), -1);
-  std::vector<const uint8_t*> qb(static_cast<size_t>(kh_n));
-  std::vector<int64_t> qs(static_cast<size_t>(kh_n));
+  std::vector<const uint8_t*> qb(static_cast<size_t>(vr));
+  std::vector<int64_t> qs(static_cast<size_t>(vr));
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * 64, valid = std::min<int64_t>(64, c_n - c0);
     const int g = static_cast<int>((valid + 15) / 16);
     const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
-    const int8_t* wb = w.vnni_rows.data() + c0 * kh_n * 4;  // block b: kh_n rows of g vectors
+    const int8_t* wb = w.vnni_rows.data() + c0 * vr * 4;  // block b: vr virtual rows of g vectors
     std::fill(tags.begin(), tags.end(), -1);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / p.oh, oh = r % p.oh;
       for (int64_t k = 0; k < kh_n; ++k) {
         const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
-        if (ih < 0 || ih >= d.in_h) {
-          qb[static_cast<size_t>(k)] = zquad;
-          qs[static_cast<size_t>(k)] = 0;
-          continue;
-        }
-        const int64_t slot = ih % slots, tag = n * d.in_h + ih;
-        uint8_t* q = qbuf + slot * row_bytes;
-        if (tags[static_cast<size_t>(slot)] != tag) {
-          const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
-          const uint8_t* z = p.k->zrow.data();
-          switch (w.kw * 2 + (p.k->flip ? 1 : 0)) {
-            case 2: build_quads<1, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 3: build_quads<1, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 4: build_quads<2, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 5: build_quads<2, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 6: build_quads<3, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 7: build_quads<3, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            case 8: build_quads<4, false>(d, row, z, p.ow, c0, mask, g, flip, q); break;
-            default: build_quads<4, true>(d, row, z, p.ow, c0, mask, g, flip, q); break;
+        for (int64_t qd = 0; qd < qn; ++qd) {
+          const size_t v = static_cast<size_t>(k * qn + qd);
+          if (ih < 0 || ih >= d.in_h) {
+            qb[v] = zquad;
+            qs[v] = 0;
+            continue;
           }
-          tags[static_cast<size_t>(slot)] = tag;
+          const int64_t slot = (ih % span) * qn + qd, tag = n * d.in_h + ih;
+          uint8_t* q = qbuf + slot * row_bytes;
+          if (tags[static_cast<size_t>(slot)] != tag) {
+            const uint8_t* row = x + (n * d.in_h + ih) * d.in_w * c_n;
+            const uint8_t* z = p.k->zrow.data();
+            const int64_t pl = d.pad_left - 4 * qd * d.dilation_w;
+            const int64_t kwq = std::min<int64_t>(4, w.kw - 4 * qd);  // taps in this quad
+            switch (kwq * 2 + (p.k->flip ? 1 : 0)) {
+              case 2: build_quads<1, false>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 3: build_quads<1, true>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 4: build_quads<2, false>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 5: build_quads<2, true>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 6: build_quads<3, false>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 7: build_quads<3, true>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              case 8: build_quads<4, false>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+              default: build_quads<4, true>(d, pl, row, z, p.ow, c0, mask, g, flip, q); break;
+            }
+            tags[static_cast<size_t>(slot)] = tag;
+          }
+          qb[v] = q;
+          qs[v] = g * 64;
         }
-        qb[static_cast<size_t>(k)] = q;
-        qs[static_cast<size_t>(k)] = g * 64;
       }
       const int64_t out_row = (n * p.oh + oh) * p.ow * c_n;
       if (is32) {
-        row_i32(p, kh_n, g, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
+        row_i32(p, vr, g, qb.data(), qs.data(), wb, c0, valid, static_cast<int32_t*>(d.y) + out_row);
         continue;
       }
       uint8_t* y = static_cast<uint8_t*>(d.y) + out_row;
       switch (g) {
-        case 1: row_u8_any<1>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
-        case 2: row_u8_any<2>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
-        case 3: row_u8_any<3>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
-        default: row_u8_any<4>(p, kh_n, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 1: row_u8_any<1>(p, vr, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 2: row_u8_any<2>(p, vr, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        case 3: row_u8_any<3>(p, vr, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
+        default: row_u8_any<4>(p, vr, qb.data(), qs.data(), wb, c0, mask, is_u8, y); break;
       }
     }
   }

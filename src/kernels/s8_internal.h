@@ -69,7 +69,7 @@ struct DwConst {
   std::vector<uint8_t> zrow;     // one pixel of zero points (raw bytes), read for taps outside the input
   std::vector<int32_t> off;      // bias - za_u * w_sum, permuted
   RequantTables rq;              // permuted; empty for kInt32
-  // The output stage (RequantTables' formula) laid out for the row-cached kernels (kw <= 4), 64-bit lanes:
+  // The output stage (RequantTables' formula) laid out for the row-cached kernels, 64-bit lanes:
   //   out = clamp((p + rnd) >> sh, lo, hi),  p = acc * mult (exact, 64-bit),  rnd = 2^(sh - 1),  sh = S in [1, 62].
   // Layout: per group of G channels (G = 16 for AVX-512, 8 for AVX2; accumulator order), 8 arrays of G / 2 int64
   // for the even and odd channels of the group: mult_e, mult_o, rnd_e, rnd_o, adj_e, adj_o, sh_e, sh_o (adj is
@@ -80,7 +80,7 @@ struct DwConst {
   // 32 bits of X, then a 32-bit arithmetic shift by sh - 32 (floor of a floor is the floor of the quotient), so the
   // even and odd halves share one 32-bit shift. rqf's sh_e array then holds the G int32 counts sh - 32.
   bool rqf_hi32 = false;
-  // Row-cached kernel (kw <= 4 and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
+  // Row-cached kernel (kw <= 4, on VNNI kw <= 8, and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
   // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order
   // above, the last partial block in natural order.
   bool cached = false;

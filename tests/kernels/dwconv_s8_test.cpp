@@ -360,7 +360,7 @@ TEST(DepthwiseS8, LargeThreadedAndLeftShifts) {
 }
 
 
-// The row-cached kernels (kw <= 4): channel counts around their 16-channel vectors and 64-channel blocks (full
+// The row-cached kernels (kw <= 4; kw <= 8 on AVX-512 VNNI): channel counts around their 16-channel vectors and 64-channel blocks (full
 // blocks keep the unpack order, a partial last block is in natural order), widths around the 2-pixel step and
 // the border/interior split of the row build, kernel heights and dilations around the row-cache slots, strides
 // 1-3 (the sliding-window build is stride 1), both input types, and multipliers of every kind: right shifts
@@ -373,7 +373,8 @@ TEST(DepthwiseS8, RowCachedTileBoundaries) {
     Rng rng(77);
     for (int64_t cn : channels)
       for (int rep = 0; rep < 3; ++rep) {
-        const int64_t kh = rng.range(1, 4) == 4 ? 5 : rng.range(1, 3), kw = rng.range(1, 4);
+        // kw 5..8: two tap quads per kernel row on AVX-512 VNNI (the AVX2 row cache stops at 4).
+        const int64_t kh = rng.range(1, 4) == 4 ? 5 : rng.range(1, 3), kw = rng.range(1, 4) == 4 ? rng.range(5, 8) : rng.range(1, 4);
         DwCase c = make_case(rng, cn, kh, kw);
         auto& a = c.args;
         a.stride_w = rng.range(1, 3);

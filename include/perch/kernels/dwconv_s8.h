@@ -8,7 +8,8 @@
 // Why NHWC: a depthwise conv has no reduction over channels, so the vector dimension is the channel; NHWC
 // makes the C channels of a pixel contiguous, so each tap is one (masked) load of 64 channels and nothing has
 // to be transposed or gathered.
-// Kernels of width kw <= 4 (every 3x3) run row-cached: each input row is transformed once per channel block
+// Kernels of width kw <= 4 (every 3x3; on AVX-512 VNNI kw <= 8, e.g. the 5x5 of MobileNetV3 and PP-LCNet, as two
+// groups of 4 taps per kernel row) run row-cached: each input row is transformed once per channel block
 // into a row of tap groups — for each output column, the kw horizontal taps of each channel side by side
 // (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
 // VPMADDUBSW) — and reused by the kh output rows that read it; an output pixel is then kh VPDPBUSD per 16
@@ -41,11 +42,13 @@ struct PackedDepthwiseS8 {
   // AVX2 layout: per block of 16 channels, per pair of taps, 2 vectors of 16 int16; vector h, element
   // 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][2 p + t].
   std::vector<int16_t> avx2;
-  // Row layouts of the row-cached kernels (kw <= 4; dwconv_s8_avx512vnni.cpp / dwconv_s8_avx2.cpp): the taps of
-  // one kernel row side by side, padded with zero weights to 4 (VNNI) or to pairs (AVX2).
-  // vnni_rows: per block b of 64 channels (at byte 256 b * kh), per kernel row r, g_b = min(4, ceil((C - 64 b) / 16))
-  //   vectors of 64 bytes; vector j of row r, byte 4 i + t holds w[64 b + ch][r][t] (t < kw and channel < C, else
-  //   0), ch = 16 (i / 4) + 4 j + i % 4 in a full block (the VPUNPCK order), ch = 16 j + i in a partial last one.
+  // Row layouts of the row-cached kernels (VNNI kw <= 8, AVX2 kw <= 4; dwconv_s8_avx512vnni.cpp /
+  // dwconv_s8_avx2.cpp): the taps of one kernel row side by side, padded with zero weights to 4 (VNNI) or to pairs
+  // (AVX2). VNNI splits a row of kw > 4 taps into qn = ceil(kw / 4) groups of 4: "virtual row" v = r * qn + q holds
+  // taps 4 q .. 4 q + 3 of kernel row r (vr = kh * qn virtual rows; qn = 1 and v = r for kw <= 4).
+  // vnni_rows: per block b of 64 channels (at byte 256 b * vr), per virtual row v, g_b = min(4, ceil((C - 64 b) / 16))
+  //   vectors of 64 bytes; vector j of row v, byte 4 i + t holds w[64 b + ch][r][4 q + t] (4 q + t < kw and channel
+  //   < C, else 0), ch = 16 (i / 4) + 4 j + i % 4 in a full block (the VPUNPCK order), ch = 16 j + i in a partial one.
   std::vector<int8_t> vnni_rows;
   // avx2_rows: per block b of 16 channels, per kernel row r, per tap pair q < (kw + 1) / 2, 2 vectors of 16 int16;
   //   vector h, element 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][r][2 q + t] (2 q + t < kw, else 0).
