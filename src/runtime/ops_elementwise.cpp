@@ -101,17 +101,32 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
     for (int64_t i = 0; i < total; ++i) yd[i] = f(a0, bd[i]);
     return;
   }
-  // Iterate with the last dim as the inner loop (its strides are 0 or 1: one loop per case, so each vectorizes).
-  const size_t r = ys.size();
-  if (r == 0) {
+  if (ys.empty()) {
     yd[0] = f(ad[0], bd[0]);
     return;
   }
-  const int64_t inner = ys[r - 1], ia = sa[r - 1], ib = sb[r - 1];
+  // Merge neighbouring output dims that both inputs step through alike (each input either contiguous across the
+  // two or broadcast along both), so e.g. [N,C,H,W] * [N,C,1,1] runs rows of H*W, not of W.
+  Shape ms{ys[0]};
+  std::vector<int64_t> ma{sa[0]}, mb{sb[0]};
+  for (size_t d = 1; d < ys.size(); ++d) {
+    if (ys[d] == 1) continue;  // a unit dim moves nothing
+    const bool a_ok = ma.back() == sa[d] * ys[d], b_ok = mb.back() == sb[d] * ys[d];
+    if (ms.back() == 1 || (a_ok && b_ok)) {  // index i_outer * ys[d] + i_inner steps by the inner strides
+      ma.back() = sa[d], mb.back() = sb[d];
+      ms.back() *= ys[d];
+    } else {
+      ms.push_back(ys[d]), ma.push_back(sa[d]), mb.push_back(sb[d]);
+    }
+  }
+  // Iterate with the last merged dim as the inner loop (its strides are 0 or 1: one loop per case, so each
+  // vectorizes).
+  const size_t r = ms.size();
+  const int64_t inner = ms[r - 1], ia = ma[r - 1], ib = mb[r - 1];
   std::vector<int64_t> idx(r, 0);
   for (int64_t base = 0; base < total; base += inner) {
     int64_t oa = 0, ob = 0;
-    for (size_t d = 0; d + 1 < r; ++d) oa += idx[d] * sa[d], ob += idx[d] * sb[d];
+    for (size_t d = 0; d + 1 < r; ++d) oa += idx[d] * ma[d], ob += idx[d] * mb[d];
     const T* ap = ad + oa;
     const T* bp = bd + ob;
     T* yp = yd + base;
@@ -127,7 +142,7 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
       for (int64_t j = 0; j < inner; ++j) yp[j] = f(ap[j * ia], bp[j * ib]);
     }
     for (int64_t d = static_cast<int64_t>(r) - 2; d >= 0; --d) {
-      if (++idx[d] < ys[d]) break;
+      if (++idx[d] < ms[d]) break;
       idx[d] = 0;
     }
   }

@@ -294,5 +294,39 @@ TEST(Executor, ResizeNearestIsAnExactGatherForEveryType) {
   }
 }
 
+// Broadcasting binary ops against the NumPy rule written out here, over shapes whose dims the kernel merges (both
+// inputs contiguous, or broadcast, across neighbours) or cannot merge, unit dims anywhere, scalars on either side.
+TEST(Executor, BroadcastingMatchesTheNumpyRule) {
+  const std::vector<std::pair<Shape, Shape>> cases = {
+      {{2, 3, 4, 5}, {2, 3, 1, 1}}, {{2, 3, 4, 5}, {1, 3, 1, 5}}, {{2, 3, 4, 5}, {2, 1, 4, 1}}, {{2, 3, 4, 5}, {5}},
+      {{2, 3, 4, 5}, {4, 1}},       {{1, 3, 1, 5}, {2, 1, 4, 1}}, {{2, 1, 1, 5}, {1, 3, 4, 1}}, {{3, 1}, {1, 4}},
+      {{2, 3, 4, 5}, {1}},          {{1}, {2, 3, 4, 5}},          {{1, 1, 4, 5}, {2, 3, 1, 1}}, {{6, 1, 7}, {6, 5, 7}}};
+  for (const auto& [as, bs] : cases) {
+    Node n = node("Sub", {"a", "b"}, {"y"}, "sub");  // not commutative: operand order is checked too
+    Model m = model_of({n}, {value("a", as), value("b", bs)}, {value("y", {})});
+    Tensor a(DType::kFloat32, as), b(DType::kFloat32, bs);
+    for (int64_t i = 0; i < a.numel(); ++i) a.data<float>()[i] = static_cast<float>(i) * 0.5f;
+    for (int64_t i = 0; i < b.numel(); ++i) b.data<float>()[i] = static_cast<float>(i * i % 97);
+    const Tensor y = Executor(m).run({{"a", a}, {"b", b}}).at("y");
+    const size_t r = std::max(as.size(), bs.size());
+    Shape ys(r);
+    auto dim = [&](const Shape& s, size_t d) { return d + s.size() < r ? int64_t{1} : s[d + s.size() - r]; };
+    for (size_t d = 0; d < r; ++d) ys[d] = std::max(dim(as, d), dim(bs, d));
+    ASSERT_EQ(y.shape(), ys);
+    std::vector<int64_t> idx(r, 0);
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      int64_t rem = i;
+      for (size_t d = r; d-- > 0;) idx[d] = rem % ys[d], rem /= ys[d];
+      auto flat = [&](const Shape& s) {
+        int64_t off = 0;
+        for (size_t d = 0; d < r; ++d) off = off * dim(s, d) + (dim(s, d) == 1 ? 0 : idx[d]);
+        return off;
+      };
+      ASSERT_EQ(y.data<float>()[i], a.data<float>()[flat(as)] - b.data<float>()[flat(bs)])
+          << shape_str(as) << " - " << shape_str(bs) << " at " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace perch::runtime
