@@ -152,6 +152,46 @@ int main(int argc, char** argv) {
     ++lower;
   }
 
+  // fuzz_int8_lower: a QDQ graph with an elementwise chain on one 8-bit value (hardswish written as
+  // x * Clip(x + 3, 0, 6) / 6, then a scalar Mul/Add and a Relu), which the int8 executor turns into one table.
+  {
+    graph::Model m;
+    m.ir_version = 8;
+    m.opsets = {{"", 13}};
+    graph::Graph& g = m.graph;
+    graph::ValueInfo in;
+    in.name = "x", in.dtype = DType::kFloat32, in.shape = {1, 2, 3, 3}, in.dim_names = {"", "", "", ""}, in.has_shape = true;
+    g.inputs = {in};
+    graph::ValueInfo outv;
+    outv.name = "y", outv.dtype = DType::kFloat32;
+    g.outputs = {outv};
+    auto scalar_f = [](float v) { Tensor t(DType::kFloat32, {}); t.data<float>()[0] = v; return t; };
+    auto scalar_u8 = [](uint8_t v) { Tensor t(DType::kUInt8, {}); t.data<uint8_t>()[0] = v; return t; };
+    g.initializers["s"] = scalar_f(0.05f);
+    g.initializers["z"] = scalar_u8(140);
+    g.initializers["s2"] = scalar_f(0.02f);
+    g.initializers["z2"] = scalar_u8(10);
+    g.initializers["three"] = scalar_f(3.0f);
+    g.initializers["zero"] = scalar_f(0.0f);
+    g.initializers["six"] = scalar_f(6.0f);
+    g.initializers["a"] = scalar_f(0.8f);
+    g.nodes = {
+        {"q", "QuantizeLinear", "", {"x", "s", "z"}, {"xq"}, {}},
+        {"dq", "DequantizeLinear", "", {"xq", "s", "z"}, {"xd"}, {}},
+        {"add3", "Add", "", {"xd", "three"}, {"p"}, {}},
+        {"clip", "Clip", "", {"p", "zero", "six"}, {"r6"}, {}},
+        {"mul", "Mul", "", {"xd", "r6"}, {"xr"}, {}},
+        {"div", "Div", "", {"xr", "six"}, {"h"}, {}},
+        {"scale", "Mul", "", {"h", "a"}, {"h2"}, {}},
+        {"shift", "Add", "", {"h2", "three"}, {"h3"}, {}},
+        {"relu", "Relu", "", {"h3"}, {"r"}, {}},
+        {"q2", "QuantizeLinear", "", {"r", "s2", "z2"}, {"rq"}, {}},
+        {"dq2", "DequantizeLinear", "", {"rq", "s2", "z2"}, {"y"}, {}},
+    };
+    write_file_atomic(out / "fuzz_int8_lower" / "hardswish_chain.onnx", graph::model_to_bytes(m));
+    ++lower;
+  }
+
   // npy / idx: every type, scalar to rank 3.
   const DType types[] = {DType::kFloat32, DType::kFloat64, DType::kInt8, DType::kUInt8, DType::kInt16,
                          DType::kUInt16, DType::kInt32, DType::kInt64, DType::kBool};
