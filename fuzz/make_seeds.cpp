@@ -39,6 +39,31 @@ Tensor numbered(DType dt, Shape shape) {
   return t;
 }
 
+Tensor scalar_f(float v) {
+  Tensor t(DType::kFloat32, {});
+  t.data<float>()[0] = v;
+  return t;
+}
+Tensor scalar_u8(uint8_t v) {
+  Tensor t(DType::kUInt8, {});
+  t.data<uint8_t>()[0] = v;
+  return t;
+}
+
+// A model with one float input "x" of `shape` and one float output "y"; the caller adds opsets and nodes.
+graph::Model float_io_model(Shape shape) {
+  graph::Model m;
+  m.ir_version = 8;
+  graph::ValueInfo in;
+  in.name = "x", in.dtype = DType::kFloat32, in.shape = std::move(shape), in.has_shape = true;
+  in.dim_names.assign(in.shape.size(), "");
+  m.graph.inputs = {in};
+  graph::ValueInfo outv;
+  outv.name = "y", outv.dtype = DType::kFloat32;
+  m.graph.outputs = {outv};
+  return m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,18 +136,9 @@ int main(int argc, char** argv) {
   // fuzz_int8_lower: an ONNX Runtime "QOperator" graph (QLinearConv, MaxPool on uint8, the com.microsoft ops), which
   // the int8 executor first rewrites to QDQ (graph::expand_contrib_qops, qlinear_to_qdq).
   {
-    graph::Model m;
-    m.ir_version = 8;
+    graph::Model m = float_io_model({1, 4, 4, 4});
     m.opsets = {{"", 13}, {"com.microsoft", 1}};
     graph::Graph& g = m.graph;
-    graph::ValueInfo in;
-    in.name = "x", in.dtype = DType::kFloat32, in.shape = {1, 4, 4, 4}, in.dim_names = {"", "", "", ""}, in.has_shape = true;
-    g.inputs = {in};
-    graph::ValueInfo outv;
-    outv.name = "y", outv.dtype = DType::kFloat32;
-    g.outputs = {outv};
-    auto scalar_f = [](float v) { Tensor t(DType::kFloat32, {}); t.data<float>()[0] = v; return t; };
-    auto scalar_u8 = [](uint8_t v) { Tensor t(DType::kUInt8, {}); t.data<uint8_t>()[0] = v; return t; };
     g.initializers["s"] = scalar_f(0.05f);
     g.initializers["z"] = scalar_u8(128);
     g.initializers["s2"] = scalar_f(0.1f);
@@ -155,18 +171,9 @@ int main(int argc, char** argv) {
   // fuzz_int8_lower: a QDQ graph with an elementwise chain on one 8-bit value (hardswish written as
   // x * Clip(x + 3, 0, 6) / 6, then a scalar Mul/Add and a Relu), which the int8 executor turns into one table.
   {
-    graph::Model m;
-    m.ir_version = 8;
+    graph::Model m = float_io_model({1, 2, 3, 3});
     m.opsets = {{"", 13}};
     graph::Graph& g = m.graph;
-    graph::ValueInfo in;
-    in.name = "x", in.dtype = DType::kFloat32, in.shape = {1, 2, 3, 3}, in.dim_names = {"", "", "", ""}, in.has_shape = true;
-    g.inputs = {in};
-    graph::ValueInfo outv;
-    outv.name = "y", outv.dtype = DType::kFloat32;
-    g.outputs = {outv};
-    auto scalar_f = [](float v) { Tensor t(DType::kFloat32, {}); t.data<float>()[0] = v; return t; };
-    auto scalar_u8 = [](uint8_t v) { Tensor t(DType::kUInt8, {}); t.data<uint8_t>()[0] = v; return t; };
     g.initializers["s"] = scalar_f(0.05f);
     g.initializers["z"] = scalar_u8(140);
     g.initializers["s2"] = scalar_f(0.02f);

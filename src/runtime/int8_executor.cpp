@@ -223,6 +223,8 @@ struct Int8Executor::Impl {
     int32_t qmin = 0, qmax = 0;
   };
   std::optional<OutputQ> output_q(const std::string& v) const;
+  // f (a table's float values) through o's fused Relu/Clip and its QuantizeLinear, with the float kernels: the codes.
+  Tensor through_output_q(const OutputQ& o, Tensor f) const;
   // Marks the nodes of `o` absorbed and renames their outputs to `name`; returns `name`.
   std::string claim_output(const OutputQ& o);
 
@@ -309,6 +311,18 @@ std::optional<Int8Executor::Impl::OutputQ> Int8Executor::Impl::output_q(const st
     if (o.qmin > o.qmax) o.qmin = o.qmax;  // Clip with min > max: ONNX gives max everywhere
   }
   return o;
+}
+
+Tensor Int8Executor::Impl::through_output_q(const OutputQ& o, Tensor f) const {
+  if (o.act) {
+    std::vector<const Tensor*> aa{&f};
+    for (size_t i = 1; i < o.act->inputs.size(); ++i)
+      aa.push_back(o.act->inputs[i].empty() ? nullptr : constant(o.act->inputs[i]));
+    f = kernel(*o.act)(*o.act, aa, model.opset()).at(0);
+  }
+  const Node& qn = *o.qs[0];
+  std::vector<const Tensor*> qa{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
+  return kernel(qn)(qn, qa, model.opset()).at(0);
 }
 
 std::string Int8Executor::Impl::claim_output(const OutputQ& o) {
@@ -1155,15 +1169,7 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
   Tensor f;
   try {
     f = kernel(n)(n, args, model.opset()).at(0);
-    if (oq->act) {
-      std::vector<const Tensor*> aa{&f};
-      for (size_t i = 1; i < oq->act->inputs.size(); ++i)
-        aa.push_back(oq->act->inputs[i].empty() ? nullptr : constant(oq->act->inputs[i]));
-      f = kernel(*oq->act)(*oq->act, aa, model.opset()).at(0);
-    }
-    const Node& qn = *oq->qs[0];
-    std::vector<const Tensor*> qa{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
-    f = kernel(qn)(qn, qa, model.opset()).at(0);
+    f = through_output_q(*oq, f);
   } catch (const Error& e) {
     return *reason = std::string("table construction failed: ") + e.what(), false;
   }
@@ -1310,15 +1316,7 @@ bool Int8Executor::Impl::lower_chain(size_t start, std::string* reason) {
       vals[n.outputs[0]] = kernel(n)(n, args, model.opset()).at(0);
     }
     f = vals.at(end);
-    if (oq->act) {
-      std::vector<const Tensor*> aa{&f};
-      for (size_t i = 1; i < oq->act->inputs.size(); ++i)
-        aa.push_back(oq->act->inputs[i].empty() ? nullptr : constant(oq->act->inputs[i]));
-      f = kernel(*oq->act)(*oq->act, aa, model.opset()).at(0);
-    }
-    const Node& qn = *oq->qs[0];
-    std::vector<const Tensor*> qa{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
-    f = kernel(qn)(qn, qa, model.opset()).at(0);
+    f = through_output_q(*oq, f);
   } catch (const Error& e) {
     return *reason = std::string("chain table construction failed: ") + e.what(), false;
   }
