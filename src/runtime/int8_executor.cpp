@@ -1186,7 +1186,11 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
     fm->za = a->params.zero_point, fm->zb = b->params.zero_point, fm->zy = oq->params.zero_point;
     fm->qmin = oq->qmin, fm->qmax = oq->qmax;
     fm->sa = a->params.scale, fm->sb = b->params.scale, fm->sy = oq->params.scale;
-    if (int8::binary8_matches(*fm, table->data())) formula = fm;
+    // The reciprocal form first (a multiply, cheaper than the division), then the division, each only when it
+    // reproduces the table for all 65 536 code pairs on every path.
+    fm->reciprocal = true, fm->inv_sy = static_cast<float>(1.0 / static_cast<double>(fm->sy));
+    if (!std::isfinite(fm->inv_sy) || !int8::binary8_matches(*fm, table->data())) fm->reciprocal = false;
+    if (fm->reciprocal || int8::binary8_matches(*fm, table->data())) formula = fm;
   }
   const std::string aq = a->q, bq = b ? b->q : std::string();
   const std::string out = claim_output(*oq);
@@ -1220,7 +1224,7 @@ bool Int8Executor::Impl::lower_table(const Node& n, std::string* reason) {
   });
   report.nodes.push_back({n.describe(), true,
                           std::string("int8 ") + n.op_type + (oq->act ? " + " + oq->act->op_type : "") +
-                              (formula ? " by the simulation's float formula (equal to its " + std::to_string(codes) +
+                              (formula ? std::string(formula->reciprocal ? " by the simulation's float formula with 1/s_y" : " by the simulation's float formula") + " (equal to its " + std::to_string(codes) +
                                              "-entry table, checked for every code pair)"
                                        : " as a " + std::to_string(codes) + "-entry table of the simulation's result")});
   return true;

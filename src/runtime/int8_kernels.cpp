@@ -516,7 +516,7 @@ __attribute__((optimize("fp-contract=off"))) inline uint8_t binary8_one(const Bi
   const float x = f.op == Binary8::Op::kAdd ? fa + fb : (f.op == Binary8::Op::kSub ? fa - fb : fa * fb);
   // QuantizeLinear as quantize_f32 (exactly quant::quantize_value): divide, NaN -> zero point, clamp to the
   // integer bounds (commutes with rounding), round half to even with the 1.5 * 2^23 addition.
-  float v = x / f.sy;
+  float v = f.reciprocal ? x * f.inv_sy : x / f.sy;
   const float lo = static_cast<float>(f.qmin - f.zy), hi = static_cast<float>(f.qmax - f.zy);
   v = v == v ? v : 0.0f;
   v = v < lo ? lo : v;
@@ -532,6 +532,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512(const B
                                                                         const uint8_t* b, int64_t n, uint8_t* y) {
   const __m512i za = _mm512_set1_epi32(f.za), zb = _mm512_set1_epi32(f.zb), zy = _mm512_set1_epi32(f.zy);
   const __m512 sa = _mm512_set1_ps(f.sa), sb = _mm512_set1_ps(f.sb), sy = _mm512_set1_ps(f.sy);
+  const __m512 inv = _mm512_set1_ps(f.inv_sy);
+  const bool recip = f.reciprocal;
   const __m512 lo = _mm512_set1_ps(static_cast<float>(f.qmin - f.zy)), hi = _mm512_set1_ps(static_cast<float>(f.qmax - f.zy));
   const __m512 magic = _mm512_set1_ps(12582912.0f);
   for (int64_t i = 0; i < n; i += 16) {
@@ -544,7 +546,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512(const B
     const __m512 x = f.op == Binary8::Op::kAdd   ? _mm512_add_ps(fa, fb)
                      : f.op == Binary8::Op::kSub ? _mm512_sub_ps(fa, fb)
                                                  : _mm512_mul_ps(fa, fb);
-    __m512 v = _mm512_div_ps(x, sy);
+    __m512 v = recip ? _mm512_mul_ps(x, inv) : _mm512_div_ps(x, sy);
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
     v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
     const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);

@@ -182,10 +182,11 @@ TEST(Int8Lut1, EveryPathMatchesTheScalarTwin) {
 // Binary8 (Add/Sub/Mul by the float formula): against a table built independently from quant::dequantize_value /
 // quantize_value (the simulation's scalar maps) for random parameters, both activation types, clamps; the check
 // must accept those tables and reject a table with one entry changed; every path must equal the scalar twin on
-// lengths around the 16-element vector (tails).
+// lengths around the 16-element vector (tails). The same for the reciprocal form (f * (1 / s_y)), which must equal
+// the table wherever the check accepts it.
 TEST(Int8Binary8, FormulaMatchesIndependentTableOnEveryPath) {
   kernels::test::Rng rng(32);
-  int accepted = 0;
+  int accepted = 0, reciprocal_accepted = 0;
   for (int it = 0; it < 24; ++it) {
     Binary8 f;
     f.op = static_cast<Binary8::Op>(it % 3);
@@ -209,23 +210,39 @@ TEST(Int8Binary8, FormulaMatchesIndependentTableOnEveryPath) {
     }
     ASSERT_TRUE(binary8_matches(f, table.data())) << "it " << it;
     ++accepted;
-    table[static_cast<size_t>(rng.range(0, 65535))] ^= 1;
-    EXPECT_FALSE(binary8_matches(f, table.data())) << "it " << it;
-    for (int64_t n : {1, 15, 16, 17, 33, 100}) {
-      std::vector<uint8_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n)), want(static_cast<size_t>(n) + 1, 0xAB);
-      for (auto& v : a) v = static_cast<uint8_t>(rng.range(0, 255));
-      for (auto& v : b) v = static_cast<uint8_t>(rng.range(0, 255));
-      binary8_reference(f, a.data(), b.data(), n, want.data());
-      for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
-        set_paths_for_testing(paths);
-        std::vector<uint8_t> got(static_cast<size_t>(n) + 1, 0xAB);  // one guard byte past n
-        binary8(f, a.data(), b.data(), n, got.data());
-        set_paths_for_testing(0);
-        ASSERT_EQ(got, want) << "it " << it << " n " << n << " paths " << paths_string(paths);
-      }
+    // The reciprocal form (f * (1 / s_y)): accepted only where it, too, gives the table everywhere; then equal to it.
+    Binary8 fr = f;
+    fr.reciprocal = true, fr.inv_sy = static_cast<float>(1.0 / static_cast<double>(f.sy));
+    if (binary8_matches(fr, table.data())) {
+      ++reciprocal_accepted;
+      std::vector<uint8_t> a(65536), b(65536), y(65536);
+      for (int i = 0; i < 65536; ++i) a[static_cast<size_t>(i)] = static_cast<uint8_t>(i >> 8), b[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
+      binary8(fr, a.data(), b.data(), 65536, y.data());
+      ASSERT_EQ(y, table) << "it " << it;
     }
+    const size_t flip = static_cast<size_t>(rng.range(0, 65535));
+    table[flip] ^= 1;
+    EXPECT_FALSE(binary8_matches(f, table.data())) << "it " << it;
+    EXPECT_FALSE(binary8_matches(fr, table.data())) << "it " << it;
+    table[flip] ^= 1;
+    for (const Binary8& g : {f, fr})
+      for (int64_t n : {1, 15, 16, 17, 33, 100}) {
+        std::vector<uint8_t> a(static_cast<size_t>(n)), b(static_cast<size_t>(n)), want(static_cast<size_t>(n) + 1, 0xAB);
+        for (auto& v : a) v = static_cast<uint8_t>(rng.range(0, 255));
+        for (auto& v : b) v = static_cast<uint8_t>(rng.range(0, 255));
+        binary8_reference(g, a.data(), b.data(), n, want.data());
+        for (uint32_t paths : {static_cast<uint32_t>(Path::kReference), supported_paths()}) {
+          set_paths_for_testing(paths);
+          std::vector<uint8_t> got(static_cast<size_t>(n) + 1, 0xAB);  // one guard byte past n
+          binary8(g, a.data(), b.data(), n, got.data());
+          set_paths_for_testing(0);
+          ASSERT_EQ(got, want) << "it " << it << " n " << n << " paths " << paths_string(paths)
+                               << (g.reciprocal ? " (reciprocal)" : "");
+        }
+      }
   }
   EXPECT_EQ(accepted, 24);
+  std::printf("reciprocal form exact on %d of 24 random parameter sets\n", reciprocal_accepted);
 }
 
 }  // namespace
