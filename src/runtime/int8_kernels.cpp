@@ -151,9 +151,10 @@ void avgpool_impl(const kernels::Pool2dShape& s, const T* x, int32_t zp_x, const
         const int32_t off = static_cast<int32_t>(inside) * zp_x;
         T* yp = y + ((n * OH + oh) * OW + ow) * C;
         for (int64_t c = 0; c < C; ++c) {
-          const int32_t v = quant::multiply_round_once(acc[static_cast<size_t>(c)] - off, mult[d]);
-          // |v| <= 255: adding zp_y cannot overflow.
-          yp[c] = static_cast<T>(std::clamp(v + zp_y, qmin, qmax));
+          // |v| <= 255 for sane scales (s_x / (s_y d) near 1), but a hostile file's scales can make M large and v
+          // saturate at the int32 limits (fuzz_int8_lower, docs/RELIABILITY.md): add zp_y in 64 bits.
+          const int64_t v = quant::multiply_round_once(acc[static_cast<size_t>(c)] - off, mult[d]);
+          yp[c] = static_cast<T>(std::clamp<int64_t>(v + zp_y, qmin, qmax));
         }
       }
     }
