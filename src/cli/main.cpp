@@ -58,7 +58,7 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
                    {"axis", l.axis}, {"granularity", l.granularity}, {"bits", l.bits},
                    {"spread", std::isfinite(l.spread) ? json(l.spread) : json("inf")},
                    {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? json(l.weight_sqnr_db) : json("inf")},
-                   {"bias_clamped", l.bias_clamped}, {"bias_correction_max", l.bias_correction_max},
+                   {"bias_clamped", l.bias_clamped}, {"weight_scales_raised", l.weight_scales_raised}, {"bias_correction_max", l.bias_correction_max},
                    {"ort_requantized", l.ort_requantized}});
   return arr;
 }

@@ -812,6 +812,31 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
         quant::RangeEstimator we(wr.spec, wo.estimator);
         we.observe(w);
         wr.params = we.params();
+        // A per-channel weight whose channel has tiny weights beside a normal bias (PaddlePaddle's learnable
+        // affine scale near 0 folded into the conv: rec's p2o.Conv.20 has a channel at scale 1.2e-38) would lose
+        // that bias: at the int32 bias scale s_in * s_w[c] it overflows and is clamped to ~0. A channel whose bias
+        // would not fit int32 gets its scale raised to |b_c| / (s_in 2^30) (2^30: room for bias correction), as ONNX
+        // Runtime's quantizer does for int32 biases — its weights, negligible beside the bias, round to fewer
+        // levels — but never above the weight's largest channel scale, so the requantization multipliers stay in
+        // the range the other channels use (a bias no sane scale holds is still clamped and counted, below).
+        const Tensor* b0 = n.op_type == "MatMul" || n.input(2).empty() ? nullptr : g.initializer(n.input(2));
+        auto ain0 = aparams.find(n.input(0));
+        if (b0 && b0->dtype() == DType::kFloat32 && ain0 != aparams.end() && wr.spec.granularity == quant::Granularity::kPerChannel &&
+            wr.params.count() == b0->numel()) {
+          const double s_in = ain0->second.scale[0];
+          const float top = *std::max_element(wr.params.scale.begin(), wr.params.scale.end());
+          for (int64_t c = 0; c < b0->numel(); ++c) {
+            const double need = std::fabs(static_cast<double>(b0->data<float>()[c])) / (s_in * 1073741824.0);
+            float& sc = wr.params.scale[static_cast<size_t>(c)];
+            if (need > 2.0 * sc && need <= top) {  // the bias would not fit int32 (2^31) at s_in * sc
+              sc = static_cast<float>(need);
+              ++rep.weight_scales_raised;
+            }
+          }
+          if (rep.weight_scales_raised && !quiet())
+            std::fprintf(stderr, "note: %s: %lld weight channel scales raised so their biases fit int32\n",
+                         n.describe().c_str(), static_cast<long long>(rep.weight_scales_raised));
+        }
       }
       const Tensor q = quant::quantize(w, wr.params);
       wr.delta = quant::dequantize(q, wr.params);

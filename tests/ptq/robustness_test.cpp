@@ -132,6 +132,33 @@ TEST(PtqRobustness, AllZeroAndConstantWeightChannelsGetUsableScales) {
   expect_usable_scales(r.model);
 }
 
+// A channel with tiny weights beside a normal bias (a learnable affine scale near 0 folded into the conv, as in
+// PaddleOCR's recognizer): its per-channel weight scale is raised so the bias fits int32 at s_in * s_w, instead of
+// the bias being clamped to ~0. The quantized conv then outputs that bias for the channel, as the float one does.
+TEST(PtqRobustness, TinyWeightChannelKeepsItsBias) {
+  graph::Model m = tiny(4);
+  float* w1 = m.graph.initializers["w1"].data<float>();
+  for (int k = 0; k < 9; ++k) w1[2 * 9 + k] = 1.0e-37f * static_cast<float>(k - 4);  // channel 2: ~1e-37
+  m.graph.initializers["b1"].data<float>()[2] = 0.7f;
+  ptq::PtqOptions o;
+  o.equalize = false;
+  o.bias_correction = false;
+  const ptq::PtqResult r = ptq::quantize_model(m, calib_data(64, 8), o);
+  bool seen = false;
+  for (const auto& l : r.layers)
+    if (l.node == "Conv_c1") {
+      seen = true;
+      EXPECT_EQ(l.weight_scales_raised, 1);
+      EXPECT_EQ(l.bias_clamped, 0);
+    }
+  EXPECT_TRUE(seen);
+  const Tensor x = calib_data(4, 9).images;
+  const Tensor c1 = runtime::Executor(r.model).run({{"x", x}}, nullptr, {"c1"}).at("c1");
+  const int64_t plane = c1.dim(2) * c1.dim(3);
+  for (int64_t n = 0; n < c1.dim(0); ++n)
+    for (int64_t i = 0; i < plane; ++i) ASSERT_NEAR(c1.data<float>()[(n * 8 + 2) * plane + i], 0.7f, 1e-5f);
+}
+
 TEST(PtqRobustness, BiasBeyondInt32IsClampedAndCounted) {
   graph::Model m = tiny(4);
   m.graph.initializers["b1"].data<float>()[3] = 1.0e30f;

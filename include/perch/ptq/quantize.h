@@ -74,6 +74,7 @@ struct LayerReport {
   double spread = 0;           // max channel range / min channel range (output channels)
   double weight_sqnr_db = 0;   // 10 log10(|w|^2 / |w - fq(w)|^2)
   int64_t bias_clamped = 0;    // int32 bias values clamped
+  int64_t weight_scales_raised = 0;  // weight channels whose scale was raised so their bias fits int32
   double bias_correction_max = 0;  // largest |mean output shift| removed from the bias
   // A float layer (granularity "float") that ONNX Runtime does not run float: from graph optimization level
   // basic up, its WeightBiasQuantization pass rewrites a Conv/Gemm whose input comes from a per-tensor
