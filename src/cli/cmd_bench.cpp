@@ -165,9 +165,8 @@ int BenchCommand::run() const {
   for (size_t d = 1; d < in_shape.size(); ++d)
     PERCH_CHECK(in_shape[d] > 0, model, ": input '", e.input_name, "' has a dynamic dim ", d, " (",
                 shape_str(e.input_shape), "): give the full input shape with --shape D1,D2,...");
-  const Shape& shape_used = in_shape;
   // Uniform [-2, 2): the range of normalized pixels (like tools/ort/bench.js).
-  Tensor x(DType::kFloat32, shape_used);
+  Tensor x(DType::kFloat32, in_shape);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (float& v : x.span<float>()) v = u(rng);
@@ -186,7 +185,7 @@ int BenchCommand::run() const {
   double steps_ms = 0.0;
   for (const auto& s : steps) steps_ms += s.total_ms;
   if (as_json) {
-    json j{{"model", model}, {"engine", engine}, {"batch", n}, {"shape", shape_used}, {"threads", num_threads()}, {"iters", iters},
+    json j{{"model", model}, {"engine", engine}, {"batch", n}, {"shape", in_shape}, {"threads", num_threads()}, {"iters", iters},
            {"median_ms", med}, {"p10_ms", p10}, {"p90_ms", p90}, {"images_per_second", ips}};
     if (engine == "int8") j["float_nodes"] = e.float_nodes;
     if (profile) {

@@ -187,16 +187,12 @@ void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const floa
       for (int64_t m = m0; m < m1; ++m) std::fill(yg + m * hw, yg + (m + 1) * hw, bias ? bias[g * mg + m] : 0.0f);
       for (int64_t oh0 = 0; oh0 < oh_n; oh0 += row_block) {
         const int64_t oh1 = std::min(oh_n, oh0 + row_block), cols = (oh1 - oh0) * ow_n;
-        const float* b_mat = xg;
-        if (!direct) {
-          // The whole im2col (one block) is kept for the next output-channel block of the same image and group.
-          if (row_block < oh_n || pair != last_pair) im2col(s, cg, xg, col.data(), oh0, oh1);
-          b_mat = col.data();
-        }
+        // The whole im2col (one block) is kept for the next output-channel block of the same image and group.
+        if (!direct && (row_block < oh_n || pair != last_pair)) im2col(s, cg, xg, col.data(), oh0, oh1);
         GemmF32Args a;
         a.m = m1 - m0, a.n = cols, a.k = kdim, a.alpha = 1.0f, a.beta = 1.0f;
-        a.a = w + (g * mg + m0) * kdim, a.lda = kdim, a.b = b_mat, a.ldb = direct ? hw : cols;
-        a.b = direct ? xg + oh0 * ow_n : b_mat;
+        a.a = w + (g * mg + m0) * kdim, a.lda = kdim;
+        a.b = direct ? xg + oh0 * ow_n : col.data(), a.ldb = direct ? hw : cols;
         a.c = yg + m0 * hw + oh0 * ow_n, a.ldc = hw;
         gemm_f32(a);
       }

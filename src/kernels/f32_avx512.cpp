@@ -6,8 +6,6 @@
 #include <algorithm>
 
 #if defined(__AVX512F__)
-
-#include <cmath>
 #include <immintrin.h>
 
 namespace perch::kernels::avx512 {
@@ -234,17 +232,15 @@ void softmax_rows(const float* x, int64_t rows, int64_t len, float* y) {
     float* yp = y + row * len;
     // Pass 1: the maximum. (A NaN in the row makes its exp, hence the sum and every y, NaN, as in the reference,
     // whatever the maximum.)
-    __m512 mv = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < len; j += 16) {
-      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
-      mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, xp + j));
-    }
+    const __m512 neg_inf = _mm512_set1_ps(-__builtin_inff());  // no <cmath> here (see the helpers above)
+    __m512 mv = neg_inf;
+    for (int64_t j = 0; j < len; j += 16) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(neg_inf, tail_mask(len - j), xp + j));
     const float m = _mm512_reduce_max_ps(mv);
     // Pass 2: e = exp(x - m) into y, summed in double.
     const __m512 mb = _mm512_set1_ps(m);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (int64_t j = 0; j < len; j += 16) {
-      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
+      const __mmask16 k = tail_mask(len - j);
       const __m512 e = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xp + j), mb)));
       _mm512_mask_storeu_ps(yp + j, k, e);
       s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
@@ -254,7 +250,7 @@ void softmax_rows(const float* x, int64_t rows, int64_t len, float* y) {
     // Pass 3: y = e * (1 / s).
     const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / s));
     for (int64_t j = 0; j < len; j += 16) {
-      const __mmask16 k = len - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (len - j)) - 1);
+      const __mmask16 k = tail_mask(len - j);
       _mm512_mask_storeu_ps(yp + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, yp + j), inv));
     }
   }

@@ -129,6 +129,15 @@ Tensor expand_bytes(const Tensor& t, const Shape& out) {
   return y;
 }
 
+// The simulation's DequantizeLinear of every code 0..255 (index = the raw byte) under per-tensor parameters p.
+Tensor code_values(const QParams& p) {
+  Tensor codes(p.type, {256});
+  for (int i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
+  quant::QuantSpec spec;
+  spec.bits = 8, spec.is_signed = p.type == DType::kInt8, spec.symmetric = false;
+  return quant::dequantize(codes, quant::make_params(spec, codes.shape(), {p.scale}, {p.zero_point}));
+}
+
 struct WeightInfo {
   Tensor q;                        // int8 or uint8 initializer
   std::vector<float> scale;        // 1 or per output channel
@@ -356,11 +365,9 @@ Tensor Int8Executor::Impl::float_value(Ctx& c, const std::string& v) const {
     auto it = c.values.find(r);
     if (it != c.values.end()) return it->second.t;
     const Tensor q = to_layout(slot(c, a->q), Layout::kPlain);
-    // quant::dequantize_value of each code, through its 256-entry table (the same values, one lookup each).
-    float table[256];
-    for (int code = 0; code < 256; ++code)
-      table[code] = quant::dequantize_value(a->params.type == DType::kInt8 ? static_cast<int8_t>(code) : code,
-                                            a->params.scale, a->params.zero_point);
+    // The simulation's DequantizeLinear of each code, through the 256-entry table of its values (one lookup each).
+    const Tensor values = code_values(a->params);
+    const float* table = values.data<float>();
     Tensor f = Tensor::uninitialized(DType::kFloat32, q.shape());
     const auto* qb = static_cast<const uint8_t*>(q.raw());
     float* fd = f.data<float>();
@@ -1299,12 +1306,7 @@ bool Int8Executor::Impl::lower_chain(size_t start, std::string* reason) {
   if (oq->params.type != root->params.type) return *reason = "mixed uint8/int8 input and output", false;
 
   // The table: the chain on the 256 dequantized codes, then the fused Relu/Clip and QuantizeLinear.
-  Tensor codes(root->params.type, {256});
-  for (int64_t i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
-  quant::QuantSpec spec;
-  spec.bits = 8, spec.is_signed = root->params.type == DType::kInt8, spec.symmetric = false;
-  const Tensor fx = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {root->params.scale},
-                                                                 {root->params.zero_point}));
+  const Tensor fx = code_values(root->params);
   std::map<std::string, Tensor> vals;
   Tensor f;
   try {
@@ -1348,11 +1350,7 @@ bool Int8Executor::Impl::lower_chain(size_t start, std::string* reason) {
 
 // Q(DQ(q)) with different parameters: requantization, as the 256-entry table of the simulation's result.
 std::shared_ptr<std::vector<uint8_t>> Int8Executor::Impl::requant_table(const QParams& from, const Node& qn) const {
-  Tensor codes(from.type, {256});
-  for (int i = 0; i < 256; ++i) static_cast<uint8_t*>(codes.raw())[i] = static_cast<uint8_t>(i);
-  quant::QuantSpec spec;
-  spec.bits = 8, spec.is_signed = from.type == DType::kInt8, spec.symmetric = false;
-  const Tensor f = quant::dequantize(codes, quant::make_params(spec, codes.shape(), {from.scale}, {from.zero_point}));
+  const Tensor f = code_values(from);
   std::vector<const Tensor*> args{&f, constant(qn.input(1)), qn.input(2).empty() ? nullptr : constant(qn.input(2))};
   const Tensor t = kernel(qn)(qn, args, model.opset()).at(0);
   return std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(t.raw()),
@@ -1581,9 +1579,9 @@ void Int8Executor::Impl::lower() {
     } else if (op == "Concat") {
       done = lower_concat(n, &reason);
     } else {
-      done = lower_table(n, &reason);
+      // A single op, else a chain starting here (the single op's reason is the one reported when both fail).
       std::string chain_reason;
-      if (!done && lower_chain(i, &chain_reason)) done = true;
+      done = lower_table(n, &reason) || lower_chain(i, &chain_reason);
     }
     if (!done) {
       add_float_step(n);

@@ -89,24 +89,13 @@ void broadcast_apply(const Tensor& A, const Tensor& B, Tensor& Y, F f) {
     for (int64_t i = 0; i < total; ++i) yd[i] = f(ad[i], bd[i]);
     return;
   }
-  // One side a single element (a scalar constant): one contiguous loop, which the compiler vectorizes; the same
-  // operation per element as below.
-  if (B.numel() == 1 && A.numel() == total) {
-    const T b0 = bd[0];
-    for (int64_t i = 0; i < total; ++i) yd[i] = f(ad[i], b0);
-    return;
-  }
-  if (A.numel() == 1 && B.numel() == total) {
-    const T a0 = ad[0];
-    for (int64_t i = 0; i < total; ++i) yd[i] = f(a0, bd[i]);
-    return;
-  }
   if (ys.empty()) {
     yd[0] = f(ad[0], bd[0]);
     return;
   }
   // Merge neighbouring output dims that both inputs step through alike (each input either contiguous across the
-  // two or broadcast along both), so e.g. [N,C,H,W] * [N,C,1,1] runs rows of H*W, not of W.
+  // two or broadcast along both), so e.g. [N,C,H,W] * [N,C,1,1] runs rows of H*W, not of W, and an operand with
+  // one element beside a full one is a single row.
   Shape ms{ys[0]};
   std::vector<int64_t> ma{sa[0]}, mb{sb[0]};
   for (size_t d = 1; d < ys.size(); ++d) {
