@@ -59,7 +59,7 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
                    {"spread", std::isfinite(l.spread) ? json(l.spread) : json("inf")},
                    {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? json(l.weight_sqnr_db) : json("inf")},
                    {"bias_clamped", l.bias_clamped}, {"weight_scales_raised", l.weight_scales_raised}, {"bias_correction_max", l.bias_correction_max},
-                   {"ort_requantized", l.ort_requantized}});
+                   {"empirical_correction_max", l.empirical_correction_max}, {"ort_requantized", l.ort_requantized}});
   return arr;
 }
 
@@ -71,7 +71,8 @@ struct QuantizeFlags {
   uint64_t seed = 0;
   int weight_bits = 8, act_bits = 8;
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
-  bool no_fold_affine = false, no_fuse_chains = false;
+  bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false;
+  int64_t empirical_bc_samples = 256;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
@@ -92,7 +93,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
-          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"group_size", f.group_size},
+          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", f.empirical_bc}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
@@ -139,6 +140,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   opt.equalize = !f.no_equalize;
   opt.bias_correction = !f.no_bias_correction;
   opt.fold_affine = !f.no_fold_affine;
+  PERCH_CHECK(f.empirical_bc_samples > 0, "--empirical-bias-samples must be positive");
+  opt.empirical_bias_samples = f.empirical_bc_samples;
   opt.fuse_chains = !f.no_fuse_chains;
   for (size_t at = 0; at < f.float_nodes.size();) {
     const size_t comma = std::min(f.float_nodes.find(',', at), f.float_nodes.size());
@@ -187,6 +190,14 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     }
     if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
+  json empirical_report;
+  if (f.empirical_bc) {
+    const ptq::EmpiricalBiasReport er = ptq::correct_biases_empirically(cal, calib, opt);
+    empirical_report = {{"layers", er.layers}, {"images", er.images}, {"max_shift", er.max_shift}, {"seconds", er.seconds}};
+    if (!as_json && !quiet())
+      std::fprintf(stderr, "empirical bias correction: %lld layers on %lld images, largest channel shift %.4g (%.1fs)\n",
+                   static_cast<long long>(er.layers), static_cast<long long>(er.images), er.max_shift, er.seconds);
+  }
   ptq::PtqResult res = ptq::build_quantized(cal, opt);
   if (!out_path.empty()) graph::save_model(res.model, out_path);
 
@@ -199,6 +210,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
                               {"max_spread_after", res.equalization.max_spread_after}}}, {"quantize_seconds", res.total_seconds},
             {"layers", layers_json(res.layers)}};
   if (!selection_report.is_null()) j["auto"] = selection_report;
+  if (!empirical_report.is_null()) j["empirical_bias_correction"] = empirical_report;
   if (!as_json && !quiet()) {
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
@@ -472,6 +484,12 @@ int main(int argc, char** argv) {
   q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
   q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
   q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction of weight rounding");
+  q->add_flag("--empirical-bias-correction", qf.empirical_bc,
+              "after calibration, also correct each layer's bias by the mean output difference between the float "
+              "model and the simulated quantized model (activation effects included), layer by layer");
+  q->add_option("--empirical-bias-samples", qf.empirical_bc_samples,
+                "calibration images the empirical correction uses (one batch: memory grows with it)")
+      ->capture_default_str();
   q->add_flag("--no-fold-affine", qf.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
   q->add_flag("--no-fuse-chains", qf.no_fuse_chains,
               "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");

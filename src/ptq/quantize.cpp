@@ -895,6 +895,27 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
       bias = g.initializer(bname);
     }
 
+    // Empirical correction (correct_biases_empirically): delta_c is added to an int32 bias as a whole number of
+    // bias steps, nearbyint(delta_c / (s_in s_w[c])) — what the correction itself applied while measuring the
+    // layers after this one —, and to a float bias as it is.
+    const std::vector<double>* empirical = nullptr;
+    if (auto ei = cal.output_shift.find(n.name); ei != cal.output_shift.end()) {
+      empirical = &ei->second;
+      const bool tb = n.op_type == "Gemm" && n.attr_int("transB", 0) != 0;
+      const int64_t channels = n.op_type == "Conv" ? w.dim(0) : (tb ? w.dim(0) : w.dim(1));
+      PERCH_CHECK(static_cast<int64_t>(empirical->size()) == channels && (!bias || bias->numel() == channels),
+                  m.source, ": ", n.describe(), ": empirical bias correction has ", empirical->size(),
+                  " channels, the layer ", channels, " (calibration and options do not match)");
+      for (double d : *empirical) rep.empirical_correction_max = std::max(rep.empirical_correction_max, std::fabs(d));
+      if (!bias) {  // a zero bias to correct
+        bname = g.unique_name(n.name + "_bias");
+        g.initializers[bname] = Tensor(DType::kFloat32, {channels});
+        g.nodes[ni].inputs.resize(3);
+        g.nodes[ni].inputs[2] = bname;
+        bias = g.initializer(bname);
+      }
+    }
+
     // Bias as int32, scale s_in * s_w[c], zero point 0. Needs the input's activation scale and one weight
     // scale per output channel (per-group weights keep a float bias).
     const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
@@ -919,6 +940,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
       for (int64_t c = 0; c < channels; ++c) {
         const double sc = bp.scale[per_channel ? c : 0];
         double r = std::nearbyint(static_cast<double>(bias->data<float>()[c]) / sc);
+        if (empirical) r += std::nearbyint((*empirical)[c] / sc);
         if (r > INT32_MAX || r < INT32_MIN) {
           ++rep.bias_clamped;
           r = std::clamp(r, static_cast<double>(INT32_MIN), static_cast<double>(INT32_MAX));
@@ -931,6 +953,13 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
       if (rep.bias_clamped && !quiet())
         std::fprintf(stderr, "warning: %s: %lld bias values clamped to int32\n", n.describe().c_str(),
                      static_cast<long long>(rep.bias_clamped));
+    } else if (empirical) {  // the bias stays float
+      Tensor nb = bias->clone();
+      for (int64_t c = 0; c < nb.numel(); ++c)
+        nb.data<float>()[c] = static_cast<float>(nb.data<float>()[c] + (*empirical)[c]);
+      const std::string cname = g.unique_name(bname + "_corrected");
+      g.initializers[cname] = nb;
+      g.nodes[ni].inputs[2] = cname;
     }
     res.layers.push_back(rep);
   }

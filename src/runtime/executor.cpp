@@ -102,8 +102,12 @@ TensorMap Executor::run_cached(const TensorMap& inputs, const TensorMap& known, 
   return run_impl(inputs, &known, observer, {});
 }
 
+TensorMap Executor::run_adjusting(const TensorMap& inputs, const Adjuster& adjust) const {
+  return run_impl(inputs, nullptr, nullptr, {}, &adjust);
+}
+
 TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
-                             const std::vector<std::string>& extra_outputs) const {
+                             const std::vector<std::string>& extra_outputs, const Adjuster* adjust) const {
   TensorMap values;
   for (const auto& in : model_.graph.inputs) {
     auto it = inputs.find(in.name);
@@ -160,6 +164,13 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
                 model_.source, ": ", n.describe(), " produced too few outputs");
     for (size_t o = 0; o < n.outputs.size() && o < outs.size(); ++o) {
       if (n.outputs[o].empty()) continue;
+      if (adjust) {
+        const Shape shape = outs[o].shape();
+        const DType type = outs[o].dtype();
+        (*adjust)(n.outputs[o], outs[o]);
+        PERCH_CHECK(outs[o].shape() == shape && outs[o].dtype() == type, model_.source, ": ", n.describe(),
+                    ": the adjuster changed the shape or type of '", n.outputs[o], "'");
+      }
       if (observer) observer(n.outputs[o], outs[o]);
       values[n.outputs[o]] = std::move(outs[o]);
     }

@@ -77,7 +77,7 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   const std::string weights = GetParam();
   std::string tag = weights;
   for (char& c : tag)
-    if (c == ':') c = '_';
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
   const fs::path d = scratch("tiny_" + tag);
   const graph::Model m = test::tiny_cnn(7);
   graph::save_model(m, d / "tiny.onnx");
@@ -89,6 +89,13 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   ASSERT_EQ(r.code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["eval"]["count"], 256);
+  if (weights.find("--empirical-bias-correction") != std::string::npos) {
+    EXPECT_EQ(j["empirical_bias_correction"]["layers"], 3);
+    EXPECT_EQ(j["empirical_bias_correction"]["images"], 128);
+    for (const auto& l : j["layers"]) EXPECT_GT(l["empirical_correction_max"].get<double>(), 0.0) << l["node"];
+  } else {
+    EXPECT_FALSE(j.contains("empirical_bias_correction"));
+  }
 
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -113,7 +120,8 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   EXPECT_EQ(c32.argmax_agree, c32.rows);
 }
 
-INSTANTIATE_TEST_SUITE_P(Weights, TinyInterop, ::testing::Values("per-channel", "per-tensor", "per-group:4"),
+INSTANTIATE_TEST_SUITE_P(Weights, TinyInterop, ::testing::Values("per-channel", "per-tensor", "per-group:4",
+                                                          "per-tensor --empirical-bias-correction"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

@@ -62,6 +62,8 @@ struct PtqOptions {
   // Weight initializer -> parameters to use instead of the estimator's (QAT's learned step sizes). Must have
   // the layout `weights` / `layer_weights` give that weight.
   std::map<std::string, quant::QuantParams> weight_params;
+  // correct_biases_empirically(): at most this many images of its data (all in one batch; 0 = all of them).
+  int64_t empirical_bias_samples = 256;
 };
 
 // What happened to one weight layer.
@@ -75,7 +77,8 @@ struct LayerReport {
   double weight_sqnr_db = 0;   // 10 log10(|w|^2 / |w - fq(w)|^2)
   int64_t bias_clamped = 0;    // int32 bias values clamped
   int64_t weight_scales_raised = 0;  // weight channels whose scale was raised so their bias fits int32
-  double bias_correction_max = 0;  // largest |mean output shift| removed from the bias
+  double bias_correction_max = 0;  // largest |mean output shift| removed from the bias (analytic + empirical)
+  double empirical_correction_max = 0;  // largest |E[y_float] - E[y_sim]| of correct_biases_empirically()
   // A float layer (granularity "float") that ONNX Runtime does not run float: from graph optimization level
   // basic up, its WeightBiasQuantization pass rewrites a Conv/Gemm whose input comes from a per-tensor
   // DequantizeLinear and whose output goes (through Relu/Clip only, no branch) to a QuantizeLinear with a
@@ -118,6 +121,9 @@ struct Calibration {
   std::map<std::string, quant::QuantParams> activation_params;
   // Weight node -> (E[patch] per group, concatenated (Conv) or E[x] (Gemm), groups).
   std::map<std::string, std::pair<std::vector<double>, int64_t>> input_means;
+  // Weight node -> per-output-channel value added to its bias after the analytic correction: what
+  // correct_biases_empirically() measured (empty until it runs).
+  std::map<std::string, std::vector<double>> output_shift;
   std::string canonicalize_summary;
   EqualizeReport equalization;
   int64_t images = 0, nonfinite_values = 0;
@@ -128,6 +134,19 @@ struct Calibration {
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
 // Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
 PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
+
+// Empirical bias correction (src/ptq/empirical_bc.cpp has the formula): runs the float model and the
+// simulated quantized model build_quantized(cal, options) makes on the first options.empirical_bias_samples
+// images of `data`, layer by layer in graph order, and sets cal.output_shift so that every quantized Conv /
+// Gemm output has the float model's per-channel mean on those images, given the layers before it corrected.
+// Covers the mean shift of activation quantization (clipping, rounding through nonlinear ops) that the
+// analytic correction does not. Build with the same options afterwards.
+struct EmpiricalBiasReport {
+  int64_t layers = 0, images = 0;
+  double max_shift = 0;  // largest |delta_c|
+  double seconds = 0;
+};
+EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& data, const PtqOptions& options);
 
 // The quantization spec perch uses for activations with options `o` (per-tensor, asymmetric), and for the
 // weight `w` of Conv/Gemm/MatMul node `n` (symmetric, narrow range, the node's axis).

@@ -47,6 +47,10 @@ class OpRegistry {
 class Executor {
  public:
   using Observer = std::function<void(const std::string& value, const Tensor& t)>;
+  // Called for every value a node produces, before any reader sees it; may change the tensor in place
+  // (same shape and type). What ptq's empirical bias correction uses to correct a layer's output before the
+  // layers after it run.
+  using Adjuster = std::function<void(const std::string& value, Tensor& t)>;
 
   explicit Executor(graph::Model model);
 
@@ -58,6 +62,8 @@ class Executor {
   // instead: the caller's cache of an unchanged prefix (see ptq/sensitivity.cpp). `known` must hold
   // values these exact nodes would compute.
   TensorMap run_cached(const TensorMap& inputs, const TensorMap& known, const Observer& observer = nullptr) const;
+  // Like run(), but every produced value passes through `adjust` first.
+  TensorMap run_adjusting(const TensorMap& inputs, const Adjuster& adjust) const;
   // Single-input convenience: runs with the first graph input, returns the first graph output.
   Tensor run1(const Tensor& input) const;
 
@@ -78,7 +84,7 @@ class Executor {
   TensorMap constants_;                                // initializers + folded Constant nodes
 
   TensorMap run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
-                     const std::vector<std::string>& extra_outputs) const;
+                     const std::vector<std::string>& extra_outputs, const Adjuster* adjust = nullptr) const;
 };
 
 // The registry with every built-in op kernel registered (what Executor uses).
