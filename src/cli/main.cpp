@@ -72,7 +72,7 @@ struct QuantizeFlags {
   int weight_bits = 8, act_bits = 8;
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
   bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false;
-  int64_t empirical_bc_samples = 256;
+  int64_t empirical_bc_samples = 0;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
@@ -93,7 +93,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
-          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", f.empirical_bc}, {"group_size", f.group_size},
+          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
@@ -140,7 +140,10 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   opt.equalize = !f.no_equalize;
   opt.bias_correction = !f.no_bias_correction;
   opt.fold_affine = !f.no_fold_affine;
-  PERCH_CHECK(f.empirical_bc_samples > 0, "--empirical-bias-samples must be positive");
+  PERCH_CHECK(!(f.empirical_bc && f.no_bias_correction),
+              "--empirical-bias-correction and --no-bias-correction exclude each other");
+  opt.empirical_bias_correction = f.empirical_bc;
+  PERCH_CHECK(f.empirical_bc_samples >= 0, "--empirical-bias-samples must be positive (or 0: automatic)");
   opt.empirical_bias_samples = f.empirical_bc_samples;
   opt.fuse_chains = !f.no_fuse_chains;
   for (size_t at = 0; at < f.float_nodes.size();) {
@@ -191,7 +194,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
   json empirical_report;
-  if (f.empirical_bc) {
+  if (opt.bias_correction && opt.empirical_bias_correction) {
     const ptq::EmpiricalBiasReport er = ptq::correct_biases_empirically(cal, calib, opt);
     empirical_report = {{"layers", er.layers}, {"images", er.images}, {"max_shift", er.max_shift}, {"seconds", er.seconds}};
     if (!as_json && !quiet())
@@ -235,7 +238,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     rows.push_back({"fp32", fp32.accuracy(), false});
     const std::string bits = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ";
     auto label = [&](const std::string& g, bool eq, bool bc) {
-      return bits + g + (eq ? " +CLE" : "") + (bc ? " +BC" : "");
+      return bits + g + (eq ? " +CLE" : "") + (bc ? " +BC" : "") + (bc && opt.empirical_bias_correction ? " +EBC" : "");
     };
     if (f.compare) {
       // The textbook comparison first (plain min/max PTQ: no equalization, no bias correction): what
@@ -265,9 +268,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     if (!as_json) {
       std::printf("%s on %s (%lld images), calibration %lld images of %s\n", model_path.c_str(), test.name.c_str(),
                   static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_all.name.c_str());
-      std::printf("  %-28s %8s %8s\n", "configuration", "top-1", "vs fp32");
+      std::printf("  %-34s %8s %8s\n", "configuration", "top-1", "vs fp32");
       for (const auto& r : rows)
-        std::printf("  %-28s %8s %+7.2f pt%s\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
+        std::printf("  %-34s %8s %+7.2f pt%s\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
                     r.output && !out_path.empty() ? "   <- written" : "");
     }
   }
@@ -483,12 +486,12 @@ int main(int argc, char** argv) {
   q->add_option("--eval", qf.eval, "evaluate fp32 and quantized accuracy on this data spec");
   q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
   q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
-  q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction of weight rounding");
+  q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction (of weight rounding, and the empirical one)");
   q->add_flag("--empirical-bias-correction", qf.empirical_bc,
-              "after calibration, also correct each layer's bias by the mean output difference between the float "
-              "model and the simulated quantized model (activation effects included), layer by layer");
+              "after calibration, also remove each layer's mean output difference between the float model and the "
+              "simulated quantized model (activation effects included), layer by layer, from its bias");
   q->add_option("--empirical-bias-samples", qf.empirical_bc_samples,
-                "calibration images the empirical correction uses (one batch: memory grows with it)")
+                "calibration images the empirical correction uses, in one batch (0: up to 256, at most 64 MiB of input)")
       ->capture_default_str();
   q->add_flag("--no-fold-affine", qf.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
   q->add_flag("--no-fuse-chains", qf.no_fuse_chains,

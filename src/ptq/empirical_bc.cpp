@@ -15,10 +15,11 @@
 //
 // Sequential, in one pass: the simulated model runs on all correction images as one batch, node by node;
 // when a corrected layer's output is computed its delta is measured, the correction the written model will
-// hold (the rounded steps) added to that output, and only then do the layers after it run — so each layer's delta is measured with every earlier layer already corrected
-// (as Nagel et al. 2019, "Data-Free Quantization", sec. 4.2, and AIMET's empirical bias correction do it
-// layer by layer). The cost is one float and one simulated pass, and memory for one batch of all correction
-// images (hence `options.empirical_bias_samples`).
+// hold (the rounded steps) added to that output, and only then do the layers after it run — so each layer's
+// delta is measured with every earlier layer already corrected (as Nagel et al. 2019, "Data-Free
+// Quantization", sec. 4.2, and AIMET's empirical bias correction do it layer by layer). The cost is one
+// float and one simulated pass, and memory for one batch of all correction images (hence
+// `options.empirical_bias_samples` and empirical_bias_images()).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -56,11 +57,18 @@ void add_channel_sums(const Tensor& t, std::vector<double>& sum, int64_t& count)
 
 }  // namespace
 
+int64_t empirical_bias_images(int64_t available, int64_t image_bytes, int64_t samples) {
+  if (samples > 0) return std::min(samples, available);
+  constexpr int64_t kMaxImages = 256, kBudget = int64_t{64} << 20;
+  return std::max<int64_t>(1, std::min({available, kMaxImages, kBudget / std::max<int64_t>(1, image_bytes)}));
+}
+
 EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& data, const PtqOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   EmpiricalBiasReport rep;
   PERCH_CHECK(data.size() > 0, "empirical bias correction: no images in ", data.name);
-  const int64_t count = opt.empirical_bias_samples > 0 ? std::min(opt.empirical_bias_samples, data.size()) : data.size();
+  const int64_t count = empirical_bias_images(data.size(), static_cast<int64_t>(data.images.nbytes()) / data.size(),
+                                              opt.empirical_bias_samples);
   const Dataset part = take(data, 0, count);
   rep.images = count;
 
@@ -83,7 +91,15 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
     cal.output_shift[n.name].assign(static_cast<size_t>(channels), 0.0);
   }
   const std::map<std::string, std::vector<double>> seeds = cal.output_shift;
-  const Model qm = build_quantized(cal, opt).model;
+  struct Hush {  // the build's notes and warnings come again from the caller's final build
+    bool was = quiet();
+    Hush() { set_quiet(true); }
+    ~Hush() { set_quiet(was); }
+  };
+  const Model qm = [&] {
+    const Hush hush;
+    return build_quantized(cal, opt).model;
+  }();
   cal.output_shift.clear();
   const Graph& qg = qm.graph;
   struct Layer {

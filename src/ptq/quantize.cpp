@@ -1028,7 +1028,9 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
 }
 
 PtqResult quantize_model(const Model& model, const Dataset& calib, const PtqOptions& options) {
-  return build_quantized(calibrate(model, calib, options), options);
+  Calibration cal = calibrate(model, calib, options);
+  if (options.bias_correction && options.empirical_bias_correction) (void)correct_biases_empirically(cal, calib, options);
+  return build_quantized(cal, options);
 }
 
 }  // namespace perch::ptq

@@ -156,4 +156,13 @@ TEST(PtqEmpiricalBias, UsesAtMostTheConfiguredImagesAndLeavesFloatLayersAlone) {
   EXPECT_EQ(cal16.output_shift, cal.output_shift);
 }
 
+TEST(PtqEmpiricalBias, AutomaticImageCountKeepsTheBatchSmall) {
+  EXPECT_EQ(ptq::empirical_bias_images(1000, 28 * 28 * 4, 0), 256);  // Fashion-MNIST: the 256 cap
+  EXPECT_EQ(ptq::empirical_bias_images(160, 3 * 48 * 320 * 4, 0), 160);  // OCR crops: all of them
+  EXPECT_EQ(ptq::empirical_bias_images(500, 3 * 1024 * 1024 * 4, 0), 5);  // 12 MiB images: 64 MiB of input
+  EXPECT_EQ(ptq::empirical_bias_images(10, int64_t{1} << 30, 0), 1);     // at least one image
+  EXPECT_EQ(ptq::empirical_bias_images(40, 1 << 20, 16), 16);             // explicit counts win
+  EXPECT_EQ(ptq::empirical_bias_images(40, 1 << 20, 100), 40);
+}
+
 }  // namespace
