@@ -126,4 +126,14 @@ graph::Model tiny_cnn(uint32_t seed) {
   return m;
 }
 
+Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+  Dataset d;
+  d.name = "random";
+  d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
+  for (auto& v : d.images.span<float>()) v = u(rng);
+  return d;
+}
+
 }  // namespace perch::test

@@ -9,6 +9,7 @@
 #include <vector>
 #include <string>
 
+#include "perch/data/dataset.h"
 #include "perch/graph/ir.h"
 
 namespace perch::test {
@@ -40,6 +41,8 @@ std::string shell_quote(const std::filesystem::path& p);
 // residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
 // The first Conv's output channels get weight ranges spread x0.01 .. x1 (where per-tensor fails).
 graph::Model tiny_cnn(uint32_t seed);
+// n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
+Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 
 }  // namespace perch::test
 

@@ -16,15 +16,7 @@ using namespace perch;
 
 namespace {
 
-Dataset images(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
-  Dataset d;
-  d.name = "random";
-  d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
-  for (auto& v : d.images.span<float>()) v = u(rng);
-  return d;
-}
+Dataset images(int64_t n, uint32_t seed) { return test::tiny_cnn_inputs(n, seed); }
 
 // Per-channel means (axis 1) of the given values of `model` run on `x`, in double.
 std::map<std::string, std::vector<double>> channel_means(const graph::Model& model, const Tensor& x,

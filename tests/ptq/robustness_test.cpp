@@ -21,15 +21,7 @@ namespace {
 using perch::test::expect_contains;
 using perch::test::perch_error;
 
-Dataset calib_data(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
-  Dataset d;
-  d.name = "random";
-  d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
-  for (auto& v : d.images.span<float>()) v = u(rng);
-  return d;
-}
+Dataset calib_data(int64_t n, uint32_t seed) { return test::tiny_cnn_inputs(n, seed); }
 
 graph::Model tiny(uint32_t seed) {
   graph::Model m = test::tiny_cnn(seed);

@@ -15,12 +15,7 @@ namespace {
 
 // Random inputs labelled with the float model's own predictions (so fp32 accuracy is 1).
 Dataset labelled(const graph::Model& m, int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
-  Dataset d;
-  d.name = "random";
-  d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
-  for (auto& v : d.images.span<float>()) v = u(rng);
+  Dataset d = test::tiny_cnn_inputs(n, seed);
   const Tensor y = runtime::Executor(m).run1(d.images);
   for (int64_t i = 0; i < n; ++i) {
     const float* r = y.data<float>() + i * 3;
