@@ -70,12 +70,21 @@ constexpr TileFn kTiles[kMr + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>,
 
 }  // namespace
 
+// K is summed in blocks of kKc: each tile call accumulates kKc products in registers and adds that partial
+// sum to C (the first block with the caller's beta, the others with beta = 1). The rounding error of a
+// float32 sum of K products grows with the length of the running sum; in blocks it grows with
+// kKc + K / kKc instead of K (MLAS, ONNX Runtime's GEMM, sums K in blocks of 128 for the same reason).
+// The extra cost is one load/add/store of the C tile per block.
+constexpr int64_t kKc = 128;
+
 void gemm_nn(const GemmF32Args& g) {
   for (int64_t j = 0; j < g.n; j += kNr) {
     const int64_t nc = min64(kNr, g.n - j);
     for (int64_t i = 0; i < g.m; i += kMr) {
       const int64_t mr = min64(kMr, g.m - i);
-      kTiles[mr](g.a + i * g.lda, g.lda, g.b + j, g.ldb, g.c + i * g.ldc + j, g.ldc, g.k, nc, g.alpha, g.beta);
+      for (int64_t p = 0; p < g.k || p == 0; p += kKc)
+        kTiles[mr](g.a + i * g.lda + p, g.lda, g.b + p * g.ldb + j, g.ldb, g.c + i * g.ldc + j, g.ldc,
+                   min64(kKc, g.k - p), nc, g.alpha, p == 0 ? g.beta : 1.0f);
     }
   }
 }

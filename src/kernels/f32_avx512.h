@@ -13,7 +13,8 @@ namespace perch::kernels::avx512 {
 bool compiled();
 
 // gemm_f32 for trans_a == trans_b == false: tiles of 8 rows x 32 columns, B read in place (no packing),
-// masked column tails. Same contract as gemm_f32.
+// masked column tails, K summed in blocks of 128 (each block's partial sum added to C). Same contract as
+// gemm_f32.
 void gemm_nn(const GemmF32Args& g);
 
 // One output plane of a depthwise conv from a zero-padded input plane:
