@@ -403,7 +403,9 @@ TEST(Int8Executor, ElementwiseChainIsOneTableOfTheSimulation) {
     bool chain = false;
     for (const auto& n : i8.report().nodes) chain = chain || n.how.find("chain of") != std::string::npos;
     EXPECT_EQ(chain, k.lowered) << summary;
-    if (k.lowered) EXPECT_EQ(i8.report().float_nodes(), 0) << summary;
+    if (k.lowered) {
+      EXPECT_EQ(i8.report().float_nodes(), 0) << summary;
+    }
     const std::string qn = end + "_q";
     const TensorMap a = i8.run({{"x", in}}, {qn});
     const TensorMap f = Executor(b.m).run({{"x", in}}, nullptr, {qn});
