@@ -86,9 +86,7 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
       const Tensor* b = fg.initializer(n.input(2));
       if (!b || b->dtype() != DType::kFloat32 || b->rank() != 1) continue;
     }
-    const bool tb = n.op_type == "Gemm" && n.attr_int("transB", 0) != 0;
-    const int64_t channels = n.op_type == "Conv" || tb ? w->dim(0) : w->dim(1);
-    cal.output_shift[n.name].assign(static_cast<size_t>(channels), 0.0);
+    cal.output_shift[n.name].assign(static_cast<size_t>(w->dim(weight_channel_axis(n, w->rank()))), 0.0);
   }
   const std::map<std::string, std::vector<double>> seeds = cal.output_shift;
   struct Hush {  // the build's notes and warnings come again from the caller's final build

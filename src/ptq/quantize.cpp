@@ -901,8 +901,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     const std::vector<double>* empirical = nullptr;
     if (auto ei = cal.output_shift.find(n.name); ei != cal.output_shift.end()) {
       empirical = &ei->second;
-      const bool tb = n.op_type == "Gemm" && n.attr_int("transB", 0) != 0;
-      const int64_t channels = n.op_type == "Conv" ? w.dim(0) : (tb ? w.dim(0) : w.dim(1));
+      const int64_t channels = w.dim(weight_channel_axis(n, w.rank()));
       PERCH_CHECK(static_cast<int64_t>(empirical->size()) == channels && (!bias || bias->numel() == channels),
                   m.source, ": ", n.describe(), ": empirical bias correction has ", empirical->size(),
                   " channels, the layer ", channels, " (calibration and options do not match)");
