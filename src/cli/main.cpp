@@ -81,6 +81,15 @@ struct QuantizeFlags {
   double max_drop = 0.5;  // points of top-1
   std::string prefer = "per-tensor", data = "fashion-mnist:test", config, save_config, report;
   int64_t group_size = 16;
+  // Unlabelled --data (--auto, sensitivity): how agreement with the float model is scored (ptq::Fidelity).
+  int64_t class_axis = 0;
+  double threshold = std::numeric_limits<double>::quiet_NaN();
+  ptq::Fidelity fidelity() const {
+    ptq::Fidelity f;
+    f.class_axis = class_axis;
+    f.threshold = threshold;
+    return f;
+  }
 };
 
 // The saved/re-applied configuration: versioned JSON naming every weight layer's choice and the
@@ -95,7 +104,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
           {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations},
-          {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"fp32_select", sel.fp32_select},
+          {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"metric", sel.metric}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
                          {"quant_verify", sel.quant_verify}, {"int4_byte_fraction", sel.int4_byte_fraction},
                          {"per_tensor_layer_fraction", sel.per_tensor_layer_fraction}, {"steps", sel.steps}}}};
@@ -121,18 +130,13 @@ ptq::Selection selection_from_json(const std::string& path) {
   return sel;
 }
 
-int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
-  const std::string& model_path = f.model;
-  const std::string& out_path = f.output;
-  const std::string& weights = f.weights;
-  const int wbits = f.weight_bits, abits = f.act_bits;
-  graph::Model model = graph::load_model(model_path);
-  ptq::check_finite_weights(model);  // NaN/Inf weights: refused, naming the tensor (ptq/validate.h)
+// The PTQ options the flags ask for (quantize, and sensitivity's calibration).
+ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   ptq::PtqOptions opt;
-  parse_granularity(weights, opt.weights);
-  opt.weights.bits = wbits;
+  parse_granularity(f.weights, opt.weights);
+  opt.weights.bits = f.weight_bits;
   opt.weights.estimator.kind = quant::parse_estimator(f.weight_estimator);
-  opt.activations.bits = abits;
+  opt.activations.bits = f.act_bits;
   opt.activations.is_signed = f.act_signed;
   opt.activations.estimator.kind = quant::parse_estimator(f.act_estimator);
   opt.activations.estimator.percentile = f.percentile;
@@ -151,6 +155,48 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     if (comma > at) opt.float_nodes.insert(f.float_nodes.substr(at, comma - at));
     at = comma + 1;
   }
+
+  return opt;
+}
+
+// How unlabelled data is scored (agreement with the float model): `quantize --auto` and `sensitivity`.
+void add_fidelity_flags(CLI::App* c, QuantizeFlags& f) {
+  c->add_option("--class-axis", f.class_axis,
+                "unlabelled data: output axis argmax agreement runs over (0: axis 1, or the last for rank 3)")
+      ->capture_default_str();
+  c->add_option("--threshold", f.threshold,
+                "unlabelled data, one entry on the class axis (a score map): agreement of output > threshold");
+}
+
+// Calibration flags `quantize` and `sensitivity` share, so a sensitivity run measures the configuration
+// `quantize` would write.
+void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
+  c->add_option("--calib", f.calib, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")
+      ->capture_default_str();
+  c->add_option("--calib-count", f.calib_count, "calibration images (a seeded random sample)")->capture_default_str();
+  c->add_option("--seed", f.seed, "seed of the calibration sample")->capture_default_str();
+  c->add_option("--act-bits", f.act_bits, "activation bits (2..8 or 16)")->capture_default_str();
+  c->add_flag("--act-signed", f.act_signed, "int8 activations instead of uint8");
+  c->add_option("--act-estimator", f.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
+  c->add_option("--weight-estimator", f.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
+  c->add_option("--percentile", f.percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization");
+  c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding, and the empirical one)");
+  c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
+  c->add_flag("--no-fuse-chains", f.no_fuse_chains,
+              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");
+  c->add_flag("--ignore-nonfinite", f.ignore_nonfinite,
+              "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
+}
+
+int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
+  const std::string& model_path = f.model;
+  const std::string& out_path = f.output;
+  const std::string& weights = f.weights;
+  const int wbits = f.weight_bits, abits = f.act_bits;
+  graph::Model model = graph::load_model(model_path);
+  ptq::check_finite_weights(model);  // NaN/Inf weights: refused, naming the tensor (ptq/validate.h)
+  ptq::PtqOptions opt = ptq_options(f);
 
   std::optional<ptq::Selection> selection;
   json selection_report;
@@ -179,15 +225,14 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     const int64_t half = data.size() / 2;
     const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
     selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
-                                   f.group_size);
+                                   f.group_size, f.fidelity());
     opt = ptq::apply_selection(opt, *selection);
     selection_report = selection_json(*selection, f);
     if (!as_json && !quiet()) {
-      for (const auto& line : selection->log) std::fprintf(stderr, "auto: %s\n", line.c_str());
       std::fprintf(stderr,
-                   "auto (--prefer %s, --max-drop %.2f pt): selection split drop %.2f pt, verification split drop %.2f pt; "
+                   "auto (--prefer %s, --max-drop %.2f pt, %s): selection split drop %.2f pt, verification split drop %.2f pt; "
                    "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%\n",
-                   f.prefer.c_str(), f.max_drop, 100 * (selection->fp32_select - selection->quant_select),
+                   f.prefer.c_str(), f.max_drop, selection->metric.c_str(), 100 * (selection->fp32_select - selection->quant_select),
                    100 * (selection->fp32_verify - selection->quant_verify), 100 * selection->int4_byte_fraction,
                    100 * selection->per_tensor_layer_fraction);
     }
@@ -294,17 +339,39 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   return 0;
 }
 
-int cmd_sensitivity(const std::string& model_path, const std::string& calib_spec, const std::string& data_spec,
-                    int64_t calib_count, int64_t eval_count, int64_t group_size, const std::string& report,
-                    bool as_json, const DataFlags& df) {
+struct SensitivityFlags {
+  QuantizeFlags q;  // model, calibration data and options, fidelity scoring
+  std::string data = "fashion-mnist:test", report;
+  std::string candidates = "int8 per-tensor,int8 per-channel,int4 per-channel,int4 per-group";
+  int64_t eval_count = 2000, batch = 0;
+  bool no_activations = false;
+};
+
+int cmd_sensitivity(const SensitivityFlags& sf, bool as_json, const DataFlags& df) {
+  const std::string& model_path = sf.q.model;
+  std::vector<ptq::WeightChoice> candidates;
+  for (size_t at = 0; at < sf.candidates.size();) {
+    const size_t comma = std::min(sf.candidates.find(',', at), sf.candidates.size());
+    if (comma > at) {
+      candidates.push_back(ptq::WeightChoice::parse(sf.candidates.substr(at, comma - at), sf.q.group_size));
+      PERCH_CHECK(!candidates.back().is_float, "--candidates: fp32 is the reference every variant is measured against, not a candidate");
+    }
+    at = comma + 1;
+  }
+  PERCH_CHECK(!candidates.empty(), "--candidates: no weight configuration given");
+  PERCH_CHECK(sf.batch >= 0, "--batch must be positive (or 0: automatic)");
+  PERCH_CHECK(sf.q.calib_count > 0, "--calib-count must be positive");
   graph::Model model = graph::load_model(model_path);
-  ptq::PtqOptions opt;
-  Dataset calib_all = load_dataset(calib_spec, df.options());
-  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, 0);
-  Dataset data = load_dataset(data_spec, df.options());
-  if (eval_count > 0 && eval_count < data.size()) data = take(data, 0, eval_count);
+  ptq::check_finite_weights(model);
+  const ptq::PtqOptions opt = ptq_options(sf.q);
+  Dataset calib_all = load_dataset(sf.q.calib, df.options());
+  Dataset calib = sf.q.calib_count >= calib_all.size() ? calib_all : sample(calib_all, sf.q.calib_count, sf.q.seed);
+  Dataset data = load_dataset(sf.data, df.options());
+  if (sf.eval_count > 0 && sf.eval_count < data.size()) data = take(data, 0, sf.eval_count);
   const ptq::Calibration cal = ptq::calibrate(model, calib, opt);
-  const auto rep = ptq::sensitivity(cal, data, opt, ptq::default_candidates(group_size));
+  ptq::SensitivityScope scope;
+  scope.activations = !sf.no_activations;
+  const auto rep = ptq::sensitivity(cal, data, opt, candidates, sf.batch, scope, sf.q.fidelity());
   json layers = json::array();
   for (const auto& l : rep.layers) {
     json cfg = json::object();
@@ -324,7 +391,15 @@ int cmd_sensitivity(const std::string& model_path, const std::string& calib_spec
     all[rep.configs[i]] = {{"accuracy_drop_pt", 100 * rep.all_quantized[i].accuracy_drop}, {"sqnr_db", rep.all_quantized[i].sqnr_db}};
   json j = {{"model", model_path}, {"data", data.name}, {"images", rep.eval_images}, {"fp32_accuracy", rep.fp32_accuracy},
             {"all_quantized", all}, {"layers", layers}, {"variants", rep.variants}, {"node_runs", rep.node_runs},
-            {"node_runs_without_cache", rep.node_runs_without_cache}, {"seconds", rep.seconds}};
+            {"node_runs_without_cache", rep.node_runs_without_cache}, {"seconds", rep.seconds},
+            {"metric", rep.metric}, {"candidates", rep.configs}};
+  const bool agreement = rep.metric == "agreement";
+  if (agreement) {
+    j["class_axis"] = rep.class_axis;
+    j["positions"] = rep.positions;
+    if (std::isfinite(rep.threshold)) j["threshold"] = rep.threshold;
+  }
+  const std::string& report = sf.report;
   if (!report.empty()) {
     ptq::ReportInput ri;
     ri.title = "perch sensitivity: " + model_path;
@@ -341,11 +416,20 @@ int cmd_sensitivity(const std::string& model_path, const std::string& calib_spec
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  std::printf("%s: %lld images of %s, fp32 top-1 %.4f; %lld variants, %lld node runs (%lld without prefix caching) in %.1fs\n",
-              model_path.c_str(), static_cast<long long>(rep.eval_images), data.name.c_str(), rep.fp32_accuracy,
+  char what[160];
+  if (!agreement) std::snprintf(what, sizeof what, "fp32 top-1 %.4f", rep.fp32_accuracy);
+  else if (std::isfinite(rep.threshold))
+    std::snprintf(what, sizeof what, "no labels: agreement with fp32 of output > %g, %lld positions", rep.threshold,
+                  static_cast<long long>(rep.positions));
+  else
+    std::snprintf(what, sizeof what, "no labels: argmax agreement with fp32 along axis %lld, %lld positions",
+                  static_cast<long long>(rep.class_axis), static_cast<long long>(rep.positions));
+  std::printf("%s: %lld images of %s, %s; %lld variants, %lld node runs (%lld without prefix caching) in %.1fs\n",
+              model_path.c_str(), static_cast<long long>(rep.eval_images), data.name.c_str(), what,
               static_cast<long long>(rep.variants), static_cast<long long>(rep.node_runs),
               static_cast<long long>(rep.node_runs_without_cache), rep.seconds);
-  std::printf("accuracy drop in points, quantizing only this layer (alone) / all but this layer (all-but)\n");
+  std::printf("%s drop in points, quantizing only this layer (alone) / all but this layer (all-but)\n",
+              agreement ? "agreement" : "accuracy");
   std::printf("  %-28s %-10s %8s", "layer", "kind", "spread");
   for (const auto& c : rep.configs) std::printf(" %20s", c.c_str());
   std::printf("\n  %-28s %-10s %8s", "(every layer)", "", "");
@@ -472,39 +556,27 @@ int main(int argc, char** argv) {
   QuantizeFlags qf;
   q->add_option("model", qf.model, "float ONNX model")->required();
   q->add_option("-o,--output", qf.output, "QDQ ONNX model to write");
-  q->add_option("--calib", qf.calib, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")
-      ->capture_default_str();
-  q->add_option("--calib-count", qf.calib_count, "calibration images (a seeded random sample)")->capture_default_str();
-  q->add_option("--seed", qf.seed, "seed of the calibration sample")->capture_default_str();
+  add_calibration_flags(q, qf);
   q->add_option("--weights", qf.weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
   q->add_option("--weight-bits", qf.weight_bits, "weight bits (2..8)")->capture_default_str();
-  q->add_option("--act-bits", qf.act_bits, "activation bits (2..8 or 16)")->capture_default_str();
-  q->add_flag("--act-signed", qf.act_signed, "int8 activations instead of uint8");
-  q->add_option("--act-estimator", qf.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
-  q->add_option("--weight-estimator", qf.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
-  q->add_option("--percentile", qf.percentile, "percentile for --act-estimator percentile")->capture_default_str();
   q->add_option("--eval", qf.eval, "evaluate fp32 and quantized accuracy on this data spec");
   q->add_flag("--compare", qf.compare, "with --eval: also plain per-tensor / per-channel PTQ and perch's pipeline");
-  q->add_flag("--no-equalize", qf.no_equalize, "skip cross-layer equalization");
-  q->add_flag("--no-bias-correction", qf.no_bias_correction, "skip bias correction (of weight rounding, and the empirical one)");
   q->add_flag("--empirical-bias-correction", qf.empirical_bc,
               "after calibration, also remove each layer's mean output difference between the float model and the "
               "simulated quantized model (activation effects included), layer by layer, from its bias");
   q->add_option("--empirical-bias-samples", qf.empirical_bc_samples,
                 "calibration images the empirical correction uses, in one batch (0: up to 256, at most 64 MiB of input)")
       ->capture_default_str();
-  q->add_flag("--no-fold-affine", qf.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
-  q->add_flag("--no-fuse-chains", qf.no_fuse_chains,
-              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");
   q->add_option("--float-nodes", qf.float_nodes,
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");
-  q->add_flag("--ignore-nonfinite", qf.ignore_nonfinite,
-              "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
   q->add_flag("--auto", qf.auto_select, "choose per layer among fp32/int8/int4 weights under --max-drop");
-  q->add_option("--max-drop", qf.max_drop, "with --auto: largest accepted top-1 drop, in points")->capture_default_str();
+  q->add_option("--max-drop", qf.max_drop, "with --auto: largest accepted drop (top-1, or agreement without labels), in points")->capture_default_str();
   q->add_option("--prefer", qf.prefer, "with --auto: per-tensor | small | fast")->capture_default_str();
-  q->add_option("--data", qf.data, "with --auto: labelled data, split into selection and verification halves")
+  q->add_option("--data", qf.data,
+                "with --auto: data split into selection and verification halves; labelled (top-1 drop) or not "
+                "(agreement with the float model, --class-axis/--threshold)")
       ->capture_default_str();
+  add_fidelity_flags(q, qf);
   q->add_option("--group-size", qf.group_size, "group size of int4 per-group candidates")->capture_default_str();
   q->add_option("--save-config", qf.save_config, "with --auto: write the chosen configuration (JSON)");
   q->add_option("--config", qf.config, "apply a configuration saved by --save-config");
@@ -514,15 +586,22 @@ int main(int argc, char** argv) {
 
   // sensitivity
   auto* sens = app.add_subcommand("sensitivity", "per-layer sensitivity to int8/int4 per-tensor/per-channel/per-group");
-  std::string s_model, s_calib = "fashion-mnist:train", s_data = "fashion-mnist:test", s_report;
-  int64_t s_calib_count = 1024, s_eval_count = 2000, s_group = 16;
-  sens->add_option("model", s_model, "float ONNX model")->required();
-  sens->add_option("--calib", s_calib, "calibration data spec")->capture_default_str();
-  sens->add_option("--calib-count", s_calib_count, "calibration images")->capture_default_str();
-  sens->add_option("--data", s_data, "labelled evaluation data spec")->capture_default_str();
-  sens->add_option("--eval-count", s_eval_count, "evaluation images (first N; 0 = all)")->capture_default_str();
-  sens->add_option("--group-size", s_group, "group size of the int4 per-group candidate")->capture_default_str();
-  sens->add_option("--report", s_report, "write a self-contained HTML report");
+  SensitivityFlags sf;
+  sens->add_option("model", sf.q.model, "float ONNX model")->required();
+  add_calibration_flags(sens, sf.q);
+  sens->add_option("--data", sf.data,
+                   "evaluation data spec: labelled (top-1 drop) or unlabelled (agreement with the float model)")
+      ->capture_default_str();
+  sens->add_option("--eval-count", sf.eval_count, "evaluation images (first N; 0 = all)")->capture_default_str();
+  sens->add_option("--candidates", sf.candidates,
+                   "comma-separated weight configurations to measure (int8|int4 per-tensor|per-channel|per-group[:G])")
+      ->capture_default_str();
+  sens->add_option("--group-size", sf.q.group_size, "group size of the int4 per-group candidate")->capture_default_str();
+  sens->add_flag("--no-activations", sf.no_activations, "measure weight layers only");
+  add_fidelity_flags(sens, sf.q);
+  sens->add_option("--batch", sf.batch, "images per evaluation batch (every value of a batch is cached; 0: as many as fit in 2 GiB, up to 64)")
+      ->capture_default_str();
+  sens->add_option("--report", sf.report, "write a self-contained HTML report");
   sens->add_flag("--json", as_json, "JSON output");
   df.add(sens);
 
@@ -563,7 +642,7 @@ int main(int argc, char** argv) {
     if (q->parsed())
       return cmd_quantize(qf, as_json, df);
     if (sens->parsed())
-      return cmd_sensitivity(s_model, s_calib, s_data, s_calib_count, s_eval_count, s_group, s_report, as_json, df);
+      return cmd_sensitivity(sf, as_json, df);
     if (e->parsed() && e->count("--engine")) return perch::cli::cmd_eval_engine(model_path, engine, data_spec, batch, as_json, df.options());
     if (e->parsed()) return cmd_eval(model_path, data_spec, batch, as_json, df);
     if (bench.sub->parsed()) return bench.run();

@@ -100,9 +100,17 @@ std::string render_report_html(const ReportInput& in) {
 
   if (in.sensitivity) {
     const auto& s = *in.sensitivity;
-    os << "<section id=\"sensitivity\"><h2>Sensitivity</h2><p>Accuracy drop (points) with only this layer quantized "
+    const bool agreement = s.metric == "agreement";
+    os << "<section id=\"sensitivity\"><h2>Sensitivity</h2><p>" << (agreement ? "Agreement" : "Accuracy")
+       << " drop (points) with only this layer quantized "
        << "(&ldquo;alone&rdquo;) and with everything but this layer quantized (&ldquo;all-but&rdquo;); SQNR of the "
-       << "logits in dB. " << s.eval_images << " images, fp32 accuracy " << fmt("%.4f", s.fp32_accuracy) << ".</p><table><tr><th>layer</th><th>kind</th>";
+       << "output in dB. " << s.eval_images << " images, ";
+    if (!agreement) os << "fp32 accuracy " << fmt("%.4f", s.fp32_accuracy) << ".";
+    else if (std::isfinite(s.threshold))
+      os << "no labels: agreement with the fp32 model of output &gt; " << fmt("%g", s.threshold) << " over " << s.positions << " positions.";
+    else
+      os << "no labels: agreement with the fp32 model's argmax along axis " << s.class_axis << " over " << s.positions << " positions.";
+    os << "</p><table><tr><th>layer</th><th>kind</th>";
     for (const auto& c : s.configs) os << "<th>" << esc(c) << "<br>alone / all-but</th>";
     os << "</tr><tr><td class=\"l\">(every layer)</td><td></td>";
     for (const auto& m : s.all_quantized)

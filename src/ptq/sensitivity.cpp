@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "perch/core/progress.h"
 #include "perch/runtime/executor.h"
@@ -169,25 +171,70 @@ std::vector<std::string> clean_outputs(const Model& base, const Model& variant) 
   return out;
 }
 
+// How a variant's output is scored: top-1 against labels, or agreement with the float output (Fidelity).
+struct Scoring {
+  bool labelled = true;
+  int64_t axis = 1;  // agreement: class axis (resolved, non-negative)
+  double threshold = 0;
+};
+
+Scoring resolve_scoring(const Dataset& eval, const Fidelity& f, const std::string& out_name, const Shape& out) {
+  Scoring s;
+  s.labelled = eval.has_labels();
+  if (s.labelled) return s;
+  const int64_t rank = static_cast<int64_t>(out.size());
+  PERCH_CHECK(rank >= 2, "output '", out_name, "' has shape ", shape_str(out),
+              ": agreement needs a batch axis and a class axis");
+  int64_t axis = f.class_axis == 0 ? (rank == 3 ? 2 : 1) : f.class_axis < 0 ? f.class_axis + rank : f.class_axis;
+  PERCH_CHECK(axis >= 1 && axis < rank, "class axis ", f.class_axis, " is not a non-batch axis of output '", out_name,
+              "' (shape ", shape_str(out), ")");
+  s.axis = axis;
+  s.threshold = f.threshold;
+  PERCH_CHECK(out[static_cast<size_t>(axis)] > 1 || std::isfinite(f.threshold), "output '", out_name, "' (shape ",
+              shape_str(out), ") has a single entry on class axis ", axis,
+              ": there is no argmax to agree on; give a threshold (agreement of y > threshold)");
+  return s;
+}
+
 struct Accum {
   int64_t correct = 0, count = 0;
   double ref2 = 0, err2 = 0;
-  void add(const Tensor& y, const Tensor& ref, const std::vector<int64_t>& labels, int64_t offset) {
-    const int64_t n = y.dim(0), k = y.numel() / n;
+  void add(const Tensor& y, const Tensor& ref, const Scoring& s, const std::vector<int64_t>& labels, int64_t offset) {
+    PERCH_CHECK(y.shape() == ref.shape(), "sensitivity: a variant's output shape ", shape_str(y.shape()),
+                " differs from the float model's ", shape_str(ref.shape()));
     const float* yd = y.data<float>();
     const float* rd = ref.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t best = 0;
-      for (int64_t c = 1; c < k; ++c)
-        if (yd[i * k + c] > yd[i * k + best]) best = c;
-      correct += best == labels[offset + i];
-      for (int64_t c = 0; c < k; ++c) {
-        const double r = rd[i * k + c], e = yd[i * k + c] - r;
-        ref2 += r * r;
-        err2 += e * e;
-      }
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const double r = rd[i], e = yd[i] - r;
+      ref2 += r * r;
+      err2 += e * e;
     }
-    count += n;
+    if (s.labelled) {
+      const int64_t n = y.dim(0), k = y.numel() / n;
+      for (int64_t i = 0; i < n; ++i)
+        correct += (std::max_element(yd + i * k, yd + (i + 1) * k) - (yd + i * k)) == labels[offset + i];
+      count += n;
+      return;
+    }
+    // Positions: outer (batch and axes before the class axis) × inner (axes after it); the class index
+    // of position (o, i) and class c is at (o·k + c)·inner + i.
+    const Shape& sh = y.shape();
+    int64_t outer = 1, inner = 1;
+    for (int64_t a = 0; a < s.axis; ++a) outer *= sh[static_cast<size_t>(a)];
+    for (size_t a = static_cast<size_t>(s.axis) + 1; a < sh.size(); ++a) inner *= sh[a];
+    const int64_t k = sh[static_cast<size_t>(s.axis)];
+    auto argmax = [&](const float* d, int64_t o, int64_t i) {
+      int64_t best = 0;  // the first of tied maxima, for both outputs alike
+      for (int64_t c = 1; c < k; ++c)
+        if (d[(o * k + c) * inner + i] > d[(o * k + best) * inner + i]) best = c;
+      return best;
+    };
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t i = 0; i < inner; ++i) {
+        if (k == 1) correct += (yd[o * inner + i] > s.threshold) == (rd[o * inner + i] > s.threshold);
+        else correct += argmax(yd, o, i) == argmax(rd, o, i);
+      }
+    count += outer * inner;
   }
   double accuracy() const { return count ? static_cast<double>(correct) / static_cast<double>(count) : 0; }
   double sqnr() const { return err2 == 0 ? 200.0 : 10.0 * std::log10(ref2 / err2); }
@@ -201,20 +248,41 @@ struct Variant {
   size_t dirty_nodes = 0;
 };
 
-// Top-1 accuracy, quietly (selection evaluates many candidates; one progress bar each would drown the log).
-double top1(const runtime::Executor& e, const Dataset& d) {
-  int64_t correct = 0;
-  for (int64_t b = 0; b < d.size(); b += 64) {
-    const int64_t n = std::min<int64_t>(64, d.size() - b);
-    const Tensor y = e.run1(d.batch(b, n));
-    const int64_t k = y.numel() / n;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* r = y.data<float>() + i * k;
-      correct += (std::max_element(r, r + k) - r) == d.labels[b + i];
+// Scores whole runs of models on one split, quietly (selection evaluates many candidates; one progress
+// bar each would drown the log): top-1 against the split's labels, or agreement with the float model's
+// outputs, computed once and kept.
+class Scorer {
+ public:
+  Scorer(const Model& fp32, const Dataset& d, const Fidelity& f) : d_(d) {
+    if (d.has_labels()) {
+      fp32_ = (*this)(runtime::Executor(fp32));
+      return;
     }
+    const runtime::Executor e(fp32);
+    for (int64_t b = 0; b < d.size(); b += kBatch) {
+      refs_.push_back(e.run1(d.batch(b, std::min(kBatch, d.size() - b))));
+      if (b == 0) scoring_ = resolve_scoring(d, f, fp32.graph.outputs.at(0).name, refs_[0].shape());
+    }
+    fp32_ = 1.0;
   }
-  return d.size() ? static_cast<double>(correct) / static_cast<double>(d.size()) : 0.0;
-}
+  bool labelled() const { return d_.has_labels(); }
+  double fp32() const { return fp32_; }
+  double operator()(const runtime::Executor& e) const {
+    Accum acc;
+    for (int64_t b = 0, i = 0; b < d_.size(); b += kBatch, ++i) {
+      const Tensor y = e.run1(d_.batch(b, std::min(kBatch, d_.size() - b)));
+      acc.add(y, labelled() ? y : refs_[static_cast<size_t>(i)], scoring_, d_.labels, b);
+    }
+    return acc.accuracy();
+  }
+
+ private:
+  static constexpr int64_t kBatch = 32;
+  const Dataset& d_;
+  Scoring scoring_;  // labelled by default
+  std::vector<Tensor> refs_;
+  double fp32_ = 0;
+};
 
 // Runs `m` on a batch, keeping every value (the cache a variant reads its unchanged prefix from).
 runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, const Tensor& x) {
@@ -224,12 +292,24 @@ runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, co
   return all;
 }
 
+// Images per batch whose cache (every value of `bases` models, each about the float model's size) stays
+// within 2 GiB: measured on one image, at most 64, at least 1.
+int64_t cache_batch(const runtime::Executor& fp32, const std::string& in, const Dataset& eval, size_t bases) {
+  if (eval.size() == 0) return 1;
+  size_t per_image = 0;
+  for (const auto& [name, t] : run_all(fp32, in, eval.batch(0, 1))) per_image += t.nbytes();
+  const size_t budget = size_t{2} << 30;
+  const size_t per = std::max<size_t>(1, per_image * bases);
+  return std::clamp<int64_t>(static_cast<int64_t>(budget / per), 1, 64);
+}
+
 }  // namespace
 
 SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const PtqOptions& base_opt,
-                              const std::vector<WeightChoice>& candidates, int64_t batch, SensitivityScope scope) {
+                              const std::vector<WeightChoice>& candidates, int64_t batch, SensitivityScope scope,
+                              const Fidelity& fidelity) {
   const auto t0 = std::chrono::steady_clock::now();
-  PERCH_CHECK(eval.has_labels(), eval.name, ": sensitivity needs labelled evaluation data");
+  PERCH_CHECK(batch >= 0, "sensitivity: batch must be positive (or 0: automatic)");
   SensitivityReport rep;
   const auto layers = weight_layers(cal.model);
   std::set<std::string> all_weight_nodes, all_acts(cal.targets.begin(), cal.targets.end());
@@ -249,6 +329,9 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   }
   std::vector<runtime::Executor> base_exec;
   for (const auto& b : bases) base_exec.emplace_back(b);
+  const std::string in_name = cal.model.graph.inputs.at(0).name;
+  const std::string out_name = cal.model.graph.outputs.at(0).name;
+  if (batch == 0) batch = cache_batch(base_exec[0], in_name, eval, bases.size());
 
   std::vector<Variant> variants;
   auto add_variant = [&](size_t base, const PtqOptions& o) {
@@ -297,20 +380,21 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
     alone.float_activations = all_acts;
     alone.float_activations.erase(a);
     add_variant(0, alone);
-    PtqOptions all_but = base_opt;
-    all_but.weights = candidates.empty() ? base_opt.weights : candidates[act_base - 1].options();
-    all_but.float_nodes.clear();
-    all_but.float_activations = {a};
-    add_variant(act_base, all_but);
+    if (scope.activation_all_but) {
+      PtqOptions all_but = base_opt;
+      all_but.weights = candidates.empty() ? base_opt.weights : candidates[act_base - 1].options();
+      all_but.float_nodes.clear();
+      all_but.float_activations = {a};
+      add_variant(act_base, all_but);
+    }
     rep.layers.push_back(ls);
   }
   }
   rep.variants = static_cast<int64_t>(variants.size());
 
   // Evaluate.
-  const std::string in_name = cal.model.graph.inputs.at(0).name;
-  const std::string out_name = cal.model.graph.outputs.at(0).name;
   std::vector<Accum> base_acc(bases.size());
+  std::optional<Scoring> scoring;  // resolved on the float model's first output
   Progress progress("sensitivity", eval.size());
   for (int64_t b = 0; b < eval.size(); b += batch) {
     const int64_t n = std::min(batch, eval.size() - b);
@@ -318,13 +402,14 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
     std::vector<runtime::TensorMap> cache;
     for (size_t i = 0; i < bases.size(); ++i) {
       cache.push_back(run_all(base_exec[i], in_name, x));
-      base_acc[i].add(cache[i].at(out_name), cache[0].at(out_name), eval.labels, b);
+      if (!scoring) scoring = resolve_scoring(eval, fidelity, out_name, cache[0].at(out_name).shape());
+      base_acc[i].add(cache[i].at(out_name), cache[0].at(out_name), *scoring, eval.labels, b);
     }
     for (auto& v : variants) {
       runtime::TensorMap known;
       for (const auto& o : v.clean) known[o] = cache[v.base].at(o);
       const Tensor y = v.exec.run_cached({{in_name, x}}, known).at(out_name);
-      v.acc.add(y, cache[0].at(out_name), eval.labels, b);
+      v.acc.add(y, cache[0].at(out_name), *scoring, eval.labels, b);
       rep.node_runs += static_cast<int64_t>(v.dirty_nodes);
       rep.node_runs_without_cache += static_cast<int64_t>(v.exec.model().graph.nodes.size());
     }
@@ -333,6 +418,12 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   progress.finish();
   rep.fp32_accuracy = base_acc[0].accuracy();
   rep.eval_images = eval.size();
+  if (scoring && !scoring->labelled) {
+    rep.metric = "agreement";
+    rep.class_axis = scoring->axis;
+    rep.threshold = scoring->threshold;
+    rep.positions = base_acc[0].count;
+  }
   for (size_t i = 1; i < bases.size(); ++i)
     rep.all_quantized.push_back({rep.fp32_accuracy - base_acc[i].accuracy(), base_acc[i].sqnr()});
   size_t vi = 0;
@@ -340,7 +431,7 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
     for (size_t c = 0; c < ls.configs.size(); ++c) {
       const Accum& a = variants[vi++].acc;
       ls.alone.push_back({rep.fp32_accuracy - a.accuracy(), a.sqnr()});
-      if (ls.kind == "activation" || scope.all_but) {
+      if (ls.kind == "activation" ? scope.activation_all_but : scope.all_but) {
         const Accum& ab = variants[vi++].acc;
         ls.all_but.push_back({rep.fp32_accuracy - ab.accuracy(), ab.sqnr()});
       }
@@ -363,7 +454,9 @@ PtqOptions apply_selection(const PtqOptions& base, const Selection& s) {
 }
 
 Selection select_config(const Calibration& cal, const Dataset& select, const Dataset& verify, const PtqOptions& base,
-                        Preference prefer, double max_drop, int64_t group_size) {
+                        Preference prefer, double max_drop, int64_t group_size, const Fidelity& fidelity) {
+  PERCH_CHECK(select.has_labels() == verify.has_labels(), select.name, " and ", verify.name,
+              ": both splits labelled, or neither");
   std::vector<WeightChoice> ladder;
   switch (prefer) {
     case Preference::kPerTensor:
@@ -378,64 +471,83 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
       break;
   }
   const auto layers = weight_layers(cal.model);
-  // How much each rung hurts on its own (SQNR of "alone"), measured on first need.
+  // How much each rung hurts on its own (SQNR of "alone"), measured on first need: weights per rung,
+  // activations (their only quantized rung) with every weight float.
   std::map<std::string, std::vector<double>> alone_sqnr;
+  std::map<std::string, double> act_alone_sqnr;
   auto rank = [&] {
     const std::vector<WeightChoice> quantized_rungs(ladder.begin(), ladder.end() - 1);
     const Dataset part = take(select, 0, std::min<int64_t>(select.size(), 1000));
-    const SensitivityReport sens = sensitivity(cal, part, base, quantized_rungs, 64, SensitivityScope{false, false});
-    for (const auto& ls : sens.layers)
-      for (const auto& m : ls.alone) alone_sqnr[ls.name].push_back(m.sqnr_db);
+    SensitivityScope scope;
+    scope.all_but = scope.activation_all_but = false;
+    const SensitivityReport sens = sensitivity(cal, part, base, quantized_rungs, 0, scope, fidelity);
+    for (const auto& ls : sens.layers) {
+      if (ls.kind == "activation") act_alone_sqnr[ls.name] = ls.alone.at(0).sqnr_db;
+      else for (const auto& m : ls.alone) alone_sqnr[ls.name].push_back(m.sqnr_db);
+    }
   };
 
   Selection sel;
+  // Each decision is logged, and shown on stderr as it is made (the climb can take minutes).
+  auto say = [&](const char* line) {
+    sel.log.push_back(line);
+    if (!quiet()) std::fprintf(stderr, "auto: %s\n", line);
+  };
+  const Scorer on_select(cal.model, select, fidelity), on_verify(cal.model, verify, fidelity);
+  sel.metric = on_select.labelled() ? "top-1" : "agreement";
   std::map<std::string, size_t> rung;
   for (const auto& l : layers) rung[l.node] = 0;
-  auto evaluate_on = [&](const Dataset& d) {
+  std::set<std::string> float_acts = base.float_activations;
+  auto evaluate_on = [&](const Scorer& sc) {
     for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
-    return top1(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model), d);
+    sel.float_activations = float_acts;
+    return sc(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model));
   };
-  auto fp32_on = [&](const Dataset& d) { return top1(runtime::Executor(cal.model), d); };
-  sel.fp32_select = fp32_on(select);
-  sel.quant_select = evaluate_on(select);
+  sel.fp32_select = on_select.fp32();
+  sel.quant_select = evaluate_on(on_select);
   {
     char line[160];
     std::snprintf(line, sizeof line, "start: every layer %s, drop %.2f pt", ladder[0].label().c_str(),
                   100 * (sel.fp32_select - sel.quant_select));
-    sel.log.push_back(line);
+    say(line);
   }
-  const int max_steps = static_cast<int>(layers.size() * ladder.size());
+  const int max_steps = static_cast<int>(layers.size() * ladder.size() + cal.targets.size());
   while (sel.fp32_select - sel.quant_select > max_drop && sel.steps < max_steps) {
-    if (alone_sqnr.empty()) rank();
-    // The layer whose current (quantized) rung is worst on its own moves up one rung.
+    if (alone_sqnr.empty() && act_alone_sqnr.empty()) rank();
+    // The layer or activation whose current (quantized) rung is worst on its own moves up one rung.
     std::string worst;
+    bool worst_is_act = false;
     double worst_sqnr = std::numeric_limits<double>::infinity();
     for (const auto& l : layers) {
       const size_t r = rung[l.node];
       if (r + 1 >= ladder.size()) continue;
       const double s = alone_sqnr[l.node][r];
-      if (s < worst_sqnr) worst_sqnr = s, worst = l.node;
+      if (s < worst_sqnr) worst_sqnr = s, worst = l.node, worst_is_act = false;
     }
+    for (const auto& [a, s] : act_alone_sqnr)
+      if (!float_acts.count(a) && s < worst_sqnr) worst_sqnr = s, worst = a, worst_is_act = true;
     if (worst.empty()) break;
-    ++rung[worst];
+    if (worst_is_act) float_acts.insert(worst);
+    else ++rung[worst];
     ++sel.steps;
-    sel.quant_select = evaluate_on(select);
+    sel.quant_select = evaluate_on(on_select);
     char line[256];
-    std::snprintf(line, sizeof line, "step %d: %s -> %s (its alone SQNR %.1f dB), drop %.2f pt", sel.steps, worst.c_str(),
-                  ladder[rung[worst]].label().c_str(), worst_sqnr, 100 * (sel.fp32_select - sel.quant_select));
-    sel.log.push_back(line);
+    std::snprintf(line, sizeof line, "step %d: %s %s -> %s (its alone SQNR %.1f dB), drop %.2f pt", sel.steps,
+                  worst_is_act ? "activation" : "layer", worst.c_str(),
+                  worst_is_act ? "float" : ladder[rung[worst]].label().c_str(), worst_sqnr,
+                  100 * (sel.fp32_select - sel.quant_select));
+    say(line);
   }
   if (sel.fp32_select - sel.quant_select > max_drop) {
     char line[200];
-    std::snprintf(line, sizeof line,
-                  "budget not met: %.2f pt > %.2f pt with every weight layer on its last rung; the remaining loss "
-                  "comes from the activations",
+    std::snprintf(line, sizeof line, "budget not met: %.2f pt > %.2f pt with every layer and activation float",
                   100 * (sel.fp32_select - sel.quant_select), 100 * max_drop);
-    sel.log.push_back(line);
+    say(line);
   }
   for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
-  sel.fp32_verify = fp32_on(verify);
-  sel.quant_verify = evaluate_on(verify);
+  sel.float_activations = float_acts;
+  sel.fp32_verify = on_verify.fp32();
+  sel.quant_verify = evaluate_on(on_verify);
   double int4 = 0, pt = 0;
   for (const auto& l : layers) {
     const WeightChoice& c = sel.weights[l.node];

@@ -4,7 +4,9 @@
 
 #include <fstream>
 
+#include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
+#include "perch/runtime/executor.h"
 #include "cli_test_util.h"
 #include "test_util.h"
 
@@ -80,6 +82,56 @@ TEST(Config, RejectsForeignSchemaAndUnknownLayers) {
   EXPECT_NE(r.err.find("version 9"), std::string::npos) << r.err;
   r = test::run_cmd(base + q(d / "layer.json"));
   EXPECT_NE(r.err.find("'nope'"), std::string::npos) << r.err;
+}
+
+// Without labels, `perch sensitivity` scores agreement with the float model; on a classifier that equals
+// top-1 against labels made of the float model's own predictions. The calibration flags are quantize's.
+TEST(SensitivityCli, WithoutLabelsScoresAgreementAndTakesQuantizeCalibrationFlags) {
+  const fs::path d = scratch("sens_unlabelled");
+  const graph::Model m = test::tiny_cnn(3);
+  graph::save_model(m, d / "tiny.onnx");
+  const Dataset x = test::tiny_cnn_inputs(48, 5);
+  write_npy(d / "x.npy", x.images);
+  const Tensor y = runtime::Executor(m).run1(x.images);
+  Tensor labels(DType::kInt64, {48});
+  for (int64_t i = 0; i < 48; ++i)
+    labels.data<int64_t>()[i] = std::max_element(y.data<float>() + i * 3, y.data<float>() + i * 3 + 3) - (y.data<float>() + i * 3);
+  write_npy(d / "labels.npy", labels);
+  const std::string base = perch_bin() + " sensitivity " + q(d / "tiny.onnx") + " --calib " + q("npy:" + (d / "x.npy").string()) +
+                           " --calib-count 48 --candidates 'int8 per-tensor,int4 per-channel' --group-size 4"
+                           " --act-estimator percentile --percentile 99 --json --data ";
+  auto without = test::run_cmd(base + q("npy:" + (d / "x.npy").string()));
+  auto with = test::run_cmd(base + q("npy:" + (d / "x.npy").string() + "," + (d / "labels.npy").string()));
+  ASSERT_EQ(without.code, 0) << without.err;
+  ASSERT_EQ(with.code, 0) << with.err;
+  const json a = json::parse(without.out), b = json::parse(with.out);
+  EXPECT_EQ(a.at("metric"), "agreement");
+  EXPECT_EQ(a.at("class_axis"), 1);
+  EXPECT_EQ(a.at("positions"), 48);
+  EXPECT_EQ(b.at("metric"), "top-1");
+  EXPECT_EQ(a.at("candidates"), json::array({"int8 per-tensor", "int4 per-channel"}));
+  ASSERT_EQ(a.at("layers").size(), b.at("layers").size());
+  ASSERT_GT(a.at("layers").size(), 3u) << "weights and activations";
+  for (size_t i = 0; i < a.at("layers").size(); ++i) EXPECT_EQ(a.at("layers")[i].at("configs"), b.at("layers")[i].at("configs"));
+  // The activation estimator reaches the calibration: min/max gives other activation ranges, so other numbers.
+  auto minmax = test::run_cmd(perch_bin() + " sensitivity " + q(d / "tiny.onnx") + " --calib " + q("npy:" + (d / "x.npy").string()) +
+                              " --calib-count 48 --candidates 'int8 per-tensor,int4 per-channel' --group-size 4 --json --data " +
+                              q("npy:" + (d / "x.npy").string()));
+  ASSERT_EQ(minmax.code, 0) << minmax.err;
+  EXPECT_NE(json::parse(minmax.out).at("all_quantized"), a.at("all_quantized"));
+  // Refusals name what is wrong.
+  auto r = test::run_cmd(perch_bin() + " sensitivity " + q(d / "tiny.onnx") + " --calib " + q("npy:" + (d / "x.npy").string()) +
+                         " --data " + q("npy:" + (d / "x.npy").string()) + " --act-estimator nope");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
+  r = test::run_cmd(perch_bin() + " sensitivity " + q(d / "tiny.onnx") + " --calib " + q("npy:" + (d / "x.npy").string()) +
+                    " --data " + q("npy:" + (d / "x.npy").string()) + " --candidates fp32");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--candidates"), std::string::npos) << r.err;
+  r = test::run_cmd(perch_bin() + " sensitivity " + q(d / "tiny.onnx") + " --calib " + q("npy:" + (d / "x.npy").string()) +
+                    " --data " + q("npy:" + (d / "x.npy").string()) + " --class-axis 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("class axis 2"), std::string::npos) << r.err;
 }
 
 // The HTML report renders in headless Chromium: a non-blank page with every section.

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "perch/ptq/report.h"
 #include "perch/ptq/sensitivity.h"
@@ -92,6 +93,161 @@ TEST(Sensitivity, CachedPrefixesGiveTheSameNumbersAsWholeRuns) {
   EXPECT_LT(conv1.alone[0].sqnr_db + 3.0, conv1.alone[1].sqnr_db);
 }
 
+// tiny_cnn cut after its residual Add: a feature map [N, 8, 4, 4] as output (a segmenter's shape); with
+// `score_map`, averaged over channels to [N, 1, 4, 4] (a detector's single-channel score map).
+graph::Model dense_output_cnn(uint32_t seed, bool score_map) {
+  graph::Model m = test::tiny_cnn(seed);
+  auto& g = m.graph;
+  while (g.nodes.back().op_type != "Add") g.nodes.pop_back();
+  g.outputs = {{"a", DType::kFloat32, {-1, 8, 4, 4}, {"N", "", "", ""}, true}};
+  if (score_map) {
+    graph::Node r;
+    r.op_type = "ReduceMean";
+    r.name = "mean_channels";
+    r.inputs = {"a"};
+    r.outputs = {"score"};
+    r.attrs = {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{1}}};
+    g.nodes.push_back(r);
+    g.outputs = {{"score", DType::kFloat32, {-1, 1, 4, 4}, {"N", "", "", ""}, true}};
+  }
+  return m;
+}
+
+// Agreement of two [N, C, H, W] outputs, by explicit index arithmetic: along `axis` (1 or 3) the argmax
+// (first of ties), or with C = 1 the side of `threshold`.
+double agreement_4d(const Tensor& y, const Tensor& ref, int axis, double threshold) {
+  const Shape& s = y.shape();
+  EXPECT_EQ(s, ref.shape());
+  auto at = [&](const Tensor& t, int64_t n, int64_t c, int64_t h, int64_t w) {
+    return t.data<float>()[((n * s[1] + c) * s[2] + h) * s[3] + w];
+  };
+  int64_t agree = 0, count = 0;
+  for (int64_t n = 0; n < s[0]; ++n)
+    for (int64_t h = 0; h < s[2]; ++h) {
+      if (axis == 1) {
+        for (int64_t w = 0; w < s[3]; ++w) {
+          if (s[1] == 1) {
+            agree += (at(y, n, 0, h, w) > threshold) == (at(ref, n, 0, h, w) > threshold);
+          } else {
+            int64_t by = 0, br = 0;
+            for (int64_t c = 1; c < s[1]; ++c) {
+              if (at(y, n, c, h, w) > at(y, n, by, h, w)) by = c;
+              if (at(ref, n, c, h, w) > at(ref, n, br, h, w)) br = c;
+            }
+            agree += by == br;
+          }
+          ++count;
+        }
+      } else {
+        for (int64_t c = 0; c < s[1]; ++c) {
+          int64_t by = 0, br = 0;
+          for (int64_t w = 1; w < s[3]; ++w) {
+            if (at(y, n, c, h, w) > at(y, n, c, h, by)) by = w;
+            if (at(ref, n, c, h, w) > at(ref, n, c, h, br)) br = w;
+          }
+          agree += by == br;
+          ++count;
+        }
+      }
+    }
+  return static_cast<double>(agree) / static_cast<double>(count);
+}
+
+// Every variant's agreement drop against a whole run of the variant built the plain way.
+void check_agreement(const graph::Model& m, int axis_given, int axis, double threshold, int64_t positions_per_image) {
+  const Dataset calib = test::tiny_cnn_inputs(48, 11), eval = test::tiny_cnn_inputs(40, 12);
+  ptq::PtqOptions base;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const std::vector<ptq::WeightChoice> cands = {ptq::WeightChoice::parse("int8 per-tensor"),
+                                                ptq::WeightChoice::parse("int4 per-channel")};
+  ptq::Fidelity fid;
+  fid.class_axis = axis_given;
+  fid.threshold = threshold;
+  const auto rep = ptq::sensitivity(cal, eval, base, cands, 16, {}, fid);
+  EXPECT_EQ(rep.metric, "agreement");
+  EXPECT_EQ(rep.class_axis, axis);
+  EXPECT_EQ(rep.positions, 40 * positions_per_image);
+  EXPECT_DOUBLE_EQ(rep.fp32_accuracy, 1.0);
+  const Tensor ref = runtime::Executor(cal.model).run1(eval.images);
+  std::set<std::string> weights, acts(cal.targets.begin(), cal.targets.end());
+  for (const auto& l : rep.layers)
+    if (l.kind == "weights") weights.insert(l.name);
+  ASSERT_EQ(weights.size(), 2u);
+  double worst = 1;
+  for (const auto& l : rep.layers)
+    for (size_t c = 0; c < l.configs.size(); ++c) {
+      SCOPED_TRACE(l.name + " " + l.configs[c]);
+      ptq::PtqOptions alone = base, all_but = base;
+      if (l.kind == "weights") {
+        alone.weights = all_but.weights = cands[c].options();
+        alone.float_nodes = weights;
+        alone.float_nodes.erase(l.name);
+        alone.float_activations = acts;
+        all_but.float_nodes = {l.name};
+      } else {
+        alone.float_nodes = weights;
+        alone.float_activations = acts;
+        alone.float_activations.erase(l.name);
+        all_but.weights = cands[0].options();  // no int8 per-channel candidate: against the first
+        all_but.float_activations = {l.name};
+      }
+      const double a = agreement_4d(runtime::Executor(ptq::build_quantized(cal, alone).model).run1(eval.images), ref, axis, threshold);
+      EXPECT_NEAR(l.alone[c].accuracy_drop, 1.0 - a, 1e-12);
+      const double b = agreement_4d(runtime::Executor(ptq::build_quantized(cal, all_but).model).run1(eval.images), ref, axis, threshold);
+      EXPECT_NEAR(l.all_but[c].accuracy_drop, 1.0 - b, 1e-12);
+      worst = std::min(worst, a);
+    }
+  EXPECT_LT(worst, 1.0) << "some variant must disagree somewhere, or the comparison shows nothing";
+}
+
+TEST(Sensitivity, WithoutLabelsScoresArgmaxAgreementPerPosition) {
+  check_agreement(dense_output_cnn(21, false), 0, 1, std::nan(""), 16);   // automatic: channels of [N,C,H,W]
+  check_agreement(dense_output_cnn(22, false), -1, 3, std::nan(""), 32);  // the last axis, per (c, h)
+}
+
+TEST(Sensitivity, WithoutLabelsAScoreMapAgreesByThreshold) {
+  check_agreement(dense_output_cnn(23, true), 0, 1, 0.5, 16);
+  const graph::Model m = dense_output_cnn(23, true);
+  const ptq::PtqOptions base;
+  const ptq::Calibration cal = ptq::calibrate(m, test::tiny_cnn_inputs(16, 1), base);
+  const std::vector<ptq::WeightChoice> c8 = {ptq::WeightChoice::parse("int8 per-channel")};
+  try {
+    ptq::sensitivity(cal, test::tiny_cnn_inputs(8, 2), base, c8, 8, {false, false});
+    ADD_FAILURE() << "a single-entry class axis without a threshold must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'score'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("threshold"), std::string::npos) << e.what();
+  }
+  ptq::Fidelity bad;
+  bad.class_axis = 4;
+  EXPECT_THROW(ptq::sensitivity(cal, test::tiny_cnn_inputs(8, 2), base, c8, 8, {false, false}, bad), Error);
+}
+
+TEST(Sensitivity, WithoutLabelsAClassifierScoresAsIfLabelledByTheFloatModel) {
+  // On [N, K] logits, agreement with fp32 is top-1 accuracy against the float model's own predictions.
+  const graph::Model m = test::tiny_cnn(24);
+  const ptq::PtqOptions base;
+  const ptq::Calibration cal = ptq::calibrate(m, labelled(m, 48, 25), base);
+  const Dataset with = labelled(m, 80, 26);
+  Dataset without = with;
+  without.labels.clear();
+  const auto cands = ptq::default_candidates(4);
+  const auto a = ptq::sensitivity(cal, with, base, cands, 32), b = ptq::sensitivity(cal, without, base, cands, 32);
+  EXPECT_EQ(a.metric, "top-1");
+  EXPECT_EQ(b.metric, "agreement");
+  EXPECT_EQ(b.positions, 80);
+  ASSERT_EQ(a.layers.size(), b.layers.size());
+  bool any_drop = false;
+  for (size_t i = 0; i < a.layers.size(); ++i)
+    for (size_t c = 0; c < a.layers[i].configs.size(); ++c) {
+      EXPECT_EQ(a.layers[i].alone[c].accuracy_drop, b.layers[i].alone[c].accuracy_drop) << a.layers[i].name;
+      EXPECT_EQ(a.layers[i].all_but[c].accuracy_drop, b.layers[i].all_but[c].accuracy_drop) << a.layers[i].name;
+      EXPECT_EQ(a.layers[i].alone[c].sqnr_db, b.layers[i].alone[c].sqnr_db);
+      any_drop |= a.layers[i].all_but[c].accuracy_drop > 0;
+    }
+  EXPECT_TRUE(any_drop);
+}
+
 TEST(Selection, ClimbsTheLadderUntilTheBudgetHoldsAndReportsBothSplits) {
   const graph::Model m = test::tiny_cnn(6);
   const Dataset calib = labelled(m, 64, 3), sel_data = labelled(m, 200, 4), ver_data = labelled(m, 200, 5);
@@ -111,6 +267,34 @@ TEST(Selection, ClimbsTheLadderUntilTheBudgetHoldsAndReportsBothSplits) {
   const Direct v = evaluate_directly(cal, ptq::apply_selection(base, sel), ver_data);
   EXPECT_DOUBLE_EQ(sel.quant_verify, v.accuracy);
   EXPECT_EQ(sel.steps + 1, static_cast<int>(sel.log.size()) - (sel.quant_select < 1.0 ? 1 : 0));
+}
+
+TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
+  const graph::Model m = dense_output_cnn(31, false);
+  const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
+                ver_data = test::tiny_cnn_inputs(64, 33);
+  ptq::PtqOptions base;
+  base.equalize = false;
+  base.bias_correction = false;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4);
+  EXPECT_EQ(sel.metric, "agreement");
+  EXPECT_DOUBLE_EQ(sel.fp32_select, 1.0);
+  EXPECT_DOUBLE_EQ(sel.fp32_verify, 1.0);
+  ASSERT_GT(sel.steps, 0) << "every quantized configuration agreed everywhere: the budget was never tested";
+  // Budget 0: met exactly, or nothing left to move (every layer and activation float).
+  bool all_float = sel.float_activations.size() == cal.targets.size();
+  for (const auto& [n, c] : sel.weights) all_float &= c.is_float;
+  EXPECT_TRUE(sel.quant_select >= 1.0 || all_float) << sel.quant_select;
+  // On this model the activations' uint8 ranges hurt more than int8 per-channel weights: some went float.
+  EXPECT_FALSE(sel.float_activations.empty());
+  bool logged = false;
+  for (const auto& l : sel.log) logged |= l.find("activation") != std::string::npos;
+  EXPECT_TRUE(logged);
+  // The reported verification agreement is what the chosen configuration really gets, by a whole run.
+  const Tensor ref = runtime::Executor(cal.model).run1(ver_data.images);
+  const Tensor y = runtime::Executor(ptq::build_quantized(cal, ptq::apply_selection(base, sel)).model).run1(ver_data.images);
+  EXPECT_DOUBLE_EQ(sel.quant_verify, agreement_4d(y, ref, 1, std::nan("")));
 }
 
 TEST(Selection, WeightBytesFollowTheChoice) {
