@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <unordered_set>
 #include <unordered_map>
 
 namespace perch::graph {
@@ -140,18 +141,23 @@ void Graph::toposort() {
 }
 
 std::string Graph::unique_name(const std::string& base) const {
-  std::set<std::string> used;
+  // Only names that start with `base` can equal base or base_K: one pass collects them (building a set of
+  // every name on each call made inserting Q/DQ pairs quadratic in the graph size).
+  std::unordered_set<std::string> taken;
+  auto see = [&](const std::string& s) {
+    if (s.size() >= base.size() && s.compare(0, base.size(), base) == 0) taken.insert(s);
+  };
   for (const auto& n : nodes) {
-    used.insert(n.name);
-    used.insert(n.inputs.begin(), n.inputs.end());
-    used.insert(n.outputs.begin(), n.outputs.end());
+    see(n.name);
+    for (const auto& i : n.inputs) see(i);
+    for (const auto& o : n.outputs) see(o);
   }
-  for (const auto& i : inputs) used.insert(i.name);
-  for (const auto& [k, v] : initializers) used.insert(k);
-  if (!used.count(base)) return base;
+  for (const auto& i : inputs) see(i.name);
+  for (const auto& [k, v] : initializers) see(k);
+  if (!taken.count(base)) return base;
   for (int i = 1;; ++i) {
     std::string c = base + "_" + std::to_string(i);
-    if (!used.count(c)) return c;
+    if (!taken.count(c)) return c;
   }
 }
 
