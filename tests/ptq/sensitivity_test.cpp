@@ -46,6 +46,27 @@ Direct evaluate_directly(const ptq::Calibration& cal, const ptq::PtqOptions& o, 
   return {static_cast<double>(correct) / static_cast<double>(d.size()), e2 == 0 ? 200.0 : 10 * std::log10(r2 / e2)};
 }
 
+// A layer's two variants as sensitivity() defines them: "alone" quantizes only it (weights with `w`),
+// "all-but" everything except it (an activation's with `act_weights`, the int8 per-channel candidate).
+std::pair<ptq::PtqOptions, ptq::PtqOptions> variant_options(const ptq::PtqOptions& base, const ptq::LayerSensitivity& l,
+                                                            const ptq::WeightOptions& w, const ptq::WeightOptions& act_weights,
+                                                            const std::set<std::string>& weights,
+                                                            const std::set<std::string>& acts) {
+  ptq::PtqOptions alone = base, all_but = base;
+  alone.float_nodes = weights;
+  alone.float_activations = acts;
+  if (l.kind == "weights") {
+    alone.weights = all_but.weights = w;
+    alone.float_nodes.erase(l.name);
+    all_but.float_nodes = {l.name};
+  } else {
+    alone.float_activations.erase(l.name);
+    all_but.weights = act_weights;
+    all_but.float_activations = {l.name};
+  }
+  return {alone, all_but};
+}
+
 TEST(Sensitivity, CachedPrefixesGiveTheSameNumbersAsWholeRuns) {
   const graph::Model m = test::tiny_cnn(4);
   const Dataset calib = labelled(m, 64, 1), eval = labelled(m, 96, 2);
@@ -65,20 +86,7 @@ TEST(Sensitivity, CachedPrefixesGiveTheSameNumbersAsWholeRuns) {
   for (const auto& l : rep.layers) {
     for (size_t c = 0; c < l.configs.size(); ++c) {
       SCOPED_TRACE(l.name + " " + l.configs[c]);
-      ptq::PtqOptions alone = base, all_but = base;
-      if (l.kind == "weights") {
-        alone.weights = all_but.weights = cands[c].options();
-        alone.float_nodes = weights;
-        alone.float_nodes.erase(l.name);
-        alone.float_activations = acts;
-        all_but.float_nodes = {l.name};
-      } else {
-        alone.float_nodes = weights;
-        alone.float_activations = acts;
-        alone.float_activations.erase(l.name);
-        all_but.weights = cands[1].options();  // int8 per-channel
-        all_but.float_activations = {l.name};
-      }
+      const auto [alone, all_but] = variant_options(base, l, cands[c].options(), cands[1].options(), weights, acts);
       const Direct a = evaluate_directly(cal, alone, eval), b = evaluate_directly(cal, all_but, eval);
       EXPECT_NEAR(l.alone[c].accuracy_drop, 1.0 - a.accuracy, 1e-12);
       EXPECT_NEAR(l.all_but[c].accuracy_drop, 1.0 - b.accuracy, 1e-12);
@@ -113,6 +121,15 @@ graph::Model dense_output_cnn(uint32_t seed, bool score_map) {
   return m;
 }
 
+// The first index of the largest f(i), i < k.
+template <class F>
+int64_t first_argmax(int64_t k, F f) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < k; ++i)
+    if (f(i) > f(best)) best = i;
+  return best;
+}
+
 // Agreement of two [N, C, H, W] outputs, by explicit index arithmetic: along `axis` (1 or 3) the argmax
 // (first of ties), or with C = 1 the side of `threshold`.
 double agreement_4d(const Tensor& y, const Tensor& ref, int axis, double threshold) {
@@ -129,23 +146,15 @@ double agreement_4d(const Tensor& y, const Tensor& ref, int axis, double thresho
           if (s[1] == 1) {
             agree += (at(y, n, 0, h, w) > threshold) == (at(ref, n, 0, h, w) > threshold);
           } else {
-            int64_t by = 0, br = 0;
-            for (int64_t c = 1; c < s[1]; ++c) {
-              if (at(y, n, c, h, w) > at(y, n, by, h, w)) by = c;
-              if (at(ref, n, c, h, w) > at(ref, n, br, h, w)) br = c;
-            }
-            agree += by == br;
+            agree += first_argmax(s[1], [&](int64_t c) { return at(y, n, c, h, w); }) ==
+                     first_argmax(s[1], [&](int64_t c) { return at(ref, n, c, h, w); });
           }
           ++count;
         }
       } else {
         for (int64_t c = 0; c < s[1]; ++c) {
-          int64_t by = 0, br = 0;
-          for (int64_t w = 1; w < s[3]; ++w) {
-            if (at(y, n, c, h, w) > at(y, n, c, h, by)) by = w;
-            if (at(ref, n, c, h, w) > at(ref, n, c, h, br)) br = w;
-          }
-          agree += by == br;
+          agree += first_argmax(s[3], [&](int64_t w) { return at(y, n, c, h, w); }) ==
+                   first_argmax(s[3], [&](int64_t w) { return at(ref, n, c, h, w); });
           ++count;
         }
       }
@@ -177,20 +186,8 @@ void check_agreement(const graph::Model& m, int axis_given, int axis, double thr
   for (const auto& l : rep.layers)
     for (size_t c = 0; c < l.configs.size(); ++c) {
       SCOPED_TRACE(l.name + " " + l.configs[c]);
-      ptq::PtqOptions alone = base, all_but = base;
-      if (l.kind == "weights") {
-        alone.weights = all_but.weights = cands[c].options();
-        alone.float_nodes = weights;
-        alone.float_nodes.erase(l.name);
-        alone.float_activations = acts;
-        all_but.float_nodes = {l.name};
-      } else {
-        alone.float_nodes = weights;
-        alone.float_activations = acts;
-        alone.float_activations.erase(l.name);
-        all_but.weights = cands[0].options();  // no int8 per-channel candidate: against the first
-        all_but.float_activations = {l.name};
-      }
+      // No int8 per-channel candidate: an activation's all-but variant quantizes weights with the first.
+      const auto [alone, all_but] = variant_options(base, l, cands[c].options(), cands[0].options(), weights, acts);
       const double a = agreement_4d(runtime::Executor(ptq::build_quantized(cal, alone).model).run1(eval.images), ref, axis, threshold);
       EXPECT_NEAR(l.alone[c].accuracy_drop, 1.0 - a, 1e-12);
       const double b = agreement_4d(runtime::Executor(ptq::build_quantized(cal, all_but).model).run1(eval.images), ref, axis, threshold);
