@@ -64,6 +64,7 @@ struct Histogram {
   int e = kMinExponent;
   int64_t first = 0;
   std::vector<int64_t> counts;
+  int64_t zeros = 0;  // values exactly ±0 (also counted in their bin, [0, 2^e))
 
   // Re-expresses the counts at exponent e2 >= e with window start bin_index(mn2, e2). Exact.
   void rebin(int e2, float mn2, int bins) {
@@ -90,7 +91,10 @@ struct Histogram {
     mx = mx2;
     any = true;
   }
-  void add(float v) { ++counts[static_cast<size_t>(bin_index(v, e) - first)]; }
+  void add(float v) {
+    ++counts[static_cast<size_t>(bin_index(v, e) - first)];
+    zeros += v == 0.0f;
+  }
 };
 
 // A histogram window in units of bins: bin j covers [first + j, first + j + 1) (times 2^e).
@@ -269,9 +273,19 @@ double kl_divergence(const Bins& b, double lo, double hi, int64_t levels, std::v
   return kl;
 }
 
+// Exact zeros (ReLU's dead half, zero padding) are left out of P: every candidate range contains 0 and
+// represents it exactly (zero point), so they cost nothing under any choice — but as a spike in bin 0 they
+// dominate the KL through Q's chunk averaging, which pushed the threshold to the narrowest candidate
+// (PaddleOCR's recognizer: ReLU outputs clipped to 2-3 dB SQNR).
+Bins without_exact_zeros(Bins b, int64_t zeros) {
+  const int64_t j = -b.first;  // bin [0, 2^e)
+  if (zeros > 0 && j >= 0 && j < static_cast<int64_t>(b.c.size())) b.c[static_cast<size_t>(j)] -= static_cast<double>(zeros);
+  return b;
+}
+
 std::pair<double, double> entropy_range(const Histogram& h, const QuantSpec& spec) {
   if (spec.symmetric) {
-    const Bins b = abs_bins(h);
+    const Bins b = without_exact_zeros(abs_bins(h), h.zeros);
     const int64_t n = static_cast<int64_t>(b.c.size());
     const int64_t levels = spec.qmax() - (spec.is_signed ? 0 : (int32_t{1} << (spec.bits - 1))) + 1;
     const double tmax = static_cast<double>(b.first + n);
@@ -284,7 +298,7 @@ std::pair<double, double> entropy_range(const Histogram& h, const QuantSpec& spe
     }
     return {-best_t, best_t};
   }
-  const Bins b = signed_bins(h);
+  const Bins b = without_exact_zeros(signed_bins(h), h.zeros);
   const int64_t n = static_cast<int64_t>(b.c.size());
   const int64_t levels = int64_t{spec.qmax()} - spec.qmin() + 1;
   const double lo0 = std::min<double>(static_cast<double>(b.first), 0.0);
@@ -482,6 +496,7 @@ void RangeEstimator::merge(const RangeEstimator& other) {
       ha.rebin(e, mn, opts_.bins);
       hb.rebin(e, mn, opts_.bins);
       for (size_t j = 0; j < ha.counts.size(); ++j) ha.counts[j] += hb.counts[j];
+      ha.zeros += hb.zeros;
       ha.mn = mn;
       ha.mx = mx;
     }
