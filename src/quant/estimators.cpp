@@ -186,10 +186,21 @@ std::vector<int64_t> grid(int64_t lo, int64_t hi, int64_t max_points) {
 
 constexpr int64_t kMaxCandidates = 256;
 
+// Exact zeros (ReLU's dead half, zero padding) are left out of the MSE and entropy searches: every
+// candidate range contains 0 and represents it exactly (zero point), so they cost nothing under any
+// choice. Counted in bin 0 they did: as rounding noise s²/12 each in the MSE model (pulling s down), and
+// as a spike that Q's chunk averaging penalized in the KL — which pushed the threshold to the narrowest
+// candidate (PaddleOCR's recognizer: ReLU outputs clipped to 2-3 dB SQNR).
+Bins without_exact_zeros(Bins b, int64_t zeros) {
+  const int64_t j = -b.first;  // bin [0, 2^e)
+  if (zeros > 0 && j >= 0 && j < static_cast<int64_t>(b.c.size())) b.c[static_cast<size_t>(j)] -= static_cast<double>(zeros);
+  return b;
+}
+
 // MSE search. Returns (lo, hi) in absolute bin units.
 std::pair<double, double> mse_range(const Histogram& h, const QuantSpec& spec) {
   if (spec.symmetric) {
-    const Bins b = abs_bins(h);
+    const Bins b = without_exact_zeros(abs_bins(h), h.zeros);
     const Prefix pre(b);
     const int64_t n = static_cast<int64_t>(b.c.size());
     const double m = spec.qmax() - (spec.is_signed ? 0 : (int32_t{1} << (spec.bits - 1)));
@@ -201,7 +212,7 @@ std::pair<double, double> mse_range(const Histogram& h, const QuantSpec& spec) {
     }
     return {-best_t, best_t};
   }
-  const Bins b = signed_bins(h);
+  const Bins b = without_exact_zeros(signed_bins(h), h.zeros);
   const Prefix pre(b);
   const int64_t n = static_cast<int64_t>(b.c.size());
   const double levels = spec.qmax() - spec.qmin();
@@ -271,16 +282,6 @@ double kl_divergence(const Bins& b, double lo, double hi, int64_t levels, std::v
     kl += pn * std::log(pn / qn);
   }
   return kl;
-}
-
-// Exact zeros (ReLU's dead half, zero padding) are left out of P: every candidate range contains 0 and
-// represents it exactly (zero point), so they cost nothing under any choice — but as a spike in bin 0 they
-// dominate the KL through Q's chunk averaging, which pushed the threshold to the narrowest candidate
-// (PaddleOCR's recognizer: ReLU outputs clipped to 2-3 dB SQNR).
-Bins without_exact_zeros(Bins b, int64_t zeros) {
-  const int64_t j = -b.first;  // bin [0, 2^e)
-  if (zeros > 0 && j >= 0 && j < static_cast<int64_t>(b.c.size())) b.c[static_cast<size_t>(j)] -= static_cast<double>(zeros);
-  return b;
 }
 
 std::pair<double, double> entropy_range(const Histogram& h, const QuantSpec& spec) {
