@@ -181,7 +181,7 @@ void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
   c->add_option("--weight-estimator", f.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
   c->add_option("--percentile", f.percentile, "percentile for --act-estimator percentile")->capture_default_str();
   c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization");
-  c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding, and the empirical one)");
+  c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding; for quantize, the empirical one too)");
   c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
   c->add_flag("--no-fuse-chains", f.no_fuse_chains,
               "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");
