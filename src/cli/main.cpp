@@ -130,6 +130,17 @@ ptq::Selection selection_from_json(const std::string& path) {
   return sel;
 }
 
+// "a,b,,c" -> {"a", "b", "c"}.
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at < s.size();) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    if (comma > at) out.push_back(s.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return out;
+}
+
 // The PTQ options the flags ask for (quantize, and sensitivity's calibration).
 ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   ptq::PtqOptions opt;
@@ -150,13 +161,20 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   PERCH_CHECK(f.empirical_bc_samples >= 0, "--empirical-bias-samples must be positive (or 0: automatic)");
   opt.empirical_bias_samples = f.empirical_bc_samples;
   opt.fuse_chains = !f.no_fuse_chains;
-  for (size_t at = 0; at < f.float_nodes.size();) {
-    const size_t comma = std::min(f.float_nodes.find(',', at), f.float_nodes.size());
-    if (comma > at) opt.float_nodes.insert(f.float_nodes.substr(at, comma - at));
-    at = comma + 1;
-  }
-
+  for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
   return opt;
+}
+
+// The calibration images the flags ask for: a seeded sample of --calib-count from --calib (all of them,
+// with a warning, when there are fewer). `source`: the name of the whole set.
+Dataset calibration_sample(const QuantizeFlags& f, const DataFlags& df, std::string* source = nullptr) {
+  PERCH_CHECK(f.calib_count > 0, "--calib-count must be positive");
+  Dataset all = load_dataset(f.calib, df.options());
+  if (source) *source = all.name;
+  if (f.calib_count > all.size() && !quiet())
+    std::fprintf(stderr, "warning: %s has %lld images, fewer than --calib-count %lld; using all of them\n",
+                 all.name.c_str(), static_cast<long long>(all.size()), static_cast<long long>(f.calib_count));
+  return f.calib_count >= all.size() ? all : sample(all, f.calib_count, f.seed);
 }
 
 // How unlabelled data is scored (agreement with the float model): `quantize --auto` and `sensitivity`.
@@ -210,13 +228,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     }
     opt = ptq::apply_selection(opt, *selection);
   }
-  Dataset calib_all = load_dataset(f.calib, df.options());
-  const int64_t calib_count = f.calib_count;
-  PERCH_CHECK(calib_count > 0, "--calib-count must be positive");
-  if (calib_count > calib_all.size() && !quiet())
-    std::fprintf(stderr, "warning: %s has %lld images, fewer than --calib-count %lld; using all of them\n",
-                 calib_all.name.c_str(), static_cast<long long>(calib_all.size()), static_cast<long long>(calib_count));
-  Dataset calib = calib_count >= calib_all.size() ? calib_all : sample(calib_all, calib_count, f.seed);
+  std::string calib_source;
+  const Dataset calib = calibration_sample(f, df, &calib_source);
 
   ptq::Calibration cal = ptq::calibrate(model, calib, opt);
   if (f.auto_select) {
@@ -312,7 +325,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     j["eval"] = {{"data", test.name}, {"count", test.size()}};
     if (!as_json) {
       std::printf("%s on %s (%lld images), calibration %lld images of %s\n", model_path.c_str(), test.name.c_str(),
-                  static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_all.name.c_str());
+                  static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_source.c_str());
       std::printf("  %-34s %8s %8s\n", "configuration", "top-1", "vs fp32");
       for (const auto& r : rows)
         std::printf("  %-34s %8s %+7.2f pt%s\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
@@ -340,8 +353,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
 }
 
 struct SensitivityFlags {
-  QuantizeFlags q;  // model, calibration data and options, fidelity scoring
-  std::string data = "fashion-mnist:test", report;
+  QuantizeFlags q;  // model, calibration data and options, evaluation --data, fidelity scoring
+  std::string report;
   std::string candidates = "int8 per-tensor,int8 per-channel,int4 per-channel,int4 per-group";
   int64_t eval_count = 2000, batch = 0;
   bool no_activations = false;
@@ -350,23 +363,17 @@ struct SensitivityFlags {
 int cmd_sensitivity(const SensitivityFlags& sf, bool as_json, const DataFlags& df) {
   const std::string& model_path = sf.q.model;
   std::vector<ptq::WeightChoice> candidates;
-  for (size_t at = 0; at < sf.candidates.size();) {
-    const size_t comma = std::min(sf.candidates.find(',', at), sf.candidates.size());
-    if (comma > at) {
-      candidates.push_back(ptq::WeightChoice::parse(sf.candidates.substr(at, comma - at), sf.q.group_size));
-      PERCH_CHECK(!candidates.back().is_float, "--candidates: fp32 is the reference every variant is measured against, not a candidate");
-    }
-    at = comma + 1;
+  for (const auto& label : split_commas(sf.candidates)) {
+    candidates.push_back(ptq::WeightChoice::parse(label, sf.q.group_size));
+    PERCH_CHECK(!candidates.back().is_float, "--candidates: fp32 is the reference every variant is measured against, not a candidate");
   }
   PERCH_CHECK(!candidates.empty(), "--candidates: no weight configuration given");
   PERCH_CHECK(sf.batch >= 0, "--batch must be positive (or 0: automatic)");
-  PERCH_CHECK(sf.q.calib_count > 0, "--calib-count must be positive");
   graph::Model model = graph::load_model(model_path);
   ptq::check_finite_weights(model);
   const ptq::PtqOptions opt = ptq_options(sf.q);
-  Dataset calib_all = load_dataset(sf.q.calib, df.options());
-  Dataset calib = sf.q.calib_count >= calib_all.size() ? calib_all : sample(calib_all, sf.q.calib_count, sf.q.seed);
-  Dataset data = load_dataset(sf.data, df.options());
+  const Dataset calib = calibration_sample(sf.q, df);
+  Dataset data = load_dataset(sf.q.data, df.options());
   if (sf.eval_count > 0 && sf.eval_count < data.size()) data = take(data, 0, sf.eval_count);
   const ptq::Calibration cal = ptq::calibrate(model, calib, opt);
   ptq::SensitivityScope scope;
@@ -589,7 +596,7 @@ int main(int argc, char** argv) {
   SensitivityFlags sf;
   sens->add_option("model", sf.q.model, "float ONNX model")->required();
   add_calibration_flags(sens, sf.q);
-  sens->add_option("--data", sf.data,
+  sens->add_option("--data", sf.q.data,
                    "evaluation data spec: labelled (top-1 drop) or unlabelled (agreement with the float model)")
       ->capture_default_str();
   sens->add_option("--eval-count", sf.eval_count, "evaluation images (first N; 0 = all)")->capture_default_str();
