@@ -7,14 +7,21 @@
 
 // OpenBLAS's own threads spin in sched_yield and cost more than they give on the small matrices of
 // perch's models; perch parallelizes above BLAS (perch/core/threads.h), so BLAS runs single-threaded.
-// Weak: other BLAS implementations do not have this function.
+// Setting one thread is not enough: the pthreads build starts its workers when the library loads (before any
+// code of ours runs) and they spin in sched_yield for ~2^28 cycles before sleeping — the first 0.1-0.2 s of
+// every perch process, on the hardware thread beside the one doing the work (`perf record` of a 0.7 s
+// `perch bench` found 14 % of the process's samples in that spin). So the workers are stopped right away; with
+// one thread OpenBLAS never hands work to them again.
+// Weak: other BLAS implementations (and OpenBLAS's serial or OpenMP builds) do not have these functions.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
 
 namespace perch::kernels {
 
 namespace {
 const bool g_blas_single_threaded = [] {
   if (openblas_set_num_threads) openblas_set_num_threads(1);
+  if (openblas_set_num_threads && blas_thread_shutdown_) blas_thread_shutdown_();
   return true;
 }();
 }  // namespace

@@ -6,11 +6,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <sstream>
 #include <vector>
 
 #include "kernel_test_util.h"
+#include "perch/core/threads.h"
 #include "perch/kernels/gemm_f32.h"
 
 namespace perch::kernels {
@@ -131,6 +133,36 @@ TEST(GemmF32, DegenerateSizes) {
   // m = 0 or n = 0: nothing is written (C's contents are all sentinel or padding).
   check_gemm({false, false, 0, 4, 3, 0, 0, 2, 1.0f, 1.0f}, 3);
   check_gemm({false, true, 3, 0, 3, 0, 0, 2, 1.0f, 1.0f}, 4);
+}
+
+}  // namespace
+}  // namespace perch::kernels
+
+namespace perch::kernels {
+namespace {
+
+// The number of threads of this process (Linux: one entry per thread in /proc/self/task).
+int process_threads() {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
+  return n;
+}
+
+// OpenBLAS's pthreads build starts worker threads when it loads, and they spin in sched_yield for a while —
+// stealing the sibling hardware thread from whatever perch runs first. gemm_f32.cpp stops them at start-up;
+// with perch's own pool shut down, this process then has one thread. (A BLAS without workers passes too.)
+TEST(GemmF32, NoBlasWorkerThreadsAfterStartup) {
+  if (!std::filesystem::exists("/proc/self/task")) GTEST_SKIP() << "no /proc/self/task on this system";
+  set_num_threads(1);  // replaces perch's pool; a one-thread pool starts no workers
+  std::vector<float> a(64 * 64, 1.0f), b(64 * 64, 2.0f), c(64 * 64, 0.0f);
+  GemmF32Args g;
+  g.m = g.n = g.k = 64;
+  g.a = a.data(), g.b = b.data(), g.c = c.data();
+  g.lda = g.ldb = g.ldc = 64;
+  gemm_f32(g);  // BLAS in use, still single-threaded
+  EXPECT_EQ(c[0], 128.0f);
+  EXPECT_EQ(process_threads(), 1);
+  set_num_threads(0);
 }
 
 }  // namespace
