@@ -112,17 +112,19 @@ BENCHMARK_CAPTURE(BM_GemmS8_perch, s32, false)->Apply(gemm_shapes);
 BENCHMARK_CAPTURE(BM_GemmS8_perch, u8_requant, true)->Apply(gemm_shapes);
 BENCHMARK(BM_GemmS8_onednn)->Apply(gemm_shapes);
 
-// Depthwise 3x3, pad 1, uint8 -> uint8 with per-channel requantization. args: channels, size, stride.
+// Depthwise 3x3, pad 1, uint8 -> uint8 with per-channel requantization. args: channels, size, stride, batch,
+// kernel (perch only: 0 = what depthwise_s8 picks, the column-quad kernel on VNNI + VBMI; 1 = the row-cached one).
 void BM_Depthwise3x3_perch(benchmark::State& state) {
-  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2);
-  const auto x = random_u8(static_cast<size_t>(hw * hw * c), 3);
+  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2), batch = state.range(3);
+  perch::kernels::set_depthwise_s8_column_kernel(state.range(4) == 0);
+  const auto x = random_u8(static_cast<size_t>(batch * hw * hw * c), 3);
   const auto w = random_s8(static_cast<size_t>(c * 9), 4);
   const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), c, 3, 3);
   std::vector<int32_t> bias(static_cast<size_t>(c), 100);
   std::vector<perch::quant::FixedPointMultiplier> ms(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) ms[static_cast<size_t>(j)] = perch::quant::quantize_multiplier(1.0 / (2000.0 + j));
   DepthwiseS8Args d;
-  d.batch = 1;
+  d.batch = batch;
   d.in_h = d.in_w = hw;
   d.channels = c;
   d.x = x.data();
@@ -135,13 +137,14 @@ void BM_Depthwise3x3_perch(benchmark::State& state) {
   d.out.multipliers = ms.data();
   d.out.num_multipliers = c;
   d.out.zero_point = 128;
-  std::vector<uint8_t> y(static_cast<size_t>(d.out_h() * d.out_w() * c));
+  std::vector<uint8_t> y(static_cast<size_t>(batch * d.out_h() * d.out_w() * c));
   d.y = y.data();
   for (auto _ : state) {
     depthwise_s8(d);
     benchmark::ClobberMemory();
   }
-  set_gops(state, 2.0 * 9 * c * static_cast<double>(d.out_h() * d.out_w()));
+  perch::kernels::set_depthwise_s8_column_kernel(true);
+  set_gops(state, 2.0 * 9 * c * static_cast<double>(batch * d.out_h() * d.out_w()));
   state.counters["threads"] = perch::num_threads();
 }
 
@@ -157,19 +160,19 @@ void BM_Depthwise3x3_perch(benchmark::State& state) {
 // primitive's preferred layout, s32 bias, u8 destination, per-channel output scales (its requantization).
 // No source zero point (perch's cost does not depend on it; oneDNN's would only grow).
 void BM_Depthwise3x3_onednn(benchmark::State& state) {
-  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2);
+  const int64_t c = state.range(0), hw = state.range(1), stride = state.range(2), batch = state.range(3);
   const int64_t out = (hw + 2 - 3) / stride + 1;
-  const auto x = random_u8(static_cast<size_t>(hw * hw * c), 3);
+  const auto x = random_u8(static_cast<size_t>(batch * hw * hw * c), 3);
   const auto w = random_s8(static_cast<size_t>(c * 9), 4);
   std::vector<int32_t> bias(static_cast<size_t>(c), 100);
-  std::vector<uint8_t> y(static_cast<size_t>(out * out * c));
+  std::vector<uint8_t> y(static_cast<size_t>(batch * out * out * c));
   std::vector<float> scales(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) scales[static_cast<size_t>(j)] = 1.0f / (2000.0f + j);
   dnnl_engine_t engine;
   dnnl_stream_t stream;
   DNNL_OK(dnnl_engine_create(&engine, dnnl_cpu, 0));
   DNNL_OK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
-  const dnnl_dims_t src_dims = {1, c, hw, hw}, dst_dims = {1, c, out, out}, wei_dims = {c, 1, 1, 3, 3},
+  const dnnl_dims_t src_dims = {batch, c, hw, hw}, dst_dims = {batch, c, out, out}, wei_dims = {c, 1, 1, 3, 3},
                     bias_dims = {c}, strides = {stride, stride}, dil = {0, 0}, pad = {1, 1};
   dnnl_memory_desc_t src_md, dst_md, wei_any, wei_user, bias_md;
   DNNL_OK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_u8, dnnl_nhwc));
@@ -209,7 +212,7 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
     DNNL_OK(dnnl_primitive_execute(conv, stream, 4, args));
     DNNL_OK(dnnl_stream_wait(stream));
   }
-  set_gops(state, 2.0 * 9 * c * static_cast<double>(out * out));
+  set_gops(state, 2.0 * 9 * c * static_cast<double>(batch * out * out));
   dnnl_primitive_destroy(conv);
   dnnl_primitive_destroy(reorder);
   dnnl_primitive_desc_destroy(rpd);
@@ -220,13 +223,19 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
   dnnl_engine_destroy(engine);
 }
 
-void dw_shapes(benchmark::internal::Benchmark* b) {
-  b->Args({144, 56, 1})->Args({144, 56, 2});
-  b->Args({96, 112, 2})->Args({192, 28, 1})->Args({384, 14, 1});  // other MobileNetV2 depthwise layers
-  b->ArgNames({"C", "HW", "stride"})->Unit(benchmark::kMicrosecond);
+// ImageNet MobileNetV2 layers at batch 1, then the depthwise layers of ../shared/models/fmnist_mbv2.onnx on one
+// slice of 8 images (the int8 executor's sub-batch).
+void dw_shapes_with(benchmark::internal::Benchmark* b, int kernels) {
+  const int64_t shapes[][4] = {{144, 56, 1, 1}, {144, 56, 2, 1}, {96, 112, 2, 1}, {192, 28, 1, 1}, {384, 14, 1, 1},
+                               {16, 28, 1, 8},  {64, 28, 2, 8},  {96, 14, 1, 8},  {96, 14, 2, 8},  {128, 7, 1, 8}};
+  for (const auto& s : shapes)
+    for (int k = 0; k < kernels; ++k) b->Args({s[0], s[1], s[2], s[3], k});
+  b->ArgNames({"C", "HW", "stride", "batch", "kernel"})->Unit(benchmark::kMicrosecond);
 }
-BENCHMARK(BM_Depthwise3x3_perch)->Apply(dw_shapes);
-BENCHMARK(BM_Depthwise3x3_onednn)->Apply(dw_shapes);
+void dw_shapes_perch(benchmark::internal::Benchmark* b) { dw_shapes_with(b, 2); }
+void dw_shapes_onednn(benchmark::internal::Benchmark* b) { dw_shapes_with(b, 1); }
+BENCHMARK(BM_Depthwise3x3_perch)->Apply(dw_shapes_perch);
+BENCHMARK(BM_Depthwise3x3_onednn)->Apply(dw_shapes_onednn);
 
 // A 3x3 / pad 1 convolution of the int8 executor, uint8 -> uint8 requantized per channel, on one slice of 8 images
 // (the executor's sub-batch), in its blocks of <= 256 output pixels on one thread: im2col + gemm_s8_block (variant

@@ -1,5 +1,6 @@
 // depthwise_s8: packing, validation, the reference twin, the per-call plan and the dispatch (dwconv_s8.h).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "perch/core/cpu.h"
@@ -60,6 +61,14 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
               p.vnni_rows[static_cast<size_t>(256 * b * vr + (v * g + j) * 64 + 4 * i + t)] =
                   wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 64 * b + 16 * j + i, v / qn, 4 * (v % qn) + t);
     }
+  }
+  if (kh == 3 && kw == 3) {
+    p.vnni_cols.assign(static_cast<size_t>(blocks16 * 3 * 64), 0);
+    for (int64_t j = 0; j < blocks16; ++j)
+      for (int64_t k = 0; k < 3; ++k)
+        for (int64_t i = 0; i < 16; ++i)
+          for (int64_t r = 0; r < 3; ++r)
+            p.vnni_cols[static_cast<size_t>((j * 3 + k) * 64 + 4 * i + r)] = wr(16 * j + i, r, k);
   }
   if (kw <= 4) {
     const int64_t rp = (kw + 1) / 2;
@@ -183,14 +192,16 @@ void make_dw_fast_requant(DwConst& p, int g) { make_fast_requant(p.rq, g, p.rqf,
 
 namespace {
 
-enum class DwKernel { kReference, kAvx2, kAvx512Vnni, kAvx512VnniRows };
+enum class DwKernel { kReference, kAvx2, kAvx512Vnni, kAvx512VnniRows, kAvx512VnniCols };
 
 // Index map into the accumulator order of `k`: position p holds channel order[p] (see s8_internal.h, DwPlan).
 std::vector<int32_t> channel_order(size_t padded, DwKernel k, int64_t channels) {
   std::vector<int32_t> out(padded);
   for (size_t p = 0; p < padded; ++p) {
     size_t c;
-    if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
+    if (k == DwKernel::kAvx512VnniCols) {  // natural order
+      c = p;
+    } else if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
       c = static_cast<int64_t>(64 * b + 64) <= channels ? 64 * b + 16 * l + 4 * j + i : p;
     } else if (k == DwKernel::kAvx512Vnni) {
@@ -242,8 +253,19 @@ bool use_cached(const DepthwiseS8Args& d, DwKernel k) {
          !(vnni ? d.w->vnni_rows.empty() : d.w->avx2_rows.empty());
 }
 
-// The constants of kernel k (kAvx2 or kAvx512Vnni), row-cached or not; the VNNI row-cached kernel keeps the last
-// partial 64-channel block in natural order.
+std::atomic<bool> g_cols_enabled{true};
+
+// The VNNI column-quad kernel (dwconv_s8_avx512vnni.cpp): 3x3, stride_w 1 or 2, dilation_w 1, 8-bit output, on a CPU
+// with AVX-512 VBMI (its byte permutes).
+bool use_cols(const DepthwiseS8Args& d, DwKernel k) {
+  static const bool vbmi = cpu_features().avx512vbmi;
+  return k == DwKernel::kAvx512Vnni && vbmi && g_cols_enabled.load(std::memory_order_relaxed) && d.w->kh == 3 &&
+         d.w->kw == 3 && d.dilation_w == 1 && (d.stride_w == 1 || d.stride_w == 2) &&
+         d.out.type != OutputType::kInt32 && !d.w->vnni_cols.empty();
+}
+
+// The constants of kernel k (kAvx2, kAvx512Vnni or kAvx512VnniCols), row-cached or not; the VNNI row-cached kernel
+// keeps the last partial 64-channel block in natural order, the column-quad kernel every channel.
 s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
   s8::DwConst p;
   const int64_t padded = (d.channels + 63) / 64 * 64;
@@ -256,6 +278,7 @@ s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
     off[static_cast<size_t>(c)] = static_cast<int32_t>((d.bias ? static_cast<uint32_t>(d.bias[c]) : 0u) -
                                                        za * static_cast<uint32_t>(d.w->w_sum[static_cast<size_t>(c)]));
   p.cached = cached;
+  p.cols = k == DwKernel::kAvx512VnniCols;
   const DwKernel order = k == DwKernel::kAvx512Vnni && cached ? DwKernel::kAvx512VnniRows : k;
   const std::vector<int32_t> ord = channel_order(static_cast<size_t>(padded), order, d.channels);
   permute(off, ord);
@@ -263,7 +286,7 @@ s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
   if (d.out.type != OutputType::kInt32) {
     permute(p.rq.mult, ord);
     permute(p.rq.sh64, ord);
-    if (cached) s8::make_dw_fast_requant(p, k == DwKernel::kAvx512Vnni ? 16 : 8);
+    if (cached || p.cols) s8::make_dw_fast_requant(p, k == DwKernel::kAvx2 ? 8 : 16);
   }
   return p;
 }
@@ -282,7 +305,7 @@ void dw_run(const DepthwiseS8Args& d, DwKernel k, const s8::DwConst* kc) {
   p.ow = d.out_w();
   p.k = kc;
   auto body = [&](int64_t lo, int64_t hi) {
-    if (k == DwKernel::kAvx512Vnni)
+    if (k == DwKernel::kAvx512Vnni || k == DwKernel::kAvx512VnniCols)
       s8::dw_rows_avx512vnni(p, lo, hi);
     else
       s8::dw_rows_avx2(p, lo, hi);
@@ -305,15 +328,22 @@ void depthwise_s8(const DepthwiseS8Args& d) {
   if (d.batch * d.out_h() == 0) return;
   const DwKernel k = pick_dw(d, rq_simd_ok(d));
   if (k == DwKernel::kReference) return dw_run(d, k, nullptr);
+  if (use_cols(d, k)) {
+    const s8::DwConst kc = make_dw_const(d, DwKernel::kAvx512VnniCols, false);
+    return dw_run(d, DwKernel::kAvx512VnniCols, &kc);
+  }
   const s8::DwConst kc = make_dw_const(d, k, use_cached(d, k));
   dw_run(d, k, &kc);
 }
 
-// Variants by (kernel, cached): [0] VNNI cached, [1] VNNI per-pixel, [2] AVX2 cached, [3] AVX2 per-pixel; built for
-// every path the CPU supports, so a later change of the active paths (PERCH_PATHS in tests) still finds its own.
+void set_depthwise_s8_column_kernel(bool enabled) { g_cols_enabled.store(enabled, std::memory_order_relaxed); }
+
+// Variants by (kernel, cached): [0] VNNI cached, [1] VNNI per-pixel, [2] AVX2 cached, [3] AVX2 per-pixel, [4] VNNI
+// column-quad; built for every path the CPU supports, so a later change of the active paths (PERCH_PATHS in tests)
+// still finds its own.
 struct DepthwiseS8Prepared {
-  s8::DwConst v[4];
-  bool have[4] = {false, false, false, false};
+  s8::DwConst v[5];
+  bool have[5] = {false, false, false, false, false};
   bool rq_ok = true;
   const PackedDepthwiseS8* w = nullptr;
   Act8 x_type = Act8::kUInt8;
@@ -339,6 +369,11 @@ std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS
     p->v[i] = make_dw_const(d, k, cached);
     p->have[i] = true;
   }
+  // The column-quad variant where it can run (the stride is the call's; stride_w 1 and 2 share the constants).
+  if (p->have[1] && d.w->kh == 3 && d.w->kw == 3 && d.out.type != OutputType::kInt32 && !d.w->vnni_cols.empty()) {
+    p->v[4] = make_dw_const(d, DwKernel::kAvx512VnniCols, false);
+    p->have[4] = true;
+  }
   return p;
 }
 
@@ -350,6 +385,10 @@ void depthwise_s8(const DepthwiseS8Args& d, const DepthwiseS8Prepared& prep) {
   if (d.batch * d.out_h() == 0) return;
   const DwKernel k = pick_dw(d, prep.rq_ok);
   if (k == DwKernel::kReference) return dw_run(d, k, nullptr);
+  if (use_cols(d, k)) {
+    if (!prep.have[4]) return depthwise_s8(d);
+    return dw_run(d, DwKernel::kAvx512VnniCols, &prep.v[4]);
+  }
   const int i = (k == DwKernel::kAvx512Vnni ? 0 : 2) + (use_cached(d, k) ? 0 : 1);
   if (!prep.have[i]) return depthwise_s8(d);  // not prepared for this path (cannot happen for supported paths)
   dw_run(d, k, &prep.v[i]);

@@ -204,27 +204,27 @@ void build_quads(const DepthwiseS8Args& d, int64_t pl, const uint8_t* row, const
   for (int64_t ow = hi; ow < ow_n; ++ow) border(ow);
 }
 
-// Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
-template <int G, int KH, int kMode>
-void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
-            int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
-  const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
-  __m512i off[G];
-  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
-  const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
-  const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
-  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
-  const __m512i lo16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
-  const __m512i hi16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
-  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
-  // After VPACKSSDW (0,1), (2,3) and VPACKUSWB, lane l dword k holds channels 16 k + 4 l + 0..3.
-  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const __m512i zero = _mm512_setzero_si512();
-  const bool full = mask == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo
-  const bool whole16 = mask == (G == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * G)) - 1);  // 16 G channels
-  const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
-  // Packs 4 requantized vectors (G used) to bytes and stores them.
-  auto store = [&](const __m512i* r, uint8_t* yo) {
+// The store of the 8-bit kernels: G requantized int32 vectors (RqF16, before the clamp) of one output pixel packed
+// to bytes. `full`: a 64-channel block in the VPUNPCK order, which the packs undo; otherwise the channels are in
+// natural order (vector j = channels 16 j + 0..15) and one VPERMD undoes the packs' lane interleave.
+struct DwStore {
+  __m512i lo16, hi16, zp16, perm;
+  __mmask64 mask;
+  bool full, whole16, is_u8;
+  DwStore(const RequantTables& rq, __mmask64 m, int g, bool u8) {
+    lo16 = _mm512_set1_epi16(static_cast<int16_t>(rq.lo));
+    hi16 = _mm512_set1_epi16(static_cast<int16_t>(rq.hi));
+    zp16 = _mm512_set1_epi16(static_cast<int16_t>(rq.zp));
+    // After VPACKSSDW (0,1), (2,3) and VPACKUSWB, lane l dword k holds channels 16 k + 4 l + 0..3.
+    perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    mask = m;
+    full = m == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo (natural-order callers: identity)
+    whole16 = m == (g == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * g)) - 1);  // 16 g channels
+    is_u8 = u8;
+  }
+  template <int G>
+  void store(const __m512i* r, uint8_t* yo, bool unpack_order) const {
+    const __m512i zero = _mm512_setzero_si512();
     // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
     __m512i s01 = _mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero);
     s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
@@ -236,13 +236,29 @@ void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64
     const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
     // Plain stores when the block's channels fill whole 16-byte pieces (masked byte stores are several times
     // slower on Zen 4/5); the byte mask otherwise.
-    if (full) return _mm512_storeu_si512(yo, o);
+    if (full && unpack_order) return _mm512_storeu_si512(yo, o);
     const __m512i op = _mm512_permutexvar_epi32(perm, o);
+    if (full) return _mm512_storeu_si512(yo, op);
     if (!whole16) return _mm512_mask_storeu_epi8(yo, mask, op);
     if constexpr (G == 1) _mm_storeu_si128(reinterpret_cast<__m128i*>(yo), _mm512_castsi512_si128(op));
     if constexpr (G >= 2) _mm256_storeu_si256(reinterpret_cast<__m256i*>(yo), _mm512_castsi512_si256(op));
     if constexpr (G == 3) _mm_storeu_si128(reinterpret_cast<__m128i*>(yo + 32), _mm512_extracti32x4_epi32(op, 2));
-  };
+  }
+};
+
+// Compute loop for one output row and one channel block of G vectors; KH > 0 fixes the kernel height.
+template <int G, int KH, int kMode>
+void row_u8(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const int64_t* qs, const int8_t* wb,
+            int64_t c0, __mmask64 mask, bool is_u8, uint8_t* y) {
+  const int64_t c_n = p.d->channels, kn = KH > 0 ? KH : kh_n;
+  __m512i off[G];
+  for (int j = 0; j < G; ++j) off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
+  const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
+  const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
+  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
+  const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
+  const DwStore st(p.k->rq, mask, G, is_u8);
+  auto store = [&](const __m512i* r, uint8_t* yo) { st.store<G>(r, yo, true); };
   // Two output pixels per step: every weight and output-stage constant loaded once serves both (the output
   // stage runs per channel vector j over both pixels, so its 8 constants stay in registers).
   int64_t ow = 0;
@@ -318,6 +334,162 @@ void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const i
     row_u8<G, 0, 1>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
   else
     row_u8<G, 0, 0>(p, kh_n, qb, qs, wb, c0, mask, is_u8, y);
+}
+
+// ---- Column-quad kernel: 3x3, dilation_w 1, stride_w 1 or 2, 8-bit output (MobileNet's depthwise convs) ----
+//
+// The row-cached kernel above groups the taps of a kernel *row* and so stores its quad rows to memory and reloads
+// them for each output row; this kernel groups the taps of a kernel *column* and keeps them in registers. Channels
+// are in natural order, in groups of G <= 4 vectors of 16 (the last group takes what is left; its last vector may be
+// partial), so 16, 24 or 96 channels cost 1, 2 or 6 vectors per pixel, not whole 64-channel blocks. For output
+// row (n, oh) the kernel rows read input rows ih_r = oh * sh - pt + r * dh (r < 3; a row of zero points, column step
+// 0, when ih_r is outside the input). The column quad of input column iw is
+//   V[iw].j, byte 4 i + r = x_u[ih_r][iw][c0 + 16 j + i]   (r < 3; byte 3 is 0;  x_u = x ^ 0x80 for int8 inputs)
+// built from the three rows' loads of the group's channels by one VPERMT2B (rows 0 and 1) and one merge-masked
+// VPERMB (row 2) per vector — the byte index tables are `ColIdx`; for iw in the padding, V is the zero point in
+// every byte (byte 3 meets a zero weight). Output pixel ow is, per vector j,
+//   acc_j = off_j + sum_{k<3} V[ow * sw - pl + k].j . vnni_cols[c0 / 16 + j][k]   (u8 x s8 VPDPBUSD, exact in int32)
+// with off = bias - za_u * sum(w) as in the other kernels. The three columns slide in registers (stride 1: one
+// new column per output pixel; stride 2: two), so nothing goes through memory between the loads of x and
+// VPDPBUSD. Output: RqF16 (the one-rounding stage, s8_internal.h), then DwStore (packs, clamp on int16, + zp,
+// VPERMD back to natural order). Overflow: |acc - bias| <= 255 * 128 * 9 < 2^31. VPERMB / VPERMT2B are AVX-512
+// VBMI: dwconv_s8.cpp runs this kernel only where the CPU has it (Ice Lake, Zen 4 and later).
+struct ColIdx {
+  __m512i v[4];  // vector j, byte 4 i + t: source byte of tap row t for channel 16 j + i (t = 1: second table)
+  ColIdx() {
+    alignas(64) uint8_t b[64];
+    for (int j = 0; j < 4; ++j) {
+      for (int i = 0; i < 16; ++i) {
+        b[4 * i] = static_cast<uint8_t>(16 * j + i);
+        b[4 * i + 1] = static_cast<uint8_t>(64 + 16 * j + i);
+        b[4 * i + 2] = static_cast<uint8_t>(16 * j + i);
+        b[4 * i + 3] = 0;
+      }
+      v[j] = _mm512_load_si512(b);
+    }
+  }
+};
+
+struct ColRows {
+  const uint8_t* row[3];  // input row ih_r at channel c0, or the zero-point pixel
+  int64_t step[3];        // bytes per input column: C, or 0 for the zero-point pixel
+};
+
+// The G vectors of column quad iw (see above) from the rows r0..r2 (column steps s0..s2); kFlip: int8 input.
+template <int G, bool kFlip>
+__attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) inline void col_quad(
+    const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, int64_t s0, int64_t s1, int64_t s2, int64_t iw,
+    int64_t in_w, __mmask64 mask, __m512i zq, const __m512i* ix, __m512i* v) {
+  if (iw < 0 || iw >= in_w) {
+    for (int j = 0; j < G; ++j) v[j] = zq;
+    return;
+  }
+  __m512i x0 = _mm512_maskz_loadu_epi8(mask, r0 + iw * s0);
+  __m512i x1 = _mm512_maskz_loadu_epi8(mask, r1 + iw * s1);
+  __m512i x2 = _mm512_maskz_loadu_epi8(mask, r2 + iw * s2);
+  if constexpr (kFlip) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    x0 = _mm512_xor_si512(x0, flip), x1 = _mm512_xor_si512(x1, flip), x2 = _mm512_xor_si512(x2, flip);
+  }
+  constexpr __mmask64 k01 = 0x3333333333333333ull, k2 = 0x4444444444444444ull;
+  for (int j = 0; j < G; ++j)
+    v[j] = _mm512_mask_permutexvar_epi8(_mm512_maskz_permutex2var_epi8(k01, x0, ix[j], x1), k2, ix[j], x2);
+}
+
+// One output row of one channel group. kMode: RqF16's (0 is run as 1: the 64-bit clamp is exact for every shift).
+template <int G, int SW, int kMode, bool kFlip>
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPlan& p, const ColRows& cr,
+                                                                      const int8_t* wg, int64_t c0, __mmask64 mask,
+                                                                      const DwStore& st_in, const ColIdx& ix_in,
+                                                                      uint8_t* y) {
+  // Locals, not references: the byte stores to y could alias anything reached through a pointer, so the compiler
+  // would reload those every pixel.
+  const DepthwiseS8Args& d = *p.d;
+  const int64_t c_n = d.channels, in_w = d.in_w, pl = d.pad_left, ow_n = p.ow;
+  const uint8_t *r0 = cr.row[0], *r1 = cr.row[1], *r2 = cr.row[2];
+  const int64_t s0 = cr.step[0], s1 = cr.step[1], s2 = cr.step[2];
+  const DwStore st = st_in;
+  __m512i ix[G];
+  for (int j = 0; j < G; ++j) ix[j] = ix_in.v[j];
+  __m512i off[G], w[3][G];
+  for (int j = 0; j < G; ++j) {
+    off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
+    for (int k = 0; k < 3; ++k) w[k][j] = _mm512_loadu_si512(wg + (3 * j + k) * 64);
+  }
+  const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
+  const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
+  const RqF16* rq[4] = {&rq0, &rq1, &rq2, &rq3};
+  const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
+  const __m512i zq = _mm512_set1_epi8(static_cast<char>(p.k->zrow[0] ^ (kFlip ? 0x80 : 0)));
+  __m512i v0[G], v1[G], v2[G];
+#define PERCH_COL(iw, v) col_quad<G, kFlip>(r0, r1, r2, s0, s1, s2, iw, in_w, mask, zq, ix, v)
+  PERCH_COL(-pl, v0);
+  PERCH_COL(1 - pl, v1);
+  for (int64_t ow = 0; ow < ow_n; ++ow) {
+    const int64_t base = ow * SW - pl;  // the leftmost column of this output pixel
+    PERCH_COL(base + 2, v2);
+    __m512i a[G];
+    for (int j = 0; j < G; ++j) {
+      a[j] = _mm512_dpbusd_epi32(off[j], v0[j], w[0][j]);
+      a[j] = _mm512_dpbusd_epi32(a[j], v1[j], w[1][j]);
+      a[j] = _mm512_dpbusd_epi32(a[j], v2[j], w[2][j]);
+      a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
+    }
+    st.store<G>(a, y + ow * c_n + c0, false);
+    if constexpr (SW == 1) {
+      for (int j = 0; j < G; ++j) v0[j] = v1[j], v1[j] = v2[j];
+    } else {
+      for (int j = 0; j < G; ++j) v0[j] = v2[j];
+      if (ow + 1 < ow_n) PERCH_COL(base + 3, v1);
+    }
+  }
+#undef PERCH_COL
+}
+
+using ColsRowFn = void (*)(const DwPlan&, const ColRows&, const int8_t*, int64_t, __mmask64, const DwStore&,
+                           const ColIdx&, uint8_t*);
+
+template <int G, int SW>
+ColsRowFn pick_cols_mode(int mode, bool flip) {
+  if (mode == 2) return flip ? cols_row<G, SW, 2, true> : cols_row<G, SW, 2, false>;
+  return flip ? cols_row<G, SW, 1, true> : cols_row<G, SW, 1, false>;
+}
+template <int G>
+ColsRowFn pick_cols(int sw, int mode, bool flip) {
+  return sw == 1 ? pick_cols_mode<G, 1>(mode, flip) : pick_cols_mode<G, 2>(mode, flip);
+}
+
+void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
+  const DepthwiseS8Args& d = *p.d;
+  const int64_t c_n = d.channels, vecs = (c_n + 15) / 16;
+  const uint8_t* x = static_cast<const uint8_t*>(d.x);
+  const bool is_u8 = d.out.type == OutputType::kUInt8;
+  const int mode = p.k->rqf_hi32 ? 2 : p.k->rqf_clamp64 ? 1 : 0;
+  static const ColIdx ix;
+  for (int64_t j0 = 0; j0 < vecs; j0 += 4) {
+    const int g = static_cast<int>(std::min<int64_t>(4, vecs - j0));
+    const int64_t c0 = 16 * j0, valid = std::min<int64_t>(16 * g, c_n - c0);
+    const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
+    const DwStore st(p.k->rq, mask, g, is_u8);
+    const int8_t* wg = d.w->vnni_cols.data() + j0 * 3 * 64;
+    const int sw = static_cast<int>(d.stride_w);
+    const bool flip = p.k->flip;
+    const ColsRowFn fn = g == 1   ? pick_cols<1>(sw, mode, flip)
+                         : g == 2 ? pick_cols<2>(sw, mode, flip)
+                         : g == 3 ? pick_cols<3>(sw, mode, flip)
+                                  : pick_cols<4>(sw, mode, flip);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.oh, oh = r % p.oh;
+      ColRows cr;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
+        const bool inside = ih >= 0 && ih < d.in_h;
+        cr.row[k] = inside ? x + (n * d.in_h + ih) * d.in_w * c_n + c0 : p.k->zrow.data() + c0;
+        cr.step[k] = inside ? c_n : 0;
+      }
+      fn(p, cr, wg, c0, mask, st, ix, static_cast<uint8_t*>(d.y) + (n * p.oh + oh) * p.ow * c_n);
+    }
+  }
 }
 
 void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
@@ -402,7 +574,9 @@ void dw_rows_cached(const DwPlan& p, int64_t r0, int64_t r1) {
 }  // namespace
 
 void dw_rows_avx512vnni(const DwPlan& p, int64_t r0, int64_t r1) {
-  if (p.k->cached)  // chosen by depthwise_s8 (dwconv_s8.cpp), which orders the channel tables to match
+  if (p.k->cols)  // chosen by depthwise_s8 where the CPU has AVX-512 VBMI; channel tables in natural order
+    dw_rows_cols(p, r0, r1);
+  else if (p.k->cached)  // chosen by depthwise_s8 (dwconv_s8.cpp), which orders the channel tables to match
     dw_rows_cached(p, r0, r1);
   else
     dw_rows_generic(p, r0, r1);

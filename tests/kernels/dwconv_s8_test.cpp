@@ -365,22 +365,24 @@ TEST(DepthwiseS8, LargeThreadedAndLeftShifts) {
 // the border/interior split of the row build, kernel heights and dilations around the row-cache slots, strides
 // 1-3 (the sliding-window build is stride 1), both input types, and multipliers of every kind: right shifts
 // (R >= 1), M in [0.5, 1) (R = 0), left shifts (the 64-bit clamp), and 0.
-TEST(DepthwiseS8, RowCachedTileBoundaries) {
+using KernelPick = void (*)(Rng&, int64_t& kh, int64_t& kw, int64_t& stride_w, int64_t& dilation_w);
+
+void tile_boundaries(uint64_t seed, KernelPick pick) {
   const int64_t channels[] = {1, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 113, 127, 128, 129, 144, 192, 200};
   const int64_t widths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
   for (const IsaPath& isa : isa_paths()) {
     if (!has_path(supported_paths(), isa.needs)) continue;
-    Rng rng(77);
+    Rng rng(seed);
     for (int64_t cn : channels)
       for (int rep = 0; rep < 3; ++rep) {
-        // kw 5..8: two tap quads per kernel row on AVX-512 VNNI (the AVX2 row cache stops at 4).
-        const int64_t kh = rng.range(1, 4) == 4 ? 5 : rng.range(1, 3), kw = rng.range(1, 4) == 4 ? rng.range(5, 8) : rng.range(1, 4);
+        int64_t kh, kw, sw, dw;
+        pick(rng, kh, kw, sw, dw);
         DwCase c = make_case(rng, cn, kh, kw);
         auto& a = c.args;
-        a.stride_w = rng.range(1, 3);
+        a.stride_w = sw;
         a.stride_h = rng.range(1, 3);
         a.dilation_h = rng.range(1, 3);
-        a.dilation_w = rng.range(0, 2) == 0 ? 2 : 1;
+        a.dilation_w = dw;
         const int64_t min_w = std::max<int64_t>(1, a.dilation_w * (kw - 1) + 1 - a.pad_left - a.pad_right);
         const int64_t min_h = std::max<int64_t>(1, a.dilation_h * (kh - 1) + 1 - a.pad_top - a.pad_bottom);
         a.in_w = std::max(min_w, widths[rng.range(0, 10)] * a.stride_w);
@@ -426,6 +428,30 @@ TEST(DepthwiseS8, RowCachedTileBoundaries) {
         }
       }
   }
+}
+
+TEST(DepthwiseS8, RowCachedTileBoundaries) {
+  set_depthwise_s8_column_kernel(false);  // 3x3 too (on VNNI with VBMI the column-quad kernel would take it)
+  tile_boundaries(77, [](Rng& rng, int64_t& kh, int64_t& kw, int64_t& sw, int64_t& dw) {
+    // kw 5..8: two tap quads per kernel row on AVX-512 VNNI (the AVX2 row cache stops at 4).
+    kh = rng.range(1, 4) == 4 ? 5 : rng.range(1, 3);
+    kw = rng.range(1, 4) == 4 ? rng.range(5, 8) : rng.range(1, 4);
+    sw = rng.range(1, 3);
+    dw = rng.range(0, 2) == 0 ? 2 : 1;
+  });
+  set_depthwise_s8_column_kernel(true);
+}
+
+// The column-quad kernel (AVX-512 VNNI + VBMI; 3x3, stride_w 1 or 2, dilation_w 1; elsewhere these cases run on the
+// other kernels and are checked all the same): channel counts around its 16-channel vectors and 4-vector groups,
+// widths from 1 (every column a border) up, both strides (one or two new columns per pixel), padding 0-2 on either
+// side, and the output-stage kinds of the row-cached test.
+TEST(DepthwiseS8, ColumnKernelTileBoundaries) {
+  tile_boundaries(78, [](Rng& rng, int64_t& kh, int64_t& kw, int64_t& sw, int64_t& dw) {
+    kh = kw = 3;
+    sw = rng.range(1, 2);
+    dw = 1;
+  });
 }
 
 // The one-rounding output stage of the row-cached kernels against multiply_round_once over the

@@ -8,7 +8,10 @@
 // Why NHWC: a depthwise conv has no reduction over channels, so the vector dimension is the channel; NHWC
 // makes the C channels of a pixel contiguous, so each tap is one (masked) load of 64 channels and nothing has
 // to be transposed or gathered.
-// Kernels of width kw <= 4 (every 3x3; on AVX-512 VNNI kw <= 8, e.g. the 5x5 of MobileNetV3 and PP-LCNet, as two
+// On AVX-512 VNNI with VBMI, 3x3 kernels with stride_w 1 or 2 and dilation_w 1 (MobileNet's) and an 8-bit output run
+// on the column-quad kernel: each kernel column's 3 taps of a channel side by side in 4 bytes, built in registers from
+// the three input rows an output row reads and slid along the row, one VPDPBUSD per column per 16 channels.
+// Otherwise, kernels of width kw <= 4 (every 3x3; on AVX-512 VNNI kw <= 8, e.g. the 5x5 of MobileNetV3 and PP-LCNet, as two
 // groups of 4 taps per kernel row) run row-cached: each input row is transformed once per channel block
 // into a row of tap groups — for each output column, the kw horizontal taps of each channel side by side
 // (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
@@ -53,6 +56,10 @@ struct PackedDepthwiseS8 {
   // avx2_rows: per block b of 16 channels, per kernel row r, per tap pair q < (kw + 1) / 2, 2 vectors of 16 int16;
   //   vector h, element 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][r][2 q + t] (2 q + t < kw, else 0).
   std::vector<int16_t> avx2_rows;
+  // Column layout of the VNNI column-quad kernel (3x3 only; dwconv_s8_avx512vnni.cpp): the taps of one kernel
+  // *column* side by side. Per vector J of 16 channels (natural order), per kernel column k < 3, 64 bytes; byte 4 i + r
+  // holds w[16 J + i][r][k] (r < 3 and channel < C, else 0).
+  std::vector<int8_t> vnni_cols;
 };
 
 // w: [C][KH][KW] (ONNX weight [C, 1, KH, KW]).
@@ -78,6 +85,9 @@ void validate(const DepthwiseS8Args& d);
 void depthwise_s8_reference(const DepthwiseS8Args& d);
 // Best active path, output rows split over the thread pool.
 void depthwise_s8(const DepthwiseS8Args& d);
+// Testing: whether the VNNI path may run 3x3 convolutions on the column-quad kernel (default true); false sends
+// them to the row-cached kernel, so tests cover both on one machine. Not thread-safe against running convolutions.
+void set_depthwise_s8_column_kernel(bool enabled);
 
 // The per-call constants of depthwise_s8 (zero-point offsets, output-stage tables in each path's channel order)
 // built once, as prepare_gemm_s8 (gemm_s8.h): pass them with args that agree in w, bias (contents), x_type,
