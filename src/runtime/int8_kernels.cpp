@@ -529,31 +529,74 @@ __attribute__((optimize("fp-contract=off"))) inline uint8_t binary8_one(const Bi
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define PERCH_BINARY8_AVX512 1
 // 16 elements per step, the same operations in the same order as binary8_one (no FMA: separate VMULPS / VADDPS).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512(const Binary8& f, const uint8_t* a,
-                                                                        const uint8_t* b, int64_t n, uint8_t* y) {
-  const __m512i za = _mm512_set1_epi32(f.za), zb = _mm512_set1_epi32(f.zb), zy = _mm512_set1_epi32(f.zy);
-  const __m512 sa = _mm512_set1_ps(f.sa), sb = _mm512_set1_ps(f.sb), sy = _mm512_set1_ps(f.sy);
-  const __m512 inv = _mm512_set1_ps(f.inv_sy);
-  const bool recip = f.reciprocal;
-  const __m512 lo = _mm512_set1_ps(static_cast<float>(f.qmin - f.zy)), hi = _mm512_set1_ps(static_cast<float>(f.qmax - f.zy));
-  const __m512 magic = _mm512_set1_ps(12582912.0f);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m128i ra = _mm_maskz_loadu_epi8(m, a + i), rb = _mm_maskz_loadu_epi8(m, b + i);
-    const __m512i qa = f.a_signed ? _mm512_cvtepi8_epi32(ra) : _mm512_cvtepu8_epi32(ra);
-    const __m512i qb = f.b_signed ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
-    const __m512 fa = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qa, za)), sa);
-    const __m512 fb = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qb, zb)), sb);
-    const __m512 x = f.op == Binary8::Op::kAdd   ? _mm512_add_ps(fa, fb)
-                     : f.op == Binary8::Op::kSub ? _mm512_sub_ps(fa, fb)
-                                                 : _mm512_mul_ps(fa, fb);
-    __m512 v = recip ? _mm512_mul_ps(x, inv) : _mm512_div_ps(x, sy);
-    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-    const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
-    const __m512i q = _mm512_add_epi32(_mm512_cvttps_epi32(r), zy);  // r is an integer: truncation is exact
-    _mm_mask_storeu_epi8(y + i, m, _mm512_cvtepi32_epi8(q));  // q in [qmin, qmax]: the low byte is the code
+// The operation, the division or reciprocal and the input signedness are template arguments and every constant a
+// local: a byte store to y may alias `f`, so reading f's fields in the loop would reload them every step.
+// GCC 12 reports the intrinsics' internal _mm512_undefined_* temporaries as maybe-uninitialized once these are
+// inlined through templates (a known false positive of avx512fintrin.h).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+struct Binary8Consts {
+  __m512i za, zb, zy;
+  __m512 sa, sb, sy, inv, lo, hi, magic;
+};
+
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m128i binary8_step(const Binary8Consts& c,
+                                                                                               __m128i ra, __m128i rb) {
+  const __m512i qa = kAs ? _mm512_cvtepi8_epi32(ra) : _mm512_cvtepu8_epi32(ra);
+  const __m512i qb = kBs ? _mm512_cvtepi8_epi32(rb) : _mm512_cvtepu8_epi32(rb);
+  const __m512 fa = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qa, c.za)), c.sa);
+  const __m512 fb = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qb, c.zb)), c.sb);
+  const __m512 x = kOp == Binary8::Op::kAdd   ? _mm512_add_ps(fa, fb)
+                   : kOp == Binary8::Op::kSub ? _mm512_sub_ps(fa, fb)
+                                              : _mm512_mul_ps(fa, fb);
+  __m512 v = kRecip ? _mm512_mul_ps(x, c.inv) : _mm512_div_ps(x, c.sy);
+  v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
+  v = _mm512_min_ps(_mm512_max_ps(v, c.lo), c.hi);
+  const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, c.magic), c.magic);
+  return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvttps_epi32(r), c.zy));  // r is an integer: exact; q's low byte
+}
+
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512_t(const Binary8& f, const uint8_t* a,
+                                                                          const uint8_t* b, int64_t n, uint8_t* y) {
+  Binary8Consts c;
+  c.za = _mm512_set1_epi32(f.za), c.zb = _mm512_set1_epi32(f.zb), c.zy = _mm512_set1_epi32(f.zy);
+  c.sa = _mm512_set1_ps(f.sa), c.sb = _mm512_set1_ps(f.sb), c.sy = _mm512_set1_ps(f.sy);
+  c.inv = _mm512_set1_ps(f.inv_sy);
+  c.lo = _mm512_set1_ps(static_cast<float>(f.qmin - f.zy)), c.hi = _mm512_set1_ps(static_cast<float>(f.qmax - f.zy));
+  c.magic = _mm512_set1_ps(12582912.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i ra = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i));
+    const __m128i rb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), binary8_step<kOp, kRecip, kAs, kBs>(c, ra, rb));
   }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm_mask_storeu_epi8(y + i, m,
+                         binary8_step<kOp, kRecip, kAs, kBs>(c, _mm_maskz_loadu_epi8(m, a + i), _mm_maskz_loadu_epi8(m, b + i)));
+  }
+}
+
+template <Binary8::Op kOp, bool kRecip>
+void binary8_avx512_op(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  if (f.a_signed)
+    return f.b_signed ? binary8_avx512_t<kOp, kRecip, true, true>(f, a, b, n, y)
+                      : binary8_avx512_t<kOp, kRecip, true, false>(f, a, b, n, y);
+  return f.b_signed ? binary8_avx512_t<kOp, kRecip, false, true>(f, a, b, n, y)
+                    : binary8_avx512_t<kOp, kRecip, false, false>(f, a, b, n, y);
+}
+
+#pragma GCC diagnostic pop
+
+void binary8_avx512(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  using Op = Binary8::Op;
+  if (f.op == Op::kAdd)
+    return f.reciprocal ? binary8_avx512_op<Op::kAdd, true>(f, a, b, n, y) : binary8_avx512_op<Op::kAdd, false>(f, a, b, n, y);
+  if (f.op == Op::kSub)
+    return f.reciprocal ? binary8_avx512_op<Op::kSub, true>(f, a, b, n, y) : binary8_avx512_op<Op::kSub, false>(f, a, b, n, y);
+  return f.reciprocal ? binary8_avx512_op<Op::kMul, true>(f, a, b, n, y) : binary8_avx512_op<Op::kMul, false>(f, a, b, n, y);
 }
 #endif
 
