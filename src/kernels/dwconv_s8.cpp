@@ -64,11 +64,15 @@ PackedDepthwiseS8 pack_depthwise_s8(const int8_t* w, int64_t channels, int64_t k
   }
   if (kh == 3 && kw == 3) {
     p.vnni_cols.assign(static_cast<size_t>(blocks16 * 3 * 64), 0);
-    for (int64_t j = 0; j < blocks16; ++j)
+    for (int64_t v = 0; v < blocks16; ++v) {
+      const int64_t b = v / 4, j = v % 4;
+      const bool full = 64 * b + 64 <= channels;
       for (int64_t k = 0; k < 3; ++k)
         for (int64_t i = 0; i < 16; ++i)
           for (int64_t r = 0; r < 3; ++r)
-            p.vnni_cols[static_cast<size_t>((j * 3 + k) * 64 + 4 * i + r)] = wr(16 * j + i, r, k);
+            p.vnni_cols[static_cast<size_t>((v * 3 + k) * 64 + 4 * i + r)] =
+                wr(full ? 64 * b + 16 * (i / 4) + 4 * j + i % 4 : 16 * v + i, r, k);
+    }
   }
   if (kw <= 4) {
     const int64_t rp = (kw + 1) / 2;
@@ -199,9 +203,7 @@ std::vector<int32_t> channel_order(size_t padded, DwKernel k, int64_t channels) 
   std::vector<int32_t> out(padded);
   for (size_t p = 0; p < padded; ++p) {
     size_t c;
-    if (k == DwKernel::kAvx512VnniCols) {  // natural order
-      c = p;
-    } else if (k == DwKernel::kAvx512VnniRows) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
+    if (k == DwKernel::kAvx512VnniRows || k == DwKernel::kAvx512VnniCols) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
       c = static_cast<int64_t>(64 * b + 64) <= channels ? 64 * b + 16 * l + 4 * j + i : p;
     } else if (k == DwKernel::kAvx512Vnni) {
@@ -265,7 +267,7 @@ bool use_cols(const DepthwiseS8Args& d, DwKernel k) {
 }
 
 // The constants of kernel k (kAvx2, kAvx512Vnni or kAvx512VnniCols), row-cached or not; the VNNI row-cached kernel
-// keeps the last partial 64-channel block in natural order, the column-quad kernel every channel.
+// and the column-quad one keep the last partial 64-channel block in natural order.
 s8::DwConst make_dw_const(const DepthwiseS8Args& d, DwKernel k, bool cached) {
   s8::DwConst p;
   const int64_t padded = (d.channels + 63) / 64 * 64;

@@ -340,20 +340,24 @@ void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const i
 //
 // The row-cached kernel above groups the taps of a kernel *row* and so stores its quad rows to memory and reloads
 // them for each output row; this kernel groups the taps of a kernel *column* and keeps them in registers. Channels
-// are in natural order, in groups of G <= 4 vectors of 16 (the last group takes what is left; its last vector may be
-// partial), so 16, 24 or 96 channels cost 1, 2 or 6 vectors per pixel, not whole 64-channel blocks. For output
-// row (n, oh) the kernel rows read input rows ih_r = oh * sh - pt + r * dh (r < 3; a row of zero points, column step
-// 0, when ih_r is outside the input). The column quad of input column iw is
-//   V[iw].j, byte 4 i + r = x_u[ih_r][iw][c0 + 16 j + i]   (r < 3; byte 3 is 0;  x_u = x ^ 0x80 for int8 inputs)
-// built from the three rows' loads of the group's channels by one VPERMT2B (rows 0 and 1) and one merge-masked
-// VPERMB (row 2) per vector — the byte index tables are `ColIdx`; for iw in the padding, V is the zero point in
-// every byte (byte 3 meets a zero weight). Output pixel ow is, per vector j,
+// come in groups of G <= 4 vectors of 16 — the 64-channel blocks, the last one taking what is left (its last vector
+// may be partial), so 16, 24 or 96 channels cost 1, 2 or 6 vectors per pixel — in the row-cached kernel's order
+// (full blocks in the VPUNPCK order, the last partial block natural: channel_order in dwconv_s8.cpp), so the two
+// kernels share their constants. For output row (n, oh) the kernel rows read input rows
+// ih_r = oh * sh - pt + r * dh (r < 3; a row of zero points, column step 0, when ih_r is outside the input). The
+// column quad of input column iw is
+//   V[iw].j, byte 4 i + r = x_u[ih_r][iw][c0 + ch(j, i)]   (r < 3; byte 3 is 0;  x_u = x ^ 0x80 for int8 inputs)
+// with ch(j, i) = 16 (i / 4) + 4 j + i % 4 in a full block, built from the three rows' 64-byte loads by VPUNPCK{L,H}BW
+// and VPUNPCK{L,H}WD (8 for the 4 vectors), and ch(j, i) = 16 j + i in a partial one, built by one VPERMT2B (rows 0
+// and 1) and one merge-masked VPERMB (row 2) per vector (byte index tables: `ColIdx`); for iw in the padding, V is
+// the zero point in every byte (byte 3 meets a zero weight). Output pixel ow is, per vector j,
 //   acc_j = off_j + sum_{k<3} V[ow * sw - pl + k].j . vnni_cols[c0 / 16 + j][k]   (u8 x s8 VPDPBUSD, exact in int32)
 // with off = bias - za_u * sum(w) as in the other kernels. The three columns slide in registers (stride 1: one
 // new column per output pixel; stride 2: two), so nothing goes through memory between the loads of x and
-// VPDPBUSD. Output: RqF16 (the one-rounding stage, s8_internal.h), then DwStore (packs, clamp on int16, + zp,
-// VPERMD back to natural order). Overflow: |acc - bias| <= 255 * 128 * 9 < 2^31. VPERMB / VPERMT2B are AVX-512
-// VBMI: dwconv_s8.cpp runs this kernel only where the CPU has it (Ice Lake, Zen 4 and later).
+// VPDPBUSD. Output: RqF16 (the one-rounding stage, s8_internal.h), then DwStore (packs, clamp on int16, + zp; the
+// packs undo the VPUNPCK order, one VPERMD the natural order's lane interleave). Overflow: |acc - bias| <=
+// 255 * 128 * 9 < 2^31. VPERMB / VPERMT2B are AVX-512 VBMI: dwconv_s8.cpp runs this kernel only where the CPU has
+// it (Ice Lake, Zen 4 and later).
 struct ColIdx {
   __m512i v[4];  // vector j, byte 4 i + t: source byte of tap row t for channel 16 j + i (t = 1: second table)
   ColIdx() {
@@ -375,8 +379,9 @@ struct ColRows {
   int64_t step[3];        // bytes per input column: C, or 0 for the zero-point pixel
 };
 
-// The G vectors of column quad iw (see above) from the rows r0..r2 (column steps s0..s2); kFlip: int8 input.
-template <int G, bool kFlip>
+// The G vectors of column quad iw (see above) from the rows r0..r2 (column steps s0..s2); kFlip: int8 input;
+// kUnpack (G = 4, all 64 channels valid): built by 8 VPUNPCKs in their channel order instead of 8 byte permutes.
+template <int G, bool kFlip, bool kUnpack>
 __attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) inline void col_quad(
     const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, int64_t s0, int64_t s1, int64_t s2, int64_t iw,
     int64_t in_w, __mmask64 mask, __m512i zq, const __m512i* ix, __m512i* v) {
@@ -391,13 +396,21 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) inline voi
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     x0 = _mm512_xor_si512(x0, flip), x1 = _mm512_xor_si512(x1, flip), x2 = _mm512_xor_si512(x2, flip);
   }
+  if constexpr (kUnpack) {  // a full 64-channel block: the VPUNPCK order (lane l of v[j]: channels 16 l + 4 j + 0..3)
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i t01l = _mm512_unpacklo_epi8(x0, x1), t01h = _mm512_unpackhi_epi8(x0, x1);
+    const __m512i t2l = _mm512_unpacklo_epi8(x2, zero), t2h = _mm512_unpackhi_epi8(x2, zero);
+    v[0] = _mm512_unpacklo_epi16(t01l, t2l), v[G > 1 ? 1 : 0] = _mm512_unpackhi_epi16(t01l, t2l);
+    v[G > 2 ? 2 : 0] = _mm512_unpacklo_epi16(t01h, t2h), v[G > 3 ? 3 : 0] = _mm512_unpackhi_epi16(t01h, t2h);
+    return;
+  }
   constexpr __mmask64 k01 = 0x3333333333333333ull, k2 = 0x4444444444444444ull;
   for (int j = 0; j < G; ++j)
     v[j] = _mm512_mask_permutexvar_epi8(_mm512_maskz_permutex2var_epi8(k01, x0, ix[j], x1), k2, ix[j], x2);
 }
 
 // One output row of one channel group. kMode: RqF16's (0 is run as 1: the 64-bit clamp is exact for every shift).
-template <int G, int SW, int kMode, bool kFlip>
+template <int G, int SW, int kMode, bool kFlip, bool kUnpack>
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPlan& p, const ColRows& cr,
                                                                       const int8_t* wg, int64_t c0, __mmask64 mask,
                                                                       const DwStore& st_in, const ColIdx& ix_in,
@@ -422,7 +435,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPla
   const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
   const __m512i zq = _mm512_set1_epi8(static_cast<char>(p.k->zrow[0] ^ (kFlip ? 0x80 : 0)));
   __m512i v0[G], v1[G], v2[G];
-#define PERCH_COL(iw, v) col_quad<G, kFlip>(r0, r1, r2, s0, s1, s2, iw, in_w, mask, zq, ix, v)
+#define PERCH_COL(iw, v) col_quad<G, kFlip, kUnpack>(r0, r1, r2, s0, s1, s2, iw, in_w, mask, zq, ix, v)
   PERCH_COL(-pl, v0);
   PERCH_COL(1 - pl, v1);
   for (int64_t ow = 0; ow < ow_n; ++ow) {
@@ -435,7 +448,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPla
       a[j] = _mm512_dpbusd_epi32(a[j], v2[j], w[2][j]);
       a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
     }
-    st.store<G>(a, y + ow * c_n + c0, false);
+    st.store<G>(a, y + ow * c_n + c0, kUnpack);
     if constexpr (SW == 1) {
       for (int j = 0; j < G; ++j) v0[j] = v1[j], v1[j] = v2[j];
     } else {
@@ -449,14 +462,14 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPla
 using ColsRowFn = void (*)(const DwPlan&, const ColRows&, const int8_t*, int64_t, __mmask64, const DwStore&,
                            const ColIdx&, uint8_t*);
 
-template <int G, int SW>
+template <int G, int SW, bool kUnpack>
 ColsRowFn pick_cols_mode(int mode, bool flip) {
-  if (mode == 2) return flip ? cols_row<G, SW, 2, true> : cols_row<G, SW, 2, false>;
-  return flip ? cols_row<G, SW, 1, true> : cols_row<G, SW, 1, false>;
+  if (mode == 2) return flip ? cols_row<G, SW, 2, true, kUnpack> : cols_row<G, SW, 2, false, kUnpack>;
+  return flip ? cols_row<G, SW, 1, true, kUnpack> : cols_row<G, SW, 1, false, kUnpack>;
 }
-template <int G>
+template <int G, bool kUnpack = false>
 ColsRowFn pick_cols(int sw, int mode, bool flip) {
-  return sw == 1 ? pick_cols_mode<G, 1>(mode, flip) : pick_cols_mode<G, 2>(mode, flip);
+  return sw == 1 ? pick_cols_mode<G, 1, kUnpack>(mode, flip) : pick_cols_mode<G, 2, kUnpack>(mode, flip);
 }
 
 void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
@@ -465,29 +478,46 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
   const uint8_t* x = static_cast<const uint8_t*>(d.x);
   const bool is_u8 = d.out.type == OutputType::kUInt8;
   const int mode = p.k->rqf_hi32 ? 2 : p.k->rqf_clamp64 ? 1 : 0;
+  const int sw = static_cast<int>(d.stride_w);
+  const bool flip = p.k->flip;
   static const ColIdx ix;
+  struct Group {
+    int64_t c0;
+    __mmask64 mask;
+    ColsRowFn fn;
+    DwStore st;
+  };
+  thread_local std::vector<Group> groups;
+  groups.clear();
   for (int64_t j0 = 0; j0 < vecs; j0 += 4) {
     const int g = static_cast<int>(std::min<int64_t>(4, vecs - j0));
     const int64_t c0 = 16 * j0, valid = std::min<int64_t>(16 * g, c_n - c0);
     const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
-    const DwStore st(p.k->rq, mask, g, is_u8);
-    const int8_t* wg = d.w->vnni_cols.data() + j0 * 3 * 64;
-    const int sw = static_cast<int>(d.stride_w);
-    const bool flip = p.k->flip;
-    const ColsRowFn fn = g == 1   ? pick_cols<1>(sw, mode, flip)
-                         : g == 2 ? pick_cols<2>(sw, mode, flip)
-                         : g == 3 ? pick_cols<3>(sw, mode, flip)
-                                  : pick_cols<4>(sw, mode, flip);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / p.oh, oh = r % p.oh;
+    const ColsRowFn fn = g == 1        ? pick_cols<1>(sw, mode, flip)
+                         : g == 2      ? pick_cols<2>(sw, mode, flip)
+                         : g == 3      ? pick_cols<3>(sw, mode, flip)
+                         : valid == 64 ? pick_cols<4, true>(sw, mode, flip)
+                                       : pick_cols<4>(sw, mode, flip);
+    groups.push_back(Group{c0, mask, fn, DwStore(p.k->rq, mask, g, is_u8)});
+  }
+  // Output rows outermost: the three input rows an output row reads stay in L1 across the channel groups.
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / p.oh, oh = r % p.oh;
+    const uint8_t* rows[3];
+    bool inside[3];
+    for (int k = 0; k < 3; ++k) {
+      const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
+      inside[k] = ih >= 0 && ih < d.in_h;
+      rows[k] = inside[k] ? x + (n * d.in_h + ih) * d.in_w * c_n : p.k->zrow.data();
+    }
+    uint8_t* y = static_cast<uint8_t*>(d.y) + (n * p.oh + oh) * p.ow * c_n;
+    for (const Group& gr : groups) {
       ColRows cr;
       for (int k = 0; k < 3; ++k) {
-        const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
-        const bool inside = ih >= 0 && ih < d.in_h;
-        cr.row[k] = inside ? x + (n * d.in_h + ih) * d.in_w * c_n + c0 : p.k->zrow.data() + c0;
-        cr.step[k] = inside ? c_n : 0;
+        cr.row[k] = rows[k] + gr.c0;
+        cr.step[k] = inside[k] ? c_n : 0;
       }
-      fn(p, cr, wg, c0, mask, st, ix, static_cast<uint8_t*>(d.y) + (n * p.oh + oh) * p.ow * c_n);
+      gr.fn(p, cr, d.w->vnni_cols.data() + gr.c0 * 3 * 4, gr.c0, gr.mask, gr.st, ix, y);
     }
   }
 }

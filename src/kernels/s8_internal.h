@@ -84,7 +84,7 @@ struct DwConst {
   // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order
   // above, the last partial block in natural order.
   bool cached = false;
-  // VNNI column-quad kernel (3x3, dwconv_s8_avx512vnni.cpp): channel tables in natural order, rqf in groups of 16.
+  // VNNI column-quad kernel (3x3, dwconv_s8_avx512vnni.cpp): the row-cached kernel's channel order and rqf.
   bool cols = false;
 };
 struct DwPlan {

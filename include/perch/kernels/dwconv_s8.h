@@ -57,8 +57,9 @@ struct PackedDepthwiseS8 {
   //   vector h, element 8 l + 2 i + t holds w[16 b + 8 l + 4 h + i][r][2 q + t] (2 q + t < kw, else 0).
   std::vector<int16_t> avx2_rows;
   // Column layout of the VNNI column-quad kernel (3x3 only; dwconv_s8_avx512vnni.cpp): the taps of one kernel
-  // *column* side by side. Per vector J of 16 channels (natural order), per kernel column k < 3, 64 bytes; byte 4 i + r
-  // holds w[16 J + i][r][k] (r < 3 and channel < C, else 0).
+  // *column* side by side. Per vector J = 4 b + j of 16 channels, per kernel column k < 3, 64 bytes; byte 4 i + r holds
+  // w[ch][r][k] (r < 3 and ch < C, else 0), ch = 64 b + 16 (i / 4) + 4 j + i % 4 in a full block of 64 channels (the
+  // VPUNPCK order, as vnni_rows), ch = 16 J + i in a partial one.
   std::vector<int8_t> vnni_cols;
 };
 
