@@ -5,7 +5,7 @@ ORT, int8, ...) so the three see the same machine load; the figure is the median
 median latency. Prints a Markdown table (and --json).
 
 usage: scripts/bench_int8.py --perch build/release/perch --models DIR_WITH_FLOAT_MODELS --qdq DIR_WITH_Q_MODELS
-                             [--threads 1] [--rounds 3] [--json] [--cpu]
+                             [--threads 1] [--rounds 3] [--json] [--cpu] [--pin CPU]
 The QDQ file for MODEL.onnx is QDQ_DIR/MODEL.q.onnx (perch quantize MODEL.onnx -o MODEL.q.onnx).
 
 --cpu: instead of wall-clock medians, CPU time per inference from `perf stat -e task-clock` (the time the process
@@ -56,7 +56,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="CPU time per inference (perf stat task-clock)")
+    ap.add_argument("--pin", default="", help="run every engine under `taskset -c PIN` (e.g. 1): on a VM whose "
+                    "vCPUs differ in speed (one taking the host's interrupts or a noisy neighbour), the engines "
+                    "then run on the same one")
     a = ap.parse_args()
+    pre = ["taskset", "-c", a.pin] if a.pin else []
     rows = []
     for name in a.names.split(","):
         f32 = os.path.join(a.models, name + ".onnx")
@@ -68,15 +72,16 @@ def main():
                 if a.cpu:
                     lo, hi = (200, 2200) if batch == 1 else (10, 70)
                     base = ["--batch", str(batch), "--threads", str(a.threads), "--warmup", "3", "--json", "--iters"]
-                    ort = ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q]
-                    t["int8"].append(per_iter_cpu(lambda i: [a.perch, "bench", q, "--engine", "int8"] + base + [str(i)], lo, hi))
-                    t["fp32"].append(per_iter_cpu(lambda i: [a.perch, "bench", f32, "--engine", "fp32"] + base + [str(i)], lo, hi))
+                    ort = pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q]
+                    perch = pre + [a.perch, "bench"]
+                    t["int8"].append(per_iter_cpu(lambda i: perch + [q, "--engine", "int8"] + base + [str(i)], lo, hi))
+                    t["fp32"].append(per_iter_cpu(lambda i: perch + [f32, "--engine", "fp32"] + base + [str(i)], lo, hi))
                     t["ort"].append(per_iter_cpu(lambda i: ort + base + [str(i)], lo, hi))
                     continue
                 common = ["--batch", str(batch), "--threads", str(a.threads), "--iters", iters, "--json"]
-                t["int8"].append(run_json([a.perch, "bench", q, "--engine", "int8"] + common)["median_ms"])
-                t["fp32"].append(run_json([a.perch, "bench", f32, "--engine", "fp32"] + common)["median_ms"])
-                t["ort"].append(run_json(["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q] + common)["median_ms"])
+                t["int8"].append(run_json(pre + [a.perch, "bench", q, "--engine", "int8"] + common)["median_ms"])
+                t["fp32"].append(run_json(pre + [a.perch, "bench", f32, "--engine", "fp32"] + common)["median_ms"])
+                t["ort"].append(run_json(pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q] + common)["median_ms"])
             m = {k: statistics.median(v) for k, v in t.items()}
             rows.append({"model": name, "batch": batch, "threads": a.threads, **{k + "_ms": v for k, v in m.items()},
                          "int8_vs_fp32": m["fp32"] / m["int8"], "int8_vs_ort": m["ort"] / m["int8"]})

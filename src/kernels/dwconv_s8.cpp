@@ -168,9 +168,9 @@ void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf
   clamp64 = false;
   hi32 = true;
   for (size_t c = 0; c < n; ++c) {
-    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take S = 32, which keeps hi32.
-    const int64_t sh = rq.mult[c] == 0 ? 32 : rq.sh64[c];
-    if (sh < 32) hi32 = false;
+    // mult == 0 (M == 0, and the padding channels) gives 0 with any shift: take S = 33, which keeps hi32.
+    const int64_t sh = rq.mult[c] == 0 ? 33 : rq.sh64[c];
+    if (sh < 33) hi32 = false;
     if (sh < 31) clamp64 = true;
     const int64_t rnd = int64_t{1} << (sh - 1), adj = 0;
     const size_t k = (c % gs) / 2, odd = c % 2;
@@ -180,13 +180,18 @@ void make_fast_requant(const RequantTables& rq, int g, std::vector<int64_t>& rqf
     t[(4 + odd) * half + k] = adj;
     t[(6 + odd) * half + k] = sh;
   }
-  // hi32 layout: the sh_e / sh_o arrays (g int64 slots) hold instead g int32 shift counts sh - 32, one per
-  // channel of the group in accumulator order.
+  // hi32 layout (DwConst::rqf_hi32): the rnd_e and sh_e arrays (g / 2 int64 slots each) hold instead g int32
+  // constants 2^(sh - 33) and g int32 shift counts sh - 32, one per channel of the group in accumulator order.
   if (hi32)
     for (size_t grp = 0; grp < n / gs; ++grp) {
       int64_t* t = rqf.data() + grp * 8 * half;
-      int32_t s32[16];
-      for (size_t k = 0; k < gs; ++k) s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
+      int32_t s32[16], r32[16];
+      for (size_t k = 0; k < gs; ++k) {
+        s32[k] = static_cast<int32_t>(t[(6 + k % 2) * half + k / 2] - 32);
+        r32[k] = int32_t{1} << (s32[k] - 1);
+      }
+      std::memcpy(t + 2 * half, r32, gs * 4);  // g int32 = the half int64 of rnd_e
+      std::memset(t + 3 * half, 0, half * 8);  // rnd_o is not read
       std::memcpy(t + 6 * half, s32, gs * 4);  // g int32 = the half int64 of sh_e
       std::memset(t + 7 * half, 0, half * 8);  // sh_o is not read
     }

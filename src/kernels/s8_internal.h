@@ -76,9 +76,12 @@ struct DwConst {
   // 0: the slot of the former double-rounding correction, kept so the group stride stays 8 arrays).
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false;      // some channel has S < 31 (M >= 1): clamp in 64 bits before narrowing
-  // Every channel has S >= 32 (M < 1/2; M == 0 counts as S = 32): floor(X / 2^sh) is taken as the high
-  // 32 bits of X, then a 32-bit arithmetic shift by sh - 32 (floor of a floor is the floor of the quotient), so the
-  // even and odd halves share one 32-bit shift. rqf's sh_e array then holds the G int32 counts sh - 32.
+  // Every channel has S >= 33 (M < 1/4; M == 0 counts as S = 33): with t = sh - 32 >= 1,
+  //   floor((p + 2^(sh - 1)) / 2^sh) = (hi32(p) + 2^(t - 1)) >> t,   hi32(p) = floor(p / 2^32)
+  // (2^(sh - 1) / 2^32 = 2^(t - 1) is an integer, and a floor of a floor is the floor of the quotient), so the
+  // rounding is one 32-bit add after the high halves are taken, and even and odd halves share one 32-bit shift.
+  // No overflow: |p| < 2^62, so |hi32(p)| <= 2^30, and 2^(t - 1) <= 2^29. rqf's rnd_e array then holds the G
+  // int32 constants 2^(t - 1) and its sh_e array the G int32 counts t, in accumulator order.
   bool rqf_hi32 = false;
   // Row-cached kernel (kw <= 4, on VNNI kw <= 8, and its row cache within 8 MB) rather than the per-pixel one. The VNNI row-cached
   // kernel orders channels differently (dwconv_s8_avx512vnni.cpp): full 64-channel blocks in the unpack order

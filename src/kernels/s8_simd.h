@@ -52,15 +52,17 @@ struct RqF16 {
     re = _mm512_loadu_si512(t + 16), ro = _mm512_loadu_si512(t + 24);
     se = _mm512_loadu_si512(t + 48), so = _mm512_loadu_si512(t + 56);  // t + 32..47: the zero adj slots
   }
-  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwConst::rqf_hi32; se holds 16 int32 counts sh - 32).
+  // kMode 0: plain; 1: clamp64 (some L > 0); 2: hi32 (DwConst::rqf_hi32; re holds 16 int32 constants 2^(sh - 33),
+  // se 16 int32 counts sh - 32).
   template <int kMode>
   __m512i apply(__m512i acc, __m512i lo64, __m512i hi64) const {
+    if constexpr (kMode == 2) {
+      // even int32 lanes take pe's high halves, odd lanes keep po's: hi32(p); + 2^(t - 1), >> t (t = sh - 32).
+      const __m512i pe = _mm512_mul_epi32(acc, me), po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), mo);
+      return _mm512_srav_epi32(_mm512_add_epi32(_mm512_mask_shuffle_epi32(po, 0x5555, pe, _MM_PERM_CDAB), re), se);
+    }
     __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(acc, me), re);
     __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), mo), ro);
-    if constexpr (kMode == 2) {
-      // even int32 lanes take pe's high halves, odd lanes keep po's: floor(X / 2^32), then >> (sh - 32).
-      return _mm512_srav_epi32(_mm512_mask_shuffle_epi32(po, 0x5555, pe, _MM_PERM_CDAB), se);
-    }
     constexpr bool kClamp64 = kMode == 1;
     pe = _mm512_srav_epi64(pe, se);
     po = _mm512_srav_epi64(po, so);
@@ -119,13 +121,15 @@ struct RqF8 {
     auto ld = [](const int64_t* q) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
     me = ld(t), mo = ld(t + 4), re = ld(t + 8), ro = ld(t + 12), se = ld(t + 24), so = ld(t + 28);  // t + 16..23: adj (0)
   }
-  // kMode as RqF16's (hi32: se holds 8 int32 counts sh - 32).
+  // kMode as RqF16's (hi32: re holds 8 int32 constants 2^(sh - 33), se 8 int32 counts sh - 32).
   template <int kMode>
   __m256i apply(__m256i acc, __m256i lo64, __m256i hi64) const {
+    if constexpr (kMode == 2) {  // even lanes: pe's high halves; odd lanes: po's (in place); + 2^(t - 1), >> t
+      const __m256i pe = _mm256_mul_epi32(acc, me), po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo);
+      return _mm256_srav_epi32(_mm256_add_epi32(_mm256_blend_epi32(_mm256_shuffle_epi32(pe, 0xB1), po, 0xAA), re), se);
+    }
     __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(acc, me), re);
     __m256i po = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo), ro);
-    if constexpr (kMode == 2)  // even lanes: pe's high halves; odd lanes: po's (in place); then >> (sh - 32)
-      return _mm256_srav_epi32(_mm256_blend_epi32(_mm256_shuffle_epi32(pe, 0xB1), po, 0xAA), se);
     constexpr bool kClamp64 = kMode == 1;
     pe = srav_epi64_avx2(pe, se);
     po = srav_epi64_avx2(po, so);
