@@ -75,13 +75,15 @@ def main():
                     ort = pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q]
                     perch = pre + [a.perch, "bench"]
                     t["int8"].append(per_iter_cpu(lambda i: perch + [q, "--engine", "int8"] + base + [str(i)], lo, hi))
-                    t["fp32"].append(per_iter_cpu(lambda i: perch + [f32, "--engine", "fp32"] + base + [str(i)], lo, hi))
+                    t["fp32"].append(
+                        per_iter_cpu(lambda i: perch + [f32, "--engine", "fp32"] + base + [str(i)], lo, hi))
                     t["ort"].append(per_iter_cpu(lambda i: ort + base + [str(i)], lo, hi))
                     continue
                 common = ["--batch", str(batch), "--threads", str(a.threads), "--iters", iters, "--json"]
                 t["int8"].append(run_json(pre + [a.perch, "bench", q, "--engine", "int8"] + common)["median_ms"])
                 t["fp32"].append(run_json(pre + [a.perch, "bench", f32, "--engine", "fp32"] + common)["median_ms"])
-                t["ort"].append(run_json(pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q] + common)["median_ms"])
+                ort = pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q]
+                t["ort"].append(run_json(ort + common)["median_ms"])
             m = {k: statistics.median(v) for k, v in t.items()}
             rows.append({"model": name, "batch": batch, "threads": a.threads, **{k + "_ms": v for k, v in m.items()},
                          "int8_vs_fp32": m["fp32"] / m["int8"], "int8_vs_ort": m["ort"] / m["int8"]})

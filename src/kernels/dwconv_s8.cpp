@@ -208,7 +208,8 @@ std::vector<int32_t> channel_order(size_t padded, DwKernel k, int64_t channels) 
   std::vector<int32_t> out(padded);
   for (size_t p = 0; p < padded; ++p) {
     size_t c;
-    if (k == DwKernel::kAvx512VnniRows || k == DwKernel::kAvx512VnniCols) {  // full 64-channel blocks as kAvx512Vnni, the last partial one natural
+    // Rows / Cols: full 64-channel blocks as kAvx512Vnni, the last partial one natural.
+    if (k == DwKernel::kAvx512VnniRows || k == DwKernel::kAvx512VnniCols) {
       const size_t b = p / 64, pp = p % 64, j = pp / 16, l = (pp % 16) / 4, i = pp % 4;
       c = static_cast<int64_t>(64 * b + 64) <= channels ? 64 * b + 16 * l + 4 * j + i : p;
     } else if (k == DwKernel::kAvx512Vnni) {

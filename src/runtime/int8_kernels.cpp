@@ -574,13 +574,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512_t(const
   }
   if (i < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm_mask_storeu_epi8(y + i, m,
-                         binary8_step<kOp, kRecip, kAs, kBs>(c, _mm_maskz_loadu_epi8(m, a + i), _mm_maskz_loadu_epi8(m, b + i)));
+    const __m128i ra = _mm_maskz_loadu_epi8(m, a + i), rb = _mm_maskz_loadu_epi8(m, b + i);
+    _mm_mask_storeu_epi8(y + i, m, binary8_step<kOp, kRecip, kAs, kBs>(c, ra, rb));
   }
 }
 
 template <Binary8::Op kOp, bool kRecip>
-void binary8_avx512_op(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+void binary8_avx512_signs(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
   if (f.a_signed)
     return f.b_signed ? binary8_avx512_t<kOp, kRecip, true, true>(f, a, b, n, y)
                       : binary8_avx512_t<kOp, kRecip, true, false>(f, a, b, n, y);
@@ -588,15 +588,18 @@ void binary8_avx512_op(const Binary8& f, const uint8_t* a, const uint8_t* b, int
                     : binary8_avx512_t<kOp, kRecip, false, false>(f, a, b, n, y);
 }
 
+template <Binary8::Op kOp>
+void binary8_avx512_op(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  return f.reciprocal ? binary8_avx512_signs<kOp, true>(f, a, b, n, y) : binary8_avx512_signs<kOp, false>(f, a, b, n, y);
+}
+
 #pragma GCC diagnostic pop
 
 void binary8_avx512(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
   using Op = Binary8::Op;
-  if (f.op == Op::kAdd)
-    return f.reciprocal ? binary8_avx512_op<Op::kAdd, true>(f, a, b, n, y) : binary8_avx512_op<Op::kAdd, false>(f, a, b, n, y);
-  if (f.op == Op::kSub)
-    return f.reciprocal ? binary8_avx512_op<Op::kSub, true>(f, a, b, n, y) : binary8_avx512_op<Op::kSub, false>(f, a, b, n, y);
-  return f.reciprocal ? binary8_avx512_op<Op::kMul, true>(f, a, b, n, y) : binary8_avx512_op<Op::kMul, false>(f, a, b, n, y);
+  if (f.op == Op::kAdd) return binary8_avx512_op<Op::kAdd>(f, a, b, n, y);
+  if (f.op == Op::kSub) return binary8_avx512_op<Op::kSub>(f, a, b, n, y);
+  return binary8_avx512_op<Op::kMul>(f, a, b, n, y);
 }
 #endif
 
