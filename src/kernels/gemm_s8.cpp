@@ -160,6 +160,8 @@ GemmConst make_gemm_const(const GemmS8Args& g) {
     p.rq = make_requant_tables(g.out, w.n, np);
     if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx512Vnni) && avx512vnni_compiled())
       make_fast_requant(p.rq, 16, p.rqf, p.rqf_clamp64, p.rqf_hi32);
+    if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx2) && avx2_compiled())
+      make_fast_requant(p.rq, 8, p.rqf8, p.rqf8_clamp64, p.rqf8_hi32);
   }
   return p;
 }
@@ -276,8 +278,9 @@ Kernel pick(const s8::GemmPlan& p) {
   const uint32_t paths = active_paths();
   const bool rq_ok = p.g->out.type == OutputType::kInt32 || p.k->rq.simd_ok;
   const bool vnni_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf.empty();
+  const bool avx2_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf8.empty();
   if (rq_ok && vnni_rq && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
-  if (rq_ok && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;
+  if (rq_ok && avx2_rq && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;
   return Kernel::kReference;
 }
 

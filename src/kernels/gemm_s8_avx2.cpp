@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "s8_simd.h"
@@ -31,12 +32,25 @@ namespace {
 
 constexpr int kMR = 4;  // 6 rows (12 accumulators) made GCC spill: 15 of 16 ymm leave it no room
 
+// A tile as int16 [k_group][kMR rows][4]: 16 k values of a row per step are one load, VPMOVZXBW and four 8-byte
+// stores (one per k-group); the last partial step, the zero padding past k and rows past `rows` as scalars.
 void pack_a_tile16(const uint8_t* a, int64_t lda, int rows, int64_t k, int64_t kg, bool flip, int16_t* out) {
   const uint8_t x = flip ? 0x80 : 0;
+  const __m128i xv = _mm_set1_epi8(static_cast<char>(x));
   for (int r = 0; r < kMR; ++r) {
     int16_t* o = out + r * 4;
     const uint8_t* src = a + r * lda;
-    for (int64_t g = 0; g < kg; ++g)
+    int64_t g = 0;
+    if (r < rows)
+      for (; 4 * g + 16 <= k; g += 4) {
+        const __m256i w = _mm256_cvtepu8_epi16(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 4 * g)), xv));
+        const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(o + (g + 0) * kMR * 4), lo);
+        _mm_storeh_pd(reinterpret_cast<double*>(o + (g + 1) * kMR * 4), _mm_castsi128_pd(lo));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(o + (g + 2) * kMR * 4), hi);
+        _mm_storeh_pd(reinterpret_cast<double*>(o + (g + 3) * kMR * 4), _mm_castsi128_pd(hi));
+      }
+    for (; g < kg; ++g)
       for (int t = 0; t < 4; ++t) {
         const int64_t kk = 4 * g + t;
         o[g * kMR * 4 + t] = (r < rows && kk < k) ? static_cast<int16_t>(static_cast<uint8_t>(src[kk] ^ x)) : 0;
@@ -51,7 +65,8 @@ struct TileOut {
   int64_t cols;  // valid columns from j0, <= 8
 };
 
-template <int MR>
+// kMode: RqF8's output stage (s8_simd.h; 0 plain, 1 64-bit clamp, 2 hi32), for 8-bit outputs.
+template <int MR, int kMode>
 void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
   // Loops over r are unrolled (MR is a constant): a run-time index would keep acc in memory.
   __m256i acc[MR][2];
@@ -77,6 +92,15 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
       has_zw ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->zw.data() + t.j0)) : _mm256_setzero_si256();
   const bool is32 = g.out.type == OutputType::kInt32;
   alignas(32) int32_t buf[8];
+  // The output stage's constants, loaded once per tile (not per row: the byte stores below may alias the tables,
+  // so the compiler would reload them). Unused for int32 output.
+  const int64_t* rqt = is32 ? nullptr : p.k->rqf8.data() + (t.j0 / 8) * 32;
+  std::optional<RqF8> rq;
+  if (!is32) rq.emplace(rqt);
+  const __m256i lo64 = _mm256_set1_epi64x(p.k->rq.lo), hi64 = _mm256_set1_epi64x(p.k->rq.hi);
+  const __m256i lo16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
+  const __m256i hi16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.hi));
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.zp));
 #pragma GCC unroll 4
   for (int r = 0; r < MR; ++r) {
     // acc[r][0] = [c0 k01, c0 k23, c1.., c1.. | c2.., c2.., c3.., c3..]; hadd gives [c0 c1 c4 c5 | c2 c3 c6 c7].
@@ -93,10 +117,12 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
         std::memcpy(c, buf, static_cast<size_t>(t.cols) * 4);
       }
     } else {
-      v = Rq8(p.k->rq, t.j0).apply(v);
-      // In [qmin, qmax] already: the saturating packs are exact. packs_epi32 -> 16 x int16 (lanes interleave
-      // [v0-3, v0-3 | v4-7, v4-7]); the 8-bit pack keeps the order within each 128-bit lane.
-      const __m256i s16 = _mm256_packs_epi32(v, v);
+      v = rq->template apply<kMode>(v, lo64, hi64);
+      // packs_epi32 -> 16 x int16 (lanes interleave [v0-3, v0-3 | v4-7, v4-7]); int16 saturation then [lo, hi]
+      // (inside int16) is the clamp to [lo, hi], + zp lands in [qmin, qmax], so the 8-bit pack is exact and keeps
+      // the order within each 128-bit lane.
+      __m256i s16 = _mm256_packs_epi32(v, v);
+      s16 = _mm256_add_epi16(_mm256_min_epi16(_mm256_max_epi16(s16, lo16), hi16), zp16);
       const __m256i s8 = g.out.type == OutputType::kUInt8 ? _mm256_packus_epi16(s16, s16) : _mm256_packs_epi16(s16, s16);
       // bytes 0-3 of lane 0 are v0-3, bytes 0-3 of lane 1 are v4-7.
       const uint32_t lo4 = static_cast<uint32_t>(_mm256_extract_epi32(s8, 0));
@@ -108,13 +134,21 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
   }
 }
 
-void tile_rows(int rows, const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
+template <int kMode>
+void tile_rows_mode(int rows, const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
   switch (rows) {
-    case 1: return tile<1>(ap, bp, kg, t);
-    case 2: return tile<2>(ap, bp, kg, t);
-    case 3: return tile<3>(ap, bp, kg, t);
-    default: return tile<4>(ap, bp, kg, t);
+    case 1: return tile<1, kMode>(ap, bp, kg, t);
+    case 2: return tile<2, kMode>(ap, bp, kg, t);
+    case 3: return tile<3, kMode>(ap, bp, kg, t);
+    default: return tile<4, kMode>(ap, bp, kg, t);
   }
+}
+
+void tile_rows(int rows, const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
+  const s8::GemmConst& k = *t.p->k;
+  if (t.p->g->out.type == OutputType::kInt32 || k.rqf8_hi32) return tile_rows_mode<2>(rows, ap, bp, kg, t);
+  if (k.rqf8_clamp64) return tile_rows_mode<1>(rows, ap, bp, kg, t);
+  return tile_rows_mode<0>(rows, ap, bp, kg, t);
 }
 
 }  // namespace

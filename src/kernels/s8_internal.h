@@ -44,6 +44,9 @@ struct GemmConst {
   // the AVX-512 VNNI path; bit-identical to rq. Empty when that path cannot run.
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false, rqf_hi32 = false;
+  // The same for the AVX2 path, groups of 8 columns (RqF8). Empty when that path cannot run.
+  std::vector<int64_t> rqf8;
+  bool rqf8_clamp64 = false, rqf8_hi32 = false;
 };
 GemmConst make_gemm_const(const GemmS8Args& g);
 

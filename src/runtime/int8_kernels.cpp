@@ -579,27 +579,100 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void binary8_avx512_t(const
   }
 }
 
-template <Binary8::Op kOp, bool kRecip>
-void binary8_avx512_signs(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
-  if (f.a_signed)
-    return f.b_signed ? binary8_avx512_t<kOp, kRecip, true, true>(f, a, b, n, y)
-                      : binary8_avx512_t<kOp, kRecip, true, false>(f, a, b, n, y);
-  return f.b_signed ? binary8_avx512_t<kOp, kRecip, false, true>(f, a, b, n, y)
-                    : binary8_avx512_t<kOp, kRecip, false, false>(f, a, b, n, y);
+// AVX2 (8 elements per step): the same operations in the same order.
+struct Binary8Consts8 {
+  __m256i za, zb, zy, lowbyte;
+  __m256 sa, sb, sy, inv, lo, hi, magic;
+};
+
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+__attribute__((target("avx2"), always_inline)) inline uint64_t binary8_step8(const Binary8Consts8& c, __m128i ra,
+                                                                            __m128i rb) {
+  const __m256i qa = kAs ? _mm256_cvtepi8_epi32(ra) : _mm256_cvtepu8_epi32(ra);
+  const __m256i qb = kBs ? _mm256_cvtepi8_epi32(rb) : _mm256_cvtepu8_epi32(rb);
+  const __m256 fa = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(qa, c.za)), c.sa);
+  const __m256 fb = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(qb, c.zb)), c.sb);
+  const __m256 x = kOp == Binary8::Op::kAdd   ? _mm256_add_ps(fa, fb)
+                   : kOp == Binary8::Op::kSub ? _mm256_sub_ps(fa, fb)
+                                              : _mm256_mul_ps(fa, fb);
+  __m256 v = kRecip ? _mm256_mul_ps(x, c.inv) : _mm256_div_ps(x, c.sy);
+  v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));  // NaN -> 0
+  v = _mm256_min_ps(_mm256_max_ps(v, c.lo), c.hi);
+  const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, c.magic), c.magic);
+  // q in [qmin, qmax]; its low byte is the code: mask to 0..255, then two unsigned packs are exact. After them,
+  // bytes 0-3 of each 128-bit lane hold that lane's four codes.
+  const __m256i q = _mm256_and_si256(_mm256_add_epi32(_mm256_cvttps_epi32(r), c.zy), c.lowbyte);
+  const __m256i p16 = _mm256_packus_epi32(q, q);
+  const __m256i p8 = _mm256_packus_epi16(p16, p16);
+  return static_cast<uint32_t>(_mm256_extract_epi32(p8, 0)) |
+         (uint64_t{static_cast<uint32_t>(_mm256_extract_epi32(p8, 4))} << 32);
 }
 
-template <Binary8::Op kOp>
-void binary8_avx512_op(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
-  return f.reciprocal ? binary8_avx512_signs<kOp, true>(f, a, b, n, y) : binary8_avx512_signs<kOp, false>(f, a, b, n, y);
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+__attribute__((target("avx2"))) void binary8_avx2_t(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n,
+                                                    uint8_t* y) {
+  Binary8Consts8 c;
+  c.za = _mm256_set1_epi32(f.za), c.zb = _mm256_set1_epi32(f.zb), c.zy = _mm256_set1_epi32(f.zy);
+  c.lowbyte = _mm256_set1_epi32(0xff);
+  c.sa = _mm256_set1_ps(f.sa), c.sb = _mm256_set1_ps(f.sb), c.sy = _mm256_set1_ps(f.sy);
+  c.inv = _mm256_set1_ps(f.inv_sy);
+  c.lo = _mm256_set1_ps(static_cast<float>(f.qmin - f.zy)), c.hi = _mm256_set1_ps(static_cast<float>(f.qmax - f.zy));
+  c.magic = _mm256_set1_ps(12582912.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i ra = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a + i));
+    const __m128i rb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + i));
+    const uint64_t out = binary8_step8<kOp, kRecip, kAs, kBs>(c, ra, rb);
+    std::memcpy(y + i, &out, 8);
+  }
+  if (i < n) {
+    uint8_t ta[8] = {}, tb[8] = {};
+    std::memcpy(ta, a + i, static_cast<size_t>(n - i));
+    std::memcpy(tb, b + i, static_cast<size_t>(n - i));
+    const uint64_t out = binary8_step8<kOp, kRecip, kAs, kBs>(
+        c, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ta)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tb)));
+    std::memcpy(y + i, &out, static_cast<size_t>(n - i));
+  }
 }
-
 #pragma GCC diagnostic pop
 
-void binary8_avx512(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+// Dispatch over (op, reciprocal, signedness) to Impl<kOp, kRecip, kAs, kBs>::run.
+template <template <Binary8::Op, bool, bool, bool> class Impl, Binary8::Op kOp, bool kRecip>
+void binary8_signs(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  if (f.a_signed)
+    return f.b_signed ? Impl<kOp, kRecip, true, true>::run(f, a, b, n, y) : Impl<kOp, kRecip, true, false>::run(f, a, b, n, y);
+  return f.b_signed ? Impl<kOp, kRecip, false, true>::run(f, a, b, n, y) : Impl<kOp, kRecip, false, false>::run(f, a, b, n, y);
+}
+template <template <Binary8::Op, bool, bool, bool> class Impl, Binary8::Op kOp>
+void binary8_recip(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  return f.reciprocal ? binary8_signs<Impl, kOp, true>(f, a, b, n, y) : binary8_signs<Impl, kOp, false>(f, a, b, n, y);
+}
+template <template <Binary8::Op, bool, bool, bool> class Impl>
+void binary8_dispatch(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
   using Op = Binary8::Op;
-  if (f.op == Op::kAdd) return binary8_avx512_op<Op::kAdd>(f, a, b, n, y);
-  if (f.op == Op::kSub) return binary8_avx512_op<Op::kSub>(f, a, b, n, y);
-  return binary8_avx512_op<Op::kMul>(f, a, b, n, y);
+  if (f.op == Op::kAdd) return binary8_recip<Impl, Op::kAdd>(f, a, b, n, y);
+  if (f.op == Op::kSub) return binary8_recip<Impl, Op::kSub>(f, a, b, n, y);
+  return binary8_recip<Impl, Op::kMul>(f, a, b, n, y);
+}
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+struct Avx512Impl {
+  static void run(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+    binary8_avx512_t<kOp, kRecip, kAs, kBs>(f, a, b, n, y);
+  }
+};
+template <Binary8::Op kOp, bool kRecip, bool kAs, bool kBs>
+struct Avx2Impl {
+  static void run(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+    binary8_avx2_t<kOp, kRecip, kAs, kBs>(f, a, b, n, y);
+  }
+};
+
+void binary8_avx2(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  binary8_dispatch<Avx2Impl>(f, a, b, n, y);
+}
+
+void binary8_avx512(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
+  binary8_dispatch<Avx512Impl>(f, a, b, n, y);
 }
 #endif
 
@@ -619,6 +692,7 @@ void binary8_reference(const Binary8& f, const uint8_t* a, const uint8_t* b, int
 void binary8(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
 #ifdef PERCH_BINARY8_AVX512
   if (avx512_active()) return binary8_avx512(f, a, b, n, y);
+  if (has_path(active_paths(), Path::kAvx2)) return binary8_avx2(f, a, b, n, y);
 #endif
   binary8_reference(f, a, b, n, y);
 }
@@ -631,6 +705,10 @@ bool binary8_matches(const Binary8& f, const uint8_t* table) {
 #ifdef PERCH_BINARY8_AVX512
   if (has_path(supported_paths(), Path::kAvx512Vnni)) {
     binary8_avx512(f, a.data(), b.data(), 65536, y.data());
+    if (std::memcmp(y.data(), table, 65536) != 0) return false;
+  }
+  if (has_path(supported_paths(), Path::kAvx2)) {
+    binary8_avx2(f, a.data(), b.data(), 65536, y.data());
     if (std::memcmp(y.data(), table, 65536) != 0) return false;
   }
 #endif
