@@ -265,11 +265,12 @@ std::atomic<bool> g_cols_enabled{true};
 
 // The VNNI column-quad kernel (dwconv_s8_avx512vnni.cpp): 3x3, stride_w 1 or 2, dilation_w 1, 8-bit output, on a CPU
 // with AVX-512 VBMI (its byte permutes).
+// The parts that do not depend on the call's geometry: 8-bit output, 3x3 weights (vnni_cols is packed only for those).
+bool cols_weights(const DepthwiseS8Args& d) { return d.out.type != OutputType::kInt32 && !d.w->vnni_cols.empty(); }
 bool use_cols(const DepthwiseS8Args& d, DwKernel k) {
   static const bool vbmi = cpu_features().avx512vbmi;
-  return k == DwKernel::kAvx512Vnni && vbmi && g_cols_enabled.load(std::memory_order_relaxed) && d.w->kh == 3 &&
-         d.w->kw == 3 && d.dilation_w == 1 && (d.stride_w == 1 || d.stride_w == 2) &&
-         d.out.type != OutputType::kInt32 && !d.w->vnni_cols.empty();
+  return k == DwKernel::kAvx512Vnni && vbmi && g_cols_enabled.load(std::memory_order_relaxed) && cols_weights(d) &&
+         d.dilation_w == 1 && (d.stride_w == 1 || d.stride_w == 2);
 }
 
 // The constants of kernel k (kAvx2, kAvx512Vnni or kAvx512VnniCols), row-cached or not; the VNNI row-cached kernel
@@ -378,7 +379,7 @@ std::shared_ptr<const DepthwiseS8Prepared> prepare_depthwise_s8(const DepthwiseS
     p->have[i] = true;
   }
   // The column-quad variant where it can run (the stride is the call's; stride_w 1 and 2 share the constants).
-  if (p->have[1] && d.w->kh == 3 && d.w->kw == 3 && d.out.type != OutputType::kInt32 && !d.w->vnni_cols.empty()) {
+  if (p->have[1] && cols_weights(d)) {
     p->v[4] = make_dw_const(d, DwKernel::kAvx512VnniCols, false);
     p->have[4] = true;
   }

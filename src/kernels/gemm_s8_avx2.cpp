@@ -43,7 +43,8 @@ void pack_a_tile16(const uint8_t* a, int64_t lda, int rows, int64_t k, int64_t k
     int64_t g = 0;
     if (r < rows)
       for (; 4 * g + 16 <= k; g += 4) {
-        const __m256i w = _mm256_cvtepu8_epi16(_mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 4 * g)), xv));
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 4 * g));
+        const __m256i w = _mm256_cvtepu8_epi16(_mm_xor_si128(raw, xv));
         const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
         _mm_storel_epi64(reinterpret_cast<__m128i*>(o + (g + 0) * kMR * 4), lo);
         _mm_storeh_pd(reinterpret_cast<double*>(o + (g + 1) * kMR * 4), _mm_castsi128_pd(lo));
@@ -94,9 +95,8 @@ void tile(const int16_t* ap, const int8_t* bp, int64_t kg, const TileOut& t) {
   alignas(32) int32_t buf[8];
   // The output stage's constants, loaded once per tile (not per row: the byte stores below may alias the tables,
   // so the compiler would reload them). Unused for int32 output.
-  const int64_t* rqt = is32 ? nullptr : p.k->rqf8.data() + (t.j0 / 8) * 32;
   std::optional<RqF8> rq;
-  if (!is32) rq.emplace(rqt);
+  if (!is32) rq.emplace(p.k->rqf8.data() + (t.j0 / 8) * 32);
   const __m256i lo64 = _mm256_set1_epi64x(p.k->rq.lo), hi64 = _mm256_set1_epi64x(p.k->rq.hi);
   const __m256i lo16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.lo));
   const __m256i hi16 = _mm256_set1_epi16(static_cast<int16_t>(p.k->rq.hi));

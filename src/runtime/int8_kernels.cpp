@@ -527,7 +527,7 @@ __attribute__((optimize("fp-contract=off"))) inline uint8_t binary8_one(const Bi
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define PERCH_BINARY8_AVX512 1
+#define PERCH_BINARY8_SIMD 1  // binary8_avx512 and binary8_avx2 exist
 // 16 elements per step, the same operations in the same order as binary8_one (no FMA: separate VMULPS / VADDPS).
 // The operation, the division or reciprocal and the input signedness are template arguments and every constant a
 // local: a byte store to y may alias `f`, so reading f's fields in the loop would reload them every step.
@@ -629,8 +629,9 @@ __attribute__((target("avx2"))) void binary8_avx2_t(const Binary8& f, const uint
     uint8_t ta[8] = {}, tb[8] = {};
     std::memcpy(ta, a + i, static_cast<size_t>(n - i));
     std::memcpy(tb, b + i, static_cast<size_t>(n - i));
-    const uint64_t out = binary8_step8<kOp, kRecip, kAs, kBs>(
-        c, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ta)), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tb)));
+    const __m128i ra = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ta));
+    const __m128i rb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tb));
+    const uint64_t out = binary8_step8<kOp, kRecip, kAs, kBs>(c, ra, rb);
     std::memcpy(y + i, &out, static_cast<size_t>(n - i));
   }
 }
@@ -640,8 +641,10 @@ __attribute__((target("avx2"))) void binary8_avx2_t(const Binary8& f, const uint
 template <template <Binary8::Op, bool, bool, bool> class Impl, Binary8::Op kOp, bool kRecip>
 void binary8_signs(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
   if (f.a_signed)
-    return f.b_signed ? Impl<kOp, kRecip, true, true>::run(f, a, b, n, y) : Impl<kOp, kRecip, true, false>::run(f, a, b, n, y);
-  return f.b_signed ? Impl<kOp, kRecip, false, true>::run(f, a, b, n, y) : Impl<kOp, kRecip, false, false>::run(f, a, b, n, y);
+    return f.b_signed ? Impl<kOp, kRecip, true, true>::run(f, a, b, n, y)
+                      : Impl<kOp, kRecip, true, false>::run(f, a, b, n, y);
+  return f.b_signed ? Impl<kOp, kRecip, false, true>::run(f, a, b, n, y)
+                    : Impl<kOp, kRecip, false, false>::run(f, a, b, n, y);
 }
 template <template <Binary8::Op, bool, bool, bool> class Impl, Binary8::Op kOp>
 void binary8_recip(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
@@ -675,14 +678,6 @@ void binary8_avx512(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_
   binary8_dispatch<Avx512Impl>(f, a, b, n, y);
 }
 #endif
-
-bool avx512_active() {
-#ifdef PERCH_BINARY8_AVX512
-  return has_path(active_paths(), Path::kAvx512Vnni);
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 void binary8_reference(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
@@ -690,9 +685,10 @@ void binary8_reference(const Binary8& f, const uint8_t* a, const uint8_t* b, int
 }
 
 void binary8(const Binary8& f, const uint8_t* a, const uint8_t* b, int64_t n, uint8_t* y) {
-#ifdef PERCH_BINARY8_AVX512
-  if (avx512_active()) return binary8_avx512(f, a, b, n, y);
-  if (has_path(active_paths(), Path::kAvx2)) return binary8_avx2(f, a, b, n, y);
+#ifdef PERCH_BINARY8_SIMD
+  const uint32_t paths = active_paths();  // kAvx512Vnni implies AVX-512 F/BW/VL
+  if (has_path(paths, Path::kAvx512Vnni)) return binary8_avx512(f, a, b, n, y);
+  if (has_path(paths, Path::kAvx2)) return binary8_avx2(f, a, b, n, y);
 #endif
   binary8_reference(f, a, b, n, y);
 }
@@ -702,7 +698,7 @@ bool binary8_matches(const Binary8& f, const uint8_t* table) {
   for (size_t i = 0; i < 65536; ++i) a[i] = static_cast<uint8_t>(i >> 8), b[i] = static_cast<uint8_t>(i & 255);
   binary8_reference(f, a.data(), b.data(), 65536, y.data());
   if (std::memcmp(y.data(), table, 65536) != 0) return false;
-#ifdef PERCH_BINARY8_AVX512
+#ifdef PERCH_BINARY8_SIMD
   if (has_path(supported_paths(), Path::kAvx512Vnni)) {
     binary8_avx512(f, a.data(), b.data(), 65536, y.data());
     if (std::memcmp(y.data(), table, 65536) != 0) return false;

@@ -135,12 +135,6 @@ TEST(GemmF32, DegenerateSizes) {
   check_gemm({false, true, 3, 0, 3, 0, 0, 2, 1.0f, 1.0f}, 4);
 }
 
-}  // namespace
-}  // namespace perch::kernels
-
-namespace perch::kernels {
-namespace {
-
 // The number of threads of this process (Linux: one entry per thread in /proc/self/task).
 int process_threads() {
   int n = 0;

@@ -11,8 +11,8 @@
 // On AVX-512 VNNI with VBMI, 3x3 kernels with stride_w 1 or 2 and dilation_w 1 (MobileNet's) and an 8-bit output run
 // on the column-quad kernel: each kernel column's 3 taps of a channel side by side in 4 bytes, built in registers from
 // the three input rows an output row reads and slid along the row, one VPDPBUSD per column per 16 channels.
-// Otherwise, kernels of width kw <= 4 (every 3x3; on AVX-512 VNNI kw <= 8, e.g. the 5x5 of MobileNetV3 and PP-LCNet, as two
-// groups of 4 taps per kernel row) run row-cached: each input row is transformed once per channel block
+// Otherwise, kernels of width kw <= 4 (every 3x3; on AVX-512 VNNI kw <= 8, e.g. the 5x5 of MobileNetV3 and
+// PP-LCNet, as two groups of 4 taps per kernel row) run row-cached: each input row is transformed once per channel block
 // into a row of tap groups — for each output column, the kw horizontal taps of each channel side by side
 // (4 bytes per channel for VPDPBUSD on AVX-512 VNNI, int16 pairs for VPMADDWD on AVX2; exact, never
 // VPMADDUBSW) — and reused by the kh output rows that read it; an output pixel is then kh VPDPBUSD per 16
