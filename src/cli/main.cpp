@@ -16,6 +16,7 @@
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
 #include "perch/graph/passes.h"
+#include "perch/ptq/adaround.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/ptq/quantize.h"
 #include "perch/ptq/report.h"
@@ -59,7 +60,8 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
                    {"spread", std::isfinite(l.spread) ? json(l.spread) : json("inf")},
                    {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? json(l.weight_sqnr_db) : json("inf")},
                    {"bias_clamped", l.bias_clamped}, {"weight_scales_raised", l.weight_scales_raised}, {"bias_correction_max", l.bias_correction_max},
-                   {"empirical_correction_max", l.empirical_correction_max}, {"ort_requantized", l.ort_requantized}});
+                   {"empirical_correction_max", l.empirical_correction_max}, {"ort_requantized", l.ort_requantized},
+                   {"adaptive_rounding", l.adaptive_rounding}});
   return arr;
 }
 
@@ -73,6 +75,8 @@ struct QuantizeFlags {
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
   bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false;
   int64_t empirical_bc_samples = 0;
+  bool adaround = false;
+  int64_t adaround_iters = ptq::AdaRoundOptions{}.iterations, adaround_samples = 0;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
@@ -102,7 +106,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
-          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"group_size", f.group_size},
+          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"metric", sel.metric}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
@@ -161,6 +165,11 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   PERCH_CHECK(f.empirical_bc_samples >= 0, "--empirical-bias-samples must be positive (or 0: automatic)");
   opt.empirical_bias_samples = f.empirical_bc_samples;
   opt.fuse_chains = !f.no_fuse_chains;
+  opt.adaround = f.adaround;
+  PERCH_CHECK(f.adaround_iters > 0, "--adaround-iters must be positive");
+  opt.adaround_options.iterations = f.adaround_iters;
+  PERCH_CHECK(f.adaround_samples >= 0, "--adaround-samples must be positive (or 0: all calibration images)");
+  opt.adaround_options.samples = f.adaround_samples;
   for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
   return opt;
 }
@@ -251,6 +260,30 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     }
     if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
+  json adaround_report;
+  if (opt.adaround) {
+    const ptq::AdaRoundReport ar = ptq::round_weights_adaptively(cal, calib, opt);
+    int64_t changed = 0, elements = 0, kept = 0;
+    double before = 0, after = 0;
+    json layers = json::array();
+    for (const auto& l : ar.layers) {
+      changed += l.stats.changed;
+      elements += l.elements;
+      kept += l.stats.kept_nearest;
+      before += l.stats.loss_nearest;
+      after += l.stats.loss;
+      layers.push_back({{"node", l.node}, {"weight", l.weight}, {"elements", l.elements}, {"changed", l.stats.changed},
+                        {"loss_nearest", l.stats.loss_nearest}, {"loss", l.stats.loss}, {"kept_nearest", l.stats.kept_nearest}});
+    }
+    adaround_report = {{"layers", layers}, {"images", ar.images}, {"iterations", opt.adaround_options.iterations},
+                       {"changed", changed}, {"elements", elements}, {"seconds", ar.seconds}};
+    if (!as_json && !quiet())
+      std::fprintf(stderr,
+                   "adaround: %zu layers on %lld images, %lld of %lld weights rounded the other way, output error "
+                   "(sum over layers) %.4g -> %.4g, nearest kept for %lld layers (%.1fs)\n",
+                   ar.layers.size(), static_cast<long long>(ar.images), static_cast<long long>(changed),
+                   static_cast<long long>(elements), before, after, static_cast<long long>(kept), ar.seconds);
+  }
   json empirical_report;
   if (opt.bias_correction && opt.empirical_bias_correction) {
     const ptq::EmpiricalBiasReport er = ptq::correct_biases_empirically(cal, calib, opt);
@@ -272,6 +305,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
             {"layers", layers_json(res.layers)}};
   if (!selection_report.is_null()) j["auto"] = selection_report;
   if (!empirical_report.is_null()) j["empirical_bias_correction"] = empirical_report;
+  if (!adaround_report.is_null()) j["adaround"] = adaround_report;
   if (!as_json && !quiet()) {
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
@@ -296,7 +330,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     rows.push_back({"fp32", fp32.accuracy(), false});
     const std::string bits = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ";
     auto label = [&](const std::string& g, bool eq, bool bc) {
-      return bits + g + (eq ? " +CLE" : "") + (bc ? " +BC" : "") + (bc && opt.empirical_bias_correction ? " +EBC" : "");
+      return bits + g + (eq ? " +CLE" : "") + (opt.adaround ? " +AdaRound" : "") + (bc ? " +BC" : "") +
+             (bc && opt.empirical_bias_correction ? " +EBC" : "");
     };
     if (f.compare) {
       // The textbook comparison first (plain min/max PTQ: no equalization, no bias correction): what
@@ -573,6 +608,13 @@ int main(int argc, char** argv) {
               "simulated quantized model (activation effects included), layer by layer, from its bias");
   q->add_option("--empirical-bias-samples", qf.empirical_bc_samples,
                 "calibration images the empirical correction uses, in one batch (0: up to 256, at most 64 MiB of input)")
+      ->capture_default_str();
+  q->add_flag("--adaround", qf.adaround,
+              "round each weight up or down to minimise its layer's output error on the calibration images "
+              "(AdaRound), instead of to nearest");
+  q->add_option("--adaround-iters", qf.adaround_iters, "with --adaround: Adam steps per layer")->capture_default_str();
+  q->add_option("--adaround-samples", qf.adaround_samples,
+                "with --adaround: calibration images for the layer inputs' second moments (0: all)")
       ->capture_default_str();
   q->add_option("--float-nodes", qf.float_nodes,
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");

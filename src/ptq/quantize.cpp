@@ -1,5 +1,6 @@
 #include "perch/ptq/quantize.h"
 
+#include "perch/ptq/adaround.h"
 #include "perch/ptq/validate.h"
 
 #include <algorithm>
@@ -750,6 +751,60 @@ bool ort_requantizes_float_weight(const Graph& g, size_t ni) {
   return false;
 }
 
+quant::QuantParams layer_weight_params(const Model& m, const Node& n, const Tensor& w, const WeightOptions& wo,
+                                       const PtqOptions& opt, const std::map<std::string, quant::QuantParams>& aparams,
+                                       int64_t* scales_raised) {
+  const Graph& g = m.graph;
+  const std::string& wname = n.input(1);
+  const quant::QuantSpec spec = weight_spec_impl(wo, n, w);
+  if (auto ov = opt.weight_params.find(wname); ov != opt.weight_params.end()) {
+    PERCH_CHECK(ov->second.spec.granularity == spec.granularity &&
+                    ov->second.count() == quant::SlotLayout::make(spec, w.shape()).slots,
+                m.source, ": ", n.describe(), ": the given parameters of weight '", wname, "' do not fit its ",
+                granularity_label(spec), " layout");
+    return ov->second;
+  }
+  quant::RangeEstimator we(spec, wo.estimator);
+  we.observe(w);
+  quant::QuantParams params = we.params();
+  // A per-channel weight whose channel has tiny weights beside a normal bias (PaddlePaddle's learnable
+  // affine scale near 0 folded into the conv: rec's p2o.Conv.20 has a channel at scale 1.2e-38) would lose
+  // that bias: at the int32 bias scale s_in * s_w[c] it overflows and is clamped to ~0. A channel whose bias
+  // would not fit int32 gets its scale raised to |b_c| / (s_in 2^30) (2^30: room for bias correction), as ONNX
+  // Runtime's quantizer does for int32 biases — its weights, negligible beside the bias, round to fewer
+  // levels — but never above the weight's largest channel scale, so the requantization multipliers stay in
+  // the range the other channels use (a bias no sane scale holds is still clamped and counted, below).
+  const Tensor* b0 = n.op_type == "MatMul" || n.input(2).empty() ? nullptr : g.initializer(n.input(2));
+  auto ain0 = aparams.find(n.input(0));
+  if (b0 && b0->dtype() == DType::kFloat32 && ain0 != aparams.end() && spec.granularity == quant::Granularity::kPerChannel &&
+      params.count() == b0->numel()) {
+    const double s_in = ain0->second.scale[0];
+    const float top = *std::max_element(params.scale.begin(), params.scale.end());
+    for (int64_t c = 0; c < b0->numel(); ++c) {
+      const double need = std::fabs(static_cast<double>(b0->data<float>()[c])) / (s_in * 1073741824.0);
+      float& sc = params.scale[static_cast<size_t>(c)];
+      if (need > 2.0 * sc && need <= top) {  // the bias would not fit int32 (2^31) at s_in * sc
+        sc = static_cast<float>(need);
+        if (scales_raised) ++*scales_raised;
+      }
+    }
+  }
+  return params;
+}
+
+bool same_params(const quant::QuantParams& a, const quant::QuantParams& b) {
+  return a.spec.bits == b.spec.bits && a.spec.granularity == b.spec.granularity && a.spec.is_signed == b.spec.is_signed &&
+         a.spec.narrow_range == b.spec.narrow_range && a.spec.group_size == b.spec.group_size && a.axis == b.axis &&
+         a.param_shape == b.param_shape && a.scale == b.scale && a.zero_point == b.zero_point;
+}
+
+std::map<std::string, quant::QuantParams> quantized_activation_params(const Calibration& cal, const PtqOptions& opt) {
+  std::map<std::string, quant::QuantParams> aparams;
+  for (const auto& v : cal.targets)
+    if (!opt.float_activations.count(v)) aparams[v] = cal.activation_params.at(v);
+  return aparams;
+}
+
 PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   PtqResult res;
@@ -764,9 +819,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   const DType act_type = aspec.storage_type();
 
   // Activations actually quantized: calibrated targets minus those the caller keeps float.
-  std::map<std::string, quant::QuantParams> aparams;
-  for (const auto& v : cal.targets)
-    if (!opt.float_activations.count(v)) aparams[v] = cal.activation_params.at(v);
+  const std::map<std::string, quant::QuantParams> aparams = quantized_activation_params(cal, opt);
 
   // ---- Weights and biases.
   struct Written {
@@ -803,42 +856,16 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     if (it == written.end()) {
       Written wr;
       wr.spec = weight_spec_impl(wo, n, w);
-      if (auto ov = opt.weight_params.find(wname); ov != opt.weight_params.end()) {
-        wr.params = ov->second;
-        PERCH_CHECK(wr.params.spec.granularity == wr.spec.granularity && wr.params.count() == quant::SlotLayout::make(wr.spec, w.shape()).slots,
-                    m.source, ": ", n.describe(), ": the given parameters of weight '", wname, "' do not fit its ",
-                    granularity_label(wr.spec), " layout");
-      } else {
-        quant::RangeEstimator we(wr.spec, wo.estimator);
-        we.observe(w);
-        wr.params = we.params();
-        // A per-channel weight whose channel has tiny weights beside a normal bias (PaddlePaddle's learnable
-        // affine scale near 0 folded into the conv: rec's p2o.Conv.20 has a channel at scale 1.2e-38) would lose
-        // that bias: at the int32 bias scale s_in * s_w[c] it overflows and is clamped to ~0. A channel whose bias
-        // would not fit int32 gets its scale raised to |b_c| / (s_in 2^30) (2^30: room for bias correction), as ONNX
-        // Runtime's quantizer does for int32 biases — its weights, negligible beside the bias, round to fewer
-        // levels — but never above the weight's largest channel scale, so the requantization multipliers stay in
-        // the range the other channels use (a bias no sane scale holds is still clamped and counted, below).
-        const Tensor* b0 = n.op_type == "MatMul" || n.input(2).empty() ? nullptr : g.initializer(n.input(2));
-        auto ain0 = aparams.find(n.input(0));
-        if (b0 && b0->dtype() == DType::kFloat32 && ain0 != aparams.end() && wr.spec.granularity == quant::Granularity::kPerChannel &&
-            wr.params.count() == b0->numel()) {
-          const double s_in = ain0->second.scale[0];
-          const float top = *std::max_element(wr.params.scale.begin(), wr.params.scale.end());
-          for (int64_t c = 0; c < b0->numel(); ++c) {
-            const double need = std::fabs(static_cast<double>(b0->data<float>()[c])) / (s_in * 1073741824.0);
-            float& sc = wr.params.scale[static_cast<size_t>(c)];
-            if (need > 2.0 * sc && need <= top) {  // the bias would not fit int32 (2^31) at s_in * sc
-              sc = static_cast<float>(need);
-              ++rep.weight_scales_raised;
-            }
-          }
-          if (rep.weight_scales_raised && !quiet())
-            std::fprintf(stderr, "note: %s: %lld weight channel scales raised so their biases fit int32\n",
-                         n.describe().c_str(), static_cast<long long>(rep.weight_scales_raised));
-        }
-      }
-      const Tensor q = quant::quantize(w, wr.params);
+      wr.params = layer_weight_params(m, n, w, wo, opt, aparams, &rep.weight_scales_raised);
+      if (rep.weight_scales_raised && !quiet())
+        std::fprintf(stderr, "note: %s: %lld weight channel scales raised so their biases fit int32\n",
+                     n.describe().c_str(), static_cast<long long>(rep.weight_scales_raised));
+      // Adaptive rounding (round_weights_adaptively) chose this weight's integers for exactly these parameters;
+      // any other choice (a sensitivity candidate, other bits) rounds to nearest.
+      const auto ar = cal.rounded_weights.find(wname);
+      const bool adaptive = ar != cal.rounded_weights.end() && same_params(ar->second.params, wr.params);
+      const Tensor q = adaptive ? ar->second.q : quant::quantize(w, wr.params);
+      rep.adaptive_rounding = adaptive;
       wr.delta = quant::dequantize(q, wr.params);
       for (int64_t i = 0; i < w.numel(); ++i) wr.delta.data<float>()[i] -= w.data<float>()[i];
       const std::string qname = g.unique_name(wname + "_quantized");
@@ -1028,6 +1055,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
 
 PtqResult quantize_model(const Model& model, const Dataset& calib, const PtqOptions& options) {
   Calibration cal = calibrate(model, calib, options);
+  if (options.adaround) (void)round_weights_adaptively(cal, calib, options);
   if (options.bias_correction && options.empirical_bias_correction) (void)correct_biases_empirically(cal, calib, options);
   return build_quantized(cal, options);
 }

@@ -97,6 +97,15 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
     EXPECT_FALSE(j.contains("empirical_bias_correction"));
     for (const auto& l : j["layers"]) EXPECT_EQ(l["empirical_correction_max"].get<double>(), 0.0) << l["node"];
   }
+  const bool adaround = weights.find("--adaround") != std::string::npos;
+  EXPECT_EQ(j.contains("adaround"), adaround);
+  if (adaround) {
+    EXPECT_EQ(j["adaround"]["layers"].size(), 3u);
+    EXPECT_EQ(j["adaround"]["images"], 128);
+    EXPECT_GT(j["adaround"]["changed"].get<int64_t>(), 0);
+    for (const auto& l : j["adaround"]["layers"]) EXPECT_LT(l["loss"].get<double>(), l["loss_nearest"].get<double>()) << l["node"];
+  }
+  for (const auto& l : j["layers"]) EXPECT_EQ(l["adaptive_rounding"].get<bool>(), adaround) << l["node"];
 
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -122,7 +131,8 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Weights, TinyInterop, ::testing::Values("per-channel", "per-tensor", "per-group:4",
-                                                          "per-tensor --empirical-bias-correction"),
+                                                          "per-tensor --empirical-bias-correction",
+                                                          "per-channel --weight-bits 4 --adaround --empirical-bias-correction"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

@@ -43,6 +43,21 @@ struct ActivationOptions {
   quant::EstimatorOptions estimator;
 };
 
+// Adaptive rounding of weights (AdaRound: Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training
+// Quantization"; ptq/adaround.h has the objective). Defaults as AIMET's, except the step count and learning rate:
+// perch's objective is full-batch (the layer input's second-moment matrix), not minibatches of images.
+struct AdaRoundOptions {
+  int64_t iterations = 1000;    // Adam steps per layer
+  double learning_rate = 1e-2;  // Adam
+  double regularization = 0.01;  // lambda of the rounding regularizer
+  double beta_start = 20.0, beta_end = 2.0;  // regularizer exponent, annealed linearly after the warm start
+  double warm_start = 0.2;      // fraction of the steps without the regularizer
+  int64_t samples = 0;          // calibration images for the second moments; 0: all of them
+  // Then coordinate descent on the integers (each weight to its other grid point while that lowers the layer's
+  // output error; ptq/adaround.h), at most this many sweeps; 0: AdaRound's result as it is.
+  int64_t polish_sweeps = 16;
+};
+
 struct PtqOptions {
   WeightOptions weights;
   ActivationOptions activations;
@@ -70,6 +85,10 @@ struct PtqOptions {
   // correct_biases_empirically(): how many images of its data it uses, all in one batch; 0 = automatic (see
   // empirical_bias_images()).
   int64_t empirical_bias_samples = 0;
+  // Round weights adaptively (round_weights_adaptively(), ptq/adaround.h) before the bias corrections; quantize_model
+  // and `perch quantize --adaround` do, calibrate() / build_quantized() alone do not.
+  bool adaround = false;
+  AdaRoundOptions adaround_options;
 };
 
 // What happened to one weight layer.
@@ -91,6 +110,7 @@ struct LayerReport {
   // float weight initializer to symmetric per-tensor int8 weights (and int32 bias). See
   // ort_requantizes_float_weight().
   bool ort_requantized = false;
+  bool adaptive_rounding = false;  // integers chosen by round_weights_adaptively(), not rounded to nearest
 };
 
 struct PtqResult {
@@ -131,11 +151,30 @@ struct Calibration {
   // Weight node -> per-output-channel value added to its bias after the analytic correction: what
   // correct_biases_empirically() measured (empty until it runs).
   std::map<std::string, std::vector<double>> output_shift;
+  // Weight initializer -> integers round_weights_adaptively() chose, and the parameters they are for (empty until
+  // it runs). build_quantized() uses them only when it derives the same parameters for that weight.
+  struct RoundedWeight {
+    quant::QuantParams params;
+    Tensor q;
+  };
+  std::map<std::string, RoundedWeight> rounded_weights;
   std::string canonicalize_summary;
   EqualizeReport equalization;
   int64_t images = 0, nonfinite_values = 0;
   double seconds = 0, total_seconds = 0;
 };
+
+// The activations build_quantized() quantizes (calibrated targets minus options.float_activations) and their
+// parameters.
+std::map<std::string, quant::QuantParams> quantized_activation_params(const Calibration& cal, const PtqOptions& options);
+// The parameters build_quantized() gives the float weight `w` of Conv/Gemm/MatMul node `n` of `m` under `wo`:
+// options.weight_params' if given, else the estimator's, with per-channel scales raised where a channel's
+// int32 bias would not fit (counted in *scales_raised if not null). `aparams`: quantized_activation_params().
+quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node& n, const Tensor& w,
+                                       const WeightOptions& wo, const PtqOptions& options,
+                                       const std::map<std::string, quant::QuantParams>& aparams,
+                                       int64_t* scales_raised);
+bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
 
 // Uses options.activations, equalize, bias_correction, batch, quantize_outputs.
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);

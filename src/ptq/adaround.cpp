@@ -1,0 +1,396 @@
+// Adaptive rounding of weights (declared in perch/ptq/adaround.h, which has the objective).
+#include "perch/ptq/adaround.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "perch/core/error.h"
+#include "perch/core/progress.h"
+#include "perch/core/threads.h"
+#include "perch/kernels/gemm_f32.h"
+#include "perch/runtime/executor.h"
+#include "perch/runtime/op_geometry.h"
+
+namespace perch::ptq {
+namespace {
+
+using graph::Graph;
+using graph::Model;
+using graph::Node;
+
+constexpr double kZeta = 1.1, kGamma = -0.1;  // rectified sigmoid stretch (AdaRound sec. 3.3)
+constexpr int64_t kRowBlock = 64;             // rows optimised together (fixed: results do not depend on threads)
+
+// sum_r d_r^T H d_r over rows [r0, r1) of one group, d = s * q - w, in double.
+double reconstruction(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t r1, const int32_t* q) {
+  const int64_t k = p.k;
+  std::vector<double> d(static_cast<size_t>(k));
+  double total = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t e = r * k + i;
+      d[i] = static_cast<double>(p.scale[e]) * q[e] - static_cast<double>(p.w[e]);
+    }
+    for (int64_t i = 0; i < k; ++i) {
+      double hd = 0;
+      for (int64_t j = 0; j < k; ++j) hd += h[i * k + j] * d[j];
+      total += d[i] * hd;
+    }
+  }
+  return total;
+}
+
+// Adam on V for rows [r0, r1) of one group (second moments h as float hf); writes their integers.
+void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const float* hf, int64_t r0, int64_t r1,
+                    int32_t* q) {
+  const int64_t k = p.k, n = (r1 - r0) * k;
+  const float* w = p.w + r0 * k;
+  const float* s = p.scale + r0 * k;
+  std::vector<float> fl(n), v(n), m1(n, 0.0f), m2(n, 0.0f), d(n), g(n);
+  for (int64_t e = 0; e < n; ++e) {
+    const float x = w[e] / s[e];  // the division quantize_value() makes
+    fl[e] = std::floor(x);
+    const double rest = std::clamp(static_cast<double>(x) - fl[e], 0.0, 1.0);
+    // h(V) = rest: sigmoid(V) = (rest - gamma) / (zeta - gamma)
+    v[e] = static_cast<float>(-std::log((kZeta - kGamma) / (rest - kGamma) - 1.0));
+  }
+  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  double b1t = 1, b2t = 1;
+  const int64_t steps = std::max<int64_t>(0, o.iterations);
+  const int64_t warm = static_cast<int64_t>(o.warm_start * static_cast<double>(steps));
+  const float lo = static_cast<float>(p.qmin), hi = static_cast<float>(p.qmax);
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t e = 0; e < n; ++e) {
+      const double sig = 1.0 / (1.0 + std::exp(-static_cast<double>(v[e])));
+      const double h = std::clamp(sig * (kZeta - kGamma) + kGamma, 0.0, 1.0);
+      const double qs = std::clamp(fl[e] + h, static_cast<double>(lo), static_cast<double>(hi));
+      d[e] = static_cast<float>(s[e] * qs - w[e]);
+    }
+    // g = d H (H symmetric): the reconstruction term's gradient / 2 with respect to the soft weights.
+    kernels::GemmF32Args a;
+    a.m = r1 - r0;
+    a.n = k;
+    a.k = k;
+    a.a = d.data();
+    a.lda = k;
+    a.b = hf;
+    a.ldb = k;
+    a.c = g.data();
+    a.ldc = k;
+    kernels::gemm_f32(a);
+    const bool reg = t >= warm;
+    const double beta =
+        o.beta_end + (o.beta_start - o.beta_end) *
+                         std::max(0.0, 1.0 - static_cast<double>(t - warm) / static_cast<double>(std::max<int64_t>(1, steps - warm)));
+    b1t *= b1;
+    b2t *= b2;
+    for (int64_t e = 0; e < n; ++e) {
+      const double sig = 1.0 / (1.0 + std::exp(-static_cast<double>(v[e])));
+      const double hraw = sig * (kZeta - kGamma) + kGamma;
+      if (hraw <= 0.0 || hraw >= 1.0) {  // clamped: no gradient (as torch.clamp), Adam's moments still decay
+        m1[e] = static_cast<float>(b1 * m1[e]);
+        m2[e] = static_cast<float>(b2 * m2[e]);
+      } else {
+        const double qs = fl[e] + hraw;
+        double dh = qs > lo && qs < hi ? 2.0 * g[e] * s[e] : 0.0;
+        if (reg) {  // d/dh of lambda (1 - |2h - 1|^beta)
+          const double u = 2.0 * hraw - 1.0;
+          dh -= o.regularization * beta * std::pow(std::fabs(u), beta - 1.0) * (u < 0 ? -2.0 : 2.0);
+        }
+        const double grad = dh * sig * (1.0 - sig) * (kZeta - kGamma);
+        m1[e] = static_cast<float>(b1 * m1[e] + (1 - b1) * grad);
+        m2[e] = static_cast<float>(b2 * m2[e] + (1 - b2) * grad * grad);
+      }
+      const double mh = m1[e] / (1 - b1t), vh = m2[e] / (1 - b2t);
+      v[e] = static_cast<float>(v[e] - o.learning_rate * mh / (std::sqrt(vh) + eps));
+    }
+  }
+  for (int64_t e = 0; e < n; ++e)
+    q[r0 * k + e] = static_cast<int32_t>(std::clamp(fl[e] + (v[e] >= 0.0f ? 1.0f : 0.0f), lo, hi));
+}
+
+// Coordinate descent on the integers of rows [r0, r1) (h: the group's second moments, double): each weight moves
+// to the other of its two grid points (floor / ceil of w / s, clamped) when that lowers its row's reconstruction
+// term; sweeps in element order until none moves (at most `sweeps`). With d = s q - w and g = H d, moving weight i
+// by t (= +-s_i) changes d^T H d by 2 t g_i + t^2 H_ii, and g by t H[:, i]. Never increases the objective.
+void polish_rows(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t r1, int64_t sweeps, int32_t* q) {
+  const int64_t k = p.k;
+  std::vector<double> d(static_cast<size_t>(k)), g(static_cast<size_t>(k));
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* w = p.w + r * k;
+    const float* s = p.scale + r * k;
+    int32_t* qr = q + r * k;
+    for (int64_t i = 0; i < k; ++i) d[i] = static_cast<double>(s[i]) * qr[i] - static_cast<double>(w[i]);
+    for (int64_t i = 0; i < k; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < k; ++j) acc += h[i * k + j] * d[j];
+      g[i] = acc;
+    }
+    for (int64_t sweep = 0; sweep < sweeps; ++sweep) {
+      bool moved = false;
+      for (int64_t i = 0; i < k; ++i) {
+        const int32_t fl = static_cast<int32_t>(std::floor(w[i] / s[i]));
+        const int32_t a = std::clamp(fl, p.qmin, p.qmax), b = std::clamp(fl + 1, p.qmin, p.qmax);
+        const int32_t other = qr[i] == a ? b : a;
+        if (other == qr[i]) continue;
+        const double t = static_cast<double>(s[i]) * (other - qr[i]);
+        if (2.0 * t * g[i] + t * t * h[i * k + i] >= 0.0) continue;
+        qr[i] = other;
+        d[i] += t;
+        for (int64_t j = 0; j < k; ++j) g[j] += t * h[j * k + i];
+        moved = true;
+      }
+      if (!moved) break;
+    }
+  }
+}
+
+}  // namespace
+
+AdaRoundLayerStats adaround_rows(const AdaRoundProblem& p, const AdaRoundOptions& o, int32_t* q) {
+  PERCH_CHECK(p.rows > 0 && p.k > 0 && p.w && p.scale && p.gram && p.qmin < p.qmax, "adaround: bad problem");
+  const int64_t rpg = p.rows_per_group > 0 ? p.rows_per_group : p.rows;
+  PERCH_CHECK(p.rows % rpg == 0, "adaround: ", p.rows, " rows are not a multiple of the group's ", rpg);
+  const int64_t groups = p.rows / rpg, k = p.k;
+  const int64_t blocks_per_group = (rpg + kRowBlock - 1) / kRowBlock;
+  std::vector<float> hf(static_cast<size_t>(groups * k * k));
+  for (size_t i = 0; i < hf.size(); ++i) hf[i] = static_cast<float>(p.gram[i]);
+  parallel_for(0, groups * blocks_per_group, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t grp = b / blocks_per_group, r0 = grp * rpg + (b % blocks_per_group) * kRowBlock;
+      const int64_t r1 = std::min(r0 + kRowBlock, (grp + 1) * rpg);
+      optimise_block(p, o, hf.data() + grp * k * k, r0, r1, q);
+      if (o.polish_sweeps > 0) polish_rows(p, p.gram + grp * k * k, r0, r1, o.polish_sweeps, q);
+    }
+  });
+  // Against nearest rounding (the same division and rounding as quant::quantize_value).
+  std::vector<int32_t> nearest(static_cast<size_t>(p.rows * k));
+  AdaRoundLayerStats st;
+  for (int64_t e = 0; e < p.rows * k; ++e) {
+    nearest[e] = quant::quantize_value(p.w[e], p.scale[e], 0, p.qmin, p.qmax);
+    st.changed += nearest[e] != q[e];
+  }
+  for (int64_t grp = 0; grp < groups; ++grp) {
+    const double* h = p.gram + grp * k * k;
+    st.loss_nearest += reconstruction(p, h, grp * rpg, (grp + 1) * rpg, nearest.data());
+    st.loss += reconstruction(p, h, grp * rpg, (grp + 1) * rpg, q);
+  }
+  if (!(st.loss < st.loss_nearest)) {
+    std::copy(nearest.begin(), nearest.end(), q);
+    st.loss = st.loss_nearest;
+    st.changed = 0;
+    st.kept_nearest = true;
+  }
+  return st;
+}
+
+namespace {
+
+// A layer to round: its node, the weight laid out as rows x k (output channel rows), element scales, groups.
+struct Target {
+  size_t node = 0;
+  std::string input;
+  quant::QuantParams params;
+  int64_t rows = 0, k = 0, groups = 1;
+  bool transposed = false;  // weight stored [K, N] (Gemm transB 0, MatMul): rows are its columns
+  std::vector<double> gram;  // groups x k x k sums, then means
+  int64_t count = 0;
+  int64_t bytes() const { return groups * k * k * static_cast<int64_t>(sizeof(double)); }
+};
+
+// Adds sum over patches of x x^T for Conv node `n` (geometry from the input shape) to t.gram.
+void add_conv_moments(const Node& n, const Tensor& x, const Tensor& w, Target& t) {
+  const kernels::Conv2dShape s = runtime::conv2d_shape(n, x.shape(), w.shape());
+  const int64_t cg = s.in_channels / s.group, kk = s.kernel_h * s.kernel_w, k = cg * kk;
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), pos = oh_n * ow_n;
+  PERCH_CHECK(k == t.k && s.group == t.groups, n.describe(), ": adaround: input does not fit the weight");
+  std::vector<float> col(static_cast<size_t>(k * pos)), prod(static_cast<size_t>(k * k));
+  const float* xd = x.data<float>();
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t grp = 0; grp < s.group; ++grp) {
+      for (int64_t c = 0; c < cg; ++c) {
+        const float* xc = xd + ((b * s.in_channels) + grp * cg + c) * s.in_h * s.in_w;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            float* row = col.data() + (c * kk + kh * s.kernel_w + kw) * pos;
+            for (int64_t oh = 0; oh < oh_n; ++oh) {
+              const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+              for (int64_t ow = 0; ow < ow_n; ++ow) {
+                const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+                row[oh * ow_n + ow] = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? xc[ih * s.in_w + iw] : 0.0f;
+              }
+            }
+          }
+      }
+      kernels::GemmF32Args a;  // prod = col col^T
+      a.trans_b = true;
+      a.m = k;
+      a.n = k;
+      a.k = pos;
+      a.a = col.data();
+      a.lda = pos;
+      a.b = col.data();
+      a.ldb = pos;
+      a.c = prod.data();
+      a.ldc = k;
+      kernels::gemm_f32(a);
+      double* gm = t.gram.data() + grp * k * k;
+      for (int64_t i = 0; i < k * k; ++i) gm[i] += prod[i];
+    }
+  t.count += s.batch * pos;
+}
+
+// Adds sum over rows of x x^T, x = the input viewed as [rows, K] (Gemm, MatMul).
+void add_row_moments(const Tensor& x, Target& t) {
+  const int64_t k = t.k, rows = x.numel() / k;
+  PERCH_CHECK(x.numel() % k == 0, "adaround: input of ", x.numel(), " values is not rows of ", k);
+  std::vector<float> prod(static_cast<size_t>(k * k));
+  kernels::GemmF32Args a;  // prod = x^T x
+  a.trans_a = true;
+  a.m = k;
+  a.n = k;
+  a.k = rows;
+  a.a = x.data<float>();
+  a.lda = k;
+  a.b = x.data<float>();
+  a.ldb = k;
+  a.c = prod.data();
+  a.ldc = k;
+  kernels::gemm_f32(a);
+  for (int64_t i = 0; i < k * k; ++i) t.gram[i] += prod[i];
+  t.count += rows;
+}
+
+}  // namespace
+
+AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, const PtqOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  AdaRoundReport rep;
+  PERCH_CHECK(data.size() > 0, "adaround: no images in ", data.name);
+  const Model& m = cal.model;
+  const Graph& g = m.graph;
+  const auto aparams = quantized_activation_params(cal, opt);
+  cal.rounded_weights.clear();
+
+  std::vector<Target> targets;
+  std::set<std::string> seen;  // a weight shared by several nodes: rounded for its first reader
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
+    if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+    if (opt.float_nodes.count(n.name) || n.inputs.size() < 2) continue;
+    const Tensor* w = g.initializer(n.input(1));
+    if (!w || w->dtype() != DType::kFloat32 || seen.count(n.input(1))) continue;
+    if (n.op_type == "Gemm" && n.attr_int("transA", 0) != 0) continue;
+    if (n.op_type == "MatMul" && w->rank() != 2) continue;
+    if (n.op_type == "Conv" && (w->rank() < 3 || w->rank() > 4)) continue;
+    const WeightOptions& wo = opt.layer_weights.count(n.name) ? opt.layer_weights.at(n.name) : opt.weights;
+    Target t;
+    t.node = ni;
+    t.input = n.input(0);
+    t.params = layer_weight_params(m, n, *w, wo, opt, aparams, nullptr);
+    if (n.op_type == "Conv") {
+      t.rows = w->dim(0);
+      t.k = w->numel() / t.rows;
+      t.groups = n.attr_int("group", 1);
+    } else {
+      t.transposed = n.op_type == "MatMul" || n.attr_int("transB", 0) == 0;
+      t.rows = t.transposed ? w->dim(1) : w->dim(0);
+      t.k = t.transposed ? w->dim(0) : w->dim(1);
+    }
+    seen.insert(n.input(1));
+    targets.push_back(std::move(t));
+  }
+  if (targets.empty()) return rep;
+
+  const int64_t images = opt.adaround_options.samples > 0 ? std::min(opt.adaround_options.samples, data.size()) : data.size();
+  rep.images = images;
+  const Dataset part = take(data, 0, images);
+  const runtime::Executor exec(m);
+  constexpr int64_t kBudget = int64_t{512} << 20;
+  size_t next = 0;
+  int64_t done = 0;
+  Progress solving("adaround: layers", static_cast<int64_t>(targets.size()));
+  while (next < targets.size()) {
+    // One chunk of layers whose second moments fit the budget (at least one layer).
+    size_t end = next;
+    int64_t bytes = 0;
+    while (end < targets.size() && (end == next || bytes + targets[end].bytes() <= kBudget)) bytes += targets[end++].bytes();
+    std::map<std::string, std::vector<Target*>> by_input;
+    for (size_t i = next; i < end; ++i) {
+      targets[i].gram.assign(static_cast<size_t>(targets[i].groups * targets[i].k * targets[i].k), 0.0);
+      by_input[targets[i].input].push_back(&targets[i]);
+    }
+    auto observe = [&](const std::string& name, const Tensor& x) {
+      auto it = by_input.find(name);
+      if (it == by_input.end()) return;
+      PERCH_CHECK(x.dtype() == DType::kFloat32, m.source, ": adaround: input '", name, "' is not float32");
+      for (Target* t : it->second) {
+        const Node& n = g.nodes[t->node];
+        if (n.op_type == "Conv") add_conv_moments(n, x, *g.initializer(n.input(1)), *t);
+        else add_row_moments(x, *t);
+      }
+    };
+    for (int64_t b = 0; b < images; b += opt.batch) {
+      const int64_t nb = std::min(opt.batch, images - b);
+      const Tensor x = part.batch(b, nb);
+      observe(exec.input_name(), x);
+      exec.run({{exec.input_name(), x}}, observe);
+    }
+    for (size_t i = next; i < end; ++i) {
+      Target& t = targets[i];
+      const Node& n = g.nodes[t.node];
+      const Tensor& w = *g.initializer(n.input(1));
+      PERCH_CHECK(t.count > 0, m.source, ": ", n.describe(), ": adaround: input '", t.input, "' was never computed");
+      bool finite = true;
+      for (double& v : t.gram) {
+        v /= static_cast<double>(t.count);
+        finite &= std::isfinite(v);
+      }
+      if (!finite) {  // NaN/Inf inputs: nearest rounding for this layer
+        std::vector<double>().swap(t.gram);
+        solving.update(++done);
+        continue;
+      }
+      // Element scales in the weight's layout, then both as rows x k.
+      const quant::SlotLayout lay = quant::SlotLayout::make(t.params.spec, w.shape());
+      std::vector<float> scale(static_cast<size_t>(w.numel())), wr(scale.size()), sr(scale.size());
+      lay.for_each_run([&](int64_t begin, int64_t len, int64_t slot, int64_t step) {
+        for (int64_t i = 0; i < len; ++i) scale[begin + i] = t.params.scale[slot + i * step];
+      });
+      for (int64_t r = 0; r < t.rows; ++r)
+        for (int64_t j = 0; j < t.k; ++j) {
+          const int64_t src = t.transposed ? j * t.rows + r : r * t.k + j;
+          wr[r * t.k + j] = w.data<float>()[src];
+          sr[r * t.k + j] = scale[src];
+        }
+      AdaRoundProblem p;
+      p.w = wr.data();
+      p.scale = sr.data();
+      p.rows = t.rows;
+      p.k = t.k;
+      p.rows_per_group = t.rows / t.groups;
+      p.gram = t.gram.data();
+      p.qmin = t.params.spec.qmin();
+      p.qmax = t.params.spec.qmax();
+      std::vector<int32_t> qr(scale.size());
+      AdaRoundLayer layer{n.name, n.input(1), w.numel(), adaround_rows(p, opt.adaround_options, qr.data())};
+      Tensor q(t.params.spec.storage_type(), w.shape());
+      PERCH_CHECK(q.dtype() == DType::kInt8, n.describe(), ": adaround: weights of ", t.params.spec.bits, " bits are not int8");
+      for (int64_t r = 0; r < t.rows; ++r)
+        for (int64_t j = 0; j < t.k; ++j)
+          q.data<int8_t>()[t.transposed ? j * t.rows + r : r * t.k + j] = static_cast<int8_t>(qr[r * t.k + j]);
+      cal.rounded_weights[n.input(1)] = {t.params, std::move(q)};
+      rep.layers.push_back(std::move(layer));
+      std::vector<double>().swap(t.gram);
+      solving.update(++done);
+    }
+    next = end;
+  }
+  solving.finish();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+}  // namespace perch::ptq
