@@ -23,7 +23,7 @@ fi
 for bits in 8 4; do
   out="$here/build/$(basename "${model%.onnx}")_w${bits}a8.onnx"
   extra=()
-  [ "$bits" = 4 ] && extra=(--empirical-bias-correction)
+  [ "$bits" = 4 ] && extra=(--empirical-bias-correction --adaround)
   "$here/build/release/perch" quantize "$model" -o "$out" --calib fashion-mnist:train \
     --eval fashion-mnist:test --compare --weight-bits "$bits" "${extra[@]}" "$@"
   echo

@@ -329,8 +329,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 64, "eval fp32");
     rows.push_back({"fp32", fp32.accuracy(), false});
     const std::string bits = "W" + std::to_string(wbits) + "A" + std::to_string(abits) + " ";
-    auto label = [&](const std::string& g, bool eq, bool bc) {
-      return bits + g + (eq ? " +CLE" : "") + (opt.adaround ? " +AdaRound" : "") + (bc ? " +BC" : "") +
+    auto label = [&](const std::string& g, bool eq, bool bc, bool ar) {
+      return bits + g + (eq ? " +CLE" : "") + (ar ? " +AdaRound" : "") + (bc ? " +BC" : "") +
              (bc && opt.empirical_bias_correction ? " +EBC" : "");
     };
     if (f.compare) {
@@ -343,13 +343,14 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
           ptq::PtqOptions o2 = opt;
           parse_granularity(g, o2.weights);
           o2.equalize = o2.bias_correction = tuned;
+          o2.adaround = tuned && opt.adaround;
           auto r2 = ptq::quantize_model(model, calib, o2);
-          const std::string name = label(g, tuned, tuned);
+          const std::string name = label(g, tuned, tuned, tuned && opt.adaround);
           auto e2 = ptq::evaluate(runtime::Executor(r2.model), test, 64, "eval " + name);
           rows.push_back({name, e2.accuracy(), false});
         }
     }
-    const std::string name = label(weights, opt.equalize, opt.bias_correction);
+    const std::string name = label(weights, opt.equalize, opt.bias_correction, opt.adaround);
     auto q = ptq::evaluate(runtime::Executor(res.model), test, 64, "eval " + name);
     rows.push_back({name, q.accuracy(), true});
     j["quantized_label"] = name;
@@ -361,9 +362,11 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     if (!as_json) {
       std::printf("%s on %s (%lld images), calibration %lld images of %s\n", model_path.c_str(), test.name.c_str(),
                   static_cast<long long>(test.size()), static_cast<long long>(calib.size()), calib_source.c_str());
-      std::printf("  %-34s %8s %8s\n", "configuration", "top-1", "vs fp32");
+      int width = 34;  // the longest row name
+      for (const auto& r : rows) width = std::max(width, static_cast<int>(r.name.size()));
+      std::printf("  %-*s %8s %8s\n", width, "configuration", "top-1", "vs fp32");
       for (const auto& r : rows)
-        std::printf("  %-34s %8s %+7.2f pt%s\n", r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
+        std::printf("  %-*s %8s %+7.2f pt%s\n", width, r.name.c_str(), fmt_acc(r.acc).c_str(), 100.0 * (r.acc - fp32.accuracy()),
                     r.output && !out_path.empty() ? "   <- written" : "");
     }
   }

@@ -186,6 +186,9 @@ async function evaluateModel(kind, o, keys, truth, report) {
     const j = JSON.parse(r.stdout);
     rep.quantize[g] = { args: args.slice(1).join(' '), seconds: r.seconds, activations_quantized: j.activations_quantized,
       empirical_bias_correction: j.empirical_bias_correction || null,
+      adaround: j.adaround ? { changed: j.adaround.changed, elements: j.adaround.elements, images: j.adaround.images,
+        seconds: j.adaround.seconds, loss_nearest: j.adaround.layers.reduce((a, l) => a + l.loss_nearest, 0),
+        loss: j.adaround.layers.reduce((a, l) => a + l.loss, 0) } : null,
       weight_layers: (j.layers || []).length, float_layers: (j.layers || []).filter((l) => l.granularity === 'float').map((l) => l.node) };
     process.stderr.write(`${kind}: perch quantize ${g}: ${r.seconds.toFixed(1)} s\n`);
     variants.push({ name: g, model: out });
