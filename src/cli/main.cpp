@@ -75,7 +75,7 @@ struct QuantizeFlags {
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
   bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false;
   int64_t empirical_bc_samples = 0;
-  bool adaround = false;
+  bool adaround = false, adaround_qin = false;
   int64_t adaround_iters = ptq::AdaRoundOptions{}.iterations, adaround_samples = 0;
   bool ignore_nonfinite = false;
   double percentile = 99.99;
@@ -170,6 +170,7 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   opt.adaround_options.iterations = f.adaround_iters;
   PERCH_CHECK(f.adaround_samples >= 0, "--adaround-samples must be positive (or 0: all calibration images)");
   opt.adaround_options.samples = f.adaround_samples;
+  opt.adaround_options.quantized_inputs = f.adaround_qin;
   for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
   return opt;
 }
@@ -616,6 +617,9 @@ int main(int argc, char** argv) {
               "round each weight up or down to minimise its layer's output error on the calibration images "
               "(AdaRound), instead of to nearest");
   q->add_option("--adaround-iters", qf.adaround_iters, "with --adaround: Adam steps per layer")->capture_default_str();
+  q->add_flag("--adaround-quantized-inputs", qf.adaround_qin,
+              "with --adaround: fit each layer on the quantized model's input to the float layer's output on the "
+              "float input (weights also absorb their input's quantization error)");
   q->add_option("--adaround-samples", qf.adaround_samples,
                 "with --adaround: calibration images for the layer inputs' second moments (0: all)")
       ->capture_default_str();

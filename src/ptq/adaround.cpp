@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 
 #include "perch/core/error.h"
 #include "perch/core/progress.h"
@@ -23,9 +24,47 @@ using graph::Node;
 constexpr double kZeta = 1.1, kGamma = -0.1;  // rectified sigmoid stretch (AdaRound sec. 3.3)
 constexpr int64_t kRowBlock = 64;             // rows optimised together (fixed: results do not depend on threads)
 
-// sum_r d_r^T H d_r over rows [r0, r1) of one group, d = s * q - w, in double.
-double reconstruction(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t r1, const int32_t* q) {
+// The linear and constant parts of the objective for rows [r0, r1) of one group (adaround.h, quantized inputs):
+// with d = w~ - w, row r's reconstruction term is d^T A d + 2 d^T e_r + const_r, e_r = A w_r - C w_r,
+// const_r = w_r^T A w_r - 2 w_r^T C w_r + w_r^T H w_r (all zero when A = C = H). In double.
+struct Linear {
+  std::vector<double> e;      // (r1 - r0) x k
+  std::vector<double> konst;  // r1 - r0
+};
+Linear linear_part(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1) {
   const int64_t k = p.k;
+  Linear l;
+  l.e.assign(static_cast<size_t>((r1 - r0) * k), 0.0);
+  l.konst.assign(static_cast<size_t>(r1 - r0), 0.0);
+  if (!p.cross) return l;
+  const double* a = p.gram + grp * k * k;
+  const double* c = p.cross + grp * k * k;
+  const double* h = p.target_gram + grp * k * k;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* w = p.w + r * k;
+    double* e = l.e.data() + (r - r0) * k;
+    double wcw = 0, waw = 0, whw = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      double aw = 0, cw = 0, hw = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        aw += a[i * k + j] * w[j];
+        cw += c[i * k + j] * w[j];
+        hw += h[i * k + j] * w[j];
+      }
+      e[i] = aw - cw;
+      waw += w[i] * aw;
+      wcw += w[i] * cw;
+      whw += w[i] * hw;
+    }
+    l.konst[r - r0] = waw - 2 * wcw + whw;
+  }
+  return l;
+}
+
+// Reconstruction term summed over rows [r0, r1) of one group for integers q (d = s q - w), in double.
+double reconstruction(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1, const Linear& l, const int32_t* q) {
+  const int64_t k = p.k;
+  const double* a = p.gram + grp * k * k;
   std::vector<double> d(static_cast<size_t>(k));
   double total = 0;
   for (int64_t r = r0; r < r1; ++r) {
@@ -33,18 +72,20 @@ double reconstruction(const AdaRoundProblem& p, const double* h, int64_t r0, int
       const int64_t e = r * k + i;
       d[i] = static_cast<double>(p.scale[e]) * q[e] - static_cast<double>(p.w[e]);
     }
+    double row = l.konst[r - r0];
     for (int64_t i = 0; i < k; ++i) {
-      double hd = 0;
-      for (int64_t j = 0; j < k; ++j) hd += h[i * k + j] * d[j];
-      total += d[i] * hd;
+      double ad = 0;
+      for (int64_t j = 0; j < k; ++j) ad += a[i * k + j] * d[j];
+      row += d[i] * (ad + 2.0 * l.e[(r - r0) * k + i]);
     }
+    total += row;
   }
   return total;
 }
 
 // Adam on V for rows [r0, r1) of one group (second moments h as float hf); writes their integers.
-void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const float* hf, int64_t r0, int64_t r1,
-                    int32_t* q) {
+void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const float* hf, const Linear& lin, int64_t r0,
+                    int64_t r1, int32_t* q) {
   const int64_t k = p.k, n = (r1 - r0) * k;
   const float* w = p.w + r0 * k;
   const float* s = p.scale + r0 * k;
@@ -68,7 +109,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
       const double qs = std::clamp(fl[e] + h, static_cast<double>(lo), static_cast<double>(hi));
       d[e] = static_cast<float>(s[e] * qs - w[e]);
     }
-    // g = d H (H symmetric): the reconstruction term's gradient / 2 with respect to the soft weights.
+    // g = d A + e (A symmetric): the reconstruction term's gradient / 2 with respect to the soft weights.
     kernels::GemmF32Args a;
     a.m = r1 - r0;
     a.n = k;
@@ -80,6 +121,8 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
     a.c = g.data();
     a.ldc = k;
     kernels::gemm_f32(a);
+    if (p.cross)
+      for (int64_t e = 0; e < n; ++e) g[e] = static_cast<float>(g[e] + lin.e[e]);
     const bool reg = t >= warm;
     const double beta =
         o.beta_end + (o.beta_start - o.beta_end) *
@@ -111,12 +154,14 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
     q[r0 * k + e] = static_cast<int32_t>(std::clamp(fl[e] + (v[e] >= 0.0f ? 1.0f : 0.0f), lo, hi));
 }
 
-// Coordinate descent on the integers of rows [r0, r1) (h: the group's second moments, double): each weight moves
-// to the other of its two grid points (floor / ceil of w / s, clamped) when that lowers its row's reconstruction
-// term; sweeps in element order until none moves (at most `sweeps`). With d = s q - w and g = H d, moving weight i
-// by t (= +-s_i) changes d^T H d by 2 t g_i + t^2 H_ii, and g by t H[:, i]. Never increases the objective.
-void polish_rows(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t r1, int64_t sweeps, int32_t* q) {
+// Coordinate descent on the integers of rows [r0, r1) of group grp: each weight moves to the other of its two grid
+// points (floor / ceil of w / s, clamped) when that lowers its row's reconstruction term; sweeps in element order
+// until none moves (at most `sweeps`). With d = s q - w and g = A d + e_r, moving weight i by t (= +-s_i) changes
+// the term by 2 t g_i + t^2 A_ii, and g by t A[:, i]. Never increases the objective.
+void polish_rows(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1, const Linear& lin, int64_t sweeps,
+                 int32_t* q) {
   const int64_t k = p.k;
+  const double* h = p.gram + grp * k * k;
   std::vector<double> d(static_cast<size_t>(k)), g(static_cast<size_t>(k));
   for (int64_t r = r0; r < r1; ++r) {
     const float* w = p.w + r * k;
@@ -124,7 +169,7 @@ void polish_rows(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t 
     int32_t* qr = q + r * k;
     for (int64_t i = 0; i < k; ++i) d[i] = static_cast<double>(s[i]) * qr[i] - static_cast<double>(w[i]);
     for (int64_t i = 0; i < k; ++i) {
-      double acc = 0;
+      double acc = lin.e[(r - r0) * k + i];
       for (int64_t j = 0; j < k; ++j) acc += h[i * k + j] * d[j];
       g[i] = acc;
     }
@@ -150,19 +195,28 @@ void polish_rows(const AdaRoundProblem& p, const double* h, int64_t r0, int64_t 
 }  // namespace
 
 AdaRoundLayerStats adaround_rows(const AdaRoundProblem& p, const AdaRoundOptions& o, int32_t* q) {
-  PERCH_CHECK(p.rows > 0 && p.k > 0 && p.w && p.scale && p.gram && p.qmin < p.qmax, "adaround: bad problem");
+  PERCH_CHECK(p.rows > 0 && p.k > 0 && p.w && p.scale && p.gram && p.qmin < p.qmax && !p.cross == !p.target_gram,
+              "adaround: bad problem");
   const int64_t rpg = p.rows_per_group > 0 ? p.rows_per_group : p.rows;
   PERCH_CHECK(p.rows % rpg == 0, "adaround: ", p.rows, " rows are not a multiple of the group's ", rpg);
   const int64_t groups = p.rows / rpg, k = p.k;
   const int64_t blocks_per_group = (rpg + kRowBlock - 1) / kRowBlock;
   std::vector<float> hf(static_cast<size_t>(groups * k * k));
   for (size_t i = 0; i < hf.size(); ++i) hf[i] = static_cast<float>(p.gram[i]);
+  std::vector<Linear> lin(static_cast<size_t>(groups));
+  parallel_for(0, groups, [&](int64_t g0, int64_t g1) {
+    for (int64_t grp = g0; grp < g1; ++grp) lin[grp] = linear_part(p, grp, grp * rpg, (grp + 1) * rpg);
+  });
   parallel_for(0, groups * blocks_per_group, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t grp = b / blocks_per_group, r0 = grp * rpg + (b % blocks_per_group) * kRowBlock;
       const int64_t r1 = std::min(r0 + kRowBlock, (grp + 1) * rpg);
-      optimise_block(p, o, hf.data() + grp * k * k, r0, r1, q);
-      if (o.polish_sweeps > 0) polish_rows(p, p.gram + grp * k * k, r0, r1, o.polish_sweeps, q);
+      Linear part;  // this block's rows of the group's linear part
+      const Linear& gl = lin[grp];
+      part.e.assign(gl.e.begin() + (r0 - grp * rpg) * k, gl.e.begin() + (r1 - grp * rpg) * k);
+      part.konst.assign(gl.konst.begin() + (r0 - grp * rpg), gl.konst.begin() + (r1 - grp * rpg));
+      optimise_block(p, o, hf.data() + grp * k * k, part, r0, r1, q);
+      if (o.polish_sweeps > 0) polish_rows(p, grp, r0, r1, part, o.polish_sweeps, q);
     }
   });
   // Against nearest rounding (the same division and rounding as quant::quantize_value).
@@ -173,9 +227,8 @@ AdaRoundLayerStats adaround_rows(const AdaRoundProblem& p, const AdaRoundOptions
     st.changed += nearest[e] != q[e];
   }
   for (int64_t grp = 0; grp < groups; ++grp) {
-    const double* h = p.gram + grp * k * k;
-    st.loss_nearest += reconstruction(p, h, grp * rpg, (grp + 1) * rpg, nearest.data());
-    st.loss += reconstruction(p, h, grp * rpg, (grp + 1) * rpg, q);
+    st.loss_nearest += reconstruction(p, grp, grp * rpg, (grp + 1) * rpg, lin[grp], nearest.data());
+    st.loss += reconstruction(p, grp, grp * rpg, (grp + 1) * rpg, lin[grp], q);
   }
   if (!(st.loss < st.loss_nearest)) {
     std::copy(nearest.begin(), nearest.end(), q);
@@ -195,71 +248,93 @@ struct Target {
   quant::QuantParams params;
   int64_t rows = 0, k = 0, groups = 1;
   bool transposed = false;  // weight stored [K, N] (Gemm transB 0, MatMul): rows are its columns
-  std::vector<double> gram;  // groups x k x k sums, then means
+  std::string qinput;         // its input in the simulated model (quantized inputs)
+  std::vector<double> gram;   // groups x k x k sums, then means: E[x~ x~^T]
+  std::vector<double> cross, target_gram;  // quantized inputs only: E[x~ x^T], E[x x^T]
   int64_t count = 0;
-  int64_t bytes() const { return groups * k * k * static_cast<int64_t>(sizeof(double)); }
+  int64_t bytes(bool quantized_inputs) const {
+    return (quantized_inputs ? 3 : 1) * groups * k * k * static_cast<int64_t>(sizeof(double));
+  }
 };
 
-// Adds sum over patches of x x^T for Conv node `n` (geometry from the input shape) to t.gram.
-void add_conv_moments(const Node& n, const Tensor& x, const Tensor& w, Target& t) {
-  const kernels::Conv2dShape s = runtime::conv2d_shape(n, x.shape(), w.shape());
-  const int64_t cg = s.in_channels / s.group, kk = s.kernel_h * s.kernel_w, k = cg * kk;
+// m += a b^T for a, b: k x n (row-major), through a float GEMM into `tmp` (k x k).
+void add_outer(const float* a, const float* b, int64_t k, int64_t n, std::vector<float>& tmp, double* m) {
+  kernels::GemmF32Args g;
+  g.trans_b = true;
+  g.m = k;
+  g.n = k;
+  g.k = n;
+  g.a = a;
+  g.lda = n;
+  g.b = b;
+  g.ldb = n;
+  g.c = tmp.data();
+  g.ldc = k;
+  kernels::gemm_f32(g);
+  for (int64_t i = 0; i < k * k; ++i) m[i] += tmp[i];
+}
+
+// The im2col patches of group grp of image b of x for conv geometry s: k x (OH*OW).
+void patches(const kernels::Conv2dShape& s, const float* xd, int64_t b, int64_t grp, std::vector<float>& col) {
+  const int64_t cg = s.in_channels / s.group, kk = s.kernel_h * s.kernel_w;
   const int64_t oh_n = s.out_h(), ow_n = s.out_w(), pos = oh_n * ow_n;
+  for (int64_t c = 0; c < cg; ++c) {
+    const float* xc = xd + ((b * s.in_channels) + grp * cg + c) * s.in_h * s.in_w;
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        float* row = col.data() + (c * kk + kh * s.kernel_w + kw) * pos;
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
+          for (int64_t ow = 0; ow < ow_n; ++ow) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
+            row[oh * ow_n + ow] = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? xc[ih * s.in_w + iw] : 0.0f;
+          }
+        }
+      }
+  }
+}
+
+// Adds, over the patches of Conv node `n` (geometry from the input shape), x~ x~^T to t.gram and, when xf (the
+// float input) is given, x~ x^T to t.cross and x x^T to t.target_gram.
+void add_conv_moments(const Node& n, const Tensor& xq, const Tensor* xf, const Tensor& w, Target& t) {
+  const kernels::Conv2dShape s = runtime::conv2d_shape(n, xq.shape(), w.shape());
+  const int64_t k = (s.in_channels / s.group) * s.kernel_h * s.kernel_w, pos = s.out_h() * s.out_w();
   PERCH_CHECK(k == t.k && s.group == t.groups, n.describe(), ": adaround: input does not fit the weight");
-  std::vector<float> col(static_cast<size_t>(k * pos)), prod(static_cast<size_t>(k * k));
-  const float* xd = x.data<float>();
+  PERCH_CHECK(!xf || xf->shape() == xq.shape(), n.describe(), ": adaround: float and quantized inputs differ in shape");
+  std::vector<float> cq(static_cast<size_t>(k * pos)), cf(xf ? cq.size() : 0), tmp(static_cast<size_t>(k * k));
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t grp = 0; grp < s.group; ++grp) {
-      for (int64_t c = 0; c < cg; ++c) {
-        const float* xc = xd + ((b * s.in_channels) + grp * cg + c) * s.in_h * s.in_w;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            float* row = col.data() + (c * kk + kh * s.kernel_w + kw) * pos;
-            for (int64_t oh = 0; oh < oh_n; ++oh) {
-              const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
-              for (int64_t ow = 0; ow < ow_n; ++ow) {
-                const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
-                row[oh * ow_n + ow] = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? xc[ih * s.in_w + iw] : 0.0f;
-              }
-            }
-          }
-      }
-      kernels::GemmF32Args a;  // prod = col col^T
-      a.trans_b = true;
-      a.m = k;
-      a.n = k;
-      a.k = pos;
-      a.a = col.data();
-      a.lda = pos;
-      a.b = col.data();
-      a.ldb = pos;
-      a.c = prod.data();
-      a.ldc = k;
-      kernels::gemm_f32(a);
-      double* gm = t.gram.data() + grp * k * k;
-      for (int64_t i = 0; i < k * k; ++i) gm[i] += prod[i];
+      const int64_t off = grp * k * k;
+      patches(s, xq.data<float>(), b, grp, cq);
+      add_outer(cq.data(), cq.data(), k, pos, tmp, t.gram.data() + off);
+      if (!xf) continue;
+      patches(s, xf->data<float>(), b, grp, cf);
+      add_outer(cq.data(), cf.data(), k, pos, tmp, t.cross.data() + off);
+      add_outer(cf.data(), cf.data(), k, pos, tmp, t.target_gram.data() + off);
     }
   t.count += s.batch * pos;
 }
 
-// Adds sum over rows of x x^T, x = the input viewed as [rows, K] (Gemm, MatMul).
-void add_row_moments(const Tensor& x, Target& t) {
-  const int64_t k = t.k, rows = x.numel() / k;
-  PERCH_CHECK(x.numel() % k == 0, "adaround: input of ", x.numel(), " values is not rows of ", k);
-  std::vector<float> prod(static_cast<size_t>(k * k));
-  kernels::GemmF32Args a;  // prod = x^T x
-  a.trans_a = true;
-  a.m = k;
-  a.n = k;
-  a.k = rows;
-  a.a = x.data<float>();
-  a.lda = k;
-  a.b = x.data<float>();
-  a.ldb = k;
-  a.c = prod.data();
-  a.ldc = k;
-  kernels::gemm_f32(a);
-  for (int64_t i = 0; i < k * k; ++i) t.gram[i] += prod[i];
+// The same for Gemm / MatMul inputs viewed as [rows, K].
+void add_row_moments(const Tensor& xq, const Tensor* xf, Target& t) {
+  const int64_t k = t.k, rows = xq.numel() / k;
+  PERCH_CHECK(xq.numel() % k == 0 && (!xf || xf->numel() == xq.numel()), "adaround: input of ", xq.numel(),
+              " values is not rows of ", k);
+  // a^T b for a, b: rows x k = (k x rows) (k x rows)^T: transpose once into k x rows.
+  auto transposed = [&](const Tensor& x) {
+    std::vector<float> tr(static_cast<size_t>(x.numel()));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < k; ++i) tr[i * rows + r] = x.data<float>()[r * k + i];
+    return tr;
+  };
+  std::vector<float> tmp(static_cast<size_t>(k * k));
+  const std::vector<float> tq = transposed(xq);
+  add_outer(tq.data(), tq.data(), k, rows, tmp, t.gram.data());
+  if (xf) {
+    const std::vector<float> tf = transposed(*xf);
+    add_outer(tq.data(), tf.data(), k, rows, tmp, t.cross.data());
+    add_outer(tf.data(), tf.data(), k, rows, tmp, t.target_gram.data());
+  }
   t.count += rows;
 }
 
@@ -308,6 +383,27 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
   rep.images = images;
   const Dataset part = take(data, 0, images);
   const runtime::Executor exec(m);
+  // Quantized inputs: layer by layer in graph order, each fitted on its input in the simulated model with the layers
+  // before it already rounded adaptively (build_quantized uses cal.rounded_weights as they grow) and the ones after it
+  // rounded to nearest — AIMET's sequential order, at the cost of a float and a simulated pass per layer.
+  const bool qin = opt.adaround_options.quantized_inputs;
+  std::unique_ptr<runtime::Executor> qexec;
+  auto simulate_up_to_now = [&]() {
+    graph::Model qm = [&] {
+      const ScopedQuiet hush;  // the final build repeats its notes
+      return build_quantized(cal, opt).model;
+    }();
+    std::map<std::string, std::string> qin_of;
+    for (const Node& n : qm.graph.nodes) qin_of[n.name] = n.input(0);
+    for (Target& t : targets) {
+      auto it = qin_of.find(g.nodes[t.node].name);
+      PERCH_CHECK(it != qin_of.end(), m.source, ": adaround: ", g.nodes[t.node].describe(), " is not in the quantized model");
+      t.qinput = it->second;
+    }
+    qexec = std::make_unique<runtime::Executor>(std::move(qm));
+  };
+  // Float inputs are kept for one batch while the simulated model runs it: smaller batches then.
+  const int64_t batch = qin ? std::min<int64_t>(opt.batch, 16) : opt.batch;
   constexpr int64_t kBudget = int64_t{512} << 20;
   size_t next = 0;
   int64_t done = 0;
@@ -316,27 +412,51 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
     // One chunk of layers whose second moments fit the budget (at least one layer).
     size_t end = next;
     int64_t bytes = 0;
-    while (end < targets.size() && (end == next || bytes + targets[end].bytes() <= kBudget)) bytes += targets[end++].bytes();
-    std::map<std::string, std::vector<Target*>> by_input;
+    while (end < targets.size() && (end == next || (!qin && bytes + targets[end].bytes(qin) <= kBudget)))
+      bytes += targets[end++].bytes(qin);
+    if (qin) simulate_up_to_now();
+    std::map<std::string, std::vector<Target*>> by_input, by_qinput;
     for (size_t i = next; i < end; ++i) {
-      targets[i].gram.assign(static_cast<size_t>(targets[i].groups * targets[i].k * targets[i].k), 0.0);
-      by_input[targets[i].input].push_back(&targets[i]);
+      Target& t = targets[i];
+      const size_t sz = static_cast<size_t>(t.groups * t.k * t.k);
+      t.gram.assign(sz, 0.0);
+      if (qin) {
+        t.cross.assign(sz, 0.0);
+        t.target_gram.assign(sz, 0.0);
+        by_qinput[t.qinput].push_back(&t);
+      }
+      by_input[t.input].push_back(&t);
     }
+    std::map<std::string, Tensor> kept;  // quantized inputs: float inputs of this batch
+    auto add = [&](Target& t, const Tensor& xq, const Tensor* xf) {
+      PERCH_CHECK(xq.dtype() == DType::kFloat32, m.source, ": adaround: input of ", g.nodes[t.node].describe(),
+                  " is not float32");
+      const Node& n = g.nodes[t.node];
+      if (n.op_type == "Conv") add_conv_moments(n, xq, xf, *g.initializer(n.input(1)), t);
+      else add_row_moments(xq, xf, t);
+    };
     auto observe = [&](const std::string& name, const Tensor& x) {
       auto it = by_input.find(name);
       if (it == by_input.end()) return;
-      PERCH_CHECK(x.dtype() == DType::kFloat32, m.source, ": adaround: input '", name, "' is not float32");
-      for (Target* t : it->second) {
-        const Node& n = g.nodes[t->node];
-        if (n.op_type == "Conv") add_conv_moments(n, x, *g.initializer(n.input(1)), *t);
-        else add_row_moments(x, *t);
-      }
+      if (qin) kept[name] = x.clone();
+      else
+        for (Target* t : it->second) add(*t, x, nullptr);
     };
-    for (int64_t b = 0; b < images; b += opt.batch) {
-      const int64_t nb = std::min(opt.batch, images - b);
+    auto observe_q = [&](const std::string& name, const Tensor& x) {
+      auto it = by_qinput.find(name);
+      if (it == by_qinput.end()) return;
+      for (Target* t : it->second) add(*t, x, &kept.at(t->input));
+    };
+    for (int64_t b = 0; b < images; b += batch) {
+      const int64_t nb = std::min(batch, images - b);
       const Tensor x = part.batch(b, nb);
+      kept.clear();
       observe(exec.input_name(), x);
       exec.run({{exec.input_name(), x}}, observe);
+      if (qin) {
+        observe_q(qexec->input_name(), x);
+        qexec->run({{qexec->input_name(), x}}, observe_q);
+      }
     }
     for (size_t i = next; i < end; ++i) {
       Target& t = targets[i];
@@ -344,10 +464,11 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
       const Tensor& w = *g.initializer(n.input(1));
       PERCH_CHECK(t.count > 0, m.source, ": ", n.describe(), ": adaround: input '", t.input, "' was never computed");
       bool finite = true;
-      for (double& v : t.gram) {
-        v /= static_cast<double>(t.count);
-        finite &= std::isfinite(v);
-      }
+      for (auto* mat : {&t.gram, &t.cross, &t.target_gram})
+        for (double& v : *mat) {
+          v /= static_cast<double>(t.count);
+          finite &= std::isfinite(v);
+        }
       if (!finite) {  // NaN/Inf inputs: nearest rounding for this layer
         std::vector<double>().swap(t.gram);
         solving.update(++done);
@@ -372,6 +493,10 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
       p.k = t.k;
       p.rows_per_group = t.rows / t.groups;
       p.gram = t.gram.data();
+      if (qin) {
+        p.cross = t.cross.data();
+        p.target_gram = t.target_gram.data();
+      }
       p.qmin = t.params.spec.qmin();
       p.qmax = t.params.spec.qmax();
       std::vector<int32_t> qr(scale.size());
@@ -384,6 +509,8 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
       cal.rounded_weights[n.input(1)] = {t.params, std::move(q)};
       rep.layers.push_back(std::move(layer));
       std::vector<double>().swap(t.gram);
+      std::vector<double>().swap(t.cross);
+      std::vector<double>().swap(t.target_gram);
       solving.update(++done);
     }
     next = end;

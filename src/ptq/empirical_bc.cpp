@@ -89,13 +89,8 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
     cal.output_shift[n.name].assign(static_cast<size_t>(w->dim(weight_channel_axis(n, w->rank()))), 0.0);
   }
   const std::map<std::string, std::vector<double>> seeds = cal.output_shift;
-  struct Hush {  // the build's notes and warnings come again from the caller's final build
-    bool was = quiet();
-    Hush() { set_quiet(true); }
-    ~Hush() { set_quiet(was); }
-  };
   const Model qm = [&] {
-    const Hush hush;
+    const ScopedQuiet hush;  // the build's notes and warnings come again from the caller's final build
     return build_quantized(cal, opt).model;
   }();
   cal.output_shift.clear();

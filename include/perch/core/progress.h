@@ -13,6 +13,18 @@ namespace perch {
 void set_quiet(bool quiet);
 bool quiet();
 
+// Quiet for its lifetime, then as before (an inner step whose notes the caller repeats later).
+class ScopedQuiet {
+ public:
+  ScopedQuiet() : was_(quiet()) { set_quiet(true); }
+  ~ScopedQuiet() { set_quiet(was_); }
+  ScopedQuiet(const ScopedQuiet&) = delete;
+  ScopedQuiet& operator=(const ScopedQuiet&) = delete;
+
+ private:
+  bool was_;
+};
+
 class Progress {
  public:
   Progress(std::string label, int64_t total);

@@ -18,7 +18,15 @@
 // linearly from beta_start to beta_end, pushing h to 0 or 1. The result is floor(w / s) + [V >= 0], clamped;
 // if its objective (reconstruction term, in double) is not below nearest rounding's, nearest rounding is kept.
 //
-// Inputs x are the float model's (the AdaRound paper's basic form; AIMET feeds the quantized model's).
+// Inputs x are the float model's by default (the AdaRound paper's basic form). With
+// AdaRoundOptions::quantized_inputs the layer is fitted as AIMET does: its input x~ is taken from the simulated
+// quantized model, the target stays the float layer on the float input, so the objective becomes
+//   sum_r E[(w~_r . x~ - w_r . x)^2] = sum_r d_r^T A d_r + 2 d_r^T (A w_r - C w_r) + const_r,   d_r = w~_r - w_r,
+// A = E[x~ x~^T], C = E[x~ x^T] (const_r: the error of the input's quantization at float weights), and the layers
+// are fitted one at a time in graph order, each on a simulated model whose earlier layers already hold their
+// adaptive integers (a float and a simulated pass per layer). Fitted all at once on the nearest-rounded model
+// instead, each layer compensates errors the layers before it no longer make: on Fashion-MNIST W4A8 that lost
+// 5-30 points of top-1 (measured, docs/QUANTIZATION.md).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +45,11 @@ struct AdaRoundProblem {
   int64_t rows = 0, k = 0;
   int64_t rows_per_group = 0;    // consecutive rows sharing one second-moment matrix (0: all rows)
   const double* gram = nullptr;  // (rows / rows_per_group) matrices of k x k, E[x x^T], symmetric
+  // Quantized inputs (AdaRoundOptions::quantized_inputs): `gram` is then E[x~ x~^T] of the quantized model's input
+  // x~, and the target the float layer on the float input x: cross = E[x~ x^T], target_gram = E[x x^T] (same
+  // layout). Both null: x~ = x.
+  const double* cross = nullptr;
+  const double* target_gram = nullptr;
   int32_t qmin = -127, qmax = 127;
 };
 

@@ -56,6 +56,9 @@ struct AdaRoundOptions {
   // Then coordinate descent on the integers (each weight to its other grid point while that lowers the layer's
   // output error; ptq/adaround.h), at most this many sweeps; 0: AdaRound's result as it is.
   int64_t polish_sweeps = 16;
+  // Reconstruct the float layer's output on the float input from the *quantized* model's input (AIMET's form):
+  // the weights then also absorb the error of the layer's input quantization. Off: float inputs on both sides.
+  bool quantized_inputs = false;
 };
 
 struct PtqOptions {
