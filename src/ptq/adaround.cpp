@@ -24,6 +24,23 @@ using graph::Node;
 constexpr double kZeta = 1.1, kGamma = -0.1;  // rectified sigmoid stretch (AdaRound sec. 3.3)
 constexpr int64_t kRowBlock = 64;             // rows optimised together (fixed: results do not depend on threads)
 
+// c (m x n, dense) = a (m x k) * (trans_b ? b^T : b), row-major.
+void gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+          float* c) {
+  kernels::GemmF32Args g;
+  g.trans_b = trans_b;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.lda = lda;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = n;
+  kernels::gemm_f32(g);
+}
+
 // The linear and constant parts of the objective for rows [r0, r1) of one group (adaround.h, quantized inputs):
 // with d = w~ - w, row r's reconstruction term is d^T A d + 2 d^T e_r + const_r, e_r = A w_r - C w_r,
 // const_r = w_r^T A w_r - 2 w_r^T C w_r + w_r^T H w_r (all zero when A = C = H). In double.
@@ -110,17 +127,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
       d[e] = static_cast<float>(s[e] * qs - w[e]);
     }
     // g = d A + e (A symmetric): the reconstruction term's gradient / 2 with respect to the soft weights.
-    kernels::GemmF32Args a;
-    a.m = r1 - r0;
-    a.n = k;
-    a.k = k;
-    a.a = d.data();
-    a.lda = k;
-    a.b = hf;
-    a.ldb = k;
-    a.c = g.data();
-    a.ldc = k;
-    kernels::gemm_f32(a);
+    gemm(false, r1 - r0, k, k, d.data(), k, hf, k, g.data());
     if (p.cross)
       for (int64_t e = 0; e < n; ++e) g[e] = static_cast<float>(g[e] + lin.e[e]);
     const bool reg = t >= warm;
@@ -259,18 +266,7 @@ struct Target {
 
 // m += a b^T for a, b: k x n (row-major), through a float GEMM into `tmp` (k x k).
 void add_outer(const float* a, const float* b, int64_t k, int64_t n, std::vector<float>& tmp, double* m) {
-  kernels::GemmF32Args g;
-  g.trans_b = true;
-  g.m = k;
-  g.n = k;
-  g.k = n;
-  g.a = a;
-  g.lda = n;
-  g.b = b;
-  g.ldb = n;
-  g.c = tmp.data();
-  g.ldc = k;
-  kernels::gemm_f32(g);
+  gemm(true, k, k, n, a, n, b, n, tmp.data());
   for (int64_t i = 0; i < k * k; ++i) m[i] += tmp[i];
 }
 

@@ -18,6 +18,16 @@ using namespace perch;
 
 namespace {
 
+// Mean over images and positions of the sum over channels (axis 1) of (y - ref)^2, in double.
+double per_position_error(const Tensor& y, const Tensor& ref) {
+  double total = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const double d = double{y.data<float>()[i]} - ref.data<float>()[i];
+    total += d * d;
+  }
+  return total / static_cast<double>(y.numel() / y.dim(1));
+}
+
 // sum_r d_r^T H d_r, d = s q - w (double).
 double objective(const std::vector<float>& w, const std::vector<float>& s, const std::vector<double>& h, int64_t rows,
                  int64_t k, const std::vector<int32_t>& q) {
@@ -164,14 +174,7 @@ double measured_error(const graph::Model& m, const std::string& node, const Tens
     });
     return r;
   };
-  const Tensor a = output(m), b = output(m2);
-  const int64_t positions = a.numel() / a.dim(1);
-  double total = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = double{b.data<float>()[i]} - a.data<float>()[i];
-    total += d * d;
-  }
-  return total / static_cast<double>(positions);
+  return per_position_error(output(m2), output(m));
 }
 
 void expect_layer_errors_as_measured(const graph::Model& model, const ptq::PtqOptions& o,
@@ -256,108 +259,73 @@ TEST(AdaRound, OtherParametersRoundToNearest) {
   for (const auto& l : res.layers) EXPECT_EQ(l.adaptive_rounding, l.node != "Conv_c2") << l.node;
 }
 
-}  // namespace
-
-namespace {
+// tiny_cnn fitted with quantized inputs on 40 images.
+struct QuantizedInputFit {
+  Dataset calib = test::tiny_cnn_inputs(40, 5);
+  ptq::PtqOptions o;
+  ptq::Calibration cal;
+  ptq::AdaRoundReport rep;
+  QuantizedInputFit() : o(four_bit(quant::Granularity::kPerChannel)) {
+    o.adaround_options.quantized_inputs = true;
+    cal = ptq::calibrate(test::tiny_cnn(7), calib, o);
+    rep = ptq::round_weights_adaptively(cal, calib, o);
+  }
+  // Output `value` of cal.model on the calibration images with initializer `weight` set to `w`, and `known` values
+  // given instead of computed.
+  Tensor output(const std::string& weight, const Tensor& w, const std::string& value, const Tensor& x,
+                const runtime::TensorMap& known = {}) const {
+    graph::Model m2 = cal.model;
+    m2.graph.initializers[weight] = w;
+    Tensor r;
+    runtime::Executor(m2).run_cached({{"x", x}}, known, [&](const std::string& v, const Tensor& t) {
+      if (v == value) r = t.clone();
+    });
+    return r;
+  }
+  // Layer `l`'s reported objectives against E[(w~ . x~ - w . x)^2] measured with its float input replaced.
+  void expect_measured(const ptq::AdaRoundLayer& l, const std::string& value, const Tensor& x,
+                       const runtime::TensorMap& known) const {
+    const auto& rw = cal.rounded_weights.at(l.weight);
+    const Tensor w = *cal.model.graph.initializer(l.weight);
+    const Tensor ref = output(l.weight, w, value, calib.images);
+    const double e_ada = per_position_error(output(l.weight, quant::dequantize(rw.q, rw.params), value, x, known), ref);
+    const double e_near = per_position_error(
+        output(l.weight, quant::dequantize(quant::quantize(w, rw.params), rw.params), value, x, known), ref);
+    EXPECT_NEAR(l.stats.loss, e_ada, 1e-4 * e_near);
+    EXPECT_NEAR(l.stats.loss_nearest, e_near, 1e-4 * e_near);
+    EXPECT_LT(e_ada, e_near);
+  }
+};
 
 TEST(AdaRound, QuantizedInputsObjectiveIsTheExecutorsOnTheFirstLayer) {
   // The first conv reads the quantized graph input x~ = fq(x): its objective E[(w~ . x~ - w . x)^2], measured by
   // running the float model on fq(x) with the chosen weights against the float model on x.
-  const auto m = test::tiny_cnn(7);
-  const Dataset calib = test::tiny_cnn_inputs(40, 5);
-  ptq::PtqOptions o = four_bit(quant::Granularity::kPerChannel);
-  o.adaround_options.quantized_inputs = true;
-  ptq::Calibration cal = ptq::calibrate(m, calib, o);
-  const ptq::AdaRoundReport rep = ptq::round_weights_adaptively(cal, calib, o);
-  ASSERT_FALSE(rep.layers.empty());
-  const auto& l = rep.layers[0];
-  ASSERT_EQ(l.node, "Conv_c1");
-  const auto& rw = cal.rounded_weights.at(l.weight);
-  const Tensor w = *cal.model.graph.initializer(l.weight);
-  const Tensor xq = quant::fake_quant(calib.images, cal.activation_params.at("x"));
-  auto c1 = [&](const Tensor& weight, const Tensor& x) {
-    graph::Model m2 = cal.model;
-    m2.graph.initializers[l.weight] = weight;
-    Tensor r;
-    runtime::Executor(m2).run({{"x", x}}, [&](const std::string& v, const Tensor& t) {
-      if (v == "c1") r = t.clone();
-    });
-    return r;
-  };
-  const Tensor ref = c1(w, calib.images);
-  auto error = [&](const Tensor& y) {
-    double total = 0;
-    for (int64_t i = 0; i < y.numel(); ++i) {
-      const double d = double{y.data<float>()[i]} - ref.data<float>()[i];
-      total += d * d;
-    }
-    return total / static_cast<double>(y.numel() / y.dim(1));
-  };
-  const double e_ada = error(c1(quant::dequantize(rw.q, rw.params), xq));
-  const double e_near = error(c1(quant::dequantize(quant::quantize(w, rw.params), rw.params), xq));
-  EXPECT_NEAR(l.stats.loss, e_ada, 1e-4 * e_near);
-  EXPECT_NEAR(l.stats.loss_nearest, e_near, 1e-4 * e_near);
-  EXPECT_LT(e_ada, e_near);
+  const QuantizedInputFit f;
+  ASSERT_FALSE(f.rep.layers.empty());
+  ASSERT_EQ(f.rep.layers[0].node, "Conv_c1");
+  f.expect_measured(f.rep.layers[0], "c1", quant::fake_quant(f.calib.images, f.cal.activation_params.at("x")), {});
 }
-
-}  // namespace
-
-namespace {
 
 TEST(AdaRound, QuantizedInputsAreFittedSequentially) {
   // The second layer (depthwise c2) is fitted on its input in the simulated model whose first layer already has its
   // adaptive integers: its reported objective is E[(w~ . x~ - w . x)^2] with x~ from that model, measured by
-  // running the float model's c2 on x~ (given as a known value) with the chosen weights.
-  const auto m = test::tiny_cnn(7);
-  const Dataset calib = test::tiny_cnn_inputs(40, 5);
-  ptq::PtqOptions o = four_bit(quant::Granularity::kPerChannel);
-  o.adaround_options.quantized_inputs = true;
-  ptq::Calibration cal = ptq::calibrate(m, calib, o);
-  const ptq::AdaRoundReport rep = ptq::round_weights_adaptively(cal, calib, o);
-  ASSERT_GE(rep.layers.size(), 2u);
-  const auto& l = rep.layers[1];
-  ASSERT_EQ(l.node, "Conv_c2");
-  // The simulated model with only the first layer's integers.
-  ptq::Calibration first = cal;
-  first.rounded_weights = {{rep.layers[0].weight, cal.rounded_weights.at(rep.layers[0].weight)}};
-  const graph::Model qm = ptq::build_quantized(first, o).model;
+  // running the float model's c2 on x~ (given as the known value of its input p1) with the chosen weights.
+  const QuantizedInputFit f;
+  ASSERT_GE(f.rep.layers.size(), 2u);
+  ASSERT_EQ(f.rep.layers[1].node, "Conv_c2");
+  ptq::Calibration first = f.cal;  // the simulated model with only the first layer's integers
+  first.rounded_weights = {{f.rep.layers[0].weight, f.cal.rounded_weights.at(f.rep.layers[0].weight)}};
+  const graph::Model qm = ptq::build_quantized(first, f.o).model;
   std::string qin;
   for (const auto& n : qm.graph.nodes)
     if (n.name == "Conv_c2") qin = n.input(0);
   ASSERT_FALSE(qin.empty());
   Tensor xq;
-  runtime::Executor(qm).run({{"x", calib.images}}, [&](const std::string& v, const Tensor& t) {
+  runtime::Executor(qm).run({{"x", f.calib.images}}, [&](const std::string& v, const Tensor& t) {
     if (v == qin) xq = t.clone();
   });
   ASSERT_EQ(xq.rank(), 4);
-  const auto& rw = cal.rounded_weights.at(l.weight);
-  const Tensor w = *cal.model.graph.initializer(l.weight);
-  const std::string in = "p1";  // c2's input in the float model
-  auto c2 = [&](const Tensor& weight, const Tensor* known) {
-    graph::Model m2 = cal.model;
-    m2.graph.initializers[l.weight] = weight;
-    Tensor r;
-    runtime::TensorMap k;
-    if (known) k[in] = *known;
-    runtime::Executor(m2).run_cached({{"x", calib.images}}, k, [&](const std::string& v, const Tensor& t) {
-      if (v == "c2") r = t.clone();
-    });
-    return r;
-  };
-  const Tensor ref = c2(w, nullptr);
-  auto error = [&](const Tensor& y) {
-    double total = 0;
-    for (int64_t i = 0; i < y.numel(); ++i) {
-      const double d = double{y.data<float>()[i]} - ref.data<float>()[i];
-      total += d * d;
-    }
-    return total / static_cast<double>(y.numel() / y.dim(1));
-  };
-  const double e_ada = error(c2(quant::dequantize(rw.q, rw.params), &xq));
-  const double e_near = error(c2(quant::dequantize(quant::quantize(w, rw.params), rw.params), &xq));
-  EXPECT_NEAR(l.stats.loss, e_ada, 1e-4 * e_near);
-  EXPECT_NEAR(l.stats.loss_nearest, e_near, 1e-4 * e_near);
-  EXPECT_LT(e_ada, e_near);
+  f.expect_measured(f.rep.layers[1], "c2", f.calib.images, {{"p1", xq}});
 }
 
 }  // namespace
