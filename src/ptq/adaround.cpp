@@ -107,6 +107,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
   const float* w = p.w + r0 * k;
   const float* s = p.scale + r0 * k;
   std::vector<float> fl(n), v(n), m1(n, 0.0f), m2(n, 0.0f), d(n), g(n);
+  std::vector<double> sg(n);
   for (int64_t e = 0; e < n; ++e) {
     const float x = w[e] / s[e];  // the division quantize_value() makes
     fl[e] = std::floor(x);
@@ -122,6 +123,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t e = 0; e < n; ++e) {
       const double sig = 1.0 / (1.0 + std::exp(-static_cast<double>(v[e])));
+      sg[e] = sig;
       const double h = std::clamp(sig * (kZeta - kGamma) + kGamma, 0.0, 1.0);
       const double qs = std::clamp(fl[e] + h, static_cast<double>(lo), static_cast<double>(hi));
       d[e] = static_cast<float>(s[e] * qs - w[e]);
@@ -137,7 +139,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
     b1t *= b1;
     b2t *= b2;
     for (int64_t e = 0; e < n; ++e) {
-      const double sig = 1.0 / (1.0 + std::exp(-static_cast<double>(v[e])));
+      const double sig = sg[e];  // of this step's V, computed above
       const double hraw = sig * (kZeta - kGamma) + kGamma;
       if (hraw <= 0.0 || hraw >= 1.0) {  // clamped: no gradient (as torch.clamp), Adam's moments still decay
         m1[e] = static_cast<float>(b1 * m1[e]);
@@ -398,8 +400,7 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
     }
     qexec = std::make_unique<runtime::Executor>(std::move(qm));
   };
-  // Float inputs are kept for one batch while the simulated model runs it: smaller batches then.
-  const int64_t batch = qin ? std::min<int64_t>(opt.batch, 16) : opt.batch;
+  const int64_t batch = opt.batch;  // quantized inputs: the fitted layer's float input is kept for one batch
   constexpr int64_t kBudget = int64_t{512} << 20;
   size_t next = 0;
   int64_t done = 0;
