@@ -170,6 +170,7 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   opt.adaround_options.iterations = f.adaround_iters;
   PERCH_CHECK(f.adaround_samples >= 0, "--adaround-samples must be positive (or 0: all calibration images)");
   opt.adaround_options.samples = f.adaround_samples;
+  PERCH_CHECK(!f.adaround_qin || f.adaround, "--adaround-quantized-inputs needs --adaround");
   opt.adaround_options.quantized_inputs = f.adaround_qin;
   for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
   return opt;

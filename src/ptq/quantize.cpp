@@ -827,6 +827,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     quant::QuantParams params;
     Tensor delta;
     quant::QuantSpec spec;
+    bool adaptive = false;  // integers from cal.rounded_weights
   };
   std::map<std::string, Written> written;  // weight name -> its DequantizeLinear (shared weights once)
   bool need_13 = false, need_21 = false;
@@ -865,7 +866,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
       const auto ar = cal.rounded_weights.find(wname);
       const bool adaptive = ar != cal.rounded_weights.end() && same_params(ar->second.params, wr.params);
       const Tensor q = adaptive ? ar->second.q : quant::quantize(w, wr.params);
-      rep.adaptive_rounding = adaptive;
+      wr.adaptive = adaptive;
       wr.delta = quant::dequantize(q, wr.params);
       for (int64_t i = 0; i < w.numel(); ++i) wr.delta.data<float>()[i] -= w.data<float>()[i];
       const std::string qname = g.unique_name(wname + "_quantized");
@@ -874,6 +875,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
       it = written.emplace(wname, std::move(wr)).first;
     }
     const Written& wr = it->second;
+    rep.adaptive_rounding = wr.adaptive;
     rep.axis = wr.params.axis;
     rep.granularity = granularity_label(wr.spec);
     rep.bits = wr.spec.bits;

@@ -247,6 +247,10 @@ TEST(Cli, ErrorsNameWhatIsWrong) {
   r = run_cmd(perch_bin() + " quantize " + q(d / "tiny.onnx") + " --calib nosuch:thing");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+
+  r = run_cmd(perch_bin() + " quantize " + q(d / "tiny.onnx") + " --adaround-quantized-inputs");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("needs --adaround"), std::string::npos) << r.err;
 }
 
 TEST(Cli, InspectReportsChannelSpread) {
