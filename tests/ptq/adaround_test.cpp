@@ -116,48 +116,53 @@ TEST(AdaRound, SolverClosesMostOfTheGapToTheExhaustiveOptimum) {
   EXPECT_GT(gap_closed / problems, 0.75) << "mean share of the nearest-to-optimum gap closed";
 }
 
-// x [N,1,8,8] -> Conv c1 (8 out, 3x3, pad 1) -> Relu -> Conv c3 (6 out, group 2, 3x3, strides 2 x 1, pad 1)
-// -> Relu -> Flatten -> MatMul (weight [192, 5], stored K x N) -> Add -> y.
-graph::Model grouped_matmul_model(uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto tensor = [&](Shape s, float scale) {
+// A small float model built in code: x [N,1,8,8] -> ... -> y [N, outputs]; random normal initializers.
+struct Builder {
+  std::mt19937 rng;
+  std::normal_distribution<float> nd{0.0f, 1.0f};
+  graph::Model m;
+  Builder(uint32_t seed, const std::string& name, int64_t outputs) : rng(seed) {
+    m.opsets = {{"", 13}};
+    m.ir_version = 7;
+    m.graph.name = name;
+    m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 1, 8, 8}, {"N", "", "", ""}, true});
+    m.graph.outputs.push_back({"y", DType::kFloat32, {-1, outputs}, {"N", ""}, true});
+  }
+  void init(const std::string& name, Shape s, float scale) {
     Tensor t(DType::kFloat32, s);
     for (auto& v : t.span<float>()) v = nd(rng) * scale;
-    return t;
-  };
-  graph::Model m;
-  m.opsets = {{"", 13}};
-  m.ir_version = 7;
-  auto& g = m.graph;
-  g.name = "grouped";
-  g.inputs.push_back({"x", DType::kFloat32, {-1, 1, 8, 8}, {"N", "", "", ""}, true});
-  g.outputs.push_back({"y", DType::kFloat32, {-1, 5}, {"N", ""}, true});
-  g.initializers["w1"] = tensor({8, 1, 3, 3}, 0.5f);
-  g.initializers["b1"] = tensor({8}, 0.1f);
-  g.initializers["w3"] = tensor({6, 4, 3, 3}, 0.3f);
-  g.initializers["b3"] = tensor({6}, 0.1f);
-  g.initializers["w4"] = tensor({192, 5}, 0.2f);
-  g.initializers["b4"] = tensor({5}, 0.1f);
-  auto node = [&](std::string op, std::vector<std::string> in, std::string out,
-                  std::map<std::string, graph::AttrValue> attrs = {}) {
+    m.graph.initializers[name] = t;
+  }
+  void node(std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> attrs = {}) {
     graph::Node n;
     n.op_type = op;
     n.name = op + "_" + out;
     n.inputs = std::move(in);
     n.outputs = {out};
     n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
-  node("Conv", {"x", "w1", "b1"}, "c1", {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
-  node("Relu", {"c1"}, "r1");
-  node("Conv", {"r1", "w3", "b3"}, "c3",
-       {{"pads", std::vector<int64_t>{1, 1, 1, 1}}, {"group", int64_t{2}}, {"strides", std::vector<int64_t>{2, 1}}});
-  node("Relu", {"c3"}, "r3");
-  node("Flatten", {"r3"}, "f");
-  node("MatMul", {"f", "w4"}, "mm");
-  node("Add", {"mm", "b4"}, "y");
-  return m;
+    m.graph.nodes.push_back(n);
+  }
+};
+
+// x [N,1,8,8] -> Conv c1 (8 out, 3x3, pad 1) -> Relu -> Conv c3 (6 out, group 2, 3x3, strides 2 x 1, pad 1)
+// -> Relu -> Flatten -> MatMul (weight [192, 5], stored K x N) -> Add -> y.
+graph::Model grouped_matmul_model(uint32_t seed) {
+  Builder b(seed, "grouped", 5);
+  b.init("w1", {8, 1, 3, 3}, 0.5f);
+  b.init("b1", {8}, 0.1f);
+  b.init("w3", {6, 4, 3, 3}, 0.3f);
+  b.init("b3", {6}, 0.1f);
+  b.init("w4", {192, 5}, 0.2f);
+  b.init("b4", {5}, 0.1f);
+  b.node("Conv", {"x", "w1", "b1"}, "c1", {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
+  b.node("Relu", {"c1"}, "r1");
+  b.node("Conv", {"r1", "w3", "b3"}, "c3",
+         {{"pads", std::vector<int64_t>{1, 1, 1, 1}}, {"group", int64_t{2}}, {"strides", std::vector<int64_t>{2, 1}}});
+  b.node("Relu", {"c3"}, "r3");
+  b.node("Flatten", {"r3"}, "f");
+  b.node("MatMul", {"f", "w4"}, "mm");
+  b.node("Add", {"mm", "b4"}, "y");
+  return b.m;
 }
 
 // Mean over images and positions of sum over channels of (y' - y)^2 for the output `value` of node `node`,
@@ -248,45 +253,22 @@ TEST(AdaRound, LayerErrorsAreTheExecutorsGroupedStridedMatMul) {
 // x [N,1,8,8] -> Reshape [N,2,32] -> 1-D Conv (4 out, kernel 3, pad 1, dilation 2) -> Relu -> Flatten
 // -> Gemm (transB 0: weight [128, 3] stored K x N) -> y.
 graph::Model conv1d_gemm_model(uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto tensor = [&](Shape s, float scale) {
-    Tensor t(DType::kFloat32, s);
-    for (auto& v : t.span<float>()) v = nd(rng) * scale;
-    return t;
-  };
-  graph::Model m;
-  m.opsets = {{"", 13}};
-  m.ir_version = 7;
-  auto& g = m.graph;
-  g.name = "conv1d";
-  g.inputs.push_back({"x", DType::kFloat32, {-1, 1, 8, 8}, {"N", "", "", ""}, true});
-  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
+  Builder b(seed, "conv1d", 3);
   Tensor shape(DType::kInt64, {3});
   shape.data<int64_t>()[0] = -1;
   shape.data<int64_t>()[1] = 2;
   shape.data<int64_t>()[2] = 32;
-  g.initializers["shape"] = shape;
-  g.initializers["w1"] = tensor({4, 2, 3}, 0.5f);
-  g.initializers["b1"] = tensor({4}, 0.1f);
-  g.initializers["w2"] = tensor({128, 3}, 0.2f);
-  g.initializers["b2"] = tensor({3}, 0.1f);
-  auto node = [&](std::string op, std::vector<std::string> in, std::string out,
-                  std::map<std::string, graph::AttrValue> attrs = {}) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out;
-    n.inputs = std::move(in);
-    n.outputs = {out};
-    n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
-  node("Reshape", {"x", "shape"}, "x1");
-  node("Conv", {"x1", "w1", "b1"}, "c1", {{"pads", std::vector<int64_t>{2, 2}}, {"dilations", std::vector<int64_t>{2}}});
-  node("Relu", {"c1"}, "r1");
-  node("Flatten", {"r1"}, "f");
-  node("Gemm", {"f", "w2", "b2"}, "y");
-  return m;
+  b.m.graph.initializers["shape"] = shape;
+  b.init("w1", {4, 2, 3}, 0.5f);
+  b.init("b1", {4}, 0.1f);
+  b.init("w2", {128, 3}, 0.2f);
+  b.init("b2", {3}, 0.1f);
+  b.node("Reshape", {"x", "shape"}, "x1");
+  b.node("Conv", {"x1", "w1", "b1"}, "c1", {{"pads", std::vector<int64_t>{2, 2}}, {"dilations", std::vector<int64_t>{2}}});
+  b.node("Relu", {"c1"}, "r1");
+  b.node("Flatten", {"r1"}, "f");
+  b.node("Gemm", {"f", "w2", "b2"}, "y");
+  return b.m;
 }
 
 TEST(AdaRound, LayerErrorsAreTheExecutorsConv1dAndGemmKxN) {
