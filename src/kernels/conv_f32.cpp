@@ -92,6 +92,8 @@ void pad_plane(const Conv2dShape& s, const float* xc, int64_t ph, int64_t pw, fl
 
 }  // namespace detail
 
+void im2col_f32(const Conv2dShape& s, const float* x, float* col) { detail::im2col(s, s.in_channels / s.group, x, col); }
+
 namespace {
 
 using detail::im2col;

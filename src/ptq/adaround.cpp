@@ -10,6 +10,7 @@
 #include "perch/core/error.h"
 #include "perch/core/progress.h"
 #include "perch/core/threads.h"
+#include "perch/kernels/conv_f32.h"
 #include "perch/kernels/gemm_f32.h"
 #include "perch/runtime/executor.h"
 #include "perch/runtime/op_geometry.h"
@@ -101,7 +102,8 @@ double reconstruction(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t
 }
 
 // Adam on V for rows [r0, r1) of one group (second moments h as float hf); writes their integers.
-void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const float* hf, const Linear& lin, int64_t r0,
+// lin_e: the block's rows of the linear part e (rows x k).
+void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const float* hf, const double* lin_e, int64_t r0,
                     int64_t r1, int32_t* q) {
   const int64_t k = p.k, n = (r1 - r0) * k;
   const float* w = p.w + r0 * k;
@@ -131,7 +133,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
     // g = d A + e (A symmetric): the reconstruction term's gradient / 2 with respect to the soft weights.
     gemm(false, r1 - r0, k, k, d.data(), k, hf, k, g.data());
     if (p.cross)
-      for (int64_t e = 0; e < n; ++e) g[e] = static_cast<float>(g[e] + lin.e[e]);
+      for (int64_t e = 0; e < n; ++e) g[e] = static_cast<float>(g[e] + lin_e[e]);
     const bool reg = t >= warm;
     const double beta =
         o.beta_end + (o.beta_start - o.beta_end) *
@@ -167,7 +169,7 @@ void optimise_block(const AdaRoundProblem& p, const AdaRoundOptions& o, const fl
 // points (floor / ceil of w / s, clamped) when that lowers its row's reconstruction term; sweeps in element order
 // until none moves (at most `sweeps`). With d = s q - w and g = A d + e_r, moving weight i by t (= +-s_i) changes
 // the term by 2 t g_i + t^2 A_ii, and g by t A[:, i]. Never increases the objective.
-void polish_rows(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1, const Linear& lin, int64_t sweeps,
+void polish_rows(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1, const double* lin_e, int64_t sweeps,
                  int32_t* q) {
   const int64_t k = p.k;
   const double* h = p.gram + grp * k * k;
@@ -178,7 +180,7 @@ void polish_rows(const AdaRoundProblem& p, int64_t grp, int64_t r0, int64_t r1, 
     int32_t* qr = q + r * k;
     for (int64_t i = 0; i < k; ++i) d[i] = static_cast<double>(s[i]) * qr[i] - static_cast<double>(w[i]);
     for (int64_t i = 0; i < k; ++i) {
-      double acc = lin.e[(r - r0) * k + i];
+      double acc = lin_e[(r - r0) * k + i];
       for (int64_t j = 0; j < k; ++j) acc += h[i * k + j] * d[j];
       g[i] = acc;
     }
@@ -220,12 +222,9 @@ AdaRoundLayerStats adaround_rows(const AdaRoundProblem& p, const AdaRoundOptions
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t grp = b / blocks_per_group, r0 = grp * rpg + (b % blocks_per_group) * kRowBlock;
       const int64_t r1 = std::min(r0 + kRowBlock, (grp + 1) * rpg);
-      Linear part;  // this block's rows of the group's linear part
-      const Linear& gl = lin[grp];
-      part.e.assign(gl.e.begin() + (r0 - grp * rpg) * k, gl.e.begin() + (r1 - grp * rpg) * k);
-      part.konst.assign(gl.konst.begin() + (r0 - grp * rpg), gl.konst.begin() + (r1 - grp * rpg));
-      optimise_block(p, o, hf.data() + grp * k * k, part, r0, r1, q);
-      if (o.polish_sweeps > 0) polish_rows(p, grp, r0, r1, part, o.polish_sweeps, q);
+      const double* lin_e = lin[grp].e.data() + (r0 - grp * rpg) * k;  // this block's rows
+      optimise_block(p, o, hf.data() + grp * k * k, lin_e, r0, r1, q);
+      if (o.polish_sweeps > 0) polish_rows(p, grp, r0, r1, lin_e, o.polish_sweeps, q);
     }
   });
   // Against nearest rounding (the same division and rounding as quant::quantize_value).
@@ -272,26 +271,6 @@ void add_outer(const float* a, const float* b, int64_t k, int64_t n, std::vector
   for (int64_t i = 0; i < k * k; ++i) m[i] += tmp[i];
 }
 
-// The im2col patches of group grp of image b of x for conv geometry s: k x (OH*OW).
-void patches(const kernels::Conv2dShape& s, const float* xd, int64_t b, int64_t grp, std::vector<float>& col) {
-  const int64_t cg = s.in_channels / s.group, kk = s.kernel_h * s.kernel_w;
-  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), pos = oh_n * ow_n;
-  for (int64_t c = 0; c < cg; ++c) {
-    const float* xc = xd + ((b * s.in_channels) + grp * cg + c) * s.in_h * s.in_w;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        float* row = col.data() + (c * kk + kh * s.kernel_w + kw) * pos;
-        for (int64_t oh = 0; oh < oh_n; ++oh) {
-          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h;
-          for (int64_t ow = 0; ow < ow_n; ++ow) {
-            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
-            row[oh * ow_n + ow] = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w ? xc[ih * s.in_w + iw] : 0.0f;
-          }
-        }
-      }
-  }
-}
-
 // Adds, over the patches of Conv node `n` (geometry from the input shape), x~ x~^T to t.gram and, when xf (the
 // float input) is given, x~ x^T to t.cross and x x^T to t.target_gram.
 void add_conv_moments(const Node& n, const Tensor& xq, const Tensor* xf, const Tensor& w, Target& t) {
@@ -303,10 +282,11 @@ void add_conv_moments(const Node& n, const Tensor& xq, const Tensor* xf, const T
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t grp = 0; grp < s.group; ++grp) {
       const int64_t off = grp * k * k;
-      patches(s, xq.data<float>(), b, grp, cq);
+      const int64_t plane = ((b * s.in_channels) + grp * (s.in_channels / s.group)) * s.in_h * s.in_w;
+      kernels::im2col_f32(s, xq.data<float>() + plane, cq.data());
       add_outer(cq.data(), cq.data(), k, pos, tmp, t.gram.data() + off);
       if (!xf) continue;
-      patches(s, xf->data<float>(), b, grp, cf);
+      kernels::im2col_f32(s, xf->data<float>() + plane, cf.data());
       add_outer(cq.data(), cf.data(), k, pos, tmp, t.cross.data() + off);
       add_outer(cf.data(), cf.data(), k, pos, tmp, t.target_gram.data() + off);
     }
@@ -466,8 +446,11 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
           v /= static_cast<double>(t.count);
           finite &= std::isfinite(v);
         }
+      auto release = [&t] {
+        for (auto* mat : {&t.gram, &t.cross, &t.target_gram}) std::vector<double>().swap(*mat);
+      };
       if (!finite) {  // NaN/Inf inputs: nearest rounding for this layer
-        std::vector<double>().swap(t.gram);
+        release();
         solving.update(++done);
         continue;
       }
@@ -505,9 +488,7 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
           q.data<int8_t>()[t.transposed ? j * t.rows + r : r * t.k + j] = static_cast<int8_t>(qr[r * t.k + j]);
       cal.rounded_weights[n.input(1)] = {t.params, std::move(q)};
       rep.layers.push_back(std::move(layer));
-      std::vector<double>().swap(t.gram);
-      std::vector<double>().swap(t.cross);
-      std::vector<double>().swap(t.target_gram);
+      release();
       solving.update(++done);
     }
     next = end;

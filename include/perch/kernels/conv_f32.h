@@ -29,6 +29,9 @@ void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, 
 // portable loops). Work is spread over perch's thread pool (perch/core/threads.h) by image, group and,
 // for small batches, blocks of output channels. Picks the reference twin when PERCH_PATHS=reference.
 void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
+// The patch matrix the GEMM path multiplies: col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 in the
+// padding), for the C/G channels of one group of one image starting at x (ih, iw as above).
+void im2col_f32(const Conv2dShape& s, const float* x, float* col);
 
 // Gradients (training, perch/train). With y = conv(x, w) + bias as above and dy = dL/dy:
 //   dx[n, c, ih, iw] = sum over (m in the group of c, kh, kw, oh, ow) with ih = oh*sh - pt + kh*dh and
