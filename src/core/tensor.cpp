@@ -1,14 +1,17 @@
 #include "perch/core/tensor.h"
 
 #include <malloc.h>
+#include <sys/mman.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <type_traits>
+#include <vector>
 
 namespace perch {
 
@@ -71,16 +74,139 @@ const bool g_malloc_tuned = [] {
   return true;
 }();
 
+// Blocks of kLargeBlock bytes or more. glibc's mmap threshold cannot be raised past 32 MiB, so above it every
+// malloc is a fresh mmap() and every free a munmap(): each such tensor is faulted in again page by page (rec
+// fp32 at batch 64, whose activations are 40-80 MB, ran 14.1 s per batch instead of 1.6 s; docs/BENCHMARKS.md).
+// perch keeps those blocks itself: a freed block goes into a small cache (at most `limit` bytes, the oldest
+// freed first when it overflows) and the next request it fits (capacity in [need, need * 3/2]) reuses it.
+// Capacities are rounded up to 2 MiB, and the blocks are 2 MiB aligned and advised as transparent huge
+// pages, so a first touch faults 2 MiB at a time where the kernel allows it. Under AddressSanitizer the cache is
+// off (reused blocks would hide use-after-free).
+constexpr size_t kLargeBlock = size_t{32} << 20;
+constexpr size_t kHugePage = size_t{2} << 20;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kCacheAllowed = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kCacheAllowed = false;
+#else
+constexpr bool kCacheAllowed = true;
+#endif
+#else
+constexpr bool kCacheAllowed = true;
+#endif
+
+class LargeBlockCache {
+ public:
+  LargeBlockCache() {
+    size_t mb = 512;
+    if (const char* e = std::getenv("PERCH_TENSOR_CACHE_MB"); e && *e) {
+      char* end = nullptr;
+      const unsigned long long v = std::strtoull(e, &end, 10);
+      PERCH_CHECK(end && *end == '\0' && v < (1ull << 40), "PERCH_TENSOR_CACHE_MB: expected a number of MiB, got '",
+                  e, "'");
+      mb = static_cast<size_t>(v);
+    }
+    limit_ = kCacheAllowed ? mb << 20 : 0;
+  }
+
+  // A block of `capacity` bytes (a multiple of kHugePage), cached or new; nullptr when out of memory.
+  void* take(size_t capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = blocks_.size();
+      for (size_t i = 0; i < blocks_.size(); ++i)
+        if (blocks_[i].capacity >= capacity && blocks_[i].capacity - capacity <= capacity / 2 &&
+            (best == blocks_.size() || blocks_[i].capacity < blocks_[best].capacity))
+          best = i;
+      if (best != blocks_.size()) {
+        void* p = blocks_[best].ptr;
+        cached_ -= blocks_[best].capacity;
+        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(best));
+        ++hits_;
+        return p;
+      }
+      ++misses_;
+    }
+    void* p = std::aligned_alloc(kHugePage, capacity);
+    if (p) madvise(p, capacity, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+    return p;
+  }
+
+  void give(void* p, size_t capacity) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (capacity > limit_) {
+        drop.push_back(p);
+      } else {
+        blocks_.push_back({p, capacity});
+        cached_ += capacity;
+        size_t n = 0;
+        while (cached_ > limit_) {
+          cached_ -= blocks_[n].capacity;
+          drop.push_back(blocks_[n++].ptr);
+        }
+        blocks_.erase(blocks_.begin(), blocks_.begin() + static_cast<std::ptrdiff_t>(n));
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+  void release() {
+    std::vector<Block> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drop.swap(blocks_);
+      cached_ = 0;
+    }
+    for (const Block& b : drop) std::free(b.ptr);
+  }
+
+  TensorCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {hits_, misses_, cached_, limit_};
+  }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t capacity;
+  };
+  std::mutex mu_;
+  std::vector<Block> blocks_;  // oldest first
+  size_t cached_ = 0, limit_ = 0;
+  uint64_t hits_ = 0, misses_ = 0;
+};
+
+// Never destroyed: tensors held by other static objects may be freed after this file's statics are gone.
+LargeBlockCache& large_blocks() {
+  static LargeBlockCache* cache = new LargeBlockCache;
+  return *cache;
+}
+
 std::shared_ptr<std::byte[]> allocate(size_t bytes, bool zero) {
   (void)g_malloc_tuned;
   size_t rounded = ((bytes + 63) / 64) * 64;
   if (rounded == 0) rounded = 64;
+  if (rounded >= kLargeBlock) {
+    const size_t capacity = (rounded + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = large_blocks().take(capacity);
+    if (!p) PERCH_FAIL("out of memory allocating ", bytes, " bytes");
+    if (zero) std::memset(p, 0, rounded);
+    return std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p),
+                                        [capacity](std::byte* q) { large_blocks().give(q, capacity); });
+  }
   void* p = std::aligned_alloc(64, rounded);
   if (!p) PERCH_FAIL("out of memory allocating ", bytes, " bytes");
   if (zero) std::memset(p, 0, rounded);
   return std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
 }
 }  // namespace
+
+TensorCacheStats tensor_cache_stats() { return large_blocks().stats(); }
+void release_tensor_cache() { large_blocks().release(); }
 
 Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
   numel_ = checked_numel(shape_);

@@ -101,6 +101,18 @@ class Tensor {
   std::shared_ptr<std::byte[]> buf_;
 };
 
+// Tensor storage of 32 MiB or more is recycled: freed blocks wait in a process-wide cache (default at most
+// 512 MiB; the environment variable PERCH_TENSOR_CACHE_MB sets the limit, 0 turns it off) for the next tensor of
+// about their size, instead of going back to the OS and being page-faulted in again (src/core/tensor.cpp).
+struct TensorCacheStats {
+  uint64_t hits = 0, misses = 0;  // large allocations served from the cache / newly allocated
+  size_t cached_bytes = 0;        // held by the cache now
+  size_t limit_bytes = 0;         // its limit (0 under AddressSanitizer: reuse would hide use-after-free)
+};
+TensorCacheStats tensor_cache_stats();
+// Frees every cached block (memory held by live tensors is unaffected).
+void release_tensor_cache();
+
 // Normalizes an axis in [-rank, rank) to [0, rank); throws naming `what` otherwise.
 int64_t normalize_axis(int64_t axis, int64_t rank, const std::string& what);
 
