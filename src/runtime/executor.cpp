@@ -5,6 +5,7 @@
 #include <map>
 #include <sstream>
 
+#include "elementwise_chain.h"
 #include "perch/graph/passes.h"
 
 namespace perch::runtime {
@@ -80,13 +81,29 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
       if (!in.empty()) last_use_[in] = i;
   }
   for (const auto& o : model_.graph.outputs) last_use_[o.name] = model_.graph.nodes.size();
+  auto chains = std::make_shared<std::vector<detail::ElementwiseChain>>(detail::find_elementwise_chains(model_, constants_));
+  chain_of_.assign(model_.graph.nodes.size(), 0);
+  for (size_t c = 0; c < chains->size(); ++c)
+    for (size_t k : (*chains)[c].nodes) chain_of_[k] = c + 1;
+  chains_ = std::move(chains);
 }
 
 void Executor::enable_profiling() {
   std::vector<std::string> nodes, what;
-  for (const auto& n : model_.graph.nodes) {
+  for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
+    const auto& n = model_.graph.nodes[i];
     nodes.push_back(n.describe());
     what.push_back(n.op_type);
+    if (chain_of_[i]) {  // a fused chain's time is its last node's
+      const auto& c = (*chains_)[chain_of_[i] - 1];
+      if (i == c.last) {
+        std::string ops;
+        for (size_t k : c.nodes) ops += (ops.empty() ? "" : "+") + model_.graph.nodes[k].op_type;
+        what.back() = "fused element-wise chain " + ops + " (when nothing observes its values)";
+      } else {
+        what.back() += " (in the fused chain timed at " + model_.graph.nodes[c.last].describe() + ")";
+      }
+    }
   }
   profile_ = std::make_shared<StepProfile>(std::move(nodes), std::move(what));
 }
@@ -125,8 +142,44 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
   }
   const int64_t opset = model_.opset();
   std::vector<const Tensor*> args;
+  // Fused chains run when nothing needs their intermediate values; decided at a chain's first node, run at its
+  // last (only Constant nodes lie between), X kept until then.
+  const bool may_fuse = !observer && !adjust && !known;
+  size_t fusing = 0;  // chain_of_ value of the chain being skipped over, 0 = none
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
+    if (may_fuse && chain_of_[i]) {
+      const auto& c = (*chains_)[chain_of_[i] - 1];
+      if (i == c.first) {
+        auto x = values.find(c.input);
+        bool ok = x != values.end() && x->second.dtype() == DType::kFloat32;
+        for (size_t k = 0; ok && k + 1 < c.nodes.size(); ++k) {
+          const std::string& v = model_.graph.nodes[c.nodes[k]].outputs[0];
+          ok = std::find(extra_outputs.begin(), extra_outputs.end(), v) == extra_outputs.end();
+        }
+        fusing = ok ? chain_of_[i] : 0;
+      }
+      if (fusing == chain_of_[i]) {
+        if (i != c.last) continue;
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+          values[c.output] = detail::run_elementwise_chain(c, values.at(c.input));
+        } catch (const Error& e) {
+          PERCH_FAIL(model_.source, ": ", n.describe(), " (fused element-wise chain): ", e.what());
+        }
+        if (profile_)
+          profile_->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+        for (size_t k : c.nodes)
+          for (const auto& in : model_.graph.nodes[k].inputs) {
+            auto lu = last_use_.find(in);
+            if (lu != last_use_.end() && lu->second < chain_of_.size() && chain_of_[lu->second] == fusing &&
+                std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
+              values.erase(in);
+          }
+        fusing = 0;
+        continue;
+      }
+    }
     if (known && !n.outputs.empty() &&
         std::all_of(n.outputs.begin(), n.outputs.end(), [&](const std::string& o) { return o.empty() || known->count(o); })) {
       for (const auto& o : n.outputs)

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -326,6 +327,135 @@ TEST(Executor, BroadcastingMatchesTheNumpyRule) {
           << shape_str(as) << " - " << shape_str(bs) << " at " << i;
     }
   }
+}
+
+// --- Fused element-wise chains (runtime/elementwise_chain.h) ---------------------------------------------------
+
+Tensor scalar_tensor(float v, Shape shape) {
+  Tensor t(DType::kFloat32, std::move(shape));
+  t.data<float>()[0] = v;
+  return t;
+}
+
+Node constant_node(const std::string& out, const graph::AttrValue& v, const std::string& key) {
+  Node n = node("Constant", {}, {out});
+  n.attrs[key] = v;
+  return n;
+}
+
+// Inputs with every special value the steps can meet: NaN, ±inf, -0, denormals, values on Clip's bounds.
+Tensor chain_input(Shape shape, uint32_t seed) {
+  Tensor x(DType::kFloat32, std::move(shape));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 4.0f);
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = d(rng);
+  const float specials[] = {std::nanf(""), INFINITY, -INFINITY, -0.0f, 0.0f, 1e-40f, -1e-40f, -3.0f, 3.0f, 6.0f};
+  for (size_t k = 0; k < std::size(specials) && static_cast<int64_t>(k * 97) < x.numel(); ++k) p[k * 97] = specials[k];
+  return x;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// The profile entry of `node_name`'s step (what the executor reports it ran).
+StepTime step_of(const Executor& ex, const std::string& node_name) {
+  for (const StepTime& s : ex.profile())
+    if (s.node.find("'" + node_name + "'") != std::string::npos) return s;
+  return {};
+}
+
+TEST(Executor, ElementwiseChainIsBitIdenticalToTheNodes) {
+  // HardSwish as PaddlePaddle writes it, after a scalar affine, then Sub/Div with the constant first and a Relu;
+  // Constant nodes between the steps, constants of shape [], [1] and [1,1,1,1]. 2442 elements: not a multiple
+  // of the 256-element block.
+  Model m = model_of(
+      {node("Mul", {"w", "x"}, {"a"}, "mul_w"), node("Add", {"a", "b1"}, {"b"}, "add_b"),
+       constant_node("three", scalar_tensor(3.0f, {}), "value"), constant_node("six", 6.0f, "value_float"),
+       node("Add", {"b", "three"}, {"c"}, "add3"), node("Clip", {"c", "zero", "six"}, {"d"}, "clip"),
+       node("Mul", {"b", "d"}, {"e"}, "mul"), node("Div", {"e", "six"}, {"f"}, "div6"),
+       node("Sub", {"one", "f"}, {"g"}, "one_minus"), node("Div", {"two", "g"}, {"h"}, "two_over"),
+       node("Relu", {"h"}, {"y"}, "relu")},
+      {value("x", {-1, 3, 37, 11})}, {value("y", {-1, 3, 37, 11})});
+  m.graph.initializers["w"] = scalar_tensor(0.7f, {1});
+  m.graph.initializers["b1"] = scalar_tensor(0.3f, {1, 1, 1, 1});
+  m.graph.initializers["zero"] = scalar_tensor(0.0f, {});
+  m.graph.initializers["one"] = scalar_tensor(1.0f, {1});
+  m.graph.initializers["two"] = scalar_tensor(2.0f, {});
+  Executor ex(m);
+  const Tensor x = chain_input({2, 3, 37, 11}, 5);
+  ex.enable_profiling();
+  const Tensor fused = ex.run({{"x", x}}).at("y");
+  const StepTime last = step_of(ex, "relu");
+  EXPECT_NE(last.what.find("fused element-wise chain Mul+Add+Add+Clip+Mul+Div+Sub+Div+Relu"), std::string::npos)
+      << last.what;
+  EXPECT_EQ(last.calls, 1);
+  EXPECT_EQ(step_of(ex, "add3").calls, 0) << "a step of a fused chain ran by itself";
+  // With an observer every value must exist, so the nodes run one by one.
+  int observed = 0;
+  const Tensor unfused = ex.run({{"x", x}}, [&](const std::string&, const Tensor&) { ++observed; }).at("y");
+  EXPECT_EQ(observed, 11);
+  EXPECT_TRUE(same_bits(fused, unfused));
+  // And both are the float expressions written out, one rounding per step.
+  const float* px = x.data<float>();
+  const float* py = fused.data<float>();
+  int64_t differ = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float a = 0.7f * px[i], b = a + 0.3f, c = b + 3.0f, d = std::min(std::max(c, 0.0f), 6.0f), e = b * d;
+    const float f = e / 6.0f, g = 1.0f - f, h = 2.0f / g, y = h > 0.0f ? h : 0.0f;
+    differ += std::memcmp(&y, &py[i], 4) != 0;
+  }
+  EXPECT_EQ(differ, 0);
+}
+
+TEST(Executor, ElementwiseChainStopsWhereAValueEscapes) {
+  // 'a' is a graph output and 'c' is read by the Sigmoid outside: the only chain is Mul -> Add (X = a).
+  Model m = model_of({node("Add", {"x", "k1"}, {"a"}, "add1"), node("Mul", {"a", "k2"}, {"b"}, "mul2"),
+                      node("Add", {"b", "k3"}, {"c"}, "add3"), node("Div", {"c", "k2"}, {"d"}, "div"),
+                      node("Sigmoid", {"c"}, {"s"}, "sig"), node("Add", {"d", "s"}, {"y"}, "sum")},
+                     {value("x", {-1, 300})}, {value("y", {-1, 300}), value("a", {-1, 300})}, 9);
+  m.graph.initializers["k1"] = scalar_tensor(1.5f, {});
+  m.graph.initializers["k2"] = scalar_tensor(-2.0f, {1});
+  m.graph.initializers["k3"] = scalar_tensor(0.25f, {});
+  Executor ex(m);
+  ex.enable_profiling();
+  const Tensor x = chain_input({3, 300}, 6);
+  const TensorMap fused = ex.run({{"x", x}});
+  EXPECT_EQ(step_of(ex, "add3").what.find("fused element-wise chain Mul+Add ("), 0u) << step_of(ex, "add3").what;
+  EXPECT_EQ(step_of(ex, "add1").calls, 1);
+  EXPECT_EQ(step_of(ex, "div").calls, 1);
+  const TensorMap unfused = ex.run({{"x", x}}, [](const std::string&, const Tensor&) {});
+  EXPECT_TRUE(same_bits(fused.at("y"), unfused.at("y")));
+  EXPECT_TRUE(same_bits(fused.at("a"), unfused.at("a")));
+  // Asking for an intermediate value also runs the nodes one by one.
+  const TensorMap with_b = ex.run({{"x", x}}, nullptr, {"b"});
+  EXPECT_TRUE(same_bits(with_b.at("y"), unfused.at("y")));
+  ASSERT_TRUE(with_b.count("b"));
+  EXPECT_EQ(with_b.at("b").shape(), x.shape());
+  EXPECT_EQ(with_b.at("b").data<float>()[7], (x.data<float>()[7] + 1.5f) * -2.0f);
+}
+
+TEST(Executor, ElementwiseChainKeepsBroadcastShapesAndOtherTypes) {
+  // A rank-1 X with a [1,1,1] constant: ONNX broadcasting gives [1,1,5], fused or not.
+  Model m = model_of({node("Mul", {"x", "k"}, {"a"}), node("Add", {"a", "k"}, {"y"})}, {value("x", {5})},
+                     {value("y", {1, 1, 5})});
+  m.graph.initializers["k"] = scalar_tensor(3.0f, {1, 1, 1});
+  Executor ex(m);
+  const Tensor x = Tensor::from<float>({5}, {1, 2, 3, 4, 5});
+  const Tensor y = ex.run1(x);
+  EXPECT_EQ(y.shape(), (Shape{1, 1, 5}));
+  EXPECT_TRUE(same_bits(y, ex.run({{"x", x}}, [](const std::string&, const Tensor&) {}).at("y")));
+  EXPECT_EQ(y.data<float>()[4], 18.0f);
+  // A float64 X is not fused (the chain is float32): the nodes give what they always gave.
+  Model m64 = model_of({node("Mul", {"x", "k"}, {"a"}), node("Add", {"a", "k"}, {"y"})},
+                       {value("x", {2}, DType::kFloat64)}, {value("y", {1, 1, 2})});
+  m64.graph.initializers["k"] = scalar_tensor(3.0f, {1, 1, 1});
+  Executor ex64(m64);
+  Tensor x64(DType::kFloat64, {2});
+  x64.data<double>()[0] = 0.1, x64.data<double>()[1] = -2.0;
+  const Tensor y64 = ex64.run1(x64);
+  EXPECT_TRUE(same_bits(y64, ex64.run({{"x", x64}}, [](const std::string&, const Tensor&) {}).at("y")));
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // QuantizeLinear/DequantizeLinear run as the ONNX spec defines them, so a QDQ model executed here is
 // perch's *simulation* of that quantized model (fake-quant in float). Construction checks every node
 // against the registry and names all unsupported ops at once. Intermediate values are freed after their
-// last consumer; graph inputs may have any batch size.
+// last consumer; graph inputs may have any batch size. Runs of element-wise nodes over one tensor (HardSwish
+// written out, scalar affine chains) execute fused, block by block, bit-identical to the unfused nodes.
 #pragma once
 
 #include <functional>
@@ -16,6 +17,10 @@
 #include "perch/runtime/profile.h"
 
 namespace perch::runtime {
+
+namespace detail {
+struct ElementwiseChain;
+}
 
 using TensorMap = std::unordered_map<std::string, Tensor>;
 
@@ -81,6 +86,10 @@ class Executor {
   std::shared_ptr<StepProfile> profile_;
   std::vector<const OpKernel*> kernels_;
   std::unordered_map<std::string, size_t> last_use_;  // value -> index of the last node reading it
+  // Fused element-wise chains (runtime/elementwise_chain.h): chain_of_[i] = index into chains_ + 1 for the
+  // nodes of a chain, 0 otherwise. Run fused only when no caller needs their intermediate values.
+  std::shared_ptr<const std::vector<detail::ElementwiseChain>> chains_;
+  std::vector<size_t> chain_of_;
   TensorMap constants_;                                // initializers + folded Constant nodes
 
   TensorMap run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
