@@ -27,6 +27,21 @@ OpKernel unary(F f) {
   };
 }
 
+// Like unary(), for ops with attributes: make(n) reads them once per call and returns the per-element function
+// (a lookup per element cost more than the arithmetic).
+template <typename Make>
+OpKernel unary_attr(Make make) {
+  return [make](const Node& n, const Args& a, int64_t) -> std::vector<Tensor> {
+    const auto f = make(n);
+    const Tensor x = in(n, a, 0).to_f32();
+    Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
+    const float* xd = x.data<float>();
+    float* yd = y.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) yd[i] = f(xd[i]);
+    return {y};
+  };
+}
+
 template <typename T>
 Tensor clip_typed(const Tensor& x, const Tensor* lo_t, const Tensor* hi_t) {
   T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
@@ -200,10 +215,14 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 void register_elementwise_ops(OpRegistry& r) {
   r.add("Relu", 1, unary([](const Node&, float x) { return x > 0.0f ? x : 0.0f; }));
-  r.add("LeakyRelu", 1, unary([](const Node& n, float x) { return x >= 0.0f ? x : x * n.attr_float("alpha", 0.01f); }));
+  r.add("LeakyRelu", 1, unary_attr([](const Node& n) {
+          const float alpha = n.attr_float("alpha", 0.01f);
+          return [alpha](float x) { return x >= 0.0f ? x : x * alpha; };
+        }));
   r.add("Sigmoid", 1, unary([](const Node&, float x) { return sigmoid(x); }));
-  r.add("HardSigmoid", 1, unary([](const Node& n, float x) {
-          return std::clamp(n.attr_float("alpha", 0.2f) * x + n.attr_float("beta", 0.5f), 0.0f, 1.0f);
+  r.add("HardSigmoid", 1, unary_attr([](const Node& n) {
+          const float alpha = n.attr_float("alpha", 0.2f), beta = n.attr_float("beta", 0.5f);
+          return [alpha, beta](float x) { return std::clamp(alpha * x + beta, 0.0f, 1.0f); };
         }));
   // HardSwish(x) = x * max(0, min(1, x/6 + 1/2))   (ONNX: alpha = 1/6, beta = 0.5)
   r.add("HardSwish", 14, unary([](const Node&, float x) { return x * std::clamp(x / 6.0f + 0.5f, 0.0f, 1.0f); }));
