@@ -154,16 +154,30 @@ std::vector<Tensor> global_pool(const Node& n, const Args& a, bool is_max) {
   ys[0] = x.dim(0), ys[1] = x.dim(1);
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
   const float* xd = x.data<float>();
-  for (int64_t i = 0; i < nc; ++i) {
+  float* yd = y.data<float>();
+  // Average: each plane summed in double, in order (j = 0, 1, ...). kLanes planes advance together so the
+  // additions of different planes overlap (one running sum is bound by the add latency); every plane's own
+  // order, hence its result, is that of the plain loop.
+  constexpr int64_t kLanes = 8;
+  int64_t i = 0;
+  if (!is_max)
+    for (; i + kLanes <= nc; i += kLanes) {
+      double s[kLanes] = {};
+      const float* p = xd + i * inner;
+      for (int64_t j = 0; j < inner; ++j)
+        for (int64_t l = 0; l < kLanes; ++l) s[l] += p[l * inner + j];
+      for (int64_t l = 0; l < kLanes; ++l) yd[i + l] = static_cast<float>(s[l] / static_cast<double>(inner));
+    }
+  for (; i < nc; ++i) {
     const float* p = xd + i * inner;
     if (is_max) {
       float m = p[0];
       for (int64_t j = 1; j < inner; ++j) m = std::max(m, p[j]);
-      y.data<float>()[i] = m;
+      yd[i] = m;
     } else {
       double s = 0;
       for (int64_t j = 0; j < inner; ++j) s += p[j];
-      y.data<float>()[i] = static_cast<float>(s / static_cast<double>(inner));
+      yd[i] = static_cast<float>(s / static_cast<double>(inner));
     }
   }
   return {y};

@@ -458,5 +458,32 @@ TEST(Executor, ElementwiseChainKeepsBroadcastShapesAndOtherTypes) {
   EXPECT_TRUE(same_bits(y64, ex64.run({{"x", x64}}, [](const std::string&, const Tensor&) {}).at("y")));
 }
 
+TEST(Executor, GlobalAveragePoolSumsEachPlaneInOrder) {
+  // Planes are summed eight at a time; each plane's sum must still be the in-order double sum (bit for bit).
+  // 8 * 2 + 3 planes: both the grouped loop and the remainder.
+  Model m = model_of({node("GlobalAveragePool", {"x"}, {"y"})}, {value("x", {-1, 19, 5, 7})}, {value("y", {-1, 19, 1, 1})});
+  Executor ex(m);
+  Tensor x(DType::kFloat32, {1, 19, 5, 7});
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex2(-20, 0);
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = std::ldexp(mant(rng), ex2(rng));
+  // And in every plane a value that only the in-order sum absorbs: (c + 1) + 2^60 - 2^60 is 0 in that order.
+  for (int64_t c = 0; c < 19; ++c) {
+    p[c * 35 + 3 + c % 5] = static_cast<float>(c + 1);
+    p[c * 35 + 9 + c % 5] = 0x1p60f;
+    p[c * 35 + 20 + c % 7] = -0x1p60f;
+  }
+  const Tensor y = ex.run1(x);
+  ASSERT_EQ(y.shape(), (Shape{1, 19, 1, 1}));
+  for (int64_t c = 0; c < 19; ++c) {
+    double s = 0;
+    for (int64_t j = 0; j < 35; ++j) s += p[c * 35 + j];
+    const float want = static_cast<float>(s / 35.0);
+    EXPECT_EQ(std::memcmp(&want, y.data<float>() + c, 4), 0) << "plane " << c;
+  }
+}
+
 }  // namespace
 }  // namespace perch::runtime
