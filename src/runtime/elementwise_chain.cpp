@@ -4,6 +4,7 @@
 #include <limits>
 #include <set>
 
+#include "perch/core/cpu.h"
 #include "perch/core/threads.h"
 
 namespace perch::runtime::detail {
@@ -153,15 +154,69 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
 
 namespace {
 
+#define PERCH_CHAIN_INLINE inline __attribute__((always_inline))
+
 // out[e] = f(A, B) over one block, A and B each an array or a scalar (the operand order of the node).
 template <typename F>
-inline void apply2(const float* a, float ca, const float* b, float cb, float* out, int64_t len, F f) {
+PERCH_CHAIN_INLINE void apply2(const float* a, float ca, const float* b, float cb, float* out, int64_t len, F f) {
   if (a && b)
     for (int64_t e = 0; e < len; ++e) out[e] = f(a[e], b[e]);
   else if (a)
     for (int64_t e = 0; e < len; ++e) out[e] = f(a[e], cb);
   else
     for (int64_t e = 0; e < len; ++e) out[e] = f(ca, b[e]);
+}
+
+// Blocks [b0, b1) of the chain: every step of a block before the next block. Inlined into one function per
+// instruction set below; each step is one IEEE operation per element (add, sub, mul, div, min/max, compare), exact
+// at any vector width, so all of them give the same bits.
+PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float* xd, float* yd, int64_t n, int64_t b0,
+                                     int64_t b1) {
+  alignas(64) float scratch[kMaxChainSteps][kChainBlock];
+  const size_t steps = chain.steps.size();
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t base = blk * kChainBlock, len = std::min(kChainBlock, n - base);
+    auto src = [&](int s) -> const float* {
+      return s == ChainStep::kInput ? xd + base : s == ChainStep::kConst ? nullptr : scratch[s];
+    };
+    for (size_t k = 0; k < steps; ++k) {
+      const ChainStep& s = chain.steps[k];
+      float* out = k + 1 == steps ? yd + base : scratch[k];
+      const float* a = src(s.a);
+      const float* b = src(s.b);
+      // The same expressions as ops_elementwise.cpp's kernels (AddOp..DivOp, clip, Relu).
+      switch (s.op) {
+        case ChainStep::Op::kAdd: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p + q; }); break;
+        case ChainStep::Op::kSub: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p - q; }); break;
+        case ChainStep::Op::kMul: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p * q; }); break;
+        case ChainStep::Op::kDiv: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p / q; }); break;
+        case ChainStep::Op::kClip: {
+          const float lo = s.lo, hi = s.hi;
+          for (int64_t e = 0; e < len; ++e) out[e] = std::min(std::max(a[e], lo), hi);
+          break;
+        }
+        case ChainStep::Op::kRelu:
+          for (int64_t e = 0; e < len; ++e) out[e] = a[e] > 0.0f ? a[e] : 0.0f;
+          break;
+      }
+    }
+  }
+}
+
+using ChainFn = void (*)(const ElementwiseChain&, const float*, float*, int64_t, int64_t, int64_t);
+
+// The reference twin (baseline x86-64: SSE2) and the same code compiled for AVX2 and AVX-512 (PERCH_PATHS picks).
+void chain_blocks_reference(const ElementwiseChain& c, const float* x, float* y, int64_t n, int64_t b0, int64_t b1) {
+  chain_blocks(c, x, y, n, b0, b1);
+}
+__attribute__((target("avx2"))) void chain_blocks_avx2(const ElementwiseChain& c, const float* x, float* y, int64_t n,
+                                                       int64_t b0, int64_t b1) {
+  chain_blocks(c, x, y, n, b0, b1);
+}
+__attribute__((target("avx512f,avx512vl,avx512bw"))) void chain_blocks_avx512(const ElementwiseChain& c, const float* x,
+                                                                              float* y, int64_t n, int64_t b0,
+                                                                              int64_t b1) {
+  chain_blocks(c, x, y, n, b0, b1);
 }
 
 }  // namespace
@@ -174,37 +229,11 @@ Tensor run_elementwise_chain(const ElementwiseChain& chain, const Tensor& x) {
   float* yd = y.data<float>();
   const int64_t n = x.numel();
   const int64_t blocks = (n + kChainBlock - 1) / kChainBlock;
-  const size_t steps = chain.steps.size();
-  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
-    alignas(64) float scratch[kMaxChainSteps][kChainBlock];
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t base = blk * kChainBlock, len = std::min(kChainBlock, n - base);
-      auto src = [&](int s) -> const float* {
-        return s == ChainStep::kInput ? xd + base : s == ChainStep::kConst ? nullptr : scratch[s];
-      };
-      for (size_t k = 0; k < steps; ++k) {
-        const ChainStep& s = chain.steps[k];
-        float* out = k + 1 == steps ? yd + base : scratch[k];
-        const float* a = src(s.a);
-        const float* b = src(s.b);
-        // The same expressions as ops_elementwise.cpp's kernels (AddOp..DivOp, clip, Relu).
-        switch (s.op) {
-          case ChainStep::Op::kAdd: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p + q; }); break;
-          case ChainStep::Op::kSub: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p - q; }); break;
-          case ChainStep::Op::kMul: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p * q; }); break;
-          case ChainStep::Op::kDiv: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p / q; }); break;
-          case ChainStep::Op::kClip: {
-            const float lo = s.lo, hi = s.hi;
-            for (int64_t e = 0; e < len; ++e) out[e] = std::min(std::max(a[e], lo), hi);
-            break;
-          }
-          case ChainStep::Op::kRelu:
-            for (int64_t e = 0; e < len; ++e) out[e] = a[e] > 0.0f ? a[e] : 0.0f;
-            break;
-        }
-      }
-    }
-  }, 16);
+  const uint32_t paths = active_paths();
+  const ChainFn fn = has_path(paths, Path::kAvx512Vnni) ? chain_blocks_avx512
+                     : has_path(paths, Path::kAvx2)     ? chain_blocks_avx2
+                                                        : chain_blocks_reference;
+  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) { fn(chain, xd, yd, n, b0, b1); }, 16);
   return y;
 }
 
