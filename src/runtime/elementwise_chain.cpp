@@ -1,6 +1,7 @@
 #include "elementwise_chain.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <set>
 
@@ -38,7 +39,7 @@ bool scalar_constant(const std::string& v, const std::unordered_map<std::string,
 
 std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
                                                       const std::unordered_map<std::string, Tensor>& constants) {
-  static const std::set<std::string> ops = {"Add", "Sub", "Mul", "Div", "Clip", "Relu"};
+  static const std::set<std::string> ops = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "HardSigmoid", "Sigmoid"};
   const auto& nodes = model.graph.nodes;
   const int64_t opset = model.opset();
   std::unordered_map<std::string, const Node*> constant_nodes;
@@ -85,8 +86,14 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
         if (v == x) return src = ChainStep::kInput, true;
         return false;
       };
-      if (n.op_type == "Relu") {
-        s.op = ChainStep::Op::kRelu;
+      if (n.op_type == "Relu" || n.op_type == "LeakyRelu" || n.op_type == "HardSigmoid" || n.op_type == "Sigmoid") {
+        s.op = n.op_type == "Relu"        ? ChainStep::Op::kRelu
+               : n.op_type == "LeakyRelu" ? ChainStep::Op::kLeakyRelu
+               : n.op_type == "Sigmoid"   ? ChainStep::Op::kSigmoid
+                                          : ChainStep::Op::kHardSigmoid;
+        // The unfused kernels' defaults (ops_elementwise.cpp).
+        if (s.op == ChainStep::Op::kLeakyRelu) s.lo = n.attr_float("alpha", 0.01f);
+        if (s.op == ChainStep::Op::kHardSigmoid) s.lo = n.attr_float("alpha", 0.2f), s.hi = n.attr_float("beta", 0.5f);
         ok = n.inputs.size() == 1 && operand(0, s.a, s.ca) && s.a != ChainStep::kConst;
       } else if (n.op_type == "Clip") {
         s.op = ChainStep::Op::kClip;
@@ -169,7 +176,7 @@ PERCH_CHAIN_INLINE void apply2(const float* a, float ca, const float* b, float c
 
 // Blocks [b0, b1) of the chain: every step of a block before the next block. Inlined into one function per
 // instruction set below; each step is one IEEE operation per element (add, sub, mul, div, min/max, compare), exact
-// at any vector width, so all of them give the same bits.
+// at any vector width, so all of them give the same bits (Sigmoid calls the one scalar libm expf everywhere).
 PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float* xd, float* yd, int64_t n, int64_t b0,
                                      int64_t b1) {
   alignas(64) float scratch[kMaxChainSteps][kChainBlock];
@@ -184,7 +191,7 @@ PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float*
       float* out = k + 1 == steps ? yd + base : scratch[k];
       const float* a = src(s.a);
       const float* b = src(s.b);
-      // The same expressions as ops_elementwise.cpp's kernels (AddOp..DivOp, clip, Relu).
+      // The same expressions as ops_elementwise.cpp's kernels (AddOp..DivOp, clip, the activations).
       switch (s.op) {
         case ChainStep::Op::kAdd: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p + q; }); break;
         case ChainStep::Op::kSub: apply2(a, s.ca, b, s.cb, out, len, [](float p, float q) { return p - q; }); break;
@@ -197,6 +204,19 @@ PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float*
         }
         case ChainStep::Op::kRelu:
           for (int64_t e = 0; e < len; ++e) out[e] = a[e] > 0.0f ? a[e] : 0.0f;
+          break;
+        case ChainStep::Op::kLeakyRelu: {
+          const float alpha = s.lo;
+          for (int64_t e = 0; e < len; ++e) out[e] = a[e] >= 0.0f ? a[e] : a[e] * alpha;
+          break;
+        }
+        case ChainStep::Op::kHardSigmoid: {
+          const float alpha = s.lo, beta = s.hi;
+          for (int64_t e = 0; e < len; ++e) out[e] = std::clamp(alpha * a[e] + beta, 0.0f, 1.0f);
+          break;
+        }
+        case ChainStep::Op::kSigmoid:  // libm's expf, as the unfused kernel: the same bits on every path
+          for (int64_t e = 0; e < len; ++e) out[e] = 1.0f / (1.0f + std::exp(-a[e]));
           break;
       }
     }

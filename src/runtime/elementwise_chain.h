@@ -1,12 +1,13 @@
 // Fused float element-wise chains for the float executor (internal to runtime/).
 //
 // Exported models spell many activations as runs of element-wise nodes over one tensor: HardSwish as
-// x * Clip(x + 3, 0, 6) / 6, PaddlePaddle's learnable affine as Mul(w) + Add(b), a folded norm as Mul + Add.
+// x * Clip(x + 3, 0, 6) / 6, SiLU as x * Sigmoid(x), PaddlePaddle's learnable affine as Mul(w) + Add(b), a folded norm as Mul + Add.
 // Run node by node, each of them streams the whole tensor through memory (rec at batch 64: 40 % of the float
 // executor's time in Add/Mul/Clip/Div). A chain runs instead in blocks of kChainBlock elements that stay in
 // L1: every step of a block before the next block.
 //
-// What forms a chain: consecutive nodes (in the graph's order) among Add, Sub, Mul, Div, Clip and Relu whose
+// What forms a chain: consecutive nodes (in the graph's order) among Add, Sub, Mul, Div, Clip, Relu, LeakyRelu,
+// HardSigmoid and Sigmoid (SiLU is x * Sigmoid(x), MobileNetV3's HardSwish before opset 14 x * HardSigmoid(x)) whose
 // inputs are the chain's one input tensor X, results of earlier steps, or float32 scalar constants
 // (initializers with one element; Clip's min/max as inputs or, before opset 11, attributes); every result
 // but the last is read only inside the chain and is not a graph output. Two steps at least, kMaxChainSteps at
@@ -14,7 +15,8 @@
 //
 // Exactness: each step applies the very float expression of the unfused kernel (ops_elementwise.cpp) to the
 // same operands in the same order, one rounding per step, no contraction across steps (results go through
-// memory), so the output is bit-identical to running the nodes one by one (tested, Executor.ElementwiseChain*).
+// memory), so the output is bit-identical to running the nodes one by one (tested, Executor.ElementwiseChain*; NaN
+// payloads aside, which IEEE 754 leaves open).
 // The executor fuses only when nothing needs the intermediate values (no observer, adjuster or cached prefix)
 // and X is float32 at run time; otherwise it runs the nodes themselves.
 #pragma once
@@ -32,12 +34,12 @@ inline constexpr int kMaxChainSteps = 16;
 inline constexpr int64_t kChainBlock = 256;
 
 struct ChainStep {
-  enum class Op { kAdd, kSub, kMul, kDiv, kClip, kRelu } op;
+  enum class Op { kAdd, kSub, kMul, kDiv, kClip, kRelu, kLeakyRelu, kHardSigmoid, kSigmoid } op;
   // Operand sources: kInput = X, kConst = the scalar in ca / cb, k >= 0 = the result of step k.
   static constexpr int kInput = -1, kConst = -2;
   int a = kInput, b = kConst;
   float ca = 0.0f, cb = 0.0f;
-  float lo = 0.0f, hi = 0.0f;  // Clip's bounds
+  float lo = 0.0f, hi = 0.0f;  // Clip's bounds; LeakyRelu's alpha (lo); HardSigmoid's alpha, beta (lo, hi)
 };
 
 struct ElementwiseChain {

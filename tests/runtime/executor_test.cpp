@@ -3,6 +3,7 @@
 // hooks the quantizer's calibration relies on see every value.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -355,8 +356,16 @@ Tensor chain_input(Shape shape, uint32_t seed) {
   return x;
 }
 
+// Bit-identical, except that any two NaNs count as equal: IEEE 754 leaves the payload and sign of a NaN result
+// open, and x86 takes them from the first operand, which a compiler may swap in a commutative multiply.
 bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  if (a.dtype() != DType::kFloat32) return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(pa + i, pb + i, 4) != 0 && !(std::isnan(pa[i]) && std::isnan(pb[i]))) return false;
+  return true;
 }
 
 // The profile entry of `node_name`'s step (what the executor reports it ran).
@@ -410,10 +419,10 @@ TEST(Executor, ElementwiseChainIsBitIdenticalToTheNodes) {
 }
 
 TEST(Executor, ElementwiseChainStopsWhereAValueEscapes) {
-  // 'a' is a graph output and 'c' is read by the Sigmoid outside: the only chain is Mul -> Add (X = a).
+  // 'a' is a graph output and 'c' is read by the Tanh outside: the only chain is Mul -> Add (X = a).
   Model m = model_of({node("Add", {"x", "k1"}, {"a"}, "add1"), node("Mul", {"a", "k2"}, {"b"}, "mul2"),
                       node("Add", {"b", "k3"}, {"c"}, "add3"), node("Div", {"c", "k2"}, {"d"}, "div"),
-                      node("Sigmoid", {"c"}, {"s"}, "sig"), node("Add", {"d", "s"}, {"y"}, "sum")},
+                      node("Tanh", {"c"}, {"s"}, "tanh"), node("Add", {"d", "s"}, {"y"}, "sum")},
                      {value("x", {-1, 300})}, {value("y", {-1, 300}), value("a", {-1, 300})}, 9);
   m.graph.initializers["k1"] = scalar_tensor(1.5f, {});
   m.graph.initializers["k2"] = scalar_tensor(-2.0f, {1});
@@ -485,16 +494,9 @@ TEST(Executor, GlobalAveragePoolSumsEachPlaneInOrder) {
   }
 }
 
-TEST(Executor, ElementwiseChainEveryPathGivesTheSameBits) {
-  // The chain kernel is compiled for baseline x86-64 (the reference twin), AVX2 and AVX-512; lengths around the
-  // vector widths and the 256-element block, compared with the nodes run one by one.
-  Model m = model_of({node("Add", {"x", "three"}, {"c"}), node("Clip", {"c", "zero", "six"}, {"d"}),
-                      node("Mul", {"x", "d"}, {"e"}), node("Div", {"e", "six"}, {"f"}), node("Sub", {"f", "x"}, {"g"}),
-                      node("Relu", {"g"}, {"y"}, "last")},
-                     {value("x", {-1})}, {value("y", {-1})});
-  m.graph.initializers["three"] = scalar_tensor(3.0f, {});
-  m.graph.initializers["zero"] = scalar_tensor(0.0f, {});
-  m.graph.initializers["six"] = scalar_tensor(6.0f, {});
+// Runs `m` (input x, output y, one chain ending at node `last`) on every compiled path, over lengths around the
+// vector widths and the 256-element block, against the nodes run one by one.
+void expect_chain_on_every_path(const Model& m, const std::string& last, const std::string& ops) {
   Executor ex(m);
   ex.enable_profiling();
   const uint32_t supported = supported_paths();
@@ -513,7 +515,42 @@ TEST(Executor, ElementwiseChainEveryPathGivesTheSameBits) {
     }
   }
   EXPECT_GE(paths_run, 1);
-  EXPECT_NE(step_of(ex, "last").what.find("fused element-wise chain Add+Clip+Mul+Div+Sub+Relu"), std::string::npos);
+  EXPECT_NE(step_of(ex, last).what.find("fused element-wise chain " + ops + " ("), std::string::npos)
+      << step_of(ex, last).what;
+}
+
+TEST(Executor, ElementwiseChainEveryPathGivesTheSameBits) {
+  // The chain kernel is compiled for baseline x86-64 (the reference twin), AVX2 and AVX-512.
+  Model m = model_of({node("Add", {"x", "three"}, {"c"}), node("Clip", {"c", "zero", "six"}, {"d"}),
+                      node("Mul", {"x", "d"}, {"e"}), node("Div", {"e", "six"}, {"f"}), node("Sub", {"f", "x"}, {"g"}),
+                      node("Relu", {"g"}, {"y"}, "last")},
+                     {value("x", {-1})}, {value("y", {-1})});
+  m.graph.initializers["three"] = scalar_tensor(3.0f, {});
+  m.graph.initializers["zero"] = scalar_tensor(0.0f, {});
+  m.graph.initializers["six"] = scalar_tensor(6.0f, {});
+  expect_chain_on_every_path(m, "last", "Add+Clip+Mul+Div+Sub+Relu");
+}
+
+TEST(Executor, ElementwiseChainActivationsGiveTheSameBits) {
+  // SiLU (x * Sigmoid(x)), HardSwish as PyTorch exports it before opset 14 (x * HardSigmoid(x), alpha 1/6), LeakyRelu.
+  Node hs = node("HardSigmoid", {"m"}, {"h"});
+  hs.attrs["alpha"] = 1.0f / 6.0f;
+  Node lr = node("LeakyRelu", {"q"}, {"y"}, "last");
+  lr.attrs["alpha"] = 0.1f;
+  Model m = model_of({node("Sigmoid", {"x"}, {"s"}), node("Mul", {"x", "s"}, {"m"}), hs, node("Mul", {"m", "h"}, {"q"}), lr},
+                     {value("x", {-1})}, {value("y", {-1})});
+  expect_chain_on_every_path(m, "last", "Sigmoid+Mul+HardSigmoid+Mul+LeakyRelu");
+  // And the written-out float expressions (HardSigmoid's beta at its default 0.5).
+  Executor ex(m);
+  const Tensor x = chain_input({999}, 3);
+  const Tensor y = ex.run1(x);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float v = x.data<float>()[i], sm = v * (1.0f / (1.0f + std::exp(-v)));
+    const float q = sm * std::clamp(1.0f / 6.0f * sm + 0.5f, 0.0f, 1.0f), want = q >= 0.0f ? q : q * 0.1f;
+    differ += std::memcmp(&want, y.data<float>() + i, 4) != 0 && !(std::isnan(want) && std::isnan(y.data<float>()[i]));
+  }
+  EXPECT_EQ(differ, 0);
 }
 
 }  // namespace
