@@ -42,6 +42,9 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
   static const std::set<std::string> ops = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "HardSigmoid", "Sigmoid"};
   const auto& nodes = model.graph.nodes;
   const int64_t opset = model.opset();
+  // An initializer that is also a graph input is only a default: the caller may feed another value.
+  std::unordered_map<std::string, Tensor> fixed = constants;
+  for (const auto& in : model.graph.inputs) fixed.erase(in.name);
   std::unordered_map<std::string, const Node*> constant_nodes;
   for (const auto& n : nodes)
     if (n.op_type == "Constant" && n.domain.empty() && n.outputs.size() == 1) constant_nodes[n.outputs[0]] = &n;
@@ -78,11 +81,11 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
         if (v.empty()) return false;
         if (auto it = slot.find(v); it != slot.end()) return src = it->second, true;
         size_t r = 0;
-        if (scalar_constant(v, constants, constant_nodes, c, r)) {
+        if (scalar_constant(v, fixed, constant_nodes, c, r)) {
           const_rank = std::max(const_rank, r);
           return src = ChainStep::kConst, true;
         }
-        if (x.empty() && !constants.count(v) && !constant_nodes.count(v)) x = v;
+        if (x.empty() && !fixed.count(v) && !constant_nodes.count(v)) x = v;
         if (v == x) return src = ChainStep::kInput, true;
         return false;
       };

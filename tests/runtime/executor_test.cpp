@@ -456,6 +456,13 @@ TEST(Executor, ElementwiseChainKeepsBroadcastShapesAndOtherTypes) {
   EXPECT_EQ(y.shape(), (Shape{1, 1, 5}));
   EXPECT_TRUE(same_bits(y, ex.run({{"x", x}}, [](const std::string&, const Tensor&) {}).at("y")));
   EXPECT_EQ(y.data<float>()[4], 18.0f);
+  // An initializer that is also a graph input is a default the caller may replace: not a chain constant.
+  Model mk = model_of({node("Mul", {"x", "k"}, {"a"}), node("Add", {"a", "k"}, {"y"})}, {value("x", {5}), value("k", {})},
+                      {value("y", {5})});
+  mk.graph.initializers["k"] = scalar_tensor(3.0f, {});
+  Executor exk(mk);
+  EXPECT_EQ(exk.run({{"x", x}, {"k", scalar_tensor(-1.0f, {})}}).at("y").data<float>()[4], -6.0f);
+  EXPECT_EQ(exk.run({{"x", x}, {"k", scalar_tensor(3.0f, {})}}).at("y").data<float>()[4], 18.0f);
   // A float64 X is not fused (the chain is float32): the nodes give what they always gave.
   Model m64 = model_of({node("Mul", {"x", "k"}, {"a"}), node("Add", {"a", "k"}, {"y"})},
                        {value("x", {2}, DType::kFloat64)}, {value("y", {1, 1, 2})});
