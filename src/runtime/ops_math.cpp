@@ -20,25 +20,33 @@ namespace {
 
 // ---- Unary float functions ---------------------------------------------------------------------------
 
-// f(node, x) -> y evaluated in double and stored in the input's type (float32 or float64).
-template <typename F>
-OpKernel unary_float(F f) {
-  return [f](const Node& n, const Args& a, int64_t) -> std::vector<Tensor> {
+// make(node) reads the node's attributes once and returns f(x) -> y, evaluated in double and stored in the input's
+// type (float32 or float64).
+template <typename Make>
+OpKernel unary_float_attr(Make make) {
+  return [make](const Node& n, const Args& a, int64_t) -> std::vector<Tensor> {
     const Tensor& x = in(n, a, 0);
+    const auto f = make(n);
     Tensor y = Tensor::uninitialized(x.dtype(), x.shape());
     if (x.dtype() == DType::kFloat32) {
       const float* xd = x.data<float>();
       float* yd = y.data<float>();
-      for (int64_t i = 0; i < x.numel(); ++i) yd[i] = static_cast<float>(f(n, static_cast<double>(xd[i])));
+      for (int64_t i = 0; i < x.numel(); ++i) yd[i] = static_cast<float>(f(static_cast<double>(xd[i])));
     } else if (x.dtype() == DType::kFloat64) {
       const double* xd = x.data<double>();
       double* yd = y.data<double>();
-      for (int64_t i = 0; i < x.numel(); ++i) yd[i] = f(n, xd[i]);
+      for (int64_t i = 0; i < x.numel(); ++i) yd[i] = f(xd[i]);
     } else {
       PERCH_FAIL("input must be float32 or float64, got ", dtype_name(x.dtype()));
     }
     return {y};
   };
+}
+
+// The same for functions without attributes: f(x) -> y.
+template <typename F>
+OpKernel unary_float(F f) {
+  return unary_float_attr([f](const Node&) { return f; });
 }
 
 double attr_d(const Node& n, const char* key, float dflt) { return static_cast<double>(n.attr_float(key, dflt)); }
@@ -274,44 +282,52 @@ void hardmax_1d(std::vector<double>& v) {
 }  // namespace
 
 void register_math_ops(OpRegistry& r) {
-  r.add("Erf", 9, unary_float([](const Node&, double x) { return std::erf(x); }));
-  r.add("Log", 1, unary_float([](const Node&, double x) { return std::log(x); }));
-  r.add("Floor", 1, unary_float([](const Node&, double x) { return std::floor(x); }));
-  r.add("Ceil", 1, unary_float([](const Node&, double x) { return std::ceil(x); }));
+  r.add("Erf", 9, unary_float([](double x) { return std::erf(x); }));
+  r.add("Log", 1, unary_float([](double x) { return std::log(x); }));
+  r.add("Floor", 1, unary_float([](double x) { return std::floor(x); }));
+  r.add("Ceil", 1, unary_float([](double x) { return std::ceil(x); }));
   // Round half to even (the default floating-point rounding mode).
-  r.add("Round", 11, unary_float([](const Node&, double x) { return std::nearbyint(x); }));
-  r.add("Sin", 7, unary_float([](const Node&, double x) { return std::sin(x); }));
-  r.add("Cos", 7, unary_float([](const Node&, double x) { return std::cos(x); }));
-  r.add("Tan", 7, unary_float([](const Node&, double x) { return std::tan(x); }));
-  r.add("Asin", 7, unary_float([](const Node&, double x) { return std::asin(x); }));
-  r.add("Acos", 7, unary_float([](const Node&, double x) { return std::acos(x); }));
-  r.add("Atan", 7, unary_float([](const Node&, double x) { return std::atan(x); }));
-  r.add("Sinh", 9, unary_float([](const Node&, double x) { return std::sinh(x); }));
-  r.add("Cosh", 9, unary_float([](const Node&, double x) { return std::cosh(x); }));
-  r.add("Asinh", 9, unary_float([](const Node&, double x) { return std::asinh(x); }));
-  r.add("Acosh", 9, unary_float([](const Node&, double x) { return std::acosh(x); }));
-  r.add("Atanh", 9, unary_float([](const Node&, double x) { return std::atanh(x); }));
-  r.add("Softplus", 1, unary_float([](const Node&, double x) { return softplus(x); }));
-  r.add("Softsign", 1, unary_float([](const Node&, double x) { return x / (1.0 + std::fabs(x)); }));
-  r.add("Mish", 18, unary_float([](const Node&, double x) { return x * std::tanh(softplus(x)); }));
-  r.add("Elu", 1, unary_float([](const Node& n, double x) { return x >= 0 ? x : attr_d(n, "alpha", 1.0f) * std::expm1(x); }));
-  r.add("Selu", 1, unary_float([](const Node& n, double x) {
-          const double alpha = attr_d(n, "alpha", 1.67326319217681884765625f), gamma = attr_d(n, "gamma", 1.05070102214813232421875f);
-          return x > 0 ? gamma * x : gamma * alpha * std::expm1(x);
-        }));
-  r.add("Celu", 12, unary_float([](const Node& n, double x) {
+  r.add("Round", 11, unary_float([](double x) { return std::nearbyint(x); }));
+  r.add("Sin", 7, unary_float([](double x) { return std::sin(x); }));
+  r.add("Cos", 7, unary_float([](double x) { return std::cos(x); }));
+  r.add("Tan", 7, unary_float([](double x) { return std::tan(x); }));
+  r.add("Asin", 7, unary_float([](double x) { return std::asin(x); }));
+  r.add("Acos", 7, unary_float([](double x) { return std::acos(x); }));
+  r.add("Atan", 7, unary_float([](double x) { return std::atan(x); }));
+  r.add("Sinh", 9, unary_float([](double x) { return std::sinh(x); }));
+  r.add("Cosh", 9, unary_float([](double x) { return std::cosh(x); }));
+  r.add("Asinh", 9, unary_float([](double x) { return std::asinh(x); }));
+  r.add("Acosh", 9, unary_float([](double x) { return std::acosh(x); }));
+  r.add("Atanh", 9, unary_float([](double x) { return std::atanh(x); }));
+  r.add("Softplus", 1, unary_float([](double x) { return softplus(x); }));
+  r.add("Softsign", 1, unary_float([](double x) { return x / (1.0 + std::fabs(x)); }));
+  r.add("Mish", 18, unary_float([](double x) { return x * std::tanh(softplus(x)); }));
+  r.add("Elu", 1, unary_float_attr([](const Node& n) {
           const double alpha = attr_d(n, "alpha", 1.0f);
-          return std::max(0.0, x) + std::min(0.0, alpha * std::expm1(x / alpha));
+          return [alpha](double x) { return x >= 0 ? x : alpha * std::expm1(x); };
         }));
-  r.add("ThresholdedRelu", 10, unary_float([](const Node& n, double x) { return x > attr_d(n, "alpha", 1.0f) ? x : 0.0; }));
-  r.add("Shrink", 9, unary_float([](const Node& n, double x) {
+  r.add("Selu", 1, unary_float_attr([](const Node& n) {
+          const double alpha = attr_d(n, "alpha", 1.67326319217681884765625f), gamma = attr_d(n, "gamma", 1.05070102214813232421875f);
+          return [alpha, gamma](double x) { return x > 0 ? gamma * x : gamma * alpha * std::expm1(x); };
+        }));
+  r.add("Celu", 12, unary_float_attr([](const Node& n) {
+          const double alpha = attr_d(n, "alpha", 1.0f);
+          return [alpha](double x) { return std::max(0.0, x) + std::min(0.0, alpha * std::expm1(x / alpha)); };
+        }));
+  r.add("ThresholdedRelu", 10, unary_float_attr([](const Node& n) {
+          const double alpha = attr_d(n, "alpha", 1.0f);
+          return [alpha](double x) { return x > alpha ? x : 0.0; };
+        }));
+  r.add("Shrink", 9, unary_float_attr([](const Node& n) {
           const double lambd = attr_d(n, "lambd", 0.5f), bias = attr_d(n, "bias", 0.0f);
-          return x < -lambd ? x + bias : x > lambd ? x - bias : 0.0;
+          return [lambd, bias](double x) { return x < -lambd ? x + bias : x > lambd ? x - bias : 0.0; };
         }));
-  r.add("Gelu", 20, unary_float([](const Node& n, double x) {
-          if (n.attr_string("approximate", "none") == "tanh")
-            return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-          return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+  r.add("Gelu", 20, unary_float_attr([](const Node& n) {
+          const bool tanh_form = n.attr_string("approximate", "none") == "tanh";
+          return [tanh_form](double x) {
+            if (tanh_form) return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+            return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+          };
         }));
   r.add("Pow", 7, pow_op);
   r.add("Equal", 7, compare<std::equal_to<>>);

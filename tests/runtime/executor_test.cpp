@@ -560,5 +560,27 @@ TEST(Executor, ElementwiseChainActivationsGiveTheSameBits) {
   EXPECT_EQ(differ, 0);
 }
 
+TEST(Executor, GeluBothForms) {
+  // ONNX Gelu (opset 20) has no backend node test in the ONNX test data perch runs: x * Phi(x) checked against
+  // tabulated standard normal CDF values, and the tanh form against its definition.
+  auto gelu = [](const std::string& approximate) {
+    Node n = node("Gelu", {"x"}, {"y"});
+    if (!approximate.empty()) n.attrs["approximate"] = approximate;
+    return Executor(model_of({n}, {value("x", {4})}, {value("y", {4})}, 20));
+  };
+  const Tensor x = Tensor::from<float>({4}, {-1.0f, 0.0f, 1.0f, 2.0f});
+  const Tensor exact = gelu("").run1(x);
+  const double phi[] = {0.158655253931457, 0.5, 0.841344746068543, 0.977249868051821};  // Phi(-1), Phi(0), Phi(1), Phi(2)
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(exact.data<float>()[i], x.data<float>()[i] * phi[i], 1e-7) << i;
+  EXPECT_TRUE(same_bits(gelu("none").run1(x), exact));
+  const Tensor approx = gelu("tanh").run1(x);
+  for (int i = 0; i < 4; ++i) {
+    const double v = x.data<float>()[i];
+    const double want = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    EXPECT_NEAR(approx.data<float>()[i], want, 1e-7) << i;
+  }
+  EXPECT_GT(std::fabs(approx.data<float>()[3] - exact.data<float>()[3]), 5e-5) << "the two forms differ by 9.8e-5 at 2";
+}
+
 }  // namespace
 }  // namespace perch::runtime
