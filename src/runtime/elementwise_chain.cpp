@@ -56,6 +56,7 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
   struct Candidate {
     size_t node;
     ChainStep step;
+    size_t const_rank;  // highest rank among this step's constants
   };
   std::vector<ElementwiseChain> chains;
   size_t i = 0;
@@ -64,7 +65,6 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
     std::vector<Candidate> cand;
     std::unordered_map<std::string, int> slot;  // chain value -> step index
     std::string x;
-    size_t const_rank = 0;
     size_t j = i;
     for (; j < nodes.size() && static_cast<int>(cand.size()) < kMaxChainSteps; ++j) {
       const Node& n = nodes[j];
@@ -74,6 +74,7 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
       }
       if (!n.domain.empty() || !ops.count(n.op_type) || n.outputs.size() != 1 || n.outputs[0].empty()) break;
       ChainStep s;
+      size_t const_rank = 0;
       bool ok = true;
       // Resolves input k into (source, constant); false when it is neither X, a step result nor a scalar.
       auto operand = [&](size_t k, int& src, float& c) {
@@ -127,7 +128,7 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
       }
       if (!ok) break;
       slot[n.outputs[0]] = static_cast<int>(cand.size());
-      cand.push_back({j, s});
+      cand.push_back({j, s, const_rank});
     }
     // The longest prefix whose intermediate results stay inside it.
     size_t len = cand.size();
@@ -148,10 +149,10 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
       c.last = cand[len - 1].node;
       c.input = x;
       c.output = nodes[c.last].outputs[0];
-      c.const_rank = const_rank;
-      for (size_t k = 0; k < len; ++k) {
+      for (size_t k = 0; k < len; ++k) {  // the kept steps only: a step cut off must not broadcast the output
         c.nodes.push_back(cand[k].node);
         c.steps.push_back(cand[k].step);
+        c.const_rank = std::max(c.const_rank, cand[k].const_rank);
       }
       chains.push_back(std::move(c));
       i = chains.back().last + 1;

@@ -456,6 +456,18 @@ TEST(Executor, ElementwiseChainKeepsBroadcastShapesAndOtherTypes) {
   EXPECT_EQ(y.shape(), (Shape{1, 1, 5}));
   EXPECT_TRUE(same_bits(y, ex.run({{"x", x}}, [](const std::string&, const Tensor&) {}).at("y")));
   EXPECT_EQ(y.data<float>()[4], 18.0f);
+  // A step left out of the chain (its input 'b' is read outside) does not lend the chain its [1,1,1] constant.
+  Model mt = model_of({node("Mul", {"x", "s"}, {"a"}), node("Add", {"a", "s"}, {"b"}), node("Mul", {"b", "k"}, {"c"}),
+                       node("Tanh", {"b"}, {"t"}), node("Add", {"c", "t"}, {"y"})},
+                      {value("x", {5})}, {value("y", {1, 1, 5}), value("t", {5})});
+  mt.graph.initializers["s"] = scalar_tensor(0.5f, {});
+  mt.graph.initializers["k"] = scalar_tensor(3.0f, {1, 1, 1});
+  Executor ext(mt);
+  const TensorMap fused_t = ext.run({{"x", x}});
+  const TensorMap unfused_t = ext.run({{"x", x}}, [](const std::string&, const Tensor&) {});
+  EXPECT_TRUE(same_bits(fused_t.at("y"), unfused_t.at("y")));
+  EXPECT_EQ(fused_t.at("y").shape(), (Shape{1, 1, 5}));
+  EXPECT_EQ(fused_t.at("t").shape(), (Shape{5}));
   // An initializer that is also a graph input is a default the caller may replace: not a chain constant.
   Model mk = model_of({node("Mul", {"x", "k"}, {"a"}), node("Add", {"a", "k"}, {"y"})}, {value("x", {5}), value("k", {})},
                       {value("y", {5})});
