@@ -15,20 +15,8 @@ using Args = std::vector<const Tensor*>;
 
 namespace {
 
-template <typename F>
-OpKernel unary(F f) {
-  return [f](const Node& n, const Args& a, int64_t) -> std::vector<Tensor> {
-    const Tensor x = in(n, a, 0).to_f32();
-    Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
-    const float* xd = x.data<float>();
-    float* yd = y.data<float>();
-    for (int64_t i = 0; i < x.numel(); ++i) yd[i] = f(n, xd[i]);
-    return {y};
-  };
-}
-
-// Like unary(), for ops with attributes: make(n) reads them once per call and returns the per-element function
-// (a lookup per element cost more than the arithmetic).
+// Float unary ops: make(n) reads the node's attributes once per call and returns the per-element function (a
+// lookup per element cost more than the arithmetic).
 template <typename Make>
 OpKernel unary_attr(Make make) {
   return [make](const Node& n, const Args& a, int64_t) -> std::vector<Tensor> {
@@ -40,6 +28,12 @@ OpKernel unary_attr(Make make) {
     for (int64_t i = 0; i < x.numel(); ++i) yd[i] = f(xd[i]);
     return {y};
   };
+}
+
+// The same for ops without attributes: f(x) -> y.
+template <typename F>
+OpKernel unary(F f) {
+  return unary_attr([f](const Node&) { return f; });
 }
 
 template <typename T>
@@ -214,24 +208,24 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 }  // namespace
 
 void register_elementwise_ops(OpRegistry& r) {
-  r.add("Relu", 1, unary([](const Node&, float x) { return x > 0.0f ? x : 0.0f; }));
+  r.add("Relu", 1, unary([](float x) { return x > 0.0f ? x : 0.0f; }));
   r.add("LeakyRelu", 1, unary_attr([](const Node& n) {
           const float alpha = n.attr_float("alpha", 0.01f);
           return [alpha](float x) { return x >= 0.0f ? x : x * alpha; };
         }));
-  r.add("Sigmoid", 1, unary([](const Node&, float x) { return sigmoid(x); }));
+  r.add("Sigmoid", 1, unary([](float x) { return sigmoid(x); }));
   r.add("HardSigmoid", 1, unary_attr([](const Node& n) {
           const float alpha = n.attr_float("alpha", 0.2f), beta = n.attr_float("beta", 0.5f);
           return [alpha, beta](float x) { return std::clamp(alpha * x + beta, 0.0f, 1.0f); };
         }));
   // HardSwish(x) = x * max(0, min(1, x/6 + 1/2))   (ONNX: alpha = 1/6, beta = 0.5)
-  r.add("HardSwish", 14, unary([](const Node&, float x) { return x * std::clamp(x / 6.0f + 0.5f, 0.0f, 1.0f); }));
-  r.add("Tanh", 1, unary([](const Node&, float x) { return std::tanh(x); }));
-  r.add("Exp", 1, unary([](const Node&, float x) { return std::exp(x); }));
-  r.add("Sqrt", 1, unary([](const Node&, float x) { return std::sqrt(x); }));
-  r.add("Abs", 1, unary([](const Node&, float x) { return std::fabs(x); }));
-  r.add("Neg", 1, unary([](const Node&, float x) { return -x; }));
-  r.add("Reciprocal", 1, unary([](const Node&, float x) { return 1.0f / x; }));
+  r.add("HardSwish", 14, unary([](float x) { return x * std::clamp(x / 6.0f + 0.5f, 0.0f, 1.0f); }));
+  r.add("Tanh", 1, unary([](float x) { return std::tanh(x); }));
+  r.add("Exp", 1, unary([](float x) { return std::exp(x); }));
+  r.add("Sqrt", 1, unary([](float x) { return std::sqrt(x); }));
+  r.add("Abs", 1, unary([](float x) { return std::fabs(x); }));
+  r.add("Neg", 1, unary([](float x) { return -x; }));
+  r.add("Reciprocal", 1, unary([](float x) { return 1.0f / x; }));
   r.add("Clip", 1, clip);
   r.add("Add", 7, binary<AddOp>);
   r.add("Sub", 7, binary<SubOp>);
