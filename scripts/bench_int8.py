@@ -2,7 +2,8 @@
 """End-to-end int8 benchmark: perch int8 engine vs perch fp32 (the float model) vs ONNX Runtime on the same
 QDQ model, same thread count, batch 1 and 64. Each configuration is run in interleaved rounds (int8, fp32,
 ORT, int8, ...) so the three see the same machine load; the figure is the median over rounds of each run's
-median latency. Prints a Markdown table (and --json).
+median latency. Each run warms up for at least 0.5 s first (perch bench's and bench.js's --warmup-ms default): the
+CPU's clock ramps up over a fresh process's first ~0.3 s of work. Prints a Markdown table (and --json).
 
 usage: scripts/bench_int8.py --perch build/release/perch --models DIR_WITH_FLOAT_MODELS --qdq DIR_WITH_Q_MODELS
                              [--threads 1] [--rounds 3] [--json] [--cpu] [--pin CPU]
@@ -71,7 +72,9 @@ def main():
             for _ in range(a.rounds):
                 if a.cpu:
                     lo, hi = (200, 2200) if batch == 1 else (10, 70)
-                    base = ["--batch", str(batch), "--threads", str(a.threads), "--warmup", "3", "--json", "--iters"]
+                    # A fixed warm-up count (no time-based warm-up), so that t(H) - t(L) is H - L runs exactly.
+                    base = ["--batch", str(batch), "--threads", str(a.threads), "--warmup", "3", "--warmup-ms", "0",
+                            "--json", "--iters"]
                     ort = pre + ["node", os.path.join(ROOT, "tools", "ort", "bench.js"), q]
                     perch = pre + [a.perch, "bench"]
                     t["int8"].append(per_iter_cpu(lambda i: perch + [q, "--engine", "int8"] + base + [str(i)], lo, hi))

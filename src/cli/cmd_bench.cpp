@@ -2,10 +2,14 @@
 //
 //   perch eval MODEL.onnx --engine int8|sim|fp32   top-1 accuracy with the chosen engine
 //   perch bench MODEL.onnx [--batch B | --shape D1,D2,...] [--threads T] [--engine int8|fp32|sim] [--iters N]
-//               [--warmup W] [--json]
+//               [--warmup W] [--warmup-ms T] [--json]
 //               [--profile]
 // bench times run() alone on a fixed random input (made once, outside the timing), like tools/ort/bench.js:
 // median / p10 / p90 latency in ms and images per second at the median.
+// Warm-up runs until both W runs and T ms have passed: this machine's vCPUs run a fresh process ~20 % slower for its
+// first ~0.3 s of work (a run of mbv2 int8 at batch 64: 3.1 ms, then 2.5 ms from the ~100th run on; the same speed-up
+// from the start when a busy loop ran on that vCPU just before), so a count alone measured the CPU's ramp, and a
+// process that had been busy longer (node loading ONNX Runtime) came out ahead. tools/ort/bench.js warms up alike.
 #include "cmd_bench.h"
 
 #include <nlohmann/json.hpp>
@@ -121,7 +125,9 @@ BenchCommand::BenchCommand(CLI::App& app) {
   sub->add_option("--threads", threads, "threads (0: PERCH_NUM_THREADS or all hardware threads)")->capture_default_str();
   sub->add_option("--engine", engine, "int8 | fp32 | sim")->capture_default_str();
   sub->add_option("--iters", iters, "timed runs")->capture_default_str();
-  sub->add_option("--warmup", warmup, "untimed runs first")->capture_default_str();
+  sub->add_option("--warmup", warmup, "untimed runs first (at least this many)")->capture_default_str();
+  sub->add_option("--warmup-ms", warmup_ms, "untimed runs first for at least this long (the CPU's clock ramps up)")
+      ->capture_default_str();
   sub->add_option("--seed", seed, "seed of the random input")->capture_default_str();
   sub->add_option("--shape", shape,
                   "the input's full shape D1,D2,... (its first dim is the batch; needed when the model leaves dims "
@@ -135,6 +141,7 @@ int BenchCommand::run() const {
   PERCH_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
   PERCH_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   PERCH_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
+  PERCH_CHECK(warmup_ms >= 0, "--warmup-ms must be >= 0, got ", warmup_ms);
   PERCH_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   set_num_threads(threads);
   Engine e = make_engine(model, engine);
@@ -170,7 +177,12 @@ int BenchCommand::run() const {
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (float& v : x.span<float>()) v = u(rng);
-  for (int64_t i = 0; i < warmup; ++i) (void)e.run(x);
+  const auto w0 = std::chrono::steady_clock::now();
+  int64_t warm_runs = 0;
+  for (; warm_runs < warmup ||
+         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count() < warmup_ms;
+       ++warm_runs)
+    (void)e.run(x);
   if (profile) e.enable_profiling();
   std::vector<double> ms;
   for (int64_t i = 0; i < iters; ++i) {
@@ -186,7 +198,8 @@ int BenchCommand::run() const {
   for (const auto& s : steps) steps_ms += s.total_ms;
   if (as_json) {
     json j{{"model", model}, {"engine", engine}, {"batch", n}, {"shape", in_shape}, {"threads", num_threads()}, {"iters", iters},
-           {"median_ms", med}, {"p10_ms", p10}, {"p90_ms", p90}, {"images_per_second", ips}};
+           {"warmup_runs", warm_runs},
+           {"median_ms", med}, {"p10_ms", p10}, {"p90_ms", p90}, {"images_per_second", ips}, {"times_ms", ms}};
     if (engine == "int8") j["float_nodes"] = e.float_nodes;
     if (profile) {
       json p = json::array();

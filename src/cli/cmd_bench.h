@@ -22,6 +22,7 @@ struct BenchCommand {
   CLI::App* sub = nullptr;
   std::string model, engine = "int8";
   int64_t batch = 1, iters = 100, warmup = 10, seed = 1;
+  double warmup_ms = 500.0;
   std::string shape;  // --shape D1,D2,...: the input's full shape (models with dynamic dims)
   int threads = 0;
   bool as_json = false;

@@ -5,8 +5,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
+#include <vector>
 
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
@@ -95,9 +97,16 @@ TEST(CliInt8, EngineErrorsAreClear) {
 
 TEST(CliInt8, BenchPrintsLatencyAndThroughput) {
   auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") +
-                         " --engine int8 --batch 4 --threads 1 --iters 5 --warmup 1 --json");
+                         " --engine int8 --batch 4 --threads 1 --iters 5 --warmup 1 --warmup-ms 150 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const json j = json::parse(r.out);
+  // Warm-up lasts until both the count and the time are reached (a run of this model takes microseconds, so the
+  // 150 ms give many runs); the timed runs are listed, and the median is theirs.
+  EXPECT_GT(j["warmup_runs"].get<int64_t>(), 10) << r.out;
+  std::vector<double> times = j["times_ms"].get<std::vector<double>>();
+  ASSERT_EQ(times.size(), 5u) << r.out;
+  std::sort(times.begin(), times.end());
+  EXPECT_EQ(j["median_ms"].get<double>(), times[2]);
   EXPECT_EQ(j["batch"], 4);
   EXPECT_EQ(j["threads"], 1);
   EXPECT_EQ(j["engine"], "int8");
@@ -106,12 +115,33 @@ TEST(CliInt8, BenchPrintsLatencyAndThroughput) {
   EXPECT_NEAR(ips, 4 * 1000.0 / med, 1e-6 * ips);
   EXPECT_LE(j["p10_ms"].get<double>(), med);
   EXPECT_GE(j["p90_ms"].get<double>(), med);
-  r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "tiny.onnx") + " --engine fp32 --batch 2 --iters 2");
+  r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --iters 3 --warmup 2 --warmup-ms 0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["warmup_runs"], 2) << r.out;
+  r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --warmup-ms -1");
+  EXPECT_EQ(r.code, 1);
+  test::expect_contains(r.err, {"--warmup-ms", "-1"});
+  r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "tiny.onnx") + " --engine fp32 --batch 2 --iters 2 --warmup-ms 0");
   ASSERT_EQ(r.code, 0) << r.err;
   test::expect_contains(r.out, {"median", "images/s", "batch 2"});
   r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --batch 0");
   EXPECT_EQ(r.code, 1);
   test::expect_contains(r.err, {"--batch", "0"});
+}
+
+// tools/ort/bench.js, the ONNX Runtime side of the comparisons in docs/BENCHMARKS.md, warms up the same way: until both
+// --warmup runs and --warmup-ms have passed.
+TEST(CliInt8, OrtBenchWarmsUpLikePerchBench) {
+  PERCH_REQUIRE_ORT();
+  const std::string js = "node " + q(ort_dir() / "bench.js") + " " + q(tiny().dir / "q.onnx");
+  auto r = test::run_cmd(js + " --batch 2 --iters 4 --warmup 1 --warmup-ms 150 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_GT(j["warmup_runs"].get<int64_t>(), 10) << r.out;
+  EXPECT_EQ(j["batch"], 2);
+  r = test::run_cmd(js + " --iters 2 --warmup 3 --warmup-ms 0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["warmup_runs"], 3) << r.out;
 }
 
 // Models with dynamic dims after the batch (PaddleOCR's [N,3,H,W]) are benched at the shape --shape gives; without
@@ -121,7 +151,7 @@ TEST(CliInt8, BenchShapeForDynamicInputs) {
   m.graph.inputs.at(0).shape = {-1, 1, -1, -1};
   const fs::path dyn = tiny().dir / "q_dynamic.onnx";
   graph::save_model(m, dyn);
-  auto r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --engine int8 --iters 2 --warmup 0 --shape 3,1,8,8 --json");
+  auto r = test::run_cmd(perch_bin() + " bench " + q(dyn) + " --engine int8 --iters 2 --warmup 0 --warmup-ms 0 --shape 3,1,8,8 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["batch"], 3);
@@ -144,7 +174,7 @@ TEST(CliInt8, BenchShapeForDynamicInputs) {
 TEST(CliInt8, BenchProfileListsEveryStep) {
   for (const char* engine : {"int8", "fp32"}) {
     auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --engine " + engine +
-                           " --batch 3 --threads 1 --iters 4 --warmup 1 --profile --json");
+                           " --batch 3 --threads 1 --iters 4 --warmup 1 --warmup-ms 0 --profile --json");
     ASSERT_EQ(r.code, 0) << r.err;
     const json j = json::parse(r.out);
     ASSERT_TRUE(j.contains("profile")) << r.out;
@@ -160,7 +190,7 @@ TEST(CliInt8, BenchProfileListsEveryStep) {
     EXPECT_NEAR(share, 1.0, 1e-9) << engine;
     EXPECT_TRUE(conv) << engine << ": the Conv has a step";
   }
-  auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --iters 2 --warmup 0 --profile");
+  auto r = test::run_cmd(perch_bin() + " bench " + q(tiny().dir / "q.onnx") + " --iters 2 --warmup 0 --warmup-ms 0 --profile");
   ASSERT_EQ(r.code, 0) << r.err;
   test::expect_contains(r.out, {"ms/run", "share", "Conv ", "all steps"});
 }

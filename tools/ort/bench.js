@@ -4,10 +4,13 @@
 const path = require('path');
 const { parseArgs, createSession, inputMeta, fail, runMain } = require('./lib');
 
-const USAGE = `usage: node bench.js MODEL.onnx [--batch 1] [--threads 1] [--iters 100] [--warmup 10] [--seed 1]
+const USAGE = `usage: node bench.js MODEL.onnx [--batch 1] [--threads 1] [--iters 100] [--warmup 10] [--warmup-ms 500]
+                     [--seed 1]
                      [--shape D1,D2,...] [--json]
   The first input's shape comes from the model, its first (batch) dim replaced by --batch; --shape gives the
   full input shape when the model leaves other dims symbolic. Prints median/p10/p90 ms and images per second.
+  Untimed runs first until both --warmup runs and --warmup-ms have passed (as perch bench does: the CPU's clock
+  ramps up over a fresh process's first ~0.3 s of work).
 `;
 
 function rng(seed) {
@@ -46,7 +49,8 @@ async function main() {
     batch: { type: 'int', default: 1 },
     threads: { type: 'int', default: 1 },
     iters: { type: 'int', default: 100 },
-    warmup: { type: 'int', default: 10 },
+    warmup: { type: 'count', default: 10 },
+    'warmup-ms': { type: 'count', default: 500 },
     seed: { type: 'int', default: 1 },
     shape: { type: 'string' },
     json: { type: 'bool', default: false },
@@ -74,7 +78,10 @@ async function main() {
     if (sym !== undefined) fail(`${model}: input '${name}' has shape [${meta.shape}] with symbolic dims; pass --shape`);
   }
   const feeds = { [name]: randomTensor(ort, meta ? meta.type : 'float32', dims, rng(opts.seed)) };
-  for (let i = 0; i < opts.warmup; ++i) await session.run(feeds);
+  const w0 = process.hrtime.bigint();
+  let warmRuns = 0;
+  for (; warmRuns < opts.warmup || Number(process.hrtime.bigint() - w0) / 1e6 < opts['warmup-ms']; ++warmRuns)
+    await session.run(feeds);
   const ms = [];
   for (let i = 0; i < opts.iters; ++i) {
     const t0 = process.hrtime.bigint();
@@ -84,7 +91,7 @@ async function main() {
   ms.sort((a, b) => a - b);
   const median = quantile(ms, 0.5);
   const res = {
-    model: path.basename(model), batch: dims[0], threads: opts.threads, iters: opts.iters,
+    model: path.basename(model), batch: dims[0], threads: opts.threads, iters: opts.iters, warmup_runs: warmRuns,
     median_ms: median, p10_ms: quantile(ms, 0.1), p90_ms: quantile(ms, 0.9), images_per_s: (dims[0] * 1000) / median,
   };
   if (opts.json) process.stdout.write(JSON.stringify(res) + '\n');
