@@ -123,7 +123,8 @@ void depthwise_plane(const float* xp, int64_t pw, int64_t oh_n, int64_t ow_n, in
 // Depthwise (group == C): output channel m reads input channel m / (M/C). Each input plane is copied
 // once into a zero-padded scratch plane (so the inner loops have no bounds checks), then every output
 // channel it feeds is computed from it. Planes are spread over the thread pool.
-void depthwise(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+void depthwise(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+               const ConvEpilogue& post) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w();
   const int64_t mult = s.out_channels / s.in_channels;
   // The padded extent, grown to every row/column the windows touch: Conv2dShape::out_h() rounds a
@@ -146,15 +147,21 @@ void depthwise(const Conv2dShape& s, const float* x, const float* w, const float
         plane_fn(xp.data(), pw, oh_n, ow_n, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dil_h, s.dil_w,
                  w + m * s.kernel_h * s.kernel_w, bias ? bias[m] : 0.0f, y + (n * s.out_channels + m) * oh_n * ow_n);
       }
+      if (post) post(y + (n * s.out_channels + c * mult) * oh_n * ow_n, mult * oh_n * ow_n);  // this plane's outputs
     }
   }, std::max<int64_t>(1, 32768 / work));
 }
 
 }  // namespace
 
-void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  if (!has_path(active_paths(), Path::kOptimized)) return conv2d_f32_reference(s, x, w, bias, y);
-  if (s.is_depthwise()) return depthwise(s, x, w, bias, y);
+void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+                const ConvEpilogue& post) {
+  if (!has_path(active_paths(), Path::kOptimized)) {
+    conv2d_f32_reference(s, x, w, bias, y);
+    if (post) post(y, s.batch * s.out_channels * s.out_h() * s.out_w());
+    return;
+  }
+  if (s.is_depthwise()) return depthwise(s, x, w, bias, y, post);
   const int64_t oh_n = s.out_h(), ow_n = s.out_w(), hw = oh_n * ow_n;
   const int64_t cg = s.in_channels / s.group, mg = s.out_channels / s.group;
   const int64_t kdim = cg * s.kernel_h * s.kernel_w;
@@ -198,6 +205,7 @@ void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const floa
         a.c = yg + m0 * hw + oh0 * ow_n, a.ldc = hw;
         gemm_f32(a);
       }
+      if (post) post(yg + m0 * hw, (m1 - m0) * hw);  // output channels [m0, m1) of this image and group, finished
       last_pair = pair;
     }
   }, std::max<int64_t>(1, 65536 / flops));

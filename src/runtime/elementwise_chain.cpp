@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <set>
 
@@ -185,6 +186,10 @@ PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float*
                                      int64_t b1) {
   alignas(64) float scratch[kMaxChainSteps][kChainBlock];
   const size_t steps = chain.steps.size();
+  // In place (y == x), the last step also writes to scratch, copied out after the block: the same values, and the
+  // step's loop keeps its vector form (a store to the array it reads would make GCC's overlap check fall back to
+  // scalar code).
+  const bool in_place = xd == yd;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t base = blk * kChainBlock, len = std::min(kChainBlock, n - base);
     auto src = [&](int s) -> const float* {
@@ -192,7 +197,7 @@ PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float*
     };
     for (size_t k = 0; k < steps; ++k) {
       const ChainStep& s = chain.steps[k];
-      float* out = k + 1 == steps ? yd + base : scratch[k];
+      float* out = k + 1 == steps && !in_place ? yd + base : scratch[k];
       const float* a = src(s.a);
       const float* b = src(s.b);
       // The same expressions as ops_elementwise.cpp's kernels (AddOp..DivOp, clip, the activations).
@@ -224,6 +229,7 @@ PERCH_CHAIN_INLINE void chain_blocks(const ElementwiseChain& chain, const float*
           break;
       }
     }
+    if (in_place) std::memcpy(yd + base, scratch[steps - 1], static_cast<size_t>(len) * sizeof(float));
   }
 }
 
@@ -245,6 +251,19 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) void chain_blocks_avx512(co
 
 }  // namespace
 
+namespace {
+ChainFn chain_fn() {
+  const uint32_t paths = active_paths();
+  return has_path(paths, Path::kAvx512Vnni) ? chain_blocks_avx512
+         : has_path(paths, Path::kAvx2)     ? chain_blocks_avx2
+                                            : chain_blocks_reference;
+}
+}  // namespace
+
+void run_elementwise_chain_in_place(const ElementwiseChain& chain, float* data, int64_t n) {
+  if (n > 0) chain_fn()(chain, data, data, n, 0, (n + kChainBlock - 1) / kChainBlock);
+}
+
 Tensor run_elementwise_chain(const ElementwiseChain& chain, const Tensor& x) {
   Shape shape = x.shape();
   while (shape.size() < chain.const_rank) shape.insert(shape.begin(), 1);  // scalars of shape [1,1,...] broadcast
@@ -253,10 +272,7 @@ Tensor run_elementwise_chain(const ElementwiseChain& chain, const Tensor& x) {
   float* yd = y.data<float>();
   const int64_t n = x.numel();
   const int64_t blocks = (n + kChainBlock - 1) / kChainBlock;
-  const uint32_t paths = active_paths();
-  const ChainFn fn = has_path(paths, Path::kAvx512Vnni) ? chain_blocks_avx512
-                     : has_path(paths, Path::kAvx2)     ? chain_blocks_avx2
-                                                        : chain_blocks_reference;
+  const ChainFn fn = chain_fn();
   parallel_for(0, blocks, [&](int64_t b0, int64_t b1) { fn(chain, xd, yd, n, b0, b1); }, 16);
   return y;
 }

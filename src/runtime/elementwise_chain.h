@@ -57,5 +57,8 @@ std::vector<ElementwiseChain> find_elementwise_chains(const graph::Model& model,
 
 // Runs a chain on float32 X; the result has X's shape.
 Tensor run_elementwise_chain(const ElementwiseChain& chain, const Tensor& x);
+// Runs a chain over n floats in place, on the calling thread (the same bits as run_elementwise_chain). The executor
+// calls it from a Conv's epilogue on each finished block of the Conv's output, while the block is still in cache.
+void run_elementwise_chain_in_place(const ElementwiseChain& chain, float* data, int64_t n);
 
 }  // namespace perch::runtime::detail

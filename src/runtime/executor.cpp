@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "elementwise_chain.h"
+#include "ops_common.h"
 #include "perch/graph/passes.h"
 
 namespace perch::runtime {
@@ -85,6 +86,29 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
   chain_of_.assign(model_.graph.nodes.size(), 0);
   for (size_t c = 0; c < chains->size(); ++c)
     for (size_t k : (*chains)[c].nodes) chain_of_[k] = c + 1;
+  // Conv -> chain: the Conv producing the chain's X, when X has no other reader and is no graph output.
+  conv_chain_.assign(model_.graph.nodes.size(), 0);
+  std::unordered_map<std::string, size_t> producer;
+  std::unordered_map<std::string, std::vector<size_t>> readers;
+  for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
+    const auto& n = model_.graph.nodes[i];
+    for (const auto& o : n.outputs)
+      if (!o.empty()) producer[o] = i;
+    for (const auto& in : n.inputs)
+      if (!in.empty()) readers[in].push_back(i);
+  }
+  for (size_t c = 0; c < chains->size(); ++c) {
+    const auto& ch = (*chains)[c];
+    auto p = producer.find(ch.input);
+    if (p == producer.end()) continue;
+    const auto& conv = model_.graph.nodes[p->second];
+    const bool is_conv = conv.op_type == "Conv" && (conv.domain.empty() || conv.domain == "ai.onnx");
+    const bool only_chain = std::all_of(readers[ch.input].begin(), readers[ch.input].end(),
+                                        [&](size_t r) { return chain_of_[r] == c + 1; });
+    const bool graph_output = std::any_of(model_.graph.outputs.begin(), model_.graph.outputs.end(),
+                                          [&](const graph::ValueInfo& o) { return o.name == ch.input; });
+    if (is_conv && only_chain && !graph_output && p->second < ch.first) conv_chain_[p->second] = c + 1;
+  }
   chains_ = std::move(chains);
 }
 
@@ -94,12 +118,22 @@ void Executor::enable_profiling() {
     const auto& n = model_.graph.nodes[i];
     nodes.push_back(n.describe());
     what.push_back(n.op_type);
-    if (chain_of_[i]) {  // a fused chain's time is its last node's
+    auto ops_of = [&](const detail::ElementwiseChain& c) {
+      std::string ops;
+      for (size_t k : c.nodes) ops += (ops.empty() ? "" : "+") + model_.graph.nodes[k].op_type;
+      return ops;
+    };
+    if (conv_chain_[i]) {  // the chain runs inside this Conv: both are timed here
+      what.back() += " + fused element-wise chain " + ops_of((*chains_)[conv_chain_[i] - 1]) +
+                     " on its output blocks (when nothing observes their values)";
+    } else if (chain_of_[i]) {  // a fused chain's time is its last node's, or its Conv's
       const auto& c = (*chains_)[chain_of_[i] - 1];
-      if (i == c.last) {
-        std::string ops;
-        for (size_t k : c.nodes) ops += (ops.empty() ? "" : "+") + model_.graph.nodes[k].op_type;
-        what.back() = "fused element-wise chain " + ops + " (when nothing observes its values)";
+      const auto in_conv = std::find(conv_chain_.begin(), conv_chain_.end(), chain_of_[i]);
+      if (in_conv != conv_chain_.end()) {
+        what.back() += " (in the fused chain timed at its " +
+                       model_.graph.nodes[static_cast<size_t>(in_conv - conv_chain_.begin())].describe() + ")";
+      } else if (i == c.last) {
+        what.back() = "fused element-wise chain " + ops_of(c) + " (when nothing observes its values)";
       } else {
         what.back() += " (in the fused chain timed at " + model_.graph.nodes[c.last].describe() + ")";
       }
@@ -146,17 +180,28 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
   // last (only Constant nodes lie between), X kept until then.
   const bool may_fuse = !observer && !adjust && !known;
   size_t fusing = 0;  // chain_of_ value of the chain being skipped over, 0 = none
+  size_t in_conv = 0;  // chain_of_ value of a chain already run inside its Conv, 0 = none
+  // Whether a caller asked for the chain's X or one of its intermediate values (then its nodes run one by one).
+  auto wanted = [&](const detail::ElementwiseChain& c, bool with_x) {
+    auto asked = [&](const std::string& v) {
+      return std::find(extra_outputs.begin(), extra_outputs.end(), v) != extra_outputs.end();
+    };
+    if (with_x && asked(c.input)) return true;
+    for (size_t k = 0; k + 1 < c.nodes.size(); ++k)
+      if (asked(model_.graph.nodes[c.nodes[k]].outputs[0])) return true;
+    return false;
+  };
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
+    if (in_conv && chain_of_[i] == in_conv) {  // its result is already there
+      if (i == (*chains_)[in_conv - 1].last) in_conv = 0;
+      continue;
+    }
     if (may_fuse && chain_of_[i]) {
       const auto& c = (*chains_)[chain_of_[i] - 1];
       if (i == c.first) {
         auto x = values.find(c.input);
-        bool ok = x != values.end() && x->second.dtype() == DType::kFloat32;
-        for (size_t k = 0; ok && k + 1 < c.nodes.size(); ++k) {
-          const std::string& v = model_.graph.nodes[c.nodes[k]].outputs[0];
-          ok = std::find(extra_outputs.begin(), extra_outputs.end(), v) == extra_outputs.end();
-        }
+        const bool ok = x != values.end() && x->second.dtype() == DType::kFloat32 && !wanted(c, false);
         fusing = ok ? chain_of_[i] : 0;
       }
       if (fusing == chain_of_[i]) {
@@ -200,6 +245,31 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
       auto c = constants_.find(in);
       PERCH_CHECK(c != constants_.end(), model_.source, ": ", n.describe(), " input '", in, "' is not available");
       args.push_back(&c->second);
+    }
+    // A Conv whose output only a chain reads: the chain runs on each finished block of the Conv's output, in place.
+    if (may_fuse && conv_chain_[i]) {
+      const auto& c = (*chains_)[conv_chain_[i] - 1];
+      const Tensor* x = args.empty() ? nullptr : args[0];
+      if (x && static_cast<size_t>(x->rank()) >= c.const_rank && !wanted(c, true)) {
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+          values[c.output] = detail::conv_float(
+              n, args, [&c](float* block, int64_t count) { detail::run_elementwise_chain_in_place(c, block, count); });
+        } catch (const Error& e) {
+          PERCH_FAIL(model_.source, ": ", n.describe(), " (with the element-wise chain ending at ",
+                     model_.graph.nodes[c.last].describe(), "): ", e.what());
+        }
+        if (profile_)
+          profile_->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+        in_conv = conv_chain_[i];
+        for (const auto& in : n.inputs) {
+          auto lu = last_use_.find(in);
+          if (lu != last_use_.end() && lu->second == i &&
+              std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
+            values.erase(in);
+        }
+        continue;
+      }
     }
     std::vector<Tensor> outs;
     try {

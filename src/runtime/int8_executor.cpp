@@ -889,8 +889,10 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
         out_shape = {s.batch, N, s.out_h(), s.out_w()};
         acc = Tensor(DType::kFloat32, out_shape);
         // Zero padding of (q - zp) is the ONNX padding of the real input.
-        (exact_f32 ? kernels::conv2d_f32 : kernels::conv2d_f32_reference)(s, x.data<float>(), wf->data<float>(), nullptr,
-                                                                           acc.data<float>());
+        if (exact_f32)
+          kernels::conv2d_f32(s, x.data<float>(), wf->data<float>(), nullptr, acc.data<float>());
+        else
+          kernels::conv2d_f32_reference(s, x.data<float>(), wf->data<float>(), nullptr, acc.data<float>());
       } else {
         PERCH_CHECK(x.rank() >= 2 && x.dim(-1) == K, "input ", shape_str(x.shape()), " does not end in K = ", K);
         const int64_t M = x.numel() / K;

@@ -5,6 +5,7 @@
 
 #include "perch/core/tensor.h"
 #include "perch/graph/ir.h"
+#include "perch/kernels/conv_f32.h"
 
 namespace perch::runtime::detail {
 
@@ -23,5 +24,9 @@ struct Geometry {
   std::vector<int64_t> strides, dilations, pads_begin, pads_end;
 };
 Geometry geometry(const graph::Node& n, const std::vector<int64_t>& in, const std::vector<int64_t>& k, bool ceil_mode);
+
+// The float Conv op (ops_nn.cpp) with an epilogue run on each finished block of its output (kernels::conv2d_f32's
+// `post`); the executor passes a fused element-wise chain there. Empty `post`: the registered Conv kernel.
+Tensor conv_float(const graph::Node& n, const std::vector<const Tensor*>& args, const kernels::ConvEpilogue& post);
 
 }  // namespace perch::runtime::detail

@@ -15,9 +15,7 @@ using detail::in;
 using graph::Node;
 using Args = std::vector<const Tensor*>;
 
-namespace {
-
-std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
+Tensor detail::conv_float(const Node& n, const Args& a, const kernels::ConvEpilogue& post) {
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor w = in(n, a, 1).to_f32();
   const kernels::Conv2dShape s = conv2d_shape(n, x.shape(), w.shape());
@@ -29,9 +27,14 @@ std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) {
   }
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.out_channels, s.out_h(), s.out_w()} : Shape{s.batch, s.out_channels, s.out_w()};
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-  kernels::conv2d_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>());
-  return {y};
+  kernels::conv2d_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>(),
+                      post);
+  return y;
 }
+
+namespace {
+
+std::vector<Tensor> conv(const Node& n, const Args& a, int64_t) { return {detail::conv_float(n, a, {})}; }
 
 std::vector<Tensor> gemm(const Node& n, const Args& a, int64_t) {
   const Tensor A = in(n, a, 0).to_f32(), B = in(n, a, 1).to_f32();

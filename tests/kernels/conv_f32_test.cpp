@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "kernel_test_util.h"
+#include "perch/core/threads.h"
 #include "perch/kernels/conv_f32.h"
 
 namespace perch::kernels {
@@ -189,6 +191,69 @@ TEST(ConvF32, RandomizedShapes) {
     if (HasFatalFailure()) return;
     ++ran;
   }
+}
+
+// The epilogue (conv2d_f32's `post`): called on whole output planes of one image, each element exactly once, after
+// the block is final (it holds the bits the call without an epilogue gives), and what it writes is what stays. Shapes
+// for each kind of work unit: 1x1 direct, im2col, im2col built in row blocks (kdim * hw above 2^17 floats), output
+// channels split in blocks (batch 1 on 2 threads), groups, depthwise with a channel multiplier, batches.
+TEST(ConvF32, EpilogueSeesEveryFinishedBlockOnce) {
+  std::vector<Conv2dShape> shapes = {shape(3, 16, 9, 7, 24, 1, 1), shape(2, 6, 11, 10, 10, 3, 3, 2),
+                                     shape(1, 32, 30, 30, 40, 3, 3), shape(1, 64, 20, 20, 96, 1, 1),
+                                     shape(2, 5, 9, 8, 15, 3, 3, 5), shape(3, 12, 7, 9, 12, 5, 5, 12)};
+  shapes[1].pad_top = shapes[1].pad_left = 1;
+  shapes[2].pad_top = shapes[2].pad_bottom = shapes[2].pad_left = shapes[2].pad_right = 1;
+  shapes[4].stride_h = shapes[4].stride_w = 2;
+  shapes[5].pad_top = shapes[5].pad_left = shapes[5].pad_bottom = shapes[5].pad_right = 2;
+  const int saved = num_threads();
+  for (size_t si = 0; si < shapes.size(); ++si) {
+    const Conv2dShape& s = shapes[si];
+    SCOPED_TRACE(describe(s));
+    Rng rng(100 + si);
+    const auto x = rng.vec(static_cast<size_t>(s.batch * s.in_channels * s.in_h * s.in_w));
+    const auto w = rng.vec(static_cast<size_t>(s.out_channels * (s.in_channels / s.group) * s.kernel_h * s.kernel_w));
+    const auto b = rng.vec(static_cast<size_t>(s.out_channels), -2.0f, 2.0f);
+    const int64_t hw = s.out_h() * s.out_w();
+    const size_t ny = static_cast<size_t>(s.batch * s.out_channels * hw);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const auto& ps : test::path_sets()) {
+        SCOPED_TRACE(std::string(ps.name) + ", threads " + std::to_string(threads));
+        test::PathGuard guard(ps.paths);
+        std::vector<float> plain(ny), y(ny, std::numeric_limits<float>::quiet_NaN());
+        conv2d_f32(s, x.data(), w.data(), b.data(), plain.data());
+        std::vector<int> seen(ny, 0);
+        int64_t unfinished = 0, misaligned = 0, calls = 0;
+        std::mutex mu;
+        conv2d_f32(s, x.data(), w.data(), b.data(), y.data(), [&](float* blk, int64_t count) {
+          const int64_t off = blk - y.data();
+          std::lock_guard<std::mutex> lock(mu);
+          ++calls;
+          if (off < 0 || count <= 0 || off + count > static_cast<int64_t>(ny) || off % hw != 0 || count % hw != 0) {
+            ++misaligned;
+            return;
+          }
+          for (int64_t i = 0; i < count; ++i) {
+            ++seen[static_cast<size_t>(off + i)];
+            unfinished += std::memcmp(&blk[i], &plain[static_cast<size_t>(off + i)], 4) != 0;
+            blk[i] = blk[i] * 2.0f + 1.0f;
+          }
+        });
+        EXPECT_GT(calls, 0);
+        EXPECT_EQ(misaligned, 0) << "a block that is not whole output planes";
+        EXPECT_EQ(unfinished, 0) << "the epilogue saw values before they were final";
+        int64_t not_once = 0, differ = 0;
+        for (size_t i = 0; i < ny; ++i) {
+          not_once += seen[i] != 1;
+          const float want = plain[i] * 2.0f + 1.0f;
+          differ += std::memcmp(&want, &y[i], 4) != 0;
+        }
+        EXPECT_EQ(not_once, 0) << "elements the epilogue saw other than once";
+        EXPECT_EQ(differ, 0) << "the epilogue's writes did not stay";
+      }
+    }
+  }
+  set_num_threads(saved);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "perch/core/cpu.h"
+#include "perch/core/threads.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -570,6 +571,112 @@ TEST(Executor, ElementwiseChainActivationsGiveTheSameBits) {
     differ += std::memcmp(&want, y.data<float>() + i, 4) != 0 && !(std::isnan(want) && std::isnan(y.data<float>()[i]));
   }
   EXPECT_EQ(differ, 0);
+}
+
+// A chain whose X is a Conv's output read by nothing else runs inside the Conv, on each finished output block, in
+// place (kernels::conv2d_f32's epilogue). Dense 3x3, depthwise, 1x1 and 1-D convs, batches of 3, on every path and
+// on 1 and 2 threads: the same bits as the nodes run one by one, and the profile says where the chain ran.
+Model conv_chain_model(Shape xs, Shape ws, int64_t group, const std::string& extra_reader = "") {
+  Node conv = node("Conv", {"x", "w", "b"}, {"c"}, "conv");
+  conv.attrs["group"] = group;
+  const bool one_d = xs.size() == 3;
+  if (ws.back() == 3) conv.attrs["pads"] = one_d ? std::vector<int64_t>{1, 1} : std::vector<int64_t>{1, 1, 1, 1};
+  std::vector<Node> nodes = {conv,
+                             node("Mul", {"c", "k1"}, {"a"}, "mul_w"),
+                             node("Add", {"a", "k2"}, {"bb"}, "add_b"),
+                             node("Add", {"bb", "three"}, {"p"}, "add3"),
+                             node("Clip", {"p", "zero", "six"}, {"q"}, "clip"),
+                             node("Mul", {"bb", "q"}, {"r"}, "mul"),
+                             node("Div", {"r", "six"}, {"y"}, "div6")};
+  std::vector<ValueInfo> outs = {value("y", {})};
+  if (extra_reader == "tanh") {  // the Conv's output has a second reader
+    nodes.push_back(node("Tanh", {"c"}, {"t"}, "tanh"));
+    outs.push_back(value("t", {}));
+  } else if (extra_reader == "output") {  // the Conv's output is a graph output
+    outs.push_back(value("c", {}));
+  }
+  Model m = model_of(nodes, {value("x", Shape(xs.size(), -1))}, outs);
+  std::mt19937 rng(static_cast<uint32_t>(ws[0] * 31 + xs.back()));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tensor w(DType::kFloat32, ws), b(DType::kFloat32, {ws[0]});
+  for (float& v : w.span<float>()) v = u(rng);
+  for (float& v : b.span<float>()) v = u(rng);
+  m.graph.initializers["w"] = w;
+  m.graph.initializers["b"] = b;
+  m.graph.initializers["k1"] = scalar_tensor(0.7f, {1});
+  m.graph.initializers["k2"] = scalar_tensor(-0.2f, {});
+  m.graph.initializers["three"] = scalar_tensor(3.0f, {});
+  m.graph.initializers["zero"] = scalar_tensor(0.0f, {});
+  m.graph.initializers["six"] = scalar_tensor(6.0f, {});
+  return m;
+}
+
+TEST(Executor, ChainAfterConvRunsInsideTheConv) {
+  struct Case {
+    Shape xs, ws;
+    int64_t group;
+  };
+  const std::vector<Case> cases = {{{3, 5, 9, 11}, {7, 5, 3, 3}, 1},     // im2col + GEMM
+                                   {{3, 6, 10, 9}, {6, 1, 3, 3}, 6},     // depthwise
+                                   {{3, 16, 6, 7}, {24, 16, 1, 1}, 1},   // 1x1, no im2col
+                                   {{3, 4, 33}, {8, 2, 3}, 2}};          // 1-D, grouped
+  const int saved = num_threads();
+  for (const Case& k : cases) {
+    SCOPED_TRACE(shape_str(k.xs) + " * " + shape_str(k.ws));
+    Executor ex(conv_chain_model(k.xs, k.ws, k.group));
+    const Tensor x = chain_input(k.xs, static_cast<uint32_t>(k.xs[1]));
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (Path p : {Path::kReference, Path::kAvx2, Path::kAvx512Vnni}) {
+        if (!has_path(supported_paths(), p)) continue;
+        set_paths_for_testing(static_cast<uint32_t>(p) | static_cast<uint32_t>(Path::kReference) |
+                              (p == Path::kReference ? 0u : static_cast<uint32_t>(Path::kOptimized)));
+        ex.enable_profiling();
+        const Tensor fused = ex.run1(x);
+        const StepTime c = step_of(ex, "conv");
+        const StepTime div = step_of(ex, "div6");
+        // The nodes one by one on the same path (the convolution's float sums differ between paths).
+        const Tensor unfused = ex.run({{"x", x}}, [](const std::string&, const Tensor&) {}).at("y");
+        set_paths_for_testing(0);
+        EXPECT_TRUE(same_bits(fused, unfused)) << paths_string(static_cast<uint32_t>(p)) << ", threads " << threads;
+        EXPECT_NE(c.what.find("+ fused element-wise chain Mul+Add+Add+Clip+Mul+Div on its output blocks"),
+                  std::string::npos) << c.what;
+        EXPECT_EQ(c.calls, 1);
+        EXPECT_EQ(div.calls, 0) << "the chain also ran by itself";
+      }
+    }
+  }
+  set_num_threads(saved);
+}
+
+TEST(Executor, ChainAfterConvStaysOutsideWhenTheConvOutputIsNeeded) {
+  const Tensor x = chain_input({2, 5, 9, 11}, 9);
+  for (const std::string reader : {"tanh", "output"}) {
+    SCOPED_TRACE(reader);
+    Executor ex(conv_chain_model({2, 5, 9, 11}, {7, 5, 3, 3}, 1, reader));
+    ex.enable_profiling();
+    const TensorMap fused = ex.run({{"x", x}});
+    const TensorMap unfused = ex.run({{"x", x}}, [](const std::string&, const Tensor&) {});
+    for (const auto& [name, v] : unfused) EXPECT_TRUE(same_bits(fused.at(name), v)) << name;
+    EXPECT_EQ(step_of(ex, "conv").what, "Conv") << "the chain ran inside a Conv whose output another node reads";
+  }
+  // Asking for the Conv's output (or a value inside the chain) as an extra output runs the nodes one by one.
+  Executor ex(conv_chain_model({2, 5, 9, 11}, {7, 5, 3, 3}, 1));
+  const TensorMap unfused = ex.run({{"x", x}}, [](const std::string&, const Tensor&) {});
+  for (const std::string extra : {"c", "q"}) {
+    const TensorMap with = ex.run({{"x", x}}, nullptr, {extra});
+    EXPECT_TRUE(same_bits(with.at("y"), unfused.at("y"))) << extra;
+    const TensorMap all = ex.run({{"x", x}}, [](const std::string&, const Tensor&) {}, {extra});
+    EXPECT_TRUE(same_bits(with.at(extra), all.at(extra))) << extra;
+  }
+  // A [1,1,1,1] constant makes a 1-D conv's rank-3 output rank 4: not in the Conv, the nodes' shape.
+  Model m = conv_chain_model({2, 4, 33}, {8, 2, 3}, 2);
+  m.graph.initializers["k2"] = scalar_tensor(-0.2f, {1, 1, 1, 1});
+  Executor ex4(m);
+  const Tensor x3 = chain_input({2, 4, 33}, 4);
+  const Tensor y4 = ex4.run1(x3);
+  EXPECT_EQ(y4.shape(), (Shape{1, 2, 8, 33}));
+  EXPECT_TRUE(same_bits(y4, ex4.run({{"x", x3}}, [](const std::string&, const Tensor&) {}).at("y")));
 }
 
 TEST(Executor, GeluBothForms) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace perch::kernels {
 
@@ -28,7 +29,14 @@ void conv2d_f32_reference(const Conv2dShape& s, const float* x, const float* w, 
 // that path is active, else BLAS sgemm. Depthwise convs run per zero-padded input plane (AVX-512 or
 // portable loops). Work is spread over perch's thread pool (perch/core/threads.h) by image, group and,
 // for small batches, blocks of output channels. Picks the reference twin when PERCH_PATHS=reference.
-void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
+//
+// `post`, when given, is an epilogue: it is called on every finished block of y — whole output planes of one image,
+// contiguous — on the thread that computed the block, right after it did (while the block is still in its cache),
+// and may rewrite the block in place; every element of y is passed exactly once, the blocks in no fixed order. The
+// float executor applies a fused element-wise chain (HardSwish, an affine) to a Conv's output this way.
+using ConvEpilogue = std::function<void(float* block, int64_t count)>;
+void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+                const ConvEpilogue& post = {});
 // The patch matrix the GEMM path multiplies: col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 in the
 // padding), for the C/G channels of one group of one image starting at x (ih, iw as above).
 void im2col_f32(const Conv2dShape& s, const float* x, float* col);

@@ -90,6 +90,10 @@ class Executor {
   // nodes of a chain, 0 otherwise. Run fused only when no caller needs their intermediate values.
   std::shared_ptr<const std::vector<detail::ElementwiseChain>> chains_;
   std::vector<size_t> chain_of_;
+  // conv_chain_[i] = index into chains_ + 1 when node i is a Conv whose output is read by that chain alone (and is no
+  // graph output): the chain then runs inside the Conv, on each finished block of its output (kernels::conv2d_f32's
+  // epilogue), under the same conditions as any fused chain. 0 otherwise.
+  std::vector<size_t> conv_chain_;
   TensorMap constants_;                                // initializers + folded Constant nodes
 
   TensorMap run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
