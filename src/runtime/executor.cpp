@@ -191,6 +191,15 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
       if (asked(model_.graph.nodes[c.nodes[k]].outputs[0])) return true;
     return false;
   };
+  // Frees the values whose last reader is node i (graph outputs and extras are kept).
+  auto release_inputs = [&](const graph::Node& n, size_t i) {
+    for (const auto& in : n.inputs) {
+      auto lu = last_use_.find(in);
+      if (lu != last_use_.end() && lu->second == i &&
+          std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
+        values.erase(in);
+    }
+  };
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
     if (in_conv && chain_of_[i] == in_conv) {  // its result is already there
@@ -262,12 +271,7 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
         if (profile_)
           profile_->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
         in_conv = conv_chain_[i];
-        for (const auto& in : n.inputs) {
-          auto lu = last_use_.find(in);
-          if (lu != last_use_.end() && lu->second == i &&
-              std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
-            values.erase(in);
-        }
+        release_inputs(n, i);
         continue;
       }
     }
@@ -297,13 +301,7 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
       if (observer) observer(n.outputs[o], outs[o]);
       values[n.outputs[o]] = std::move(outs[o]);
     }
-    // Free values whose last reader was this node (graph outputs and extras are kept).
-    for (const auto& in : n.inputs) {
-      auto lu = last_use_.find(in);
-      if (lu != last_use_.end() && lu->second == i &&
-          std::find(extra_outputs.begin(), extra_outputs.end(), in) == extra_outputs.end())
-        values.erase(in);
-    }
+    release_inputs(n, i);
   }
   TensorMap out;
   for (const auto& o : model_.graph.outputs) {
