@@ -88,26 +88,16 @@ Executor::Executor(graph::Model model) : model_(std::move(model)) {
     for (size_t k : (*chains)[c].nodes) chain_of_[k] = c + 1;
   // Conv -> chain: the Conv producing the chain's X, when X has no other reader and is no graph output.
   conv_chain_.assign(model_.graph.nodes.size(), 0);
-  std::unordered_map<std::string, size_t> producer;
-  std::unordered_map<std::string, std::vector<size_t>> readers;
-  for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
-    const auto& n = model_.graph.nodes[i];
-    for (const auto& o : n.outputs)
-      if (!o.empty()) producer[o] = i;
-    for (const auto& in : n.inputs)
-      if (!in.empty()) readers[in].push_back(i);
-  }
+  const graph::Graph& g = model_.graph;
   for (size_t c = 0; c < chains->size(); ++c) {
     const auto& ch = (*chains)[c];
-    auto p = producer.find(ch.input);
-    if (p == producer.end()) continue;
-    const auto& conv = model_.graph.nodes[p->second];
-    const bool is_conv = conv.op_type == "Conv" && (conv.domain.empty() || conv.domain == "ai.onnx");
-    const bool only_chain = std::all_of(readers[ch.input].begin(), readers[ch.input].end(),
-                                        [&](size_t r) { return chain_of_[r] == c + 1; });
-    const bool graph_output = std::any_of(model_.graph.outputs.begin(), model_.graph.outputs.end(),
-                                          [&](const graph::ValueInfo& o) { return o.name == ch.input; });
-    if (is_conv && only_chain && !graph_output && p->second < ch.first) conv_chain_[p->second] = c + 1;
+    const int64_t p = g.producer(ch.input);
+    if (p < 0 || static_cast<size_t>(p) >= ch.first || g.is_graph_output(ch.input)) continue;
+    const auto& conv = g.nodes[static_cast<size_t>(p)];
+    const auto readers = g.consumers(ch.input);
+    if (conv.op_type == "Conv" && (conv.domain.empty() || conv.domain == "ai.onnx") &&
+        std::all_of(readers.begin(), readers.end(), [&](size_t r) { return chain_of_[r] == c + 1; }))
+      conv_chain_[static_cast<size_t>(p)] = c + 1;
   }
   chains_ = std::move(chains);
 }
