@@ -73,7 +73,7 @@ struct QuantizeFlags {
   uint64_t seed = 0;
   int weight_bits = 8, act_bits = 8;
   bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
-  bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false;
+  bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false, no_equalize_depthwise = false;
   int64_t empirical_bc_samples = 0;
   bool adaround = false, adaround_qin = false;
   int64_t adaround_iters = ptq::AdaRoundOptions{}.iterations, adaround_samples = 0;
@@ -106,7 +106,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
-          {"equalize", !f.no_equalize}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"group_size", f.group_size},
+          {"equalize", !f.no_equalize}, {"equalize_depthwise", !f.no_equalize && !f.no_equalize_depthwise}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"metric", sel.metric}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
@@ -157,6 +157,7 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   opt.activations.estimator.percentile = f.percentile;
   opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
   opt.equalize = !f.no_equalize;
+  opt.equalize_depthwise = !f.no_equalize_depthwise;
   opt.bias_correction = !f.no_bias_correction;
   opt.fold_affine = !f.no_fold_affine;
   PERCH_CHECK(!(f.empirical_bc && f.no_bias_correction),
@@ -209,7 +210,9 @@ void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
   c->add_option("--act-estimator", f.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
   c->add_option("--weight-estimator", f.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
   c->add_option("--percentile", f.percentile, "percentile for --act-estimator percentile")->capture_default_str();
-  c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization");
+  c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization (of weights and of depthwise inputs)");
+  c->add_flag("--no-equalize-depthwise", f.no_equalize_depthwise,
+              "keep the channel scales in front of depthwise convs as they are (no activation equalization)");
   c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding; for quantize, the empirical one too)");
   c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
   c->add_flag("--no-fuse-chains", f.no_fuse_chains,
@@ -303,7 +306,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
             {"nonfinite_values_skipped", res.nonfinite_values},
             {"equalization", {{"pairs", res.equalization.pairs}, {"sweeps", res.equalization.sweeps},
                               {"max_spread_before", res.equalization.max_spread_before},
-                              {"max_spread_after", res.equalization.max_spread_after}}}, {"quantize_seconds", res.total_seconds},
+                              {"max_spread_after", res.equalization.max_spread_after},
+                              {"depthwise_pairs", res.equalization.depthwise_pairs},
+                              {"max_depthwise_gain", res.equalization.max_depthwise_gain}}}, {"quantize_seconds", res.total_seconds},
             {"layers", layers_json(res.layers)}};
   if (!selection_report.is_null()) j["auto"] = selection_report;
   if (!empirical_report.is_null()) j["empirical_bias_correction"] = empirical_report;
@@ -319,6 +324,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
       std::fprintf(stderr, "cross-layer equalization: %d layer pairs, %d sweeps, max channel spread %.1f -> %.1f\n",
                    res.equalization.pairs, res.equalization.sweeps, res.equalization.max_spread_before,
                    res.equalization.max_spread_after);
+    if (res.equalization.depthwise_pairs)
+      std::fprintf(stderr, "depthwise input equalization: %d conv -> depthwise pairs, largest channel gain %.1f\n",
+                   res.equalization.depthwise_pairs, res.equalization.max_depthwise_gain);
     if (!out_path.empty()) std::fprintf(stderr, "wrote %s\n", out_path.c_str());
   }
 

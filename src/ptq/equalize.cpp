@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "perch/core/progress.h"
 #include "perch/ptq/quantize.h"
+#include "perch/runtime/executor.h"
 
 namespace perch::ptq {
 
@@ -112,7 +114,114 @@ double max_spread(const Graph& g) {
   return s;
 }
 
+// A -> [Relu] -> B, B depthwise (see equalize_depthwise_inputs).
+struct DepthwisePair {
+  size_t a, b;
+  std::string v;     // the value B reads
+  int64_t channels;  // C = A's output channels = B's groups
+};
+
+std::vector<DepthwisePair> find_depthwise_pairs(const Graph& g) {
+  std::vector<DepthwisePair> pairs;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& a = g.nodes[i];
+    if (a.op_type != "Conv" || !weight_layer(g, a)) continue;
+    std::string v = a.outputs[0];
+    if (!single_reader(g, v)) continue;
+    size_t next = g.consumers(v)[0];
+    if (g.nodes[next].op_type == "Relu") {
+      v = g.nodes[next].outputs[0];
+      if (!single_reader(g, v)) continue;
+      next = g.consumers(v)[0];
+    }
+    const Node& b = g.nodes[next];
+    if (b.op_type != "Conv" || !weight_layer(g, b) || b.input(0) != v) continue;
+    const Tensor& wa = *g.initializer(a.input(1));
+    const Tensor& wb = *g.initializer(b.input(1));
+    const int64_t c = wa.dim(0);
+    if (wb.rank() < 3 || wb.dim(1) != 1 || b.attr_int("group", 1) != c || wb.dim(0) % c != 0) continue;
+    pairs.push_back({i, next, v, c});
+  }
+  return pairs;
+}
+
 }  // namespace
+
+int equalize_depthwise_inputs(graph::Model& model, const Dataset& data, int64_t batch, bool per_tensor_weights,
+                              const std::set<std::string>& per_tensor_nodes, EqualizeReport& report) {
+  Graph& g = model.graph;
+  if (per_tensor_weights || data.size() == 0 || g.inputs.empty()) return 0;
+  std::vector<DepthwisePair> pairs;
+  for (const auto& p : find_depthwise_pairs(g))
+    if (!per_tensor_nodes.count(g.nodes[p.a].name) && !per_tensor_nodes.count(g.nodes[p.b].name)) pairs.push_back(p);
+  if (pairs.empty()) return 0;
+  // Per-channel [min, max] of each v over the data (zero included, as the activation quantizer's range is).
+  std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> range;
+  for (const auto& p : pairs)
+    range[p.v] = {std::vector<float>(static_cast<size_t>(p.channels), 0.0f), std::vector<float>(static_cast<size_t>(p.channels), 0.0f)};
+  {
+    const runtime::Executor exec(model);
+    const std::string in_name = g.inputs[0].name;
+    Progress progress("equalizing depthwise inputs", data.size());
+    for (int64_t b0 = 0; b0 < data.size(); b0 += batch) {
+      const int64_t n = std::min(batch, data.size() - b0);
+      exec.run({{in_name, data.batch(b0, n)}}, [&](const std::string& name, const Tensor& t) {
+        auto it = range.find(name);
+        if (it == range.end() || t.dtype() != DType::kFloat32 || t.rank() < 2) return;
+        auto& [lo, hi] = it->second;
+        const int64_t ch = t.dim(1), inner = t.numel() / (t.dim(0) * ch);
+        if (ch != static_cast<int64_t>(lo.size())) return;
+        const float* d = t.data<float>();
+        for (int64_t i = 0; i < t.dim(0); ++i)
+          for (int64_t c = 0; c < ch; ++c) {
+            const float* x = d + (i * ch + c) * inner;
+            float l = lo[static_cast<size_t>(c)], h = hi[static_cast<size_t>(c)];
+            for (int64_t k = 0; k < inner; ++k) {
+              if (x[k] < l) l = x[k];  // NaN compares false: ignored
+              if (x[k] > h) h = x[k];
+            }
+            lo[static_cast<size_t>(c)] = l, hi[static_cast<size_t>(c)] = h;
+          }
+      });
+      progress.update(b0 + n);
+    }
+    progress.finish();
+  }
+  int done = 0;
+  for (const auto& p : pairs) {
+    const auto& [lo, hi] = range.at(p.v);
+    const double gl = *std::min_element(lo.begin(), lo.end()), gh = *std::max_element(hi.begin(), hi.end());
+    if (!std::isfinite(gl) || !std::isfinite(gh)) continue;
+    std::vector<double> t(static_cast<size_t>(p.channels), 1.0);
+    bool any = false;
+    for (size_t c = 0; c < t.size(); ++c) {
+      double s = kMaxDepthwiseGain;
+      if (hi[c] > 0) s = std::min(s, gh / hi[c]);
+      if (lo[c] < 0) s = std::min(s, gl / lo[c]);
+      if (hi[c] <= 0 && lo[c] >= 0) s = 1;  // never nonzero on the data: nothing to stretch
+      t[c] = std::max(1.0, s);
+      any |= t[c] > 1.0;
+    }
+    if (!any) continue;
+    const Node& a = g.nodes[p.a];
+    const Node& b = g.nodes[p.b];
+    for (const std::string* name : {&a.input(1), &a.input(2), &b.input(1)})
+      if (!name->empty()) g.initializers[*name] = g.initializers[*name].clone();  // may share the caller's storage
+    Tensor& wa = g.initializers[a.input(1)];
+    Tensor& wb = g.initializers[b.input(1)];
+    for_out_channels(a, wa, [&](float& x, int64_t c) { x = static_cast<float>(x * t[static_cast<size_t>(c)]); });
+    if (!a.input(2).empty()) {
+      float* ba = g.initializers[a.input(2)].data<float>();
+      for (int64_t c = 0; c < p.channels; ++c) ba[c] = static_cast<float>(ba[c] * t[static_cast<size_t>(c)]);
+    }
+    const int64_t mult = wb.dim(0) / p.channels;
+    for_out_channels(b, wb, [&](float& x, int64_t o) { x = static_cast<float>(x / t[static_cast<size_t>(o / mult)]); });
+    report.max_depthwise_gain = std::max(report.max_depthwise_gain, *std::max_element(t.begin(), t.end()));
+    ++done;
+  }
+  report.depthwise_pairs += done;
+  return done;
+}
 
 EqualizeReport equalize(graph::Model& model, int max_sweeps) {
   Graph& g = model.graph;

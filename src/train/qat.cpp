@@ -704,6 +704,9 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
   QatGraph q;
   q.ptq = o.ptq;
   q.ptq.bias_correction = false;
+  // The kept-BN form re-applies cross-layer equalization's per-channel scales to the weights it folds
+  // (keep_batchnorm); the depthwise-input scales are not among them, and training adapts the ranges anyway.
+  q.ptq.equalize_depthwise = false;
   const ptq::PtqOptions& popt = q.ptq;
   q.calibration = ptq::calibrate(model, calib, popt);
   const ptq::Calibration& cal = q.calibration;

@@ -331,6 +331,160 @@ TEST(PtqEqualize, PreservesOutputsAndReducesSpread) {
   (void)m;
 }
 
+// x [N,3,8,8] -> Conv A (3 -> C, 3x3, pad 1, bias; output channel c scaled by gains[c]) -> [between] -> depthwise
+// Conv B (C groups, `mult` outputs per group, 3x3, pad 1) -> y. `between`: "" (A feeds B), "Relu" or "Clip".
+Model conv_then_depthwise(const std::vector<float>& gains, const std::string& between, int64_t mult = 1) {
+  const int64_t c = static_cast<int64_t>(gains.size());
+  Model m;
+  m.opsets = {{"", 13}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 3, 8, 8}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  Tensor wa = random_tensor({c, 3, 3, 3}, 31), ba = random_tensor({c}, 32, 0.2f);
+  for (int64_t i = 0; i < wa.numel(); ++i) wa.data<float>()[i] *= gains[static_cast<size_t>(i / 27)];
+  for (int64_t i = 0; i < c; ++i) ba.data<float>()[i] *= gains[static_cast<size_t>(i)];
+  m.graph.initializers["wa"] = wa;
+  m.graph.initializers["ba"] = ba;
+  m.graph.initializers["wb"] = random_tensor({c * mult, 1, 3, 3}, 33);
+  m.graph.initializers["bb"] = random_tensor({c * mult}, 34, 0.1f);
+  const std::map<std::string, graph::AttrValue> pads = {{"pads", std::vector<int64_t>{1, 1, 1, 1}}};
+  auto add = [&](std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> a) {
+    Node n;
+    n.op_type = std::move(op), n.name = out, n.inputs = std::move(in), n.outputs = {out}, n.attrs = std::move(a);
+    m.graph.nodes.push_back(n);
+  };
+  add("Conv", {"x", "wa", "ba"}, "a", pads);
+  std::string v = "a";
+  if (between == "Relu") add("Relu", {"a"}, v = "r", {});
+  if (between == "Clip") {
+    m.graph.initializers["lo"] = Tensor::from<float>({}, {0.0f});
+    m.graph.initializers["hi"] = Tensor::from<float>({}, {6.0f});
+    add("Clip", {"a", "lo", "hi"}, v = "r", {});
+  }
+  auto pb = pads;
+  pb["group"] = c;
+  add("Conv", {v, "wb", "bb"}, "y", pb);
+  return m;
+}
+
+// Per-channel [min, max] of `value` over `data`, with zero included (as the activation ranges).
+std::vector<std::pair<float, float>> channel_ranges(const Model& m, const Dataset& data, const std::string& value) {
+  std::vector<std::pair<float, float>> r;
+  runtime::Executor(m).run({{"x", data.images}}, [&](const std::string& name, const Tensor& t) {
+    if (name != value) return;
+    const int64_t ch = t.dim(1), inner = t.numel() / (t.dim(0) * ch);
+    r.assign(static_cast<size_t>(ch), {0.0f, 0.0f});
+    for (int64_t n = 0; n < t.dim(0); ++n)
+      for (int64_t c = 0; c < ch; ++c)
+        for (int64_t k = 0; k < inner; ++k) {
+          const float x = t.data<float>()[(n * ch + c) * inner + k];
+          r[static_cast<size_t>(c)].first = std::min(r[static_cast<size_t>(c)].first, x);
+          r[static_cast<size_t>(c)].second = std::max(r[static_cast<size_t>(c)].second, x);
+        }
+  });
+  return r;
+}
+
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  double d = 0, ref = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    d = std::max(d, static_cast<double>(std::fabs(a.data<float>()[i] - b.data<float>()[i])));
+    ref = std::max(ref, static_cast<double>(std::fabs(b.data<float>()[i])));
+  }
+  return d / ref;
+}
+
+// Conv -> depthwise Conv with channel ranges 100x apart: each channel of the depthwise input is stretched over the
+// range the input already spans, the function is unchanged, and the per-channel W8A8 model's output error falls.
+TEST(PtqEqualize, DepthwiseInputsStretchedOverTheirRange) {
+  const std::vector<float> gains = {1.0f, 0.02f, 0.1f, 3.0f, 0.05f};  // 150x apart: below kMaxDepthwiseGain
+  const Dataset data = random_data({16, 3, 8, 8}, 35);
+  for (const std::string between : {"", "Relu"})
+    for (int64_t mult : {1, 2}) {
+      SCOPED_TRACE("between '" + between + "', channel multiplier " + std::to_string(mult));
+      const Model m = conv_then_depthwise(gains, between, mult);
+      const std::string v = between.empty() ? "a" : "r";
+      Model eq = m;
+      ptq::EqualizeReport rep;
+      ASSERT_EQ(ptq::equalize_depthwise_inputs(eq, data, 5, false, {}, rep), 1);
+      EXPECT_EQ(rep.depthwise_pairs, 1);
+      const Tensor before = runtime::Executor(m).run1(data.images), after = runtime::Executor(eq).run1(data.images);
+      EXPECT_LE(max_rel_diff(after, before), 1e-5);
+      const auto r0 = channel_ranges(m, data, v), r1 = channel_ranges(eq, data, v);
+      float lo = 0, hi = 0;
+      for (const auto& [l, h] : r0) lo = std::min(lo, l), hi = std::max(hi, h);
+      double gain_max = 1;
+      for (size_t c = 0; c < r1.size(); ++c) {
+        // Reaches an end of [lo, hi] (float rounding aside) and stays inside it.
+        const bool at_end = r1[c].second >= hi * (1 - 1e-5f) || r1[c].first <= lo * (1 - 1e-5f);
+        EXPECT_TRUE(at_end) << "channel " << c << ": [" << r1[c].first << ", " << r1[c].second << "] in [" << lo << ", " << hi << "]";
+        EXPECT_LE(r1[c].second, hi * (1 + 1e-5f));
+        EXPECT_GE(r1[c].first, lo * (1 + 1e-5f));
+        gain_max = std::max(gain_max, static_cast<double>(r1[c].second - r1[c].first) / (r0[c].second - r0[c].first));
+      }
+      EXPECT_NEAR(rep.max_depthwise_gain, gain_max, 1e-3 * gain_max);
+      EXPECT_GT(rep.max_depthwise_gain, 20.0);
+      // The caller's weights are untouched.
+      EXPECT_EQ(m.graph.initializer("wa")->data<float>()[0], conv_then_depthwise(gains, between, mult).graph.initializer("wa")->data<float>()[0]);
+
+      // Per-channel W8A8 through quantize_model, with and without the pass: the worst output channel's SQNR against
+      // the float model (each output channel reads one input channel; the small ones had few of its levels).
+      auto worst_sqnr_db = [&](bool on) {
+        ptq::PtqOptions o = plain_options();
+        o.equalize = true;  // no cross-layer pair here (B has groups): only the depthwise pass differs
+        o.equalize_depthwise = on;
+        const auto res = ptq::quantize_model(m, data, o);
+        EXPECT_EQ(res.equalization.depthwise_pairs, on ? 1 : 0);
+        const Tensor q = runtime::Executor(res.model).run1(data.images);
+        const int64_t ch = q.dim(1), inner = q.numel() / (q.dim(0) * ch);
+        std::vector<double> sig(static_cast<size_t>(ch)), err(static_cast<size_t>(ch));
+        for (int64_t i = 0; i < q.numel(); ++i) {
+          const size_t c = static_cast<size_t>((i / inner) % ch);
+          sig[c] += std::pow(before.data<float>()[i], 2.0);
+          err[c] += std::pow(q.data<float>()[i] - before.data<float>()[i], 2.0);
+        }
+        double worst = 1e9;
+        for (size_t c = 0; c < sig.size(); ++c) worst = std::min(worst, 10 * std::log10(sig[c] / err[c]));
+        return worst;
+      };
+      const double off_db = worst_sqnr_db(false), on_db = worst_sqnr_db(true);
+      EXPECT_GT(on_db, off_db + 20.0) << "without " << off_db << " dB, with " << on_db << " dB";
+    }
+}
+
+// Where the scaling would not be exact, or would change the weights' quantization, nothing is rescaled.
+TEST(PtqEqualize, DepthwiseInputsLeftAloneWhereScalingIsNotFree) {
+  const std::vector<float> gains = {1.0f, 0.01f, 0.1f};
+  const Dataset data = random_data({4, 3, 8, 8}, 36);
+  auto pairs = [&](Model m, bool per_tensor, std::set<std::string> pt_nodes = {}) {
+    ptq::EqualizeReport rep;
+    const Model before = m;
+    const int n = ptq::equalize_depthwise_inputs(m, data, 4, per_tensor, pt_nodes, rep);
+    EXPECT_EQ(rep.depthwise_pairs, n);
+    if (n == 0) {
+      for (const auto& [name, t] : before.graph.initializers)
+        EXPECT_EQ(t.data<float>()[0], m.graph.initializer(name)->data<float>()[0]) << name;
+    }
+    return n;
+  };
+  EXPECT_EQ(pairs(conv_then_depthwise(gains, ""), false), 1);
+  EXPECT_EQ(pairs(conv_then_depthwise(gains, "Clip"), false), 0);  // Clip(0, 6): its threshold does not scale
+  EXPECT_EQ(pairs(conv_then_depthwise(gains, ""), true), 0);       // per-tensor weights
+  EXPECT_EQ(pairs(conv_then_depthwise(gains, ""), false, {"y"}), 0);  // B per-tensor (a selective configuration)
+  EXPECT_EQ(pairs(conv_then_depthwise(gains, ""), false, {"a"}), 0);  // A per-tensor
+  {
+    Model m = conv_then_depthwise(gains, "");  // A's output read twice
+    m.graph.outputs.push_back({"a", DType::kFloat32, {}, {}, false});
+    EXPECT_EQ(pairs(m, false), 0);
+  }
+  {
+    Model m = conv_then_depthwise(gains, "");  // B dense: its input channels share each output channel's scale
+    m.graph.initializers["wb"] = random_tensor({3, 3, 3, 3}, 37);
+    m.graph.initializers["bb"] = random_tensor({3}, 38);
+    m.graph.nodes[1].attrs.erase("group");
+    EXPECT_EQ(pairs(m, false), 0);
+  }
+}
+
 // Bias correction removes the mean output shift caused by weight rounding (measured with 16-bit
 // activations so that weight rounding dominates).
 TEST(PtqBias, CorrectionReducesMeanOutputShift) {

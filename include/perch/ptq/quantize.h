@@ -67,6 +67,10 @@ struct PtqOptions {
   int64_t batch = 64;                   // calibration batch size (cache-sized activations)
   bool quantize_outputs = false;        // also QDQ the graph outputs
   bool equalize = true;                 // cross-layer equalization first (ptq/equalize.h)
+  // With equalize: also stretch the channels of depthwise convolutions' inputs over their per-tensor range
+  // (equalize_depthwise_inputs, ptq/equalize.h; one extra float pass over the calibration set where a model
+  // has such pairs). No effect with per-tensor weights.
+  bool equalize_depthwise = true;
   bool bias_correction = true;          // subtract the mean output shift of weight rounding (analytic)
   // With bias_correction: also correct_biases_empirically() on the calibration images before building
   // (quantize_model and `perch quantize` do; calibrate() / build_quantized() alone do not). Off by default:
@@ -179,7 +183,8 @@ quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node&
                                        int64_t* scales_raised);
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
 
-// Uses options.activations, equalize, bias_correction, batch, quantize_outputs.
+// Uses options.activations, equalize, equalize_depthwise (with weights / layer_weights to skip per-tensor
+// layers), bias_correction, batch, quantize_outputs.
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
 // Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
 PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
