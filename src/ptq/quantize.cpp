@@ -893,6 +893,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     }
     need_13 |= wr.spec.granularity != quant::Granularity::kPerTensor;
     need_21 |= wr.spec.granularity == quant::Granularity::kPerGroup;
+    need_21 |= wr.spec.bits > 8;  // int16 DequantizeLinear inputs: opset 21
     g.nodes[ni].inputs[1] = wr.dq;
 
     // Bias correction: subtract E[op(x, W_q - W)] (see calibrate()).
@@ -1043,7 +1044,9 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
                  "model with graph optimizations disabled, or in perch, to run them float\n",
                  static_cast<long long>(requantized));
 
-  // ---- Opset and metadata.
+  // ---- Opset and metadata. QuantizeLinear / DequantizeLinear take 16-bit integers from opset 21 on (13 allows
+  // only int8 / uint8): ONNX Runtime refuses a uint16 zero point in an older model.
+  need_21 |= !aparams.empty() && aspec.bits > 8;
   if (need_21) {
     raise_opset(m, 21);
     m.ir_version = std::max<int64_t>(m.ir_version, 10);

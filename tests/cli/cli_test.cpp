@@ -112,6 +112,9 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " +
               q(d / "ort"));
   ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run perch's " << weights << " QDQ model: " << r.err;
+  if (weights.find("--act-bits 16") != std::string::npos) {
+    EXPECT_GE(graph::load_model((d / "q.onnx").string()).opset(), 21);
+  }
   const Tensor yp = read_npy(d / "perch" / "y.npy"), yo = read_npy(d / "ort" / "y.npy");
   const Compare c = compare_logits(yp, yo);
   // ONNX Runtime fuses DQ->Conv->Q into integer kernels whose requantization rounds differently from
@@ -132,7 +135,9 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
 
 INSTANTIATE_TEST_SUITE_P(Weights, TinyInterop, ::testing::Values("per-channel", "per-tensor", "per-group:4",
                                                           "per-tensor --empirical-bias-correction",
-                                                          "per-channel --weight-bits 4 --adaround --empirical-bias-correction"),
+                                                          "per-channel --weight-bits 4 --adaround --empirical-bias-correction",
+                                                          // uint16 Q/DQ: opset 21 (13 allows only 8-bit integers)
+                                                          "per-channel --act-bits 16"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

@@ -151,6 +151,26 @@ TEST(PtqWeights, PerGroupWritesBlockedDequantizeAtOpset21) {
   EXPECT_GE(res.model.ir_version, 10);
 }
 
+// QuantizeLinear / DequantizeLinear accept 16-bit integers from opset 21 on (ONNX Runtime refuses a uint16 zero
+// point in an opset-13 model): 16-bit activations raise the opset to 21; 8-bit ones leave a per-tensor opset-10 model
+// at 10.
+TEST(PtqActivations, SixteenBitActivationsNeedOpset21) {
+  Model m = single_layer("Conv", {4, 2, 3, 3}, {}, {2, 2, 6, 6}, true);
+  m.set_opset(10);
+  const Dataset data = random_data({2, 2, 6, 6}, 9);
+  auto o = plain_options();
+  o.weights.granularity = quant::Granularity::kPerTensor;
+  EXPECT_EQ(ptq::quantize_model(m, data, o).model.opset(), 10);
+  o.activations.bits = 16;
+  const auto res = ptq::quantize_model(m, data, o);
+  EXPECT_EQ(res.model.opset(), 21);
+  EXPECT_GE(res.model.ir_version, 10);
+  bool uint16_zero_point = false;
+  for (const auto& n : res.model.graph.nodes)
+    if (n.op_type == "QuantizeLinear") uint16_zero_point |= res.model.graph.initializer(n.input(2))->dtype() == DType::kUInt16;
+  EXPECT_TRUE(uint16_zero_point);
+}
+
 // Bias: int32, scale = s_in * s_w[c] (the float product), value = round_half_even(b / scale).
 TEST(PtqBias, Int32WithInputTimesWeightScale) {
   const Model m = single_layer("Conv", {5, 2, 3, 3}, {}, {4, 2, 6, 6}, true);
