@@ -701,6 +701,23 @@ int main(int argc, char** argv) {
 
   auto run_train = cli::add_train_commands(app, as_json);
 
+  // The first word that is not an option must be a command: name an unknown one (CLI11 would only say that a
+  // subcommand is required).
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (!a.empty() && a[0] == '-') continue;
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      found |= sub->get_name() == a;
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::fprintf(stderr, "perch: error: unknown command '%s' (commands: %s; perch --help)\n", a.c_str(), known.c_str());
+      return 2;
+    }
+    break;
+  }
   CLI11_PARSE(app, argc, argv);
   set_quiet(quiet_flag || as_json);
   try {

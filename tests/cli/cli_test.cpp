@@ -256,6 +256,11 @@ TEST(Cli, ErrorsNameWhatIsWrong) {
   r = run_cmd(perch_bin() + " quantize " + q(d / "tiny.onnx") + " --adaround-quantized-inputs");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("needs --adaround"), std::string::npos) << r.err;
+
+  r = run_cmd(perch_bin() + " --quiet quantise " + q(d / "tiny.onnx"));  // a misspelt command is named, with the list
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown command 'quantise'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("quantize, sensitivity, eval"), std::string::npos) << r.err;
 }
 
 TEST(Cli, InspectReportsChannelSpread) {

@@ -25,7 +25,9 @@ namespace {
 const char* const kKnownMisses[] = {
     // det per-channel meets its target since the Conv affine folding, the elementwise chains and percentile
     // calibration (mean IoU 0.9585 on the full set, 0.981 here): no longer listed.
-    "rec: per-channel exact match vs fp32",  // 0.870 on the full set (docs/ACCURACY.md), 0.91 here
+    // 0.916 on the full set since the depthwise input equalization (docs/ACCURACY.md; 0.870 before), 0.91 here; 0.998
+    // with spaces ignored (PaddleOCR's RecMetric convention): the strict misses are spaces at the ends of the text.
+    "rec: per-channel exact match vs fp32",
     // rec per-channel accuracy vs the texts meets its target (>= 95 % of fp32's) here too since the empirical bias
     // correction and percentile calibration (0.84 vs fp32's 0.81; it was 0.45 with min/max): no longer listed.
     // Width 480: ill-conditioned inputs, not an executor defect — on all 320 crops of the full set ONNX Runtime
@@ -120,6 +122,17 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
       }
     EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
     // The per-channel model on perch's integer engine: byte for byte its exact simulation on every chunk.
+    if (std::string(m) == "rec") {
+      // The space-insensitive figures (PaddleOCR's RecMetric convention) only forgive differences in spaces.
+      for (const char* v : {"per-channel", "per-tensor"}) {
+        const auto& mt = j.at("report").at(m).at("metrics").at(v);
+        const double strict = mt.at("vs_fp32").get<double>(), ends = mt.at("vs_fp32_ignoring_end_spaces").get<double>(),
+                     all = mt.at("vs_fp32_ignoring_spaces").get<double>();
+        EXPECT_LE(strict, ends) << v;
+        EXPECT_LE(ends, all) << v;
+        EXPECT_LE(all, 1.0) << v;
+      }
+    }
     const auto& i8 = j.at("report").at(m).at("perch_int8");
     EXPECT_GE(i8.at("chunks").get<int>(), 1) << m;
     EXPECT_EQ(i8.at("chunks_equal_to_sim").get<int>(), i8.at("chunks").get<int>()) << m;
