@@ -542,13 +542,12 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     cal.canonicalize_summary += "; folded " + std::to_string(folded) + " Mul/Add into Conv";
   }
   if (opt.equalize) cal.equalization = equalize(m);
-  if (opt.equalize && opt.equalize_depthwise) {
-    std::set<std::string> per_tensor;
-    for (const auto& [node, wo] : opt.layer_weights)
-      if (wo.granularity == quant::Granularity::kPerTensor) per_tensor.insert(node);
-    equalize_depthwise_inputs(m, calib, opt.batch, opt.weights.granularity == quant::Granularity::kPerTensor, per_tensor,
+  // By the global weight granularity only, not by layer_weights: the calibrated model must not depend on per-layer
+  // choices, which `--auto` makes after calibrating and `--config` gives before — re-applying a saved configuration
+  // has to rebuild the same model. A per-tensor override of a rescaled layer quantizes its rescaled weights.
+  if (opt.equalize && opt.equalize_depthwise)
+    equalize_depthwise_inputs(m, calib, opt.batch, opt.weights.granularity == quant::Granularity::kPerTensor, {},
                               cal.equalization);
-  }
   Graph& g = m.graph;
   PERCH_CHECK(!g.inputs.empty(), m.source, ": model has no inputs");
   PERCH_CHECK(calib.size() > 0, calib.name, ": calibration set is empty");

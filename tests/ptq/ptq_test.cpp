@@ -471,6 +471,29 @@ TEST(PtqEqualize, DepthwiseInputsStretchedOverTheirRange) {
     }
 }
 
+// calibrate() rescales by the global weight granularity only: a per-layer override (what --auto chooses after
+// calibrating and --config gives before it) must not change the calibrated model, or a saved configuration would not
+// rebuild the model --auto wrote.
+TEST(PtqEqualize, DepthwiseInputsIndependentOfPerLayerChoices) {
+  const Model m = conv_then_depthwise({1.0f, 0.02f, 0.1f}, "");
+  const Dataset data = random_data({8, 3, 8, 8}, 39);
+  ptq::PtqOptions o = plain_options();
+  o.equalize = true;
+  const ptq::Calibration base = ptq::calibrate(m, data, o);
+  EXPECT_EQ(base.equalization.depthwise_pairs, 1);
+  ptq::WeightOptions pt;
+  pt.granularity = quant::Granularity::kPerTensor;
+  o.layer_weights["a"] = pt;
+  const ptq::Calibration with = ptq::calibrate(m, data, o);
+  EXPECT_EQ(with.equalization.depthwise_pairs, 1);
+  for (const char* w : {"wa", "ba", "wb"})
+    for (int64_t i = 0; i < base.model.graph.initializer(w)->numel(); ++i)
+      ASSERT_EQ(base.model.graph.initializer(w)->data<float>()[i], with.model.graph.initializer(w)->data<float>()[i]) << w << " " << i;
+  o.layer_weights.clear();
+  o.weights.granularity = quant::Granularity::kPerTensor;  // per-tensor everywhere: nothing is rescaled
+  EXPECT_EQ(ptq::calibrate(m, data, o).equalization.depthwise_pairs, 0);
+}
+
 // Where the scaling would not be exact, or would change the weights' quantization, nothing is rescaled.
 TEST(PtqEqualize, DepthwiseInputsLeftAloneWhereScalingIsNotFree) {
   const std::vector<float> gains = {1.0f, 0.01f, 0.1f};

@@ -51,9 +51,10 @@ EqualizeReport equalize(graph::Model& model, int max_sweeps = 20);
 //   t_c = min(H / hi_c [hi_c > 0], L / lo_c [lo_c < 0], kMaxDepthwiseGain)  (>= 1; 1 for a channel always 0),
 // stretches every channel over the range v already spans, so each gets up to all of the per-tensor levels
 // and the range itself does not grow. Ranges come from running the (float, canonical) model on `data` in
-// batches of `batch`. Pairs where A or B is quantized per-tensor (weights.granularity, or a `per_tensor` node
-// name) are left alone: there the scaling would change the weights' quantization. Returns the pairs rescaled;
-// fills report.depthwise_pairs / max_depthwise_gain.
+// batches of `batch`. Nothing is rescaled with `per_tensor_weights`, nor a pair whose A or B is named in
+// `per_tensor_nodes`: there the scaling would change the weights' quantization (calibrate() passes no names, so
+// that its model does not depend on per-layer choices). Returns the pairs rescaled; fills
+// report.depthwise_pairs / max_depthwise_gain.
 constexpr double kMaxDepthwiseGain = 256.0;
 int equalize_depthwise_inputs(graph::Model& model, const Dataset& data, int64_t batch, bool per_tensor_weights,
                               const std::set<std::string>& per_tensor_nodes, EqualizeReport& report);

@@ -183,8 +183,9 @@ quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node&
                                        int64_t* scales_raised);
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
 
-// Uses options.activations, equalize, equalize_depthwise (with weights / layer_weights to skip per-tensor
-// layers), bias_correction, batch, quantize_outputs.
+// Uses options.activations, equalize, equalize_depthwise (skipped when options.weights is per-tensor; never by
+// layer_weights, so that a configuration chosen after calibrating rebuilds the same model), bias_correction, batch,
+// quantize_outputs.
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
 // Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
 PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
