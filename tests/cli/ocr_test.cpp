@@ -122,6 +122,15 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
       }
     EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
     // The per-channel model on perch's integer engine: byte for byte its exact simulation on every chunk.
+    {
+      // Depthwise input equalization (ptq/equalize.h) on the real models: one Conv -> depthwise pair in rec and det,
+      // three in cls, rescaled for per-channel weights only.
+      const auto& qz = j.at("report").at(m).at("quantize");
+      const int pairs = std::string(m) == "cls" ? 3 : 1;
+      EXPECT_EQ(qz.at("per-channel").at("equalization").at("depthwise_pairs").get<int>(), pairs) << m;
+      EXPECT_GT(qz.at("per-channel").at("equalization").at("max_depthwise_gain").get<double>(), 1.0) << m;
+      EXPECT_EQ(qz.at("per-tensor").at("equalization").at("depthwise_pairs").get<int>(), 0) << m;
+    }
     if (std::string(m) == "rec") {
       // The space-insensitive figures (PaddleOCR's RecMetric convention) only forgive differences in spaces.
       for (const char* v : {"per-channel", "per-tensor"}) {

@@ -189,6 +189,7 @@ async function evaluateModel(kind, o, keys, truth, report) {
       adaround: j.adaround ? { changed: j.adaround.changed, elements: j.adaround.elements, images: j.adaround.images,
         seconds: j.adaround.seconds, loss_nearest: j.adaround.layers.reduce((a, l) => a + l.loss_nearest, 0),
         loss: j.adaround.layers.reduce((a, l) => a + l.loss, 0) } : null,
+      equalization: j.equalization || null,
       weight_layers: (j.layers || []).length, float_layers: (j.layers || []).filter((l) => l.granularity === 'float').map((l) => l.node) };
     process.stderr.write(`${kind}: perch quantize ${g}: ${r.seconds.toFixed(1)} s\n`);
     variants.push({ name: g, model: out });
