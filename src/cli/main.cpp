@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <set>
 
 #include "perch/core/progress.h"
 #include "perch/data/dataset.h"
@@ -701,22 +702,28 @@ int main(int argc, char** argv) {
 
   auto run_train = cli::add_train_commands(app, as_json);
 
-  // The first word that is not an option must be a command: name an unknown one (CLI11 would only say that a
-  // subcommand is required).
-  for (int i = 1; i < argc; ++i) {
+  // The first word that is not an option must be a command: name an unknown or missing one, with the list (CLI11
+  // would only say that a subcommand is required).
+  std::string known;
+  std::set<std::string> commands;
+  for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    known += (known.empty() ? "" : ", ") + sub->get_name();
+    commands.insert(sub->get_name());
+  }
+  bool help = false, command = false;
+  for (int i = 1; i < argc && !command; ++i) {
     const std::string a = argv[i];
-    if (!a.empty() && a[0] == '-') continue;
-    std::string known;
-    bool found = false;
-    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
-      found |= sub->get_name() == a;
-      known += (known.empty() ? "" : ", ") + sub->get_name();
-    }
-    if (!found) {
+    if (a == "-h" || a == "--help") help = true;
+    if (a.empty() || a[0] == '-') continue;
+    if (!commands.count(a)) {
       std::fprintf(stderr, "perch: error: unknown command '%s' (commands: %s; perch --help)\n", a.c_str(), known.c_str());
       return 2;
     }
-    break;
+    command = true;
+  }
+  if (!command && !help) {
+    std::fprintf(stderr, "perch: error: a command is required (commands: %s; perch --help)\n", known.c_str());
+    return 2;
   }
   CLI11_PARSE(app, argc, argv);
   set_quiet(quiet_flag || as_json);

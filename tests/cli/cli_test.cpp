@@ -261,6 +261,12 @@ TEST(Cli, ErrorsNameWhatIsWrong) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("unknown command 'quantise'"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("quantize, sensitivity, eval"), std::string::npos) << r.err;
+  r = run_cmd(perch_bin() + " --quiet");  // no command at all
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("a command is required (commands: quantize"), std::string::npos) << r.err;
+  r = run_cmd(perch_bin() + " --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("quantize"), std::string::npos) << r.out;
 }
 
 TEST(Cli, InspectReportsChannelSpread) {
