@@ -136,4 +136,14 @@ Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   return d;
 }
 
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double d = 0, r = 0;
+  for (int64_t i = 0; i < std::min(a.numel(), b.numel()); ++i) {
+    d = std::max(d, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+    r = std::max(r, std::fabs(static_cast<double>(b.data<float>()[i])));
+  }
+  return d / r;
+}
+
 }  // namespace perch::test

@@ -34,6 +34,9 @@ std::string perch_error(const std::function<void()>& f);
 // Expects every part to occur in s.
 void expect_contains(const std::string& s, const std::vector<std::string>& parts);
 
+// max |a - b| / max |b| over float32 tensors of the same shape (a test failure otherwise).
+double max_rel_diff(const Tensor& a, const Tensor& b);
+
 // 'path' for a shell command line.
 std::string shell_quote(const std::filesystem::path& p);
 

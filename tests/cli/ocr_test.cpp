@@ -121,7 +121,6 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
         }
       }
     EXPECT_GE(fp32_files, std::string(m) == "cls" ? 1 : 2) << m << ": fp32 compared at too few input sizes";
-    // The per-channel model on perch's integer engine: byte for byte its exact simulation on every chunk.
     {
       // Depthwise input equalization (ptq/equalize.h) on the real models: one Conv -> depthwise pair in rec and det,
       // three in cls, rescaled for per-channel weights only.
@@ -142,6 +141,7 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
         EXPECT_LE(all, 1.0) << v;
       }
     }
+    // The per-channel model on perch's integer engine: byte for byte its exact simulation on every chunk.
     const auto& i8 = j.at("report").at(m).at("perch_int8");
     EXPECT_GE(i8.at("chunks").get<int>(), 1) << m;
     EXPECT_EQ(i8.at("chunks_equal_to_sim").get<int>(), i8.at("chunks").get<int>()) << m;

@@ -65,15 +65,6 @@ ptq::PtqOptions plain() {
   return o;
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    d = std::max(d, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
-    r = std::max(r, std::fabs(static_cast<double>(b.data<float>()[i])));
-  }
-  return d / r;
-}
 
 int count_op(const Model& m, const std::string& op) {
   int c = 0;
@@ -118,7 +109,7 @@ TEST(PtqOcrPatterns, DynamicReshapeFromShapeIsNotQuantized) {
   }
   const Tensor got = runtime::Executor(res.model).run1(data.images);
   EXPECT_EQ(got.shape(), (Shape{3, 64}));
-  EXPECT_LT(max_rel_diff(got, want), 0.05);
+  EXPECT_LT(test::max_rel_diff(got, want), 0.05);
 }
 
 // Softmax before 13 coerces its input to 2-D at `axis`. Axis 1 of a 4-D input is a softmax over C*H*W:
@@ -140,7 +131,7 @@ TEST(PtqOcrPatterns, PreOpset13SoftmaxKeepsItsCoercingSemantics) {
     for (int64_t i = 0; i < 64; ++i) sum += got.data<float>()[n * 64 + i];
     EXPECT_NEAR(sum, 1.0, 1e-4) << "softmax over C*H*W of image " << n;
   }
-  EXPECT_LT(max_rel_diff(got, want), 0.05);
+  EXPECT_LT(test::max_rel_diff(got, want), 0.05);
 }
 
 // A softmax on the last axis (SVTR's attention: axis 3 of 4-D, declared here as -1) stays one Softmax.
@@ -154,7 +145,7 @@ TEST(PtqOcrPatterns, LastAxisSoftmaxStaysOneNode) {
   const auto res = ptq::quantize_model(m, data, plain());
   EXPECT_EQ(count_op(res.model, "Flatten"), 0);
   EXPECT_EQ(count_op(res.model, "Softmax"), 1);
-  EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
 }
 
 // SVTR's layer norm: ReduceMean(axes attr) / Sub / Pow / ReduceMean / Add / Sqrt / Div / Mul / Add, then a
@@ -193,7 +184,7 @@ TEST(PtqOcrPatterns, LayerNormPiecesAndMatMulWithInitializerB) {
   ASSERT_EQ(res.layers.size(), 1u);
   EXPECT_EQ(res.layers[0].granularity, "per-channel");
   EXPECT_EQ(res.layers[0].axis, 1);
-  EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
 }
 
 // DBNet's neck: Resize-11 (nearest, asymmetric, scales input) survives the raise to 13; the
@@ -213,7 +204,7 @@ TEST(PtqOcrPatterns, Resize11IsRaisedTfHalfPixelForNnRefused) {
       const Tensor want = runtime::Executor(m).run1(data.images);
       const auto res = ptq::quantize_model(m, data, plain());
       EXPECT_EQ(res.model.opset(), 13);
-      EXPECT_LT(max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+      EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
     } else {
       try {
         ptq::quantize_model(m, data, plain());
@@ -323,7 +314,7 @@ TEST(PtqOcrPatterns, HardswishChainQuantizedAtItsEndsOnly) {
     const ptq::PtqResult res = ptq::build_quantized(cal, plain());
     EXPECT_EQ(count_op(res.model, "QuantizeLinear"), 3);
     const Tensor got = runtime::Executor(res.model).run1(data.images);
-    EXPECT_LT(max_rel_diff(got, want), 0.05);
+    EXPECT_LT(test::max_rel_diff(got, want), 0.05);
     // The integer executor runs the chain as one 256-entry table of the simulation's result: every node integer.
     const runtime::Int8Executor ex(res.model);
     EXPECT_EQ(ex.report().float_nodes(), 0) << ex.report().summary();

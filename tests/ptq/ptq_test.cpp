@@ -404,14 +404,6 @@ std::vector<std::pair<float, float>> channel_ranges(const Model& m, const Datase
   return r;
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  double d = 0, ref = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    d = std::max(d, static_cast<double>(std::fabs(a.data<float>()[i] - b.data<float>()[i])));
-    ref = std::max(ref, static_cast<double>(std::fabs(b.data<float>()[i])));
-  }
-  return d / ref;
-}
 
 // Conv -> depthwise Conv with channel ranges 100x apart: each channel of the depthwise input is stretched over the
 // range the input already spans, the function is unchanged, and the per-channel W8A8 model's output error falls.
@@ -428,7 +420,7 @@ TEST(PtqEqualize, DepthwiseInputsStretchedOverTheirRange) {
       ASSERT_EQ(ptq::equalize_depthwise_inputs(eq, data, 5, false, {}, rep), 1);
       EXPECT_EQ(rep.depthwise_pairs, 1);
       const Tensor before = runtime::Executor(m).run1(data.images), after = runtime::Executor(eq).run1(data.images);
-      EXPECT_LE(max_rel_diff(after, before), 1e-5);
+      EXPECT_LE(test::max_rel_diff(after, before), 1e-5);
       const auto r0 = channel_ranges(m, data, v), r1 = channel_ranges(eq, data, v);
       float lo = 0, hi = 0;
       for (const auto& [l, h] : r0) lo = std::min(lo, l), hi = std::max(hi, h);
