@@ -217,7 +217,7 @@ void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
   c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding; for quantize, the empirical one too)");
   c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
   c->add_flag("--no-fuse-chains", f.no_fuse_chains,
-              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div), not only at their ends");
+              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div) and written-out layer norms, not only at their ends");
   c->add_flag("--ignore-nonfinite", f.ignore_nonfinite,
               "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
 }

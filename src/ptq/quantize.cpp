@@ -147,6 +147,101 @@ Chains find_chains(const Graph& g) {
   return ch;
 }
 
+// Normalizations written out as elementwise ops (PaddlePaddle's exporter, PyTorch before LayerNormalization):
+//   layer norm  m = ReduceMean(x), d = x - m, v = ReduceMean(d^2) [+ eps], s = Sqrt(v), n = d / s [* g] [+ b]
+//   RMS norm    the same with d = x (no m)
+// with d^2 as Pow(d, 2) or Mul(d, d), both ReduceMeans over the same axes, g and b constants. A deployed int8 graph
+// runs a normalization as one float op between its 8-bit input and output (ONNX Runtime fuses the pattern into
+// LayerNormalization when nothing sits inside it; perch's integer executor runs these ops in float in any case), so
+// Q/DQ on the inner values only adds roundings — the worst on the per-row statistics: one per-tensor scale for the
+// variances of all rows gives a row whose variance is far below the largest a few of its levels, and that error
+// scales the whole normalized row. The inner values are m, d, d^2, v, v + eps, s, and n (and n * g) when the affine
+// follows; each is left without Q/DQ only when every reader is a node of the same normalization and it is not a
+// graph output. x and the last value (the normalization's output) are quantized as any value.
+std::set<std::string> find_normalization_insides(const Graph& g) {
+  std::set<std::string> inside;
+  auto scalar = [&](const std::string& v, float* value) {
+    const Tensor* t = g.initializer(v);
+    if (!t || t->numel() != 1 || t->dtype() != DType::kFloat32) return false;
+    if (value) *value = t->data<float>()[0];
+    return true;
+  };
+  auto made_by = [&](const std::string& v, const char* op) -> const Node* {
+    const int64_t p = g.producer(v);
+    if (p < 0 || g.nodes[static_cast<size_t>(p)].op_type != op) return nullptr;
+    const Node& n = g.nodes[static_cast<size_t>(p)];
+    return n.outputs.size() == 1 ? &n : nullptr;
+  };
+  // Axes and keepdims of a ReduceMean (attribute before opset 18, constant input after); false when not constant.
+  auto reduce_key = [&](const Node& n, std::vector<int64_t>* key) {
+    *key = n.attr_ints("axes");
+    if (!n.input(1).empty()) {
+      const Tensor* a = g.initializer(n.input(1));
+      if (!a || a->dtype() != DType::kInt64) return false;
+      for (int64_t i = 0; i < a->numel(); ++i) key->push_back(a->data<int64_t>()[i]);
+    }
+    key->push_back(n.attr_int("keepdims", 1) + 1000);  // keepdims, apart from any axis
+    return true;
+  };
+  for (const Node& div : g.nodes) {
+    if (div.op_type != "Div" || div.inputs.size() != 2 || div.outputs.size() != 1) continue;
+    const std::string& d = div.inputs[0];
+    std::vector<const Node*> members = {&div};
+    const Node* sqrt = made_by(div.inputs[1], "Sqrt");
+    if (!sqrt) continue;
+    members.push_back(sqrt);
+    std::string v = sqrt->inputs[0];
+    if (const Node* eps = made_by(v, "Add")) {  // + eps
+      const bool first = scalar(eps->inputs[1], nullptr), second = scalar(eps->inputs[0], nullptr);
+      if (!first && !second) continue;
+      members.push_back(eps);
+      v = eps->inputs[first ? 0 : 1];
+    }
+    const Node* var = made_by(v, "ReduceMean");
+    std::vector<int64_t> var_key;
+    if (!var || !reduce_key(*var, &var_key)) continue;
+    members.push_back(var);
+    const Node* sq = made_by(var->inputs[0], "Pow");
+    float two = 0;
+    if (sq && !(sq->inputs[0] == d && scalar(sq->input(1), &two) && two == 2.0f)) sq = nullptr;
+    if (!sq) {
+      sq = made_by(var->inputs[0], "Mul");
+      if (sq && !(sq->inputs.size() == 2 && sq->inputs[0] == d && sq->inputs[1] == d)) sq = nullptr;
+    }
+    if (!sq) continue;
+    members.push_back(sq);
+    if (const Node* sub = made_by(d, "Sub")) {  // layer norm: d = x - ReduceMean(x) over the same axes
+      const Node* mean = made_by(sub->input(1), "ReduceMean");
+      std::vector<int64_t> mean_key;
+      if (mean && mean->inputs[0] == sub->inputs[0] && reduce_key(*mean, &mean_key) && mean_key == var_key) {
+        members.push_back(sub);
+        members.push_back(mean);
+      }
+    }
+    // The affine after it: * g, + b (constants), each the only reader of the value before it.
+    const Node* last = &div;
+    for (const char* op : {"Mul", "Add"}) {
+      const auto cons = g.consumers(last->outputs[0]);
+      if (cons.size() != 1) break;
+      const Node& c = g.nodes[cons[0]];
+      if (c.op_type != op || c.inputs.size() != 2 || c.outputs.size() != 1) break;
+      const std::string& other = c.inputs[0] == last->outputs[0] ? c.inputs[1] : c.inputs[0];
+      if (!g.initializer(other)) break;
+      members.push_back(&c);
+      last = &c;
+    }
+    std::set<const Node*> in_norm(members.begin(), members.end());
+    for (const Node* n : members) {
+      const std::string& out = n->outputs[0];
+      if (n == last || g.is_graph_output(out)) continue;
+      bool all_in = true;
+      for (size_t c : g.consumers(out)) all_in &= in_norm.count(&g.nodes[c]) != 0;
+      if (all_in) inside.insert(out);
+    }
+  }
+  return inside;
+}
+
 // The range of a chain's root that matters. A chain computes y = f(x) elementwise; where f is constant below
 // some lo (hardswish: f(x) = 0 for x <= -3; Relu: for x <= 0) or above some hi (Clip), every x beyond gives
 // the same y, so the root's 8-bit grid need only span [lo, hi]: calibration clamps the root's observed values
@@ -556,14 +651,18 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   std::set<std::string> target_set;
   const std::set<std::string> floats = float_values(g);
   const Chains chains = opt.fuse_chains ? find_chains(g) : Chains{};
-  const std::set<std::string>& inside = chains.inside;
+  const std::set<std::string> norm_inside = opt.fuse_chains ? find_normalization_insides(g) : std::set<std::string>{};
+  std::set<std::string> inside = chains.inside;
+  inside.insert(norm_inside.begin(), norm_inside.end());
   const std::map<std::string, Clamp> clamps = opt.fuse_chains ? chain_root_clamps(m, chains) : std::map<std::string, Clamp>{};
   if (opt.fuse_chains) {
     std::set<std::string> roots;
     for (const auto& [v, r] : chains.root) roots.insert(r);
     cal.canonicalize_summary += "; " + std::to_string(roots.size()) + " elementwise chains (" +
-                                std::to_string(inside.size()) + " inside values without Q/DQ, " +
+                                std::to_string(chains.inside.size()) + " inside values without Q/DQ, " +
                                 std::to_string(clamps.size()) + " input ranges clamped)";
+    if (!norm_inside.empty())
+      cal.canonicalize_summary += "; " + std::to_string(norm_inside.size()) + " values inside written-out normalizations without Q/DQ";
   }
   auto consider = [&](const std::string& v) {
     if (target_set.count(v) || g.is_initializer(v) || !floats.count(v) || inside.count(v)) return;

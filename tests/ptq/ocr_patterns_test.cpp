@@ -340,3 +340,125 @@ TEST(PtqOcrPatterns, ChainEndsAtPerChannelConstant) {
   // c: fused into Relu (not a target); r read by the per-channel Mul; s the new root; t inside; u the end.
   EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "r", "s", "u"}));
 }
+
+namespace {
+
+// x [N, 6, 16] -> layer norm over the last axis (variant 0: d^2 as Pow; 1: as Mul(d, d); 2: RMS norm, no mean;
+// 3: no affine after it) -> "ln" -> MatMul with an initializer B -> "y".
+Model norm_model(int variant) {
+  Model m;
+  m.opsets = {{"", 13}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, {-1, 6, 16}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  auto& init = m.graph.initializers;
+  init["two"] = Tensor::scalar_f32(2.0f);
+  init["eps"] = Tensor::scalar_f32(1e-6f);
+  init["gamma"] = normal_tensor({16}, 16, 1.0f);
+  init["beta"] = normal_tensor({16}, 17, 0.2f);
+  init["B"] = normal_tensor({16, 8}, 18);
+  auto reduce = [](const std::string& name, const std::string& in, const std::string& out) {
+    Node n = make("ReduceMean", name, {in}, {out});
+    n.attrs["axes"] = std::vector<int64_t>{-1};
+    return n;
+  };
+  std::string d = "x";
+  if (variant != 2) {
+    m.graph.nodes.push_back(reduce("mean", "x", "mu"));
+    m.graph.nodes.push_back(make("Sub", "sub", {"x", "mu"}, {"d"}));
+    d = "d";
+  }
+  m.graph.nodes.push_back(variant == 1 ? make("Mul", "square", {d, d}, {"sq"}) : make("Pow", "square", {d, "two"}, {"sq"}));
+  m.graph.nodes.push_back(reduce("var", "sq", "v"));
+  m.graph.nodes.push_back(make("Add", "add_eps", {"v", "eps"}, {"ve"}));
+  m.graph.nodes.push_back(make("Sqrt", "sqrt", {"ve"}, {"sd"}));
+  m.graph.nodes.push_back(make("Div", "div", {d, "sd"}, {variant == 3 ? "ln" : "n"}));
+  if (variant != 3) {
+    m.graph.nodes.push_back(make("Mul", "scale", {"n", "gamma"}, {"ng"}));
+    m.graph.nodes.push_back(make("Add", "shift", {"ng", "beta"}, {"ln"}));
+  }
+  m.graph.nodes.push_back(make("MatMul", "fc", {"ln", "B"}, {"y"}));
+  return m;
+}
+
+// Rows of very different spread (as a recognizer's feature rows over text and over the blank padding): row r is
+// mean_r + s_r * u, u uniform in [-1, 1], s_r from 0.3 to 4 (variances s^2 / 3 from 0.03 to 5.3), mean_r in
+// [-0.5, 0.5].
+Dataset spread_rows(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Dataset d;
+  d.images = Tensor(DType::kFloat32, {n, 6, 16});
+  float* p = d.images.data<float>();
+  for (int64_t r = 0; r < n * 6; ++r) {
+    const float s = 0.3f * std::pow(13.0f, static_cast<float>(r % 6) / 5.0f), mean = 0.5f * u(rng);
+    for (int64_t k = 0; k < 16; ++k) p[r * 16 + k] = mean + s * u(rng);
+  }
+  d.name = "spread rows";
+  return d;
+}
+
+// The worst row's relative RMS error of `got` against `want` (rows of the last axis).
+double worst_row_error(const Tensor& got, const Tensor& want) {
+  const int64_t k = want.dim(want.rank() - 1), rows = want.numel() / k;
+  double worst = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double e = 0, s = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double w = want.data<float>()[r * k + j], g = got.data<float>()[r * k + j];
+      e += (g - w) * (g - w);
+      s += w * w;
+    }
+    worst = std::max(worst, std::sqrt(e / s));
+  }
+  return worst;
+}
+
+}  // namespace
+
+// A layer norm written out gets Q/DQ on its input and output only: its inner values (the row statistics, the
+// centred and normalized rows) would each add a rounding, and the per-tensor grid of the variances gives a row of
+// small spread a coarse variance, which scales the whole row. Reference: the float model, per row.
+TEST(PtqOcrPatterns, LayerNormQuantizedAtItsEndsOnly) {
+  const Dataset calib = spread_rows(16, 21), test = spread_rows(16, 22);
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    const Model m = norm_model(variant);
+    const Tensor want = runtime::Executor(m).run1(test.images);
+    ptq::PtqOptions o = plain();
+    const ptq::Calibration cal = ptq::calibrate(m, calib, o);
+    EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "ln"}));
+    // Without the rule, every inner value read as data by an op perch quantizes gets Q/DQ, as before: the mean,
+    // the centred rows, the variance, the deviation, the normalized and the scaled rows (rec: 6 per layer norm).
+    o.fuse_chains = false;
+    const ptq::Calibration all = ptq::calibrate(m, calib, o);
+    const std::vector<std::string> every_target =
+        variant == 2   ? std::vector<std::string>{"x", "v", "sd", "n", "ng", "ln"}
+        : variant == 3 ? std::vector<std::string>{"x", "mu", "d", "v", "sd", "ln"}
+                       : std::vector<std::string>{"x", "mu", "d", "v", "sd", "n", "ng", "ln"};
+    EXPECT_EQ(all.targets, every_target);
+
+    const ptq::PtqResult ends = ptq::build_quantized(cal, plain());
+    const ptq::PtqResult every = ptq::build_quantized(all, plain());
+    EXPECT_EQ(count_op(ends.model, "QuantizeLinear"), 2);
+    const double e_ends = worst_row_error(runtime::Executor(ends.model).run1(test.images), want);
+    const double e_every = worst_row_error(runtime::Executor(every.model).run1(test.images), want);
+    // Measured: the worst row 4.5x (variants 0, 1), 5.5x (RMS) and 14x (no affine) better; what is left is mostly
+    // the input's own 8-bit grid (0.035 wide) on the rows of least spread.
+    EXPECT_LT(e_ends, 0.3 * e_every) << "ends only " << e_ends << ", every value " << e_every;
+    // The integer executor runs the normalization in float between the two Q/DQ, as the simulation does.
+    const Tensor i8 = runtime::Int8Executor(ends.model).run({{"x", test.images}}).at("y");
+    const Tensor sim = runtime::Int8Executor(ends.model, runtime::Int8Mode::kSimulate).run({{"x", test.images}}).at("y");
+    ASSERT_EQ(i8.shape(), sim.shape());
+    EXPECT_EQ(std::memcmp(i8.raw(), sim.raw(), i8.nbytes()), 0) << "int8 executor differs from its simulation";
+  }
+}
+
+// An inner value with a reader outside the normalization keeps its Q/DQ; the others still go.
+TEST(PtqOcrPatterns, LayerNormInnerValueReadElsewhereKeepsItsQdq) {
+  Model m = norm_model(0);
+  m.graph.initializers["B2"] = normal_tensor({16, 8}, 19);
+  m.graph.outputs.push_back({"z", DType::kFloat32, {}, {}, false});
+  m.graph.nodes.push_back(make("MatMul", "fc2", {"d", "B2"}, {"z"}));  // the centred rows, read by another layer
+  const ptq::Calibration cal = ptq::calibrate(m, spread_rows(8, 23), plain());
+  EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "d", "ln"}));
+}

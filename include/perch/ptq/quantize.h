@@ -81,7 +81,8 @@ struct PtqOptions {
   bool fold_affine = true;
   // Elementwise chains (a unary function of one activation written as several ops with scalar constants, e.g.
   // hardswish as x * Clip(x + 3, 0, 6) / 6, or a scale/shift after it): Q/DQ only on the chain's input and
-  // where it leaves the chain, not on its inside values (see calibrate()).
+  // where it leaves the chain, not on its inside values (see calibrate()). Also the inner values of layer / RMS
+  // norms written out as ReduceMean / Sub / Pow / Sqrt / Div (their statistics and intermediate rows).
   bool fuse_chains = true;
   std::set<std::string> float_nodes;    // node names whose weights stay float
   std::map<std::string, WeightOptions> layer_weights;  // per-node override of `weights` (selective quantization)
