@@ -65,7 +65,6 @@ ptq::PtqOptions plain() {
   return o;
 }
 
-
 int count_op(const Model& m, const std::string& op) {
   int c = 0;
   for (const auto& n : m.graph.nodes) c += n.op_type == op;

@@ -404,7 +404,6 @@ std::vector<std::pair<float, float>> channel_ranges(const Model& m, const Datase
   return r;
 }
 
-
 // Conv -> depthwise Conv with channel ranges 100x apart: each channel of the depthwise input is stretched over the
 // range the input already spans, the function is unchanged, and the per-channel W8A8 model's output error falls.
 TEST(PtqEqualize, DepthwiseInputsStretchedOverTheirRange) {
