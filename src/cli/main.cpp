@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -81,8 +82,10 @@ struct QuantizeFlags {
   bool ignore_nonfinite = false;
   double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
+  std::string activation_bits;  // comma-separated NAME=BITS (ptq::PtqOptions::activation_bits)
   // Selective quantization.
   bool auto_select = false;
+  int act_fallback_bits = 0;  // with --auto: the activations' middle rung (0: none)
   double max_drop = 0.5;  // points of top-1
   std::string prefer = "per-tensor", data = "fashion-mnist:test", config, save_config, report;
   int64_t group_size = 16;
@@ -108,11 +111,12 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
           {"equalize", !f.no_equalize}, {"equalize_depthwise", !f.no_equalize && !f.no_equalize_depthwise}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"group_size", f.group_size},
-          {"layers", layers}, {"float_activations", sel.float_activations},
+          {"layers", layers}, {"float_activations", sel.float_activations}, {"activation_bits", sel.activation_bits},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"metric", sel.metric}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
                          {"quant_verify", sel.quant_verify}, {"int4_byte_fraction", sel.int4_byte_fraction},
-                         {"per_tensor_layer_fraction", sel.per_tensor_layer_fraction}, {"steps", sel.steps}}}};
+                         {"per_tensor_layer_fraction", sel.per_tensor_layer_fraction}, {"steps", sel.steps},
+                         {"act_fallback_bits", f.act_fallback_bits}}}};
 }
 
 ptq::Selection selection_from_json(const std::string& path) {
@@ -132,6 +136,11 @@ ptq::Selection selection_from_json(const std::string& path) {
   const int64_t group = j.value("group_size", int64_t{16});
   for (const auto& l : j.at("layers")) sel.weights[l.at("node").get<std::string>()] = ptq::WeightChoice::parse(l.at("weights"), group);
   for (const auto& a : j.value("float_activations", json::array())) sel.float_activations.insert(a.get<std::string>());
+  const json bits_map = j.value("activation_bits", json::object());  // items() must not outlive the json it reads
+  for (const auto& [name, bits] : bits_map.items()) {
+    PERCH_CHECK(bits.is_number_integer(), path, ": activation_bits: '", name, "' must map to an integer bit count");
+    sel.activation_bits[name] = bits.get<int>();
+  }
   return sel;
 }
 
@@ -175,6 +184,15 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   PERCH_CHECK(!f.adaround_qin || f.adaround, "--adaround-quantized-inputs needs --adaround");
   opt.adaround_options.quantized_inputs = f.adaround_qin;
   for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
+  for (const auto& item : split_commas(f.activation_bits)) {
+    const size_t eq = item.rfind('=');
+    int bits = 0;
+    const char* end = item.data() + item.size();
+    const bool ok = eq != std::string::npos && eq > 0 &&
+                    std::from_chars(item.data() + eq + 1, end, bits).ptr == end && eq + 1 < item.size();
+    PERCH_CHECK(ok, "--activation-bits: '", item, "' is not NAME=BITS");
+    opt.activation_bits[item.substr(0, eq)] = bits;
+  }
   return opt;
 }
 
@@ -235,6 +253,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   json selection_report;
   if (!f.config.empty()) {  // checked before the (slow) calibration
     PERCH_CHECK(!f.auto_select, "--config and --auto exclude each other");
+  }
+  PERCH_CHECK(f.act_fallback_bits == 0 || f.auto_select, "--act-fallback-bits needs --auto");
+  if (!f.config.empty()) {
     selection = selection_from_json(f.config);
     for (const auto& [node, c] : selection->weights) {
       bool found = false;
@@ -253,16 +274,17 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     const int64_t half = data.size() / 2;
     const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
     selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
-                                   f.group_size, f.fidelity());
+                                   f.group_size, f.fidelity(), f.act_fallback_bits);
     opt = ptq::apply_selection(opt, *selection);
     selection_report = selection_json(*selection, f);
     if (!as_json && !quiet()) {
       std::fprintf(stderr,
                    "auto (--prefer %s, --max-drop %.2f pt, %s): selection split drop %.2f pt, verification split drop %.2f pt; "
-                   "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%\n",
+                   "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%; activations: %zu float, %zu at other bits\n",
                    f.prefer.c_str(), f.max_drop, selection->metric.c_str(), 100 * (selection->fp32_select - selection->quant_select),
                    100 * (selection->fp32_verify - selection->quant_verify), 100 * selection->int4_byte_fraction,
-                   100 * selection->per_tensor_layer_fraction);
+                   100 * selection->per_tensor_layer_fraction, selection->float_activations.size(),
+                   selection->activation_bits.size());
     }
     if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
@@ -635,7 +657,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   q->add_option("--float-nodes", qf.float_nodes,
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");
+  q->add_option("--activation-bits", qf.activation_bits,
+                "comma-separated NAME=BITS: these activations at other bits than --act-bits (e.g. 16 where 8 "
+                "bits cost too much; mixed precision, opset 21)");
   q->add_flag("--auto", qf.auto_select, "choose per layer among fp32/int8/int4 weights under --max-drop");
+  q->add_option("--act-fallback-bits", qf.act_fallback_bits,
+                "with --auto: activations climb to this many bits (e.g. 16) before float (0: straight to float)")
+      ->capture_default_str();
   q->add_option("--max-drop", qf.max_drop, "with --auto: largest accepted drop (top-1, or agreement without labels), in points")->capture_default_str();
   q->add_option("--prefer", qf.prefer, "with --auto: per-tensor | small | fast")->capture_default_str();
   q->add_option("--data", qf.data,

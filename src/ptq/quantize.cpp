@@ -736,6 +736,15 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   std::map<std::string, quant::RangeEstimator> est;
   for (const auto& v : cal.targets)
     if (!cal.shares.count(v)) est.emplace(v, quant::RangeEstimator(aspec, opt.activations.estimator));
+  // Finite extremes of what each estimator sees (Calibration::activation_extremes).
+  auto note_extremes = [&](const std::string& name, const Tensor& t) {
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (const float v : t.span<float>())
+      if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+    if (lo > hi) return;
+    auto [it, fresh] = cal.activation_extremes.emplace(name, std::make_pair(lo, hi));
+    if (!fresh) it->second = {std::min(it->second.first, lo), std::max(it->second.second, hi)};
+  };
   {
     const auto t0 = std::chrono::steady_clock::now();
     runtime::Executor exec(m);
@@ -754,8 +763,10 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
               Tensor c = t.clone();
               for (float& v : c.span<float>()) v = std::clamp(v, cl->second.lo, cl->second.hi);  // NaN stays NaN
               it->second.observe(c);
+              note_extremes(name, c);
             } else {
               it->second.observe(t);
+              note_extremes(name, t);
             }
           } catch (const Error& e) {
             PERCH_FAIL(m.source, ": calibrating activation '", name, "' on ", calib.name, " images ", b, "..",
@@ -808,6 +819,12 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     PERCH_CHECK(it != est.end() && !it->second.empty(), m.source, ": activation '", r,
                 "' was never computed during calibration (dead branch?)");
     cal.activation_params[v] = it->second.params();
+  }
+  for (const auto& v : cal.targets) {  // sharers: their root's extremes (pass-through ops keep one grid)
+    std::string r = v;
+    while (cal.shares.count(r)) r = cal.shares.at(r);
+    if (auto ex = cal.activation_extremes.find(r); r != v && ex != cal.activation_extremes.end())
+      cal.activation_extremes[v] = ex->second;
   }
   for (const auto& [name, e] : est) cal.nonfinite_values += e.nonfinite_count();
   for (auto& [ni, sc] : sums) {
@@ -903,10 +920,54 @@ bool same_params(const quant::QuantParams& a, const quant::QuantParams& b) {
          a.param_shape == b.param_shape && a.scale == b.scale && a.zero_point == b.zero_point;
 }
 
+// An activation's parameters at other bits (PtqOptions::activation_bits). More bits: the observed extremes
+// (choose_params() adds 0). Otherwise, or without extremes: the calibrated grid's span [s (qmin - zp),
+// s (qmax - zp)] — the estimator's range, widened to include 0 and nudged by at most one step so that 0 is a
+// grid point.
+quant::QuantParams activation_params_at(const quant::QuantParams& p, const quant::QuantSpec& spec,
+                                        const std::pair<float, float>* extremes) {
+  if (extremes && spec.bits > p.spec.bits)
+    return quant::choose_params(spec, {}, std::vector<float>{extremes->first}, std::vector<float>{extremes->second});
+  const double s = p.scale.at(0), zp = p.zero_point.at(0);
+  const float lo = static_cast<float>(s * (p.spec.qmin() - zp)), hi = static_cast<float>(s * (p.spec.qmax() - zp));
+  return quant::choose_params(spec, {}, std::vector<float>{lo}, std::vector<float>{hi});
+}
+
 std::map<std::string, quant::QuantParams> quantized_activation_params(const Calibration& cal, const PtqOptions& opt) {
+  // activation_bits apply to a whole sharing group (pass-through values keep their root's grid): resolve each
+  // name to its root first.
+  auto root_of = [&](std::string v) {
+    while (cal.shares.count(v)) v = cal.shares.at(v);
+    return v;
+  };
+  std::map<std::string, std::pair<int, std::string>> group_bits;  // root -> (bits, the name that asked)
+  if (!opt.activation_bits.empty()) {
+    const std::set<std::string> targets(cal.targets.begin(), cal.targets.end());
+    for (const auto& [v, bits] : opt.activation_bits) {
+      PERCH_CHECK((bits >= 2 && bits <= 8) || bits == 16, cal.model.source, ": activation_bits: '", v, "' is given ",
+                  bits, " bits (2..8 or 16)");
+      PERCH_CHECK(targets.count(v), cal.model.source, ": activation_bits: '", v,
+                  "' is not a quantizable activation of this model (perch inspect / the report list them)");
+      const auto [it, fresh] = group_bits.emplace(root_of(v), std::make_pair(bits, v));
+      PERCH_CHECK(fresh || it->second.first == bits, cal.model.source, ": activations '", it->second.second, "' and '",
+                  v, "' share one grid (a pass-through op between them) but are given ", it->second.first, " and ",
+                  bits, " bits");
+    }
+  }
   std::map<std::string, quant::QuantParams> aparams;
-  for (const auto& v : cal.targets)
-    if (!opt.float_activations.count(v)) aparams[v] = cal.activation_params.at(v);
+  for (const auto& v : cal.targets) {
+    if (opt.float_activations.count(v)) continue;
+    const quant::QuantParams& p = cal.activation_params.at(v);
+    auto gb = group_bits.find(root_of(v));
+    if (gb == group_bits.end() || gb->second.first == p.spec.bits) {
+      aparams[v] = p;
+      continue;
+    }
+    ActivationOptions ao = opt.activations;
+    ao.bits = gb->second.first;
+    const auto ex = cal.activation_extremes.find(root_of(v));
+    aparams[v] = activation_params_at(p, activation_spec_impl(ao), ex == cal.activation_extremes.end() ? nullptr : &ex->second);
+  }
   return aparams;
 }
 
@@ -920,9 +981,6 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
   res.nonfinite_values = cal.nonfinite_values;
   Model m = cal.model;
   Graph& g = m.graph;
-  const quant::QuantSpec aspec = activation_spec_impl(opt.activations);
-  const DType act_type = aspec.storage_type();
-
   // Activations actually quantized: calibrated targets minus those the caller keeps float.
   const std::map<std::string, quant::QuantParams> aparams = quantized_activation_params(cal, opt);
 
@@ -1105,7 +1163,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     const quant::QuantParams& p = pit->second;
     const std::string s = g.unique_name(v + "_scale"), z = g.unique_name(v + "_zero_point");
     g.initializers[s] = scale_tensor(p);
-    g.initializers[z] = zero_point_tensor(p, act_type);
+    g.initializers[z] = zero_point_tensor(p, p.spec.storage_type());
     Node q;
     q.op_type = "QuantizeLinear";
     q.name = g.unique_name(v + "_QuantizeLinear");
@@ -1144,7 +1202,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
 
   // ---- Opset and metadata. QuantizeLinear / DequantizeLinear take 16-bit integers from opset 21 on (13 allows
   // only int8 / uint8): ONNX Runtime refuses a uint16 zero point in an older model.
-  need_21 |= !aparams.empty() && aspec.bits > 8;
+  for (const auto& [v, p] : aparams) need_21 |= p.spec.bits > 8;
   if (need_21) {
     raise_opset(m, 21);
     m.ir_version = std::max<int64_t>(m.ir_version, 10);

@@ -450,13 +450,19 @@ PtqOptions apply_selection(const PtqOptions& base, const Selection& s) {
     else o.layer_weights[node] = c.options();
   }
   o.float_activations = s.float_activations;
+  for (const auto& [v, bits] : s.activation_bits) o.activation_bits[v] = bits;  // over the base options' own
   return o;
 }
 
 Selection select_config(const Calibration& cal, const Dataset& select, const Dataset& verify, const PtqOptions& base,
-                        Preference prefer, double max_drop, int64_t group_size, const Fidelity& fidelity) {
+                        Preference prefer, double max_drop, int64_t group_size, const Fidelity& fidelity,
+                        int act_fallback_bits) {
   PERCH_CHECK(select.has_labels() == verify.has_labels(), select.name, " and ", verify.name,
               ": both splits labelled, or neither");
+  PERCH_CHECK(act_fallback_bits == 0 || (act_fallback_bits > base.activations.bits &&
+                                         (act_fallback_bits <= 8 || act_fallback_bits == 16)),
+              "selection: the activations' fallback bits (", act_fallback_bits, ") must be more than their bits (",
+              base.activations.bits, "): 3..8 or 16");
   std::vector<WeightChoice> ladder;
   switch (prefer) {
     case Preference::kPerTensor:
@@ -474,7 +480,7 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   // How much each rung hurts on its own (SQNR of "alone"), measured on first need: weights per rung,
   // activations (their only quantized rung) with every weight float.
   std::map<std::string, std::vector<double>> alone_sqnr;
-  std::map<std::string, double> act_alone_sqnr;
+  std::map<std::string, std::vector<double>> act_alone_sqnr;  // per activation rung below float
   auto rank = [&] {
     const std::vector<WeightChoice> quantized_rungs(ladder.begin(), ladder.end() - 1);
     const Dataset part = take(select, 0, std::min<int64_t>(select.size(), 1000));
@@ -482,9 +488,16 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
     scope.all_but = scope.activation_all_but = false;
     const SensitivityReport sens = sensitivity(cal, part, base, quantized_rungs, 0, scope, fidelity);
     for (const auto& ls : sens.layers) {
-      if (ls.kind == "activation") act_alone_sqnr[ls.name] = ls.alone.at(0).sqnr_db;
+      if (ls.kind == "activation") act_alone_sqnr[ls.name].push_back(ls.alone.at(0).sqnr_db);
       else for (const auto& m : ls.alone) alone_sqnr[ls.name].push_back(m.sqnr_db);
     }
+    if (act_fallback_bits == 0) return;
+    // The middle rung: every activation alone at the fallback bits (no weight candidates: activations only).
+    PtqOptions wide = base;
+    for (const auto& v : cal.targets) wide.activation_bits[v] = act_fallback_bits;
+    const SensitivityReport sens16 = sensitivity(cal, part, wide, {}, 0, scope, fidelity);
+    for (const auto& ls : sens16.layers)
+      if (ls.kind == "activation") act_alone_sqnr[ls.name].push_back(ls.alone.at(0).sqnr_db);
   };
 
   Selection sel;
@@ -498,9 +511,11 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   std::map<std::string, size_t> rung;
   for (const auto& l : layers) rung[l.node] = 0;
   std::set<std::string> float_acts = base.float_activations;
+  std::map<std::string, int> wide_acts = base.activation_bits;  // activations on the middle rung (act_fallback_bits)
   auto evaluate_on = [&](const Scorer& sc) {
     for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
     sel.float_activations = float_acts;
+    sel.activation_bits = wide_acts;
     return sc(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model));
   };
   sel.fp32_select = on_select.fp32();
@@ -511,7 +526,7 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
                   100 * (sel.fp32_select - sel.quant_select));
     say(line);
   }
-  const int max_steps = static_cast<int>(layers.size() * ladder.size() + cal.targets.size());
+  const int max_steps = static_cast<int>(layers.size() * ladder.size() + cal.targets.size() * (act_fallback_bits ? 2 : 1));
   while (sel.fp32_select - sel.quant_select > max_drop && sel.steps < max_steps) {
     if (alone_sqnr.empty() && act_alone_sqnr.empty()) rank();
     // The layer or activation whose current (quantized) rung is worst on its own moves up one rung.
@@ -524,17 +539,38 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
       const double s = alone_sqnr[l.node][r];
       if (s < worst_sqnr) worst_sqnr = s, worst = l.node, worst_is_act = false;
     }
-    for (const auto& [a, s] : act_alone_sqnr)
-      if (!float_acts.count(a) && s < worst_sqnr) worst_sqnr = s, worst = a, worst_is_act = true;
+    for (const auto& [a, s] : act_alone_sqnr) {
+      if (float_acts.count(a)) continue;
+      const double here = s.at(wide_acts.count(a) ? 1 : 0);
+      if (here < worst_sqnr) worst_sqnr = here, worst = a, worst_is_act = true;
+    }
     if (worst.empty()) break;
-    if (worst_is_act) float_acts.insert(worst);
-    else ++rung[worst];
+    std::string to;
+    if (worst_is_act && act_fallback_bits && !wide_acts.count(worst)) {
+      // Bits apply to a sharing group (pass-through ops keep one grid): the whole group moves.
+      auto root_of = [&](std::string v) {
+        while (cal.shares.count(v)) v = cal.shares.at(v);
+        return v;
+      };
+      const std::string root = root_of(worst);
+      int moved = 0;
+      for (const auto& v : cal.targets)
+        if (root_of(v) == root && !float_acts.count(v)) wide_acts[v] = act_fallback_bits, ++moved;
+      to = std::to_string(act_fallback_bits) + "-bit";
+      if (moved > 1) to += " (with " + std::to_string(moved - 1) + " sharing its grid)";
+    } else if (worst_is_act) {
+      wide_acts.erase(worst);
+      float_acts.insert(worst);
+      to = "float";
+    } else {
+      ++rung[worst];
+      to = ladder[rung[worst]].label();
+    }
     ++sel.steps;
     sel.quant_select = evaluate_on(on_select);
     char line[256];
     std::snprintf(line, sizeof line, "step %d: %s %s -> %s (its alone SQNR %.1f dB), drop %.2f pt", sel.steps,
-                  worst_is_act ? "activation" : "layer", worst.c_str(),
-                  worst_is_act ? "float" : ladder[rung[worst]].label().c_str(), worst_sqnr,
+                  worst_is_act ? "activation" : "layer", worst.c_str(), to.c_str(), worst_sqnr,
                   100 * (sel.fp32_select - sel.quant_select));
     say(line);
   }
@@ -546,6 +582,7 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   }
   for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
   sel.float_activations = float_acts;
+  sel.activation_bits = wide_acts;
   sel.fp32_verify = on_verify.fp32();
   sel.quant_verify = evaluate_on(on_verify);
   double int4 = 0, pt = 0;

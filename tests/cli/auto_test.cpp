@@ -82,6 +82,32 @@ TEST(Config, RejectsForeignSchemaAndUnknownLayers) {
   EXPECT_NE(r.err.find("version 9"), std::string::npos) << r.err;
   r = test::run_cmd(base + q(d / "layer.json"));
   EXPECT_NE(r.err.find("'nope'"), std::string::npos) << r.err;
+  {
+    std::ofstream(d / "bits_type.json")
+        << R"({"schema": "perch.quantization-config", "version": 1, "layers": [], "activation_bits": {"x": "sixteen"}})";
+    std::ofstream(d / "bits_name.json")
+        << R"({"schema": "perch.quantization-config", "version": 1, "layers": [], "activation_bits": {"nosuch": 16}})";
+  }
+  r = test::run_cmd(base + q(d / "bits_type.json"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("activation_bits: 'x'"), std::string::npos) << r.err;
+  // Names are checked when the model is built, after calibration: these need data the tiny model takes.
+  write_npy(d / "x.npy", test::tiny_cnn_inputs(8, 5).images);
+  const std::string calib = " --calib " + q("npy:" + (d / "x.npy").string());
+  r = test::run_cmd(base + q(d / "bits_name.json") + calib);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'nosuch' is not a quantizable activation"), std::string::npos) << r.err;
+  // The same request from the command line, and its syntax errors.
+  const std::string flags = perch_bin() + " quantize " + q(d / "tiny.onnx") + " --calib-count 8" + calib + " --activation-bits ";
+  r = test::run_cmd(flags + "x:16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'x:16' is not NAME=BITS"), std::string::npos) << r.err;
+  r = test::run_cmd(flags + "x=12");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'x' is given 12 bits"), std::string::npos) << r.err;
+  r = test::run_cmd(perch_bin() + " quantize " + q(d / "tiny.onnx") + " --calib-count 8 --act-fallback-bits 16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--act-fallback-bits needs --auto"), std::string::npos) << r.err;
 }
 
 // Without labels, `perch sensitivity` scores agreement with the float model; on a classifier that equals

@@ -112,8 +112,20 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
   r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " +
               q(d / "ort"));
   ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run perch's " << weights << " QDQ model: " << r.err;
-  if (weights.find("--act-bits 16") != std::string::npos) {
+  if (weights.find("--act-bits 16") != std::string::npos || weights.find("=16") != std::string::npos) {
     EXPECT_GE(graph::load_model((d / "q.onnx").string()).opset(), 21);
+  }
+  if (weights.find("--activation-bits") != std::string::npos) {  // mixed: x at 16 bits, the rest at 8
+    const graph::Model qm = graph::load_model((d / "q.onnx").string());
+    int u16 = 0, u8 = 0;
+    for (const auto& n : qm.graph.nodes) {
+      if (n.op_type != "QuantizeLinear" || qm.graph.initializer(n.input(0))) continue;
+      const DType zt = qm.graph.initializer(n.input(2))->dtype();
+      EXPECT_EQ(zt == DType::kUInt16, n.input(0) == "x") << n.input(0);
+      (zt == DType::kUInt16 ? u16 : u8) += 1;
+    }
+    EXPECT_EQ(u16, 1);
+    EXPECT_GT(u8, 0);
   }
   const Tensor yp = read_npy(d / "perch" / "y.npy"), yo = read_npy(d / "ort" / "y.npy");
   const Compare c = compare_logits(yp, yo);
@@ -137,7 +149,9 @@ INSTANTIATE_TEST_SUITE_P(Weights, TinyInterop, ::testing::Values("per-channel", 
                                                           "per-tensor --empirical-bias-correction",
                                                           "per-channel --weight-bits 4 --adaround --empirical-bias-correction",
                                                           // uint16 Q/DQ: opset 21 (13 allows only 8-bit integers)
-                                                          "per-channel --act-bits 16"),
+                                                          "per-channel --act-bits 16",
+                                                          // mixed precision: the input uint16, the others uint8
+                                                          "per-channel --activation-bits x=16"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)

@@ -171,6 +171,103 @@ TEST(PtqActivations, SixteenBitActivationsNeedOpset21) {
   EXPECT_TRUE(uint16_zero_point);
 }
 
+// Mixed precision (PtqOptions::activation_bits): named activations at 16 bits, the others at 8. A 16-bit grid spans
+// the values calibration saw (min and max of the float run, with 0), a narrower one the 8-bit grid's float range
+// [s (qmin - zp), s (qmax - zp)]; a pass-through op's output and input keep one grid (MaxPool: p shares h's), and
+// bad requests are refused by name.
+TEST(PtqActivations, PerActivationBitsKeepTheRangeAndTheSharingGroup) {
+  Model m;
+  m.opsets = {{"", 13}};
+  m.graph.inputs.push_back({"x", DType::kFloat32, {4, 2, 8, 8}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  m.graph.initializers["w1"] = random_tensor({4, 2, 3, 3}, 51);
+  m.graph.initializers["w2"] = random_tensor({3, 4, 3, 3}, 52);
+  auto conv = [](const std::string& name, const std::string& in, const std::string& w, const std::string& out) {
+    Node n;
+    n.op_type = "Conv", n.name = name, n.inputs = {in, w}, n.outputs = {out};
+    n.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+    return n;
+  };
+  m.graph.nodes.push_back(conv("c1", "x", "w1", "h"));
+  Node pool;
+  pool.op_type = "MaxPool", pool.name = "pool", pool.inputs = {"h"}, pool.outputs = {"p"};
+  pool.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+  pool.attrs["strides"] = std::vector<int64_t>{2, 2};
+  m.graph.nodes.push_back(pool);
+  m.graph.nodes.push_back(conv("c2", "p", "w2", "y"));
+  const Dataset data = random_data({4, 2, 8, 8}, 53);
+  auto o = plain_options();
+  const ptq::Calibration cal = ptq::calibrate(m, data, o);
+  ASSERT_EQ(cal.shares.count("p"), 1u);
+
+  o.activation_bits = {{"p", 16}, {"x", 4}};
+  const auto res = ptq::build_quantized(cal, o);
+  double h_min = 0, h_max = 0;  // the float run's extremes of h, with 0 (an independent pass over the data)
+  (void)runtime::Executor(m).run({{"x", data.images}}, [&](const std::string& v, const Tensor& t) {
+    if (v != "h") return;
+    for (const float x : t.span<float>()) h_min = std::min<double>(h_min, x), h_max = std::max<double>(h_max, x);
+  });
+  ASSERT_LT(h_min, 0);
+  ASSERT_GT(h_max, 0);
+  EXPECT_EQ(res.model.opset(), 21);
+  const auto& g = res.model.graph;
+  auto q_of = [&](const std::string& v) -> const Node* {
+    for (const auto& n : g.nodes)
+      if (n.op_type == "QuantizeLinear" && n.inputs[0] == v) return &n;
+    return nullptr;
+  };
+  for (const char* v : {"x", "h", "p"}) ASSERT_NE(q_of(v), nullptr) << v;
+  for (const char* v : {"h", "p"}) {  // p asked for 16 bits; h shares its grid
+    const Tensor& z = *g.initializer(q_of(v)->input(2));
+    ASSERT_EQ(z.dtype(), DType::kUInt16) << v;
+    const double s16 = g.initializer(q_of(v)->input(1))->data<float>()[0];
+    const double zp16 = z.data<uint16_t>()[0];
+    EXPECT_NEAR(s16, (h_max - h_min) / 65535, 1e-6 * s16) << v;
+    EXPECT_NEAR(s16 * (0 - zp16), h_min, s16) << v;  // the zero point is rounded: within one 16-bit step
+    EXPECT_NEAR(s16 * (65535 - zp16), h_max, s16) << v;
+    EXPECT_LT(s16, cal.activation_params.at(v).scale[0] / 200) << v;
+  }
+  {  // x at 4 bits: the 8-bit grid's span on 16 levels (stored as uint8)
+    const Tensor& z = *g.initializer(q_of("x")->input(2));
+    ASSERT_EQ(z.dtype(), DType::kUInt8);
+    const double s4 = g.initializer(q_of("x")->input(1))->data<float>()[0], zp4 = z.data<uint8_t>()[0];
+    const quant::QuantParams& p8 = cal.activation_params.at("x");
+    const double lo = p8.scale[0] * (0 - p8.zero_point[0]), hi = p8.scale[0] * (255 - p8.zero_point[0]);
+    EXPECT_NEAR(s4, (hi - lo) / 15, 1e-6 * s4);
+    EXPECT_NEAR(s4 * (0 - zp4), lo, s4);
+    EXPECT_NEAR(s4 * (15 - zp4), hi, s4);
+  }
+  EXPECT_EQ(g.initializer(q_of("h")->input(1))->data<float>()[0], g.initializer(q_of("p")->input(1))->data<float>()[0]);
+
+  auto fails_naming = [&](ptq::PtqOptions bad, const std::string& what) {
+    try {
+      (void)ptq::build_quantized(cal, bad);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  auto bad = plain_options();
+  bad.activation_bits = {{"nope", 16}};
+  fails_naming(bad, "'nope'");
+  bad.activation_bits = {{"h", 12}};
+  fails_naming(bad, "12 bits");
+  auto float_h = plain_options();  // float_activations take precedence; p stays quantized on h's 16-bit grid
+  float_h.activation_bits = {{"h", 16}};
+  float_h.float_activations = {"h"};
+  const auto fres = ptq::build_quantized(cal, float_h);
+  bool h_quantized = false, p_16 = false;
+  for (const auto& n : fres.model.graph.nodes)
+    if (n.op_type == "QuantizeLinear") {
+      h_quantized |= n.inputs[0] == "h";
+      p_16 |= n.inputs[0] == "p" && fres.model.graph.initializer(n.input(2))->dtype() == DType::kUInt16;
+    }
+  EXPECT_FALSE(h_quantized);
+  EXPECT_TRUE(p_16);
+  bad.activation_bits = {{"h", 16}, {"p", 8}};
+  fails_naming(bad, "share one grid");
+}
+
 // Bias: int32, scale = s_in * s_w[c] (the float product), value = round_half_even(b / scale).
 TEST(PtqBias, Int32WithInputTimesWeightScale) {
   const Model m = single_layer("Conv", {5, 2, 3, 3}, {}, {4, 2, 6, 6}, true);

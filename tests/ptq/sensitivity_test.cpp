@@ -294,6 +294,65 @@ TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
   EXPECT_DOUBLE_EQ(sel.quant_verify, agreement_4d(y, ref, 1, std::nan("")));
 }
 
+// With a middle rung (act_fallback_bits 16) activations go uint8 -> uint16 -> float: every activation the climb
+// leaves float was at 16 bits first, the chosen 16-bit activations are in the selection (and the configuration
+// it applies), and the verification agreement is what a whole run of that model gets.
+TEST(Selection, SixteenBitRungComesBeforeFloat) {
+  const graph::Model m = dense_output_cnn(31, false);
+  const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
+                ver_data = test::tiny_cnn_inputs(64, 33);
+  ptq::PtqOptions base;
+  base.equalize = false;
+  base.bias_correction = false;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4, {}, 16);
+  ASSERT_GT(sel.steps, 0);
+  std::set<std::string> went_wide;
+  int wide_steps = 0;
+  for (const auto& l : sel.log) {
+    const auto at = l.find("activation ");
+    if (at == std::string::npos) continue;
+    const std::string rest = l.substr(at + 11), name = rest.substr(0, rest.find(' '));
+    if (l.find("-> 16-bit") != std::string::npos) went_wide.insert(name), ++wide_steps;
+    if (l.find("-> float") != std::string::npos) {
+      EXPECT_TRUE(went_wide.count(name)) << "straight to float: " << l;
+    }
+  }
+  EXPECT_GT(wide_steps, 0) << "no activation took the 16-bit rung";
+  // A move takes the activation's sharing group (pass-through ops keep one grid) with it.
+  auto root_of = [&](std::string v) {
+    while (cal.shares.count(v)) v = cal.shares.at(v);
+    return v;
+  };
+  std::set<std::string> wide_roots;
+  for (const auto& a : went_wide) wide_roots.insert(root_of(a));
+  for (const auto& [a, bits] : sel.activation_bits) {
+    EXPECT_EQ(bits, 16) << a;
+    EXPECT_TRUE(wide_roots.count(root_of(a))) << a;
+    EXPECT_FALSE(sel.float_activations.count(a)) << a;
+  }
+  for (const auto& a : went_wide) EXPECT_TRUE(sel.activation_bits.count(a) || sel.float_activations.count(a)) << a;
+  ASSERT_FALSE(cal.shares.empty()) << "this model should have a pass-through op (MaxPool)";
+  for (const auto& [v, r] : cal.shares)
+    if (wide_roots.count(root_of(v))) {
+      EXPECT_EQ(sel.activation_bits.count(v) + sel.float_activations.count(v), 1u) << v << " left behind";
+    }
+  const ptq::PtqOptions applied = ptq::apply_selection(base, sel);
+  EXPECT_EQ(applied.activation_bits, sel.activation_bits);
+  const graph::Model qm = ptq::build_quantized(cal, applied).model;
+  int uint16_q = 0;
+  for (const auto& n : qm.graph.nodes)
+    if (n.op_type == "QuantizeLinear" && !qm.graph.initializer(n.input(0))) {
+      uint16_q += qm.graph.initializer(n.input(2))->dtype() == DType::kUInt16;
+    }
+  EXPECT_GE(uint16_q, static_cast<int>(sel.activation_bits.size()));
+  EXPECT_EQ(uint16_q > 0, !sel.activation_bits.empty());
+  const Tensor ref = runtime::Executor(cal.model).run1(ver_data.images);
+  const Tensor y = runtime::Executor(qm).run1(ver_data.images);
+  EXPECT_DOUBLE_EQ(sel.quant_verify, agreement_4d(y, ref, 1, std::nan("")));
+  EXPECT_THROW(ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4, {}, 8), Error);
+}
+
 TEST(Selection, WeightBytesFollowTheChoice) {
   const ptq::WeightChoice i8 = ptq::WeightChoice::parse("int8 per-channel"), i4g = ptq::WeightChoice::parse("int4 per-group", 4),
                           f = ptq::WeightChoice::parse("fp32");

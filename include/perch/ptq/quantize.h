@@ -87,6 +87,16 @@ struct PtqOptions {
   std::set<std::string> float_nodes;    // node names whose weights stay float
   std::map<std::string, WeightOptions> layer_weights;  // per-node override of `weights` (selective quantization)
   std::set<std::string> float_activations;             // activation values left float
+  // Activation value -> bits (2..8 or 16) instead of activations.bits: mixed precision, e.g. 16-bit activations
+  // where 8 bits cost too much. More bits than activations.bits: the grid spans the values calibration saw
+  // (Calibration::activation_extremes, with 0), not the estimator's clipped range — clipping trades range for
+  // resolution at the calibrated bits, and a finer grid has resolution to spare (measured on PaddleOCR rec,
+  // docs/SELECTION.md). Fewer bits, or no recorded extremes: the calibrated grid's span [s (qmin - zp),
+  // s (qmax - zp)]. Parameters from choose_params() for that span. Applies to the value's whole sharing group
+  // (Calibration::shares: pass-through ops keep one grid); two different bits within a group, or a name that is
+  // not a calibrated activation, are errors. float_activations take precedence (sensitivity's variants leave
+  // all but one activation float over these bits). Bits above 8 write opset 21.
+  std::map<std::string, int> activation_bits;
   // Weight initializer -> parameters to use instead of the estimator's (QAT's learned step sizes). Must have
   // the layout `weights` / `layer_weights` give that weight.
   std::map<std::string, quant::QuantParams> weight_params;
@@ -154,6 +164,9 @@ struct Calibration {
   std::vector<std::string> targets;                  // quantizable activations, graph order
   std::map<std::string, std::string> shares;         // pass-through value -> value whose parameters it reuses
   std::map<std::string, quant::QuantParams> activation_params;
+  // Value -> the smallest and largest finite value calibration saw (after the chain-root clamps): the range of a
+  // grid wider than the calibrated one (PtqOptions::activation_bits); a calibration made without values has none.
+  std::map<std::string, std::pair<float, float>> activation_extremes;
   // Weight node -> (E[patch] per group, concatenated (Conv) or E[x] (Gemm), groups).
   std::map<std::string, std::pair<std::vector<double>, int64_t>> input_means;
   // Weight node -> per-output-channel value added to its bias after the analytic correction: what
@@ -173,7 +186,7 @@ struct Calibration {
 };
 
 // The activations build_quantized() quantizes (calibrated targets minus options.float_activations) and their
-// parameters.
+// parameters (at options.activation_bits where given).
 std::map<std::string, quant::QuantParams> quantized_activation_params(const Calibration& cal, const PtqOptions& options);
 // The parameters build_quantized() gives the float weight `w` of Conv/Gemm/MatMul node `n` of `m` under `wo`:
 // options.weight_params' if given, else the estimator's, with per-channel scales raised where a channel's
@@ -188,7 +201,8 @@ bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
 // layer_weights, so that a configuration chosen after calibrating rebuilds the same model), bias_correction, batch,
 // quantize_outputs.
 Calibration calibrate(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
-// Uses options.weights, layer_weights, float_nodes, float_activations, activations (bits), bias_correction.
+// Uses options.weights, layer_weights, float_nodes, float_activations, activation_bits, activations (bits),
+// bias_correction.
 PtqResult build_quantized(const Calibration& calibration, const PtqOptions& options);
 
 // Empirical bias correction (src/ptq/empirical_bc.cpp has the formula): runs the float model and the

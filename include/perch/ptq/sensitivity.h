@@ -15,7 +15,8 @@
 // Selection (`select_config`): each weight layer climbs a ladder of configurations ordered by the
 // preference (per-tensor: int8 per-tensor → int8 per-channel → fp32; small: int4 per-channel → int4
 // per-group → int8 per-channel → fp32; fast: int8 per-channel → fp32), each quantized activation a ladder
-// of two (quantized → float). All start on the first rung; while the drop on the selection split exceeds
+// of two (quantized → float), or of three with act_fallback_bits (e.g. uint8 → uint16 → float: mixed
+// precision, the middle rung's "alone" SQNR measured at those bits). All start on the first rung; while the drop on the selection split exceeds
 // the budget, the layer or activation whose current rung hurts most on its own (lowest "alone" SQNR)
 // moves up one rung. The result is then measured on a disjoint verification split; both numbers are
 // reported. The ranking is measured only when the first rung misses the budget, on at most 1 000 images
@@ -109,6 +110,7 @@ const char* preference_name(Preference p);
 struct Selection {
   std::map<std::string, WeightChoice> weights;  // node -> choice
   std::set<std::string> float_activations;
+  std::map<std::string, int> activation_bits;  // activations at other bits than the base options' (PtqOptions)
   // Top-1 accuracy on each split, or (unlabelled data) agreement with the float model, fp32 = 1.
   std::string metric = "top-1";
   double fp32_select = 0, quant_select = 0;      // on the selection split
@@ -118,8 +120,11 @@ struct Selection {
   std::vector<std::string> log;  // one line per decision
 };
 
+// act_fallback_bits: 0 (activations go from base.activations.bits straight to float) or the bits of a middle
+// rung (more than base.activations.bits; 16 for ONNX Runtime's uint16 Q/DQ, opset 21).
 Selection select_config(const Calibration& cal, const Dataset& select, const Dataset& verify, const PtqOptions& base,
-                        Preference prefer, double max_drop, int64_t group_size = 16, const Fidelity& fidelity = {});
+                        Preference prefer, double max_drop, int64_t group_size = 16, const Fidelity& fidelity = {},
+                        int act_fallback_bits = 0);
 
 // Applies a selection to options (per-layer weights, float layers and activations).
 PtqOptions apply_selection(const PtqOptions& base, const Selection& s);
