@@ -268,28 +268,11 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   const Dataset calib = calibration_sample(f, df, &calib_source);
 
   ptq::Calibration cal = ptq::calibrate(model, calib, opt);
-  if (f.auto_select) {
-    Dataset data = load_dataset(f.data, df.options());
-    PERCH_CHECK(data.size() >= 2, f.data, ": need at least 2 images to split into selection and verification parts");
-    const int64_t half = data.size() / 2;
-    const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
-    selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
-                                   f.group_size, f.fidelity(), f.act_fallback_bits);
-    opt = ptq::apply_selection(opt, *selection);
-    selection_report = selection_json(*selection, f);
-    if (!as_json && !quiet()) {
-      std::fprintf(stderr,
-                   "auto (--prefer %s, --max-drop %.2f pt, %s): selection split drop %.2f pt, verification split drop %.2f pt; "
-                   "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%; activations: %zu float, %zu at other bits\n",
-                   f.prefer.c_str(), f.max_drop, selection->metric.c_str(), 100 * (selection->fp32_select - selection->quant_select),
-                   100 * (selection->fp32_verify - selection->quant_verify), 100 * selection->int4_byte_fraction,
-                   100 * selection->per_tensor_layer_fraction, selection->float_activations.size(),
-                   selection->activation_bits.size());
-    }
-    if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
-  }
+  // AdaRound runs after the selection (which may change each layer's weight configuration), except under
+  // --prefer integer with float inputs: there every weight stays int8 per-channel and the rounding does not depend
+  // on which activations are quantized, so it runs first and the selection measures the weights the model will have.
   json adaround_report;
-  if (opt.adaround) {
+  auto run_adaround = [&] {
     const ptq::AdaRoundReport ar = ptq::round_weights_adaptively(cal, calib, opt);
     int64_t changed = 0, elements = 0, kept = 0;
     double before = 0, after = 0;
@@ -311,7 +294,31 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
                    "(sum over layers) %.4g -> %.4g, nearest kept for %lld layers (%.1fs)\n",
                    ar.layers.size(), static_cast<long long>(ar.images), static_cast<long long>(changed),
                    static_cast<long long>(elements), before, after, static_cast<long long>(kept), ar.seconds);
+  };
+  const bool adaround_first = opt.adaround && !opt.adaround_options.quantized_inputs && f.auto_select &&
+                              ptq::parse_preference(f.prefer) == ptq::Preference::kInteger;
+  if (adaround_first) run_adaround();
+  if (f.auto_select) {
+    Dataset data = load_dataset(f.data, df.options());
+    PERCH_CHECK(data.size() >= 2, f.data, ": need at least 2 images to split into selection and verification parts");
+    const int64_t half = data.size() / 2;
+    const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
+    selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
+                                   f.group_size, f.fidelity(), f.act_fallback_bits);
+    opt = ptq::apply_selection(opt, *selection);
+    selection_report = selection_json(*selection, f);
+    if (!as_json && !quiet()) {
+      std::fprintf(stderr,
+                   "auto (--prefer %s, --max-drop %.2f pt, %s): selection split drop %.2f pt, verification split drop %.2f pt; "
+                   "int4 share of weight bytes %.1f%%, per-tensor layers %.0f%%; activations: %zu float, %zu at other bits\n",
+                   f.prefer.c_str(), f.max_drop, selection->metric.c_str(), 100 * (selection->fp32_select - selection->quant_select),
+                   100 * (selection->fp32_verify - selection->quant_verify), 100 * selection->int4_byte_fraction,
+                   100 * selection->per_tensor_layer_fraction, selection->float_activations.size(),
+                   selection->activation_bits.size());
+    }
+    if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
+  if (opt.adaround && !adaround_first) run_adaround();
   json empirical_report;
   if (opt.bias_correction && opt.empirical_bias_correction) {
     const ptq::EmpiricalBiasReport er = ptq::correct_biases_empirically(cal, calib, opt);
@@ -665,7 +672,7 @@ int main(int argc, char** argv) {
                 "with --auto: activations climb to this many bits (e.g. 16) before float (0: straight to float)")
       ->capture_default_str();
   q->add_option("--max-drop", qf.max_drop, "with --auto: largest accepted drop (top-1, or agreement without labels), in points")->capture_default_str();
-  q->add_option("--prefer", qf.prefer, "with --auto: per-tensor | small | fast")->capture_default_str();
+  q->add_option("--prefer", qf.prefer, "with --auto: per-tensor | small | fast | integer (weights stay int8)")->capture_default_str();
   q->add_option("--data", qf.data,
                 "with --auto: data split into selection and verification halves; labelled (top-1 drop) or not "
                 "(agreement with the float model, --class-axis/--threshold)")

@@ -75,7 +75,8 @@ Preference parse_preference(const std::string& s) {
   if (s == "per-tensor") return Preference::kPerTensor;
   if (s == "small") return Preference::kSmall;
   if (s == "fast") return Preference::kFast;
-  PERCH_FAIL("--prefer '", s, "': expected per-tensor, small or fast");
+  if (s == "integer") return Preference::kInteger;
+  PERCH_FAIL("--prefer '", s, "': expected per-tensor, small, fast or integer");
 }
 
 const char* preference_name(Preference p) {
@@ -83,6 +84,7 @@ const char* preference_name(Preference p) {
     case Preference::kPerTensor: return "per-tensor";
     case Preference::kSmall: return "small";
     case Preference::kFast: return "fast";
+    case Preference::kInteger: return "integer";
   }
   return "?";
 }
@@ -474,6 +476,9 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
       break;
     case Preference::kFast:
       for (const char* l : {"int8 per-channel", "fp32"}) ladder.push_back(WeightChoice::parse(l, group_size));
+      break;
+    case Preference::kInteger:  // weights stay int8 per-channel: only activations move
+      ladder.push_back(WeightChoice::parse("int8 per-channel", group_size));
       break;
   }
   const auto layers = weight_layers(cal.model);

@@ -353,6 +353,46 @@ TEST(Selection, SixteenBitRungComesBeforeFloat) {
   EXPECT_THROW(ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4, {}, 8), Error);
 }
 
+// --prefer integer: every weight layer stays int8 per-channel whatever the budget; only activations move (here
+// budget 0, so they climb as far as they must: 16 bits, then float).
+TEST(Selection, IntegerPreferenceKeepsEveryWeightInt8) {
+  EXPECT_EQ(ptq::parse_preference("integer"), ptq::Preference::kInteger);
+  EXPECT_STREQ(ptq::preference_name(ptq::Preference::kInteger), "integer");
+  const graph::Model m = dense_output_cnn(31, false);
+  const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
+                ver_data = test::tiny_cnn_inputs(64, 33);
+  ptq::PtqOptions base;
+  base.equalize = false;
+  base.bias_correction = false;
+  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
+  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kInteger, 0.0, 4, {}, 16);
+  ASSERT_FALSE(sel.weights.empty());
+  for (const auto& [node, c] : sel.weights) EXPECT_EQ(c.label(), "int8 per-channel") << node;
+  ASSERT_GT(sel.steps, 0);
+  for (const auto& l : sel.log) EXPECT_EQ(l.find(": layer "), std::string::npos) << l;
+  EXPECT_FALSE(sel.activation_bits.empty() && sel.float_activations.empty());
+  // No activation skips the 16-bit rung: each one logged "-> float" had its group (cal.shares) moved to 16 bits first.
+  auto root_of = [&](std::string v) {
+    while (cal.shares.count(v)) v = cal.shares.at(v);
+    return v;
+  };
+  std::set<std::string> wide_roots;
+  int to_float = 0;
+  for (const auto& l : sel.log) {
+    const auto at = l.find("activation ");
+    if (at == std::string::npos) continue;
+    const std::string rest = l.substr(at + 11), name = rest.substr(0, rest.find(' '));
+    if (l.find("-> 16-bit") != std::string::npos) wide_roots.insert(root_of(name));
+    if (l.find("-> float") != std::string::npos) {
+      ++to_float;
+      EXPECT_TRUE(wide_roots.count(root_of(name))) << "straight to float: " << l;
+    }
+  }
+  EXPECT_GT(to_float, 0);
+  // Budget 0 on this model: met, or every activation float (nothing else can move).
+  EXPECT_TRUE(sel.quant_select >= 1.0 || sel.float_activations.size() == cal.targets.size()) << sel.quant_select;
+}
+
 TEST(Selection, WeightBytesFollowTheChoice) {
   const ptq::WeightChoice i8 = ptq::WeightChoice::parse("int8 per-channel"), i4g = ptq::WeightChoice::parse("int4 per-group", 4),
                           f = ptq::WeightChoice::parse("fp32");

@@ -103,7 +103,9 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
                               const std::vector<WeightChoice>& candidates, int64_t batch = 0,
                               SensitivityScope scope = {}, const Fidelity& fidelity = {});
 
-enum class Preference { kPerTensor, kSmall, kFast };
+// kInteger: every weight layer stays int8 per-channel (a one-rung ladder); only activations climb — with
+// act_fallback_bits, to wider integer grids before float.
+enum class Preference { kPerTensor, kSmall, kFast, kInteger };
 Preference parse_preference(const std::string& s);
 const char* preference_name(Preference p);
 
