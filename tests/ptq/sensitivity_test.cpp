@@ -266,21 +266,49 @@ TEST(Selection, ClimbsTheLadderUntilTheBudgetHoldsAndReportsBothSplits) {
   EXPECT_EQ(sel.steps + 1, static_cast<int>(sel.log.size()) - (sel.quant_select < 1.0 ? 1 : 0));
 }
 
-TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
+// The unlabelled selection tests' model and splits: a CNN with a dense output, agreement with the float model.
+struct UnlabelledSelection {
   const graph::Model m = dense_output_cnn(31, false);
   const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
                 ver_data = test::tiny_cnn_inputs(64, 33);
-  ptq::PtqOptions base;
-  base.equalize = false;
-  base.bias_correction = false;
+  const ptq::PtqOptions base = [] {
+    ptq::PtqOptions o;
+    o.equalize = false;
+    o.bias_correction = false;
+    return o;
+  }();
   const ptq::Calibration cal = ptq::calibrate(m, calib, base);
-  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4);
+  ptq::Selection select(ptq::Preference prefer, int act_fallback_bits = 0) const {
+    return ptq::select_config(cal, sel_data, ver_data, base, prefer, 0.0, 4, {}, act_fallback_bits);
+  }
+  std::string root_of(std::string v) const {  // the value whose grid v shares (Calibration::shares)
+    while (cal.shares.count(v)) v = cal.shares.at(v);
+    return v;
+  }
+};
+
+// The selection log's activation moves, in order: (name, "16-bit" | "float").
+std::vector<std::pair<std::string, std::string>> activation_moves(const ptq::Selection& sel) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& l : sel.log) {
+    const auto at = l.find("activation ");
+    if (at == std::string::npos) continue;
+    const std::string rest = l.substr(at + 11), name = rest.substr(0, rest.find(' '));
+    if (l.find("-> 16-bit") != std::string::npos) out.emplace_back(name, "16-bit");
+    if (l.find("-> float") != std::string::npos) out.emplace_back(name, "float");
+  }
+  return out;
+}
+
+TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
+  const UnlabelledSelection u;
+  const auto sel = u.select(ptq::Preference::kFast);
   EXPECT_EQ(sel.metric, "agreement");
   EXPECT_DOUBLE_EQ(sel.fp32_select, 1.0);
   EXPECT_DOUBLE_EQ(sel.fp32_verify, 1.0);
   ASSERT_GT(sel.steps, 0) << "every quantized configuration agreed everywhere: the budget was never tested";
   // Budget 0: met exactly, or nothing left to move (every layer and activation float).
-  bool all_float = sel.float_activations.size() == cal.targets.size();
+  bool all_float = sel.float_activations.size() == u.cal.targets.size();
   for (const auto& [n, c] : sel.weights) all_float &= c.is_float;
   EXPECT_TRUE(sel.quant_select >= 1.0 || all_float) << sel.quant_select;
   // On this model the activations' uint8 ranges hurt more than int8 per-channel weights: some went float.
@@ -289,8 +317,9 @@ TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
   for (const auto& l : sel.log) logged |= l.find("activation") != std::string::npos;
   EXPECT_TRUE(logged);
   // The reported verification agreement is what the chosen configuration really gets, by a whole run.
-  const Tensor ref = runtime::Executor(cal.model).run1(ver_data.images);
-  const Tensor y = runtime::Executor(ptq::build_quantized(cal, ptq::apply_selection(base, sel)).model).run1(ver_data.images);
+  const Tensor ref = runtime::Executor(u.cal.model).run1(u.ver_data.images);
+  const Tensor y =
+      runtime::Executor(ptq::build_quantized(u.cal, ptq::apply_selection(u.base, sel)).model).run1(u.ver_data.images);
   EXPECT_DOUBLE_EQ(sel.quant_verify, agreement_4d(y, ref, 1, std::nan("")));
 }
 
@@ -298,48 +327,32 @@ TEST(Selection, WithoutLabelsBudgetsAgreementAndLeavesActivationsFloat) {
 // leaves float was at 16 bits first, the chosen 16-bit activations are in the selection (and the configuration
 // it applies), and the verification agreement is what a whole run of that model gets.
 TEST(Selection, SixteenBitRungComesBeforeFloat) {
-  const graph::Model m = dense_output_cnn(31, false);
-  const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
-                ver_data = test::tiny_cnn_inputs(64, 33);
-  ptq::PtqOptions base;
-  base.equalize = false;
-  base.bias_correction = false;
-  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
-  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4, {}, 16);
+  const UnlabelledSelection u;
+  const auto sel = u.select(ptq::Preference::kFast, 16);
   ASSERT_GT(sel.steps, 0);
-  std::set<std::string> went_wide;
-  int wide_steps = 0;
-  for (const auto& l : sel.log) {
-    const auto at = l.find("activation ");
-    if (at == std::string::npos) continue;
-    const std::string rest = l.substr(at + 11), name = rest.substr(0, rest.find(' '));
-    if (l.find("-> 16-bit") != std::string::npos) went_wide.insert(name), ++wide_steps;
-    if (l.find("-> float") != std::string::npos) {
-      EXPECT_TRUE(went_wide.count(name)) << "straight to float: " << l;
+  // A move takes the activation's sharing group (pass-through ops keep one grid) with it.
+  std::set<std::string> went_wide, wide_roots;
+  for (const auto& [name, to] : activation_moves(sel)) {
+    if (to == "16-bit") went_wide.insert(name), wide_roots.insert(u.root_of(name));
+    if (to == "float") {
+      EXPECT_TRUE(wide_roots.count(u.root_of(name))) << "straight to float: " << name;
     }
   }
-  EXPECT_GT(wide_steps, 0) << "no activation took the 16-bit rung";
-  // A move takes the activation's sharing group (pass-through ops keep one grid) with it.
-  auto root_of = [&](std::string v) {
-    while (cal.shares.count(v)) v = cal.shares.at(v);
-    return v;
-  };
-  std::set<std::string> wide_roots;
-  for (const auto& a : went_wide) wide_roots.insert(root_of(a));
+  EXPECT_FALSE(went_wide.empty()) << "no activation took the 16-bit rung";
   for (const auto& [a, bits] : sel.activation_bits) {
     EXPECT_EQ(bits, 16) << a;
-    EXPECT_TRUE(wide_roots.count(root_of(a))) << a;
+    EXPECT_TRUE(wide_roots.count(u.root_of(a))) << a;
     EXPECT_FALSE(sel.float_activations.count(a)) << a;
   }
   for (const auto& a : went_wide) EXPECT_TRUE(sel.activation_bits.count(a) || sel.float_activations.count(a)) << a;
-  ASSERT_FALSE(cal.shares.empty()) << "this model should have a pass-through op (MaxPool)";
-  for (const auto& [v, r] : cal.shares)
-    if (wide_roots.count(root_of(v))) {
+  ASSERT_FALSE(u.cal.shares.empty()) << "this model should have a pass-through op (MaxPool)";
+  for (const auto& [v, r] : u.cal.shares)
+    if (wide_roots.count(u.root_of(v))) {
       EXPECT_EQ(sel.activation_bits.count(v) + sel.float_activations.count(v), 1u) << v << " left behind";
     }
-  const ptq::PtqOptions applied = ptq::apply_selection(base, sel);
+  const ptq::PtqOptions applied = ptq::apply_selection(u.base, sel);
   EXPECT_EQ(applied.activation_bits, sel.activation_bits);
-  const graph::Model qm = ptq::build_quantized(cal, applied).model;
+  const graph::Model qm = ptq::build_quantized(u.cal, applied).model;
   int uint16_q = 0;
   for (const auto& n : qm.graph.nodes)
     if (n.op_type == "QuantizeLinear" && !qm.graph.initializer(n.input(0))) {
@@ -347,10 +360,10 @@ TEST(Selection, SixteenBitRungComesBeforeFloat) {
     }
   EXPECT_GE(uint16_q, static_cast<int>(sel.activation_bits.size()));
   EXPECT_EQ(uint16_q > 0, !sel.activation_bits.empty());
-  const Tensor ref = runtime::Executor(cal.model).run1(ver_data.images);
-  const Tensor y = runtime::Executor(qm).run1(ver_data.images);
+  const Tensor ref = runtime::Executor(u.cal.model).run1(u.ver_data.images);
+  const Tensor y = runtime::Executor(qm).run1(u.ver_data.images);
   EXPECT_DOUBLE_EQ(sel.quant_verify, agreement_4d(y, ref, 1, std::nan("")));
-  EXPECT_THROW(ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kFast, 0.0, 4, {}, 8), Error);
+  EXPECT_THROW(u.select(ptq::Preference::kFast, 8), Error);  // the middle rung must be wider than 8 bits
 }
 
 // --prefer integer: every weight layer stays int8 per-channel whatever the budget; only activations move (here
@@ -358,39 +371,26 @@ TEST(Selection, SixteenBitRungComesBeforeFloat) {
 TEST(Selection, IntegerPreferenceKeepsEveryWeightInt8) {
   EXPECT_EQ(ptq::parse_preference("integer"), ptq::Preference::kInteger);
   EXPECT_STREQ(ptq::preference_name(ptq::Preference::kInteger), "integer");
-  const graph::Model m = dense_output_cnn(31, false);
-  const Dataset calib = test::tiny_cnn_inputs(48, 30), sel_data = test::tiny_cnn_inputs(64, 32),
-                ver_data = test::tiny_cnn_inputs(64, 33);
-  ptq::PtqOptions base;
-  base.equalize = false;
-  base.bias_correction = false;
-  const ptq::Calibration cal = ptq::calibrate(m, calib, base);
-  const auto sel = ptq::select_config(cal, sel_data, ver_data, base, ptq::Preference::kInteger, 0.0, 4, {}, 16);
+  const UnlabelledSelection u;
+  const auto sel = u.select(ptq::Preference::kInteger, 16);
   ASSERT_FALSE(sel.weights.empty());
   for (const auto& [node, c] : sel.weights) EXPECT_EQ(c.label(), "int8 per-channel") << node;
   ASSERT_GT(sel.steps, 0);
   for (const auto& l : sel.log) EXPECT_EQ(l.find(": layer "), std::string::npos) << l;
   EXPECT_FALSE(sel.activation_bits.empty() && sel.float_activations.empty());
-  // No activation skips the 16-bit rung: each one logged "-> float" had its group (cal.shares) moved to 16 bits first.
-  auto root_of = [&](std::string v) {
-    while (cal.shares.count(v)) v = cal.shares.at(v);
-    return v;
-  };
+  // No activation skips the 16-bit rung: each one moved to float had its group (cal.shares) at 16 bits first.
   std::set<std::string> wide_roots;
   int to_float = 0;
-  for (const auto& l : sel.log) {
-    const auto at = l.find("activation ");
-    if (at == std::string::npos) continue;
-    const std::string rest = l.substr(at + 11), name = rest.substr(0, rest.find(' '));
-    if (l.find("-> 16-bit") != std::string::npos) wide_roots.insert(root_of(name));
-    if (l.find("-> float") != std::string::npos) {
+  for (const auto& [name, to] : activation_moves(sel)) {
+    if (to == "16-bit") wide_roots.insert(u.root_of(name));
+    if (to == "float") {
       ++to_float;
-      EXPECT_TRUE(wide_roots.count(root_of(name))) << "straight to float: " << l;
+      EXPECT_TRUE(wide_roots.count(u.root_of(name))) << "straight to float: " << name;
     }
   }
   EXPECT_GT(to_float, 0);
   // Budget 0 on this model: met, or every activation float (nothing else can move).
-  EXPECT_TRUE(sel.quant_select >= 1.0 || sel.float_activations.size() == cal.targets.size()) << sel.quant_select;
+  EXPECT_TRUE(sel.quant_select >= 1.0 || sel.float_activations.size() == u.cal.targets.size()) << sel.quant_select;
 }
 
 TEST(Selection, WeightBytesFollowTheChoice) {
