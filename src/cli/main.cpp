@@ -251,11 +251,9 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
 
   std::optional<ptq::Selection> selection;
   json selection_report;
+  PERCH_CHECK(f.act_fallback_bits == 0 || f.auto_select, "--act-fallback-bits needs --auto");
   if (!f.config.empty()) {  // checked before the (slow) calibration
     PERCH_CHECK(!f.auto_select, "--config and --auto exclude each other");
-  }
-  PERCH_CHECK(f.act_fallback_bits == 0 || f.auto_select, "--act-fallback-bits needs --auto");
-  if (!f.config.empty()) {
     selection = selection_from_json(f.config);
     for (const auto& [node, c] : selection->weights) {
       bool found = false;

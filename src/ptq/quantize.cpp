@@ -813,16 +813,12 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     cal.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   for (const auto& v : cal.targets) {
-    std::string r = v;
-    while (cal.shares.count(r)) r = cal.shares.at(r);
+    const std::string r = cal.share_root(v);
     auto it = est.find(r);
     PERCH_CHECK(it != est.end() && !it->second.empty(), m.source, ": activation '", r,
                 "' was never computed during calibration (dead branch?)");
     cal.activation_params[v] = it->second.params();
-  }
-  for (const auto& v : cal.targets) {  // sharers: their root's extremes (pass-through ops keep one grid)
-    std::string r = v;
-    while (cal.shares.count(r)) r = cal.shares.at(r);
+    // sharers: their root's extremes too (pass-through ops keep one grid)
     if (auto ex = cal.activation_extremes.find(r); r != v && ex != cal.activation_extremes.end())
       cal.activation_extremes[v] = ex->second;
   }
@@ -936,10 +932,6 @@ quant::QuantParams activation_params_at(const quant::QuantParams& p, const quant
 std::map<std::string, quant::QuantParams> quantized_activation_params(const Calibration& cal, const PtqOptions& opt) {
   // activation_bits apply to a whole sharing group (pass-through values keep their root's grid): resolve each
   // name to its root first.
-  auto root_of = [&](std::string v) {
-    while (cal.shares.count(v)) v = cal.shares.at(v);
-    return v;
-  };
   std::map<std::string, std::pair<int, std::string>> group_bits;  // root -> (bits, the name that asked)
   if (!opt.activation_bits.empty()) {
     const std::set<std::string> targets(cal.targets.begin(), cal.targets.end());
@@ -948,7 +940,7 @@ std::map<std::string, quant::QuantParams> quantized_activation_params(const Cali
                   bits, " bits (2..8 or 16)");
       PERCH_CHECK(targets.count(v), cal.model.source, ": activation_bits: '", v,
                   "' is not a quantizable activation of this model (perch inspect / the report list them)");
-      const auto [it, fresh] = group_bits.emplace(root_of(v), std::make_pair(bits, v));
+      const auto [it, fresh] = group_bits.emplace(cal.share_root(v), std::make_pair(bits, v));
       PERCH_CHECK(fresh || it->second.first == bits, cal.model.source, ": activations '", it->second.second, "' and '",
                   v, "' share one grid (a pass-through op between them) but are given ", it->second.first, " and ",
                   bits, " bits");
@@ -958,14 +950,15 @@ std::map<std::string, quant::QuantParams> quantized_activation_params(const Cali
   for (const auto& v : cal.targets) {
     if (opt.float_activations.count(v)) continue;
     const quant::QuantParams& p = cal.activation_params.at(v);
-    auto gb = group_bits.find(root_of(v));
+    const std::string root = cal.share_root(v);
+    auto gb = group_bits.find(root);
     if (gb == group_bits.end() || gb->second.first == p.spec.bits) {
       aparams[v] = p;
       continue;
     }
     ActivationOptions ao = opt.activations;
     ao.bits = gb->second.first;
-    const auto ex = cal.activation_extremes.find(root_of(v));
+    const auto ex = cal.activation_extremes.find(root);
     aparams[v] = activation_params_at(p, activation_spec_impl(ao), ex == cal.activation_extremes.end() ? nullptr : &ex->second);
   }
   return aparams;

@@ -553,14 +553,10 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
     std::string to;
     if (worst_is_act && act_fallback_bits && !wide_acts.count(worst)) {
       // Bits apply to a sharing group (pass-through ops keep one grid): the whole group moves.
-      auto root_of = [&](std::string v) {
-        while (cal.shares.count(v)) v = cal.shares.at(v);
-        return v;
-      };
-      const std::string root = root_of(worst);
+      const std::string root = cal.share_root(worst);
       int moved = 0;
       for (const auto& v : cal.targets)
-        if (root_of(v) == root && !float_acts.count(v)) wide_acts[v] = act_fallback_bits, ++moved;
+        if (cal.share_root(v) == root && !float_acts.count(v)) wide_acts[v] = act_fallback_bits, ++moved;
       to = std::to_string(act_fallback_bits) + "-bit";
       if (moved > 1) to += " (with " + std::to_string(moved - 1) + " sharing its grid)";
     } else if (worst_is_act) {

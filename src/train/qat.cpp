@@ -724,8 +724,7 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
   const quant::QuantSpec aspec = ptq::activation_spec(popt.activations);
   for (const auto& v : cal.targets) {
     if (popt.float_activations.count(v) || g.is_graph_output(v)) continue;
-    std::string root = v;
-    while (cal.shares.count(root)) root = cal.shares.at(root);
+    const std::string root = cal.share_root(v);
     Node fq;
     fq.name = g.unique_name(v + "_fakequant");
     fq.op_type = "FakeQuantAct";

@@ -163,6 +163,11 @@ struct Calibration {
   graph::Model model;
   std::vector<std::string> targets;                  // quantizable activations, graph order
   std::map<std::string, std::string> shares;         // pass-through value -> value whose parameters it reuses
+  // The value whose grid `v` uses: v itself, or the end of its chain of `shares` (the root of its sharing group).
+  std::string share_root(std::string v) const {
+    while (shares.count(v)) v = shares.at(v);
+    return v;
+  }
   std::map<std::string, quant::QuantParams> activation_params;
   // Value -> the smallest and largest finite value calibration saw (after the chain-root clamps): the range of a
   // grid wider than the calibrated one (PtqOptions::activation_bits); a calibration made without values has none.
