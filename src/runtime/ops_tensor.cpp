@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "ops_typed.h"
+#include "perch/runtime/op_geometry.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -116,50 +117,8 @@ Tensor gather_strided(const Tensor& x, const Shape& out_shape, int64_t base, con
 
 std::vector<Tensor> slice(const Node& n, const Args& a, int64_t opset) {
   const Tensor& x = in(n, a, 0);
-  const int64_t r = x.rank();
-  std::vector<int64_t> starts, ends, axes, steps;
-  if (opset < 10) {
-    starts = n.attr_ints("starts");
-    ends = n.attr_ints("ends");
-    axes = n.attr_ints("axes");
-  } else {
-    starts = in(n, a, 1).to_i64_vector();
-    ends = in(n, a, 2).to_i64_vector();
-    if (has(a, 3)) axes = a[3]->to_i64_vector();
-    if (has(a, 4)) steps = a[4]->to_i64_vector();
-  }
-  PERCH_CHECK(starts.size() == ends.size(), "starts has ", starts.size(), " values, ends ", ends.size());
-  if (axes.empty())
-    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
-  if (steps.empty()) steps.assign(starts.size(), 1);
-  PERCH_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), "starts, ends, axes and steps differ in length (",
-              starts.size(), ", ", ends.size(), ", ", axes.size(), ", ", steps.size(), ")");
-  axes = detail::normalize_axes(axes, r);
-  const auto in_strides = strides_of(x.shape());
-  Shape ys = x.shape();
-  std::vector<int64_t> st = in_strides;
-  int64_t base = 0;
-  for (size_t i = 0; i < axes.size(); ++i) {
-    const int64_t ax = axes[i], d = x.dim(ax), step = steps[i];
-    PERCH_CHECK(step != 0, "step of axis ", ax, " is 0");
-    int64_t s = starts[i], e = ends[i];
-    if (s < 0) s += d;
-    if (e < 0) e += d;
-    int64_t len;
-    if (step > 0) {
-      s = std::clamp<int64_t>(s, 0, d);
-      e = std::clamp<int64_t>(e, 0, d);
-      len = e > s ? (e - s + step - 1) / step : 0;
-    } else {
-      s = std::clamp<int64_t>(s, 0, d - 1);
-      e = std::clamp<int64_t>(e, -1, d - 1);
-      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
-    }
-    ys[ax] = len;
-    st[ax] = in_strides[ax] * step;
-    if (len > 0) base += s * in_strides[ax];
-  }
-  return {gather_strided(x, ys, base, st)};
+  const SliceView v = slice_view(n, a, opset, x.shape());
+  return {gather_strided(x, v.shape, v.base, v.strides)};
 }
 
 // ---- Pad ---------------------------------------------------------------------------------------------

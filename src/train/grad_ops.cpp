@@ -85,10 +85,9 @@ std::vector<int64_t> bcast_strides(const Shape& shape, const Shape& out) {
   return st;
 }
 
-// Calls fn(i, k) for every flat index i of `out` with k the flat index of the broadcast source of `shape`.
+// Calls fn(i, k) for every flat index i of `out` with k = sum_d idx[d] * st[d] (idx: i's multi-index).
 template <typename F>
-void for_each_bcast(const Shape& shape, const Shape& out, F&& fn) {
-  const auto st = bcast_strides(shape, out);
+void for_each_strided(const Shape& out, const std::vector<int64_t>& st, F&& fn) {
   const int64_t total = checked_numel(out);
   if (total == 0) return;
   const size_t r = out.size();
@@ -107,6 +106,12 @@ void for_each_bcast(const Shape& shape, const Shape& out, F&& fn) {
       idx[du] = 0;
     }
   }
+}
+
+// Calls fn(i, k) for every flat index i of `out` with k the flat index of the broadcast source of `shape`.
+template <typename F>
+void for_each_bcast(const Shape& shape, const Shape& out, F&& fn) {
+  for_each_strided(out, bcast_strides(shape, out), fn);
 }
 
 // Sums g (shape `out`) over the dimensions where `shape` was broadcast: the gradient of a broadcast read.
@@ -472,6 +477,80 @@ std::vector<Tensor> concat_grad(const GradArgs& a) {
   return out;
 }
 
+// Slice: each element of x is read at most once, so dx is g at the elements read and 0 elsewhere.
+std::vector<Tensor> slice_grad(const GradArgs& a) {
+  const Tensor& x = input(a, 0);
+  const Tensor& g = dy(a);
+  const runtime::SliceView v = runtime::slice_view(a.node, a.inputs, a.opset, x.shape());
+  Tensor dx(DType::kFloat32, x.shape());
+  float* d = dx.data<float>() + v.base;
+  const float* gd = g.data<float>();
+  for_each_strided(v.shape, v.strides, [&](int64_t i, int64_t k) { d[k] = gd[i]; });
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = dx;
+  return out;
+}
+
+// Cast between float32 values is the identity; a cast to or from another type has no gradient (refused:
+// the Tape only asks when a parameter reaches it).
+std::vector<Tensor> cast_grad(const GradArgs& a) {
+  PERCH_CHECK(output(a).dtype() == DType::kFloat32, a.node.describe(), ": a cast to ", dtype_name(output(a).dtype()),
+              " is not differentiable");
+  return reshape_grad(a);
+}
+
+// ---- reductions ----
+
+// ReduceMean / ReduceSum: dx[i] = g[the output element x[i] is reduced into] (/ count for the mean). Axes:
+// attribute before opset 18 (ReduceSum: 13), input 1 after; none = every axis, or none at all when
+// noop_with_empty_axes = 1 (then y = x).
+std::vector<Tensor> reduce_linear_grad(const GradArgs& a, bool mean, int64_t axes_input_opset) {
+  const Tensor& x = input(a, 0);
+  const Tensor& g = dy(a);
+  std::vector<int64_t> axes;
+  const bool from_input = a.opset >= axes_input_opset;
+  if (!from_input) axes = a.node.attr_ints("axes");
+  else if (a.inputs.size() > 1 && a.inputs[1]) axes = a.inputs[1]->to_i64_vector();
+  const int64_t r = x.rank();
+  std::vector<bool> reduced(static_cast<size_t>(r), axes.empty());
+  if (axes.empty() && from_input && a.node.attr_int("noop_with_empty_axes", 0) != 0) reduced.assign(reduced.size(), false);
+  for (int64_t ax : axes) {
+    PERCH_CHECK(ax >= -r && ax < r, a.node.describe(), ": axis ", ax, " is out of range for rank ", r);
+    reduced[static_cast<size_t>(ax < 0 ? ax + r : ax)] = true;
+  }
+  Shape kept = x.shape();
+  int64_t count = 1;
+  for (int64_t d = 0; d < r; ++d)
+    if (reduced[static_cast<size_t>(d)]) count *= kept[static_cast<size_t>(d)], kept[static_cast<size_t>(d)] = 1;
+  const float scale = mean ? 1.0f / static_cast<float>(std::max<int64_t>(1, count)) : 1.0f;
+  Tensor dx = expand_to(g.reshaped(kept), x.shape());
+  if (scale != 1.0f) dx = scaled(dx, scale);
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = dx;
+  return out;
+}
+
+// y = x^b (NumPy broadcasting): dx = g b x^(b - 1); db = g y ln x where x > 0 (0 elsewhere: a negative base
+// has a real power only for integer b, where the exponent is not differentiable).
+std::vector<Tensor> pow_grad(const GradArgs& a) {
+  const Tensor& g = dy(a);
+  const Tensor x = expand_to(input(a, 0), g.shape()), b = expand_to(input(a, 1), g.shape());
+  const float *gd = g.data<float>(), *xd = x.data<float>(), *bd = b.data<float>(), *yd = output(a).data<float>();
+  std::vector<Tensor> out(2);
+  if (wants(a, 0)) {
+    Tensor t = Tensor::uninitialized(DType::kFloat32, g.shape());
+    for (int64_t i = 0; i < g.numel(); ++i)
+      t.data<float>()[i] = bd[i] == 0.0f ? 0.0f : gd[i] * bd[i] * std::pow(xd[i], bd[i] - 1.0f);
+    out[0] = reduce_to(t, input(a, 0).shape());
+  }
+  if (wants(a, 1)) {
+    Tensor t = Tensor::uninitialized(DType::kFloat32, g.shape());
+    for (int64_t i = 0; i < g.numel(); ++i) t.data<float>()[i] = xd[i] > 0.0f ? gd[i] * yd[i] * std::log(xd[i]) : 0.0f;
+    out[1] = reduce_to(t, input(a, 1).shape());
+  }
+  return out;
+}
+
 // ---- softmax ----
 
 // Softmax groups: opset >= 13 normalizes along one axis (default -1); before 13 the input is viewed as
@@ -564,6 +643,14 @@ void register_grad_ops(GradRegistry& r) {
     r.add(t, "", op(reshape_grad, {1, 2}));
   r.add("Transpose", "", op(transpose_grad));
   r.add("Concat", "", op(concat_grad));
+  r.add("Slice", "", op(slice_grad, {1, 2, 3, 4}));
+  r.add("Cast", "", op(cast_grad));
+  // Shape (and Size) read only the input's dimensions: nothing flows back.
+  for (const char* t : {"Shape", "Size"}) r.add(t, "", op([](const GradArgs& a) { return std::vector<Tensor>(a.inputs.size()); }, {0}));
+  r.add("ReduceMean", "", op([](const GradArgs& a) { return reduce_linear_grad(a, true, 18); }, {1}));
+  r.add("ReduceSum", "", op([](const GradArgs& a) { return reduce_linear_grad(a, false, 13); }, {1}));
+  r.add("Pow", "", op(pow_grad));
+  r.add("Sqrt", "", op([](const GradArgs& a) { return unary(a, [](float, float y, float g) { return 0.5f * g / y; }); }));
   r.add("Softmax", "", op([](const GradArgs& a) { return softmax_grad(a, false); }));
   r.add("LogSoftmax", "", op([](const GradArgs& a) { return softmax_grad(a, true); }));
 }

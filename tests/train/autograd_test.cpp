@@ -554,6 +554,88 @@ TEST(Gradients, ShapeOps) {
   }
 }
 
+// The ops of exported layer norms and attention (ReduceMean/Pow/Sqrt, Slice, Cast) and a dynamic reshape
+// whose target shape is computed from Shape (no gradient flows into shapes).
+TEST(Gradients, SliceOverAttributesAndInputsWithSteps) {
+  std::mt19937 rng(17);
+  {
+    Builder b(9);  // starts/ends/axes as attributes; end past the dim is clamped
+    b.input("x", random_tensor({2, 5, 4}, rng));
+    Node& n = b.node("Slice", {"x"});
+    n.attrs["starts"] = std::vector<int64_t>{1, -3};
+    n.attrs["ends"] = std::vector<int64_t>{100, -1};
+    n.attrs["axes"] = std::vector<int64_t>{1, 2};
+    gradcheck(b.finish(), 1e-2);
+  }
+  for (int64_t step : {2, -2}) {
+    Builder b(13);
+    b.input("x", random_tensor({3, 7}, rng));
+    b.param("starts", Tensor::from<int64_t>({1}, std::vector<int64_t>{step > 0 ? 1 : 6}), false);
+    b.param("ends", Tensor::from<int64_t>({1}, std::vector<int64_t>{step > 0 ? 7 : 0}), false);
+    b.param("axes", Tensor::from<int64_t>({1}, std::vector<int64_t>{-1}), false);
+    b.param("steps", Tensor::from<int64_t>({1}, std::vector<int64_t>{step}), false);
+    b.node("Slice", {"x", "starts", "ends", "axes", "steps"});
+    SCOPED_TRACE("step " + std::to_string(step));
+    gradcheck(b.finish(), 1e-2);
+  }
+}
+
+TEST(Gradients, LayerNormPiecesReduceMeanPowSqrt) {
+  std::mt19937 rng(18);
+  for (int64_t opset : {13, 18})
+    for (int64_t keep : {0, 1}) {
+      Builder b(opset);
+      b.input("x", random_tensor({2, 3, 4}, rng));
+      std::vector<std::string> ins{"x"};
+      if (opset >= 18) ins.push_back(b.param("axes", Tensor::from<int64_t>({2}, std::vector<int64_t>{-1, 0}), false));
+      Node& n = b.node("ReduceMean", ins);
+      n.attrs["keepdims"] = keep;
+      if (opset < 18) n.attrs["axes"] = std::vector<int64_t>{-1, 0};
+      SCOPED_TRACE("ReduceMean opset " + std::to_string(opset) + " keepdims " + std::to_string(keep));
+      gradcheck(b.finish(), 1e-2);
+    }
+  {
+    Builder b(13);  // ReduceSum, every axis (no axes input)
+    b.input("x", random_tensor({2, 3}, rng));
+    b.node("ReduceSum", {"x"});
+    gradcheck(b.finish(), 1e-2);
+  }
+  {
+    Builder b(13);  // x^b with a broadcast exponent; both gradients (positive base for d/db)
+    b.input("x", random_tensor({2, 3}, rng, 0.5f, 2.0f));
+    b.param("e", random_tensor({3}, rng, 0.5f, 3.0f));
+    b.node("Pow", {"x", "e"});
+    gradcheck(b.finish(), 1e-3);
+  }
+  {
+    Builder b(13);
+    b.input("x", random_tensor({2, 3}, rng, 0.5f, 2.0f));
+    b.node("Sqrt", {"x"});
+    gradcheck(b.finish(), 1e-3);
+  }
+}
+
+TEST(Gradients, ShapeComputedReshapeAndFloatCast) {
+  std::mt19937 rng(19);
+  Builder b(13);
+  b.input("x", random_tensor({2, 3, 4}, rng));
+  b.param("w", random_tensor({4, 4}, rng));
+  b.node("MatMul", {"x", "w"});
+  const std::string y = b.m.graph.nodes.back().outputs[0];
+  b.node("Shape", {y});
+  const std::string shape = b.m.graph.nodes.back().outputs[0];
+  b.param("s0", Tensor::from<int64_t>({1}, std::vector<int64_t>{0}), false);
+  b.param("s1", Tensor::from<int64_t>({1}, std::vector<int64_t>{1}), false);
+  b.node("Slice", {shape, "s0", "s1"});  // [2]
+  const std::string n0 = b.m.graph.nodes.back().outputs[0];
+  b.param("minus1", Tensor::from<int64_t>({1}, std::vector<int64_t>{-1}), false);
+  b.node("Concat", {n0, "minus1"}).attrs["axis"] = int64_t{0};
+  const std::string target = b.m.graph.nodes.back().outputs[0];
+  b.node("Cast", {y}).attrs["to"] = int64_t{1};  // float32 -> float32
+  b.node("Reshape", {b.m.graph.nodes.back().outputs[0], target});
+  gradcheck(b.finish(), 1e-3);
+}
+
 TEST(Gradients, SoftmaxAxisSemanticsBeforeAndAfter13) {
   std::mt19937 rng(12);
   for (int64_t opset : {11, 13})
