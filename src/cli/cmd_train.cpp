@@ -101,6 +101,11 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
   auto calib = std::make_shared<int64_t>(1024);
   auto group = std::make_shared<int64_t>(16);
   auto freeze_bn = std::make_shared<float>(0.5f);
+  auto freeze_ranges = std::make_shared<float>(0.8f);
+  auto distill = std::make_shared<bool>(false);
+  auto act_estimator = std::make_shared<std::string>("minmax");
+  auto ptq_biases = std::make_shared<bool>(false), empirical_bc = std::make_shared<bool>(false);
+  auto percentile = std::make_shared<double>(99.99);
   q->add_option("model", *model, "float ONNX model")->required();
   q->add_option("--weights", *weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
   q->add_option("--weight-bits", *wbits, "weight bits (2..8)")->capture_default_str();
@@ -112,6 +117,19 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
                 "fraction of the steps that use BN batch statistics (Conv->BN pairs of the model); then running "
                 "statistics, frozen. 0: BN folded before training")
       ->capture_default_str();
+  q->add_option("--freeze-ranges", *freeze_ranges,
+                "fraction of the steps after which activation ranges stop following the batches (0: the calibrated "
+                "ranges throughout)")
+      ->capture_default_str();
+  q->add_option("--act-estimator", *act_estimator, "initial activation ranges: minmax|last|ema|percentile|mse|entropy")
+      ->capture_default_str();
+  q->add_option("--percentile", *percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  q->add_flag("--ptq-biases", *ptq_biases,
+              "start from the biases of perch quantize's bias correction (training starts at the bias-corrected PTQ model)");
+  q->add_flag("--empirical-bias-correction", *empirical_bc, "with --ptq-biases: the empirical bias correction too");
+  q->add_flag("--distill", *distill,
+              "train without labels: match the float model's outputs (KL of an output softmax per row, else MSE); "
+              "--data may be unlabelled (e.g. the calibration .npy)");
   qf->add(q);
   q->add_flag("--json", as_json, "print a JSON summary on stdout");
 
@@ -170,6 +188,13 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       o.calib_images = *calib;
       o.learn_scales = *learn;
       o.freeze_bn = *freeze_bn;
+      o.freeze_ranges = *freeze_ranges;
+      o.distill = *distill;
+      PERCH_CHECK(!*empirical_bc || *ptq_biases, "--empirical-bias-correction needs --ptq-biases");
+      o.init_ptq_biases = *ptq_biases;
+      o.ptq.empirical_bias_correction = *empirical_bc;
+      o.ptq.activations.estimator.kind = quant::parse_estimator(*act_estimator);
+      o.ptq.activations.estimator.percentile = *percentile;
       o.train = qf->options(0.1f);
       double fp32 = -1;
       if (ev) {

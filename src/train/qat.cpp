@@ -1,4 +1,5 @@
 #include "perch/train/qat.h"
+#include "perch/train/distill.h"
 
 #include <algorithm>
 #include <cmath>
@@ -700,15 +701,66 @@ void register_qat_ops(GradRegistry& r) {
   r.add("BnBatchCorrection", kDomain, GradOp{bn_correction_backward, bn_correction_forward, {1, 4, 5, 6}});
 }
 
+namespace {
+
+// QatOptions::init_ptq_biases: the biases of the QDQ model PTQ builds from this calibration with bias
+// correction (and the empirical one when o.ptq asks for it) become the training graph's initial biases. The
+// fake-quant weights at step 0 are PTQ's (same specs, same ranges), so training starts from the bias-corrected
+// PTQ model rather than from the uncorrected one; the export then writes the trained biases (its own bias
+// correction stays off). Layers whose bias the training graph computes (kept BN) or that have no bias keep theirs.
+void init_biases_from_ptq(QatGraph& q, const Dataset& calib, const QatOptions& o) {
+  ptq::Calibration cal = q.calibration;
+  ptq::PtqOptions popt = o.ptq;
+  popt.bias_correction = true;
+  if (popt.empirical_bias_correction) (void)ptq::correct_biases_empirically(cal, calib, popt);
+  const graph::Model built = ptq::build_quantized(cal, popt).model;
+  const auto& bg = built.graph;
+  auto& g = q.model.graph;
+  for (const Node& n : bg.nodes) {
+    if ((n.op_type != "Conv" && n.op_type != "Gemm") || n.input(2).empty()) continue;
+    const Node* orig = nullptr;
+    for (const Node& c : q.calibration.model.graph.nodes)
+      if (c.name == n.name) orig = &c;
+    if (!orig || orig->input(2).empty() || !g.initializers.count(orig->input(2))) continue;
+    Tensor& b = g.initializers.at(orig->input(2));
+    // The built bias: a float initializer, or DequantizeLinear(int32 q, scale) = q * scale (per channel).
+    Tensor v;
+    if (const Tensor* f = bg.initializer(n.input(2))) {
+      v = f->to_f32();
+    } else {
+      const Node* dq = nullptr;
+      for (const Node& c : bg.nodes)
+        if (c.op_type == "DequantizeLinear" && c.outputs[0] == n.input(2)) dq = &c;
+      const Tensor* qv = dq ? bg.initializer(dq->input(0)) : nullptr;
+      const Tensor* sv = dq ? bg.initializer(dq->input(1)) : nullptr;
+      if (!qv || !sv) continue;
+      const Tensor qf = qv->to_f32(), sf = sv->to_f32();
+      v = Tensor(DType::kFloat32, qf.shape());
+      for (int64_t c = 0; c < qf.numel(); ++c)
+        v.data<float>()[c] = qf.data<float>()[c] * sf.data<float>()[sf.numel() == 1 ? 0 : c];
+    }
+    PERCH_CHECK(v.numel() == b.numel(), q.model.source, ": ", n.describe(), ": PTQ's bias has ", v.numel(),
+                " values, the training graph's ", b.numel());
+    std::copy(v.data<float>(), v.data<float>() + v.numel(), b.data<float>());
+  }
+}
+
+}  // namespace
+
 QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& o) {
   QatGraph q;
   q.ptq = o.ptq;
   q.ptq.bias_correction = false;
-  // The kept-BN form re-applies cross-layer equalization's per-channel scales to the weights it folds
-  // (keep_batchnorm); the depthwise-input scales are not among them, and training adapts the ranges anyway.
-  q.ptq.equalize_depthwise = false;
+  // The kept-BN form (freeze_bn > 0) re-applies cross-layer equalization's per-channel scales to the weights it
+  // folds (keep_batchnorm); the depthwise-input scales are not among them, so that form goes without them
+  // (training adapts the ranges). BN folded before training: the calibrated model as PTQ makes it.
+  if (o.freeze_bn > 0.0f) q.ptq.equalize_depthwise = false;
   const ptq::PtqOptions& popt = q.ptq;
-  q.calibration = ptq::calibrate(model, calib, popt);
+  {
+    ptq::PtqOptions copt = popt;
+    copt.bias_correction = o.init_ptq_biases;  // then calibration also gathers what bias correction needs
+    q.calibration = ptq::calibrate(model, calib, copt);
+  }
   const ptq::Calibration& cal = q.calibration;
   // ---- The training graph: the canonical model plus fake-quant nodes where the export puts Q/DQ.
   q.model = cal.model;
@@ -748,6 +800,8 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
       g.initializers[base + ".lo"] = Tensor::from<float>({1}, std::vector<float>{lo});
       g.initializers[base + ".hi"] = Tensor::from<float>({1}, std::vector<float>{hi});
       if (o.learn_scales) params.push_back(base + ".scale");
+      // freeze_ranges <= 0: the calibrated ranges throughout (no batch moves them, not even the first).
+      if (o.freeze_ranges <= 0.0f) fq.attrs["frozen"] = int64_t{1};
     }
     fq.inputs = {v, base + ".scale", base + ".zero_point", base + ".lo", base + ".hi"};
     fq.outputs = {g.unique_name(v + "_fq")};
@@ -811,6 +865,7 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
     for (const BnPair& p : find_bn_pairs(model)) q.bn_kept += keep_batchnorm(g, p, cal.equalization, params) ? 1 : 0;
   g.toposort();
   tm.source = model.source + " (QAT)";
+  if (o.init_ptq_biases) init_biases_from_ptq(q, calib, o);
 
   return q;
 }
@@ -861,16 +916,25 @@ void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t t
 
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,
                                       const Dataset* eval) {
-  PERCH_CHECK(train_data.has_labels(), train_data.name, ": QAT needs labelled training data");
+  PERCH_CHECK(o.distill || train_data.has_labels(), train_data.name,
+              ": QAT needs labelled training data (or distillation from the float model: --distill)");
   QatResult res;
   const int64_t ncal = std::min(o.calib_images, train_data.size());
   QatGraph q = prepare_qat(model, sample(train_data, ncal, o.train.seed), o);
+  TrainOptions to = o.train;
+  if (o.distill) {
+    // Student and teacher cut at the same place; the teacher is the canonical float model PTQ calibrated.
+    const OutputCut cut = cut_before_output_softmax(q.model);
+    graph::Model teacher = q.calibration.model;
+    const OutputCut tcut = cut_before_output_softmax(teacher);
+    PERCH_CHECK(cut.softmax == tcut.softmax, model.source, ": the training graph and the float model end differently");
+    to.objective = distillation_objective(std::move(teacher), cut);
+  }
   if (eval) {
     const runtime::Executor before(ptq::build_quantized(q.calibration, q.ptq).model);
     res.ptq_accuracy = ptq::evaluate(before, *eval, 256, "PTQ (before QAT)").accuracy();
   }
   Tape tape(q.model, q.params);
-  TrainOptions to = o.train;
   to.label = "QAT";
   const auto user_step = to.on_step;
   to.on_step = [&](int64_t step, int64_t total) {

@@ -36,7 +36,7 @@ void augment_copy(const float* src, float* dst, int64_t c, int64_t h, int64_t w,
 }  // namespace
 
 std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o, const std::function<double()>& evaluate) {
-  PERCH_CHECK(data.has_labels(), data.name, ": training needs labels");
+  PERCH_CHECK(o.objective || data.has_labels(), data.name, ": training needs labels (or a custom objective)");
   PERCH_CHECK(o.batch > 1, "batch size must be > 1 (BatchNormalization needs batch statistics)");
   PERCH_CHECK(o.epochs > 0, "epochs must be positive");
   const auto& g = tape.model().graph;
@@ -70,7 +70,7 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
     const int64_t steps = std::min(per_epoch, total - step);
     Progress bar(o.label + " epoch " + std::to_string(epoch) + "/" + std::to_string(o.epochs), steps);
     double loss_sum = 0.0;
-    int64_t correct = 0, seen = 0;
+    int64_t correct = 0, seen = 0, items = 0;
     for (int64_t s = 0; s < steps; ++s, ++step) {
       const int64_t b0 = s * o.batch, bn = std::min(o.batch, n - b0);
       in_shape[0] = bn;
@@ -78,7 +78,7 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
       std::vector<int64_t> labels(static_cast<size_t>(bn));
       for (int64_t i = 0; i < bn; ++i) {
         const int64_t idx = order[static_cast<size_t>(b0 + i)];
-        labels[static_cast<size_t>(i)] = data.labels[static_cast<size_t>(idx)];
+        if (!o.objective) labels[static_cast<size_t>(i)] = data.labels[static_cast<size_t>(idx)];
         const bool flip = o.flip && spatial && (rng.next() & 1);
         int64_t dy = 0, dx = 0;
         if (o.shift > 0 && spatial) {
@@ -90,28 +90,36 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
       TensorMap out = tape.forward({{in_name, x}}, true);
       const Tensor& logits = out.at(out_name);
       Tensor dl;
-      const double loss = softmax_cross_entropy(logits, labels, &dl, o.label_smoothing);
+      BatchLoss bl;
+      if (o.objective) {
+        bl = o.objective(x, logits, dl);
+      } else {
+        bl.loss = softmax_cross_entropy(logits, labels, &dl, o.label_smoothing);
+        const float* ld = logits.data<float>();
+        const int64_t k = logits.dim(1);
+        for (int64_t i = 0; i < bn; ++i)
+          bl.correct += std::max_element(ld + i * k, ld + (i + 1) * k) - (ld + i * k) == labels[static_cast<size_t>(i)];
+        bl.count = bn;
+      }
+      const double loss = bl.loss;
       PERCH_CHECK(std::isfinite(loss), o.label, ": the loss became ", loss, " at step ", step + 1,
                   " (learning rate too high?)");
       tape.backward({{out_name, dl}});
       opt.step(tape, o.schedule.at(o.optimizer.lr, step, total));
       if (o.on_step) o.on_step(step, total);
       loss_sum += loss * static_cast<double>(bn);
-      const float* ld = logits.data<float>();
-      const int64_t k = logits.dim(1);
-      for (int64_t i = 0; i < bn; ++i)
-        correct += std::max_element(ld + i * k, ld + (i + 1) * k) - (ld + i * k) == labels[static_cast<size_t>(i)];
+      correct += bl.correct, items += bl.count;
       seen += bn;
       char extra[96];
       std::snprintf(extra, sizeof extra, "loss %.4f acc %.4f", loss_sum / static_cast<double>(seen),
-                    static_cast<double>(correct) / static_cast<double>(seen));
+                    static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(1, items)));
       bar.update(s + 1, extra);
     }
     EpochLog log;
     log.epoch = epoch;
     log.steps = steps;
     log.loss = seen ? loss_sum / static_cast<double>(seen) : 0.0;
-    log.train_accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0.0;
+    log.train_accuracy = items ? static_cast<double>(correct) / static_cast<double>(items) : 0.0;
     log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     char extra[128];
     std::snprintf(extra, sizeof extra, "loss %.4f acc %.4f, %.1f s", log.loss, log.train_accuracy, log.seconds);

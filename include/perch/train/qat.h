@@ -50,10 +50,16 @@ struct QatOptions {
   TrainOptions train;            // epochs, batch, optimizer (default: SGD-free AdamW, small lr)
   bool learn_scales = false;     // LSQ step sizes for weights and activations
   float ema_momentum = 0.99f;    // activation range EMA
-  float freeze_ranges = 0.8f;    // fraction of the steps after which activation ranges stop moving
+  float freeze_ranges = 0.8f;    // fraction of the steps after which activation ranges stop moving (<= 0: never move)
   // Fraction of the steps trained with BN batch statistics (models with unfolded Conv -> BN; at least one
   // step when > 0); <= 0: BN folded before training.
   float freeze_bn = 0.5f;
+  // Train without labels: the float model is the teacher (perch/train/distill.h: KL of the output softmax per
+  // row, or MSE of other outputs); train.objective is set by quantization_aware_training.
+  bool distill = false;
+  // Start from the biases of PTQ's bias correction (ptq.bias_correction; ptq.empirical_bias_correction adds the
+  // empirical one) instead of the float model's: training starts at the bias-corrected PTQ model.
+  bool init_ptq_biases = false;
 };
 
 struct QatResult {
@@ -80,7 +86,8 @@ ptq::PtqResult export_qat(const QatGraph& q);
 // freeze_ranges of the steps, BN statistics after freeze_bn of them (BnBatchCorrection nodes become the identity).
 void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t total);
 
-// `eval`: optional labelled data for the accuracies above (evaluated before and after training).
+// `eval`: optional labelled data for the accuracies above (evaluated before and after training). With
+// options.distill, `train_data` needs no labels.
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& options,
                                       const Dataset* eval = nullptr);
 

@@ -17,6 +17,15 @@
 
 namespace perch::train {
 
+// A custom training objective (e.g. distillation, perch/train/distill.h): for a batch input and the model's
+// first output, the loss (mean over the batch), dL/d(output) in `grad`, and for the progress line how many
+// of `count` items the model got right (the objective defines what an item and "right" are).
+struct BatchLoss {
+  double loss = 0;
+  int64_t correct = 0, count = 0;
+};
+using Objective = std::function<BatchLoss(const Tensor& input, const Tensor& output, Tensor& grad)>;
+
 struct TrainOptions {
   int64_t epochs = 1;
   int64_t batch = 128;
@@ -28,6 +37,8 @@ struct TrainOptions {
   float label_smoothing = 0.0f;
   uint64_t seed = 1;
   std::string label = "train";  // progress label
+  // Null: softmax cross-entropy on the data's labels (label_smoothing); otherwise this, and labels are not needed.
+  Objective objective;
   // Called after every optimizer step (QAT uses it to freeze ranges / BN late in training).
   std::function<void(int64_t step, int64_t total)> on_step;
 };
@@ -39,7 +50,7 @@ struct EpochLog {
 };
 
 // Trains the parameters of `tape` (whose model's first input takes the images and first output gives the
-// logits) on labelled `data`. `evaluate`, if given, is called after each epoch and its accuracy logged.
+// logits) on labelled `data` (unlabelled with options.objective). `evaluate`, if given, is called after each epoch and its accuracy logged.
 std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& options,
                           const std::function<double()>& evaluate = nullptr);
 
