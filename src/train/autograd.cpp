@@ -47,10 +47,15 @@ std::vector<std::string> default_parameters(const graph::Model& model) {
     if (!t || t->dtype() != DType::kFloat32 || t->numel() == 0 || !seen.insert(v).second) return;
     out.push_back(v);
   };
+  auto take_vector = [&](const std::string& v) {
+    const Tensor* t = g.initializer(v);
+    if (t && t->numel() > 1) take(v);
+  };
   for (const auto& n : g.nodes) {
     if (!n.domain.empty() && n.domain != "ai.onnx") continue;
     if (n.op_type == "Conv" || n.op_type == "Gemm") take(n.input(1)), take(n.input(2));
-    else if (n.op_type == "MatMul" || n.op_type == "Add" || n.op_type == "Mul") take(n.input(0)), take(n.input(1));
+    else if (n.op_type == "MatMul") take(n.input(0)), take(n.input(1));
+    else if (n.op_type == "Add" || n.op_type == "Mul") take_vector(n.input(0)), take_vector(n.input(1));
     else if (n.op_type == "BatchNormalization") take(n.input(1)), take(n.input(2));
     else if (n.op_type == "PRelu") take(n.input(1));
   }

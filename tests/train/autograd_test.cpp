@@ -696,6 +696,24 @@ TEST(Tape, RefusesNodesWithoutGradientNamingThem) {
   test::expect_contains(err, {"no gradient", "Floor"});
 }
 
+// Per-channel Add/Mul constants (a layer norm's gamma and beta) are parameters; scalar ones (epsilon,
+// HardSwish's 3 written out) are structure and stay fixed.
+TEST(Tape, DefaultParametersSkipScalarConstants) {
+  std::mt19937 rng(20);
+  Builder b;
+  b.input("x", random_tensor({2, 3}, rng));
+  b.param("w", random_tensor({3, 3}, rng));
+  b.param("gamma", random_tensor({3}, rng));
+  b.param("eps", Tensor::from<float>({1}, std::vector<float>{1e-5f}));
+  b.param("three", Tensor::scalar_f32(3.0f));
+  b.node("MatMul", {"x", "w"});
+  b.node("Mul", {b.m.graph.nodes.back().outputs[0], "gamma"});
+  b.node("Add", {"eps", b.m.graph.nodes.back().outputs[0]});
+  b.node("Add", {b.m.graph.nodes.back().outputs[0], "three"});
+  Case c = b.finish();
+  EXPECT_EQ(default_parameters(c.model), std::vector<std::string>({"w", "gamma"}));
+}
+
 TEST(Tape, UnknownParameterIsNamed) {
   Builder b;
   std::mt19937 rng(16);

@@ -78,7 +78,9 @@ class GradRegistry {
 };
 
 // Float initializers that Conv (W, B), Gemm (B, C), MatMul (either side), BatchNormalization (scale, B),
-// Add/Mul (a float constant operand) and PRelu read: what training learns by default.
+// Add/Mul (a float constant operand with more than one element: per-channel scales and shifts, e.g. a written-out
+// layer norm's gamma and beta) and PRelu read: what training learns by default. Scalar Add/Mul constants are
+// structure, not parameters (a layer norm's epsilon, HardSwish's 3 and 1/6 written out), and stay fixed.
 std::vector<std::string> default_parameters(const graph::Model& model);
 
 class Tape {
