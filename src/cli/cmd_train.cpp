@@ -35,7 +35,7 @@ struct CommonTrainFlags {
   void add(CLI::App* c) {
     c->add_option("-o,--output", output, "ONNX model to write")->required();
     c->add_option("--data", data, "labelled training data spec")->capture_default_str();
-    c->add_option("--eval", eval, "labelled evaluation data spec ('' to skip)")->capture_default_str();
+    c->add_option("--eval", eval, "evaluation data spec ('' to skip); labelled, except for qat --distill (fidelity to fp32)")->capture_default_str();
     c->add_option("--epochs", epochs, "passes over the training data")->capture_default_str();
     c->add_option("--batch", batch, "mini-batch size")->capture_default_str();
     c->add_option("--max-steps", max_steps, "stop after this many steps (0: no limit)")->capture_default_str();
@@ -196,8 +196,9 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       o.ptq.activations.estimator.kind = quant::parse_estimator(*act_estimator);
       o.ptq.activations.estimator.percentile = *percentile;
       o.train = qf->options(0.1f);
+      const bool labelled = ev && ev->has_labels();
       double fp32 = -1;
-      if (ev) {
+      if (labelled) {
         graph::Model c = m;
         graph::canonicalize(c);
         fp32 = eval_model(c, *ev, "fp32");
@@ -206,18 +207,36 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       r.exported.model.doc_string = "QAT by perch from " + *model;
       graph::save_model(r.exported.model, qf->output);
       double exported = -1;
-      if (ev) exported = eval_model(r.exported.model, *ev, "exported QDQ");
+      if (labelled) exported = eval_model(r.exported.model, *ev, "exported QDQ");
+      const bool fid = ev && *distill;
+      auto fid_json = [](const train::Fidelity& f) {
+        return json{{"loss", f.loss}, {"agreement", f.agreement}, {"rows", f.rows}};
+      };
       if (as_json) {
-        std::cout << json{{"model", *model}, {"output", qf->output}, {"fp32_accuracy", fp32},
-                          {"ptq_accuracy", r.ptq_accuracy}, {"fake_quant_accuracy", r.fq_accuracy},
-                          {"qdq_accuracy", exported}, {"epochs", logs_json(r.logs)}}.dump(2)
-                  << "\n";
+        json j{{"model", *model}, {"output", qf->output}, {"distill", *distill}, {"fp32_accuracy", fp32},
+               {"ptq_accuracy", r.ptq_accuracy}, {"fake_quant_accuracy", r.fq_accuracy},
+               {"qdq_accuracy", exported}, {"epochs", logs_json(r.logs)}};
+        if (fid) j["fidelity"] = {{"ptq", fid_json(r.ptq_fidelity)}, {"qat", fid_json(r.qat_fidelity)}};
+        std::cout << j.dump(2) << "\n";
       } else {
-        std::printf("  %-34s %s\n", "configuration", "top-1");
-        std::printf("  %-34s %.4f\n", "fp32", fp32);
-        std::printf("  %-34s %.4f\n", "PTQ (same scheme, before QAT)", r.ptq_accuracy);
-        std::printf("  %-34s %.4f\n", "QAT fake-quant model", r.fq_accuracy);
-        std::printf("  %-34s %.4f   <- written to %s\n", "QAT exported QDQ (perch sim)", exported, qf->output.c_str());
+        if (labelled) {
+          std::printf("  %-34s %s\n", "configuration", "top-1");
+          std::printf("  %-34s %.4f\n", "fp32", fp32);
+          std::printf("  %-34s %.4f\n", "PTQ (same scheme, before QAT)", r.ptq_accuracy);
+          std::printf("  %-34s %.4f\n", "QAT fake-quant model", r.fq_accuracy);
+          std::printf("  %-34s %.4f   <- written to %s\n", "QAT exported QDQ (perch sim)", exported, qf->output.c_str());
+        }
+        if (fid) {
+          // Distillation loss: KL per softmax row (agreement: rows whose argmax match fp32's), or MSE.
+          const bool kl = r.qat_fidelity.agreement >= 0;
+          auto agree = [](double a) { return a >= 0 ? std::to_string(a).substr(0, 6) : std::string("-"); };
+          std::printf("  %-34s %-12s %s   (on %s)\n", "vs fp32", kl ? "KL per row" : "MSE", "agreement", ev->name.c_str());
+          std::printf("  %-34s %-12.5g %s\n", "PTQ (same scheme, before QAT)", r.ptq_fidelity.loss,
+                      agree(r.ptq_fidelity.agreement).c_str());
+          std::printf("  %-34s %-12.5g %s   <- written to %s\n", "QAT exported QDQ (perch sim)", r.qat_fidelity.loss,
+                      agree(r.qat_fidelity.agreement).c_str(), qf->output.c_str());
+        }
+        if (!labelled && !fid) std::printf("wrote %s (training loss %.5f)\n", qf->output.c_str(), r.logs.empty() ? 0.0 : r.logs.back().loss);
       }
       return 0;
     }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "perch/core/error.h"
+#include "perch/core/progress.h"
 
 namespace perch::train {
 
@@ -98,13 +99,14 @@ double distillation_loss(const Tensor& t, const Tensor& s, bool softmax_rows, in
     }
     const double lzt = std::log(zt), lzs = std::log(zs);
     double kl = 0;
+    const int64_t top = std::max_element(tr, tr + row) - tr;
     for (int64_t c = 0; c < row; ++c) {
       const double pc = p[static_cast<size_t>(c)] / zt, qc = q[static_cast<size_t>(c)] / zs;
       if (pc > 0) kl += pc * ((tr[c] - tmax - lzt) - (sr[c] - smax - lzs));
       if (gd) gd[r * row + c] = static_cast<float>((qc - pc) / static_cast<double>(rows));
     }
     total += kl;
-    same += (std::max_element(tr, tr + row) - tr) == (std::max_element(sr, sr + row) - sr);
+    same += top == (std::max_element(sr, sr + row) - sr);
   }
   if (agree) *agree = same;
   return rows ? total / static_cast<double>(rows) : 0.0;
@@ -124,6 +126,32 @@ Objective distillation_objective(graph::Model teacher, const OutputCut& cut) {
     b.count = cut.softmax ? s.numel() / row : 0;
     return b;
   };
+}
+
+Fidelity fidelity(graph::Model teacher, graph::Model model, const Dataset& data, int64_t batch, const std::string& label) {
+  const OutputCut ct = cut_before_output_softmax(teacher), cm = cut_before_output_softmax(model);
+  PERCH_CHECK(ct.softmax == cm.softmax, model.source, ": ends ", cm.softmax ? "" : "not ", "in a Softmax, ", teacher.source,
+              ct.softmax ? " does" : " does not");
+  PERCH_CHECK(batch > 0, "fidelity: batch must be positive");
+  const runtime::Executor et(std::move(teacher)), em(std::move(model));
+  Fidelity f;
+  double sum = 0;
+  Progress bar(label, data.size());
+  int64_t agree = 0;
+  for (int64_t b = 0; b < data.size(); b += batch) {
+    const Tensor x = data.batch(b, std::min(batch, data.size() - b));
+    const Tensor t = et.run1(x), s = em.run1(x);
+    const int64_t row = ct.softmax ? softmax_row_length(ct, t.shape()) : 1;
+    const int64_t n = ct.softmax ? t.numel() / row : t.numel();
+    int64_t same = 0;
+    sum += distillation_loss(t, s, ct.softmax, row, nullptr, &same) * static_cast<double>(n);
+    agree += same, f.rows += n;
+    bar.update(b + x.dim(0));
+  }
+  bar.finish();
+  f.loss = f.rows ? sum / static_cast<double>(f.rows) : 0.0;
+  if (ct.softmax) f.agreement = f.rows ? static_cast<double>(agree) / static_cast<double>(f.rows) : 0.0;
+  return f;
 }
 
 }  // namespace perch::train

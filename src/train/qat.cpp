@@ -930,10 +930,11 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
     PERCH_CHECK(cut.softmax == tcut.softmax, model.source, ": the training graph and the float model end differently");
     to.objective = distillation_objective(std::move(teacher), cut);
   }
-  if (eval) {
+  if (eval && eval->has_labels()) {
     const runtime::Executor before(ptq::build_quantized(q.calibration, q.ptq).model);
     res.ptq_accuracy = ptq::evaluate(before, *eval, 256, "PTQ (before QAT)").accuracy();
   }
+  if (eval && o.distill) res.ptq_fidelity = fidelity(q.calibration.model, export_qat(q).model, *eval, 16, "PTQ vs fp32");
   Tape tape(q.model, q.params);
   to.label = "QAT";
   const auto user_step = to.on_step;
@@ -942,9 +943,10 @@ QatResult quantization_aware_training(const graph::Model& model, const Dataset& 
     if (user_step) user_step(step, total);
   };
   res.logs = fit(tape, train_data, to);
-  if (eval) res.fq_accuracy = accuracy(tape, *eval, 256, "fake-quant model");
+  if (eval && eval->has_labels()) res.fq_accuracy = accuracy(tape, *eval, 256, "fake-quant model");
 
   res.exported = export_qat(q);
+  if (eval && o.distill) res.qat_fidelity = fidelity(q.calibration.model, res.exported.model, *eval, 16, "QAT vs fp32");
   res.fake_quant = q.model;
   return res;
 }

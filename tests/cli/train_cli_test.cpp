@@ -6,6 +6,8 @@
 #include <fstream>
 
 #include "cli_test_util.h"
+#include "perch/data/dataset.h"
+#include "perch/data/npy.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -103,6 +105,36 @@ TEST(TrainCli, TrainAndQatAreBitIdenticalAcrossThreadCounts) {
     EXPECT_TRUE(file_bytes(m) == first_train) << "perch train with " << threads << " thread(s) wrote different bytes";
     EXPECT_TRUE(file_bytes(qm) == first_qat) << "perch qat with " << threads << " thread(s) wrote different bytes";
   }
+}
+
+// `qat --distill` trains on unlabelled images (an .npy) and reports the fidelity to the float model on
+// unlabelled evaluation images; the export runs in ONNX Runtime. convnet's output is its logits (no
+// Softmax), so this is the MSE objective; the KL one is covered in tests/train/distill_test.cpp.
+TEST(TrainCli, QatDistillsWithoutLabels) {
+  ASSERT_TRUE(perch::test::cli::ort_installed()) << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
+  const fs::path d = scratch("train_cli_distill");
+  auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 40 --batch 64 --eval '' -o " +
+                   q(d / "m.onnx"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const perch::Dataset train = perch::sample(perch::load_dataset("fashion-mnist:train"), 1024, 11);
+  const perch::Dataset test = perch::sample(perch::load_dataset("fashion-mnist:test"), 256, 12);
+  perch::write_npy(d / "train.npy", train.images);
+  perch::write_npy(d / "test.npy", test.images);
+  const std::string base = perch_bin() + " --quiet qat " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") +
+                           " --weight-bits 4 --batch 64 --epochs 2 --calib-count 256 --data npy:" + q(d / "train.npy");
+  r = run_cmd(base + " --eval ''");
+  EXPECT_EQ(r.code, 1);
+  perch::test::expect_contains(r.err, {"train.npy", "labelled", "--distill"});
+  EXPECT_FALSE(fs::exists(d / "q.onnx"));
+  r = run_cmd(base + " --distill --freeze-bn 0 --eval npy:" + q(d / "test.npy") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  const json& f = j["fidelity"];
+  EXPECT_EQ(f["qat"]["rows"].get<int64_t>(), 256 * 10);  // MSE: logits compared element by element
+  EXPECT_EQ(f["qat"]["agreement"].get<double>(), -1.0);
+  EXPECT_LT(f["qat"]["loss"].get<double>(), 0.7 * f["ptq"]["loss"].get<double>()) << r.out;
+  EXPECT_EQ(j["qdq_accuracy"].get<double>(), -1.0);  // unlabelled: no top-1
+  EXPECT_GT(ort_accuracy(d / "q.onnx"), 0.5);  // the export runs in ONNX Runtime (and still classifies)
 }
 
 TEST(TrainCli, BadArgumentsAreNamed) {

@@ -131,14 +131,14 @@ TEST(Distill, CutsBeforeTheOutputSoftmaxThroughFakeQuantNodes) {
 }
 
 // Mean KL(softmax(fp32) || softmax(q)) per image and argmax agreement of model q with the float model.
-struct Fidelity {
+struct HandFidelity {
   double kl = 0, agreement = 0;
 };
 // `q` ends in the Softmax the float model was given; it is compared before it.
-Fidelity fidelity(const graph::Model& fp32, graph::Model q, const Dataset& data) {
+HandFidelity hand_fidelity(const graph::Model& fp32, graph::Model q, const Dataset& data) {
   EXPECT_TRUE(cut_before_output_softmax(q).softmax);
   const runtime::Executor a(fp32), b(std::move(q));
-  Fidelity f;
+  HandFidelity f;
   const int64_t n = data.size();
   int64_t agree = 0;
   for (int64_t b0 = 0; b0 < n; b0 += 100) {
@@ -225,9 +225,15 @@ TEST(Qat, DistillationTrainsWithoutLabelsTowardsTheFloatModel) {
   test::expect_contains(test::perch_error([&] { quantization_aware_training(probs, train, q); }), {"labelled", "--distill"});
   q.distill = true;
   // Before training: the same scheme exported from the calibrated, untrained graph.
-  const Fidelity before = fidelity(fp32, export_qat(prepare_qat(probs, sample(train, 256, q.train.seed), q)).model, test);
-  const QatResult r = quantization_aware_training(probs, train, q);
-  const Fidelity after = fidelity(fp32, r.exported.model, test);
+  const HandFidelity before = hand_fidelity(fp32, export_qat(prepare_qat(probs, sample(train, 256, q.train.seed), q)).model, test);
+  const QatResult r = quantization_aware_training(probs, train, q, &test);
+  const HandFidelity after = hand_fidelity(fp32, r.exported.model, test);
+  // The fidelities QAT reports (train::fidelity, what perch qat prints) are these.
+  EXPECT_NEAR(r.ptq_fidelity.loss, before.kl, 1e-6 * before.kl);
+  EXPECT_NEAR(r.ptq_fidelity.agreement, before.agreement, 1e-12);
+  EXPECT_NEAR(r.qat_fidelity.loss, after.kl, 1e-6 * after.kl);
+  EXPECT_NEAR(r.qat_fidelity.agreement, after.agreement, 1e-12);
+  EXPECT_EQ(r.qat_fidelity.rows, test.size());
   std::printf("W4A8 per-channel vs fp32 on 500 held-out images: KL %.4f -> %.4f, agreement %.3f -> %.3f; "
               "training loss %.4f -> %.4f\n", before.kl, after.kl, before.agreement, after.agreement, r.logs[0].loss,
               r.logs[1].loss);

@@ -55,4 +55,14 @@ double distillation_loss(const Tensor& t, const Tensor& s, bool softmax_rows, in
 // same batch by perch's fp32 executor.
 Objective distillation_objective(graph::Model teacher, const OutputCut& cut);
 
+// How close `model` is to `teacher` on `data`: both cut before an output Softmax as above, then the mean
+// distillation loss (KL per row, or MSE) and, for softmax outputs, the fraction of rows whose argmax agree
+// (-1 otherwise). Runs perch's fp32 executor (a QDQ model as its float simulation) in batches.
+struct Fidelity {
+  double loss = 0, agreement = -1;
+  int64_t rows = 0;  // softmax rows (or elements, MSE) compared
+};
+Fidelity fidelity(graph::Model teacher, graph::Model model, const Dataset& data, int64_t batch = 16,
+                  const std::string& label = "fidelity");
+
 }  // namespace perch::train

@@ -40,6 +40,7 @@
 #include "perch/data/dataset.h"
 #include "perch/graph/ir.h"
 #include "perch/ptq/quantize.h"
+#include "perch/train/distill.h"
 #include "perch/train/trainer.h"
 
 namespace perch::train {
@@ -68,6 +69,9 @@ struct QatResult {
   std::vector<EpochLog> logs;
   double ptq_accuracy = -1;      // QDQ export before training (same options, no bias correction), if evaluated
   double fq_accuracy = -1;       // the fake-quant model after training, if evaluated
+  // With distill and evaluation data (labels not needed): closeness to the float model (distill.h's fidelity) of
+  // the QDQ export before training (same scheme and initial biases) and after. rows == 0: not evaluated.
+  Fidelity ptq_fidelity, qat_fidelity;
 };
 
 // The pieces, for callers that drive training themselves (benchmarks, custom loops):
@@ -86,8 +90,8 @@ ptq::PtqResult export_qat(const QatGraph& q);
 // freeze_ranges of the steps, BN statistics after freeze_bn of them (BnBatchCorrection nodes become the identity).
 void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t total);
 
-// `eval`: optional labelled data for the accuracies above (evaluated before and after training). With
-// options.distill, `train_data` needs no labels.
+// `eval`: optional data: the top-1 accuracies above when labelled (evaluated before and after training), and
+// with options.distill the fidelities (labels not needed). With options.distill, `train_data` needs no labels.
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& options,
                                       const Dataset* eval = nullptr);
 
