@@ -46,8 +46,8 @@ WeightChoice WeightChoice::parse(const std::string& label, int64_t default_group
   return c;
 }
 
-WeightOptions WeightChoice::options() const {
-  WeightOptions o;
+WeightOptions WeightChoice::options(const WeightOptions& base) const {
+  WeightOptions o = base;
   o.bits = bits;
   o.granularity = granularity;
   o.group_size = group_size;
@@ -322,7 +322,7 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   bases.push_back(cal.model);
   for (const auto& c : candidates) {
     PtqOptions o = base_opt;
-    o.weights = c.options();
+    o.weights = c.options(base_opt.weights);
     o.layer_weights.clear();
     o.float_nodes.clear();
     o.float_activations.clear();
@@ -353,14 +353,14 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
     for (size_t ci = 0; ci < candidates.size(); ++ci) {
       ls.configs.push_back(candidates[ci].label());
       PtqOptions alone = base_opt;
-      alone.weights = candidates[ci].options();
+      alone.weights = candidates[ci].options(base_opt.weights);
       alone.float_nodes = all_weight_nodes;
       alone.float_nodes.erase(l.node);
       alone.float_activations = all_acts;
       add_variant(0, alone);
       if (!scope.all_but) continue;
       PtqOptions all_but = base_opt;
-      all_but.weights = candidates[ci].options();
+      all_but.weights = candidates[ci].options(base_opt.weights);
       all_but.float_nodes = {l.node};
       all_but.float_activations.clear();
       add_variant(1 + ci, all_but);
@@ -384,7 +384,7 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
     add_variant(0, alone);
     if (scope.activation_all_but) {
       PtqOptions all_but = base_opt;
-      all_but.weights = candidates.empty() ? base_opt.weights : candidates[act_base - 1].options();
+      all_but.weights = candidates.empty() ? base_opt.weights : candidates[act_base - 1].options(base_opt.weights);
       all_but.float_nodes.clear();
       all_but.float_activations = {a};
       add_variant(act_base, all_but);
@@ -449,7 +449,7 @@ PtqOptions apply_selection(const PtqOptions& base, const Selection& s) {
   o.float_nodes.clear();
   for (const auto& [node, c] : s.weights) {
     if (c.is_float) o.float_nodes.insert(node);
-    else o.layer_weights[node] = c.options();
+    else o.layer_weights[node] = c.options(base.weights);
   }
   o.float_activations = s.float_activations;
   for (const auto& [v, bits] : s.activation_bits) o.activation_bits[v] = bits;  // over the base options' own

@@ -404,6 +404,24 @@ TEST(Selection, WeightBytesFollowTheChoice) {
   EXPECT_THROW(ptq::WeightChoice::parse("int8 per-row"), Error);
 }
 
+// A chosen layer is quantized the way the base options quantize weights (e.g. --weight-estimator mse), with
+// the choice's bits and granularity.
+TEST(Selection, ChoicesKeepTheBaseWeightEstimator) {
+  ptq::PtqOptions base;
+  base.weights.estimator.kind = quant::EstimatorKind::kMse;
+  ptq::Selection sel;
+  sel.weights["conv"] = ptq::WeightChoice::parse("int4 per-group:8");
+  sel.weights["fc"] = ptq::WeightChoice::parse("fp32");
+  const ptq::PtqOptions o = ptq::apply_selection(base, sel);
+  ASSERT_TRUE(o.layer_weights.count("conv"));
+  const ptq::WeightOptions& w = o.layer_weights.at("conv");
+  EXPECT_EQ(w.estimator.kind, quant::EstimatorKind::kMse);
+  EXPECT_EQ(w.bits, 4);
+  EXPECT_EQ(w.granularity, quant::Granularity::kPerGroup);
+  EXPECT_EQ(w.group_size, 8);
+  EXPECT_TRUE(o.float_nodes.count("fc"));
+}
+
 TEST(Report, HasEverySectionAndEscapesNames) {
   graph::Model m = test::tiny_cnn(2);
   m.graph.nodes[0].name = "conv<1>";

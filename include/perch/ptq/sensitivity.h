@@ -40,7 +40,9 @@ struct WeightChoice {
   int64_t group_size = 0;
   std::string label() const;
   static WeightChoice parse(const std::string& label, int64_t default_group = 16);
-  WeightOptions options() const;
+  // `base` with this choice's bits, granularity and group size (its estimator is kept: a candidate is
+  // quantized the way the user asked weights to be, e.g. --weight-estimator mse).
+  WeightOptions options(const WeightOptions& base = {}) const;
   // Bytes of a weight tensor stored this way (values + scales).
   double bytes(const Shape& weight_shape, int64_t channel_axis, int64_t group_axis) const;
 };
