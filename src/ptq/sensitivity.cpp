@@ -532,7 +532,26 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
     say(line);
   }
   const int max_steps = static_cast<int>(layers.size() * ladder.size() + cal.targets.size() * (act_fallback_bits ? 2 : 1));
-  while (sel.fp32_select - sel.quant_select > max_drop && sel.steps < max_steps) {
+  // Weights that cannot move (--prefer integer): their own drop, with every activation float, is a floor no
+  // activation choice goes below. Measured once when the start misses the budget; under it, no climb.
+  bool below_floor = false;
+  if (ladder.size() == 1 && sel.fp32_select - sel.quant_select > max_drop) {
+    const std::map<std::string, int> no_wide;
+    std::set<std::string> every(cal.targets.begin(), cal.targets.end());
+    for (const auto& l : layers) sel.weights[l.node] = ladder[0];
+    sel.float_activations = every;
+    sel.activation_bits = no_wide;
+    const double floor = on_select(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model));
+    below_floor = sel.fp32_select - floor > max_drop;
+    char line[320];
+    std::snprintf(line, sizeof line, "floor: the %s weights alone (every activation float) drop %.2f pt%s", ladder[0].label().c_str(),
+                  100 * (sel.fp32_select - floor),
+                  below_floor ? ", more than the budget: no activation choice can meet it, so none is made (raise "
+                                "--max-drop, or let weights move with another --prefer)"
+                              : "");
+    say(line);
+  }
+  while (!below_floor && sel.fp32_select - sel.quant_select > max_drop && sel.steps < max_steps) {
     if (alone_sqnr.empty() && act_alone_sqnr.empty()) rank();
     // The layer or activation whose current (quantized) rung is worst on its own moves up one rung.
     std::string worst;
@@ -577,8 +596,8 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   }
   if (sel.fp32_select - sel.quant_select > max_drop) {
     char line[200];
-    std::snprintf(line, sizeof line, "budget not met: %.2f pt > %.2f pt with every layer and activation float",
-                  100 * (sel.fp32_select - sel.quant_select), 100 * max_drop);
+    std::snprintf(line, sizeof line, "budget not met: %.2f pt > %.2f pt%s", 100 * (sel.fp32_select - sel.quant_select),
+                  100 * max_drop, below_floor ? "" : " with every layer and activation at its last rung");
     say(line);
   }
   for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
