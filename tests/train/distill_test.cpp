@@ -15,6 +15,7 @@
 #include "perch/train/qat.h"
 #include "perch/train/trainer.h"
 #include "test_util.h"
+#include "train_util.h"
 
 namespace perch::train {
 namespace {
@@ -155,17 +156,7 @@ HandFidelity hand_fidelity(const graph::Model& fp32, graph::Model q, const Datas
 
 // A small MobileNetV2 trained for one epoch on 3000 Fashion-MNIST images (once per test binary).
 const graph::Model& trained_mbv2() {
-  static const graph::Model fp32 = [] {
-    ArchOptions ao;
-    ao.width_mult = 0.5f;
-    graph::Model m = build_arch("mbv2", ao);
-    Tape tape(m, default_parameters(m));
-    TrainOptions o;
-    o.epochs = 1;
-    o.batch = 64;
-    fit(tape, sample(load_dataset("fashion-mnist:train"), 3000, 7), o);
-    return export_inference(m);
-  }();
+  static const graph::Model fp32 = test::one_epoch_mbv2(sample(load_dataset("fashion-mnist:train"), 3000, 7));
   return fp32;
 }
 

@@ -14,6 +14,7 @@
 #include "perch/train/qat.h"
 #include "perch/train/trainer.h"
 #include "test_util.h"
+#include "train_util.h"
 
 namespace perch::train {
 namespace {
@@ -148,17 +149,7 @@ TEST(Training, SmallModelsLearnAndExportEqualsTrainingGraph) {
 TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
   const Dataset train = subset("fashion-mnist:train", 2000, 3);
   const Dataset test = subset("fashion-mnist:test", 500, 4);
-  ArchOptions ao;
-  ao.width_mult = 0.5f;
-  graph::Model m = build_arch("mbv2", ao);
-  {
-    Tape tape(m, default_parameters(m));
-    TrainOptions o;
-    o.epochs = 1;
-    o.batch = 64;
-    fit(tape, train, o);
-  }
-  const graph::Model fp32 = export_inference(m);
+  const graph::Model fp32 = test::one_epoch_mbv2(train);
   struct Config {
     const char* name;
     quant::Granularity granularity;
