@@ -35,7 +35,7 @@ struct CommonTrainFlags {
   void add(CLI::App* c) {
     c->add_option("-o,--output", output, "ONNX model to write")->required();
     c->add_option("--data", data, "labelled training data spec")->capture_default_str();
-    c->add_option("--eval", eval, "evaluation data spec ('' to skip); labelled, except for qat --distill (fidelity to fp32)")->capture_default_str();
+    c->add_option("--eval", eval, "evaluation data spec ('' to skip); labelled, except for qat --distill (fidelity to fp32; no default there)")->capture_default_str();
     c->add_option("--epochs", epochs, "passes over the training data")->capture_default_str();
     c->add_option("--batch", batch, "mini-batch size")->capture_default_str();
     c->add_option("--max-steps", max_steps, "stop after this many steps (0: no limit)")->capture_default_str();
@@ -178,7 +178,9 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       graph::Model m = graph::load_model(*model);
       const Dataset data = load_dataset(qf->data);
       std::optional<Dataset> ev;
-      if (!qf->eval.empty()) ev = load_dataset(qf->eval);
+      // --distill usually serves models that are no Fashion-MNIST classifier: no evaluation unless asked for.
+      const bool eval_given = q->get_option("--eval")->count() > 0;
+      if (!qf->eval.empty() && (eval_given || !*distill)) ev = load_dataset(qf->eval);
       train::QatOptions o;
       ptq::WeightOptions& w = o.ptq.weights;
       parse_granularity(*weights, w);

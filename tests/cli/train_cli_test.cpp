@@ -135,6 +135,10 @@ TEST(TrainCli, QatDistillsWithoutLabels) {
   EXPECT_LT(f["qat"]["loss"].get<double>(), 0.7 * f["ptq"]["loss"].get<double>()) << r.out;
   EXPECT_EQ(j["qdq_accuracy"].get<double>(), -1.0);  // unlabelled: no top-1
   EXPECT_GT(ort_accuracy(d / "q.onnx"), 0.5);  // the export runs in ONNX Runtime (and still classifies)
+  // Without --eval, --distill evaluates nothing (the Fashion-MNIST default would not fit most such models).
+  r = run_cmd(base + " --distill --freeze-bn 0 --max-steps 2 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(json::parse(r.out).contains("fidelity")) << r.out;
 }
 
 TEST(TrainCli, BadArgumentsAreNamed) {
