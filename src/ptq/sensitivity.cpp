@@ -517,12 +517,14 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   for (const auto& l : layers) rung[l.node] = 0;
   std::set<std::string> float_acts = base.float_activations;
   std::map<std::string, int> wide_acts = base.activation_bits;  // activations on the middle rung (act_fallback_bits)
-  auto evaluate_on = [&](const Scorer& sc) {
+  // The current weight rungs with the given activation state (sel holds the last one evaluated).
+  auto evaluate_with = [&](const Scorer& sc, const std::set<std::string>& fa, const std::map<std::string, int>& wa) {
     for (const auto& l : layers) sel.weights[l.node] = ladder[rung[l.node]];
-    sel.float_activations = float_acts;
-    sel.activation_bits = wide_acts;
+    sel.float_activations = fa;
+    sel.activation_bits = wa;
     return sc(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model));
   };
+  auto evaluate_on = [&](const Scorer& sc) { return evaluate_with(sc, float_acts, wide_acts); };
   sel.fp32_select = on_select.fp32();
   sel.quant_select = evaluate_on(on_select);
   {
@@ -536,12 +538,7 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   // activation choice goes below. Measured once when the start misses the budget; under it, no climb.
   bool below_floor = false;
   if (ladder.size() == 1 && sel.fp32_select - sel.quant_select > max_drop) {
-    const std::map<std::string, int> no_wide;
-    std::set<std::string> every(cal.targets.begin(), cal.targets.end());
-    for (const auto& l : layers) sel.weights[l.node] = ladder[0];
-    sel.float_activations = every;
-    sel.activation_bits = no_wide;
-    const double floor = on_select(runtime::Executor(build_quantized(cal, apply_selection(base, sel)).model));
+    const double floor = evaluate_with(on_select, {cal.targets.begin(), cal.targets.end()}, {});
     below_floor = sel.fp32_select - floor > max_drop;
     char line[320];
     std::snprintf(line, sizeof line, "floor: the %s weights alone (every activation float) drop %.2f pt%s", ladder[0].label().c_str(),

@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-#include "ops_common.h"
+#include "ops_typed.h"
 
 namespace perch::runtime {
 
@@ -84,39 +84,30 @@ kernels::Pool2dShape pool2d_shape(const Node& n, const Shape& xs) {
 }
 
 SliceView slice_view(const Node& n, const std::vector<const Tensor*>& a, int64_t opset, const Shape& xs) {
-  const int64_t r = static_cast<int64_t>(xs.size());
-  auto arg = [&](size_t i) -> const Tensor* { return i < a.size() ? a[i] : nullptr; };
+  const auto r = static_cast<int64_t>(xs.size());
   std::vector<int64_t> starts, ends, axes, steps;
   if (opset < 10) {
     starts = n.attr_ints("starts");
     ends = n.attr_ints("ends");
     axes = n.attr_ints("axes");
   } else {
-    PERCH_CHECK(arg(1) && arg(2), n.describe(), ": starts and ends are required");
-    starts = arg(1)->to_i64_vector();
-    ends = arg(2)->to_i64_vector();
-    if (arg(3)) axes = arg(3)->to_i64_vector();
-    if (arg(4)) steps = arg(4)->to_i64_vector();
+    starts = detail::in(n, a, 1).to_i64_vector();
+    ends = detail::in(n, a, 2).to_i64_vector();
+    if (detail::has(a, 3)) axes = a[3]->to_i64_vector();
+    if (detail::has(a, 4)) steps = a[4]->to_i64_vector();
   }
-  PERCH_CHECK(starts.size() == ends.size(), n.describe(), ": starts has ", starts.size(), " values, ends ", ends.size());
+  PERCH_CHECK(starts.size() == ends.size(), "starts has ", starts.size(), " values, ends ", ends.size());
   if (axes.empty())
     for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
   if (steps.empty()) steps.assign(starts.size(), 1);
-  PERCH_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), n.describe(),
-              ": starts, ends, axes and steps differ in length (", starts.size(), ", ", ends.size(), ", ", axes.size(),
-              ", ", steps.size(), ")");
-  std::vector<int64_t> in_strides(xs.size(), 1);
-  for (int64_t d = r - 2; d >= 0; --d) in_strides[d] = in_strides[d + 1] * xs[d + 1];
+  PERCH_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), "starts, ends, axes and steps differ in length (",
+              starts.size(), ", ", ends.size(), ", ", axes.size(), ", ", steps.size(), ")");
+  axes = detail::normalize_axes(axes, r);
+  const auto in_strides = detail::strides_of(xs);
   SliceView v{xs, 0, in_strides};
-  std::vector<bool> seen(xs.size(), false);
   for (size_t i = 0; i < axes.size(); ++i) {
-    int64_t ax = axes[i];
-    PERCH_CHECK(ax >= -r && ax < r, n.describe(), ": axis ", ax, " is out of range for rank ", r);
-    if (ax < 0) ax += r;
-    PERCH_CHECK(!seen[ax], n.describe(), ": axis ", ax, " is repeated");
-    seen[ax] = true;
-    const int64_t d = xs[ax], step = steps[i];
-    PERCH_CHECK(step != 0, n.describe(), ": step of axis ", ax, " is 0");
+    const int64_t ax = axes[i], d = xs[static_cast<size_t>(ax)], step = steps[i];
+    PERCH_CHECK(step != 0, "step of axis ", ax, " is 0");
     int64_t s = starts[i], e = ends[i];
     if (s < 0) s += d;
     if (e < 0) e += d;
@@ -130,9 +121,9 @@ SliceView slice_view(const Node& n, const std::vector<const Tensor*>& a, int64_t
       e = std::clamp<int64_t>(e, -1, d - 1);
       len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
     }
-    v.shape[ax] = len;
-    v.strides[ax] = in_strides[ax] * step;
-    if (len > 0) v.base += s * in_strides[ax];
+    v.shape[static_cast<size_t>(ax)] = len;
+    v.strides[static_cast<size_t>(ax)] = in_strides[static_cast<size_t>(ax)] * step;
+    if (len > 0) v.base += s * in_strides[static_cast<size_t>(ax)];
   }
   return v;
 }

@@ -20,10 +20,10 @@ OutputCut cut_before_output_softmax(graph::Model& m) {
   std::string v = g.outputs[0].name;
   const graph::Node* softmax = nullptr;
   for (;;) {
-    const graph::Node* p = nullptr;
-    for (const auto& n : g.nodes)
-      if (std::find(n.outputs.begin(), n.outputs.end(), v) != n.outputs.end()) p = &n;
-    if (!p || p->inputs.empty()) break;
+    const int64_t pi = g.producer(v);
+    if (pi < 0) break;
+    const graph::Node* p = &g.nodes[static_cast<size_t>(pi)];
+    if (p->inputs.empty()) break;
     if (p->domain == "perch") {
       v = p->inputs[0];
       continue;
@@ -91,7 +91,8 @@ double distillation_loss(const Tensor& t, const Tensor& s, bool softmax_rows, in
   // softmax in double with the row maximum subtracted; log p_c = t_c - tmax - log Z_t.
   for (int64_t r = 0; r < rows; ++r) {
     const float *tr = td + r * row, *sr = sd + r * row;
-    const double tmax = *std::max_element(tr, tr + row), smax = *std::max_element(sr, sr + row);
+    const int64_t top = std::max_element(tr, tr + row) - tr;
+    const double tmax = tr[top], smax = *std::max_element(sr, sr + row);
     double zt = 0, zs = 0;
     for (int64_t c = 0; c < row; ++c) {
       zt += p[static_cast<size_t>(c)] = std::exp(tr[c] - tmax);
@@ -99,7 +100,6 @@ double distillation_loss(const Tensor& t, const Tensor& s, bool softmax_rows, in
     }
     const double lzt = std::log(zt), lzs = std::log(zs);
     double kl = 0;
-    const int64_t top = std::max_element(tr, tr + row) - tr;
     for (int64_t c = 0; c < row; ++c) {
       const double pc = p[static_cast<size_t>(c)] / zt, qc = q[static_cast<size_t>(c)] / zs;
       if (pc > 0) kl += pc * ((tr[c] - tmax - lzt) - (sr[c] - smax - lzs));

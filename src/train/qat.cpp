@@ -728,9 +728,8 @@ void init_biases_from_ptq(QatGraph& q, const Dataset& calib, const QatOptions& o
     if (const Tensor* f = bg.initializer(n.input(2))) {
       v = f->to_f32();
     } else {
-      const Node* dq = nullptr;
-      for (const Node& c : bg.nodes)
-        if (c.op_type == "DequantizeLinear" && c.outputs[0] == n.input(2)) dq = &c;
+      const int64_t pi = bg.producer(n.input(2));
+      const Node* dq = pi >= 0 && bg.nodes[static_cast<size_t>(pi)].op_type == "DequantizeLinear" ? &bg.nodes[static_cast<size_t>(pi)] : nullptr;
       const Tensor* qv = dq ? bg.initializer(dq->input(0)) : nullptr;
       const Tensor* sv = dq ? bg.initializer(dq->input(1)) : nullptr;
       if (!qv || !sv) continue;
