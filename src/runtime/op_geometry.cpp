@@ -128,4 +128,81 @@ SliceView slice_view(const Node& n, const std::vector<const Tensor*>& a, int64_t
   return v;
 }
 
+ConvTransposeGeometry conv_transpose_geometry(const Node& n, const Shape& xs, const Shape& ws) {
+  const auto r = static_cast<int64_t>(xs.size()) - 2;
+  PERCH_CHECK(r >= 1, "input must be [N, C, spatial...], got ", shape_str(xs));
+  PERCH_CHECK(static_cast<int64_t>(ws.size()) == r + 2, "weight rank ", static_cast<int64_t>(ws.size()),
+              " does not match input rank ", static_cast<int64_t>(xs.size()));
+  ConvTransposeGeometry g;
+  const int64_t N = xs[0], C = xs[1];
+  g.group = n.attr_int("group", 1);
+  PERCH_CHECK(g.group > 0 && C % g.group == 0, "group ", g.group, " does not divide the ", C, " input channels");
+  PERCH_CHECK(ws[0] == C, "weight has ", ws[0], " input channels, input has ", C);
+  const int64_t M = ws[1] * g.group;
+  const Shape in_sp(xs.begin() + 2, xs.end());
+  g.kernel.assign(ws.begin() + 2, ws.end());
+  const auto ks_attr = n.attr_ints("kernel_shape", g.kernel);
+  PERCH_CHECK(ks_attr == g.kernel, "kernel_shape ", shape_str(ks_attr), " differs from the weight's ", shape_str(g.kernel));
+  g.strides = n.attr_ints("strides", std::vector<int64_t>(r, 1));
+  g.dilations = n.attr_ints("dilations", std::vector<int64_t>(r, 1));
+  const auto out_pad = n.attr_ints("output_padding", std::vector<int64_t>(r, 0));
+  PERCH_CHECK(static_cast<int64_t>(g.strides.size()) == r && static_cast<int64_t>(g.dilations.size()) == r &&
+                  static_cast<int64_t>(out_pad.size()) == r,
+              "strides/dilations/output_padding must have ", r, " values");
+  for (int64_t i = 0; i < r; ++i)
+    PERCH_CHECK(g.strides[i] > 0 && g.dilations[i] > 0 && out_pad[i] >= 0,
+                "strides and dilations must be positive, output_padding >= 0");
+  g.pads_begin.assign(r, 0);
+  g.pads_end.assign(r, 0);
+  auto &pb = g.pads_begin, &pe = g.pads_end;
+  Shape out_sp(r);
+  const std::string auto_pad = n.attr_string("auto_pad", "NOTSET");
+  auto output_shape = n.attr_ints("output_shape");
+  if (static_cast<int64_t>(output_shape.size()) == r + 2) output_shape.erase(output_shape.begin(), output_shape.begin() + 2);
+  const auto full = [&](int64_t i) {
+    return g.strides[i] * (in_sp[i] - 1) + out_pad[i] + (g.kernel[i] - 1) * g.dilations[i] + 1;
+  };
+  if (!output_shape.empty() || auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+    if (!output_shape.empty())
+      PERCH_CHECK(static_cast<int64_t>(output_shape.size()) == r, "output_shape has ", output_shape.size(), " values for ", r,
+                  " spatial dims");
+    for (int64_t i = 0; i < r; ++i) {
+      out_sp[i] = output_shape.empty() ? in_sp[i] * g.strides[i] : output_shape[i];
+      PERCH_CHECK(out_sp[i] > 0, "output_shape must be positive, got ", shape_str(output_shape));
+      const int64_t total = full(i) - out_sp[i];
+      // An output_shape beyond the full size acts as extra output_padding: the tail only gets the bias.
+      if (total < 0) pb[i] = 0, pe[i] = total;
+      else if (auto_pad == "SAME_UPPER") pb[i] = total / 2, pe[i] = total - total / 2;
+      else pb[i] = total - total / 2, pe[i] = total / 2;
+    }
+  } else {
+    PERCH_CHECK(auto_pad == "NOTSET" || auto_pad == "VALID", "unknown auto_pad '", auto_pad, "'");
+    if (auto_pad == "NOTSET") {
+      const auto pads = n.attr_ints("pads", std::vector<int64_t>(2 * r, 0));
+      PERCH_CHECK(static_cast<int64_t>(pads.size()) == 2 * r, "pads must have ", 2 * r, " values");
+      for (int64_t i = 0; i < r; ++i) pb[i] = pads[i], pe[i] = pads[i + r];
+    }
+    for (int64_t i = 0; i < r; ++i) {
+      out_sp[i] = full(i) - pb[i] - pe[i];
+      PERCH_CHECK(out_sp[i] > 0, "pads leave no output along spatial dim ", i);
+    }
+  }
+  g.out = {N, M};
+  g.out.insert(g.out.end(), out_sp.begin(), out_sp.end());
+  if (r <= 2) {
+    const auto at = [&](const auto& v, int64_t fill) { return r == 2 ? static_cast<int64_t>(v[0]) : fill; };
+    kernels::Conv2dShape cs;
+    cs.batch = N, cs.in_channels = M, cs.out_channels = C, cs.group = g.group;
+    cs.in_h = at(out_sp, 1), cs.in_w = out_sp[r - 1];
+    cs.kernel_h = at(g.kernel, 1), cs.kernel_w = g.kernel[r - 1];
+    cs.stride_h = at(g.strides, 1), cs.stride_w = g.strides[r - 1];
+    cs.dil_h = at(g.dilations, 1), cs.dil_w = g.dilations[r - 1];
+    cs.pad_top = at(pb, 0), cs.pad_left = pb[r - 1];
+    cs.pad_bottom = r == 2 ? std::max<int64_t>(0, pe[0] - out_pad[0]) : 0;
+    cs.pad_right = std::max<int64_t>(0, pe[r - 1] - out_pad[r - 1]);
+    if (cs.out_h() == at(in_sp, 1) && cs.out_w() == in_sp[r - 1]) g.as_conv = cs;
+  }
+  return g;
+}
+
 }  // namespace perch::runtime

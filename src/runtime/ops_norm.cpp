@@ -8,6 +8,7 @@
 #include "perch/core/cpu.h"
 #include "perch/kernels/conv_f32.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/op_geometry.h"
 
 namespace perch::runtime {
 
@@ -35,97 +36,35 @@ Tensor from_double(DType dt, const Shape& s, const std::vector<double>& v) {
 
 // ---- ConvTranspose -----------------------------------------------------------------------------------
 
-// y[n, g*Mg + m, i*s - pad_begin + k*d] += x[n, g*Cg + c, i] * w[g*Cg + c, m, k]   (+ bias[m])
-// Output size per spatial dim: s*(in - 1) + output_padding + (K - 1)*d + 1 - pad_begin - pad_end, or
-// `output_shape` with the total padding split as the ONNX spec says (SAME_UPPER puts the odd one at the end;
-// a negative total pads the end with zeros, as ONNX Runtime and the node tests do).
+// The formula and output size: runtime::conv_transpose_geometry (perch/runtime/op_geometry.h).
 template <typename T>
 Tensor conv_transpose_typed(const Node& n, const Tensor& x, const Tensor& w, const Tensor* b) {
-  const int64_t r = x.rank() - 2;
-  PERCH_CHECK(r >= 1, "input must be [N, C, spatial...], got ", shape_str(x.shape()));
-  PERCH_CHECK(w.rank() == r + 2, "weight rank ", w.rank(), " does not match input rank ", x.rank());
-  const int64_t N = x.dim(0), C = x.dim(1), group = n.attr_int("group", 1);
-  PERCH_CHECK(group > 0 && C % group == 0, "group ", group, " does not divide the ", C, " input channels");
-  PERCH_CHECK(w.dim(0) == C, "weight has ", w.dim(0), " input channels, input has ", C);
-  const int64_t Cg = C / group, Mg = w.dim(1), M = Mg * group;
-  Shape in_sp(x.shape().begin() + 2, x.shape().end()), k_sp(w.shape().begin() + 2, w.shape().end());
-  const auto ks_attr = n.attr_ints("kernel_shape", k_sp);
-  PERCH_CHECK(ks_attr == k_sp, "kernel_shape ", shape_str(ks_attr), " differs from the weight's ", shape_str(k_sp));
-  const auto strides = n.attr_ints("strides", std::vector<int64_t>(r, 1));
-  const auto dil = n.attr_ints("dilations", std::vector<int64_t>(r, 1));
-  const auto out_pad = n.attr_ints("output_padding", std::vector<int64_t>(r, 0));
-  PERCH_CHECK(static_cast<int64_t>(strides.size()) == r && static_cast<int64_t>(dil.size()) == r &&
-                  static_cast<int64_t>(out_pad.size()) == r,
-              "strides/dilations/output_padding must have ", r, " values");
-  for (int64_t i = 0; i < r; ++i)
-    PERCH_CHECK(strides[i] > 0 && dil[i] > 0 && out_pad[i] >= 0, "strides and dilations must be positive, output_padding >= 0");
-  std::vector<int64_t> pb(r, 0), pe(r, 0);
-  Shape out_sp(r);
-  const std::string auto_pad = n.attr_string("auto_pad", "NOTSET");
-  auto output_shape = n.attr_ints("output_shape");
-  if (static_cast<int64_t>(output_shape.size()) == r + 2) output_shape.erase(output_shape.begin(), output_shape.begin() + 2);
-  const auto full = [&](int64_t i) { return strides[i] * (in_sp[i] - 1) + out_pad[i] + (k_sp[i] - 1) * dil[i] + 1; };
-  if (!output_shape.empty() || auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
-    if (!output_shape.empty())
-      PERCH_CHECK(static_cast<int64_t>(output_shape.size()) == r, "output_shape has ", output_shape.size(), " values for ", r,
-                  " spatial dims");
-    for (int64_t i = 0; i < r; ++i) {
-      out_sp[i] = output_shape.empty() ? in_sp[i] * strides[i] : output_shape[i];
-      PERCH_CHECK(out_sp[i] > 0, "output_shape must be positive, got ", shape_str(output_shape));
-      const int64_t total = full(i) - out_sp[i];
-      // An output_shape beyond the full size acts as extra output_padding: the tail only gets the bias.
-      if (total < 0) pb[i] = 0, pe[i] = total;
-      else if (auto_pad == "SAME_UPPER") pb[i] = total / 2, pe[i] = total - total / 2;
-      else pb[i] = total - total / 2, pe[i] = total / 2;
-    }
-  } else {
-    PERCH_CHECK(auto_pad == "NOTSET" || auto_pad == "VALID", "unknown auto_pad '", auto_pad, "'");
-    if (auto_pad == "NOTSET") {
-      const auto pads = n.attr_ints("pads", std::vector<int64_t>(2 * r, 0));
-      PERCH_CHECK(static_cast<int64_t>(pads.size()) == 2 * r, "pads must have ", 2 * r, " values");
-      for (int64_t i = 0; i < r; ++i) pb[i] = pads[i], pe[i] = pads[i + r];
-    }
-    for (int64_t i = 0; i < r; ++i) {
-      out_sp[i] = full(i) - pb[i] - pe[i];
-      PERCH_CHECK(out_sp[i] > 0, "pads leave no output along spatial dim ", i);
-    }
-  }
+  const ConvTransposeGeometry geo = conv_transpose_geometry(n, x.shape(), w.shape());
+  const int64_t r = x.rank() - 2, N = x.dim(0), C = x.dim(1), group = geo.group, Cg = C / group, Mg = w.dim(1),
+                M = Mg * group;
+  const Shape in_sp(x.shape().begin() + 2, x.shape().end()), out_sp(geo.out.begin() + 2, geo.out.end());
+  const auto &k_sp = geo.kernel, &strides = geo.strides, &dil = geo.dilations, &pb = geo.pads_begin;
   if (b) PERCH_CHECK(b->numel() == M, "bias has ", b->numel(), " values for ", M, " output channels");
-  Shape ys{N, M};
-  ys.insert(ys.end(), out_sp.begin(), out_sp.end());
+  const Shape& ys = geo.out;
   if constexpr (std::is_same_v<T, float>) {
     // 1-D/2-D float32 on the optimized paths: y is the input gradient of the convolution that maps y's space back
-    // to x's — weights [C, M/G, KH, KW] read as that convolution's [out = C, in/G = M/G, KH, KW], its input
-    // position o = i*s - pad_begin + k*d exactly the formula above — so kernels::conv2d_backward_data computes it
-    // (per image and group a GEMM W_g^T X_g, then col2im; float accumulation, tested against its double
-    // reference twin). That convolution's end padding max(0, pad_end - output_padding) gives back x's size; when
-    // it cannot (an output_shape past the full size), the loop below runs. PERCH_PATHS=reference keeps the loop.
-    if ((r == 1 || r == 2) && has_path(active_paths(), Path::kOptimized)) {
-      const auto at = [&](const auto& v, int64_t fill) { return r == 2 ? static_cast<int64_t>(v[0]) : fill; };
-      kernels::Conv2dShape cs;
-      cs.batch = N, cs.in_channels = M, cs.out_channels = C, cs.group = group;
-      cs.in_h = at(out_sp, 1), cs.in_w = out_sp[r - 1];
-      cs.kernel_h = at(k_sp, 1), cs.kernel_w = k_sp[r - 1];
-      cs.stride_h = at(strides, 1), cs.stride_w = strides[r - 1];
-      cs.dil_h = at(dil, 1), cs.dil_w = dil[r - 1];
-      cs.pad_top = at(pb, 0), cs.pad_left = pb[r - 1];
-      cs.pad_bottom = r == 2 ? std::max<int64_t>(0, pe[0] - out_pad[0]) : 0;
-      cs.pad_right = std::max<int64_t>(0, pe[r - 1] - out_pad[r - 1]);
-      if (cs.out_h() == at(in_sp, 1) && cs.out_w() == in_sp[r - 1]) {
-        Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-        float* yd = y.data<float>();
-        if (checked_numel(ys) > 0)
-          kernels::conv2d_backward_data(cs, x.data<float>(), w.data<float>(), yd);
-        if (b) {
-          const Tensor bf = b->to_f32();
-          const int64_t plane = cs.in_h * cs.in_w;
-          for (int64_t i = 0; i < N * M; ++i) {
-            const float bv = bf.data<float>()[i % M];
-            for (int64_t j = 0; j < plane; ++j) yd[i * plane + j] += bv;
-          }
+    // to x's (geo.as_conv) — so kernels::conv2d_backward_data computes it (per image and group a GEMM W_g^T X_g,
+    // then col2im; float accumulation, tested against its double reference twin). When no such convolution gives
+    // back x's size (an output_shape past the full size), the loop below runs. PERCH_PATHS=reference keeps the loop.
+    if (geo.as_conv && has_path(active_paths(), Path::kOptimized)) {
+      const kernels::Conv2dShape& cs = *geo.as_conv;
+      Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+      float* yd = y.data<float>();
+      if (checked_numel(ys) > 0) kernels::conv2d_backward_data(cs, x.data<float>(), w.data<float>(), yd);
+      if (b) {
+        const Tensor bf = b->to_f32();
+        const int64_t plane = cs.in_h * cs.in_w;
+        for (int64_t i = 0; i < N * M; ++i) {
+          const float bv = bf.data<float>()[i % M];
+          for (int64_t j = 0; j < plane; ++j) yd[i * plane + j] += bv;
         }
-        return y;
       }
+      return y;
     }
   }
   std::vector<double> acc(static_cast<size_t>(checked_numel(ys)), 0.0);

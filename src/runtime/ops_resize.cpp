@@ -25,6 +25,7 @@
 
 #include "ops_typed.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/op_geometry.h"
 
 namespace perch::runtime {
 
@@ -45,14 +46,9 @@ struct ResizeAttrs {
   bool legacy = false;  // opset <= 10 Resize and Upsample
 };
 
-struct Tap {
-  int64_t idx;
-  double w;
-};
-
 // Taps (input index, weight) for output index x along one dim; empty = extrapolation_value.
-std::vector<Tap> taps_for(const ResizeAttrs& at, int64_t x, int64_t len, double scale, int64_t out_len, double roi_s,
-                          double roi_e) {
+std::vector<ResizeTap> taps_for(const ResizeAttrs& at, int64_t x, int64_t len, double scale, int64_t out_len, double roi_s,
+                                double roi_e) {
   const double xf = static_cast<double>(x), L = static_cast<double>(len), out_f = scale * L;
   double xo;
   const std::string& c = at.coord;
@@ -99,7 +95,7 @@ std::vector<Tap> taps_for(const ResizeAttrs& at, int64_t x, int64_t len, double 
     }
     return {{clampi(i), 1.0}};
   }
-  std::vector<Tap> taps;
+  std::vector<ResizeTap> taps;
   if (at.mode == "linear") {
     taps = {{i0, 1.0 - t}, {i0 + 1, t}};
   } else if (at.mode == "cubic") {
@@ -113,37 +109,61 @@ std::vector<Tap> taps_for(const ResizeAttrs& at, int64_t x, int64_t len, double 
   if (at.exclude_outside) {
     double sum = 0;
     for (auto& tp : taps) {
-      if (tp.idx < 0 || tp.idx >= len) tp.w = 0;
-      sum += tp.w;
+      if (tp.index < 0 || tp.index >= len) tp.weight = 0;
+      sum += tp.weight;
     }
-    for (auto& tp : taps) tp.w /= sum;
+    for (auto& tp : taps) tp.weight /= sum;
   }
-  for (auto& tp : taps) tp.idx = clampi(tp.idx);
+  for (auto& tp : taps) tp.index = clampi(tp.index);
   return taps;
 }
 
-// x (row-major, shape `shape`) resized along `dim` to `out_len`.
-std::vector<double> resize_dim(const std::vector<double>& x, Shape& shape, int64_t dim, int64_t out_len, double scale,
-                               double roi_s, double roi_e, const ResizeAttrs& at) {
-  const int64_t len = shape[dim];
+// The map for output shape `out`, per-dim `scales` and `roi` (2 * rank values, starts then ends, or empty).
+ResizeMap make_map(const Shape& xs, const Shape& out, const std::vector<double>& scales, const std::vector<double>& roi,
+                   const ResizeAttrs& at) {
+  const auto r = static_cast<int64_t>(xs.size());
+  ResizeMap m;
+  m.out = out;
+  m.extrapolation = at.extrapolation;
+  const bool crop = at.coord == "tf_crop_and_resize";
+  m.nearest = at.mode == "nearest" && !crop;
+  m.taps.resize(static_cast<size_t>(r));
+  m.identity.assign(static_cast<size_t>(r), false);
+  for (int64_t d = 0; d < r; ++d) {
+    PERCH_CHECK(scales[d] > 0, "scale of dim ", d, " must be positive, got ", scales[d]);
+    if (!crop && out[d] == xs[d] && scales[d] == 1.0) {  // every mode but the crop maps x -> x exactly
+      m.identity[d] = true;
+      continue;
+    }
+    PERCH_CHECK(xs[d] > 0 || out[d] == 0, "cannot resize an empty dim ", d, " to ", out[d]);
+    const double rs = roi.empty() ? 0.0 : roi[d], re = roi.empty() ? 1.0 : roi[d + r];
+    auto& td = m.taps[static_cast<size_t>(d)];
+    for (int64_t j = 0; j < out[d]; ++j) td.push_back(taps_for(at, j, xs[d], scales[d], out[d], rs, re));
+  }
+  return m;
+}
+
+// x (row-major, shape `shape`) resized along `dim` by the taps of that dim.
+std::vector<double> resize_dim(const std::vector<double>& x, Shape& shape, int64_t dim,
+                               const std::vector<std::vector<ResizeTap>>& taps, double extrapolation) {
+  const int64_t len = shape[dim], out_len = static_cast<int64_t>(taps.size());
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < dim; ++d) outer *= shape[d];
   for (size_t d = static_cast<size_t>(dim) + 1; d < shape.size(); ++d) inner *= shape[d];
   std::vector<double> y(static_cast<size_t>(outer * out_len * inner));
-  PERCH_CHECK(len > 0 || out_len == 0 || y.empty(), "cannot resize an empty dim ", dim, " to ", out_len);
   for (int64_t j = 0; j < out_len && !y.empty(); ++j) {
-    const auto taps = taps_for(at, j, len, scale, out_len, roi_s, roi_e);
+    const auto& tj = taps[static_cast<size_t>(j)];
     for (int64_t o = 0; o < outer; ++o) {
       double* yp = y.data() + (o * out_len + j) * inner;
-      if (taps.empty()) {
-        std::fill_n(yp, inner, at.extrapolation);
+      if (tj.empty()) {
+        std::fill_n(yp, inner, extrapolation);
         continue;
       }
       std::fill_n(yp, inner, 0.0);
-      for (const Tap& tp : taps) {
-        if (tp.w == 0.0) continue;
-        const double* xp = x.data() + (o * len + tp.idx) * inner;
-        for (int64_t i = 0; i < inner; ++i) yp[i] += tp.w * xp[i];
+      for (const ResizeTap& tp : tj) {
+        if (tp.weight == 0.0) continue;
+        const double* xp = x.data() + (o * len + tp.index) * inner;
+        for (int64_t i = 0; i < inner; ++i) yp[i] += tp.weight * xp[i];
       }
     }
   }
@@ -152,26 +172,18 @@ std::vector<double> resize_dim(const std::vector<double>& x, Shape& shape, int64
 }
 
 // Nearest mode outside tf_crop_and_resize: every output element is one input element (a single tap of weight
-// 1 per dim, taps_for), so y is a gather of x's elements by per-dim index maps — no arithmetic, any dtype, in
-// x's own type (the separable double path below gives the same values for every type but int64 beyond 2^53).
-// Rows of the last dim whose outer indices map to the source row of the previous output row are copies of it.
-Tensor nearest_gather(const Tensor& x, const Shape& out, const std::vector<double>& scales, const std::vector<double>& roi,
-                      const ResizeAttrs& at) {
+// 1 per dim), so y is a gather of x's elements by per-dim index maps — no arithmetic, any dtype, in x's own type
+// (the separable double path below gives the same values for every type but int64 beyond 2^53). Rows of the
+// last dim whose outer indices map to the source row of the previous output row are copies of it.
+Tensor nearest_gather(const Tensor& x, const ResizeMap& map) {
   const int64_t r = x.rank();
+  const Shape& out = map.out;
   std::vector<std::vector<int64_t>> idx(static_cast<size_t>(r));
   for (int64_t d = 0; d < r; ++d) {
     auto& m = idx[static_cast<size_t>(d)];
     m.resize(static_cast<size_t>(out[d]));
-    const bool same = out[d] == x.dim(d) && scales[d] == 1.0;  // every mode maps x -> x exactly
-    const double rs = roi.empty() ? 0.0 : roi[d], re = roi.empty() ? 1.0 : roi[d + r];
-    for (int64_t j = 0; j < out[d]; ++j) {
-      if (same) {
-        m[static_cast<size_t>(j)] = j;
-        continue;
-      }
-      PERCH_CHECK(x.dim(d) > 0, "cannot resize an empty dim ", d, " to ", out[d]);
-      m[static_cast<size_t>(j)] = taps_for(at, j, x.dim(d), scales[d], out[d], rs, re).at(0).idx;
-    }
+    for (int64_t j = 0; j < out[d]; ++j)
+      m[static_cast<size_t>(j)] = map.identity[d] ? j : map.taps[d][j].at(0).index;
   }
   Tensor y = Tensor::uninitialized(x.dtype(), out);
   if (y.numel() == 0) return y;
@@ -207,14 +219,10 @@ Tensor nearest_gather(const Tensor& x, const Shape& out, const std::vector<doubl
   return y;
 }
 
-// Resizes x to `out` with per-dim `scales` (roi: 2 * rank values, starts then ends, or empty).
-Tensor resize_tensor(const Tensor& x, const Shape& out, const std::vector<double>& scales, const std::vector<double>& roi,
-                     const ResizeAttrs& at) {
+// x resized by `map`: innermost dim first, in double.
+Tensor resize_tensor(const Tensor& x, const ResizeMap& map) {
   const int64_t r = x.rank();
-  for (int64_t d = 0; d < r; ++d)
-    PERCH_CHECK(scales[d] > 0, "scale of dim ", d, " must be positive, got ", scales[d]);
-  if (at.mode == "nearest" && at.coord != "tf_crop_and_resize" && r >= 1 && x.dtype() != DType::kBool)
-    return nearest_gather(x, out, scales, roi, at);
+  if (map.nearest && r >= 1 && x.dtype() != DType::kBool) return nearest_gather(x, map);
   std::vector<double> buf(static_cast<size_t>(x.numel()));
   detail::visit_dtype(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -223,13 +231,9 @@ Tensor resize_tensor(const Tensor& x, const Shape& out, const std::vector<double
       for (int64_t i = 0; i < x.numel(); ++i) buf[i] = static_cast<double>(x.data<T>()[i]);
   });
   Shape cur = x.shape();
-  for (int64_t d = r - 1; d >= 0; --d) {
-    const bool crop = at.coord == "tf_crop_and_resize";
-    if (!crop && out[d] == x.dim(d) && scales[d] == 1.0) continue;  // every mode maps x -> x exactly
-    const double rs = roi.empty() ? 0.0 : roi[d], re = roi.empty() ? 1.0 : roi[d + r];
-    buf = resize_dim(buf, cur, d, out[d], scales[d], rs, re, at);
-  }
-  Tensor y = Tensor::uninitialized(x.dtype(), out);
+  for (int64_t d = r - 1; d >= 0; --d)
+    if (!map.identity[d]) buf = resize_dim(buf, cur, d, map.taps[d], map.extrapolation);
+  Tensor y = Tensor::uninitialized(x.dtype(), map.out);
   detail::visit_dtype(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_floating_point_v<T>) {
@@ -252,18 +256,17 @@ std::vector<double> float_values(const Tensor& t) {
 }
 
 // Output size from scales: floor(L * s), as the reference and ONNX Runtime compute it.
-Shape sizes_from_scales(const Tensor& x, const std::vector<double>& scales) {
-  Shape out(x.rank());
-  for (int64_t d = 0; d < x.rank(); ++d) {
+Shape sizes_from_scales(const Shape& xs, const std::vector<double>& scales) {
+  Shape out(xs.size());
+  for (size_t d = 0; d < xs.size(); ++d) {
     PERCH_CHECK(scales[d] > 0, "scale of dim ", d, " must be positive, got ", scales[d]);
-    out[d] = static_cast<int64_t>(std::floor(static_cast<double>(x.dim(d)) * scales[d]));
+    out[d] = static_cast<int64_t>(std::floor(static_cast<double>(xs[d]) * scales[d]));
   }
   return out;
 }
 
-std::vector<Tensor> resize(const Node& n, const Args& a, int64_t opset) {
-  const Tensor& x = in(n, a, 0);
-  const int64_t r = x.rank();
+ResizeMap resize_node_map(const Node& n, const Args& a, int64_t opset, const Shape& xs) {
+  const auto r = static_cast<int64_t>(xs.size());
   ResizeAttrs at;
   at.mode = n.attr_string("mode", "nearest");
   if (opset < 11) {
@@ -272,7 +275,7 @@ std::vector<Tensor> resize(const Node& n, const Args& a, int64_t opset) {
     PERCH_CHECK(at.mode == "nearest" || at.mode == "linear", "mode '", at.mode, "' is not defined before opset 11");
     const auto scales = float_values(in(n, a, 1));
     PERCH_CHECK(static_cast<int64_t>(scales.size()) == r, "scales has ", scales.size(), " values for rank ", r);
-    return {resize_tensor(x, sizes_from_scales(x, scales), scales, {}, at)};
+    return make_map(xs, sizes_from_scales(xs, scales), scales, {}, at);
   }
   at.coord = n.attr_string("coordinate_transformation_mode", "half_pixel");
   at.nearest_mode = n.attr_string("nearest_mode", "round_prefer_floor");
@@ -296,30 +299,29 @@ std::vector<Tensor> resize(const Node& n, const Args& a, int64_t opset) {
     for (size_t i = 0; i < k; ++i) roi[axes[i]] = v[i], roi[axes[i] + r] = v[i + k];
   }
   std::vector<double> scales(r, 1.0);
-  Shape out = x.shape();
+  Shape out = xs;
   const bool have_scales = has(a, 2) && a[2]->numel() > 0, have_sizes = has(a, 3) && a[3]->numel() > 0;
   PERCH_CHECK(have_scales != have_sizes, "exactly one of scales and sizes must be given (non-empty)");
   if (have_scales) {
     const auto s = float_values(*a[2]);
     PERCH_CHECK(s.size() == k, "scales has ", s.size(), " values, expected ", k);
     for (size_t i = 0; i < k; ++i) scales[axes[i]] = s[i];
-    out = sizes_from_scales(x, scales);
+    out = sizes_from_scales(xs, scales);
   } else {
     const auto s = a[3]->to_i64_vector();
     PERCH_CHECK(s.size() == k, "sizes has ", s.size(), " values, expected ", k);
     for (size_t i = 0; i < k; ++i) {
       const int64_t d = axes[i];
       PERCH_CHECK(s[i] >= 0, "negative output size ", s[i]);
-      PERCH_CHECK(x.dim(d) > 0 || s[i] == 0, "cannot resize empty dim ", d, " to ", s[i]);
+      PERCH_CHECK(xs[d] > 0 || s[i] == 0, "cannot resize empty dim ", d, " to ", s[i]);
       out[d] = s[i];
-      scales[d] = x.dim(d) > 0 ? static_cast<double>(s[i]) / static_cast<double>(x.dim(d)) : 1.0;
+      scales[d] = xs[d] > 0 ? static_cast<double>(s[i]) / static_cast<double>(xs[d]) : 1.0;
     }
   }
-  return {resize_tensor(x, out, scales, roi, at)};
+  return make_map(xs, out, scales, roi, at);
 }
 
-std::vector<Tensor> upsample(const Node& n, const Args& a, int64_t opset) {
-  const Tensor& x = in(n, a, 0);
+ResizeMap upsample_node_map(const Node& n, const Args& a, int64_t opset, const Shape& xs) {
   ResizeAttrs at;
   at.legacy = true;
   at.coord = "asymmetric";
@@ -332,12 +334,26 @@ std::vector<Tensor> upsample(const Node& n, const Args& a, int64_t opset) {
   } else {
     scales = float_values(in(n, a, 1));
   }
-  PERCH_CHECK(static_cast<int64_t>(scales.size()) == x.rank(), "scales has ", scales.size(), " values for rank ", x.rank());
+  PERCH_CHECK(scales.size() == xs.size(), "scales has ", scales.size(), " values for rank ", xs.size());
   for (double s : scales) PERCH_CHECK(s >= 1.0, "Upsample scales must be >= 1, got ", s);
-  return {resize_tensor(x, sizes_from_scales(x, scales), scales, {}, at)};
+  return make_map(xs, sizes_from_scales(xs, scales), scales, {}, at);
+}
+
+std::vector<Tensor> resize(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  return {resize_tensor(x, resize_node_map(n, a, opset, x.shape()))};
+}
+
+std::vector<Tensor> upsample(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  return {resize_tensor(x, upsample_node_map(n, a, opset, x.shape()))};
 }
 
 }  // namespace
+
+ResizeMap resize_map(const Node& n, const Args& a, int64_t opset, const Shape& x) {
+  return n.op_type == "Upsample" ? upsample_node_map(n, a, opset, x) : resize_node_map(n, a, opset, x);
+}
 
 void register_resize_ops(OpRegistry& r) {
   r.add("Resize", 10, resize);
