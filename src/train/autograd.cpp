@@ -53,7 +53,7 @@ std::vector<std::string> default_parameters(const graph::Model& model) {
   };
   for (const auto& n : g.nodes) {
     if (!n.domain.empty() && n.domain != "ai.onnx") continue;
-    if (n.op_type == "Conv" || n.op_type == "Gemm") take(n.input(1)), take(n.input(2));
+    if (n.op_type == "Conv" || n.op_type == "ConvTranspose" || n.op_type == "Gemm") take(n.input(1)), take(n.input(2));
     else if (n.op_type == "MatMul") take(n.input(0)), take(n.input(1));
     else if (n.op_type == "Add" || n.op_type == "Mul") take_vector(n.input(0)), take_vector(n.input(1));
     else if (n.op_type == "BatchNormalization") take(n.input(1)), take(n.input(2));

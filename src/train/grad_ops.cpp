@@ -308,6 +308,9 @@ BnView bn_view(const Node& node, const Tensor& x) {
 }
 
 // Training: batch mean and population variance per channel (double sums). saved = {mean, invstd}.
+// Whether a BatchNormalization forward in this mode normalizes with the batch's statistics (kFrozenStatistics).
+bool batch_statistics(const Node& n, bool training) { return training && n.attr_int(kFrozenStatistics, 0) == 0; }
+
 std::vector<Tensor> bn_forward(const Node& node, const Args& args, int64_t, ForwardContext& ctx) {
   for (size_t i = 0; i < 5; ++i)
     PERCH_CHECK(i < args.size() && args[i] && args[i]->dtype() == DType::kFloat32, node.describe(),
@@ -320,7 +323,7 @@ std::vector<Tensor> bn_forward(const Node& node, const Args& args, int64_t, Forw
   Tensor mean(DType::kFloat32, {v.c}), invstd(DType::kFloat32, {v.c});
   const float* xd = x.data<float>();
   const int64_t cnt = v.n * v.inner;
-  if (ctx.training) {
+  if (batch_statistics(node, ctx.training)) {
     PERCH_CHECK(cnt > 1, node.describe(), ": batch statistics need more than one value per channel");
     Tensor nrm(DType::kFloat32, {v.c}), nrv(DType::kFloat32, {v.c});
     parallel_for(0, v.c, [&](int64_t c0, int64_t c1) {
@@ -372,6 +375,7 @@ std::vector<Tensor> bn_grad(const GradArgs& a) {
   const BnView v = bn_view(a.node, x);
   const float *xd = x.data<float>(), *gd = g.data<float>();
   const float *mean = a.saved[0].data<float>(), *invstd = a.saved[1].data<float>();
+  const bool batch = batch_statistics(a.node, a.training);
   const double cnt = static_cast<double>(v.n * v.inner);
   std::vector<Tensor> out(a.inputs.size());
   Tensor dsc(DType::kFloat32, {v.c}), db(DType::kFloat32, {v.c});
@@ -397,7 +401,7 @@ std::vector<Tensor> bn_grad(const GradArgs& a) {
         const float* p = xd + (i * v.c + c) * v.inner;
         const float* q = gd + (i * v.c + c) * v.inner;
         float* d = dx.data<float>() + (i * v.c + c) * v.inner;
-        if (a.training)
+        if (batch)
           for (int64_t j = 0; j < v.inner; ++j) d[j] = k * (q[j] - mb - (p[j] - mu) * ms);
         else
           for (int64_t j = 0; j < v.inner; ++j) d[j] = k * q[j];
@@ -488,6 +492,71 @@ std::vector<Tensor> slice_grad(const GradArgs& a) {
   for_each_strided(v.shape, v.strides, [&](int64_t i, int64_t k) { d[k] = gd[i]; });
   std::vector<Tensor> out(a.inputs.size());
   out[0] = dx;
+  return out;
+}
+
+// ConvTranspose is the data gradient of a convolution (runtime::conv_transpose_geometry's `as_conv`: input in y's
+// space, output in x's, weights w as they are): y = conv^T(x) + b. So dx = conv(dy), dw = that convolution's weight
+// gradient for input dy and output gradient x, and db[m] = sum of dy[., m, ...] over images and positions.
+std::vector<Tensor> conv_transpose_grad(const GradArgs& a) {
+  const Tensor& x = input(a, 0);
+  const Tensor& w = input(a, 1);
+  const Tensor& g = dy(a);
+  const runtime::ConvTransposeGeometry geo = runtime::conv_transpose_geometry(a.node, x.shape(), w.shape());
+  PERCH_CHECK(geo.as_conv, a.node.describe(), ": no gradient for a ConvTranspose with ", x.rank() - 2,
+              " spatial dims and output ", shape_str(geo.out), " (1-D/2-D, at most the full output size)");
+  const kernels::Conv2dShape& cs = *geo.as_conv;
+  std::vector<Tensor> out(a.inputs.size());
+  if (wants(a, 0)) {
+    out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
+    kernels::conv2d_f32(cs, g.data<float>(), w.data<float>(), nullptr, out[0].data<float>());
+  }
+  if (wants(a, 1)) {
+    out[1] = Tensor::uninitialized(DType::kFloat32, w.shape());
+    kernels::conv2d_backward_weight(cs, g.data<float>(), x.data<float>(), out[1].data<float>(), nullptr);
+  }
+  if (wants(a, 2)) {
+    const int64_t N = g.dim(0), M = g.dim(1), plane = g.numel() / std::max<int64_t>(N * M, 1);
+    Tensor db(DType::kFloat32, {M});
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t m = 0; m < M; ++m) db.data<float>()[m] += lane_sum(g.data<float>() + (n * M + m) * plane, plane);
+    out[2] = db.reshaped(input(a, 2).shape());
+  }
+  return out;
+}
+
+// Resize / Upsample are linear in x (runtime::resize_map): y = P_0 ... P_{r-1} x, one pass per resized dim, so
+// dx = P_{r-1}^T ... P_0^T dy — each transposed pass scatters an output index's gradient to its taps
+// (dx[.., tap.index, ..] += tap.weight * dy[.., j, ..]); extrapolated outputs (tf_crop_and_resize outside the crop)
+// send nothing back. The passes act on different dims, so their order does not matter. In double, like the forward.
+std::vector<Tensor> resize_grad(const GradArgs& a) {
+  const Tensor& x = input(a, 0);
+  const Tensor& g = dy(a);
+  const runtime::ResizeMap m = runtime::resize_map(a.node, a.inputs, a.opset, x.shape());
+  PERCH_CHECK(g.shape() == m.out, a.node.describe(), ": output gradient ", shape_str(g.shape()), ", expected ",
+              shape_str(m.out));
+  std::vector<double> buf(g.data<float>(), g.data<float>() + g.numel());
+  Shape cur = m.out;
+  for (int64_t d = 0; d < x.rank(); ++d) {
+    if (m.identity[d]) continue;
+    const int64_t len = x.dim(d), out_len = cur[d];
+    int64_t outer = 1, inner = 1;
+    for (int64_t k = 0; k < d; ++k) outer *= cur[k];
+    for (int64_t k = d + 1; k < x.rank(); ++k) inner *= cur[k];
+    std::vector<double> back(static_cast<size_t>(outer * len * inner), 0.0);
+    for (int64_t j = 0; j < out_len; ++j)
+      for (const runtime::ResizeTap& tp : m.taps[d][j])
+        for (int64_t o = 0; o < outer; ++o) {
+          const double* gp = buf.data() + (o * out_len + j) * inner;
+          double* bp = back.data() + (o * len + tp.index) * inner;
+          for (int64_t i = 0; i < inner; ++i) bp[i] += tp.weight * gp[i];
+        }
+    buf.swap(back);
+    cur[d] = len;
+  }
+  std::vector<Tensor> out(a.inputs.size());
+  out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) out[0].data<float>()[i] = static_cast<float>(buf[static_cast<size_t>(i)]);
   return out;
 }
 
@@ -645,6 +714,9 @@ void register_grad_ops(GradRegistry& r) {
   r.add("Concat", "", op(concat_grad));
   r.add("Slice", "", op(slice_grad, {1, 2, 3, 4}));
   r.add("Cast", "", op(cast_grad));
+  r.add("ConvTranspose", "", op(conv_transpose_grad));
+  r.add("Resize", "", op(resize_grad, {1, 2, 3}));
+  r.add("Upsample", "", op(resize_grad, {1}));
   // Shape (and Size) read only the input's dimensions: nothing flows back.
   for (const char* t : {"Shape", "Size"}) r.add(t, "", op([](const GradArgs& a) { return std::vector<Tensor>(a.inputs.size()); }, {0}));
   r.add("ReduceMean", "", op([](const GradArgs& a) { return reduce_linear_grad(a, true, 18); }, {1}));

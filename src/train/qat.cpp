@@ -862,6 +862,12 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
   // BatchNormalization kept for the batch-statistics phase (see above), when the input model has it.
   if (o.freeze_bn > 0)
     for (const BnPair& p : find_bn_pairs(model)) q.bn_kept += keep_batchnorm(g, p, cal.equalization, params) ? 1 : 0;
+  // BatchNormalization nodes left in the canonical model (not after a Conv): statistics on the same schedule.
+  for (auto& n : g.nodes)
+    if (n.op_type == "BatchNormalization" && (n.domain.empty() || n.domain == "ai.onnx")) {
+      ++q.bn_standalone;
+      if (o.freeze_bn <= 0) n.attrs[std::string(kFrozenStatistics)] = int64_t{1};
+    }
   g.toposort();
   tm.source = model.source + " (QAT)";
   if (o.init_ptq_biases) init_biases_from_ptq(q, calib, o);
@@ -908,9 +914,11 @@ void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t t
     for (auto& n : g.nodes)
       if (n.op_type == "FakeQuantAct") n.attrs["frozen"] = int64_t{1};
   // BN statistics: the batch's for the first freeze_bn of the steps (at least one), then the running ones.
-  if (q.bn_kept > 0 && step + 1 >= std::llround(static_cast<double>(total) * o.freeze_bn))
-    for (auto& n : g.nodes)
+  if (q.bn_kept + q.bn_standalone > 0 && step + 1 >= std::llround(static_cast<double>(total) * o.freeze_bn))
+    for (auto& n : g.nodes) {
       if (n.op_type == "BnBatchCorrection") n.attrs["frozen"] = int64_t{1};
+      else if (n.op_type == "BatchNormalization") n.attrs[std::string(kFrozenStatistics)] = int64_t{1};
+    }
 }
 
 QatResult quantization_aware_training(const graph::Model& model, const Dataset& train_data, const QatOptions& o,

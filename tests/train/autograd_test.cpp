@@ -205,17 +205,19 @@ TEST(Gradients, MatMulBatched) {
 
 TEST(Gradients, BatchNormTrainingAndFrozen) {
   std::mt19937 rng(5);
-  for (bool training : {true, false}) {
+  // (training, kFrozenStatistics): a frozen node in a training forward uses the running statistics, as in QAT.
+  for (auto [training, frozen] : {std::pair{true, false}, std::pair{false, false}, std::pair{true, true}}) {
     Builder b;
     b.input("x", random_tensor({4, 3, 3, 2}, rng, -2.0f, 3.0f));
     b.param("scale", random_tensor({3}, rng, 0.5f, 1.5f));
     b.param("bias", random_tensor({3}, rng));
     b.param("mean", random_tensor({3}, rng), false);
     b.param("var", random_tensor({3}, rng, 0.5f, 2.0f), false);
-    b.node("BatchNormalization", {"x", "scale", "bias", "mean", "var"});
+    Node& bn = b.node("BatchNormalization", {"x", "scale", "bias", "mean", "var"});
+    if (frozen) bn.attrs[kFrozenStatistics] = int64_t{1};
     Case c = b.finish();
     c.training = training;
-    SCOPED_TRACE(training ? "batch statistics" : "running statistics");
+    SCOPED_TRACE(training && !frozen ? "batch statistics" : frozen ? "frozen in training" : "running statistics");
     gradcheck(c, 1e-2, 3e-2);
   }
 }
@@ -634,6 +636,114 @@ TEST(Gradients, ShapeComputedReshapeAndFloatCast) {
   b.node("Cast", {y}).attrs["to"] = int64_t{1};  // float32 -> float32
   b.node("Reshape", {b.m.graph.nodes.back().outputs[0], target});
   gradcheck(b.finish(), 1e-3);
+}
+
+TEST(Gradients, ResizeAndUpsampleEveryModeAndForm) {
+  std::mt19937 rng(21);
+  const auto f32 = [](std::vector<float> v) { return Tensor::from<float>({static_cast<int64_t>(v.size())}, v); };
+  struct R {
+    const char* what;
+    int64_t opset;
+    Shape x;
+    std::string mode, coord, nearest = "round_prefer_floor";
+    std::vector<float> scales;  // or
+    std::vector<int64_t> sizes;
+    std::vector<float> roi;
+    bool exclude_outside = false;
+  };
+  const std::vector<R> cases = {
+      // DBNet's FPN (PP-OCRv4 det): 2x nearest, asymmetric floor, scales input.
+      {"nearest asymmetric floor x2", 11, {2, 3, 3, 4}, "nearest", "asymmetric", "floor", {1, 1, 2, 2}, {}, {}},
+      {"nearest half_pixel, sizes down and up", 13, {1, 2, 5, 4}, "nearest", "half_pixel", "round_prefer_ceil", {}, {1, 2, 3, 7}, {}},
+      {"linear half_pixel, sizes", 13, {1, 2, 5, 4}, "linear", "half_pixel", "", {}, {1, 2, 3, 7}, {}},
+      {"linear align_corners", 13, {2, 1, 3, 3}, "linear", "align_corners", "", {1, 1, 2.5f, 1.5f}, {}, {}},
+      {"cubic pytorch_half_pixel exclude_outside", 13, {1, 2, 4, 4}, "cubic", "pytorch_half_pixel", "", {1, 1, 1.5f, 0.75f}, {}, {}, true},
+      // Outputs outside the crop are extrapolation_value: no gradient flows from them.
+      {"linear tf_crop_and_resize", 13, {1, 1, 4, 5}, "linear", "tf_crop_and_resize", "", {}, {1, 1, 5, 6},
+       {0, 0, -0.2f, 0.1f, 1, 1, 0.9f, 1.3f}},
+      {"opset 10 linear", 10, {1, 2, 3, 4}, "linear", "", "", {1, 1, 2, 1.5f}, {}, {}},
+  };
+  for (const R& rc : cases) {
+    Builder b(rc.opset);
+    b.input("x", random_tensor(rc.x, rng));
+    std::vector<std::string> ins{"x"};
+    if (rc.opset >= 11) ins.push_back(rc.roi.empty() ? std::string() : b.param("roi", f32(rc.roi), false));
+    ins.push_back(rc.scales.empty() ? std::string() : b.param("scales", f32(rc.scales), false));
+    if (!rc.sizes.empty())
+      ins.push_back(b.param("sizes", Tensor::from<int64_t>({static_cast<int64_t>(rc.sizes.size())}, rc.sizes), false));
+    Node& n = b.node("Resize", ins);
+    n.attrs["mode"] = rc.mode;
+    if (rc.opset >= 11) {
+      n.attrs["coordinate_transformation_mode"] = rc.coord;
+      if (!rc.nearest.empty()) n.attrs["nearest_mode"] = rc.nearest;
+      n.attrs["extrapolation_value"] = 0.25f;
+      if (rc.exclude_outside) n.attrs["exclude_outside"] = int64_t{1};
+    }
+    SCOPED_TRACE(rc.what);
+    gradcheck(b.finish(), 1e-2, 2e-2, 1000);  // every element of x
+  }
+  for (int64_t opset : {7, 9}) {
+    Builder b(opset);
+    b.input("x", random_tensor({1, 2, 3, 2}, rng));
+    std::vector<std::string> ins{"x"};
+    if (opset >= 9) ins.push_back(b.param("scales", f32({1, 1, 2, 3}), false));
+    Node& n = b.node("Upsample", ins);
+    n.attrs["mode"] = std::string(opset == 7 ? "linear" : "nearest");
+    if (opset < 9) n.attrs["scales"] = std::vector<float>{1, 1, 2, 3};
+    SCOPED_TRACE("Upsample opset " + std::to_string(opset));
+    gradcheck(b.finish(), 1e-2, 2e-2, 1000);
+  }
+}
+
+TEST(Gradients, ConvTransposeStridesGroupsPadsAndOutputShape) {
+  std::mt19937 rng(22);
+  struct C {
+    const char* what;
+    Shape x, w;
+    std::vector<int64_t> strides, pads, dilations, output_padding, output_shape;
+    int64_t group = 1;
+    std::string auto_pad = "NOTSET";
+  };
+  const std::vector<C> cases = {
+      {"DBNet's head: 2x2 stride 2", {2, 4, 3, 3}, {4, 3, 2, 2}, {2, 2}, {}, {}, {}, {}},
+      {"groups, pads, dilation, output_padding", {1, 4, 4, 3}, {4, 2, 3, 3}, {2, 1}, {1, 0, 0, 1}, {2, 1}, {1, 0}, {}, 2},
+      {"1-D", {2, 3, 5}, {3, 2, 3}, {2}, {1, 0}, {}, {}, {}},
+      {"output_shape, SAME_UPPER split", {1, 2, 3, 3}, {2, 3, 3, 3}, {2, 2}, {}, {}, {}, {6, 5}, 1, "SAME_UPPER"},
+  };
+  for (const C& cc : cases) {
+    Builder b(11);
+    b.input("x", random_tensor(cc.x, rng));
+    b.param("w", random_tensor(cc.w, rng));
+    b.param("b", random_tensor({cc.w[1] * cc.group}, rng));
+    Node& n = b.node("ConvTranspose", {"x", "w", "b"});
+    n.attrs["strides"] = cc.strides;
+    if (!cc.pads.empty()) n.attrs["pads"] = cc.pads;
+    if (!cc.dilations.empty()) n.attrs["dilations"] = cc.dilations;
+    if (!cc.output_padding.empty()) n.attrs["output_padding"] = cc.output_padding;
+    if (!cc.output_shape.empty()) n.attrs["output_shape"] = cc.output_shape;
+    n.attrs["group"] = cc.group;
+    n.attrs["auto_pad"] = cc.auto_pad;
+    SCOPED_TRACE(cc.what);
+    gradcheck(b.finish(), 1e-2, 2e-2, 1000);
+  }
+  // An output_shape past the full size has no convolution twin: refused, naming the node.
+  Builder b(11);
+  b.input("x", random_tensor({1, 1, 2, 2}, rng));
+  b.param("w", random_tensor({1, 1, 2, 2}, rng));
+  Node& n = b.node("ConvTranspose", {"x", "w"});
+  n.attrs["strides"] = std::vector<int64_t>{2, 2};
+  n.attrs["output_shape"] = std::vector<int64_t>{7, 7};
+  Case c = b.finish();
+  Tape tape(c.model, c.params);
+  TensorMap out = tape.forward(c.inputs, true);
+  EXPECT_EQ(out.begin()->second.shape(), (Shape{1, 1, 7, 7}));
+  try {
+    tape.backward({{out.begin()->first, random_tensor({1, 1, 7, 7}, rng)}});
+    ADD_FAILURE() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ConvTranspose"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no gradient"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Gradients, SoftmaxAxisSemanticsBeforeAndAfter13) {

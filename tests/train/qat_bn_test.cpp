@@ -4,7 +4,9 @@
 // already folded (../shared) keeping the folded path. Gradients: autograd_test.cpp (QatBatchNormComposition).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "perch/data/dataset.h"
@@ -15,6 +17,7 @@
 #include "perch/runtime/executor.h"
 #include "perch/train/arch.h"
 #include "perch/train/autograd.h"
+#include "perch/train/distill.h"
 #include "perch/train/qat.h"
 #include "perch/train/trainer.h"
 #include "test_util.h"
@@ -288,6 +291,105 @@ TEST(QatBatchNorm, EveryMbv2PairIsKeptAndExportEqualsFakeQuant) {
   for (int64_t i = 0; i < a.numel(); ++i)
     worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
   EXPECT_EQ(worst, 0.0);
+}
+
+// A BatchNormalization that follows no Conv (DBNet's head: ConvTranspose -> BN -> Relu) stays a float op of the
+// QDQ model. QAT runs it with batch statistics for the first freeze_bn of the steps (its running statistics
+// follow the batches), then with the running ones, frozen — and from the first step when freeze_bn = 0, so that
+// training sees the model the export writes. Gradients reach the layers before the ConvTranspose and a Resize.
+TEST(QatBatchNorm, StandaloneBatchNormFollowsTheScheduleThroughConvTransposeAndResize) {
+  std::mt19937 rng(11);
+  Model m;
+  m.set_opset(13);
+  graph::ValueInfo in;
+  in.name = "x", in.shape = {-1, 3, 6, 6}, in.has_shape = true;
+  m.graph.inputs.push_back(in);
+  auto& init = m.graph.initializers;
+  init["w"] = uniform({4, 3, 3, 3}, rng, -0.5f, 0.5f);
+  init["wt"] = uniform({4, 3, 2, 2}, rng, -0.5f, 0.5f);
+  init["bt"] = uniform({3}, rng, -0.2f, 0.2f);
+  init["gamma"] = uniform({3}, rng, 0.5f, 1.5f);
+  init["beta"] = uniform({3}, rng, -0.5f, 0.5f);
+  init["mean"] = uniform({3}, rng, -0.2f, 0.2f);
+  init["var"] = uniform({3}, rng, 0.3f, 2.0f);
+  init["roi"] = Tensor(DType::kFloat32, {0});
+  init["scales"] = Tensor::from<float>({4}, std::vector<float>{1, 1, 2, 2});
+  const auto add = [&](const char* name, const char* op, std::vector<std::string> ins, const char* out) -> Node& {
+    Node n;
+    n.name = name, n.op_type = op, n.inputs = std::move(ins), n.outputs = {out};
+    m.graph.nodes.push_back(n);
+    return m.graph.nodes.back();
+  };
+  add("conv", "Conv", {"x", "w"}, "c").attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  add("relu0", "Relu", {"c"}, "r0");
+  add("up", "ConvTranspose", {"r0", "wt", "bt"}, "t").attrs["strides"] = std::vector<int64_t>{2, 2};
+  add("bn", "BatchNormalization", {"t", "gamma", "beta", "mean", "var"}, "z");
+  add("relu1", "Relu", {"z"}, "r1");
+  Node& rs = add("resize", "Resize", {"r1", "roi", "scales"}, "y");
+  rs.attrs["mode"] = std::string("nearest");
+  rs.attrs["coordinate_transformation_mode"] = std::string("asymmetric");
+  rs.attrs["nearest_mode"] = std::string("floor");
+  graph::ValueInfo out;
+  out.name = "y";
+  m.graph.outputs.push_back(out);
+  m.source = "conv_convtranspose_bn_resize";
+  Dataset data;
+  data.images = uniform({64, 3, 6, 6}, rng, -1.0f, 1.0f);
+  data.name = "random";
+  for (const float freeze_bn : {0.5f, 0.0f}) {
+    SCOPED_TRACE("freeze_bn " + std::to_string(freeze_bn));
+    QatOptions o;
+    o.ptq.weights.bits = 4;
+    o.calib_images = 32;
+    o.freeze_bn = freeze_bn;
+    o.distill = true;
+    QatGraph q = prepare_qat(m, data, o);
+    EXPECT_EQ(q.bn_kept, 0);
+    EXPECT_EQ(q.bn_standalone, 1);
+    EXPECT_NE(std::find(q.params.begin(), q.params.end(), "wt"), q.params.end());
+    auto& I = q.model.graph.initializers;
+    const Tensor w0 = I.at(q.params.front()).clone(), wt0 = I.at("wt").clone();
+    std::vector<std::vector<float>> seen;  // running variance after each step
+    Tape tape(q.model, q.params);
+    TrainOptions to;
+    to.batch = 8;
+    to.max_steps = 8;
+    to.optimizer.lr = 1e-3f;
+    to.objective = distillation_objective(q.calibration.model, OutputCut{});
+    to.on_step = [&](int64_t step, int64_t total) {
+      const Tensor& v = I.at("var");
+      seen.emplace_back(v.data<float>(), v.data<float>() + v.numel());
+      qat_step_schedule(q, o, step, total);
+    };
+    if (freeze_bn == 0.0f) {  // training forward = evaluation forward (running statistics) from the first step
+      const Tensor x = data.batch(0, 8);
+      const Tensor a = tape.forward({{"x", x}}, true).at("y"), b = tape.forward({{"x", x}}, false).at("y");
+      for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << i;
+    }
+    fit(tape, data, to);
+    ASSERT_EQ(seen.size(), 8u);
+    const std::vector<float> initial(init.at("var").data<float>(), init.at("var").data<float>() + 3);
+    if (freeze_bn > 0) {
+      EXPECT_NE(seen[0], initial);
+      for (size_t i = 1; i < 4; ++i) EXPECT_NE(seen[i], seen[i - 1]) << "step " << i;
+      for (size_t i = 4; i < 8; ++i) EXPECT_EQ(seen[i], seen[3]) << "step " << i;
+    } else {
+      for (size_t i = 0; i < 8; ++i) EXPECT_EQ(seen[i], initial) << "step " << i;
+    }
+    // The Conv before the ConvTranspose and the ConvTranspose itself were trained.
+    EXPECT_NE(std::memcmp(w0.raw(), I.at(q.params.front()).raw(), w0.nbytes()), 0) << q.params.front();
+    EXPECT_NE(std::memcmp(wt0.raw(), I.at("wt").raw(), wt0.nbytes()), 0);
+    // The export computes exactly what the frozen fake-quant model computes (BN and ConvTranspose float).
+    const ptq::PtqResult exported = export_qat(q);
+    const Tensor x = data.batch(0, 16);
+    const Tensor a = tape.forward({{"x", x}}, false).at("y");
+    const Tensor b = runtime::Executor(exported.model).run1(x);
+    ASSERT_EQ(a.shape(), (Shape{16, 3, 24, 24}));
+    double worst = 0;
+    for (int64_t i = 0; i < a.numel(); ++i)
+      worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+    EXPECT_EQ(worst, 0.0);
+  }
 }
 
 // ../shared's models have BN folded already: nothing to keep, the training graph is the folded one.

@@ -11,7 +11,8 @@
 //   BatchNormalization  training: normalizes with the batch's statistics (mean, population variance) and
 //                       updates the running statistics, running = momentum * running + (1 - momentum) * batch
 //                       (ONNX's convention, momentum 0.9 by default; the running variance takes the unbiased
-//                       batch variance, as PyTorch does). Evaluation (and frozen BN in QAT): running statistics.
+//                       batch variance, as PyTorch does). Evaluation, and a node with the attribute
+//                       kFrozenStatistics = 1 (QAT sets it on the training graph): running statistics, unchanged.
 //   perch FakeQuant     see perch/train/qat.h.
 // Everything else computes the same function in both modes.
 //
@@ -36,6 +37,10 @@ using runtime::TensorMap;
 
 // State a training forward writes back into the model (initializer name -> new value): BN running
 // statistics, fake-quant ranges.
+// Attribute of a BatchNormalization node in a training graph: use (and keep) the running statistics in training
+// forwards too. Not an ONNX attribute; never written to a model file.
+inline constexpr const char* kFrozenStatistics = "perch_frozen_statistics";
+
 struct ForwardContext {
   bool training = false;
   std::vector<Tensor> saved;                            // what backward needs (per node)

@@ -30,6 +30,10 @@
 // Evaluation always uses the frozen form. Formulas and gradients: qat.cpp. freeze_bn <= 0, or a model with
 // BN already folded (as ../shared's models): the canonical folded weights are the parameters from the first
 // step (frozen statistics throughout).
+// A BatchNormalization that does not follow a Conv (e.g. after a ConvTranspose: it stays a float op of the QDQ
+// model) follows the same schedule: batch statistics, with its running statistics following
+// the batches, for the first `freeze_bn` of the steps, then the running statistics, frozen (from the first step
+// when freeze_bn <= 0).
 #pragma once
 
 #include <cstdint>
@@ -82,12 +86,14 @@ struct QatGraph {
   std::vector<std::string> params;             // what training updates
   std::map<std::string, std::string> act_state;  // quantized activation -> FakeQuantAct state prefix
   int bn_kept = 0;                             // Conv -> BN pairs trained with the batch-statistics phase
+  int bn_standalone = 0;                       // other BatchNormalization nodes (their statistics on the same schedule)
 };
 QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatOptions& options);
 // The QDQ model of the current state of `q` (weights, ranges, learned step sizes).
 ptq::PtqResult export_qat(const QatGraph& q);
 // The freezes, to call after optimizer step `step` (0-based) of `total`: activation ranges stop after
-// freeze_ranges of the steps, BN statistics after freeze_bn of them (BnBatchCorrection nodes become the identity).
+// freeze_ranges of the steps, BN statistics after freeze_bn of them (BnBatchCorrection nodes become the identity,
+// standalone BatchNormalization nodes use their running statistics).
 void qat_step_schedule(QatGraph& q, const QatOptions& o, int64_t step, int64_t total);
 
 // `eval`: optional data: the top-1 accuracies above when labelled (evaluated before and after training), and
