@@ -896,18 +896,26 @@ quant::QuantParams layer_weight_params(const Model& m, const Node& n, const Tens
   auto ain0 = aparams.find(n.input(0));
   if (b0 && b0->dtype() == DType::kFloat32 && ain0 != aparams.end() && spec.granularity == quant::Granularity::kPerChannel &&
       params.count() == b0->numel()) {
-    const double s_in = ain0->second.scale[0];
-    const float top = *std::max_element(params.scale.begin(), params.scale.end());
-    for (int64_t c = 0; c < b0->numel(); ++c) {
-      const double need = std::fabs(static_cast<double>(b0->data<float>()[c])) / (s_in * 1073741824.0);
-      float& sc = params.scale[static_cast<size_t>(c)];
-      if (need > 2.0 * sc && need <= top) {  // the bias would not fit int32 (2^31) at s_in * sc
-        sc = static_cast<float>(need);
-        if (scales_raised) ++*scales_raised;
-      }
-    }
+    const int64_t raised = raise_scales_for_bias(params, b0->data<float>(), b0->numel(), ain0->second.scale[0]);
+    if (scales_raised) *scales_raised += raised;
   }
   return params;
+}
+
+int64_t raise_scales_for_bias(quant::QuantParams& p, const float* bias, int64_t count, double s_in) {
+  PERCH_CHECK(count == p.count(), "raise_scales_for_bias: ", count, " biases for ", p.count(), " weight scales");
+  if (count == 0) return 0;
+  const float top = *std::max_element(p.scale.begin(), p.scale.end());
+  int64_t raised = 0;
+  for (int64_t c = 0; c < count; ++c) {
+    const double need = std::fabs(static_cast<double>(bias[c])) / (s_in * 1073741824.0);
+    float& sc = p.scale[static_cast<size_t>(c)];
+    if (need > 2.0 * sc && need <= top) {  // the bias would not fit int32 (2^31) at s_in * sc
+      sc = static_cast<float>(need);
+      ++raised;
+    }
+  }
+  return raised;
 }
 
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b) {

@@ -64,12 +64,20 @@ void set_spec_attrs(Node& n, const quant::QuantSpec& s) {
 float step_value(float v) { return std::max(std::fabs(v), quant::min_scale()); }
 
 // Weight parameters: from the current weights (the export's estimator), or the learned steps (input 1).
-quant::QuantParams weight_params(const Node& n, const Tensor& w, const Tensor* step) {
+// Without learned steps and given the layer's bias `b` and input scale, per-channel scales are raised where the
+// bias would not fit int32 at s_in * s_w (ptq::raise_scales_for_bias), exactly as the export does — else a channel
+// with tiny weights beside a normal bias (PaddlePaddle's learnable affine scales folded in) would train with its
+// bias clamped to ~0 and be exported with it restored.
+quant::QuantParams weight_params(const Node& n, const Tensor& w, const Tensor* step, const Tensor* b = nullptr,
+                                 const Tensor* act_scale = nullptr) {
   const quant::QuantSpec spec = spec_from_attrs(n);
   if (!step) {
     quant::RangeEstimator e(spec);
     e.observe(w);
-    return e.params();
+    quant::QuantParams p = e.params();
+    if (b && act_scale && spec.granularity == quant::Granularity::kPerChannel && p.count() == b->numel())
+      ptq::raise_scales_for_bias(p, b->data<float>(), b->numel(), step_value(act_scale->data<float>()[0]));
+    return p;
   }
   std::vector<float> sc(static_cast<size_t>(step->numel()));
   for (int64_t i = 0; i < step->numel(); ++i) sc[static_cast<size_t>(i)] = step_value(step->data<float>()[i]);
@@ -79,13 +87,16 @@ quant::QuantParams weight_params(const Node& n, const Tensor& w, const Tensor* s
 std::vector<Tensor> fq_weight_forward(const Node& n, const Args& a, int64_t, ForwardContext&) {
   PERCH_CHECK(!a.empty() && a[0] && a[0]->dtype() == DType::kFloat32, n.describe(), ": needs a float32 weight");
   const Tensor* step = a.size() > 1 ? a[1] : nullptr;
-  return {quant::fake_quant(*a[0], weight_params(n, *a[0], step))};
+  const Tensor *b = a.size() > 3 ? a[2] : nullptr, *s_in = a.size() > 3 ? a[3] : nullptr;
+  return {quant::fake_quant(*a[0], weight_params(n, *a[0], step, b, s_in))};
 }
 
 std::vector<Tensor> fq_weight_backward(const GradArgs& a) {
   const Tensor& w = *a.inputs[0];
   const Tensor* step = a.inputs.size() > 1 ? a.inputs[1] : nullptr;
-  const quant::QuantParams p = weight_params(a.node, w, step);
+  const bool raise = a.inputs.size() > 3;
+  const quant::QuantParams p =
+      weight_params(a.node, w, step, raise ? a.inputs[2] : nullptr, raise ? a.inputs[3] : nullptr);
   std::vector<Tensor> out(a.inputs.size());
   const Tensor& dy = *a.grad_outputs.at(0);
   if (step && a.needs.size() > 1 && a.needs[1]) {
@@ -325,7 +336,7 @@ std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
 std::vector<Tensor> fq_bias_forward(const Node& n, const Args& a, int64_t, ForwardContext&) {
   PERCH_CHECK(a.size() >= 3 && a[0] && a[1] && a[2], n.describe(), ": FakeQuantBias needs (b, w, act_scale)");
   const Tensor& b = *a[0];
-  const quant::QuantParams wp = weight_params(n, *a[1], a.size() > 3 ? a[3] : nullptr);
+  const quant::QuantParams wp = weight_params(n, *a[1], a.size() > 3 ? a[3] : nullptr, &b, a[2]);
   const float s_in = step_value(a[2]->data<float>()[0]);
   const bool per_channel = wp.count() > 1;
   PERCH_CHECK(!per_channel || wp.count() == b.numel(), n.describe(), ": bias has ", b.numel(), " values for ", wp.count(),
@@ -691,7 +702,7 @@ bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t
 }  // namespace
 
 void register_qat_ops(GradRegistry& r) {
-  r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {}});
+  r.add("FakeQuantWeight", kDomain, GradOp{fq_weight_backward, fq_weight_forward, {2, 3}});
   r.add("FakeQuantAct", kDomain, GradOp{fq_act_backward, fq_act_forward, {2, 3, 4}});
   r.add("ReluFakeQuantAct", kDomain, GradOp{relu_fq_act_backward, relu_fq_act_forward, {2, 3, 4}});
   r.add("ReluFakeQuantActMaxPool", kDomain, GradOp{relu_fq_act_pool_backward, relu_fq_act_pool_forward, {2, 3, 4}});
@@ -812,6 +823,9 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
     act_state[fq.outputs[0]] = base;
   }
   std::map<std::string, std::string> weight_fq;  // weight -> its fake-quant output
+  std::map<std::string, int> weight_layers;  // weight initializer -> weight layers reading it
+  for (const Node& n : g.nodes)
+    if (is_weight_op(n.op_type) && n.inputs.size() > 1) ++weight_layers[n.input(1)];
   const size_t original = g.nodes.size();
   for (size_t i = 0; i < original; ++i) {
     const Node n = g.nodes[i];
@@ -844,7 +858,13 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
     const std::string in0 = n.input(0), bname = n.input(2);
     const Tensor* bias = bname.empty() ? nullptr : g.initializer(bname);
     const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
-    const Node& wfq = *std::find_if(g.nodes.begin(), g.nodes.end(), [&](const Node& x) { return x.outputs[0] == it->second; });
+    Node& wfq = *std::find_if(g.nodes.begin(), g.nodes.end(), [&](const Node& x) { return x.outputs[0] == it->second; });
+    // The export raises per-channel weight scales where the bias would not fit int32 (ptq::layer_weight_params):
+    // the weight's fake-quant reads the bias and the input scale to do the same (not for a weight two layers
+    // share, whose biases could disagree, nor for learned steps, which the export takes as they are).
+    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && act_state.count(in0) && !o.learn_scales &&
+        wfq.attr_string("granularity", "") == "per-channel" && weight_layers[wname] == 1)
+      wfq.inputs = {wname, "", bname, act_state.at(in0) + ".scale"};
     if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && act_state.count(in0) &&
         wfq.attr_string("granularity", "") != "per-group") {
       Node fb;
@@ -853,7 +873,7 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
       fb.domain = kDomain;
       fb.attrs = wfq.attrs;
       fb.inputs = {bname, wname, act_state.at(in0) + ".scale"};
-      if (wfq.inputs.size() > 1) fb.inputs.push_back(wfq.inputs[1]);
+      if (wfq.inputs.size() > 1 && !wfq.inputs[1].empty()) fb.inputs.push_back(wfq.inputs[1]);
       fb.outputs = {g.unique_name(bname + "_fq")};
       g.nodes[i].inputs[2] = fb.outputs[0];
       g.nodes.push_back(fb);
@@ -903,7 +923,7 @@ ptq::PtqResult export_qat(const QatGraph& q) {
     out.activation_params[v] = quant::make_params(ptq::activation_spec(popt.activations), {}, {s}, {zp});
   }
   for (const auto& n : g.nodes)
-    if (n.op_type == "FakeQuantWeight" && n.inputs.size() > 1)
+    if (n.op_type == "FakeQuantWeight" && n.inputs.size() > 1 && !n.inputs[1].empty())
       popt.weight_params[n.inputs[0]] = weight_params(n, value(n.inputs[0]), &g.initializers.at(n.inputs[1]));
   return ptq::build_quantized(out, popt);
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 
 #include "perch/data/dataset.h"
 #include "perch/graph/onnx_io.h"
@@ -10,6 +11,7 @@
 #include "perch/runtime/executor.h"
 #include "perch/train/arch.h"
 #include "perch/train/autograd.h"
+#include "perch/train/distill.h"
 #include "perch/train/optim.h"
 #include "perch/train/qat.h"
 #include "perch/train/trainer.h"
@@ -202,6 +204,99 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
     }
     EXPECT_GT(dq, 10);
   }
+}
+
+// A channel with tiny weights beside a normal bias (PaddlePaddle's learnable affine scale near 0, folded in: rec
+// has 39 of them) would lose its bias at the int32 scale s_in * s_w; the export raises that channel's weight scale
+// (ptq::raise_scales_for_bias) and QAT's fake-quant nodes do the same, so the training graph is the exported model
+// — at the first step and after training.
+TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
+  std::mt19937 rng(4);
+  graph::Model m;
+  m.set_opset(13);
+  graph::ValueInfo in;
+  in.name = "x", in.shape = {-1, 1, 8, 8}, in.has_shape = true;
+  m.graph.inputs.push_back(in);
+  auto& I = m.graph.initializers;
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  Tensor w1(DType::kFloat32, {6, 1, 3, 3}), b1(DType::kFloat32, {6}), w2(DType::kFloat32, {3, 6, 1, 1});
+  for (auto* t : {&w1, &b1, &w2})
+    for (float& v : t->span<float>()) v = u(rng);
+  for (int k = 0; k < 9; ++k) w1.data<float>()[2 * 9 + k] = 1.0e-6f * static_cast<float>(k - 4);  // channel 2
+  b1.data<float>()[2] = 5.0f;  // 5 / (s_in s_w) ~ 4e10: past int32
+  I["w1"] = w1, I["b1"] = b1, I["w2"] = w2;
+  graph::Node c1, relu, c2;
+  c1.name = "c1", c1.op_type = "Conv", c1.inputs = {"x", "w1", "b1"}, c1.outputs = {"h"};
+  c1.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  relu.name = "relu", relu.op_type = "Relu", relu.inputs = {"h"}, relu.outputs = {"r"};
+  c2.name = "c2", c2.op_type = "Conv", c2.inputs = {"r", "w2"}, c2.outputs = {"y"};
+  m.graph.nodes = {c1, relu, c2};
+  graph::ValueInfo out;
+  out.name = "y";
+  m.graph.outputs.push_back(out);
+  m.source = "tiny_channel";
+  Dataset data;
+  data.images = Tensor(DType::kFloat32, {64, 1, 8, 8});
+  for (float& v : data.images.span<float>()) v = u(rng);
+  data.name = "random";
+  QatOptions o;
+  o.ptq.equalize = false;
+  o.calib_images = 64;
+  o.freeze_bn = 0;
+  o.freeze_ranges = 0;
+  o.distill = true;
+  QatGraph q = prepare_qat(m, data, o);
+  // w1 stays as it is (AdamW would move channel 2's weights by ~1e-3 a step, and they would need no raise); b1,
+  // whose value the raise depends on, trains.
+  std::vector<std::string> params;
+  for (const auto& p : q.params)
+    if (p != "w1") params.push_back(p);
+  ASSERT_EQ(params.size() + 1, q.params.size());
+  // The fake-quantized w1 of the training graph, as a second output.
+  std::string w1_fq;
+  for (const auto& n : q.model.graph.nodes)
+    if (n.op_type == "FakeQuantWeight" && n.input(0) == "w1") w1_fq = n.outputs[0];
+  ASSERT_FALSE(w1_fq.empty());
+  graph::ValueInfo wout;
+  wout.name = w1_fq;
+  q.model.graph.outputs.push_back(wout);
+  Tape tape(q.model, params);
+  const Tensor x = data.batch(0, 16);
+  const Tensor b1_before = q.model.graph.initializers.at("b1").clone();
+  auto worst_vs_export = [&](int64_t expect_raised) {
+    const ptq::PtqResult e = export_qat(q);
+    int64_t raised = 0;
+    for (const auto& l : e.layers) raised += l.weight_scales_raised;
+    EXPECT_EQ(raised, expect_raised);
+    const TensorMap ta = tape.forward({{"x", x}}, false);
+    const Tensor a = ta.at("y"), b = runtime::Executor(e.model).run1(x);
+    // The weight the export dequantizes (channel 2 at its raised scale) is the one training used.
+    const graph::Graph& eg = e.model.graph;
+    const graph::Node* c1q = nullptr;
+    for (const auto& n : eg.nodes)
+      if (n.name == "c1") c1q = &n;
+    EXPECT_TRUE(c1q);
+    if (!c1q) return 1.0;
+    const graph::Node& dq = eg.nodes.at(static_cast<size_t>(eg.producer(c1q->input(1))));
+    const Tensor& wq = *eg.initializer(dq.input(0));
+    const Tensor& ws = *eg.initializer(dq.input(1));
+    const Tensor& wf = ta.at(w1_fq);
+    for (int64_t i = 0; i < wq.numel(); ++i)
+      EXPECT_EQ(wf.data<float>()[i], static_cast<float>(wq.data<int8_t>()[i]) * ws.data<float>()[i / 9]) << "w1[" << i << "]";
+    double worst = 0;
+    for (int64_t i = 0; i < a.numel(); ++i)
+      worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+    return worst;
+  };
+  EXPECT_EQ(worst_vs_export(1), 0.0) << "before training";
+  TrainOptions to;
+  to.batch = 16;
+  to.max_steps = 4;
+  to.optimizer.lr = 1e-3f;
+  to.objective = distillation_objective(q.calibration.model, OutputCut{});
+  fit(tape, data, to);
+  EXPECT_NE(q.model.graph.initializers.at("b1").data<float>()[2], b1_before.data<float>()[2]);
+  EXPECT_EQ(worst_vs_export(1), 0.0) << "after 4 steps";
 }
 
 }  // namespace

@@ -200,6 +200,11 @@ quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node&
                                        const WeightOptions& wo, const PtqOptions& options,
                                        const std::map<std::string, quant::QuantParams>& aparams,
                                        int64_t* scales_raised);
+// The raise above, on its own: for per-channel `p` (one scale per bias value), every channel whose bias b[c] would
+// not fit int32 at the scale s_in * p.scale[c] (with 2x room for bias correction) gets the scale |b[c]| / (s_in 2^30),
+// unless that exceeds the largest channel scale. Returns how many were raised. QAT's fake-quant nodes apply it too
+// (perch/train/qat.h), so training sees the weights and biases the export writes.
+int64_t raise_scales_for_bias(quant::QuantParams& p, const float* bias, int64_t count, double s_in);
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
 
 // Uses options.activations, equalize, equalize_depthwise (skipped when options.weights is per-tensor; never by

@@ -7,10 +7,11 @@
 // the fake-quant model computed while training (bias correction is off: training does its job).
 //
 // Fake-quant ops (domain "perch", only inside the training graph; conventions of quant/params.h):
-//   FakeQuantWeight(w [, step])   weight spec of ptq::weight_spec (symmetric, narrow range, the op's axis).
-//       Parameters from the current weights each step (max |w| per channel / qmax, the export's estimator),
-//       or, with learned scales, the step-size input (LSQ, Esser et al. 2020). Gradient: STE for w (quant/
-//       fake_quant.h), LSQ for the step.
+//   FakeQuantWeight(w [, step] [, b, s_in])   weight spec of ptq::weight_spec (symmetric, narrow range, the
+//       op's axis). Parameters from the current weights each step (max |w| per channel / qmax, the export's
+//       estimator) — given the layer's bias b and input scale s_in (step then empty), with the export's raise of
+//       channel scales whose bias would not fit int32 (ptq::raise_scales_for_bias) — or, with learned scales, the
+//       step-size input (LSQ, Esser et al. 2020). Gradient: STE for w (quant/fake_quant.h), LSQ for the step.
 //   FakeQuantAct(x, scale, zero_point, lo, hi)   activation spec of ptq::activation_spec (per-tensor,
 //       asymmetric). Training: the range [lo, hi] follows the batches' min/max as an exponential moving
 //       average, lo = m lo + (1 - m) min(x) (m = ema_momentum), and (scale, zero_point) are re-derived from it
