@@ -1,6 +1,7 @@
 // Small pieces every perch subcommand file shares (not a public header).
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <string>
 
 #include "perch/core/error.h"
@@ -25,6 +26,43 @@ inline void parse_granularity(const std::string& s, ptq::WeightOptions& w) {
   } else {
     PERCH_FAIL("--weights '", s, "': expected per-channel, per-tensor or per-group:G");
   }
+}
+
+// The quantization-scheme flags `quantize`, `sensitivity` and `qat` share (beyond bits and granularity, whose
+// ranges differ per command), so that `perch qat` starts from the model `perch quantize` builds with the same flags.
+struct SchemeFlags {
+  std::string act_estimator = "minmax", weight_estimator = "minmax";
+  double percentile = 99.99;
+  bool act_signed = false, no_equalize = false, no_equalize_depthwise = false, no_fold_affine = false;
+  bool no_fuse_chains = false, ignore_nonfinite = false;
+};
+
+inline void add_scheme_flags(CLI::App* c, SchemeFlags& f) {
+  c->add_flag("--act-signed", f.act_signed, "int8 activations instead of uint8");
+  c->add_option("--act-estimator", f.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
+  c->add_option("--weight-estimator", f.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
+  c->add_option("--percentile", f.percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization (of weights and of depthwise inputs)");
+  c->add_flag("--no-equalize-depthwise", f.no_equalize_depthwise,
+              "keep the channel scales in front of depthwise convs as they are (no activation equalization)");
+  c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
+  c->add_flag("--no-fuse-chains", f.no_fuse_chains,
+              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div) and written-out layer "
+              "norms, not only at their ends");
+  c->add_flag("--ignore-nonfinite", f.ignore_nonfinite,
+              "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
+}
+
+inline void apply_scheme_flags(const SchemeFlags& f, ptq::PtqOptions& opt) {
+  opt.weights.estimator.kind = quant::parse_estimator(f.weight_estimator);
+  opt.activations.is_signed = f.act_signed;
+  opt.activations.estimator.kind = quant::parse_estimator(f.act_estimator);
+  opt.activations.estimator.percentile = f.percentile;
+  opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
+  opt.equalize = !f.no_equalize;
+  opt.equalize_depthwise = !f.no_equalize_depthwise;
+  opt.fold_affine = !f.no_fold_affine;
+  opt.fuse_chains = !f.no_fuse_chains;
 }
 
 }  // namespace perch::cli

@@ -97,21 +97,19 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
   auto model = std::make_shared<std::string>();
   auto weights = std::make_shared<std::string>("per-channel");
   auto wbits = std::make_shared<int>(8), abits = std::make_shared<int>(8);
-  auto learn = std::make_shared<bool>(false), no_eq = std::make_shared<bool>(false);
+  auto learn = std::make_shared<bool>(false);
+  auto scheme = std::make_shared<SchemeFlags>();
   auto calib = std::make_shared<int64_t>(1024);
   auto group = std::make_shared<int64_t>(16);
   auto freeze_bn = std::make_shared<float>(0.5f);
   auto freeze_ranges = std::make_shared<float>(0.8f);
   auto distill = std::make_shared<bool>(false);
-  auto act_estimator = std::make_shared<std::string>("minmax");
   auto ptq_biases = std::make_shared<bool>(false), empirical_bc = std::make_shared<bool>(false);
-  auto percentile = std::make_shared<double>(99.99);
   q->add_option("model", *model, "float ONNX model")->required();
   q->add_option("--weights", *weights, "per-channel | per-tensor | per-group:G")->capture_default_str();
   q->add_option("--weight-bits", *wbits, "weight bits (2..8)")->capture_default_str();
   q->add_option("--act-bits", *abits, "activation bits (2..8)")->capture_default_str();
   q->add_flag("--learn-scales", *learn, "learn weight and activation step sizes (LSQ)");
-  q->add_flag("--no-equalize", *no_eq, "skip cross-layer equalization before training");
   q->add_option("--calib-count", *calib, "images calibrating the initial ranges")->capture_default_str();
   q->add_option("--freeze-bn", *freeze_bn,
                 "fraction of the steps that use BN batch statistics (Conv->BN pairs of the model); then running "
@@ -121,9 +119,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
                 "fraction of the steps after which activation ranges stop following the batches (0: the calibrated "
                 "ranges throughout)")
       ->capture_default_str();
-  q->add_option("--act-estimator", *act_estimator, "initial activation ranges: minmax|last|ema|percentile|mse|entropy")
-      ->capture_default_str();
-  q->add_option("--percentile", *percentile, "percentile for --act-estimator percentile")->capture_default_str();
+  add_scheme_flags(q, *scheme);  // the calibration that sets the starting point, as perch quantize's
   q->add_flag("--ptq-biases", *ptq_biases,
               "start from the biases of perch quantize's bias correction (training starts at the bias-corrected PTQ model)");
   q->add_flag("--empirical-bias-correction", *empirical_bc, "with --ptq-biases: the empirical bias correction too");
@@ -186,7 +182,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       parse_granularity(*weights, w);
       w.bits = *wbits;
       o.ptq.activations.bits = *abits;
-      o.ptq.equalize = !*no_eq;
+      apply_scheme_flags(*scheme, o.ptq);
       o.calib_images = *calib;
       o.learn_scales = *learn;
       o.freeze_bn = *freeze_bn;
@@ -195,8 +191,6 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
       PERCH_CHECK(!*empirical_bc || *ptq_biases, "--empirical-bias-correction needs --ptq-biases");
       o.init_ptq_biases = *ptq_biases;
       o.ptq.empirical_bias_correction = *empirical_bc;
-      o.ptq.activations.estimator.kind = quant::parse_estimator(*act_estimator);
-      o.ptq.activations.estimator.percentile = *percentile;
       o.train = qf->options(0.1f);
       const bool labelled = ev && ev->has_labels();
       double fp32 = -1;

@@ -46,7 +46,10 @@ struct DataFlags {
   }
 };
 
+using cli::add_scheme_flags;
+using cli::apply_scheme_flags;
 using cli::parse_granularity;
+using cli::SchemeFlags;
 
 std::string fmt_acc(double a) {
   char b[32];
@@ -68,19 +71,16 @@ json layers_json(const std::vector<ptq::LayerReport>& layers) {
 }
 
 // Flags of `perch quantize`, bound by CLI11 directly.
-struct QuantizeFlags {
+struct QuantizeFlags : SchemeFlags {
   std::string model, output, calib = "fashion-mnist:train", weights = "per-channel";
-  std::string act_estimator = "minmax", weight_estimator = "minmax", eval;
+  std::string eval;
   int64_t calib_count = 1024;
   uint64_t seed = 0;
   int weight_bits = 8, act_bits = 8;
-  bool act_signed = false, compare = false, no_equalize = false, no_bias_correction = false;
-  bool no_fold_affine = false, no_fuse_chains = false, empirical_bc = false, no_equalize_depthwise = false;
+  bool compare = false, no_bias_correction = false, empirical_bc = false;
   int64_t empirical_bc_samples = 0;
   bool adaround = false, adaround_qin = false;
   int64_t adaround_iters = ptq::AdaRoundOptions{}.iterations, adaround_samples = 0;
-  bool ignore_nonfinite = false;
-  double percentile = 99.99;
   std::string float_nodes;  // comma-separated weight-layer node names left float
   std::string activation_bits;  // comma-separated NAME=BITS (ptq::PtqOptions::activation_bits)
   // Selective quantization.
@@ -160,22 +160,14 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   ptq::PtqOptions opt;
   parse_granularity(f.weights, opt.weights);
   opt.weights.bits = f.weight_bits;
-  opt.weights.estimator.kind = quant::parse_estimator(f.weight_estimator);
   opt.activations.bits = f.act_bits;
-  opt.activations.is_signed = f.act_signed;
-  opt.activations.estimator.kind = quant::parse_estimator(f.act_estimator);
-  opt.activations.estimator.percentile = f.percentile;
-  opt.activations.estimator.ignore_nonfinite = f.ignore_nonfinite;
-  opt.equalize = !f.no_equalize;
-  opt.equalize_depthwise = !f.no_equalize_depthwise;
+  apply_scheme_flags(f, opt);
   opt.bias_correction = !f.no_bias_correction;
-  opt.fold_affine = !f.no_fold_affine;
   PERCH_CHECK(!(f.empirical_bc && f.no_bias_correction),
               "--empirical-bias-correction and --no-bias-correction exclude each other");
   opt.empirical_bias_correction = f.empirical_bc;
   PERCH_CHECK(f.empirical_bc_samples >= 0, "--empirical-bias-samples must be positive (or 0: automatic)");
   opt.empirical_bias_samples = f.empirical_bc_samples;
-  opt.fuse_chains = !f.no_fuse_chains;
   opt.adaround = f.adaround;
   PERCH_CHECK(f.adaround_iters > 0, "--adaround-iters must be positive");
   opt.adaround_options.iterations = f.adaround_iters;
@@ -225,19 +217,8 @@ void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
   c->add_option("--calib-count", f.calib_count, "calibration images (a seeded random sample)")->capture_default_str();
   c->add_option("--seed", f.seed, "seed of the calibration sample")->capture_default_str();
   c->add_option("--act-bits", f.act_bits, "activation bits (2..8 or 16)")->capture_default_str();
-  c->add_flag("--act-signed", f.act_signed, "int8 activations instead of uint8");
-  c->add_option("--act-estimator", f.act_estimator, "minmax|last|ema|percentile|mse|entropy")->capture_default_str();
-  c->add_option("--weight-estimator", f.weight_estimator, "minmax|percentile|mse|entropy")->capture_default_str();
-  c->add_option("--percentile", f.percentile, "percentile for --act-estimator percentile")->capture_default_str();
-  c->add_flag("--no-equalize", f.no_equalize, "skip cross-layer equalization (of weights and of depthwise inputs)");
-  c->add_flag("--no-equalize-depthwise", f.no_equalize_depthwise,
-              "keep the channel scales in front of depthwise convs as they are (no activation equalization)");
+  add_scheme_flags(c, f);
   c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding; for quantize, the empirical one too)");
-  c->add_flag("--no-fold-affine", f.no_fold_affine, "keep Conv -> Mul/Add(constant) unfolded");
-  c->add_flag("--no-fuse-chains", f.no_fuse_chains,
-              "Q/DQ on every value inside elementwise chains (e.g. hardswish as Add/Clip/Mul/Div) and written-out layer norms, not only at their ends");
-  c->add_flag("--ignore-nonfinite", f.ignore_nonfinite,
-              "skip NaN/Inf activation values during calibration (counted and reported) instead of failing");
 }
 
 int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {

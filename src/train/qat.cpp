@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <optional>
 #include <set>
 
@@ -60,6 +62,26 @@ void set_spec_attrs(Node& n, const quant::QuantSpec& s) {
   n.attrs["group_size"] = s.group_size;
 }
 
+// The weight estimator of ptq::WeightOptions on a FakeQuantWeight node (attributes "estimator", "percentile" as
+// text so that the double round-trips, "bins"; none: min/max), so training clips weights as the export does.
+void set_estimator_attrs(Node& n, const quant::EstimatorOptions& e) {
+  if (e.kind == quant::EstimatorKind::kMinMax) return;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", e.percentile);
+  n.attrs["estimator"] = std::string(quant::estimator_name(e.kind));
+  n.attrs["percentile"] = std::string(buf);
+  n.attrs["bins"] = int64_t{e.bins};
+}
+
+quant::EstimatorOptions estimator_from_attrs(const Node& n) {
+  quant::EstimatorOptions e;
+  if (!n.has_attr("estimator")) return e;
+  e.kind = quant::parse_estimator(n.attr_string("estimator", "minmax"));
+  e.percentile = std::stod(n.attr_string("percentile", "99.99"));
+  e.bins = static_cast<int>(n.attr_int("bins", e.bins));
+  return e;
+}
+
 // A learned step size, kept positive and away from denormals (as choose_params does).
 float step_value(float v) { return std::max(std::fabs(v), quant::min_scale()); }
 
@@ -72,7 +94,7 @@ quant::QuantParams weight_params(const Node& n, const Tensor& w, const Tensor* s
                                  const Tensor* act_scale = nullptr) {
   const quant::QuantSpec spec = spec_from_attrs(n);
   if (!step) {
-    quant::RangeEstimator e(spec);
+    quant::RangeEstimator e(spec, estimator_from_attrs(n));
     e.observe(w);
     quant::QuantParams p = e.params();
     if (b && act_scale && spec.granularity == quant::Granularity::kPerChannel && p.count() == b->numel())
@@ -841,6 +863,7 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
       fq.op_type = "FakeQuantWeight";
       fq.domain = kDomain;
       set_spec_attrs(fq, ptq::weight_spec(wo, n, *w));
+      set_estimator_attrs(fq, wo.estimator);
       fq.inputs = {wname};
       fq.outputs = {g.unique_name(wname + "_fq")};
       if (o.learn_scales) {

@@ -8,6 +8,7 @@
 #include "cli_test_util.h"
 #include "perch/data/dataset.h"
 #include "perch/data/npy.h"
+#include "perch/graph/onnx_io.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -139,6 +140,37 @@ TEST(TrainCli, QatDistillsWithoutLabels) {
   r = run_cmd(base + " --distill --freeze-bn 0 --max-steps 2 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(json::parse(r.out).contains("fidelity")) << r.out;
+}
+
+// perch qat takes perch quantize's calibration-scheme flags (shared parsing): signed activations reach the
+// export, and a bad estimator is named.
+TEST(TrainCli, QatTakesQuantizesSchemeFlags) {
+  ASSERT_TRUE(perch::test::cli::ort_installed()) << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
+  const fs::path d = scratch("train_cli_scheme");
+  auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 40 --batch 64 --eval '' -o " +
+                   q(d / "m.onnx"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  perch::write_npy(d / "train.npy", perch::sample(perch::load_dataset("fashion-mnist:train"), 256, 13).images);
+  const std::string base = perch_bin() + " --quiet qat " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") +
+                           " --distill --freeze-bn 0 --max-steps 2 --batch 64 --calib-count 128 --data npy:" +
+                           q(d / "train.npy");
+  r = run_cmd(base + " --act-signed --weight-estimator percentile --act-estimator percentile --percentile 99.9"
+                     " --no-fuse-chains --no-equalize-depthwise --no-fold-affine --ignore-nonfinite");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const perch::graph::Model m = perch::graph::load_model((d / "q.onnx").string());
+  int64_t quantizers = 0;
+  for (const auto& n : m.graph.nodes) {
+    if (n.op_type != "QuantizeLinear") continue;
+    ++quantizers;
+    const perch::Tensor* zp = m.graph.initializer(n.input(2));
+    ASSERT_TRUE(zp) << n.describe();
+    EXPECT_EQ(zp->dtype(), perch::DType::kInt8) << n.describe();
+  }
+  EXPECT_GT(quantizers, 3);
+  EXPECT_GT(ort_accuracy(d / "q.onnx"), 0.5);
+  r = run_cmd(base + " --weight-estimator bogus");
+  EXPECT_EQ(r.code, 1);
+  perch::test::expect_contains(r.err, {"bogus"});
 }
 
 TEST(TrainCli, BadArgumentsAreNamed) {

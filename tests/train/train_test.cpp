@@ -157,8 +157,11 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
     quant::Granularity granularity;
     int bits;
     bool learn;
+    quant::EstimatorKind weight_estimator = quant::EstimatorKind::kMinMax;  // the export's, and training's
   };
   for (const Config& cfg : {Config{"W4 per-channel EMA", quant::Granularity::kPerChannel, 4, false},
+                            Config{"W4 per-channel MSE-clipped weights", quant::Granularity::kPerChannel, 4, false,
+                                   quant::EstimatorKind::kMse},
                             Config{"W4 per-channel LSQ", quant::Granularity::kPerChannel, 4, true},
                             Config{"W4 per-group:8 EMA", quant::Granularity::kPerGroup, 4, false},
                             Config{"W8 per-tensor LSQ", quant::Granularity::kPerTensor, 8, true}}) {
@@ -166,6 +169,7 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
     QatOptions q;
     q.ptq.weights.bits = cfg.bits;
     q.ptq.weights.granularity = cfg.granularity;
+    q.ptq.weights.estimator.kind = cfg.weight_estimator;
     if (cfg.granularity == quant::Granularity::kPerGroup) q.ptq.weights.group_size = 8;
     q.calib_images = 256;
     q.learn_scales = learn;
