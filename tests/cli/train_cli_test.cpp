@@ -23,6 +23,13 @@ using perch::test::cli::scratch;
 
 using perch::test::run_cmd;
 
+// A half-width convnet after 40 steps (seconds): a float model for the qat tests.
+bool train_small_convnet(const fs::path& out) {
+  const auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 40 --batch 64 --eval '' -o " + q(out));
+  EXPECT_EQ(r.code, 0) << r.err;
+  return r.code == 0;
+}
+
 double ort_accuracy(const fs::path& model) {
   const std::string mnist = "/usr/share/datasets/fashion-mnist/";
   auto r = run_cmd("node " + q(ort_dir() / "eval.js") + " " + q(model) + " --images " + mnist +
@@ -114,9 +121,8 @@ TEST(TrainCli, TrainAndQatAreBitIdenticalAcrossThreadCounts) {
 TEST(TrainCli, QatDistillsWithoutLabels) {
   ASSERT_TRUE(perch::test::cli::ort_installed()) << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
   const fs::path d = scratch("train_cli_distill");
-  auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 40 --batch 64 --eval '' -o " +
-                   q(d / "m.onnx"));
-  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(train_small_convnet(d / "m.onnx"));
+  perch::test::CmdResult r;
   const perch::Dataset train = perch::sample(perch::load_dataset("fashion-mnist:train"), 1024, 11);
   const perch::Dataset test = perch::sample(perch::load_dataset("fashion-mnist:test"), 256, 12);
   perch::write_npy(d / "train.npy", train.images);
@@ -147,9 +153,8 @@ TEST(TrainCli, QatDistillsWithoutLabels) {
 TEST(TrainCli, QatTakesQuantizesSchemeFlags) {
   ASSERT_TRUE(perch::test::cli::ort_installed()) << "onnxruntime-node is not installed in tools/ort: run scripts/setup.sh";
   const fs::path d = scratch("train_cli_scheme");
-  auto r = run_cmd(perch_bin() + " --quiet train --arch convnet --width 0.5 --max-steps 40 --batch 64 --eval '' -o " +
-                   q(d / "m.onnx"));
-  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(train_small_convnet(d / "m.onnx"));
+  perch::test::CmdResult r;
   perch::write_npy(d / "train.npy", perch::sample(perch::load_dataset("fashion-mnist:train"), 256, 13).images);
   const std::string base = perch_bin() + " --quiet qat " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") +
                            " --distill --freeze-bn 0 --max-steps 2 --batch 64 --calib-count 128 --data npy:" +

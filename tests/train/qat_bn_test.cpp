@@ -299,42 +299,27 @@ TEST(QatBatchNorm, EveryMbv2PairIsKeptAndExportEqualsFakeQuant) {
 // training sees the model the export writes. Gradients reach the layers before the ConvTranspose and a Resize.
 TEST(QatBatchNorm, StandaloneBatchNormFollowsTheScheduleThroughConvTransposeAndResize) {
   std::mt19937 rng(11);
-  Model m;
-  m.set_opset(13);
-  graph::ValueInfo in;
-  in.name = "x", in.shape = {-1, 3, 6, 6}, in.has_shape = true;
-  m.graph.inputs.push_back(in);
+  // conv_bn_relu with a 2x2 stride-2 ConvTranspose between the Conv and the BN, and a 2x nearest Resize after.
+  Model m = conv_bn_relu(rng);
   auto& init = m.graph.initializers;
-  init["w"] = uniform({4, 3, 3, 3}, rng, -0.5f, 0.5f);
-  init["wt"] = uniform({4, 3, 2, 2}, rng, -0.5f, 0.5f);
-  init["bt"] = uniform({3}, rng, -0.2f, 0.2f);
-  init["gamma"] = uniform({3}, rng, 0.5f, 1.5f);
-  init["beta"] = uniform({3}, rng, -0.5f, 0.5f);
-  init["mean"] = uniform({3}, rng, -0.2f, 0.2f);
-  init["var"] = uniform({3}, rng, 0.3f, 2.0f);
+  init["wt"] = uniform({6, 6, 2, 2}, rng, -0.5f, 0.5f);
+  init["bt"] = uniform({6}, rng, -0.2f, 0.2f);
   init["roi"] = Tensor(DType::kFloat32, {0});
   init["scales"] = Tensor::from<float>({4}, std::vector<float>{1, 1, 2, 2});
-  const auto add = [&](const char* name, const char* op, std::vector<std::string> ins, const char* out) -> Node& {
-    Node n;
-    n.name = name, n.op_type = op, n.inputs = std::move(ins), n.outputs = {out};
-    m.graph.nodes.push_back(n);
-    return m.graph.nodes.back();
-  };
-  add("conv", "Conv", {"x", "w"}, "c").attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
-  add("relu0", "Relu", {"c"}, "r0");
-  add("up", "ConvTranspose", {"r0", "wt", "bt"}, "t").attrs["strides"] = std::vector<int64_t>{2, 2};
-  add("bn", "BatchNormalization", {"t", "gamma", "beta", "mean", "var"}, "z");
-  add("relu1", "Relu", {"z"}, "r1");
-  Node& rs = add("resize", "Resize", {"r1", "roi", "scales"}, "y");
+  Node up;
+  up.name = "up", up.op_type = "ConvTranspose", up.inputs = {"c", "wt", "bt"}, up.outputs = {"t"};
+  up.attrs["strides"] = std::vector<int64_t>{2, 2};
+  Node rs;
+  rs.name = "resize", rs.op_type = "Resize", rs.inputs = {"y", "roi", "scales"}, rs.outputs = {"yr"};
   rs.attrs["mode"] = std::string("nearest");
   rs.attrs["coordinate_transformation_mode"] = std::string("asymmetric");
   rs.attrs["nearest_mode"] = std::string("floor");
-  graph::ValueInfo out;
-  out.name = "y";
-  m.graph.outputs.push_back(out);
-  m.source = "conv_convtranspose_bn_resize";
+  m.graph.nodes[1].inputs[0] = "t";  // the BN
+  m.graph.nodes.insert(m.graph.nodes.begin() + 1, up);
+  m.graph.nodes.push_back(rs);
+  m.graph.outputs[0].name = "yr";
   Dataset data;
-  data.images = uniform({64, 3, 6, 6}, rng, -1.0f, 1.0f);
+  data.images = uniform({64, 3, 8, 8}, rng, -1.0f, 1.0f);
   data.name = "random";
   for (const float freeze_bn : {0.5f, 0.0f}) {
     SCOPED_TRACE("freeze_bn " + std::to_string(freeze_bn));
@@ -363,12 +348,13 @@ TEST(QatBatchNorm, StandaloneBatchNormFollowsTheScheduleThroughConvTransposeAndR
     };
     if (freeze_bn == 0.0f) {  // training forward = evaluation forward (running statistics) from the first step
       const Tensor x = data.batch(0, 8);
-      const Tensor a = tape.forward({{"x", x}}, true).at("y"), b = tape.forward({{"x", x}}, false).at("y");
+      const Tensor a = tape.forward({{"x", x}}, true).at("yr"), b = tape.forward({{"x", x}}, false).at("yr");
       for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << i;
     }
     fit(tape, data, to);
     ASSERT_EQ(seen.size(), 8u);
-    const std::vector<float> initial(init.at("var").data<float>(), init.at("var").data<float>() + 3);
+    const Tensor& var0 = init.at("var");
+    const std::vector<float> initial(var0.data<float>(), var0.data<float>() + var0.numel());
     if (freeze_bn > 0) {
       EXPECT_NE(seen[0], initial);
       for (size_t i = 1; i < 4; ++i) EXPECT_NE(seen[i], seen[i - 1]) << "step " << i;
@@ -382,9 +368,9 @@ TEST(QatBatchNorm, StandaloneBatchNormFollowsTheScheduleThroughConvTransposeAndR
     // The export computes exactly what the frozen fake-quant model computes (BN and ConvTranspose float).
     const ptq::PtqResult exported = export_qat(q);
     const Tensor x = data.batch(0, 16);
-    const Tensor a = tape.forward({{"x", x}}, false).at("y");
+    const Tensor a = tape.forward({{"x", x}}, false).at("yr");
     const Tensor b = runtime::Executor(exported.model).run1(x);
-    ASSERT_EQ(a.shape(), (Shape{16, 3, 24, 24}));
+    ASSERT_EQ(a.shape(), (Shape{16, 6, 32, 32}));
     double worst = 0;
     for (int64_t i = 0; i < a.numel(); ++i)
       worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));

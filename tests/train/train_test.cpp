@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 
 #include "perch/data/dataset.h"
 #include "perch/graph/onnx_io.h"
@@ -215,34 +214,11 @@ TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
 // (ptq::raise_scales_for_bias) and QAT's fake-quant nodes do the same, so the training graph is the exported model
 // — at the first step and after training.
 TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
-  std::mt19937 rng(4);
-  graph::Model m;
-  m.set_opset(13);
-  graph::ValueInfo in;
-  in.name = "x", in.shape = {-1, 1, 8, 8}, in.has_shape = true;
-  m.graph.inputs.push_back(in);
-  auto& I = m.graph.initializers;
-  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
-  Tensor w1(DType::kFloat32, {6, 1, 3, 3}), b1(DType::kFloat32, {6}), w2(DType::kFloat32, {3, 6, 1, 1});
-  for (auto* t : {&w1, &b1, &w2})
-    for (float& v : t->span<float>()) v = u(rng);
-  for (int k = 0; k < 9; ++k) w1.data<float>()[2 * 9 + k] = 1.0e-6f * static_cast<float>(k - 4);  // channel 2
-  b1.data<float>()[2] = 5.0f;  // 5 / (s_in s_w) ~ 4e10: past int32
-  I["w1"] = w1, I["b1"] = b1, I["w2"] = w2;
-  graph::Node c1, relu, c2;
-  c1.name = "c1", c1.op_type = "Conv", c1.inputs = {"x", "w1", "b1"}, c1.outputs = {"h"};
-  c1.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
-  relu.name = "relu", relu.op_type = "Relu", relu.inputs = {"h"}, relu.outputs = {"r"};
-  c2.name = "c2", c2.op_type = "Conv", c2.inputs = {"r", "w2"}, c2.outputs = {"y"};
-  m.graph.nodes = {c1, relu, c2};
-  graph::ValueInfo out;
-  out.name = "y";
-  m.graph.outputs.push_back(out);
-  m.source = "tiny_channel";
-  Dataset data;
-  data.images = Tensor(DType::kFloat32, {64, 1, 8, 8});
-  for (float& v : data.images.span<float>()) v = u(rng);
-  data.name = "random";
+  graph::Model m = test::tiny_cnn(4);
+  float* w1 = m.graph.initializers.at("w1").data<float>();
+  for (int k = 0; k < 9; ++k) w1[2 * 9 + k] = 1.0e-6f * static_cast<float>(k - 4);  // channel 2
+  m.graph.initializers.at("b1").data<float>()[2] = 5.0f;  // 5 / (s_in s_w) ~ 1e10: past int32
+  const Dataset data = test::tiny_cnn_inputs(64, 5);
   QatOptions o;
   o.ptq.equalize = false;
   o.calib_images = 64;
@@ -278,7 +254,7 @@ TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
     const graph::Graph& eg = e.model.graph;
     const graph::Node* c1q = nullptr;
     for (const auto& n : eg.nodes)
-      if (n.name == "c1") c1q = &n;
+      if (n.name == "Conv_c1") c1q = &n;
     EXPECT_TRUE(c1q);
     if (!c1q) return 1.0;
     const graph::Node& dq = eg.nodes.at(static_cast<size_t>(eg.producer(c1q->input(1))));
