@@ -307,10 +307,10 @@ BnView bn_view(const Node& node, const Tensor& x) {
   return {x.dim(0), x.dim(1), x.numel() / std::max<int64_t>(1, x.dim(0) * x.dim(1))};
 }
 
-// Training: batch mean and population variance per channel (double sums). saved = {mean, invstd}.
 // Whether a BatchNormalization forward in this mode normalizes with the batch's statistics (kFrozenStatistics).
 bool batch_statistics(const Node& n, bool training) { return training && n.attr_int(kFrozenStatistics, 0) == 0; }
 
+// Training: batch mean and population variance per channel (double sums). saved = {mean, invstd}.
 std::vector<Tensor> bn_forward(const Node& node, const Args& args, int64_t, ForwardContext& ctx) {
   for (size_t i = 0; i < 5; ++i)
     PERCH_CHECK(i < args.size() && args[i] && args[i]->dtype() == DType::kFloat32, node.describe(),

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <string>
 #include <optional>
 #include <set>
+#include <string>
 
 #include "perch/core/error.h"
 #include "perch/core/progress.h"
