@@ -112,8 +112,8 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
   q->add_flag("--learn-scales", *learn, "learn weight and activation step sizes (LSQ)");
   q->add_option("--calib-count", *calib, "images calibrating the initial ranges")->capture_default_str();
   q->add_option("--freeze-bn", *freeze_bn,
-                "fraction of the steps that use BN batch statistics (Conv->BN pairs of the model); then running "
-                "statistics, frozen. 0: BN folded before training")
+                "fraction of the steps that use BN batch statistics (Conv->BN pairs of the model, and BN nodes after other "
+                "ops); then running statistics, frozen. 0: BN folded before training (other BN nodes frozen)")
       ->capture_default_str();
   q->add_option("--freeze-ranges", *freeze_ranges,
                 "fraction of the steps after which activation ranges stop following the batches (0: the calibrated "
