@@ -4,6 +4,7 @@
 #include <chrono>
 #include <map>
 #include <sstream>
+#include <unordered_set>
 
 #include "elementwise_chain.h"
 #include "ops_common.h"
@@ -143,12 +144,16 @@ TensorMap Executor::run_cached(const TensorMap& inputs, const TensorMap& known, 
   return run_impl(inputs, &known, observer, {});
 }
 
+TensorMap Executor::run_for(const TensorMap& inputs, const TensorMap& known, const std::vector<std::string>& outputs) const {
+  return run_impl(inputs, &known, nullptr, outputs, nullptr, true);
+}
+
 TensorMap Executor::run_adjusting(const TensorMap& inputs, const Adjuster& adjust) const {
   return run_impl(inputs, nullptr, nullptr, {}, &adjust);
 }
 
 TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
-                             const std::vector<std::string>& extra_outputs, const Adjuster* adjust) const {
+                             const std::vector<std::string>& extra_outputs, const Adjuster* adjust, bool only_extra) const {
   TensorMap values;
   for (const auto& in : model_.graph.inputs) {
     auto it = inputs.find(in.name);
@@ -169,6 +174,31 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
   // Fused chains run when nothing needs their intermediate values; decided at a chain's first node, run at its
   // last (only Constant nodes lie between), X kept until then.
   const bool may_fuse = !observer && !adjust && !known;
+  // With a cache, only the nodes the graph outputs still depend on run: walking back from the outputs, a node is
+  // needed when a needed value is one of its outputs, and its inputs are needed unless all its outputs are known.
+  // A caller may then pass just the values where its changed part begins (the rest of the prefix is never read).
+  std::vector<char> needed;
+  if (known) {
+    needed.assign(model_.graph.nodes.size(), 0);
+    std::unordered_set<std::string> want;
+    if (only_extra) want.insert(extra_outputs.begin(), extra_outputs.end());
+    else
+      for (const auto& o : model_.graph.outputs) want.insert(o.name);
+    for (size_t i = model_.graph.nodes.size(); i-- > 0;) {
+      const auto& n = model_.graph.nodes[i];
+      bool any = false, all_known = !n.outputs.empty();
+      for (const auto& o : n.outputs) {
+        if (o.empty()) continue;
+        any |= want.count(o) > 0;
+        all_known &= known->count(o) > 0;
+      }
+      if (!any) continue;
+      needed[i] = 1;
+      if (all_known) continue;
+      for (const auto& in : n.inputs)
+        if (!in.empty()) want.insert(in);
+    }
+  }
   size_t fusing = 0;  // chain_of_ value of the chain being skipped over, 0 = none
   size_t in_conv = 0;  // chain_of_ value of a chain already run inside its Conv, 0 = none
   // Whether a caller asked for the chain's X or one of its intermediate values (then its nodes run one by one).
@@ -192,6 +222,7 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
   };
   for (size_t i = 0; i < model_.graph.nodes.size(); ++i) {
     const auto& n = model_.graph.nodes[i];
+    if (known && !needed[i]) continue;
     if (in_conv && chain_of_[i] == in_conv) {  // its result is already there
       if (i == (*chains_)[in_conv - 1].last) in_conv = 0;
       continue;
@@ -294,14 +325,15 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
     release_inputs(n, i);
   }
   TensorMap out;
-  for (const auto& o : model_.graph.outputs) {
-    auto it = values.find(o.name);
+  for (size_t k = 0; !only_extra && k < model_.graph.outputs.size(); ++k) {
+    const std::string& o = model_.graph.outputs[k].name;
+    auto it = values.find(o);
     if (it == values.end()) {
-      auto c = constants_.find(o.name);
-      PERCH_CHECK(c != constants_.end(), model_.source, ": output '", o.name, "' was never produced");
-      out[o.name] = c->second;
+      auto c = constants_.find(o);
+      PERCH_CHECK(c != constants_.end(), model_.source, ": output '", o, "' was never produced");
+      out[o] = c->second;
     } else {
-      out[o.name] = it->second;
+      out[o] = it->second;
     }
   }
   for (const auto& e : extra_outputs) {

@@ -172,6 +172,39 @@ TEST(Executor, ObserverAndExtraOutputsSeeIntermediates) {
   EXPECT_NE(e.find("'nope'"), std::string::npos) << e;
 }
 
+TEST(Executor, CachedRunsComputeOnlyWhatTheOutputsStillNeed) {
+  // x -> Neg -> a -> Relu -> b -> Add(b, x) -> y, and a dead branch x -> Abs -> d.
+  Model m = model_of({node("Neg", {"x"}, {"a"}), node("Abs", {"x"}, {"d"}), node("Relu", {"a"}, {"b"}),
+                      node("Add", {"b", "x"}, {"y"})},
+                     {value("x", {4})}, {value("y", {4})});
+  Executor ex(m);
+  const Tensor x = Tensor::from<float>({4}, {-2.0f, -0.5f, 0.0f, 3.0f});
+  const Tensor b_given = Tensor::from<float>({4}, {10.0f, 20.0f, 30.0f, 40.0f});  // not what Relu would give
+  std::vector<std::string> ran;
+  auto seen = [&](const std::string& v, const Tensor&) { ran.push_back(v); };
+  // With b known, neither Neg nor Relu is needed (nor the dead Abs): only the Add runs, on the given b.
+  auto out = ex.run_cached({{"x", x}}, {{"b", b_given}}, seen);
+  EXPECT_EQ(ran, (std::vector<std::string>{"y"}));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(out.at("y").data<float>()[i], b_given.data<float>()[i] + x.data<float>()[i]);
+  // Without known values every node the output depends on runs, the dead branch still does not.
+  ran.clear();
+  out = ex.run_cached({{"x", x}}, {}, seen);
+  EXPECT_EQ(ran, (std::vector<std::string>{"a", "b", "y"}));
+  EXPECT_EQ(out.at("y").data<float>()[0], 2.0f - 2.0f);
+  // run_for: only the requested values, from what is known; the graph output is not computed.
+  auto part = ex.run_for({{"x", x}}, {}, {"a"});
+  ASSERT_EQ(part.size(), 1u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(part.at("a").data<float>()[i], -x.data<float>()[i]);
+  part = ex.run_for({{"x", x}}, {{"a", b_given}}, {"b", "d"});
+  ASSERT_EQ(part.size(), 2u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(part.at("b").data<float>()[i], b_given.data<float>()[i]);  // Relu of the given a
+    EXPECT_EQ(part.at("d").data<float>()[i], std::fabs(x.data<float>()[i]));
+  }
+  const std::string e = error_of([&] { ex.run_for({{"x", x}}, {}, {"nope"}); });
+  EXPECT_NE(e.find("'nope'"), std::string::npos) << e;
+}
+
 TEST(Executor, GraphWithoutInputsRunsButRun1Refuses) {
   Node c = node("Constant", {}, {"y"});
   c.attrs["value"] = Tensor::from<float>({2}, {1.5f, -2.0f});

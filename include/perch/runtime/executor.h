@@ -65,8 +65,13 @@ class Executor {
                 const std::vector<std::string>& extra_outputs = {}) const;
   // Like run(), but nodes whose outputs are all present in `known` are skipped and those values used
   // instead: the caller's cache of an unchanged prefix (see ptq/sensitivity.cpp). `known` must hold
-  // values these exact nodes would compute.
+  // values these exact nodes would compute. Nodes the graph outputs do not depend on (given `known`) do not run:
+  // `known` may hold only the values where the changed part begins, and `observer` sees only what runs.
   TensorMap run_cached(const TensorMap& inputs, const TensorMap& known, const Observer& observer = nullptr) const;
+  // Computes only `outputs` (any values of the graph), given `known` values as run_cached() takes them: just the
+  // nodes they depend on run. Returns those values. What a caller uses to collect the values where a variant's
+  // changed part begins, from the part of the base model before it.
+  TensorMap run_for(const TensorMap& inputs, const TensorMap& known, const std::vector<std::string>& outputs) const;
   // Like run(), but every produced value passes through `adjust` first.
   TensorMap run_adjusting(const TensorMap& inputs, const Adjuster& adjust) const;
   // Single-input convenience: runs with the first graph input, returns the first graph output.
@@ -97,7 +102,8 @@ class Executor {
   TensorMap constants_;                                // initializers + folded Constant nodes
 
   TensorMap run_impl(const TensorMap& inputs, const TensorMap* known, const Observer& observer,
-                     const std::vector<std::string>& extra_outputs, const Adjuster* adjust = nullptr) const;
+                     const std::vector<std::string>& extra_outputs, const Adjuster* adjust = nullptr,
+                     bool only_extra = false) const;
 };
 
 // The registry with every built-in op kernel registered (what Executor uses).
