@@ -4,10 +4,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <limits>
 #include <optional>
 
+#include "model_diff.h"
 #include "perch/core/progress.h"
 #include "perch/runtime/executor.h"
 
@@ -64,6 +64,16 @@ double WeightChoice::bytes(const Shape& s, int64_t channel_axis, int64_t group_a
   return n * bits / 8.0 + 4.0 * scales;
 }
 
+int64_t class_axis_of(const Fidelity& f, const std::string& out_name, const Shape& out) {
+  const int64_t rank = static_cast<int64_t>(out.size());
+  PERCH_CHECK(rank >= 2, "output '", out_name, "' has shape ", shape_str(out),
+              ": scoring against the float model needs a batch axis and a class axis");
+  const int64_t axis = f.class_axis == 0 ? (rank == 3 ? 2 : 1) : f.class_axis < 0 ? f.class_axis + rank : f.class_axis;
+  PERCH_CHECK(axis >= 1 && axis < rank, "class axis ", f.class_axis, " is not a non-batch axis of output '", out_name,
+              "' (shape ", shape_str(out), ")");
+  return axis;
+}
+
 std::vector<WeightChoice> default_candidates(int64_t group_size) {
   std::vector<WeightChoice> v;
   for (const char* l : {"int8 per-tensor", "int8 per-channel", "int4 per-channel", "int4 per-group"})
@@ -116,63 +126,6 @@ std::vector<WeightLayer> weight_layers(const Model& m) {
   return out;
 }
 
-bool same_tensor(const Tensor& a, const Tensor& b) {
-  if (a.raw() == b.raw() && a.shape() == b.shape()) return true;
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
-bool same_attrs(const Node& a, const Node& b) {
-  if (a.attrs.size() != b.attrs.size()) return false;
-  for (const auto& [k, v] : a.attrs) {
-    auto it = b.attrs.find(k);
-    if (it == b.attrs.end() || it->second.index() != v.index()) return false;
-    const bool same = std::visit(
-        [&](const auto& x) {
-          using T = std::decay_t<decltype(x)>;
-          const T& y = std::get<T>(it->second);
-          if constexpr (std::is_same_v<T, Tensor>) return same_tensor(x, y);
-          else return x == y;
-        },
-        v);
-    if (!same) return false;
-  }
-  return true;
-}
-
-// Output names of `variant`'s nodes that compute exactly what `base`'s nodes of the same outputs compute:
-// same op, attributes and inputs, every input itself clean (a graph input, an identical initializer, or
-// a clean node's output).
-std::vector<std::string> clean_outputs(const Model& base, const Model& variant) {
-  std::map<std::string, const Node*> base_by_output;
-  for (const auto& n : base.graph.nodes)
-    for (const auto& o : n.outputs) base_by_output[o] = &n;
-  std::set<std::string> clean;
-  for (const auto& in : variant.graph.inputs) clean.insert(in.name);
-  std::vector<std::string> out;
-  for (const auto& n : variant.graph.nodes) {
-    auto it = n.outputs.empty() ? base_by_output.end() : base_by_output.find(n.outputs[0]);
-    if (it == base_by_output.end()) continue;
-    const Node& b = *it->second;
-    if (b.op_type != n.op_type || b.inputs != n.inputs || b.outputs != n.outputs || !same_attrs(b, n)) continue;
-    bool ok = true;
-    for (const auto& in : n.inputs) {
-      if (in.empty() || clean.count(in)) continue;
-      const Tensor* tv = variant.graph.initializer(in);
-      const Tensor* tb = base.graph.initializer(in);
-      if (tv && tb && same_tensor(*tv, *tb)) continue;
-      ok = false;
-      break;
-    }
-    if (!ok) continue;
-    for (const auto& o : n.outputs)
-      if (!o.empty()) {
-        clean.insert(o);
-        out.push_back(o);
-      }
-  }
-  return out;
-}
-
 // How a variant's output is scored: top-1 against labels, or agreement with the float output (Fidelity).
 struct Scoring {
   bool labelled = true;
@@ -184,12 +137,7 @@ Scoring resolve_scoring(const Dataset& eval, const Fidelity& f, const std::strin
   Scoring s;
   s.labelled = eval.has_labels();
   if (s.labelled) return s;
-  const int64_t rank = static_cast<int64_t>(out.size());
-  PERCH_CHECK(rank >= 2, "output '", out_name, "' has shape ", shape_str(out),
-              ": agreement needs a batch axis and a class axis");
-  int64_t axis = f.class_axis == 0 ? (rank == 3 ? 2 : 1) : f.class_axis < 0 ? f.class_axis + rank : f.class_axis;
-  PERCH_CHECK(axis >= 1 && axis < rank, "class axis ", f.class_axis, " is not a non-batch axis of output '", out_name,
-              "' (shape ", shape_str(out), ")");
+  const int64_t axis = class_axis_of(f, out_name, out);
   s.axis = axis;
   s.threshold = f.threshold;
   PERCH_CHECK(out[static_cast<size_t>(axis)] > 1 || std::isfinite(f.threshold), "output '", out_name, "' (shape ",
@@ -338,7 +286,7 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   std::vector<Variant> variants;
   auto add_variant = [&](size_t base, const PtqOptions& o) {
     Model vm = build_quantized(cal, o).model;
-    auto clean = clean_outputs(bases[base], vm);
+    auto clean = detail::clean_outputs(bases[base], vm);
     const size_t dirty = vm.graph.nodes.size() - std::min(vm.graph.nodes.size(), clean.size());
     variants.push_back(Variant{base, runtime::Executor(std::move(vm)), std::move(clean), {}, dirty});
   };

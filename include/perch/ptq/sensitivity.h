@@ -76,6 +76,9 @@ struct Fidelity {
   double threshold = std::numeric_limits<double>::quiet_NaN();
 };
 
+// The class axis `f` names for an output of shape `out` (rules above; errors name `out_name`).
+int64_t class_axis_of(const Fidelity& f, const std::string& out_name, const Shape& out);
+
 struct SensitivityReport {
   std::string metric = "top-1";  // "top-1" (labels) or "agreement" (with the float model)
   int64_t class_axis = 0;        // agreement: the axis resolved (threshold used when it has one entry)
