@@ -19,6 +19,7 @@
 #include "perch/graph/onnx_io.h"
 #include "perch/graph/passes.h"
 #include "perch/ptq/adaround.h"
+#include "perch/ptq/range_search.h"
 #include "perch/ptq/evaluate.h"
 #include "perch/ptq/quantize.h"
 #include "perch/ptq/report.h"
@@ -81,6 +82,9 @@ struct QuantizeFlags : SchemeFlags {
   int64_t empirical_bc_samples = 0;
   bool adaround = false, adaround_qin = false;
   int64_t adaround_iters = ptq::AdaRoundOptions{}.iterations, adaround_samples = 0;
+  bool search_ranges = false;
+  int64_t search_ranges_images = ptq::RangeSearchOptions{}.images;
+  int search_ranges_sweeps = ptq::RangeSearchOptions{}.sweeps;
   std::string float_nodes;  // comma-separated weight-layer node names left float
   std::string activation_bits;  // comma-separated NAME=BITS (ptq::PtqOptions::activation_bits)
   // Selective quantization.
@@ -175,6 +179,12 @@ ptq::PtqOptions ptq_options(const QuantizeFlags& f) {
   opt.adaround_options.samples = f.adaround_samples;
   PERCH_CHECK(!f.adaround_qin || f.adaround, "--adaround-quantized-inputs needs --adaround");
   opt.adaround_options.quantized_inputs = f.adaround_qin;
+  PERCH_CHECK(f.search_ranges_images > 0, "--search-ranges-images must be positive");
+  PERCH_CHECK(f.search_ranges_sweeps > 0, "--search-ranges-sweeps must be positive");
+  opt.search_ranges = f.search_ranges;
+  opt.range_search.images = f.search_ranges_images;
+  opt.range_search.sweeps = f.search_ranges_sweeps;
+  opt.range_search.class_axis = f.class_axis;
   for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
   for (const auto& item : split_commas(f.activation_bits)) {
     const size_t eq = item.rfind('=');
@@ -298,13 +308,30 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
     if (!f.save_config.empty()) write_file_atomic(f.save_config, selection_report.dump(2) + "\n");
   }
   if (opt.adaround && !adaround_first) run_adaround();
-  json empirical_report;
-  if (opt.bias_correction && opt.empirical_bias_correction) {
+  json empirical_report, range_report;
+  auto run_empirical_correction = [&] {
+    if (!opt.bias_correction || !opt.empirical_bias_correction) return;
     const ptq::EmpiricalBiasReport er = ptq::correct_biases_empirically(cal, calib, opt);
     empirical_report = {{"layers", er.layers}, {"images", er.images}, {"max_shift", er.max_shift}, {"seconds", er.seconds}};
     if (!as_json && !quiet())
-      std::fprintf(stderr, "empirical bias correction: %lld layers on %lld images, largest channel shift %.4g (%.1fs)\n",
+        std::fprintf(stderr, "empirical bias correction: %lld layers on %lld images, largest channel shift %.4g (%.1fs)\n",
                    static_cast<long long>(er.layers), static_cast<long long>(er.images), er.max_shift, er.seconds);
+  };
+  run_empirical_correction();
+  if (opt.search_ranges) {
+    const ptq::RangeSearchReport rr = ptq::search_activation_ranges(cal, calib, opt);
+    json moves = json::array();
+    for (const auto& m : rr.moves)
+      moves.push_back({{"activation", m.activation}, {"before", {m.lo_before, m.hi_before}}, {"after", {m.lo, m.hi}},
+                       {"error", m.error}});
+    range_report = {{"objective", rr.objective}, {"images", rr.images}, {"grids", rr.grids}, {"candidates", rr.candidates},
+                    {"error_before", rr.error_before}, {"error_after", rr.error_after}, {"moves", moves},
+                    {"seconds", rr.seconds}};
+    if (!as_json && !quiet())
+      std::fprintf(stderr, "range search: %zu of %lld activation grids moved on %lld images, output error (%s) %.4g -> %.4g (%.1fs)\n",
+                   rr.moves.size(), static_cast<long long>(rr.grids), static_cast<long long>(rr.images),
+                   rr.objective.c_str(), rr.error_before, rr.error_after, rr.seconds);
+    run_empirical_correction();  // the shifts measured with the old grids
   }
   ptq::PtqResult res = ptq::build_quantized(cal, opt);
   if (!out_path.empty()) graph::save_model(res.model, out_path);
@@ -322,6 +349,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   if (!selection_report.is_null()) j["auto"] = selection_report;
   if (!empirical_report.is_null()) j["empirical_bias_correction"] = empirical_report;
   if (!adaround_report.is_null()) j["adaround"] = adaround_report;
+  if (!range_report.is_null()) j["range_search"] = range_report;
   if (!as_json && !quiet()) {
     std::fprintf(stderr, "quantized %zu weight layers (%s), %lld activations in %.2fs (%s)\n", res.layers.size(),
                  weights.c_str(), static_cast<long long>(res.activations_quantized), res.total_seconds,
@@ -640,6 +668,15 @@ int main(int argc, char** argv) {
               "float input (weights also absorb their input's quantization error)");
   q->add_option("--adaround-samples", qf.adaround_samples,
                 "with --adaround: calibration images for the layer inputs' second moments (0: all)")
+      ->capture_default_str();
+  q->add_flag("--search-ranges", qf.search_ranges,
+              "after calibration (and the empirical correction, which then runs again), refine each activation's "
+              "range by the model's output error against the float model on calibration images (coordinate search "
+              "over the grid ends; docs/QUANTIZATION.md)");
+  q->add_option("--search-ranges-images", qf.search_ranges_images,
+                "with --search-ranges: the first N calibration images the output error is measured on")
+      ->capture_default_str();
+  q->add_option("--search-ranges-sweeps", qf.search_ranges_sweeps, "with --search-ranges: passes over the activations")
       ->capture_default_str();
   q->add_option("--float-nodes", qf.float_nodes,
                  "comma-separated Conv/Gemm/MatMul node names whose weights stay float (per-layer sensitivity)");

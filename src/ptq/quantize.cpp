@@ -1,6 +1,7 @@
 #include "perch/ptq/quantize.h"
 
 #include "perch/ptq/adaround.h"
+#include "perch/ptq/range_search.h"
 #include "perch/ptq/validate.h"
 
 #include <algorithm>
@@ -1225,7 +1226,12 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
 PtqResult quantize_model(const Model& model, const Dataset& calib, const PtqOptions& options) {
   Calibration cal = calibrate(model, calib, options);
   if (options.adaround) (void)round_weights_adaptively(cal, calib, options);
-  if (options.bias_correction && options.empirical_bias_correction) (void)correct_biases_empirically(cal, calib, options);
+  const bool ebc = options.bias_correction && options.empirical_bias_correction;
+  if (ebc) (void)correct_biases_empirically(cal, calib, options);
+  if (options.search_ranges) {
+    (void)search_activation_ranges(cal, calib, options);
+    if (ebc) (void)correct_biases_empirically(cal, calib, options);  // measured again on the new grids
+  }
   return build_quantized(cal, options);
 }
 

@@ -297,6 +297,41 @@ TEST(Cli, InspectReportsChannelSpread) {
   EXPECT_EQ(j["layers"][2]["axis"], 0);  // Gemm with transB=1: output channels are rows of B
 }
 
+// --search-ranges: the report names every moved grid and the output error before and after; the written model is
+// the searched one (a different file from the plain run); bad values are refused by name.
+TEST(Cli, QuantizeSearchRangesReportsItsMoves) {
+  const fs::path d = scratch("search_ranges");
+  const graph::Model m = test::tiny_cnn(11);
+  graph::save_model(m, d / "tiny.onnx");
+  write_tiny_data(m, d, 48, 5);
+  const std::string base = perch_bin() + " quantize " + q(d / "tiny.onnx") + " --calib " +
+                           q("npy:" + (d / "x.npy").string()) + " --act-bits 4 --json";
+  auto r = run_cmd(base + " -o " + q(d / "plain.onnx"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(json::parse(r.out).contains("range_search"));
+  r = run_cmd(base + " -o " + q(d / "searched.onnx") + " --search-ranges --search-ranges-images 32");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_TRUE(j.contains("range_search")) << r.out;
+  const json& rs = j["range_search"];
+  EXPECT_EQ(rs["objective"], "kl");
+  EXPECT_EQ(rs["images"], 32);
+  EXPECT_GT(rs["grids"].get<int>(), 0);
+  const double before = rs["error_before"], after = rs["error_after"];
+  ASSERT_FALSE(rs["moves"].empty());
+  EXPECT_LT(after, before);
+  EXPECT_DOUBLE_EQ(rs["moves"].back()["error"].get<double>(), after);
+  for (const auto& mv : rs["moves"]) {
+    EXPECT_EQ(mv["before"].size(), 2u);
+    EXPECT_NE(mv["before"], mv["after"]) << mv.dump();
+  }
+  std::ifstream a(d / "plain.onnx", std::ios::binary), b(d / "searched.onnx", std::ios::binary);
+  EXPECT_NE(std::string((std::istreambuf_iterator<char>(a)), {}), std::string((std::istreambuf_iterator<char>(b)), {}));
+  r = run_cmd(base + " -o " + q(d / "bad.onnx") + " --search-ranges --search-ranges-images 0");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--search-ranges-images"), std::string::npos) << r.err;
+}
+
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {
   const fs::path d = scratch("atomic");
   graph::save_model(test::tiny_cnn(2), d / "tiny.onnx");

@@ -61,6 +61,16 @@ struct AdaRoundOptions {
   bool quantized_inputs = false;
 };
 
+// Activation ranges refined by the model's output error (search_activation_ranges(), ptq/range_search.h).
+struct RangeSearchOptions {
+  int64_t images = 64;  // the first N images of the calibration data the error is measured on (all if fewer)
+  int sweeps = 1;       // passes over the activations
+  // Candidate ends: hi · f, and lo · f when lo < 0, for each f.
+  std::vector<double> factors = {0.7, 0.85, 1.15, 1.4};
+  double min_gain = 1e-3;  // a candidate replaces the current grid when its error is below (1 - min_gain) × the current
+  int64_t class_axis = 0;  // of the first output, as perch/ptq/sensitivity.h's Fidelity (0: the default rule)
+};
+
 struct PtqOptions {
   WeightOptions weights;
   ActivationOptions activations;
@@ -107,6 +117,11 @@ struct PtqOptions {
   // and `perch quantize --adaround` do, calibrate() / build_quantized() alone do not.
   bool adaround = false;
   AdaRoundOptions adaround_options;
+  // Refine the calibrated activation ranges against the output error (search_activation_ranges(),
+  // ptq/range_search.h): quantize_model and `perch quantize --search-ranges` do it after the empirical bias
+  // correction, which then runs again; calibrate() / build_quantized() alone do not.
+  bool search_ranges = false;
+  RangeSearchOptions range_search;
 };
 
 // What happened to one weight layer.
