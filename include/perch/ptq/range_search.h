@@ -19,7 +19,10 @@
 //                 each made a grid by quant::choose_params (the calibration's spec: 0 stays exact);
 //     each candidate model is built as build_quantized() builds it (biases re-scaled to s_in s_w, the empirical
 //     correction's shifts kept) and run on the images;
-//     the candidate with the lowest error replaces the grid if that error is below (1 - min_gain) x the current.
+//     among the candidates whose error is below (1 - min_gain) x the current one on each half of the images (the
+//     first half of the batches and the rest; batches of at most options.batch images, at least two), the one with
+//     the lowest error on all of them replaces the grid — a move that helps some images at the others' expense is
+//     noise the next images would not share.
 //
 // Only what a grid change touches runs for a candidate: the values where the changed part of the model begins
 // are computed once per grid from the current model (runtime::Executor::run_for, continuing from the previous
