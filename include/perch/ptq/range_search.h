@@ -1,4 +1,5 @@
-// perch/ptq/range_search.h — activation ranges chosen by the model's output error.
+//   error(model) = mean over the positions of the first graph output of KL(p_float || p_model) along the class
+//                  axis (a softmax// perch/ptq/range_search.h — activation ranges chosen by the model's output error.
 //
 // A range estimator (min/max, percentile, MSE, entropy) chooses an activation's grid from that activation's own
 // values, one activation at a time. What the user keeps is the model's output, and the best grid for it is not
@@ -9,7 +10,7 @@
 // network's loss, jointly, with Powell's method. perch refines the calibrated grids by coordinate descent on the
 // output error against the float model:
 //
-//   error(model) = mean over output positions of KL(p_float || p_model) along the class axis
+//   error(model) = (on the first graph output) mean over output positions of KL(p_float || p_model) along the class axis
 //                  (a softmax is applied first unless the float output is already a distribution along it;
 //                  KL in nats, double precision, log p_model floored at 1e-30), or, when the class axis has a
 //                  single entry (a score map), sum (y_model - y_float)^2 / sum y_float^2;
