@@ -10,8 +10,8 @@
 // network's loss, jointly, with Powell's method. perch refines the calibrated grids by coordinate descent on the
 // output error against the float model:
 //
-//   error(model) = (on the first graph output) mean over output positions of KL(p_float || p_model) along the class axis
-//                  (a softmax is applied first unless the float output is already a distribution along it;
+//   error(model) = mean over the positions of the first graph output of KL(p_float || p_model) along the class
+//                  axis (a softmax is applied first unless the float output is already a distribution along it;
 //                  KL in nats, double precision, log p_model floored at 1e-30), or, when the class axis has a
 //                  single entry (a score map), sum (y_model - y_float)^2 / sum y_float^2;
 //   for each sweep, for each quantized activation grid in graph order (a sharing group once; 16-bit and float
