@@ -114,7 +114,7 @@ json selection_json(const ptq::Selection& sel, const QuantizeFlags& f) {
   for (const auto& [node, c] : sel.weights) layers.push_back({{"node", node}, {"weights", c.label()}});
   return {{"schema", kConfigSchema}, {"version", kConfigVersion}, {"model", f.model},
           {"activations", {{"bits", f.act_bits}, {"signed", f.act_signed}, {"estimator", f.act_estimator}}},
-          {"equalize", !f.no_equalize}, {"equalize_depthwise", !f.no_equalize && !f.no_equalize_depthwise}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"group_size", f.group_size},
+          {"equalize", !f.no_equalize}, {"equalize_depthwise", !f.no_equalize && !f.no_equalize_depthwise}, {"bias_correction", !f.no_bias_correction}, {"empirical_bias_correction", !f.no_bias_correction && f.empirical_bc}, {"adaround", f.adaround}, {"search_ranges", f.search_ranges}, {"group_size", f.group_size},
           {"layers", layers}, {"float_activations", sel.float_activations}, {"activation_bits", sel.activation_bits},
           {"selection", {{"prefer", f.prefer}, {"max_drop_pt", f.max_drop}, {"metric", sel.metric}, {"fp32_select", sel.fp32_select},
                          {"quant_select", sel.quant_select}, {"fp32_verify", sel.fp32_verify},
