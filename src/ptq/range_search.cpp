@@ -47,10 +47,9 @@ class OutputError {
     }
     probabilities_ = probabilities;
     for (const Tensor& r : refs) {
-      Tensor p = r.clone(), lp = r.clone();
-      rows_of(p, lp);
+      Tensor p;
+      log_refs_.push_back(log_rows(r, &p));
       refs_.push_back(std::move(p));
-      log_refs_.push_back(std::move(lp));
     }
   }
   const char* name() const { return kl_ ? "kl" : "relative-mse"; }
@@ -80,8 +79,7 @@ class OutputError {
       }
       return s;
     }
-    Tensor py = y.clone(), lpy = y.clone();
-    rows_of(py, lpy);
+    const Tensor lpy = log_rows(y);
     const float* p = refs_[b].data<float>();
     const float* lp = log_refs_[b].data<float>();
     const float* lq = lpy.data<float>();
@@ -109,28 +107,31 @@ class OutputError {
   void for_rows(const Tensor& t, Fn&& fn) const {
     for_rows_impl(t.data<float>(), t.shape(), fn);
   }
-  // p <- the distribution of each row (softmax unless the float outputs are distributions), lp <- its log
-  // (floored at 1e-30 before the log, the floor taken in double).
-  void rows_of(Tensor& p, Tensor& lp) const {
-    float* pd = p.data<float>();
+  // The log of each row's distribution (a softmax unless the float outputs are distributions), floored at log 1e-30
+  // (the floor taken in double); with `p`, also the distribution itself.
+  Tensor log_rows(const Tensor& y, Tensor* p = nullptr) const {
+    Tensor lp = y.clone();
+    if (p) *p = y.clone();
     float* ld = lp.data<float>();
-    for_rows_impl(pd, p.shape(), [&](float* row, int64_t stride) {
-      float* lrow = ld + (row - pd);
-      if (probabilities_) {
+    float* pd = p ? p->data<float>() : nullptr;
+    for_rows_impl(ld, lp.shape(), [&](float* lrow, int64_t stride) {
+      if (probabilities_) {  // *p is y already
         for (int64_t c = 0; c < k_; ++c)
-          lrow[c * stride] = static_cast<float>(std::log(std::max<double>(row[c * stride], 1e-30)));
+          lrow[c * stride] = static_cast<float>(std::log(std::max<double>(lrow[c * stride], 1e-30)));
         return;
       }
+      float* prow = pd ? pd + (lrow - ld) : nullptr;
       double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (int64_t c = 0; c < k_; ++c) mx = std::max<double>(mx, row[c * stride]);
-      for (int64_t c = 0; c < k_; ++c) sum += std::exp(row[c * stride] - mx);
+      for (int64_t c = 0; c < k_; ++c) mx = std::max<double>(mx, lrow[c * stride]);
+      for (int64_t c = 0; c < k_; ++c) sum += std::exp(lrow[c * stride] - mx);
       const double lse = mx + std::log(sum);
       for (int64_t c = 0; c < k_; ++c) {
-        const double l = row[c * stride] - lse;
+        const double l = lrow[c * stride] - lse;
+        if (prow) prow[c * stride] = static_cast<float>(std::exp(l));
         lrow[c * stride] = static_cast<float>(std::max(l, std::log(1e-30)));
-        row[c * stride] = static_cast<float>(std::exp(l));
       }
     });
+    return lp;
   }
 };
 

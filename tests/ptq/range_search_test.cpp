@@ -172,6 +172,33 @@ TEST(RangeSearch, ScoreMapsUseTheRelativeSquaredError) {
   EXPECT_LT(r1, r0);
 }
 
+TEST(RangeSearch, DistributionOutputsAreComparedAsTheyAre) {
+  // tiny_cnn with a Softmax after its Gemm: the output already is a distribution, so the KL is taken on it directly
+  // (a second softmax would flatten both distributions and shrink the error).
+  graph::Model m = test::tiny_cnn(11);
+  m.graph.nodes.back().outputs[0] = "logits";
+  graph::Node sm;
+  sm.op_type = "Softmax";
+  sm.name = "Softmax_y";
+  sm.inputs = {"logits"};
+  sm.outputs = {"y"};
+  m.graph.nodes.push_back(sm);
+  const Dataset calib = outlier_images(40, 5);
+  ptq::PtqOptions o = six_bit_options();
+  ptq::Calibration cal = ptq::calibrate(m, calib, o);
+  const graph::Model q0 = ptq::build_quantized(cal, o).model;
+  const ptq::RangeSearchReport rep = ptq::search_activation_ranges(cal, calib, o);
+  EXPECT_EQ(rep.objective, "kl");
+  const Tensor pf = runtime::Executor(cal.model).run1(calib.images), pq = runtime::Executor(q0).run1(calib.images);
+  double kl = 0;
+  for (int64_t i = 0; i < pf.numel(); ++i) {
+    const double p = pf.data<float>()[i], q = pq.data<float>()[i];
+    if (p > 0) kl += p * (std::log(p) - std::log(std::max(q, 1e-30)));
+  }
+  kl /= static_cast<double>(pf.dim(0));
+  EXPECT_NEAR(rep.error_before, kl, 1e-5 * kl);
+}
+
 TEST(RangeSearch, BadOptionsAreNamed) {
   const graph::Model m = test::tiny_cnn(11);
   const Dataset calib = test::tiny_cnn_inputs(8, 5);
