@@ -50,6 +50,21 @@ ptq::PtqOptions six_bit_options() {
   return o;
 }
 
+// Calibrates `m` on `calib` with six_bit_options(), builds the model before the search, then searches.
+struct Searched {
+  ptq::Calibration cal;
+  graph::Model before;
+  ptq::RangeSearchReport rep;
+};
+Searched calibrate_and_search(const graph::Model& m, const Dataset& calib) {
+  const ptq::PtqOptions o = six_bit_options();
+  Searched s;
+  s.cal = ptq::calibrate(m, calib, o);
+  s.before = ptq::build_quantized(s.cal, o).model;
+  s.rep = ptq::search_activation_ranges(s.cal, calib, o);
+  return s;
+}
+
 std::pair<float, float> span_of(const quant::QuantParams& p) {
   return {p.scale[0] * static_cast<float>(p.spec.qmin() - p.zero_point[0]),
           p.scale[0] * static_cast<float>(p.spec.qmax() - p.zero_point[0])};
@@ -131,8 +146,9 @@ TEST(RangeSearch, SharingGroupsMoveTogetherAndWiderOrFloatGridsStay) {
   }
   for (const auto& v : cal.targets) {
     EXPECT_TRUE(ptq::same_params(cal.activation_params.at(v), cal.activation_params.at(cal.share_root(v)))) << v;
-    if (cal.share_root(v) == wide || cal.share_root(v) == cal.share_root(gone))
+    if (cal.share_root(v) == wide || cal.share_root(v) == cal.share_root(gone)) {
       EXPECT_TRUE(ptq::same_params(cal.activation_params.at(v), before.activation_params.at(v))) << v;
+    }
   }
   // r1 moves, and p1 with it.
   bool r1_moved = false;
@@ -151,10 +167,8 @@ TEST(RangeSearch, ScoreMapsUseTheRelativeSquaredError) {
   m.graph.initializers["b3"] = Tensor::from<float>({1}, {0.1f});
   m.graph.outputs[0].shape = {-1, 1};
   const Dataset calib = outlier_images(24, 6);
-  ptq::PtqOptions o = six_bit_options();
-  ptq::Calibration cal = ptq::calibrate(m, calib, o);
-  const graph::Model q0 = ptq::build_quantized(cal, o).model;
-  const ptq::RangeSearchReport rep = ptq::search_activation_ranges(cal, calib, o);
+  const ptq::PtqOptions o = six_bit_options();
+  const auto [cal, q0, rep] = calibrate_and_search(m, calib);
   EXPECT_EQ(rep.objective, "relative-mse");
   auto rel = [&](const graph::Model& q) {
     const Tensor yf = runtime::Executor(cal.model).run1(calib.images), yq = runtime::Executor(q).run1(calib.images);
@@ -184,10 +198,7 @@ TEST(RangeSearch, DistributionOutputsAreComparedAsTheyAre) {
   sm.outputs = {"y"};
   m.graph.nodes.push_back(sm);
   const Dataset calib = outlier_images(40, 5);
-  ptq::PtqOptions o = six_bit_options();
-  ptq::Calibration cal = ptq::calibrate(m, calib, o);
-  const graph::Model q0 = ptq::build_quantized(cal, o).model;
-  const ptq::RangeSearchReport rep = ptq::search_activation_ranges(cal, calib, o);
+  const auto [cal, q0, rep] = calibrate_and_search(m, calib);
   EXPECT_EQ(rep.objective, "kl");
   const Tensor pf = runtime::Executor(cal.model).run1(calib.images), pq = runtime::Executor(q0).run1(calib.images);
   double kl = 0;
