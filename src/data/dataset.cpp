@@ -2,6 +2,7 @@
 
 #include "perch/core/random.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -85,23 +86,94 @@ Dataset load_idx_pair(const fs::path& images, const fs::path& labels, const std:
 }
 
 
+// Rows `rows` of a batch tensor [N, ...] (any element type), copied.
+Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& rows) {
+  Shape shape = t.shape();
+  const int64_t n = shape[0];
+  shape[0] = static_cast<int64_t>(rows.size());
+  Tensor out(t.dtype(), shape);
+  const size_t row_bytes = n ? t.nbytes() / static_cast<size_t>(n) : 0;
+  const auto* src = static_cast<const std::byte*>(t.raw());
+  auto* dst = static_cast<std::byte*>(out.raw());
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::memcpy(dst + i * row_bytes, src + static_cast<size_t>(rows[i]) * row_bytes, row_bytes);
+  return out;
+}
+
+// Rows [begin, begin + count) of a batch tensor, copied in one piece.
+Tensor slice_rows(const Tensor& t, int64_t begin, int64_t count) {
+  Shape shape = t.shape();
+  const int64_t n = shape[0];
+  shape[0] = count;
+  Tensor out(t.dtype(), shape);
+  const size_t row_bytes = n ? t.nbytes() / static_cast<size_t>(n) : 0;
+  if (count)
+    std::memcpy(out.raw(), static_cast<const std::byte*>(t.raw()) + static_cast<size_t>(begin) * row_bytes,
+                static_cast<size_t>(count) * row_bytes);
+  return out;
+}
+
 Dataset gather(const Dataset& ds, const std::vector<int64_t>& rows, std::string name) {
   PERCH_CHECK(!ds.images.empty() && ds.images.rank() >= 1, "dataset '", ds.name, "' has no images");
   Dataset out;
   out.name = std::move(name);
-  Shape shape = ds.images.shape();
-  shape[0] = static_cast<int64_t>(rows.size());
-  out.images = Tensor(ds.images.dtype(), shape);
-  const size_t row_bytes = ds.size() ? ds.images.nbytes() / static_cast<size_t>(ds.size()) : 0;
-  const auto* src = static_cast<const std::byte*>(ds.images.raw());
-  auto* dst = static_cast<std::byte*>(out.images.raw());
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::memcpy(dst + i * row_bytes, src + static_cast<size_t>(rows[i]) * row_bytes, row_bytes);
+  out.images = gather_rows(ds.images, rows);
+  out.images_input = ds.images_input;
+  for (const auto& [input, t] : ds.inputs) out.inputs.emplace_back(input, gather_rows(t, rows));
   if (ds.has_labels()) {
     out.labels.reserve(rows.size());
     for (int64_t r : rows) out.labels.push_back(ds.labels[static_cast<size_t>(r)]);
   }
   return out;
+}
+
+// A preprocessed batch [N, ...] from an .npy file: float32 as it is, float64 converted.
+Tensor read_float_batch(const std::string& file) {
+  Tensor x = read_npy(file);
+  PERCH_CHECK(x.rank() >= 1, file, ": npy dataset must be a batch [N,...], got a scalar");
+  PERCH_CHECK(x.dtype() == DType::kFloat32 || x.dtype() == DType::kFloat64, file,
+              ": npy dataset must be float32 (preprocessed), got ", dtype_name(x.dtype()));
+  return x.dtype() == DType::kFloat32 ? x : x.to_f32();
+}
+
+// npy:NAME=FILE,NAME2=FILE2,...[,LABELS.npy]: one batch per model input, rows aligned.
+Dataset load_named_npy(const std::vector<std::string>& parts, const std::string& spec) {
+  Dataset ds;
+  ds.name = spec;
+  std::string labels_file, images_file;
+  for (const std::string& e : parts) {
+    const size_t eq = e.find('=');
+    if (eq == std::string::npos) {
+      PERCH_CHECK(!e.empty() && labels_file.empty(), "dataset spec '", spec,
+                  "': expected NAME=FILE entries (one per model input) and at most one labels file");
+      labels_file = e;
+      continue;
+    }
+    const std::string input = e.substr(0, eq), file = e.substr(eq + 1);
+    PERCH_CHECK(!input.empty() && !file.empty(), "dataset spec '", spec, "': entry '", e, "' is not NAME=FILE");
+    PERCH_CHECK(input != ds.images_input && std::none_of(ds.inputs.begin(), ds.inputs.end(),
+                                                         [&](const auto& p) { return p.first == input; }),
+                "dataset spec '", spec, "': input '", input, "' is given twice");
+    require_file(file, spec, ("input '" + input + "'").c_str());
+    if (ds.images_input.empty()) {
+      ds.images_input = input;
+      ds.images = read_float_batch(file);
+      images_file = file;
+      continue;
+    }
+    Tensor t = read_npy(file);
+    PERCH_CHECK(t.rank() >= 1, file, ": input '", input, "' must be a batch [N,...], got a scalar");
+    if (t.dtype() == DType::kFloat64) t = t.to_f32();
+    PERCH_CHECK(t.dim(0) == ds.images.dim(0), "dataset spec '", spec, "': input '", input, "' has ", t.dim(0),
+                " rows in ", file, " but input '", ds.images_input, "' has ", ds.images.dim(0), " in ", images_file);
+    ds.inputs.emplace_back(input, std::move(t));
+  }
+  if (!labels_file.empty()) {
+    require_file(labels_file, spec, "label");
+    ds.labels = labels_from(read_npy(labels_file), labels_file);
+    check_counts(ds, images_file, labels_file);
+  }
+  return ds;
 }
 
 void check_range(const Dataset& ds, int64_t begin, int64_t count, const char* op) {
@@ -119,13 +191,14 @@ std::string fashion_mnist_dir() {
 Tensor Dataset::batch(int64_t begin, int64_t count) const {
   PERCH_CHECK(!images.empty() && images.rank() >= 1, "dataset '", name, "': batch of an empty dataset");
   check_range(*this, begin, count, "batch");
-  Shape shape = images.shape();
-  shape[0] = count;
-  Tensor out(images.dtype(), shape);
-  const size_t row_bytes = size() ? images.nbytes() / static_cast<size_t>(size()) : 0;
-  if (count)
-    std::memcpy(out.raw(), static_cast<const std::byte*>(images.raw()) + static_cast<size_t>(begin) * row_bytes,
-                static_cast<size_t>(count) * row_bytes);
+  return slice_rows(images, begin, count);
+}
+
+std::unordered_map<std::string, Tensor> Dataset::feeds(const std::string& first_input, int64_t begin,
+                                                       int64_t count) const {
+  std::unordered_map<std::string, Tensor> out;
+  out.emplace(images_name(first_input), batch(begin, count));
+  for (const auto& [input, t] : inputs) out.emplace(input, slice_rows(t, begin, count));
   return out;
 }
 
@@ -133,7 +206,7 @@ Dataset load_dataset(const std::string& spec, const DataOptions& options) {
   const size_t colon = spec.find(':');
   PERCH_CHECK(colon != std::string::npos, "dataset spec '", spec,
               "' has no scheme (expected fashion-mnist:train, fashion-mnist:test, idx:IMAGES,LABELS or "
-              "npy:FILE[,LABELS.npy])");
+              "npy:FILE[,LABELS.npy] / npy:NAME=FILE,NAME2=FILE2[,LABELS.npy])");
   const std::string scheme = spec.substr(0, colon);
   const std::string rest = spec.substr(colon + 1);
 
@@ -156,16 +229,14 @@ Dataset load_dataset(const std::string& spec, const DataOptions& options) {
   }
   if (scheme == "npy") {
     auto parts = split(rest, ',');
+    const bool named = std::any_of(parts.begin(), parts.end(), [](const std::string& e) { return e.find('=') != std::string::npos; });
+    if (named) return load_named_npy(parts, spec);
     PERCH_CHECK((parts.size() == 1 || parts.size() == 2) && !parts[0].empty() && (parts.size() == 1 || !parts[1].empty()),
-                "dataset spec '", spec, "': expected npy:FILE or npy:FILE,LABELS.npy");
+                "dataset spec '", spec, "': expected npy:FILE, npy:FILE,LABELS.npy or npy:NAME=FILE,NAME2=FILE2[,LABELS.npy]");
     require_file(parts[0], spec, "image");
     Dataset ds;
     ds.name = spec;
-    Tensor x = read_npy(parts[0]);
-    PERCH_CHECK(x.rank() >= 1, parts[0], ": npy dataset must be a batch [N,...], got a scalar");
-    PERCH_CHECK(x.dtype() == DType::kFloat32 || x.dtype() == DType::kFloat64, parts[0],
-                ": npy dataset must be float32 (preprocessed), got ", dtype_name(x.dtype()));
-    ds.images = x.dtype() == DType::kFloat32 ? x : x.to_f32();
+    ds.images = read_float_batch(parts[0]);
     if (parts.size() == 2) {
       require_file(parts[1], spec, "label");
       ds.labels = labels_from(read_npy(parts[1]), parts[1]);
@@ -174,7 +245,7 @@ Dataset load_dataset(const std::string& spec, const DataOptions& options) {
     return ds;
   }
   PERCH_FAIL("dataset spec '", spec, "': unknown scheme '", scheme,
-             "' (expected fashion-mnist:train, fashion-mnist:test, idx:IMAGES,LABELS or npy:FILE[,LABELS.npy])");
+             "' (expected fashion-mnist:train, fashion-mnist:test, idx:IMAGES,LABELS or npy:FILE[,LABELS.npy] / npy:NAME=FILE,NAME2=FILE2[,LABELS.npy])");
 }
 
 Dataset take(const Dataset& ds, int64_t offset, int64_t count) {

@@ -106,6 +106,74 @@ TEST(Dataset, NpySpec) {
   EXPECT_ERROR_HAS(load_dataset("npy:" + (dir / "u8.npy").string()), "u8.npy", "float32");
 }
 
+Dataset counting(int n);
+
+// npy:NAME=FILE,...: one batch per model input, rows kept together by take / sample / feeds.
+TEST(Dataset, NamedNpyInputsStayRowAligned) {
+  ScratchDir dir;
+  const int n = 50;
+  std::vector<float> img(static_cast<size_t>(n) * 2);
+  std::vector<double> aux(static_cast<size_t>(n) * 3);
+  std::vector<int64_t> ids(static_cast<size_t>(n)), lab(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    img[2 * i] = img[2 * i + 1] = static_cast<float>(i);
+    for (int k = 0; k < 3; ++k) aux[3 * i + k] = 0.5 * i + k;
+    ids[static_cast<size_t>(i)] = 1000 + i;
+    lab[static_cast<size_t>(i)] = i % 7;
+  }
+  write_npy(dir / "img.npy", Tensor::from<float>({n, 2}, img));
+  write_npy(dir / "aux.npy", Tensor::from<double>({n, 3}, aux));
+  write_npy(dir / "ids.npy", Tensor::from<int64_t>({n}, ids));
+  write_npy(dir / "lab.npy", Tensor::from<int64_t>({n}, lab));
+  const std::string d = dir.path().string() + "/";
+  const Dataset ds = load_dataset("npy:image=" + d + "img.npy,aux=" + d + "aux.npy," + d + "lab.npy,id=" + d + "ids.npy");
+  EXPECT_EQ(ds.images_input, "image");
+  EXPECT_EQ(ds.images.shape(), (Shape{n, 2}));
+  ASSERT_EQ(ds.inputs.size(), 2u);
+  EXPECT_EQ(ds.inputs[0].first, "aux");
+  EXPECT_EQ(ds.inputs[0].second.dtype(), DType::kFloat32);  // float64 converted, as images are
+  EXPECT_EQ(ds.inputs[1].first, "id");
+  EXPECT_EQ(ds.inputs[1].second.dtype(), DType::kInt64);  // integer inputs kept as they are
+  EXPECT_EQ(ds.labels, lab);
+  // The images feed their named input, not the model's first one.
+  EXPECT_EQ(ds.images_name("x"), "image");
+  // Every derived set keeps row i of each input together: row r holds sample k = images[r][0].
+  auto check = [&](const Dataset& s) {
+    for (int64_t r = 0; r < s.size(); ++r) {
+      const float k = s.images.data<float>()[2 * r];
+      EXPECT_EQ(s.inputs[0].second.data<float>()[3 * r + 2], 0.5f * k + 2) << s.name << " row " << r;
+      EXPECT_EQ(s.inputs[1].second.data<int64_t>()[r], 1000 + static_cast<int64_t>(k)) << s.name << " row " << r;
+      EXPECT_EQ(s.labels[static_cast<size_t>(r)], static_cast<int64_t>(k) % 7) << s.name << " row " << r;
+    }
+  };
+  check(take(ds, 10, 5));
+  const Dataset sm = sample(ds, 20, 3);
+  check(sm);
+  EXPECT_NE(sm.images.data<float>()[0], 0.0f);  // shuffled, not the first rows
+  const auto f = sm.feeds("x", 4, 3);
+  ASSERT_EQ(f.size(), 3u);
+  for (int64_t r = 0; r < 3; ++r) {
+    const float k = sm.images.data<float>()[2 * (4 + r)];
+    EXPECT_EQ(f.at("image").data<float>()[2 * r], k);
+    EXPECT_EQ(f.at("aux").data<float>()[3 * r], 0.5f * k);
+    EXPECT_EQ(f.at("id").data<int64_t>()[r], 1000 + static_cast<int64_t>(k));
+  }
+  // A plain (unnamed) dataset feeds the model's first input under its name.
+  Dataset plain = counting(4);
+  EXPECT_EQ(plain.feeds("x", 0, 2).count("x"), 1u);
+  // Errors name the entry and the files.
+  write_npy(dir / "short.npy", Tensor::from<float>({3, 1}, {0, 1, 2}));
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy,aux=" + d + "short.npy"), "input 'aux' has 3 rows",
+                   "short.npy", "input 'image' has 50", "img.npy");
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy,image=" + d + "img.npy"), "input 'image' is given twice");
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy,=" + d + "aux.npy"), "is not NAME=FILE");
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy," + d + "lab.npy," + d + "lab.npy"), "at most one labels file");
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy,aux=" + d + "missing.npy"), "input 'aux'", "missing.npy",
+                   "not found");
+  write_npy(dir / "lab3.npy", Tensor::from<int64_t>({3}, {0, 1, 2}));
+  EXPECT_ERROR_HAS(load_dataset("npy:image=" + d + "img.npy," + d + "lab3.npy"), "50 images", "3 labels");
+}
+
 Dataset counting(int n) {
   Dataset ds;
   ds.name = "counting";

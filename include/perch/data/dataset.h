@@ -7,6 +7,11 @@
 //       any uint8 IDX image file ([N,H,W] or [N,C,H,W], plain or .gz) plus its IDX label file.
 //   npy:FILE  |  npy:FILE,LABELS.npy
 //       an already preprocessed float32 (or float64, converted) batch [N,...]; optional integer labels [N].
+//   npy:NAME=FILE,NAME2=FILE2,...[,LABELS.npy]
+//       a model with several inputs: one batch [N,...] per named model input, row i of every file belonging to
+//       the same sample (float64 is converted to float32, integer files are kept as they are); the first named
+//       file plays the role of the images (its input is `images_input`), the others are `inputs`. A plain FILE
+//       among them is the labels.
 //
 // Pixel sources (fashion-mnist, idx) are normalized as x = (pixel/255 - mean)/std, by default mean 0.2860,
 // std 0.3530 (Fashion-MNIST's training statistics; the reference models expect them). npy data is used as is.
@@ -16,6 +21,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "perch/core/tensor.h"
@@ -29,11 +36,22 @@ struct Dataset {
   Tensor images;                // float32 [N, ...] ([N,C,H,W] for pixel sources)
   std::vector<int64_t> labels;  // empty, or one per image
   std::string name;             // the spec (and the range, for take/sample)
+  // Models with several inputs: the model input `images` feeds (empty: the model's first input) and the other
+  // inputs by name, each [N, ...] row-aligned with `images` (take/sample/batch slice them together).
+  std::string images_input;
+  std::vector<std::pair<std::string, Tensor>> inputs;
 
   int64_t size() const { return images.empty() || images.rank() == 0 ? 0 : images.dim(0); }
   bool has_labels() const { return !labels.empty(); }
   // A copy of rows [begin, begin + count); throws naming the dataset if out of range.
   Tensor batch(int64_t begin, int64_t count) const;
+  // Rows [begin, begin + count) of every input, by model input name: the images under `images_input`, or under
+  // `first_input` (the model's first input) when that is empty, and each of `inputs`.
+  std::unordered_map<std::string, Tensor> feeds(const std::string& first_input, int64_t begin, int64_t count) const;
+  // The model input the images feed.
+  const std::string& images_name(const std::string& first_input) const {
+    return images_input.empty() ? first_input : images_input;
+  }
 };
 
 struct DataOptions {
