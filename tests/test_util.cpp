@@ -126,6 +126,21 @@ graph::Model tiny_cnn(uint32_t seed) {
   return m;
 }
 
+graph::Model two_input_cnn() {
+  graph::Model m = tiny_cnn(11);
+  auto& g = m.graph;
+  g.inputs.push_back({"s", DType::kFloat32, {-1, 8, 1, 1}, {"N", "", "", ""}, true});
+  graph::Node add;
+  add.op_type = "Add";
+  add.name = "Add_shift";
+  add.inputs = {"c1", "s"};
+  add.outputs = {"a1"};
+  g.nodes[1].inputs[0] = "a1";  // the Relu
+  g.nodes.insert(g.nodes.begin() + 1, add);
+  m.source = "two_input_cnn";
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

@@ -44,6 +44,9 @@ std::string shell_quote(const std::filesystem::path& p);
 // residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
 // The first Conv's output channels get weight ranges spread x0.01 .. x1 (where per-tensor fails).
 graph::Model tiny_cnn(uint32_t seed);
+// tiny_cnn with a second input "s" [N, 8, 1, 1] added to the first conv's output (a per-sample channel shift, as a
+// conditioning input would be): y = head(relu(conv(x) + s)); source "two_input_cnn".
+graph::Model two_input_cnn();
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

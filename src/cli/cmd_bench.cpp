@@ -40,13 +40,15 @@ using json = nlohmann::json;
 
 namespace {
 
-// One engine behind a single-input run function:
+// One engine behind a single-input run function (and a run by input names, for evaluation on several inputs):
 //   int8  the integer executor (runtime/int8_executor.h, Int8Mode::kInteger)
 //   sim   its exact simulation (Int8Mode::kSimulate: float kernels over integer values; bit-identical to int8)
 //   fp32  the float executor: the float network, or on a QDQ model the classic fake-quant simulation
 //         (float conv then QuantizeLinear, as ONNX defines QDQ; differs from int8 by rounding, docs/INTEGER.md)
 struct Engine {
   std::function<Tensor(const Tensor&)> run;
+  ptq::FeedsRun run_feeds;                 // inputs by name -> the first output
+  std::function<const graph::Model&()> model;
   std::string source, input_name;
   Shape input_shape;  // as declared (-1 for dynamic dims)
   std::string lowering;  // int8: Int8Report::summary()
@@ -78,11 +80,15 @@ Engine make_engine(const std::string& model_path, const std::string& engine) {
     e.lowering = ex->report().summary();
     e.float_nodes = ex->report().float_nodes();
     e.run = [ex](const Tensor& x) { return ex->run1(x); };
+    e.run_feeds = [ex](const runtime::TensorMap& in) { return ex->run(in).at(ex->output_name()); };
+    e.model = [ex]() -> const graph::Model& { return ex->model(); };
     e.enable_profiling = [ex] { ex->enable_profiling(); };
     e.profile = [ex] { return ex->profile(); };
   } else {
     auto ex = std::make_shared<runtime::Executor>(std::move(model));
     e.run = [ex](const Tensor& x) { return ex->run1(x); };
+    e.run_feeds = [ex](const runtime::TensorMap& in) { return ex->run(in).at(ex->output_name()); };
+    e.model = [ex]() -> const graph::Model& { return ex->model(); };
     e.enable_profiling = [ex] { ex->enable_profiling(); };
     e.profile = [ex] { return ex->profile(); };
   }
@@ -105,7 +111,7 @@ int cmd_eval_engine(const std::string& model_path, const std::string& engine, co
   if (e.float_nodes > 0 && !quiet()) std::fprintf(stderr, "perch: note: %s\n", e.lowering.c_str());
   Dataset data = load_dataset(spec, data_options);
   PERCH_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
-  auto r = ptq::evaluate(e.run, e.source, data, batch, "evaluating (" + engine + ")");
+  auto r = ptq::evaluate(e.run_feeds, e.model(), data, batch, "evaluating (" + engine + ")");
   if (as_json) {
     json j{{"model", model_path}, {"engine", engine}, {"data", data.name}, {"accuracy", r.accuracy()},
            {"count", r.count}, {"correct", r.correct}, {"seconds", r.seconds}};

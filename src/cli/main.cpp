@@ -222,7 +222,7 @@ void add_fidelity_flags(CLI::App* c, QuantizeFlags& f) {
 // Calibration flags `quantize` and `sensitivity` share, so a sensitivity run measures the configuration
 // `quantize` would write.
 void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
-  c->add_option("--calib", f.calib, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE)")
+  c->add_option("--calib", f.calib, "calibration data spec (fashion-mnist:train|test, idx:IMAGES,LABELS, npy:FILE, npy:NAME=FILE,NAME2=FILE2 for a model with several inputs)")
       ->capture_default_str();
   c->add_option("--calib-count", f.calib_count, "calibration images (a seeded random sample)")->capture_default_str();
   c->add_option("--seed", f.seed, "seed of the calibration sample")->capture_default_str();

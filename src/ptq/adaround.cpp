@@ -426,13 +426,13 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
     };
     for (int64_t b = 0; b < images; b += batch) {
       const int64_t nb = std::min(batch, images - b);
-      const Tensor x = part.batch(b, nb);
+      const runtime::TensorMap feeds = part.feeds(exec.input_name(), b, nb);
       kept.clear();
-      observe(exec.input_name(), x);
-      exec.run({{exec.input_name(), x}}, observe);
+      for (const auto& [name, x] : feeds) observe(name, x);
+      exec.run(feeds, observe);
       if (qin) {
-        observe_q(qexec->input_name(), x);
-        qexec->run({{qexec->input_name(), x}}, observe_q);
+        for (const auto& [name, x] : feeds) observe_q(name, x);
+        qexec->run(feeds, observe_q);
       }
     }
     for (size_t i = next; i < end; ++i) {

@@ -67,8 +67,9 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
   const auto t0 = std::chrono::steady_clock::now();
   EmpiricalBiasReport rep;
   PERCH_CHECK(data.size() > 0, "empirical bias correction: no images in ", data.name);
-  const int64_t count = empirical_bias_images(data.size(), static_cast<int64_t>(data.images.nbytes()) / data.size(),
-                                              opt.empirical_bias_samples);
+  int64_t row_bytes = static_cast<int64_t>(data.images.nbytes()) / data.size();
+  for (const auto& [name, t] : data.inputs) row_bytes += static_cast<int64_t>(t.nbytes()) / data.size();
+  const int64_t count = empirical_bias_images(data.size(), row_bytes, opt.empirical_bias_samples);
   const Dataset part = take(data, 0, count);
   rep.images = count;
 
@@ -122,7 +123,7 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
     Progress progress("bias correction: float", count);
     for (int64_t b = 0; b < count; b += opt.batch) {
       const int64_t n = std::min(opt.batch, count - b);
-      fexec.run({{fexec.input_name(), part.batch(b, n)}}, [&](const std::string& v, const Tensor& t) {
+      fexec.run(part.feeds(fexec.input_name(), b, n), [&](const std::string& v, const Tensor& t) {
         if (layer_of.count(v)) {
           auto& [sum, c] = float_sums[v];
           add_channel_sums(t, sum, c);
@@ -138,7 +139,7 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
     const runtime::Executor sexec(qm);
     Progress progress("bias correction: simulated", static_cast<int64_t>(layer_of.size()));
     int64_t done = 0;
-    sexec.run_adjusting({{sexec.input_name(), part.batch(0, count)}}, [&](const std::string& v, Tensor& t) {
+    sexec.run_adjusting(part.feeds(sexec.input_name(), 0, count), [&](const std::string& v, Tensor& t) {
       auto li = layer_of.find(v);
       if (li == layer_of.end()) return;
       auto fi = float_sums.find(v);

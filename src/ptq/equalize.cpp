@@ -165,7 +165,7 @@ int equalize_depthwise_inputs(graph::Model& model, const Dataset& data, int64_t 
     Progress progress("equalizing depthwise inputs", data.size());
     for (int64_t b0 = 0; b0 < data.size(); b0 += batch) {
       const int64_t n = std::min(batch, data.size() - b0);
-      exec.run({{in_name, data.batch(b0, n)}}, [&](const std::string& name, const Tensor& t) {
+      exec.run(data.feeds(in_name, b0, n), [&](const std::string& name, const Tensor& t) {
         auto it = range.find(name);
         if (it == range.end() || t.dtype() != DType::kFloat32 || t.rank() < 2) return;
         auto& [lo, hi] = it->second;

@@ -1,17 +1,38 @@
 #include "perch/ptq/evaluate.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "perch/core/progress.h"
 
 namespace perch::ptq {
 
-EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch, const std::string& label) {
-  return evaluate([&](const Tensor& x) { return exec.run1(x); }, exec.model().source, data, batch, label);
+void check_feeds(const graph::Model& model, const Dataset& data) {
+  const auto& ins = model.graph.inputs;
+  PERCH_CHECK(!ins.empty(), model.source, ": the model has no graph input");
+  std::string names;
+  for (const auto& in : ins) names += (names.empty() ? "'" : ", '") + in.name + "'";
+  const std::string first = data.images_name(ins[0].name);
+  std::vector<std::string> fed = {first};
+  for (const auto& [name, t] : data.inputs) fed.push_back(name);
+  for (const std::string& f : fed)
+    PERCH_CHECK(std::any_of(ins.begin(), ins.end(), [&](const auto& in) { return in.name == f; }), data.name,
+                ": feeds input '", f, "', which ", model.source, " does not have (its inputs: ", names, ")");
+  for (const auto& in : ins)
+    PERCH_CHECK(std::find(fed.begin(), fed.end(), in.name) != fed.end(), model.source, " has inputs ", names, "; ",
+                data.name, " does not feed '", in.name, "' (give one .npy batch per input: npy:",
+                ins[0].name, "=FILE,", in.name == ins[0].name ? ins[1].name : in.name, "=FILE2,...)");
 }
 
-EvalResult evaluate(const std::function<Tensor(const Tensor&)>& run, const std::string& source, const Dataset& data,
-                    int64_t batch, const std::string& label) {
+EvalResult evaluate(const runtime::Executor& exec, const Dataset& data, int64_t batch, const std::string& label) {
+  return evaluate([&](const runtime::TensorMap& in) { return exec.run(in).at(exec.output_name()); },
+                  exec.model(), data, batch, label);
+}
+
+EvalResult evaluate(const FeedsRun& run, const graph::Model& model, const Dataset& data, int64_t batch,
+                    const std::string& label) {
+  const std::string& source = model.source;
+  check_feeds(model, data);
   PERCH_CHECK(data.has_labels(), data.name, ": evaluation needs labels");
   PERCH_CHECK(static_cast<int64_t>(data.labels.size()) == data.size(), data.name, ": ", data.size(), " images but ",
               data.labels.size(), " labels");
@@ -20,7 +41,7 @@ EvalResult evaluate(const std::function<Tensor(const Tensor&)>& run, const std::
   Progress progress(label, data.size());
   for (int64_t b = 0; b < data.size(); b += batch) {
     const int64_t n = std::min(batch, data.size() - b);
-    const Tensor out = run(data.batch(b, n)).to_f32();
+    const Tensor out = run(data.feeds(model.graph.inputs[0].name, b, n)).to_f32();
     PERCH_CHECK(out.rank() >= 1 && out.dim(0) == n, source, ": output shape ", shape_str(out.shape()),
                 " does not have the batch size ", n, " in front");
     const int64_t classes = out.numel() / n;

@@ -1,6 +1,7 @@
 #include "perch/ptq/quantize.h"
 
 #include "perch/ptq/adaround.h"
+#include "perch/ptq/evaluate.h"
 #include "perch/ptq/range_search.h"
 #include "perch/ptq/validate.h"
 
@@ -613,6 +614,7 @@ int64_t add_patch_sums(const kernels::Conv2dShape& s, const float* x, std::vecto
 Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   check_finite_weights(input_model);  // NaN/Inf weights are refused, naming the tensor (ptq/validate.h)
+  check_feeds(input_model, calib);     // every model input fed by the data, by name (ptq/evaluate.h)
   Calibration cal;
   cal.model = input_model;
   Model& m = cal.model;
@@ -754,7 +756,7 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     const std::string in_name = g.inputs[0].name;
     for (int64_t b = 0; b < calib.size(); b += opt.batch) {
       const int64_t n = std::min(opt.batch, calib.size() - b);
-      Tensor x = calib.batch(b, n);
+      const runtime::TensorMap feeds = calib.feeds(in_name, b, n);
       auto observe = [&](const std::string& name, const Tensor& t) {
         if (auto it = est.find(name); it != est.end()) {
           PERCH_CHECK(t.dtype() == DType::kFloat32, m.source, ": activation '", name, "' is ", dtype_name(t.dtype()),
@@ -805,8 +807,8 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
           }
         }
       };
-      observe(in_name, x);
-      exec.run({{in_name, x}}, observe);
+      for (const auto& [name, t] : feeds) observe(name, t);
+      exec.run(feeds, observe);
       progress.update(b + n);
     }
     progress.finish();

@@ -180,12 +180,13 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
   const std::string in_name = cal.model.graph.inputs.at(0).name;
   // At least two batches, so that the images split into two halves (see the acceptance rule).
   const int64_t batch = std::clamp<int64_t>((part.size() + 1) / 2, 1, std::max<int64_t>(1, opt.batch));
-  std::vector<Tensor> xs, refs;
+  std::vector<runtime::TensorMap> xs;  // the batches' inputs, by name
+  std::vector<Tensor> refs;
   {
     const runtime::Executor fexec(cal.model);
     for (int64_t b = 0; b < part.size(); b += batch) {
-      xs.push_back(part.batch(b, std::min(batch, part.size() - b)));
-      refs.push_back(fexec.run1(xs.back()));
+      xs.push_back(part.feeds(in_name, b, std::min(batch, part.size() - b)));
+      refs.push_back(fexec.run(xs.back()).at(fexec.output_name()));
     }
   }
   Model cur = build_quietly(cal, opt);
@@ -206,7 +207,7 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
   auto add_error = [&](Errors& e, size_t b, const Tensor& y) { (b < half ? e.a : e.b) += error(b, y); };
   auto cur_exec = std::make_unique<runtime::Executor>(cur);
   Errors cur_err;
-  for (size_t b = 0; b < xs.size(); ++b) add_error(cur_err, b, cur_exec->run({{in_name, xs[b]}}).at(out_name));
+  for (size_t b = 0; b < xs.size(); ++b) add_error(cur_err, b, cur_exec->run(xs[b]).at(out_name));
   rep.error_before = cur_err.all();
 
   // Per batch: values of the current model where the last searched grid's changed part began; the next grid's
@@ -251,7 +252,7 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
             if (!v.empty() && c.clean.count(v)) frontier.insert(v);
         }
       const std::vector<std::string> fvec(frontier.begin(), frontier.end());
-      for (size_t b = 0; b < xs.size(); ++b) start[b] = cur_exec->run_for({{in_name, xs[b]}}, start[b], fvec);
+      for (size_t b = 0; b < xs.size(); ++b) start[b] = cur_exec->run_for(xs[b], start[b], fvec);
 
       // Accepted only when both halves improve: a grid that suits some images at the others' expense fits noise
       // that the next images would not share (a single batch: one half).
@@ -267,7 +268,7 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
           runtime::TensorMap known;
           for (const auto& [v, t] : start[b])
             if (cands[ci].clean.count(v)) known.emplace(v, t);
-          add_error(err, b, e.run_cached({{in_name, xs[b]}}, known).at(out_name));
+          add_error(err, b, e.run_cached(xs[b], known).at(out_name));
         }
         ++rep.candidates;
         const bool better = improves(err.a, cur_err.a) && (xs.size() < 2 || improves(err.b, cur_err.b));

@@ -210,7 +210,7 @@ class Scorer {
     }
     const runtime::Executor e(fp32);
     for (int64_t b = 0; b < d.size(); b += kBatch) {
-      refs_.push_back(e.run1(d.batch(b, std::min(kBatch, d.size() - b))));
+      refs_.push_back(e.run(d.feeds(e.input_name(), b, std::min(kBatch, d.size() - b))).at(e.output_name()));
       if (b == 0) scoring_ = resolve_scoring(d, f, fp32.graph.outputs.at(0).name, refs_[0].shape());
     }
     fp32_ = 1.0;
@@ -220,7 +220,7 @@ class Scorer {
   double operator()(const runtime::Executor& e) const {
     Accum acc;
     for (int64_t b = 0, i = 0; b < d_.size(); b += kBatch, ++i) {
-      const Tensor y = e.run1(d_.batch(b, std::min(kBatch, d_.size() - b)));
+      const Tensor y = e.run(d_.feeds(e.input_name(), b, std::min(kBatch, d_.size() - b))).at(e.output_name());
       acc.add(y, labelled() ? y : refs_[static_cast<size_t>(i)], scoring_, d_.labels, b);
     }
     return acc.accuracy();
@@ -235,9 +235,9 @@ class Scorer {
 };
 
 // Runs `m` on a batch, keeping every value (the cache a variant reads its unchanged prefix from).
-runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, const Tensor& x) {
-  runtime::TensorMap all{{in, x}};
-  auto out = e.run({{in, x}}, [&](const std::string& name, const Tensor& t) { all[name] = t; });
+runtime::TensorMap run_all(const runtime::Executor& e, const runtime::TensorMap& feeds) {
+  runtime::TensorMap all = feeds;
+  auto out = e.run(feeds, [&](const std::string& name, const Tensor& t) { all[name] = t; });
   for (auto& [k, v] : out) all[k] = v;
   return all;
 }
@@ -247,7 +247,7 @@ runtime::TensorMap run_all(const runtime::Executor& e, const std::string& in, co
 int64_t cache_batch(const runtime::Executor& fp32, const std::string& in, const Dataset& eval, size_t bases) {
   if (eval.size() == 0) return 1;
   size_t per_image = 0;
-  for (const auto& [name, t] : run_all(fp32, in, eval.batch(0, 1))) per_image += t.nbytes();
+  for (const auto& [name, t] : run_all(fp32, eval.feeds(in, 0, 1))) per_image += t.nbytes();
   const size_t budget = size_t{2} << 30;
   const size_t per = std::max<size_t>(1, per_image * bases);
   return std::clamp<int64_t>(static_cast<int64_t>(budget / per), 1, 64);
@@ -348,17 +348,17 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   Progress progress("sensitivity", eval.size());
   for (int64_t b = 0; b < eval.size(); b += batch) {
     const int64_t n = std::min(batch, eval.size() - b);
-    const Tensor x = eval.batch(b, n);
+    const runtime::TensorMap feeds = eval.feeds(in_name, b, n);
     std::vector<runtime::TensorMap> cache;
     for (size_t i = 0; i < bases.size(); ++i) {
-      cache.push_back(run_all(base_exec[i], in_name, x));
+      cache.push_back(run_all(base_exec[i], feeds));
       if (!scoring) scoring = resolve_scoring(eval, fidelity, out_name, cache[0].at(out_name).shape());
       base_acc[i].add(cache[i].at(out_name), cache[0].at(out_name), *scoring, eval.labels, b);
     }
     for (auto& v : variants) {
       runtime::TensorMap known;
       for (const auto& o : v.clean) known[o] = cache[v.base].at(o);
-      const Tensor y = v.exec.run_cached({{in_name, x}}, known).at(out_name);
+      const Tensor y = v.exec.run_cached(feeds, known).at(out_name);
       v.acc.add(y, cache[0].at(out_name), *scoring, eval.labels, b);
       rep.node_runs += static_cast<int64_t>(v.dirty_nodes);
       rep.node_runs_without_cache += static_cast<int64_t>(v.exec.model().graph.nodes.size());

@@ -139,14 +139,15 @@ Fidelity fidelity(graph::Model teacher, graph::Model model, const Dataset& data,
   Progress bar(label, data.size());
   int64_t agree = 0;
   for (int64_t b = 0; b < data.size(); b += batch) {
-    const Tensor x = data.batch(b, std::min(batch, data.size() - b));
-    const Tensor t = et.run1(x), s = em.run1(x);
+    const int64_t nb = std::min(batch, data.size() - b);
+    const runtime::TensorMap x = data.feeds(et.input_name(), b, nb);
+    const Tensor t = et.run(x).at(et.output_name()), s = em.run(x).at(em.output_name());
     const int64_t row = ct.softmax ? softmax_row_length(ct, t.shape()) : 1;
     const int64_t n = ct.softmax ? t.numel() / row : t.numel();
     int64_t same = 0;
     sum += distillation_loss(t, s, ct.softmax, row, nullptr, &same) * static_cast<double>(n);
     agree += same, f.rows += n;
-    bar.update(b + x.dim(0));
+    bar.update(b + nb);
   }
   bar.finish();
   f.loss = f.rows ? sum / static_cast<double>(f.rows) : 0.0;

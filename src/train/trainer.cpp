@@ -33,6 +33,13 @@ void augment_copy(const float* src, float* dst, int64_t c, int64_t h, int64_t w,
       }
 }
 
+// Training feeds one tensor per sample: models with several inputs are quantized (perch quantize), not trained.
+void check_one_input(const graph::Model& m, const Dataset& data) {
+  PERCH_CHECK(m.graph.inputs.size() == 1 && data.inputs.empty(), m.source, " on ", data.name,
+              ": training and QAT take a model with one input and data with one tensor per sample (the model has ",
+              m.graph.inputs.size(), " inputs, the data ", 1 + data.inputs.size(), ")");
+}
+
 }  // namespace
 
 std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o, const std::function<double()>& evaluate) {
@@ -41,6 +48,7 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
   PERCH_CHECK(o.epochs > 0, "epochs must be positive");
   const auto& g = tape.model().graph;
   PERCH_CHECK(!g.inputs.empty() && !g.outputs.empty(), tape.model().source, ": model has no input or output");
+  check_one_input(tape.model(), data);
   const std::string in_name = g.inputs[0].name, out_name = g.outputs[0].name;
   const Tensor& images = data.images;
   const int64_t n = data.size();
@@ -132,6 +140,7 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
 
 double accuracy(Tape& tape, const Dataset& data, int64_t batch, const std::string& label) {
   PERCH_CHECK(data.has_labels(), data.name, ": accuracy needs labels");
+  check_one_input(tape.model(), data);
   const auto& g = tape.model().graph;
   const std::string in_name = g.inputs.at(0).name, out_name = g.outputs.at(0).name;
   const int64_t n = data.size();

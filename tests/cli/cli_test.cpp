@@ -22,6 +22,7 @@ using namespace perch;
 
 namespace {
 
+using perch::test::cli::ort_installed;
 using perch::test::cli::ort_dir;
 using perch::test::cli::perch_bin;
 using perch::test::cli::q;
@@ -330,6 +331,67 @@ TEST(Cli, QuantizeSearchRangesReportsItsMoves) {
   r = run_cmd(base + " -o " + q(d / "bad.onnx") + " --search-ranges --search-ranges-images 0");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("--search-ranges-images"), std::string::npos) << r.err;
+}
+
+// A model with two inputs: every command that reads data takes npy:NAME=FILE,... (one batch per input); the written
+// QDQ model runs in ONNX Runtime with both inputs, and perch's engines agree with it.
+TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
+  const fs::path d = scratch("two_inputs");
+  const graph::Model m = test::two_input_cnn();
+  graph::save_model(m, d / "m.onnx");
+  const int64_t n = 96;
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> ux(-1.0f, 2.0f), us(-3.0f, 3.0f);
+  Tensor x(DType::kFloat32, {n, 1, 8, 8}), s(DType::kFloat32, {n, 8, 1, 1});
+  for (auto& v : x.span<float>()) v = ux(rng);
+  for (auto& v : s.span<float>()) v = us(rng);
+  const Tensor y = runtime::Executor(m).run({{"x", x}, {"s", s}}).at("y");
+  Tensor labels(DType::kInt64, {n});
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = y.data<float>() + i * 3;
+    labels.data<int64_t>()[i] = std::max_element(r, r + 3) - r;
+  }
+  write_npy(d / "x.npy", x);
+  write_npy(d / "s.npy", s);
+  write_npy(d / "labels.npy", labels);
+  const std::string inputs = "npy:x=" + (d / "x.npy").string() + ",s=" + (d / "s.npy").string();
+  const std::string data = inputs + "," + (d / "labels.npy").string();
+
+  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " + q(inputs) +
+                   " --calib-count 64 --empirical-bias-correction --eval " + q(data) + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["eval"]["count"], n);
+  EXPECT_EQ(j["accuracy"]["fp32"].get<double>(), 1.0);  // the labels are the float model's own decisions
+  EXPECT_GE(j["quantized_accuracy"].get<double>(), 0.9);
+  EXPECT_EQ(j["empirical_bias_correction"]["images"], 64);
+
+  // The integer engine and its simulation on both inputs: the same decisions, bit for bit.
+  double acc[2];
+  for (int e = 0; e < 2; ++e) {
+    r = run_cmd(perch_bin() + " eval " + q(d / "q.onnx") + " --engine " + (e ? "sim" : "int8") + " --data " + q(data) + " --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    acc[e] = json::parse(r.out)["accuracy"].get<double>();
+  }
+  EXPECT_EQ(acc[0], acc[1]);
+  EXPECT_EQ(acc[0], j["quantized_accuracy"].get<double>());
+
+  // Data for one input only: refused, naming the missing input.
+  r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "bad.onnx") + " --calib " +
+              q("npy:" + (d / "x.npy").string()));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("does not feed 's'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d / "bad.onnx"));
+
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  const std::string feeds = " --input x=" + q(d / "x.npy") + " --input s=" + q(d / "s.npy");
+  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + feeds + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + feeds + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the two-input QDQ model: " << r.err;
+  const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
+  EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop: a step of ONNX Runtime's integer requantization
+  EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
 }
 
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {

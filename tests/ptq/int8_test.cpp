@@ -134,7 +134,9 @@ TEST_P(Int8Tiny, LowersEverythingAndMatchesSimulation) {
   const TinyCase tc = GetParam();
   set_quiet(true);
   const graph::Model m = test::tiny_cnn(7);
-  Dataset calib{random_input(256, 1), {}, "random"};
+  Dataset calib;
+  calib.images = random_input(256, 1);
+  calib.name = "random";
   PtqOptions opt;
   opt.activations.is_signed = tc.act_signed;
   opt.weights.granularity = tc.weights;
@@ -220,8 +222,8 @@ TEST_P(Int8Shared, MatchesSimulationAndOnnxRuntime) {
   EXPECT_GE(static_cast<double>(classic.top1_agree), 0.99 * static_cast<double>(classic.images));
 
   // Accuracy, full test set.
-  const auto acc_i8 = evaluate([&](const Tensor& b) { return i8.run1(b); }, "int8", test, 250);
-  const auto acc_sim = evaluate([&](const Tensor& b) { return sim.run1(b); }, "sim", test, 250);
+  const auto acc_i8 = evaluate([&](const runtime::TensorMap& in) { return i8.run(in).at(i8.output_name()); }, i8.model(), test, 250, "int8");
+  const auto acc_sim = evaluate([&](const runtime::TensorMap& in) { return sim.run(in).at(sim.output_name()); }, sim.model(), test, 250, "sim");
   std::printf("  accuracy: int8 %.4f, exact sim %.4f\n", acc_i8.accuracy(), acc_sim.accuracy());
   EXPECT_EQ(acc_i8.correct, acc_sim.correct);
   if (!std::filesystem::exists(ort_dir() / "node_modules" / "onnxruntime-node")) {

@@ -165,7 +165,8 @@ struct PtqResult {
 // consumers through Relu/Clip only that ends in a QuantizeLinear.
 bool ort_requantizes_float_weight(const graph::Graph& g, size_t ni);
 
-// Quantizes `model` (not modified). `calib` must hold inputs for the model's first graph input.
+// Quantizes `model` (not modified). `calib` feeds the model's inputs: the first through its images, others by
+// name (Dataset::inputs; a model with several inputs, check_feeds in ptq/evaluate.h).
 // = build_quantized(calibrate(model, calib, options), options), with correct_biases_empirically(cal, calib,
 // options) in between when options.bias_correction and options.empirical_bias_correction.
 PtqResult quantize_model(const graph::Model& model, const Dataset& calib, const PtqOptions& options);
