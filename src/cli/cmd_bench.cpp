@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -27,6 +28,7 @@
 
 #include "perch/core/progress.h"
 #include "perch/core/threads.h"
+#include "perch/data/npy.h"
 #include "perch/data/dataset.h"
 #include "perch/graph/onnx_io.h"
 #include "perch/graph/passes.h"
@@ -40,13 +42,12 @@ using json = nlohmann::json;
 
 namespace {
 
-// One engine behind a single-input run function (and a run by input names, for evaluation on several inputs):
+// One engine behind a run function (inputs by name -> the first output):
 //   int8  the integer executor (runtime/int8_executor.h, Int8Mode::kInteger)
 //   sim   its exact simulation (Int8Mode::kSimulate: float kernels over integer values; bit-identical to int8)
 //   fp32  the float executor: the float network, or on a QDQ model the classic fake-quant simulation
 //         (float conv then QuantizeLinear, as ONNX defines QDQ; differs from int8 by rounding, docs/INTEGER.md)
 struct Engine {
-  std::function<Tensor(const Tensor&)> run;
   ptq::FeedsRun run_feeds;                 // inputs by name -> the first output
   std::function<const graph::Model&()> model;
   std::string source, input_name;
@@ -79,20 +80,54 @@ Engine make_engine(const std::string& model_path, const std::string& engine) {
         std::move(model), engine == "int8" ? runtime::Int8Mode::kInteger : runtime::Int8Mode::kSimulate);
     e.lowering = ex->report().summary();
     e.float_nodes = ex->report().float_nodes();
-    e.run = [ex](const Tensor& x) { return ex->run1(x); };
     e.run_feeds = [ex](const runtime::TensorMap& in) { return ex->run(in).at(ex->output_name()); };
     e.model = [ex]() -> const graph::Model& { return ex->model(); };
     e.enable_profiling = [ex] { ex->enable_profiling(); };
     e.profile = [ex] { return ex->profile(); };
   } else {
     auto ex = std::make_shared<runtime::Executor>(std::move(model));
-    e.run = [ex](const Tensor& x) { return ex->run1(x); };
     e.run_feeds = [ex](const runtime::TensorMap& in) { return ex->run(in).at(ex->output_name()); };
     e.model = [ex]() -> const graph::Model& { return ex->model(); };
     e.enable_profiling = [ex] { ex->enable_profiling(); };
     e.profile = [ex] { return ex->profile(); };
   }
   return e;
+}
+
+// The first input `x`, and every other graph input: from --input NAME=FILE.npy, or random uniform [-2, 2) for a float
+// input whose dims after the first (the batch, n) are static; anything else is refused, naming the input.
+runtime::TensorMap bench_feeds(const Engine& e, const std::vector<std::string>& inputs, const std::string& model,
+                               const Tensor& x, int64_t n, std::mt19937& rng) {
+  const auto& ins = e.model().graph.inputs;
+  std::map<std::string, std::string> given;
+  for (const std::string& spec : inputs) {
+    const size_t eq = spec.find('=');
+    PERCH_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < spec.size(), "--input '", spec, "': expected NAME=FILE.npy");
+    const std::string name = spec.substr(0, eq);
+    PERCH_CHECK(name != e.input_name, "--input ", name, ": the first input gets random values (--batch / --shape)");
+    PERCH_CHECK(std::any_of(ins.begin(), ins.end(), [&](const auto& in) { return in.name == name; }), "--input ", name,
+                ": ", model, " has no input named '", name, "'");
+    PERCH_CHECK(given.emplace(name, spec.substr(eq + 1)).second, "--input ", name, " is given twice");
+  }
+  runtime::TensorMap feeds{{e.input_name, x}};
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (const auto& in : ins) {
+    if (in.name == e.input_name) continue;
+    if (auto g = given.find(in.name); g != given.end()) {
+      feeds.emplace(in.name, read_npy(g->second));
+      continue;
+    }
+    bool fixed = in.dtype == DType::kFloat32 && in.has_shape && !in.shape.empty();
+    Shape s = in.shape;
+    for (size_t d = 1; fixed && d < s.size(); ++d) fixed = s[d] > 0;
+    PERCH_CHECK(fixed, model, ": input '", in.name, "' (", dtype_name(in.dtype), " ", shape_str(in.shape),
+                ") cannot be made up: give its value with --input ", in.name, "=FILE.npy");
+    s[0] = s[0] > 0 ? s[0] : n;
+    Tensor t(DType::kFloat32, s);
+    for (float& v : t.span<float>()) v = u(rng);
+    feeds.emplace(in.name, std::move(t));
+  }
+  return feeds;
 }
 
 double quantile(std::vector<double> v, double q) {
@@ -138,6 +173,9 @@ BenchCommand::BenchCommand(CLI::App& app) {
   sub->add_option("--shape", shape,
                   "the input's full shape D1,D2,... (its first dim is the batch; needed when the model leaves dims "
                   "after the batch dynamic, e.g. 8,3,48,320)");
+  sub->add_option("--input", inputs,
+                  "NAME=FILE.npy: the value of another model input (its first dim: the batch); float inputs with "
+                  "static dims after the batch get random values when not given");
   sub->add_flag("--json", as_json, "print one JSON object on stdout");
   sub->add_flag("--profile", profile,
                 "also time every step (node or fused integer op) and print where the time goes (adds ~40 ns a step)");
@@ -183,17 +221,18 @@ int BenchCommand::run() const {
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (float& v : x.span<float>()) v = u(rng);
+  const runtime::TensorMap feeds = bench_feeds(e, inputs, model, x, n, rng);
   const auto w0 = std::chrono::steady_clock::now();
   int64_t warm_runs = 0;
   for (; warm_runs < warmup ||
          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count() < warmup_ms;
        ++warm_runs)
-    (void)e.run(x);
+    (void)e.run_feeds(feeds);
   if (profile) e.enable_profiling();
   std::vector<double> ms;
   for (int64_t i = 0; i < iters; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    const Tensor y = e.run(x);
+    const Tensor y = e.run_feeds(feeds);
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const double med = quantile(ms, 0.5), p10 = quantile(ms, 0.1), p90 = quantile(ms, 0.9);

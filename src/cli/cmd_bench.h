@@ -24,6 +24,9 @@ struct BenchCommand {
   int64_t batch = 1, iters = 100, warmup = 10, seed = 1;
   double warmup_ms = 500.0;
   std::string shape;  // --shape D1,D2,...: the input's full shape (models with dynamic dims)
+  // --input NAME=FILE.npy: the value of another graph input (models with several inputs; float inputs of static
+  // shape get random values like the first one when not given).
+  std::vector<std::string> inputs;
   int threads = 0;
   bool as_json = false;
   bool profile = false;

@@ -383,6 +383,16 @@ TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
   EXPECT_NE(r.err.find("does not feed 's'"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(d / "bad.onnx"));
 
+  // bench: the second input random (float, static after the batch) or given; a wrong name is refused.
+  for (const std::string& extra : std::vector<std::string>{"", " --input s=" + q(d / "s.npy")}) {
+    r = run_cmd(perch_bin() + " bench " + q(d / "q.onnx") + " --batch 96 --iters 2 --warmup 1 --warmup-ms 0 --json" + extra);
+    ASSERT_EQ(r.code, 0) << extra << r.err;
+    EXPECT_EQ(json::parse(r.out)["batch"], 96);
+  }
+  r = run_cmd(perch_bin() + " bench " + q(d / "q.onnx") + " --iters 1 --input shift=" + q(d / "s.npy"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("has no input named 'shift'"), std::string::npos) << r.err;
+
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
   const std::string feeds = " --input x=" + q(d / "x.npy") + " --input s=" + q(d / "s.npy");
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + feeds + " -o " + q(d / "perch") + " -q");
