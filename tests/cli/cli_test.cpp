@@ -31,21 +31,25 @@ using perch::test::cli::scratch;
 using test::CmdResult;
 using test::run_cmd;
 
+// Labels [n] of logits y [n, 3]: each row's argmax.
+Tensor argmax_labels(const Tensor& y) {
+  const int64_t n = y.dim(0);
+  Tensor labels(DType::kInt64, {n});
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = y.data<float>() + i * 3;
+    labels.data<int64_t>()[i] = std::max_element(r, r + 3) - r;
+  }
+  return labels;
+}
+
 // Writes inputs x.npy ([n,1,8,8] float) and labels.npy (the fp32 model's own argmax) into `dir`.
 void write_tiny_data(const graph::Model& m, const fs::path& dir, int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);
   Tensor x(DType::kFloat32, {n, 1, 8, 8});
   for (auto& v : x.span<float>()) v = u(rng);
-  runtime::Executor exec(m);
-  const Tensor y = exec.run1(x);
-  Tensor labels(DType::kInt64, {n});
-  for (int64_t i = 0; i < n; ++i) {
-    const float* r = y.data<float>() + i * 3;
-    labels.data<int64_t>()[i] = std::max_element(r, r + 3) - r;
-  }
   write_npy(dir / "x.npy", x);
-  write_npy(dir / "labels.npy", labels);
+  write_npy(dir / "labels.npy", argmax_labels(runtime::Executor(m).run1(x)));
 }
 
 struct Compare {
@@ -345,15 +349,9 @@ TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
   Tensor x(DType::kFloat32, {n, 1, 8, 8}), s(DType::kFloat32, {n, 8, 1, 1});
   for (auto& v : x.span<float>()) v = ux(rng);
   for (auto& v : s.span<float>()) v = us(rng);
-  const Tensor y = runtime::Executor(m).run({{"x", x}, {"s", s}}).at("y");
-  Tensor labels(DType::kInt64, {n});
-  for (int64_t i = 0; i < n; ++i) {
-    const float* r = y.data<float>() + i * 3;
-    labels.data<int64_t>()[i] = std::max_element(r, r + 3) - r;
-  }
   write_npy(d / "x.npy", x);
   write_npy(d / "s.npy", s);
-  write_npy(d / "labels.npy", labels);
+  write_npy(d / "labels.npy", argmax_labels(runtime::Executor(m).run({{"x", x}, {"s", s}}).at("y")));
   const std::string inputs = "npy:x=" + (d / "x.npy").string() + ",s=" + (d / "s.npy").string();
   const std::string data = inputs + "," + (d / "labels.npy").string();
 
