@@ -3,6 +3,7 @@
 // both inputs given by hand.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -10,6 +11,7 @@
 #include "perch/ptq/quantize.h"
 #include "perch/ptq/sensitivity.h"
 #include "perch/runtime/executor.h"
+#include "perch/runtime/int8_executor.h"
 #include "perch/train/qat.h"
 #include "data/data_test_util.h"
 #include "test_util.h"
@@ -105,6 +107,47 @@ TEST(MultiInput, QuantizeAndSensitivityRunOnEveryInput) {
   const ptq::SensitivityReport rep = ptq::sensitivity(cal, test_set, o, {ptq::WeightChoice::parse("int8 per-channel")});
   EXPECT_EQ(rep.fp32_accuracy, 1.0);
   EXPECT_FALSE(rep.layers.empty());
+}
+
+// An integer input (a per-sample count, as detectors take image sizes) is passed through, never quantized: the
+// quantized model runs on both engines with it, and the integer engine equals its simulation.
+TEST(MultiInput, IntegerInputsPassThrough) {
+  graph::Model m = test::two_input_cnn();
+  auto& g = m.graph;
+  g.inputs.push_back({"k", DType::kInt64, {-1, 1}, {"N", ""}, true});
+  g.outputs[0].name = "y_scaled";
+  graph::Node cast, mul;
+  cast.op_type = "Cast", cast.name = "Cast_k", cast.inputs = {"k"}, cast.outputs = {"kf"};
+  cast.attrs["to"] = int64_t{1};  // float
+  mul.op_type = "Mul", mul.name = "Mul_k", mul.inputs = {"y", "kf"}, mul.outputs = {"y_scaled"};
+  g.nodes.push_back(cast);
+  g.nodes.push_back(mul);
+  Dataset data = test::tiny_cnn_inputs(48, 8);
+  Tensor s(DType::kFloat32, {48, 8, 1, 1}), k(DType::kInt64, {48, 1});
+  std::mt19937 rng(9);
+  for (auto& v : s.span<float>()) v = std::uniform_real_distribution<float>(-3.0f, 3.0f)(rng);
+  for (int64_t i = 0; i < 48; ++i) k.data<int64_t>()[i] = 1 + i % 5;  // positive: the argmax is y's
+  data.inputs = {{"s", s}, {"k", k}};
+  ptq::PtqOptions o;
+  o.batch = 16;
+  const ptq::PtqResult r = ptq::quantize_model(m, data, o);
+  for (const auto& n : r.model.graph.nodes) {
+    if (n.op_type == "QuantizeLinear") {
+      EXPECT_NE(n.input(0), "k");
+    }
+  }
+  const auto feeds = data.feeds("x", 0, 48);
+  const Tensor yf = runtime::Executor(m).run(feeds).at("y_scaled");
+  const Tensor yi = runtime::Int8Executor(r.model).run(feeds).at("y_scaled");
+  const Tensor ys = runtime::Int8Executor(r.model, runtime::Int8Mode::kSimulate).run(feeds).at("y_scaled");
+  ASSERT_EQ(yi.shape(), yf.shape());
+  int agree = 0;
+  for (int64_t i = 0; i < 48; ++i) {
+    auto am = [&](const Tensor& y) { const float* p = y.data<float>() + 3 * i; return std::max_element(p, p + 3) - p; };
+    agree += am(yi) == am(yf);
+    for (int c = 0; c < 3; ++c) EXPECT_EQ(yi.data<float>()[3 * i + c], ys.data<float>()[3 * i + c]) << i;
+  }
+  EXPECT_GE(agree, 44);
 }
 
 // Data that does not feed the model's inputs exactly is refused, naming both.
