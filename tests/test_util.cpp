@@ -141,6 +141,48 @@ graph::Model two_input_cnn() {
   return m;
 }
 
+graph::Model opset6_mlp(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  auto tensor = [&](Shape s) {
+    Tensor t(DType::kFloat32, s);
+    for (auto& v : t.span<float>()) v = nd(rng);
+    return t;
+  };
+  graph::Model m;
+  m.opsets = {{"", 6}};
+  m.ir_version = 3;
+  m.source = "opset6_mlp";
+  auto& g = m.graph;
+  g.inputs.push_back({"x", DType::kFloat32, {-1, 10}, {"N", ""}, true});
+  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
+  g.initializers["w1"] = tensor({8, 10});
+  g.initializers["b1"] = tensor({8});
+  g.initializers["gamma"] = tensor({8});
+  g.initializers["beta"] = tensor({8});
+  g.initializers["mean"] = tensor({8});
+  Tensor var = tensor({8});
+  for (auto& v : var.span<float>()) v = 0.5f + std::fabs(v);
+  g.initializers["var"] = var;
+  g.initializers["w2"] = tensor({3, 8});
+  g.initializers["b2"] = tensor({3});
+  auto node = [&](std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> attrs) {
+    graph::Node n;
+    n.op_type = op;
+    n.name = op + "_" + out;
+    n.inputs = std::move(in);
+    n.outputs = {out};
+    n.attrs = std::move(attrs);
+    g.nodes.push_back(n);
+  };
+  node("Gemm", {"x", "w1", "b1"}, "h", {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  node("BatchNormalization", {"h", "gamma", "beta", "mean", "var"}, "bn",
+       {{"is_test", int64_t{1}}, {"spatial", int64_t{1}}, {"epsilon", 1e-5f}, {"momentum", 0.9f}});
+  node("Relu", {"bn"}, "r", {});
+  node("Gemm", {"r", "w2", "b2"}, "y", {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

@@ -47,6 +47,9 @@ graph::Model tiny_cnn(uint32_t seed);
 // tiny_cnn with a second input "s" [N, 8, 1, 1] added to the first conv's output (a per-sample channel shift, as a
 // conditioning input would be): y = head(relu(conv(x) + s)); source "two_input_cnn".
 graph::Model two_input_cnn();
+// A PyTorch-0.3-style opset-6 MLP: x [N,10] -> Gemm (broadcast 1, transB) -> BatchNormalization (is_test 1,
+// spatial 1) -> Relu -> Gemm (broadcast 1, transB) -> y [N,3]; source "opset6_mlp".
+graph::Model opset6_mlp(uint32_t seed);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

@@ -435,14 +435,32 @@ int64_t declared_rank(const Graph& g, const std::string& v) {
 // input to 2-D at `axis` (default 1): kept as they are when that axis is the last one (axis -1, or
 // rank-1 where the rank is declared) — both definitions agree there —, otherwise rewritten exactly as
 // Flatten(axis) -> op(axis -1) -> Reshape(Shape(x)). Resize from 11 is kept unless it uses
-// tf_half_pixel_for_nn (gone in 13). Anything else is refused with the op named.
+// tf_half_pixel_for_nn (gone in 13). Attributes later versions dropped go where their meaning is the default
+// (PyTorch's early exporters wrote opset 6): `consumed_inputs` (6), Gemm's `broadcast` (7: C always broadcasts
+// unidirectionally, a superset), BatchNormalization's and Dropout's `is_test` (7: inference only) and
+// BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
+// its old default 1. Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
   Graph& g = m.graph;
   std::vector<Node> added;
+  auto crosses = [&](int64_t v) { return from < v && target >= v; };
   for (auto& n : g.nodes) {
     if (!n.domain.empty()) PERCH_FAIL(m.source, ": cannot raise opset: ", n.describe(), " is in domain '", n.domain, "'");
+    if (crosses(6)) n.attrs.erase("consumed_inputs");
+    if (crosses(7) && (n.op_type == "BatchNormalization" || n.op_type == "Dropout")) {
+      PERCH_CHECK(n.attr_int("is_test", 1) != 0, m.source, ": cannot raise opset ", from, " -> ", target, ": ",
+                  n.describe(), " is in training mode (is_test 0)");
+      n.attrs.erase("is_test");
+    }
+    if (crosses(7) && n.op_type == "Gemm") n.attrs.erase("broadcast");
+    if (crosses(9) && n.op_type == "BatchNormalization") {
+      PERCH_CHECK(n.attr_int("spatial", 1) == 1, m.source, ": cannot raise opset ", from, " -> ", target, ": ",
+                  n.describe(), " has spatial 0 (statistics per element), which opset 9 dropped");
+      n.attrs.erase("spatial");
+    }
+    if (crosses(4) && n.op_type == "Concat" && !n.has_attr("axis")) n.attrs["axis"] = int64_t{1};
     if (n.op_type == "Clip" && from < 11 && target >= 11) {
       n.inputs.resize(1);
       for (const char* key : {"min", "max"}) {

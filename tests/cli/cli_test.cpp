@@ -402,6 +402,30 @@ TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
   EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
 }
 
+// An opset-6 export (Gemm with `broadcast`, BatchNormalization with `is_test`/`spatial`) quantized per channel
+// goes to opset 13: ONNX Runtime loads the result (it rejects the dropped attributes) and agrees with perch.
+TEST(Cli, Opset6ModelQuantizedPerChannelRunsInOnnxRuntime) {
+  const fs::path d = scratch("opset6");
+  graph::save_model(test::opset6_mlp(3), d / "m.onnx");
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tensor x(DType::kFloat32, {64, 10});
+  for (auto& v : x.span<float>()) v = u(rng);
+  write_npy(d / "x.npy", x);
+  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
+                   q("npy:" + (d / "x.npy").string()) + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(graph::load_model((d / "q.onnx").string()).opset(), 13);
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the raised opset-6 model: " << r.err;
+  const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
+  EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
+  EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
+}
+
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {
   const fs::path d = scratch("atomic");
   graph::save_model(test::tiny_cnn(2), d / "tiny.onnx");

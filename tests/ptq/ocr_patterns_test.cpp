@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "perch/ptq/quantize.h"
 #include "perch/runtime/executor.h"
@@ -460,4 +461,32 @@ TEST(PtqOcrPatterns, LayerNormInnerValueReadElsewhereKeepsItsQdq) {
   m.graph.nodes.push_back(make("MatMul", "fc2", {"d", "B2"}, {"z"}));  // the centred rows, read by another layer
   const ptq::Calibration cal = ptq::calibrate(m, spread_rows(8, 23), plain());
   EXPECT_EQ(cal.targets, (std::vector<std::string>{"x", "d", "ln"}));
+}
+
+// PyTorch's early exporters wrote opset 6: per-channel QDQ raises it to 13, dropping the attributes later versions
+// removed where their meaning is the default (Gemm's broadcast, BatchNormalization's is_test and spatial) — ONNX
+// Runtime refuses a model that keeps them — and refusing, by name, the settings no later version has.
+TEST(PtqOcrPatterns, Opset6ExportIsRaisedWithoutItsDroppedAttributes) {
+  const Model m = test::opset6_mlp(3);
+  const Dataset data = uniform_data({32, 10}, 13);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  for (const auto& n : res.model.graph.nodes)
+    for (const char* dropped : {"broadcast", "is_test", "spatial", "consumed_inputs"})
+      EXPECT_FALSE(n.has_attr(dropped)) << n.describe() << " keeps " << dropped;
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+  for (const auto& [key, value, why] : {std::tuple{"is_test", int64_t{0}, "training mode"},
+                                        std::tuple{"spatial", int64_t{0}, "spatial 0"}}) {
+    Model bad = m;
+    bad.graph.nodes[1].attrs[key] = value;
+    try {
+      ptq::quantize_model(bad, data, plain());
+      FAIL() << "expected an error for " << key;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(why), std::string::npos) << msg;
+      EXPECT_NE(msg.find("BatchNormalization"), std::string::npos) << msg;
+    }
+  }
 }
