@@ -1623,6 +1623,9 @@ TensorMap Int8Executor::run(const TensorMap& inputs, const std::vector<std::stri
   // differently with another M). Falls back to one run when the inputs or outputs are not batch-shaped alike.
   int64_t batch = -1;
   bool split = m.per_sample && !inputs.empty() && inputs.size() == m.model.graph.inputs.size();
+  // A model that fixes its batch (a static first dim) takes only that many rows: it runs whole.
+  for (const auto& in : m.model.graph.inputs)
+    if (in.has_shape && !in.shape.empty() && in.shape[0] >= 0) split = false;
   for (const auto& [name, t] : inputs) {
     if (!split) break;
     if (t.rank() < 1 || (batch >= 0 && t.dim(0) != batch)) split = false;

@@ -186,6 +186,24 @@ INSTANTIATE_TEST_SUITE_P(Configs, Int8Tiny,
                                          TinyCase{"u8_per_tensor", false, quant::Granularity::kPerTensor}),
                          [](const testing::TestParamInfo<TinyCase>& i) { return std::string(i.param.name); });
 
+// A model that fixes its batch in the input shape (here 20, more than the executor's sub-batch of 8) runs whole:
+// splitting it into sub-batches made its own input check refuse the slices.
+TEST(Int8Executor, StaticBatchLargerThanTheSubBatchRuns) {
+  set_quiet(true);
+  graph::Model m = test::tiny_cnn(7);
+  m.graph.inputs[0].shape = {20, 1, 8, 8};
+  Dataset calib;
+  calib.images = random_input(20, 4);
+  calib.name = "random";
+  const graph::Model q = quantize_model(m, calib, PtqOptions{}).model;
+  const TensorMap in{{"x", random_input(20, 5)}};
+  const Tensor yi = runtime::Int8Executor(q).run(in).at("y");
+  const Tensor ys = runtime::Int8Executor(q, runtime::Int8Mode::kSimulate).run(in).at("y");
+  ASSERT_EQ(yi.shape(), (Shape{20, 3}));
+  EXPECT_EQ(std::memcmp(yi.raw(), ys.raw(), yi.nbytes()), 0);
+  set_quiet(false);
+}
+
 class Int8Shared : public testing::TestWithParam<const char*> {};
 
 // int8 vs the exact simulation: every 8-bit activation and every logit identical (the contract).
