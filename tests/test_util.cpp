@@ -183,6 +183,47 @@ graph::Model opset6_mlp(uint32_t seed) {
   return m;
 }
 
+graph::Model opset6_convnet(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  auto tensor = [&](Shape s) {
+    Tensor t(DType::kFloat32, s);
+    for (auto& v : t.span<float>()) v = nd(rng);
+    return t;
+  };
+  graph::Model m;
+  m.opsets = {{"", 6}};
+  m.ir_version = 3;
+  m.source = "opset6_convnet";
+  auto& g = m.graph;
+  g.inputs.push_back({"x", DType::kFloat32, {-1, 3, 8, 8}, {"N", "", "", ""}, true});
+  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
+  g.initializers["w1"] = tensor({4, 3, 3, 3});
+  g.initializers["b1"] = tensor({4});
+  g.initializers["w2"] = tensor({3, 2});
+  g.initializers["b2"] = tensor({3});
+  auto node = [&](std::string op, std::vector<std::string> in, std::vector<std::string> out,
+                  std::map<std::string, graph::AttrValue> attrs) {
+    graph::Node n;
+    n.op_type = op;
+    n.name = op + "_" + out[0];
+    n.inputs = std::move(in);
+    n.outputs = std::move(out);
+    n.attrs = std::move(attrs);
+    g.nodes.push_back(n);
+  };
+  node("Pad", {"x"}, {"p"}, {{"pads", std::vector<int64_t>{0, 0, 1, 1, 0, 0, 1, 1}}, {"value", 0.25f},
+                              {"mode", std::string("constant")}});
+  node("Conv", {"p", "w1", "b1"}, {"c"}, {{"kernel_shape", std::vector<int64_t>{3, 3}}});
+  node("Split", {"c"}, {"s1", "s2"}, {{"axis", int64_t{1}}, {"split", std::vector<int64_t>{2, 2}}});
+  node("Sum", {"s1", "s2"}, {"t"}, {});
+  node("Relu", {"t"}, {"r"}, {});
+  node("GlobalAveragePool", {"r"}, {"gp"}, {});
+  node("Flatten", {"gp"}, {"f"}, {});
+  node("Gemm", {"f", "w2", "b2"}, {"y"}, {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

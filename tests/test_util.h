@@ -50,6 +50,10 @@ graph::Model two_input_cnn();
 // A PyTorch-0.3-style opset-6 MLP: x [N,10] -> Gemm (broadcast 1, transB) -> BatchNormalization (is_test 1,
 // spatial 1) -> Relu -> Gemm (broadcast 1, transB) -> y [N,3]; source "opset6_mlp".
 graph::Model opset6_mlp(uint32_t seed);
+// The same era's conv net: x [N,3,8,8] -> Pad (pads and value 0.25 as attributes) -> Conv 3x3 (4 out) -> Split
+// (axis 1, split [2,2] as an attribute) -> Sum -> Relu -> GlobalAveragePool -> Flatten -> Gemm (broadcast 1) ->
+// y [N,3]; source "opset6_convnet".
+graph::Model opset6_convnet(uint32_t seed);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

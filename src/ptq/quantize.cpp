@@ -396,7 +396,8 @@ bool opset_stable(const std::string& op) {
       "Concat", "Identity", "Constant", "Transpose", "Shape", "Gather", "Tanh", "Exp", "Sqrt", "Abs", "Neg",
       "QuantizeLinear", "DequantizeLinear", "Max", "Min", "Reciprocal", "Cast", "Pow", "ConvTranspose", "Erf",
       "Log", "Floor", "Ceil", "Sin", "Cos", "Tile", "Expand", "Where", "Equal", "Less", "Greater", "Not", "Range",
-      "ConstantOfShape", "Size", "PRelu", "Elu", "Selu", "Softplus", "Softsign", "InstanceNormalization"};
+      "ConstantOfShape", "Size", "PRelu", "Elu", "Selu", "Softplus", "Softsign", "InstanceNormalization",
+      "Sum", "Mean"};  // Sum/Mean 6 -> 8: broadcasting added, a superset
   return ok.count(op) != 0;
 }
 
@@ -439,7 +440,7 @@ int64_t declared_rank(const Graph& g, const std::string& v) {
 // (PyTorch's early exporters wrote opset 6): `consumed_inputs` (6), Gemm's `broadcast` (7: C always broadcasts
 // unidirectionally, a superset), BatchNormalization's and Dropout's `is_test` (7: inference only) and
 // BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
-// its old default 1. Anything else is refused with the op named.
+// its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too. Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -492,8 +493,27 @@ void raise_opset(Model& m, int64_t target) {
         n.inputs.resize(1);
         if (n.has_attr("axes")) attribute_to_input(g, n, "axes");
       }
+    } else if (n.op_type == "Pad" && crosses(11)) {
+      const char* key = from < 2 ? "paddings" : "pads";
+      const auto pads = n.attr_ints(key);
+      const std::string name = g.unique_name(n.name + "_pads");
+      g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(pads.size())}, pads);
+      n.inputs.resize(1);
+      n.inputs.push_back(name);
+      if (const float value = n.attr_float("value", 0.0f); value != 0.0f) {
+        const std::string vname = g.unique_name(n.name + "_value");
+        g.initializers[vname] = Tensor::scalar_f32(value);
+        n.inputs.push_back(vname);
+      }
+      n.attrs.erase(key);
+      n.attrs.erase("value");
+    } else if (n.op_type == "Split" && crosses(13)) {
+      if (n.has_attr("split")) {
+        n.inputs.resize(1);
+        attribute_to_input(g, n, "split");
+      }
     } else if (n.op_type == "Reshape" || n.op_type == "Clip" || n.op_type == "Squeeze" || n.op_type == "Unsqueeze" ||
-               n.op_type == "Slice") {
+               n.op_type == "Slice" || n.op_type == "Pad" || n.op_type == "Split") {
       // already in the newer form
     } else if (n.op_type == "Resize") {
       if ((from < 11 && target >= 11) || (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn"))

@@ -402,14 +402,18 @@ TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
   EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
 }
 
-// An opset-6 export (Gemm with `broadcast`, BatchNormalization with `is_test`/`spatial`) quantized per channel
-// goes to opset 13: ONNX Runtime loads the result (it rejects the dropped attributes) and agrees with perch.
-TEST(Cli, Opset6ModelQuantizedPerChannelRunsInOnnxRuntime) {
-  const fs::path d = scratch("opset6");
-  graph::save_model(test::opset6_mlp(3), d / "m.onnx");
+// Opset-6 exports (Gemm with `broadcast`, BatchNormalization with `is_test`/`spatial`; Pad and Split with attributes,
+// Sum) quantized per channel go to opset 13: ONNX Runtime loads the result (it rejects the dropped attributes and
+// the attribute forms) and agrees with perch.
+class Opset6 : public testing::TestWithParam<const char*> {};
+
+TEST_P(Opset6, QuantizedPerChannelRunsInOnnxRuntime) {
+  const bool conv = std::string(GetParam()) == "convnet";
+  const fs::path d = scratch(std::string("opset6_") + GetParam());
+  graph::save_model(conv ? test::opset6_convnet(5) : test::opset6_mlp(3), d / "m.onnx");
   std::mt19937 rng(4);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  Tensor x(DType::kFloat32, {64, 10});
+  Tensor x(DType::kFloat32, conv ? Shape{64, 3, 8, 8} : Shape{64, 10});
   for (auto& v : x.span<float>()) v = u(rng);
   write_npy(d / "x.npy", x);
   auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
@@ -425,6 +429,8 @@ TEST(Cli, Opset6ModelQuantizedPerChannelRunsInOnnxRuntime) {
   EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
   EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, Opset6, testing::Values("mlp", "convnet"));
 
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {
   const fs::path d = scratch("atomic");

@@ -490,3 +490,33 @@ TEST(PtqOcrPatterns, Opset6ExportIsRaisedWithoutItsDroppedAttributes) {
     }
   }
 }
+
+// Pad and Split of the same era keep their attribute forms below 11 / 13: raised, they become inputs (with Pad's
+// non-zero value), Sum broadcasts from 8 on (a superset), and the QDQ model computes the float function.
+TEST(PtqOcrPatterns, Opset6PadAndSplitBecomeInputForms) {
+  const Model m = test::opset6_convnet(5);
+  const Dataset data = uniform_data({16, 3, 8, 8}, 14);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  const graph::Graph& g = res.model.graph;
+  int pads = 0, splits = 0;
+  for (const auto& n : g.nodes) {
+    if (n.op_type == "Pad") {
+      ++pads;
+      EXPECT_FALSE(n.has_attr("pads") || n.has_attr("value"));
+      ASSERT_EQ(n.inputs.size(), 3u);
+      EXPECT_EQ(g.initializer(n.inputs[1])->to_i64_vector(), (std::vector<int64_t>{0, 0, 1, 1, 0, 0, 1, 1}));
+      EXPECT_EQ(g.initializer(n.inputs[2])->data<float>()[0], 0.25f);
+    }
+    if (n.op_type == "Split") {
+      ++splits;
+      EXPECT_FALSE(n.has_attr("split"));
+      ASSERT_EQ(n.inputs.size(), 2u);
+      EXPECT_EQ(g.initializer(n.inputs[1])->to_i64_vector(), (std::vector<int64_t>{2, 2}));
+    }
+  }
+  EXPECT_EQ(pads, 1);
+  EXPECT_EQ(splits, 1);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+}
