@@ -113,8 +113,16 @@ Tensor slice_rows(const Tensor& t, int64_t begin, int64_t count) {
   return out;
 }
 
+// Every further input is a batch with the images' row count (a Dataset built in code may break that).
+void check_inputs_aligned(const Dataset& ds) {
+  for (const auto& [input, t] : ds.inputs)
+    PERCH_CHECK(t.rank() >= 1 && t.dim(0) == ds.size(), "dataset '", ds.name, "': input '", input, "' has shape ",
+                shape_str(t.shape()), ", not a batch of ", ds.size(), " rows like its images");
+}
+
 Dataset gather(const Dataset& ds, const std::vector<int64_t>& rows, std::string name) {
   PERCH_CHECK(!ds.images.empty() && ds.images.rank() >= 1, "dataset '", ds.name, "' has no images");
+  check_inputs_aligned(ds);
   Dataset out;
   out.name = std::move(name);
   out.images = gather_rows(ds.images, rows);
@@ -196,6 +204,7 @@ Tensor Dataset::batch(int64_t begin, int64_t count) const {
 
 std::unordered_map<std::string, Tensor> Dataset::feeds(const std::string& first_input, int64_t begin,
                                                        int64_t count) const {
+  check_inputs_aligned(*this);
   std::unordered_map<std::string, Tensor> out;
   out.emplace(images_name(first_input), batch(begin, count));
   for (const auto& [input, t] : inputs) out.emplace(input, slice_rows(t, begin, count));

@@ -158,6 +158,11 @@ TEST(Dataset, NamedNpyInputsStayRowAligned) {
     EXPECT_EQ(f.at("aux").data<float>()[3 * r], 0.5f * k);
     EXPECT_EQ(f.at("id").data<int64_t>()[r], 1000 + static_cast<int64_t>(k));
   }
+  // Inputs built in code must be batches of the same rows: refused by name otherwise (a scalar used to crash).
+  Dataset odd = ds;
+  odd.inputs[0].second = Tensor::scalar_f32(1.0f);
+  EXPECT_ERROR_HAS(odd.feeds("x", 0, 1), "input 'aux' has shape []", "not a batch of 50 rows");
+  EXPECT_ERROR_HAS(take(odd, 0, 1), "input 'aux'");
   // A plain (unnamed) dataset feeds the model's first input under its name.
   Dataset plain = counting(4);
   EXPECT_EQ(plain.feeds("x", 0, 2).count("x"), 1u);
