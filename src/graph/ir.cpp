@@ -47,6 +47,13 @@ std::string Node::describe() const {
   return op_type + " node '" + (name.empty() ? (outputs.empty() ? std::string("?") : "->" + outputs[0]) : name) + "'";
 }
 
+std::string Node::prefixed(const std::string& message) const {
+  std::string out = describe();
+  if (message.rfind(out, 0) == 0) return message;
+  out.append(": ").append(message);
+  return out;
+}
+
 const std::string& Node::input(size_t i) const {
   static const std::string kEmpty;
   return i < inputs.size() ? inputs[i] : kEmpty;

@@ -306,7 +306,7 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
         outs = (*kernels_[i])(n, args, opset);
       }
     } catch (const Error& e) {
-      PERCH_FAIL(model_.source, ": ", n.describe(), ": ", e.what());
+      PERCH_FAIL(model_.source, ": ", n.prefixed(e.what()));
     }
     PERCH_CHECK(static_cast<std::ptrdiff_t>(outs.size()) >= std::count_if(n.outputs.begin(), n.outputs.end(), [](auto& o) { return !o.empty(); }),
                 model_.source, ": ", n.describe(), " produced too few outputs");

@@ -399,7 +399,7 @@ void Int8Executor::Impl::add_float_step(const Node& n) {
     try {
       outs = (*k)(n, args, opset);
     } catch (const Error& e) {
-      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+      PERCH_FAIL(model.source, ": ", n.prefixed(e.what()));
     }
     for (size_t o = 0; o < n.outputs.size() && o < outs.size(); ++o)
       if (!n.outputs[o].empty()) c.values[n.outputs[o]] = Slot{std::move(outs[o]), Layout::kPlain};
@@ -597,7 +597,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
       try {
         kernels::depthwise_s8(d, *prep);
       } catch (const Error& e) {
-        PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+        PERCH_FAIL(model.source, ": ", n.prefixed(e.what()));
       }
       if (yt != DType::kInt32) {
         c.values[out_name] = Slot{std::move(y), Layout::kNHWC};
@@ -796,7 +796,7 @@ bool Int8Executor::Impl::lower_conv_like(const Node& n, std::string* reason) {
         kernels::gemm_s8(g, *prep);
       }
     } catch (const Error& e) {
-      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+      PERCH_FAIL(model.source, ": ", n.prefixed(e.what()));
     }
     if (yt != DType::kInt32) {
       c.values[out_name] = Slot{std::move(y), ylayout};
@@ -919,7 +919,7 @@ void Int8Executor::Impl::add_sim_conv_step(const Node& n, const WeightInfo& w, i
         }
       }
     } catch (const Error& e) {
-      PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+      PERCH_FAIL(model.source, ": ", n.prefixed(e.what()));
     }
     // Walk the output as (outer, channel, inner): NCHW for Conv (inner = OH*OW), [.., N] otherwise (inner = 1).
     const int64_t inner = op == "Conv" ? out_shape[2] * out_shape[3] : 1;
@@ -1364,7 +1364,7 @@ std::vector<Tensor> Int8Executor::Impl::run_named(const Node& n, const OpKernel&
   try {
     return k(n, args, model.opset());
   } catch (const Error& e) {
-    PERCH_FAIL(model.source, ": ", n.describe(), ": ", e.what());
+    PERCH_FAIL(model.source, ": ", n.prefixed(e.what()));
   }
 }
 

@@ -57,7 +57,7 @@ quant::QuantParams qdq_params(const Node& n, const Args& a, const Shape& x_shape
   try {
     return quant::make_params(spec, x_shape, std::vector<float>(sc.begin(), sc.end()), std::move(zp));
   } catch (const Error& e) {
-    PERCH_FAIL(n.describe(), ": ", e.what());
+    PERCH_FAIL(n.prefixed(e.what()));
   }
 }
 

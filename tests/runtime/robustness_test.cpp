@@ -64,6 +64,13 @@ TEST(RuntimeRobustness, ShapeMismatchNamesTheNode) {
   runtime::Executor exec2(mm);
   e = perch_error([&] { (void)exec2.run1(Tensor(DType::kFloat32, {2, 3})); });
   expect_contains(e, {"m.onnx: ", "MatMul node 'bad_matmul'"});
+
+  // A kernel whose message names its node already: the node is named once.
+  Model mp = model_with({node("MaxPool", {"x"}, {"y"}, "pool3d")}, {1, 1, 2, 2, 2});
+  mp.graph.nodes[0].attrs["kernel_shape"] = std::vector<int64_t>{1, 1, 1};
+  e = perch_error([&] { (void)runtime::Executor(mp).run1(Tensor(DType::kFloat32, {1, 1, 2, 2, 2})); });
+  expect_contains(e, {"m.onnx: MaxPool node 'pool3d': only 1-D and 2-D spatial inputs"});
+  EXPECT_EQ(e.find("pool3d"), e.rfind("pool3d")) << e;
 }
 
 // Sizes computed at run time from tensors (not from the file): ConstantOfShape, Expand, Reshape, Tile,

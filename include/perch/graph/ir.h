@@ -36,6 +36,8 @@ struct Node {
   const Tensor* attr_tensor(const std::string& key) const;
   // "Conv 'conv1'" — used in every error message about this node.
   std::string describe() const;
+  // "<describe()>: message", or `message` alone when it names this node first already (a kernel's own error).
+  std::string prefixed(const std::string& message) const;
   // The i-th input name, or "" if absent.
   const std::string& input(size_t i) const;
 };
