@@ -818,30 +818,34 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
         auto it = probes_by_input.find(name);
         if (it == probes_by_input.end()) return;
         for (size_t ni : it->second) {
-          const PatchProbe& pr = probes.at(ni);
-          auto& [sum, count] = sums[ni];
-          if (sum.empty()) sum.assign(static_cast<size_t>(pr.groups * pr.per_group), 0.0);
-          if (pr.node.op_type.empty()) {  // Gemm: mean input row
-            const Tensor x2 = t.rank() == 2 ? t : t.reshaped({t.dim(0), t.numel() / t.dim(0)});
-            const int64_t rows = x2.dim(0), k = x2.dim(1);
-            for (int64_t r = 0; r < rows; ++r)
-              for (int64_t j = 0; j < k; ++j) sum[j] += x2.data<float>()[r * k + j];
-            count += rows;
-          } else if (t.rank() == 4 || t.rank() == 3) {  // 1-D/2-D convs: the sums directly (add_patch_sums)
-            const Tensor* w = g.initializer(g.nodes[ni].input(1));  // probes are built for initializer weights only
-            count += add_patch_sums(runtime::conv2d_shape(pr.node, t.shape(), w->shape()), t.data<float>(), sum);
-          } else {
-            const Tensor patches =
-                (*registry.find(pr.node.op_type, pr.node.domain, m.opset()))(pr.node, {&t, &pr.onehot}, m.opset())[0];
-            const int64_t ch = patches.dim(1), inner = patches.numel() / (patches.dim(0) * ch);
-            const float* d = patches.data<float>();
-            for (int64_t i = 0; i < patches.dim(0); ++i)
-              for (int64_t c = 0; c < ch; ++c) {
-                double acc = 0;
-                for (int64_t k = 0; k < inner; ++k) acc += d[(i * ch + c) * inner + k];
-                sum[c] += acc;
-              }
-            count += patches.dim(0) * inner;
+          try {
+            const PatchProbe& pr = probes.at(ni);
+            auto& [sum, count] = sums[ni];
+            if (sum.empty()) sum.assign(static_cast<size_t>(pr.groups * pr.per_group), 0.0);
+            if (pr.node.op_type.empty()) {  // Gemm: mean input row
+              const Tensor x2 = t.rank() == 2 ? t : t.reshaped({t.dim(0), t.numel() / t.dim(0)});
+              const int64_t rows = x2.dim(0), k = x2.dim(1);
+              for (int64_t r = 0; r < rows; ++r)
+                for (int64_t j = 0; j < k; ++j) sum[j] += x2.data<float>()[r * k + j];
+              count += rows;
+            } else if (t.rank() == 4 || t.rank() == 3) {  // 1-D/2-D convs: the sums directly (add_patch_sums)
+              const Tensor* w = g.initializer(g.nodes[ni].input(1));  // probes are built for initializer weights only
+              count += add_patch_sums(runtime::conv2d_shape(pr.node, t.shape(), w->shape()), t.data<float>(), sum);
+            } else {
+              const Tensor patches =
+                  (*registry.find(pr.node.op_type, pr.node.domain, m.opset()))(pr.node, {&t, &pr.onehot}, m.opset())[0];
+              const int64_t ch = patches.dim(1), inner = patches.numel() / (patches.dim(0) * ch);
+              const float* d = patches.data<float>();
+              for (int64_t i = 0; i < patches.dim(0); ++i)
+                for (int64_t c = 0; c < ch; ++c) {
+                  double acc = 0;
+                  for (int64_t k = 0; k < inner; ++k) acc += d[(i * ch + c) * inner + k];
+                  sum[c] += acc;
+                }
+              count += patches.dim(0) * inner;
+            }
+          } catch (const Error& e) {
+            PERCH_FAIL(m.source, ": bias correction statistics: ", g.nodes[ni].prefixed(e.what()));
           }
         }
       };
