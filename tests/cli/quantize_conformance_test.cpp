@@ -1,6 +1,6 @@
 // perch quantize on the models PyTorch's exporter wrote for ONNX's own backend tests (Debian libonnx-testdata:
 // pytorch-converted/, pytorch-operator/ — opset 6, Conv 1-D/2-D, depthwise, grouped, dilated, ConvTranspose, Gemm):
-// every one with a weight initializer and float inputs is quantized per channel, calibrated on its own test input,
+// every one with a weight initializer and float inputs is quantized (per channel, per tensor, int4 per channel), calibrated on its own test input,
 // and the written QDQ model must load and run in ONNX Runtime with the same outputs as perch's simulation, and
 // perch's integer engine must equal its exact simulation. Models perch refuses must be refused by name (an op or
 // a shape it does not support), never crash or write a model ONNX Runtime rejects.
@@ -42,12 +42,16 @@ bool has_weight_layer(const graph::Model& m) {
 
 }  // namespace
 
-TEST(QuantizeConformance, PytorchExportedModelsQuantizeAndRunInOnnxRuntime) {
+// Weight schemes: per-channel int8 (raises the opset to 13), per-tensor int8 (stays at 10), per-channel int4.
+class QuantizeConformance : public testing::TestWithParam<const char*> {};
+
+TEST_P(QuantizeConformance, PytorchExportedModelsQuantizeAndRunInOnnxRuntime) {
+  const std::string scheme = GetParam();
   const fs::path root = test::onnx_node_test_dir().parent_path();
   if (!fs::exists(root / "pytorch-converted")) GTEST_SKIP() << root << " is not installed (Debian libonnx-testdata)";
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
   set_quiet(true);
-  const fs::path work = scratch("quantize_conformance");
+  const fs::path work = scratch("quantize_conformance_" + scheme);
   int quantized = 0, refused = 0;
   std::set<std::string> refusals;
   for (const char* suite : {"pytorch-converted", "pytorch-operator"}) {
@@ -73,6 +77,8 @@ TEST(QuantizeConformance, PytorchExportedModelsQuantizeAndRunInOnnxRuntime) {
       SCOPED_TRACE(name);
       ptq::PtqOptions o;
       o.batch = data.size();
+      if (scheme == "per_tensor") o.weights.granularity = quant::Granularity::kPerTensor;
+      if (scheme == "int4_per_channel") o.weights.bits = 4;
       graph::Model qm;
       try {
         qm = ptq::quantize_model(m, data, o).model;
@@ -127,3 +133,5 @@ TEST(QuantizeConformance, PytorchExportedModelsQuantizeAndRunInOnnxRuntime) {
   std::printf("\n");
   EXPECT_GE(quantized, 24);  // every 1-D/2-D conv, depthwise, grouped, transposed and Gemm export
 }
+
+INSTANTIATE_TEST_SUITE_P(Schemes, QuantizeConformance, testing::Values("per_channel", "per_tensor", "int4_per_channel"));
