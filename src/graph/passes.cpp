@@ -152,12 +152,32 @@ int fold_conv_affine(Model& model) {
   return folded;
 }
 
+// Dropout that computes its input unchanged, its mask unread (see remove_identities).
+bool inference_dropout(const Model& model, const Node& n) {
+  if (n.op_type != "Dropout" || !n.domain.empty() || n.inputs.empty() || n.outputs.empty()) return false;
+  const Graph& g = model.graph;
+  const int64_t opset = model.opset();
+  if (opset < 7 && n.attr_int("is_test", 0) == 0) return false;
+  if (opset >= 12 && !n.input(2).empty()) {
+    const Tensor* t = g.initializer(n.input(2));
+    if (!t || t->numel() != 1) return false;
+    if (t->dtype() == DType::kBool ? t->data<bool>()[0] : t->to_f32().data<float>()[0] != 0.0f) return false;
+  }
+  if (n.outputs.size() > 1 && !n.outputs[1].empty()) {
+    if (g.is_graph_output(n.outputs[1])) return false;
+    for (const auto& m : g.nodes)
+      for (const auto& in : m.inputs)
+        if (in == n.outputs[1]) return false;
+  }
+  return true;
+}
+
 int remove_identities(Model& model) {
   Graph& g = model.graph;
   int removed = 0;
   for (size_t i = 0; i < g.nodes.size();) {
     Node& n = g.nodes[i];
-    if (n.op_type != "Identity" || g.is_graph_output(n.outputs[0])) {
+    if ((n.op_type != "Identity" && !inference_dropout(model, n)) || g.is_graph_output(n.outputs[0])) {
       ++i;
       continue;
     }
@@ -178,7 +198,7 @@ std::string canonicalize(Model& model) {
   const int id = remove_identities(model);
   model.graph.toposort();
   return "folded " + std::to_string(b) + " BatchNormalization, " + std::to_string(c) + " Constant; removed " +
-         std::to_string(id) + " Identity" + (q ? "; expanded " + std::to_string(q) + " com.microsoft QLinear*/QGemm to QDQ" : "");
+         std::to_string(id) + " Identity/Dropout" + (q ? "; expanded " + std::to_string(q) + " com.microsoft QLinear*/QGemm to QDQ" : "");
 }
 
 }  // namespace perch::graph

@@ -398,6 +398,51 @@ TEST(RemoveIdentities, ChainsRewiredGraphOutputKept) {
   }
 }
 
+// Inference Dropout is an identity and goes like one; Dropout that may compute something (training mode, opset-6
+// default is_test 0, a read mask) stays.
+TEST(RemoveIdentities, InferenceDropoutGoesTrainingOrMaskedStays) {
+  auto model = [](int64_t opset, std::vector<std::string> in, std::vector<std::string> out, bool mask_read) {
+    Model m;
+    m.set_opset(opset);
+    Graph& g = m.graph;
+    g.inputs = {make_value("x", {4})};
+    g.initializers["w"] = Tensor::from<float>({4}, {1, -1, 2, -2});
+    Tensor off(DType::kBool, {}), on(DType::kBool, {});
+    off.data<bool>()[0] = false;
+    on.data<bool>()[0] = true;
+    g.initializers["off"] = off;
+    g.initializers["on"] = on;
+    g.nodes = {make_node("Dropout", std::move(in), std::move(out), "drop"), make_node("Mul", {"d", "w"}, {"y"}, "mul")};
+    g.outputs = {make_value("y", {4})};
+    if (mask_read) {
+      g.nodes.push_back(make_node("Identity", {"mask"}, {"m"}, "mask_id"));
+      g.outputs.push_back(make_value("m", {4}));
+    }
+    return m;
+  };
+  struct Case {
+    Model m;
+    int removed;
+  };
+  std::vector<Case> cases;
+  cases.push_back({model(10, {"x"}, {"d"}, false), 1});
+  cases.push_back({model(13, {"x", "", "off"}, {"d"}, false), 1});
+  cases.push_back({model(13, {"x"}, {"d", "mask"}, false), 1});  // a mask nobody reads
+  cases.push_back({model(13, {"x", "", "on"}, {"d"}, false), 0});
+  cases.push_back({model(10, {"x"}, {"d", "mask"}, true), 0});
+  Model old = model(6, {"x"}, {"d"}, false);
+  cases.push_back({old, 0});  // Dropout-6 defaults to is_test 0
+  old.graph.nodes[0].attrs["is_test"] = int64_t{1};
+  cases.push_back({old, 1});
+  for (auto& c : cases) {
+    EXPECT_EQ(remove_identities(c.m), c.removed) << c.m.opset();
+    if (c.removed) {
+      EXPECT_EQ(c.m.graph.nodes[0].op_type, "Mul");
+      EXPECT_EQ(c.m.graph.nodes[0].inputs[0], "x");
+    }
+  }
+}
+
 TEST(Canonicalize, RunsAllPassesAndSummarizes) {
   Model m;
   m.set_opset(13);
@@ -410,7 +455,7 @@ TEST(Canonicalize, RunsAllPassesAndSummarizes) {
              make_node("BatchNormalization", {"c", "gamma", "beta", "mean", "var"}, {"y"}, "bn")};
   g.outputs = {make_value("y", {1, 1, 3, 3})};
   const std::string s = canonicalize(m);
-  EXPECT_EQ(s, "folded 1 BatchNormalization, 1 Constant; removed 1 Identity");
+  EXPECT_EQ(s, "folded 1 BatchNormalization, 1 Constant; removed 1 Identity/Dropout");
   ASSERT_EQ(m.graph.nodes.size(), 1u);
   EXPECT_EQ(m.graph.nodes[0].op_type, "Conv");
   EXPECT_EQ(m.graph.nodes[0].inputs[0], "x");

@@ -520,3 +520,19 @@ TEST(PtqOcrPatterns, Opset6PadAndSplitBecomeInputForms) {
   EXPECT_EQ(splits, 1);
   EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
 }
+
+// An exporter's inference Dropout (opset 11, `ratio` attribute; Dropout-12 moved it to an input) is an identity:
+// canonicalization removes it, so raising the opset for per-channel QDQ does not stop at it.
+TEST(PtqOcrPatterns, InferenceDropoutDoesNotBlockTheOpsetRaise) {
+  Model m = conv_model(11);
+  Node drop = make("Dropout", "drop", {"c"}, {"d"});
+  drop.attrs["ratio"] = 0.3f;
+  m.graph.nodes.push_back(drop);
+  m.graph.nodes.push_back(make("Relu", "relu", {"d"}, {"y"}));
+  const Dataset data = uniform_data({8, 3, 4, 4}, 15);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  EXPECT_EQ(count_op(res.model, "Dropout"), 0);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+}

@@ -24,7 +24,10 @@ int fold_batchnorm(Model& model);
 // whose Conv weight is shared with another node is not folded. Returns the number of folded nodes.
 int fold_conv_affine(Model& model);
 
-// Removes Identity nodes (rewiring their consumers), except where the Identity produces a graph output.
+// Removes Identity nodes (rewiring their consumers), except where the Identity produces a graph output; also
+// inference Dropout (an identity: opset 7-11 always, before 7 with is_test set, from 12 without a training_mode
+// input or with a constant false one) whose mask output nobody reads — exporters leave them in, and from opset
+// 12 their `ratio` input form would otherwise block raising the opset for per-channel QDQ.
 int remove_identities(Model& model);
 
 // Rewrites ONNX Runtime's quantized contrib operators (domain com.microsoft: the "QOperator" format of
