@@ -77,6 +77,46 @@ CmdResult run_cmd(const std::string& cmd) {
 
 std::filesystem::path onnx_node_test_dir() { return "/usr/share/libonnx-testdata/data/node"; }
 
+void add_node(graph::Graph& g, std::string op, std::vector<std::string> in, std::vector<std::string> out,
+              std::map<std::string, graph::AttrValue> attrs) {
+  graph::Node n;
+  n.name = op + "_" + out.at(0);
+  n.op_type = std::move(op);
+  n.inputs = std::move(in);
+  n.outputs = std::move(out);
+  n.attrs = std::move(attrs);
+  g.nodes.push_back(std::move(n));
+}
+
+namespace {
+
+// An empty opset-6 model (PyTorch 0.3's exporter) named `source`, with `x` and `y` of the given shapes.
+graph::Model opset6_model(const std::string& source, Shape x, Shape y) {
+  graph::Model m;
+  m.opsets = {{"", 6}};
+  m.ir_version = 3;
+  m.source = source;
+  std::vector<std::string> xd(x.size(), ""), yd(y.size(), "");
+  xd[0] = yd[0] = "N";
+  m.graph.inputs.push_back({"x", DType::kFloat32, std::move(x), xd, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, std::move(y), yd, true});
+  return m;
+}
+
+// Normal(0, 0.5) initializers from one generator.
+struct NormalInit {
+  std::mt19937 rng;
+  std::normal_distribution<float> nd{0.0f, 0.5f};
+  explicit NormalInit(uint32_t seed) : rng(seed) {}
+  Tensor operator()(Shape s) {
+    Tensor t(DType::kFloat32, s);
+    for (auto& v : t.span<float>()) v = nd(rng);
+    return t;
+  }
+};
+
+}  // namespace
+
 graph::Model tiny_cnn(uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -105,15 +145,7 @@ graph::Model tiny_cnn(uint32_t seed) {
   g.initializers["lo"] = Tensor::scalar_f32(0.0f);
   g.initializers["hi"] = Tensor::scalar_f32(6.0f);
   auto node = [&](std::string op, std::vector<std::string> in, std::vector<std::string> out,
-                  std::map<std::string, graph::AttrValue> attrs = {}) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out[0];
-    n.inputs = std::move(in);
-    n.outputs = std::move(out);
-    n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
+                  std::map<std::string, graph::AttrValue> attrs = {}) { add_node(g, std::move(op), std::move(in), std::move(out), std::move(attrs)); };
   node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
   node("Relu", {"c1"}, {"r1"});
   node("MaxPool", {"r1"}, {"p1"}, {{"kernel_shape", std::vector<int64_t>{2, 2}}, {"strides", std::vector<int64_t>{2, 2}}});
@@ -142,85 +174,41 @@ graph::Model two_input_cnn() {
 }
 
 graph::Model opset6_mlp(uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 0.5f);
-  auto tensor = [&](Shape s) {
-    Tensor t(DType::kFloat32, s);
-    for (auto& v : t.span<float>()) v = nd(rng);
-    return t;
-  };
-  graph::Model m;
-  m.opsets = {{"", 6}};
-  m.ir_version = 3;
-  m.source = "opset6_mlp";
+  graph::Model m = opset6_model("opset6_mlp", {-1, 10}, {-1, 3});
   auto& g = m.graph;
-  g.inputs.push_back({"x", DType::kFloat32, {-1, 10}, {"N", ""}, true});
-  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
-  g.initializers["w1"] = tensor({8, 10});
-  g.initializers["b1"] = tensor({8});
-  g.initializers["gamma"] = tensor({8});
-  g.initializers["beta"] = tensor({8});
-  g.initializers["mean"] = tensor({8});
-  Tensor var = tensor({8});
+  NormalInit init(seed);
+  for (const char* p : {"b1", "gamma", "beta", "mean"}) g.initializers[p] = init({8});
+  g.initializers["w1"] = init({8, 10});
+  Tensor var = init({8});
   for (auto& v : var.span<float>()) v = 0.5f + std::fabs(v);
   g.initializers["var"] = var;
-  g.initializers["w2"] = tensor({3, 8});
-  g.initializers["b2"] = tensor({3});
-  auto node = [&](std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> attrs) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out;
-    n.inputs = std::move(in);
-    n.outputs = {out};
-    n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
-  node("Gemm", {"x", "w1", "b1"}, "h", {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
-  node("BatchNormalization", {"h", "gamma", "beta", "mean", "var"}, "bn",
-       {{"is_test", int64_t{1}}, {"spatial", int64_t{1}}, {"epsilon", 1e-5f}, {"momentum", 0.9f}});
-  node("Relu", {"bn"}, "r", {});
-  node("Gemm", {"r", "w2", "b2"}, "y", {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  g.initializers["w2"] = init({3, 8});
+  g.initializers["b2"] = init({3});
+  add_node(g, "Gemm", {"x", "w1", "b1"}, {"h"}, {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  add_node(g, "BatchNormalization", {"h", "gamma", "beta", "mean", "var"}, {"bn"},
+           {{"is_test", int64_t{1}}, {"spatial", int64_t{1}}, {"epsilon", 1e-5f}, {"momentum", 0.9f}});
+  add_node(g, "Relu", {"bn"}, {"r"});
+  add_node(g, "Gemm", {"r", "w2", "b2"}, {"y"}, {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
   return m;
 }
 
 graph::Model opset6_convnet(uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 0.5f);
-  auto tensor = [&](Shape s) {
-    Tensor t(DType::kFloat32, s);
-    for (auto& v : t.span<float>()) v = nd(rng);
-    return t;
-  };
-  graph::Model m;
-  m.opsets = {{"", 6}};
-  m.ir_version = 3;
-  m.source = "opset6_convnet";
+  graph::Model m = opset6_model("opset6_convnet", {-1, 3, 8, 8}, {-1, 3});
   auto& g = m.graph;
-  g.inputs.push_back({"x", DType::kFloat32, {-1, 3, 8, 8}, {"N", "", "", ""}, true});
-  g.outputs.push_back({"y", DType::kFloat32, {-1, 3}, {"N", ""}, true});
-  g.initializers["w1"] = tensor({4, 3, 3, 3});
-  g.initializers["b1"] = tensor({4});
-  g.initializers["w2"] = tensor({3, 2});
-  g.initializers["b2"] = tensor({3});
-  auto node = [&](std::string op, std::vector<std::string> in, std::vector<std::string> out,
-                  std::map<std::string, graph::AttrValue> attrs) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out[0];
-    n.inputs = std::move(in);
-    n.outputs = std::move(out);
-    n.attrs = std::move(attrs);
-    g.nodes.push_back(n);
-  };
-  node("Pad", {"x"}, {"p"}, {{"pads", std::vector<int64_t>{0, 0, 1, 1, 0, 0, 1, 1}}, {"value", 0.25f},
-                              {"mode", std::string("constant")}});
-  node("Conv", {"p", "w1", "b1"}, {"c"}, {{"kernel_shape", std::vector<int64_t>{3, 3}}});
-  node("Split", {"c"}, {"s1", "s2"}, {{"axis", int64_t{1}}, {"split", std::vector<int64_t>{2, 2}}});
-  node("Sum", {"s1", "s2"}, {"t"}, {});
-  node("Relu", {"t"}, {"r"}, {});
-  node("GlobalAveragePool", {"r"}, {"gp"}, {});
-  node("Flatten", {"gp"}, {"f"}, {});
-  node("Gemm", {"f", "w2", "b2"}, {"y"}, {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
+  NormalInit init(seed);
+  g.initializers["w1"] = init({4, 3, 3, 3});
+  g.initializers["b1"] = init({4});
+  g.initializers["w2"] = init({3, 2});
+  g.initializers["b2"] = init({3});
+  add_node(g, "Pad", {"x"}, {"p"}, {{"pads", std::vector<int64_t>{0, 0, 1, 1, 0, 0, 1, 1}}, {"value", 0.25f},
+                                   {"mode", std::string("constant")}});
+  add_node(g, "Conv", {"p", "w1", "b1"}, {"c"}, {{"kernel_shape", std::vector<int64_t>{3, 3}}});
+  add_node(g, "Split", {"c"}, {"s1", "s2"}, {{"axis", int64_t{1}}, {"split", std::vector<int64_t>{2, 2}}});
+  add_node(g, "Sum", {"s1", "s2"}, {"t"});
+  add_node(g, "Relu", {"t"}, {"r"});
+  add_node(g, "GlobalAveragePool", {"r"}, {"gp"});
+  add_node(g, "Flatten", {"gp"}, {"f"});
+  add_node(g, "Gemm", {"f", "w2", "b2"}, {"y"}, {{"broadcast", int64_t{1}}, {"transB", int64_t{1}}});
   return m;
 }
 

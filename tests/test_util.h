@@ -44,6 +44,10 @@ std::string shell_quote(const std::filesystem::path& p);
 // residual Add, GlobalAveragePool, Flatten, Gemm(transB=1); input "x" [N,1,8,8], output "y" [N,3].
 // The first Conv's output channels get weight ranges spread x0.01 .. x1 (where per-tensor fails).
 graph::Model tiny_cnn(uint32_t seed);
+// Appends to `g` a node named "<op>_<first output>".
+void add_node(graph::Graph& g, std::string op, std::vector<std::string> in, std::vector<std::string> out,
+              std::map<std::string, graph::AttrValue> attrs = {});
+
 // tiny_cnn with a second input "s" [N, 8, 1, 1] added to the first conv's output (a per-sample channel shift, as a
 // conditioning input would be): y = head(relu(conv(x) + s)); source "two_input_cnn".
 graph::Model two_input_cnn();

@@ -134,13 +134,7 @@ struct Builder {
     m.graph.initializers[name] = t;
   }
   void node(std::string op, std::vector<std::string> in, std::string out, std::map<std::string, graph::AttrValue> attrs = {}) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out;
-    n.inputs = std::move(in);
-    n.outputs = {out};
-    n.attrs = std::move(attrs);
-    m.graph.nodes.push_back(n);
+    test::add_node(m.graph, std::move(op), std::move(in), {std::move(out)}, std::move(attrs));
   }
 };
 

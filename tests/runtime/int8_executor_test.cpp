@@ -26,13 +26,7 @@ struct Builder {
   Builder() { m.set_opset(13); }
   void node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out,
             std::map<std::string, graph::AttrValue> attrs = {}) {
-    graph::Node n;
-    n.op_type = op;
-    n.name = op + "_" + out[0];
-    n.inputs = std::move(in);
-    n.outputs = std::move(out);
-    n.attrs = std::move(attrs);
-    m.graph.nodes.push_back(n);
+    test::add_node(m.graph, op, std::move(in), std::move(out), std::move(attrs));
   }
   template <typename T>
   void init(const std::string& name, Shape s, std::vector<T> v) {
