@@ -74,9 +74,11 @@ std::vector<Tensor> reshape(const Node& n, const Args& a, int64_t opset) {
   return {x.reshaped(shape)};
 }
 
-std::vector<Tensor> concat(const Node& n, const Args& a, int64_t) {
+std::vector<Tensor> concat(const Node& n, const Args& a, int64_t opset) {
   const Tensor& first = in(n, a, 0);
-  const int64_t axis = normalize_axis(n.attr_int("axis", 0), first.rank(), n.describe());
+  // Concat-1 defaults `axis` to 1; from 4 on it is required.
+  PERCH_CHECK(opset < 4 || n.has_attr("axis"), n.describe(), ": Concat needs an axis attribute from opset 4 on");
+  const int64_t axis = normalize_axis(n.attr_int("axis", 1), first.rank(), n.describe());
   Shape ys = first.shape();
   ys[axis] = 0;
   for (size_t i = 0; i < a.size(); ++i) {

@@ -536,3 +536,29 @@ TEST(PtqOcrPatterns, InferenceDropoutDoesNotBlockTheOpsetRaise) {
   EXPECT_EQ(count_op(res.model, "Dropout"), 0);
   EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
 }
+
+// Reshape-1's `shape` attribute (before 5) and Concat-1 without `axis` (before 4, default 1) become their later
+// forms when the opset is raised — and the float executor concatenates such a Concat along axis 1 (it used 0).
+TEST(PtqOcrPatterns, Opset3ReshapeAndConcatGetTheirLaterForms) {
+  Model m = conv_model(3);
+  m.graph.nodes.push_back(make("Concat", "cat", {"c", "c"}, {"cc"}));  // [N,8,4,4]: axis 1 by Concat-1's default
+  Node rs = make("Reshape", "flat", {"cc"}, {"y"});
+  rs.attrs["shape"] = std::vector<int64_t>{0, -1};
+  m.graph.nodes.push_back(rs);
+  const Dataset data = uniform_data({8, 3, 4, 4}, 16);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  ASSERT_EQ(want.shape(), (Shape{8, 128}));
+  const auto res = ptq::quantize_model(m, data, plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  for (const auto& n : res.model.graph.nodes) {
+    if (n.op_type == "Reshape") {
+      EXPECT_FALSE(n.has_attr("shape"));
+      ASSERT_EQ(n.inputs.size(), 2u);
+      EXPECT_EQ(res.model.graph.initializer(n.inputs[1])->to_i64_vector(), (std::vector<int64_t>{0, -1}));
+    }
+    if (n.op_type == "Concat") {
+      EXPECT_EQ(n.attr_int("axis", -99), 1);
+    }
+  }
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+}
