@@ -440,7 +440,8 @@ int64_t declared_rank(const Graph& g, const std::string& v) {
 // (PyTorch's early exporters wrote opset 6): `consumed_inputs` (6), Gemm's `broadcast` (7: C always broadcasts
 // unidirectionally, a superset), BatchNormalization's and Dropout's `is_test` (7: inference only) and
 // BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
-// its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too. Anything else is refused with the op named.
+// its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too.
+// Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -462,7 +463,7 @@ void raise_opset(Model& m, int64_t target) {
       n.attrs.erase("spatial");
     }
     if (crosses(4) && n.op_type == "Concat" && !n.has_attr("axis")) n.attrs["axis"] = int64_t{1};
-    if (n.op_type == "Clip" && from < 11 && target >= 11) {
+    if (n.op_type == "Clip" && crosses(11)) {
       n.inputs.resize(1);
       for (const char* key : {"min", "max"}) {
         if (n.has_attr(key)) {
@@ -475,37 +476,28 @@ void raise_opset(Model& m, int64_t target) {
         n.attrs.erase(key);
       }
       while (!n.inputs.empty() && n.inputs.back().empty()) n.inputs.pop_back();
-    } else if ((n.op_type == "Squeeze" || n.op_type == "Unsqueeze") && from < 13 && target >= 13) {
+    } else if ((n.op_type == "Squeeze" || n.op_type == "Unsqueeze") && crosses(13)) {
       if (n.has_attr("axes")) attribute_to_input(g, n, "axes");
-    } else if (n.op_type == "Reshape" && from < 5 && target >= 5) {
-      auto shape = n.attr_ints("shape");
-      const std::string name = g.unique_name(n.name + "_shape");
-      g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(shape.size())}, shape);
-      n.inputs.push_back(name);
-      n.attrs.erase("shape");
-    } else if (n.op_type == "Slice" && from < 10 && target >= 10) {
+    } else if (n.op_type == "Reshape" && crosses(5)) {
+      attribute_to_input(g, n, "shape");
+    } else if (n.op_type == "Slice" && crosses(10)) {
       n.inputs.resize(1);
       for (const char* key : {"starts", "ends", "axes"}) attribute_to_input(g, n, key);
       while (!n.inputs.empty() && n.inputs.back().empty()) n.inputs.pop_back();
     } else if (is_reduce(n.op_type)) {
       const int64_t moved = n.op_type == "ReduceSum" ? 13 : 18;
-      if (from < moved && target >= moved) {
+      if (crosses(moved)) {
         n.inputs.resize(1);
         if (n.has_attr("axes")) attribute_to_input(g, n, "axes");
       }
     } else if (n.op_type == "Pad" && crosses(11)) {
-      const char* key = from < 2 ? "paddings" : "pads";
-      const auto pads = n.attr_ints(key);
-      const std::string name = g.unique_name(n.name + "_pads");
-      g.initializers[name] = Tensor::from<int64_t>({static_cast<int64_t>(pads.size())}, pads);
       n.inputs.resize(1);
-      n.inputs.push_back(name);
+      attribute_to_input(g, n, from < 2 ? "paddings" : "pads");
       if (const float value = n.attr_float("value", 0.0f); value != 0.0f) {
         const std::string vname = g.unique_name(n.name + "_value");
         g.initializers[vname] = Tensor::scalar_f32(value);
         n.inputs.push_back(vname);
       }
-      n.attrs.erase(key);
       n.attrs.erase("value");
     } else if (n.op_type == "Split" && crosses(13)) {
       if (n.has_attr("split")) {
@@ -516,10 +508,10 @@ void raise_opset(Model& m, int64_t target) {
                n.op_type == "Slice" || n.op_type == "Pad" || n.op_type == "Split") {
       // already in the newer form
     } else if (n.op_type == "Resize") {
-      if ((from < 11 && target >= 11) || (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn"))
+      if (crosses(11) || (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn"))
         PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
                    from < 11 ? " has the opset-10 form" : " uses tf_half_pixel_for_nn, which opset 13 dropped");
-    } else if ((n.op_type == "Softmax" || n.op_type == "LogSoftmax" || n.op_type == "Hardmax") && from < 13 && target >= 13) {
+    } else if ((n.op_type == "Softmax" || n.op_type == "LogSoftmax" || n.op_type == "Hardmax") && crosses(13)) {
       int64_t axis = n.attr_int("axis", 1);
       const int64_t rank = declared_rank(g, n.inputs[0]) >= 0 ? declared_rank(g, n.inputs[0]) : declared_rank(g, n.outputs[0]);
       if (axis < 0 && rank >= 0) axis += rank;
