@@ -212,6 +212,32 @@ graph::Model opset6_convnet(uint32_t seed) {
   return m;
 }
 
+graph::Model legacy_resize_net(int64_t opset, const std::string& op, const std::string& mode,
+                               const std::vector<float>& scales, uint32_t seed) {
+  graph::Model m = opset6_model("legacy_resize_net", {-1, 3, 6, 6}, {-1, 2, -1, -1});
+  m.opsets = {{"", opset}};
+  auto& g = m.graph;
+  NormalInit init(seed);
+  g.initializers["w1"] = init({4, 3, 3, 3});
+  g.initializers["b1"] = init({4});
+  g.initializers["w2"] = init({2, 4, 1, 1});
+  g.initializers["b2"] = init({2});
+  add_node(g, "Conv", {"x", "w1", "b1"}, {"c"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
+  add_node(g, "Relu", {"c"}, {"r"});
+  std::map<std::string, graph::AttrValue> attrs = {{"mode", mode}};
+  std::vector<std::string> in = {"r"};
+  if (op == "Upsample" && opset < 9) {
+    attrs["scales"] = scales;
+  } else {
+    g.initializers["s"] = Tensor::from<float>({static_cast<int64_t>(scales.size())}, scales);
+    in.push_back("s");
+  }
+  add_node(g, op, in, {"u"}, attrs);
+  g.nodes.back().name = "up";
+  add_node(g, "Conv", {"u", "w2", "b2"}, {"y"});
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

@@ -58,6 +58,11 @@ graph::Model opset6_mlp(uint32_t seed);
 // (axis 1, split [2,2] as an attribute) -> Sum -> Relu -> GlobalAveragePool -> Flatten -> Gemm (broadcast 1) ->
 // y [N,3]; source "opset6_convnet".
 graph::Model opset6_convnet(uint32_t seed);
+// An upsampling net of the opsets before Resize-11: x [N,3,6,6] -> Conv 3x3 pad 1 (4 out) -> Relu -> `op` ("Upsample"
+// or "Resize", with `mode` and `scales`: an attribute for Upsample below opset 9, else an initializer input) ->
+// Conv 1x1 (2 out) -> y; the resize node is named "up"; source "legacy_resize_net".
+graph::Model legacy_resize_net(int64_t opset, const std::string& op, const std::string& mode,
+                               const std::vector<float>& scales, uint32_t seed);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

@@ -397,7 +397,17 @@ bool opset_stable(const std::string& op) {
       "QuantizeLinear", "DequantizeLinear", "Max", "Min", "Reciprocal", "Cast", "Pow", "ConvTranspose", "Erf",
       "Log", "Floor", "Ceil", "Sin", "Cos", "Tile", "Expand", "Where", "Equal", "Less", "Greater", "Not", "Range",
       "ConstantOfShape", "Size", "PRelu", "Elu", "Selu", "Softplus", "Softsign", "InstanceNormalization",
-      "Sum", "Mean"};  // Sum/Mean 6 -> 8: broadcasting added, a superset
+      "Sum", "Mean",  // Sum/Mean 6 -> 8: broadcasting added, a superset
+      // Later versions add types, negative axes or attributes whose default is the old behaviour: ArgMax/ArgMin
+      // (select_last_index 12), DepthToSpace (mode 11, default DCR), GatherND (batch_dims 12), ScatterElements /
+      // ScatterND (reduction 16, default none), Compress / OneHot (negative axis 11).
+      "ArgMax", "ArgMin", "DepthToSpace", "SpaceToDepth", "Compress", "OneHot", "CumSum", "GatherElements",
+      "GatherND", "ScatterElements", "ScatterND", "NonZero", "EyeLike", "Mod", "Round", "Sign", "IsNaN", "IsInf",
+      "Shrink", "ThresholdedRelu", "Celu", "Acos", "Asin", "Atan", "Tan", "Cosh", "Sinh", "Acosh", "Asinh", "Atanh",
+      "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "MeanVarianceNormalization", "Trilu",
+      "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+      // introduced at or after 13: a model that has them is already there
+      "CastLike", "LayerNormalization", "Mish", "Gelu"};
   return ok.count(op) != 0;
 }
 
@@ -428,6 +438,56 @@ int64_t declared_rank(const Graph& g, const std::string& v) {
   return -1;
 }
 
+// Upsample (7: `scales` attribute; 9: `scales` input; gone from 10) and Resize-10 (X, scales) map output index x to
+// the source coordinate x / scale (asymmetric) and take the nearest pixel by truncation when upsampling, by ceil
+// when downsampling (ONNX Runtime's reading of those versions, and perch's executor's). Raised to 10, an Upsample
+// becomes that Resize-10; raised to 11 or later, either becomes Resize(X, roi "", scales) with
+// coordinate_transformation_mode "asymmetric" and nearest_mode "floor" (every scale >= 1) or "ceil" (every scale
+// <= 1), which computes the same (perch's executor: the same taps; `linear` needs no nearest mode). A nearest
+// Resize-10 whose scales are computed at run time, or that shrinks one axis and grows another, has no such form:
+// refused by name.
+void raise_legacy_resize(const Model& m, Graph& g, Node& n, int64_t from, int64_t target) {
+  auto refuse = [&](const std::string& why) {
+    PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(), " ", why);
+  };
+  std::string mode = n.attr_string("mode", "nearest");
+  if (mode == "bilinear") mode = "linear";  // an early exporters' spelling, as the executor reads it
+  if (mode != "nearest" && mode != "linear") refuse("has mode '" + mode + "'");
+  std::string scales;
+  if (n.op_type == "Upsample" && from < 9) {
+    PERCH_CHECK(n.has_attr("scales"), m.source, ": ", n.describe(), " has no scales");
+    scales = g.unique_name(n.name + "_scales");
+    const auto v = n.attr_floats("scales");
+    g.initializers[scales] = Tensor::from<float>({static_cast<int64_t>(v.size())}, v);
+    n.attrs.erase("scales");
+  } else {
+    if (n.inputs.size() < 2 || n.inputs[1].empty()) refuse("has no scales input");
+    scales = n.inputs[1];
+  }
+  n.attrs.clear();
+  n.attrs["mode"] = mode;
+  if (target < 11) {  // Upsample -> Resize-10: the same attributes and inputs
+    n.op_type = "Resize";
+    n.inputs = {n.inputs[0], scales};
+    return;
+  }
+  n.attrs["coordinate_transformation_mode"] = std::string("asymmetric");
+  if (mode == "nearest") {
+    bool up = true, down = true;
+    if (n.op_type == "Resize") {
+      const Tensor* s = g.initializer(scales);
+      if (!s || s->dtype() != DType::kFloat32) refuse("computes its scales at run time (nearest pixel by truncation or ceil per axis: no opset-11 form without their values)");
+      for (float v : s->span<float>()) up &= v >= 1.0f, down &= v <= 1.0f;
+      if (!up && !down) refuse("shrinks one axis and grows another (nearest by ceil on one, truncation on the other: no opset-11 form)");
+    }
+    n.attrs["nearest_mode"] = std::string(up ? "floor" : "ceil");
+  }
+  n.op_type = "Resize";
+  n.inputs = {n.inputs[0], "", scales};
+}
+
+}  // namespace
+
 // Raises the default-domain opset to `target`, converting the ops whose form changed on the way (a form
 // change at version V applies when from < V <= target): Clip (11: min/max
 // attributes -> inputs), Squeeze/Unsqueeze (13: axes attribute -> input), Reshape (5: shape attribute
@@ -440,8 +500,9 @@ int64_t declared_rank(const Graph& g, const std::string& v) {
 // (PyTorch's early exporters wrote opset 6): `consumed_inputs` (6), Gemm's `broadcast` (7: C always broadcasts
 // unidirectionally, a superset), BatchNormalization's and Dropout's `is_test` (7: inference only) and
 // BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
-// its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too.
-// Anything else is refused with the op named.
+// its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too;
+// TopK (10: `k` -> input K), Cast-1's type name (6: a number), Upsample (10: gone) and Resize-10 (11: coordinate
+// and nearest modes; raise_legacy_resize above). Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -451,6 +512,16 @@ void raise_opset(Model& m, int64_t target) {
   for (auto& n : g.nodes) {
     if (!n.domain.empty()) PERCH_FAIL(m.source, ": cannot raise opset: ", n.describe(), " is in domain '", n.domain, "'");
     if (crosses(6)) n.attrs.erase("consumed_inputs");
+    if (crosses(6) && n.op_type == "Cast" && n.has_attr("to") && std::holds_alternative<std::string>(n.attrs.at("to"))) {
+      // Cast-1 names the type ("FLOAT"); from 6 on it is the TensorProto.DataType number.
+      static const std::map<std::string, int64_t> codes = {{"FLOAT", 1}, {"UINT8", 2},  {"INT8", 3},  {"UINT16", 4},
+                                                           {"INT16", 5}, {"INT32", 6},  {"INT64", 7}, {"BOOL", 9},
+                                                           {"DOUBLE", 11}};
+      const std::string to = n.attr_string("to", "");
+      PERCH_CHECK(codes.count(to), m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
+                  " casts to '", to, "'");
+      n.attrs["to"] = codes.at(to);
+    }
     if (crosses(7) && (n.op_type == "BatchNormalization" || n.op_type == "Dropout")) {
       PERCH_CHECK(n.attr_int("is_test", 1) != 0, m.source, ": cannot raise opset ", from, " -> ", target, ": ",
                   n.describe(), " is in training mode (is_test 0)");
@@ -507,10 +578,23 @@ void raise_opset(Model& m, int64_t target) {
     } else if (n.op_type == "Reshape" || n.op_type == "Clip" || n.op_type == "Squeeze" || n.op_type == "Unsqueeze" ||
                n.op_type == "Slice" || n.op_type == "Pad" || n.op_type == "Split") {
       // already in the newer form
+    } else if ((n.op_type == "Upsample" && crosses(10)) || (n.op_type == "Resize" && crosses(11))) {
+      raise_legacy_resize(m, g, n, from, target);
     } else if (n.op_type == "Resize") {
-      if (crosses(11) || (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn"))
+      if (target >= 13 && n.attr_string("coordinate_transformation_mode", "half_pixel") == "tf_half_pixel_for_nn")
         PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
-                   from < 11 ? " has the opset-10 form" : " uses tf_half_pixel_for_nn, which opset 13 dropped");
+                   " uses tf_half_pixel_for_nn, which opset 13 dropped");
+    } else if (n.op_type == "Upsample") {
+      // below 10: kept
+    } else if (n.op_type == "TopK" && crosses(10)) {  // k: attribute -> input K, int64 [1]
+      PERCH_CHECK(n.has_attr("k"), m.source, ": ", n.describe(), " has no k");
+      const std::string k = g.unique_name(n.name + "_k");
+      g.initializers[k] = Tensor::from<int64_t>({1}, {n.attr_int("k", -1)});
+      n.inputs.resize(1);
+      n.inputs.push_back(k);
+      n.attrs.erase("k");
+    } else if (n.op_type == "TopK") {
+      // already in the input form
     } else if ((n.op_type == "Softmax" || n.op_type == "LogSoftmax" || n.op_type == "Hardmax") && crosses(13)) {
       int64_t axis = n.attr_int("axis", 1);
       const int64_t rank = declared_rank(g, n.inputs[0]) >= 0 ? declared_rank(g, n.inputs[0]) : declared_rank(g, n.outputs[0]);
@@ -548,8 +632,6 @@ void raise_opset(Model& m, int64_t target) {
   if (!added.empty()) g.toposort();
   m.set_opset(target);
 }
-
-}  // namespace
 
 int64_t weight_channel_axis(const Node& n, int64_t rank) {
   if (n.op_type == "Conv") return 0;

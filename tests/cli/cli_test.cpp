@@ -12,6 +12,7 @@
 
 #include "perch/data/npy.h"
 #include "perch/graph/onnx_io.h"
+#include "perch/ptq/quantize.h"
 #include "perch/runtime/executor.h"
 #include "cli_test_util.h"
 #include "test_util.h"
@@ -431,6 +432,65 @@ TEST_P(Opset6, QuantizedPerChannelRunsInOnnxRuntime) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, Opset6, testing::Values("mlp", "convnet"));
+
+// Upsample (7, 9) and Resize-10, raised for per-channel QDQ to Resize's opset-13 form (asymmetric coordinates,
+// nearest_mode floor / ceil): ONNX Runtime gives the same outputs for the raised float model as for the original —
+// its own reading of the old versions is the reference — and runs the quantized model as perch does.
+struct LegacyResizeCase {
+  const char* name;
+  int64_t opset;
+  const char* op;
+  const char* mode;
+  std::vector<float> scales;
+};
+void PrintTo(const LegacyResizeCase& c, std::ostream* os) { *os << c.name; }
+class LegacyResize : public testing::TestWithParam<LegacyResizeCase> {};
+
+TEST_P(LegacyResize, RaisedModelMatchesOnnxRuntimeOnTheOriginal) {
+  const LegacyResizeCase& c = GetParam();
+  const fs::path d = scratch(std::string("legacy_resize_") + c.name);
+  const graph::Model m = test::legacy_resize_net(c.opset, c.op, c.mode, c.scales, 7);
+  graph::Model raised = m;
+  ptq::raise_opset(raised, 13);
+  graph::save_model(m, d / "m.onnx");
+  graph::save_model(raised, d / "r.onnx");
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tensor x(DType::kFloat32, Shape{16, 3, 6, 6});
+  for (auto& v : x.span<float>()) v = u(rng);
+  write_npy(d / "x.npy", x);
+  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
+                   q("npy:" + (d / "x.npy").string()) + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(graph::load_model((d / "q.onnx").string()).opset(), 13);
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  for (const char* model : {"m", "r", "q"}) {
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / (std::string(model) + ".onnx")) + " --input x=" +
+                q(d / "x.npy") + " -o " + q(d / (std::string("ort_") + model)));
+    ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run " << model << ".onnx: " << r.err;
+  }
+  const Tensor orig = read_npy(d / "ort_m" / "y.npy"), rais = read_npy(d / "ort_r" / "y.npy");
+  ASSERT_EQ(orig.shape(), rais.shape());
+  const Compare f = compare_logits(rais, orig);
+  EXPECT_LE(f.max_abs, 1e-6 * f.max_ref) << "ONNX Runtime: the raised model differs from the original";
+  // perch's float executor on the original agrees with ONNX Runtime's reading of it.
+  const Compare p = compare_logits(runtime::Executor(m).run1(x), orig);
+  EXPECT_LE(p.max_abs, 1e-6 * p.max_ref) << "perch's executor differs from ONNX Runtime on the original";
+  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Compare qc = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort_q" / "y.npy"));
+  EXPECT_LE(qc.max_abs, 0.01 * qc.max_ref);  // as TinyInterop: a step of ONNX Runtime's integer requantization
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, LegacyResize,
+    testing::Values(LegacyResizeCase{"upsample7_nearest", 7, "Upsample", "nearest", {1, 1, 2, 3}},
+                    LegacyResizeCase{"upsample9_nearest_fractional", 9, "Upsample", "nearest", {1, 1, 1.5f, 2.5f}},
+                    LegacyResizeCase{"upsample9_linear", 9, "Upsample", "linear", {1, 1, 2, 1.75f}},
+                    LegacyResizeCase{"resize10_nearest_down", 10, "Resize", "nearest", {1, 1, 0.5f, 0.75f}},
+                    LegacyResizeCase{"resize10_nearest_up", 10, "Resize", "nearest", {1, 1, 1.5f, 2}},
+                    LegacyResizeCase{"resize10_linear", 10, "Resize", "linear", {1, 1, 0.75f, 1.5f}}),
+    [](const testing::TestParamInfo<LegacyResizeCase>& i) { return std::string(i.param.name); });
 
 TEST(Cli, QuantizeNeverLeavesAHalfWrittenOutput) {
   const fs::path d = scratch("atomic");

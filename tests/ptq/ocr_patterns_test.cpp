@@ -562,3 +562,124 @@ TEST(PtqOcrPatterns, Opset3ReshapeAndConcatGetTheirLaterForms) {
   }
   EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
 }
+
+namespace {
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+}  // namespace
+
+// Upsample (7: scales attribute, 9: input; gone from 10) and Resize-10 map coordinates asymmetrically and pick the
+// nearest pixel by truncation when upsampling, by ceil when downsampling. Raised to 13 they become Resize with
+// coordinate_transformation_mode asymmetric and nearest_mode floor / ceil, and compute bit for bit what they did
+// (the float executor runs both forms through separate code: the legacy branch and the nearest modes); raised to 10
+// (a per-tensor model) Upsample becomes Resize-10. A nearest Resize-10 that shrinks one axis and grows another has no
+// later form: refused by name.
+TEST(PtqOcrPatterns, UpsampleAndResize10RaiseExactly) {
+  const Dataset data = uniform_data({2, 3, 6, 6}, 17);
+  struct Case {
+    int64_t opset;
+    const char* op;
+    const char* mode;
+    std::vector<float> scales;
+    const char* nearest_mode;  // expected at 13, "" for linear
+  };
+  const std::vector<Case> cases = {
+      {7, "Upsample", "nearest", {1, 1, 2, 3}, "floor"},     {8, "Upsample", "linear", {1, 1, 2, 2}, ""},
+      {9, "Upsample", "nearest", {1, 1, 1.5f, 2.5f}, "floor"}, {9, "Upsample", "bilinear", {1, 1, 1.75f, 2}, ""},
+      {10, "Resize", "nearest", {1, 1, 0.5f, 0.75f}, "ceil"}, {10, "Resize", "nearest", {1, 1, 1.5f, 2}, "floor"},
+      {10, "Resize", "linear", {1, 1, 0.75f, 1.5f}, ""}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.op) + "-" + std::to_string(c.opset) + " " + c.mode);
+    const Model m = test::legacy_resize_net(c.opset, c.op, c.mode, c.scales, 3);
+    const Tensor want = runtime::Executor(m).run1(data.images);
+    for (int64_t target : {int64_t{10}, int64_t{13}, int64_t{21}}) {
+      if (target <= c.opset) continue;
+      Model r = m;
+      ptq::raise_opset(r, target);
+      EXPECT_EQ(r.opset(), target);
+      ASSERT_EQ(count_op(r, "Upsample"), 0);
+      const Node& n = r.graph.nodes[2];
+      ASSERT_EQ(n.op_type, "Resize");
+      if (target == 10) {
+        EXPECT_EQ(n.inputs.size(), 2u);
+      } else {
+        ASSERT_EQ(n.inputs.size(), 3u);
+        EXPECT_EQ(n.inputs[1], "");
+        EXPECT_EQ(n.attr_string("coordinate_transformation_mode", ""), "asymmetric");
+        EXPECT_EQ(n.attr_string("nearest_mode", ""), c.nearest_mode);
+        EXPECT_EQ(n.attr_string("mode", ""), std::string(c.nearest_mode).empty() ? "linear" : "nearest");
+      }
+      const Tensor got = runtime::Executor(r).run1(data.images);
+      EXPECT_TRUE(same_bits(got, want)) << "raised to " << target << ": max rel diff " << test::max_rel_diff(got, want);
+    }
+  }
+  // Quantized per channel: the raise happens in the export, and the QDQ model computes the float function.
+  const Model up = test::legacy_resize_net(9, "Upsample", "nearest", {1, 1, 2, 2}, 3);
+  const auto res = ptq::quantize_model(up, uniform_data({8, 3, 6, 6}, 18), plain());
+  EXPECT_EQ(res.model.opset(), 13);
+  EXPECT_EQ(count_op(res.model, "Resize"), 1);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), runtime::Executor(up).run1(data.images)), 0.05);
+
+  for (const auto& [scales, why] : {std::pair{std::vector<float>{1, 1, 0.5f, 2}, "shrinks one axis and grows another"}}) {
+    Model bad = test::legacy_resize_net(10, "Resize", "nearest", scales, 3);
+    try {
+      ptq::raise_opset(bad, 13);
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(why), std::string::npos) << msg;
+      EXPECT_NE(msg.find("Resize node 'up'"), std::string::npos) << msg;
+    }
+  }
+  // Scales computed at run time: fine for Upsample (always >= 1), refused for a nearest Resize-10.
+  for (const char* op : {"Upsample", "Resize"}) {
+    Model dyn = test::legacy_resize_net(op == std::string("Upsample") ? 9 : 10, op, "nearest", {1, 1, 2, 2}, 3);
+    dyn.graph.initializers["s0"] = dyn.graph.initializers.at("s");
+    dyn.graph.initializers.erase("s");
+    dyn.graph.nodes.insert(dyn.graph.nodes.begin() + 2, make("Identity", "copy", {"s0"}, {"s"}));
+    const Tensor want = runtime::Executor(dyn).run1(data.images);
+    if (op == std::string("Upsample")) {
+      ptq::raise_opset(dyn, 13);
+      EXPECT_TRUE(same_bits(runtime::Executor(dyn).run1(data.images), want));
+    } else {
+      EXPECT_THROW(ptq::raise_opset(dyn, 13), Error);
+    }
+  }
+}
+
+// TopK-1's `k` attribute becomes the input K (10) and Cast-1's type name its number (6): the same results.
+TEST(PtqOcrPatterns, TopKAndCastOfOpset5RaiseExactly) {
+  Model m = conv_model(5);
+  m.graph.outputs.push_back({"z", DType::kFloat32, {}, {}, false});
+  m.graph.nodes.push_back(make("Flatten", "flat", {"c"}, {"f"}));
+  Node topk = make("TopK", "top", {"f"}, {"y", "i"});
+  topk.attrs["k"] = int64_t{5};
+  m.graph.nodes.push_back(topk);
+  Node cast = make("Cast", "cast", {"i"}, {"z"});
+  cast.attrs["to"] = std::string("FLOAT");
+  m.graph.nodes.push_back(cast);
+  const Dataset data = uniform_data({3, 3, 4, 4}, 19);
+  const auto want = runtime::Executor(m).run({{"x", data.images}});
+  ASSERT_EQ(want.at("y").shape(), (Shape{3, 5}));
+  ASSERT_EQ(want.at("z").dtype(), DType::kFloat32);
+  Model r = m;
+  ptq::raise_opset(r, 13);
+  const graph::Graph& g = r.graph;
+  EXPECT_FALSE(g.nodes[2].has_attr("k"));
+  ASSERT_EQ(g.nodes[2].inputs.size(), 2u);
+  EXPECT_EQ(g.initializer(g.nodes[2].inputs[1])->to_i64_vector(), (std::vector<int64_t>{5}));
+  EXPECT_EQ(g.nodes[3].attr_int("to", 0), 1);
+  const auto got = runtime::Executor(r).run({{"x", data.images}});
+  for (const char* out : {"y", "z"}) EXPECT_TRUE(same_bits(got.at(out), want.at(out))) << out;
+  Model bad = m;
+  bad.graph.nodes[3].attrs["to"] = std::string("STRING");
+  try {
+    ptq::raise_opset(bad, 13);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Cast node 'cast' casts to 'STRING'"), std::string::npos) << e.what();
+  }
+}

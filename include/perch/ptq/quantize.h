@@ -222,6 +222,11 @@ quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node&
 // (perch/train/qat.h), so training sees the weights and biases the export writes.
 int64_t raise_scales_for_bias(quant::QuantParams& p, const float* bias, int64_t count, double s_in);
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
+// Raises `m`'s default-domain opset to `target` (build_quantized does: 13 for per-channel axes, 21 for per-group and
+// 16-bit, else at least 10), converting every op whose form changed between the two versions so that the model
+// computes exactly what it did (attributes that became inputs, Softmax's 2-D coercion, Upsample and Resize-10 to
+// Resize's later form, dropped attributes at their default); an op it cannot convert is refused by name.
+void raise_opset(graph::Model& m, int64_t target);
 
 // Uses options.activations, equalize, equalize_depthwise (skipped when options.weights is per-tensor; never by
 // layer_weights, so that a configuration chosen after calibrating rebuilds the same model), bias_correction, batch,
