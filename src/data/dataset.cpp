@@ -113,25 +113,131 @@ Tensor slice_rows(const Tensor& t, int64_t begin, int64_t count) {
   return out;
 }
 
-// Every further input is a batch with the images' row count (a Dataset built in code may break that).
-void check_inputs_aligned(const Dataset& ds) {
-  for (const auto& [input, t] : ds.inputs)
-    PERCH_CHECK(t.rank() >= 1 && t.dim(0) == ds.size(), "dataset '", ds.name, "': input '", input, "' has shape ",
-                shape_str(t.shape()), ", not a batch of ", ds.size(), " rows like its images");
+// Rows of one shape group's own `images` (not counting its `groups`).
+int64_t own_rows(const Dataset& g) { return g.images.empty() || g.images.rank() == 0 ? 0 : g.images.dim(0); }
+
+// Every further input of a shape group is a batch with its images' row count (a Dataset built in code may break
+// that); `name`: the dataset's.
+void check_inputs_aligned(const Dataset& g, const std::string& name) {
+  for (const auto& [input, t] : g.inputs)
+    PERCH_CHECK(t.rank() >= 1 && t.dim(0) == own_rows(g), "dataset '", name, "': input '", input, "' has shape ",
+                shape_str(t.shape()), ", not a batch of ", own_rows(g), " rows like its images");
 }
 
+// The shape groups of `ds` in row order: ds itself, then ds.groups.
+std::vector<const Dataset*> shape_groups(const Dataset& ds) {
+  std::vector<const Dataset*> out = {&ds};
+  for (const Dataset& g : ds.groups) out.push_back(&g);
+  return out;
+}
+
+// Rows `rows` (any order, any groups) as a new dataset: within each shape group in the order given, the groups in
+// their order (a single-group dataset keeps the order exactly); labels follow their rows.
 Dataset gather(const Dataset& ds, const std::vector<int64_t>& rows, std::string name) {
   PERCH_CHECK(!ds.images.empty() && ds.images.rank() >= 1, "dataset '", ds.name, "' has no images");
-  check_inputs_aligned(ds);
+  const std::vector<const Dataset*> parts = shape_groups(ds);
+  std::vector<int64_t> start(parts.size() + 1, 0);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    check_inputs_aligned(*parts[p], ds.name);
+    start[p + 1] = start[p] + own_rows(*parts[p]);
+  }
+  std::vector<std::vector<int64_t>> local(parts.size());
+  for (int64_t r : rows) {
+    const size_t p = static_cast<size_t>(std::upper_bound(start.begin(), start.end(), r) - start.begin()) - 1;
+    local[std::min(p, parts.size() - 1)].push_back(r - start[std::min(p, parts.size() - 1)]);
+  }
   Dataset out;
   out.name = std::move(name);
-  out.images = gather_rows(ds.images, rows);
   out.images_input = ds.images_input;
-  for (const auto& [input, t] : ds.inputs) out.inputs.emplace_back(input, gather_rows(t, rows));
-  if (ds.has_labels()) {
-    out.labels.reserve(rows.size());
-    for (int64_t r : rows) out.labels.push_back(ds.labels[static_cast<size_t>(r)]);
+  bool first = true;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    if (local[p].empty() && !(first && p + 1 == parts.size())) continue;  // an empty result keeps a [0, ...] batch
+    Dataset piece;
+    piece.images = gather_rows(parts[p]->images, local[p]);
+    for (const auto& [input, t] : parts[p]->inputs) piece.inputs.emplace_back(input, gather_rows(t, local[p]));
+    if (ds.has_labels())
+      for (int64_t r : local[p]) out.labels.push_back(ds.labels[static_cast<size_t>(start[p] + r)]);
+    if (first) {
+      out.images = std::move(piece.images);
+      out.inputs = std::move(piece.inputs);
+      first = false;
+    } else {
+      out.groups.push_back(std::move(piece));
+    }
   }
+  return out;
+}
+
+// a then b along dim 0 (the same dtype and shape after it).
+Tensor concat_rows(const Tensor& a, const Tensor& b) {
+  Shape shape = a.shape();
+  shape[0] += b.dim(0);
+  Tensor out = Tensor::uninitialized(a.dtype(), shape);
+  std::memcpy(out.raw(), a.raw(), a.nbytes());
+  std::memcpy(static_cast<std::byte*>(out.raw()) + a.nbytes(), b.raw(), b.nbytes());
+  return out;
+}
+
+// Same dtype and dims after the batch dim, for the images and every input.
+bool same_row_shape(const Dataset& a, const Dataset& b) {
+  auto row = [](const Tensor& t) { return std::make_pair(t.dtype(), Shape(t.shape().begin() + 1, t.shape().end())); };
+  if (row(a.images) != row(b.images) || a.inputs.size() != b.inputs.size()) return false;
+  for (size_t i = 0; i < a.inputs.size(); ++i)
+    if (row(a.inputs[i].second) != row(b.inputs[i].second)) return false;
+  return true;
+}
+
+// SPEC+SPEC: the parts' rows in order, same-shaped parts concatenated into one shape group.
+Dataset combine(std::vector<Dataset> parts, const std::string& spec) {
+  auto names = [](const Dataset& d) {
+    std::vector<std::string> n = {d.images_input};
+    for (const auto& [input, t] : d.inputs) n.push_back(input);
+    return n;
+  };
+  const std::vector<std::string> names0 = names(parts[0]);
+  const std::string name0 = parts[0].name;
+  const bool labels0 = parts[0].has_labels();
+  std::vector<Dataset> groups;  // each with its own labels until the end
+  for (size_t i = 0; i < parts.size(); ++i) {
+    Dataset& p = parts[i];
+    PERCH_CHECK(names(p) == names0, "dataset '", spec, "': part ", i + 1, " ('", p.name,
+                "') does not name the same model inputs as part 1 ('", name0, "')");
+    PERCH_CHECK(p.has_labels() == labels0, "dataset '", spec, "': part ", i + 1, " ('", p.name, "') ",
+                p.has_labels() ? "has" : "has no", " labels but part 1 ('", name0, "') ", labels0 ? "has" : "has none");
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const Dataset& g) { return same_row_shape(g, p); });
+    if (same == groups.end()) {
+      groups.push_back(std::move(p));
+      continue;
+    }
+    same->images = concat_rows(same->images, p.images);
+    for (size_t k = 0; k < p.inputs.size(); ++k)
+      same->inputs[k].second = concat_rows(same->inputs[k].second, p.inputs[k].second);
+    same->labels.insert(same->labels.end(), p.labels.begin(), p.labels.end());
+  }
+  Dataset out = std::move(groups[0]);
+  out.name = spec;
+  for (size_t g = 1; g < groups.size(); ++g) {
+    out.labels.insert(out.labels.end(), groups[g].labels.begin(), groups[g].labels.end());
+    Dataset piece;
+    piece.images = std::move(groups[g].images);
+    piece.inputs = std::move(groups[g].inputs);
+    out.groups.push_back(std::move(piece));
+  }
+  return out;
+}
+
+// Splits SPEC+SPEC at each '+' that a known scheme follows (a file name may hold a '+').
+std::vector<std::string> split_parts(const std::string& spec) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t p = spec.find('+'); p != std::string::npos; p = spec.find('+', p + 1)) {
+    const std::string next = spec.substr(p + 1);
+    if (next.rfind("npy:", 0) == 0 || next.rfind("idx:", 0) == 0 || next.rfind("fashion-mnist:", 0) == 0) {
+      out.push_back(spec.substr(start, p - start));
+      start = p + 1;
+    }
+  }
+  out.push_back(spec.substr(start));
   return out;
 }
 
@@ -196,22 +302,72 @@ std::string fashion_mnist_dir() {
   return env && *env ? std::string(env) : std::string(kDebianFashionMnistDir);
 }
 
-Tensor Dataset::batch(int64_t begin, int64_t count) const {
+int64_t Dataset::size() const {
+  int64_t n = own_rows(*this);
+  for (const Dataset& g : groups) n += own_rows(g);
+  return n;
+}
+
+std::vector<std::pair<int64_t, int64_t>> Dataset::chunks(int64_t batch) const {
+  PERCH_CHECK(batch > 0, "dataset '", name, "': batch size must be > 0, got ", batch);
+  std::vector<std::pair<int64_t, int64_t>> out;
+  int64_t start = 0;
+  for (const Dataset* g : shape_groups(*this)) {
+    const int64_t n = own_rows(*g);
+    for (int64_t b = 0; b < n; b += batch) out.emplace_back(start + b, std::min(batch, n - b));
+    start += n;
+  }
+  return out;
+}
+
+std::pair<const Dataset*, int64_t> Dataset::locate(int64_t begin, int64_t count) const {
   PERCH_CHECK(!images.empty() && images.rank() >= 1, "dataset '", name, "': batch of an empty dataset");
   check_range(*this, begin, count, "batch");
-  return slice_rows(images, begin, count);
+  int64_t start = 0;
+  for (const Dataset* g : shape_groups(*this)) {
+    const int64_t n = own_rows(*g);
+    if (begin < start + n || (count == 0 && begin == start + n)) {
+      PERCH_CHECK(begin + count <= start + n, "dataset '", name, "': rows [", begin, ", ", begin + count,
+                  ") cross from a batch of shape ", shape_str(g->images.shape()),
+                  " into the next shape group (loop over Dataset::chunks)");
+      return {g, begin - start};
+    }
+    start += n;
+  }
+  return {this, 0};  // count 0 at 0 of an empty dataset
+}
+
+std::pair<int64_t, int64_t> Dataset::largest_group_rows() const {
+  std::pair<int64_t, int64_t> best{0, 0};
+  int64_t start = 0;
+  for (const Dataset* g : shape_groups(*this)) {
+    if (own_rows(*g) > best.second) best = {start, own_rows(*g)};
+    start += own_rows(*g);
+  }
+  return best;
+}
+
+Tensor Dataset::batch(int64_t begin, int64_t count) const {
+  const auto [g, at] = locate(begin, count);
+  return slice_rows(g->images, at, count);
 }
 
 std::unordered_map<std::string, Tensor> Dataset::feeds(const std::string& first_input, int64_t begin,
                                                        int64_t count) const {
-  check_inputs_aligned(*this);
+  const auto [g, at] = locate(begin, count);
+  check_inputs_aligned(*g, name);
   std::unordered_map<std::string, Tensor> out;
-  out.emplace(images_name(first_input), batch(begin, count));
-  for (const auto& [input, t] : inputs) out.emplace(input, slice_rows(t, begin, count));
+  out.emplace(images_name(first_input), slice_rows(g->images, at, count));
+  for (const auto& [input, t] : g->inputs) out.emplace(input, slice_rows(t, at, count));
   return out;
 }
 
 Dataset load_dataset(const std::string& spec, const DataOptions& options) {
+  if (const std::vector<std::string> parts = split_parts(spec); parts.size() > 1) {
+    std::vector<Dataset> loaded;
+    for (const std::string& p : parts) loaded.push_back(load_dataset(p, options));
+    return combine(std::move(loaded), spec);
+  }
   const size_t colon = spec.find(':');
   PERCH_CHECK(colon != std::string::npos, "dataset spec '", spec,
               "' has no scheme (expected fashion-mnist:train, fashion-mnist:test, idx:IMAGES,LABELS or "

@@ -424,8 +424,8 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
       if (it == by_qinput.end()) return;
       for (Target* t : it->second) add(*t, x, &kept.at(t->input));
     };
-    for (int64_t b = 0; b < images; b += batch) {
-      const int64_t nb = std::min(batch, images - b);
+    for (const auto& chunk : part.chunks(batch)) {
+      const int64_t b = chunk.first, nb = chunk.second;
       const runtime::TensorMap feeds = part.feeds(exec.input_name(), b, nb);
       kept.clear();
       for (const auto& [name, x] : feeds) observe(name, x);

@@ -163,8 +163,8 @@ int equalize_depthwise_inputs(graph::Model& model, const Dataset& data, int64_t 
     const runtime::Executor exec(model);
     const std::string in_name = g.inputs[0].name;
     Progress progress("equalizing depthwise inputs", data.size());
-    for (int64_t b0 = 0; b0 < data.size(); b0 += batch) {
-      const int64_t n = std::min(batch, data.size() - b0);
+    for (const auto& chunk : data.chunks(batch)) {
+      const int64_t b0 = chunk.first, n = chunk.second;
       exec.run(data.feeds(in_name, b0, n), [&](const std::string& name, const Tensor& t) {
         auto it = range.find(name);
         if (it == range.end() || t.dtype() != DType::kFloat32 || t.rank() < 2) return;

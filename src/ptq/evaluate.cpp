@@ -39,8 +39,8 @@ EvalResult evaluate(const FeedsRun& run, const graph::Model& model, const Datase
   EvalResult r;
   const auto t0 = std::chrono::steady_clock::now();
   Progress progress(label, data.size());
-  for (int64_t b = 0; b < data.size(); b += batch) {
-    const int64_t n = std::min(batch, data.size() - b);
+  for (const auto& chunk : data.chunks(batch)) {
+    const int64_t b = chunk.first, n = chunk.second;
     const Tensor out = run(data.feeds(model.graph.inputs[0].name, b, n)).to_f32();
     PERCH_CHECK(out.rank() >= 1 && out.dim(0) == n, source, ": output shape ", shape_str(out.shape()),
                 " does not have the batch size ", n, " in front");

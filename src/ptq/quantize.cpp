@@ -866,8 +866,8 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
     const auto& registry = runtime::OpRegistry::global();
     Progress progress("calibrating", calib.size());
     const std::string in_name = g.inputs[0].name;
-    for (int64_t b = 0; b < calib.size(); b += opt.batch) {
-      const int64_t n = std::min(opt.batch, calib.size() - b);
+    for (const auto& chunk : calib.chunks(opt.batch)) {
+      const int64_t b = chunk.first, n = chunk.second;
       const runtime::TensorMap feeds = calib.feeds(in_name, b, n);
       auto observe = [&](const std::string& name, const Tensor& t) {
         if (auto it = est.find(name); it != est.end()) {

@@ -184,8 +184,9 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
   std::vector<Tensor> refs;
   {
     const runtime::Executor fexec(cal.model);
-    for (int64_t b = 0; b < part.size(); b += batch) {
-      xs.push_back(part.feeds(in_name, b, std::min(batch, part.size() - b)));
+    for (const auto& chunk : part.chunks(batch)) {
+      const int64_t b = chunk.first, n = chunk.second;
+      xs.push_back(part.feeds(in_name, b, n));
       refs.push_back(fexec.run(xs.back()).at(fexec.output_name()));
     }
   }

@@ -209,8 +209,9 @@ class Scorer {
       return;
     }
     const runtime::Executor e(fp32);
-    for (int64_t b = 0; b < d.size(); b += kBatch) {
-      refs_.push_back(e.run(d.feeds(e.input_name(), b, std::min(kBatch, d.size() - b))).at(e.output_name()));
+    for (const auto& chunk : d.chunks(kBatch)) {
+      const int64_t b = chunk.first, n = chunk.second;
+      refs_.push_back(e.run(d.feeds(e.input_name(), b, n)).at(e.output_name()));
       if (b == 0) scoring_ = resolve_scoring(d, f, fp32.graph.outputs.at(0).name, refs_[0].shape());
     }
     fp32_ = 1.0;
@@ -219,9 +220,11 @@ class Scorer {
   double fp32() const { return fp32_; }
   double operator()(const runtime::Executor& e) const {
     Accum acc;
-    for (int64_t b = 0, i = 0; b < d_.size(); b += kBatch, ++i) {
-      const Tensor y = e.run(d_.feeds(e.input_name(), b, std::min(kBatch, d_.size() - b))).at(e.output_name());
-      acc.add(y, labelled() ? y : refs_[static_cast<size_t>(i)], scoring_, d_.labels, b);
+    size_t i = 0;
+    for (const auto& chunk : d_.chunks(kBatch)) {
+      const int64_t b = chunk.first, n = chunk.second;
+      const Tensor y = e.run(d_.feeds(e.input_name(), b, n)).at(e.output_name());
+      acc.add(y, labelled() ? y : refs_[i++], scoring_, d_.labels, b);
     }
     return acc.accuracy();
   }
@@ -246,8 +249,12 @@ runtime::TensorMap run_all(const runtime::Executor& e, const runtime::TensorMap&
 // within 2 GiB: measured on one image, at most 64, at least 1.
 int64_t cache_batch(const runtime::Executor& fp32, const std::string& in, const Dataset& eval, size_t bases) {
   if (eval.size() == 0) return 1;
-  size_t per_image = 0;
-  for (const auto& [name, t] : run_all(fp32, eval.feeds(in, 0, 1))) per_image += t.nbytes();
+  size_t per_image = 0;  // the largest over the shape groups (one chunk each)
+  for (const auto& chunk : eval.chunks(std::numeric_limits<int64_t>::max())) {
+    size_t bytes = 0;
+    for (const auto& [name, t] : run_all(fp32, eval.feeds(in, chunk.first, 1))) bytes += t.nbytes();
+    per_image = std::max(per_image, bytes);
+  }
   const size_t budget = size_t{2} << 30;
   const size_t per = std::max<size_t>(1, per_image * bases);
   return std::clamp<int64_t>(static_cast<int64_t>(budget / per), 1, 64);
@@ -346,8 +353,8 @@ SensitivityReport sensitivity(const Calibration& cal, const Dataset& eval, const
   std::vector<Accum> base_acc(bases.size());
   std::optional<Scoring> scoring;  // resolved on the float model's first output
   Progress progress("sensitivity", eval.size());
-  for (int64_t b = 0; b < eval.size(); b += batch) {
-    const int64_t n = std::min(batch, eval.size() - b);
+  for (const auto& chunk : eval.chunks(batch)) {
+    const int64_t b = chunk.first, n = chunk.second;
     const runtime::TensorMap feeds = eval.feeds(in_name, b, n);
     std::vector<runtime::TensorMap> cache;
     for (size_t i = 0; i < bases.size(); ++i) {

@@ -138,8 +138,8 @@ Fidelity fidelity(graph::Model teacher, graph::Model model, const Dataset& data,
   double sum = 0;
   Progress bar(label, data.size());
   int64_t agree = 0;
-  for (int64_t b = 0; b < data.size(); b += batch) {
-    const int64_t nb = std::min(batch, data.size() - b);
+  for (const auto& chunk : data.chunks(batch)) {
+    const int64_t b = chunk.first, nb = chunk.second;
     const runtime::TensorMap x = data.feeds(et.input_name(), b, nb);
     const Tensor t = et.run(x).at(et.output_name()), s = em.run(x).at(em.output_name());
     const int64_t row = ct.softmax ? softmax_row_length(ct, t.shape()) : 1;

@@ -38,6 +38,8 @@ void check_one_input(const graph::Model& m, const Dataset& data) {
   PERCH_CHECK(m.graph.inputs.size() == 1 && data.inputs.empty(), m.source, " on ", data.name,
               ": training and QAT take a model with one input and data with one tensor per sample (the model has ",
               m.graph.inputs.size(), " inputs, the data ", 1 + data.inputs.size(), ")");
+  PERCH_CHECK(data.groups.empty(), m.source, " on ", data.name, ": training and QAT take data of one input shape (it has ",
+              data.groups.size() + 1, "; calibration and evaluation take several)");
 }
 
 }  // namespace

@@ -433,6 +433,56 @@ TEST_P(Opset6, QuantizedPerChannelRunsInOnnxRuntime) {
 
 INSTANTIATE_TEST_SUITE_P(Models, Opset6, testing::Values("mlp", "convnet"));
 
+// Calibration data at two input sizes (`npy:A+npy:B`) for a model with dynamic height and width: quantize and
+// eval read both (eval counts every row, labelled by the float model), and ONNX Runtime runs the QDQ model at both
+// sizes as perch does.
+TEST(Cli, TwoShapeDataCalibratesAndEvaluates) {
+  const fs::path d = scratch("two_shapes");
+  graph::Model m = test::tiny_cnn(3);
+  m.graph.inputs[0].shape = {-1, 1, -1, -1};
+  graph::save_model(m, d / "m.onnx");
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+  for (const auto& [name, shape] : {std::pair<std::string, Shape>{"a", {40, 1, 8, 8}}, {"b", {24, 1, 12, 10}}}) {
+    Tensor x(DType::kFloat32, shape);
+    for (auto& v : x.span<float>()) v = u(rng);
+    write_npy(d / (name + ".npy"), x);
+    write_npy(d / (name + "_labels.npy"), argmax_labels(runtime::Executor(m).run1(x)));
+  }
+  const std::string data = "npy:" + (d / "a.npy").string() + "," + (d / "a_labels.npy").string() + "+npy:" +
+                           (d / "b.npy").string() + "," + (d / "b_labels.npy").string();
+  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " + q(data) +
+                   " --empirical-bias-correction --eval " + q(data) + " --json -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["eval"]["count"], 64);
+  r = run_cmd(perch_bin() + " eval " + q(d / "m.onnx") + " --data " + q(data) + " --json -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["accuracy"], 1.0);
+  EXPECT_EQ(json::parse(r.out)["count"], 64);
+  // The integer engine takes both sizes too, and equals its simulation on them.
+  std::string acc[2];
+  for (int e = 0; e < 2; ++e) {
+    r = run_cmd(perch_bin() + " eval " + q(d / "q.onnx") + " --engine " + (e ? "sim" : "int8") + " --data " + q(data) + " --json -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["count"], 64);
+    acc[e] = json::parse(r.out)["accuracy"].dump();
+  }
+  EXPECT_EQ(acc[0], acc[1]);
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  for (const char* x : {"a", "b"}) {
+    const std::string in = " --input x=" + q(d / (std::string(x) + ".npy"));
+    r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + in + " -o " + q(d / (std::string("perch_") + x)) + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + in + " -o " + q(d / (std::string("ort_") + x)));
+    ASSERT_EQ(r.code, 0) << r.err;
+    const Compare c = compare_logits(read_npy(d / (std::string("perch_") + x) / "y.npy"),
+                                     read_npy(d / (std::string("ort_") + x) / "y.npy"));
+    EXPECT_LE(c.max_abs, 0.01 * c.max_ref) << x;  // as TinyInterop
+    EXPECT_GE(c.argmax_agree, c.rows * 97 / 100) << x;
+  }
+}
+
 // Upsample (7, 9) and Resize-10, raised for per-channel QDQ to Resize's opset-13 form (asymmetric coordinates,
 // nearest_mode floor / ceil): ONNX Runtime gives the same outputs for the raised float model as for the original —
 // its own reading of the old versions is the reference — and runs the quantized model as perch does.

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdlib>
 #include <set>
 
@@ -281,6 +282,97 @@ INSTANTIATE_TEST_SUITE_P(Splits, FashionMnist,
                          ::testing::Values(std::make_tuple("train", "train", int64_t{60000}),
                                            std::make_tuple("test", "t10k", int64_t{10000})),
                          [](const auto& info) { return std::string(std::get<0>(info.param)); });
+
+
+// SPEC+SPEC: parts of the same row shape are concatenated, a part of another shape becomes a shape group; rows keep
+// their labels and second inputs through chunks / feeds / take / sample, and no batch mixes shapes.
+TEST(Dataset, SeveralShapesFormShapeGroups) {
+  ScratchDir dir;
+  // Part p (p = 0..3): n_p rows of [1, H_p, W_p] images filled with the sample id 100 p + i, an id input, labels.
+  const std::vector<std::array<int64_t, 3>> parts = {{5, 2, 3}, {4, 3, 3}, {3, 2, 3}, {2, 3, 4}};  // n, H, W
+  std::string spec;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const auto [n, h, w] = parts[p];
+    std::vector<float> img(static_cast<size_t>(n * h * w));
+    std::vector<int64_t> ids(static_cast<size_t>(n)), lab(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < h * w; ++k) img[static_cast<size_t>(i * h * w + k)] = static_cast<float>(100 * p + i);
+      ids[static_cast<size_t>(i)] = 100 * static_cast<int64_t>(p) + i;
+      lab[static_cast<size_t>(i)] = (100 * static_cast<int64_t>(p) + i) % 9;
+    }
+    const std::string f = (dir / ("x" + std::to_string(p))).string();
+    write_npy(f + ".npy", Tensor::from<float>({n, 1, h, w}, img));
+    write_npy(f + "_id.npy", Tensor::from<int64_t>({n}, ids));
+    write_npy(f + "_lab.npy", Tensor::from<int64_t>({n}, lab));
+    spec += (p ? "+" : "") + std::string("npy:x=") + f + ".npy,id=" + f + "_id.npy," + f + "_lab.npy";
+  }
+  const Dataset ds = load_dataset(spec);
+  EXPECT_EQ(ds.size(), 14);
+  // Groups: [1,2,3] (parts 0 and 2: 8 rows), [1,3,3] (part 1), [1,3,4] (part 3).
+  ASSERT_EQ(ds.groups.size(), 2u);
+  EXPECT_EQ(ds.images.shape(), (Shape{8, 1, 2, 3}));
+  EXPECT_EQ(ds.groups[0].images.shape(), (Shape{4, 1, 3, 3}));
+  EXPECT_EQ(ds.groups[1].images.shape(), (Shape{2, 1, 3, 4}));
+  EXPECT_EQ(ds.largest_group_rows(), (std::pair<int64_t, int64_t>{0, 8}));
+  const std::vector<float> order = {0, 1, 2, 3, 4, 200, 201, 202, 100, 101, 102, 103, 300, 301};  // row -> id
+  // Every row: image, id input and label agree, through feeds over chunks that never cross a group.
+  auto check = [&](const Dataset& s, const std::vector<float>* want_ids) {
+    int64_t row = 0;
+    for (const auto& chunk : s.chunks(3)) {
+      const int64_t b = chunk.first, n = chunk.second;
+      EXPECT_EQ(b, row);
+      const auto f = s.feeds("ignored", b, n);
+      const Tensor& x = f.at("x");
+      const Tensor& id = f.at("id");
+      ASSERT_EQ(x.dim(0), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = x.data<float>()[i * (x.numel() / n)];
+        EXPECT_EQ(id.data<int64_t>()[i], static_cast<int64_t>(v)) << s.name << " row " << b + i;
+        EXPECT_EQ(s.labels[static_cast<size_t>(b + i)], static_cast<int64_t>(v) % 9) << s.name << " row " << b + i;
+        // Height/width identify the part the row came from.
+        const int64_t p = static_cast<int64_t>(v) / 100;
+        EXPECT_EQ(x.dim(2), parts[static_cast<size_t>(p)][1]);
+        EXPECT_EQ(x.dim(3), parts[static_cast<size_t>(p)][2]);
+        if (want_ids) {
+          EXPECT_EQ(v, (*want_ids)[static_cast<size_t>(b + i)]);
+        }
+      }
+      row += n;
+    }
+    EXPECT_EQ(row, s.size());
+  };
+  check(ds, &order);
+  EXPECT_EQ(ds.chunks(3).size(), 3u + 2u + 1u);  // 8 rows in 3 + 3 + 2, 4 in 3 + 1, 2 in 2
+  // A batch across a group boundary is refused, naming the dataset.
+  try {
+    ds.batch(6, 4);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cross"), std::string::npos) << e.what();
+  }
+  const Dataset mid = take(ds, 6, 4);  // two rows of group 1 and two of group 2
+  EXPECT_EQ(mid.size(), 4);
+  EXPECT_EQ(mid.groups.size(), 1u);
+  const std::vector<float> mid_ids = {201, 202, 100, 101};
+  check(mid, &mid_ids);
+  const Dataset sm = sample(ds, 9, 5);
+  EXPECT_EQ(sm.size(), 9);
+  check(sm, nullptr);
+  // A plain spec with a '+' in its file name is one part; mismatched parts are refused by name.
+  write_npy(dir / "a+b.npy", Tensor::from<float>({2, 2}, {1, 2, 3, 4}));
+  EXPECT_EQ(load_dataset("npy:" + (dir / "a+b.npy").string()).size(), 2);
+  const std::string x0 = (dir / "x0").string();
+  for (const auto& [bad, why] :
+       {std::pair{"npy:" + x0 + ".npy+npy:x=" + x0 + ".npy,id=" + x0 + "_id.npy", "does not name the same model inputs"},
+        std::pair{"npy:" + x0 + ".npy," + x0 + "_lab.npy+npy:" + x0 + ".npy", "has no labels"}}) {
+    try {
+      load_dataset(bad);
+      FAIL() << "expected an error for " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+}
 
 }  // namespace
 }  // namespace perch

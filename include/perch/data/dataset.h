@@ -13,6 +13,12 @@
 //       file plays the role of the images (its input is `images_input`), the others are `inputs`. A plain FILE
 //       among them is the labels.
 //
+//   SPEC+SPEC+...
+//       several of the above, their rows in order (a model with dynamic dims calibrated at several input sizes:
+//       `npy:det_320.npy+npy:det_480x352.npy`). Parts whose inputs have the same shapes after the batch dim
+//       are concatenated; a part of another shape starts a new shape group (Dataset::groups). Every part names
+//       the same inputs; labels on every part or on none. A '+' splits only where a scheme follows it.
+//
 // Pixel sources (fashion-mnist, idx) are normalized as x = (pixel/255 - mean)/std, by default mean 0.2860,
 // std 0.3530 (Fashion-MNIST's training statistics; the reference models expect them). npy data is used as is.
 // Images are kept in memory as float32 [N,C,H,W] ([N,H,W] IDX images get C = 1).
@@ -40,14 +46,27 @@ struct Dataset {
   // inputs by name, each [N, ...] row-aligned with `images` (take/sample/batch slice them together).
   std::string images_input;
   std::vector<std::pair<std::string, Tensor>> inputs;
+  // Rows of other shapes (SPEC+SPEC data): each group holds `images` and `inputs` (the same names, each group one
+  // shape) and nothing else; its rows follow those of `images` and of the groups before it. `labels` covers every
+  // row. Batches never mix groups: loop over chunks().
+  std::vector<Dataset> groups;
 
-  int64_t size() const { return images.empty() || images.rank() == 0 ? 0 : images.dim(0); }
+  // Rows in every group.
+  int64_t size() const;
   bool has_labels() const { return !labels.empty(); }
-  // A copy of rows [begin, begin + count); throws naming the dataset if out of range.
+  // [begin, count) pieces of at most `batch` rows covering 0..size() in order, none crossing a shape group.
+  std::vector<std::pair<int64_t, int64_t>> chunks(int64_t batch) const;
+  // A copy of rows [begin, begin + count); throws naming the dataset if out of range or across shape groups.
   Tensor batch(int64_t begin, int64_t count) const;
   // Rows [begin, begin + count) of every input, by model input name: the images under `images_input`, or under
   // `first_input` (the model's first input) when that is empty, and each of `inputs`.
   std::unordered_map<std::string, Tensor> feeds(const std::string& first_input, int64_t begin, int64_t count) const;
+  // The shape group holding rows [begin, begin + count) (this dataset or one of `groups`) and the first row's index
+  // in it; throws naming the dataset when the rows cross groups.
+  std::pair<const Dataset*, int64_t> locate(int64_t begin, int64_t count) const;
+  // The rows [begin, count) of the largest shape group (the first of the largest): take() them for a pass that
+  // needs every row in one batch shape.
+  std::pair<int64_t, int64_t> largest_group_rows() const;
   // The model input the images feed.
   const std::string& images_name(const std::string& first_input) const {
     return images_input.empty() ? first_input : images_input;
