@@ -238,6 +238,38 @@ graph::Model legacy_resize_net(int64_t opset, const std::string& op, const std::
   return m;
 }
 
+graph::Model deconv_net(int64_t group, uint32_t seed) {
+  graph::Model m = opset6_model("deconv_net", {-1, 4, 5, 5}, {-1, 3, 10, 10});
+  m.opsets = {{"", 13}};
+  m.ir_version = 7;
+  auto& g = m.graph;
+  NormalInit init(seed);
+  g.initializers["w1"] = init({8, 4, 3, 3});
+  g.initializers["b1"] = init({8});
+  Tensor wt = init({8, 8 / group, 2, 2});
+  // Output channel o of the transposed conv: W[g * cg + i, o % (8 / group), ...] for input channels of group
+  // o / (8 / group); scale it by 100^(o / 7) / 100.
+  const int64_t og = 8 / group;
+  for (int64_t i = 0; i < 8; ++i)
+    for (int64_t j = 0; j < og; ++j) {
+      const int64_t o = (i / (8 / group)) * og + j;
+      for (int64_t k = 0; k < 4; ++k)
+        wt.data<float>()[(i * og + j) * 4 + k] *= std::pow(100.0f, static_cast<float>(o) / 7.0f) / 100.0f;
+    }
+  g.initializers["wt"] = wt;
+  g.initializers["bt"] = init({8});
+  g.initializers["w2"] = init({3, 8, 1, 1});
+  g.initializers["b2"] = init({3});
+  add_node(g, "Conv", {"x", "w1", "b1"}, {"c"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}});
+  add_node(g, "Relu", {"c"}, {"r"});
+  add_node(g, "ConvTranspose", {"r", "wt", "bt"}, {"u"},
+           {{"kernel_shape", std::vector<int64_t>{2, 2}}, {"strides", std::vector<int64_t>{2, 2}}, {"group", group}});
+  g.nodes.back().name = "up";
+  add_node(g, "Relu", {"u"}, {"ru"});
+  add_node(g, "Conv", {"ru", "w2", "b2"}, {"y"});
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

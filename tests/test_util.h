@@ -63,6 +63,10 @@ graph::Model opset6_convnet(uint32_t seed);
 // Conv 1x1 (2 out) -> y; the resize node is named "up"; source "legacy_resize_net".
 graph::Model legacy_resize_net(int64_t opset, const std::string& op, const std::string& mode,
                                const std::vector<float>& scales, uint32_t seed);
+// A decoder step as DBNet's head has it: x [N,4,5,5] -> Conv 3x3 pad 1 (8) -> Relu -> ConvTranspose (kernel 2,
+// stride 2, `group`, W [8, 8 / group, 2, 2], bias; its output channels' weights spread x0.01 .. x1) -> Relu ->
+// Conv 1x1 (3) -> y [N,3,10,10]; opset 13, the ConvTranspose node named "up"; source "deconv_net".
+graph::Model deconv_net(int64_t group, uint32_t seed);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

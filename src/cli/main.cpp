@@ -612,7 +612,7 @@ int cmd_inspect(const std::string& model_path, bool as_json) {
     std::printf("  %-24s %-8s %-18s %5s %10s  %s\n", "layer", "op", "weight shape", "axis", "spread", "note");
   }
   for (const auto& n : g.nodes) {
-    if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+    if (!ptq::quantizes_weights(n.op_type)) continue;
     const Tensor* w = g.initializer(n.input(1));
     if (!w || w->dtype() != DType::kFloat32) continue;
     const int64_t axis = ptq::weight_channel_axis(n, w->rank());

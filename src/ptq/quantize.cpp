@@ -26,7 +26,7 @@ using graph::Node;
 
 namespace {
 
-bool is_weight_op(const std::string& op) { return op == "Conv" || op == "Gemm" || op == "MatMul"; }
+bool is_weight_op(const std::string& op) { return quantizes_weights(op); }
 bool is_fusable_activation(const Node& n) { return n.op_type == "Relu" || n.op_type == "Clip"; }
 // Ops whose output values are a subset/rearrangement of their input's: the output reuses the input's
 // quantization parameters (so the integer runtime runs them on the integers directly).
@@ -42,7 +42,7 @@ std::vector<size_t> data_inputs(const Node& n, const Graph& g) {
   auto add_if_activation = [&](size_t i) {
     if (i < n.inputs.size() && !n.inputs[i].empty() && !g.is_initializer(n.inputs[i])) out.push_back(i);
   };
-  if (op == "Conv" || op == "Gemm") {
+  if (op == "Conv" || op == "ConvTranspose" || op == "Gemm") {
     add_if_activation(0);
     add_if_activation(1);
   } else if (op == "MatMul" || op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Concat" ||
@@ -331,12 +331,6 @@ quant::QuantSpec activation_spec_impl(const ActivationOptions& o) {
   return s;
 }
 
-// Input-channel axis (the axis groups run along) for per-group weights.
-int64_t weight_group_axis(const Node& n, int64_t rank) {
-  if (n.op_type == "Conv") return 1;
-  if (n.op_type == "Gemm") return n.attr_int("transB", 0) ? 1 : 0;
-  return rank - 2;  // MatMul: K
-}
 
 Tensor scale_tensor(const quant::QuantParams& p) {
   return Tensor::from<float>(p.param_shape, p.scale);
@@ -633,10 +627,27 @@ void raise_opset(Model& m, int64_t target) {
   m.set_opset(target);
 }
 
+bool quantizes_weights(const std::string& op) {
+  return op == "Conv" || op == "ConvTranspose" || op == "Gemm" || op == "MatMul";
+}
+
 int64_t weight_channel_axis(const Node& n, int64_t rank) {
   if (n.op_type == "Conv") return 0;
+  if (n.op_type == "ConvTranspose") return n.attr_int("group", 1) == 1 ? 1 : 0;  // W [C_in, C_out / group, k...]
   if (n.op_type == "Gemm") return n.attr_int("transB", 0) ? 0 : 1;
   return rank - 1;  // MatMul: N
+}
+
+int64_t weight_group_axis(const Node& n, int64_t rank) {
+  if (n.op_type == "Conv") return 1;
+  if (n.op_type == "ConvTranspose") return 0;
+  if (n.op_type == "Gemm") return n.attr_int("transB", 0) ? 1 : 0;
+  return rank - 2;  // MatMul: K
+}
+
+bool weight_scales_follow_outputs(const Node& n, const Tensor& w) {
+  if (n.op_type == "ConvTranspose") return n.attr_int("group", 1) == 1 || (w.rank() >= 2 && w.dim(1) == 1);
+  return n.op_type != "MatMul";
 }
 
 double channel_spread(const Tensor& w, int64_t axis) {
@@ -1011,7 +1022,7 @@ quant::QuantParams layer_weight_params(const Model& m, const Node& n, const Tens
   // Runtime's quantizer does for int32 biases — its weights, negligible beside the bias, round to fewer
   // levels — but never above the weight's largest channel scale, so the requantization multipliers stay in
   // the range the other channels use (a bias no sane scale holds is still clamped and counted, below).
-  const Tensor* b0 = n.op_type == "MatMul" || n.input(2).empty() ? nullptr : g.initializer(n.input(2));
+  const Tensor* b0 = !weight_scales_follow_outputs(n, w) || n.input(2).empty() ? nullptr : g.initializer(n.input(2));
   auto ain0 = aparams.find(n.input(0));
   if (b0 && b0->dtype() == DType::kFloat32 && ain0 != aparams.end() && spec.granularity == quant::Granularity::kPerChannel &&
       params.count() == b0->numel()) {
@@ -1232,8 +1243,10 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     // scale per output channel (per-group weights keep a float bias).
     const bool gemm_ok = n.op_type != "Gemm" || (n.attr_float("beta", 1.0f) == 1.0f && bias && bias->rank() == 1);
     auto ain = aparams.find(n.input(0));
-    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && ain != aparams.end() &&
-        wr.spec.granularity != quant::Granularity::kPerGroup) {
+    const bool bias_scales = wr.spec.granularity == quant::Granularity::kPerTensor ||
+                             (wr.spec.granularity == quant::Granularity::kPerChannel && weight_scales_follow_outputs(n, w));
+    if (n.op_type != "MatMul" && bias_scales && bias && bias->dtype() == DType::kFloat32 && gemm_ok &&
+        ain != aparams.end()) {
       const int64_t channels = bias->numel();
       const bool per_channel = wr.params.count() > 1;
       PERCH_CHECK(!per_channel || wr.params.count() == channels, m.source, ": ", n.describe(), ": bias has ", channels,

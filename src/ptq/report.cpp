@@ -88,7 +88,7 @@ std::string render_report_html(const ReportInput& in) {
           "model was given (BatchNormalization folded), before cross-layer equalization.</p><table>"
        << "<tr><th>layer</th><th>op</th><th>shape</th><th>spread</th><th>output channels</th></tr>";
     for (const auto& n : in.model->graph.nodes) {
-      if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+      if (!quantizes_weights(n.op_type)) continue;
       const Tensor* w = in.model->graph.initializer(n.input(1));
       if (!w || w->dtype() != DType::kFloat32) continue;
       const int64_t axis = weight_channel_axis(n, w->rank());

@@ -111,7 +111,7 @@ struct WeightLayer {
 std::vector<WeightLayer> weight_layers(const Model& m) {
   std::vector<WeightLayer> out;
   for (const auto& n : m.graph.nodes) {
-    if (n.op_type != "Conv" && n.op_type != "Gemm" && n.op_type != "MatMul") continue;
+    if (!quantizes_weights(n.op_type)) continue;
     const Tensor* w = m.graph.initializer(n.input(1));
     if (!w || w->dtype() != DType::kFloat32) continue;
     WeightLayer l;
@@ -119,7 +119,7 @@ std::vector<WeightLayer> weight_layers(const Model& m) {
     l.op_type = n.op_type;
     l.shape = w->shape();
     l.channel_axis = weight_channel_axis(n, w->rank());
-    l.group_axis = n.op_type == "Conv" ? 1 : n.op_type == "Gemm" ? (n.attr_int("transB", 0) ? 1 : 0) : w->rank() - 2;
+    l.group_axis = weight_group_axis(n, w->rank());
     l.spread = channel_spread(*w, l.channel_axis);
     out.push_back(l);
   }

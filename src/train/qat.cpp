@@ -719,7 +719,7 @@ bool keep_batchnorm(graph::Graph& g, const BnPair& p, const ptq::EqualizeReport&
   return true;
 }
 
-bool is_weight_op(const std::string& t) { return t == "Conv" || t == "Gemm" || t == "MatMul"; }
+bool is_weight_op(const std::string& t) { return ptq::quantizes_weights(t); }
 
 }  // namespace
 
@@ -885,11 +885,14 @@ QatGraph prepare_qat(const graph::Model& model, const Dataset& calib, const QatO
     // The export raises per-channel weight scales where the bias would not fit int32 (ptq::layer_weight_params):
     // the weight's fake-quant reads the bias and the input scale to do the same (not for a weight two layers
     // share, whose biases could disagree, nor for learned steps, which the export takes as they are).
-    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && act_state.count(in0) && !o.learn_scales &&
-        wfq.attr_string("granularity", "") == "per-channel" && weight_layers[wname] == 1)
+    // An int32 bias at s_in * s_w[c]: one weight scale, or one per output channel in their order (as the export).
+    const std::string gran = wfq.attr_string("granularity", "per-tensor");
+    const bool bias_by_weight = n.op_type != "MatMul" && (gran == "per-tensor" ||
+                                                          (gran == "per-channel" && ptq::weight_scales_follow_outputs(n, *w)));
+    if (bias_by_weight && bias && bias->dtype() == DType::kFloat32 && act_state.count(in0) && !o.learn_scales &&
+        gran == "per-channel" && weight_layers[wname] == 1)
       wfq.inputs = {wname, "", bname, act_state.at(in0) + ".scale"};
-    if (n.op_type != "MatMul" && bias && bias->dtype() == DType::kFloat32 && gemm_ok && act_state.count(in0) &&
-        wfq.attr_string("granularity", "") != "per-group") {
+    if (bias_by_weight && bias && bias->dtype() == DType::kFloat32 && gemm_ok && act_state.count(in0)) {
       Node fb;
       fb.name = g.unique_name(bname + "_fakequant");
       fb.op_type = "FakeQuantBias";

@@ -483,6 +483,40 @@ TEST(Cli, TwoShapeDataCalibratesAndEvaluates) {
   }
 }
 
+// ConvTranspose with int8 weights (per output channel: axis 1 for group 1, axis 0 depthwise; per input channel for
+// another grouping) and an int32 bias: ONNX Runtime loads and runs the QDQ model as perch does, per channel and per
+// tensor.
+class DeconvInterop : public testing::TestWithParam<int64_t> {};
+
+TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
+  const int64_t group = GetParam();
+  const fs::path d = scratch("deconv_" + std::to_string(group));
+  graph::save_model(test::deconv_net(group, 4), d / "m.onnx");
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Tensor x(DType::kFloat32, Shape{32, 4, 5, 5});
+  for (auto& v : x.span<float>()) v = u(rng);
+  write_npy(d / "x.npy", x);
+  for (const char* w : {"per-channel", "per-tensor"}) {
+    SCOPED_TRACE(w);
+    const fs::path qm = d / (std::string(w) + ".onnx");
+    auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(qm) + " --weights " + w + " --calib " +
+                     q("npy:" + (d / "x.npy").string()) + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+    r = run_cmd(perch_bin() + " run " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " + q(d / (std::string("perch_") + w)) + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " +
+                q(d / (std::string("ort_") + w)));
+    ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the quantized ConvTranspose: " << r.err;
+    const Compare c = compare_logits(read_npy(d / (std::string("perch_") + w) / "y.npy"),
+                                     read_npy(d / (std::string("ort_") + w) / "y.npy"));
+    EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop: a step of ONNX Runtime's integer requantization
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int64_t{8}, int64_t{2}));
+
 // Upsample (7, 9) and Resize-10, raised for per-channel QDQ to Resize's opset-13 form (asymmetric coordinates,
 // nearest_mode floor / ceil): ONNX Runtime gives the same outputs for the raised float model as for the original —
 // its own reading of the old versions is the reference — and runs the quantized model as perch does.

@@ -683,3 +683,56 @@ TEST(PtqOcrPatterns, TopKAndCastOfOpset5RaiseExactly) {
     EXPECT_NE(std::string(e.what()).find("Cast node 'cast' casts to 'STRING'"), std::string::npos) << e.what();
   }
 }
+
+// ConvTranspose (DBNet's upsampling head) has its weight quantized like a Conv's: per output channel — axis 1 of
+// W [C_in, C_out / group, k, k] for group 1, axis 0 for a depthwise one —, its bias int32 at s_in * s_w[c]; a grouped
+// one that is not depthwise gets per-input-channel scales and a float bias. The integer engine (which runs the
+// transposed conv in float between its Q/DQ) equals the simulation bit for bit, and per-channel beats per-tensor
+// on the spread channels.
+TEST(PtqOcrPatterns, ConvTransposeWeightsPerOutputChannel) {
+  const Dataset data = uniform_data({16, 4, 5, 5}, 20);
+  for (const int64_t group : {int64_t{1}, int64_t{8}, int64_t{2}}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    const Model m = test::deconv_net(group, 4);
+    const Tensor want = runtime::Executor(m).run1(data.images);
+    double err[2];
+    for (int pc = 0; pc < 2; ++pc) {
+      ptq::PtqOptions o = plain();
+      if (!pc) o.weights.granularity = quant::Granularity::kPerTensor;
+      const auto res = ptq::quantize_model(m, data, o);
+      const graph::Graph& g = res.model.graph;
+      const Node* up = nullptr;
+      for (const auto& n : g.nodes)
+        if (n.name == "up") up = &n;
+      ASSERT_NE(up, nullptr);
+      const int64_t wdq = g.producer(up->input(1)), bdq = g.producer(up->input(2));
+      ASSERT_GE(wdq, 0);
+      ASSERT_EQ(g.nodes[wdq].op_type, "DequantizeLinear");
+      EXPECT_EQ(g.initializer(g.nodes[wdq].input(0))->dtype(), DType::kInt8);
+      const Tensor* ws = g.initializer(g.nodes[wdq].input(1));
+      const bool bias_int32 = group == 1 || group == 8 || !pc;
+      if (pc) {
+        EXPECT_EQ(g.nodes[wdq].attr_int("axis", -1), group == 1 ? 1 : 0);
+        EXPECT_EQ(ws->numel(), 8);
+      } else {
+        EXPECT_EQ(ws->numel(), 1);
+      }
+      ASSERT_EQ(bdq >= 0 && g.nodes[bdq].op_type == "DequantizeLinear", bias_int32);
+      if (bias_int32) {
+        const Tensor* bs = g.initializer(g.nodes[bdq].input(1));
+        const Tensor* as = g.initializer(g.nodes[g.producer(up->input(0))].input(1));  // the input's DQ scale
+        for (int64_t c = 0; c < 8; ++c)
+          EXPECT_EQ(bs->data<float>()[pc ? c : 0], as->data<float>()[0] * ws->data<float>()[pc ? c : 0]) << c;
+      }
+      const Tensor sim = runtime::Executor(res.model).run1(data.images);
+      err[pc] = test::max_rel_diff(sim, want);
+      const Tensor i8 = runtime::Int8Executor(res.model).run({{"x", data.images}}).at("y");
+      const Tensor s8 = runtime::Int8Executor(res.model, runtime::Int8Mode::kSimulate).run({{"x", data.images}}).at("y");
+      EXPECT_TRUE(same_bits(i8, s8)) << "int8 engine differs from its simulation";
+    }
+    EXPECT_LT(err[1], 0.05);
+    if (group != 2) {
+      EXPECT_LT(err[1], err[0]) << "per-channel " << err[1] << ", per-tensor " << err[0];
+    }
+  }
+}

@@ -258,8 +258,18 @@ int64_t empirical_bias_images(int64_t available, int64_t image_bytes, int64_t sa
 quant::QuantSpec activation_spec(const ActivationOptions& o);
 quant::QuantSpec weight_spec(const WeightOptions& o, const graph::Node& n, const Tensor& w);
 
-// Output-channel axis of a weight (see above) for Conv/Gemm/MatMul node `n` with weight rank `rank`.
+// The ops whose initializer weight (input 1) perch quantizes: Conv, ConvTranspose, Gemm, MatMul.
+bool quantizes_weights(const std::string& op_type);
+// Output-channel axis of a weight (see above) for such a node `n` with weight rank `rank`. ConvTranspose's weight
+// is [C_in, C_out / group, k...]: axis 1 when group is 1; otherwise 0, which for a depthwise one (C_out / group = 1)
+// is its output channel too, and for other grouped ones the input channel (their bias then stays float).
 int64_t weight_channel_axis(const graph::Node& n, int64_t rank);
+// The input-channel axis per-group weights block along: Conv 1, ConvTranspose 0, Gemm 0 or 1 by transB, MatMul K.
+int64_t weight_group_axis(const graph::Node& n, int64_t rank);
+// Whether the node's per-channel weight scales are one per output channel, in their order — what an int32 bias at
+// s_in * s_w[c] needs: Conv, Gemm, ConvTranspose with group 1 or depthwise; not MatMul (no bias). (Per-tensor
+// weights always give one; per-group ones keep a float bias.)
+bool weight_scales_follow_outputs(const graph::Node& n, const Tensor& w);
 // Per-output-channel range spread of a weight: max(max_c - min_c) / min(max_c - min_c) over channels
 // with nonzero range (infinite if a channel is all-equal and another is not).
 double channel_spread(const Tensor& w, int64_t axis);
