@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 
 #include "perch/data/dataset.h"
 #include "perch/graph/onnx_io.h"
@@ -277,6 +278,54 @@ TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
   fit(tape, data, to);
   EXPECT_NE(q.model.graph.initializers.at("b1").data<float>()[2], b1_before.data<float>()[2]);
   EXPECT_EQ(worst_vs_export(1), 0.0) << "after 4 steps";
+}
+
+// ConvTranspose (a decoder's upsampling) trains with fake-quantized per-channel weights and bias, as the export
+// writes them: the training graph and the exported QDQ model compute the same floats before and after training
+// (distillation, no labels), for a plain and a depthwise one.
+TEST(Qat, ConvTransposeTrainsAsItIsExported) {
+  for (const int64_t group : {int64_t{1}, int64_t{8}}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    const graph::Model m = test::deconv_net(group, 6);
+    Dataset data;
+    data.name = "random";
+    data.images = Tensor(DType::kFloat32, {48, 4, 5, 5});
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (auto& v : data.images.span<float>()) v = u(rng);
+    QatOptions o;
+    o.calib_images = 48;
+    o.freeze_bn = 0;
+    o.freeze_ranges = 0;
+    o.distill = true;
+    QatGraph q = prepare_qat(m, data, o);
+    int fq_weights = 0, fq_biases = 0;
+    for (const auto& n : q.model.graph.nodes) {
+      fq_weights += n.op_type == "FakeQuantWeight" && n.input(0) == "wt";
+      fq_biases += n.op_type == "FakeQuantBias" && n.input(0) == "bt";
+    }
+    EXPECT_EQ(fq_weights, 1);
+    EXPECT_EQ(fq_biases, 1);
+    Tape tape(q.model, q.params);
+    const Tensor x = data.batch(0, 16);
+    auto worst_vs_export = [&] {
+      const Tensor a = tape.forward({{"x", x}}, false).at("y"), b = runtime::Executor(export_qat(q).model).run1(x);
+      double worst = 0;
+      for (int64_t i = 0; i < a.numel(); ++i)
+        worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+      return worst;
+    };
+    EXPECT_EQ(worst_vs_export(), 0.0) << "before training";
+    const Tensor wt_before = q.model.graph.initializers.at("wt").clone();
+    TrainOptions to;
+    to.batch = 16;
+    to.max_steps = 3;
+    to.optimizer.lr = 1e-3f;
+    to.objective = distillation_objective(q.calibration.model, OutputCut{});
+    fit(tape, data, to);
+    EXPECT_GT(rel_diff(q.model.graph.initializers.at("wt"), wt_before), 0.0);  // the weight trained
+    EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
+  }
 }
 
 }  // namespace
