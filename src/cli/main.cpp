@@ -290,8 +290,8 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   if (f.auto_select) {
     Dataset data = load_dataset(f.data, df.options());
     PERCH_CHECK(data.size() >= 2, f.data, ": need at least 2 images to split into selection and verification parts");
-    const int64_t half = data.size() / 2;
-    const Dataset sel_part = take(data, 0, half), ver_part = take(data, half, data.size() - half);
+    const std::pair<Dataset, Dataset> halves = split_halves(data);  // each shape group halved
+    const Dataset &sel_part = halves.first, &ver_part = halves.second;
     selection = ptq::select_config(cal, sel_part, ver_part, opt, ptq::parse_preference(f.prefer), f.max_drop / 100.0,
                                    f.group_size, f.fidelity(), f.act_fallback_bits);
     opt = ptq::apply_selection(opt, *selection);
@@ -459,7 +459,7 @@ int cmd_sensitivity(const SensitivityFlags& sf, bool as_json, const DataFlags& d
   const ptq::PtqOptions opt = ptq_options(sf.q);
   const Dataset calib = calibration_sample(sf.q, df);
   Dataset data = load_dataset(sf.q.data, df.options());
-  if (sf.eval_count > 0 && sf.eval_count < data.size()) data = take(data, 0, sf.eval_count);
+  if (sf.eval_count > 0 && sf.eval_count < data.size()) data = take_spread(data, sf.eval_count);
   const ptq::Calibration cal = ptq::calibrate(model, calib, opt);
   ptq::SensitivityScope scope;
   scope.activations = !sf.no_activations;

@@ -420,6 +420,50 @@ Dataset take(const Dataset& ds, int64_t offset, int64_t count) {
   return gather(ds, rows, ds.name + "[" + std::to_string(offset) + ":" + std::to_string(offset + count) + "]");
 }
 
+Dataset take_spread(const Dataset& ds, int64_t count) {
+  check_range(ds, 0, count, "take_spread");
+  if (ds.groups.empty()) return take(ds, 0, count);
+  const std::vector<const Dataset*> parts = shape_groups(ds);
+  const int64_t total = ds.size();
+  std::vector<int64_t> share(parts.size());
+  std::vector<std::pair<int64_t, size_t>> remainder;  // (count * n_g mod total, group), for the rounding
+  int64_t given = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const int64_t n = own_rows(*parts[p]);
+    share[p] = count * n / total;  // count * n < 2^63 for any dataset that fits in memory
+    given += share[p];
+    remainder.emplace_back(count * n % total, p);
+  }
+  std::stable_sort(remainder.begin(), remainder.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = 0; given < count; ++i, ++given) ++share[remainder[i % remainder.size()].second];
+  std::vector<int64_t> rows;
+  int64_t start = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    for (int64_t r = 0; r < share[p]; ++r) rows.push_back(start + r);
+    start += own_rows(*parts[p]);
+  }
+  return gather(ds, rows, ds.name + "[spread " + std::to_string(count) + "]");
+}
+
+std::pair<Dataset, Dataset> split_halves(const Dataset& ds) {
+  if (ds.groups.empty()) {
+    const int64_t half = ds.size() / 2;
+    return {take(ds, 0, half), take(ds, half, ds.size() - half)};
+  }
+  std::vector<int64_t> first, second;
+  int64_t start = 0;
+  for (const Dataset* g : shape_groups(ds)) {
+    const int64_t n = own_rows(*g);
+    for (int64_t r = 0; r < n; ++r) (r < n / 2 ? first : second).push_back(start + r);
+    start += n;
+  }
+  if (first.empty()) {  // every group a single row: halve the rows as they come
+    const int64_t half = ds.size() / 2;
+    return {take(ds, 0, half), take(ds, half, ds.size() - half)};
+  }
+  return {gather(ds, first, ds.name + "[first halves]"), gather(ds, second, ds.name + "[second halves]")};
+}
+
 Dataset sample(const Dataset& ds, int64_t count, uint64_t seed) {
   PERCH_CHECK(count >= 0 && count <= ds.size(), "dataset '", ds.name, "': cannot sample ", count, " rows from ",
               ds.size());

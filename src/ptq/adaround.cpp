@@ -359,7 +359,7 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
 
   const int64_t images = opt.adaround_options.samples > 0 ? std::min(opt.adaround_options.samples, data.size()) : data.size();
   rep.images = images;
-  const Dataset part = take(data, 0, images);
+  const Dataset part = take_spread(data, images);
   const runtime::Executor exec(m);
   // Quantized inputs: layer by layer in graph order, each fitted on its input in the simulated model with the layers
   // before it already rounded adaptively (build_quantized uses cal.rounded_weights as they grow) and the ones after it

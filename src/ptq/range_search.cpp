@@ -157,7 +157,7 @@ RangeSearchReport search_activation_ranges(Calibration& cal, const Dataset& data
     PERCH_CHECK(std::isfinite(f) && f > 0 && f != 1, "range search: factor ", f, " (positive, not 1)");
   PERCH_CHECK(data.size() > 0, "range search: no images in ", data.name);
   RangeSearchReport rep;
-  const Dataset part = take(data, 0, std::min<int64_t>(rs.images > 0 ? rs.images : data.size(), data.size()));
+  const Dataset part = take_spread(data, std::min<int64_t>(rs.images > 0 ? rs.images : data.size(), data.size()));
   rep.images = part.size();
 
   // The grids to search: one per sharing group, graph order, quantized at the calibrated bits.

@@ -443,7 +443,7 @@ Selection select_config(const Calibration& cal, const Dataset& select, const Dat
   std::map<std::string, std::vector<double>> act_alone_sqnr;  // per activation rung below float
   auto rank = [&] {
     const std::vector<WeightChoice> quantized_rungs(ladder.begin(), ladder.end() - 1);
-    const Dataset part = take(select, 0, std::min<int64_t>(select.size(), 1000));
+    const Dataset part = take_spread(select, std::min<int64_t>(select.size(), 1000));
     SensitivityScope scope;
     scope.all_but = scope.activation_all_but = false;
     const SensitivityReport sens = sensitivity(cal, part, base, quantized_rungs, 0, scope, fidelity);

@@ -358,6 +358,24 @@ TEST(Dataset, SeveralShapesFormShapeGroups) {
   const Dataset sm = sample(ds, 9, 5);
   EXPECT_EQ(sm.size(), 9);
   check(sm, nullptr);
+  // Parts that keep the mix of shapes: proportional heads (5 of 14 rows: 8, 4, 2 -> 2.9, 1.4, 0.7 -> 3, 1, 1) and
+  // each group halved.
+  const std::vector<float> spread7 = {0, 1, 2, 3, 100, 101, 300}, spread5 = {0, 1, 2, 100, 300};
+  check(take_spread(ds, 7), &spread7);
+  check(take_spread(ds, 5), &spread5);
+  const auto [first, second] = split_halves(ds);
+  const std::vector<float> first_ids = {0, 1, 2, 3, 100, 101, 300}, second_ids = {4, 200, 201, 202, 102, 103, 301};
+  check(first, &first_ids);
+  check(second, &second_ids);
+  // One shape: the plain first rows and halves.
+  const Dataset one = take(ds, 0, 8);
+  EXPECT_TRUE(one.groups.empty());
+  const std::vector<float> head3 = {0, 1, 2};
+  check(take_spread(one, 3), &head3);
+  const auto halves = split_halves(one);
+  EXPECT_EQ(halves.first.size(), 4);
+  const std::vector<float> back_half = {4, 200, 201, 202};
+  check(halves.second, &back_half);
   // A plain spec with a '+' in its file name is one part; mismatched parts are refused by name.
   write_npy(dir / "a+b.npy", Tensor::from<float>({2, 2}, {1, 2, 3, 4}));
   EXPECT_EQ(load_dataset("npy:" + (dir / "a+b.npy").string()).size(), 2);

@@ -82,6 +82,14 @@ Dataset load_dataset(const std::string& spec, const DataOptions& options = {});
 
 // Rows [offset, offset + count) (copied); throws if out of range.
 Dataset take(const Dataset& ds, int64_t offset, int64_t count);
+// `count` rows spread over the shape groups in proportion to their sizes (the first rows of each group; the rounding
+// goes to the largest remainders, earlier groups first on ties), in row order: take(ds, 0, count) for data of one
+// shape. The PTQ steps that use a part of their data (AdaRound's samples, the range search's images, sensitivity's
+// evaluation count) take it this way, so every input size is in it.
+Dataset take_spread(const Dataset& ds, int64_t count);
+// The first half (rounded down) of every shape group, and the rest: two parts with the same mix of shapes (for one
+// shape: rows [0, n/2) and [n/2, n)).
+std::pair<Dataset, Dataset> split_halves(const Dataset& ds);
 // `count` distinct rows chosen uniformly at random (without replacement), in random order; the same seed
 // gives the same rows on every platform (perch's own PRNG, no std:: distributions).
 Dataset sample(const Dataset& ds, int64_t count, uint64_t seed);
