@@ -142,9 +142,9 @@ Dataset gather(const Dataset& ds, const std::vector<int64_t>& rows, std::string 
     start[p + 1] = start[p] + own_rows(*parts[p]);
   }
   std::vector<std::vector<int64_t>> local(parts.size());
-  for (int64_t r : rows) {
+  for (int64_t r : rows) {  // 0 <= r < size(): the last p with start[p] <= r is a group holding r
     const size_t p = static_cast<size_t>(std::upper_bound(start.begin(), start.end(), r) - start.begin()) - 1;
-    local[std::min(p, parts.size() - 1)].push_back(r - start[std::min(p, parts.size() - 1)]);
+    local[p].push_back(r - start[p]);
   }
   Dataset out;
   out.name = std::move(name);

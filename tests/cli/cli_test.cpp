@@ -75,6 +75,22 @@ Compare compare_logits(const Tensor& a, const Tensor& b) {
   return c;
 }
 
+// A batch of `shape` uniform in [lo, hi) written to `file`; returned.
+Tensor write_uniform(const fs::path& file, const Shape& shape, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  Tensor x(DType::kFloat32, shape);
+  for (auto& v : x.span<float>()) v = u(rng);
+  write_npy(file, x);
+  return x;
+}
+
+// perch quantize `model` -o `out` --calib npy:`calib` `extra` -q
+CmdResult quantize_with(const fs::path& model, const fs::path& out, const fs::path& calib, const std::string& extra = "") {
+  return run_cmd(perch_bin() + " quantize " + q(model) + " -o " + q(out) + " --calib " + q("npy:" + calib.string()) +
+                 extra + " -q");
+}
+
 class TinyInterop : public ::testing::TestWithParam<std::string> {};
 
 // perch quantize -> QDQ model; ONNX Runtime and perch's simulation run it on the same inputs.
@@ -412,13 +428,8 @@ TEST_P(Opset6, QuantizedPerChannelRunsInOnnxRuntime) {
   const bool conv = std::string(GetParam()) == "convnet";
   const fs::path d = scratch(std::string("opset6_") + GetParam());
   graph::save_model(conv ? test::opset6_convnet(5) : test::opset6_mlp(3), d / "m.onnx");
-  std::mt19937 rng(4);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  Tensor x(DType::kFloat32, conv ? Shape{64, 3, 8, 8} : Shape{64, 10});
-  for (auto& v : x.span<float>()) v = u(rng);
-  write_npy(d / "x.npy", x);
-  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
-                   q("npy:" + (d / "x.npy").string()) + " -q");
+  write_uniform(d / "x.npy", conv ? Shape{64, 3, 8, 8} : Shape{64, 10}, 4);
+  auto r = quantize_with(d / "m.onnx", d / "q.onnx", d / "x.npy");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(graph::load_model((d / "q.onnx").string()).opset(), 13);
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
@@ -441,12 +452,9 @@ TEST(Cli, TwoShapeDataCalibratesAndEvaluates) {
   graph::Model m = test::tiny_cnn(3);
   m.graph.inputs[0].shape = {-1, 1, -1, -1};
   graph::save_model(m, d / "m.onnx");
-  std::mt19937 rng(6);
-  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+  uint32_t seed = 6;
   for (const auto& [name, shape] : {std::pair<std::string, Shape>{"a", {40, 1, 8, 8}}, {"b", {24, 1, 12, 10}}}) {
-    Tensor x(DType::kFloat32, shape);
-    for (auto& v : x.span<float>()) v = u(rng);
-    write_npy(d / (name + ".npy"), x);
+    const Tensor x = write_uniform(d / (name + ".npy"), shape, seed++, -1.0f, 2.0f);
     write_npy(d / (name + "_labels.npy"), argmax_labels(runtime::Executor(m).run1(x)));
   }
   const std::string data = "npy:" + (d / "a.npy").string() + "," + (d / "a_labels.npy").string() + "+npy:" +
@@ -492,16 +500,11 @@ TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
   const int64_t group = GetParam();
   const fs::path d = scratch("deconv_" + std::to_string(group));
   graph::save_model(test::deconv_net(group, 4), d / "m.onnx");
-  std::mt19937 rng(8);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  Tensor x(DType::kFloat32, Shape{32, 4, 5, 5});
-  for (auto& v : x.span<float>()) v = u(rng);
-  write_npy(d / "x.npy", x);
+  write_uniform(d / "x.npy", {32, 4, 5, 5}, 8);
   for (const char* w : {"per-channel", "per-tensor"}) {
     SCOPED_TRACE(w);
     const fs::path qm = d / (std::string(w) + ".onnx");
-    auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(qm) + " --weights " + w + " --calib " +
-                     q("npy:" + (d / "x.npy").string()) + " -q");
+    auto r = quantize_with(d / "m.onnx", qm, d / "x.npy", std::string(" --weights ") + w);
     ASSERT_EQ(r.code, 0) << r.err;
     if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
     r = run_cmd(perch_bin() + " run " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " + q(d / (std::string("perch_") + w)) + " -q");
@@ -538,13 +541,8 @@ TEST_P(LegacyResize, RaisedModelMatchesOnnxRuntimeOnTheOriginal) {
   ptq::raise_opset(raised, 13);
   graph::save_model(m, d / "m.onnx");
   graph::save_model(raised, d / "r.onnx");
-  std::mt19937 rng(5);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  Tensor x(DType::kFloat32, Shape{16, 3, 6, 6});
-  for (auto& v : x.span<float>()) v = u(rng);
-  write_npy(d / "x.npy", x);
-  auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
-                   q("npy:" + (d / "x.npy").string()) + " -q");
+  const Tensor x = write_uniform(d / "x.npy", {16, 3, 6, 6}, 5);
+  auto r = quantize_with(d / "m.onnx", d / "q.onnx", d / "x.npy");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(graph::load_model((d / "q.onnx").string()).opset(), 13);
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";

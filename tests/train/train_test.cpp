@@ -148,6 +148,16 @@ TEST(Training, SmallModelsLearnAndExportEqualsTrainingGraph) {
   }
 }
 
+// `steps` AdamW steps (batch 16, lr 1e-3) of distillation against q's float model.
+void distill_steps(Tape& tape, const QatGraph& q, const Dataset& data, int64_t steps) {
+  TrainOptions to;
+  to.batch = 16;
+  to.max_steps = steps;
+  to.optimizer.lr = 1e-3f;
+  to.objective = distillation_objective(q.calibration.model, OutputCut{});
+  fit(tape, data, to);
+}
+
 TEST(Qat, ExportedQdqComputesWhatTheFakeQuantModelComputed) {
   const Dataset train = subset("fashion-mnist:train", 2000, 3);
   const Dataset test = subset("fashion-mnist:test", 500, 4);
@@ -270,12 +280,7 @@ TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
     return worst;
   };
   EXPECT_EQ(worst_vs_export(1), 0.0) << "before training";
-  TrainOptions to;
-  to.batch = 16;
-  to.max_steps = 4;
-  to.optimizer.lr = 1e-3f;
-  to.objective = distillation_objective(q.calibration.model, OutputCut{});
-  fit(tape, data, to);
+  distill_steps(tape, q, data, 4);
   EXPECT_NE(q.model.graph.initializers.at("b1").data<float>()[2], b1_before.data<float>()[2]);
   EXPECT_EQ(worst_vs_export(1), 0.0) << "after 4 steps";
 }
@@ -317,12 +322,7 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
     };
     EXPECT_EQ(worst_vs_export(), 0.0) << "before training";
     const Tensor wt_before = q.model.graph.initializers.at("wt").clone();
-    TrainOptions to;
-    to.batch = 16;
-    to.max_steps = 3;
-    to.optimizer.lr = 1e-3f;
-    to.objective = distillation_objective(q.calibration.model, OutputCut{});
-    fit(tape, data, to);
+    distill_steps(tape, q, data, 3);
     EXPECT_GT(rel_diff(q.model.graph.initializers.at("wt"), wt_before), 0.0);  // the weight trained
     EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
   }
