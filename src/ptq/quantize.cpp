@@ -424,12 +424,24 @@ void attribute_to_input(Graph& g, Node& n, const std::string& key) {
   n.attrs.erase(key);
 }
 
-// Rank of value `v` where the model declares its shape (inputs, outputs, value_info), else -1.
+// Shape of value `v` where the model declares it (inputs, outputs, value_info; -1 for unknown dims), else null;
+// through QuantizeLinear / DequantizeLinear (the QDQ export raises the opset after inserting them).
+const Shape* declared_shape(const Graph& g, const std::string& v) {
+  std::string cur = v;
+  for (size_t step = 0; step <= g.nodes.size(); ++step) {
+    for (const auto* list : {&g.inputs, &g.outputs, &g.value_info})
+      for (const auto& vi : *list)
+        if (vi.name == cur && vi.has_shape) return &vi.shape;
+    const int64_t p = g.producer(cur);
+    if (p < 0 || (g.nodes[p].op_type != "QuantizeLinear" && g.nodes[p].op_type != "DequantizeLinear")) return nullptr;
+    cur = g.nodes[p].input(0);
+  }
+  return nullptr;
+}
+// Rank of value `v` where the model declares its shape, else -1.
 int64_t declared_rank(const Graph& g, const std::string& v) {
-  for (const auto* list : {&g.inputs, &g.outputs, &g.value_info})
-    for (const auto& vi : *list)
-      if (vi.name == v && vi.has_shape) return static_cast<int64_t>(vi.shape.size());
-  return -1;
+  const Shape* s = declared_shape(g, v);
+  return s ? static_cast<int64_t>(s->size()) : -1;
 }
 
 // Upsample (7: `scales` attribute; 9: `scales` input; gone from 10) and Resize-10 (X, scales) map output index x to
@@ -480,6 +492,60 @@ void raise_legacy_resize(const Model& m, Graph& g, Node& n, int64_t from, int64_
   n.inputs = {n.inputs[0], "", scales};
 }
 
+bool is_legacy_broadcast_op(const std::string& op) {
+  return op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Pow" || op == "And" || op == "Or" ||
+         op == "Xor" || op == "Equal" || op == "Greater" || op == "Less";
+}
+
+// A binary op before 7 (runtime's legacy_broadcast_operand): `broadcast` 0 means equal shapes and `broadcast` 1
+// without `axis` suffix alignment, both what NumPy broadcasting computes — the attributes just go. With an `axis`
+// that is not the suffix position, B's dims sit at A's dims axis..: a B initializer gets trailing 1s (a new
+// initializer, exact); needs A's rank from the model's declared shapes. Anything else is refused by name.
+void raise_legacy_broadcast(const Model& m, Graph& g, Node& n, int64_t from, int64_t target) {
+  const bool bc = n.attr_int("broadcast", 0) != 0, has_axis = n.has_attr("axis");
+  const std::string& b = n.input(1);
+  const Tensor* bt = g.initializer(b);
+  if (bc && has_axis) {
+    const int64_t ra = declared_rank(g, n.input(0));
+    const int64_t rb = bt ? bt->rank() : declared_rank(g, b);
+    if (ra < 0 || rb < 0)
+      PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
+                 " broadcasts at axis ", n.attr_int("axis", 0), " and the ranks of its inputs are not declared");
+    const int64_t axis = n.attr_int("axis", 0), trailing = ra - axis - rb;
+    if (trailing > 0) {
+      if (!bt)
+        PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
+                   " broadcasts a computed B at axis ", axis);
+      Shape s = bt->shape();
+      s.resize(s.size() + static_cast<size_t>(trailing), 1);
+      const std::string name = g.unique_name(b + "_aligned");
+      g.initializers[name] = bt->reshaped(s).clone();
+      n.inputs[1] = name;
+    }
+  }
+  n.attrs.erase("broadcast");
+  n.attrs.erase("axis");
+}
+
+// PRelu before 7 (runtime's legacy_prelu_slope): a rank-1 slope of X.dim(1) = C > 1 values is per channel (axis 1);
+// from 7 the slope broadcasts NumPy-style, so it becomes [C, 1, ..., 1] (a new initializer). Needs X's declared
+// shape (its rank and dim 1) to tell which reading applies; a slope of one value stays.
+void raise_legacy_prelu(const Model& m, Graph& g, Node& n, int64_t from, int64_t target) {
+  const Tensor* s = g.initializer(n.input(1));
+  if (s && s->numel() == 1) return;  // one slope for every element
+  const Shape* xs = declared_shape(g, n.input(0));
+  if (!s || s->rank() != 1 || !xs || xs->size() < 2 || (*xs)[1] < 0)
+    PERCH_FAIL(m.source, ": cannot raise opset ", from, " -> ", target, ": ", n.describe(),
+               " needs a one-dimensional slope initializer and its input's declared shape (to read the slope per channel)");
+  if ((*xs)[1] != s->numel()) return;  // not per channel: NumPy broadcasting, as the executor reads it too
+  const int64_t rank = static_cast<int64_t>(xs->size());
+  Shape shape(static_cast<size_t>(rank - 1), 1);
+  shape[0] = s->numel();
+  const std::string name = g.unique_name(n.input(1) + "_per_channel");
+  g.initializers[name] = s->reshaped(shape).clone();
+  n.inputs[1] = name;
+}
+
 }  // namespace
 
 // Raises the default-domain opset to `target`, converting the ops whose form changed on the way (a form
@@ -522,6 +588,8 @@ void raise_opset(Model& m, int64_t target) {
       n.attrs.erase("is_test");
     }
     if (crosses(7) && n.op_type == "Gemm") n.attrs.erase("broadcast");
+    if (crosses(7) && is_legacy_broadcast_op(n.op_type)) raise_legacy_broadcast(m, g, n, from, target);
+    if (crosses(7) && n.op_type == "PRelu") raise_legacy_prelu(m, g, n, from, target);
     if (crosses(9) && n.op_type == "BatchNormalization") {
       PERCH_CHECK(n.attr_int("spatial", 1) == 1, m.source, ": cannot raise opset ", from, " -> ", target, ": ",
                   n.describe(), " has spatial 0 (statistics per element), which opset 9 dropped");

@@ -20,6 +20,31 @@ Shape broadcast_shape(const Shape& a, const Shape& b, const graph::Node& n) {
   return out;
 }
 
+Tensor legacy_broadcast_operand(const graph::Node& n, const Tensor& a, const Tensor& b) {
+  if (n.attr_int("broadcast", 0) == 0) {
+    PERCH_CHECK(a.shape() == b.shape(), n.describe(), ": shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+                " differ and broadcast is 0 (opset ", "< 7: equal shapes)");
+    return b;
+  }
+  const int64_t ra = a.rank(), rb = b.rank();
+  const int64_t axis = n.has_attr("axis") ? n.attr_int("axis", 0) : ra - rb;
+  PERCH_CHECK(axis >= 0 && axis + rb <= ra, n.describe(), ": B ", shape_str(b.shape()), " does not fit A ",
+              shape_str(a.shape()), " at axis ", axis);
+  for (int64_t i = 0; i < rb; ++i)
+    PERCH_CHECK(b.dim(i) == a.dim(axis + i) || b.dim(i) == 1, n.describe(), ": B ", shape_str(b.shape()),
+                " does not match A ", shape_str(a.shape()), " at axis ", axis);
+  Shape s = b.shape();
+  s.resize(static_cast<size_t>(ra - axis), 1);  // trailing 1s: NumPy then aligns B at `axis`
+  return b.reshaped(s);
+}
+
+Tensor legacy_prelu_slope(const Tensor& x, const Tensor& slope) {
+  if (slope.rank() != 1 || slope.numel() <= 1 || x.rank() < 2 || slope.numel() != x.dim(1)) return slope;
+  Shape s(static_cast<size_t>(x.rank() - 1), 1);
+  s[0] = slope.numel();
+  return slope.reshaped(s);
+}
+
 std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out) {
   std::vector<int64_t> strides(out.size(), 0);
   int64_t s = 1;

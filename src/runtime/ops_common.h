@@ -16,6 +16,13 @@ inline bool has(const std::vector<const Tensor*>& args, size_t i) { return i < a
 
 // NumPy broadcast shape of a and b; throws naming the node if incompatible.
 Shape broadcast_shape(const Shape& a, const Shape& b, const graph::Node& n);
+// Opset < 7 binary ops (Add, Sub, Mul, Div, Pow; And/Or/Xor and comparisons too): `broadcast` 0 needs equal
+// shapes; `broadcast` 1 aligns B's dims with A's starting at `axis` (default: B's dims are A's last ones). Returns
+// B reshaped so that NumPy broadcasting computes exactly that (trailing 1s appended); throws naming the node.
+Tensor legacy_broadcast_operand(const graph::Node& n, const Tensor& a, const Tensor& b);
+// PRelu before 7: a rank-1 slope of X.dim(1) > 1 values is one slope per channel (axis 1), as the Caffe2-era
+// definition and PyTorch's opset-6 exports mean it; returned reshaped to [C, 1, ..., 1]; otherwise as it is.
+Tensor legacy_prelu_slope(const Tensor& x, const Tensor& slope);
 // Strides (in elements) for reading `shape` broadcast to `out` (0 on broadcast dims).
 std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out);
 

@@ -176,11 +176,12 @@ Tensor binary_tensors(const Node& n, const Tensor& A0, const Tensor& B0) {
 }
 
 template <typename Op>
-std::vector<Tensor> binary(const Node& n, const Args& a, int64_t) {
-  return {binary_tensors<Op>(n, in(n, a, 0), in(n, a, 1))};
+std::vector<Tensor> binary(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& A = in(n, a, 0);
+  return {binary_tensors<Op>(n, A, opset < 7 ? detail::legacy_broadcast_operand(n, A, in(n, a, 1)) : in(n, a, 1))};
 }
 
-// Max/Min take 1..N inputs (opset 8+), broadcast together.
+// Max/Min take 1..N inputs, broadcast together from opset 8 (before: equal shapes, a subset).
 template <typename Op>
 std::vector<Tensor> variadic(const Node& n, const Args& a, int64_t) {
   Tensor y = in(n, a, 0);
@@ -227,12 +228,13 @@ void register_elementwise_ops(OpRegistry& r) {
   r.add("Neg", 1, unary([](float x) { return -x; }));
   r.add("Reciprocal", 1, unary([](float x) { return 1.0f / x; }));
   r.add("Clip", 1, clip);
-  r.add("Add", 7, binary<AddOp>);
-  r.add("Sub", 7, binary<SubOp>);
-  r.add("Mul", 7, binary<MulOp>);
-  r.add("Div", 7, binary<DivOp>);
-  r.add("Max", 8, variadic<MaxOp>);
-  r.add("Min", 8, variadic<MinOp>);
+  // Versions 1 and 6: the `broadcast` / `axis` attributes (detail::legacy_broadcast_operand).
+  r.add("Add", 1, binary<AddOp>);
+  r.add("Sub", 1, binary<SubOp>);
+  r.add("Mul", 1, binary<MulOp>);
+  r.add("Div", 1, binary<DivOp>);
+  r.add("Max", 1, variadic<MaxOp>);
+  r.add("Min", 1, variadic<MinOp>);
 }
 
 }  // namespace perch::runtime

@@ -72,8 +72,9 @@ Tensor broadcast_map(const Node& n, const Tensor& x, const Tensor& y, DType out_
 // ---- Pow ---------------------------------------------------------------------------------------------
 
 // Pow(X: T, Y: T1) -> T. Computed in double and converted back (integers truncate, as numpy's astype).
-std::vector<Tensor> pow_op(const Node& n, const Args& a, int64_t) {
-  const Tensor &x = in(n, a, 0), &y = in(n, a, 1);
+std::vector<Tensor> pow_op(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  const Tensor y = opset < 7 ? detail::legacy_broadcast_operand(n, x, in(n, a, 1)) : in(n, a, 1);
   return {detail::visit_dtype(x.dtype(), [&](auto xt) -> Tensor {
     using T = typename decltype(xt)::type;
     return detail::visit_dtype(y.dtype(), [&](auto yt) -> Tensor {
@@ -159,8 +160,9 @@ OpKernel variadic_mean(bool mean) {
   };
 }
 
-std::vector<Tensor> prelu(const Node& n, const Args& a, int64_t) {
-  const Tensor &x = in(n, a, 0), &slope = in(n, a, 1);
+std::vector<Tensor> prelu(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  const Tensor slope = opset < 7 ? detail::legacy_prelu_slope(x, in(n, a, 1)) : in(n, a, 1);
   PERCH_CHECK(x.dtype() == slope.dtype(), "slope has type ", dtype_name(slope.dtype()), ", X ", dtype_name(x.dtype()));
   const Shape ys = detail::broadcast_shape(x.shape(), slope.shape(), n);
   PERCH_CHECK(ys == x.shape(), "slope ", shape_str(slope.shape()), " does not broadcast to X ", shape_str(x.shape()));
@@ -329,7 +331,7 @@ void register_math_ops(OpRegistry& r) {
             return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
           };
         }));
-  r.add("Pow", 7, pow_op);
+  r.add("Pow", 1, pow_op);  // 1: broadcast / axis attributes (detail::legacy_broadcast_operand)
   r.add("Equal", 7, compare<std::equal_to<>>);
   r.add("Less", 7, compare<std::less<>>);
   r.add("Greater", 7, compare<std::greater<>>);
@@ -341,7 +343,7 @@ void register_math_ops(OpRegistry& r) {
   r.add("Not", 1, not_op);
   r.add("Sum", 6, variadic_mean(false));
   r.add("Mean", 6, variadic_mean(true));
-  r.add("PRelu", 7, prelu);
+  r.add("PRelu", 1, prelu);  // 1, 6: one slope per channel (detail::legacy_prelu_slope)
   r.add("Mod", 10, mod);
   r.add("Sign", 9, sign);
   r.add("IsNaN", 9, float_predicate([](const Node&, double x) { return std::isnan(x); }));

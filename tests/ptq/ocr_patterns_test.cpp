@@ -736,3 +736,50 @@ TEST(PtqOcrPatterns, ConvTransposeWeightsPerOutputChannel) {
     }
   }
 }
+
+// Binary ops before 7 (`broadcast` 1 with an `axis`, or without; `broadcast` 0 with equal shapes) and PRelu-6's
+// per-channel slope become their NumPy-broadcasting forms when raised (B and the slope get trailing 1s as new
+// initializers): the same floats, bit for bit. An axis broadcast whose A rank the model does not declare is refused.
+TEST(PtqOcrPatterns, Opset6BroadcastAndPReluRaiseExactly) {
+  Model m = conv_model(6);  // x [N,3,4,4] -> conv -> c [N,4,4,4]
+  m.graph.value_info.push_back({"c", DType::kFloat32, {-1, 4, 4, 4}, {"N", "", "", ""}, true});
+  m.graph.initializers["bias_c"] = normal_tensor({4}, 21);   // per channel: axis 1
+  m.graph.initializers["row"] = normal_tensor({4}, 22);      // per column: the suffix
+  m.graph.initializers["slope"] = normal_tensor({4}, 23, 0.2f);
+  m.graph.initializers["two"] = Tensor::from<float>({1}, {2.0f});
+  Node add = make("Add", "add_c", {"c", "bias_c"}, {"a"});
+  add.attrs["broadcast"] = int64_t{1};
+  add.attrs["axis"] = int64_t{1};
+  Node mul = make("Mul", "mul_row", {"a", "row"}, {"m"});
+  mul.attrs["broadcast"] = int64_t{1};
+  Node sq = make("Pow", "square", {"m", "two"}, {"p"});
+  sq.attrs["broadcast"] = int64_t{1};
+  Node sub = make("Sub", "sub_same", {"p", "m"}, {"d"});  // equal shapes, broadcast 0
+  m.graph.value_info.push_back({"d", DType::kFloat32, {-1, 4, 4, 4}, {"N", "", "", ""}, true});
+  Node pr = make("PRelu", "prelu", {"d", "slope"}, {"y"});
+  for (Node* n : {&add, &mul, &sq, &sub, &pr}) m.graph.nodes.push_back(*n);
+  const Dataset data = uniform_data({5, 3, 4, 4}, 24);
+  const Tensor want = runtime::Executor(m).run1(data.images);
+  // The legacy readings, against a direct computation for one element of each kind.
+  Model r = m;
+  ptq::raise_opset(r, 13);
+  for (const auto& n : r.graph.nodes) EXPECT_FALSE(n.has_attr("broadcast") || n.has_attr("axis")) << n.describe();
+  EXPECT_EQ(r.graph.initializer(r.graph.nodes[1].input(1))->shape(), (Shape{4, 1, 1}));  // Add's B at axis 1
+  EXPECT_EQ(r.graph.initializer(r.graph.nodes[2].input(1))->shape(), (Shape{4}));        // Mul's: the suffix
+  EXPECT_EQ(r.graph.initializer(r.graph.nodes[5].input(1))->shape(), (Shape{4, 1, 1}));  // PRelu's slope
+  EXPECT_TRUE(same_bits(runtime::Executor(r).run1(data.images), want));
+  // Per-tensor quantization raises to 10 (crossing 7 too) and stays close to the float function.
+  ptq::PtqOptions pt = plain();
+  pt.weights.granularity = quant::Granularity::kPerTensor;
+  const auto res = ptq::quantize_model(m, data, pt);
+  EXPECT_EQ(res.model.opset(), 10);
+  EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+  Model bad = m;
+  bad.graph.value_info.clear();
+  try {
+    ptq::raise_opset(bad, 13);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Add node 'add_c'"), std::string::npos) << e.what();
+  }
+}

@@ -1,4 +1,5 @@
-// ONNX backend conformance for perch's float executor, on Debian's libonnx-testdata node tests.
+// ONNX backend conformance for perch's float executor, on Debian's libonnx-testdata node tests and the models of its
+// pytorch-converted/ and pytorch-operator/ suites (OnnxPytorch/Conformance.Run/<suite>_<test>).
 //
 // Every folder under onnx_node_test_dir() whose model.onnx loads and uses only ops the executor registers
 // (at the model's opset) becomes one test, OnnxNode/Conformance.Run/<folder>, which runs every
@@ -82,6 +83,19 @@ const std::map<std::string, std::string>& known_failures() {
        "training-mode Dropout draws a random mask (numpy's RNG in the expected data); the inference executor refuses it"},
       {"test_training_dropout_mask",
        "training-mode Dropout draws a random mask (numpy's RNG in the expected data); the inference executor refuses it"},
+      {"pytorch-converted/test_AvgPool3d", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_AvgPool3d_stride", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_AvgPool3d_stride1_pad0_gpu_input", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_MaxPool3d", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_MaxPool3d_stride", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_MaxPool3d_stride_padding", "3-D pooling: pool kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_dilated", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_dilated_strided", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_groups", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_no_bias", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_stride", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
+      {"pytorch-converted/test_Conv3d_stride_padding", "3-D convolution: conv kernels are 2-D (1-D runs as H = 1); rank-5 input refused"},
   };
   return k;
 }
@@ -105,19 +119,22 @@ struct Discovery {
   std::vector<Unsupported> unsupported;
 };
 
-const Discovery& discovery() {
-  static const Discovery d = [] {
-    Discovery out;
-    const fs::path root = test::onnx_node_test_dir();
+// The test folders under `roots`; `prefix`: name them "<root folder>/<test>" (the PyTorch suites), else "<test>".
+Discovery discover(const std::vector<fs::path>& roots, bool prefix) {
+  Discovery out;
+  std::vector<fs::path> dirs;
+  for (const fs::path& root : roots) {
     std::error_code ec;
-    if (!fs::is_directory(root, ec)) return out;
+    if (!fs::is_directory(root, ec)) continue;
     out.present = true;
-    std::vector<fs::path> dirs;
     for (const auto& e : fs::directory_iterator(root, ec))
       if (fs::exists(e.path() / "model.onnx")) dirs.push_back(e.path());
-    std::sort(dirs.begin(), dirs.end());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  {
     for (const auto& dir : dirs) {
-      const std::string folder = dir.filename().string();
+      const std::string folder =
+          prefix ? (dir.parent_path().filename() / dir.filename()).string() : dir.filename().string();
       graph::Model m;
       try {
         m = graph::load_model(dir / "model.onnx");
@@ -134,22 +151,35 @@ const Discovery& discovery() {
       for (const auto& n : m.graph.nodes) t.ops.push_back(n.op_type);
       out.supported.push_back(std::move(t));
     }
-    return out;
-  }();
+  }
+  return out;
+}
+
+const Discovery& discovery() {
+  static const Discovery d = discover({test::onnx_node_test_dir()}, false);
   return d;
 }
 
-std::vector<std::string> supported_folders() {
+// The models PyTorch's exporter wrote for ONNX's backend tests (opset 6 to 9: legacy broadcast attributes, PRelu's
+// per-channel slope, Upsample...), run the same way: OnnxPytorch/Conformance.Run/<suite>_<test>.
+const Discovery& pytorch_discovery() {
+  const fs::path data = test::onnx_node_test_dir().parent_path();
+  static const Discovery d = discover({data / "pytorch-converted", data / "pytorch-operator"}, true);
+  return d;
+}
+
+std::vector<std::string> supported_folders(const Discovery& d = discovery()) {
   std::vector<std::string> out;
-  for (const auto& t : discovery().supported) out.push_back(t.folder);
+  for (const auto& t : d.supported) out.push_back(t.folder);
   // An empty parameter list would make gtest report an uninstantiated suite; keep one placeholder that skips.
   if (out.empty()) out.push_back("no_node_tests_found");
   return out;
 }
 
 const NodeTest* find_test(const std::string& folder) {
-  for (const auto& t : discovery().supported)
-    if (t.folder == folder) return &t;
+  for (const Discovery* d : {&discovery(), &pytorch_discovery()})
+    for (const auto& t : d->supported)
+      if (t.folder == folder) return &t;
   return nullptr;
 }
 
@@ -284,10 +314,17 @@ TEST_P(Conformance, Run) {
 
 INSTANTIATE_TEST_SUITE_P(OnnxNode, Conformance, testing::ValuesIn(supported_folders()),
                          [](const testing::TestParamInfo<std::string>& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(OnnxPytorch, Conformance, testing::ValuesIn(supported_folders(pytorch_discovery())),
+                         [](const testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (c == '/' || c == '-') c = '_';
+                           return name;
+                         });
 
 TEST(OnnxNodeCoverage, KnownFailuresAreSupportedTests) {
   // A known failure that is no longer discovered (renamed folder, op dropped) would never run: flag it.
-  if (!discovery().present) GTEST_SKIP() << test::onnx_node_test_dir() << " not present";
+  if (!discovery().present || !pytorch_discovery().present) GTEST_SKIP() << test::onnx_node_test_dir() << " not present";
   for (const auto& [folder, reason] : known_failures())
     EXPECT_NE(find_test(folder), nullptr) << folder << " is listed as a known failure but is not a supported node test";
 }
