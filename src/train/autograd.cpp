@@ -198,6 +198,12 @@ void Tape::plan() {
     kernels_[i] = ops.find(n.op_type, n.domain, opset);
     if (!kernels_[i] && !(grads_[i] && grads_[i]->forward))
       PERCH_FAIL(model_.source, ": ", n.describe(), ": op not supported by the executor");
+    // The gradients broadcast NumPy-style: opset < 7's axis broadcast and per-channel PRelu slope have none here.
+    if (opset < 7 && n.domain.empty() &&
+        (n.op_type == "PRelu" || ((n.op_type == "Add" || n.op_type == "Sub" || n.op_type == "Mul" ||
+                                   n.op_type == "Div" || n.op_type == "Pow") && n.attr_int("broadcast", 0) != 0)))
+      PERCH_FAIL(model_.source, ": ", n.describe(), ": training does not take the opset-", opset,
+                 " broadcast forms (quantize it, which raises the opset, or re-export at opset 7 or later)");
     bool needs = false;
     for (size_t j = 0; j < n.inputs.size(); ++j) {
       if (n.inputs[j].empty()) continue;

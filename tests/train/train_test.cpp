@@ -328,5 +328,28 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
   }
 }
 
+// Opset-6 models whose binary ops broadcast with the legacy `broadcast` attribute (or that have a PRelu, whose
+// slope was per channel then) run in the executor, but their gradients here are NumPy's: training refuses them by
+// name instead of training something else.
+TEST(Training, RefusesOpset6BroadcastForms) {
+  graph::Model m = test::tiny_cnn(1);
+  m.opsets = {{"", 6}};
+  graph::Node* add = nullptr;
+  for (auto& n : m.graph.nodes)
+    if (n.op_type == "Add") add = &n;
+  ASSERT_NE(add, nullptr);
+  add->attrs["broadcast"] = int64_t{1};
+  try {
+    Tape tape(m, {});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(add->describe()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("opset-6 broadcast forms"), std::string::npos) << msg;
+  }
+  add->attrs.erase("broadcast");  // equal shapes: NumPy's reading, trains
+  Tape ok(m, {});
+}
+
 }  // namespace
 }  // namespace perch::train
