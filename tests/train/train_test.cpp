@@ -351,5 +351,25 @@ TEST(Training, RefusesOpset6BroadcastForms) {
   Tape ok(m, {});
 }
 
+// Training batches are one tensor: data of several input sizes (SPEC+SPEC) is refused by name.
+TEST(Training, RefusesDataOfSeveralShapes) {
+  graph::Model m = test::tiny_cnn(1);
+  Dataset data = test::tiny_cnn_inputs(8, 2);
+  data.labels.assign(8, 0);
+  Dataset other = test::tiny_cnn_inputs(4, 3);
+  data.groups.push_back(other);
+  data.labels.resize(12, 1);
+  Tape tape(m, {"w1"});
+  TrainOptions to;
+  to.batch = 4;
+  to.max_steps = 1;
+  try {
+    fit(tape, data, to);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one input shape"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace perch::train
