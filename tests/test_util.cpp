@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <cstdlib>
@@ -278,6 +279,16 @@ Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   d.images = Tensor(DType::kFloat32, {n, 1, 8, 8});
   for (auto& v : d.images.span<float>()) v = u(rng);
   return d;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  if (a.dtype() != DType::kFloat32) return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(pa + i, pb + i, 4) != 0 && !(std::isnan(pa[i]) && std::isnan(pb[i]))) return false;
+  return true;
 }
 
 double max_rel_diff(const Tensor& a, const Tensor& b) {

@@ -34,6 +34,10 @@ std::string perch_error(const std::function<void()>& f);
 // Expects every part to occur in s.
 void expect_contains(const std::string& s, const std::vector<std::string>& parts);
 
+// Bit-identical (dtype, shape and bytes), except that any two NaNs count as equal: IEEE 754 leaves the payload and
+// sign of a NaN result open, and x86 takes them from the first operand, which a compiler may swap in a commutative
+// multiply.
+bool same_bits(const Tensor& a, const Tensor& b);
 // max |a - b| / max |b| over float32 tensors of the same shape (a test failure otherwise).
 double max_rel_diff(const Tensor& a, const Tensor& b);
 

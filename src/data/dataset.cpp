@@ -446,10 +446,6 @@ Dataset take_spread(const Dataset& ds, int64_t count) {
 }
 
 std::pair<Dataset, Dataset> split_halves(const Dataset& ds) {
-  if (ds.groups.empty()) {
-    const int64_t half = ds.size() / 2;
-    return {take(ds, 0, half), take(ds, half, ds.size() - half)};
-  }
   std::vector<int64_t> first, second;
   int64_t start = 0;
   for (const Dataset* g : shape_groups(ds)) {
@@ -457,11 +453,11 @@ std::pair<Dataset, Dataset> split_halves(const Dataset& ds) {
     for (int64_t r = 0; r < n; ++r) (r < n / 2 ? first : second).push_back(start + r);
     start += n;
   }
-  if (first.empty()) {  // every group a single row: halve the rows as they come
-    const int64_t half = ds.size() / 2;
-    return {take(ds, 0, half), take(ds, half, ds.size() - half)};
-  }
-  return {gather(ds, first, ds.name + "[first halves]"), gather(ds, second, ds.name + "[second halves]")};
+  if (!ds.groups.empty() && !first.empty())
+    return {gather(ds, first, ds.name + "[first halves]"), gather(ds, second, ds.name + "[second halves]")};
+  // One shape (or every group a single row): the rows as they come, halved.
+  const int64_t half = ds.size() / 2;
+  return {take(ds, 0, half), take(ds, half, ds.size() - half)};
 }
 
 Dataset sample(const Dataset& ds, int64_t count, uint64_t seed) {

@@ -70,16 +70,15 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
   // The simulated pass below runs all its images as one batch: data of several shapes (SPEC+SPEC) lends it the
   // largest shape group.
   const auto [group_begin, group_rows] = data.largest_group_rows();
-  const Dataset largest = data.groups.empty() ? Dataset{} : take(data, group_begin, group_rows);
-  const Dataset& one_shape = data.groups.empty() ? data : largest;
+  const Dataset& group = *data.locate(group_begin, group_rows).first;  // its images and inputs hold group_rows rows
   if (!data.groups.empty() && !quiet())
     std::fprintf(stderr, "note: empirical bias correction: %s has %zu input shapes; measured on the %lld images of shape %s\n",
                  data.name.c_str(), data.groups.size() + 1, static_cast<long long>(group_rows),
-                 shape_str(one_shape.images.shape()).c_str());
-  int64_t row_bytes = static_cast<int64_t>(one_shape.images.nbytes()) / one_shape.size();
-  for (const auto& [name, t] : one_shape.inputs) row_bytes += static_cast<int64_t>(t.nbytes()) / one_shape.size();
-  const int64_t count = empirical_bias_images(one_shape.size(), row_bytes, opt.empirical_bias_samples);
-  const Dataset part = take(one_shape, 0, count);
+                 shape_str(group.images.shape()).c_str());
+  int64_t row_bytes = static_cast<int64_t>(group.images.nbytes()) / group_rows;
+  for (const auto& [name, t] : group.inputs) row_bytes += static_cast<int64_t>(t.nbytes()) / group_rows;
+  const int64_t count = empirical_bias_images(group_rows, row_bytes, opt.empirical_bias_samples);
+  const Dataset part = take(data, group_begin, count);
   rep.images = count;
 
   // The layers to correct: Convs, and Gemms with beta 1 and a 1-D (or no) bias, whose weight the options

@@ -13,6 +13,7 @@
 #include "perch/core/cpu.h"
 #include "perch/core/threads.h"
 #include "perch/runtime/executor.h"
+#include "test_util.h"
 
 namespace perch::runtime {
 namespace {
@@ -390,17 +391,7 @@ Tensor chain_input(Shape shape, uint32_t seed) {
   return x;
 }
 
-// Bit-identical, except that any two NaNs count as equal: IEEE 754 leaves the payload and sign of a NaN result
-// open, and x86 takes them from the first operand, which a compiler may swap in a commutative multiply.
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
-  if (a.dtype() != DType::kFloat32) return std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-  const float* pa = a.data<float>();
-  const float* pb = b.data<float>();
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (std::memcmp(pa + i, pb + i, 4) != 0 && !(std::isnan(pa[i]) && std::isnan(pb[i]))) return false;
-  return true;
-}
+using perch::test::same_bits;
 
 // The profile entry of `node_name`'s step (what the executor reports it ran).
 StepTime step_of(const Executor& ex, const std::string& node_name) {

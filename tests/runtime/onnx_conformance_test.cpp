@@ -131,26 +131,24 @@ Discovery discover(const std::vector<fs::path>& roots, bool prefix) {
       if (fs::exists(e.path() / "model.onnx")) dirs.push_back(e.path());
   }
   std::sort(dirs.begin(), dirs.end());
-  {
-    for (const auto& dir : dirs) {
-      const std::string folder =
-          prefix ? (dir.parent_path().filename() / dir.filename()).string() : dir.filename().string();
-      graph::Model m;
-      try {
-        m = graph::load_model(dir / "model.onnx");
-      } catch (const Error& e) {
-        out.unsupported.push_back({folder, {}, e.what()});
-        continue;
-      }
-      auto missing = unsupported_ops(m);
-      if (!missing.empty()) {
-        out.unsupported.push_back({folder, std::move(missing), ""});
-        continue;
-      }
-      NodeTest t{folder, dir, m.opset(), {}};
-      for (const auto& n : m.graph.nodes) t.ops.push_back(n.op_type);
-      out.supported.push_back(std::move(t));
+  for (const auto& dir : dirs) {
+    const std::string folder =
+        prefix ? (dir.parent_path().filename() / dir.filename()).string() : dir.filename().string();
+    graph::Model m;
+    try {
+      m = graph::load_model(dir / "model.onnx");
+    } catch (const Error& e) {
+      out.unsupported.push_back({folder, {}, e.what()});
+      continue;
     }
+    auto missing = unsupported_ops(m);
+    if (!missing.empty()) {
+      out.unsupported.push_back({folder, std::move(missing), ""});
+      continue;
+    }
+    NodeTest t{folder, dir, m.opset(), {}};
+    for (const auto& n : m.graph.nodes) t.ops.push_back(n.op_type);
+    out.supported.push_back(std::move(t));
   }
   return out;
 }
