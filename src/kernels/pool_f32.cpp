@@ -217,4 +217,150 @@ void avgpool2d_backward_f32(const Pool2dShape& s, const float* dy, float* dx) {
   });
 }
 
+std::vector<int64_t> PoolNdShape::out() const {
+  std::vector<int64_t> o(in.size());
+  for (size_t j = 0; j < in.size(); ++j)
+    o[j] = pooled(in[j], kernel[j], strides[j], pads_begin[j], pads_end[j], dilations[j], ceil_mode);
+  return o;
+}
+
+namespace {
+
+// The windows of an N-d pooling: for output multi-index o and kernel multi-index k (last dim fastest), the input
+// index along dim j is o_j*stride_j - pad_begin_j + k_j*dil_j.
+class Windows {
+ public:
+  explicit Windows(const PoolNdShape& s) : s_(s), r_(s.in.size()), out_(s.out()), in_stride_(r_, 1) {
+    for (size_t j = r_ - 1; j-- > 0;) in_stride_[j] = in_stride_[j + 1] * s.in[j + 1];
+    for (size_t j = 0; j < r_; ++j) in_plane_ *= s.in[j], out_plane_ *= out_[j];
+  }
+  int64_t in_plane() const { return in_plane_; }
+  int64_t out_plane() const { return out_plane_; }
+  // Calls cell(offset in the plane, or -1 outside the input; inside the padded extent) for every cell of the window
+  // of output `oi` (row-major flat index over out()), in window order.
+  template <typename Cell>
+  void visit(int64_t oi, Cell&& cell) const {
+    std::vector<int64_t> o(r_), k(r_, 0);
+    for (size_t j = r_; j-- > 0;) o[j] = oi % out_[j], oi /= out_[j];
+    for (;;) {
+      int64_t off = 0;
+      bool inside = true, padded = true;
+      for (size_t j = 0; j < r_; ++j) {
+        const int64_t i = o[j] * s_.strides[j] - s_.pads_begin[j] + k[j] * s_.dilations[j];
+        inside = inside && i >= 0 && i < s_.in[j];
+        padded = padded && i >= -s_.pads_begin[j] && i < s_.in[j] + s_.pads_end[j];
+        off += i * in_stride_[j];
+      }
+      cell(inside ? off : -1, padded);
+      size_t j = r_;
+      while (j-- > 0 && ++k[j] == s_.kernel[j]) k[j] = 0;
+      if (j == static_cast<size_t>(-1)) return;
+    }
+  }
+
+ private:
+  const PoolNdShape& s_;
+  size_t r_;
+  std::vector<int64_t> out_, in_stride_;
+  int64_t in_plane_ = 1, out_plane_ = 1;
+};
+
+}  // namespace
+
+void maxpool_nd_f32(const PoolNdShape& s, const float* x, float* y, int64_t* indices, bool column_major) {
+  const Windows win(s);
+  const size_t r = s.in.size();
+  // A row-major plane offset written column major (the dims reversed), for storage_order 1.
+  std::vector<int64_t> row_stride(r, 1), col_stride(r, 1);
+  for (size_t j = r - 1; j-- > 0;) row_stride[j] = row_stride[j + 1] * s.in[j + 1];
+  for (size_t j = 1; j < r; ++j) col_stride[j] = col_stride[j - 1] * s.in[j - 1];
+  const auto as_stored = [&](int64_t off) {
+    if (!column_major) return off;
+    int64_t c = 0;
+    for (size_t j = 0; j < r; ++j) c += off / row_stride[j] % s.in[j] * col_stride[j];
+    return c;
+  };
+  const int64_t in_plane = win.in_plane(), out_plane = win.out_plane();
+  parallel_for(0, s.batch * s.channels, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* xp = x + p * in_plane;
+      for (int64_t oi = 0; oi < out_plane; ++oi) {
+        float best = -std::numeric_limits<float>::infinity();
+        int64_t at = -1;
+        // The first maximum in window order (a later equal value or a NaN does not replace it: std::max's rule,
+        // as in the 2-D kernels); the first cell inside the input is taken whatever its value.
+        win.visit(oi, [&](int64_t off, bool) {
+          if (off < 0) return;
+          if (at < 0 || best < xp[off]) at = off;
+          best = std::max(best, xp[off]);
+        });
+        y[p * out_plane + oi] = best;
+        if (indices) indices[p * out_plane + oi] = at < 0 ? -1 : p * in_plane + as_stored(at);
+      }
+    }
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, out_plane)));
+}
+
+void avgpool_nd_f32(const PoolNdShape& s, const float* x, float* y) {
+  const Windows win(s);
+  const int64_t in_plane = win.in_plane(), out_plane = win.out_plane();
+  parallel_for(0, s.batch * s.channels, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* xp = x + p * in_plane;
+      for (int64_t oi = 0; oi < out_plane; ++oi) {
+        double sum = 0.0;
+        int64_t inside = 0, padded = 0;
+        win.visit(oi, [&](int64_t off, bool in_padded_extent) {
+          if (off >= 0) sum += xp[off], ++inside;
+          if (in_padded_extent) ++padded;
+        });
+        const int64_t div = s.count_include_pad ? padded : inside;
+        y[p * out_plane + oi] = div > 0 ? static_cast<float>(sum / static_cast<double>(div)) : 0.0f;
+      }
+    }
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, out_plane)));
+}
+
+void maxpool_nd_backward_f32(const PoolNdShape& s, const float* x, const float* dy, float* dx) {
+  const Windows win(s);
+  const int64_t in_plane = win.in_plane(), out_plane = win.out_plane(), planes = s.batch * s.channels;
+  std::vector<float> y(static_cast<size_t>(planes * out_plane));
+  std::vector<int64_t> at(y.size());
+  maxpool_nd_f32(s, x, y.data(), at.data());
+  std::fill(dx, dx + planes * in_plane, 0.0f);
+  // Indices are flat over x; each plane's gradients are summed in output order (windows may overlap).
+  parallel_for(0, planes, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t oi = 0; oi < out_plane; ++oi) {
+        const int64_t i = at[static_cast<size_t>(p * out_plane + oi)];
+        if (i >= 0) dx[i] += dy[p * out_plane + oi];
+      }
+  });
+}
+
+void avgpool_nd_backward_f32(const PoolNdShape& s, const float* dy, float* dx) {
+  const Windows win(s);
+  const int64_t in_plane = win.in_plane(), out_plane = win.out_plane();
+  parallel_for(0, s.batch * s.channels, [&](int64_t p0, int64_t p1) {
+    std::vector<double> acc(static_cast<size_t>(in_plane));
+    for (int64_t p = p0; p < p1; ++p) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t oi = 0; oi < out_plane; ++oi) {
+        int64_t inside = 0, padded = 0;
+        win.visit(oi, [&](int64_t off, bool in_padded_extent) {
+          inside += off >= 0 ? 1 : 0;
+          padded += in_padded_extent ? 1 : 0;
+        });
+        const int64_t div = s.count_include_pad ? padded : inside;
+        if (div == 0) continue;
+        const double g = static_cast<double>(dy[p * out_plane + oi]) / static_cast<double>(div);
+        win.visit(oi, [&](int64_t off, bool) {
+          if (off >= 0) acc[static_cast<size_t>(off)] += g;
+        });
+      }
+      for (int64_t i = 0; i < in_plane; ++i) dx[p * in_plane + i] = static_cast<float>(acc[static_cast<size_t>(i)]);
+    }
+  });
+}
+
 }  // namespace perch::kernels

@@ -39,6 +39,7 @@ int64_t pooled_extent(int64_t in, int64_t k, int64_t stride, int64_t pa, int64_t
 struct PoolExact {
   std::vector<double> max, avg, abs_mean;
   std::vector<int64_t> taps;  // taps summed (inside the input)
+  std::vector<int64_t> first_max_h, first_max_w;  // where the first maximum (window order) is; -1 if none
   bool every_window_sees_input = true;
 };
 
@@ -50,7 +51,7 @@ PoolExact exact_pool(const Pool2dShape& s, const std::vector<float>& x) {
     for (int64_t oh = 0; oh < OH; ++oh)
       for (int64_t ow = 0; ow < OW; ++ow) {
         double mx = -INFINITY, sum = 0, abs_sum = 0;
-        int64_t inside = 0, in_padded_extent = 0;
+        int64_t inside = 0, in_padded_extent = 0, at_h = -1, at_w = -1;
         for (int64_t kh = 0; kh < s.kernel_h; ++kh)
           for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
             const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dil_h, iw = ow * s.stride_w - s.pad_left + kw * s.dil_w;
@@ -58,6 +59,7 @@ PoolExact exact_pool(const Pool2dShape& s, const std::vector<float>& x) {
               ++in_padded_extent;
             if (ih < 0 || ih >= s.in_h || iw < 0 || iw >= s.in_w) continue;
             const double v = x[static_cast<size_t>((nc * s.in_h + ih) * s.in_w + iw)];
+            if (at_h < 0 || v > mx) at_h = ih, at_w = iw;
             mx = std::max(mx, v);
             sum += v;
             abs_sum += std::fabs(v);
@@ -69,6 +71,8 @@ PoolExact exact_pool(const Pool2dShape& s, const std::vector<float>& x) {
         e.avg.push_back(div ? sum / static_cast<double>(div) : 0.0);
         e.abs_mean.push_back(div ? abs_sum / static_cast<double>(div) : 0.0);
         e.taps.push_back(inside);
+        e.first_max_h.push_back(at_h);
+        e.first_max_w.push_back(at_w);
       }
   return e;
 }
@@ -88,6 +92,27 @@ void check_pool(const Pool2dShape& s, uint64_t seed) {
     ASSERT_EQ(ymax[i], static_cast<float>(e.max[i])) << "max at " << i;
     ASSERT_LE(std::fabs(yavg[i] - e.avg[i]), test::double_acc_bound(e.avg[i], e.abs_mean[i], e.taps[i] + 1))
         << "avg at " << i << ": " << yavg[i] << " vs " << e.avg[i];
+  }
+  // The N-d kernels on the same 2-D shape, with MaxPool's Indices in both storage orders.
+  PoolNdShape nd;
+  nd.batch = s.batch, nd.channels = s.channels, nd.in = {s.in_h, s.in_w}, nd.kernel = {s.kernel_h, s.kernel_w};
+  nd.strides = {s.stride_h, s.stride_w}, nd.dilations = {s.dil_h, s.dil_w};
+  nd.pads_begin = {s.pad_top, s.pad_left}, nd.pads_end = {s.pad_bottom, s.pad_right};
+  nd.ceil_mode = s.ceil_mode, nd.count_include_pad = s.count_include_pad;
+  ASSERT_EQ(nd.out(), (std::vector<int64_t>{s.out_h(), s.out_w()}));
+  std::vector<float> nmax(ny, std::numeric_limits<float>::quiet_NaN()), navg = nmax;
+  std::vector<int64_t> rows(ny, -2), cols(ny, -2);
+  maxpool_nd_f32(nd, x.data(), nmax.data(), rows.data(), false);
+  maxpool_nd_f32(nd, x.data(), nmax.data(), cols.data(), true);
+  avgpool_nd_f32(nd, x.data(), navg.data());
+  const int64_t plane_out = s.out_h() * s.out_w(), plane_in = s.in_h * s.in_w;
+  for (size_t i = 0; i < ny; ++i) {
+    ASSERT_EQ(nmax[i], static_cast<float>(e.max[i])) << "N-d max at " << i;
+    ASSERT_LE(std::fabs(navg[i] - e.avg[i]), test::double_acc_bound(e.avg[i], e.abs_mean[i], e.taps[i] + 1))
+        << "N-d avg at " << i;
+    const int64_t base = static_cast<int64_t>(i) / plane_out * plane_in, h = e.first_max_h[i], w = e.first_max_w[i];
+    ASSERT_EQ(rows[i], h < 0 ? -1 : base + h * s.in_w + w) << "row-major index at " << i;
+    ASSERT_EQ(cols[i], h < 0 ? -1 : base + h + w * s.in_h) << "column-major index at " << i;
   }
 }
 
@@ -209,6 +234,72 @@ TEST(PoolF32, MaxPoolBackwardRoutesToTheFirstMaximum) {
       for (size_t i = 0; i < x.size(); ++i)
         ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << ps.name << ": dx at " << i;
     }
+  }
+}
+
+// 3-D windows (the executor's MaxPool3d / AvgPool3d) against loops over (d, h, w) written here: max and its first
+// index in both storage orders (half the shapes with tied values) exactly, the average within the double-accumulation bound.
+TEST(PoolF32, RandomizedThreeDimensionalShapes) {
+  Rng rng(3003);
+  int ran = 0;
+  for (int iter = 0; ran < 150; ++iter) {
+    ASSERT_LT(iter, 20000);
+    PoolNdShape s;
+    s.batch = rng.range(1, 2), s.channels = rng.range(1, 3);
+    for (int j = 0; j < 3; ++j) {
+      s.in.push_back(rng.range(1, 7)), s.kernel.push_back(rng.range(1, 3)), s.strides.push_back(rng.range(1, 3));
+      s.dilations.push_back(rng.range(1, 2)), s.pads_begin.push_back(rng.range(0, 1)), s.pads_end.push_back(rng.range(0, 1));
+    }
+    s.ceil_mode = rng.range(0, 1) == 1, s.count_include_pad = rng.range(0, 1) == 1;
+    const int64_t D = s.in[0], H = s.in[1], W = s.in[2];
+    std::vector<int64_t> out(3);
+    bool ok = true;
+    for (size_t j = 0; j < 3; ++j) {
+      out[j] = pooled_extent(s.in[j], s.kernel[j], s.strides[j], s.pads_begin[j], s.pads_end[j], s.dilations[j], s.ceil_mode);
+      ok = ok && out[j] > 0 && s.pads_begin[j] < s.kernel[j] && s.pads_end[j] < s.kernel[j];
+    }
+    if (!ok) continue;
+    ASSERT_EQ(s.out(), out);
+    auto x = rng.vec(static_cast<size_t>(s.batch * s.channels * D * H * W), -4.0f, 4.0f);
+    if (ran % 2)  // ties: the first maximum in window order is the one indexed
+      for (float& v : x) v = std::round(v / 2);
+    const size_t ny = static_cast<size_t>(s.batch * s.channels * out[0] * out[1] * out[2]);
+    std::vector<float> ymax(ny), yavg(ny);
+    std::vector<int64_t> rows(ny), cols(ny);
+    maxpool_nd_f32(s, x.data(), ymax.data(), rows.data(), false);
+    maxpool_nd_f32(s, x.data(), ymax.data(), cols.data(), true);
+    avgpool_nd_f32(s, x.data(), yavg.data());
+    size_t i = 0;
+    for (int64_t nc = 0; nc < s.batch * s.channels; ++nc)
+      for (int64_t od = 0; od < out[0]; ++od)
+        for (int64_t oh = 0; oh < out[1]; ++oh)
+          for (int64_t ow = 0; ow < out[2]; ++ow, ++i) {
+            double mx = -INFINITY, sum = 0, abs_sum = 0;
+            int64_t inside = 0, padded = 0, at_d = -1, at_h = -1, at_w = -1;
+            for (int64_t kd = 0; kd < s.kernel[0]; ++kd)
+              for (int64_t kh = 0; kh < s.kernel[1]; ++kh)
+                for (int64_t kw = 0; kw < s.kernel[2]; ++kw) {
+                  const int64_t id = od * s.strides[0] - s.pads_begin[0] + kd * s.dilations[0];
+                  const int64_t ih = oh * s.strides[1] - s.pads_begin[1] + kh * s.dilations[1];
+                  const int64_t iw = ow * s.strides[2] - s.pads_begin[2] + kw * s.dilations[2];
+                  if (id >= -s.pads_begin[0] && id < D + s.pads_end[0] && ih >= -s.pads_begin[1] && ih < H + s.pads_end[1] &&
+                      iw >= -s.pads_begin[2] && iw < W + s.pads_end[2])
+                    ++padded;
+                  if (id < 0 || id >= D || ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                  const double v = x[static_cast<size_t>(((nc * D + id) * H + ih) * W + iw)];
+                  if (at_d < 0 || v > mx) at_d = id, at_h = ih, at_w = iw;
+                  mx = std::max(mx, v), sum += v, abs_sum += std::fabs(v), ++inside;
+                }
+            if (inside == 0) continue;  // all-padding window: no defined value
+            const int64_t div = s.count_include_pad ? padded : inside;
+            const double avg = sum / static_cast<double>(div);
+            ASSERT_EQ(ymax[i], static_cast<float>(mx)) << "max at " << i;
+            ASSERT_LE(std::fabs(yavg[i] - avg), test::double_acc_bound(avg, abs_sum / static_cast<double>(div), inside + 1))
+                << "avg at " << i;
+            ASSERT_EQ(rows[i], nc * D * H * W + (at_d * H + at_h) * W + at_w) << "row-major index at " << i;
+            ASSERT_EQ(cols[i], nc * D * H * W + at_d + at_h * D + at_w * D * H) << "column-major index at " << i;
+          }
+    ++ran;
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace perch::kernels {
 
@@ -40,6 +41,33 @@ void conv2d_f32(const Conv2dShape& s, const float* x, const float* w, const floa
 // The patch matrix the GEMM path multiplies: col[(c*KH + kh)*KW + kw, oh*OW + ow] = x[c, ih, iw] (0 in the
 // padding), for the C/G channels of one group of one image starting at x (ih, iw as above).
 void im2col_f32(const Conv2dShape& s, const float* x, float* col);
+
+// N-d convolution over [N, C, D1, ..., Dk] with weights [M, C/G, K1, ..., Kk] (k >= 1 spatial dims): the formula
+// above with one index per spatial dim, i_j = o_j*strides[j] - pads_begin[j] + k_j*dilations[j] (out-of-range = 0).
+// out() is the per-dim output size floor((in + pads_begin + pads_end - dil*(K - 1) - 1) / stride) + 1.
+struct ConvNdShape {
+  int64_t batch = 1, in_channels = 0, out_channels = 0, group = 1;
+  std::vector<int64_t> in, kernel, strides, dilations, pads_begin, pads_end;
+  std::vector<int64_t> out() const;
+};
+// Plain loops over every output and window cell, accumulating in double: the twin of conv_nd_f32.
+void conv_nd_f32_reference(const ConvNdShape& s, const float* x, const float* w, const float* bias, float* y);
+// 3 spatial dims (rank-5 tensors, the executor's Conv3d): y[:, :, od] = sum over kd of the 2-D convolution (conv2d_f32,
+// its optimized paths) of input depth slice id = od*stride_d - pad_d + kd*dil_d with the weights' kd slice, skipping
+// slices in the padding. The depth-major copies this needs ([D, N, C, H, W] in, [OD, N, M, OH, OW] out, KD weight
+// slices) make each slice pair one batched conv2d call; float accumulation in kd order, bias added last. `post` is
+// called once on the whole of y. Other spatial ranks, and PERCH_PATHS=reference, run the reference twin.
+void conv_nd_f32(const ConvNdShape& s, const float* x, const float* w, const float* bias, float* y,
+                 const ConvEpilogue& post = {});
+// The N-d patch matrix: col[c*K1*...*Kk + (k1*K2 + k2)*... + kk, flat output position] = x[c, i1, ..., ik] (0 in the
+// padding), for the C/G channels of one group of one image starting at x (i_j as above); plain loops.
+void im2col_nd_f32(const ConvNdShape& s, const float* x, float* col);
+// Gradients of the N-d convolution (training of 3-D models), the 2-D formulas below with one index per spatial dim:
+// dx[n, c, i] = sum of dy[n, m, o] * w[m, c - c0(m), k] over i = o*stride - pad_begin + k*dil; dw[m, c, k] = sum over
+// (n, o) of dy[n, m, o] * x[n, c0(m) + c, i]; dbias[m] = sum of dy[n, m, o]. Plain loops accumulating in double;
+// every output overwritten, dbias may be null.
+void conv_nd_backward_data_f32(const ConvNdShape& s, const float* dy, const float* w, float* dx);
+void conv_nd_backward_weight_f32(const ConvNdShape& s, const float* x, const float* dy, float* dw, float* dbias);
 
 // Gradients (training, perch/train). With y = conv(x, w) + bias as above and dy = dL/dy:
 //   dx[n, c, ih, iw] = sum over (m in the group of c, kh, kw, oh, ow) with ih = oh*sh - pt + kh*dh and
