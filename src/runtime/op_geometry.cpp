@@ -83,6 +83,47 @@ kernels::Pool2dShape pool2d_shape(const Node& n, const Shape& xs) {
   return s;
 }
 
+kernels::ConvNdShape conv_nd_shape(const Node& n, const Shape& xs, const Shape& ws) {
+  PERCH_CHECK(xs.size() >= 3 && ws.size() == xs.size(), n.describe(), ": input ", shape_str(xs), " and weight ",
+              shape_str(ws), " must be [N, C, spatial...] and [M, C/group, kernel...] of the same rank");
+  kernels::ConvNdShape s;
+  s.batch = xs[0], s.in_channels = xs[1], s.out_channels = ws[0];
+  s.group = n.attr_int("group", 1);
+  PERCH_CHECK(s.group > 0 && s.in_channels % s.group == 0 && s.out_channels % s.group == 0 &&
+                  ws[1] * s.group == s.in_channels,
+              n.describe(), ": weight ", shape_str(ws), " with group ", s.group, " does not match ", s.in_channels,
+              " input channels");
+  s.in.assign(xs.begin() + 2, xs.end());
+  s.kernel.assign(ws.begin() + 2, ws.end());
+  PERCH_CHECK(n.attr_ints("kernel_shape", s.kernel) == s.kernel, n.describe(),
+              ": kernel_shape attribute disagrees with the weight shape ", shape_str(ws));
+  auto g = detail::geometry(n, s.in, s.kernel, false);
+  s.strides = g.strides, s.dilations = g.dilations, s.pads_begin = g.pads_begin, s.pads_end = g.pads_end;
+  for (size_t j = 0; j < s.in.size(); ++j)
+    PERCH_CHECK(s.kernel[j] > 0 && kernel_fits(s.in[j], s.pads_begin[j], s.pads_end[j], s.kernel[j], s.dilations[j]),
+                n.describe(), ": input ", shape_str(xs), " is too small for the kernel ", shape_str(ws));
+  return s;
+}
+
+kernels::PoolNdShape pool_nd_shape(const Node& n, const Shape& xs) {
+  PERCH_CHECK(xs.size() >= 3, n.describe(), ": input must be [N, C, spatial...], got ", shape_str(xs));
+  kernels::PoolNdShape s;
+  s.batch = xs[0], s.channels = xs[1];
+  s.in.assign(xs.begin() + 2, xs.end());
+  s.kernel = n.attr_ints("kernel_shape");
+  PERCH_CHECK(s.kernel.size() == s.in.size(), n.describe(), ": kernel_shape must have ", s.in.size(), " values");
+  s.ceil_mode = n.attr_int("ceil_mode", 0) != 0;
+  s.count_include_pad = n.attr_int("count_include_pad", 0) != 0;
+  auto g = detail::geometry(n, s.in, s.kernel, s.ceil_mode);
+  s.strides = g.strides, s.dilations = g.dilations, s.pads_begin = g.pads_begin, s.pads_end = g.pads_end;
+  const auto out = s.out();
+  for (size_t j = 0; j < s.in.size(); ++j)
+    PERCH_CHECK(s.kernel[j] > 0 && kernel_fits(s.in[j], s.pads_begin[j], s.pads_end[j], s.kernel[j], s.dilations[j]) &&
+                    out[j] > 0,
+                n.describe(), ": input ", shape_str(xs), " is too small for the window");
+  return s;
+}
+
 SliceView slice_view(const Node& n, const std::vector<const Tensor*>& a, int64_t opset, const Shape& xs) {
   const auto r = static_cast<int64_t>(xs.size());
   std::vector<int64_t> starts, ends, axes, steps;

@@ -18,6 +18,22 @@ using Args = std::vector<const Tensor*>;
 Tensor detail::conv_float(const Node& n, const Args& a, const kernels::ConvEpilogue& post) {
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor w = in(n, a, 1).to_f32();
+  if (x.rank() >= 5) {
+    // 3-D (and higher) convolutions: the N-d kernels (3-D through the 2-D ones, kernels/conv_f32.h).
+    const kernels::ConvNdShape s = conv_nd_shape(n, x.shape(), w.shape());
+    Tensor bias;
+    if (has(a, 2)) {
+      bias = a[2]->to_f32();
+      PERCH_CHECK(bias.numel() == s.out_channels, n.describe(), ": bias has ", bias.numel(), " values for ",
+                  s.out_channels, " output channels");
+    }
+    Shape ys{s.batch, s.out_channels};
+    for (int64_t o : s.out()) ys.push_back(o);
+    Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
+    kernels::conv_nd_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>(),
+                         post);
+    return y;
+  }
   const kernels::Conv2dShape s = conv2d_shape(n, x.shape(), w.shape());
   Tensor bias;
   if (has(a, 2)) {
@@ -102,9 +118,16 @@ std::vector<Tensor> matmul(const Node& n, const Args& a, int64_t) {
   return {y};
 }
 
-std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t) {
-  PERCH_CHECK(n.attr_int("training_mode", 0) == 0 && n.outputs.size() == 1, n.describe(),
-              ": training-mode BatchNormalization is not supported by the inference executor");
+// Inference: y = (x - mean) / sqrt(var + eps) * scale + B with the running statistics (inputs 3, 4).
+// training_mode 1 (opset 14+): the batch's statistics instead — per channel over every other axis, the population
+// variance, in double — and the optional outputs running_mean = mean * momentum + batch_mean * (1 - momentum),
+// running_var likewise (ONNX's definition; the variance biased, as its reference implementation computes it).
+std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t opset) {
+  const bool training = n.attr_int("training_mode", 0) != 0;
+  size_t extra = 0;
+  for (size_t i = 1; i < n.outputs.size(); ++i) extra += n.outputs[i].empty() ? 0 : 1;
+  PERCH_CHECK(extra == 0 || (training && opset >= 14 && n.outputs.size() <= 3), n.describe(),
+              ": the statistics outputs of BatchNormalization are supported only with training_mode 1 (opset 14+)");
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor sc = in(n, a, 1).to_f32(), b = in(n, a, 2).to_f32(), mean = in(n, a, 3).to_f32(), var = in(n, a, 4).to_f32();
   const float eps = n.attr_float("epsilon", 1e-5f);
@@ -115,26 +138,64 @@ std::vector<Tensor> batchnorm(const Node& n, const Args& a, int64_t) {
   Tensor y = Tensor::uninitialized(DType::kFloat32, x.shape());
   const float* xd = x.data<float>();
   float* yd = y.data<float>();
+  Tensor run_mean, run_var;
+  if (training) run_mean = Tensor::uninitialized(DType::kFloat32, {C}), run_var = Tensor::uninitialized(DType::kFloat32, {C});
+  const float momentum = n.attr_float("momentum", 0.9f);
   for (int64_t c = 0; c < C; ++c) {
-    // y = (x - mean) / sqrt(var + eps) * scale + B, computed as x * k + (B - mean * k)
-    const float k = sc.data<float>()[c] / std::sqrt(var.data<float>()[c] + eps);
-    const float off = b.data<float>()[c] - mean.data<float>()[c] * k;
+    float mu = mean.data<float>()[c], sigma2 = var.data<float>()[c];
+    if (training) {
+      double s = 0, ss = 0;
+      const double count = static_cast<double>(std::max<int64_t>(1, N * inner));
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) s += xd[(i * C + c) * inner + j];
+      const double m = s / count;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < inner; ++j) {
+          const double d = xd[(i * C + c) * inner + j] - m;
+          ss += d * d;
+        }
+      run_mean.data<float>()[c] = static_cast<float>(mu * static_cast<double>(momentum) + m * (1.0 - momentum));
+      run_var.data<float>()[c] = static_cast<float>(sigma2 * static_cast<double>(momentum) + ss / count * (1.0 - momentum));
+      mu = static_cast<float>(m), sigma2 = static_cast<float>(ss / count);
+    }
+    // computed as x * k + (B - mean * k), k = scale / sqrt(var + eps)
+    const float k = sc.data<float>()[c] / std::sqrt(sigma2 + eps);
+    const float off = b.data<float>()[c] - mu * k;
     for (int64_t i = 0; i < N; ++i) {
       const float* xp = xd + (i * C + c) * inner;
       float* yp = yd + (i * C + c) * inner;
       for (int64_t j = 0; j < inner; ++j) yp[j] = xp[j] * k + off;
     }
   }
-  return {y};
+  if (!training) return {y};
+  return {y, run_mean, run_var};
 }
 
 std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
-  PERCH_CHECK(n.outputs.size() < 2 || n.outputs[1].empty(), n.describe(), ": the Indices output of MaxPool is not supported");
+  const bool want_indices = n.outputs.size() > 1 && !n.outputs[1].empty();
   const Tensor x = in(n, a, 0).to_f32();
-  const kernels::Pool2dShape s = pool2d_shape(n, x.shape());
-  Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
-  Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-  (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());
+  Tensor y, indices;
+  if (x.rank() >= 5 || want_indices) {
+    // 3-D pooling and MaxPool's Indices: the N-d loops (kernels/pool_f32.h).
+    const kernels::PoolNdShape s = pool_nd_shape(n, x.shape());
+    Shape ys{s.batch, s.channels};
+    for (int64_t o : s.out()) ys.push_back(o);
+    y = Tensor::uninitialized(DType::kFloat32, ys);
+    if (is_max) {
+      const int64_t order = n.attr_int("storage_order", 0);
+      PERCH_CHECK(order == 0 || order == 1, n.describe(), ": storage_order must be 0 or 1, got ", order);
+      if (want_indices) indices = Tensor::uninitialized(DType::kInt64, ys);
+      kernels::maxpool_nd_f32(s, x.data<float>(), y.data<float>(), want_indices ? indices.data<int64_t>() : nullptr,
+                              order == 1);
+    } else {
+      kernels::avgpool_nd_f32(s, x.data<float>(), y.data<float>());
+    }
+  } else {
+    const kernels::Pool2dShape s = pool2d_shape(n, x.shape());
+    Shape ys = x.rank() == 4 ? Shape{s.batch, s.channels, s.out_h(), s.out_w()} : Shape{s.batch, s.channels, s.out_w()};
+    y = Tensor::uninitialized(DType::kFloat32, ys);
+    (is_max ? kernels::maxpool2d_f32 : kernels::avgpool2d_f32)(s, x.data<float>(), y.data<float>());
+  }
   // MaxPool keeps int8/uint8 inputs' type (opset 12); the maxima are input values, exact in float.
   const DType xt = in(n, a, 0).dtype();
   if (is_max && (xt == DType::kInt8 || xt == DType::kUInt8)) {
@@ -144,8 +205,10 @@ std::vector<Tensor> pool(const Node& n, const Args& a, bool is_max) {
       if (xt == DType::kInt8) yq.data<int8_t>()[i] = static_cast<int8_t>(yd[i]);
       else yq.data<uint8_t>()[i] = static_cast<uint8_t>(yd[i]);
     }
+    if (want_indices) return {yq, indices};
     return {yq};
   }
+  if (want_indices) return {y, indices};
   return {y};
 }
 

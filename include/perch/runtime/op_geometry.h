@@ -17,6 +17,10 @@ namespace perch::runtime {
 
 kernels::Conv2dShape conv2d_shape(const graph::Node& n, const Shape& x, const Shape& w);
 kernels::Pool2dShape pool2d_shape(const graph::Node& n, const Shape& x);
+// The same for any spatial rank (x = [N, C, D1, ..., Dk], k >= 1), for the N-d kernels (3-D convs and pools,
+// MaxPool's Indices output).
+kernels::ConvNdShape conv_nd_shape(const graph::Node& n, const Shape& x, const Shape& w);
+kernels::PoolNdShape pool_nd_shape(const graph::Node& n, const Shape& x);
 
 // The elements Slice reads from x: output shape, flat offset of the first element, and per output dimension
 // the flat stride in x (input stride times the step). starts/ends/axes come from attributes before opset 10,
