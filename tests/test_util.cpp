@@ -271,6 +271,36 @@ graph::Model deconv_net(int64_t group, uint32_t seed) {
   return m;
 }
 
+graph::Model conv3d_net(uint32_t seed) {
+  graph::Model m = opset6_model("conv3d_net", {-1, 2, 6, 8, 8}, {-1, 4});
+  m.opsets = {{"", 13}};
+  m.ir_version = 7;
+  auto& g = m.graph;
+  NormalInit init(seed);
+  Tensor w1 = init({8, 2, 3, 3, 3});
+  for (int64_t o = 0; o < 8; ++o)
+    for (int64_t k = 0; k < 54; ++k) w1.data<float>()[o * 54 + k] *= std::pow(100.0f, static_cast<float>(o) / 7.0f) / 100.0f;
+  g.initializers["w1"] = w1;
+  g.initializers["b1"] = init({8});
+  g.initializers["wd"] = init({8, 1, 3, 3, 3});
+  g.initializers["bd"] = init({8});
+  g.initializers["w2"] = init({6, 8, 1, 1, 1});
+  g.initializers["b2"] = init({6});
+  g.initializers["wf"] = init({4, 6});
+  g.initializers["bf"] = init({4});
+  const std::vector<int64_t> pad1(6, 1);
+  add_node(g, "Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", pad1}});
+  add_node(g, "Relu", {"c1"}, {"r1"});
+  add_node(g, "Conv", {"r1", "wd", "bd"}, {"cd"}, {{"pads", pad1}, {"group", int64_t{8}}});
+  add_node(g, "Relu", {"cd"}, {"rd"});
+  add_node(g, "MaxPool", {"rd"}, {"p"}, {{"kernel_shape", std::vector<int64_t>{2, 2, 2}}, {"strides", std::vector<int64_t>{2, 2, 2}}});
+  add_node(g, "Conv", {"p", "w2", "b2"}, {"c2"});
+  add_node(g, "AveragePool", {"c2"}, {"a"}, {{"kernel_shape", std::vector<int64_t>{3, 4, 4}}});
+  add_node(g, "Flatten", {"a"}, {"f"});
+  add_node(g, "Gemm", {"f", "wf", "bf"}, {"y"}, {{"transB", int64_t{1}}});
+  return m;
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

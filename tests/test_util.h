@@ -71,6 +71,10 @@ graph::Model legacy_resize_net(int64_t opset, const std::string& op, const std::
 // stride 2, `group`, W [8, 8 / group, 2, 2], bias; its output channels' weights spread x0.01 .. x1) -> Relu ->
 // Conv 1x1 (3) -> y [N,3,10,10]; opset 13, the ConvTranspose node named "up"; source "deconv_net".
 graph::Model deconv_net(int64_t group, uint32_t seed);
+// A volumetric (3-D) classifier: x [N,2,6,8,8] -> Conv3d 3x3x3 pad 1 (8; output channels' weights spread x0.01 .. x1)
+// -> Relu -> depthwise Conv3d 3x3x3 pad 1 (group 8) -> Relu -> MaxPool3d 2x2x2 -> Conv3d 1x1x1 (6) -> AveragePool3d
+// (kernel [3,4,4]) -> Flatten -> Gemm (6 -> 4) -> y [N,4]; opset 13; source "conv3d_net".
+graph::Model conv3d_net(uint32_t seed);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 
 #include "perch/core/error.h"
@@ -274,23 +275,35 @@ void add_outer(const float* a, const float* b, int64_t k, int64_t n, std::vector
 // Adds, over the patches of Conv node `n` (geometry from the input shape), x~ x~^T to t.gram and, when xf (the
 // float input) is given, x~ x^T to t.cross and x x^T to t.target_gram.
 void add_conv_moments(const Node& n, const Tensor& xq, const Tensor* xf, const Tensor& w, Target& t) {
-  const kernels::Conv2dShape s = runtime::conv2d_shape(n, xq.shape(), w.shape());
-  const int64_t k = (s.in_channels / s.group) * s.kernel_h * s.kernel_w, pos = s.out_h() * s.out_w();
-  PERCH_CHECK(k == t.k && s.group == t.groups, n.describe(), ": adaround: input does not fit the weight");
+  // 1-D/2-D convs through the 2-D im2col, 3-D and higher through the N-d one; the same patch rows either way.
+  int64_t batch, channels, group, in_plane = 1, pos = 1, k;
+  std::function<void(const float*, float*)> im2col;
+  if (xq.rank() >= 5) {
+    const kernels::ConvNdShape s = runtime::conv_nd_shape(n, xq.shape(), w.shape());
+    batch = s.batch, channels = s.in_channels, group = s.group, k = channels / group;
+    for (size_t j = 0; j < s.in.size(); ++j) in_plane *= s.in[j], pos *= s.out()[j], k *= s.kernel[j];
+    im2col = [s](const float* x, float* col) { kernels::im2col_nd_f32(s, x, col); };
+  } else {
+    const kernels::Conv2dShape s = runtime::conv2d_shape(n, xq.shape(), w.shape());
+    batch = s.batch, channels = s.in_channels, group = s.group, in_plane = s.in_h * s.in_w, pos = s.out_h() * s.out_w();
+    k = (channels / group) * s.kernel_h * s.kernel_w;
+    im2col = [s](const float* x, float* col) { kernels::im2col_f32(s, x, col); };
+  }
+  PERCH_CHECK(k == t.k && group == t.groups, n.describe(), ": adaround: input does not fit the weight");
   PERCH_CHECK(!xf || xf->shape() == xq.shape(), n.describe(), ": adaround: float and quantized inputs differ in shape");
   std::vector<float> cq(static_cast<size_t>(k * pos)), cf(xf ? cq.size() : 0), tmp(static_cast<size_t>(k * k));
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t grp = 0; grp < s.group; ++grp) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t grp = 0; grp < group; ++grp) {
       const int64_t off = grp * k * k;
-      const int64_t plane = ((b * s.in_channels) + grp * (s.in_channels / s.group)) * s.in_h * s.in_w;
-      kernels::im2col_f32(s, xq.data<float>() + plane, cq.data());
+      const int64_t plane = ((b * channels) + grp * (channels / group)) * in_plane;
+      im2col(xq.data<float>() + plane, cq.data());
       add_outer(cq.data(), cq.data(), k, pos, tmp, t.gram.data() + off);
       if (!xf) continue;
-      kernels::im2col_f32(s, xf->data<float>() + plane, cf.data());
+      im2col(xf->data<float>() + plane, cf.data());
       add_outer(cq.data(), cf.data(), k, pos, tmp, t.cross.data() + off);
       add_outer(cf.data(), cf.data(), k, pos, tmp, t.target_gram.data() + off);
     }
-  t.count += s.batch * pos;
+  t.count += batch * pos;
 }
 
 // The same for Gemm / MatMul inputs viewed as [rows, K].
@@ -337,7 +350,7 @@ AdaRoundReport round_weights_adaptively(Calibration& cal, const Dataset& data, c
     if (!w || w->dtype() != DType::kFloat32 || seen.count(n.input(1))) continue;
     if (n.op_type == "Gemm" && n.attr_int("transA", 0) != 0) continue;
     if (n.op_type == "MatMul" && w->rank() != 2) continue;
-    if (n.op_type == "Conv" && (w->rank() < 3 || w->rank() > 4)) continue;
+    if (n.op_type == "Conv" && w->rank() < 3) continue;
     const WeightOptions& wo = opt.layer_weights.count(n.name) ? opt.layer_weights.at(n.name) : opt.weights;
     Target t;
     t.node = ni;

@@ -216,8 +216,23 @@ std::vector<Tensor> conv_grad(const GradArgs& a) {
   const Tensor& x = input(a, 0);
   const Tensor& w = input(a, 1);
   const Tensor& g = dy(a);
-  const kernels::Conv2dShape s = runtime::conv2d_shape(a.node, x.shape(), w.shape());
   std::vector<Tensor> out(a.inputs.size());
+  if (x.rank() >= 5) {  // 3-D: the N-d gradient loops
+    const kernels::ConvNdShape s = runtime::conv_nd_shape(a.node, x.shape(), w.shape());
+    if (wants(a, 0)) {
+      out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
+      kernels::conv_nd_backward_data_f32(s, g.data<float>(), w.data<float>(), out[0].data<float>());
+    }
+    if (wants(a, 1) || wants(a, 2)) {
+      Tensor dw = Tensor::uninitialized(DType::kFloat32, w.shape());
+      Tensor db = Tensor::uninitialized(DType::kFloat32, {s.out_channels});
+      kernels::conv_nd_backward_weight_f32(s, x.data<float>(), g.data<float>(), dw.data<float>(), db.data<float>());
+      if (wants(a, 1)) out[1] = dw;
+      if (wants(a, 2)) out[2] = db.reshaped(input(a, 2).shape());
+    }
+    return out;
+  }
+  const kernels::Conv2dShape s = runtime::conv2d_shape(a.node, x.shape(), w.shape());
   if (wants(a, 0)) {
     out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
     kernels::conv2d_backward_data(s, g.data<float>(), w.data<float>(), out[0].data<float>());
@@ -418,8 +433,14 @@ std::vector<Tensor> bn_grad(const GradArgs& a) {
 
 std::vector<Tensor> pool_grad(const GradArgs& a, bool is_max) {
   const Tensor &x = input(a, 0), &g = dy(a);
-  const kernels::Pool2dShape s = runtime::pool2d_shape(a.node, x.shape());
   Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());
+  if (x.rank() >= 5) {  // 3-D: the N-d loops
+    const kernels::PoolNdShape s = runtime::pool_nd_shape(a.node, x.shape());
+    if (is_max) kernels::maxpool_nd_backward_f32(s, x.data<float>(), g.data<float>(), dx.data<float>());
+    else kernels::avgpool_nd_backward_f32(s, g.data<float>(), dx.data<float>());
+    return {dx};
+  }
+  const kernels::Pool2dShape s = runtime::pool2d_shape(a.node, x.shape());
   if (is_max) kernels::maxpool2d_backward_f32(s, x.data<float>(), g.data<float>(), dx.data<float>());
   else kernels::avgpool2d_backward_f32(s, g.data<float>(), dx.data<float>());
   return {dx};

@@ -327,7 +327,6 @@ std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
   PERCH_CHECK(a.saved.size() == 1 || a.saved.size() == 2, a.node.describe(), ": backward without its forward state");
   const Tensor &x = *a.inputs[0], &dp = *a.grad_outputs.at(0);
   const Node pn = pool_node(a.node);
-  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
   const bool lsq = a.needs.size() > 1 && a.needs[1];
   std::optional<quant::QuantParams> p;
   if (a.saved.size() == 2)
@@ -336,11 +335,15 @@ std::vector<Tensor> relu_fq_act_pool_backward(const GradArgs& a) {
   if (lsq || !p) {  // unfused: the pool's backward over the whole y, then ReluFakeQuantAct's
     const Tensor y = p ? quant::fake_quant_relu(x, *p) : a.saved[0];
     Tensor d = Tensor::uninitialized(DType::kFloat32, y.shape());
-    kernels::maxpool2d_backward_f32(s, y.data<float>(), dp.data<float>(), d.data<float>());
+    if (x.rank() >= 5)  // 3-D pools (never fused: the forward saved y)
+      kernels::maxpool_nd_backward_f32(runtime::pool_nd_shape(pn, x.shape()), y.data<float>(), dp.data<float>(), d.data<float>());
+    else
+      kernels::maxpool2d_backward_f32(runtime::pool2d_shape(pn, x.shape()), y.data<float>(), dp.data<float>(), d.data<float>());
     std::vector<const Tensor*> gouts = {&d};
     GradArgs ra{a.node, a.opset, a.inputs, {&y}, gouts, a.saved, a.needs, a.training};
     return relu_fq_act_backward(ra);
   }
+  const kernels::Pool2dShape s = runtime::pool2d_shape(pn, x.shape());
   PERCH_CHECK(dp.numel() == s.batch * s.channels * s.out_h() * s.out_w(), a.node.describe(), ": output gradient has ",
               dp.numel(), " values for ", shape_str(x.shape()), " pooled");
   Tensor dx = Tensor::uninitialized(DType::kFloat32, x.shape());

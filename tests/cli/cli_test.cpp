@@ -32,13 +32,13 @@ using perch::test::cli::scratch;
 using test::CmdResult;
 using test::run_cmd;
 
-// Labels [n] of logits y [n, 3]: each row's argmax.
+// Labels [n] of logits y [n, classes]: each row's argmax.
 Tensor argmax_labels(const Tensor& y) {
-  const int64_t n = y.dim(0);
+  const int64_t n = y.dim(0), k = y.dim(1);
   Tensor labels(DType::kInt64, {n});
   for (int64_t i = 0; i < n; ++i) {
-    const float* r = y.data<float>() + i * 3;
-    labels.data<int64_t>()[i] = std::max_element(r, r + 3) - r;
+    const float* r = y.data<float>() + i * k;
+    labels.data<int64_t>()[i] = std::max_element(r, r + k) - r;
   }
   return labels;
 }
@@ -519,6 +519,55 @@ TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int64_t{8}, int64_t{2}));
+
+// A 3-D (volumetric) model through the whole pipeline: per-channel weights on the 5-D Conv weights (one scale per
+// output channel), AdaRound, the empirical correction and the range search run on 3-D convolutions; the integer
+// engine (3-D layers in float between their Q/DQ) equals its simulation; ONNX Runtime runs the QDQ model as perch does.
+TEST(Cli, VolumetricModelQuantizesPerChannelAndRunsInOnnxRuntime) {
+  const fs::path d = scratch("conv3d");
+  const graph::Model m = test::conv3d_net(5);
+  graph::save_model(m, d / "m.onnx");
+  const Tensor x = write_uniform(d / "x.npy", {48, 2, 6, 8, 8}, 9);
+  write_npy(d / "labels.npy", argmax_labels(runtime::Executor(m).run1(x)));
+  const std::string data = "npy:" + (d / "x.npy").string() + "," + (d / "labels.npy").string();
+  auto r = quantize_with(d / "m.onnx", d / "q.onnx", d / "x.npy",
+                         " --adaround --adaround-iters 100 --empirical-bias-correction --search-ranges --eval " + q(data) +
+                             " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["accuracy"]["fp32"], 1.0);  // the labels are the float model's own
+  EXPECT_GE(j["quantized_accuracy"].get<double>(), 0.9) << j["accuracy"];
+  EXPECT_EQ(j["empirical_bias_correction"]["layers"], 4);
+  EXPECT_EQ(j["adaround"]["layers"].size(), 4u);  // the three 3-D convs and the Gemm
+  const graph::Model qm = graph::load_model(d / "q.onnx");
+  int per_channel = 0;
+  for (const auto& n : qm.graph.nodes) {
+    if (n.op_type != "DequantizeLinear") continue;
+    const Tensor* s = qm.graph.initializer(n.input(1));
+    const Tensor* w = qm.graph.initializer(n.input(0));
+    if (s && w && w->rank() == 5) {
+      EXPECT_EQ(s->numel(), w->dim(0)) << n.describe();
+      EXPECT_EQ(n.attr_int("axis", 1), 0) << n.describe();
+      ++per_channel;
+    }
+  }
+  EXPECT_EQ(per_channel, 3);
+  std::string acc[2];
+  for (int e = 0; e < 2; ++e) {
+    r = run_cmd(perch_bin() + " eval " + q(d / "q.onnx") + " --engine " + (e ? "sim" : "int8") + " --data " + q(data) + " --json -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    acc[e] = json::parse(r.out)["accuracy"].dump();
+  }
+  EXPECT_EQ(acc[0], acc[1]);
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
+  EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
+  EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
+}
 
 // Upsample (7, 9) and Resize-10, raised for per-channel QDQ to Resize's opset-13 form (asymmetric coordinates,
 // nearest_mode floor / ceil): ONNX Runtime gives the same outputs for the raised float model as for the original —

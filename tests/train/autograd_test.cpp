@@ -172,6 +172,53 @@ TEST(Gradients, ConvReferencePath) {
   set_paths_for_testing(0);
 }
 
+// 3-D convolutions (the N-d gradient loops): dense, strided and dilated with asymmetric pads, grouped, depthwise.
+TEST(Gradients, Conv3d) {
+  std::mt19937 rng(11);
+  struct Geo {
+    int64_t c, m, group, stride, dil;
+    std::vector<int64_t> pads;
+  };
+  for (const Geo& g : {Geo{2, 3, 1, 1, 1, {1, 1, 1, 1, 1, 1}}, Geo{4, 4, 2, 2, 1, {0, 1, 2, 1, 0, 1}},
+                       Geo{3, 3, 3, 1, 2, {2, 0, 1, 1, 2, 0}}}) {
+    Builder b;
+    b.input("x", random_tensor({2, g.c, 5, 6, 5}, rng));
+    b.param("w", random_tensor({g.m, g.c / g.group, 3, 2, 3}, rng));
+    b.param("b", random_tensor({g.m}, rng));
+    Node& n = b.node("Conv", {"x", "w", "b"});
+    n.attrs["strides"] = std::vector<int64_t>{g.stride, 1, g.stride};
+    n.attrs["dilations"] = std::vector<int64_t>{g.dil, 1, 1};
+    n.attrs["pads"] = g.pads;
+    n.attrs["group"] = g.group;
+    SCOPED_TRACE("group " + std::to_string(g.group) + " stride " + std::to_string(g.stride));
+    gradcheck(b.finish());
+  }
+}
+
+// 3-D max (distinct values more than 2h apart, so no window's maximum changes under the difference) and average
+// pooling (with padding counted or not, ceil mode).
+TEST(Gradients, Pool3d) {
+  std::mt19937 rng(12);
+  for (const char* op : {"MaxPool", "AveragePool"})
+    for (int64_t include : {0, 1}) {
+      Builder b;
+      Tensor x(DType::kFloat32, {2, 2, 4, 5, 5});
+      std::vector<float> v(static_cast<size_t>(x.numel()));
+      for (size_t i = 0; i < v.size(); ++i) v[i] = 0.05f * static_cast<float>(i);
+      std::shuffle(v.begin(), v.end(), rng);
+      std::copy(v.begin(), v.end(), x.data<float>());
+      b.input("x", x);
+      Node& n = b.node(op, {"x"});
+      n.attrs["kernel_shape"] = std::vector<int64_t>{2, 3, 2};
+      n.attrs["strides"] = std::vector<int64_t>{2, 2, 1};
+      n.attrs["pads"] = std::vector<int64_t>{0, 1, 1, 1, 1, 0};
+      n.attrs["ceil_mode"] = include;
+      if (std::string(op) == "AveragePool") n.attrs["count_include_pad"] = include;
+      SCOPED_TRACE(std::string(op) + (include ? " include/ceil" : ""));
+      gradcheck(b.finish(), 1e-2, 2e-2, 200);
+    }
+}
+
 TEST(Gradients, GemmTransposesAlphaBeta) {
   std::mt19937 rng(3);
   for (int ta = 0; ta < 2; ++ta)
