@@ -64,7 +64,9 @@ std::vector<EpochLog> fit(Tape& tape, const Dataset& data, const TrainOptions& o
     fill = images.data<float>()[0];
     for (float v : images.span<float>()) fill = std::min(fill, v);
   }
-  const int64_t per_epoch = n / o.batch + (n % o.batch >= o.batch / 2 ? 1 : 0);
+  // Full batches, plus the last partial one when it holds at least half a batch; data smaller than one batch is
+  // one (partial) batch per epoch — never zero steps.
+  const int64_t per_epoch = std::max<int64_t>(1, n / o.batch + (n % o.batch >= o.batch / 2 ? 1 : 0));
   int64_t total = per_epoch * o.epochs;
   if (o.max_steps > 0) total = std::min(total, o.max_steps);
   Optimizer opt(o.optimizer);

@@ -117,6 +117,23 @@ double rel_diff(const Tensor& a, const Tensor& b) {
   return d / m;
 }
 
+// Fewer images than one batch: each epoch is one step on all of them (it used to be zero steps, and `perch qat`
+// then exported the PTQ model as its result).
+TEST(Training, DataSmallerThanOneBatchStillTrains) {
+  const Dataset train = subset("fashion-mnist:train", 40, 3);
+  ArchOptions ao;
+  ao.width_mult = 0.25f;
+  graph::Model m = build_arch("convnet", ao);
+  Tape tape(m, default_parameters(m));
+  TrainOptions o;
+  o.epochs = 2;
+  o.batch = 128;
+  const auto logs = fit(tape, train, o);
+  ASSERT_EQ(logs.size(), 2u);
+  EXPECT_EQ(logs[0].steps, 1);
+  EXPECT_EQ(logs[1].steps, 1);
+}
+
 TEST(Training, SmallModelsLearnAndExportEqualsTrainingGraph) {
   const Dataset train = subset("fashion-mnist:train", 3000, 1);
   const Dataset test = subset("fashion-mnist:test", 1000, 2);
@@ -326,6 +343,42 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
     EXPECT_GT(rel_diff(q.model.graph.initializers.at("wt"), wt_before), 0.0);  // the weight trained
     EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
   }
+}
+
+// A 3-D model (Conv3d, depthwise Conv3d, MaxPool3d after a fake-quantized Relu, AveragePool3d) trains through the
+// N-d gradients, and the training graph computes what its export computes, before and after training.
+TEST(Qat, VolumetricModelTrainsAsItIsExported) {
+  const graph::Model m = test::conv3d_net(6);
+  Dataset data;
+  data.name = "random";
+  data.images = Tensor(DType::kFloat32, {32, 2, 6, 8, 8});
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& v : data.images.span<float>()) v = u(rng);
+  QatOptions o;
+  o.calib_images = 32;
+  o.freeze_bn = 0;
+  o.freeze_ranges = 0;
+  o.distill = true;
+  QatGraph q = prepare_qat(m, data, o);
+  int fq_weights = 0;
+  for (const auto& n : q.model.graph.nodes) fq_weights += n.op_type == "FakeQuantWeight";
+  EXPECT_EQ(fq_weights, 4);  // three 3-D convs and the Gemm
+  Tape tape(q.model, q.params);
+  const Tensor x = data.batch(0, 8);
+  auto worst_vs_export = [&] {
+    const Tensor a = tape.forward({{"x", x}}, false).at("y"), b = runtime::Executor(export_qat(q).model).run1(x);
+    double worst = 0;
+    for (int64_t i = 0; i < a.numel(); ++i)
+      worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+    return worst;
+  };
+  EXPECT_EQ(worst_vs_export(), 0.0) << "before training";
+  const Tensor w1_before = q.model.graph.initializers.at("w1").clone(), wd_before = q.model.graph.initializers.at("wd").clone();
+  distill_steps(tape, q, data, 3);
+  EXPECT_GT(rel_diff(q.model.graph.initializers.at("w1"), w1_before), 0.0);  // gradients reached the first conv
+  EXPECT_GT(rel_diff(q.model.graph.initializers.at("wd"), wd_before), 0.0);
+  EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
 }
 
 // Opset-6 models whose binary ops broadcast with the legacy `broadcast` attribute (or that have a PRelu, whose
