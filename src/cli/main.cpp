@@ -237,6 +237,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   const std::string& weights = f.weights;
   const int wbits = f.weight_bits, abits = f.act_bits;
   graph::Model model = graph::load_model(model_path);
+  ptq::check_no_float16(model);
   ptq::check_finite_weights(model);  // NaN/Inf weights: refused, naming the tensor (ptq/validate.h)
   ptq::PtqOptions opt = ptq_options(f);
 
@@ -455,6 +456,7 @@ int cmd_sensitivity(const SensitivityFlags& sf, bool as_json, const DataFlags& d
   PERCH_CHECK(!candidates.empty(), "--candidates: no weight configuration given");
   PERCH_CHECK(sf.batch >= 0, "--batch must be positive (or 0: automatic)");
   graph::Model model = graph::load_model(model_path);
+  ptq::check_no_float16(model);
   ptq::check_finite_weights(model);
   const ptq::PtqOptions opt = ptq_options(sf.q);
   const Dataset calib = calibration_sample(sf.q, df);

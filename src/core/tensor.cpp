@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <sys/mman.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +27,7 @@ size_t dtype_size(DType t) {
     case DType::kInt32: return 4;
     case DType::kInt64: return 8;
     case DType::kBool: return 1;
+    case DType::kFloat16: return 2;
   }
   return 0;
 }
@@ -41,8 +43,38 @@ const char* dtype_name(DType t) {
     case DType::kInt32: return "int32";
     case DType::kInt64: return "int64";
     case DType::kBool: return "bool";
+    case DType::kFloat16: return "float16";
   }
   return "?";
+}
+
+float half_to_float(uint16_t h) {
+  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  float v;
+  if (e == 0) v = std::ldexp(static_cast<float>(m), -24);  // zero and subnormals: m * 2^-24
+  else if (e == 31) v = m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else v = std::ldexp(static_cast<float>(1024 + m), e - 25);  // (1 + m/1024) * 2^(e-15)
+  return (h & 0x8000) ? -v : v;
+}
+
+uint16_t half_from_double(double d) {
+  const uint16_t sign = std::signbit(d) ? 0x8000 : 0;
+  const double a = std::fabs(d);
+  if (std::isnan(d))  // quiet, the payload's top 9 bits kept
+    return sign | 0x7e00 | static_cast<uint16_t>((std::bit_cast<uint64_t>(d) >> 42) & 0x1ff);
+  if (a >= 65520.0) return sign | 0x7c00;
+  // Exponent E of a's leading bit; normal halves have E >= -14. Below, the grid is the subnormal one (2^-24).
+  int e2 = 0;
+  (void)std::frexp(a, &e2);  // a = f * 2^e2, f in [0.5, 1)
+  const int E = std::max(e2 - 1, -14);
+  // a / 2^(E-10) lies in [0, 2048): its nearest integer (ties to even: the default rounding mode) is the significand
+  // with the leading bit (1024 + mantissa, or the subnormal's mantissa); 2048 carries into the exponent.
+  double q = std::nearbyint(std::ldexp(a, 10 - E));
+  int exp_field = E + 15;
+  if (q >= 2048.0) q = 1024.0, ++exp_field;
+  if (q < 1024.0) return sign | static_cast<uint16_t>(q);  // subnormal (exp_field 0); q == 1024 is the smallest normal
+  if (exp_field >= 31) return sign | 0x7c00;
+  return sign | static_cast<uint16_t>(exp_field << 10) | static_cast<uint16_t>(q - 1024.0);
 }
 
 std::string shape_str(const Shape& shape) {
@@ -253,7 +285,11 @@ namespace {
 // tensors can never trigger UB.
 template <typename Dst, typename Src>
 Dst convert_value(Src v) {
-  if constexpr (std::is_floating_point_v<Src> && std::is_integral_v<Dst> && !std::is_same_v<Dst, bool>) {
+  if constexpr (std::is_same_v<Src, Half>) {
+    return convert_value<Dst>(half_to_float(v.bits));
+  } else if constexpr (std::is_same_v<Dst, Half>) {
+    return Half{half_from_double(static_cast<double>(v))};
+  } else if constexpr (std::is_floating_point_v<Src> && std::is_integral_v<Dst> && !std::is_same_v<Dst, bool>) {
     if (std::isnan(v)) return Dst{0};
     // Compare in the float type: the integer limits round to exactly representable powers of two (+1).
     constexpr Src lo = static_cast<Src>(std::numeric_limits<Dst>::min());
@@ -287,6 +323,7 @@ Tensor convert_to(const Tensor& in) {
     case DType::kInt32: convert<Dst, int32_t>(in, out); break;
     case DType::kInt64: convert<Dst, int64_t>(in, out); break;
     case DType::kBool: convert<Dst, bool>(in, out); break;
+    case DType::kFloat16: convert<Dst, Half>(in, out); break;
   }
   return out;
 }

@@ -28,6 +28,7 @@ const char* npy_descr(DType t) {
     case DType::kInt32: return "<i4";
     case DType::kInt64: return "<i8";
     case DType::kBool: return "|b1";
+    case DType::kFloat16: return "<f2";
   }
   return "?";
 }
@@ -171,10 +172,10 @@ DType parse_descr(const std::string& d, const std::string& what) {
   static const std::map<std::string, DType> kTypes = {
       {"f4", DType::kFloat32}, {"f8", DType::kFloat64}, {"i1", DType::kInt8}, {"u1", DType::kUInt8},
       {"i2", DType::kInt16},   {"u2", DType::kUInt16},  {"i4", DType::kInt32}, {"i8", DType::kInt64},
-      {"b1", DType::kBool}};
+      {"b1", DType::kBool},    {"f2", DType::kFloat16}};
   auto it = kTypes.find(code);
   PERCH_CHECK(it != kTypes.end(), what, ": unsupported .npy dtype '", d,
-              "' (supported: <f4 <f8 |u1 |i1 <i2 <u2 <i4 <i8 |b1)");
+              "' (supported: <f4 <f8 <f2 |u1 |i1 <i2 <u2 <i4 <i8 |b1)");
   // '|' (not applicable) is only valid for one-byte types.
   PERCH_CHECK(order != '|' || dtype_size(it->second) == 1, what, ": .npy dtype '", d,
               "' has no byte order but is multi-byte");

@@ -27,6 +27,7 @@ DType dtype_from_onnx(int32_t t, const std::string& what) {
     case TensorProto::INT32: return DType::kInt32;
     case TensorProto::INT64: return DType::kInt64;
     case TensorProto::BOOL: return DType::kBool;
+    case TensorProto::FLOAT16: return DType::kFloat16;
     default: break;
   }
   const char* name = TensorProto::DataType_IsValid(t) ? TensorProto::DataType_Name(static_cast<TensorProto::DataType>(t)).c_str() : "invalid";
@@ -44,6 +45,7 @@ int32_t dtype_to_onnx(DType t) {
     case DType::kInt32: return TensorProto::INT32;
     case DType::kInt64: return TensorProto::INT64;
     case DType::kBool: return TensorProto::BOOL;
+    case DType::kFloat16: return TensorProto::FLOAT16;
   }
   return TensorProto::UNDEFINED;
 }
@@ -95,6 +97,9 @@ Tensor tensor_from_proto(const TensorProto& p, const std::string& what_in) {
     case DType::kUInt16: copy_field<uint16_t>(p.int32_data(), t, what); break;
     case DType::kInt32: copy_field<int32_t>(p.int32_data(), t, what); break;
     case DType::kBool: copy_field<bool>(p.int32_data(), t, what); break;
+    case DType::kFloat16:  // int32_data holds each value's 16 bits (ONNX's convention for FLOAT16)
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<Half>()[i] = Half{static_cast<uint16_t>(p.int32_data(static_cast<int>(i)))};
+      break;
   }
   return t;
 }
@@ -116,7 +121,7 @@ void value_info_from_proto(const onnx::ValueInfoProto& p, ValueInfo& v, const st
       v.dtype = dtype_from_onnx(tt.elem_type(), what + ": value '" + p.name() + "'");
     } catch (const Error&) {
       v.dtype = DType::kFloat32;  // unsupported types surface when a kernel touches them
-      if (tt.elem_type() != TensorProto::FLOAT16 && tt.elem_type() != TensorProto::STRING) throw;
+      if (tt.elem_type() != TensorProto::STRING) throw;
     }
   }
   if (tt.has_shape()) {

@@ -804,6 +804,7 @@ int64_t add_patch_sums(const kernels::Conv2dShape& s, const float* x, std::vecto
 
 Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
+  check_no_float16(input_model);
   check_finite_weights(input_model);  // NaN/Inf weights are refused, naming the tensor (ptq/validate.h)
   check_feeds(input_model, calib);     // every model input fed by the data, by name (ptq/evaluate.h)
   Calibration cal;

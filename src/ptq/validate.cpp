@@ -47,4 +47,29 @@ void check_finite_weights(const graph::Model& model) {
   }
 }
 
+void check_no_float16(const graph::Model& model) {
+  const auto refuse = [&](const std::string& what) {
+    PERCH_FAIL(model.source, ": ", what, " is float16; perch quantizes float32 models — convert the model to float32 "
+               "first (its float16 values computed in float32)");
+  };
+  for (const auto& v : model.graph.inputs)
+    if (v.dtype == DType::kFloat16) refuse("input '" + v.name + "'");
+  for (const auto& v : model.graph.outputs)
+    if (v.dtype == DType::kFloat16) refuse("output '" + v.name + "'");
+  for (const auto& [name, t] : model.graph.initializers)
+    if (t.dtype() == DType::kFloat16) refuse("initializer '" + name + "'");
+  for (const auto& n : model.graph.nodes) {
+    if (!n.domain.empty() && n.domain != "ai.onnx") continue;
+    if (auto to = n.attrs.find("to"); n.op_type == "Cast" && to != n.attrs.end()) {
+      const auto* code = std::get_if<int64_t>(&to->second);
+      const auto* name = std::get_if<std::string>(&to->second);  // Cast-1 names the type
+      if ((code && *code == 10) || (name && *name == "FLOAT16")) refuse(n.describe() + "'s output");
+    }
+    if (n.op_type == "CastLike" && n.inputs.size() > 1) {
+      const Tensor* like = model.graph.initializer(n.inputs[1]);
+      if (like && like->dtype() == DType::kFloat16) refuse(n.describe() + "'s output");
+    }
+  }
+}
+
 }  // namespace perch::ptq

@@ -46,6 +46,35 @@ const OpRegistry& registry() {
   (void)once;
   return OpRegistry::global();
 }
+
+// float16 (ONNX FLOAT16) is a storage type here: an op other than Cast/CastLike with a float16 input runs on float32
+// copies of its float16 inputs (exact), and its float32 outputs are rounded back to float16 (to nearest even) — one
+// rounding per op, as CPU runtimes without half arithmetic compute it, and as NumPy's float16 ufuncs do for the
+// element-wise ops (Max, Min, Mod: the float32 result rounded once). Outputs of other types (indices, shapes, int8)
+// are kept.
+std::vector<Tensor> run_kernel(const OpKernel& k, const graph::Node& n, const std::vector<const Tensor*>& args,
+                               int64_t opset) {
+  const bool half = (n.op_type != "Cast" && n.op_type != "CastLike") &&
+                    std::any_of(args.begin(), args.end(), [](const Tensor* t) { return t && t->dtype() == DType::kFloat16; });
+  if (!half) return k(n, args, opset);
+  std::vector<Tensor> widened(args.size());
+  std::vector<const Tensor*> a(args.size(), nullptr);
+  for (size_t j = 0; j < args.size(); ++j) {
+    if (!args[j]) continue;
+    if (args[j]->dtype() == DType::kFloat16) widened[j] = args[j]->to_f32();
+    a[j] = args[j]->dtype() == DType::kFloat16 ? &widened[j] : args[j];
+  }
+  std::vector<Tensor> outs = k(n, a, opset);
+  for (Tensor& t : outs) {
+    if (t.empty() || t.dtype() != DType::kFloat32) continue;
+    Tensor h = Tensor::uninitialized(DType::kFloat16, t.shape());
+    const float* src = t.data<float>();
+    Half* dst = h.data<Half>();
+    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = Half{half_from_double(src[i])};
+    t = h;
+  }
+  return outs;
+}
 }  // namespace
 
 const OpRegistry& builtin_registry() { return registry(); }
@@ -300,10 +329,10 @@ TensorMap Executor::run_impl(const TensorMap& inputs, const TensorMap* known, co
     try {
       if (profile_) {
         const auto t0 = std::chrono::steady_clock::now();
-        outs = (*kernels_[i])(n, args, opset);
+        outs = run_kernel(*kernels_[i], n, args, opset);
         profile_->add(i, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
       } else {
-        outs = (*kernels_[i])(n, args, opset);
+        outs = run_kernel(*kernels_[i], n, args, opset);
       }
     } catch (const Error& e) {
       PERCH_FAIL(model_.source, ": ", n.prefixed(e.what()));

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <random>
 
 namespace perch {
 namespace {
@@ -10,6 +14,69 @@ namespace {
 constexpr int64_t kBigFloats = int64_t{40} << 18;  // 40 MiB of float32: above the 32 MiB large-block bound
 
 bool cache_on() { return tensor_cache_stats().limit_bytes > 0; }
+
+// float16 conversions (ONNX FLOAT16): values worked out by hand from IEEE 754 binary16 — the largest finite, the
+// overflow threshold, subnormals, ties to even at both ends of the grid, signed zero, NaN.
+TEST(Half, KnownValues) {
+  struct Case {
+    double x;
+    uint16_t bits;
+  };
+  for (const Case& c : {Case{0.0, 0x0000}, Case{-0.0, 0x8000}, Case{1.0, 0x3c00}, Case{-2.0, 0xc000}, Case{0.5, 0x3800},
+                        Case{65504.0, 0x7bff}, Case{65519.99, 0x7bff}, Case{65520.0, 0x7c00}, Case{1e9, 0x7c00},
+                        Case{-1e9, 0xfc00}, Case{std::ldexp(1.0, -14), 0x0400}, Case{std::ldexp(1.0, -24), 0x0001},
+                        Case{std::ldexp(1.0, -25), 0x0000},              // half of the smallest subnormal: tie to 0
+                        Case{std::ldexp(3.0, -26), 0x0001},              // 0.75 of it: up
+                        Case{std::ldexp(3.0, -25), 0x0002},              // 1.5 subnormal steps: tie to even 2
+                        Case{1.0 + std::ldexp(1.0, -11), 0x3c00},        // tie between 1 and 1 + 2^-10: even (1)
+                        Case{1.0 + std::ldexp(3.0, -11), 0x3c02},        // tie between 1 + 2^-10 and 1 + 2^-9: even
+                        Case{std::ldexp(4095.0, -26), 0x0400},  // 1023.75 subnormal steps: rounds up to the smallest normal
+                        Case{std::ldexp(2047.0, -24), 0x07ff},  // the largest value of 2^-14's binade
+                        Case{0.1, 0x2e66}, Case{3.14159265358979, 0x4248}}) {
+    EXPECT_EQ(half_from_double(c.x), c.bits) << c.x;
+    if ((c.bits & 0x7c00) != 0x7c00 && std::fabs(c.x) < 65504.0 && c.x == std::nearbyint(c.x))
+      EXPECT_EQ(half_to_float(c.bits), static_cast<float>(c.x)) << c.x;
+  }
+  EXPECT_EQ(half_to_float(0x7c00), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(half_to_float(0x03ff), std::ldexp(1023.0f, -24));
+  EXPECT_TRUE(std::isnan(half_to_float(0x7e00)));
+  EXPECT_EQ(half_from_double(std::numeric_limits<double>::quiet_NaN()), 0x7e00);
+  EXPECT_EQ(half_from_double(-std::numeric_limits<double>::quiet_NaN()), 0xfe00);
+  // A payload keeps its top bits; a signalling NaN comes out quiet.
+  EXPECT_EQ(half_from_double(std::bit_cast<double>(0x7ff0040000000001ull)), 0x7e01);
+}
+
+// Every one of the 65536 bit patterns converts to float and back to itself (NaNs to a NaN).
+TEST(Half, EveryValueRoundTrips) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = half_to_float(static_cast<uint16_t>(h));
+    const uint16_t back = half_from_double(f);
+    if (((h >> 10) & 0x1f) == 0x1f && (h & 0x3ff)) EXPECT_TRUE(std::isnan(f) && (back & 0x7c00) == 0x7c00 && (back & 0x3ff)) << h;
+    else ASSERT_EQ(back, h) << "bits " << h << " -> " << f;
+  }
+}
+
+#if defined(__FLT16_MAX__)
+// Against the compiler's own _Float16 conversions (correctly rounded, from float and from double directly), on random
+// bit patterns that cover every exponent and on the midpoints between neighbouring halves.
+TEST(Half, MatchesTheCompilersFloat16) {
+  std::mt19937_64 rng(16);
+  for (int i = 0; i < 1000000; ++i) {
+    const float f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
+    // sign and mantissa random, exponent 2^-31 .. 2^32 (subnormal halves to overflow)
+    const double d = std::bit_cast<double>((rng() & 0x800fffffffffffffull) | (static_cast<uint64_t>(0x3e0 + rng() % 0x40) << 52));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(half_from_double(f), std::bit_cast<uint16_t>(static_cast<_Float16>(f))) << f;
+    ASSERT_EQ(half_from_double(d), std::bit_cast<uint16_t>(static_cast<_Float16>(d))) << d;
+  }
+  for (uint32_t h = 0; h < 0x7c00; ++h) {  // midpoints (exact in double) between h and h + 1
+    const double mid = (static_cast<double>(half_to_float(static_cast<uint16_t>(h))) +
+                        static_cast<double>(half_to_float(static_cast<uint16_t>(h + 1)))) / 2;
+    ASSERT_EQ(half_from_double(mid), std::bit_cast<uint16_t>(static_cast<_Float16>(mid))) << mid;
+  }
+}
+#endif
 
 TEST(TensorCache, FreedLargeBlockIsReused) {
   if (!cache_on()) GTEST_SKIP() << "tensor cache off (AddressSanitizer build or PERCH_TENSOR_CACHE_MB=0)";

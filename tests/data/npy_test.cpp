@@ -89,6 +89,7 @@ TEST(Npy, RoundTripsEveryType) {
       }(),
       Tensor::scalar_f32(42.f),
       Tensor(DType::kFloat32, {0, 3}),
+      Tensor::from<Half>({2, 2}, {Half{0x3c00}, Half{0x8000}, Half{0x7bff}, Half{0x0001}}),  // <f2
   };
   for (size_t i = 0; i < ts.size(); ++i) {
     std::string name = "t";

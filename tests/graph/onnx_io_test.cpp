@@ -409,5 +409,29 @@ TEST(OnnxTensorPb, WriteReadRoundTripIsBitIdentical) {
   EXPECT_EQ(dir.listing(), (std::vector<std::string>{"i.pb", "t.pb"}));
 }
 
+// FLOAT16 tensors: raw_data (as perch writes them) and int32_data, where ONNX stores each value's 16 bits.
+TEST(OnnxTensorPb, Float16InRawDataAndInInt32Data) {
+  TempDir dir;
+  const std::vector<uint16_t> bits = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00, 0x8000};
+  Tensor h(DType::kFloat16, {2, 3});
+  for (size_t i = 0; i < bits.size(); ++i) h.data<Half>()[i] = Half{bits[i]};
+  write_tensor_pb(dir.path() / "raw.pb", h, "h");
+  EXPECT_TRUE(test::same_tensor(read_tensor_pb(dir.path() / "raw.pb"), h));
+  onnx::TensorProto p;
+  p.set_name("h");
+  p.set_data_type(onnx::TensorProto::FLOAT16);
+  p.add_dims(2), p.add_dims(3);
+  for (uint16_t b : bits) p.add_int32_data(b);
+  {
+    std::ofstream f(dir.path() / "typed.pb", std::ios::binary);
+    ASSERT_TRUE(p.SerializeToOstream(&f));
+  }
+  const Tensor r = read_tensor_pb(dir.path() / "typed.pb");
+  ASSERT_EQ(r.dtype(), DType::kFloat16);
+  EXPECT_TRUE(test::same_tensor(r, h));
+  EXPECT_EQ(r.to_f32().data<float>()[1], -2.0f);
+  EXPECT_EQ(r.to_f32().data<float>()[2], 65504.0f);
+}
+
 }  // namespace
 }  // namespace perch::graph

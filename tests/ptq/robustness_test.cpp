@@ -23,6 +23,13 @@ using perch::test::perch_error;
 
 Dataset calib_data(int64_t n, uint32_t seed) { return test::tiny_cnn_inputs(n, seed); }
 
+// `t` (float32) as float16, rounded to nearest even.
+Tensor cast_for_test(const Tensor& t) {
+  Tensor h(DType::kFloat16, t.shape());
+  for (int64_t i = 0; i < t.numel(); ++i) h.data<Half>()[i] = Half{half_from_double(t.data<float>()[i])};
+  return h;
+}
+
 graph::Model tiny(uint32_t seed) {
   graph::Model m = test::tiny_cnn(seed);
   m.source = "tiny.onnx";
@@ -49,6 +56,22 @@ TEST(PtqRobustness, NonFiniteWeightsAreRefusedNamingTensorAndIndex) {
   EXPECT_NO_THROW(ptq::check_finite_weights(m));
   m.graph.initializers["hi"] = Tensor::scalar_f32(inf);
   EXPECT_NO_THROW(ptq::check_finite_weights(m));
+}
+
+// float16 models run in the executor but are not quantized: a float16 initializer, input or Cast to float16 is
+// named, through quantize_model as well; a float32 model passes.
+TEST(PtqRobustness, Float16ModelsAreRefusedNamingTheValue) {
+  graph::Model m = tiny(1);
+  EXPECT_NO_THROW(ptq::check_no_float16(m));
+  m.graph.initializers["b1"] = cast_for_test(m.graph.initializers["b1"]);
+  expect_contains(perch_error([&] { ptq::check_no_float16(m); }), {"tiny.onnx: initializer 'b1' is float16", "convert the model to float32"});
+  expect_contains(perch_error([&] { (void)ptq::quantize_model(m, calib_data(8, 1), {}); }), {"initializer 'b1' is float16"});
+  graph::Model c = tiny(1);
+  test::add_node(c.graph, "Cast", {"y"}, {"y16"}, {{"to", int64_t{10}}});
+  expect_contains(perch_error([&] { ptq::check_no_float16(c); }), {"Cast node 'Cast_y16''s output is float16"});
+  graph::Model i = tiny(1);
+  i.graph.inputs[0].dtype = DType::kFloat16;
+  expect_contains(perch_error([&] { ptq::check_no_float16(i); }), {"input 'x' is float16"});
 }
 
 TEST(PtqRobustness, NonFiniteWeightsNeverReachTheOutputSilently) {

@@ -726,4 +726,44 @@ TEST(Executor, GeluBothForms) {
 }
 
 }  // namespace
+// A float16 model (every initializer, the input and the output float16): each op computes in float32 on its float16
+// inputs and rounds its result to float16, so the model's output is float16 and close to the float32 model's (a few
+// float16 roundings per layer: within 1 % of the output range here), and one Add is exactly the float32 sum rounded.
+TEST(Executor, Float16ModelsComputeInFloat32PerOp) {
+  const graph::Model m32 = test::tiny_cnn(3);
+  graph::Model m16 = m32;
+  const auto to_half = [](const Tensor& t) {
+    Tensor h(DType::kFloat16, t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) h.data<Half>()[i] = Half{half_from_double(t.data<float>()[i])};
+    return h;
+  };
+  for (auto& [name, t] : m16.graph.initializers)
+    if (t.dtype() == DType::kFloat32) t = to_half(t);
+  m16.graph.inputs[0].dtype = m16.graph.outputs[0].dtype = DType::kFloat16;
+  const Tensor x = test::tiny_cnn_inputs(4, 5).images;
+  const Tensor x16 = to_half(x);
+  const Tensor y16 = runtime::Executor(m16).run1(x16);
+  ASSERT_EQ(y16.dtype(), DType::kFloat16);
+  // The float32 model on the same (float16-rounded) input and weights: the float16 model only adds roundings.
+  graph::Model m32r = m32;
+  for (auto& [name, t] : m32r.graph.initializers)
+    if (t.dtype() == DType::kFloat32) t = to_half(t).to_f32();
+  const Tensor y32 = runtime::Executor(m32r).run1(x16.to_f32());
+  EXPECT_LE(test::max_rel_diff(y16.to_f32(), y32), 0.01);
+  EXPECT_GT(test::max_rel_diff(y16.to_f32(), y32), 0.0);  // it did round
+  graph::Model add;
+  add.set_opset(13);
+  add.graph.inputs.push_back({"a", DType::kFloat16, {3}, {""}, true});
+  add.graph.inputs.push_back({"b", DType::kFloat16, {3}, {""}, true});
+  add.graph.outputs.push_back({"c", DType::kFloat16, {3}, {""}, true});
+  test::add_node(add.graph, "Add", {"a", "b"}, {"c"});
+  const Tensor a = Tensor::from<Half>({3}, {Half{0x3c00}, Half{0x7bff}, Half{0x0001}});  // 1, 65504, 2^-24
+  const Tensor b = Tensor::from<Half>({3}, {Half{0x1000}, Half{0x5000}, Half{0x0001}});  // 2^-11, 32, 2^-24
+  const Tensor c = runtime::Executor(add).run({{"a", a}, {"b", b}}).at("c");
+  ASSERT_EQ(c.dtype(), DType::kFloat16);
+  EXPECT_EQ(c.data<Half>()[0].bits, 0x3c00);  // 1 + 2^-11: a tie, to even (1)
+  EXPECT_EQ(c.data<Half>()[1].bits, 0x7c00);  // 65536, past the overflow threshold 65520: inf
+  EXPECT_EQ(c.data<Half>()[2].bits, 0x0002);  // 2^-23
+}
+
 }  // namespace perch::runtime

@@ -46,21 +46,6 @@ constexpr double kAtol = 1e-7;
 // Supported-op node tests that fail, with the reason. Each entry must still fail (see the header comment).
 const std::map<std::string, std::string>& known_failures() {
   static const std::map<std::string, std::string> k = {
-      {"test_max_float16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_min_float16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_cast_DOUBLE_to_FLOAT16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_cast_FLOAT16_to_DOUBLE", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_cast_FLOAT16_to_FLOAT", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_cast_FLOAT_to_FLOAT16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_DOUBLE_to_FLOAT16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_DOUBLE_to_FLOAT16_expanded", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT16_to_DOUBLE", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT16_to_DOUBLE_expanded", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT16_to_FLOAT", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT16_to_FLOAT_expanded", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT_to_FLOAT16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_castlike_FLOAT_to_FLOAT16_expanded", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
-      {"test_mod_mixed_sign_float16", "float16: perch::DType has no float16, read_tensor_pb refuses FLOAT16 test data"},
       {"test_cast_FLOAT_to_STRING", "strings: perch::DType has no string tensors, read_tensor_pb refuses STRING test data"},
       {"test_cast_STRING_to_FLOAT", "strings: perch::DType has no string tensors, read_tensor_pb refuses STRING test data"},
       {"test_castlike_FLOAT_to_STRING", "strings: perch::DType has no string tensors, read_tensor_pb refuses STRING test data"},

@@ -17,7 +17,17 @@
 
 namespace perch {
 
-enum class DType : uint8_t { kFloat32, kFloat64, kInt8, kUInt8, kInt16, kUInt16, kInt32, kInt64, kBool };
+enum class DType : uint8_t { kFloat32, kFloat64, kInt8, kUInt8, kInt16, kUInt16, kInt32, kInt64, kBool, kFloat16 };
+
+// IEEE 754 binary16 (ONNX FLOAT16), stored as its bits. perch computes with it in float: half_to_float is exact;
+// half_from_double rounds to nearest, ties to even, in one step (a double is never rounded to float first), with
+// subnormals, overflow to ±inf (from 65520 up, the first value nearer inf than 65504 by the ties rule) and NaN kept
+// NaN (quiet; sign and the payload's top 9 bits kept).
+struct Half {
+  uint16_t bits = 0;
+};
+float half_to_float(uint16_t h);
+uint16_t half_from_double(double d);
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
@@ -32,6 +42,7 @@ template <> constexpr DType dtype_of<uint16_t>() { return DType::kUInt16; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::kInt64; }
 template <> constexpr DType dtype_of<bool>() { return DType::kBool; }
+template <> constexpr DType dtype_of<Half>() { return DType::kFloat16; }
 
 using Shape = std::vector<int64_t>;
 

@@ -16,4 +16,9 @@ namespace perch::ptq {
 // Throws perch::Error on the first weight-like initializer holding NaN/Inf (see above).
 void check_finite_weights(const graph::Model& model);
 
+// perch quantizes float32 models: a float16 graph input, output or initializer, or a Cast/CastLike to float16, is
+// refused naming it (the executor runs such models, computing in float32 and rounding to float16 per op, but a QDQ
+// model of them would need float16 scales). Convert the model to float32 first.
+void check_no_float16(const graph::Model& model);
+
 }  // namespace perch::ptq
