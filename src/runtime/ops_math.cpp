@@ -95,8 +95,9 @@ std::vector<Tensor> pow_op(const Node& n, const Args& a, int64_t opset) {
 // ---- Comparisons and logic ---------------------------------------------------------------------------
 
 template <typename Cmp>
-std::vector<Tensor> compare(const Node& n, const Args& a, int64_t) {
-  const Tensor &x = in(n, a, 0), &y = in(n, a, 1);
+std::vector<Tensor> compare(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  const Tensor y = opset < 7 ? detail::legacy_broadcast_operand(n, x, in(n, a, 1)) : in(n, a, 1);
   PERCH_CHECK(x.dtype() == y.dtype(), "inputs differ in type (", dtype_name(x.dtype()), ", ", dtype_name(y.dtype()), ")");
   return {detail::visit_dtype(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -105,8 +106,9 @@ std::vector<Tensor> compare(const Node& n, const Args& a, int64_t) {
 }
 
 template <typename Op>
-std::vector<Tensor> logical(const Node& n, const Args& a, int64_t) {
-  const Tensor &x = in(n, a, 0), &y = in(n, a, 1);
+std::vector<Tensor> logical(const Node& n, const Args& a, int64_t opset) {
+  const Tensor& x = in(n, a, 0);
+  const Tensor y = opset < 7 ? detail::legacy_broadcast_operand(n, x, in(n, a, 1)) : in(n, a, 1);
   PERCH_CHECK(x.dtype() == DType::kBool && y.dtype() == DType::kBool, "inputs must be bool, got ", dtype_name(x.dtype()),
               " and ", dtype_name(y.dtype()));
   return {broadcast_map<bool, bool, bool>(n, x, y, DType::kBool, [](bool l, bool r) { return Op{}(l, r); })};
@@ -332,14 +334,15 @@ void register_math_ops(OpRegistry& r) {
           };
         }));
   r.add("Pow", 1, pow_op);  // 1: broadcast / axis attributes (detail::legacy_broadcast_operand)
-  r.add("Equal", 7, compare<std::equal_to<>>);
-  r.add("Less", 7, compare<std::less<>>);
-  r.add("Greater", 7, compare<std::greater<>>);
+  // Versions 1 (Equal, Less, Greater, And, Or, Xor): the `broadcast` / `axis` attributes, as Add-1.
+  r.add("Equal", 1, compare<std::equal_to<>>);
+  r.add("Less", 1, compare<std::less<>>);
+  r.add("Greater", 1, compare<std::greater<>>);
   r.add("LessOrEqual", 12, compare<std::less_equal<>>);
   r.add("GreaterOrEqual", 12, compare<std::greater_equal<>>);
-  r.add("And", 7, logical<std::logical_and<>>);
-  r.add("Or", 7, logical<std::logical_or<>>);
-  r.add("Xor", 7, logical<Xor>);
+  r.add("And", 1, logical<std::logical_and<>>);
+  r.add("Or", 1, logical<std::logical_or<>>);
+  r.add("Xor", 1, logical<Xor>);
   r.add("Not", 1, not_op);
   r.add("Sum", 6, variadic_mean(false));
   r.add("Mean", 6, variadic_mean(true));

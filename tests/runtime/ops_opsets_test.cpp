@@ -3,6 +3,7 @@
 // Upsample-7), Resize-10's legacy nearest rounding, and that both forms give the same result.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,43 @@ TEST(OpsetForms, UpsampleAndResize10UseAsymmetricNearest) {
   l.attrs["scales"] = std::vector<float>{1, 1, 1, 2};
   l.attrs["mode"] = std::string("linear");
   EXPECT_EQ(values(run_one(l, 7, x)), (std::vector<float>{0, 0.5f, 1, 1, 2, 2.5f, 3, 3}));
+}
+
+// Equal/Less/Greater/And/Or/Xor before 7 broadcast as Add-1 does (`broadcast` 1, B's dims aligned with A's at
+// `axis`): the same result as the opset-7 op given B reshaped to [C, 1] (NumPy broadcasting).
+TEST(OpsetForms, ComparisonAndLogicBroadcastAttributesBefore7) {
+  const Tensor x = iota({2, 3, 2});
+  const Tensor b = Tensor::from<float>({3}, {1.0f, 7.0f, 10.0f});
+  for (const char* op : {"Less", "Greater", "Equal"}) {
+    SCOPED_TRACE(op);
+    Node legacy = node(op, {"x", "b"}, {"y"});
+    legacy.attrs["broadcast"] = int64_t{1};
+    legacy.attrs["axis"] = int64_t{1};
+    const Tensor xi = Tensor::from<int32_t>({2, 3, 2}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+    const Tensor bi = Tensor::from<int32_t>({3}, {1, 7, 10});
+    const bool equal = std::string(op) == "Equal";  // Equal-1 takes integers and bool only
+    const Tensor got = run_one(legacy, 6, equal ? xi : x, {{"b", equal ? bi : b}});
+    const Tensor want = run_one(node(op, {"x", "b"}, {"y"}), 13, equal ? xi : x,
+                                {{"b", (equal ? bi : b).reshaped({3, 1})}});
+    ASSERT_EQ(got.dtype(), DType::kBool);
+    ASSERT_EQ(got.shape(), want.shape());
+    EXPECT_EQ(0, std::memcmp(got.raw(), want.raw(), got.nbytes()));
+    if (std::string(op) == "Less") {  // x[1, 2, 0] = 10 < b[2] = 10: false; x[0, 1, 1] = 3 < 7: true
+      EXPECT_FALSE(got.data<bool>()[10]);
+      EXPECT_TRUE(got.data<bool>()[3]);
+    }
+  }
+  Tensor xb(DType::kBool, {2, 3}), bb(DType::kBool, {3});
+  for (int64_t i = 0; i < 6; ++i) xb.data<bool>()[i] = i % 2 == 0;
+  bb.data<bool>()[1] = true;
+  for (const char* op : {"And", "Or", "Xor"}) {
+    SCOPED_TRACE(op);
+    Node legacy = node(op, {"x", "b"}, {"y"});
+    legacy.attrs["broadcast"] = int64_t{1};  // no axis: B is x's trailing dims
+    const Tensor got = run_one(legacy, 1, xb, {{"b", bb}});
+    const Tensor want = run_one(node(op, {"x", "b"}, {"y"}), 13, xb, {{"b", bb}});
+    EXPECT_EQ(0, std::memcmp(got.raw(), want.raw(), got.nbytes()));
+  }
 }
 
 TEST(OpsetForms, KernelErrorsNameTheNode) {
