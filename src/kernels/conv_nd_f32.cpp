@@ -16,43 +16,67 @@ std::vector<int64_t> ConvNdShape::out() const {
   return o;
 }
 
-void conv_nd_f32_reference(const ConvNdShape& s, const float* x, const float* w, const float* bias, float* y) {
-  const size_t r = s.in.size();
-  const std::vector<int64_t> out = s.out();
+namespace {
+
+// Index arithmetic of the N-d loops: flat output / kernel positions to multi-indices, and the input cell one kernel
+// cell of one output reads: i_j = o_j*stride_j - pad_begin_j + k_j*dil_j, an offset in a channel plane (-1 in the
+// padding).
+struct NdGeometry {
+  std::vector<int64_t> out, in_stride;
   int64_t in_plane = 1, out_plane = 1, k_cells = 1;
-  for (size_t j = 0; j < r; ++j) in_plane *= s.in[j], out_plane *= out[j], k_cells *= s.kernel[j];
-  std::vector<int64_t> in_stride(r, 1);
-  for (size_t j = r - 1; j-- > 0;) in_stride[j] = in_stride[j + 1] * s.in[j + 1];
+  explicit NdGeometry(const ConvNdShape& s) : out(s.out()), in_stride(s.in.size(), 1) {
+    for (size_t j = s.in.size() - 1; j-- > 0;) in_stride[j] = in_stride[j + 1] * s.in[j + 1];
+    for (size_t j = 0; j < s.in.size(); ++j) in_plane *= s.in[j], out_plane *= out[j], k_cells *= s.kernel[j];
+  }
+  // Row-major multi-index of flat `i` over `dims`.
+  static void unflatten(int64_t i, const std::vector<int64_t>& dims, std::vector<int64_t>& idx) {
+    for (size_t j = dims.size(); j-- > 0;) idx[j] = i % dims[j], i /= dims[j];
+  }
+  int64_t offset(const ConvNdShape& s, const std::vector<int64_t>& o, const std::vector<int64_t>& k) const {
+    int64_t off = 0;
+    for (size_t j = 0; j < s.in.size(); ++j) {
+      const int64_t i = o[j] * s.strides[j] - s.pads_begin[j] + k[j] * s.dilations[j];
+      if (i < 0 || i >= s.in[j]) return -1;
+      off += i * in_stride[j];
+    }
+    return off;
+  }
+};
+
+// Calls f(c, output flat index, input offset in the channel plane, kernel flat index) for every product term of one
+// output plane of the N-d convolution (c counted within the output channel's group); window cells in the padding
+// are skipped.
+template <typename F>
+void for_each_term(const ConvNdShape& s, const NdGeometry& geo, F&& f) {
+  std::vector<int64_t> o(s.in.size()), k(s.in.size());
+  const int64_t cg = s.in_channels / s.group;
+  for (int64_t oi = 0; oi < geo.out_plane; ++oi) {
+    NdGeometry::unflatten(oi, geo.out, o);
+    for (int64_t ki = 0; ki < geo.k_cells; ++ki) {
+      NdGeometry::unflatten(ki, s.kernel, k);
+      const int64_t off = geo.offset(s, o, k);
+      if (off < 0) continue;
+      for (int64_t c = 0; c < cg; ++c) f(c, oi, off, ki);
+    }
+  }
+}
+
+}  // namespace
+
+void conv_nd_f32_reference(const ConvNdShape& s, const float* x, const float* w, const float* bias, float* y) {
+  const NdGeometry geo(s);
   const int64_t cg = s.in_channels / s.group, mg = s.out_channels / s.group;
+  // Per (image, output channel): every output's terms summed in double (kernel cell, then channel order).
   parallel_for(0, s.batch * s.out_channels, [&](int64_t p0, int64_t p1) {
-    std::vector<int64_t> o(r), k(r);
+    std::vector<double> acc(static_cast<size_t>(geo.out_plane));
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / s.out_channels, m = p % s.out_channels, c0 = (m / mg) * cg;
-      for (int64_t oi = 0; oi < out_plane; ++oi) {
-        int64_t rest = oi;
-        for (size_t j = r; j-- > 0;) o[j] = rest % out[j], rest /= out[j];
-        double acc = bias ? bias[m] : 0.0;
-        for (int64_t c = 0; c < cg; ++c) {
-          const float* xc = x + (n * s.in_channels + c0 + c) * in_plane;
-          const float* wc = w + (m * cg + c) * k_cells;
-          std::fill(k.begin(), k.end(), 0);
-          for (int64_t ki = 0; ki < k_cells; ++ki) {
-            int64_t off = 0;
-            bool inside = true;
-            for (size_t j = 0; j < r && inside; ++j) {
-              const int64_t i = o[j] * s.strides[j] - s.pads_begin[j] + k[j] * s.dilations[j];
-              inside = i >= 0 && i < s.in[j];
-              off += i * in_stride[j];
-            }
-            if (inside) acc += static_cast<double>(xc[off]) * wc[ki];
-            for (size_t j = r; j-- > 0;) {
-              if (++k[j] < s.kernel[j]) break;
-              k[j] = 0;
-            }
-          }
-        }
-        y[p * out_plane + oi] = static_cast<float>(acc);
-      }
+      std::fill(acc.begin(), acc.end(), bias ? static_cast<double>(bias[m]) : 0.0);
+      for_each_term(s, geo, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
+        acc[static_cast<size_t>(oi)] += static_cast<double>(x[(n * s.in_channels + c0 + c) * geo.in_plane + off]) *
+                                         w[(m * cg + c) * geo.k_cells + ki];
+      });
+      for (int64_t oi = 0; oi < geo.out_plane; ++oi) y[p * geo.out_plane + oi] = static_cast<float>(acc[static_cast<size_t>(oi)]);
     }
   });
 }
@@ -107,76 +131,17 @@ void conv_nd_f32(const ConvNdShape& s, const float* x, const float* w, const flo
 }
 
 void im2col_nd_f32(const ConvNdShape& s, const float* x, float* col) {
-  const size_t r = s.in.size();
-  const std::vector<int64_t> out = s.out();
-  int64_t in_plane = 1, out_plane = 1, k_cells = 1;
-  for (size_t j = 0; j < r; ++j) in_plane *= s.in[j], out_plane *= out[j], k_cells *= s.kernel[j];
-  std::vector<int64_t> in_stride(r, 1), o(r), k(r);
-  for (size_t j = r - 1; j-- > 0;) in_stride[j] = in_stride[j + 1] * s.in[j + 1];
+  const NdGeometry geo(s);
   const int64_t cg = s.in_channels / s.group;
-  for (int64_t c = 0; c < cg; ++c)
-    for (int64_t ki = 0; ki < k_cells; ++ki) {
-      int64_t rest = ki;
-      for (size_t j = r; j-- > 0;) k[j] = rest % s.kernel[j], rest /= s.kernel[j];
-      float* row = col + (c * k_cells + ki) * out_plane;
-      for (int64_t oi = 0; oi < out_plane; ++oi) {
-        rest = oi;
-        for (size_t j = r; j-- > 0;) o[j] = rest % out[j], rest /= out[j];
-        int64_t off = 0;
-        bool inside = true;
-        for (size_t j = 0; j < r && inside; ++j) {
-          const int64_t i = o[j] * s.strides[j] - s.pads_begin[j] + k[j] * s.dilations[j];
-          inside = i >= 0 && i < s.in[j];
-          off += i * in_stride[j];
-        }
-        row[oi] = inside ? x[c * in_plane + off] : 0.0f;
-      }
-    }
+  std::fill(col, col + cg * geo.k_cells * geo.out_plane, 0.0f);  // the padding's cells stay 0
+  for_each_term(s, geo, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
+    col[(c * geo.k_cells + ki) * geo.out_plane + oi] = x[c * geo.in_plane + off];
+  });
 }
-
-namespace {
-
-// Calls f(c, output flat index, input offset in the channel plane, kernel flat index) for every product term of one
-// output plane of the N-d convolution (c counted within the output channel's group); window cells in the padding
-// are skipped.
-template <typename F>
-void for_each_term(const ConvNdShape& s, F&& f) {
-  const size_t r = s.in.size();
-  const std::vector<int64_t> out = s.out();
-  int64_t out_plane = 1, k_cells = 1;
-  for (size_t j = 0; j < r; ++j) out_plane *= out[j], k_cells *= s.kernel[j];
-  std::vector<int64_t> in_stride(r, 1), o(r), k(r);
-  for (size_t j = r - 1; j-- > 0;) in_stride[j] = in_stride[j + 1] * s.in[j + 1];
-  const int64_t cg = s.in_channels / s.group;
-  for (int64_t oi = 0; oi < out_plane; ++oi) {
-    int64_t rest = oi;
-    for (size_t j = r; j-- > 0;) o[j] = rest % out[j], rest /= out[j];
-    for (int64_t ki = 0; ki < k_cells; ++ki) {
-      rest = ki;
-      for (size_t j = r; j-- > 0;) k[j] = rest % s.kernel[j], rest /= s.kernel[j];
-      int64_t off = 0;
-      bool inside = true;
-      for (size_t j = 0; j < r && inside; ++j) {
-        const int64_t i = o[j] * s.strides[j] - s.pads_begin[j] + k[j] * s.dilations[j];
-        inside = i >= 0 && i < s.in[j];
-        off += i * in_stride[j];
-      }
-      if (!inside) continue;
-      for (int64_t c = 0; c < cg; ++c) f(c, oi, off, ki);
-    }
-  }
-}
-
-int64_t product(const std::vector<int64_t>& v) {
-  int64_t p = 1;
-  for (int64_t d : v) p *= d;
-  return p;
-}
-
-}  // namespace
 
 void conv_nd_backward_data_f32(const ConvNdShape& s, const float* dy, const float* w, float* dx) {
-  const int64_t in_plane = product(s.in), out_plane = product(s.out()), k_cells = product(s.kernel);
+  const NdGeometry geo(s);
+  const int64_t in_plane = geo.in_plane, out_plane = geo.out_plane, k_cells = geo.k_cells;
   const int64_t cg = s.in_channels / s.group, mg = s.out_channels / s.group;
   // Per image (threads own images): dx of its channels accumulated in double over the output channels in order.
   parallel_for(0, s.batch, [&](int64_t n0, int64_t n1) {
@@ -186,7 +151,7 @@ void conv_nd_backward_data_f32(const ConvNdShape& s, const float* dy, const floa
       for (int64_t m = 0; m < s.out_channels; ++m) {
         const int64_t c0 = (m / mg) * cg;
         const float* g = dy + (n * s.out_channels + m) * out_plane;
-        for_each_term(s, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
+        for_each_term(s, geo, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
           acc[static_cast<size_t>((c0 + c) * in_plane + off)] +=
               static_cast<double>(g[oi]) * w[(m * cg + c) * k_cells + ki];
         });
@@ -198,7 +163,8 @@ void conv_nd_backward_data_f32(const ConvNdShape& s, const float* dy, const floa
 }
 
 void conv_nd_backward_weight_f32(const ConvNdShape& s, const float* x, const float* dy, float* dw, float* dbias) {
-  const int64_t in_plane = product(s.in), out_plane = product(s.out()), k_cells = product(s.kernel);
+  const NdGeometry geo(s);
+  const int64_t in_plane = geo.in_plane, out_plane = geo.out_plane, k_cells = geo.k_cells;
   const int64_t cg = s.in_channels / s.group, mg = s.out_channels / s.group;
   // Per output channel (threads own channels): its weights summed in double over the images in order.
   parallel_for(0, s.out_channels, [&](int64_t m0, int64_t m1) {
@@ -210,7 +176,7 @@ void conv_nd_backward_weight_f32(const ConvNdShape& s, const float* x, const flo
       for (int64_t n = 0; n < s.batch; ++n) {
         const float* g = dy + (n * s.out_channels + m) * out_plane;
         for (int64_t oi = 0; oi < out_plane; ++oi) bsum += g[oi];
-        for_each_term(s, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
+        for_each_term(s, geo, [&](int64_t c, int64_t oi, int64_t off, int64_t ki) {
           acc[static_cast<size_t>(c * k_cells + ki)] +=
               static_cast<double>(g[oi]) * x[(n * s.in_channels + c0 + c) * in_plane + off];
         });

@@ -18,33 +18,28 @@ using Args = std::vector<const Tensor*>;
 Tensor detail::conv_float(const Node& n, const Args& a, const kernels::ConvEpilogue& post) {
   const Tensor x = in(n, a, 0).to_f32();
   const Tensor w = in(n, a, 1).to_f32();
+  const Tensor bias = has(a, 2) ? a[2]->to_f32() : Tensor();
+  const auto checked_bias = [&](int64_t out_channels) -> const float* {
+    if (bias.empty()) return nullptr;
+    PERCH_CHECK(bias.numel() == out_channels, n.describe(), ": bias has ", bias.numel(), " values for ", out_channels,
+                " output channels");
+    return bias.data<float>();
+  };
   if (x.rank() >= 5) {
     // 3-D (and higher) convolutions: the N-d kernels (3-D through the 2-D ones, kernels/conv_f32.h).
     const kernels::ConvNdShape s = conv_nd_shape(n, x.shape(), w.shape());
-    Tensor bias;
-    if (has(a, 2)) {
-      bias = a[2]->to_f32();
-      PERCH_CHECK(bias.numel() == s.out_channels, n.describe(), ": bias has ", bias.numel(), " values for ",
-                  s.out_channels, " output channels");
-    }
+    const float* b = checked_bias(s.out_channels);
     Shape ys{s.batch, s.out_channels};
     for (int64_t o : s.out()) ys.push_back(o);
     Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-    kernels::conv_nd_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>(),
-                         post);
+    kernels::conv_nd_f32(s, x.data<float>(), w.data<float>(), b, y.data<float>(), post);
     return y;
   }
   const kernels::Conv2dShape s = conv2d_shape(n, x.shape(), w.shape());
-  Tensor bias;
-  if (has(a, 2)) {
-    bias = a[2]->to_f32();
-    PERCH_CHECK(bias.numel() == s.out_channels, n.describe(), ": bias has ", bias.numel(), " values for ",
-                s.out_channels, " output channels");
-  }
+  const float* b = checked_bias(s.out_channels);
   Shape ys = x.rank() == 4 ? Shape{s.batch, s.out_channels, s.out_h(), s.out_w()} : Shape{s.batch, s.out_channels, s.out_w()};
   Tensor y = Tensor::uninitialized(DType::kFloat32, ys);
-  kernels::conv2d_f32(s, x.data<float>(), w.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>(),
-                      post);
+  kernels::conv2d_f32(s, x.data<float>(), w.data<float>(), b, y.data<float>(), post);
   return y;
 }
 

@@ -1,6 +1,7 @@
 // Gradients of the ops a CNN classifier is made of (conventions in perch/train/autograd.h).
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "perch/core/error.h"
@@ -216,31 +217,29 @@ std::vector<Tensor> conv_grad(const GradArgs& a) {
   const Tensor& x = input(a, 0);
   const Tensor& w = input(a, 1);
   const Tensor& g = dy(a);
-  std::vector<Tensor> out(a.inputs.size());
-  if (x.rank() >= 5) {  // 3-D: the N-d gradient loops
+  // 1-D/2-D: the 2-D kernels; 3-D: the N-d gradient loops.
+  std::function<void(float*)> data_grad;
+  std::function<void(float*, float*)> weight_grad;
+  int64_t out_channels = w.dim(0);
+  if (x.rank() >= 5) {
     const kernels::ConvNdShape s = runtime::conv_nd_shape(a.node, x.shape(), w.shape());
-    if (wants(a, 0)) {
-      out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
-      kernels::conv_nd_backward_data_f32(s, g.data<float>(), w.data<float>(), out[0].data<float>());
-    }
-    if (wants(a, 1) || wants(a, 2)) {
-      Tensor dw = Tensor::uninitialized(DType::kFloat32, w.shape());
-      Tensor db = Tensor::uninitialized(DType::kFloat32, {s.out_channels});
-      kernels::conv_nd_backward_weight_f32(s, x.data<float>(), g.data<float>(), dw.data<float>(), db.data<float>());
-      if (wants(a, 1)) out[1] = dw;
-      if (wants(a, 2)) out[2] = db.reshaped(input(a, 2).shape());
-    }
-    return out;
+    data_grad = [&, s](float* dx) { kernels::conv_nd_backward_data_f32(s, g.data<float>(), w.data<float>(), dx); };
+    weight_grad = [&, s](float* dw, float* db) { kernels::conv_nd_backward_weight_f32(s, x.data<float>(), g.data<float>(), dw, db); };
+  } else {
+    const kernels::Conv2dShape s = runtime::conv2d_shape(a.node, x.shape(), w.shape());
+    out_channels = s.out_channels;
+    data_grad = [&, s](float* dx) { kernels::conv2d_backward_data(s, g.data<float>(), w.data<float>(), dx); };
+    weight_grad = [&, s](float* dw, float* db) { kernels::conv2d_backward_weight(s, x.data<float>(), g.data<float>(), dw, db); };
   }
-  const kernels::Conv2dShape s = runtime::conv2d_shape(a.node, x.shape(), w.shape());
+  std::vector<Tensor> out(a.inputs.size());
   if (wants(a, 0)) {
     out[0] = Tensor::uninitialized(DType::kFloat32, x.shape());
-    kernels::conv2d_backward_data(s, g.data<float>(), w.data<float>(), out[0].data<float>());
+    data_grad(out[0].data<float>());
   }
   if (wants(a, 1) || wants(a, 2)) {
     Tensor dw = Tensor::uninitialized(DType::kFloat32, w.shape());
-    Tensor db = Tensor::uninitialized(DType::kFloat32, {s.out_channels});
-    kernels::conv2d_backward_weight(s, x.data<float>(), g.data<float>(), dw.data<float>(), db.data<float>());
+    Tensor db = Tensor::uninitialized(DType::kFloat32, {out_channels});
+    weight_grad(dw.data<float>(), db.data<float>());
     if (wants(a, 1)) out[1] = dw;
     if (wants(a, 2)) out[2] = db.reshaped(input(a, 2).shape());
   }

@@ -302,6 +302,36 @@ TEST(Qat, TinyWeightChannelsKeepTheirBiasInTrainingAsInTheExport) {
   EXPECT_EQ(worst_vs_export(1), 0.0) << "after 4 steps";
 }
 
+// Unlabelled images of `shape`, uniform in [-1, 1).
+Dataset uniform_images(const Shape& shape, uint32_t seed) {
+  Dataset data;
+  data.name = "random";
+  data.images = Tensor(DType::kFloat32, shape);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& v : data.images.span<float>()) v = u(rng);
+  return data;
+}
+
+// QAT by distillation, calibrated on `calib` images, ranges and BN trained from the first step.
+QatOptions distill_options(int64_t calib) {
+  QatOptions o;
+  o.calib_images = calib;
+  o.freeze_bn = 0;
+  o.freeze_ranges = 0;
+  o.distill = true;
+  return o;
+}
+
+// max |training graph's output y - exported QDQ model's| on x (evaluation mode).
+double worst_vs_export(Tape& tape, const QatGraph& q, const Tensor& x) {
+  const Tensor a = tape.forward({{"x", x}}, false).at("y"), b = runtime::Executor(export_qat(q).model).run1(x);
+  double worst = 0;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
+  return worst;
+}
+
 // ConvTranspose (a decoder's upsampling) trains with fake-quantized per-channel weights and bias, as the export
 // writes them: the training graph and the exported QDQ model compute the same floats before and after training
 // (distillation, no labels), for a plain and a depthwise one.
@@ -309,18 +339,8 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
   for (const int64_t group : {int64_t{1}, int64_t{8}}) {
     SCOPED_TRACE("group " + std::to_string(group));
     const graph::Model m = test::deconv_net(group, 6);
-    Dataset data;
-    data.name = "random";
-    data.images = Tensor(DType::kFloat32, {48, 4, 5, 5});
-    std::mt19937 rng(7);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    for (auto& v : data.images.span<float>()) v = u(rng);
-    QatOptions o;
-    o.calib_images = 48;
-    o.freeze_bn = 0;
-    o.freeze_ranges = 0;
-    o.distill = true;
-    QatGraph q = prepare_qat(m, data, o);
+    const Dataset data = uniform_images({48, 4, 5, 5}, 7);
+    QatGraph q = prepare_qat(m, data, distill_options(48));
     int fq_weights = 0, fq_biases = 0;
     for (const auto& n : q.model.graph.nodes) {
       fq_weights += n.op_type == "FakeQuantWeight" && n.input(0) == "wt";
@@ -330,18 +350,11 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
     EXPECT_EQ(fq_biases, 1);
     Tape tape(q.model, q.params);
     const Tensor x = data.batch(0, 16);
-    auto worst_vs_export = [&] {
-      const Tensor a = tape.forward({{"x", x}}, false).at("y"), b = runtime::Executor(export_qat(q).model).run1(x);
-      double worst = 0;
-      for (int64_t i = 0; i < a.numel(); ++i)
-        worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
-      return worst;
-    };
-    EXPECT_EQ(worst_vs_export(), 0.0) << "before training";
+    EXPECT_EQ(worst_vs_export(tape, q, x), 0.0) << "before training";
     const Tensor wt_before = q.model.graph.initializers.at("wt").clone();
     distill_steps(tape, q, data, 3);
     EXPECT_GT(rel_diff(q.model.graph.initializers.at("wt"), wt_before), 0.0);  // the weight trained
-    EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
+    EXPECT_EQ(worst_vs_export(tape, q, x), 0.0) << "after 3 steps";
   }
 }
 
@@ -349,36 +362,19 @@ TEST(Qat, ConvTransposeTrainsAsItIsExported) {
 // N-d gradients, and the training graph computes what its export computes, before and after training.
 TEST(Qat, VolumetricModelTrainsAsItIsExported) {
   const graph::Model m = test::conv3d_net(6);
-  Dataset data;
-  data.name = "random";
-  data.images = Tensor(DType::kFloat32, {32, 2, 6, 8, 8});
-  std::mt19937 rng(8);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (auto& v : data.images.span<float>()) v = u(rng);
-  QatOptions o;
-  o.calib_images = 32;
-  o.freeze_bn = 0;
-  o.freeze_ranges = 0;
-  o.distill = true;
-  QatGraph q = prepare_qat(m, data, o);
+  const Dataset data = uniform_images({32, 2, 6, 8, 8}, 8);
+  QatGraph q = prepare_qat(m, data, distill_options(32));
   int fq_weights = 0;
   for (const auto& n : q.model.graph.nodes) fq_weights += n.op_type == "FakeQuantWeight";
   EXPECT_EQ(fq_weights, 4);  // three 3-D convs and the Gemm
   Tape tape(q.model, q.params);
   const Tensor x = data.batch(0, 8);
-  auto worst_vs_export = [&] {
-    const Tensor a = tape.forward({{"x", x}}, false).at("y"), b = runtime::Executor(export_qat(q).model).run1(x);
-    double worst = 0;
-    for (int64_t i = 0; i < a.numel(); ++i)
-      worst = std::max(worst, std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]));
-    return worst;
-  };
-  EXPECT_EQ(worst_vs_export(), 0.0) << "before training";
+  EXPECT_EQ(worst_vs_export(tape, q, x), 0.0) << "before training";
   const Tensor w1_before = q.model.graph.initializers.at("w1").clone(), wd_before = q.model.graph.initializers.at("wd").clone();
   distill_steps(tape, q, data, 3);
   EXPECT_GT(rel_diff(q.model.graph.initializers.at("w1"), w1_before), 0.0);  // gradients reached the first conv
   EXPECT_GT(rel_diff(q.model.graph.initializers.at("wd"), wd_before), 0.0);
-  EXPECT_EQ(worst_vs_export(), 0.0) << "after 3 steps";
+  EXPECT_EQ(worst_vs_export(tape, q, x), 0.0) << "after 3 steps";
 }
 
 // Opset-6 models whose binary ops broadcast with the legacy `broadcast` attribute (or that have a PRelu, whose
