@@ -112,6 +112,7 @@ kernels::PoolNdShape pool_nd_shape(const Node& n, const Shape& xs) {
   s.in.assign(xs.begin() + 2, xs.end());
   s.kernel = n.attr_ints("kernel_shape");
   PERCH_CHECK(s.kernel.size() == s.in.size(), n.describe(), ": kernel_shape must have ", s.in.size(), " values");
+  (void)checked_numel(s.kernel, n.describe() + ": kernel_shape");  // the cells of one window: no overflow, <= 2^34
   s.ceil_mode = n.attr_int("ceil_mode", 0) != 0;
   s.count_include_pad = n.attr_int("count_include_pad", 0) != 0;
   auto g = detail::geometry(n, s.in, s.kernel, s.ceil_mode);

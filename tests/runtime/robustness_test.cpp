@@ -71,6 +71,11 @@ TEST(RuntimeRobustness, ShapeMismatchNamesTheNode) {
   e = perch_error([&] { (void)runtime::Executor(mp).run1(Tensor(DType::kFloat32, {1, 1, 2, 2, 2})); });
   expect_contains(e, {"m.onnx: MaxPool node 'pool3d': input [1,1,2,2,2] is too small for the window"});
   EXPECT_EQ(e.find("pool3d"), e.rfind("pool3d")) << e;
+  // A window of 2^60 cells (kernel and pads from the file) is refused, never looped over.
+  mp.graph.nodes[0].attrs["kernel_shape"] = std::vector<int64_t>{1 << 20, 1 << 20, 1 << 20};
+  mp.graph.nodes[0].attrs["pads"] = std::vector<int64_t>(6, 1 << 20);
+  e = perch_error([&] { (void)runtime::Executor(mp).run1(Tensor(DType::kFloat32, {1, 1, 2, 2, 2})); });
+  expect_contains(e, {"MaxPool node 'pool3d': kernel_shape", "more than 2^34 elements"});
 }
 
 // Sizes computed at run time from tensors (not from the file): ConstantOfShape, Expand, Reshape, Tile,
