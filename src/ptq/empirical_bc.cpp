@@ -81,13 +81,13 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
   const Dataset part = take(data, group_begin, count);
   rep.images = count;
 
-  // The layers to correct: Convs, and Gemms with beta 1 and a 1-D (or no) bias, whose weight the options
-  // quantize. A zero correction is seeded for each so that the model measured here has exactly the bias
+  // The layers to correct: Convs, ConvTransposes, and Gemms with beta 1 and a 1-D (or no) bias, whose weight the
+  // options quantize (a per-channel output mean: the layer's geometry does not enter). A zero correction is seeded for each so that the model measured here has exactly the bias
   // layout of the final one (a layer without a bias gets a zero int32 bias, as the final build gives it).
   const Graph& fg = cal.model.graph;
   cal.output_shift.clear();
   for (const Node& n : fg.nodes) {
-    if (n.op_type != "Conv" && n.op_type != "Gemm") continue;
+    if (n.op_type != "Conv" && n.op_type != "ConvTranspose" && n.op_type != "Gemm") continue;
     const Tensor* w = n.inputs.size() >= 2 ? fg.initializer(n.input(1)) : nullptr;
     if (!w || w->dtype() != DType::kFloat32 || w->rank() < 2) continue;
     if (n.op_type == "Gemm" && (n.attr_int("transA", 0) != 0 || n.attr_float("beta", 1.0f) != 1.0f)) continue;
@@ -95,7 +95,7 @@ EmpiricalBiasReport correct_biases_empirically(Calibration& cal, const Dataset& 
       const Tensor* b = fg.initializer(n.input(2));
       if (!b || b->dtype() != DType::kFloat32 || b->rank() != 1) continue;
     }
-    cal.output_shift[n.name].assign(static_cast<size_t>(w->dim(weight_channel_axis(n, w->rank()))), 0.0);
+    cal.output_shift[n.name].assign(static_cast<size_t>(weight_output_channels(n, *w)), 0.0);
   }
   const std::map<std::string, std::vector<double>> seeds = cal.output_shift;
   const Model qm = [&] {

@@ -706,6 +706,11 @@ int64_t weight_channel_axis(const Node& n, int64_t rank) {
   return rank - 1;  // MatMul: N
 }
 
+int64_t weight_output_channels(const Node& n, const Tensor& w) {
+  if (n.op_type == "ConvTranspose") return w.dim(1) * n.attr_int("group", 1);
+  return w.dim(n.op_type == "Conv" ? 0 : weight_channel_axis(n, w.rank()));
+}
+
 int64_t weight_group_axis(const Node& n, int64_t rank) {
   if (n.op_type == "Conv") return 1;
   if (n.op_type == "ConvTranspose") return 0;
@@ -1294,7 +1299,7 @@ PtqResult build_quantized(const Calibration& cal, const PtqOptions& opt) {
     const std::vector<double>* empirical = nullptr;
     if (auto ei = cal.output_shift.find(n.name); ei != cal.output_shift.end()) {
       empirical = &ei->second;
-      const int64_t channels = w.dim(weight_channel_axis(n, w.rank()));
+      const int64_t channels = weight_output_channels(n, w);
       PERCH_CHECK(static_cast<int64_t>(empirical->size()) == channels && (!bias || bias->numel() == channels),
                   m.source, ": ", n.describe(), ": empirical bias correction has ", empirical->size(),
                   " channels, the layer ", channels, " (calibration and options do not match)");

@@ -66,16 +66,17 @@ ptq::PtqOptions coarse_options() {
   return o;
 }
 
-// Returns how many of the layers kept a float bias.
-int expect_float_means(const graph::Model& m, const ptq::PtqOptions& o) {
-  const Dataset calib = images(96, 11);
+// Returns how many of the layers kept a float bias. Default: tiny_cnn's Conv c1, depthwise Conv c2 and Gemm y.
+// `far_before`: the largest mean difference before the correction must exceed it (in bias steps, or 1e-5 for a
+// float bias) — the data makes a correction necessary.
+int expect_float_means(const graph::Model& m, const ptq::PtqOptions& o, const Dataset& calib = images(96, 11),
+                       const std::vector<std::string>& layers = {"c1", "c2", "y"}, double far_before = 20.0) {
   ptq::Calibration cal = ptq::calibrate(m, calib, o);
   const graph::Model before = ptq::build_quantized(cal, o).model;
   const ptq::EmpiricalBiasReport rep = ptq::correct_biases_empirically(cal, calib, o);
   const ptq::PtqResult after = ptq::build_quantized(cal, o);
-  EXPECT_EQ(rep.layers, 3);  // Conv c1, depthwise Conv c2, Gemm y
-  EXPECT_EQ(rep.images, 96);
-  const std::vector<std::string> layers = {"c1", "c2", "y"};
+  EXPECT_EQ(rep.layers, static_cast<int64_t>(layers.size()));
+  EXPECT_EQ(rep.images, calib.size());
   const auto ref = channel_means(cal.model, calib.images, layers);
   const auto mb = channel_means(before, calib.images, layers);
   const auto ma = channel_means(after.model, calib.images, layers);
@@ -103,7 +104,7 @@ int expect_float_means(const graph::Model& m, const ptq::PtqOptions& o) {
   // the earlier layers' rounded corrections applied: 1/2 step, plus float32 summation noise (1e-2 of a step).
   // Before, the means were far off.
   EXPECT_LE(worst_after_in_steps, 0.51);
-  EXPECT_GT(worst_before, 20.0);
+  EXPECT_GT(worst_before, far_before);
   std::printf("largest |mean difference| in bias steps: before %.2f, after %.3f\n", worst_before, worst_after_in_steps);
   for (const auto& l : after.layers) EXPECT_GT(l.empirical_correction_max, 0.0) << l.node;
   return float_biases;
@@ -111,6 +112,23 @@ int expect_float_means(const graph::Model& m, const ptq::PtqOptions& o) {
 
 TEST(PtqEmpiricalBias, EveryCorrectedLayerHasTheFloatMeanPerChannel) {
   EXPECT_EQ(expect_float_means(test::tiny_cnn(5), coarse_options()), 0);
+}
+
+// ConvTranspose layers are corrected like Convs (a per-output-channel mean): group 1 and depthwise with an int32
+// bias, another grouping with its float bias.
+TEST(PtqEmpiricalBias, ConvTransposeOutputsGetTheFloatMeanPerChannel) {
+  Dataset calib;
+  calib.name = "random";
+  calib.images = Tensor(DType::kFloat32, {64, 4, 5, 5});
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& v : calib.images.span<float>()) v = u(rng);
+  for (const int64_t group : {int64_t{1}, int64_t{8}, int64_t{2}}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    ptq::PtqOptions o = coarse_options();
+    o.weights.granularity = quant::Granularity::kPerChannel;
+    EXPECT_EQ(expect_float_means(test::deconv_net(group, 9), o, calib, {"c", "u", "y"}, 10.0), group == 2 ? 1 : 0);
+  }
 }
 
 TEST(PtqEmpiricalBias, ALayerWithoutBiasGetsOneWithoutAnalyticCorrection) {

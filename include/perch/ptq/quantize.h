@@ -264,6 +264,9 @@ bool quantizes_weights(const std::string& op_type);
 // is [C_in, C_out / group, k...]: axis 1 when group is 1; otherwise 0, which for a depthwise one (C_out / group = 1)
 // is its output channel too, and for other grouped ones the input channel (their bias then stays float).
 int64_t weight_channel_axis(const graph::Node& n, int64_t rank);
+// The node's output channels as its weight `w` gives them: Conv dim 0, ConvTranspose dim 1 times group, Gemm 0 or 1 by
+// transB, MatMul the last dim.
+int64_t weight_output_channels(const graph::Node& n, const Tensor& w);
 // The input-channel axis per-group weights block along: Conv 1, ConvTranspose 0, Gemm 0 or 1 by transB, MatMul K.
 int64_t weight_group_axis(const graph::Node& n, int64_t rank);
 // Whether the node's per-channel weight scales are one per output channel, in their order — what an int32 bias at
