@@ -334,6 +334,23 @@ Tensor Tensor::to_f32() const {
   return convert_to<float>(*this);
 }
 
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return *this;
+  switch (dtype) {
+    case DType::kFloat32: return convert_to<float>(*this);
+    case DType::kFloat64: return convert_to<double>(*this);
+    case DType::kInt8: return convert_to<int8_t>(*this);
+    case DType::kUInt8: return convert_to<uint8_t>(*this);
+    case DType::kInt16: return convert_to<int16_t>(*this);
+    case DType::kUInt16: return convert_to<uint16_t>(*this);
+    case DType::kInt32: return convert_to<int32_t>(*this);
+    case DType::kInt64: return convert_to<int64_t>(*this);
+    case DType::kBool: return convert_to<bool>(*this);
+    case DType::kFloat16: return convert_to<Half>(*this);
+  }
+  PERCH_FAIL("unknown dtype");
+}
+
 std::vector<int64_t> Tensor::to_i64_vector() const {
   Tensor t = dtype_ == DType::kInt64 ? *this : convert_to<int64_t>(*this);
   auto s = t.span<int64_t>();

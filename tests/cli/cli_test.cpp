@@ -520,6 +520,40 @@ TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
 
 INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int64_t{8}, int64_t{2}));
 
+// A float16 model (initializers, input and output float16): `perch eval` reads float32 data rounded to float16 and
+// scores it as the float32 model does; `perch run` takes and writes float16 .npy, within float16 rounding of ONNX
+// Runtime; `perch quantize` refuses it naming the value.
+TEST(Cli, Float16ModelRunsEvaluatesAndIsRefusedByQuantize) {
+  const fs::path d = scratch("float16");
+  const graph::Model m = test::tiny_cnn(4);
+  graph::Model h = m;
+  for (auto& [name, t] : h.graph.initializers)
+    if (t.dtype() == DType::kFloat32) t = t.to(DType::kFloat16);
+  h.graph.inputs[0].dtype = h.graph.outputs[0].dtype = DType::kFloat16;
+  graph::save_model(h, d / "h.onnx");
+  const Tensor x = write_uniform(d / "x.npy", {64, 1, 8, 8}, 3, -1.0f, 2.0f);
+  write_npy(d / "labels.npy", argmax_labels(runtime::Executor(m).run1(x)));
+  write_npy(d / "x16.npy", x.to(DType::kFloat16));
+  auto r = run_cmd(perch_bin() + " eval " + q(d / "h.onnx") + " --data " +
+                   q("npy:" + (d / "x.npy").string() + "," + (d / "labels.npy").string()) + " --json -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_GE(json::parse(r.out)["accuracy"].get<double>(), 0.95);  // float16 roundings flip few of 64 argmaxes
+  r = run_cmd(perch_bin() + " run " + q(d / "h.onnx") + " --input x=" + q(d / "x16.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Tensor y = read_npy(d / "perch" / "y.npy");
+  ASSERT_EQ(y.dtype(), DType::kFloat16);
+  r = quantize_with(d / "h.onnx", d / "q.onnx", d / "x.npy");
+  EXPECT_NE(r.code, 0);
+  test::expect_contains(r.err, {"h.onnx", "is float16", "convert the model to float32"});
+  EXPECT_FALSE(fs::exists(d / "q.onnx"));
+  if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "h.onnx") + " --input x=" + q(d / "x16.npy") + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Tensor yo = read_npy(d / "ort" / "y.npy");
+  ASSERT_EQ(yo.dtype(), DType::kFloat16);
+  EXPECT_LE(test::max_rel_diff(y.to_f32(), yo.to_f32()), 1e-2);  // float16 roundings per op, in either order
+}
+
 // A 3-D (volumetric) model through the whole pipeline: per-channel weights on the 5-D Conv weights (one scale per
 // output channel), AdaRound, the empirical correction and the range search run on 3-D convolutions; the integer
 // engine (3-D layers in float between their Q/DQ) equals its simulation; ONNX Runtime runs the QDQ model as perch does.

@@ -102,6 +102,8 @@ class Tensor {
   Tensor clone() const;
   // Converts any numeric dtype to float32 / int64 (new storage unless already that type).
   Tensor to_f32() const;
+  // Converts to `dtype` as to_f32 does (float to integer: NaN 0, saturating; to float16: rounded to nearest even).
+  Tensor to(DType dtype) const;
   std::vector<int64_t> to_i64_vector() const;
 
  private:
