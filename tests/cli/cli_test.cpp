@@ -522,7 +522,7 @@ INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int6
 
 // A float16 model (initializers, input and output float16): `perch eval` reads float32 data rounded to float16 and
 // scores it as the float32 model does; `perch run` takes and writes float16 .npy, within float16 rounding of ONNX
-// Runtime; `perch quantize` refuses it naming the value.
+// Runtime; `perch inspect` lists its weights; `perch quantize` refuses it naming the value.
 TEST(Cli, Float16ModelRunsEvaluatesAndIsRefusedByQuantize) {
   const fs::path d = scratch("float16");
   const graph::Model m = test::tiny_cnn(4);
@@ -542,6 +542,11 @@ TEST(Cli, Float16ModelRunsEvaluatesAndIsRefusedByQuantize) {
   ASSERT_EQ(r.code, 0) << r.err;
   const Tensor y = read_npy(d / "perch" / "y.npy");
   ASSERT_EQ(y.dtype(), DType::kFloat16);
+  r = run_cmd(perch_bin() + " inspect " + q(d / "h.onnx") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json layers = json::parse(r.out)["layers"];
+  ASSERT_EQ(layers.size(), 3u);  // its float16 weights listed, marked
+  for (const auto& l : layers) EXPECT_NE(l["note"].get<std::string>().find("float16"), std::string::npos) << l;
   r = quantize_with(d / "h.onnx", d / "q.onnx", d / "x.npy");
   EXPECT_NE(r.code, 0);
   test::expect_contains(r.err, {"h.onnx", "is float16", "convert the model to float32"});
