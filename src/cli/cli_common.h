@@ -4,10 +4,25 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include <cstdio>
+
 #include "perch/core/error.h"
+#include "perch/core/progress.h"
+#include "perch/graph/passes.h"
 #include "perch/ptq/quantize.h"
 
 namespace perch::cli {
+
+// quantize / sensitivity / qat on a float16 model: it is made float32 (graph::upcast_float16), with a note on stderr.
+inline int upcast_float16_with_note(graph::Model& model) {
+  const int changed = graph::upcast_float16(model);
+  if (changed && !quiet())
+    std::fprintf(stderr,
+                 "note: %s is a float16 model: quantized as the float32 model it widens to (%d values; the "
+                 "QDQ model's inputs and outputs are float32)\n",
+                 model.source.c_str(), changed);
+  return changed;
+}
 
 // --weights: "per-channel" | "per-tensor" | "per-group:G" into `w` (granularity, group_size).
 inline void parse_granularity(const std::string& s, ptq::WeightOptions& w) {

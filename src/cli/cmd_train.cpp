@@ -172,6 +172,7 @@ std::function<std::optional<int>()> add_train_commands(CLI::App& app, bool& as_j
     if (q->parsed()) {
       if (qf->threads > 0) set_num_threads(qf->threads);
       graph::Model m = graph::load_model(*model);
+      upcast_float16_with_note(m);
       const Dataset data = load_dataset(qf->data);
       std::optional<Dataset> ev;
       // --distill usually serves models that are no Fashion-MNIST classifier: no evaluation unless asked for.

@@ -50,6 +50,7 @@ struct DataFlags {
 using cli::add_scheme_flags;
 using cli::apply_scheme_flags;
 using cli::parse_granularity;
+using cli::upcast_float16_with_note;
 using cli::SchemeFlags;
 
 std::string fmt_acc(double a) {
@@ -237,7 +238,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   const std::string& weights = f.weights;
   const int wbits = f.weight_bits, abits = f.act_bits;
   graph::Model model = graph::load_model(model_path);
-  ptq::check_no_float16(model);
+  const int float16_widened = upcast_float16_with_note(model);
   ptq::check_finite_weights(model);  // NaN/Inf weights: refused, naming the tensor (ptq/validate.h)
   ptq::PtqOptions opt = ptq_options(f);
 
@@ -340,6 +341,7 @@ int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
   json j = {{"model", model_path}, {"output", out_path}, {"calibration", {{"data", calib.name}, {"images", res.calibration_images}, {"seconds", res.calibration_seconds}}},
             {"weights", weights}, {"weight_bits", wbits}, {"act_bits", abits}, {"act_estimator", f.act_estimator},
             {"activations_quantized", res.activations_quantized},
+            {"float16_values_widened", float16_widened},
             {"nonfinite_values_skipped", res.nonfinite_values},
             {"equalization", {{"pairs", res.equalization.pairs}, {"sweeps", res.equalization.sweeps},
                               {"max_spread_before", res.equalization.max_spread_before},
@@ -456,7 +458,7 @@ int cmd_sensitivity(const SensitivityFlags& sf, bool as_json, const DataFlags& d
   PERCH_CHECK(!candidates.empty(), "--candidates: no weight configuration given");
   PERCH_CHECK(sf.batch >= 0, "--batch must be positive (or 0: automatic)");
   graph::Model model = graph::load_model(model_path);
-  ptq::check_no_float16(model);
+  upcast_float16_with_note(model);
   ptq::check_finite_weights(model);
   const ptq::PtqOptions opt = ptq_options(sf.q);
   const Dataset calib = calibration_sample(sf.q, df);

@@ -172,6 +172,28 @@ bool inference_dropout(const Model& model, const Node& n) {
   return true;
 }
 
+int upcast_float16(Model& model) {
+  int changed = 0;
+  Graph& g = model.graph;
+  for (auto& [name, t] : g.initializers)
+    if (t.dtype() == DType::kFloat16) t = t.to_f32(), ++changed;
+  for (auto* list : {&g.inputs, &g.outputs, &g.value_info})
+    for (ValueInfo& v : *list)
+      if (v.dtype == DType::kFloat16) v.dtype = DType::kFloat32, ++changed;
+  for (Node& n : g.nodes) {
+    if (!n.domain.empty() && n.domain != "ai.onnx") continue;
+    for (auto& [key, value] : n.attrs) {
+      if (auto* t = std::get_if<Tensor>(&value); t && t->dtype() == DType::kFloat16) *t = t->to_f32(), ++changed;
+    }
+    if (n.op_type != "Cast") continue;
+    auto to = n.attrs.find("to");
+    if (to == n.attrs.end()) continue;
+    if (auto* code = std::get_if<int64_t>(&to->second); code && *code == 10) *code = 1, ++changed;  // FLOAT16 -> FLOAT
+    if (auto* name = std::get_if<std::string>(&to->second); name && *name == "FLOAT16") *name = "FLOAT", ++changed;
+  }
+  return changed;
+}
+
 int remove_identities(Model& model) {
   Graph& g = model.graph;
   int removed = 0;

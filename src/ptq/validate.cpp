@@ -50,7 +50,7 @@ void check_finite_weights(const graph::Model& model) {
 void check_no_float16(const graph::Model& model) {
   const auto refuse = [&](const std::string& what) {
     PERCH_FAIL(model.source, ": ", what, " is float16; perch quantizes float32 models — convert the model to float32 "
-               "first (its float16 values computed in float32)");
+               "first (graph::upcast_float16; the perch CLI does it)");
   };
   for (const auto& v : model.graph.inputs)
     if (v.dtype == DType::kFloat16) refuse("input '" + v.name + "'");

@@ -522,8 +522,9 @@ INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int6
 
 // A float16 model (initializers, input and output float16): `perch eval` reads float32 data rounded to float16 and
 // scores it as the float32 model does; `perch run` takes and writes float16 .npy, within float16 rounding of ONNX
-// Runtime; `perch inspect` lists its weights; `perch quantize` refuses it naming the value.
-TEST(Cli, Float16ModelRunsEvaluatesAndIsRefusedByQuantize) {
+// Runtime; `perch inspect` lists its weights; `perch quantize` quantizes the float32 model it widens to, saying so,
+// and ONNX Runtime runs the result.
+TEST(Cli, Float16ModelRunsEvaluatesAndQuantizesAsFloat32) {
   const fs::path d = scratch("float16");
   const graph::Model m = test::tiny_cnn(4);
   graph::Model h = m;
@@ -547,16 +548,34 @@ TEST(Cli, Float16ModelRunsEvaluatesAndIsRefusedByQuantize) {
   const json layers = json::parse(r.out)["layers"];
   ASSERT_EQ(layers.size(), 3u);  // its float16 weights listed, marked
   for (const auto& l : layers) EXPECT_NE(l["note"].get<std::string>().find("float16"), std::string::npos) << l;
-  r = quantize_with(d / "h.onnx", d / "q.onnx", d / "x.npy");
-  EXPECT_NE(r.code, 0);
-  test::expect_contains(r.err, {"h.onnx", "is float16", "convert the model to float32"});
-  EXPECT_FALSE(fs::exists(d / "q.onnx"));
+  r = run_cmd(perch_bin() + " quantize " + q(d / "h.onnx") + " -o " + q(d / "q.onnx") + " --calib " +
+              q("npy:" + (d / "x.npy").string()) + " --eval " +
+              q("npy:" + (d / "x.npy").string() + "," + (d / "labels.npy").string()) + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["float16_values_widened"], 10);  // 8 initializers, the input and the output
+  EXPECT_GE(json::parse(r.out)["quantized_accuracy"].get<double>(), 0.95);
+  r = quantize_with(d / "h.onnx", d / "q_notes.onnx", d / "x.npy", " --calib-count 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;  // -q: no note
+  r = run_cmd(perch_bin() + " quantize " + q(d / "h.onnx") + " -o " + q(d / "q_notes.onnx") + " --calib " +
+              q("npy:" + (d / "x.npy").string()) + " --calib-count 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  test::expect_contains(r.err, {"note: ", "h.onnx is a float16 model: quantized as the float32 model it widens to"});
+  const graph::Model qm = graph::load_model(d / "q.onnx");
+  EXPECT_EQ(qm.graph.inputs[0].dtype, DType::kFloat32);
+  for (const auto& [name, t] : qm.graph.initializers) EXPECT_NE(t.dtype(), DType::kFloat16) << name;
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
   r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "h.onnx") + " --input x=" + q(d / "x16.npy") + " -o " + q(d / "ort"));
   ASSERT_EQ(r.code, 0) << r.err;
   const Tensor yo = read_npy(d / "ort" / "y.npy");
   ASSERT_EQ(yo.dtype(), DType::kFloat16);
   EXPECT_LE(test::max_rel_diff(y.to_f32(), yo.to_f32()), 1e-2);  // float16 roundings per op, in either order
+  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch_q") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort_q"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Compare c = compare_logits(read_npy(d / "perch_q" / "y.npy"), read_npy(d / "ort_q" / "y.npy"));
+  EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
 }
 
 // A 3-D (volumetric) model through the whole pipeline: per-channel weights on the 5-D Conv weights (one scale per

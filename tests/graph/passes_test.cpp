@@ -443,6 +443,43 @@ TEST(RemoveIdentities, InferenceDropoutGoesTrainingOrMaskedStays) {
   }
 }
 
+// A float16 model widened to float32: initializers (exactly), tensor attributes, declared types and the casts to
+// float16 (Cast's code 10, Cast-1's "FLOAT16"); the widened model computes the float16 model's function without its
+// roundings: its output is the float32 sum of the widened values, which the float16 model then rounds.
+TEST(UpcastFloat16, WidensValuesTypesAndCasts) {
+  Model m;
+  m.set_opset(13);
+  m.graph.inputs.push_back({"x", DType::kFloat16, {2}, {""}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat16, {2}, {""}, true});
+  m.graph.initializers["k"] = Tensor::from<Half>({2}, {Half{0x3c01}, Half{0x7bff}});  // 1 + 2^-10, 65504
+  Node c = make_node("Constant", {}, {"c"});
+  c.attrs["value"] = Tensor::from<Half>({2}, {Half{0x3800}, Half{0x3800}});  // 0.5
+  Node add1 = make_node("Add", {"x", "k"}, {"s"});
+  Node add2 = make_node("Add", {"s", "c"}, {"t"});
+  Node cast = make_node("Cast", {"t"}, {"y"});
+  cast.attrs["to"] = int64_t{10};
+  m.graph.nodes = {c, add1, add2, cast};
+  const Tensor x = Tensor::from<Half>({2}, {Half{0x3c00}, Half{0x3c00}});  // 1
+  const Tensor y16 = runtime::Executor(m).run({{"x", x}}).at("y");
+  Model w = m;
+  EXPECT_EQ(upcast_float16(w), 5);  // k, the Constant's value, x, y, and the Cast
+  EXPECT_EQ(upcast_float16(w), 0);
+  EXPECT_EQ(w.graph.initializers.at("k").dtype(), DType::kFloat32);
+  EXPECT_EQ(w.graph.initializers.at("k").data<float>()[0], 1.0f + std::ldexp(1.0f, -10));
+  EXPECT_EQ(std::get<int64_t>(w.graph.nodes[3].attrs.at("to")), 1);
+  const Tensor y32 = runtime::Executor(w).run({{"x", x.to_f32()}}).at("y");
+  ASSERT_EQ(y32.dtype(), DType::kFloat32);
+  EXPECT_EQ(y32.data<float>()[0], 2.5f + std::ldexp(1.0f, -10));  // float16 rounds it to 2.5 (a tie, to even)
+  EXPECT_EQ(y16.to_f32().data<float>()[0], 2.5f);
+  EXPECT_EQ(y32.data<float>()[1], 65505.5f);
+  EXPECT_EQ(y16.to_f32().data<float>()[1], 65504.0f);  // float16: 65505 -> 65504, then 65504.5 -> 65504
+  Model legacy = m;
+  legacy.set_opset(5);
+  legacy.graph.nodes[3].attrs["to"] = std::string("FLOAT16");
+  EXPECT_EQ(upcast_float16(legacy), 5);
+  EXPECT_EQ(std::get<std::string>(legacy.graph.nodes[3].attrs.at("to")), "FLOAT");
+}
+
 TEST(Canonicalize, RunsAllPassesAndSummarizes) {
   Model m;
   m.set_opset(13);

@@ -18,7 +18,7 @@ void check_finite_weights(const graph::Model& model);
 
 // perch quantizes float32 models: a float16 graph input, output or initializer, or a Cast/CastLike to float16, is
 // refused naming it (the executor runs such models, computing in float32 and rounding to float16 per op, but a QDQ
-// model of them would need float16 scales). Convert the model to float32 first.
+// model of them would need float16 scales). graph::upcast_float16 converts one (the CLI applies it, with a note).
 void check_no_float16(const graph::Model& model);
 
 }  // namespace perch::ptq
