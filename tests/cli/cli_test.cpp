@@ -520,6 +520,18 @@ TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
 
 INSTANTIATE_TEST_SUITE_P(Groups, DeconvInterop, testing::Values(int64_t{1}, int64_t{8}, int64_t{2}));
 
+// `perch run` and ONNX Runtime on `model` with input x = the .npy `x` (outputs under `out`_perch, `out`_ort): their
+// outputs y compared. Fails the test (and returns an empty comparison) when either cannot run it.
+Compare perch_vs_ort(const fs::path& model, const fs::path& x, const fs::path& out) {
+  const fs::path pd = out.string() + "_perch", od = out.string() + "_ort";
+  auto r = run_cmd(perch_bin() + " run " + q(model) + " --input x=" + q(x) + " -o " + q(pd) + " -q");
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto o = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(model) + " --input x=" + q(x) + " -o " + q(od));
+  EXPECT_EQ(o.code, 0) << o.err;
+  if (r.code != 0 || o.code != 0) return {};
+  return compare_logits(read_npy(pd / "y.npy"), read_npy(od / "y.npy"));
+}
+
 // A float16 model (initializers, input and output float16): `perch eval` reads float32 data rounded to float16 and
 // scores it as the float32 model does; `perch run` takes and writes float16 .npy, within float16 rounding of ONNX
 // Runtime; `perch inspect` lists its weights; `perch quantize` quantizes the float32 model it widens to, saying so,
@@ -570,11 +582,7 @@ TEST(Cli, Float16ModelRunsEvaluatesAndQuantizesAsFloat32) {
   const Tensor yo = read_npy(d / "ort" / "y.npy");
   ASSERT_EQ(yo.dtype(), DType::kFloat16);
   EXPECT_LE(test::max_rel_diff(y.to_f32(), yo.to_f32()), 1e-2);  // float16 roundings per op, in either order
-  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch_q") + " -q");
-  ASSERT_EQ(r.code, 0) << r.err;
-  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort_q"));
-  ASSERT_EQ(r.code, 0) << r.err;
-  const Compare c = compare_logits(read_npy(d / "perch_q" / "y.npy"), read_npy(d / "ort_q" / "y.npy"));
+  const Compare c = perch_vs_ort(d / "q.onnx", d / "x.npy", d / "q");
   EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
 }
 
@@ -618,11 +626,7 @@ TEST(Cli, VolumetricModelQuantizesPerChannelAndRunsInOnnxRuntime) {
   }
   EXPECT_EQ(acc[0], acc[1]);
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
-  r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
-  ASSERT_EQ(r.code, 0) << r.err;
-  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
-  ASSERT_EQ(r.code, 0) << r.err;
-  const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
+  const Compare c = perch_vs_ort(d / "q.onnx", d / "x.npy", d / "q");
   EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
   EXPECT_GE(c.argmax_agree, c.rows * 97 / 100);
 }
