@@ -236,6 +236,16 @@ class Windows {
   }
   int64_t in_plane() const { return in_plane_; }
   int64_t out_plane() const { return out_plane_; }
+  const std::vector<int64_t>& in_stride() const { return in_stride_; }
+  // The average's divisor for output `oi`: its cells inside the padded extent (count_include_pad) or inside the input.
+  int64_t divisor(int64_t oi) const {
+    int64_t inside = 0, padded = 0;
+    visit(oi, [&](int64_t off, bool in_padded_extent) {
+      inside += off >= 0 ? 1 : 0;
+      padded += in_padded_extent ? 1 : 0;
+    });
+    return s_.count_include_pad ? padded : inside;
+  }
   // Calls cell(offset in the plane, or -1 outside the input; inside the padded extent) for every cell of the window
   // of output `oi` (row-major flat index over out()), in window order.
   template <typename Cell>
@@ -271,8 +281,8 @@ void maxpool_nd_f32(const PoolNdShape& s, const float* x, float* y, int64_t* ind
   const Windows win(s);
   const size_t r = s.in.size();
   // A row-major plane offset written column major (the dims reversed), for storage_order 1.
-  std::vector<int64_t> row_stride(r, 1), col_stride(r, 1);
-  for (size_t j = r - 1; j-- > 0;) row_stride[j] = row_stride[j + 1] * s.in[j + 1];
+  const std::vector<int64_t>& row_stride = win.in_stride();
+  std::vector<int64_t> col_stride(r, 1);
   for (size_t j = 1; j < r; ++j) col_stride[j] = col_stride[j - 1] * s.in[j - 1];
   const auto as_stored = [&](int64_t off) {
     if (!column_major) return off;
@@ -309,12 +319,10 @@ void avgpool_nd_f32(const PoolNdShape& s, const float* x, float* y) {
       const float* xp = x + p * in_plane;
       for (int64_t oi = 0; oi < out_plane; ++oi) {
         double sum = 0.0;
-        int64_t inside = 0, padded = 0;
-        win.visit(oi, [&](int64_t off, bool in_padded_extent) {
-          if (off >= 0) sum += xp[off], ++inside;
-          if (in_padded_extent) ++padded;
+        win.visit(oi, [&](int64_t off, bool) {
+          if (off >= 0) sum += xp[off];
         });
-        const int64_t div = s.count_include_pad ? padded : inside;
+        const int64_t div = win.divisor(oi);
         y[p * out_plane + oi] = div > 0 ? static_cast<float>(sum / static_cast<double>(div)) : 0.0f;
       }
     }
@@ -346,12 +354,7 @@ void avgpool_nd_backward_f32(const PoolNdShape& s, const float* dy, float* dx) {
     for (int64_t p = p0; p < p1; ++p) {
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t oi = 0; oi < out_plane; ++oi) {
-        int64_t inside = 0, padded = 0;
-        win.visit(oi, [&](int64_t off, bool in_padded_extent) {
-          inside += off >= 0 ? 1 : 0;
-          padded += in_padded_extent ? 1 : 0;
-        });
-        const int64_t div = s.count_include_pad ? padded : inside;
+        const int64_t div = win.divisor(oi);
         if (div == 0) continue;
         const double g = static_cast<double>(dy[p * out_plane + oi]) / static_cast<double>(div);
         win.visit(oi, [&](int64_t off, bool) {

@@ -65,14 +65,8 @@ std::vector<Tensor> run_kernel(const OpKernel& k, const graph::Node& n, const st
     a[j] = args[j]->dtype() == DType::kFloat16 ? &widened[j] : args[j];
   }
   std::vector<Tensor> outs = k(n, a, opset);
-  for (Tensor& t : outs) {
-    if (t.empty() || t.dtype() != DType::kFloat32) continue;
-    Tensor h = Tensor::uninitialized(DType::kFloat16, t.shape());
-    const float* src = t.data<float>();
-    Half* dst = h.data<Half>();
-    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = Half{half_from_double(src[i])};
-    t = h;
-  }
+  for (Tensor& t : outs)
+    if (!t.empty() && t.dtype() == DType::kFloat32) t = t.to(DType::kFloat16);
   return outs;
 }
 }  // namespace

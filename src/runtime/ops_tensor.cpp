@@ -78,16 +78,7 @@ Tensor cast_tensor(const Tensor& x, DType to) {
   // float16 (a storage type, no typed kernels): from it through float32 (exact); to it from double, rounded once
   // to nearest even (every perch type converts to double exactly, but for int64 beyond 2^53, which is float16's inf).
   if (x.dtype() == DType::kFloat16) return cast_tensor(x.to_f32(), to);
-  if (to == DType::kFloat16) {
-    Tensor y = Tensor::uninitialized(to, x.shape());
-    Half* yd = y.data<Half>();
-    detail::visit_dtype(x.dtype(), [&](auto st) {
-      using S = typename decltype(st)::type;
-      const S* xd = x.data<S>();
-      for (int64_t i = 0; i < x.numel(); ++i) yd[i] = Half{half_from_double(static_cast<double>(xd[i]))};
-    });
-    return y;
-  }
+  if (to == DType::kFloat16) return x.to(to);
   Tensor y = Tensor::uninitialized(to, x.shape());
   detail::visit_dtype(x.dtype(), [&](auto st) {
     using S = typename decltype(st)::type;

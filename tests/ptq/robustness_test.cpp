@@ -23,13 +23,6 @@ using perch::test::perch_error;
 
 Dataset calib_data(int64_t n, uint32_t seed) { return test::tiny_cnn_inputs(n, seed); }
 
-// `t` (float32) as float16, rounded to nearest even.
-Tensor cast_for_test(const Tensor& t) {
-  Tensor h(DType::kFloat16, t.shape());
-  for (int64_t i = 0; i < t.numel(); ++i) h.data<Half>()[i] = Half{half_from_double(t.data<float>()[i])};
-  return h;
-}
-
 graph::Model tiny(uint32_t seed) {
   graph::Model m = test::tiny_cnn(seed);
   m.source = "tiny.onnx";
@@ -63,7 +56,7 @@ TEST(PtqRobustness, NonFiniteWeightsAreRefusedNamingTensorAndIndex) {
 TEST(PtqRobustness, Float16ModelsAreRefusedNamingTheValue) {
   graph::Model m = tiny(1);
   EXPECT_NO_THROW(ptq::check_no_float16(m));
-  m.graph.initializers["b1"] = cast_for_test(m.graph.initializers["b1"]);
+  m.graph.initializers["b1"] = m.graph.initializers["b1"].to(DType::kFloat16);
   expect_contains(perch_error([&] { ptq::check_no_float16(m); }), {"tiny.onnx: initializer 'b1' is float16", "convert the model to float32"});
   expect_contains(perch_error([&] { (void)ptq::quantize_model(m, calib_data(8, 1), {}); }), {"initializer 'b1' is float16"});
   graph::Model c = tiny(1);

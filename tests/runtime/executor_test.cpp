@@ -732,11 +732,7 @@ TEST(Executor, GeluBothForms) {
 TEST(Executor, Float16ModelsComputeInFloat32PerOp) {
   const graph::Model m32 = test::tiny_cnn(3);
   graph::Model m16 = m32;
-  const auto to_half = [](const Tensor& t) {
-    Tensor h(DType::kFloat16, t.shape());
-    for (int64_t i = 0; i < t.numel(); ++i) h.data<Half>()[i] = Half{half_from_double(t.data<float>()[i])};
-    return h;
-  };
+  const auto to_half = [](const Tensor& t) { return t.to(DType::kFloat16); };
   for (auto& [name, t] : m16.graph.initializers)
     if (t.dtype() == DType::kFloat32) t = to_half(t);
   m16.graph.inputs[0].dtype = m16.graph.outputs[0].dtype = DType::kFloat16;
