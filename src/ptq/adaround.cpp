@@ -281,7 +281,8 @@ void add_conv_moments(const Node& n, const Tensor& xq, const Tensor* xf, const T
   if (xq.rank() >= 5) {
     const kernels::ConvNdShape s = runtime::conv_nd_shape(n, xq.shape(), w.shape());
     batch = s.batch, channels = s.in_channels, group = s.group, k = channels / group;
-    for (size_t j = 0; j < s.in.size(); ++j) in_plane *= s.in[j], pos *= s.out()[j], k *= s.kernel[j];
+    const std::vector<int64_t> out = s.out();
+    for (size_t j = 0; j < s.in.size(); ++j) in_plane *= s.in[j], pos *= out[j], k *= s.kernel[j];
     im2col = [s](const float* x, float* col) { kernels::im2col_nd_f32(s, x, col); };
   } else {
     const kernels::Conv2dShape s = runtime::conv2d_shape(n, xq.shape(), w.shape());

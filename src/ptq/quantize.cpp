@@ -708,7 +708,7 @@ int64_t weight_channel_axis(const Node& n, int64_t rank) {
 
 int64_t weight_output_channels(const Node& n, const Tensor& w) {
   if (n.op_type == "ConvTranspose") return w.dim(1) * n.attr_int("group", 1);
-  return w.dim(n.op_type == "Conv" ? 0 : weight_channel_axis(n, w.rank()));
+  return w.dim(weight_channel_axis(n, w.rank()));
 }
 
 int64_t weight_group_axis(const Node& n, int64_t rank) {
