@@ -400,6 +400,7 @@ bool opset_stable(const std::string& op) {
       "Shrink", "ThresholdedRelu", "Celu", "Acos", "Asin", "Atan", "Tan", "Cosh", "Sinh", "Acosh", "Asinh", "Atanh",
       "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "MeanVarianceNormalization", "Trilu",
       "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+      "LRN", "NonMaxSuppression",  // LRN-13 and NonMaxSuppression-11 changed nothing for float inputs
       // introduced at or after 13: a model that has them is already there
       "CastLike", "LayerNormalization", "Mish", "Gelu"};
   return ok.count(op) != 0;
@@ -562,7 +563,8 @@ void raise_legacy_prelu(const Model& m, Graph& g, Node& n, int64_t from, int64_t
 // BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
 // its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too;
 // TopK (10: `k` -> input K), Cast-1's type name (6: a number), Upsample (10: gone) and Resize-10 (11: coordinate
-// and nearest modes; raise_legacy_resize above). Anything else is refused with the op named.
+// and nearest modes; raise_legacy_resize above); RNN/GRU/LSTM's `output_sequence` (7: gone). Anything else is
+// refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -685,6 +687,10 @@ void raise_opset(Model& m, int64_t target) {
       added.push_back(shape);
       added.push_back(flat);
       added.push_back(reshape);
+    } else if (n.op_type == "RNN" || n.op_type == "GRU" || n.op_type == "LSTM") {
+      // 7 dropped `output_sequence` (Y is an optional output either way); GRU-3's linear_before_reset and 14's
+      // layout were added with the old behaviour as their default: nothing else to convert.
+      if (crosses(7)) n.attrs.erase("output_sequence");
     } else if (!opset_stable(n.op_type) && n.op_type != "Softmax" && n.op_type != "LogSoftmax" && n.op_type != "Hardmax") {
       PERCH_FAIL(m.source, ": per-channel/per-group QDQ needs opset >= ", target, " but the model is opset ", from,
                  " and perch does not know how to convert ", n.describe(), " yet");

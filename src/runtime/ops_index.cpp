@@ -1,7 +1,8 @@
 // Index-driven ops for the float executor: GatherElements, ScatterElements, GatherND, ScatterND, Compress,
-// NonZero, OneHot, Trilu, EyeLike. Data keeps its element type; indices may be negative (counted from the
+// NonZero, OneHot, Trilu, EyeLike, and NonMaxSuppression. Data keeps its element type; indices may be negative (counted from the
 // end) and out-of-range indices are errors.
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "ops_typed.h"
@@ -255,6 +256,74 @@ std::vector<Tensor> eye_like(const Node& n, const Args& a, int64_t) {
   return {y};
 }
 
+// ---- NonMaxSuppression -------------------------------------------------------------------------------
+// boxes [B, N, 4], scores [B, C, N]; optional scalars max_output_boxes_per_class (int64, default 0: none kept),
+// iou_threshold (default 0), score_threshold (none when absent). Per batch and class: the boxes with score >
+// score_threshold, by descending score (equal scores: lower box index first), each kept unless its IoU with a box
+// already kept exceeds iou_threshold, at most max_output_boxes_per_class of them. Output selected_indices
+// [K, 3] int64 rows (batch, class, box) in batch, class, selection order. center_point_box 0: [y1, x1, y2, x2]
+// of any two opposite corners; 1: [x_center, y_center, width, height]. A box of zero area overlaps nothing.
+std::vector<Tensor> non_max_suppression(const Node& n, const Args& a, int64_t) {
+  const Tensor &boxes_t = in(n, a, 0), &scores_t = in(n, a, 1);
+  PERCH_CHECK(boxes_t.rank() == 3 && boxes_t.dim(2) == 4, "boxes must be [batch, boxes, 4], got ", shape_str(boxes_t.shape()));
+  PERCH_CHECK(scores_t.rank() == 3 && scores_t.dim(0) == boxes_t.dim(0) && scores_t.dim(2) == boxes_t.dim(1),
+              "scores must be [", boxes_t.dim(0), ", classes, ", boxes_t.dim(1), "], got ", shape_str(scores_t.shape()));
+  auto scalar = [&](size_t i, const char* what) -> const Tensor* {
+    if (!has(a, i)) return nullptr;
+    PERCH_CHECK(a[i]->numel() == 1, what, " must hold one value, got ", shape_str(a[i]->shape()));
+    return a[i];
+  };
+  const Tensor* max_t = scalar(2, "max_output_boxes_per_class");
+  const Tensor* iou_t = scalar(3, "iou_threshold");
+  const Tensor* score_t = scalar(4, "score_threshold");
+  const int64_t max_out = max_t ? max_t->to_i64_vector()[0] : 0;
+  const float iou_thr = iou_t ? iou_t->to_f32().data<float>()[0] : 0.0f;
+  const float score_thr = score_t ? score_t->to_f32().data<float>()[0] : 0.0f;
+  PERCH_CHECK(iou_thr >= 0.0f && iou_thr <= 1.0f, "iou_threshold ", iou_thr, " is outside [0, 1]");
+  const int64_t center = n.attr_int("center_point_box", 0);
+  PERCH_CHECK(center == 0 || center == 1, "center_point_box must be 0 or 1, got ", center);
+  const Tensor bf = boxes_t.to_f32(), sf = scores_t.to_f32();
+  const int64_t B = boxes_t.dim(0), N = boxes_t.dim(1), C = scores_t.dim(1);
+  // Every box as (x1, y1, x2, y2) with x1 <= x2, y1 <= y2.
+  std::vector<std::array<float, 4>> corners(static_cast<size_t>(B * N));
+  for (int64_t i = 0; i < B * N; ++i) {
+    const float* b = bf.data<float>() + i * 4;
+    if (center == 1) {
+      corners[i] = {b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2};
+    } else {
+      corners[i] = {std::min(b[1], b[3]), std::min(b[0], b[2]), std::max(b[1], b[3]), std::max(b[0], b[2])};
+    }
+  }
+  auto suppresses = [&](const std::array<float, 4>& p, const std::array<float, 4>& q) {
+    const float iw = std::min(p[2], q[2]) - std::max(p[0], q[0]), ih = std::min(p[3], q[3]) - std::max(p[1], q[1]);
+    if (iw <= 0 || ih <= 0) return false;
+    // both boxes have positive width and height here (the corners are ordered), so the union is positive
+    const float inter = iw * ih, ap = (p[2] - p[0]) * (p[3] - p[1]), aq = (q[2] - q[0]) * (q[3] - q[1]);
+    return inter / (ap + aq - inter) > iou_thr;
+  };
+  std::vector<int64_t> rows;
+  std::vector<int64_t> order;
+  std::vector<int64_t> kept;
+  for (int64_t b = 0; b < B && max_out > 0; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const float* sc = sf.data<float>() + (b * C + c) * N;
+      order.clear();
+      for (int64_t i = 0; i < N; ++i)
+        if (!score_t || sc[i] > score_thr) order.push_back(i);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return sc[i] > sc[j]; });
+      kept.clear();
+      for (int64_t i : order) {
+        if (static_cast<int64_t>(kept.size()) >= max_out) break;
+        bool keep = true;
+        for (int64_t k : kept) keep = keep && !suppresses(corners[b * N + k], corners[b * N + i]);
+        if (!keep) continue;
+        kept.push_back(i);
+        rows.insert(rows.end(), {b, c, i});
+      }
+    }
+  return {Tensor::from<int64_t>({static_cast<int64_t>(rows.size() / 3), 3}, rows)};
+}
+
 }  // namespace
 
 void register_index_ops(OpRegistry& r) {
@@ -267,6 +336,7 @@ void register_index_ops(OpRegistry& r) {
   r.add("OneHot", 9, one_hot);
   r.add("Trilu", 14, trilu);
   r.add("EyeLike", 9, eye_like);
+  r.add("NonMaxSuppression", 10, non_max_suppression);
 }
 
 }  // namespace perch::runtime

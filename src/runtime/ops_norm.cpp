@@ -1,5 +1,5 @@
-// ConvTranspose (1-D/2-D/3-D reference loop), LayerNormalization, InstanceNormalization and
-// MeanVarianceNormalization for the float executor (float32 and float64; statistics in double).
+// ConvTranspose (1-D/2-D/3-D reference loop), LayerNormalization, InstanceNormalization,
+// MeanVarianceNormalization and LRN for the float executor (float32 and float64; statistics in double).
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -263,6 +263,44 @@ std::vector<Tensor> mvn(const Node& n, const Args& a, int64_t) {
   return {mvn_typed<float>(n, x)};
 }
 
+// ---- LRN ---------------------------------------------------------------------------------------------
+// Local response normalization across channels (AlexNet, GoogLeNet): for X [N, C, spatial...],
+//   y[n, c, …] = x[n, c, …] / (bias + alpha / size · Σ_{c' ∈ [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉] ∩ [0, C)} x[n, c', …]²)^beta
+// (the window clipped at the channel ends; alpha is divided by the full size, as ONNX defines it). Sums in double.
+template <typename T>
+Tensor lrn_typed(const Node& n, const Tensor& x) {
+  PERCH_CHECK(x.rank() >= 3, "input must be [N, C, spatial...], got ", shape_str(x.shape()));
+  const int64_t size = n.attr_int("size", 0);
+  PERCH_CHECK(size > 0, "attribute size must be positive, got ", size);
+  const double alpha = n.attr_float("alpha", 1e-4f), beta = n.attr_float("beta", 0.75f), bias = n.attr_float("bias", 1.0f);
+  const int64_t N = x.dim(0), C = x.dim(1), len = x.numel() / std::max<int64_t>(1, N * C);
+  const int64_t before = (size - 1) / 2, after = size - 1 - before;
+  Tensor y = Tensor::uninitialized(x.dtype(), x.shape());
+  const T* xd = x.data<T>();
+  T* yd = y.data<T>();
+  for (int64_t b = 0; b < N; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t lo = std::max<int64_t>(0, c - before), hi = std::min(C - 1, c + after);
+      for (int64_t j = 0; j < len; ++j) {
+        double sq = 0;
+        for (int64_t k = lo; k <= hi; ++k) {
+          const double v = static_cast<double>(xd[(b * C + k) * len + j]);
+          sq += v * v;
+        }
+        const int64_t at = (b * C + c) * len + j;
+        yd[at] = static_cast<T>(static_cast<double>(xd[at]) / std::pow(bias + alpha / static_cast<double>(size) * sq, beta));
+      }
+    }
+  return y;
+}
+
+std::vector<Tensor> lrn(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  check_float(x, "X");
+  if (x.dtype() == DType::kFloat64) return {lrn_typed<double>(n, x)};
+  return {lrn_typed<float>(n, x)};
+}
+
 }  // namespace
 
 void register_norm_ops(OpRegistry& r) {
@@ -270,6 +308,7 @@ void register_norm_ops(OpRegistry& r) {
   r.add("LayerNormalization", 17, layer_norm);
   r.add("InstanceNormalization", 1, instance_norm);
   r.add("MeanVarianceNormalization", 9, mvn);
+  r.add("LRN", 1, lrn);
 }
 
 }  // namespace perch::runtime

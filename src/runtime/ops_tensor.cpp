@@ -436,6 +436,7 @@ void register_math_ops(OpRegistry& r);
 void register_resize_ops(OpRegistry& r);
 void register_norm_ops(OpRegistry& r);
 void register_index_ops(OpRegistry& r);
+void register_rnn_ops(OpRegistry& r);
 
 // Everything added for real-world model coverage (called from register_builtin_ops).
 void register_coverage_ops(OpRegistry& r) {
@@ -445,6 +446,7 @@ void register_coverage_ops(OpRegistry& r) {
   register_resize_ops(r);
   register_norm_ops(r);
   register_index_ops(r);
+  register_rnn_ops(r);
 }
 
 }  // namespace perch::runtime

@@ -413,6 +413,38 @@ double worst_row_error(const Tensor& got, const Tensor& want) {
   return worst;
 }
 
+
+// A recurrent layer of an opset-6 export (LSTM/GRU/RNN with `output_sequence`, which opset 7 removed): per-channel
+// QDQ raises the model to 13 without the attribute, and the layer computes the same.
+TEST(PtqOcrPatterns, Opset6RecurrentLayersLoseOutputSequence) {
+  for (const char* op : {"LSTM", "GRU", "RNN"}) {
+    SCOPED_TRACE(op);
+    const int64_t gates = std::string(op) == "LSTM" ? 4 : std::string(op) == "GRU" ? 3 : 1;
+    Model m;
+    m.source = "opset6_recurrent";
+    m.set_opset(6);
+    m.graph.inputs.push_back({"x", DType::kFloat32, {5, -1, 3}, {}, true});
+    m.graph.outputs.push_back({"z", DType::kFloat32, {}, {}, false});
+    m.graph.initializers["W"] = normal_tensor({1, gates * 4, 3}, 1);
+    m.graph.initializers["R"] = normal_tensor({1, gates * 4, 4}, 2);
+    m.graph.initializers["B2"] = normal_tensor({4, 2}, 3);
+    Node rnn = make(op, "rec", {"x", "W", "R"}, {"y"});
+    rnn.attrs["hidden_size"] = int64_t{4};
+    rnn.attrs["output_sequence"] = int64_t{1};
+    m.graph.nodes.push_back(rnn);
+    m.graph.nodes.push_back(make("MatMul", "fc", {"y", "B2"}, {"z"}));
+    const Dataset data = uniform_data({5, 6, 3}, 4);
+    const Tensor want = runtime::Executor(m).run1(data.images);
+    Model raised = m;
+    ptq::raise_opset(raised, 13);
+    EXPECT_FALSE(raised.graph.nodes[0].has_attr("output_sequence"));
+    EXPECT_TRUE(test::same_bits(runtime::Executor(raised).run1(data.images), want));
+    const auto res = ptq::quantize_model(m, data, plain());
+    EXPECT_EQ(res.model.opset(), 13);
+    EXPECT_LT(test::max_rel_diff(runtime::Executor(res.model).run1(data.images), want), 0.05);
+  }
+}
+
 }  // namespace
 
 // A layer norm written out gets Q/DQ on its input and output only: its inner values (the row statistics, the

@@ -3,7 +3,9 @@
 // Upsample-7), Resize-10's legacy nearest rounding, and that both forms give the same result.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -189,6 +191,115 @@ TEST(OpsetForms, KernelErrorsNameTheNode) {
     EXPECT_NE(std::string(e.what()).find("Slice_under_test"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("step of axis 0 is 0"), std::string::npos) << e.what();
   }
+}
+
+// RNN/GRU/LSTM (ONNX Runtime checks the attribute combinations: tests/cli/recurrent_test.cpp). Here what it cannot:
+// a zero-length sequence (ONNX Runtime refuses sequence_lens of 0) keeps the initial state and outputs zeros; the
+// float64 path (plain double loops) agrees with the float32 one (GEMM kernel); bad inputs are named.
+Tensor uniform_tensor(Shape s, uint32_t seed, DType dt = DType::kFloat32) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-0.8f, 0.8f);
+  Tensor t(DType::kFloat32, std::move(s));
+  for (auto& v : t.span<float>()) v = u(rng);
+  return t.to(dt);
+}
+
+Node lstm_node(const std::string& direction) {
+  Node n = node("LSTM", {"x", "w", "r", "b", "lens", "h0", "c0", "p"}, {"y", "yh", "yc"});
+  n.attrs["direction"] = direction;
+  n.attrs["hidden_size"] = int64_t{3};
+  return n;
+}
+
+std::map<std::string, Tensor> lstm_inits(int64_t dirs, std::vector<int32_t> lens, DType dt) {
+  const int64_t B = static_cast<int64_t>(lens.size());
+  return {{"w", uniform_tensor({dirs, 12, 2}, 1, dt)}, {"r", uniform_tensor({dirs, 12, 3}, 2, dt)},
+          {"b", uniform_tensor({dirs, 24}, 3, dt)},    {"lens", Tensor::from<int32_t>({B}, lens)},
+          {"h0", uniform_tensor({dirs, B, 3}, 4, dt)}, {"c0", uniform_tensor({dirs, B, 3}, 5, dt)},
+          {"p", uniform_tensor({dirs, 9}, 6, dt)}};
+}
+
+TEST(RecurrentOps, ZeroLengthSequencesKeepTheInitialStateAndOutputZeros) {
+  const Tensor x = uniform_tensor({4, 2, 2}, 7);  // S 4, batch 2, input 2
+  for (const char* direction : {"forward", "reverse"}) {
+    SCOPED_TRACE(direction);
+    const auto inits = lstm_inits(1, {0, 3}, DType::kFloat32);
+    const Tensor y = run_one(lstm_node(direction), 14, x, inits, 3, 0);
+    const Tensor yh = run_one(lstm_node(direction), 14, x, inits, 3, 1);
+    const Tensor yc = run_one(lstm_node(direction), 14, x, inits, 3, 2);
+    ASSERT_EQ(y.shape(), (Shape{4, 1, 2, 3}));
+    for (int64_t t = 0; t < 4; ++t)
+      for (int64_t j = 0; j < 3; ++j) {
+        EXPECT_EQ(y.data<float>()[(t * 2 + 0) * 3 + j], 0.0f);  // batch 0: no step
+        if (t == 3) {
+          EXPECT_EQ(y.data<float>()[(t * 2 + 1) * 3 + j], 0.0f);  // batch 1: past its 3 steps
+        }
+      }
+    for (int64_t j = 0; j < 3; ++j) {
+      EXPECT_EQ(yh.data<float>()[j], inits.at("h0").data<float>()[j]);
+      EXPECT_EQ(yc.data<float>()[j], inits.at("c0").data<float>()[j]);
+      // batch 1's final state is its last step's output: step 2 forward, step 0 in reverse
+      const int64_t last = std::string(direction) == "forward" ? 2 : 0;
+      EXPECT_EQ(yh.data<float>()[3 + j], y.data<float>()[(last * 2 + 1) * 3 + j]);
+      EXPECT_NE(yh.data<float>()[3 + j], 0.0f);
+    }
+  }
+}
+
+TEST(RecurrentOps, Float64AgreesWithFloat32) {
+  for (const char* direction : {"forward", "bidirectional"}) {
+    SCOPED_TRACE(direction);
+    const int64_t dirs = std::string(direction) == "bidirectional" ? 2 : 1;
+    const Tensor x = uniform_tensor({5, 2, 2}, 8);
+    for (size_t out = 0; out < 3; ++out) {
+      const Tensor f = run_one(lstm_node(direction), 14, x, lstm_inits(dirs, {5, 4}, DType::kFloat32), 3, out);
+      const Tensor d = run_one(lstm_node(direction), 14, x.to(DType::kFloat64), lstm_inits(dirs, {5, 4}, DType::kFloat64), 3, out);
+      ASSERT_EQ(d.dtype(), DType::kFloat64);
+      ASSERT_EQ(f.shape(), d.shape());
+      double worst = 0;
+      for (int64_t i = 0; i < f.numel(); ++i) worst = std::max(worst, std::abs(f.data<float>()[i] - d.data<double>()[i]));
+      EXPECT_LT(worst, 1e-5) << "output " << out;
+      EXPECT_GT(std::abs(d.data<double>()[0]), 1e-3);
+    }
+  }
+}
+
+TEST(RecurrentOps, BadInputsAreNamed) {
+  const Tensor x = uniform_tensor({4, 2, 2}, 7);
+  auto expect_error = [&](const Node& n, std::map<std::string, Tensor> inits, const std::string& what) {
+    try {
+      run_one(n, 14, x, inits, 3, 0);
+      ADD_FAILURE() << "expected an error containing " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("LSTM_under_test"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  auto inits = lstm_inits(1, {4, 4}, DType::kFloat32);
+  inits["w"] = uniform_tensor({1, 12, 3}, 1);  // input size 3, X has 2
+  expect_error(lstm_node("forward"), inits, "W must be [1, 4·hidden_size, 2]");
+  Node gelu = lstm_node("forward");
+  gelu.attrs["activations"] = std::vector<std::string>{"Sigmoid", "Gelu", "Tanh"};
+  expect_error(gelu, lstm_inits(1, {4, 4}, DType::kFloat32), "unknown activation 'Gelu'");
+  inits = lstm_inits(1, {4, 5}, DType::kFloat32);
+  expect_error(lstm_node("forward"), inits, "sequence_lens value 5 outside [0, 4]");
+  expect_error(lstm_node("sideways"), lstm_inits(1, {4, 4}, DType::kFloat32), "direction 'sideways'");
+}
+
+// LRN's window is [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉]: an even size reaches one channel further above than below
+// (ONNX Runtime refuses even sizes, so this is checked by hand). C = 3, size 2, alpha 2, beta 1, bias 1:
+// y_c = x_c / (1 + (2/2)·(x_c² + x_{c+1}²)), the last channel alone.
+TEST(LrnOp, EvenWindowsReachOneChannelMoreAbove) {
+  Node n = node("LRN", {"x"}, {"y"});
+  n.attrs["size"] = int64_t{2};
+  n.attrs["alpha"] = 2.0f;
+  n.attrs["beta"] = 1.0f;
+  n.attrs["bias"] = 1.0f;
+  const Tensor x = Tensor::from<float>({1, 3, 1, 1}, {1.0f, 2.0f, 3.0f});
+  const Tensor y = run_one(n, 13, x);
+  EXPECT_FLOAT_EQ(y.data<float>()[0], 1.0f / (1 + 1 + 4));
+  EXPECT_FLOAT_EQ(y.data<float>()[1], 2.0f / (1 + 4 + 9));
+  EXPECT_FLOAT_EQ(y.data<float>()[2], 3.0f / (1 + 9));
 }
 
 }  // namespace

@@ -1,0 +1,126 @@
+// Ops whose ONNX node tests leave cases out, against ONNX Runtime: LRN with windows wider than the channels and NonMaxSuppression on random boxes — flipped corners, zero-area boxes, tied scores, both box formats,
+// score thresholds, per-class limits.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "perch/data/npy.h"
+#include "perch/graph/onnx_io.h"
+#include "cli_test_util.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace perch;
+using perch::test::cli::ort_dir;
+using perch::test::cli::perch_bin;
+using perch::test::cli::q;
+using perch::test::cli::scratch;
+using test::run_cmd;
+
+namespace {
+
+// Runs `m` (one input "x") in perch and ONNX Runtime; every output must match: integers exactly, floats within
+// `rel` of the output's largest magnitude.
+void expect_same_as_ort(const graph::Model& m, const Tensor& x, const std::string& name, double rel) {
+  const fs::path d = scratch(name);
+  graph::save_model(m, d / "m.onnx");
+  write_npy(d / "x.npy", x);
+  auto r = run_cmd(perch_bin() + " run " + q(d / "m.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "m.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const auto& out : m.graph.outputs) {
+    SCOPED_TRACE(out.name);
+    const Tensor a = read_npy(d / "perch" / (out.name + ".npy")), b = read_npy(d / "ort" / (out.name + ".npy"));
+    ASSERT_EQ(a.dtype(), b.dtype());
+    ASSERT_EQ(a.shape(), b.shape());
+    if (a.dtype() == DType::kInt64) {
+      EXPECT_EQ(a.to_i64_vector(), b.to_i64_vector());
+      continue;
+    }
+    EXPECT_LE(test::max_rel_diff(a, b), rel);
+  }
+}
+
+graph::Model one_input_model(const std::string& name, Shape x, int64_t opset) {
+  graph::Model m;
+  m.ir_version = 8;
+  m.opsets = {{"", opset}};
+  m.source = name;
+  m.graph.name = name;
+  m.graph.inputs.push_back({"x", DType::kFloat32, std::move(x), {}, true});
+  return m;
+}
+
+// ONNX Runtime takes odd sizes only; even ones: LrnOp.EvenWindowsReachOneChannelMoreAbove.
+TEST(OpsVsOrt, LrnOddWindows) {
+  PERCH_REQUIRE_ORT();
+  graph::Model m = one_input_model("lrn", {2, 7, 3, 4}, 13);
+  for (int64_t size : {1, 3, 5, 9}) {
+    const std::string y = "y_size" + std::to_string(size);
+    test::add_node(m.graph, "LRN", {"x"}, {y},
+                   {{"size", size}, {"alpha", 0.02f * static_cast<float>(size)}, {"beta", 0.6f}, {"bias", 1.5f}});
+    m.graph.outputs.push_back({y, DType::kFloat32, {}, {}, false});
+  }
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  Tensor x(DType::kFloat32, {2, 7, 3, 4});
+  for (auto& v : x.span<float>()) v = u(rng);
+  expect_same_as_ort(m, x, "lrn_vs_ort", 1e-6);
+}
+
+TEST(OpsVsOrt, NonMaxSuppressionOnRandomBoxes) {
+  PERCH_REQUIRE_ORT();
+  constexpr int64_t B = 2, N = 40, C = 3;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> pos(0.0f, 10.0f), ext(0.5f, 4.0f);
+  std::uniform_int_distribution<int> level(0, 9);
+  // x holds the boxes: each as a random position and extent, written in the format under test; every 7th box has
+  // its corners flipped, every 11th zero width, every 13th is the box before it again (IoU exactly 1).
+  Tensor corners(DType::kFloat32, {B, N, 4}), centers(DType::kFloat32, {B, N, 4});
+  for (int64_t i = 0; i < B * N; ++i) {
+    float cx = pos(rng), cy = pos(rng), w = i % 11 == 0 ? 0.0f : ext(rng), h = ext(rng);
+    float* c = corners.data<float>() + i * 4;
+    if (i % 13 == 0 && i % N > 0) {
+      const float* p = centers.data<float>() + (i - 1) * 4;
+      cx = p[0], cy = p[1], w = p[2], h = p[3];
+    }
+    c[0] = cy - h / 2, c[1] = cx - w / 2, c[2] = cy + h / 2, c[3] = cx + w / 2;
+    if (i % 7 == 0) std::swap(c[0], c[2]), std::swap(c[1], c[3]);
+    float* z = centers.data<float>() + i * 4;
+    z[0] = cx, z[1] = cy, z[2] = w, z[3] = h;
+  }
+  Tensor scores(DType::kFloat32, {B, C, N});
+  for (auto& v : scores.span<float>()) v = static_cast<float>(level(rng)) / 10.0f;  // many ties
+  for (int format : {0, 1}) {
+    SCOPED_TRACE(format);
+    graph::Model m = one_input_model("nms", {B, N, 4}, 11);
+    auto& g = m.graph;
+    g.initializers["scores"] = scores;
+    struct Case {
+      int64_t max_out;
+      float iou;
+      float score;  // < 0: no score_threshold input
+    };
+    // thresholds equal to IoUs (0, 1) and to scores (0, 0.3: the levels are k / 10) test the strict comparisons
+    const Case cases[] = {{5, 0.3f, -1.0f}, {100, 0.5f, 0.3f}, {3, 0.0f, 0.35f}, {1000, 1.0f, -1.0f},
+                          {1000, 0.7f, 0.0f}, {0, 0.5f, -1.0f}};
+    int k = 0;
+    for (const Case& c : cases) {
+      const std::string tag = std::to_string(k++);
+      g.initializers["max" + tag] = Tensor::from<int64_t>({1}, {c.max_out});
+      g.initializers["iou" + tag] = Tensor::from<float>({1}, {c.iou});
+      std::vector<std::string> in = {"x", "scores", "max" + tag, "iou" + tag};
+      if (c.score >= 0) {
+        g.initializers["score" + tag] = Tensor::from<float>({1}, {c.score});
+        in.push_back("score" + tag);
+      }
+      test::add_node(g, "NonMaxSuppression", in, {"sel" + tag}, {{"center_point_box", int64_t{format}}});
+      g.outputs.push_back({"sel" + tag, DType::kInt64, {}, {}, false});
+    }
+    expect_same_as_ort(m, format == 0 ? corners : centers, "nms_vs_ort_" + std::to_string(format), 0.0);
+  }
+}
+
+}  // namespace
