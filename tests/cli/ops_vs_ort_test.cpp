@@ -1,4 +1,6 @@
-// Ops whose ONNX node tests leave cases out, against ONNX Runtime: LRN with windows wider than the channels and NonMaxSuppression on random boxes — flipped corners, zero-area boxes, tied scores, both box formats,
+// Ops whose ONNX node tests leave cases out, against ONNX Runtime: Einsum's equation forms (implicit output,
+// broadcast "...", diagonals, three operands, float32 through the GEMM and integers), LRN with windows wider than
+// the channels and NonMaxSuppression on random boxes — flipped corners, zero-area boxes, tied scores, both box formats,
 // score thresholds, per-class limits.
 #include <gtest/gtest.h>
 
@@ -35,7 +37,7 @@ void expect_same_as_ort(const graph::Model& m, const Tensor& x, const std::strin
     const Tensor a = read_npy(d / "perch" / (out.name + ".npy")), b = read_npy(d / "ort" / (out.name + ".npy"));
     ASSERT_EQ(a.dtype(), b.dtype());
     ASSERT_EQ(a.shape(), b.shape());
-    if (a.dtype() == DType::kInt64) {
+    if (a.dtype() == DType::kInt64 || a.dtype() == DType::kInt32) {
       EXPECT_EQ(a.to_i64_vector(), b.to_i64_vector());
       continue;
     }
@@ -120,6 +122,56 @@ TEST(OpsVsOrt, NonMaxSuppressionOnRandomBoxes) {
       g.outputs.push_back({"sel" + tag, DType::kInt64, {}, {}, false});
     }
     expect_same_as_ort(m, format == 0 ? corners : centers, "nms_vs_ort_" + std::to_string(format), 0.0);
+  }
+}
+
+
+TEST(OpsVsOrt, EinsumEquations) {
+  PERCH_REQUIRE_ORT();
+  struct Case {
+    std::string equation;
+    std::vector<Shape> shapes;
+  };
+  const std::vector<Case> cases = {
+      {"bhqd,bhkd->bhqk", {{2, 3, 5, 4}, {2, 3, 6, 4}}},  // attention scores
+      {"ij,jk", {{3, 4}, {4, 5}}},                           // implicit output: ik
+      {"...ij,...jk->...ik", {{2, 1, 3, 4}, {1, 5, 4, 6}}},  // broadcast batch dims
+      {"ii->i", {{4, 4}}},
+      {"ii", {{5, 5}}},  // trace
+      {"ij->", {{3, 7}}},
+      {"ijk->kji", {{2, 3, 4}}},
+      {"bij,bjk,bkl->bil", {{2, 3, 4}, {2, 4, 5}, {2, 5, 3}}},
+      {"i,j->ij", {{3}, {4}}},
+      {"ij,ij->ij", {{3, 4}, {3, 4}}},
+      {"abc,cd->abd", {{2, 3, 4}, {4, 5}}},
+      {"Ab,bC->CA", {{3, 4}, {4, 2}}},
+      {"bii->bi", {{2, 3, 3}}},
+      {"ij,jk,kl", {{2, 3}, {3, 4}, {4, 2}}},
+      {"b...,b->...", {{3, 2, 4}, {3}}},
+  };
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int32_t> ui(-5, 5);
+  for (DType dt : {DType::kFloat32, DType::kInt32}) {
+    graph::Model m = one_input_model("einsum", {1}, 13);
+    auto& g = m.graph;
+    int k = 0;
+    for (const Case& c : cases) {
+      const std::string tag = std::to_string(k++);
+      std::vector<std::string> in;
+      for (size_t o = 0; o < c.shapes.size(); ++o) {
+        Tensor t(DType::kFloat32, c.shapes[o]);
+        for (auto& v : t.span<float>()) v = dt == DType::kInt32 ? static_cast<float>(ui(rng)) : u(rng);
+        const std::string name = "e" + tag + "_" + std::to_string(o);
+        g.initializers[name] = t.to(dt);
+        in.push_back(name);
+      }
+      test::add_node(g, "Einsum", in, {"y" + tag}, {{"equation", c.equation}});
+      g.outputs.push_back({"y" + tag, dt, {}, {}, false});
+    }
+    test::add_node(g, "Identity", {"x"}, {"x_out"});
+    g.outputs.push_back({"x_out", DType::kFloat32, {}, {}, false});
+    expect_same_as_ort(m, Tensor::from<float>({1}, {1.0f}), dt == DType::kInt32 ? "einsum_i32" : "einsum_f32", 1e-5);
   }
 }
 

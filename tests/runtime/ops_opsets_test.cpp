@@ -302,5 +302,48 @@ TEST(LrnOp, EvenWindowsReachOneChannelMoreAbove) {
   EXPECT_FLOAT_EQ(y.data<float>()[2], 3.0f / (1 + 9));
 }
 
+// Einsum's "..." of different ranks broadcast aligned on the right, as NumPy's (ONNX Runtime refuses such models, so
+// by hand): out[a, b, i, k] = Σ_j A[a, b, i, j] · B[b, j, k]; in float64 (the double path) and float32 (the GEMM).
+TEST(EinsumOp, EllipsesOfDifferentRanksAlignOnTheRight) {
+  for (DType dt : {DType::kFloat64, DType::kFloat32}) {
+    const Tensor a = uniform_tensor({2, 2, 3, 4}, 31, dt), b = uniform_tensor({2, 4, 5}, 32, dt);
+    Node n = node("Einsum", {"x", "b"}, {"y"});
+    n.attrs["equation"] = std::string("...ij,...jk->...ik");
+    const Tensor y = run_one(n, 13, a, {{"b", b}}).to(DType::kFloat64);
+    ASSERT_EQ(y.shape(), (Shape{2, 2, 3, 5}));
+    const Tensor ad = a.to(DType::kFloat64), bd = b.to(DType::kFloat64);
+    for (int64_t p = 0; p < 2; ++p)
+      for (int64_t q = 0; q < 2; ++q)
+        for (int64_t i = 0; i < 3; ++i)
+          for (int64_t k = 0; k < 5; ++k) {
+            double want = 0;
+            for (int64_t j = 0; j < 4; ++j)
+              want += ad.data<double>()[((p * 2 + q) * 3 + i) * 4 + j] * bd.data<double>()[(q * 4 + j) * 5 + k];
+            EXPECT_NEAR(y.data<double>()[((p * 2 + q) * 3 + i) * 5 + k], want, 1e-6);
+          }
+  }
+}
+
+TEST(EinsumOp, BadEquationsAreNamed) {
+  const Tensor x = uniform_tensor({2, 3}, 33);
+  const std::map<std::string, Tensor> inits = {{"b", uniform_tensor({4, 5}, 34)}};
+  for (const auto& [eq, want] : {std::pair<std::string, std::string>{"ij->ij", "1 operand terms for 2 inputs"},
+                                 {"ij,jk->ik", "label 'j' has sizes 3 and 4"},
+                                 {"ijk,jk->i", "names 3 dims of input 0, which has rank 2"},
+                                 {"ij,kl->im", "output label 'm' is in no input"},
+                                 {"i1,kl->i", "'1' is not a letter"}}) {
+    SCOPED_TRACE(eq);
+    Node n = node("Einsum", {"x", "b"}, {"y"});
+    n.attrs["equation"] = eq;
+    try {
+      run_one(n, 13, x, inits);
+      ADD_FAILURE() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("Einsum_under_test"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace perch::runtime
