@@ -400,7 +400,7 @@ bool opset_stable(const std::string& op) {
       "Shrink", "ThresholdedRelu", "Celu", "Acos", "Asin", "Atan", "Tan", "Cosh", "Sinh", "Acosh", "Asinh", "Atanh",
       "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "MeanVarianceNormalization", "Trilu",
       "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
-      "LRN", "NonMaxSuppression", "Einsum",  // LRN-13 and NonMaxSuppression-11 changed nothing for float inputs
+      "LRN", "NonMaxSuppression", "Einsum", "MaxUnpool",  // their later versions changed nothing for float inputs
       // introduced at or after 13: a model that has them is already there
       "CastLike", "LayerNormalization", "Mish", "Gelu"};
   return ok.count(op) != 0;
@@ -563,8 +563,9 @@ void raise_legacy_prelu(const Model& m, Graph& g, Node& n, int64_t from, int64_t
 // BatchNormalization's `spatial` (9: only 1, per-channel statistics, stays); Concat without `axis` (4) gets
 // its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too;
 // TopK (10: `k` -> input K), Cast-1's type name (6: a number), Upsample (10: gone) and Resize-10 (11: coordinate
-// and nearest modes; raise_legacy_resize above); RNN/GRU/LSTM's `output_sequence` (7: gone). Anything else is
-// refused with the op named.
+// and nearest modes; raise_legacy_resize above); RNN/GRU/LSTM's `output_sequence` (7: gone), RoiAlign's coordinate
+// mode (16: a new default, so opset 10's is written out) and GridSample's mode names (20). Anything else is refused
+// with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -687,6 +688,16 @@ void raise_opset(Model& m, int64_t target) {
       added.push_back(shape);
       added.push_back(flat);
       added.push_back(reshape);
+    } else if (n.op_type == "GridSample") {
+      // 20 renamed the modes bilinear / bicubic to linear / cubic (nearest stays)
+      if (crosses(20)) {
+        const std::string mode = n.attr_string("mode", "bilinear");
+        n.attrs["mode"] = mode == "bilinear" ? std::string("linear") : mode == "bicubic" ? std::string("cubic") : mode;
+      }
+    } else if (n.op_type == "RoiAlign") {
+      // 16 added coordinate_transformation_mode with half_pixel as its default; opset 10's behaviour is output_half_pixel
+      if (crosses(16) && !n.has_attr("coordinate_transformation_mode"))
+        n.attrs["coordinate_transformation_mode"] = std::string("output_half_pixel");
     } else if (n.op_type == "RNN" || n.op_type == "GRU" || n.op_type == "LSTM") {
       // 7 dropped `output_sequence` (Y is an optional output either way); GRU-3's linear_before_reset and 14's
       // layout were added with the old behaviour as their default: nothing else to convert.

@@ -1,6 +1,7 @@
 // Ops whose ONNX node tests leave cases out, against ONNX Runtime: Einsum's equation forms (implicit output,
 // broadcast "...", diagonals, three operands, float32 through the GEMM and integers), LRN with windows wider than
-// the channels and NonMaxSuppression on random boxes — flipped corners, zero-area boxes, tied scores, both box formats,
+// the channels, GridSample in every mode × padding × align_corners with grids reaching outside, RoiAlign (avg and
+// max, both coordinate modes, boxes partly outside), MaxUnpool of MaxPool's indices, and NonMaxSuppression on random boxes — flipped corners, zero-area boxes, tied scores, both box formats,
 // score thresholds, per-class limits.
 #include <gtest/gtest.h>
 
@@ -173,6 +174,73 @@ TEST(OpsVsOrt, EinsumEquations) {
     g.outputs.push_back({"x_out", DType::kFloat32, {}, {}, false});
     expect_same_as_ort(m, Tensor::from<float>({1}, {1.0f}), dt == DType::kInt32 ? "einsum_i32" : "einsum_f32", 1e-5);
   }
+}
+
+
+Tensor uniform_tensor(Shape s, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  Tensor t(DType::kFloat32, std::move(s));
+  for (auto& v : t.span<float>()) v = u(rng);
+  return t;
+}
+
+TEST(OpsVsOrt, GridSampleModesAndPaddings) {
+  PERCH_REQUIRE_ORT();
+  graph::Model m = one_input_model("gridsample", {2, 3, 5, 6}, 16);
+  auto& g = m.graph;
+  Tensor grid = uniform_tensor({2, 4, 7, 2}, 41, -1.3f, 1.3f);
+  // exact ties for nearest (round half to even): x = 0 is pixel 2.5 of 6 either way; y = −0.75 / −0.25 are 0.5 /
+  // 1.5 of 5 with align_corners
+  const float ties[] = {0.0f, -0.75f, 0.0f, -0.25f, 0.0f, 0.25f};
+  std::copy(std::begin(ties), std::end(ties), grid.data<float>());
+  g.initializers["grid"] = grid;
+  for (const char* mode : {"bilinear", "nearest", "bicubic"})
+    for (const char* pad : {"zeros", "border", "reflection"})
+      for (int64_t align : {0, 1}) {
+        const std::string y = std::string("y_") + mode + "_" + pad + "_" + std::to_string(align);
+        test::add_node(g, "GridSample", {"x", "grid"}, {y},
+                       {{"mode", std::string(mode)}, {"padding_mode", std::string(pad)}, {"align_corners", align}});
+        g.outputs.push_back({y, DType::kFloat32, {}, {}, false});
+      }
+  expect_same_as_ort(m, uniform_tensor({2, 3, 5, 6}, 42, -2.0f, 2.0f), "gridsample_vs_ort", 1e-5);
+}
+
+TEST(OpsVsOrt, RoiAlignBothModesAndCoordinateConventions) {
+  PERCH_REQUIRE_ORT();
+  graph::Model m = one_input_model("roialign", {2, 3, 9, 11}, 16);
+  auto& g = m.graph;
+  // boxes (x1, y1, x2, y2) at spatial_scale 0.5: inside, partly outside, thinner than a pixel, reversed
+  g.initializers["rois"] = Tensor::from<float>({5, 4}, {2, 2, 12, 10, -6, -4, 8, 9, 15, 3, 26, 20, 4, 4, 4.6f, 12, 10, 10, 3, 3});
+  g.initializers["bidx"] = Tensor::from<int64_t>({5}, {0, 1, 1, 0, 1});
+  for (const char* mode : {"avg", "max"})
+    for (const char* ctm : {"half_pixel", "output_half_pixel"})
+      for (int64_t ratio : {0, 2}) {
+        const std::string y = std::string("y_") + mode + "_" + ctm + "_" + std::to_string(ratio);
+        test::add_node(g, "RoiAlign", {"x", "rois", "bidx"}, {y},
+                       {{"mode", std::string(mode)}, {"coordinate_transformation_mode", std::string(ctm)},
+                        {"output_height", int64_t{3}}, {"output_width", int64_t{4}}, {"sampling_ratio", ratio},
+                        {"spatial_scale", 0.5f}});
+        g.outputs.push_back({y, DType::kFloat32, {}, {}, false});
+      }
+  expect_same_as_ort(m, uniform_tensor({2, 3, 9, 11}, 43, -1.0f, 3.0f), "roialign_vs_ort", 1e-5);
+}
+
+// With an output_shape larger than the unpooled shape, ONNX Runtime 1.30 reads the indices as flat indices of the
+// larger output, while ONNX's node test test_maxunpool_export_with_output_shape (which perch passes) places the
+// unpooled shape at its start; so only the shape the kernel gives, and an output_shape equal to it, are compared.
+TEST(OpsVsOrt, MaxUnpoolOfMaxPoolIndices) {
+  PERCH_REQUIRE_ORT();
+  graph::Model m = one_input_model("maxunpool", {2, 3, 6, 7}, 11);
+  auto& g = m.graph;
+  using V = std::vector<int64_t>;
+  test::add_node(g, "MaxPool", {"x"}, {"p", "idx"}, {{"kernel_shape", V{2, 3}}, {"strides", V{2, 2}}});
+  g.initializers["shape"] = Tensor::from<int64_t>({4}, {2, 3, 6, 7});
+  test::add_node(g, "MaxUnpool", {"p", "idx"}, {"y"}, {{"kernel_shape", V{2, 3}}, {"strides", V{2, 2}}});
+  test::add_node(g, "MaxUnpool", {"p", "idx", "shape"}, {"y_shaped"}, {{"kernel_shape", V{2, 3}}, {"strides", V{2, 2}}});
+  g.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  g.outputs.push_back({"y_shaped", DType::kFloat32, {}, {}, false});
+  expect_same_as_ort(m, uniform_tensor({2, 3, 6, 7}, 44, -1.0f, 1.0f), "maxunpool_vs_ort", 0.0);
 }
 
 }  // namespace

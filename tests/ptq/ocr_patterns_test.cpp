@@ -414,6 +414,38 @@ double worst_row_error(const Tensor& got, const Tensor& want) {
 }
 
 
+// Raising the opset keeps what RoiAlign-10 (no coordinate mode: output_half_pixel; 16's default is half_pixel) and
+// GridSample-16 (bilinear/bicubic, renamed linear/cubic in 20) compute.
+TEST(PtqOcrPatterns, RaisedRoiAlignAndGridSampleComputeTheSame) {
+  for (const char* op : {"RoiAlign", "GridSample"}) {
+    SCOPED_TRACE(op);
+    const bool roi = std::string(op) == "RoiAlign";
+    Model m;
+    m.source = "raise_sampling";
+    m.set_opset(roi ? 10 : 16);
+    m.graph.inputs.push_back({"x", DType::kFloat32, {2, 3, 6, 7}, {}, true});
+    m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+    Node n = make(op, "s", {"x"}, {"y"});
+    if (roi) {
+      m.graph.initializers["rois"] = Tensor::from<float>({2, 4}, {0.5f, 1, 5, 4.5f, 1, 0, 6, 5});
+      m.graph.initializers["bi"] = Tensor::from<int64_t>({2}, {1, 0});
+      n.inputs = {"x", "rois", "bi"};
+      n.attrs["output_height"] = int64_t{2};
+      n.attrs["output_width"] = int64_t{3};
+    } else {
+      m.graph.initializers["grid"] = normal_tensor({2, 3, 4, 2}, 5);
+      n.inputs = {"x", "grid"};
+      n.attrs["mode"] = std::string("bicubic");
+    }
+    m.graph.nodes.push_back(n);
+    const Tensor x = uniform_data({2, 3, 6, 7}, 6).images;
+    const Tensor want = runtime::Executor(m).run1(x);
+    Model raised = m;
+    ptq::raise_opset(raised, 21);
+    EXPECT_TRUE(test::same_bits(runtime::Executor(raised).run1(x), want));
+  }
+}
+
 // A recurrent layer of an opset-6 export (LSTM/GRU/RNN with `output_sequence`, which opset 7 removed): per-channel
 // QDQ raises the model to 13 without the attribute, and the layer computes the same.
 TEST(PtqOcrPatterns, Opset6RecurrentLayersLoseOutputSequence) {
