@@ -400,7 +400,8 @@ bool opset_stable(const std::string& op) {
       "Shrink", "ThresholdedRelu", "Celu", "Acos", "Asin", "Atan", "Tan", "Cosh", "Sinh", "Acosh", "Asinh", "Atanh",
       "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "MeanVarianceNormalization", "Trilu",
       "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
-      "LRN", "NonMaxSuppression", "Einsum", "MaxUnpool",  // their later versions changed nothing for float inputs
+      "LRN", "NonMaxSuppression", "Einsum", "MaxUnpool", "Det", "Unique", "ReverseSequence", "BitShift", "STFT",
+      "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",  // later versions change nothing they compute
       // introduced at or after 13: a model that has them is already there
       "CastLike", "LayerNormalization", "Mish", "Gelu"};
   return ok.count(op) != 0;
@@ -564,8 +565,8 @@ void raise_legacy_prelu(const Model& m, Graph& g, Node& n, int64_t from, int64_t
 // its old default 1. Pad (11: `pads` and `value` attributes -> inputs) and Split (13: `split` -> input) too;
 // TopK (10: `k` -> input K), Cast-1's type name (6: a number), Upsample (10: gone) and Resize-10 (11: coordinate
 // and nearest modes; raise_legacy_resize above); RNN/GRU/LSTM's `output_sequence` (7: gone), RoiAlign's coordinate
-// mode (16: a new default, so opset 10's is written out) and GridSample's mode names (20). Anything else is refused
-// with the op named.
+// mode (16: a new default, so opset 10's is written out), GridSample's mode names (20), DFT's axis (20: an input)
+// and Scatter (11: ScatterElements). Anything else is refused with the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -688,6 +689,17 @@ void raise_opset(Model& m, int64_t target) {
       added.push_back(shape);
       added.push_back(flat);
       added.push_back(reshape);
+    } else if (n.op_type == "Scatter") {
+      if (crosses(11)) n.op_type = "ScatterElements";  // 11 replaced Scatter by ScatterElements, the same computation
+    } else if (n.op_type == "DFT") {
+      if (crosses(20)) {  // 20 moved `axis` (default 1) to input 2 (default −2)
+        const int64_t axis = n.attr_int("axis", 1);
+        n.attrs.erase("axis");
+        n.inputs.resize(std::max<size_t>(n.inputs.size(), 2));
+        const std::string name = g.unique_name(n.name + "_axis");
+        g.initializers[name] = Tensor::from<int64_t>({}, {axis});
+        n.inputs.push_back(name);
+      }
     } else if (n.op_type == "GridSample") {
       // 20 renamed the modes bilinear / bicubic to linear / cubic (nearest stays)
       if (crosses(20)) {

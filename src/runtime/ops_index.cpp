@@ -1,5 +1,5 @@
 // Index-driven ops for the float executor: GatherElements, ScatterElements, GatherND, ScatterND, Compress,
-// NonZero, OneHot, Trilu, EyeLike, and NonMaxSuppression. Data keeps its element type; indices may be negative (counted from the
+// NonZero, OneHot, Trilu, EyeLike, NonMaxSuppression, ReverseSequence, Unique, and Scatter (opsets 9-10). Data keeps its element type; indices may be negative (counted from the
 // end) and out-of-range indices are errors.
 #include <algorithm>
 #include <array>
@@ -256,6 +256,91 @@ std::vector<Tensor> eye_like(const Node& n, const Args& a, int64_t) {
   return {y};
 }
 
+// ---- ReverseSequence / Unique -----------------------------------------------------------------------
+
+// ReverseSequence: along time_axis (0 or 1), the first sequence_lens[b] steps of each batch entry b (along
+// batch_axis, the other of 0 and 1) in reverse order; the steps after them as they are.
+std::vector<Tensor> reverse_sequence(const Node& n, const Args& a, int64_t) {
+  const Tensor &x = in(n, a, 0), &lens_t = in(n, a, 1);
+  PERCH_CHECK(x.rank() >= 2, "input must have rank >= 2, got ", shape_str(x.shape()));
+  const int64_t ta = n.attr_int("time_axis", 0), ba = n.attr_int("batch_axis", 1);
+  PERCH_CHECK((ta == 0 && ba == 1) || (ta == 1 && ba == 0), "time_axis and batch_axis must be 0 and 1 in some order, got ",
+              ta, " and ", ba);
+  const int64_t T = x.dim(ta), B = x.dim(ba);
+  const auto lens = lens_t.to_i64_vector();
+  PERCH_CHECK(static_cast<int64_t>(lens.size()) == B, "sequence_lens has ", lens.size(), " values for batch ", B);
+  for (int64_t l : lens) PERCH_CHECK(l >= 0 && l <= T, "sequence length ", l, " outside [0, ", T, "]");
+  const auto st = strides_of(x.shape());
+  const int64_t inner = st[1], esize = static_cast<int64_t>(dtype_size(x.dtype()));
+  Tensor y = x.clone();
+  const auto* src = static_cast<const std::byte*>(x.raw());
+  auto* dst = static_cast<std::byte*>(y.raw());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < lens[b]; ++t) {
+      const int64_t from = t, to = lens[b] - 1 - t;
+      const int64_t so = ta == 0 ? (from * B + b) : (b * T + from), dof = ta == 0 ? (to * B + b) : (b * T + to);
+      std::memcpy(dst + dof * inner * esize, src + so * inner * esize, static_cast<size_t>(inner * esize));
+    }
+  return {y};
+}
+
+// Unique: the distinct elements of X flattened (or, with `axis`, its distinct slices along axis), ascending
+// (lexicographic for slices) when `sorted`, else in order of first occurrence; outputs Y, the index of each one's
+// first occurrence, each element's (slice's) index into Y, and the counts (NumPy's np.unique).
+std::vector<Tensor> unique(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  const bool sorted = n.attr_int("sorted", 1) != 0;
+  const bool has_axis = n.has_attr("axis");
+  const int64_t axis = has_axis ? normalize_axis(n.attr_int("axis", 0), x.rank(), "axis") : 0;
+  // Rows: slices along the axis (each flattened in C order with the axis removed), or single elements.
+  const int64_t rows = has_axis ? x.dim(axis) : x.numel();
+  const int64_t outer = has_axis ? checked_numel(Shape(x.shape().begin(), x.shape().begin() + axis)) : 1;
+  const int64_t inner = has_axis ? checked_numel(Shape(x.shape().begin() + axis + 1, x.shape().end())) : 1;
+  const int64_t width = outer * inner;
+  return detail::visit_dtype(x.dtype(), [&](auto tag) -> std::vector<Tensor> {
+    using T = typename decltype(tag)::type;
+    const T* xd = x.data<T>();
+    auto at = [&](int64_t r, int64_t k) { return has_axis ? xd[((k / inner) * rows + r) * inner + k % inner] : xd[r]; };
+    auto less = [&](int64_t p, int64_t q) {
+      for (int64_t k = 0; k < width; ++k)
+        if (at(p, k) != at(q, k)) return at(p, k) < at(q, k);
+      return false;
+    };
+    auto equal = [&](int64_t p, int64_t q) { return !less(p, q) && !less(q, p); };
+    std::vector<int64_t> order(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) order[r] = r;
+    std::stable_sort(order.begin(), order.end(), less);
+    // groups of equal rows in sorted order; the first of each group (stable) is its first occurrence
+    std::vector<int64_t> first, count, group_of(static_cast<size_t>(rows));
+    for (size_t i = 0; i < order.size(); ++i) {
+      if (i == 0 || !equal(order[i - 1], order[i])) first.push_back(order[i]), count.push_back(0);
+      ++count.back();
+      group_of[order[i]] = static_cast<int64_t>(first.size()) - 1;
+    }
+    std::vector<int64_t> rank(first.size());  // output position of each group
+    std::vector<int64_t> by_output(first.size());
+    for (size_t g = 0; g < first.size(); ++g) by_output[g] = static_cast<int64_t>(g);
+    if (!sorted) std::sort(by_output.begin(), by_output.end(), [&](int64_t p, int64_t q) { return first[p] < first[q]; });
+    for (size_t k = 0; k < by_output.size(); ++k) rank[by_output[k]] = static_cast<int64_t>(k);
+    const int64_t u = static_cast<int64_t>(first.size());
+    Shape ys = has_axis ? x.shape() : Shape{u};
+    if (has_axis) ys[axis] = u;
+    Tensor y = Tensor::uninitialized(x.dtype(), ys);
+    T* yd = y.data<T>();
+    std::vector<int64_t> indices(static_cast<size_t>(u)), counts(static_cast<size_t>(u)), inverse(static_cast<size_t>(rows));
+    for (int64_t k = 0; k < u; ++k) {
+      const int64_t g = by_output[k], r = first[g];
+      indices[k] = r, counts[k] = count[g];
+      for (int64_t e = 0; e < width; ++e) {
+        if (has_axis) yd[((e / inner) * u + k) * inner + e % inner] = at(r, e);
+        else yd[k] = at(r, 0);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) inverse[r] = rank[group_of[r]];
+    return {y, Tensor::from<int64_t>({u}, indices), Tensor::from<int64_t>({rows}, inverse), Tensor::from<int64_t>({u}, counts)};
+  });
+}
+
 // ---- NonMaxSuppression -------------------------------------------------------------------------------
 // boxes [B, N, 4], scores [B, C, N]; optional scalars max_output_boxes_per_class (int64, default 0: none kept),
 // iou_threshold (default 0), score_threshold (none when absent). Per batch and class: the boxes with score >
@@ -337,6 +422,9 @@ void register_index_ops(OpRegistry& r) {
   r.add("Trilu", 14, trilu);
   r.add("EyeLike", 9, eye_like);
   r.add("NonMaxSuppression", 10, non_max_suppression);
+  r.add("ReverseSequence", 10, reverse_sequence);
+  r.add("Unique", 11, unique);
+  r.add("Scatter", 9, scatter_elements);  // deprecated at 11 for ScatterElements, which computes the same
 }
 
 }  // namespace perch::runtime

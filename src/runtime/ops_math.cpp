@@ -1,6 +1,6 @@
 // Math ops for the float executor beyond the basic element-wise set (ops_elementwise.cpp): float unary
 // functions and activations (float32 and float64, type-preserving), Pow, comparisons and logical ops
-// (bool outputs), variadic Sum/Mean, PRelu, Mod, Sign, IsNaN/IsInf, LogSoftmax and Hardmax.
+// (bool outputs), variadic Sum/Mean, PRelu, Mod, BitShift, Det, Sign, IsNaN/IsInf, LogSoftmax and Hardmax.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -199,6 +199,64 @@ std::vector<Tensor> mod(const Node& n, const Args& a, int64_t) {
   })};
 }
 
+// BitShift (unsigned integers): x << y or x >> y elementwise with broadcasting; a shift by the type's width or
+// more gives 0 (as NumPy's shifts of the same unsigned type, and ONNX Runtime, do).
+std::vector<Tensor> bit_shift(const Node& n, const Args& a, int64_t) {
+  const Tensor &x = in(n, a, 0), &y = in(n, a, 1);
+  PERCH_CHECK(x.dtype() == y.dtype(), "inputs differ in type (", dtype_name(x.dtype()), ", ", dtype_name(y.dtype()), ")");
+  const std::string dir = n.attr_string("direction", "");
+  PERCH_CHECK(dir == "LEFT" || dir == "RIGHT", "direction must be LEFT or RIGHT, got '", dir, "'");
+  const bool left = dir == "LEFT";
+  return {detail::visit_dtype(x.dtype(), [&](auto tag) -> Tensor {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>) {
+      return broadcast_map<T, T, T>(n, x, y, x.dtype(), [left](T v, T s) {
+        if (s >= sizeof(T) * 8) return T(0);
+        return static_cast<T>(left ? v << s : v >> s);
+      });
+    } else {
+      PERCH_FAIL("BitShift takes unsigned integers, got ", dtype_name(x.dtype()));
+    }
+  })};
+}
+
+// Det: determinant of the last two (square) dims, by LU decomposition with partial pivoting in double.
+std::vector<Tensor> det(const Node& n, const Args& a, int64_t) {
+  const Tensor& x = in(n, a, 0);
+  PERCH_CHECK(x.dtype() == DType::kFloat32 || x.dtype() == DType::kFloat64, "X must be float32 or float64, got ",
+              dtype_name(x.dtype()));
+  PERCH_CHECK(x.rank() >= 2 && x.dim(-1) == x.dim(-2), "X must be [..., M, M], got ", shape_str(x.shape()));
+  const int64_t m = x.dim(-1), count = x.numel() / std::max<int64_t>(1, m * m);
+  const Tensor xd = x.to(DType::kFloat64);
+  std::vector<double> out(static_cast<size_t>(count));
+  std::vector<double> lu(static_cast<size_t>(m * m));
+  for (int64_t b = 0; b < count; ++b) {
+    std::copy_n(xd.data<double>() + b * m * m, m * m, lu.begin());
+    double d = 1;
+    for (int64_t c = 0; c < m && d != 0; ++c) {
+      int64_t p = c;
+      for (int64_t r = c + 1; r < m; ++r)
+        if (std::abs(lu[r * m + c]) > std::abs(lu[p * m + c])) p = r;
+      if (lu[p * m + c] == 0) {
+        d = 0;
+        break;
+      }
+      if (p != c) {
+        for (int64_t k = 0; k < m; ++k) std::swap(lu[p * m + k], lu[c * m + k]);
+        d = -d;
+      }
+      d *= lu[c * m + c];
+      for (int64_t r = c + 1; r < m; ++r) {
+        const double f = lu[r * m + c] / lu[c * m + c];
+        for (int64_t k = c; k < m; ++k) lu[r * m + k] -= f * lu[c * m + k];
+      }
+    }
+    out[static_cast<size_t>(b)] = d;
+  }
+  Tensor y = Tensor::from<double>(Shape(x.shape().begin(), x.shape().end() - 2), out);
+  return {x.dtype() == DType::kFloat64 ? y : y.to(x.dtype())};
+}
+
 std::vector<Tensor> sign(const Node& n, const Args& a, int64_t) {
   const Tensor& x = in(n, a, 0);
   Tensor y = Tensor::uninitialized(x.dtype(), x.shape());
@@ -348,6 +406,8 @@ void register_math_ops(OpRegistry& r) {
   r.add("Mean", 6, variadic_mean(true));
   r.add("PRelu", 1, prelu);  // 1, 6: one slope per channel (detail::legacy_prelu_slope)
   r.add("Mod", 10, mod);
+  r.add("BitShift", 11, bit_shift);
+  r.add("Det", 11, det);
   r.add("Sign", 9, sign);
   r.add("IsNaN", 9, float_predicate([](const Node&, double x) { return std::isnan(x); }));
   r.add("IsInf", 10, float_predicate([](const Node& n, double x) {

@@ -446,6 +446,36 @@ TEST(PtqOcrPatterns, RaisedRoiAlignAndGridSampleComputeTheSame) {
   }
 }
 
+// Scatter (replaced by ScatterElements at 11) and DFT (axis an attribute before 20, an input from 20) keep what they
+// compute when the opset is raised.
+TEST(PtqOcrPatterns, RaisedScatterAndDftComputeTheSame) {
+  for (const char* op : {"Scatter", "DFT"}) {
+    SCOPED_TRACE(op);
+    const bool dft = std::string(op) == "DFT";
+    Model m;
+    m.source = "raise_scatter_dft";
+    m.set_opset(dft ? 17 : 9);
+    m.graph.inputs.push_back({"x", DType::kFloat32, {3, 5, 4, 1}, {}, true});
+    m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+    Node n = make(op, "s", {"x"}, {"y"});
+    if (dft) {
+      n.attrs["axis"] = int64_t{1};  // opset 20's default would be −2
+    } else {
+      m.graph.initializers["idx"] = Tensor::from<int64_t>({1, 2, 1, 1}, {4, 1});
+      m.graph.initializers["upd"] = Tensor::from<float>({1, 2, 1, 1}, {7.0f, -3.0f});
+      n.inputs = {"x", "idx", "upd"};
+      n.attrs["axis"] = int64_t{1};
+    }
+    m.graph.nodes.push_back(n);
+    const Tensor x = uniform_data({3, 5, 4, 1}, 7).images;
+    const Tensor want = runtime::Executor(m).run1(x);
+    Model raised = m;
+    ptq::raise_opset(raised, 21);
+    EXPECT_EQ(raised.graph.nodes[0].op_type, dft ? "DFT" : "ScatterElements");
+    EXPECT_TRUE(test::same_bits(runtime::Executor(raised).run1(x), want));
+  }
+}
+
 // A recurrent layer of an opset-6 export (LSTM/GRU/RNN with `output_sequence`, which opset 7 removed): per-channel
 // QDQ raises the model to 13 without the attribute, and the layer computes the same.
 TEST(PtqOcrPatterns, Opset6RecurrentLayersLoseOutputSequence) {

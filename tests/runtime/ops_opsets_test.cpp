@@ -345,5 +345,39 @@ TEST(EinsumOp, BadEquationsAreNamed) {
   }
 }
 
+// STFT of a complex signal, frame by frame, is the DFT (checked against ONNX Runtime in OpsVsOrt.SignalAndSmallOps)
+// of the windowed frame.
+TEST(SignalOps, ComplexStftIsTheDftOfEachWindowedFrame) {
+  const Tensor sig = uniform_tensor({1, 40, 2}, 61), win = uniform_tensor({16}, 62);
+  Node stft = node("STFT", {"x", "step", "win"}, {"y"});
+  stft.attrs["onesided"] = int64_t{0};
+  const Tensor y = run_one(stft, 17, sig, {{"step", Tensor::from<int64_t>({}, {6})}, {"win", win}});
+  ASSERT_EQ(y.shape(), (Shape{1, 5, 16, 2}));
+  for (int64_t f = 0; f < 5; ++f) {
+    Tensor frame(DType::kFloat32, {1, 16, 2});
+    for (int64_t t = 0; t < 16; ++t)
+      for (int64_t c = 0; c < 2; ++c)
+        frame.data<float>()[t * 2 + c] = sig.data<float>()[(f * 6 + t) * 2 + c] * win.data<float>()[t];
+    const Tensor d = run_one(node("DFT", {"x"}, {"y"}), 17, frame);
+    for (int64_t k = 0; k < 32; ++k) EXPECT_NEAR(y.data<float>()[f * 32 + k], d.data<float>()[k], 1e-5) << f << " " << k;
+  }
+}
+
+// A shift by the type's width or more gives 0 (a C++ shift by 32 or more would be undefined).
+TEST(SignalOps, BitShiftPastTheWidthIsZero) {
+  const Tensor x = Tensor::from<uint16_t>({4}, {1, 65535, 300, 7});
+  const Tensor s = Tensor::from<uint16_t>({4}, {15, 16, 40, 2});
+  for (const char* dir : {"LEFT", "RIGHT"}) {
+    Node n = node("BitShift", {"x", "s"}, {"y"});
+    n.attrs["direction"] = std::string(dir);
+    const Tensor y = run_one(n, 11, x, {{"s", s}});
+    const bool left = std::string(dir) == "LEFT";
+    EXPECT_EQ(y.data<uint16_t>()[0], left ? 32768 : 0);
+    EXPECT_EQ(y.data<uint16_t>()[1], 0);
+    EXPECT_EQ(y.data<uint16_t>()[2], 0);
+    EXPECT_EQ(y.data<uint16_t>()[3], left ? 28 : 1);
+  }
+}
+
 }  // namespace
 }  // namespace perch::runtime
