@@ -401,7 +401,8 @@ bool opset_stable(const std::string& op) {
       "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "MeanVarianceNormalization", "Trilu",
       "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
       "LRN", "NonMaxSuppression", "Einsum", "MaxUnpool", "Det", "Unique", "ReverseSequence", "BitShift", "STFT",
-      "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",  // later versions change nothing they compute
+      "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix", "NegativeLogLikelihoodLoss",
+      "SoftmaxCrossEntropyLoss",  // later versions change nothing they compute
       // introduced at or after 13: a model that has them is already there
       "CastLike", "LayerNormalization", "Mish", "Gelu"};
   return ok.count(op) != 0;

@@ -440,6 +440,7 @@ void register_rnn_ops(OpRegistry& r);
 void register_einsum_ops(OpRegistry& r);
 void register_sampling_ops(OpRegistry& r);
 void register_signal_ops(OpRegistry& r);
+void register_loss_ops(OpRegistry& r);
 
 // Everything added for real-world model coverage (called from register_builtin_ops).
 void register_coverage_ops(OpRegistry& r) {
@@ -453,6 +454,7 @@ void register_coverage_ops(OpRegistry& r) {
   register_einsum_ops(r);
   register_sampling_ops(r);
   register_signal_ops(r);
+  register_loss_ops(r);
 }
 
 }  // namespace perch::runtime
