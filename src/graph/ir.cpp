@@ -43,6 +43,35 @@ std::vector<float> Node::attr_floats(const std::string& key, const std::vector<f
 }
 const Tensor* Node::attr_tensor(const std::string& key) const { return get_attr<Tensor>(*this, key); }
 
+const Graph* Node::attr_graph(const std::string& key) const {
+  const GraphRef* g = get_attr<GraphRef>(*this, key);
+  return g ? g->get() : nullptr;
+}
+
+std::vector<std::pair<std::string, const Graph*>> Node::subgraphs() const {
+  std::vector<std::pair<std::string, const Graph*>> out;
+  for (const auto& [key, v] : attrs)
+    if (const auto* g = std::get_if<GraphRef>(&v)) out.emplace_back(key, g->get());
+  return out;
+}
+
+std::vector<std::string> outer_references(const Graph& g) {
+  std::set<std::string> defined;
+  for (const auto& in : g.inputs) defined.insert(in.name);
+  for (const auto& [k, v] : g.initializers) defined.insert(k);
+  for (const auto& n : g.nodes)
+    for (const auto& o : n.outputs) defined.insert(o);
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  auto use = [&](const std::string& v) {
+    if (!v.empty() && !defined.count(v) && seen.insert(v).second) out.push_back(v);
+  };
+  for (const auto& n : g.nodes)
+    for (const auto& in : n.inputs) use(in);
+  for (const auto& o : g.outputs) use(o.name);
+  return out;
+}
+
 std::string Node::describe() const {
   return op_type + " node '" + (name.empty() ? (outputs.empty() ? std::string("?") : "->" + outputs[0]) : name) + "'";
 }

@@ -148,6 +148,9 @@ void value_info_to_proto(const ValueInfo& v, onnx::ValueInfoProto* p) {
   }
 }
 
+Graph graph_from_proto(const onnx::GraphProto& gp, const std::string& what);
+void graph_to_proto(const Graph& g, onnx::GraphProto* gp);
+
 Node node_from_proto(const onnx::NodeProto& p, const std::string& what) {
   Node n;
   n.name = p.name();
@@ -171,20 +174,45 @@ Node node_from_proto(const onnx::NodeProto& p, const std::string& what) {
       case onnx::AttributeProto::STRINGS: n.attrs[a.name()] = std::vector<std::string>(a.strings().begin(), a.strings().end()); break;
       case onnx::AttributeProto::TENSOR: n.attrs[a.name()] = tensor_from_proto(a.t(), where); break;
       case onnx::AttributeProto::GRAPH:
+        n.attrs[a.name()] = std::make_shared<const Graph>(graph_from_proto(a.g(), where));
+        break;
       case onnx::AttributeProto::GRAPHS:
-        PERCH_FAIL(where, ": subgraphs (If/Loop/Scan bodies) are not supported");
+        PERCH_FAIL(where, ": lists of subgraphs (GRAPHS attributes) are not supported");
       default:
         PERCH_FAIL(where, ": attribute type ", static_cast<int>(a.type()), " is not supported");
     }
   }
+  // The values its subgraphs read from enclosing scopes become extra inputs (Node::captured).
+  std::vector<std::string> outer;
+  for (const auto& [key, g] : n.subgraphs())
+    for (const auto& v : outer_references(*g))
+      if (std::find(outer.begin(), outer.end(), v) == outer.end()) outer.push_back(v);
+  n.captured = outer;
+  n.inputs.insert(n.inputs.end(), outer.begin(), outer.end());
   return n;
+}
+
+// `g` with its reads of outer values renamed by `to` (nested subgraphs see the renamed names through their nodes'
+// captured inputs, renamed here too).
+Graph renamed_outer(const Graph& g, const std::map<std::string, std::string>& to) {
+  Graph r = g;
+  for (auto& nd : r.nodes)
+    for (auto& in : nd.inputs)
+      if (auto it = to.find(in); it != to.end()) in = it->second;
+  for (auto& o : r.outputs)
+    if (auto it = to.find(o.name); it != to.end()) o.name = it->second;
+  return r;
 }
 
 void node_to_proto(const Node& n, onnx::NodeProto* p) {
   p->set_name(n.name);
   p->set_op_type(n.op_type);
   if (!n.domain.empty()) p->set_domain(n.domain);
-  for (const auto& i : n.inputs) p->add_input(i);
+  PERCH_CHECK(n.captured.size() <= n.inputs.size(), n.describe(), ": more captured values than inputs");
+  for (size_t i = 0; i < n.formal_input_count(); ++i) p->add_input(n.inputs[i]);
+  std::map<std::string, std::string> renamed;  // a pass renamed a captured value: the subgraphs must follow
+  for (size_t i = 0; i < n.captured.size(); ++i)
+    if (n.inputs[n.formal_input_count() + i] != n.captured[i]) renamed[n.captured[i]] = n.inputs[n.formal_input_count() + i];
   for (const auto& o : n.outputs) p->add_output(o);
   for (const auto& [key, val] : n.attrs) {
     auto* a = p->add_attribute();
@@ -210,6 +238,9 @@ void node_to_proto(const Node& n, onnx::NodeProto* p) {
           } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
             a->set_type(onnx::AttributeProto::STRINGS);
             for (const auto& x : v) a->add_strings(x);
+          } else if constexpr (std::is_same_v<V, GraphRef>) {
+            a->set_type(onnx::AttributeProto::GRAPH);
+            graph_to_proto(renamed.empty() ? *v : renamed_outer(*v, renamed), a->mutable_g());
           } else {
             a->set_type(onnx::AttributeProto::TENSOR);
             tensor_to_proto(v, "", a->mutable_t());
@@ -219,29 +250,9 @@ void node_to_proto(const Node& n, onnx::NodeProto* p) {
   }
 }
 
-}  // namespace
-
-Model model_from_bytes(const std::string& bytes, const std::string& what) {
-  onnx::ModelProto mp;
-  PERCH_CHECK(bytes.size() < (size_t{1} << 31), what, ": ", bytes.size(),
-              " bytes exceeds protobuf's 2 GiB limit; models this large need external data, which perch does not read yet");
-  PERCH_CHECK(mp.ParseFromString(bytes), what, ": not a valid ONNX model (protobuf parse failed: truncated or corrupt file?)");
-  PERCH_CHECK(mp.has_graph(), what, ": ONNX model has no graph");
-  Model m;
-  m.source = what;
-  m.ir_version = mp.ir_version();
-  for (const auto& o : mp.opset_import()) m.opsets.push_back({o.domain() == "ai.onnx" ? "" : o.domain(), o.version()});
-  if (m.opsets.empty()) m.opsets.push_back({"", 1});  // ONNX: no opset_import means opset 1
-  m.producer_name = mp.producer_name();
-  m.producer_version = mp.producer_version();
-  m.domain = mp.domain();
-  m.model_version = mp.model_version();
-  m.doc_string = mp.doc_string();
-  for (const auto& kv : mp.metadata_props()) m.metadata.emplace_back(kv.key(), kv.value());
-  PERCH_CHECK(mp.functions_size() == 0, what, ": model-local functions are not supported");
-
-  const auto& gp = mp.graph();
-  Graph& g = m.graph;
+// A graph (the model's, or a subgraph: its nodes in ONNX's order, which must be topological).
+Graph graph_from_proto(const onnx::GraphProto& gp, const std::string& what) {
+  Graph g;
   g.name = gp.name();
   PERCH_CHECK(gp.sparse_initializer_size() == 0, what, ": sparse initializers are not supported");
   for (const auto& t : gp.initializer()) {
@@ -265,9 +276,43 @@ Model model_from_bytes(const std::string& bytes, const std::string& what) {
     g.value_info.push_back(std::move(v));
   }
   for (const auto& np : gp.node()) g.nodes.push_back(node_from_proto(np, what));
+  return g;
+}
+
+void graph_to_proto(const Graph& g, onnx::GraphProto* gp) {
+  gp->set_name(g.name);
+  for (const auto& n : g.nodes) node_to_proto(n, gp->add_node());
+  for (const auto& [name, t] : g.initializers) tensor_to_proto(t, name, gp->add_initializer());
+  for (const auto& v : g.inputs) value_info_to_proto(v, gp->add_input());
+  for (const auto& v : g.outputs) value_info_to_proto(v, gp->add_output());
+  for (const auto& v : g.value_info) value_info_to_proto(v, gp->add_value_info());
+}
+
+}  // namespace
+
+Model model_from_bytes(const std::string& bytes, const std::string& what) {
+  onnx::ModelProto mp;
+  PERCH_CHECK(bytes.size() < (size_t{1} << 31), what, ": ", bytes.size(),
+              " bytes exceeds protobuf's 2 GiB limit; models this large need external data, which perch does not read yet");
+  PERCH_CHECK(mp.ParseFromString(bytes), what, ": not a valid ONNX model (protobuf parse failed: truncated or corrupt file?)");
+  PERCH_CHECK(mp.has_graph(), what, ": ONNX model has no graph");
+  Model m;
+  m.source = what;
+  m.ir_version = mp.ir_version();
+  for (const auto& o : mp.opset_import()) m.opsets.push_back({o.domain() == "ai.onnx" ? "" : o.domain(), o.version()});
+  if (m.opsets.empty()) m.opsets.push_back({"", 1});  // ONNX: no opset_import means opset 1
+  m.producer_name = mp.producer_name();
+  m.producer_version = mp.producer_version();
+  m.domain = mp.domain();
+  m.model_version = mp.model_version();
+  m.doc_string = mp.doc_string();
+  for (const auto& kv : mp.metadata_props()) m.metadata.emplace_back(kv.key(), kv.value());
+  PERCH_CHECK(mp.functions_size() == 0, what, ": model-local functions are not supported");
+
+  m.graph = graph_from_proto(mp.graph(), what);
   // Constant nodes are kept as nodes (round trip keeps the graph as written); the executor folds them.
   try {
-    g.toposort();
+    m.graph.toposort();
   } catch (const Error& e) {
     PERCH_FAIL(what, ": ", e.what());
   }
@@ -292,13 +337,7 @@ std::string model_to_bytes(const Model& m) {
     kv->set_key(k);
     kv->set_value(v);
   }
-  auto* gp = mp.mutable_graph();
-  gp->set_name(m.graph.name);
-  for (const auto& n : m.graph.nodes) node_to_proto(n, gp->add_node());
-  for (const auto& [name, t] : m.graph.initializers) tensor_to_proto(t, name, gp->add_initializer());
-  for (const auto& v : m.graph.inputs) value_info_to_proto(v, gp->add_input());
-  for (const auto& v : m.graph.outputs) value_info_to_proto(v, gp->add_output());
-  for (const auto& v : m.graph.value_info) value_info_to_proto(v, gp->add_value_info());
+  graph_to_proto(m.graph, mp.mutable_graph());
   std::string bytes;
   PERCH_CHECK(mp.SerializeToString(&bytes), "serializing model '", m.graph.name, "' failed (larger than 2 GiB?)");
   return bytes;

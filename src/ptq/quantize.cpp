@@ -567,7 +567,8 @@ void raise_legacy_prelu(const Model& m, Graph& g, Node& n, int64_t from, int64_t
 // TopK (10: `k` -> input K), Cast-1's type name (6: a number), Upsample (10: gone) and Resize-10 (11: coordinate
 // and nearest modes; raise_legacy_resize above); RNN/GRU/LSTM's `output_sequence` (7: gone), RoiAlign's coordinate
 // mode (16: a new default, so opset 10's is written out), GridSample's mode names (20), DFT's axis (20: an input)
-// and Scatter (11: ScatterElements). Anything else is refused with the op named.
+// and Scatter (11: ScatterElements); the nodes of If/Loop/Scan subgraphs likewise. Anything else is refused with
+// the op named.
 void raise_opset(Model& m, int64_t target) {
   const int64_t from = m.opset();
   if (from >= target) return;
@@ -690,6 +691,28 @@ void raise_opset(Model& m, int64_t target) {
       added.push_back(shape);
       added.push_back(flat);
       added.push_back(reshape);
+    } else if (n.op_type == "If" || n.op_type == "Loop" || n.op_type == "Scan") {
+      // Their later versions add types only; their subgraphs' nodes are raised like the graph's (the values they
+      // read from outside declared as inputs of the copy for the duration).
+      PERCH_CHECK(n.op_type != "Scan" || from >= 9, m.source, ": cannot raise opset ", from, " -> ", target, ": ",
+                  n.describe(), " is Scan-8 (batch axis and sequence_lens), which opset 9 replaced");
+      for (auto& [key, value] : n.attrs) {
+        auto* ref = std::get_if<graph::GraphRef>(&value);
+        if (!ref) continue;
+        Model sub;
+        sub.source = m.source + ": " + n.describe() + " attribute '" + key + "'";
+        sub.opsets = m.opsets;
+        sub.graph = **ref;
+        const size_t own = sub.graph.inputs.size();
+        for (const auto& v : graph::outer_references(sub.graph)) {
+          graph::ValueInfo vi;
+          vi.name = v;
+          sub.graph.inputs.push_back(vi);
+        }
+        raise_opset(sub, target);
+        sub.graph.inputs.resize(own);
+        value = std::make_shared<const Graph>(std::move(sub.graph));
+      }
     } else if (n.op_type == "Scatter") {
       if (crosses(11)) n.op_type = "ScatterElements";  // 11 replaced Scatter by ScatterElements, the same computation
     } else if (n.op_type == "DFT") {

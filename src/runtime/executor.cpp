@@ -1,6 +1,7 @@
 #include "perch/runtime/executor.h"
 
 #include <algorithm>
+#include <functional>
 #include <chrono>
 #include <map>
 #include <sstream>
@@ -76,9 +77,14 @@ const OpRegistry& builtin_registry() { return registry(); }
 std::vector<std::string> unsupported_ops(const graph::Model& model) {
   std::map<std::string, int> missing;
   const int64_t opset = model.opset();
-  for (const auto& n : model.graph.nodes)
-    if (!registry().find(n.op_type, n.domain, opset))
-      ++missing[(n.domain.empty() ? "" : n.domain + "::") + n.op_type];
+  // subgraphs (If/Loop/Scan bodies) included
+  std::function<void(const graph::Graph&)> visit = [&](const graph::Graph& g) {
+    for (const auto& n : g.nodes) {
+      if (!registry().find(n.op_type, n.domain, opset)) ++missing[(n.domain.empty() ? "" : n.domain + "::") + n.op_type];
+      for (const auto& [key, sub] : n.subgraphs()) visit(*sub);
+    }
+  };
+  visit(model.graph);
   std::vector<std::string> out;
   for (const auto& [op, count] : missing) out.push_back(op + " (x" + std::to_string(count) + ")");
   return out;

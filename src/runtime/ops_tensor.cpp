@@ -441,6 +441,7 @@ void register_einsum_ops(OpRegistry& r);
 void register_sampling_ops(OpRegistry& r);
 void register_signal_ops(OpRegistry& r);
 void register_loss_ops(OpRegistry& r);
+void register_control_ops(OpRegistry& r);
 
 // Everything added for real-world model coverage (called from register_builtin_ops).
 void register_coverage_ops(OpRegistry& r) {
@@ -455,6 +456,7 @@ void register_coverage_ops(OpRegistry& r) {
   register_sampling_ops(r);
   register_signal_ops(r);
   register_loss_ops(r);
+  register_control_ops(r);
 }
 
 }  // namespace perch::runtime

@@ -37,8 +37,11 @@ inline bool same_tensor(const Tensor& a, const Tensor& b) {
          (a.nbytes() == 0 || std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0);
 }
 
+inline bool same_graph(const Graph& a, const Graph& b);
+
 inline bool same_attr(const AttrValue& a, const AttrValue& b) {
   if (a.index() != b.index()) return false;
+  if (const auto* g = std::get_if<GraphRef>(&a)) return same_graph(**g, *std::get<GraphRef>(b));
   if (const auto* t = std::get_if<Tensor>(&a)) return same_tensor(*t, std::get<Tensor>(b));
   if (const auto* f = std::get_if<float>(&a)) return std::memcmp(f, &std::get<float>(b), sizeof(float)) == 0;
   if (const auto* fs = std::get_if<std::vector<float>>(&a)) {
@@ -49,6 +52,38 @@ inline bool same_attr(const AttrValue& a, const AttrValue& b) {
   if (const auto* s = std::get_if<std::string>(&a)) return *s == std::get<std::string>(b);
   if (const auto* is = std::get_if<std::vector<int64_t>>(&a)) return *is == std::get<std::vector<int64_t>>(b);
   return std::get<std::vector<std::string>>(a) == std::get<std::vector<std::string>>(b);
+}
+
+inline bool same_values(const std::vector<ValueInfo>& a, const std::vector<ValueInfo>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].has_shape != b[i].has_shape || a[i].shape != b[i].shape ||
+        a[i].dim_names != b[i].dim_names)
+      return false;
+  return true;
+}
+
+// Subgraphs compared in full: nodes (attributes recursively), values and initializers bit for bit.
+inline bool same_graph(const Graph& a, const Graph& b) {
+  if (a.name != b.name || a.nodes.size() != b.nodes.size() || !same_values(a.inputs, b.inputs) ||
+      !same_values(a.outputs, b.outputs) || !same_values(a.value_info, b.value_info) ||
+      a.initializers.size() != b.initializers.size())
+    return false;
+  for (size_t i = 0; i < a.nodes.size(); ++i) {
+    const Node &x = a.nodes[i], &y = b.nodes[i];
+    if (x.name != y.name || x.op_type != y.op_type || x.domain != y.domain || x.inputs != y.inputs ||
+        x.outputs != y.outputs || x.captured != y.captured || x.attrs.size() != y.attrs.size())
+      return false;
+    for (const auto& [k, v] : x.attrs) {
+      auto it = y.attrs.find(k);
+      if (it == y.attrs.end() || !same_attr(v, it->second)) return false;
+    }
+  }
+  for (const auto& [k, t] : a.initializers) {
+    auto it = b.initializers.find(k);
+    if (it == b.initializers.end() || !same_tensor(t, it->second)) return false;
+  }
+  return true;
 }
 
 inline void expect_same_value_infos(const std::vector<ValueInfo>& a, const std::vector<ValueInfo>& b, const std::string& what) {
@@ -85,6 +120,7 @@ inline void expect_same_model(const Model& a, const Model& b, const std::string&
     EXPECT_EQ(x.op_type, y.op_type) << w;
     EXPECT_EQ(x.domain, y.domain) << w;
     EXPECT_EQ(x.inputs, y.inputs) << w;
+    EXPECT_EQ(x.captured, y.captured) << w;
     EXPECT_EQ(x.outputs, y.outputs) << w;
     ASSERT_EQ(x.attrs.size(), y.attrs.size()) << w;
     for (const auto& [k, v] : x.attrs) {

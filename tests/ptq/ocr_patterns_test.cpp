@@ -476,6 +476,48 @@ TEST(PtqOcrPatterns, RaisedScatterAndDftComputeTheSame) {
   }
 }
 
+// An If of an opset-11 model whose branch squeezes with the `axes` attribute: raised to 13, the branch's Squeeze
+// takes axes as an input (the values the branch reads from outside stay bound), and the model computes the same.
+TEST(PtqOcrPatterns, RaisingConvertsTheNodesOfSubgraphs) {
+  Model m;
+  m.source = "raise_if";
+  m.set_opset(11);
+  m.graph.inputs.push_back({"x", DType::kFloat32, {2, 1, 3}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat32, {}, {}, false});
+  m.graph.initializers["zero"] = Tensor::from<float>({}, {0.0f});
+  m.graph.nodes.push_back(make("ReduceSum", "sum", {"x"}, {"s"}));
+  m.graph.nodes.back().attrs["keepdims"] = int64_t{0};
+  m.graph.nodes.push_back(make("Greater", "gt", {"s", "zero"}, {"cond"}));
+  auto branch = [](const std::string& op) {
+    auto g = std::make_shared<graph::Graph>();
+    g->name = op;
+    Node sq = make("Squeeze", op + "_squeeze", {"x"}, {op + "_sq"});
+    sq.attrs["axes"] = std::vector<int64_t>{1};
+    g->nodes.push_back(sq);
+    g->nodes.push_back(make(op, op + "_op", {op + "_sq"}, {op + "_out"}));
+    g->outputs.push_back({op + "_out", DType::kFloat32, {}, {}, false});
+    return g;
+  };
+  Node iff = make("If", "branch", {"cond", "x"}, {"y"});
+  iff.captured = {"x"};
+  iff.attrs["then_branch"] = graph::GraphRef(branch("Relu"));
+  iff.attrs["else_branch"] = graph::GraphRef(branch("Neg"));
+  m.graph.nodes.push_back(iff);
+  Model raised = m;
+  ptq::raise_opset(raised, 13);
+  for (const char* key : {"then_branch", "else_branch"}) {
+    const Node& sq = raised.graph.nodes.back().attr_graph(key)->nodes[0];
+    EXPECT_FALSE(sq.has_attr("axes")) << key;
+    EXPECT_EQ(sq.inputs.size(), 2u) << key;
+  }
+  EXPECT_EQ(m.graph.nodes.back().attr_graph("then_branch")->nodes[0].inputs.size(), 1u);  // the original is untouched
+  for (float sign : {1.0f, -1.0f}) {
+    const Tensor x = Tensor::from<float>({2, 1, 3}, {sign, 2 * sign, -0.5f, 3 * sign, 0.25f, sign});
+    const Tensor want = runtime::Executor(m).run1(x);
+    EXPECT_TRUE(test::same_bits(runtime::Executor(raised).run1(x), want));
+  }
+}
+
 // A recurrent layer of an opset-6 export (LSTM/GRU/RNN with `output_sequence`, which opset 7 removed): per-channel
 // QDQ raises the model to 13 without the attribute, and the layer computes the same.
 TEST(PtqOcrPatterns, Opset6RecurrentLayersLoseOutputSequence) {

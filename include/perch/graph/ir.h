@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -16,8 +17,12 @@
 
 namespace perch::graph {
 
+struct Graph;
+// A subgraph attribute (If's branches, Loop's and Scan's body): shared and never modified in place.
+using GraphRef = std::shared_ptr<const Graph>;
+
 using AttrValue = std::variant<int64_t, float, std::string, std::vector<int64_t>, std::vector<float>,
-                               std::vector<std::string>, Tensor>;
+                               std::vector<std::string>, Tensor, GraphRef>;
 
 struct Node {
   std::string name;
@@ -26,6 +31,11 @@ struct Node {
   std::vector<std::string> inputs;   // "" = omitted optional input
   std::vector<std::string> outputs;
   std::map<std::string, AttrValue> attrs;
+  // Control flow (If, Loop, Scan): the outer-scope values its subgraphs read. They follow the ONNX inputs in `inputs`
+  // (so every pass sees them as uses, renames them and keeps them alive); `captured` holds the names the subgraphs
+  // use for them, in the same order. onnx_io sets both when loading and saves the ONNX inputs alone, renaming the
+  // subgraphs' references where a pass renamed a captured input.
+  std::vector<std::string> captured;
 
   bool has_attr(const std::string& key) const { return attrs.count(key) != 0; }
   int64_t attr_int(const std::string& key, int64_t dflt) const;
@@ -34,6 +44,11 @@ struct Node {
   std::vector<int64_t> attr_ints(const std::string& key, const std::vector<int64_t>& dflt = {}) const;
   std::vector<float> attr_floats(const std::string& key, const std::vector<float>& dflt = {}) const;
   const Tensor* attr_tensor(const std::string& key) const;
+  const Graph* attr_graph(const std::string& key) const;
+  // The subgraph attributes, by attribute name.
+  std::vector<std::pair<std::string, const Graph*>> subgraphs() const;
+  // Inputs as ONNX has them (without the captured values).
+  size_t formal_input_count() const { return inputs.size() - captured.size(); }
   // "Conv 'conv1'" — used in every error message about this node.
   std::string describe() const;
   // "<describe()>: message", or `message` alone when it names this node first already (a kernel's own error).
@@ -72,6 +87,10 @@ struct Graph {
   // Removes initializers that no node uses any more.
   void prune_unused_initializers();
 };
+
+// Values `g`'s nodes (and outputs) read that `g` does not define — its graph inputs, initializers and node outputs —
+// in order of first use: what a subgraph takes from its enclosing scopes.
+std::vector<std::string> outer_references(const Graph& g);
 
 struct OpsetId {
   std::string domain;
