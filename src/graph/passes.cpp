@@ -172,9 +172,10 @@ bool inference_dropout(const Model& model, const Node& n) {
   return true;
 }
 
-int upcast_float16(Model& model) {
+namespace {
+
+int upcast_float16_graph(Graph& g) {
   int changed = 0;
-  Graph& g = model.graph;
   for (auto& [name, t] : g.initializers)
     if (t.dtype() == DType::kFloat16) t = t.to_f32(), ++changed;
   for (auto* list : {&g.inputs, &g.outputs, &g.value_info})
@@ -184,6 +185,10 @@ int upcast_float16(Model& model) {
     if (!n.domain.empty() && n.domain != "ai.onnx") continue;
     for (auto& [key, value] : n.attrs) {
       if (auto* t = std::get_if<Tensor>(&value); t && t->dtype() == DType::kFloat16) *t = t->to_f32(), ++changed;
+      if (auto* sub = std::get_if<GraphRef>(&value)) {  // If/Loop/Scan bodies: widened copies
+        Graph copy = **sub;
+        if (const int c = upcast_float16_graph(copy)) *sub = std::make_shared<const Graph>(std::move(copy)), changed += c;
+      }
     }
     if (n.op_type != "Cast") continue;
     auto to = n.attrs.find("to");
@@ -193,6 +198,10 @@ int upcast_float16(Model& model) {
   }
   return changed;
 }
+
+}  // namespace
+
+int upcast_float16(Model& model) { return upcast_float16_graph(model.graph); }
 
 int remove_identities(Model& model) {
   Graph& g = model.graph;

@@ -480,6 +480,39 @@ TEST(UpcastFloat16, WidensValuesTypesAndCasts) {
   EXPECT_EQ(std::get<std::string>(legacy.graph.nodes[3].attrs.at("to")), "FLOAT");
 }
 
+// Subgraphs widen too — as copies: a model sharing the subgraph (a copy made before) keeps its float16 one.
+TEST(UpcastFloat16, WidensInsideSubgraphs) {
+  auto then_g = std::make_shared<Graph>();
+  then_g->name = "then";
+  then_g->initializers["k"] = Tensor::from<Half>({2}, {Half{0x3c01}, Half{0x3800}});  // 1 + 2^-10, 0.5
+  then_g->nodes = {make_node("Add", {"x", "k"}, {"t"})};
+  then_g->outputs = {{"t", DType::kFloat16, {}, {}, false}};
+  auto else_g = std::make_shared<Graph>();
+  else_g->name = "else";
+  else_g->nodes = {make_node("Neg", {"x"}, {"e"})};
+  else_g->outputs = {{"e", DType::kFloat16, {}, {}, false}};
+  Model m;
+  m.set_opset(13);
+  m.graph.inputs.push_back({"x", DType::kFloat16, {2}, {""}, true});
+  m.graph.inputs.push_back({"cond", DType::kBool, {}, {}, true});
+  m.graph.outputs.push_back({"y", DType::kFloat16, {2}, {""}, true});
+  Node iff = make_node("If", {"cond", "x"}, {"y"});
+  iff.captured = {"x"};
+  iff.attrs["then_branch"] = GraphRef(then_g);
+  iff.attrs["else_branch"] = GraphRef(else_g);
+  m.graph.nodes = {iff};
+  Model w = m;
+  EXPECT_EQ(upcast_float16(w), 5);  // x, y; then's k and t; else's e
+  EXPECT_EQ(w.graph.nodes[0].attr_graph("then_branch")->initializers.at("k").dtype(), DType::kFloat32);
+  EXPECT_EQ(m.graph.nodes[0].attr_graph("then_branch")->initializers.at("k").dtype(), DType::kFloat16);
+  Tensor cond(DType::kBool, {});
+  cond.data<bool>()[0] = true;
+  const Tensor y = runtime::Executor(w).run({{"x", Tensor::from<float>({2}, {1.0f, 2.0f})}, {"cond", cond}}).at("y");
+  ASSERT_EQ(y.dtype(), DType::kFloat32);
+  EXPECT_EQ(y.data<float>()[0], 2.0f + std::ldexp(1.0f, -10));
+  EXPECT_EQ(y.data<float>()[1], 2.5f);
+}
+
 TEST(Canonicalize, RunsAllPassesAndSummarizes) {
   Model m;
   m.set_opset(13);

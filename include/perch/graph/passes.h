@@ -33,7 +33,8 @@ int remove_identities(Model& model);
 // Makes a float16 model a float32 one: float16 initializers and tensor attributes widened (exactly), graph inputs,
 // outputs and value_info declared float32, Cast/Cast-1 to float16 made casts to float32. The float32 model computes
 // what the float16 one does without its per-op roundings to float16. Returns the number of values changed (0: the
-// model had no float16). `perch quantize`, `sensitivity` and `qat` apply it to a float16 model, with a note.
+// model had no float16); If/Loop/Scan subgraphs are widened too. `perch quantize`, `sensitivity` and `qat` apply it
+// to a float16 model, with a note.
 int upcast_float16(Model& model);
 
 // Rewrites ONNX Runtime's quantized contrib operators (domain com.microsoft: the "QOperator" format of
