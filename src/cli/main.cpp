@@ -618,12 +618,12 @@ int cmd_inspect(const std::string& model_path, bool as_json) {
   for (const auto& n : g.nodes) {
     if (!ptq::quantizes_weights(n.op_type)) continue;
     const Tensor* w0 = g.initializer(n.input(1));
-    if (!w0 || (w0->dtype() != DType::kFloat32 && w0->dtype() != DType::kFloat16)) continue;
+    if (!w0 || (w0->dtype() != DType::kFloat32 && !is_half_type(w0->dtype()))) continue;
     const Tensor wf = w0->to_f32();  // float16 weights: listed (quantize refuses the model until it is float32)
     const Tensor* w = &wf;
     const int64_t axis = ptq::weight_channel_axis(n, w->rank());
     const double spread = ptq::channel_spread(*w, axis);
-    std::string note = w0->dtype() == DType::kFloat16 ? "float16" : "";
+    std::string note = is_half_type(w0->dtype()) ? dtype_name(w0->dtype()) : "";
     if (n.op_type == "Conv" && n.attr_int("group", 1) > 1)
       note += std::string(note.empty() ? "" : ", ") +
               (n.attr_int("group", 1) == w->dim(0) ? "depthwise" : "grouped(" + std::to_string(n.attr_int("group", 1)) + ")");

@@ -28,6 +28,7 @@ size_t dtype_size(DType t) {
     case DType::kInt64: return 8;
     case DType::kBool: return 1;
     case DType::kFloat16: return 2;
+    case DType::kBFloat16: return 2;
   }
   return 0;
 }
@@ -44,6 +45,7 @@ const char* dtype_name(DType t) {
     case DType::kInt64: return "int64";
     case DType::kBool: return "bool";
     case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
   }
   return "?";
 }
@@ -75,6 +77,26 @@ uint16_t half_from_double(double d) {
   if (q < 1024.0) return sign | static_cast<uint16_t>(q);  // subnormal (exp_field 0); q == 1024 is the smallest normal
   if (exp_field >= 31) return sign | 0x7c00;
   return sign | static_cast<uint16_t>(exp_field << 10) | static_cast<uint16_t>(q - 1024.0);
+}
+
+float bfloat16_to_float(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+uint16_t bfloat16_from_double(double d) {
+  const uint16_t sign = std::signbit(d) ? 0x8000 : 0;
+  const double a = std::fabs(d);
+  if (std::isnan(d))  // quiet, the payload's top 6 bits kept
+    return sign | 0x7fc0 | static_cast<uint16_t>((std::bit_cast<uint64_t>(d) >> 45) & 0x3f);
+  if (a >= std::ldexp(2.0 - std::ldexp(1.0, -8), 127)) return sign | 0x7f80;
+  // As half_from_double, with 7 mantissa bits and normal exponents from -126 (subnormal grid 2^-133).
+  int e2 = 0;
+  (void)std::frexp(a, &e2);
+  const int E = std::max(e2 - 1, -126);
+  double q = std::nearbyint(std::ldexp(a, 7 - E));
+  int exp_field = E + 127;
+  if (q >= 256.0) q = 128.0, ++exp_field;
+  if (q < 128.0) return sign | static_cast<uint16_t>(q);
+  if (exp_field >= 255) return sign | 0x7f80;
+  return sign | static_cast<uint16_t>(exp_field << 7) | static_cast<uint16_t>(q - 128.0);
 }
 
 std::string shape_str(const Shape& shape) {
@@ -287,8 +309,12 @@ template <typename Dst, typename Src>
 Dst convert_value(Src v) {
   if constexpr (std::is_same_v<Src, Half>) {
     return convert_value<Dst>(half_to_float(v.bits));
+  } else if constexpr (std::is_same_v<Src, BFloat16>) {
+    return convert_value<Dst>(bfloat16_to_float(v.bits));
   } else if constexpr (std::is_same_v<Dst, Half>) {
     return Half{half_from_double(static_cast<double>(v))};
+  } else if constexpr (std::is_same_v<Dst, BFloat16>) {
+    return BFloat16{bfloat16_from_double(static_cast<double>(v))};
   } else if constexpr (std::is_floating_point_v<Src> && std::is_integral_v<Dst> && !std::is_same_v<Dst, bool>) {
     if (std::isnan(v)) return Dst{0};
     // Compare in the float type: the integer limits round to exactly representable powers of two (+1).
@@ -324,6 +350,7 @@ Tensor convert_to(const Tensor& in) {
     case DType::kInt64: convert<Dst, int64_t>(in, out); break;
     case DType::kBool: convert<Dst, bool>(in, out); break;
     case DType::kFloat16: convert<Dst, Half>(in, out); break;
+    case DType::kBFloat16: convert<Dst, BFloat16>(in, out); break;
   }
   return out;
 }
@@ -347,6 +374,7 @@ Tensor Tensor::to(DType dtype) const {
     case DType::kInt64: return convert_to<int64_t>(*this);
     case DType::kBool: return convert_to<bool>(*this);
     case DType::kFloat16: return convert_to<Half>(*this);
+    case DType::kBFloat16: return convert_to<BFloat16>(*this);
   }
   PERCH_FAIL("unknown dtype");
 }

@@ -29,6 +29,7 @@ const char* npy_descr(DType t) {
     case DType::kInt64: return "<i8";
     case DType::kBool: return "|b1";
     case DType::kFloat16: return "<f2";
+    case DType::kBFloat16: PERCH_FAIL("bfloat16 has no .npy type (NumPy has no bfloat16); cast the tensor to float32");
   }
   return "?";
 }

@@ -28,6 +28,7 @@ DType dtype_from_onnx(int32_t t, const std::string& what) {
     case TensorProto::INT64: return DType::kInt64;
     case TensorProto::BOOL: return DType::kBool;
     case TensorProto::FLOAT16: return DType::kFloat16;
+    case TensorProto::BFLOAT16: return DType::kBFloat16;
     default: break;
   }
   const char* name = TensorProto::DataType_IsValid(t) ? TensorProto::DataType_Name(static_cast<TensorProto::DataType>(t)).c_str() : "invalid";
@@ -46,6 +47,7 @@ int32_t dtype_to_onnx(DType t) {
     case DType::kInt64: return TensorProto::INT64;
     case DType::kBool: return TensorProto::BOOL;
     case DType::kFloat16: return TensorProto::FLOAT16;
+    case DType::kBFloat16: return TensorProto::BFLOAT16;
   }
   return TensorProto::UNDEFINED;
 }
@@ -99,6 +101,10 @@ Tensor tensor_from_proto(const TensorProto& p, const std::string& what_in) {
     case DType::kBool: copy_field<bool>(p.int32_data(), t, what); break;
     case DType::kFloat16:  // int32_data holds each value's 16 bits (ONNX's convention for FLOAT16)
       for (int64_t i = 0; i < t.numel(); ++i) t.data<Half>()[i] = Half{static_cast<uint16_t>(p.int32_data(static_cast<int>(i)))};
+      break;
+    case DType::kBFloat16:  // likewise for BFLOAT16
+      for (int64_t i = 0; i < t.numel(); ++i)
+        t.data<BFloat16>()[i] = BFloat16{static_cast<uint16_t>(p.int32_data(static_cast<int>(i)))};
       break;
   }
   return t;

@@ -177,14 +177,14 @@ namespace {
 int upcast_float16_graph(Graph& g) {
   int changed = 0;
   for (auto& [name, t] : g.initializers)
-    if (t.dtype() == DType::kFloat16) t = t.to_f32(), ++changed;
+    if (is_half_type(t.dtype())) t = t.to_f32(), ++changed;
   for (auto* list : {&g.inputs, &g.outputs, &g.value_info})
     for (ValueInfo& v : *list)
-      if (v.dtype == DType::kFloat16) v.dtype = DType::kFloat32, ++changed;
+      if (is_half_type(v.dtype)) v.dtype = DType::kFloat32, ++changed;
   for (Node& n : g.nodes) {
     if (!n.domain.empty() && n.domain != "ai.onnx") continue;
     for (auto& [key, value] : n.attrs) {
-      if (auto* t = std::get_if<Tensor>(&value); t && t->dtype() == DType::kFloat16) *t = t->to_f32(), ++changed;
+      if (auto* t = std::get_if<Tensor>(&value); t && is_half_type(t->dtype())) *t = t->to_f32(), ++changed;
       if (auto* sub = std::get_if<GraphRef>(&value)) {  // If/Loop/Scan bodies: widened copies
         Graph copy = **sub;
         if (const int c = upcast_float16_graph(copy)) *sub = std::make_shared<const Graph>(std::move(copy)), changed += c;
@@ -193,7 +193,7 @@ int upcast_float16_graph(Graph& g) {
     if (n.op_type != "Cast") continue;
     auto to = n.attrs.find("to");
     if (to == n.attrs.end()) continue;
-    if (auto* code = std::get_if<int64_t>(&to->second); code && *code == 10) *code = 1, ++changed;  // FLOAT16 -> FLOAT
+    if (auto* code = std::get_if<int64_t>(&to->second); code && (*code == 10 || *code == 16)) *code = 1, ++changed;  // (B)FLOAT16 -> FLOAT
     if (auto* name = std::get_if<std::string>(&to->second); name && *name == "FLOAT16") *name = "FLOAT", ++changed;
   }
   return changed;

@@ -43,7 +43,7 @@ EvalResult evaluate(const FeedsRun& run, const graph::Model& model, const Datase
     const int64_t b = chunk.first, n = chunk.second;
     runtime::TensorMap feeds = data.feeds(model.graph.inputs[0].name, b, n);
     for (const auto& in : model.graph.inputs)  // a float16 model reads the (float32) data rounded to float16
-      if (auto f = feeds.find(in.name); f != feeds.end() && in.dtype == DType::kFloat16) f->second = f->second.to(DType::kFloat16);
+      if (auto f = feeds.find(in.name); f != feeds.end() && is_half_type(in.dtype)) f->second = f->second.to(in.dtype);
     const Tensor out = run(feeds).to_f32();
     PERCH_CHECK(out.rank() >= 1 && out.dim(0) == n, source, ": output shape ", shape_str(out.shape()),
                 " does not have the batch size ", n, " in front");

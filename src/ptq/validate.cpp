@@ -49,25 +49,25 @@ void check_finite_weights(const graph::Model& model) {
 
 void check_no_float16(const graph::Model& model) {
   const auto refuse = [&](const std::string& what) {
-    PERCH_FAIL(model.source, ": ", what, " is float16; perch quantizes float32 models — convert the model to float32 "
+    PERCH_FAIL(model.source, ": ", what, " is float16 or bfloat16; perch quantizes float32 models — convert the model to float32 "
                "first (graph::upcast_float16; the perch CLI does it)");
   };
   for (const auto& v : model.graph.inputs)
-    if (v.dtype == DType::kFloat16) refuse("input '" + v.name + "'");
+    if (is_half_type(v.dtype)) refuse("input '" + v.name + "'");
   for (const auto& v : model.graph.outputs)
-    if (v.dtype == DType::kFloat16) refuse("output '" + v.name + "'");
+    if (is_half_type(v.dtype)) refuse("output '" + v.name + "'");
   for (const auto& [name, t] : model.graph.initializers)
-    if (t.dtype() == DType::kFloat16) refuse("initializer '" + name + "'");
+    if (is_half_type(t.dtype())) refuse("initializer '" + name + "'");
   for (const auto& n : model.graph.nodes) {
     if (!n.domain.empty() && n.domain != "ai.onnx") continue;
     if (auto to = n.attrs.find("to"); n.op_type == "Cast" && to != n.attrs.end()) {
       const auto* code = std::get_if<int64_t>(&to->second);
       const auto* name = std::get_if<std::string>(&to->second);  // Cast-1 names the type
-      if ((code && *code == 10) || (name && *name == "FLOAT16")) refuse(n.describe() + "'s output");
+      if ((code && (*code == 10 || *code == 16)) || (name && *name == "FLOAT16")) refuse(n.describe() + "'s output");
     }
     if (n.op_type == "CastLike" && n.inputs.size() > 1) {
       const Tensor* like = model.graph.initializer(n.inputs[1]);
-      if (like && like->dtype() == DType::kFloat16) refuse(n.describe() + "'s output");
+      if (like && is_half_type(like->dtype())) refuse(n.describe() + "'s output");
     }
   }
 }

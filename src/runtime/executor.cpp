@@ -48,26 +48,32 @@ const OpRegistry& registry() {
   return OpRegistry::global();
 }
 
-// float16 (ONNX FLOAT16) is a storage type here: an op other than Cast/CastLike with a float16 input runs on float32
-// copies of its float16 inputs (exact), and its float32 outputs are rounded back to float16 (to nearest even) — one
+// float16 (ONNX FLOAT16) and bfloat16 are storage types here: an op other than Cast/CastLike with such an input runs
+// on float32 copies of those inputs (exact), and its float32 outputs are rounded back to that type (to nearest even) — one
 // rounding per op, as CPU runtimes without half arithmetic compute it, and as NumPy's float16 ufuncs do for the
 // element-wise ops (Max, Min, Mod: the float32 result rounded once). Outputs of other types (indices, shapes, int8)
 // are kept.
 std::vector<Tensor> run_kernel(const OpKernel& k, const graph::Node& n, const std::vector<const Tensor*>& args,
                                int64_t opset) {
-  const bool half = (n.op_type != "Cast" && n.op_type != "CastLike") &&
-                    std::any_of(args.begin(), args.end(), [](const Tensor* t) { return t && t->dtype() == DType::kFloat16; });
-  if (!half) return k(n, args, opset);
+  if (n.op_type == "Cast" || n.op_type == "CastLike") return k(n, args, opset);
+  // The narrow type: the first 16-bit float input's (a model mixing float16 and bfloat16 in one op gets the first).
+  DType narrow = DType::kFloat32;
+  for (const Tensor* t : args)
+    if (t && is_half_type(t->dtype())) {
+      narrow = t->dtype();
+      break;
+    }
+  if (narrow == DType::kFloat32) return k(n, args, opset);
   std::vector<Tensor> widened(args.size());
   std::vector<const Tensor*> a(args.size(), nullptr);
   for (size_t j = 0; j < args.size(); ++j) {
     if (!args[j]) continue;
-    if (args[j]->dtype() == DType::kFloat16) widened[j] = args[j]->to_f32();
-    a[j] = args[j]->dtype() == DType::kFloat16 ? &widened[j] : args[j];
+    if (is_half_type(args[j]->dtype())) widened[j] = args[j]->to_f32();
+    a[j] = is_half_type(args[j]->dtype()) ? &widened[j] : args[j];
   }
   std::vector<Tensor> outs = k(n, a, opset);
   for (Tensor& t : outs)
-    if (!t.empty() && t.dtype() == DType::kFloat32) t = t.to(DType::kFloat16);
+    if (!t.empty() && t.dtype() == DType::kFloat32) t = t.to(narrow);
   return outs;
 }
 }  // namespace

@@ -170,7 +170,8 @@ Tensor binary_tensors(const Node& n, const Tensor& A0, const Tensor& B0) {
       case DType::kInt32: return binary_typed<Op, int32_t>(A0, B0, ys);
       case DType::kInt64: return binary_typed<Op, int64_t>(A0, B0, ys);
       case DType::kBool: PERCH_FAIL(n.describe(), ": bool inputs are not supported");
-      case DType::kFloat16: PERCH_FAIL(n.describe(), ": float16 reached a typed kernel (the executor computes it in float32)");
+      case DType::kFloat16:
+      case DType::kBFloat16: PERCH_FAIL(n.describe(), ": a 16-bit float reached a typed kernel (the executor computes it in float32)");
     }
   }
   return binary_typed<Op, float>(A0.to_f32(), B0.to_f32(), ys);

@@ -47,6 +47,7 @@ DType output_type(const Node& n) {
     case 7: return DType::kInt64;
     case 10: return DType::kFloat16;
     case 11: return DType::kFloat64;
+    case 16: return DType::kBFloat16;
     default: PERCH_FAIL("output_datatype ", code, " is not supported");
   }
 }

@@ -37,7 +37,7 @@ DType onnx_elem_type(int64_t t) {
     case 11: return DType::kFloat64;
     case 8: PERCH_FAIL("cast to/from STRING is not supported");
     case 10: return DType::kFloat16;
-    case 16: PERCH_FAIL("BFLOAT16 tensors are not supported");
+    case 16: return DType::kBFloat16;
     case 12: PERCH_FAIL("UINT32 tensors are not supported");
     case 13: PERCH_FAIL("UINT64 tensors are not supported");
     default: PERCH_FAIL("element type ", t, " is not supported");
@@ -77,8 +77,8 @@ Tensor cast_tensor(const Tensor& x, DType to) {
   if (x.dtype() == to) return x;
   // float16 (a storage type, no typed kernels): from it through float32 (exact); to it from double, rounded once
   // to nearest even (every perch type converts to double exactly, but for int64 beyond 2^53, which is float16's inf).
-  if (x.dtype() == DType::kFloat16) return cast_tensor(x.to_f32(), to);
-  if (to == DType::kFloat16) return x.to(to);
+  if (is_half_type(x.dtype())) return cast_tensor(x.to_f32(), to);
+  if (is_half_type(to)) return x.to(to);
   Tensor y = Tensor::uninitialized(to, x.shape());
   detail::visit_dtype(x.dtype(), [&](auto st) {
     using S = typename decltype(st)::type;

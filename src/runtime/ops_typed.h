@@ -32,6 +32,7 @@ decltype(auto) visit_dtype(DType t, F&& f) {
     case DType::kInt64: return f(Tag<int64_t>{});
     case DType::kBool: return f(Tag<bool>{});
     case DType::kFloat16:  // computed in float32 by the executor (Executor::run), never by a typed kernel
+    case DType::kBFloat16:
       PERCH_FAIL("float16 reached a typed kernel (the executor computes float16 ops in float32)");
   }
   PERCH_FAIL("unknown dtype");

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <bit>
 #include <random>
 
 #include "perch/data/npy.h"
@@ -319,6 +321,43 @@ TEST(OpsVsOrt, SignalAndSmallOps) {
   types["x_out"] = DType::kFloat32;
   for (const auto& o : outs) g.outputs.push_back({o, types.at(o), {}, {}, false});
   expect_same_as_ort(m, Tensor::from<float>({1}, {1.0f}), "signal_vs_ort", 5e-6);  // ONNX Runtime: a float FFT
+}
+
+
+// float32 → bfloat16 → float32 (and through float16, and bfloat16 → float16) in perch and ONNX Runtime, bit for bit:
+// round to nearest even at ties, the overflow threshold, subnormals (ONNX 1.14's own test data truncates instead).
+TEST(OpsVsOrt, BFloat16CastsRoundLikeOnnxRuntime) {
+  PERCH_REQUIRE_ORT();
+  std::vector<float> v = {1.0f + std::ldexp(1.0f, -8), 1.0f + std::ldexp(3.0f, -8), 0.48033666f, 0.49968487f,
+                          std::ldexp(2.0f - std::ldexp(1.0f, -8), 127), std::nextafter(std::ldexp(2.0f - std::ldexp(1.0f, -8), 127), 0.0f),
+                          std::numeric_limits<float>::max(), std::ldexp(1.0f, -134), std::ldexp(3.0f, -134), std::ldexp(1.0f, -130),
+                          -0.0f, 65520.0f, 3.14159265f, -1e-3f};
+  std::mt19937 rng(19);
+  std::uniform_real_distribution<float> u(-8.0f, 8.0f);
+  while (v.size() < 64) v.push_back(u(rng));
+  graph::Model m = one_input_model("bf16", {static_cast<int64_t>(v.size())}, 13);
+  auto& g = m.graph;
+  test::add_node(g, "Cast", {"x"}, {"b"}, {{"to", int64_t{16}}});
+  test::add_node(g, "Cast", {"b"}, {"y_bf16"}, {{"to", int64_t{1}}});
+  test::add_node(g, "Cast", {"x"}, {"h"}, {{"to", int64_t{10}}});
+  test::add_node(g, "Cast", {"h"}, {"hb"}, {{"to", int64_t{16}}});
+  test::add_node(g, "Cast", {"hb"}, {"y_f16_bf16"}, {{"to", int64_t{1}}});
+  test::add_node(g, "Cast", {"b"}, {"bh"}, {{"to", int64_t{10}}});
+  test::add_node(g, "Cast", {"bh"}, {"y_bf16_f16"}, {{"to", int64_t{1}}});
+  for (const char* o : {"y_bf16", "y_f16_bf16", "y_bf16_f16"}) g.outputs.push_back({o, DType::kFloat32, {}, {}, false});
+  const fs::path d = scratch("bf16_vs_ort");
+  graph::save_model(m, d / "m.onnx");
+  write_npy(d / "x.npy", Tensor::from<float>({static_cast<int64_t>(v.size())}, v));
+  auto r = run_cmd(perch_bin() + " run " + q(d / "m.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "m.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* o : {"y_bf16", "y_f16_bf16", "y_bf16_f16"}) {
+    const Tensor a = read_npy(d / "perch" / (std::string(o) + ".npy")), b = read_npy(d / "ort" / (std::string(o) + ".npy"));
+    ASSERT_EQ(a.shape(), b.shape());
+    for (int64_t k = 0; k < a.numel(); ++k)
+      EXPECT_EQ(std::bit_cast<uint32_t>(a.data<float>()[k]), std::bit_cast<uint32_t>(b.data<float>()[k])) << o << " " << v[k];
+  }
 }
 
 }  // namespace

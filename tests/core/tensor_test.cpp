@@ -34,8 +34,9 @@ TEST(Half, KnownValues) {
                         Case{std::ldexp(2047.0, -24), 0x07ff},  // the largest value of 2^-14's binade
                         Case{0.1, 0x2e66}, Case{3.14159265358979, 0x4248}}) {
     EXPECT_EQ(half_from_double(c.x), c.bits) << c.x;
-    if ((c.bits & 0x7c00) != 0x7c00 && std::fabs(c.x) < 65504.0 && c.x == std::nearbyint(c.x))
+    if ((c.bits & 0x7c00) != 0x7c00 && std::fabs(c.x) < 65504.0 && c.x == std::nearbyint(c.x)) {
       EXPECT_EQ(half_to_float(c.bits), static_cast<float>(c.x)) << c.x;
+    }
   }
   EXPECT_EQ(half_to_float(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));
@@ -77,6 +78,60 @@ TEST(Half, MatchesTheCompilersFloat16) {
   }
 }
 #endif
+
+// bfloat16 (ONNX BFLOAT16): values worked out by hand — ties to even, the overflow threshold (2 − 2^-8)·2^127,
+// subnormals (grid 2^-133), signed zero, NaN.
+TEST(BFloat16, KnownValues) {
+  struct Case {
+    double x;
+    uint16_t bits;
+  };
+  const double top = std::ldexp(2.0 - std::ldexp(1.0, -7), 127), over = std::ldexp(2.0 - std::ldexp(1.0, -8), 127);
+  for (const Case& c : {Case{0.0, 0x0000}, Case{-0.0, 0x8000}, Case{1.0, 0x3f80}, Case{-2.0, 0xc000},
+                        Case{1.0 + std::ldexp(1.0, -8), 0x3f80},        // tie between 1 and 1 + 2^-7: even (1)
+                        Case{1.0 + std::ldexp(3.0, -8), 0x3f82},        // tie between 1 + 2^-7 and 1 + 2^-6: even
+                        Case{1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40), 0x3f81},  // just above the tie
+                        Case{top, 0x7f7f}, Case{std::nextafter(over, 0.0), 0x7f7f}, Case{over, 0x7f80}, Case{1e300, 0x7f80},
+                        Case{-1e300, 0xff80}, Case{std::ldexp(1.0, -126), 0x0080}, Case{std::ldexp(1.0, -133), 0x0001},
+                        Case{std::ldexp(1.0, -134), 0x0000},  // half the smallest subnormal: tie to 0
+                        Case{std::ldexp(3.0, -134), 0x0002},  // 1.5 subnormal steps: tie to even 2
+                        Case{3.14159265358979, 0x4049}, Case{0.1, 0x3dcd}}) {
+    EXPECT_EQ(bfloat16_from_double(c.x), c.bits) << c.x;
+  }
+  EXPECT_EQ(bfloat16_to_float(0x7f80), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(bfloat16_to_float(0x0001), std::ldexp(1.0f, -133));
+  EXPECT_EQ(bfloat16_to_float(0x4049), 3.140625f);
+  EXPECT_EQ(bfloat16_from_double(std::numeric_limits<double>::quiet_NaN()), 0x7fc0);
+  EXPECT_EQ(bfloat16_from_double(-std::numeric_limits<double>::quiet_NaN()), 0xffc0);
+  EXPECT_EQ(bfloat16_from_double(std::bit_cast<double>(0x7ff0200000000001ull)), 0x7fc1);  // payload top bits, quiet
+}
+
+// Against the integer formula for rounding float32 bits to their top half (round to nearest even), on random float32
+// bit patterns of every exponent; every bfloat16 converts to float and back to itself; midpoints between neighbours
+// (exact in double) go to the even one.
+TEST(BFloat16, MatchesFloat32BitRoundingAndRoundTrips) {
+  std::mt19937 rng(17);
+  for (int i = 0; i < 1000000; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(rng());
+    const float f = std::bit_cast<float>(bits);
+    if (std::isnan(f)) continue;
+    const auto want = static_cast<uint16_t>((static_cast<uint64_t>(bits) + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    ASSERT_EQ(bfloat16_from_double(f), want) << f;
+  }
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const float f = bfloat16_to_float(static_cast<uint16_t>(b));
+    const uint16_t back = bfloat16_from_double(f);
+    if (std::isnan(f)) {
+      EXPECT_TRUE((back & 0x7f80) == 0x7f80 && (back & 0x7f)) << b;
+    } else {
+      ASSERT_EQ(back, b) << "bits " << b << " -> " << f;
+    }
+    if ((b & 0x7fff) < 0x7f7f) {  // finite, and so is b + 1
+      const double mid = (static_cast<double>(f) + static_cast<double>(bfloat16_to_float(static_cast<uint16_t>(b + 1)))) / 2;
+      ASSERT_EQ(bfloat16_from_double(mid), (b & 1) ? b + 1 : b) << mid;
+    }
+  }
+}
 
 TEST(TensorCache, FreedLargeBlockIsReused) {
   if (!cache_on()) GTEST_SKIP() << "tensor cache off (AddressSanitizer build or PERCH_TENSOR_CACHE_MB=0)";

@@ -762,4 +762,24 @@ TEST(Executor, Float16ModelsComputeInFloat32PerOp) {
   EXPECT_EQ(c.data<Half>()[2].bits, 0x0002);  // 2^-23
 }
 
+// bfloat16 likewise: each op in float32, its output rounded to bfloat16 once.
+TEST(Executor, BFloat16ModelsComputeInFloat32PerOp) {
+  graph::Model add;
+  add.set_opset(13);
+  add.graph.inputs.push_back({"a", DType::kBFloat16, {3}, {""}, true});
+  add.graph.inputs.push_back({"b", DType::kBFloat16, {3}, {""}, true});
+  add.graph.outputs.push_back({"d", DType::kBFloat16, {3}, {""}, true});
+  test::add_node(add.graph, "Add", {"a", "b"}, {"c"});
+  test::add_node(add.graph, "Mul", {"c", "b"}, {"d"});
+  // 1, 2^127·(2 − 2^-7), 2^-133 plus 2^-8, 2^127, 2^-133
+  const Tensor a = Tensor::from<BFloat16>({3}, {BFloat16{0x3f80}, BFloat16{0x7f7f}, BFloat16{0x0001}});
+  const Tensor b = Tensor::from<BFloat16>({3}, {BFloat16{0x3b80}, BFloat16{0x7f00}, BFloat16{0x0001}});
+  const Tensor d = runtime::Executor(add).run({{"a", a}, {"b", b}}).at("d");
+  ASSERT_EQ(d.dtype(), DType::kBFloat16);
+  // c = 1 + 2^-8: a tie, to even (1), then × 2^-8 = 2^-8 (0x3b80); not 2^-8 + 2^-16 as without the rounding of c
+  EXPECT_EQ(d.data<BFloat16>()[0].bits, 0x3b80);
+  EXPECT_EQ(d.data<BFloat16>()[1].bits, 0x7f80);  // past the largest finite: inf, and inf × 2^127 stays inf
+  EXPECT_EQ(d.data<BFloat16>()[2].bits, 0x0000);  // 2^-132 × 2^-133 underflows to 0
+}
+
 }  // namespace perch::runtime

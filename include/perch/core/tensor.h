@@ -17,7 +17,7 @@
 
 namespace perch {
 
-enum class DType : uint8_t { kFloat32, kFloat64, kInt8, kUInt8, kInt16, kUInt16, kInt32, kInt64, kBool, kFloat16 };
+enum class DType : uint8_t { kFloat32, kFloat64, kInt8, kUInt8, kInt16, kUInt16, kInt32, kInt64, kBool, kFloat16, kBFloat16 };
 
 // IEEE 754 binary16 (ONNX FLOAT16), stored as its bits. perch computes with it in float: half_to_float is exact;
 // half_from_double rounds to nearest, ties to even, in one step (a double is never rounded to float first), with
@@ -28,6 +28,18 @@ struct Half {
 };
 float half_to_float(uint16_t h);
 uint16_t half_from_double(double d);
+
+// bfloat16 (ONNX BFLOAT16): float32's sign and 8-bit exponent with 7 mantissa bits, stored as its bits; a storage
+// type like Half. bfloat16_to_float is exact (the bits are float32's top half); bfloat16_from_double rounds to
+// nearest, ties to even, in one step, with subnormals, overflow to ±inf from (2 − 2^-8)·2^127 up, NaN kept NaN
+// (quiet; sign and the payload's top 6 bits kept).
+struct BFloat16 {
+  uint16_t bits = 0;
+};
+float bfloat16_to_float(uint16_t b);
+uint16_t bfloat16_from_double(double d);
+// The 16-bit float storage types (float16, bfloat16): computed in float32 by the executor.
+constexpr bool is_half_type(DType t) { return t == DType::kFloat16 || t == DType::kBFloat16; }
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
@@ -43,6 +55,7 @@ template <> constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::kInt64; }
 template <> constexpr DType dtype_of<bool>() { return DType::kBool; }
 template <> constexpr DType dtype_of<Half>() { return DType::kFloat16; }
+template <> constexpr DType dtype_of<BFloat16>() { return DType::kBFloat16; }
 
 using Shape = std::vector<int64_t>;
 
