@@ -372,6 +372,27 @@ TEST(OnnxLoadErrors, ExternalDataIsRefusedNamingFileAndTensor) {
   EXPECT_NE(e.find("external data"), std::string::npos) << e;
 }
 
+// A subgraph reading a value no enclosing graph defines: refused at load, naming the control-flow node and the value.
+TEST(OnnxLoadErrors, SubgraphReadOfAnUndefinedValueIsNamed) {
+  auto branch = std::make_shared<Graph>();
+  branch->name = "then";
+  branch->nodes.push_back(make_node("Neg", {"nowhere"}, {"n"}, "neg"));
+  branch->outputs.push_back(make_value("n", {-1}));
+  Model m;
+  m.graph.name = "g";
+  m.set_opset(13);
+  m.graph.inputs.push_back(make_value("cond", {}));
+  m.graph.inputs.back().dtype = DType::kBool;
+  Node iff = make_node("If", {"cond"}, {"y"}, "branchy");
+  iff.attrs["then_branch"] = GraphRef(branch);
+  iff.attrs["else_branch"] = GraphRef(branch);
+  m.graph.nodes.push_back(iff);
+  m.graph.outputs.push_back(make_value("y", {-1}));
+  const std::string e = error_of([&] { (void)model_from_bytes(model_to_bytes(m), "undefined.onnx"); });
+  for (const std::string& want : {std::string("undefined.onnx: "), std::string("If node 'branchy'"), std::string("'nowhere'")})
+    EXPECT_NE(e.find(want), std::string::npos) << "missing '" << want << "' in: " << e;
+}
+
 TEST(OnnxLoadErrors, SubgraphListsAreRefusedNamingNodeAndAttribute) {
   TempDir dir;
   onnx::ModelProto mp = proto_of(small_model());
