@@ -301,6 +301,18 @@ graph::Model conv3d_net(uint32_t seed) {
   return m;
 }
 
+Tensor uniform_tensor(Shape shape, std::mt19937& rng, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  Tensor t(DType::kFloat32, std::move(shape));
+  for (auto& v : t.span<float>()) v = u(rng);
+  return t;
+}
+
+Tensor uniform_tensor(Shape shape, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  return uniform_tensor(std::move(shape), rng, lo, hi);
+}
+
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 2.0f);

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <vector>
 #include <string>
 
@@ -75,6 +76,9 @@ graph::Model deconv_net(int64_t group, uint32_t seed);
 // -> Relu -> depthwise Conv3d 3x3x3 pad 1 (group 8) -> Relu -> MaxPool3d 2x2x2 -> Conv3d 1x1x1 (6) -> AveragePool3d
 // (kernel [3,4,4]) -> Flatten -> Gemm (6 -> 4) -> y [N,4]; opset 13; source "conv3d_net".
 graph::Model conv3d_net(uint32_t seed);
+// A float32 tensor of `shape`, uniform in [lo, hi), drawn from `rng` (or from a generator seeded `seed`).
+Tensor uniform_tensor(Shape shape, std::mt19937& rng, float lo, float hi);
+Tensor uniform_tensor(Shape shape, uint32_t seed, float lo, float hi);
 // n random inputs for tiny_cnn ([n, 1, 8, 8], uniform in [-1, 2)), named "random", no labels.
 Dataset tiny_cnn_inputs(int64_t n, uint32_t seed);
 

@@ -18,16 +18,12 @@
 namespace perch::runtime {
 
 using detail::has;
+using detail::check_float;
 using detail::in;
 using graph::Node;
 using Args = std::vector<const Tensor*>;
 
 namespace {
-
-void check_float(const Tensor& t, const char* what) {
-  PERCH_CHECK(t.dtype() == DType::kFloat32 || t.dtype() == DType::kFloat64, what, " must be float32 or float64, got ",
-              dtype_name(t.dtype()));
-}
 
 // The NLL of `x` ([N, C, rest…] as double) — shapes checked against `target`.
 Tensor nll(const Node& n, const std::vector<double>& x, const Shape& xs, const Tensor& target, const Tensor* weight,

@@ -13,6 +13,7 @@
 namespace perch::runtime {
 
 using detail::has;
+using detail::check_float;
 using detail::in;
 using detail::strides_of;
 using detail::Walker;
@@ -20,11 +21,6 @@ using graph::Node;
 using Args = std::vector<const Tensor*>;
 
 namespace {
-
-void check_float(const Tensor& t, const char* what) {
-  PERCH_CHECK(t.dtype() == DType::kFloat32 || t.dtype() == DType::kFloat64, what, " must be float32 or float64, got ",
-              dtype_name(t.dtype()));
-}
 
 template <typename T>
 Tensor from_double(DType dt, const Shape& s, const std::vector<double>& v) {

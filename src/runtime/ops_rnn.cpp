@@ -309,8 +309,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
 
 std::vector<Tensor> recurrent(const Node& n, const Args& a, Cell cell) {
   const Tensor& x = in(n, a, 0);
-  PERCH_CHECK(x.dtype() == DType::kFloat32 || x.dtype() == DType::kFloat64, "X must be float32 or float64, got ",
-              dtype_name(x.dtype()));
+  detail::check_float(x, "X");
   if (x.dtype() == DType::kFloat64) return recurrent_typed<double>(n, a, cell);
   return recurrent_typed<float>(n, a, cell);
 }

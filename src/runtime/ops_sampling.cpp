@@ -26,32 +26,19 @@
 namespace perch::runtime {
 
 using detail::has;
+using detail::check_float;
 using detail::in;
 using graph::Node;
 using Args = std::vector<const Tensor*>;
 
 namespace {
 
-void check_float(const Tensor& t, const char* what) {
-  PERCH_CHECK(t.dtype() == DType::kFloat32 || t.dtype() == DType::kFloat64, what, " must be float32 or float64, got ",
-              dtype_name(t.dtype()));
-}
-
 std::vector<double> as_double(const Tensor& t) {
   const Tensor d = t.to(DType::kFloat64);
   return {d.data<double>(), d.data<double>() + d.numel()};
 }
 
-Tensor from_double(DType dt, const Shape& s, const std::vector<double>& v) {
-  Tensor y = Tensor::uninitialized(dt, s);
-  if (dt == DType::kFloat64) {
-    std::copy(v.begin(), v.end(), y.data<double>());
-  } else {
-    float* d = y.data<float>();
-    for (size_t i = 0; i < v.size(); ++i) d[i] = static_cast<float>(v[i]);
-  }
-  return y;
-}
+Tensor from_double(DType dt, const Shape& s, const std::vector<double>& v) { return Tensor::from<double>(s, v).to(dt); }
 
 // ---- GridSample --------------------------------------------------------------------------------------
 

@@ -35,22 +35,7 @@ namespace {
 
 constexpr double kPi = std::numbers::pi;
 
-DType output_type(const Node& n) {
-  const int64_t code = n.attr_int("output_datatype", 1);
-  switch (code) {
-    case 1: return DType::kFloat32;
-    case 2: return DType::kUInt8;
-    case 3: return DType::kInt8;
-    case 4: return DType::kUInt16;
-    case 5: return DType::kInt16;
-    case 6: return DType::kInt32;
-    case 7: return DType::kInt64;
-    case 10: return DType::kFloat16;
-    case 11: return DType::kFloat64;
-    case 16: return DType::kBFloat16;
-    default: PERCH_FAIL("output_datatype ", code, " is not supported");
-  }
-}
+DType output_type(const Node& n) { return detail::onnx_elem_type(n.attr_int("output_datatype", 1)); }
 
 Tensor window(const Node& n, const Args& a, double (*f)(double, double)) {
   const auto size = static_cast<int64_t>(scalar_value(in(n, a, 0), "size"));

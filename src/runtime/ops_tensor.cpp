@@ -18,13 +18,9 @@ using detail::strides_of;
 using detail::Walker;
 using graph::Node;
 using Args = std::vector<const Tensor*>;
+using detail::onnx_elem_type;
 
-namespace {
-
-// ---- Cast --------------------------------------------------------------------------------------------
-
-// ONNX TensorProto.DataType -> perch DType; names the unsupported ones.
-DType onnx_elem_type(int64_t t) {
+DType detail::onnx_elem_type(int64_t t) {
   switch (t) {
     case 1: return DType::kFloat32;
     case 2: return DType::kUInt8;
@@ -43,6 +39,11 @@ DType onnx_elem_type(int64_t t) {
     default: PERCH_FAIL("element type ", t, " is not supported");
   }
 }
+
+namespace {
+
+// ---- Cast --------------------------------------------------------------------------------------------
+
 
 // Cast-1 names the target type as a string.
 DType elem_type_from_name(const std::string& s) {

@@ -88,6 +88,16 @@ inline std::vector<int64_t> normalize_axes(const std::vector<int64_t>& axes, int
   return out;
 }
 
+// Refuses a tensor that is not float32 or float64, naming it (`what`).
+inline void check_float(const Tensor& t, const char* what) {
+  PERCH_CHECK(t.dtype() == DType::kFloat32 || t.dtype() == DType::kFloat64, what, " must be float32 or float64, got ",
+              dtype_name(t.dtype()));
+}
+
+// ONNX TensorProto.DataType code -> perch DType (Cast's `to`, the signal ops' output_datatype); names the
+// unsupported ones.
+DType onnx_elem_type(int64_t code);
+
 // The single value of a scalar (or 1-element) tensor as double.
 inline double scalar_value(const Tensor& t, const char* what) {
   PERCH_CHECK(t.numel() == 1, what, " must have one element, got shape ", shape_str(t.shape()));

@@ -39,14 +39,6 @@ graph::ValueInfo shaped(const std::string& name, Shape s, DType t = DType::kFloa
   return v;
 }
 
-Tensor uniform(Shape s, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  Tensor t(DType::kFloat32, std::move(s));
-  for (auto& v : t.span<float>()) v = u(rng);
-  return t;
-}
-
 // x [N, 2, 6, 6] -> Conv 3x3 pad 1 (4 channels; output channels' ranges spread) = c ->
 //   If (mean(c) > 0.1): then Relu(c) * 2, else Sigmoid(c) - 0.5            = b     (reads c from outside)
 //   Loop 3 times: v <- Tanh(v * 0.9 + b)  (v starts at b; scan output: each v's channel means) = l, means
@@ -61,13 +53,13 @@ graph::Model control_net(uint32_t seed) {
   auto& g = m.graph;
   g.name = "control_net";
   g.inputs.push_back({"x", DType::kFloat32, {-1, 2, 6, 6}, {"N", "", "", ""}, true});
-  Tensor w1 = uniform({4, 2, 3, 3}, seed, -0.6f, 0.6f);
+  Tensor w1 = test::uniform_tensor({4, 2, 3, 3}, seed, -0.6f, 0.6f);
   for (int64_t o = 0; o < 4; ++o)
     for (int64_t k = 0; k < 18; ++k) w1.data<float>()[o * 18 + k] *= std::pow(10.0f, static_cast<float>(o) / 3.0f) / 10.0f;
   g.initializers["w1"] = w1;
-  g.initializers["b1"] = uniform({4}, seed + 1, -0.1f, 0.1f);
-  g.initializers["w2"] = uniform({3, 4, 1, 1}, seed + 2, -0.8f, 0.8f);
-  g.initializers["w3"] = uniform({2, 4, 1, 1}, seed + 3, -0.8f, 0.8f);
+  g.initializers["b1"] = test::uniform_tensor({4}, seed + 1, -0.1f, 0.1f);
+  g.initializers["w2"] = test::uniform_tensor({3, 4, 1, 1}, seed + 2, -0.8f, 0.8f);
+  g.initializers["w3"] = test::uniform_tensor({2, 4, 1, 1}, seed + 3, -0.8f, 0.8f);
   g.initializers["threshold"] = Tensor::from<float>({}, {0.1f});
   g.initializers["trips"] = Tensor::from<int64_t>({}, {3});
   g.initializers["state0"] = Tensor::from<float>({1, 4, 1}, {0, 0, 0, 0});
@@ -127,7 +119,7 @@ TEST(ControlFlow, IfLoopAndScanMatchOnnxRuntime) {
   for (float shift : {1.0f, -1.0f}) {
     SCOPED_TRACE(shift);
     const std::string tag = shift > 0 ? "then" : "else";
-    write_npy(d / (tag + ".npy"), uniform({1, 2, 6, 6}, 7, shift - 0.5f, shift + 0.5f));
+    write_npy(d / (tag + ".npy"), test::uniform_tensor({1, 2, 6, 6}, 7, shift - 0.5f, shift + 0.5f));
     auto r = run_cmd(perch_bin() + " run " + q(d / "m.onnx") + " --input x=" + q(d / (tag + ".npy")) + " -o " +
                      q(d / ("perch_" + tag)) + " -q");
     ASSERT_EQ(r.code, 0) << r.err;
@@ -151,7 +143,7 @@ TEST(ControlFlow, QuantizedModelWithSubgraphsRunsInOnnxRuntime) {
   PERCH_REQUIRE_ORT();
   const fs::path d = scratch("control_flow_quantized");
   graph::save_model(control_net(3), d / "m.onnx");
-  write_npy(d / "calib.npy", uniform({8, 2, 6, 6}, 9, -1.0f, 2.0f));
+  write_npy(d / "calib.npy", test::uniform_tensor({8, 2, 6, 6}, 9, -1.0f, 2.0f));
   auto r = run_cmd(perch_bin() + " quantize " + q(d / "m.onnx") + " -o " + q(d / "q.onnx") + " --calib npy:" +
                    q(d / "calib.npy") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -164,7 +156,7 @@ TEST(ControlFlow, QuantizedModelWithSubgraphsRunsInOnnxRuntime) {
   for (float shift : {1.0f, -1.0f}) {
     SCOPED_TRACE(shift);
     const std::string tag = shift > 0 ? "then" : "else";
-    write_npy(d / (tag + ".npy"), uniform({1, 2, 6, 6}, 7, shift - 0.5f, shift + 0.5f));
+    write_npy(d / (tag + ".npy"), test::uniform_tensor({1, 2, 6, 6}, 7, shift - 0.5f, shift + 0.5f));
     for (const char* engine : {"sim", "int8"}) {
       r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / (tag + ".npy")) + " -o " +
                   q(d / (std::string(engine) + "_" + tag)) + " --engine " + engine + " -q");

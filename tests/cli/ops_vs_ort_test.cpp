@@ -24,6 +24,7 @@ using perch::test::cli::perch_bin;
 using perch::test::cli::q;
 using perch::test::cli::scratch;
 using test::run_cmd;
+using test::uniform_tensor;
 
 namespace {
 
@@ -180,14 +181,6 @@ TEST(OpsVsOrt, EinsumEquations) {
   }
 }
 
-
-Tensor uniform_tensor(Shape s, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  Tensor t(DType::kFloat32, std::move(s));
-  for (auto& v : t.span<float>()) v = u(rng);
-  return t;
-}
 
 TEST(OpsVsOrt, GridSampleModesAndPaddings) {
   PERCH_REQUIRE_ORT();

@@ -28,10 +28,7 @@ namespace {
 constexpr int64_t kSeq = 7, kBatch = 3, kIn = 5, kHidden = 4;
 
 Tensor uniform(Shape s, std::mt19937& rng, float lo = -0.6f, float hi = 0.6f) {
-  std::uniform_real_distribution<float> u(lo, hi);
-  Tensor t(DType::kFloat32, std::move(s));
-  for (auto& v : t.span<float>()) v = u(rng);
-  return t;
+  return test::uniform_tensor(std::move(s), rng, lo, hi);
 }
 
 struct Variant {
