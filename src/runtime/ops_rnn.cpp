@@ -19,7 +19,8 @@
 // consumed in that order by the activations that take the parameter (the others skip it), missing ones defaulting as
 // the ONNX op of the same name does.
 // sequence_lens: batch b runs its first len_b steps (the reverse direction from step len_b − 1 down to 0); Y is 0
-// after them and Y_h / Y_c hold the state after the last step run (initial_h / initial_c when len_b is 0).
+// after them and Y_h / Y_c hold the state after the last step run — 0 when len_b is 0 (no step ran: ONNX Runtime's
+// reading; the spec leaves it open).
 // The matrix products X·W^T (all steps at once) and H·R^T (per step) run on kernels::gemm_f32 for float32 (float
 // accumulation), in double for float64; the gate arithmetic is in double, stored in the tensor's type per step.
 #include <algorithm>
@@ -298,9 +299,13 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
       }
     }
     for (int64_t b = 0; b < Bt; ++b) {
-      std::copy_n(h.data() + b * H, H, state_at(yh, d, b));
+      const bool ran = lens[b] > 0;
+      T* hs = state_at(yh, d, b);
       T* cs = state_at(yc, d, b);
-      for (int64_t j = 0; j < H; ++j) cs[j] = static_cast<T>(c[b * H + j]);
+      for (int64_t j = 0; j < H; ++j) {
+        hs[j] = ran ? h[b * H + j] : T(0);
+        cs[j] = ran ? static_cast<T>(c[b * H + j]) : T(0);
+      }
     }
   }
   if (cell == Cell::kLstm) return {y, yh, yc};
