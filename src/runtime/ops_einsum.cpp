@@ -52,7 +52,8 @@ Labelled<W> relabel(const Labelled<W>& a, const std::vector<int>& to, const std:
   out.labels = to;
   for (int l : to) out.dims.push_back(size.at(l));
   const auto dst_strides = detail::strides_of(out.dims);
-  std::vector<int64_t> ext, ss, ds;
+  Shape ext;
+  std::vector<int64_t> ss, ds;
   for (size_t k = 0; k < loop.size(); ++k) {
     const int l = loop[k];
     const int64_t e = size.at(l);
@@ -64,24 +65,8 @@ Labelled<W> relabel(const Labelled<W>& a, const std::vector<int>& to, const std:
     ds.push_back(k < to.size() ? dst_strides[k] : 0);
   }
   out.v.assign(static_cast<size_t>(checked_numel(out.dims, "Einsum intermediate")), W(0));
-  for (int64_t e : ext)
-    if (e == 0) return out;
-  std::vector<int64_t> idx(loop.size(), 0);
-  int64_t so = 0, dof = 0;
-  const int64_t r = static_cast<int64_t>(loop.size());
-  while (true) {
-    out.v[static_cast<size_t>(dof)] += a.v[static_cast<size_t>(so)];
-    int64_t d = r - 1;
-    for (; d >= 0; --d) {
-      if (++idx[d] < ext[d]) {
-        so += ss[d], dof += ds[d];
-        break;
-      }
-      so -= (ext[d] - 1) * ss[d], dof -= (ext[d] - 1) * ds[d];
-      idx[d] = 0;
-    }
-    if (d < 0) break;
-  }
+  for (detail::Walker w(ext, {ss, ds}); w.valid(); w.next())  // no iteration when an extent is 0
+    out.v[static_cast<size_t>(w.offset(1))] += a.v[static_cast<size_t>(w.offset(0))];
   return out;
 }
 

@@ -202,13 +202,14 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
   const bool lbr = n.attr_int("linear_before_reset", 0) != 0, input_forget = n.attr_int("input_forget", 0) != 0;
   const auto acts = activations(n, cell, D);
 
-  // X as rows ordered (step, batch) — a copy for layout 1.
-  std::vector<T> xs(static_cast<size_t>(S * Bt * I));
-  for (int64_t t = 0; t < S; ++t)
-    for (int64_t b = 0; b < Bt; ++b) {
-      const T* src = x.data<T>() + (layout == 0 ? (t * Bt + b) : (b * S + t)) * I;
-      std::copy(src, src + I, xs.data() + (t * Bt + b) * I);
-    }
+  // X as rows ordered (step, batch): layout 0 already is; layout 1 is copied into that order.
+  std::vector<T> xs;
+  if (layout == 1) {
+    xs.resize(static_cast<size_t>(S * Bt * I));
+    for (int64_t t = 0; t < S; ++t)
+      for (int64_t b = 0; b < Bt; ++b) std::copy_n(x.data<T>() + (b * S + t) * I, I, xs.data() + (t * Bt + b) * I);
+  }
+  const T* x_rows = layout == 1 ? xs.data() : x.data<T>();
   const Shape y_shape = layout == 0 ? Shape{S, D, Bt, H} : Shape{Bt, S, D, H};
   Tensor y(x.dtype(), y_shape), yh = Tensor::uninitialized(x.dtype(), state_shape), yc = Tensor::uninitialized(x.dtype(), state_shape);
   T* yd = y.data<T>();
@@ -223,7 +224,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
   const int64_t GH = G * H;
   std::vector<T> xw(static_cast<size_t>(S * Bt * GH)), hr(static_cast<size_t>(Bt * GH)), h(static_cast<size_t>(Bt * H)),
       rh(static_cast<size_t>(Bt * H));
-  std::vector<double> c(static_cast<size_t>(Bt * H));
+  std::vector<double> c(static_cast<size_t>(Bt * H)), reset(static_cast<size_t>(Bt * H));  // GRU's r, when it precedes Rh
   for (int64_t d = 0; d < D; ++d) {
     const bool reverse = direction == "reverse" || d == 1;
     const T* wd = w.data<T>() + d * GH * I;
@@ -232,7 +233,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
     const T* rb = wb ? wb + GH : nullptr;
     const T* pd = peep ? peep->data<T>() + d * 3 * H : nullptr;
     const auto& act = acts[static_cast<size_t>(d)];
-    matmul_nt(xs.data(), wd, xw.data(), S * Bt, GH, I, GH);  // X·W^T for every step
+    matmul_nt(x_rows, wd, xw.data(), S * Bt, GH, I, GH);  // X·W^T for every step
     for (int64_t b = 0; b < Bt; ++b) {
       for (int64_t j = 0; j < H; ++j) {
         h[b * H + j] = h0 ? state_in(h0, d, b)[j] : T(0);
@@ -255,6 +256,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
           const T* xr = xw.data() + (t * Bt + b) * GH;
           for (int64_t j = 0; j < H; ++j) {
             const double rg = act[0](pre(static_cast<double>(xr[H + j]) + static_cast<double>(hr[b * GH + H + j]) + bias_of(1, j, true)));
+            reset[b * H + j] = rg;
             rh[b * H + j] = static_cast<T>(rg * static_cast<double>(h[b * H + j]));
           }
         }
@@ -274,7 +276,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
             hn = act[0](pre(gate(0, j)));
           } else if (cell == Cell::kGru) {
             const double z = act[0](pre(gate(0, j)));
-            const double rg = act[0](pre(gate(1, j)));
+            const double rg = lbr ? act[0](pre(gate(1, j))) : reset[b * H + j];
             double hh;
             if (lbr) {
               hh = act[1](pre(static_cast<double>(xr[2 * H + j]) + bias_of(2, j, false) +

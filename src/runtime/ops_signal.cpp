@@ -78,8 +78,7 @@ void roots(int64_t L, std::vector<double>& c, std::vector<double>& s) {
 }
 
 void check_signal(const Tensor& x, const char* what) {
-  PERCH_CHECK(x.dtype() == DType::kFloat32 || x.dtype() == DType::kFloat64, what, " must be float32 or float64, got ",
-              dtype_name(x.dtype()));
+  detail::check_float(x, what);
   PERCH_CHECK(x.rank() >= 2 && (x.dim(-1) == 1 || x.dim(-1) == 2), what,
               " must end in a dim of 1 (real) or 2 (complex), got ", shape_str(x.shape()));
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "perch/runtime/executor.h"
+#include "test_util.h"
 
 namespace perch::runtime {
 namespace {
@@ -198,11 +199,7 @@ TEST(OpsetForms, KernelErrorsNameTheNode) {
 // whatever the initial state; the float64 path (plain double loops) agrees with the float32 one (GEMM kernel); bad
 // inputs are named.
 Tensor uniform_tensor(Shape s, uint32_t seed, DType dt = DType::kFloat32) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-0.8f, 0.8f);
-  Tensor t(DType::kFloat32, std::move(s));
-  for (auto& v : t.span<float>()) v = u(rng);
-  return t.to(dt);
+  return test::uniform_tensor(std::move(s), seed, -0.8f, 0.8f).to(dt);
 }
 
 Node lstm_node(const std::string& direction) {
