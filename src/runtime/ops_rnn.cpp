@@ -224,7 +224,7 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
   const int64_t GH = G * H;
   std::vector<T> xw(static_cast<size_t>(S * Bt * GH)), hr(static_cast<size_t>(Bt * GH)), h(static_cast<size_t>(Bt * H)),
       rh(static_cast<size_t>(Bt * H));
-  std::vector<double> c(static_cast<size_t>(Bt * H)), reset(static_cast<size_t>(Bt * H));  // GRU's r, when it precedes Rh
+  std::vector<double> c(static_cast<size_t>(Bt * H));
   for (int64_t d = 0; d < D; ++d) {
     const bool reverse = direction == "reverse" || d == 1;
     const T* wd = w.data<T>() + d * GH * I;
@@ -256,7 +256,6 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
           const T* xr = xw.data() + (t * Bt + b) * GH;
           for (int64_t j = 0; j < H; ++j) {
             const double rg = act[0](pre(static_cast<double>(xr[H + j]) + static_cast<double>(hr[b * GH + H + j]) + bias_of(1, j, true)));
-            reset[b * H + j] = rg;
             rh[b * H + j] = static_cast<T>(rg * static_cast<double>(h[b * H + j]));
           }
         }
@@ -276,9 +275,9 @@ std::vector<Tensor> recurrent_typed(const Node& n, const Args& a, Cell cell) {
             hn = act[0](pre(gate(0, j)));
           } else if (cell == Cell::kGru) {
             const double z = act[0](pre(gate(0, j)));
-            const double rg = lbr ? act[0](pre(gate(1, j))) : reset[b * H + j];
             double hh;
-            if (lbr) {
+            if (lbr) {  // without it, the reset gate r was applied before Rh, above
+              const double rg = act[0](pre(gate(1, j)));
               hh = act[1](pre(static_cast<double>(xr[2 * H + j]) + bias_of(2, j, false) +
                               rg * (static_cast<double>(hrb[2 * H + j]) + static_cast<double>(rb ? rb[2 * H + j] : T(0)))));
             } else {
