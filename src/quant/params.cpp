@@ -251,6 +251,24 @@ template <typename Q>
 void quantize_loop(const SlotLayout& l, const QuantParams& p, const float* x, Q* q) {
   const int32_t qmin = p.spec.qmin(), qmax = p.spec.qmax();
   l.for_each_run([&](int64_t b, int64_t n, int64_t s0, int64_t step) {
+    if (step == 0) {
+      // One (scale, zero point) for the run (per-tensor data, a channel's run): quantize_value's result, written so the
+      // compiler vectorizes it. r = x / s (float division); NaN -> 0 (the zero point); clamped to [qmin - zp, qmax - zp]
+      // — integers, so clamping before rounding equals clamping after; then rounded to nearest even by adding and
+      // subtracting 1.5 * 2^23, exact for |r| <= 2^22 (the clamp keeps |r| < 2^17).
+      const float sc = p.scale[static_cast<size_t>(s0)];
+      const int32_t zp = p.zero_point[static_cast<size_t>(s0)];
+      const float lo = static_cast<float>(qmin - zp), hi = static_cast<float>(qmax - zp), magic = 12582912.0f;
+      for (int64_t k = 0; k < n; ++k) {
+        float r = x[b + k] / sc;
+        r = r == r ? r : 0.0f;
+        r = r < lo ? lo : r;
+        r = r > hi ? hi : r;
+        r = (r + magic) - magic;
+        q[b + k] = static_cast<Q>(static_cast<int32_t>(r) + zp);
+      }
+      return;
+    }
     for (int64_t k = 0; k < n; ++k) {
       const auto s = static_cast<size_t>(s0 + k * step);
       q[b + k] = static_cast<Q>(quantize_value(x[b + k], p.scale[s], p.zero_point[s], qmin, qmax));

@@ -1,17 +1,25 @@
 // ONNX's integer operators for the float executor (and so for the int8 executor's fallback): ConvInteger,
 // MatMulInteger (int32 results), QLinearConv, QLinearMatMul (8-bit results).
 //
-// Accumulation is exact: sum of (x - x_zp) * (w - w_zp) in int64 (|term| <= 255^2), checked to fit int32 as
-// the ONNX output type requires. These are plain loops — the node tests and foreign integer models are small;
-// perch's own QDQ models are lowered to the packed int8 kernels by runtime/int8_executor.h instead.
+// Accumulation is exact: sum of (x - x_zp) * (w - w_zp), checked to fit int32 as the ONNX output type requires.
+// Where the reduction length K is at most kernels::kMaxGemmS8K (65025 K < 2^31, so no sum can overflow) and the
+// zero points allow it (one for the data; the weights' per tensor or per output channel), ConvInteger and
+// MatMulInteger run on the packed int8 GEMM (kernels/gemm_s8.h, int32 output: exact, bit-identical to the loops;
+// ConvInteger through an im2col whose padding holds the data zero point, so padded taps add (x_zp - x_zp) w = 0;
+// depthwise and other groups of fewer than 8 output channels directly, in int32, tap by tap). Weights are packed per
+// call (O(K N), beside the O(M K N) product) — what a dynamically quantized model (ptq/dynamic.h) runs. Past that
+// bound, for per-row zero points of A or a batched B, plain int64 loops.
 //
 // QLinear* requantization follows the ONNX reference implementation exactly:
 //   M = float32(float32(a_scale * b_scale) / y_scale)   (float32 arithmetic, per output channel if per-axis)
 //   y = saturate(round_half_to_even(double(acc) * double(M) + y_zp))
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
 
 #include "ops_common.h"
+#include "perch/kernels/gemm_s8.h"
 #include "perch/runtime/executor.h"
 
 namespace perch::runtime {
@@ -65,6 +73,68 @@ int32_t to_int32(int64_t v, const Node& n) {
   return static_cast<int32_t>(v);
 }
 
+// Weights [rows, cols] of an 8-bit tensor starting at element `offset`, packed for gemm_s8 in `layout`, with
+// zero points `zp` (1 or one per output column; all zero -> symmetric).
+kernels::PackedWeightsS8 pack_8bit(const Tensor& w, int64_t offset, int64_t k, int64_t n, kernels::WeightLayout layout,
+                                   const std::vector<int32_t>& zp) {
+  const bool any = std::any_of(zp.begin(), zp.end(), [](int32_t z) { return z != 0; });
+  if (w.dtype() == DType::kUInt8) return kernels::pack_weights_u8(w.data<uint8_t>() + offset, k, n, layout, zp);
+  return kernels::pack_weights_s8(w.data<int8_t>() + offset, k, n, layout,
+                                  any ? std::span<const int32_t>(zp) : std::span<const int32_t>());
+}
+
+// C[m, n] (int32, row stride ldc) = sum_k (a[m, k] - za) (W[k, n] - zw[n]) on the packed GEMM.
+void gemm_int32(const void* a, DType a_type, int64_t m, int64_t lda, int32_t za, const kernels::PackedWeightsS8& w,
+                int32_t* c, int64_t ldc) {
+  kernels::GemmS8Args g;
+  g.m = m;
+  g.a = a;
+  g.lda = lda;
+  g.a_type = a_type == DType::kUInt8 ? kernels::Act8::kUInt8 : kernels::Act8::kInt8;
+  g.a_zero_point = za;
+  g.w = &w;
+  g.out.type = kernels::OutputType::kInt32;
+  g.c = c;
+  g.ldc = ldc;
+  kernels::gemm_s8(g);
+}
+
+// Direct convolution of narrow groups (depthwise: one input and one output channel per group), int32 accumulation —
+// exact while K = CG * KH * KW <= kMaxGemmS8K (each term is at most 255 * 255 in magnitude). Tap by tap over whole
+// output rows: for tap (c, i, j) the output columns whose input column lies inside the row are one range, so the
+// inner loop has no bounds test (and is contiguous at stride 1).
+template <typename X, typename Wt>
+void conv_direct(const X* xd, const Wt* wd, int32_t x_zp, const std::vector<int32_t>& w_zp, int32_t* yd, int64_t N,
+                 int64_t C, int64_t H, int64_t W, int64_t M, int64_t G, int64_t KH, int64_t KW, int64_t OH, int64_t OW,
+                 int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl) {
+  const int64_t CG = C / G, MG = M / G;
+  for (int64_t b = 0; b < N; ++b)
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t grp = m / MG;
+      const int32_t zw = w_zp[w_zp.size() == 1 ? 0 : static_cast<size_t>(m)];
+      int32_t* out = yd + (b * M + m) * OH * OW;
+      std::fill(out, out + OH * OW, 0);
+      for (int64_t c = 0; c < CG; ++c) {
+        const X* plane = xd + (b * C + grp * CG + c) * H * W;
+        for (int64_t i = 0; i < KH; ++i)
+          for (int64_t j = 0; j < KW; ++j) {
+            const int32_t wv = static_cast<int32_t>(wd[((m * CG + c) * KH + i) * KW + j]) - zw;
+            // ow with 0 <= ow * sw - pl + j * dw < W
+            const int64_t off = j * dw - pl;
+            const int64_t ow_lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+            const int64_t ow_hi = W - 1 - off < 0 ? -1 : std::min(OW - 1, (W - 1 - off) / sw);
+            for (int64_t oh = 0; oh < OH; ++oh) {
+              const int64_t ih = oh * sh - pt + i * dh;
+              if (ih < 0 || ih >= H) continue;
+              const X* row = plane + ih * W;
+              int32_t* o = out + oh * OW;
+              for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) o[ow] += (static_cast<int32_t>(row[ow * sw + off]) - x_zp) * wv;
+            }
+          }
+      }
+    }
+}
+
 // Exact integer convolution, NCHW (rank 3 runs as H = 1), any group. Returns int32 [N, M, OH, OW].
 Tensor conv_integer(const Node& n, const Tensor& x, int32_t x_zp, const Tensor& w, const std::vector<int32_t>& w_zp) {
   PERCH_CHECK(x.rank() == 4 || x.rank() == 3, n.describe(), ": input must be 3-D or 4-D, got ", shape_str(x.shape()));
@@ -84,11 +154,56 @@ Tensor conv_integer(const Node& n, const Tensor& x, int32_t x_zp, const Tensor& 
   const int64_t pb = two_d ? g.pads_end[0] : 0, pr = g.pads_end.back();
   const int64_t OH = (H + pt + pb - dh * (KH - 1) - 1) / sh + 1, OW = (W + pl + pr - dw * (KW - 1) - 1) / sw + 1;
   PERCH_CHECK(OH > 0 && OW > 0, n.describe(), ": input ", shape_str(x.shape()), " is too small for the kernel");
-  const auto xv = ints(x, n, "input");
-  const auto wv = ints(w, n, "weight");
   const int64_t CG = C / G, MG = M / G;
   Tensor y(DType::kInt32, two_d ? Shape{N, M, OH, OW} : Shape{N, M, OW});
   int32_t* yd = y.data<int32_t>();
+  PERCH_CHECK(is_8bit(x.dtype()) && is_8bit(w.dtype()), n.describe(), ": input and weight must be uint8 or int8");
+  const int64_t K = CG * KH * KW, P = OH * OW;
+  // Depthwise and other narrow groups (fewer than 8 output channels each) run faster direct (conv_direct) than as one
+  // narrow GEMM per group.
+  if (K <= kernels::kMaxGemmS8K && MG >= 8) {
+    // im2col per image and group: row p = output pixel, k = (c * KH + i) * KW + j (the weight's own order, so the
+    // weights pack from [M, CG, KH, KW] as kNK); taps in the padding hold x_zp.
+    std::vector<uint8_t> col(static_cast<size_t>(P * K));
+    std::vector<int32_t> out(static_cast<size_t>(P * MG));
+    const uint8_t* xb = static_cast<const uint8_t*>(x.raw());  // int8 data as its bytes
+    const uint8_t pad = static_cast<uint8_t>(x_zp);
+    for (int64_t grp = 0; grp < G; ++grp) {
+      std::vector<int32_t> zg(w_zp.size() == 1 ? w_zp : std::vector<int32_t>(w_zp.begin() + grp * MG, w_zp.begin() + (grp + 1) * MG));
+      const kernels::PackedWeightsS8 pw = pack_8bit(w, grp * MG * K, K, MG, kernels::WeightLayout::kNK, zg);
+      for (int64_t b = 0; b < N; ++b) {
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            uint8_t* row = col.data() + (oh * OW + ow) * K;
+            for (int64_t c = 0; c < CG; ++c)
+              for (int64_t i = 0; i < KH; ++i) {
+                const int64_t ih = oh * sh - pt + i * dh;
+                for (int64_t j = 0; j < KW; ++j) {
+                  const int64_t iw = ow * sw - pl + j * dw;
+                  *row++ = ih < 0 || ih >= H || iw < 0 || iw >= W ? pad : xb[((b * C + grp * CG + c) * H + ih) * W + iw];
+                }
+              }
+          }
+        gemm_int32(col.data(), x.dtype(), P, K, x_zp, pw, out.data(), MG);
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t m = 0; m < MG; ++m) yd[(b * M + grp * MG + m) * P + p] = out[static_cast<size_t>(p * MG + m)];
+      }
+    }
+    return y;
+  }
+  if (K <= kernels::kMaxGemmS8K) {
+    auto direct = [&](const auto* xd, const auto* wd) {
+      conv_direct(xd, wd, x_zp, w_zp, yd, N, C, H, W, M, G, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl);
+    };
+    const bool xu = x.dtype() == DType::kUInt8, wu = w.dtype() == DType::kUInt8;
+    if (xu && wu) direct(x.data<uint8_t>(), w.data<uint8_t>());
+    else if (xu) direct(x.data<uint8_t>(), w.data<int8_t>());
+    else if (wu) direct(x.data<int8_t>(), w.data<uint8_t>());
+    else direct(x.data<int8_t>(), w.data<int8_t>());
+    return y;
+  }
+  const auto xv = ints(x, n, "input");
+  const auto wv = ints(w, n, "weight");
   for (int64_t b = 0; b < N; ++b)
     for (int64_t m = 0; m < M; ++m) {
       const int64_t grp = m / MG;
@@ -130,12 +245,19 @@ Tensor matmul_integer(const Node& n, const Tensor& a, const std::vector<int32_t>
   const auto sa = detail::broadcast_strides(ab, batch), sb = detail::broadcast_strides(bb, batch);
   int64_t nb = 1;
   for (int64_t d : batch) nb *= d;
-  const auto av = ints(a, n, "A"), bv = ints(b, n, "B");
   Shape ys = batch;
   if (!a_vec) ys.push_back(M);
   if (!b_vec) ys.push_back(N);
   Tensor y(DType::kInt32, ys);
   int32_t* yd = y.data<int32_t>();
+  PERCH_CHECK(is_8bit(a.dtype()) && is_8bit(b.dtype()), n.describe(), ": A and B must be uint8 or int8");
+  if (bb.empty() && a_zp.size() == 1 && K <= kernels::kMaxGemmS8K) {
+    // B one matrix: every row of every batch of A against it, as one GEMM of nb * M rows (A and Y are contiguous).
+    const kernels::PackedWeightsS8 pw = pack_8bit(b, 0, K, N, kernels::WeightLayout::kKN, b_zp);
+    gemm_int32(a.raw(), a.dtype(), nb * M, K, a_zp[0], pw, yd, N);
+    return y;
+  }
+  const auto av = ints(a, n, "A"), bv = ints(b, n, "B");
   for (int64_t t = 0; t < nb; ++t) {
     int64_t oa = 0, ob = 0, rem = t;
     for (int64_t d = static_cast<int64_t>(batch.size()) - 1; d >= 0; --d) {
