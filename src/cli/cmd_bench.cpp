@@ -23,6 +23,7 @@
 #include <memory>
 #include <random>
 #include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,9 +59,13 @@ struct Engine {
   std::function<std::vector<runtime::StepTime>()> profile;
 };
 
-bool has_qdq(const graph::Model& m) {
+// Q/DQ pairs, or ONNX's integer ops (a QOperator model, or a dynamically quantized one: DynamicQuantizeLinear into
+// MatMulInteger / ConvInteger, which both engines run as the integer ops they are).
+bool is_quantized(const graph::Model& m) {
+  static const std::set<std::string> ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                            "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"};
   return std::any_of(m.graph.nodes.begin(), m.graph.nodes.end(),
-                     [](const graph::Node& n) { return n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear"; });
+                     [](const graph::Node& n) { return n.domain.empty() && ops.count(n.op_type); });
 }
 
 Engine make_engine(const std::string& model_path, const std::string& engine) {
@@ -74,8 +79,8 @@ Engine make_engine(const std::string& model_path, const std::string& engine) {
   e.input_name = model.graph.inputs[0].name;
   e.input_shape = model.graph.inputs[0].shape;
   if (engine == "int8" || engine == "sim") {
-    PERCH_CHECK(has_qdq(model), model_path, ": --engine ", engine, " needs a quantized (QDQ) model; this one has no ",
-                "QuantizeLinear/DequantizeLinear (quantize it with `perch quantize`, or use --engine fp32)");
+    PERCH_CHECK(is_quantized(model), model_path, ": --engine ", engine, " needs a quantized model; this one has no ",
+                "QuantizeLinear/DequantizeLinear nor ONNX integer ops (quantize it with `perch quantize`, or use --engine fp32)");
     auto ex = std::make_shared<runtime::Int8Executor>(
         std::move(model), engine == "int8" ? runtime::Int8Mode::kInteger : runtime::Int8Mode::kSimulate);
     e.lowering = ex->report().summary();

@@ -21,6 +21,7 @@
 #include "perch/ptq/adaround.h"
 #include "perch/ptq/range_search.h"
 #include "perch/ptq/evaluate.h"
+#include "perch/ptq/dynamic.h"
 #include "perch/ptq/quantize.h"
 #include "perch/ptq/report.h"
 #include "perch/ptq/sensitivity.h"
@@ -87,6 +88,11 @@ struct QuantizeFlags : SchemeFlags {
   int64_t search_ranges_images = ptq::RangeSearchOptions{}.images;
   int search_ranges_sweeps = ptq::RangeSearchOptions{}.sweeps;
   std::string float_nodes;  // comma-separated weight-layer node names left float
+  // Dynamic quantization (ptq/dynamic.h): no calibration; `static_only_given` lists the calibration-side flags the
+  // command line set, which --dynamic refuses by name rather than ignore.
+  bool dynamic = false;
+  std::string dynamic_ops = "Conv,Gemm,MatMul";
+  std::vector<std::string> static_only_given;
   std::string activation_bits;  // comma-separated NAME=BITS (ptq::PtqOptions::activation_bits)
   // Selective quantization.
   bool auto_select = false;
@@ -232,7 +238,76 @@ void add_calibration_flags(CLI::App* c, QuantizeFlags& f) {
   c->add_flag("--no-bias-correction", f.no_bias_correction, "skip bias correction (of weight rounding; for quantize, the empirical one too)");
 }
 
+// `perch quantize --dynamic`: weights now, activations at run time (ptq/dynamic.h); no calibration data.
+int cmd_quantize_dynamic(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
+  if (!f.static_only_given.empty()) {
+    std::string list;
+    for (const auto& o : f.static_only_given) list += (list.empty() ? "" : ", ") + o;
+    PERCH_FAIL("--dynamic quantizes activations at run time, without calibration: ", list,
+               (f.static_only_given.size() == 1 ? " does" : " do"), " not apply to it");
+  }
+  graph::Model model = graph::load_model(f.model);
+  const int float16_widened = upcast_float16_with_note(model);
+  ptq::DynamicOptions opt;
+  parse_granularity(f.weights, opt.weights);
+  opt.weights.bits = f.weight_bits;
+  opt.weights.estimator.kind = quant::parse_estimator(f.weight_estimator);
+  opt.equalize = !f.no_equalize;
+  opt.fold_affine = !f.no_fold_affine;
+  opt.op_types.clear();
+  for (const auto& op : split_commas(f.dynamic_ops)) opt.op_types.insert(op);
+  PERCH_CHECK(!opt.op_types.empty(), "--dynamic-ops: name at least one of Conv, Gemm, MatMul");
+  for (const auto& n : split_commas(f.float_nodes)) opt.float_nodes.insert(n);
+  const ptq::DynamicResult res = ptq::quantize_dynamic(model, opt);
+  if (!f.output.empty()) graph::save_model(res.model, f.output);
+
+  json kept = json::array();
+  for (const auto& [node, why] : res.kept_float) kept.push_back({{"node", node}, {"reason", why}});
+  json j = {{"model", f.model}, {"output", f.output}, {"mode", "dynamic"}, {"weights", f.weights},
+            {"weight_bits", f.weight_bits}, {"dynamic_inputs", res.dynamic_inputs},
+            {"float16_values_widened", float16_widened}, {"kept_float", kept},
+            {"equalization", {{"pairs", res.equalization.pairs}, {"sweeps", res.equalization.sweeps},
+                              {"max_spread_before", res.equalization.max_spread_before},
+                              {"max_spread_after", res.equalization.max_spread_after}}},
+            {"quantize_seconds", res.seconds}, {"layers", layers_json(res.layers)}};
+  if (!as_json && !quiet()) {
+    for (const auto& [node, why] : res.kept_float) std::fprintf(stderr, "note: %s stays float: %s\n", node.c_str(), why.c_str());
+    std::fprintf(stderr, "dynamically quantized %zu weight layers (%s, %d-bit), %lld inputs quantized at run time, in %.2fs (%s)\n",
+                 res.layers.size(), f.weights.c_str(), f.weight_bits, static_cast<long long>(res.dynamic_inputs),
+                 res.seconds, res.canonicalize_summary.c_str());
+    if (res.equalization.pairs)
+      std::fprintf(stderr, "cross-layer equalization: %d layer pairs, %d sweeps, max channel spread %.1f -> %.1f\n",
+                   res.equalization.pairs, res.equalization.sweeps, res.equalization.max_spread_before,
+                   res.equalization.max_spread_after);
+    if (!f.output.empty()) std::fprintf(stderr, "wrote %s\n", f.output.c_str());
+  }
+  if (!f.eval.empty()) {
+    const Dataset test = load_dataset(f.eval, df.options());
+    graph::Model fp = model;
+    graph::canonicalize(fp);
+    const auto fp32 = ptq::evaluate(runtime::Executor(fp), test, 64, "eval fp32");
+    const std::string name = "dynamic W" + std::to_string(f.weight_bits) + "A8 " + f.weights + (opt.equalize ? " +CLE" : "");
+    const auto q = ptq::evaluate(runtime::Executor(res.model), test, 64, "eval " + name);
+    j["quantized_label"] = name;
+    j["quantized_accuracy"] = q.accuracy();
+    j["accuracy"] = {{"fp32", fp32.accuracy()}, {name, q.accuracy()}};
+    j["eval"] = {{"data", test.name}, {"count", test.size()}};
+    if (!as_json) {
+      std::printf("%s on %s (%lld images), no calibration (activations quantized at run time)\n", f.model.c_str(),
+                  test.name.c_str(), static_cast<long long>(test.size()));
+      const int width = std::max<int>(34, static_cast<int>(name.size()));
+      std::printf("  %-*s %8s %8s\n", width, "configuration", "top-1", "vs fp32");
+      std::printf("  %-*s %8s %+7.2f pt\n", width, "fp32", fmt_acc(fp32.accuracy()).c_str(), 0.0);
+      std::printf("  %-*s %8s %+7.2f pt%s\n", width, name.c_str(), fmt_acc(q.accuracy()).c_str(),
+                  100.0 * (q.accuracy() - fp32.accuracy()), f.output.empty() ? "" : "   <- written");
+    }
+  }
+  if (as_json) std::cout << j.dump(2) << "\n";
+  return 0;
+}
+
 int cmd_quantize(const QuantizeFlags& f, bool as_json, const DataFlags& df) {
+  if (f.dynamic) return cmd_quantize_dynamic(f, as_json, df);
   const std::string& model_path = f.model;
   const std::string& out_path = f.output;
   const std::string& weights = f.weights;
@@ -705,6 +780,10 @@ int main(int argc, char** argv) {
   q->add_option("--save-config", qf.save_config, "with --auto: write the chosen configuration (JSON)");
   q->add_option("--config", qf.config, "apply a configuration saved by --save-config");
   q->add_option("--report", qf.report, "write a self-contained HTML report");
+  q->add_flag("--dynamic", qf.dynamic,
+              "dynamic quantization: int8 weights (--weights, --weight-bits), each layer input quantized per tensor "
+              "at run time by DynamicQuantizeLinear into MatMulInteger/ConvInteger; no calibration data");
+  q->add_option("--dynamic-ops", qf.dynamic_ops, "with --dynamic: the layer types to quantize")->capture_default_str();
   q->add_flag("--json", as_json, "print a JSON report on stdout");
   df.add(q);
 
@@ -786,8 +865,18 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   set_quiet(quiet_flag || as_json);
   try {
-    if (q->parsed())
+    if (q->parsed()) {
+      for (const char* o : {"--calib", "--calib-count", "--seed", "--act-bits", "--act-signed", "--act-estimator",
+                            "--percentile", "--no-equalize-depthwise", "--no-fuse-chains", "--ignore-nonfinite",
+                            "--no-bias-correction", "--empirical-bias-correction", "--empirical-bias-samples",
+                            "--adaround", "--adaround-iters", "--adaround-quantized-inputs", "--adaround-samples",
+                            "--search-ranges", "--search-ranges-images", "--search-ranges-sweeps", "--activation-bits",
+                            "--auto", "--act-fallback-bits", "--max-drop", "--prefer", "--data", "--class-axis",
+                            "--threshold", "--group-size", "--save-config", "--config", "--report", "--compare"})
+        if (q->count(o)) qf.static_only_given.push_back(o);
+      PERCH_CHECK(qf.dynamic || !q->count("--dynamic-ops"), "--dynamic-ops needs --dynamic");
       return cmd_quantize(qf, as_json, df);
+    }
     if (sens->parsed())
       return cmd_sensitivity(sf, as_json, df);
     if (e->parsed() && e->count("--engine")) return perch::cli::cmd_eval_engine(model_path, engine, data_spec, batch, as_json, df.options());

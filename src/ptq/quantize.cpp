@@ -368,6 +368,8 @@ std::string add_dequantize(Graph& g, const std::string& base, const std::string&
   return dq.outputs[0];
 }
 
+}  // namespace
+
 double sqnr_db(const Tensor& w, const Tensor& fq) {
   double sig = 0, err = 0;
   for (int64_t i = 0; i < w.numel(); ++i) {
@@ -378,6 +380,8 @@ double sqnr_db(const Tensor& w, const Tensor& fq) {
   if (err == 0) return std::numeric_limits<double>::infinity();
   return 10.0 * std::log10(sig / err);
 }
+
+namespace {
 
 // Ops whose semantics are identical from their introduction up to opset 21 for the attributes perch
 // reads — raising the opset of a model made only of these (plus the ones converted below) is exact.
@@ -869,21 +873,7 @@ Calibration calibrate(const Model& input_model, const Dataset& calib, const PtqO
   cal.model = input_model;
   Model& m = cal.model;
   cal.canonicalize_summary = graph::canonicalize(m);
-  {
-    // A model that is already quantized (QDQ, QOperator, or dynamically quantized) would get a second layer of
-    // Q/DQ on top of the first: refuse it, and say what to do with it instead.
-    static const std::set<std::string> quantized_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                                                        "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"};
-    std::map<std::string, int> found;
-    for (const auto& n : m.graph.nodes)
-      if (n.domain.empty() && quantized_ops.count(n.op_type)) ++found[n.op_type];
-    if (!found.empty()) {
-      std::string list;
-      for (const auto& [op, count] : found) list += (list.empty() ? "" : ", ") + std::to_string(count) + " " + op;
-      PERCH_FAIL(m.source, ": the model is already quantized (", list, "); perch quantize takes a float model. ",
-                 "Run a quantized model with perch eval / run / bench --engine int8");
-    }
-  }
+  check_not_quantized(m);
   if (opt.fold_affine) {
     const int folded = graph::fold_conv_affine(m);
     if (folded) m.graph.toposort();

@@ -1,6 +1,8 @@
 #include "perch/ptq/validate.h"
 
 #include <cmath>
+#include <map>
+#include <set>
 #include <string>
 
 namespace perch::ptq {
@@ -70,6 +72,19 @@ void check_no_float16(const graph::Model& model) {
       if (like && is_half_type(like->dtype())) refuse(n.describe() + "'s output");
     }
   }
+}
+
+void check_not_quantized(const graph::Model& model) {
+  static const std::set<std::string> quantized_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                                      "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"};
+  std::map<std::string, int> found;
+  for (const auto& n : model.graph.nodes)
+    if (n.domain.empty() && quantized_ops.count(n.op_type)) ++found[n.op_type];
+  if (found.empty()) return;
+  std::string list;
+  for (const auto& [op, count] : found) list += (list.empty() ? "" : ", ") + std::to_string(count) + " " + op;
+  PERCH_FAIL(model.source, ": the model is already quantized (", list, "); perch quantize takes a float model. ",
+             "Run a quantized model with perch eval / run / bench --engine int8");
 }
 
 }  // namespace perch::ptq

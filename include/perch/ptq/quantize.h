@@ -222,6 +222,8 @@ quant::QuantParams layer_weight_params(const graph::Model& m, const graph::Node&
 // (perch/train/qat.h), so training sees the weights and biases the export writes.
 int64_t raise_scales_for_bias(quant::QuantParams& p, const float* bias, int64_t count, double s_in);
 bool same_params(const quant::QuantParams& a, const quant::QuantParams& b);
+// 10 log10(sum w^2 / sum (w - fq)^2) over all elements (+inf when fq == w): a weight's SQNR after fake-quantization.
+double sqnr_db(const Tensor& w, const Tensor& fq);
 // Raises `m`'s default-domain opset to `target` (build_quantized does: 13 for per-channel axes, 21 for per-group and
 // 16-bit, else at least 10), converting every op whose form changed between the two versions so that the model
 // computes exactly what it did (attributes that became inputs, Softmax's 2-D coercion, Upsample and Resize-10 to
