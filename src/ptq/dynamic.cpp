@@ -41,7 +41,7 @@ std::string keep_float_reason(const Graph& g, const Node& n, const DynamicOption
   if (n.inputs.size() < 2 || n.outputs.size() != 1) return "unexpected inputs/outputs";
   if (g.is_initializer(n.input(0))) return "its input 0 is a constant";
   const Tensor* w = g.initializer(n.input(1));
-  if (!w) return "its weight '" + n.input(1) + "' is not an initializer";
+  if (!w) return "its input 1 '" + n.input(1) + "' is computed at run time, not a weight initializer";
   if (w->dtype() != DType::kFloat32) return "its weight is not float32";
   if (n.op_type == "MatMul" && w->rank() != 2) return "MatMulInteger takes a 2-D weight (this one is rank " + std::to_string(w->rank()) + ")";
   if (n.op_type == "Gemm") {
