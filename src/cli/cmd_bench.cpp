@@ -79,8 +79,8 @@ Engine make_engine(const std::string& model_path, const std::string& engine) {
   e.input_name = model.graph.inputs[0].name;
   e.input_shape = model.graph.inputs[0].shape;
   if (engine == "int8" || engine == "sim") {
-    PERCH_CHECK(is_quantized(model), model_path, ": --engine ", engine, " needs a quantized model; this one has no ",
-                "QuantizeLinear/DequantizeLinear nor ONNX integer ops (quantize it with `perch quantize`, or use --engine fp32)");
+    PERCH_CHECK(is_quantized(model), model_path, ": --engine ", engine, " needs a quantized model (QDQ, or ONNX integer ops); this one has ",
+                "no QuantizeLinear/DequantizeLinear nor integer ops (quantize it with `perch quantize`, or use --engine fp32)");
     auto ex = std::make_shared<runtime::Int8Executor>(
         std::move(model), engine == "int8" ? runtime::Int8Mode::kInteger : runtime::Int8Mode::kSimulate);
     e.lowering = ex->report().summary();
