@@ -5,7 +5,8 @@
 // Counter "GOPS" = 2 * M * N * K (GEMM) or 2 * taps * outputs (depthwise) per second, in 1e9.
 //
 // GEMM (u8 x s8 -> s32, raw int32 output, zero points 0): perch gemm_s8 with weights packed once outside
-// the timed loop vs dnnl_gemm_u8s8s32 (which packs per call: that is its API). Also perch with the
+// the timed loop vs dnnl_gemm_u8s8s32 (which packs per call: that is its API) and vs oneDNN's matmul primitive
+// (weights reordered once, like perch's packing; on AMX CPUs it runs tile instructions). Also perch with the
 // requantized uint8 output stage (per-channel multipliers), to show the output stage's cost.
 // Shapes: 256^3, 1024^3 and the convolutions of fmnist_convnet as im2col GEMMs (M = batch * pixels,
 // K = Cin * 9, N = Cout): conv2 14x14, 32 -> 64 and conv3 7x7, 64 -> 128, at batch 1 and 64.
@@ -231,6 +232,61 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
   dnnl_stream_destroy(stream);
   dnnl_engine_destroy(engine);
 }
+
+// oneDNN's matmul primitive, u8 x s8 -> s32: the weights reordered once into the primitive's preferred layout outside
+// the timed loop (as perch packs them once), no zero points; the label names the implementation oneDNN chose (on CPUs
+// with AMX, e.g. "brg:avx512_core_amx": tile instructions perch does not use).
+void BM_GemmS8_onednn_matmul(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const auto a = random_u8(static_cast<size_t>(m * k), 1);
+  const auto w = random_s8(static_cast<size_t>(k * n), 2);
+  std::vector<int32_t> c(static_cast<size_t>(m * n));
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  DNNL_OK(dnnl_engine_create(&engine, dnnl_cpu, 0));
+  DNNL_OK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+  const dnnl_dims_t a_dims = {m, k}, w_dims = {k, n}, c_dims = {m, n};
+  dnnl_memory_desc_t a_md, w_any, w_user, c_md;
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_u8, dnnl_ab));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&w_any, 2, w_dims, dnnl_s8, dnnl_format_tag_any));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&w_user, 2, w_dims, dnnl_s8, dnnl_ab));
+  DNNL_OK(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_s32, dnnl_ab));
+  dnnl_matmul_desc_t md;
+  DNNL_OK(dnnl_matmul_desc_init(&md, &a_md, &w_any, nullptr, &c_md));
+  dnnl_primitive_desc_t pd;
+  DNNL_OK(dnnl_primitive_desc_create(&pd, &md, nullptr, engine, nullptr));
+  const dnnl_memory_desc_t* wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  dnnl_memory_t a_m, c_m, wuser_m, wei_m;
+  DNNL_OK(dnnl_memory_create(&a_m, &a_md, engine, const_cast<uint8_t*>(a.data())));
+  DNNL_OK(dnnl_memory_create(&c_m, &c_md, engine, c.data()));
+  DNNL_OK(dnnl_memory_create(&wuser_m, &w_user, engine, const_cast<int8_t*>(w.data())));
+  DNNL_OK(dnnl_memory_create(&wei_m, wei_md, engine, DNNL_MEMORY_ALLOCATE));
+  dnnl_primitive_desc_t rpd;
+  dnnl_primitive_t reorder, mm;
+  DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &w_user, engine, wei_md, engine, nullptr));
+  DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, wuser_m}, {DNNL_ARG_TO, wei_m}};
+  DNNL_OK(dnnl_primitive_execute(reorder, stream, 2, rargs));
+  DNNL_OK(dnnl_stream_wait(stream));
+  DNNL_OK(dnnl_primitive_create(&mm, pd));
+  const char* impl = nullptr;
+  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+  state.SetLabel(impl ? impl : "?");
+  dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, a_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, c_m}};
+  for (auto _ : state) {
+    DNNL_OK(dnnl_primitive_execute(mm, stream, 3, args));
+    DNNL_OK(dnnl_stream_wait(stream));
+  }
+  set_gops(state, 2.0 * m * n * k);
+  dnnl_primitive_destroy(mm);
+  dnnl_primitive_destroy(reorder);
+  dnnl_primitive_desc_destroy(rpd);
+  dnnl_primitive_desc_destroy(pd);
+  for (dnnl_memory_t x : {a_m, c_m, wuser_m, wei_m}) dnnl_memory_destroy(x);
+  dnnl_stream_destroy(stream);
+  dnnl_engine_destroy(engine);
+}
+BENCHMARK(BM_GemmS8_onednn_matmul)->Apply(gemm_shapes);
 
 // ImageNet MobileNetV2 layers at batch 1, then the depthwise layers of ../shared/models/fmnist_mbv2.onnx on one
 // slice of 8 images (the int8 executor's sub-batch).
