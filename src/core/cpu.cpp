@@ -8,6 +8,10 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #endif
 
 namespace perch {
@@ -34,6 +38,13 @@ CpuFeatures detect() {
   f.avx512vl = zmm_ok && ((b >> 31) & 1);
   f.avx512vnni = zmm_ok && ((c >> 11) & 1);
   f.avx512vbmi = zmm_ok && ((c >> 1) & 1);
+  const bool tiles_saved = ((xlo >> 17) & 3) == 3;  // XTILECFG, XTILEDATA
+  f.amx_int8 = tiles_saved && ((d >> 24) & 1) && ((d >> 25) & 1);
+#if defined(__linux__)
+  // Linux hands out the 8 KiB tile data state per process, on request (kernel 5.16+): without it TILELOADD faults.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (f.amx_int8) f.amx_int8 = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#endif
 #endif
   return f;
 }
@@ -47,8 +58,9 @@ uint32_t parse_paths(const char* s) {
     else if (item == "optimized") out |= static_cast<uint32_t>(Path::kOptimized);
     else if (item == "avx2") out |= Path::kOptimized | Path::kAvx2;
     else if (item == "avx512vnni") out |= Path::kOptimized | Path::kAvx512Vnni;
+    else if (item == "amx") out |= Path::kOptimized | Path::kAvx512Vnni | static_cast<uint32_t>(Path::kAmx);
     else if (item == "all") out = ~0u;
-    else PERCH_FAIL("PERCH_PATHS: unknown path '", item, "' (known: reference, optimized, avx2, avx512vnni, all)");
+    else PERCH_FAIL("PERCH_PATHS: unknown path '", item, "' (known: reference, optimized, avx2, avx512vnni, amx, all)");
   }
   return out;
 }
@@ -68,6 +80,7 @@ uint32_t supported_paths() {
     uint32_t p = Path::kReference | Path::kOptimized;
     if (f.avx2 && f.fma) p |= static_cast<uint32_t>(Path::kAvx2);
     if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni) p |= static_cast<uint32_t>(Path::kAvx512Vnni);
+    if (has_path(p, Path::kAvx512Vnni) && f.amx_int8) p |= static_cast<uint32_t>(Path::kAmx);
     return p;
   }();
   return paths;
@@ -95,6 +108,7 @@ std::string paths_string(uint32_t paths) {
   add(Path::kOptimized, "optimized");
   add(Path::kAvx2, "avx2");
   add(Path::kAvx512Vnni, "avx512vnni");
+  add(Path::kAmx, "amx");
   return s;
 }
 

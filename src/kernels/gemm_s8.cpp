@@ -35,7 +35,8 @@ PackedWeightsS8 pack_impl(const T* w, int64_t k, int64_t n, WeightLayout layout,
   p.k_groups = (k + 3) / 4;
   p.panels = (n + PackedWeightsS8::kPanel - 1) / PackedWeightsS8::kPanel;
   p.panel_stride = p.k_groups * 64;
-  const size_t bytes = static_cast<size_t>(p.panels * p.panel_stride);
+  // 15 k-groups of zeroed slack after the last panel: the AMX kernel's last B tile of a panel reads 16 k-groups.
+  const size_t bytes = static_cast<size_t>(p.panels * p.panel_stride + 15 * 64);
   p.data.reset(static_cast<int8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!p.data) throw std::bad_alloc();
   std::memset(p.data.get(), 0, bytes);
@@ -272,13 +273,15 @@ void gemm_s8_indirect_reference(const GemmS8Args& g, const IndirectRowsS8& ind) 
 
 namespace {
 
-enum class Kernel { kReference, kAvx2, kAvx512Vnni };
+enum class Kernel { kReference, kAvx2, kAvx512Vnni, kAmx };
 
 Kernel pick(const s8::GemmPlan& p) {
   const uint32_t paths = active_paths();
   const bool rq_ok = p.g->out.type == OutputType::kInt32 || p.k->rq.simd_ok;
   const bool vnni_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf.empty();
   const bool avx2_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf8.empty();
+  // AMX from K = 61 on (16 k-groups: one whole B tile); shorter K stays on VPDPBUSD, which has no 64-byte padding.
+  if (rq_ok && vnni_rq && has_path(paths, Path::kAmx) && s8::amx_compiled() && p.w->k_groups >= 16) return Kernel::kAmx;
   if (rq_ok && vnni_rq && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
   if (rq_ok && avx2_rq && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;
   return Kernel::kReference;
@@ -286,6 +289,7 @@ Kernel pick(const s8::GemmPlan& p) {
 
 void run_block(Kernel kern, const s8::GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   switch (kern) {
+    case Kernel::kAmx: return s8::gemm_block_amx(p, m0, m1, n0, n1);
     case Kernel::kAvx512Vnni: return s8::gemm_block_avx512vnni(p, m0, m1, n0, n1);
     case Kernel::kAvx2: return s8::gemm_block_avx2(p, m0, m1, n0, n1);
     case Kernel::kReference: break;
@@ -340,7 +344,8 @@ void indirect_run(const GemmS8Args& g, const IndirectRowsS8& ind, const s8::Gemm
   const s8::GemmPlan p = s8::make_indirect_plan(g, ind, k);
   const Kernel kern = pick(p);
   if (kern == Kernel::kReference) return reference_indirect_block(g, ind, m0, m1, n0, n1);
-  if (kern == Kernel::kAvx512Vnni && !k.flip) return s8::gemm_indirect_block_avx512vnni(p, m0, m1, n0, n1);
+  if ((kern == Kernel::kAvx512Vnni || kern == Kernel::kAmx) && !k.flip)  // the indirect form has no AMX variant
+    return s8::gemm_indirect_block_avx512vnni(p, m0, m1, n0, n1);
   const int64_t K = g.w->k, C = ind.channels, rb = 48;
   const size_t esz = g.out.type == OutputType::kInt32 ? 4 : 1;
   thread_local std::vector<uint8_t> buf;

@@ -80,10 +80,13 @@ struct TileOut {
 // Where a tile reads A: kPacked (ap = tile buffer, [k_group][kMR rows][4 bytes]), kInPlace (ap = first row of the
 // tile, row stride lda, K a multiple of 4, uint8 activations) or kIndirect (ind = the table entries of the tile's
 // first row, [row][tap]; each tap's `cgroups` k-groups are 4-byte steps from its pointer, uint8 activations).
-enum ASrcKind { kPacked, kInPlace, kIndirect };
+// kSums (ap unused): the tile's dot products are already summed (the AMX path), sums[r * 32 + c] for its rows and up
+// to 32 columns; only the output stage runs.
+enum ASrcKind { kPacked, kInPlace, kIndirect, kSums };
 struct ASrc {
   const uint8_t* ap = nullptr;
   int64_t lda = 0;
+  const int32_t* sums = nullptr;
   const uint8_t* const* ind = nullptr;
   int64_t taps = 0, cgroups = 0;
 };
@@ -118,7 +121,12 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
       for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], av, b[q]);
     }
   };
-  if constexpr (kA == kIndirect) {
+  if constexpr (kA == kSums) {
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_add_epi32(acc[r][q], _mm512_loadu_si512(a.sums + r * 32 + 16 * q));
+  } else if constexpr (kA == kIndirect) {
     // k = tap * C + c: tap by tap, the tap's C / 4 groups read from the rows' pointers for that tap; the packed
     // weights' groups run on consecutively (kg = taps * cgroups).
     const int8_t* bt = bp;
@@ -370,11 +378,141 @@ void indirect_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64
   }
 }
 
+// ---- AMX (Path::kAmx) ------------------------------------------------------------------------------------------
+// The packed weights are AMX's B layout already: a tile row is one k-group of a panel (16 columns x 4 k-bytes = 64
+// bytes), so 16 consecutive k-groups of a panel form one B tile (row stride 64). A is packed per 16-row tile into
+// [row][Kp] bytes (Kp = K rounded up to 64; zeros past K and past the tile's rows; ^0x80 for int8 activations, as the
+// VNNI kernel reads them) — or read in place when there is nothing to change — one A tile per 64 k-bytes. TDPBUSD adds each row's u8 x s8 products of every 4-byte group
+// into int32 — exact, as VPDPBUSD. The 16 x 32 sums go to a buffer, and the VNNI tile's output stage (kSums) adds
+// them to col_off and finishes as it does with its own accumulators, so both paths give the same bytes. When K is not
+// a multiple of 64, the last B tile reads up to 15 k-groups past the panel (the next panel, or the zeroed slack
+// pack_weights_s8 allocates after the last one): they meet A's zero padding.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0, 1: sums (16 x 16 int32); 2: A (16 rows x 64 bytes); 3, 4: B of the two panels (16 k-groups x 64 bytes).
+__attribute__((target("amx-tile,amx-int8"))) void amx_configure() {
+  AmxConfig c;
+  for (int t = 0; t < 5; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  // GCC's _tile_loadconfig names only the first 8 bytes of the 64 as its memory operand: without this barrier the
+  // stores to the rest may be dropped as dead, and the tiles stay unconfigured (TILEZERO then faults).
+  __asm__ volatile("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+__attribute__((target("amx-tile"))) void amx_release() { _tile_release(); }
+
+// sums[r * 32 + c] for the 16 rows of a16 (row stride lda, kp bytes each, a multiple of 64) against panel b0
+// (c < 16) and, when b1 is set, b1.
+__attribute__((target("amx-tile,amx-int8"))) void amx_sums(const uint8_t* a16, int64_t lda, int64_t kp,
+                                                           const int8_t* b0, const int8_t* b1, int32_t* sums) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if (b1) {
+    for (int64_t c = 0; c < kp / 64; ++c) {
+      _tile_loadd(2, a16 + c * 64, lda);
+      _tile_loadd(3, b0 + c * 1024, 64);
+      _tile_loadd(4, b1 + c * 1024, 64);
+      _tile_dpbusd(0, 2, 3);
+      _tile_dpbusd(1, 2, 4);
+    }
+    _tile_stored(1, sums + 16, 128);
+  } else {
+    for (int64_t c = 0; c < kp / 64; ++c) {
+      _tile_loadd(2, a16 + c * 64, lda);
+      _tile_loadd(3, b0 + c * 1024, 64);
+      _tile_dpbusd(0, 2, 3);
+    }
+  }
+  _tile_stored(0, sums, 128);
+}
+
+template <int kMode>
+void amx_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const GemmS8Args& g = *p.g;
+  const PackedWeightsS8& w = *p.w;
+  const int64_t kp = (w.k + 63) / 64 * 64;
+  const uint8_t* a = static_cast<const uint8_t*>(g.a);
+  const uint8_t x = p.k->flip ? 0x80 : 0;  // int8 activations are read as a ^ 0x80 (col_off accounts for it)
+  const int64_t tile_bytes = 16 * kp;
+  const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / tile_bytes);
+  thread_local std::vector<uint8_t> abuf;
+  alignas(64) int32_t sums[16 * 32];
+  // A read in place (row stride lda) by whole 16-row tiles when nothing needs changing: uint8 activations and K a
+  // multiple of 64 (no padding to zero); otherwise, and for a last tile of fewer rows, packed.
+  const bool in_place = !p.k->flip && w.k % 64 == 0;
+  const __m512i xv = _mm512_set1_epi8(static_cast<char>(x));
+  amx_configure();
+  for (int64_t mb = m0; mb < m1; mb += tiles_per_block * 16) {
+    const int64_t me = std::min(m1, mb + tiles_per_block * 16);
+    const int64_t ntiles = (me - mb + 15) / 16;
+    auto packed_tile = [&](int64_t t) { return !in_place || me - mb - t * 16 < 16; };
+    abuf.resize(static_cast<size_t>(ntiles * tile_bytes));
+    for (int64_t t = 0; t < ntiles; ++t) {
+      if (!packed_tile(t)) continue;
+      uint8_t* tb = abuf.data() + t * tile_bytes;
+      const int64_t rows = std::min<int64_t>(16, me - mb - t * 16);
+      for (int64_t r = 0; r < 16; ++r) {
+        uint8_t* dst = tb + r * kp;
+        if (r >= rows) {
+          std::memset(dst, 0, static_cast<size_t>(kp));
+          continue;
+        }
+        const uint8_t* src = a + (mb + t * 16 + r) * g.lda;
+        for (int64_t k = 0; k < kp; k += 64) {  // 64 bytes at a time, zeros past K (not ^0x80)
+          const int64_t nb = std::max<int64_t>(0, std::min<int64_t>(64, w.k - k));
+          const __mmask64 mask = nb == 64 ? ~__mmask64{0} : (__mmask64{1} << nb) - 1;
+          const __m512i v = _mm512_maskz_loadu_epi8(mask, src + k);
+          _mm512_storeu_si512(dst + k, _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(v, xv)));
+        }
+      }
+    }
+    for (int64_t j = n0; j < n1; j += 32) {
+      const int64_t cols = std::min<int64_t>(32, n1 - j);
+      const int8_t* b0 = w.data.get() + (j / 16) * w.panel_stride;
+      const int8_t* b1 = cols > 16 ? b0 + w.panel_stride : nullptr;
+      for (int64_t t = 0; t < ntiles; ++t) {
+        if (packed_tile(t))
+          amx_sums(abuf.data() + t * tile_bytes, kp, kp, b0, b1, sums);
+        else
+          amx_sums(a + (mb + t * 16) * g.lda, g.lda, kp, b0, b1, sums);
+        const int rows = static_cast<int>(std::min<int64_t>(16, me - mb - t * 16));
+        // The output stage in the VNNI tile's row blocks (at most kMR rows each).
+        for (int r0 = 0; r0 < rows; r0 += kMR) {
+          const int rr = std::min(kMR, rows - r0);
+          ASrc src;
+          src.sums = sums + r0 * 32;
+          const TileOut to{&p, mb + t * 16 + r0, j, rr, cols};
+          if (cols > 16)
+            tile_rows<2, kMode, kSums>(rr, src, b0, w.panel_stride, 0, to);
+          else
+            tile_rows<1, kMode, kSums>(rr, src, b0, w.panel_stride, 0, to);
+        }
+      }
+    }
+  }
+  amx_release();
+}
+
 }  // namespace
 
 void gemm_indirect_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return indirect_block<2>(p, m0, m1, n0, n1);
   return indirect_block<1>(p, m0, m1, n0, n1);
+}
+
+bool amx_compiled() { return true; }
+
+void gemm_block_amx(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return amx_block<2>(p, m0, m1, n0, n1);
+  return amx_block<1>(p, m0, m1, n0, n1);
 }
 
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -394,6 +532,8 @@ void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0
 
 namespace perch::kernels::s8 {
 bool avx512vnni_compiled() { return false; }
+bool amx_compiled() { return false; }
+void gemm_block_amx(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
 void gemm_block_avx512vnni(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
 void gemm_indirect_block_avx512vnni(const GemmPlan&, int64_t, int64_t, int64_t, int64_t) {}
 }  // namespace perch::kernels::s8

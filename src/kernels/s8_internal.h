@@ -107,6 +107,9 @@ void make_dw_fast_requant(DwConst& p, int g);
 bool avx512vnni_compiled();
 bool avx2_compiled();
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// The AMX variant of the VNNI kernel (Path::kAmx; same constants, same output stage, same bytes).
+bool amx_compiled();
+void gemm_block_amx(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_block_avx2(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 // Indirect GEMM (p.ind set, uint8 activations: p.k->flip false, channels % 4 == 0).
 void gemm_indirect_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);

@@ -32,7 +32,10 @@ struct IsaPath {
 std::vector<IsaPath> isa_paths() {
   return {{"avx2", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx2), Path::kAvx2},
           {"avx512vnni", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx512Vnni),
-           Path::kAvx512Vnni}};
+           Path::kAvx512Vnni},
+          // AMX tiles for K >= 61 (16 rows x 64 k-bytes; the K sizes below straddle 64 and 128), VNNI below.
+          {"amx", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx512Vnni) | static_cast<uint32_t>(Path::kAmx),
+           Path::kAmx}};
 }
 
 struct Case {
@@ -296,9 +299,9 @@ TEST(GemmS8, ReferenceMatchesInt64Formula) {
 }
 
 // Shapes around the tiles: VNNI 12 x 32 (panels of 16, k groups of 4), AVX2 4 x 8.
-const int64_t kMs[] = {1, 2, 3, 4, 5, 7, 11, 12, 13, 23, 24, 25, 37};
+const int64_t kMs[] = {1, 2, 3, 4, 5, 7, 11, 12, 13, 16, 23, 24, 25, 32, 37};
 const int64_t kNs[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65};
-const int64_t kKs[] = {1, 2, 3, 4, 5, 8, 9, 63, 64, 65, 288};
+const int64_t kKs[] = {1, 2, 3, 4, 5, 8, 9, 63, 64, 65, 127, 128, 129, 288};
 
 struct Stats {
   int64_t outputs = 0, inside = 0, cases = 0;
@@ -388,6 +391,10 @@ TEST(GemmS8, EveryPathMatchesReferenceAroundTiles) {
 
 TEST(GemmS8, Avx512VnniPathAvailableOrSkipped) {
   if (!has_path(supported_paths(), Path::kAvx512Vnni)) GTEST_SKIP() << "CPU lacks AVX-512 VNNI";
+  SUCCEED();
+}
+TEST(GemmS8, AmxPathAvailableOrSkipped) {
+  if (!has_path(supported_paths(), Path::kAmx)) GTEST_SKIP() << "CPU (or OS) lacks AMX-INT8";
   SUCCEED();
 }
 TEST(GemmS8, Avx2PathAvailableOrSkipped) {
