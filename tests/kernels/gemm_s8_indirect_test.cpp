@@ -35,7 +35,10 @@ std::vector<PathCase> path_cases() {
   return {{"reference", static_cast<uint32_t>(Path::kReference), Path::kReference},
           {"avx2", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx2), Path::kAvx2},
           {"avx512vnni", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx512Vnni),
-           Path::kAvx512Vnni}};
+           Path::kAvx512Vnni},
+          // int8 activations (gathered rows) on the AMX tiles; uint8 ones keep the VNNI indirect kernel
+          {"amx", Path::kReference | Path::kOptimized | static_cast<uint32_t>(Path::kAvx512Vnni) | static_cast<uint32_t>(Path::kAmx),
+           Path::kAmx}};
 }
 
 struct Conv {
