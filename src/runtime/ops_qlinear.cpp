@@ -7,8 +7,8 @@
 // MatMulInteger run on the packed int8 GEMM (kernels/gemm_s8.h, int32 output: exact, bit-identical to the loops;
 // ConvInteger through an im2col whose padding holds the data zero point, so padded taps add (x_zp - x_zp) w = 0;
 // depthwise and other groups of fewer than 8 output channels directly, in int32, tap by tap). Weights are packed per
-// call (O(K N), beside the O(M K N) product) — what a dynamically quantized model (ptq/dynamic.h) runs. Past that
-// bound, for per-row zero points of A or a batched B, plain int64 loops.
+// call (O(K N), beside the O(M K N) product; a batched B one matrix at a time) — what a dynamically quantized model
+// (ptq/dynamic.h) runs. Past that bound, or for per-row zero points of A, plain int64 loops.
 //
 // QLinear* requantization follows the ONNX reference implementation exactly:
 //   M = float32(float32(a_scale * b_scale) / y_scale)   (float32 arithmetic, per output channel if per-axis)
@@ -257,15 +257,30 @@ Tensor matmul_integer(const Node& n, const Tensor& a, const std::vector<int32_t>
     gemm_int32(a.raw(), a.dtype(), nb * M, K, a_zp[0], pw, yd, N);
     return y;
   }
-  const auto av = ints(a, n, "A"), bv = ints(b, n, "B");
-  for (int64_t t = 0; t < nb; ++t) {
-    int64_t oa = 0, ob = 0, rem = t;
-    for (int64_t d = static_cast<int64_t>(batch.size()) - 1; d >= 0; --d) {
+  auto offsets = [&](int64_t t, int64_t& oa, int64_t& ob) {  // matrix indices of batch t in A and B (broadcast)
+    oa = ob = 0;
+    for (int64_t d = static_cast<int64_t>(batch.size()) - 1, rem = t; d >= 0; --d) {
       const int64_t idx = rem % batch[static_cast<size_t>(d)];
       rem /= batch[static_cast<size_t>(d)];
       oa += idx * sa[static_cast<size_t>(d)];
       ob += idx * sb[static_cast<size_t>(d)];
     }
+  };
+  if (a_zp.size() == 1 && K <= kernels::kMaxGemmS8K) {
+    // Batched B (attention's activation x activation products in a dynamically quantized transformer): one packed
+    // GEMM per batch matrix.
+    for (int64_t t = 0; t < nb; ++t) {
+      int64_t oa = 0, ob = 0;
+      offsets(t, oa, ob);
+      const kernels::PackedWeightsS8 pw = pack_8bit(b, ob * K * N, K, N, kernels::WeightLayout::kKN, b_zp);
+      gemm_int32(static_cast<const uint8_t*>(a.raw()) + oa * M * K, a.dtype(), M, K, a_zp[0], pw, yd + t * M * N, N);
+    }
+    return y;
+  }
+  const auto av = ints(a, n, "A"), bv = ints(b, n, "B");
+  for (int64_t t = 0; t < nb; ++t) {
+    int64_t oa = 0, ob = 0;
+    offsets(t, oa, ob);
     for (int64_t i = 0; i < M; ++i) {
       const int32_t za = a_zp[a_zp.size() == 1 ? 0 : static_cast<size_t>(i)];
       for (int64_t j = 0; j < N; ++j) {

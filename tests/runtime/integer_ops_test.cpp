@@ -113,19 +113,20 @@ TEST(IntegerOps, ConvIntegerMatchesInt64LoopsOverRandomShapes) {
   }
 }
 
-// A [batch..., M, K] x B [K, N] or [batch, K, N]; zero points per tensor, per row of A, per column of B.
+// A [batch, M, K] x B [K, N], [batch, K, N] or [1, K, N]; zero points per tensor, per row of A, per column of B.
 TEST(IntegerOps, MatMulIntegerMatchesInt64LoopsOverRandomShapes) {
   std::mt19937 rng(7);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   for (int trial = 0; trial < 60; ++trial) {
     const int64_t M = pick(1, 30), K = trial % 4 == 0 ? pick(60, 140) : pick(1, 19), N = pick(1, 40);
     const int64_t batch = pick(1, 3);
-    const bool batched_b = trial % 6 == 5, a_per_row = trial % 5 == 4;
+    // B [K, N], [batch, K, N], or [1, K, N] broadcast over A's batch.
+    const bool batched_b = trial % 6 == 5, broadcast_b = trial % 6 == 4, a_per_row = trial % 5 == 4;
     const DType at = pick(0, 1) ? DType::kUInt8 : DType::kInt8, bt = pick(0, 1) ? DType::kUInt8 : DType::kInt8;
     SCOPED_TRACE("trial " + std::to_string(trial) + ": " + std::to_string(batch) + "x" + std::to_string(M) + "x" +
                  std::to_string(K) + " . " + std::to_string(K) + "x" + std::to_string(N));
     const Tensor a = random_8bit(at, {batch, M, K}, rng);
-    const Tensor b = random_8bit(bt, batched_b ? Shape{batch, K, N} : Shape{K, N}, rng);
+    const Tensor b = random_8bit(bt, batched_b ? Shape{batch, K, N} : broadcast_b ? Shape{1, K, N} : Shape{K, N}, rng);
     std::vector<int32_t> az(a_per_row ? M : 1), bz(pick(0, 1) ? N : 1);
     for (auto& z : az) z = zero_point(at, rng);
     for (auto& z : bz) z = zero_point(bt, rng);
