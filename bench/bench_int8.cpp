@@ -166,6 +166,27 @@ void BM_Depthwise3x3_perch(benchmark::State& state) {
     }                                                         \
   } while (0)
 
+// Weights given in `user_md` layout at `data`, reordered once into the primitive's preferred `want_md` (outside the
+// timed loop, as perch packs its weights once): a new memory in *out, which the caller destroys.
+dnnl_status_t reorder_weights(dnnl_engine_t engine, dnnl_stream_t stream, const dnnl_memory_desc_t* user_md, void* data,
+                              const dnnl_memory_desc_t* want_md, dnnl_memory_t* out) {
+  dnnl_memory_t user;
+  dnnl_primitive_desc_t rpd;
+  dnnl_primitive_t reorder;
+  dnnl_status_t st = dnnl_memory_create(&user, user_md, engine, data);
+  if (st == dnnl_success) st = dnnl_memory_create(out, want_md, engine, DNNL_MEMORY_ALLOCATE);
+  if (st == dnnl_success) st = dnnl_reorder_primitive_desc_create(&rpd, user_md, engine, want_md, engine, nullptr);
+  if (st == dnnl_success) st = dnnl_primitive_create(&reorder, rpd);
+  if (st != dnnl_success) return st;
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, *out}};
+  st = dnnl_primitive_execute(reorder, stream, 2, args);
+  if (st == dnnl_success) st = dnnl_stream_wait(stream);
+  dnnl_primitive_destroy(reorder);
+  dnnl_primitive_desc_destroy(rpd);
+  dnnl_memory_destroy(user);
+  return st;
+}
+
 // oneDNN's int8 grouped convolution as a depthwise conv: NHWC u8 source, s8 weights reordered once into the
 // primitive's preferred layout, s32 bias, u8 destination, per-channel output scales (its requantization).
 // No source zero point (perch's cost does not depend on it; oneDNN's would only grow).
@@ -199,19 +220,12 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
   dnnl_primitive_desc_t pd;
   DNNL_OK(dnnl_primitive_desc_create(&pd, &cd, attr, engine, nullptr));
   const dnnl_memory_desc_t* wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-  dnnl_memory_t src_m, dst_m, wuser_m, wei_m, bias_m;
+  dnnl_memory_t src_m, dst_m, wei_m, bias_m;
   DNNL_OK(dnnl_memory_create(&src_m, &src_md, engine, const_cast<uint8_t*>(x.data())));
   DNNL_OK(dnnl_memory_create(&dst_m, &dst_md, engine, y.data()));
-  DNNL_OK(dnnl_memory_create(&wuser_m, &wei_user, engine, const_cast<int8_t*>(w.data())));
-  DNNL_OK(dnnl_memory_create(&wei_m, wei_md, engine, DNNL_MEMORY_ALLOCATE));
+  DNNL_OK(reorder_weights(engine, stream, &wei_user, const_cast<int8_t*>(w.data()), wei_md, &wei_m));
   DNNL_OK(dnnl_memory_create(&bias_m, &bias_md, engine, bias.data()));
-  dnnl_primitive_desc_t rpd;
-  dnnl_primitive_t reorder, conv;
-  DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &wei_user, engine, wei_md, engine, nullptr));
-  DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, wuser_m}, {DNNL_ARG_TO, wei_m}};
-  DNNL_OK(dnnl_primitive_execute(reorder, stream, 2, rargs));
-  DNNL_OK(dnnl_stream_wait(stream));
+  dnnl_primitive_t conv;
   DNNL_OK(dnnl_primitive_create(&conv, pd));
   const char* impl = nullptr;
   dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
@@ -224,11 +238,9 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
   }
   set_gops(state, 2.0 * 9 * c * static_cast<double>(batch * out * out));
   dnnl_primitive_destroy(conv);
-  dnnl_primitive_destroy(reorder);
-  dnnl_primitive_desc_destroy(rpd);
   dnnl_primitive_desc_destroy(pd);
   dnnl_primitive_attr_destroy(attr);
-  for (dnnl_memory_t m : {src_m, dst_m, wuser_m, wei_m, bias_m}) dnnl_memory_destroy(m);
+  for (dnnl_memory_t m : {src_m, dst_m, wei_m, bias_m}) dnnl_memory_destroy(m);
   dnnl_stream_destroy(stream);
   dnnl_engine_destroy(engine);
 }
@@ -256,18 +268,11 @@ void BM_GemmS8_onednn_matmul(benchmark::State& state) {
   dnnl_primitive_desc_t pd;
   DNNL_OK(dnnl_primitive_desc_create(&pd, &md, nullptr, engine, nullptr));
   const dnnl_memory_desc_t* wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-  dnnl_memory_t a_m, c_m, wuser_m, wei_m;
+  dnnl_memory_t a_m, c_m, wei_m;
   DNNL_OK(dnnl_memory_create(&a_m, &a_md, engine, const_cast<uint8_t*>(a.data())));
   DNNL_OK(dnnl_memory_create(&c_m, &c_md, engine, c.data()));
-  DNNL_OK(dnnl_memory_create(&wuser_m, &w_user, engine, const_cast<int8_t*>(w.data())));
-  DNNL_OK(dnnl_memory_create(&wei_m, wei_md, engine, DNNL_MEMORY_ALLOCATE));
-  dnnl_primitive_desc_t rpd;
-  dnnl_primitive_t reorder, mm;
-  DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &w_user, engine, wei_md, engine, nullptr));
-  DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, wuser_m}, {DNNL_ARG_TO, wei_m}};
-  DNNL_OK(dnnl_primitive_execute(reorder, stream, 2, rargs));
-  DNNL_OK(dnnl_stream_wait(stream));
+  DNNL_OK(reorder_weights(engine, stream, &w_user, const_cast<int8_t*>(w.data()), wei_md, &wei_m));
+  dnnl_primitive_t mm;
   DNNL_OK(dnnl_primitive_create(&mm, pd));
   const char* impl = nullptr;
   dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
@@ -279,10 +284,8 @@ void BM_GemmS8_onednn_matmul(benchmark::State& state) {
   }
   set_gops(state, 2.0 * m * n * k);
   dnnl_primitive_destroy(mm);
-  dnnl_primitive_destroy(reorder);
-  dnnl_primitive_desc_destroy(rpd);
   dnnl_primitive_desc_destroy(pd);
-  for (dnnl_memory_t x : {a_m, c_m, wuser_m, wei_m}) dnnl_memory_destroy(x);
+  for (dnnl_memory_t x : {a_m, c_m, wei_m}) dnnl_memory_destroy(x);
   dnnl_stream_destroy(stream);
   dnnl_engine_destroy(engine);
 }

@@ -23,7 +23,6 @@
 #include <memory>
 #include <random>
 #include <sstream>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -34,6 +33,7 @@
 #include "perch/graph/onnx_io.h"
 #include "perch/graph/passes.h"
 #include "perch/ptq/evaluate.h"
+#include "perch/ptq/validate.h"
 #include "perch/runtime/executor.h"
 #include "perch/runtime/int8_executor.h"
 
@@ -62,10 +62,7 @@ struct Engine {
 // Q/DQ pairs, or ONNX's integer ops (a QOperator model, or a dynamically quantized one: DynamicQuantizeLinear into
 // MatMulInteger / ConvInteger, which both engines run as the integer ops they are).
 bool is_quantized(const graph::Model& m) {
-  static const std::set<std::string> ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                                            "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"};
-  return std::any_of(m.graph.nodes.begin(), m.graph.nodes.end(),
-                     [](const graph::Node& n) { return n.domain.empty() && ops.count(n.op_type); });
+  return std::any_of(m.graph.nodes.begin(), m.graph.nodes.end(), ptq::is_quantization_op);
 }
 
 Engine make_engine(const std::string& model_path, const std::string& engine) {

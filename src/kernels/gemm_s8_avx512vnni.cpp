@@ -382,8 +382,8 @@ void indirect_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64
 // The packed weights are AMX's B layout already: a tile row is one k-group of a panel (16 columns x 4 k-bytes = 64
 // bytes), so 16 consecutive k-groups of a panel form one B tile (row stride 64). A is packed per 16-row tile into
 // [row][Kp] bytes (Kp = K rounded up to 64; zeros past K and past the tile's rows; ^0x80 for int8 activations, as the
-// VNNI kernel reads them) — or read in place when there is nothing to change — one A tile per 64 k-bytes. TDPBUSD adds each row's u8 x s8 products of every 4-byte group
-// into int32 — exact, as VPDPBUSD. The 16 x 32 sums go to a buffer, and the VNNI tile's output stage (kSums) adds
+// VNNI kernel reads them) — or read in place when there is nothing to change — one A tile per 64 k-bytes. TDPBUSD
+// adds each row's u8 x s8 products of every 4-byte group into int32 — exact, as VPDPBUSD. The 16 x 32 sums go to a buffer, and the VNNI tile's output stage (kSums) adds
 // them to col_off and finishes as it does with its own accumulators, so both paths give the same bytes. When K is not
 // a multiple of 64, the last B tile reads up to 15 k-groups past the panel (the next panel, or the zeroed slack
 // pack_weights_s8 allocates after the last one): they meet A's zero padding.
@@ -467,7 +467,7 @@ void amx_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1
         }
         const uint8_t* src = a + (mb + t * 16 + r) * g.lda;
         for (int64_t k = 0; k < kp; k += 64) {  // 64 bytes at a time, zeros past K (not ^0x80)
-          const int64_t nb = std::max<int64_t>(0, std::min<int64_t>(64, w.k - k));
+          const int64_t nb = std::min<int64_t>(64, w.k - k);  // k < K: kp is K rounded up to 64
           const __mmask64 mask = nb == 64 ? ~__mmask64{0} : (__mmask64{1} << nb) - 1;
           const __m512i v = _mm512_maskz_loadu_epi8(mask, src + k);
           _mm512_storeu_si512(dst + k, _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(v, xv)));

@@ -74,12 +74,16 @@ void check_no_float16(const graph::Model& model) {
   }
 }
 
+bool is_quantization_op(const graph::Node& n) {
+  static const std::set<std::string> ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                            "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"};
+  return n.domain.empty() && ops.count(n.op_type) != 0;
+}
+
 void check_not_quantized(const graph::Model& model) {
-  static const std::set<std::string> quantized_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                                                      "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"};
   std::map<std::string, int> found;
   for (const auto& n : model.graph.nodes)
-    if (n.domain.empty() && quantized_ops.count(n.op_type)) ++found[n.op_type];
+    if (is_quantization_op(n)) ++found[n.op_type];
   if (found.empty()) return;
   std::string list;
   for (const auto& [op, count] : found) list += (list.empty() ? "" : ", ") + std::to_string(count) + " " + op;

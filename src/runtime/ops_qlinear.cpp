@@ -269,10 +269,12 @@ Tensor matmul_integer(const Node& n, const Tensor& a, const std::vector<int32_t>
   if (a_zp.size() == 1 && K <= kernels::kMaxGemmS8K) {
     // Batched B (attention's activation x activation products in a dynamically quantized transformer): one packed
     // GEMM per batch matrix.
+    kernels::PackedWeightsS8 pw;
+    int64_t packed = -1;  // B's matrix in pw (a broadcast B is packed once)
     for (int64_t t = 0; t < nb; ++t) {
       int64_t oa = 0, ob = 0;
       offsets(t, oa, ob);
-      const kernels::PackedWeightsS8 pw = pack_8bit(b, ob * K * N, K, N, kernels::WeightLayout::kKN, b_zp);
+      if (ob != packed) pw = pack_8bit(b, ob * K * N, K, N, kernels::WeightLayout::kKN, b_zp), packed = ob;
       gemm_int32(static_cast<const uint8_t*>(a.raw()) + oa * M * K, a.dtype(), M, K, a_zp[0], pw, yd + t * M * N, N);
     }
     return y;

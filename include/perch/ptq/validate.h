@@ -21,6 +21,10 @@ void check_finite_weights(const graph::Model& model);
 // model of them would need float16 scales). graph::upcast_float16 converts one (the CLI applies it, with a note).
 void check_no_float16(const graph::Model& model);
 
+// Whether `n` is one of ONNX's quantization ops (default domain): QuantizeLinear, DequantizeLinear,
+// DynamicQuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger.
+bool is_quantization_op(const graph::Node& n);
+
 // A model that already holds quantization (QuantizeLinear / DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 // QLinearMatMul, ConvInteger, MatMulInteger) would get a second layer of it: refused, listing what it holds and
 // what to do with it instead (perch eval / run / bench --engine int8).
