@@ -35,9 +35,8 @@ PackedWeightsS8 pack_impl(const T* w, int64_t k, int64_t n, WeightLayout layout,
   p.k_groups = (k + 3) / 4;
   p.panels = (n + PackedWeightsS8::kPanel - 1) / PackedWeightsS8::kPanel;
   p.panel_stride = p.k_groups * 64;
-  // 15 k-groups of zeroed slack after the last panel: the AMX kernel's last B tile of a panel reads 16 k-groups.
-  const size_t bytes = static_cast<size_t>(p.panels * p.panel_stride + 15 * 64);
-  p.data.reset(static_cast<int8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  const size_t bytes = static_cast<size_t>(p.panels * p.panel_stride);
+  p.data.reset(static_cast<int8_t*>(std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64))));
   if (!p.data) throw std::bad_alloc();
   std::memset(p.data.get(), 0, bytes);
   p.col_sums.assign(static_cast<size_t>(n), 0);

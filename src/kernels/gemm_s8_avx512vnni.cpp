@@ -80,8 +80,8 @@ struct TileOut {
 // Where a tile reads A: kPacked (ap = tile buffer, [k_group][kMR rows][4 bytes]), kInPlace (ap = first row of the
 // tile, row stride lda, K a multiple of 4, uint8 activations) or kIndirect (ind = the table entries of the tile's
 // first row, [row][tap]; each tap's `cgroups` k-groups are 4-byte steps from its pointer, uint8 activations).
-// kSums (ap unused): the tile's dot products are already summed (the AMX path), sums[r * 32 + c] for its rows and up
-// to 32 columns; only the output stage runs.
+// kSums (ap unused): the tile's accumulators are already summed from col_off on (the AMX path), sums[r * 32 + c] for
+// its rows and up to 32 columns; only the output stage runs.
 enum ASrcKind { kPacked, kInPlace, kIndirect, kSums };
 struct ASrc {
   const uint8_t* ap = nullptr;
@@ -121,11 +121,11 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
       for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], av, b[q]);
     }
   };
-  if constexpr (kA == kSums) {
+  if constexpr (kA == kSums) {  // the sums started at col_off
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-      for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_add_epi32(acc[r][q], _mm512_loadu_si512(a.sums + r * 32 + 16 * q));
+      for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_loadu_si512(a.sums + r * 32 + 16 * q);
   } else if constexpr (kA == kIndirect) {
     // k = tap * C + c: tap by tap, the tap's C / 4 groups read from the rows' pointers for that tap; the packed
     // weights' groups run on consecutively (kg = taps * cgroups).
@@ -380,13 +380,19 @@ void indirect_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64
 
 // ---- AMX (Path::kAmx) ------------------------------------------------------------------------------------------
 // The packed weights are AMX's B layout already: a tile row is one k-group of a panel (16 columns x 4 k-bytes = 64
-// bytes), so 16 consecutive k-groups of a panel form one B tile (row stride 64). A is packed per 16-row tile into
-// [row][Kp] bytes (Kp = K rounded up to 64; zeros past K and past the tile's rows; ^0x80 for int8 activations, as the
-// VNNI kernel reads them) — or read in place when there is nothing to change — one A tile per 64 k-bytes. TDPBUSD
-// adds each row's u8 x s8 products of every 4-byte group into int32 — exact, as VPDPBUSD. The 16 x 32 sums go to a buffer, and the VNNI tile's output stage (kSums) adds
-// them to col_off and finishes as it does with its own accumulators, so both paths give the same bytes. When K is not
-// a multiple of 64, the last B tile reads up to 15 k-groups past the panel (the next panel, or the zeroed slack
-// pack_weights_s8 allocates after the last one): they meet A's zero padding.
+// bytes), so 16 consecutive k-groups of a panel form one B tile (row stride 64). K runs in whole 64-byte chunks (A
+// tile 16 rows x 64 bytes against B tiles of 16 k-groups) and, when K_groups % 16 = t > 0, one tail chunk on tiles
+// configured for it (A 16 rows x 4t bytes, B t k-groups): nothing past the panel's k-groups is read and no work is
+// spent on padding. A is read in place (row stride lda) for uint8 activations whose rows hold every k-group (K % 4 = 0,
+// or lda >= 4 K_groups: the bytes past K meet zero weights), by whole 16-row tiles; otherwise (int8 activations, read
+// as a ^ 0x80 as the VNNI kernel does; a last tile of fewer rows) packed per 16-row tile into [row][Kp] bytes (Kp = K
+// rounded up to 64, zeros past K and past the tile's rows). TDPBUSD adds each row's u8 x s8 products of every 4-byte
+// group into int32 — exact, as VPDPBUSD. The accumulator tiles start at col_off (= bias - za colsum; a row-stride-0
+// tile load repeats it in every row), so they end as the exact int32 accumulator of gemm_s8.h minus the weight zero
+// point term. Without a tail chunk, two row tiles run together against two panels (a 32 x 32 block, amx_dot22), else
+// one row tile (16 x 16|32, amx_dot). int32 output with symmetric weights and a whole block: the tiles are stored
+// straight into C. Otherwise the sums go to a buffer and the VNNI tile's output stage (kSums) finishes them as it does
+// its own accumulators, so both paths give the same bytes.
 struct alignas(64) AmxConfig {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
@@ -394,12 +400,27 @@ struct alignas(64) AmxConfig {
   uint8_t rows[16] = {};
 };
 
-// Tiles 0, 1: sums (16 x 16 int32); 2: A (16 rows x 64 bytes); 3, 4: B of the two panels (16 k-groups x 64 bytes).
-__attribute__((target("amx-tile,amx-int8"))) void amx_configure() {
+// Tiles 0, 1: sums (16 x 16 int32); 2: A (16 rows x 64 bytes); 3, 4: B of the two panels (16 k-groups x 64 bytes);
+// 5, 6, 7: the tail chunk's A (16 rows x 4 tail bytes) and B tiles (tail k-groups x 64 bytes) when tail > 0, else
+// 16 x 64 as the others (amx_dot22's second accumulator pair and A tile).
+__attribute__((target("amx-tile,amx-int8"))) void amx_configure(int tail) {
   AmxConfig c;
   for (int t = 0; t < 5; ++t) {
     c.colsb[t] = 64;
     c.rows[t] = 16;
+  }
+  if (tail == 0) {  // tiles 5, 6, 7 as the others: amx_dot22's second row tile
+    for (int t = 5; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+  } else {
+    c.colsb[5] = static_cast<uint16_t>(4 * tail);
+    c.rows[5] = 16;
+    for (int t = 6; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = static_cast<uint8_t>(tail);
+    }
   }
   // GCC's _tile_loadconfig names only the first 8 bytes of the 64 as its memory operand: without this barrier the
   // stores to the rest may be dropped as dead, and the tiles stay unconfigured (TILEZERO then faults).
@@ -409,47 +430,95 @@ __attribute__((target("amx-tile,amx-int8"))) void amx_configure() {
 
 __attribute__((target("amx-tile"))) void amx_release() { _tile_release(); }
 
-// sums[r * 32 + c] for the 16 rows of a16 (row stride lda, kp bytes each, a multiple of 64) against panel b0
-// (c < 16) and, when b1 is set, b1.
-__attribute__((target("amx-tile,amx-int8"))) void amx_sums(const uint8_t* a16, int64_t lda, int64_t kp,
-                                                           const int8_t* b0, const int8_t* b1, int32_t* sums) {
-  _tile_zero(0);
-  _tile_zero(1);
+// out[r * ldo + c] = off[c] + the dot products of row r of a16 (row stride lda) with column c of panel b0 (c < 16)
+// and, when b1 is set, of b1 (c - 16), for the 16 rows: `chunks` whole 64-byte chunks, then the tail chunk when the
+// configuration has one.
+__attribute__((target("amx-tile,amx-int8"))) void amx_dot(const uint8_t* a16, int64_t lda, int64_t chunks, bool tail,
+                                                          const int8_t* b0, const int8_t* b1, const int32_t* off,
+                                                          int32_t* out, int64_t ldo) {
+  const int64_t ob = ldo * 4;
+  _tile_loadd(0, off, 0);
   if (b1) {
-    for (int64_t c = 0; c < kp / 64; ++c) {
+    _tile_loadd(1, off + 16, 0);
+    for (int64_t c = 0; c < chunks; ++c) {
       _tile_loadd(2, a16 + c * 64, lda);
       _tile_loadd(3, b0 + c * 1024, 64);
       _tile_loadd(4, b1 + c * 1024, 64);
       _tile_dpbusd(0, 2, 3);
       _tile_dpbusd(1, 2, 4);
     }
-    _tile_stored(1, sums + 16, 128);
+    if (tail) {
+      _tile_loadd(5, a16 + chunks * 64, lda);
+      _tile_loadd(6, b0 + chunks * 1024, 64);
+      _tile_loadd(7, b1 + chunks * 1024, 64);
+      _tile_dpbusd(0, 5, 6);
+      _tile_dpbusd(1, 5, 7);
+    }
+    _tile_stored(1, out + 16, ob);
   } else {
-    for (int64_t c = 0; c < kp / 64; ++c) {
+    for (int64_t c = 0; c < chunks; ++c) {
       _tile_loadd(2, a16 + c * 64, lda);
       _tile_loadd(3, b0 + c * 1024, 64);
       _tile_dpbusd(0, 2, 3);
     }
+    if (tail) {
+      _tile_loadd(5, a16 + chunks * 64, lda);
+      _tile_loadd(6, b0 + chunks * 1024, 64);
+      _tile_dpbusd(0, 5, 6);
+    }
   }
-  _tile_stored(0, sums, 128);
+  _tile_stored(0, out, ob);
+}
+
+// Two row tiles against the two panels (when K is whole 64-byte chunks, no tail): a 32 x 32 block in four accumulator
+// tiles (0, 1: the rows of a0 against b0, b1; 5, 6: the rows of a1), A in tiles 2 and 7, B in 3 and 4 — every tile
+// load serves two TDPBUSD, and four independent accumulators keep the tile unit busy (two leave it waiting on each
+// one's previous TDPBUSD). out[r * ldo + c] for r < 32, as amx_dot's.
+__attribute__((target("amx-tile,amx-int8"))) void amx_dot22(const uint8_t* a0, int64_t lda0, const uint8_t* a1,
+                                                            int64_t lda1, int64_t chunks, const int8_t* b0,
+                                                            const int8_t* b1, const int32_t* off, int32_t* out,
+                                                            int64_t ldo) {
+  const int64_t ob = ldo * 4;
+  _tile_loadd(0, off, 0);
+  _tile_loadd(1, off + 16, 0);
+  _tile_loadd(5, off, 0);
+  _tile_loadd(6, off + 16, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    _tile_loadd(2, a0 + c * 64, lda0);
+    _tile_loadd(3, b0 + c * 1024, 64);
+    _tile_loadd(4, b1 + c * 1024, 64);
+    _tile_loadd(7, a1 + c * 64, lda1);
+    _tile_dpbusd(0, 2, 3);
+    _tile_dpbusd(1, 2, 4);
+    _tile_dpbusd(5, 7, 3);
+    _tile_dpbusd(6, 7, 4);
+  }
+  _tile_stored(0, out, ob);
+  _tile_stored(1, out + 16, ob);
+  _tile_stored(5, out + 16 * ldo, ob);
+  _tile_stored(6, out + 16 * ldo + 16, ob);
 }
 
 template <int kMode>
 void amx_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const GemmS8Args& g = *p.g;
   const PackedWeightsS8& w = *p.w;
+  const int64_t chunks = w.k_groups / 16;
+  const int tail = static_cast<int>(w.k_groups % 16);
   const int64_t kp = (w.k + 63) / 64 * 64;
   const uint8_t* a = static_cast<const uint8_t*>(g.a);
   const uint8_t x = p.k->flip ? 0x80 : 0;  // int8 activations are read as a ^ 0x80 (col_off accounts for it)
   const int64_t tile_bytes = 16 * kp;
   const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / tile_bytes);
   thread_local std::vector<uint8_t> abuf;
-  alignas(64) int32_t sums[16 * 32];
-  // A read in place (row stride lda) by whole 16-row tiles when nothing needs changing: uint8 activations and K a
-  // multiple of 64 (no padding to zero); otherwise, and for a last tile of fewer rows, packed.
-  const bool in_place = !p.k->flip && w.k % 64 == 0;
+  alignas(64) int32_t sums[32 * 32];
+  const bool in_place = !p.k->flip && (w.k % 4 == 0 || g.lda >= w.k_groups * 4);
+  // Straight into C: int32 output and no weight zero point (whose term the output stage subtracts).
+  const bool direct = g.out.type == OutputType::kInt32 && p.k->zw.empty();
+  int32_t* const c32 = static_cast<int32_t*>(g.c);
   const __m512i xv = _mm512_set1_epi8(static_cast<char>(x));
-  amx_configure();
+  const bool pairs = tail == 0;  // amx_dot22 needs tiles 5-7 as 16 x 64 (no tail chunk configured)
+  amx_configure(tail);
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * 16) {
     const int64_t me = std::min(m1, mb + tiles_per_block * 16);
     const int64_t ntiles = (me - mb + 15) / 16;
@@ -478,18 +547,41 @@ void amx_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1
       const int64_t cols = std::min<int64_t>(32, n1 - j);
       const int8_t* b0 = w.data.get() + (j / 16) * w.panel_stride;
       const int8_t* b1 = cols > 16 ? b0 + w.panel_stride : nullptr;
+      const int32_t* off = p.k->col_off.data() + j;
       for (int64_t t = 0; t < ntiles; ++t) {
-        if (packed_tile(t))
-          amx_sums(abuf.data() + t * tile_bytes, kp, kp, b0, b1, sums);
-        else
-          amx_sums(a + (mb + t * 16) * g.lda, g.lda, kp, b0, b1, sums);
-        const int rows = static_cast<int>(std::min<int64_t>(16, me - mb - t * 16));
+        const int64_t m = mb + t * 16;
+        auto tile_a = [&](int64_t tt, const uint8_t*& ap, int64_t& lda) {
+          const bool packed = packed_tile(tt);
+          ap = packed ? abuf.data() + tt * tile_bytes : a + (mb + tt * 16) * g.lda;
+          lda = packed ? kp : g.lda;
+        };
+        const uint8_t* a16;
+        int64_t lda;
+        tile_a(t, a16, lda);
+        int rows = static_cast<int>(std::min<int64_t>(16, me - m));
+        if (pairs && b1 && t + 1 < ntiles) {  // a pair of row tiles
+          const uint8_t* a16b;
+          int64_t ldb;
+          tile_a(t + 1, a16b, ldb);
+          rows = static_cast<int>(std::min<int64_t>(32, me - m));
+          ++t;
+          if (direct && rows == 32 && cols == 32) {
+            amx_dot22(a16, lda, a16b, ldb, chunks, b0, b1, off, c32 + m * g.ldc + j, g.ldc);
+            continue;
+          }
+          amx_dot22(a16, lda, a16b, ldb, chunks, b0, b1, off, sums, 32);
+        } else if (direct && rows == 16 && (cols == 32 || cols == 16)) {
+          amx_dot(a16, lda, chunks, tail > 0, b0, b1, off, c32 + m * g.ldc + j, g.ldc);
+          continue;
+        } else {
+          amx_dot(a16, lda, chunks, tail > 0, b0, b1, off, sums, 32);
+        }
         // The output stage in the VNNI tile's row blocks (at most kMR rows each).
         for (int r0 = 0; r0 < rows; r0 += kMR) {
           const int rr = std::min(kMR, rows - r0);
           ASrc src;
           src.sums = sums + r0 * 32;
-          const TileOut to{&p, mb + t * 16 + r0, j, rr, cols};
+          const TileOut to{&p, m + r0, j, rr, cols};
           if (cols > 16)
             tile_rows<2, kMode, kSums>(rr, src, b0, w.panel_stride, 0, to);
           else

@@ -499,6 +499,28 @@ TEST(GemmS8, WideNSmallKBothLoopOrders) {
                                                   << " outputs strictly inside (qmin, qmax)";
 }
 
+// The AMX path's own structure (gemm_s8_avx512vnni.cpp, "AMX"): K in whole 64-byte chunks plus a tail chunk of
+// K_groups % 16 groups (K = 61 ... 288 around 64 and 128), A in place or packed (uint8 / int8, lda > K, a last tile of
+// fewer rows), one row tile or a pair of them (when the tail is empty; rows around 16 / 32 / 48), int32 stored straight
+// into C for whole blocks without weight zero points, else through the output stage. int32 against the int64
+// formula (nothing written past N), 8-bit outputs against the reference.
+TEST(GemmS8, AmxChunksTailsAndRowTilePairs) {
+  if (!has_path(supported_paths(), Path::kAmx)) GTEST_SKIP() << "CPU (or OS) lacks AMX-INT8";
+  const IsaPath amx = isa_paths().back();
+  Rng rng(41);
+  Stats stats;
+  for (int64_t m : {15, 16, 17, 31, 32, 33, 48, 50})
+    for (int64_t n : {16, 17, 32, 48, 49})
+      for (int64_t k : {61, 64, 65, 100, 128, 129, 192, 255, 288}) {
+        Case c = make_case(rng, m, n, k);
+        if (rng.range(0, 1)) c.zw.clear();  // symmetric weights more often: the direct int32 store
+        check_case(amx, rng, c, stats);
+        if (HasFatalFailure()) return;
+      }
+  EXPECT_GT(stats.inside * 10, stats.outputs * 3) << "only " << stats.inside << " of " << stats.outputs
+                                                  << " outputs strictly inside (qmin, qmax)";
+}
+
 // prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
 // changing M / A / C (the executor's use), and a mismatched call is refused.
 TEST(GemmS8, PreparedConstantsGiveTheSameResults) {
