@@ -36,7 +36,7 @@ PackedWeightsS8 pack_impl(const T* w, int64_t k, int64_t n, WeightLayout layout,
   p.panels = (n + PackedWeightsS8::kPanel - 1) / PackedWeightsS8::kPanel;
   p.panel_stride = p.k_groups * 64;
   const size_t bytes = static_cast<size_t>(p.panels * p.panel_stride);
-  p.data.reset(static_cast<int8_t*>(std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64))));
+  p.data.reset(static_cast<int8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!p.data) throw std::bad_alloc();
   std::memset(p.data.get(), 0, bytes);
   p.col_sums.assign(static_cast<size_t>(n), 0);
@@ -279,7 +279,8 @@ Kernel pick(const s8::GemmPlan& p) {
   const bool rq_ok = p.g->out.type == OutputType::kInt32 || p.k->rq.simd_ok;
   const bool vnni_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf.empty();
   const bool avx2_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf8.empty();
-  // AMX from K = 61 on (16 k-groups: one whole B tile); shorter K stays on VPDPBUSD, which has no 64-byte padding.
+  // AMX from K = 61 on (16 k-groups: one whole B tile); shorter K stays on VPDPBUSD (AMX with only a tail chunk was
+  // 10-40 % slower on mbv2's K = 16-32 shapes, docs/BENCHMARKS.md).
   if (rq_ok && vnni_rq && has_path(paths, Path::kAmx) && s8::amx_compiled() && p.w->k_groups >= 16) return Kernel::kAmx;
   if (rq_ok && vnni_rq && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
   if (rq_ok && avx2_rq && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;

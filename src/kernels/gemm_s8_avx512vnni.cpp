@@ -290,7 +290,14 @@ void tile_rows(int rows, const ASrc& ap, const int8_t* bp, int64_t pstride, int6
   }
 }
 
-// in_place: uint8 A read where it lies (see gemm_block_avx512vnni); else every tile packed.
+// Whether A can be read where it lies: uint8 activations whose rows hold every k-group a tile reads (K a multiple of
+// 4, or lda >= 4 kg: the bytes past K meet zero weights, so their values do not matter). Otherwise A is packed per
+// tile (flipping int8 to uint8, zero-padding K). The VNNI and AMX kernels share it.
+bool a_in_place(const GemmPlan& p) {
+  return !p.k->flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
+}
+
+// in_place: a_in_place(p); else every tile packed.
 template <int kMode>
 void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1, bool in_place) {
   const GemmS8Args& g = *p.g;
@@ -383,10 +390,9 @@ void indirect_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64
 // bytes), so 16 consecutive k-groups of a panel form one B tile (row stride 64). K runs in whole 64-byte chunks (A
 // tile 16 rows x 64 bytes against B tiles of 16 k-groups) and, when K_groups % 16 = t > 0, one tail chunk on tiles
 // configured for it (A 16 rows x 4t bytes, B t k-groups): nothing past the panel's k-groups is read and no work is
-// spent on padding. A is read in place (row stride lda) for uint8 activations whose rows hold every k-group (K % 4 = 0,
-// or lda >= 4 K_groups: the bytes past K meet zero weights), by whole 16-row tiles; otherwise (int8 activations, read
-// as a ^ 0x80 as the VNNI kernel does; a last tile of fewer rows) packed per 16-row tile into [row][Kp] bytes (Kp = K
-// rounded up to 64, zeros past K and past the tile's rows). TDPBUSD adds each row's u8 x s8 products of every 4-byte
+// spent on padding. A is read in place (row stride lda) when a_in_place allows, by whole 16-row tiles; otherwise
+// (int8 activations, read as a ^ 0x80 as the VNNI kernel does; a last tile of fewer rows) packed per 16-row tile into
+// [row][Kp] bytes (Kp = K rounded up to 64, zeros past K and past the tile's rows). TDPBUSD adds each row's u8 x s8 products of every 4-byte
 // group into int32 — exact, as VPDPBUSD. The accumulator tiles start at col_off (= bias - za colsum; a row-stride-0
 // tile load repeats it in every row), so they end as the exact int32 accumulator of gemm_s8.h minus the weight zero
 // point term. int32 output with symmetric weights and a whole 16 x 16|32 block: the tiles are stored straight into C.
@@ -477,7 +483,7 @@ void amx_block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1
   const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / tile_bytes);
   thread_local std::vector<uint8_t> abuf;
   alignas(64) int32_t sums[16 * 32];
-  const bool in_place = !p.k->flip && (w.k % 4 == 0 || g.lda >= w.k_groups * 4);
+  const bool in_place = a_in_place(p);
   // Straight into C: int32 output and no weight zero point (whose term the output stage subtracts).
   const bool direct = g.out.type == OutputType::kInt32 && p.k->zw.empty();
   int32_t* const c32 = static_cast<int32_t*>(g.c);
@@ -555,10 +561,7 @@ void gemm_block_amx(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64
 }
 
 void gemm_block_avx512vnni(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  // In place: uint8 activations whose rows hold every k-group the tile reads (K a multiple of 4, or lda >= 4 kg:
-  // the bytes past K meet zero weights, so their values do not matter). Otherwise A is packed per tile (flipping
-  // int8 to uint8, zero-padding K).
-  const bool in_place = !p.k->flip && (p.w->k % 4 == 0 || p.g->lda >= p.w->k_groups * 4);
+  const bool in_place = a_in_place(p);
   // Mode 2 (hi32) when every column allows it, else the 64-bit form with the clamp (exact for every shift the
   // SIMD paths take); int32 output ignores the mode.
   if (p.g->out.type != OutputType::kInt32 && p.k->rqf_hi32) return block<2>(p, m0, m1, n0, n1, in_place);

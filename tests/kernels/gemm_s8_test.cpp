@@ -502,8 +502,8 @@ TEST(GemmS8, WideNSmallKBothLoopOrders) {
 // The AMX path's own structure (gemm_s8_avx512vnni.cpp, "AMX"): K in whole 64-byte chunks plus a tail chunk of
 // K_groups % 16 groups (K = 61 ... 288 around 64 and 128), A in place or packed (uint8 / int8, lda > K, a last tile of
 // fewer rows; rows around 16 / 32 / 48), int32 stored straight into C for whole 16-row blocks without weight zero
-// points, else through the output stage. int32 against the int64
-// formula (nothing written past N), 8-bit outputs against the reference.
+// points, else through the output stage. int32 against the int64 formula (nothing written past N), 8-bit outputs
+// against the reference.
 TEST(GemmS8, AmxChunksTailsAndDirectStores) {
   if (!has_path(supported_paths(), Path::kAmx)) GTEST_SKIP() << "CPU (or OS) lacks AMX-INT8";
   const IsaPath amx = isa_paths().back();
