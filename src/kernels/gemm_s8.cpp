@@ -280,7 +280,7 @@ Kernel pick(const s8::GemmPlan& p) {
   const bool vnni_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf.empty();
   const bool avx2_rq = p.g->out.type == OutputType::kInt32 || !p.k->rqf8.empty();
   // AMX from K = 61 on (16 k-groups: one whole B tile); shorter K stays on VPDPBUSD (AMX with only a tail chunk was
-  // 10-40 % slower on mbv2's K = 16-32 shapes, docs/BENCHMARKS.md).
+  // up to 46 % slower on mbv2's K = 16-32 shapes, docs/BENCHMARKS.md).
   if (rq_ok && vnni_rq && has_path(paths, Path::kAmx) && s8::amx_compiled() && p.w->k_groups >= 16) return Kernel::kAmx;
   if (rq_ok && vnni_rq && has_path(paths, Path::kAvx512Vnni) && s8::avx512vnni_compiled()) return Kernel::kAvx512Vnni;
   if (rq_ok && avx2_rq && has_path(paths, Path::kAvx2) && s8::avx2_compiled()) return Kernel::kAvx2;
