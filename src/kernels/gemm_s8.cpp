@@ -160,8 +160,16 @@ GemmConst make_gemm_const(const GemmS8Args& g) {
     p.rq = make_requant_tables(g.out, w.n, np);
     if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx512Vnni) && avx512vnni_compiled())
       make_fast_requant(p.rq, 16, p.rqf, p.rqf_clamp64, p.rqf_hi32);
-    if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx2) && avx2_compiled())
-      make_fast_requant(p.rq, 8, p.rqf8, p.rqf8_clamp64, p.rqf8_hi32);
+    if (p.rq.simd_ok && has_path(supported_paths(), Path::kAvx2) && avx2_compiled()) {
+      // The AVX2 kernel's accumulators hold each group of 8 columns in VPHADDD's order (s8_internal.h).
+      RequantTables h = p.rq;
+      for (int64_t j = 0; j < np; ++j) {
+        const int64_t src = j / 8 * 8 + kAvx2HaddOrder[j % 8];
+        h.mult[static_cast<size_t>(j)] = p.rq.mult[static_cast<size_t>(src)];
+        h.sh64[static_cast<size_t>(j)] = p.rq.sh64[static_cast<size_t>(src)];
+      }
+      make_fast_requant(h, 8, p.rqf8, p.rqf8_clamp64, p.rqf8_hi32);
+    }
   }
   return p;
 }

@@ -35,6 +35,9 @@ inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const 
 
 // The constants of a gemm_s8 call that depend only on the weights, bias, activation type / zero point and output
 // stage: built per call by gemm_s8(g), or once by prepare_gemm_s8 (GemmS8Prepared holds one).
+// The AVX2 GEMM's accumulator order within 8 columns: lane l holds column kAvx2HaddOrder[l] (gemm_s8_avx2.cpp).
+inline constexpr int kAvx2HaddOrder[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
 struct GemmConst {
   bool flip = false;             // int8 activations: the kernels read a ^ 0x80
   std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding
@@ -44,7 +47,8 @@ struct GemmConst {
   // the AVX-512 VNNI path; bit-identical to rq. Empty when that path cannot run.
   std::vector<int64_t> rqf;
   bool rqf_clamp64 = false, rqf_hi32 = false;
-  // The same for the AVX2 path, groups of 8 columns (RqF8). Empty when that path cannot run.
+  // The same for the AVX2 path, groups of 8 columns (RqF8), each group's columns in kAvx2HaddOrder (the order the
+  // AVX2 kernel's VPHADDD leaves them in). Empty when that path cannot run.
   std::vector<int64_t> rqf8;
   bool rqf8_clamp64 = false, rqf8_hi32 = false;
 };

@@ -521,6 +521,43 @@ TEST(GemmS8, AmxChunksTailsAndDirectStores) {
                                                   << " outputs strictly inside (qmin, qmax)";
 }
 
+// No path may saturate an intermediate (gemm_s8.h: exact int32). The classic trap is VPMADDUBSW, whose int16 sum of
+// two u8 x s8 products saturates unless max(w0,0) + max(w1,0) <= 128 and min(w0,0) + min(w1,0) >= -128 for a in
+// [0, 255]. Weight pairs at both sides of that edge, and the worst ones, against activations at 255 (the sums'
+// extremes), 0 / 255 alternating, and random; uint8 and int8 activations (int8 -128 is 0 after the flip, 127 is 255).
+// int32 against the int64 formula, 8-bit outputs against the reference. Every path.
+TEST(GemmS8, PairSumsAtTheSaturationEdge) {
+  const int8_t pairs[][2] = {{64, 64},   {65, 64},   {64, 65},   {127, 127}, {127, 1},    {1, 127},  {127, 2},
+                             {-64, -64}, {-65, -64}, {-64, -65}, {-128, -128}, {-128, -1}, {-1, -128}, {-128, 0},
+                             {127, -128}, {100, 28}, {100, 29},  {-100, -28}, {-100, -29}, {0, 0},    {-127, -127}};
+  const int npairs = static_cast<int>(std::size(pairs));
+  Rng rng(51);
+  Stats stats;
+  for (const IsaPath& isa : isa_paths()) {
+    if (!has_path(supported_paths(), isa.needs)) continue;
+    for (int64_t k : {8, 64, 66, 130})
+      for (int64_t n : {16, 21, 33})
+        for (int fill = 0; fill < 3; ++fill) {
+          Case c = make_case(rng, 9, n, k);
+          c.zw.clear();
+          c.za = c.a_type == Act8::kUInt8 ? 0 : -128;
+          // Column j, pair q (k = 2q, 2q + 1): edge pair (j + q) mod npairs — every pair meets every column offset.
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t kk = 0; kk < k; ++kk)
+              c.w[static_cast<size_t>(kk * n + j)] = pairs[(j + kk / 2 + fill) % npairs][kk % 2];
+          const uint8_t hi = c.a_type == Act8::kUInt8 ? 255 : 127, lo = c.a_type == Act8::kUInt8 ? 0 : 0x80;
+          for (int64_t i = 0; i < c.m; ++i)
+            for (int64_t kk = 0; kk < c.lda; ++kk) {
+              uint8_t& b = c.a_bytes[static_cast<size_t>(i * c.lda + kk)];
+              if (i < 4) b = hi;                            // every sum at its extreme
+              else if (i < 7) b = ((kk + i) % 2) ? hi : lo;  // one side of each pair
+            }
+          check_case(isa, rng, c, stats);
+          if (HasFatalFailure()) return;
+        }
+  }
+}
+
 // prepare_gemm_s8: the constants built once give the same bytes as the per-call ones, on every path, for
 // changing M / A / C (the executor's use), and a mismatched call is refused.
 TEST(GemmS8, PreparedConstantsGiveTheSameResults) {
