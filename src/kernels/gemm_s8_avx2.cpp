@@ -86,6 +86,7 @@ struct BlockOut {
   int64_t j0, cols;  // first column; valid columns from j0 (<= 8)
   __m256i off, zw;
   bool has_zw;
+  __m256i lo64, hi64, lo16, hi16, zp16;  // the output stage's clamp and zero point (8-bit outputs)
 };
 
 // One tile: rows [m0, m0 + MR) x the block's columns. acc[r][0] / [1] hold columns 0-3 / 4-7 as pairs (k 0-1, k 2-3).
@@ -143,15 +144,13 @@ void tile(const int16_t* ap, const int16_t* bp, int64_t kg, int64_t m0, const Bl
     }
     return;
   }
-  const RequantTables& t = p.k->rq;
-  const __m256i lo64 = _mm256_set1_epi64x(t.lo), hi64 = _mm256_set1_epi64x(t.hi);
 #pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) v[r] = rq->template apply<kMode>(v[r], lo64, hi64);
+  for (int r = 0; r < MR; ++r) v[r] = rq->template apply<kMode>(v[r], bo.lo64, bo.hi64);
   // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax], so the
   // 8-bit pack is exact.
-  const __m256i lo16 = _mm256_set1_epi16(static_cast<int16_t>(t.lo)), hi16 = _mm256_set1_epi16(static_cast<int16_t>(t.hi));
-  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(t.zp));
-  auto clamp16 = [&](__m256i x) { return _mm256_add_epi16(_mm256_min_epi16(_mm256_max_epi16(x, lo16), hi16), zp16); };
+  auto clamp16 = [&](__m256i x) {
+    return _mm256_add_epi16(_mm256_min_epi16(_mm256_max_epi16(x, bo.lo16), bo.hi16), bo.zp16);
+  };
   const __m256i s01 = clamp16(_mm256_packs_epi32(v[0], v[1])), s23 = clamp16(_mm256_packs_epi32(v[2], v[3]));
   __m256i b = g.out.type == OutputType::kUInt8 ? _mm256_packus_epi16(s01, s23) : _mm256_packs_epi16(s01, s23);
   b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -160,8 +159,12 @@ void tile(const int16_t* ap, const int16_t* bp, int64_t kg, int64_t m0, const Bl
   alignas(32) uint8_t rows[32];
   _mm256_store_si256(reinterpret_cast<__m256i*>(rows), b);
   uint8_t* c = static_cast<uint8_t*>(g.c) + m0 * g.ldc + bo.j0;
+  if (bo.cols == 8) {
 #pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) std::memcpy(c + r * g.ldc, rows + 8 * r, static_cast<size_t>(bo.cols));
+    for (int r = 0; r < MR; ++r) std::memcpy(c + r * g.ldc, rows + 8 * r, 8);
+  } else {
+    for (int r = 0; r < MR; ++r) std::memcpy(c + r * g.ldc, rows + 8 * r, static_cast<size_t>(bo.cols));
+  }
 }
 
 template <int kMode>
@@ -197,14 +200,20 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       pack_a_tile16(a + (mb + t * kMR) * g.lda, g.lda, rows, w.k, kg, p.k->flip, abuf.data() + t * tile_elems);
     }
     for (int64_t j = n0; j < n1; j += 8) {
-      BlockOut bo{&p, j, std::min<int64_t>(8, n1 - j), {}, {}, !p.k->zw.empty()};
+      BlockOut bo{&p, j, std::min<int64_t>(8, n1 - j), {}, {}, !p.k->zw.empty(), {}, {}, {}, {}, {}};
       bo.off = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->col_off.data() + j)),
                                            hadd_order);
       bo.zw = bo.has_zw ? _mm256_permutevar8x32_epi32(
                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.k->zw.data() + j)), hadd_order)
                         : _mm256_setzero_si256();
       std::optional<RqF8> rq;
-      if (!is32) rq.emplace(p.k->rqf8.data() + (j / 8) * 32);
+      if (!is32) {
+        rq.emplace(p.k->rqf8.data() + (j / 8) * 32);
+        const RequantTables& t = p.k->rq;
+        bo.lo64 = _mm256_set1_epi64x(t.lo), bo.hi64 = _mm256_set1_epi64x(t.hi);
+        bo.lo16 = _mm256_set1_epi16(static_cast<int16_t>(t.lo)), bo.hi16 = _mm256_set1_epi16(static_cast<int16_t>(t.hi));
+        bo.zp16 = _mm256_set1_epi16(static_cast<int16_t>(t.zp));
+      }
       // The block's 8 columns of B, sign-extended to int16 once for all the row tiles: per k-group, columns 0-3
       // then 4-7, 16 int16 each (column c's 4 k at [4c, 4c + 4)).
       const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride + (j % 16) * 4;
