@@ -343,4 +343,17 @@ double max_rel_diff(const Tensor& a, const Tensor& b) {
   return d / r;
 }
 
+bool ort_u8s8_exact() {
+  static const bool exact = [] {
+    const CmdResult r = run_cmd("node " + shell_quote(source_dir() / "tools" / "ort" / "saturation.js"));
+    return r.code == 0 && r.out.find("\"u8s8_exact\":true") != std::string::npos;
+  }();
+  return exact;
+}
+
+std::string ort_saturates_message() {
+  return "this CPU's ONNX Runtime saturates u8 x s8 products (tools/ort/saturation.js: no VNNI), so its integer "
+         "kernels are no reference for perch's exact engine; see docs/INTEGER.md";
+}
+
 }  // namespace perch::test

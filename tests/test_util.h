@@ -30,6 +30,15 @@ struct CmdResult {
   std::string out, err;
 };
 CmdResult run_cmd(const std::string& cmd);
+// Whether this CPU's ONNX Runtime (tools/ort) multiplies u8 x s8 exactly: tools/ort/saturation.js, run once per
+// process. On x86 CPUs without VNNI its integer kernels add two products in int16 with saturation (VPMADDUBSW), so
+// they are no reference for perch's exact engine there. Tests then run QDQ models with `--level exact` (ONNX
+// Runtime's graph optimizations off: the float semantics of the file) and skip comparisons whose ONNX Runtime side
+// runs integer ops written in the file (QLinearConv, MatMulInteger, QGemm, ...). False too when the probe cannot run.
+bool ort_u8s8_exact();
+// The skip message for such a comparison.
+std::string ort_saturates_message();
+
 // Runs f; returns the perch::Error message it throws (a test failure if it throws anything else or nothing).
 std::string perch_error(const std::function<void()>& f);
 // Expects every part to occur in s.

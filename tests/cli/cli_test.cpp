@@ -131,7 +131,7 @@ TEST_P(TinyInterop, OrtRunsPerchQdqAndAgrees) {
 
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
-  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " +
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " +
               q(d / "ort"));
   ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run perch's " << weights << " QDQ model: " << r.err;
   if (weights.find("--act-bits 16") != std::string::npos || weights.find("=16") != std::string::npos) {
@@ -208,9 +208,19 @@ TEST_P(SharedModelPtq, PerChannelW8A8BeatsPyTorchAndMatchesOrt) {
   const double fp32 = j["accuracy"]["fp32"], pc = j["quantized_accuracy"];
   EXPECT_EQ(j["quantized_label"], "W8A8 per-channel +CLE +BC");
   EXPECT_NEAR(fp32, sc.fp32, 5e-5);
-  EXPECT_GE(pc, sc.pytorch_per_channel) << "perch per-channel W8A8 below PyTorch FX PTQ";
+  // The anchor is checked on the model as deployed: the integer engine (bit-exact with perch's exact simulation,
+  // the same on every CPU). `quantize --eval` reports the float fake-quant simulation, whose float rounding moves a
+  // value across a quantization boundary now and then, differently on AVX2 and AVX-512 (mbv2: 0.8882 on an AVX2-only
+  // CPU where the written file gives 0.8883 on the int8 engine and in ONNX Runtime; docs/INTEGER.md).
+  r = run_cmd(perch_bin() + " eval " + q(d / "q.onnx") + " --engine int8 --data fashion-mnist:test --json -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double deployed = json::parse(r.out)["accuracy"];
+  std::printf("  %s W8A8 per-channel: quantize --eval (float simulation) %.4f, int8 engine %.4f, PyTorch %.4f\n",
+              sc.model, pc, deployed, sc.pytorch_per_channel);
+  EXPECT_GE(deployed, sc.pytorch_per_channel) << "perch per-channel W8A8 below PyTorch FX PTQ";
   // Within 0.2 pt of fp32 — on the hard model too, thanks to cross-layer equalization.
-  EXPECT_GE(pc, fp32 - 0.002) << "more than 0.2 pt below fp32";
+  EXPECT_GE(deployed, fp32 - 0.002) << "more than 0.2 pt below fp32";
+  EXPECT_GE(pc, fp32 - 0.002) << "the float simulation more than 0.2 pt below fp32";
   if (sc.hard) {
     // Plain min/max PTQ (no equalization, no bias correction) shows the textbook picture: per-tensor weights lose visibly, per-channel recovers.
     const double pt = j["accuracy"]["W8A8 per-tensor"], pc_plain = j["accuracy"]["W8A8 per-channel"];
@@ -218,11 +228,11 @@ TEST_P(SharedModelPtq, PerChannelW8A8BeatsPyTorchAndMatchesOrt) {
     EXPECT_GE(pc_plain, sc.pytorch_per_channel);
   }
   const std::string mnist = "/usr/share/datasets/fashion-mnist/";
-  r = run_cmd("node " + q(ort_dir() / "eval.js") + " " + q(d / "q.onnx") + " --images " + mnist +
+  r = run_cmd("node " + q(ort_dir() / "eval.js") + " --level exact " + q(d / "q.onnx") + " --images " + mnist +
               "t10k-images-idx3-ubyte.gz --labels " + mnist + "t10k-labels-idx1-ubyte.gz --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const double ort = json::parse(r.out)["accuracy"];
-  EXPECT_NEAR(ort, pc, 0.001) << "ONNX Runtime disagrees with perch's simulation of the same QDQ model";
+  EXPECT_NEAR(ort, deployed, 0.001) << "ONNX Runtime disagrees with perch's int8 engine on the same QDQ model";
 }
 
 // ANCHORS.md's 4-bit goal: W4A8 within 1 pt of fp32 (PyTorch's per-channel PTQ: convnet_hard 0.4234, mbv2 0.8755),
@@ -412,7 +422,7 @@ TEST(Cli, TwoInputModelQuantizesEvaluatesAndRunsInOnnxRuntime) {
   const std::string feeds = " --input x=" + q(d / "x.npy") + " --input s=" + q(d / "s.npy");
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + feeds + " -o " + q(d / "perch") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
-  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + feeds + " -o " + q(d / "ort"));
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / "q.onnx") + feeds + " -o " + q(d / "ort"));
   ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the two-input QDQ model: " << r.err;
   const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
   EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop: a step of ONNX Runtime's integer requantization
@@ -435,7 +445,7 @@ TEST_P(Opset6, QuantizedPerChannelRunsInOnnxRuntime) {
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
   r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "perch") + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
-  r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
+  r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / "q.onnx") + " --input x=" + q(d / "x.npy") + " -o " + q(d / "ort"));
   ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the raised opset-6 model: " << r.err;
   const Compare c = compare_logits(read_npy(d / "perch" / "y.npy"), read_npy(d / "ort" / "y.npy"));
   EXPECT_LE(c.max_abs, 0.01 * c.max_ref);  // as TinyInterop
@@ -482,7 +492,7 @@ TEST(Cli, TwoShapeDataCalibratesAndEvaluates) {
     const std::string in = " --input x=" + q(d / (std::string(x) + ".npy"));
     r = run_cmd(perch_bin() + " run " + q(d / "q.onnx") + in + " -o " + q(d / (std::string("perch_") + x)) + " -q");
     ASSERT_EQ(r.code, 0) << r.err;
-    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + in + " -o " + q(d / (std::string("ort_") + x)));
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / "q.onnx") + in + " -o " + q(d / (std::string("ort_") + x)));
     ASSERT_EQ(r.code, 0) << r.err;
     const Compare c = compare_logits(read_npy(d / (std::string("perch_") + x) / "y.npy"),
                                      read_npy(d / (std::string("ort_") + x) / "y.npy"));
@@ -509,7 +519,7 @@ TEST_P(DeconvInterop, QuantizedConvTransposeRunsInOnnxRuntime) {
     if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
     r = run_cmd(perch_bin() + " run " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " + q(d / (std::string("perch_") + w)) + " -q");
     ASSERT_EQ(r.code, 0) << r.err;
-    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " +
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(qm) + " --input x=" + q(d / "x.npy") + " -o " +
                 q(d / (std::string("ort_") + w)));
     ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the quantized ConvTranspose: " << r.err;
     const Compare c = compare_logits(read_npy(d / (std::string("perch_") + w) / "y.npy"),
@@ -526,7 +536,7 @@ Compare perch_vs_ort(const fs::path& model, const fs::path& x, const fs::path& o
   const fs::path pd = out.string() + "_perch", od = out.string() + "_ort";
   auto r = run_cmd(perch_bin() + " run " + q(model) + " --input x=" + q(x) + " -o " + q(pd) + " -q");
   EXPECT_EQ(r.code, 0) << r.err;
-  auto o = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(model) + " --input x=" + q(x) + " -o " + q(od));
+  auto o = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(model) + " --input x=" + q(x) + " -o " + q(od));
   EXPECT_EQ(o.code, 0) << o.err;
   if (r.code != 0 || o.code != 0) return {};
   return compare_logits(read_npy(pd / "y.npy"), read_npy(od / "y.npy"));
@@ -658,7 +668,7 @@ TEST_P(LegacyResize, RaisedModelMatchesOnnxRuntimeOnTheOriginal) {
   EXPECT_EQ(graph::load_model((d / "q.onnx").string()).opset(), 13);
   if (!ort_installed()) GTEST_SKIP() << "onnxruntime-node is not installed in tools/ort (scripts/setup.sh)";
   for (const char* model : {"m", "r", "q"}) {
-    r = run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / (std::string(model) + ".onnx")) + " --input x=" +
+    r = run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / (std::string(model) + ".onnx")) + " --input x=" +
                 q(d / "x.npy") + " -o " + q(d / (std::string("ort_") + model)));
     ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run " << model << ".onnx: " << r.err;
   }

@@ -80,7 +80,7 @@ TEST(OcrModels, FloatMatchesOrtAndPerChannelMeetsTargets) {
   log.clear();
   const int code = run("node " + q(src / "tools" / "ocr" / "accuracy.js") + " --perch " + q(perch) + " --models " +
                            q(assets) + " --data " + q(dir / "data") + " --work " + q(dir / "work") + " --json " +
-                           q(dir / "report.json") + " --sensitivity-images 2",
+                           q(dir / "report.json") + " --sensitivity-images 2 --ort-level exact",
                        log);
   std::printf("%s", log.c_str());
   EXPECT_EQ(code, 0) << log;

@@ -107,7 +107,7 @@ TEST_P(QuantizeConformance, PytorchExportedModelsQuantizeAndRunInOnnxRuntime) {
       const auto sim = runtime::Executor(qm).run(feeds);
       const auto i8 = runtime::Int8Executor(qm).run(feeds);
       const auto exact = runtime::Int8Executor(qm, runtime::Int8Mode::kSimulate).run(feeds);
-      const test::CmdResult r = test::run_cmd("node " + q(ort_dir() / "run.js") + " " + q(d / "q.onnx") + args + " -o " + q(d / "ort"));
+      const test::CmdResult r = test::run_cmd("node " + q(ort_dir() / "run.js") + " --level exact " + q(d / "q.onnx") + args + " -o " + q(d / "ort"));
       ASSERT_EQ(r.code, 0) << "ONNX Runtime could not run the quantized " << name << ": " << r.err;
       for (const auto& out : qm.graph.outputs) {
         const Tensor a = sim.at(out.name), b = read_npy(d / "ort" / (out.name + ".npy"));

@@ -32,7 +32,7 @@ bool train_small_convnet(const fs::path& out) {
 
 double ort_accuracy(const fs::path& model) {
   const std::string mnist = "/usr/share/datasets/fashion-mnist/";
-  auto r = run_cmd("node " + q(ort_dir() / "eval.js") + " " + q(model) + " --images " + mnist +
+  auto r = run_cmd("node " + q(ort_dir() / "eval.js") + " --level exact " + q(model) + " --images " + mnist +
                    "t10k-images-idx3-ubyte.gz --labels " + mnist + "t10k-labels-idx1-ubyte.gz --json");
   EXPECT_EQ(r.code, 0) << r.err;
   return r.code == 0 ? json::parse(r.out)["accuracy"].get<double>() : -1.0;

@@ -14,6 +14,7 @@ const fs = require('fs');
 const path = require('path');
 const { spawnSync } = require('child_process');
 const { parseArgs, readNpy, encodeNpy, createSession, fail, runMain } = require('../ort/lib');
+const { resolveLevel } = require('../ort/saturation');
 
 const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --data DIR --work DIR
        [--only cls,det,rec] [--perch-images N] [--check] [--json FILE] [--float-nodes MODEL:a,b ...]
@@ -27,7 +28,9 @@ const USAGE = `usage: node tools/ocr/accuracy.js --perch PERCH --models DIR --da
                    its exact simulation (--engine int8 | sim; the two must agree byte for byte, a miss otherwise)
   --ort-level  ONNX Runtime graph optimization level for every model: disabled|basic|extended|all (default all).
              From basic up ONNX Runtime quantizes the weights --float-nodes leaves float (symmetric per-tensor
-             int8, its WeightBiasQuantization pass); use disabled to measure a float layer as float
+             int8, its WeightBiasQuantization pass); use disabled to measure a float layer as float. "exact": all,
+             or disabled where this CPU's ONNX Runtime saturates u8 x s8 products (tools/ort/saturation.js: x86
+             without VNNI), so the QDQ models run with their own float semantics rather than saturated sums
   --weights  which W8A8 variants to quantize and evaluate (default both; per-channel is always needed for --check)
   --sensitivity-images N  when a model misses its per-channel target, name the layers that cost it: perch sensitivity
              on the first N images of its first evaluation file (default 16; 0 = skip), int8 per-channel weights and
@@ -427,7 +430,15 @@ async function main() {
     threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
     ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'], prebuilt: {}, batch: opts.batch };
   if (o.batch < 0) fail('--batch must be positive (0: the per-model default)');
-  if (!['disabled', 'basic', 'extended', 'all'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all)`);
+  if (!['disabled', 'basic', 'extended', 'all', 'exact'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all, exact)`);
+  if (o.ortLevel === 'exact') {
+    const ortModule = require(require.resolve('onnxruntime-node', { paths: [path.join(__dirname, '../ort')] }));
+    const r = await resolveLevel(ortModule, 'exact');
+    o.ortLevel = r.level;
+    o.ortU8s8Exact = r.u8s8Exact;
+    if (!r.u8s8Exact)
+      process.stderr.write("accuracy.js: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n");
+  }
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
   for (const s of opts['float-nodes']) {

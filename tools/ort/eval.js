@@ -2,12 +2,18 @@
 'use strict';
 // Top-1 accuracy of an ONNX model under ONNX Runtime on an IDX image/label set (e.g. Fashion-MNIST test).
 const path = require('path');
-const { parseArgs, readIdx, createSession, inputMeta, fail, runMain } = require('./lib');
+const { parseArgs, readIdx, createSession, inputMeta, fail, runMain, loadOrt } = require('./lib');
+const { resolveLevel } = require('./saturation');
 
 const USAGE = `usage: node eval.js MODEL.onnx --images IMAGES.idx[.gz] --labels LABELS.idx[.gz]
          [--mean 0.2860] [--std 0.3530] [--batch 256] [--threads 1] [--limit N] [--json]
+         [--level all|extended|basic|disabled|exact]
   Pixels are normalized as (p/255 - mean)/std; [N,H,W] images get a channel dim when the model wants one.
-  Uses the model's first input and first output; prints the accuracy (--json: {"accuracy","count","correct"}).
+  Uses the model's first input and first output; prints the accuracy (--json: {"accuracy","count","correct",
+  "level","u8s8_exact"}).
+  --level: ONNX Runtime's graph optimization level (default all). "exact": all, unless this CPU's ONNX Runtime
+  saturates u8 x s8 products in its integer kernels (saturation.js probes it: CPUs without VNNI), then disabled —
+  a QDQ model then runs as DequantizeLinear / float op / QuantizeLinear, its own semantics.
 `;
 
 async function main() {
@@ -20,12 +26,15 @@ async function main() {
     threads: { type: 'int', default: 1 },
     limit: { type: 'int' },
     json: { type: 'bool', default: false },
+    level: { type: 'string', default: 'all' },
     help: { type: 'bool', alias: '-h' },
   });
   if (opts.help) return process.stdout.write(USAGE);
   if (positional.length !== 1) fail(`expected exactly one MODEL.onnx, got ${positional.length} positional arguments\n${USAGE}`);
   if (!opts.images || !opts.labels) fail(`--images and --labels are required\n${USAGE}`);
   if (!(opts.std > 0)) fail(`--std must be > 0, got ${opts.std}`);
+  const levels = ['all', 'extended', 'basic', 'disabled', 'exact'];
+  if (!levels.includes(opts.level)) fail(`--level must be one of ${levels.join(', ')}, got '${opts.level}'`);
 
   const images = readIdx(opts.images);
   const labels = readIdx(opts.labels);
@@ -35,7 +44,10 @@ async function main() {
   if (labels.dims[0] !== n) fail(`${n} images in ${opts.images} but ${labels.dims[0]} labels in ${opts.labels}`);
   if (opts.limit) n = Math.min(n, opts.limit);
 
-  const { ort, session } = await createSession(positional[0], opts.threads);
+  const { level, u8s8Exact } = await resolveLevel(loadOrt(), opts.level);
+  if (u8s8Exact === false && !opts.json)
+    process.stderr.write("eval.js: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n");
+  const { ort, session } = await createSession(positional[0], opts.threads, level);
   const inName = session.inputNames[0];
   const outName = session.outputNames[0];
   const meta = inputMeta(session);
@@ -80,7 +92,7 @@ async function main() {
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const accuracy = n ? correct / n : 0;
   if (opts.json) {
-    process.stdout.write(JSON.stringify({ accuracy, count: n, correct }) + '\n');
+    process.stdout.write(JSON.stringify({ accuracy, count: n, correct, level, u8s8_exact: u8s8Exact }) + '\n');
   } else {
     process.stdout.write(`${path.basename(positional[0])}: accuracy ${accuracy.toFixed(4)} (${correct}/${n}), ` +
       `${seconds.toFixed(2)} s, ${opts.threads} thread(s), batch ${batch}\n`);

@@ -283,5 +283,5 @@ function inputMeta(session, index = 0) {
 
 module.exports = {
   UsageError, fail, runMain, parseArgs, readIdx, readNpy, encodeNpy, writeFileAtomic, createSession, inputMeta,
-  npyTypeOfDescr, NPY_TYPES,
+  npyTypeOfDescr, NPY_TYPES, loadOrt,
 };

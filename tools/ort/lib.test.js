@@ -57,3 +57,22 @@ test('IDX plain and gzip, truncation', () => {
   fs.writeFileSync(path.join(tmp, 'cut.idx'), bytes.subarray(0, 16));
   assert.throws(() => readIdx(path.join(tmp, 'cut.idx')), /cut\.idx: truncated IDX file.*need 18 bytes, have 16/);
 });
+
+// saturation.js writes its probe model as protobuf bytes by hand: ONNX Runtime must load it and, on values whose
+// products cannot saturate anything (a = 3, b = -2, K = 64), give the exact sums in every column.
+test('the saturation probe model is valid ONNX and exact on small values', async (t) => {
+  let ort;
+  try {
+    ort = require('onnxruntime-node');
+  } catch (e) {
+    t.skip('onnxruntime-node is not installed (scripts/setup.sh)');
+    return;
+  }
+  const { probeModel } = require('./saturation');
+  const session = await ort.InferenceSession.create(probeModel(64, 16, -2));
+  assert.deepStrictEqual(session.inputNames, ['a']);
+  assert.deepStrictEqual(session.outputNames, ['y']);
+  const y = (await session.run({ a: new ort.Tensor('uint8', new Uint8Array(64).fill(3), [1, 64]) })).y;
+  assert.deepStrictEqual(y.dims, [1, 16]);
+  assert.deepStrictEqual(Array.from(y.data, Number), new Array(16).fill(3 * -2 * 64));
+});

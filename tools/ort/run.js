@@ -3,11 +3,15 @@
 // Runs an ONNX model once under ONNX Runtime on .npy inputs and writes every output as DIR/<name>.npy.
 const fs = require('fs');
 const path = require('path');
-const { parseArgs, readNpy, encodeNpy, writeFileAtomic, createSession, inputMeta, fail, runMain } = require('./lib');
+const { parseArgs, readNpy, encodeNpy, writeFileAtomic, createSession, inputMeta, fail, runMain, loadOrt } = require('./lib');
+const { resolveLevel } = require('./saturation');
 
 const USAGE = `usage: node run.js MODEL.onnx --input NAME=FILE.npy [--input NAME=FILE.npy ...] -o DIR [--threads 1]
+                   [--level all|extended|basic|disabled|exact]
   --input FILE.npy (no NAME=) feeds the model's first input. Each output is written as DIR/<output name>.npy
   (characters other than [A-Za-z0-9._-] in the name become '_'). Inputs must have the model's element types.
+  --level: ONNX Runtime's graph optimization level (default all); "exact" as in eval.js (saturation.js): all,
+  or disabled where this CPU's ONNX Runtime saturates u8 x s8 products (then reported on stderr).
 `;
 
 async function main() {
@@ -15,6 +19,7 @@ async function main() {
     input: { type: 'list', alias: '-i' },
     out: { type: 'string', alias: '-o' },
     threads: { type: 'int', default: 1 },
+    level: { type: 'string', default: 'all' },
     help: { type: 'bool', alias: '-h' },
   });
   if (opts.help) return process.stdout.write(USAGE);
@@ -22,7 +27,11 @@ async function main() {
   if (!opts.out) fail(`-o DIR is required\n${USAGE}`);
   if (opts.input.length === 0) fail(`at least one --input is required\n${USAGE}`);
   const model = positional[0];
-  const { ort, session } = await createSession(model, opts.threads);
+  if (!['all', 'extended', 'basic', 'disabled', 'exact'].includes(opts.level)) fail(`--level: unknown level '${opts.level}'`);
+  const { level, u8s8Exact } = await resolveLevel(loadOrt(), opts.level);
+  if (u8s8Exact === false)
+    process.stderr.write("run.js: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n");
+  const { ort, session } = await createSession(model, opts.threads, level);
 
   const feeds = {};
   for (const spec of opts.input) {
