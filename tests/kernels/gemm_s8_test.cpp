@@ -375,7 +375,7 @@ void check_paths_against_reference(const IsaPath& isa, uint64_t seed, Stats& sta
 TEST(GemmS8, EveryPathMatchesReferenceAroundTiles) {
   for (const IsaPath& isa : isa_paths()) {
     if (!has_path(supported_paths(), isa.needs)) {
-      std::cout << "[  SKIPPED ] " << isa.name << ": this CPU lacks it\n";
+      std::cout << "[   NOTE   ] path " << isa.name << " not run: this CPU lacks it (the other paths ran)\n";
       continue;
     }
     for (uint64_t seed : {11, 12, 13}) {
