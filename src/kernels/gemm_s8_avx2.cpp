@@ -11,9 +11,10 @@
 // it (GemmConst::rqf8), and the order is undone at the store (a lane permute per row for int32; for 8-bit outputs
 // inside the four-row narrowing, see tile()). 8 accumulators, 2 weight registers, broadcasts.
 //
-// Measured (docs/BENCHMARKS.md, "AVX2 GEMM on an AVX2-only CPU"): keeping the weights as int8 and widening them in
-// the tile, once per row tile, cost 0-4 % on long K and 10-30 % on K <= 64, where the per-tile output stage also
-// dominated. VPMADDUBSW on weights split so that no pair can saturate was slower (same document).
+// Measured (docs/BENCHMARKS.md, "On an AVX2-only CPU"): the previous form — weights widened in every row tile, the
+// block's constants and the output stage set up per tile and narrowed row by row — took 1.00-1.08x this one's time
+// at K >= 256 and 1.09-1.56x at K <= 128. VPMADDUBSW on weights split so that no pair can saturate was slower, and
+// 6-row tiles took 0.99-1.23x the time of 4-row ones (same document).
 #include "s8_internal.h"
 
 #if defined(__AVX2__)
@@ -50,7 +51,7 @@ struct AlignedAlloc {
   T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{32})); }
   void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{32}); }
   bool operator==(const AlignedAlloc&) const { return true; }
-};  // 6 rows (12 accumulators) made GCC spill: 15 of 16 ymm leave it no room
+};
 
 // A tile as int16 [k_group][kMR rows][4]: 16 k values of a row per step are one load, VPMOVZXBW and four 8-byte
 // stores (one per k-group); the last partial step, the zero padding past k and rows past `rows` as scalars.
