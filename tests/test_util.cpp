@@ -344,11 +344,10 @@ double max_rel_diff(const Tensor& a, const Tensor& b) {
 }
 
 bool ort_u8s8_exact() {
-  static const bool exact = [] {
-    const CmdResult r = run_cmd("node " + shell_quote(source_dir() / "tools" / "ort" / "saturation.js"));
-    return r.code == 0 && r.out.find("\"u8s8_exact\":true") != std::string::npos;
-  }();
-  return exact;
+  static const CmdResult probe = run_cmd("node " + shell_quote(source_dir() / "tools" / "ort" / "saturation.js"));
+  // A probe that cannot run must not quietly turn the comparisons into their saturating-CPU form: every caller fails.
+  if (probe.code != 0) ADD_FAILURE() << "tools/ort/saturation.js failed (exit " << probe.code << "): " << probe.err;
+  return probe.code == 0 && probe.out.find("\"u8s8_exact\":true") != std::string::npos;
 }
 
 std::string ort_saturates_message() {

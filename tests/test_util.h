@@ -34,7 +34,8 @@ CmdResult run_cmd(const std::string& cmd);
 // process. On x86 CPUs without VNNI its integer kernels add two products in int16 with saturation (VPMADDUBSW), so
 // they are no reference for perch's exact engine there. Tests then run QDQ models with `--level exact` (ONNX
 // Runtime's graph optimizations off: the float semantics of the file) and skip comparisons whose ONNX Runtime side
-// runs integer ops written in the file (QLinearConv, MatMulInteger, QGemm, ...). False too when the probe cannot run.
+// runs integer ops written in the file (QLinearConv, MatMulInteger, QGemm, ...). A probe that cannot run is a test
+// failure (in every test that asks).
 bool ort_u8s8_exact();
 // The skip message for such a comparison.
 std::string ort_saturates_message();
