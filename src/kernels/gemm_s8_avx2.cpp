@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <optional>
 #include <vector>
 
@@ -40,18 +39,6 @@ bool avx2_compiled() { return true; }
 namespace {
 
 constexpr int kMR = 4;
-
-// 32-byte aligned storage for the int16 copy of B (aligned loads in the tile).
-template <typename T>
-struct AlignedAlloc {
-  using value_type = T;
-  AlignedAlloc() = default;
-  template <typename U>
-  AlignedAlloc(const AlignedAlloc<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{32})); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{32}); }
-  bool operator==(const AlignedAlloc&) const { return true; }
-};
 
 // A tile as int16 [k_group][kMR rows][4]: 16 k values of a row per step are one load, VPMOVZXBW and four 8-byte
 // stores (one per k-group); the last partial step, the zero padding past k and rows past `rows` as scalars.
@@ -189,9 +176,10 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t tiles_per_block = std::max<int64_t>(1, (int64_t{256} << 10) / (tile_elems * 2));
   const __m256i hadd_order = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2HaddOrder));
   const bool is32 = g.out.type == OutputType::kInt32;
-  thread_local std::vector<int16_t> abuf;
-  thread_local std::vector<int16_t, AlignedAlloc<int16_t>> bbuf;
-  bbuf.resize(static_cast<size_t>(kg * 32));
+  thread_local std::vector<int16_t> abuf, bbuf_mem;
+  // The int16 copy of one 8-column block of B, 32-byte aligned (the tile's aligned loads): kg * 32 int16.
+  bbuf_mem.resize(static_cast<size_t>(kg * 32 + 16));
+  int16_t* const bbuf = reinterpret_cast<int16_t*>((reinterpret_cast<uintptr_t>(bbuf_mem.data()) + 31) & ~uintptr_t{31});
   for (int64_t mb = m0; mb < m1; mb += tiles_per_block * kMR) {
     const int64_t me = std::min(m1, mb + tiles_per_block * kMR);
     const int64_t ntiles = (me - mb + kMR - 1) / kMR;
@@ -219,13 +207,12 @@ void block(const GemmPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       // then 4-7, 16 int16 each (column c's 4 k at [4c, 4c + 4)).
       const int8_t* bp = w.data.get() + (j / 16) * w.panel_stride + (j % 16) * 4;
       for (int64_t kk = 0; kk < kg; ++kk)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(bbuf.data() + kk * 32),
-                           _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + kk * 64)))),
-        _mm256_store_si256(reinterpret_cast<__m256i*>(bbuf.data() + kk * 32 + 16),
-                           _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + kk * 64 + 16))));
+        for (int h = 0; h < 2; ++h)
+          _mm256_store_si256(reinterpret_cast<__m256i*>(bbuf + kk * 32 + h * 16),
+                             _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(bp + kk * 64 + h * 16))));
       for (int64_t t = 0; t < ntiles; ++t) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, me - mb - t * kMR));
-        tile_rows<kMode>(rows, abuf.data() + t * tile_elems, bbuf.data(), kg, mb + t * kMR, bo, rq ? &*rq : nullptr);
+        tile_rows<kMode>(rows, abuf.data() + t * tile_elems, bbuf, kg, mb + t * kMR, bo, rq ? &*rq : nullptr);
       }
     }
   }

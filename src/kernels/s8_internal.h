@@ -33,11 +33,11 @@ inline int32_t requantize_one(int32_t acc, quant::FixedPointMultiplier m, const 
   return static_cast<int32_t>(v < o.qmin ? o.qmin : (v > o.qmax ? o.qmax : v));
 }
 
-// The constants of a gemm_s8 call that depend only on the weights, bias, activation type / zero point and output
-// stage: built per call by gemm_s8(g), or once by prepare_gemm_s8 (GemmS8Prepared holds one).
 // The AVX2 GEMM's accumulator order within 8 columns: lane l holds column kAvx2HaddOrder[l] (gemm_s8_avx2.cpp).
 inline constexpr int kAvx2HaddOrder[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
+// The constants of a gemm_s8 call that depend only on the weights, bias, activation type / zero point and output
+// stage: built per call by gemm_s8(g), or once by prepare_gemm_s8 (GemmS8Prepared holds one).
 struct GemmConst {
   bool flip = false;             // int8 activations: the kernels read a ^ 0x80
   std::vector<int32_t> col_off;  // [panels * 16]: bias - za_u * colsum (wrapping), 0 in the padding

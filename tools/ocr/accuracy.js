@@ -430,15 +430,7 @@ async function main() {
     threads: opts.threads, extraQuantizeArgs: opts['extra-quantize-args'], floatNodes: {}, weights: opts.weights.split(','),
     ortLevel: opts['ort-level'], sensitivityImages: opts['sensitivity-images'], prebuilt: {}, batch: opts.batch };
   if (o.batch < 0) fail('--batch must be positive (0: the per-model default)');
-  if (!['disabled', 'basic', 'extended', 'all', 'exact'].includes(o.ortLevel)) fail(`--ort-level: unknown level '${o.ortLevel}' (disabled, basic, extended, all, exact)`);
-  if (o.ortLevel === 'exact') {
-    const ortModule = require(require.resolve('onnxruntime-node', { paths: [path.join(__dirname, '../ort')] }));
-    const r = await resolveLevel(ortModule, 'exact');
-    o.ortLevel = r.level;
-    o.ortU8s8Exact = r.u8s8Exact;
-    if (!r.u8s8Exact)
-      process.stderr.write("accuracy.js: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n");
-  }
+  o.ortLevel = (await resolveLevel(o.ortLevel, '--ort-level', 'accuracy.js')).level;
   for (const g of o.weights) if (g !== 'per-channel' && g !== 'per-tensor') fail(`--weights: unknown variant '${g}' (per-channel, per-tensor)`);
   if (!o.weights.includes('per-channel')) fail('--weights must include per-channel (the targets are per-channel)');
   for (const s of opts['float-nodes']) {

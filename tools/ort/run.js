@@ -3,7 +3,7 @@
 // Runs an ONNX model once under ONNX Runtime on .npy inputs and writes every output as DIR/<name>.npy.
 const fs = require('fs');
 const path = require('path');
-const { parseArgs, readNpy, encodeNpy, writeFileAtomic, createSession, inputMeta, fail, runMain, loadOrt } = require('./lib');
+const { parseArgs, readNpy, encodeNpy, writeFileAtomic, createSession, inputMeta, fail, runMain } = require('./lib');
 const { resolveLevel } = require('./saturation');
 
 const USAGE = `usage: node run.js MODEL.onnx --input NAME=FILE.npy [--input NAME=FILE.npy ...] -o DIR [--threads 1]
@@ -27,10 +27,7 @@ async function main() {
   if (!opts.out) fail(`-o DIR is required\n${USAGE}`);
   if (opts.input.length === 0) fail(`at least one --input is required\n${USAGE}`);
   const model = positional[0];
-  if (!['all', 'extended', 'basic', 'disabled', 'exact'].includes(opts.level)) fail(`--level: unknown level '${opts.level}'`);
-  const { level, u8s8Exact } = await resolveLevel(loadOrt(), opts.level);
-  if (u8s8Exact === false)
-    process.stderr.write("run.js: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n");
+  const { level } = await resolveLevel(opts.level, '--level', 'run.js');
   const { ort, session } = await createSession(model, opts.threads, level);
 
   const feeds = {};

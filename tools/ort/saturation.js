@@ -10,6 +10,8 @@
 // The probe: y = MatMulInteger(a, b), a = uint8 [1, 64] all 255, b = int8 [64, 16] all 127, built here as ONNX
 // protobuf bytes (no model file); exact y = 255 * 127 * 64 = 2072640 in every column.
 
+const { fail, loadOrt, runMain } = require('./lib');
+
 // Minimal protobuf writer: varint, and length-delimited fields (wire types 0 and 2).
 function varint(n) {
   const out = [];
@@ -66,21 +68,27 @@ async function probeSaturation(ort) {
   return { exact, got: Number(y[0]), want };
 }
 
-// graphOptimizationLevel for `level`, which may also be 'exact': 'all', unless this CPU's ONNX Runtime saturates
-// u8 x s8 products, then 'disabled' (a QDQ model then runs as DequantizeLinear / float op / QuantizeLinear, its own
-// semantics; integer ops written in a file — QLinearConv, MatMulInteger, ... — still run ONNX Runtime's integer
-// kernels). Returns { level, u8s8Exact } (u8s8Exact null when not probed).
-async function resolveLevel(ort, level) {
+// The levels the scripts accept: ONNX Runtime's graphOptimizationLevel values, and 'exact'.
+const LEVELS = ['all', 'extended', 'basic', 'disabled', 'exact'];
+
+// graphOptimizationLevel for `level` (checked against LEVELS; `option` names it in the error). 'exact': 'all', unless
+// this CPU's ONNX Runtime saturates u8 x s8 products, then 'disabled' (a QDQ model then runs as DequantizeLinear /
+// float op / QuantizeLinear, its own semantics; integer ops written in a file — QLinearConv, MatMulInteger, ... —
+// still run ONNX Runtime's integer kernels), noted on stderr as `who: ...`. Returns { level, u8s8Exact } (u8s8Exact
+// null when not probed).
+async function resolveLevel(level, option, who) {
+  if (!LEVELS.includes(level)) fail(`${option}: unknown level '${level}' (${LEVELS.join(', ')})`);
   if (level !== 'exact') return { level, u8s8Exact: null };
-  const probe = await probeSaturation(ort);
-  return { level: probe.exact ? 'all' : 'disabled', u8s8Exact: probe.exact, probe };
+  const probe = await probeSaturation(loadOrt());
+  if (!probe.exact)
+    process.stderr.write(`${who}: this CPU's ONNX Runtime saturates u8 x s8 products: graph optimizations disabled\n`);
+  return { level: probe.exact ? 'all' : 'disabled', u8s8Exact: probe.exact };
 }
 
-module.exports = { probeModel, probeSaturation, resolveLevel };
+module.exports = { LEVELS, probeModel, probeSaturation, resolveLevel };
 
 if (require.main === module) {
   // node saturation.js: prints {"u8s8_exact": bool, "got": y, "want": y_exact} and exits 0.
-  const { loadOrt, runMain } = require('./lib');
   runMain(async () => {
     const r = await probeSaturation(loadOrt());
     process.stdout.write(JSON.stringify({ u8s8_exact: r.exact, got: r.got, want: r.want }) + '\n');
