@@ -210,7 +210,7 @@ void build_quads(const DepthwiseS8Args& d, int64_t pl, const uint8_t* row, const
 struct DwStore {
   __m512i lo16, hi16, zp16, perm;
   __mmask64 mask;
-  bool full, whole16, is_u8;
+  bool full, whole16, is_u8, sat;
   DwStore(const RequantTables& rq, __mmask64 m, int g, bool u8) {
     lo16 = _mm512_set1_epi16(static_cast<int16_t>(rq.lo));
     hi16 = _mm512_set1_epi16(static_cast<int16_t>(rq.hi));
@@ -221,18 +221,25 @@ struct DwStore {
     full = m == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo (natural-order callers: identity)
     whole16 = m == (g == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * g)) - 1);  // 16 g channels
     is_u8 = u8;
+    sat = rq.type_range;  // the clamp by saturation alone (RequantTables::type_range)
+  }
+  // The same constants for a whole 64-byte natural-order store (4 vectors of 16 channels).
+  DwStore widened() const {
+    DwStore w = *this;
+    w.mask = ~__mmask64{0};
+    w.full = w.whole16 = true;
+    return w;
   }
   template <int G>
   void store(const __m512i* r, uint8_t* yo, bool unpack_order) const {
     const __m512i zero = _mm512_setzero_si512();
-    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
-    __m512i s01 = _mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero);
-    s01 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s01, lo16), hi16), zp16);
-    __m512i s23 = zero;
-    if (G > 2) {
-      s23 = _mm512_packs_epi32(r[G > 2 ? 2 : 0], G > 3 ? r[G > 3 ? 3 : 0] : zero);
-      s23 = _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s23, lo16), hi16), zp16);
-    }
+    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax]. With
+    // `sat` ([qmin, qmax] the type's range) the saturating + zp and the pack are that clamp.
+    auto clamp = [&](__m512i s) __attribute__((always_inline)) {
+      return sat ? _mm512_adds_epi16(s, zp16) : _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
+    };
+    const __m512i s01 = clamp(_mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero));
+    const __m512i s23 = G > 2 ? clamp(_mm512_packs_epi32(r[G > 2 ? 2 : 0], G > 3 ? r[G > 3 ? 3 : 0] : zero)) : zero;
     const __m512i o = is_u8 ? _mm512_packus_epi16(s01, s23) : _mm512_packs_epi16(s01, s23);
     // Plain stores when the block's channels fill whole 16-byte pieces (masked byte stores are several times
     // slower on Zen 4/5); the byte mask otherwise.
@@ -359,7 +366,7 @@ void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const i
 // 255 * 128 * 9 < 2^31. VPERMB / VPERMT2B are AVX-512 VBMI: dwconv_s8.cpp runs this kernel only where the CPU has
 // it (Ice Lake, Zen 4 and later).
 struct ColIdx {
-  __m512i v[4];  // vector j, byte 4 i + t: source byte of tap row t for channel 16 j + i (t = 1: second table)
+  __m512i v[4];  // vector j, byte 4 i + t: source byte of tap row t for channel 16 j + i (t = 1, 3: second table)
   ColIdx() {
     alignas(64) uint8_t b[64];
     for (int j = 0; j < 4; ++j) {
@@ -367,7 +374,7 @@ struct ColIdx {
         b[4 * i] = static_cast<uint8_t>(16 * j + i);
         b[4 * i + 1] = static_cast<uint8_t>(64 + 16 * j + i);
         b[4 * i + 2] = static_cast<uint8_t>(16 * j + i);
-        b[4 * i + 3] = 0;
+        b[4 * i + 3] = static_cast<uint8_t>(64 + 16 * j + i);  // VPERMB reads the low 6 bits: 16 j + i of row 3
       }
       v[j] = _mm512_load_si512(b);
     }
@@ -375,59 +382,71 @@ struct ColIdx {
 };
 
 struct ColRows {
-  const uint8_t* row[3];  // input row ih_r at channel c0, or the zero-point pixel
-  int64_t step[3];        // bytes per input column: C, or 0 for the zero-point pixel
+  const uint8_t* row[4];  // input row ih_r at channel c0, or the zero-point pixel (row 3: output-row pairs only)
+  int64_t step[4];        // bytes per input column: C, or 0 for the zero-point pixel
 };
 
-// The G vectors of column quad iw (see above) from the rows r0..r2 (column steps s0..s2); kFlip: int8 input;
-// kUnpack (G = 4, all 64 channels valid): built by 8 VPUNPCKs in their channel order instead of 8 byte permutes.
-template <int G, bool kFlip, bool kUnpack>
+// The G vectors of column quad iw (see above) from the rows r0..r2 (column steps s0..s2), and with kR = 4 (an
+// output-row pair, below) byte 3 from row r3; kFlip: int8 input; kUnpack (G = 4, all 64 channels valid): built by
+// 8 VPUNPCKs in their channel order instead of byte permutes.
+template <int G, bool kFlip, bool kUnpack, int kR>
 __attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) inline void col_quad(
-    const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, int64_t s0, int64_t s1, int64_t s2, int64_t iw,
-    int64_t in_w, __mmask64 mask, __m512i zq, const __m512i* ix, __m512i* v) {
+    const uint8_t* const* r, const int64_t* s, int64_t iw, int64_t in_w, __mmask64 mask, __m512i zq,
+    const __m512i* ix, __m512i* v) {
   if (iw < 0 || iw >= in_w) {
     for (int j = 0; j < G; ++j) v[j] = zq;
     return;
   }
-  __m512i x0 = _mm512_maskz_loadu_epi8(mask, r0 + iw * s0);
-  __m512i x1 = _mm512_maskz_loadu_epi8(mask, r1 + iw * s1);
-  __m512i x2 = _mm512_maskz_loadu_epi8(mask, r2 + iw * s2);
+  __m512i x0 = _mm512_maskz_loadu_epi8(mask, r[0] + iw * s[0]);
+  __m512i x1 = _mm512_maskz_loadu_epi8(mask, r[1] + iw * s[1]);
+  __m512i x2 = _mm512_maskz_loadu_epi8(mask, r[2] + iw * s[2]);
+  __m512i x3 = kR == 4 ? _mm512_maskz_loadu_epi8(mask, r[kR - 1] + iw * s[kR - 1]) : _mm512_setzero_si512();
   if constexpr (kFlip) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     x0 = _mm512_xor_si512(x0, flip), x1 = _mm512_xor_si512(x1, flip), x2 = _mm512_xor_si512(x2, flip);
+    if constexpr (kR == 4) x3 = _mm512_xor_si512(x3, flip);
   }
   if constexpr (kUnpack) {  // a full 64-channel block: the VPUNPCK order (lane l of v[j]: channels 16 l + 4 j + 0..3)
-    const __m512i zero = _mm512_setzero_si512();
     const __m512i t01l = _mm512_unpacklo_epi8(x0, x1), t01h = _mm512_unpackhi_epi8(x0, x1);
-    const __m512i t2l = _mm512_unpacklo_epi8(x2, zero), t2h = _mm512_unpackhi_epi8(x2, zero);
-    v[0] = _mm512_unpacklo_epi16(t01l, t2l), v[G > 1 ? 1 : 0] = _mm512_unpackhi_epi16(t01l, t2l);
-    v[G > 2 ? 2 : 0] = _mm512_unpacklo_epi16(t01h, t2h), v[G > 3 ? 3 : 0] = _mm512_unpackhi_epi16(t01h, t2h);
+    const __m512i t23l = _mm512_unpacklo_epi8(x2, x3), t23h = _mm512_unpackhi_epi8(x2, x3);
+    v[0] = _mm512_unpacklo_epi16(t01l, t23l), v[G > 1 ? 1 : 0] = _mm512_unpackhi_epi16(t01l, t23l);
+    v[G > 2 ? 2 : 0] = _mm512_unpacklo_epi16(t01h, t23h), v[G > 3 ? 3 : 0] = _mm512_unpackhi_epi16(t01h, t23h);
     return;
   }
-  constexpr __mmask64 k01 = 0x3333333333333333ull, k2 = 0x4444444444444444ull;
-  for (int j = 0; j < G; ++j)
+  constexpr __mmask64 k01 = 0x3333333333333333ull, k2 = 0x4444444444444444ull, k3 = 0x8888888888888888ull;
+  for (int j = 0; j < G; ++j) {
     v[j] = _mm512_mask_permutexvar_epi8(_mm512_maskz_permutex2var_epi8(k01, x0, ix[j], x1), k2, ix[j], x2);
+    if constexpr (kR == 4) v[j] = _mm512_mask_permutexvar_epi8(v[j], k3, ix[j], x3);
+  }
 }
 
-// One output row of one channel group. kMode: RqF16's (0 is run as 1: the 64-bit clamp is exact for every shift).
-template <int G, int SW, int kMode, bool kFlip, bool kUnpack>
+// One output row of one channel group, or with kPair two (rows oh and oh + 1 at stride_h 1, dilation_h 1: their
+// kernel rows read input rows ih_0 .. ih_0 + 3, so one 4-row column quad [x(ih_0), .., x(ih_0 + 3)] serves both —
+// row oh with the weights [w0, w1, w2, 0] of vnni_cols, row oh + 1 with [0, w0, w1, w2], the same dword shifted left
+// by 8 bits — and each input column is loaded and interleaved once per pair instead of once per row).
+// kMode: RqF16's (0 is run as 1: the 64-bit clamp is exact for every shift).
+template <int G, int SW, int kMode, bool kFlip, bool kUnpack, bool kPair>
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPlan& p, const ColRows& cr,
                                                                       const int8_t* wg, int64_t c0, __mmask64 mask,
                                                                       const DwStore& st_in, const ColIdx& ix_in,
-                                                                      uint8_t* y) {
+                                                                      uint8_t* y, uint8_t* y2) {
+  constexpr int kR = kPair ? 4 : 3;
   // Locals, not references: the byte stores to y could alias anything reached through a pointer, so the compiler
   // would reload those every pixel.
   const DepthwiseS8Args& d = *p.d;
   const int64_t c_n = d.channels, in_w = d.in_w, pl = d.pad_left, ow_n = p.ow;
-  const uint8_t *r0 = cr.row[0], *r1 = cr.row[1], *r2 = cr.row[2];
-  const int64_t s0 = cr.step[0], s1 = cr.step[1], s2 = cr.step[2];
+  const uint8_t* rows[4] = {cr.row[0], cr.row[1], cr.row[2], cr.row[kR - 1]};
+  const int64_t steps[4] = {cr.step[0], cr.step[1], cr.step[2], cr.step[kR - 1]};
   const DwStore st = st_in;
   __m512i ix[G];
   for (int j = 0; j < G; ++j) ix[j] = ix_in.v[j];
-  __m512i off[G], w[3][G];
+  __m512i off[G], w[3][G], w2[3][G];
   for (int j = 0; j < G; ++j) {
     off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
-    for (int k = 0; k < 3; ++k) w[k][j] = _mm512_loadu_si512(wg + (3 * j + k) * 64);
+    for (int k = 0; k < 3; ++k) {
+      w[k][j] = _mm512_loadu_si512(wg + (3 * j + k) * 64);
+      w2[k][j] = _mm512_slli_epi32(w[k][j], 8);  // byte 3 of vnni_cols is 0: [0, w0, w1, w2]
+    }
   }
   const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
   const RqF16 rq0(t), rq1(G > 1 ? t + 64 : t), rq2(G > 2 ? t + 128 : t), rq3(G > 3 ? t + 192 : t);
@@ -435,41 +454,70 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPla
   const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
   const __m512i zq = _mm512_set1_epi8(static_cast<char>(p.k->zrow[0] ^ (kFlip ? 0x80 : 0)));
   __m512i v0[G], v1[G], v2[G];
-#define PERCH_COL(iw, v) col_quad<G, kFlip, kUnpack>(r0, r1, r2, s0, s1, s2, iw, in_w, mask, zq, ix, v)
+#define PERCH_COL(iw, v) col_quad<G, kFlip, kUnpack, kR>(rows, steps, iw, in_w, mask, zq, ix, v)
   PERCH_COL(-pl, v0);
   PERCH_COL(1 - pl, v1);
-  for (int64_t ow = 0; ow < ow_n; ++ow) {
+  // Output pixel ow of both rows (a: row oh, b: row oh + 1 with kPair), then the columns slide to pixel ow + 1.
+  auto pixel = [&](int64_t ow, __m512i* a, __m512i* b)
+                   __attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) {
     const int64_t base = ow * SW - pl;  // the leftmost column of this output pixel
     PERCH_COL(base + 2, v2);
-    __m512i a[G];
     for (int j = 0; j < G; ++j) {
       a[j] = _mm512_dpbusd_epi32(off[j], v0[j], w[0][j]);
       a[j] = _mm512_dpbusd_epi32(a[j], v1[j], w[1][j]);
       a[j] = _mm512_dpbusd_epi32(a[j], v2[j], w[2][j]);
       a[j] = rq[j]->apply<kMode>(a[j], lo64, hi64);
+      if constexpr (kPair) {
+        b[j] = _mm512_dpbusd_epi32(off[j], v0[j], w2[0][j]);
+        b[j] = _mm512_dpbusd_epi32(b[j], v1[j], w2[1][j]);
+        b[j] = _mm512_dpbusd_epi32(b[j], v2[j], w2[2][j]);
+        b[j] = rq[j]->apply<kMode>(b[j], lo64, hi64);
+      }
     }
-    st.store<G>(a, y + ow * c_n + c0, kUnpack);
     if constexpr (SW == 1) {
       for (int j = 0; j < G; ++j) v0[j] = v1[j], v1[j] = v2[j];
     } else {
       for (int j = 0; j < G; ++j) v0[j] = v2[j];
       if (ow + 1 < ow_n) PERCH_COL(base + 3, v1);
     }
+  };
+  int64_t ow = 0;
+  if constexpr (G == 1) {
+    // 16 channels in all (c_n == 16): the outputs of consecutive pixels are adjacent, so four pixels' results are
+    // narrowed and stored together as one 64-channel natural-order store (DwStore::store<4>).
+    if (c_n == 16) {
+      const DwStore st4 = st.widened();
+      for (; ow + 4 <= ow_n; ow += 4) {
+        __m512i a[4], b[4];
+        for (int q = 0; q < 4; ++q) pixel(ow + q, a + q, b + q);
+        st4.store<4>(a, y + ow * 16, false);
+        if constexpr (kPair) st4.store<4>(b, y2 + ow * 16, false);
+      }
+    }
+  }
+  for (; ow < ow_n; ++ow) {
+    __m512i a[G], b[G];
+    pixel(ow, a, b);
+    st.store<G>(a, y + ow * c_n + c0, kUnpack);
+    if constexpr (kPair) st.store<G>(b, y2 + ow * c_n + c0, kUnpack);
   }
 #undef PERCH_COL
 }
 
 using ColsRowFn = void (*)(const DwPlan&, const ColRows&, const int8_t*, int64_t, __mmask64, const DwStore&,
-                           const ColIdx&, uint8_t*);
+                           const ColIdx&, uint8_t*, uint8_t*);
 
-template <int G, int SW, bool kUnpack>
+template <int G, int SW, bool kUnpack, bool kPair>
 ColsRowFn pick_cols_mode(int mode, bool flip) {
-  if (mode == 2) return flip ? cols_row<G, SW, 2, true, kUnpack> : cols_row<G, SW, 2, false, kUnpack>;
-  return flip ? cols_row<G, SW, 1, true, kUnpack> : cols_row<G, SW, 1, false, kUnpack>;
+  if (mode == 2)
+    return flip ? cols_row<G, SW, 2, true, kUnpack, kPair> : cols_row<G, SW, 2, false, kUnpack, kPair>;
+  return flip ? cols_row<G, SW, 1, true, kUnpack, kPair> : cols_row<G, SW, 1, false, kUnpack, kPair>;
 }
+// Output-row pairs only at stride 1 in both directions (MobileNet's stride-2 convs are 2 x 2).
 template <int G, bool kUnpack = false>
-ColsRowFn pick_cols(int sw, int mode, bool flip) {
-  return sw == 1 ? pick_cols_mode<G, 1, kUnpack>(mode, flip) : pick_cols_mode<G, 2, kUnpack>(mode, flip);
+ColsRowFn pick_cols(int sw, int mode, bool flip, bool pair) {
+  if (pair) return pick_cols_mode<G, 1, kUnpack, true>(mode, flip);
+  return sw == 1 ? pick_cols_mode<G, 1, kUnpack, false>(mode, flip) : pick_cols_mode<G, 2, kUnpack, false>(mode, flip);
 }
 
 void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
@@ -481,10 +529,11 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
   const int sw = static_cast<int>(d.stride_w);
   const bool flip = p.k->flip;
   static const ColIdx ix;
+  const bool pairs = sw == 1 && d.stride_h == 1 && d.dilation_h == 1;
   struct Group {
     int64_t c0;
     __mmask64 mask;
-    ColsRowFn fn;
+    ColsRowFn fn, fn2;  // one output row; two (pairs only)
     DwStore st;
   };
   thread_local std::vector<Group> groups;
@@ -493,19 +542,23 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
     const int g = static_cast<int>(std::min<int64_t>(4, vecs - j0));
     const int64_t c0 = 16 * j0, valid = std::min<int64_t>(16 * g, c_n - c0);
     const __mmask64 mask = valid == 64 ? ~__mmask64{0} : (__mmask64{1} << valid) - 1;
-    const ColsRowFn fn = g == 1        ? pick_cols<1>(sw, mode, flip)
-                         : g == 2      ? pick_cols<2>(sw, mode, flip)
-                         : g == 3      ? pick_cols<3>(sw, mode, flip)
-                         : valid == 64 ? pick_cols<4, true>(sw, mode, flip)
-                                       : pick_cols<4>(sw, mode, flip);
-    groups.push_back(Group{c0, mask, fn, DwStore(p.k->rq, mask, g, is_u8)});
+    ColsRowFn fn[2];
+    for (int k = 0; k < 2; ++k)
+      fn[k] = g == 1        ? pick_cols<1>(sw, mode, flip, k == 1)
+              : g == 2      ? pick_cols<2>(sw, mode, flip, k == 1)
+              : g == 3      ? pick_cols<3>(sw, mode, flip, k == 1)
+              : valid == 64 ? pick_cols<4, true>(sw, mode, flip, k == 1)
+                            : pick_cols<4>(sw, mode, flip, k == 1);
+    groups.push_back(Group{c0, mask, fn[0], fn[1], DwStore(p.k->rq, mask, g, is_u8)});
   }
-  // Output rows outermost: the three input rows an output row reads stay in L1 across the channel groups.
-  for (int64_t r = r0; r < r1; ++r) {
+  // Output rows (or row pairs) outermost: the input rows they read stay in L1 across the channel groups.
+  for (int64_t r = r0; r < r1;) {
     const int64_t n = r / p.oh, oh = r % p.oh;
-    const uint8_t* rows[3];
-    bool inside[3];
-    for (int k = 0; k < 3; ++k) {
+    const bool pair = pairs && r + 1 < r1 && oh + 1 < p.oh;
+    const int kr = pair ? 4 : 3;
+    const uint8_t* rows[4];
+    bool inside[4];
+    for (int k = 0; k < kr; ++k) {
       const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
       inside[k] = ih >= 0 && ih < d.in_h;
       rows[k] = inside[k] ? x + (n * d.in_h + ih) * d.in_w * c_n : p.k->zrow.data();
@@ -513,12 +566,14 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
     uint8_t* y = static_cast<uint8_t*>(d.y) + (n * p.oh + oh) * p.ow * c_n;
     for (const Group& gr : groups) {
       ColRows cr;
-      for (int k = 0; k < 3; ++k) {
-        cr.row[k] = rows[k] + gr.c0;
-        cr.step[k] = inside[k] ? c_n : 0;
+      for (int k = 0; k < 4; ++k) {
+        cr.row[k] = (k < kr ? rows[k] : rows[0]) + gr.c0;
+        cr.step[k] = k < kr && inside[k] ? c_n : 0;
       }
-      gr.fn(p, cr, d.w->vnni_cols.data() + gr.c0 * 3 * 4, gr.c0, gr.mask, gr.st, ix, y);
+      (pair ? gr.fn2 : gr.fn)(p, cr, d.w->vnni_cols.data() + gr.c0 * 3 * 4, gr.c0, gr.mask, gr.st, ix, y,
+                              y + p.ow * c_n);
     }
+    r += pair ? 2 : 1;
   }
 }
 

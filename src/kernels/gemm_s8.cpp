@@ -138,6 +138,9 @@ RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, in
   t.zp = out.zero_point;
   t.lo = out.qmin - out.zero_point;
   t.hi = out.qmax - out.zero_point;
+  t.type_range = out.type == OutputType::kUInt8 ? out.qmin == 0 && out.qmax == 255
+                 : out.type == OutputType::kInt8 ? out.qmin == -128 && out.qmax == 127
+                                                 : false;
   return t;
 }
 

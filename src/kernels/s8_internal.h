@@ -24,6 +24,12 @@ struct RequantTables {
   std::vector<int32_t> mult;    // [padded channels]
   std::vector<int32_t> sh64;    // S = 31 - shift, in [1, 62] (62 where simd_ok is false: not read)
   int32_t lo = 0, hi = 0, zp = 0;  // lo = qmin - zp, hi = qmax - zp
+  // [qmin, qmax] is the output type's whole range. The AVX-512 8-bit stores then clamp by saturation alone (on the
+  // AVX2 paths the saving measured nothing, 2026-12-08, so they keep the min/max): with r the
+  // stage's value saturated to int16 (VPACKSSDW), the saturating int16 add r + zp (|zp| <= 255) followed by the
+  // saturating pack to 8 bits (VPACKUSWB / VPACKSSWB) gives clamp(r + zp, qmin, qmax) = clamp(r, lo, hi) + zp, as
+  // int16 saturation only moves values that are outside [qmin, qmax] either way.
+  bool type_range = false;
 };
 RequantTables make_requant_tables(const OutputStageS8& out, int64_t channels, int64_t padded);
 

@@ -367,7 +367,8 @@ TEST(DepthwiseS8, LargeThreadedAndLeftShifts) {
 // (R >= 1), M in [0.5, 1) (R = 0), left shifts (the 64-bit clamp), and 0.
 using KernelPick = void (*)(Rng&, int64_t& kh, int64_t& kw, int64_t& stride_w, int64_t& dilation_w);
 
-void tile_boundaries(uint64_t seed, KernelPick pick) {
+// unit_h: stride_h and dilation_h 1 in every case (the column-quad kernel's output-row pairs), else 1-3 each.
+void tile_boundaries(uint64_t seed, KernelPick pick, bool unit_h = false) {
   const int64_t channels[] = {1, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 113, 127, 128, 129, 144, 192, 200};
   const int64_t widths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
   for (const IsaPath& isa : isa_paths()) {
@@ -380,8 +381,8 @@ void tile_boundaries(uint64_t seed, KernelPick pick) {
         DwCase c = make_case(rng, cn, kh, kw);
         auto& a = c.args;
         a.stride_w = sw;
-        a.stride_h = rng.range(1, 3);
-        a.dilation_h = rng.range(1, 3);
+        a.stride_h = unit_h ? 1 : rng.range(1, 3);
+        a.dilation_h = unit_h ? 1 : rng.range(1, 3);
         a.dilation_w = dw;
         const int64_t min_w = std::max<int64_t>(1, a.dilation_w * (kw - 1) + 1 - a.pad_left - a.pad_right);
         const int64_t min_h = std::max<int64_t>(1, a.dilation_h * (kh - 1) + 1 - a.pad_top - a.pad_bottom);
@@ -454,19 +455,32 @@ TEST(DepthwiseS8, ColumnKernelTileBoundaries) {
   });
 }
 
+// The same at stride_h = dilation_h = 1, where the column-quad kernel computes output rows in pairs from 4-row column
+// quads (an odd row count leaves a single row; a pair never spans two images), and, with 16 channels in all, narrows
+// four pixels per store (widths 4-17 take that loop, with 0-3 pixels left over).
+TEST(DepthwiseS8, ColumnKernelRowPairs) {
+  tile_boundaries(79, [](Rng& rng, int64_t& kh, int64_t& kw, int64_t& sw, int64_t& dw) {
+    kh = kw = 3;
+    sw = rng.range(0, 3) == 0 ? 2 : 1;
+    dw = 1;
+  }, true);
+}
+
 // The one-rounding output stage of the row-cached kernels against multiply_round_once over the
 // whole int32 range: a 1x1 kernel with the input at its zero point gives acc = bias, so the biases choose the
 // accumulators (extremes, 0, +-1, +-2^30, random), and each channel has its own multiplier (every shift the SIMD
 // paths take, multipliers 2^30, 2^30 + 1, 2^31 - 1 and random, and 0; every other iteration right shifts only).
-TEST(DepthwiseS8, OutputStageOverInt32Range) {
-  Rng rng(99);
-  const int64_t cn = 80, pixels = 7;  // one full 64-channel block and a 16-channel tail
+// k = 3: a 3x3 kernel whose only non-zero tap is the centre, padding 1, two rows (the column-quad kernel's output-row
+// pair; with 16 channels its four-pixel stores).
+void output_stage_over_int32_range(int64_t cn, int64_t k, uint64_t seed) {
+  Rng rng(seed);
+  const int64_t pixels = 7, rows = k == 1 ? 1 : 2;
   const int8_t one = 1;
-  std::vector<int8_t> w(static_cast<size_t>(cn));
+  std::vector<int8_t> w(static_cast<size_t>(cn * k * k), 0);
   for (int it = 0; it < 60; ++it) {
-    for (auto& v : w) v = rng.range(0, 1) ? one : static_cast<int8_t>(-1);
-    const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), cn, 1, 1);
-    std::vector<uint8_t> x(static_cast<size_t>(pixels * cn));
+    for (int64_t c = 0; c < cn; ++c) w[static_cast<size_t>(c * k * k + (k * k) / 2)] = rng.range(0, 1) ? one : static_cast<int8_t>(-1);
+    const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), cn, k, k);
+    std::vector<uint8_t> x(static_cast<size_t>(rows * pixels * cn));
     std::vector<int32_t> bias(static_cast<size_t>(cn));
     static const int64_t special[] = {INT32_MIN, INT32_MIN + 1, -(int64_t{1} << 30) - 1, -(int64_t{1} << 30), -2, -1, 0,
                                       1, 2, int64_t{1} << 30, (int64_t{1} << 30) + 1, INT32_MAX - 1, INT32_MAX};
@@ -476,8 +490,9 @@ TEST(DepthwiseS8, OutputStageOverInt32Range) {
                                                                           : rng.range(INT32_MIN, INT32_MAX));
     }
     const int32_t zx = static_cast<int32_t>(rng.range(0, 255));
-    // Pixel 0 sits at the zero point (acc = bias); the others move acc by up to +-255 around it.
-    for (int64_t i = 0; i < pixels * cn; ++i) x[static_cast<size_t>(i)] = static_cast<uint8_t>(i < cn ? zx : rng.range(0, 255));
+    // Pixel 0 of each row sits at the zero point (acc = bias); the others move acc by up to +-255 around it.
+    for (int64_t i = 0; i < rows * pixels * cn; ++i)
+      x[static_cast<size_t>(i)] = static_cast<uint8_t>(i % (pixels * cn) < cn ? zx : rng.range(0, 255));
     std::vector<quant::FixedPointMultiplier> ms(static_cast<size_t>(cn));
     for (auto& m : ms) {
       const int64_t r = rng.range(0, 4);
@@ -491,8 +506,9 @@ TEST(DepthwiseS8, OutputStageOverInt32Range) {
     }
     DepthwiseS8Args d;
     d.batch = 1;
-    d.in_h = 1;
+    d.in_h = rows;
     d.in_w = pixels;
+    d.pad_top = d.pad_bottom = d.pad_left = d.pad_right = k / 2;
     d.channels = cn;
     d.x = x.data();
     d.x_zero_point = zx;
@@ -505,7 +521,7 @@ TEST(DepthwiseS8, OutputStageOverInt32Range) {
     d.out.qmax = lo + 255;
     d.out.multipliers = ms.data();
     d.out.num_multipliers = cn;
-    std::vector<uint8_t> want(static_cast<size_t>(pixels * cn)), got(want.size());
+    std::vector<uint8_t> want(static_cast<size_t>(rows * pixels * cn)), got(want.size());
     d.y = want.data();
     depthwise_s8_reference(d);
     for (const IsaPath& isa : isa_paths()) {
@@ -513,9 +529,16 @@ TEST(DepthwiseS8, OutputStageOverInt32Range) {
       PathGuard guard(isa.paths);
       d.y = got.data();
       depthwise_s8(d);
-      ASSERT_EQ(got, want) << isa.name << " iteration " << it;
+      ASSERT_EQ(got, want) << isa.name << " " << cn << " channels, " << k << "x" << k << ", iteration " << it;
     }
   }
+}
+
+// 80 channels: one full 64-channel block and a 16-channel tail.
+TEST(DepthwiseS8, OutputStageOverInt32Range) { output_stage_over_int32_range(80, 1, 99); }
+TEST(DepthwiseS8, OutputStageOverInt32Range3x3) {
+  output_stage_over_int32_range(80, 3, 100);
+  output_stage_over_int32_range(16, 3, 101);
 }
 
 
