@@ -1,7 +1,7 @@
 // Google Benchmark: perch's int8 kernels against oneDNN 2.6 (Debian libdnnl-dev) in the same run.
 //
-//   OMP_NUM_THREADS=1 PERCH_NUM_THREADS=1 ./build/bench/bench/bench_int8 --benchmark_repetitions=5 \
-//       --benchmark_report_aggregates_only=true
+//   OMP_NUM_THREADS=1 PERCH_NUM_THREADS=1 ./build/bench/bench/bench_int8 --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true      (one command line)
 // Counter "GOPS" = 2 * M * N * K (GEMM) or 2 * taps * outputs (depthwise) per second, in 1e9.
 //
 // GEMM (u8 x s8 -> s32, raw int32 output, zero points 0): perch gemm_s8 with weights packed once outside
@@ -16,6 +16,7 @@
 // output scales, NHWC memory ("acdb"), weights in the primitive's preferred layout, reordered once).
 // Conv 3x3 (convnet conv2 / conv3 on a slice of 8 images): the executor's im2col + GEMM vs its indirect GEMM.
 #include <benchmark/benchmark.h>
+#include <dlfcn.h>
 #include <dnnl.h>
 
 #include <algorithm>
@@ -49,6 +50,14 @@ std::vector<int8_t> random_s8(size_t n, uint32_t seed) {
 void set_gops(benchmark::State& state, double ops) {
   state.counters["GOPS"] = benchmark::Counter(ops * static_cast<double>(state.iterations()) * 1e-9,
                                               benchmark::Counter::kIsRate);
+}
+
+// oneDNN's thread count, reported as perch's benchmarks report theirs (Google Benchmark's CSV output also needs every
+// run to carry the same counters): Debian's libdnnl runs on OpenMP, and libgomp is loaded with it.
+void set_onednn_threads(benchmark::State& state) {
+  using Fn = int (*)();
+  static const auto max_threads = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  state.counters["threads"] = max_threads ? max_threads() : 0;
 }
 
 // args: M, N, K
@@ -95,6 +104,7 @@ void BM_GemmS8_onednn(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   set_gops(state, 2.0 * m * n * k);
+  set_onednn_threads(state);
 }
 
 void gemm_shapes(benchmark::internal::Benchmark* b) {
@@ -237,6 +247,7 @@ void BM_Depthwise3x3_onednn(benchmark::State& state) {
     DNNL_OK(dnnl_stream_wait(stream));
   }
   set_gops(state, 2.0 * 9 * c * static_cast<double>(batch * out * out));
+  set_onednn_threads(state);
   dnnl_primitive_destroy(conv);
   dnnl_primitive_desc_destroy(pd);
   dnnl_primitive_attr_destroy(attr);
@@ -283,6 +294,7 @@ void BM_GemmS8_onednn_matmul(benchmark::State& state) {
     DNNL_OK(dnnl_stream_wait(stream));
   }
   set_gops(state, 2.0 * m * n * k);
+  set_onednn_threads(state);
   dnnl_primitive_destroy(mm);
   dnnl_primitive_desc_destroy(pd);
   for (dnnl_memory_t x : {a_m, c_m, wei_m}) dnnl_memory_destroy(x);
