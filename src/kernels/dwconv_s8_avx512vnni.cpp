@@ -365,6 +365,10 @@ void row_u8_any(const DwPlan& p, int64_t kh_n, const uint8_t* const* qb, const i
 // packs undo the VPUNPCK order, one VPERMD the natural order's lane interleave). Overflow: |acc - bias| <=
 // 255 * 128 * 9 < 2^31. VPERMB / VPERMT2B are AVX-512 VBMI: dwconv_s8.cpp runs this kernel only where the CPU has
 // it (Ice Lake, Zen 4 and later).
+// At stride 1 in both directions, output rows oh and oh + 1 are computed together: byte 3 of the quad then holds
+// input row ih_3 (one more VPUNPCK source, or one more merge-masked VPERMB), row oh takes the weights above and row
+// oh + 1 the same dwords shifted left by 8 bits, [0, w0, w1, w2] (cols_row, kPair). With 16 channels in all the
+// outputs of consecutive pixels are adjacent, and four pixels are narrowed and stored together.
 struct ColIdx {
   __m512i v[4];  // vector j, byte 4 i + t: source byte of tap row t for channel 16 j + i (t = 1, 3: second table)
   ColIdx() {
@@ -400,7 +404,8 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"), always_inline)) inline voi
   __m512i x0 = _mm512_maskz_loadu_epi8(mask, r[0] + iw * s[0]);
   __m512i x1 = _mm512_maskz_loadu_epi8(mask, r[1] + iw * s[1]);
   __m512i x2 = _mm512_maskz_loadu_epi8(mask, r[2] + iw * s[2]);
-  __m512i x3 = kR == 4 ? _mm512_maskz_loadu_epi8(mask, r[kR - 1] + iw * s[kR - 1]) : _mm512_setzero_si512();
+  __m512i x3 = _mm512_setzero_si512();  // byte 3: zero (its weight is 0) unless the quad serves an output-row pair
+  if constexpr (kR == 4) x3 = _mm512_maskz_loadu_epi8(mask, r[3] + iw * s[3]);
   if constexpr (kFlip) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     x0 = _mm512_xor_si512(x0, flip), x1 = _mm512_xor_si512(x1, flip), x2 = _mm512_xor_si512(x2, flip);
@@ -445,7 +450,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void cols_row(const DwPla
     off[j] = _mm512_loadu_si512(p.k->off.data() + c0 + 16 * j);
     for (int k = 0; k < 3; ++k) {
       w[k][j] = _mm512_loadu_si512(wg + (3 * j + k) * 64);
-      w2[k][j] = _mm512_slli_epi32(w[k][j], 8);  // byte 3 of vnni_cols is 0: [0, w0, w1, w2]
+      if constexpr (kPair) w2[k][j] = _mm512_slli_epi32(w[k][j], 8);  // byte 3 of vnni_cols is 0: [0, w0, w1, w2]
     }
   }
   const int64_t* t = p.k->rqf.data() + (c0 / 16) * 64;
