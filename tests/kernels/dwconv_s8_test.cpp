@@ -408,8 +408,9 @@ void tile_boundaries(uint64_t seed, KernelPick pick, bool unit_h = false) {
           st.type = rng.range(0, 1) ? OutputType::kUInt8 : OutputType::kInt8;
           const int32_t lo = st.type == OutputType::kUInt8 ? 0 : -128;
           st.zero_point = lo + static_cast<int32_t>(rng.range(0, 255));
-          st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;
-          st.qmax = lo + 255;
+          st.qmin = rng.range(0, 2) == 0 ? st.zero_point : lo;  // a fused ReLU's clamp, or the type's
+          // A top below the type's too (a fused ReLU6 / Clip): the stores' min/max path, not the saturation alone.
+          st.qmax = rng.range(0, 2) == 0 ? static_cast<int32_t>(rng.range(st.qmin, lo + 255)) : lo + 255;
           auto ms = pick_multipliers(rng, c, ex, true);
           for (auto& m : ms) {
             const int64_t r = rng.range(0, 9);
@@ -517,8 +518,9 @@ void output_stage_over_int32_range(int64_t cn, int64_t k, uint64_t seed) {
     d.out.type = rng.range(0, 1) ? OutputType::kUInt8 : OutputType::kInt8;
     const int32_t lo = d.out.type == OutputType::kUInt8 ? 0 : -128;
     d.out.zero_point = lo + static_cast<int32_t>(rng.range(0, 255));
-    d.out.qmin = lo;
-    d.out.qmax = lo + 255;
+    // Every third iteration a narrowed clamp (the stores' min/max path), else the type's range (saturation alone).
+    d.out.qmin = it % 3 == 2 ? lo + static_cast<int32_t>(rng.range(0, 100)) : lo;
+    d.out.qmax = it % 3 == 2 ? lo + static_cast<int32_t>(rng.range(155, 255)) : lo + 255;
     d.out.multipliers = ms.data();
     d.out.num_multipliers = cn;
     std::vector<uint8_t> want(static_cast<size_t>(rows * pixels * cn)), got(want.size());
