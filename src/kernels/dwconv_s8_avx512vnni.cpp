@@ -210,7 +210,7 @@ void build_quads(const DepthwiseS8Args& d, int64_t pl, const uint8_t* row, const
 struct DwStore {
   __m512i lo16, hi16, zp16, perm;
   __mmask64 mask;
-  bool full, whole16, is_u8, sat;
+  bool full, whole16, is_u8, type_range;
   DwStore(const RequantTables& rq, __mmask64 m, int g, bool u8) {
     lo16 = _mm512_set1_epi16(static_cast<int16_t>(rq.lo));
     hi16 = _mm512_set1_epi16(static_cast<int16_t>(rq.hi));
@@ -221,7 +221,7 @@ struct DwStore {
     full = m == ~__mmask64{0};  // 64 channels: unpack order, which the packs undo (natural-order callers: identity)
     whole16 = m == (g == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * g)) - 1);  // 16 g channels
     is_u8 = u8;
-    sat = rq.type_range;  // the clamp by saturation alone (RequantTables::type_range)
+    type_range = rq.type_range;
   }
   // The same constants for a whole 64-byte natural-order store (4 vectors of 16 channels).
   DwStore widened() const {
@@ -233,10 +233,9 @@ struct DwStore {
   template <int G>
   void store(const __m512i* r, uint8_t* yo, bool unpack_order) const {
     const __m512i zero = _mm512_setzero_si512();
-    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax]. With
-    // `sat` ([qmin, qmax] the type's range) the saturating + zp and the pack are that clamp.
+    // int16 saturation then [lo, hi] (inside int16) is the clamp to [lo, hi]; + zp lands in [qmin, qmax].
     auto clamp = [&](__m512i s) __attribute__((always_inline)) {
-      return sat ? _mm512_adds_epi16(s, zp16) : _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
+      return clamp_add_zp16(s, lo16, hi16, zp16, type_range);
     };
     const __m512i s01 = clamp(_mm512_packs_epi32(r[0], G > 1 ? r[G > 1 ? 1 : 0] : zero));
     const __m512i s23 = G > 2 ? clamp(_mm512_packs_epi32(r[G > 2 ? 2 : 0], G > 3 ? r[G > 3 ? 3 : 0] : zero)) : zero;
@@ -560,10 +559,9 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1;) {
     const int64_t n = r / p.oh, oh = r % p.oh;
     const bool pair = pairs && r + 1 < r1 && oh + 1 < p.oh;
-    const int kr = pair ? 4 : 3;
-    const uint8_t* rows[4];
+    const uint8_t* rows[4];  // row 3 is read only by a pair
     bool inside[4];
-    for (int k = 0; k < kr; ++k) {
+    for (int k = 0; k < 4; ++k) {
       const int64_t ih = oh * d.stride_h - d.pad_top + k * d.dilation_h;
       inside[k] = ih >= 0 && ih < d.in_h;
       rows[k] = inside[k] ? x + (n * d.in_h + ih) * d.in_w * c_n : p.k->zrow.data();
@@ -572,8 +570,8 @@ void dw_rows_cols(const DwPlan& p, int64_t r0, int64_t r1) {
     for (const Group& gr : groups) {
       ColRows cr;
       for (int k = 0; k < 4; ++k) {
-        cr.row[k] = (k < kr ? rows[k] : rows[0]) + gr.c0;
-        cr.step[k] = k < kr && inside[k] ? c_n : 0;
+        cr.row[k] = rows[k] + gr.c0;
+        cr.step[k] = inside[k] ? c_n : 0;
       }
       (pair ? gr.fn2 : gr.fn)(p, cr, d.w->vnni_cols.data() + gr.c0 * 3 * 4, gr.c0, gr.mask, gr.st, ix, y,
                               y + p.ow * c_n);

@@ -179,8 +179,8 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
   }
   // 8-bit output: the one-rounding output stage (RqF16) per 16 columns, then VPACKSSDW of two vectors, the clamp to
   // [lo, hi] and + zp on int16 (exact: [lo, hi] lies inside int16, and VPACKSSDW's saturation only moves values
-  // already outside it; where [qmin, qmax] is the type's range, a saturating + zp, RequantTables::type_range), VPACKUSWB / VPACKSSWB (exact: the values are in the output type), and one VPERMD to undo
-  // the packs' per-lane interleave. NP == 2: one row's two vectors per VPACKSSDW, two rows per VPACKUSWB; NP == 1:
+  // already outside it; where [qmin, qmax] is the type's range, a saturating + zp: clamp_add_zp16), VPACKUSWB /
+  // VPACKSSWB (exact: the values are in the output type), and one VPERMD to undo the packs' per-lane interleave. NP == 2: one row's two vectors per VPACKSSDW, two rows per VPACKUSWB; NP == 1:
   // two rows' vectors per VPACKSSDW. The stage is instantiated per (uint8 / int8 output, all columns / a partial
   // tile): no per-row tests of either in the unrolled code.
   const __m512i lo64 = _mm512_set1_epi64(p.k->rq.lo), hi64 = _mm512_set1_epi64(p.k->rq.hi);
@@ -190,9 +190,9 @@ __attribute__((always_inline)) inline void tile(const ASrc& a, const int8_t* bp,
   // After VPACKSSDW(x, y) and VPACKUSWB(s, s'), lane l holds dwords [x 4l.., y 4l.., x' 4l.., y' 4l..] (4 bytes
   // each): gather dword 4l + d of every lane l for d = 0, 1, 2, 3.
   const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const bool sat = p.k->rq.type_range;  // the clamp by saturation alone (RequantTables::type_range)
+  const bool type_range = p.k->rq.type_range;
   auto clamp16 = [&](__m512i s) __attribute__((always_inline)) {
-    return sat ? _mm512_adds_epi16(s, zp16) : _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
+    return clamp_add_zp16(s, lo16, hi16, zp16, type_range);
   };
   const int64_t j = t.j0;
   uint8_t* const c0 = static_cast<uint8_t*>(g.c) + t.m0 * g.ldc + j;

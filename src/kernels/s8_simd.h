@@ -42,6 +42,14 @@ struct Rq16 {
   }
 };
 
+// The 8-bit stores' clamp of VPACKSSDW's int16 values to [lo, hi] (inside int16, so exact), then + zp; with
+// type_range ([qmin, qmax] the output type's range: RequantTables::type_range) a saturating + zp alone, the saturating
+// pack to 8 bits that follows being that clamp.
+inline __m512i clamp_add_zp16(__m512i s, __m512i lo16, __m512i hi16, __m512i zp16, bool type_range) {
+  return type_range ? _mm512_adds_epi16(s, zp16)
+                    : _mm512_add_epi16(_mm512_min_epi16(_mm512_max_epi16(s, lo16), hi16), zp16);
+}
+
 // DwConst::rqf for 16 channels (one accumulator vector): the one-rounding output stage (formula in s8_internal.h).
 // Returns the int32 result before the clamp to [lo, hi] (applied later on int16, after VPACKSSDW, which is exact:
 // [lo, hi] lies inside int16); with kClamp64 the 64-bit result is clamped to [lo, hi] first, as it may not fit.

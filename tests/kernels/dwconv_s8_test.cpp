@@ -479,7 +479,8 @@ void output_stage_over_int32_range(int64_t cn, int64_t k, uint64_t seed) {
   const int8_t one = 1;
   std::vector<int8_t> w(static_cast<size_t>(cn * k * k), 0);
   for (int it = 0; it < 60; ++it) {
-    for (int64_t c = 0; c < cn; ++c) w[static_cast<size_t>(c * k * k + (k * k) / 2)] = rng.range(0, 1) ? one : static_cast<int8_t>(-1);
+    for (int64_t c = 0; c < cn; ++c)
+      w[static_cast<size_t>(c * k * k + (k * k) / 2)] = rng.range(0, 1) ? one : static_cast<int8_t>(-1);
     const PackedDepthwiseS8 pw = pack_depthwise_s8(w.data(), cn, k, k);
     std::vector<uint8_t> x(static_cast<size_t>(rows * pixels * cn));
     std::vector<int32_t> bias(static_cast<size_t>(cn));
